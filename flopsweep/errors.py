@@ -1,0 +1,14 @@
+"""The one exception type for bad input: its message is a single line that names the offending key."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``str(err)`` is one line such as ``batch.size=-1: must be >= 1``."""
+
+    def __init__(self, key: str, value: object, problem: str):
+        self.key, self.value, self.problem = key, value, problem
+        super().__init__(f"{key}={value!r}: {problem}" if value is not None else f"{key}: {problem}")
+
+
+def require(condition: bool, key: str, value: object, problem: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, problem)

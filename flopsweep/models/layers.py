@@ -1,0 +1,147 @@
+"""Layers shared by the transformer families: attention (through ``F.scaled_dot_product_attention``),
+feed-forward, norms, rotary embeddings and a residual block that is pre- or post-norm."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(d, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(d, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+def rotary(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate pairs of channels (half-split layout, as LLaMA in Hugging Face) by position-dependent angles.
+    x: (B, H, S, hd)."""
+    seq, hd = x.shape[-2], x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
+    angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
+    sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional grouped-query heads, rotary positions and cross-attention.
+
+    ``inner = n_head * head_dim`` need not equal ``d`` (T5). Queries, keys and values come from one fused
+    projection for self-attention, and from ``q`` and ``kv`` projections for cross-attention.
+    """
+
+    def __init__(self, d: int, n_head: int, *, n_kv_head: Optional[int] = None, head_dim: Optional[int] = None,
+                 qkv_bias: bool = True, out_bias: bool = True, cross: bool = False, causal: bool = False,
+                 rope_theta: Optional[float] = None, scale: Optional[float] = None):
+        super().__init__()
+        self.n_head, self.n_kv_head = n_head, n_kv_head or n_head
+        self.head_dim = head_dim or d // n_head
+        self.cross, self.causal, self.rope_theta, self.scale = cross, causal, rope_theta, scale
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if cross:
+            self.q = nn.Linear(d, q_dim, bias=qkv_bias)
+            self.kv = nn.Linear(d, 2 * kv_dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(d, q_dim + 2 * kv_dim, bias=qkv_bias)
+        self.out = nn.Linear(q_dim, d, bias=out_bias)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], n, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, S, _ = x.shape
+        q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(memory).split([kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
+        q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        if self.rope_theta is not None:
+            q, k = rotary(q, self.rope_theta), rotary(k, self.rope_theta)
+        if self.n_kv_head != self.n_head:  # grouped-query attention: share each K/V head among a group
+            rep = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        causal = self.causal and not self.cross
+        if bias is not None and causal:
+            bias = bias + causal_mask(q.shape[-2], k.shape[-2], bias.device, bias.dtype)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=self.scale)
+        return self.out(y.transpose(1, 2).reshape(B, S, q_dim))
+
+
+def causal_mask(sq: int, sk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.full((sq, sk), float("-inf"), device=device, dtype=dtype).triu(1)
+
+
+class MLP(nn.Module):
+    """Feed-forward: ``gelu``/``gelu_tanh``/``relu`` (two matrices) or ``swiglu`` (gate, up, down)."""
+
+    def __init__(self, d: int, d_ff: int, act: str = "gelu", bias: bool = True):
+        super().__init__()
+        self.act = act
+        if act == "swiglu":
+            self.gate = nn.Linear(d, d_ff, bias=bias)
+        self.up = nn.Linear(d, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "swiglu":
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        if self.act == "relu":
+            return self.down(F.relu(self.up(x)))
+        return self.down(F.gelu(self.up(x), approximate="tanh" if self.act == "gelu_tanh" else "none"))
+
+
+class Block(nn.Module):
+    """Self-attention, optional cross-attention, feed-forward; each a residual branch with its norm applied
+    before (``prenorm``) or after the residual add (post-norm, as BERT and Vaswani et al.)."""
+
+    def __init__(self, d: int, n_head: int, d_ff: int, *, norm: str = "layernorm", norm_eps: float = 1e-5,
+                 norm_bias: bool = True, prenorm: bool = True, act: str = "gelu", bias: bool = True,
+                 qkv_bias: Optional[bool] = None, causal: bool = False, cross: bool = False,
+                 n_kv_head: Optional[int] = None, head_dim: Optional[int] = None,
+                 rope_theta: Optional[float] = None, scale: Optional[float] = None, dropout: float = 0.0):
+        super().__init__()
+        self.prenorm = prenorm
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        attn = dict(n_kv_head=n_kv_head, head_dim=head_dim, qkv_bias=qkv_bias, out_bias=bias,
+                    rope_theta=rope_theta, scale=scale)
+        self.norm1 = make_norm(norm, d, norm_eps, norm_bias)
+        self.attn = Attention(d, n_head, causal=causal, **attn)
+        if cross:
+            self.norm_cross = make_norm(norm, d, norm_eps, norm_bias)
+            self.cross_attn = Attention(d, n_head, cross=True, **attn)
+        self.norm2 = make_norm(norm, d, norm_eps, norm_bias)
+        self.mlp = MLP(d, d_ff, act, bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, branch, *args) -> torch.Tensor:
+        if self.prenorm:
+            return x + self.dropout(branch(norm(x), *args))
+        return norm(x + self.dropout(branch(x, *args)))
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None, cross_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self._residual(x, self.norm1, self.attn, None, bias)
+        if memory is not None:
+            x = self._residual(x, self.norm_cross, self.cross_attn, memory, cross_bias)
+        return self._residual(x, self.norm2, self.mlp)
+
+
+def sinusoidal_positions(seq: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The fixed sine/cosine position encoding of Vaswani et al. (no parameters)."""
+    pos = torch.arange(seq, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1)
+    return pe.to(dtype)
