@@ -82,3 +82,16 @@ class Model(nn.Module):
 
 def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
     return {"tokens": token_batch(cfg.vocab_size, batch, device), "targets": token_batch(cfg.vocab_size, batch, device)}
+
+
+def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
+    """Matmul FLOPs of one forward pass in closed form: with d_ff = 4d, full attention and one KV head per
+    query head this is Megatron-LM's ``24*B*s*l*h^2 * (1 + s/(6h) + V/(12*l*h))``."""
+    d, tokens, s = cfg.d_model, batch.size * batch.seq_len, batch.seq_len
+    head_dim = d // cfg.n_head
+    kv = (cfg.n_kv_head or cfg.n_head) * head_dim
+    d_ff = cfg.d_ff or 4 * d
+    mlp_matrices = 3 if cfg.act == "swiglu" else 2
+    per_layer = 2 * tokens * d * (d + 2 * kv) + 2 * tokens * d * d + mlp_matrices * 2 * tokens * d * d_ff \
+        + 4 * batch.size * s * s * d
+    return cfg.n_layer * per_layer + 2 * tokens * d * cfg.vocab_size

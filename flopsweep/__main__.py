@@ -1,0 +1,3 @@
+from flopsweep.cli import main
+
+main()

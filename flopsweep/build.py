@@ -1,0 +1,70 @@
+"""Build stage: the model on its device and dtype, its synthetic batch, and its optimizer."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional
+
+import torch
+from torch import nn
+
+from flopsweep.config import JobSpec, OptimizerConf
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int8": torch.float32}  # int8 weights are stored quantised; arithmetic runs in float32
+
+
+@dataclass
+class Built:
+    model: nn.Module
+    inputs: dict[str, torch.Tensor]
+    optimizer: Optional[torch.optim.Optimizer]
+    autocast: Callable[[], ContextManager]
+
+    @property
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def build(spec: JobSpec) -> Built:
+    torch.manual_seed(spec.measure.seed)
+    dtype = DTYPES[spec.params_dtype]
+    with torch.device(spec.device):
+        model = spec.family.Model(spec.model)
+    model.to(dtype)
+    if spec.training:
+        model.train()
+    else:
+        model.eval().requires_grad_(False)
+    inputs = {name: t.to(dtype) if t.is_floating_point() else t
+              for name, t in spec.family.example_inputs(spec.model, spec.batch, spec.device).items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(spec.optimizer, trainable) if spec.training and trainable else None
+    return Built(model, inputs, optimizer, autocast_context(spec))
+
+
+def autocast_context(spec: JobSpec) -> Callable[[], ContextManager]:
+    if spec.autocast is None or spec.device == "meta":
+        # autocast has no meta dispatch key; the counts do not depend on it, only activation bytes would
+        return contextlib.nullcontext
+    device_type = "cuda" if spec.device.startswith("cuda") else "cpu"
+    return lambda: torch.autocast(device_type, dtype=DTYPES[spec.autocast])
+
+
+def make_optimizer(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    betas = tuple(conf.betas)
+    if conf.name == "sgd":
+        return torch.optim.SGD(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
+    if conf.name == "sgd_momentum":
+        return torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum or 0.9, weight_decay=conf.weight_decay,
+                               foreach=True)
+    if conf.name == "adam":
+        return torch.optim.Adam(params, lr=conf.lr, betas=betas, eps=conf.eps, weight_decay=conf.weight_decay,
+                                foreach=True)
+    if conf.name == "adamw":
+        return torch.optim.AdamW(params, lr=conf.lr, betas=betas, eps=conf.eps, weight_decay=conf.weight_decay,
+                                 foreach=True)
+    if conf.name == "adafactor":
+        return torch.optim.Adafactor(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
+    raise ValueError(conf.name)

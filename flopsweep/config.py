@@ -1,0 +1,202 @@
+"""Typed configuration: the schema Hydra composes against, where the configs live, and ``resolve`` which
+turns a composed config into a validated :class:`JobSpec` or raises a one-line :class:`ConfigError`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from flopsweep.errors import ConfigError, require
+from flopsweep.models.base import BatchShape, ModelConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    """``conf``/``sweeps`` inside an installed wheel, else beside the package in a source checkout."""
+    inside = PACKAGE_DIR / name
+    return inside if inside.is_dir() else PACKAGE_DIR.parent / name
+
+
+CONF_DIR = _shipped("conf")
+SWEEPS_DIR = _shipped("sweeps")
+
+
+class DeviceType(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    meta = "meta"
+    auto = "auto"
+
+
+@dataclass
+class DeviceConf:
+    type: DeviceType = DeviceType.cpu
+    index: int = 0
+    threads: Optional[int] = None        # CPU threads for timing; None = PyTorch's default
+    peak_tflops: Optional[float] = None  # peak dense throughput for MFU where the table has no entry
+
+
+@dataclass
+class DtypeConf:
+    name: str = "float32"
+    params: str = "float32"              # float32 | float16 | bfloat16 | int8 (weight-only, inference)
+    autocast: Optional[str] = None       # bfloat16 | float16: mixed precision over float32 weights
+
+
+@dataclass
+class BatchConf:
+    size: int = 1
+    seq_len: Optional[int] = None        # None = the model's default_seq_len
+    image_size: Optional[int] = None     # image models only; None = the model's image_size
+
+
+@dataclass
+class OptimizerConf:
+    name: str = "adamw"                  # sgd | sgd_momentum | adam | adamw | adafactor
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class MeasureConf:
+    count: bool = True
+    time: bool = True                    # ignored on meta
+    warmup: int = 2
+    repeats: int = 10
+    timing: str = "full"                 # full | per_block (time one block of each kind, times the count)
+    module_depth: int = 3
+    causal_attention: str = "full"       # full (S^2, the MFU convention) | half (unmasked pairs only)
+    seed: int = 0
+
+
+@dataclass
+class Schema:
+    model: Any = MISSING
+    device: DeviceConf = field(default_factory=DeviceConf)
+    dtype: DtypeConf = field(default_factory=DtypeConf)
+    batch: BatchConf = field(default_factory=BatchConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    measure: MeasureConf = field(default_factory=MeasureConf)
+
+
+def register_configs() -> None:
+    """Register the schema and the sweep presets (``+sweep=NAME``) with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Schema)
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adafactor")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job: everything the build and measure stages need."""
+
+    model: ModelConfig
+    family: ModuleType
+    batch: BatchShape
+    device: str                          # "cpu", "cuda:0", "meta"
+    params_dtype: str
+    autocast: Optional[str]
+    optimizer: OptimizerConf
+    measure: MeasureConf
+    peak_tflops: Optional[float]
+    threads: Optional[int]
+
+    @property
+    def training(self) -> bool:
+        return self.params_dtype != "int8"
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
+            f"must be an integer >= {minimum}")
+
+
+def resolve(cfg: DictConfig) -> JobSpec:
+    """Validate a composed config. Every check names the offending key; nothing is built here."""
+    from flopsweep.models import family as load_family
+
+    model_fields = OmegaConf.to_container(cfg.model, resolve=True)
+    require(isinstance(model_fields, dict) and "family" in model_fields, "model.family", None,
+            "missing: choose a preset (model=gpt2_small) or set model.family")
+    fam = load_family(model_fields["family"])
+    model_cfg = fam.Config.from_dict(model_fields) if not hasattr(fam, "load") else fam.load(model_fields)
+
+    batch = cfg.batch
+    _positive_int(batch.size, "batch.size")
+    if batch.seq_len is not None:
+        _positive_int(batch.seq_len, "batch.seq_len")
+    if batch.image_size is not None:
+        _positive_int(batch.image_size, "batch.image_size")
+    shape = model_cfg.resolve_batch(batch.size, batch.seq_len, batch.image_size)
+    model_cfg.validate(shape)
+
+    device = _resolve_device(cfg.device)
+    dtype = cfg.dtype
+    require(dtype.params in PARAM_DTYPES, "dtype.params", dtype.params, f"must be one of {', '.join(PARAM_DTYPES)}")
+    if dtype.autocast is not None:
+        require(dtype.autocast in AUTOCAST_DTYPES, "dtype.autocast", dtype.autocast,
+                f"must be one of {', '.join(AUTOCAST_DTYPES)} or null")
+        require(dtype.params == "float32", "dtype.autocast", dtype.autocast,
+                f"mixed precision needs float32 weights, not dtype.params={dtype.params}")
+
+    opt = cfg.optimizer
+    require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"must be one of {', '.join(OPTIMIZERS)}")
+    require(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+    require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "must be in [0, 1)")
+    require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    require(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas", list(opt.betas),
+            "must be two numbers in [0, 1)")
+
+    measure = cfg.measure
+    _positive_int(measure.warmup, "measure.warmup", 0)
+    _positive_int(measure.repeats, "measure.repeats")
+    _positive_int(measure.module_depth, "measure.module_depth", 0)
+    require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
+    require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
+            "must be full or half")
+    if cfg.device.threads is not None:
+        _positive_int(cfg.device.threads, "device.threads")
+    if cfg.device.peak_tflops is not None:
+        require(cfg.device.peak_tflops > 0, "device.peak_tflops", cfg.device.peak_tflops, "must be > 0")
+
+    return JobSpec(model=model_cfg, family=fam, batch=shape, device=device, params_dtype=dtype.params,
+                   autocast=dtype.autocast, optimizer=OptimizerConf(**OmegaConf.to_container(opt)),
+                   measure=MeasureConf(**OmegaConf.to_container(measure)),
+                   peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads)
+
+
+def _resolve_device(device: DictConfig) -> str:
+    import torch
+
+    kind = DeviceType(device.type)
+    if kind is DeviceType.auto:
+        kind = DeviceType.cuda if torch.cuda.is_available() else DeviceType.cpu
+    if kind is DeviceType.cuda:
+        require(torch.cuda.is_available(), "device.type", "cuda", "no CUDA GPU is visible to PyTorch here")
+        _positive_int(device.index, "device.index", 0)
+        require(device.index < torch.cuda.device_count(), "device.index", device.index,
+                f"only {torch.cuda.device_count()} CUDA device(s) visible")
+        return f"cuda:{device.index}"
+    return kind.value
+
+
+def model_summary(spec: JobSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec.model)

@@ -1,0 +1,79 @@
+"""Human-readable numbers and the tables printed on the console."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from flopsweep import metrics as M
+
+
+def human(value: Optional[float], unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
+
+
+def size_bytes(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    for factor, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def _format(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("time/"):
+        return seconds(value) if key.endswith("_s") else f"{value:.3g}"
+    if key.endswith("_bytes"):
+        return size_bytes(value)
+    if key == M.MFU:
+        return f"{100 * value:.1f} %"
+    if key.startswith(("flops/", "macs/", "size/params", "speed/")):
+        return human(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def metric_lines(metrics: dict[str, Any]) -> list[str]:
+    width = max((len(k) for k in metrics), default=0)
+    return [f"{key:<{width}}  {_format(key, value)}" for key, value in metrics.items()]
+
+
+SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
+                   ("device", None), ("status", None), ("params", M.PARAMS), ("fwd FLOPs", M.FLOPS_FORWARD),
+                   ("step FLOPs", M.FLOPS_STEP), ("step time", M.TIME_STEP), ("tokens/s", M.TOKENS_PER_S),
+                   ("MFU", M.MFU)]
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = list(rows)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def summary_row(job: str, result) -> list[str]:
+    cfg = result.config or {}
+    model = (cfg.get("model") or {}).get("name", "?")
+    batch = cfg.get("batch") or {}
+    cells = [job, model, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
+             (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
+             result.status]
+    for _, key in SUMMARY_COLUMNS[len(cells):]:
+        cells.append(_format(key, result.metrics.get(key)))
+    return cells
+
+
+def summary_table(results: list[tuple[str, Any]]) -> str:
+    return table([name for name, _ in SUMMARY_COLUMNS], [summary_row(job, r) for job, r in results])

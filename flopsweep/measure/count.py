@@ -1,0 +1,221 @@
+"""Count the FLOPs of one training step at the dispatcher: forward (loss included), backward and optimizer
+step, each from the aten ops that really run, attributed to ops and to modules.
+
+Backward ops are attributed to the module whose forward created the autograd node that runs them: the
+module hooks record, for each module call, the interval of autograd sequence numbers it created, and a
+backward op looks up the innermost interval holding ``_current_autograd_node()._sequence_nr()``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from flopsweep.measure.formulas import CountOptions, cost_of
+
+ROOT = "(model)"
+OPTIMIZER = "(optimizer)"
+PHASES = ("forward", "backward", "optimizer")
+
+
+@dataclass
+class OpTally:
+    calls: int = 0
+    matmul: int = 0
+    elementwise: int = 0
+
+
+@dataclass
+class PhaseCount:
+    """The FLOPs of one phase: totals, per aten op, and per module (exclusive: ops run directly in it)."""
+
+    matmul: int = 0
+    elementwise: int = 0
+    by_op: dict[str, OpTally] = field(default_factory=lambda: defaultdict(OpTally))
+    by_module: dict[str, OpTally] = field(default_factory=lambda: defaultdict(OpTally))
+
+    @property
+    def macs(self) -> int:
+        return self.matmul // 2
+
+
+@dataclass
+class StepCount:
+    forward: PhaseCount
+    backward: Optional[PhaseCount]
+    optimizer: Optional[PhaseCount]
+    uncounted: dict[str, int]  # ops with arithmetic but no formula -> calls
+    causal_half: bool
+
+    def phases(self) -> dict[str, PhaseCount]:
+        return {name: count for name, count in zip(PHASES, (self.forward, self.backward, self.optimizer))
+                if count is not None}
+
+    def module_table(self, depth: int) -> list[dict[str, Any]]:
+        """Inclusive FLOPs per module down to ``depth`` (0 = the whole model), one row per module."""
+        totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for phase, count in self.phases().items():
+            for path, tally in count.by_module.items():
+                parts = [] if path in (ROOT, OPTIMIZER) else path.split(".")
+                prefixes = [ROOT if path != OPTIMIZER else OPTIMIZER] + \
+                    [".".join(parts[:i]) for i in range(1, min(depth, len(parts)) + 1)]
+                for prefix in prefixes:
+                    totals[prefix][f"{phase}_flops"] += tally.matmul
+                    totals[prefix][f"{phase}_elementwise"] += tally.elementwise
+        rows = []
+        for path in sorted(totals, key=_module_order):
+            row = {"module": path, "depth": 0 if path in (ROOT, OPTIMIZER) else path.count(".") + 1}
+            for phase in PHASES:
+                row[f"{phase}_flops"] = totals[path].get(f"{phase}_flops", 0)
+                row[f"{phase}_elementwise"] = totals[path].get(f"{phase}_elementwise", 0)
+            rows.append(row)
+        return rows
+
+    def op_table(self) -> list[dict[str, Any]]:
+        rows = []
+        for phase, count in self.phases().items():
+            for op, tally in sorted(count.by_op.items(), key=lambda kv: -(kv[1].matmul + kv[1].elementwise)):
+                rows.append({"phase": phase, "op": op, "calls": tally.calls, "flops": tally.matmul,
+                             "elementwise": tally.elementwise})
+        return rows
+
+
+def _module_order(path: str) -> tuple:
+    if path in (ROOT, OPTIMIZER):
+        return (0 if path == ROOT else 2, ())
+    return (1, tuple(int(p) if p.isdigit() else p for p in path.split(".")))
+
+
+class _ModuleTracker:
+    """Which module is running: a stack in forward, autograd sequence-number intervals in backward."""
+
+    def __init__(self, model: nn.Module):
+        self.names = {id(m): name for name, m in model.named_modules() if name}
+        self.stack: list[tuple[str, int]] = []
+        self.intervals: list[tuple[int, int, str]] = []
+        self._index: Optional[tuple[list[int], list[int], list[str], list[int]]] = None
+        self._cache: dict[int, str] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_ModuleTracker":
+        self._handles = [nn.modules.module.register_module_forward_pre_hook(self._pre),
+                         nn.modules.module.register_module_forward_hook(self._post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        name = self.names.get(id(module))
+        if name is not None:
+            self.stack.append((name, torch._C._autograd._get_sequence_nr()))
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        name = self.names.get(id(module))
+        if name is not None and self.stack and self.stack[-1][0] == name:
+            _, start = self.stack.pop()
+            end = torch._C._autograd._get_sequence_nr()
+            if end > start:
+                self.intervals.append((start, end, name))
+                self._index = None
+
+    def forward_path(self) -> str:
+        return self.stack[-1][0] if self.stack else ROOT
+
+    def backward_path(self) -> str:
+        node = torch._C._current_autograd_node()
+        if node is None:
+            return ROOT
+        seq = node._sequence_nr()
+        path = self._cache.get(seq)
+        if path is None:
+            path = self._cache[seq] = self._lookup(seq)
+        return path
+
+    def _lookup(self, seq: int) -> str:
+        if self._index is None:
+            ordered = sorted(self.intervals, key=lambda iv: (iv[0], -iv[1]))
+            starts, ends, names = [iv[0] for iv in ordered], [iv[1] for iv in ordered], [iv[2] for iv in ordered]
+            parents, open_ = [], []
+            for i, (start, end) in enumerate(zip(starts, ends)):
+                while open_ and ends[open_[-1]] <= start:
+                    open_.pop()
+                parents.append(open_[-1] if open_ else -1)
+                open_.append(i)
+            self._index = (starts, ends, names, parents)
+        starts, ends, names, parents = self._index
+        i = bisect.bisect_right(starts, seq) - 1
+        while i >= 0 and ends[i] <= seq:  # intervals nest, so the holder is an ancestor of i
+            i = parents[i]
+        return names[i] if i >= 0 else ROOT
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, tracker: _ModuleTracker, opts: CountOptions):
+        super().__init__()
+        self.tracker, self.opts = tracker, opts
+        self.phase = "forward"
+        self.counts: dict[str, PhaseCount] = {}
+        self.uncounted: dict[str, int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        cost = cost_of(func, args, kwargs, out, self.opts)
+        if cost is None:
+            self.uncounted[str(func.overloadpacket)] += 1
+            return out
+        if self.phase == "forward":
+            path = self.tracker.forward_path()
+        elif self.phase == "backward":
+            path = self.tracker.backward_path()
+        else:
+            path = OPTIMIZER
+        count = self.counts.setdefault(self.phase, PhaseCount())
+        count.matmul += cost.matmul
+        count.elementwise += cost.elementwise
+        for tally in (count.by_op[str(func.overloadpacket)], count.by_module[path]):
+            tally.calls += 1
+            tally.matmul += cost.matmul
+            tally.elementwise += cost.elementwise
+        return out
+
+
+def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
+               optimizer: Optional[torch.optim.Optimizer], *, causal_half: bool = False,
+               backward: bool = True, context: Callable[[], Any] = None) -> StepCount:
+    """Run one training step (or only the forward pass when ``backward`` is false) and count it.
+
+    ``context`` makes the context manager the forward pass runs in (autocast, for mixed precision)."""
+    tracker = _ModuleTracker(model)
+    counter = _Counter(tracker, CountOptions(causal_half=causal_half))
+    with tracker, counter:
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        with (context() if context else contextlib.nullcontext()):
+            if backward:
+                loss = model(**inputs)
+            else:
+                with torch.no_grad():
+                    loss = model(**inputs)
+        if backward:
+            counter.phase = "backward"
+            loss.backward()
+            if optimizer is not None:
+                counter.phase = "optimizer"
+                optimizer.step()
+    phases = counter.counts
+    return StepCount(
+        forward=phases.get("forward", PhaseCount()),
+        backward=phases.get("backward", PhaseCount()) if backward else None,
+        optimizer=phases.get("optimizer", PhaseCount()) if backward and optimizer is not None else None,
+        uncounted=dict(counter.uncounted), causal_half=causal_half)
+

@@ -1,0 +1,306 @@
+"""The FLOP formulas, one registry keyed by aten op (multiply-add = 2).
+
+Two kinds of cost are kept apart:
+
+- **matmul-class** (``mm``, ``addmm``, ``bmm``, ``baddbmm``, convolutions, fused attention): the FLOPs that
+  MFU and the closed-form estimates speak of; ``macs = matmul / 2``;
+- **elementwise**: everything else that does arithmetic (norms, softmax, activations, residual adds,
+  the optimizer's per-element updates), at a fixed documented cost per element.
+
+Ops that only move memory (views, copies, gathers, factories) cost nothing. An op with arithmetic that
+has no entry here is reported as *uncounted* by the counter rather than guessed.
+
+Elementwise costs per element (one FLOP per add, multiply, divide, compare or elementary function):
+
+======================================  ====  ===================================================
+op                                      cost  why
+======================================  ====  ===================================================
+any op tagged ``pointwise`` not below   1     add, mul, div, exp, rsqrt, where, clamp, ...
+``addcmul``, ``addcdiv``                2     a multiply (or divide) and an add
+``lerp``                                3     ``a + w * (b - a)``
+``gelu`` (erf) / ``gelu`` (tanh)        5 / 8 ``x/2 * (1 + erf(x/sqrt 2))``; the tanh form has a cubic
+``gelu_backward``                       8/12  the derivative has both the CDF and the density
+``silu`` / ``silu_backward``            2 / 5 ``x * sigmoid(x)``
+layer norm forward / backward           5/10  mean, centre, variance, normalise, affine (per element)
+softmax / log-softmax forward           5     max, subtract, exp, sum, divide (or log)
+softmax / log-softmax backward          4/3
+sum, mean, amax and other reductions    1     per *input* element
+embedding backward                      1     one add per gradient element scattered
+fused attention                         5     per score: scale, max, exp, sum, divide (+1 with a mask)
+fused attention backward                8     per score, besides its matmuls
+======================================  ====  ===================================================
+
+Fused attention (``scaled_dot_product_attention`` kernels) counts ``QK^T`` and ``PV``: ``4*B*H*Sq*Sk*d``
+forward and twice that backward (``dQ, dK, dV, dP``), the convention of PaLM's ``12*L*H*Q*T`` and of
+the decomposed (math) path; the extra ``QK^T`` that flash kernels recompute in backward is hardware work
+and is not counted. A causal mask keeps the full ``Sq*Sk`` unless the counter is asked to halve it,
+then only the unmasked pairs count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OpCost:
+    matmul: int = 0
+    elementwise: int = 0
+
+
+@dataclass(frozen=True)
+class CountOptions:
+    causal_half: bool = False  # count only the unmasked half of causal attention
+
+
+Formula = Callable[[tuple, dict, Any, CountOptions], OpCost]
+FORMULAS: dict[Any, Formula] = {}
+
+
+def register(*ops: Any) -> Callable[[Formula], Formula]:
+    def wrap(fn: Formula) -> Formula:
+        for op in ops:
+            FORMULAS[op] = fn
+        return fn
+    return wrap
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _first_tensor(value: Any) -> Optional[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+# -- matmul class ----------------------------------------------------------------------------------
+
+@register(aten.mm)
+def _mm(args, kwargs, out, opts) -> OpCost:
+    (m, k), n = args[0].shape, args[1].shape[-1]
+    return OpCost(matmul=2 * m * k * n)
+
+
+@register(aten.addmm)
+def _addmm(args, kwargs, out, opts) -> OpCost:
+    (m, k), n = args[1].shape, args[2].shape[-1]
+    return OpCost(matmul=2 * m * k * n, elementwise=m * n)
+
+
+@register(aten.bmm)
+def _bmm(args, kwargs, out, opts) -> OpCost:
+    b, m, k = args[0].shape
+    return OpCost(matmul=2 * b * m * k * args[1].shape[-1])
+
+
+@register(aten.baddbmm)
+def _baddbmm(args, kwargs, out, opts) -> OpCost:
+    b, m, k = args[1].shape
+    n = args[2].shape[-1]
+    return OpCost(matmul=2 * b * m * k * n, elementwise=b * m * n)
+
+
+def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
+    # A convolution's output element is a dot product of length C_in/groups * prod(kernel) = w_shape[1:];
+    # a transposed one (weight C_in x C_out/groups x kernel) scatters each *input* element that many times.
+    return 2 * _numel(w_shape[1:]) * _numel(x_shape if transposed else out_shape)
+
+
+@register(aten.convolution, aten._convolution)
+def _convolution(args, kwargs, out, opts) -> OpCost:
+    x, w, bias, transposed = args[0], args[1], args[2], args[6]
+    flops = _conv_flops(x.shape, w.shape, out.shape, bool(transposed))
+    return OpCost(matmul=flops, elementwise=out.numel() if bias is not None else 0)
+
+
+@register(aten.convolution_backward)
+def _convolution_backward(args, kwargs, out, opts) -> OpCost:
+    grad_out, x, w = args[0], args[1], args[2]
+    transposed, mask = bool(args[7]), args[10]
+    one = _conv_flops(x.shape, w.shape, grad_out.shape, transposed)
+    matmul = one * (int(mask[0]) + int(mask[1]))
+    return OpCost(matmul=matmul, elementwise=grad_out.numel() if mask[2] else 0)
+
+
+def _attention_pairs(sq: int, sk: int, causal: bool, opts: CountOptions) -> int:
+    if causal and opts.causal_half:
+        # is_causal aligns the mask top-left: query i sees keys 0..i
+        return sum(min(i + 1, sk) for i in range(sq)) if sq <= 65536 else (sq * (sq + 1) // 2)
+    return sq * sk
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, masked: bool, backward: bool,
+               opts: CountOptions) -> OpCost:
+    *batch, sq, d_qk = q.shape
+    sk, d_v = k.shape[-2], v.shape[-1]
+    heads = _numel(batch)
+    pairs = heads * _attention_pairs(sq, sk, causal, opts)
+    matmul = 2 * pairs * (d_qk + d_v)
+    if backward:
+        return OpCost(matmul=2 * matmul, elementwise=8 * pairs)
+    return OpCost(matmul=matmul, elementwise=(6 if masked else 5) * pairs)
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_cpu(args, kwargs, out, opts) -> OpCost:
+    causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
+    return _attention(args[0], args[1], args[2], causal, kwargs.get("attn_mask") is not None, False, opts)
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _sdpa_cpu_backward(args, kwargs, out, opts) -> OpCost:
+    causal = args[7] if len(args) > 7 else kwargs.get("is_causal", False)
+    return _attention(args[1], args[2], args[3], causal, kwargs.get("attn_mask") is not None, True, opts)
+
+
+@register(aten._scaled_dot_product_flash_attention)
+def _sdpa_flash(args, kwargs, out, opts) -> OpCost:
+    causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
+    return _attention(args[0], args[1], args[2], causal, False, False, opts)
+
+
+@register(aten._scaled_dot_product_flash_attention_backward)
+def _sdpa_flash_backward(args, kwargs, out, opts) -> OpCost:
+    causal = args[9] if len(args) > 9 else kwargs.get("is_causal", False)
+    return _attention(args[1], args[2], args[3], causal, False, True, opts)
+
+
+@register(aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention)
+def _sdpa_efficient(args, kwargs, out, opts) -> OpCost:
+    causal = args[6] if len(args) > 6 else kwargs.get("is_causal", False)
+    return _attention(args[0], args[1], args[2], causal, args[3] is not None, False, opts)
+
+
+@register(aten._scaled_dot_product_efficient_attention_backward)
+def _sdpa_efficient_backward(args, kwargs, out, opts) -> OpCost:
+    causal = args[10] if len(args) > 10 else kwargs.get("is_causal", False)
+    return _attention(args[1], args[2], args[3], causal, args[4] is not None, True, opts)
+
+
+@register(aten._scaled_dot_product_cudnn_attention_backward)
+def _sdpa_cudnn_backward(args, kwargs, out, opts) -> OpCost:
+    causal = kwargs.get("is_causal", args[10] if len(args) > 10 else False)
+    return _attention(args[1], args[2], args[3], causal, False, True, opts)
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+
+def per_output_element(cost: int) -> Formula:
+    def formula(args, kwargs, out, opts) -> OpCost:
+        tensor = _first_tensor(out)
+        return OpCost(elementwise=cost * (tensor.numel() if tensor is not None else 0))
+    return formula
+
+
+def per_input_element(cost: int) -> Formula:
+    def formula(args, kwargs, out, opts) -> OpCost:
+        return OpCost(elementwise=cost * args[0].numel())
+    return formula
+
+
+def per_list_element(cost: int) -> Formula:
+    """``_foreach_*`` ops: the cost per element over every tensor of the first list argument."""
+    def formula(args, kwargs, out, opts) -> OpCost:
+        return OpCost(elementwise=cost * sum(t.numel() for t in args[0]))
+    return formula
+
+
+def _gelu_cost(tanh: bool, backward: bool) -> int:
+    return (12 if tanh else 8) if backward else (8 if tanh else 5)
+
+
+@register(aten.gelu)
+def _gelu(args, kwargs, out, opts) -> OpCost:
+    tanh = kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh"
+    return OpCost(elementwise=_gelu_cost(tanh, False) * out.numel())
+
+
+@register(aten.gelu_backward)
+def _gelu_backward(args, kwargs, out, opts) -> OpCost:
+    tanh = kwargs.get("approximate", args[2] if len(args) > 2 else "none") == "tanh"
+    return OpCost(elementwise=_gelu_cost(tanh, True) * out.numel())
+
+
+ELEMENTWISE_PER_OUTPUT = {
+    aten.addcmul: 2, aten.addcdiv: 2, aten.lerp: 3,
+    aten.silu: 2, aten.silu_backward: 5,
+    aten.native_layer_norm: 5,
+    aten._softmax: 5, aten._log_softmax: 5, aten._safe_softmax: 5,
+    aten._softmax_backward_data: 4, aten._log_softmax_backward_data: 3,
+    aten.native_dropout: 2, aten.native_dropout_backward: 1,
+    aten.threshold_backward: 1, aten.tanh_backward: 2, aten.sigmoid_backward: 2,
+    aten.hardtanh_backward: 1,
+}
+for _op, _cost in ELEMENTWISE_PER_OUTPUT.items():
+    FORMULAS[_op] = per_output_element(_cost)
+
+
+@register(aten.native_layer_norm_backward)
+def _layer_norm_backward(args, kwargs, out, opts) -> OpCost:
+    return OpCost(elementwise=10 * args[0].numel())
+
+
+ELEMENTWISE_PER_INPUT = {
+    aten.sum: 1, aten.mean: 1, aten.amax: 1, aten.amin: 1, aten.max: 1, aten.min: 1, aten.prod: 1,
+    aten.var: 2, aten.std: 2, aten.var_mean: 2, aten.norm: 2, aten.linalg_vector_norm: 2, aten.logsumexp: 3,
+    aten.embedding_dense_backward: 1, aten.cumsum: 1, aten.cumprod: 1,
+    aten.nll_loss_forward: 0, aten.nll_loss_backward: 0,  # a gather and a scatter; the cost is in log_softmax
+    aten.mse_loss: 3, aten.mse_loss_backward: 3,
+}
+for _op, _cost in ELEMENTWISE_PER_INPUT.items():
+    FORMULAS[_op] = per_input_element(_cost)
+
+FOREACH_PER_ELEMENT = {
+    "add": 1, "sub": 1, "mul": 1, "div": 1, "neg": 1, "sqrt": 1, "reciprocal": 1, "maximum": 1, "minimum": 1,
+    "pow": 1, "abs": 1, "sign": 1, "clamp_min": 1, "clamp_max": 1, "exp": 1, "log": 1, "addcmul": 2,
+    "addcdiv": 2, "lerp": 3, "norm": 2,
+}
+for _name, _cost in FOREACH_PER_ELEMENT.items():
+    for _suffix in ("", "_"):
+        _packet = getattr(aten, f"_foreach_{_name}{_suffix}", None)
+        if _packet is not None:
+            FORMULAS[_packet] = per_list_element(_cost)
+
+_per_element_pointwise = per_output_element(1)
+
+# Ops that move, view, allocate or index memory: no arithmetic.
+FREE_OPS = frozenset(getattr(aten, name) for name in """
+    view _unsafe_view reshape expand expand_as transpose t permute unsqueeze squeeze slice select split
+    split_with_sizes chunk unbind narrow as_strided alias detach clone contiguous copy_ _to_copy to
+    empty empty_like empty_strided new_empty new_empty_strided zeros zeros_like ones ones_like full full_like
+    new_zeros new_ones new_full fill_ zero_ arange randint randn rand randn_like rand_like normal_ uniform_
+    bernoulli_ lift_fresh lift_fresh_copy scalar_tensor cat stack index index_select gather embedding
+    repeat repeat_interleave unfold flip roll tril triu _local_scalar_dense masked_fill_ index_put_
+    scatter scatter_ scatter_add sort argsort topk one_hot resolve_conj resolve_neg view_as_real view_as_complex
+    _reshape_alias unsafe_split _foreach_zero_ _foreach_copy_ set_ squeeze_ unsqueeze_ t_ transpose_
+    nonzero _assert_async _assert_tensor_metadata diagonal diag_embed select_backward slice_backward
+    index_select_backward detach_ _has_compatible_shallow_copy_type new_tensor item _fused_sdp_choice
+    isfinite is_nonzero equal
+""".split() if hasattr(aten, name))
+
+
+def cost_of(func: Any, args: tuple, kwargs: dict, out: Any, opts: CountOptions) -> Optional[OpCost]:
+    """The cost of one call, or None when the op does arithmetic that no formula covers."""
+    if func.namespace == "profiler":
+        return OpCost()
+    packet = func.overloadpacket
+    formula = FORMULAS.get(packet)
+    if formula is not None:
+        return formula(args, kwargs, out, opts)
+    if packet in FREE_OPS:
+        return OpCost()
+    if torch.Tag.pointwise in func.tags:
+        return _per_element_pointwise(args, kwargs, out, opts)
+    return None

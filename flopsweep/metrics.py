@@ -1,0 +1,37 @@
+"""Every metric name, in one place: they are the keys of ``result.json`` and the MLflow metric keys."""
+
+FLOPS_FORWARD = "flops/forward"
+FLOPS_BACKWARD = "flops/backward"
+FLOPS_OPTIMIZER = "flops/optimizer"
+FLOPS_STEP = "flops/step"
+FLOPS_FORWARD_ELEMENTWISE = "flops/forward_elementwise"
+FLOPS_BACKWARD_ELEMENTWISE = "flops/backward_elementwise"
+FLOPS_FORWARD_ANALYTIC = "flops/forward_analytic"
+MACS_FORWARD = "macs/forward"
+
+PARAMS = "size/params"
+PARAMS_TRAINABLE = "size/params_trainable"
+PARAMS_EMBEDDING = "size/params_embedding"
+WEIGHTS_BYTES = "size/weights_bytes"
+BUFFERS_BYTES = "size/buffers_bytes"
+GRADS_BYTES = "size/grads_bytes"
+OPTIMIZER_STATE_BYTES = "size/optimizer_state_bytes"
+ACTIVATIONS_BYTES = "size/activations_bytes"
+TRAIN_PEAK_BYTES = "size/train_peak_bytes"
+MEASURED_PEAK_BYTES = "size/measured_peak_bytes"
+
+TIME_FORWARD = "time/forward_s"
+TIME_BACKWARD = "time/backward_s"
+TIME_OPTIMIZER = "time/optimizer_s"
+TIME_STEP = "time/step_s"
+TIME_STEP_SPREAD = "time/step_iqr_s"
+TIME_STEP_CV = "time/step_cv"
+
+SAMPLES_PER_S = "speed/samples_per_s"
+TOKENS_PER_S = "speed/tokens_per_s"
+FLOPS_PER_S = "speed/flops_per_s"
+MFU = "speed/mfu"
+
+# config values logged as numbers too, so that runs can be filtered and plotted by them
+BATCH_SIZE = "config/batch_size"
+SEQ_LEN = "config/seq_len"

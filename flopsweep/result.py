@@ -1,0 +1,31 @@
+"""The one record a job produces, as written to ``result.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+STATUSES = ("ok", "failed", "skipped", "oom")
+
+
+@dataclass
+class Result:
+    status: str
+    error: Optional[str]
+    config: dict[str, Any]
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)
+    breakdown: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # conventions, device name, versions, timing method
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> "Result":
+        data = json.loads(path.read_text())
+        return cls(**{k: data.get(k) for k in ("status", "error", "config", "metrics", "breakdown", "info")})

@@ -1,0 +1,1 @@
+"""Where results go: the job folder (always, first), then tracking stores."""

@@ -1,0 +1,62 @@
+"""The job folder: ``result.json``, a human-readable ``stats.txt`` and the breakdowns as CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from flopsweep import metrics as M
+from flopsweep.console import human, metric_lines
+from flopsweep.result import Result
+
+
+def write_job_folder(result: Result, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    result.write(folder / "result.json")
+    (folder / "stats.txt").write_text(stats_text(result))
+    for name in ("modules", "ops"):
+        rows = result.breakdown.get(name)
+        if rows:
+            write_csv(folder / f"{name}.csv", rows)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plain(value: Any) -> str:
+    return "n/a" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def stats_text(result: Result) -> str:
+    m = result.metrics
+    lines = [f"status: {result.status}"]
+    if result.error:
+        lines.append(f"error: {result.error}")
+    # the five lines of the prior profiler script, same labels (times are medians, not means)
+    size_key = M.WEIGHTS_BYTES
+    lines += [
+        f"Forward Flops: {_plain(m.get(M.FLOPS_FORWARD))}",
+        f"Backward Flops: {_plain(m.get(M.FLOPS_BACKWARD))}",
+        f"Model Size (Bytes): {_plain(m.get(size_key))}",
+        f"Average Forward Time (s): {_plain(m.get(M.TIME_FORWARD))}",
+        f"Average Backward Time (s): {_plain(m.get(M.TIME_BACKWARD))}",
+        "",
+    ]
+    lines += metric_lines(m)
+    modules = result.breakdown.get("modules") or []
+    if modules:
+        lines += ["", "FLOPs by module (inclusive; matmul-class, forward / backward):"]
+        for row in modules:
+            indent = "  " * row["depth"]
+            lines.append(f"  {indent}{row['module']:<{40 - len(indent)}} {human(row['forward_flops']):>10} "
+                         f"{human(row['backward_flops']):>10}")
+    uncounted = result.breakdown.get("uncounted_ops") or {}
+    if uncounted:
+        lines += ["", "ops with arithmetic but no formula (not counted): " +
+                  ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))]
+    return "\n".join(lines) + "\n"
