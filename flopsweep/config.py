@@ -3,7 +3,6 @@ turns a composed config into a validated :class:`JobSpec` or raises a one-line :
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -93,8 +92,15 @@ def register_configs() -> None:
     """Register the schema and the sweep presets (``+sweep=NAME``) with Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
+    from flopsweep.models import FAMILIES, family
+
     store = ConfigStore.instance()
     store.store(name="schema", node=Schema)
+    # each family's dataclass is the typed base of its presets (``defaults: [_decoder, _self_]``), so every
+    # field can be overridden from the command line and is type-checked when composed
+    for name in FAMILIES:
+        if name != "custom" and (PACKAGE_DIR / "models" / f"{name}.py").exists():  # TEMP until all families land
+            store.store(group="model", name=f"_{name}", node=family(name).Config)
     for path in sorted(SWEEPS_DIR.glob("*.yaml")):
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
@@ -197,6 +203,3 @@ def _resolve_device(device: DictConfig) -> str:
         return f"cuda:{device.index}"
     return kind.value
 
-
-def model_summary(spec: JobSpec) -> dict[str, Any]:
-    return dataclasses.asdict(spec.model)

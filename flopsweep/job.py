@@ -15,7 +15,7 @@ from flopsweep.build import build
 from flopsweep.config import JobSpec
 from flopsweep.errors import ConfigError
 from flopsweep.measure.count import StepCount, count_step
-from flopsweep.measure.meta_attention import MetaAttentionAsCPU
+from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.peaks import peak_flops
 from flopsweep.measure.size import SizeRecord, measure_size
 from flopsweep.measure.timing import TimingRecord, time_per_block, time_step
@@ -45,7 +45,7 @@ def _measure(spec: JobSpec, config: dict[str, Any]) -> Result:
     built = build(spec)
     on_meta = spec.device == "meta"
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match
-    with MetaAttentionAsCPU() if on_meta else contextlib.nullcontext():
+    with MetaLikeCPU() if on_meta else contextlib.nullcontext():
         count = None
         if spec.measure.count:
             count = count_step(built.model, built.inputs, built.optimizer, backward=spec.training,

@@ -173,6 +173,8 @@ class _Counter(TorchDispatchMode):
         if cost is None:
             self.uncounted[str(func.overloadpacket)] += 1
             return out
+        if not (cost.matmul or cost.elementwise):
+            return out
         if self.phase == "forward":
             path = self.tracker.forward_path()
         elif self.phase == "backward":

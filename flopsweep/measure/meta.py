@@ -1,10 +1,15 @@
-"""On ``meta``, run attention through the kernel the CPU would choose, so counts match across devices.
+"""Make ``meta`` behave like the CPU where it matters to counting: attention kernels and scalar reads.
+
+Attention: on meta, run it through the kernel the CPU would choose, so counts match across devices.
 
 ``F.scaled_dot_product_attention`` on meta always decomposes into bmm and softmax, while on CPU it
 usually runs one fused kernel (``_scaled_dot_product_flash_attention_for_cpu``) whose cost comes from a
 formula. This mode asks PyTorch which kernel the CPU would pick for the same shapes, dtypes and masks
 (using tiny CPU tensors) and, when that is the fused one, calls it on the meta tensors directly (it has
 meta and autograd support); otherwise the decomposition runs on both devices alike.
+
+Scalar reads: meta tensors have no values, so ``.item()`` on one (Adafactor's relative step size reads
+parameter norms) returns 1.0. Such values only scale an update; they change no shape and no FLOP count.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ def cpu_would_use_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     return choice == _FLASH
 
 
-class MetaAttentionAsCPU(TorchFunctionMode):
+class MetaLikeCPU(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.item and args[0].device.type == "meta":
+            return 1.0
         if func is F.scaled_dot_product_attention and args and args[0].device.type == "meta":
             q, k, v = args[:3]
             options = dict(zip(("attn_mask", "dropout_p", "is_causal"), args[3:]))

@@ -1,0 +1,104 @@
+"""Any user model: ``_target_`` names its class or factory (Hydra's instantiate), the other keys are its
+arguments, and ``inputs`` describes the synthetic batch, with ``batch`` and ``seq_len`` as placeholders::
+
+    model:
+      family: custom
+      name: my_encoder
+      _target_: torch.nn.TransformerEncoderLayer
+      d_model: 256
+      nhead: 4
+      batch_first: true
+      inputs: [{name: src, shape: [batch, seq_len, 256]}]
+      loss: mse           # output: the model returns its loss; mse: mean square of the output
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from flopsweep.errors import ConfigError, require
+from flopsweep.models.base import BatchShape, ModelConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
+          "int32": torch.int32, "bool": torch.bool}
+_OWN = ("family", "name", "_target_", "inputs", "loss", "default_seq_len")
+
+
+@dataclass
+class Config(ModelConfig):
+    family: str = "custom"
+    target: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    loss: str = "output"
+    default_seq_len: Optional[int] = None
+
+    def validate(self, batch: BatchShape) -> None:
+        require(bool(self.target), "model._target_", None, "missing: the class or function that builds the model")
+        require(self.loss in ("output", "mse"), "model.loss", self.loss, "must be output or mse")
+        require(len(self.inputs) > 0, "model.inputs", None, "missing: a list of {name, shape, dtype} entries")
+        for i, spec in enumerate(self.inputs):
+            require(isinstance(spec, dict) and "shape" in spec, f"model.inputs[{i}]", spec, "needs a shape")
+            require(spec.get("dtype", "float32") in DTYPES, f"model.inputs[{i}].dtype", spec.get("dtype"),
+                    f"must be one of {', '.join(DTYPES)}")
+            for dim in spec["shape"]:
+                require(dim in ("batch", "seq_len") or (isinstance(dim, int) and dim >= 1),
+                        f"model.inputs[{i}].shape", list(spec["shape"]),
+                        "entries must be positive integers, 'batch' or 'seq_len'")
+            if "seq_len" in spec["shape"]:
+                require(batch.seq_len is not None, "batch.seq_len", None, "needed by model.inputs (or set model.default_seq_len)")
+
+
+def load(fields: dict[str, Any]) -> Config:
+    return Config(family="custom", name=fields.get("name", "custom"), target=fields.get("_target_", ""),
+                  kwargs={k: v for k, v in fields.items() if k not in _OWN}, inputs=list(fields.get("inputs", [])),
+                  loss=fields.get("loss", "output"), default_seq_len=fields.get("default_seq_len"))
+
+
+class OutputLoss(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, out: Any) -> torch.Tensor:
+        if self.kind == "mse":
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            return out.float().pow(2).mean()
+        if isinstance(out, torch.Tensor):
+            return out if out.dim() == 0 else out.mean()
+        if hasattr(out, "loss"):
+            return out.loss
+        return out[0]
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        from hydra.utils import instantiate
+
+        try:
+            self.net = instantiate({"_target_": cfg.target, **cfg.kwargs})
+        except Exception as err:  # noqa: BLE001 - report which key, not a Hydra traceback
+            raise ConfigError("model._target_", cfg.target, f"could not be built: {str(err).splitlines()[0]}")
+        self.names = [spec.get("name", f"input{i}") for i, spec in enumerate(cfg.inputs)]
+        self.loss = OutputLoss(cfg.loss)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.net(*(inputs[name] for name in self.names)))
+
+
+def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for i, spec in enumerate(cfg.inputs):
+        shape = [batch.size if d == "batch" else batch.seq_len if d == "seq_len" else d for d in spec["shape"]]
+        dtype = DTYPES[spec.get("dtype", "float32")]
+        if dtype.is_floating_point:
+            tensors[spec.get("name", f"input{i}")] = torch.randn(shape, device=device, dtype=dtype)
+        else:
+            tensors[spec.get("name", f"input{i}")] = torch.randint(0, int(spec.get("high", 2)), shape, device=device,
+                                                                   dtype=dtype)
+    return tensors

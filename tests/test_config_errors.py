@@ -1,0 +1,69 @@
+"""Bad input fails before any model is built, with one line that names the offending key."""
+
+import pytest
+
+from flopsweep.config import resolve
+from flopsweep.errors import ConfigError
+from tests.conftest import compose_config, run_cli
+
+BAD = [
+    (["batch.size=-1"], "batch.size"),
+    (["batch.size=0"], "batch.size"),
+    (["batch.seq_len=4096"], "batch.seq_len"),             # gpt2_small has 1024 positions
+    (["batch.seq_len=0"], "batch.seq_len"),
+    (["batch.image_size=224"], "batch.image_size"),         # a text model
+    (["model.n_head=7"], "model.n_head"),                   # 7 does not divide 768
+    (["model=qwen2_5_0_5b", "model.n_kv_head=4"], "model.n_kv_head"),  # 4 does not divide 14
+    (["model.norm=batchnorm"], "model.norm"),
+    (["model.act=swish"], "model.act"),
+    (["model.n_layer=0"], "model.n_layer"),
+    (["model.family=rnn"], "model.family"),
+    (["+model.n_haed=12"], "model.n_haed"),                 # a typo added with +
+    (["device=cuda"], "device.type"),                       # no GPU on this machine
+    (["device.threads=0"], "device.threads"),
+    (["device.peak_tflops=-5"], "device.peak_tflops"),
+    (["dtype.params=int4"], "dtype.params"),
+    (["dtype.autocast=float8"], "dtype.autocast"),
+    (["dtype=bfloat16", "dtype.autocast=float16"], "dtype.autocast"),
+    (["optimizer.name=lion"], "optimizer.name"),
+    (["optimizer.lr=0"], "optimizer.lr"),
+    (["optimizer=sgd_momentum", "optimizer.momentum=1.5"], "optimizer.momentum"),
+    (["optimizer.betas=[0.9]"], "optimizer.betas"),
+    (["measure.repeats=0"], "measure.repeats"),
+    (["measure.warmup=-1"], "measure.warmup"),
+    (["measure.timing=sometimes"], "measure.timing"),
+    (["measure.causal_attention=quarter"], "measure.causal_attention"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_names_its_key(overrides, key):
+    import torch
+
+    if key == "device.type" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*overrides))
+    message = str(err.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_valid_config_resolves():
+    spec = resolve(compose_config("model=bert_base", "batch.size=8", "dtype=bfloat16", "device=cpu"))
+    assert spec.batch.size == 8 and spec.batch.seq_len == 128 and spec.params_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("args,key", [
+    (["batch.size=-1"], "batch.size"),
+    (["model.n_head=7"], "model.n_head"),
+    (["batch.sizee=8"], "batch.sizee"),       # a typo: rejected by Hydra's struct mode at compose time
+    (["device=cdua"], "cdua"),                # an option that does not exist
+    (["batch.size=abc"], "batch.size"),       # the schema's type check
+])
+def test_cli_error_is_short_and_has_no_traceback(tmp_path, args, key):
+    proc = run_cli("device=meta", *args, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    first = proc.stderr.strip().splitlines()[0]
+    assert key in first, proc.stderr

@@ -1,0 +1,111 @@
+"""Counted FLOPs: device parity, closed-form agreement, causal halving, backward and optimizer costs."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from flopsweep.measure.count import count_step
+from flopsweep.measure.meta import MetaLikeCPU
+from flopsweep.models import decoder
+from flopsweep.models.base import BatchShape
+
+TINY = dict(d_model=64, n_layer=2, n_head=4, vocab_size=97, max_positions=64)
+LLAMA_TINY = dict(d_model=64, n_layer=2, n_head=8, n_kv_head=2, d_ff=160, vocab_size=97, max_positions=64,
+                  norm="rmsnorm", act="swiglu", positions="rope", bias=False, qkv_bias=True, tie_embeddings=False)
+
+
+def count(cfg, batch, device, optimizer="adamw", **kw):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = decoder.Model(cfg)
+    params = list(model.parameters())
+    opt = {"adamw": lambda: torch.optim.AdamW(params, weight_decay=0.01, foreach=True),
+           "sgd": lambda: torch.optim.SGD(params, lr=0.1, foreach=True)}[optimizer]()
+    inputs = decoder.example_inputs(cfg, batch, device)
+    with MetaLikeCPU() if device == "meta" else contextlib.nullcontext():
+        return count_step(model, inputs, opt, **kw), model
+
+
+@pytest.mark.parametrize("fields", [TINY, LLAMA_TINY], ids=["gpt", "llama_gqa"])
+def test_cpu_and_meta_counts_are_identical(fields):
+    cfg, batch = decoder.Config(**fields), BatchShape(2, 16)
+    cpu, _ = count(cfg, batch, "cpu")
+    meta, _ = count(cfg, batch, "meta")
+    for phase in ("forward", "backward", "optimizer"):
+        a, b = cpu.phases()[phase], meta.phases()[phase]
+        assert (a.matmul, a.elementwise) == (b.matmul, b.elementwise), phase
+        assert a.matmul + a.elementwise > 0
+    assert cpu.module_table(3) == meta.module_table(3)
+
+
+def megatron_forward(B, s, l, h, V):
+    # Megatron-LM / Korthikanti et al. (references.md): 24*B*s*l*h^2 * (1 + s/(6h) + V/(12*l*h))
+    return 24 * B * s * l * h * h * (1 + s / (6 * h) + V / (12 * l * h))
+
+
+@pytest.mark.parametrize("B,s,l,h,heads,V", [(1, 8, 1, 32, 2, 50), (2, 32, 3, 64, 4, 101), (3, 64, 2, 96, 6, 257),
+                                               (1, 128, 4, 128, 8, 1000)])
+def test_gpt_forward_equals_megatron_formula(B, s, l, h, heads, V):
+    cfg = decoder.Config(d_model=h, n_layer=l, n_head=heads, vocab_size=V, max_positions=s)
+    counted, _ = count(cfg, BatchShape(B, s), "meta")
+    assert counted.forward.matmul == pytest.approx(megatron_forward(B, s, l, h, V), rel=1e-12)
+    assert counted.forward.matmul == decoder.analytic_forward_flops(cfg, BatchShape(B, s))
+
+
+@pytest.mark.parametrize("fields", [TINY, LLAMA_TINY], ids=["gpt", "llama_gqa"])
+def test_backward_matmuls_are_twice_forward(fields):
+    # every matmul's backward computes a gradient for its input and for its weight (the first layer's
+    # input is the embedding output, which needs one), and attention's backward is dQ, dK, dV, dP
+    counted, _ = count(decoder.Config(**fields), BatchShape(2, 16), "meta")
+    assert counted.backward.matmul == 2 * counted.forward.matmul
+
+
+def test_causal_half_counts_only_unmasked_pairs():
+    cfg, batch = decoder.Config(**TINY), BatchShape(2, 16)
+    full, _ = count(cfg, batch, "meta")
+    half, _ = count(cfg, batch, "meta", causal_half=True)
+    B, S, d, L = 2, 16, 64, 2
+    full_attention = 4 * B * S * S * d * L              # QK^T and PV over all S^2 pairs, every layer
+    kept_attention = 4 * B * (S * (S + 1) // 2) * d * L  # the lower triangle, diagonal included
+    assert full.forward.matmul - half.forward.matmul == full_attention - kept_attention
+
+
+def test_optimizer_costs_per_element():
+    cfg, batch = decoder.Config(**TINY), BatchShape(2, 16)
+    sgd, model = count(cfg, batch, "meta", optimizer="sgd")
+    n = sum(p.numel() for p in model.parameters())
+    # plain SGD: param += -lr * grad, one fused multiply-add per element, counted as one
+    assert sgd.optimizer.elementwise == n
+    adamw, _ = count(cfg, batch, "meta", optimizer="adamw")
+    # AdamW per element: decay 1 + lerp(m) 3 + v*beta2 1 + addcmul 2 + sqrt 1 + div 1 + add eps 1 + addcdiv 2,
+    # plus one add per parameter tensor for its step counter
+    tensors = len(list(model.parameters()))
+    assert adamw.optimizer.elementwise == 12 * n + tensors
+
+
+def test_module_breakdown_sums_to_totals():
+    counted, _ = count(decoder.Config(**TINY), BatchShape(2, 16), "meta")
+    rows = counted.module_table(3)
+    top = {r["module"]: r for r in rows if r["depth"] == 1}
+    root = next(r for r in rows if r["module"] == "(model)")
+    for phase in ("forward", "backward"):
+        total = getattr(counted, phase).matmul
+        assert root[f"{phase}_flops"] == total
+        assert sum(r[f"{phase}_flops"] for r in top.values()) <= total
+    assert top["lm_head"]["forward_flops"] == 2 * 2 * 16 * 64 * 97
+    assert top["lm_head"]["backward_flops"] == 2 * top["lm_head"]["forward_flops"]
+    assert top["blocks"]["forward_flops"] == sum(r["forward_flops"] for r in rows if r["depth"] == 2
+                                                 and r["module"].startswith("blocks."))
+    # the loss is part of forward and visible as a module
+    assert top["loss"]["forward_elementwise"] > 0
+    assert not counted.uncounted, counted.uncounted
+
+
+def test_per_module_blocks_are_equal_and_attention_counted_on_cpu():
+    counted, _ = count(decoder.Config(**TINY), BatchShape(2, 16), "cpu")
+    by_op = counted.forward.by_op
+    assert by_op["aten._scaled_dot_product_flash_attention_for_cpu"].matmul == 4 * 2 * 16 * 16 * 64 * 2
+    blocks = [r for r in counted.module_table(2) if r["depth"] == 2 and r["module"].startswith("blocks.")]
+    assert len({(r["forward_flops"], r["backward_flops"]) for r in blocks}) == 1
