@@ -1,0 +1,89 @@
+"""The command line, end to end in a subprocess: single runs, multiruns, presets, the job folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+TINY = ["model.n_layer=2", "batch.seq_len=32"]
+CONTRACT_METRICS = ["flops/forward", "flops/backward", "flops/optimizer", "flops/step", "flops/forward_elementwise",
+                    "flops/backward_elementwise", "macs/forward", "flops/forward_analytic", "size/params",
+                    "size/params_trainable", "size/params_embedding", "size/weights_bytes", "size/buffers_bytes",
+                    "size/grads_bytes", "size/optimizer_state_bytes", "size/activations_bytes",
+                    "size/train_peak_bytes"]
+TIME_METRICS = ["time/forward_s", "time/backward_s", "time/optimizer_s", "time/step_s", "speed/samples_per_s",
+                "speed/tokens_per_s", "speed/flops_per_s"]
+
+
+def job_folders(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("result.json"))
+
+
+def test_single_meta_run_writes_the_contract(tmp_path):
+    proc = run_cli("model=gpt2_small", "device=meta", "batch.size=2", *TINY, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = job_folders(tmp_path / "outputs" / "runs")
+    result = json.loads((folder / "result.json").read_text())
+    assert set(result) >= {"status", "error", "config", "metrics", "breakdown"}
+    assert result["status"] == "ok" and result["error"] is None
+    assert result["config"]["model"]["name"] == "gpt2_small" and result["config"]["batch"]["size"] == 2
+    for key in CONTRACT_METRICS:
+        assert isinstance(result["metrics"][key], (int, float)), key
+    for key in TIME_METRICS:  # meta: timings do not apply, so they are absent, never 0
+        assert result["metrics"].get(key) is None
+    assert result["metrics"]["flops/forward"] == result["metrics"]["flops/forward_analytic"]
+    stats = (folder / "stats.txt").read_text()
+    for label in ("Forward Flops:", "Backward Flops:", "Model Size (Bytes):", "Average Forward Time (s):",
+                  "Average Backward Time (s):"):
+        assert label in stats
+    assert f"Forward Flops: {result['metrics']['flops/forward']}" in stats
+    assert (folder / "modules.csv").exists() and (folder / "ops.csv").exists()
+    assert "flops/forward" in proc.stdout
+
+
+def test_single_cpu_run_times_the_step(tmp_path):
+    proc = run_cli("model=gpt2_small", "device=cpu", "batch.size=1", *TINY, "measure.warmup=1",
+                   "measure.repeats=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = job_folders(tmp_path)
+    m = json.loads((folder / "result.json").read_text())["metrics"]
+    for key in TIME_METRICS:
+        assert m[key] > 0, key
+    assert m["time/step_s"] >= m["time/forward_s"]
+    assert m["speed/tokens_per_s"] == pytest.approx(32 / m["time/step_s"])
+    assert m["speed/mfu"] is None  # no peak is known for this CPU and none was given
+
+
+def test_multirun_goes_on_after_a_failed_job_and_exits_nonzero(tmp_path):
+    proc = run_cli("-m", "model=gpt2_small", "device=meta", *TINY, "model.n_head=4,7", cwd=tmp_path)
+    assert proc.returncode == 1
+    folders = job_folders(tmp_path / "outputs" / "sweeps")
+    assert len(folders) == 2
+    statuses = sorted(json.loads((f / "result.json").read_text())["status"] for f in folders)
+    assert statuses == ["failed", "ok"]
+    failed = next(json.loads((f / "result.json").read_text()) for f in folders
+                  if json.loads((f / "result.json").read_text())["status"] == "failed")
+    assert "model.n_head" in failed["error"]
+    assert "Traceback" not in proc.stderr
+    # the summary table lists both jobs
+    assert "2 jobs: 1 ok, 1 failed" in proc.stdout
+    assert proc.stdout.count("gpt2_small") >= 2
+
+
+def test_sweep_preset_runs_as_multirun(tmp_path):
+    proc = run_cli("+sweep=gpt3_family", "model=gpt3_small,gpt3_medium", "batch.seq_len=64", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads((f / "result.json").read_text()) for f in job_folders(tmp_path / "outputs" / "sweeps")]
+    assert sorted(r["config"]["model"]["name"] for r in results) == ["gpt3_medium", "gpt3_small"]
+    assert all(r["config"]["device"]["type"] == "meta" for r in results)
+
+
+def test_causal_half_option_is_recorded(tmp_path):
+    proc = run_cli("model=gpt2_small", "device=meta", *TINY, "measure.causal_attention=half", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = job_folders(tmp_path)
+    result = json.loads((folder / "result.json").read_text())
+    assert result["info"]["causal_attention"] == "half"
+    assert result["metrics"]["flops/forward"] < result["metrics"]["flops/forward_analytic"]
