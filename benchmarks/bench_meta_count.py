@@ -1,0 +1,76 @@
+"""Count gpt3_175b (forward + backward + AdamW step) on meta, as a whole `flopsweep` process, N times:
+median wall time and peak RSS; and, in-process, flopsweep's counter against PyTorch's FlopCounterMode.
+
+    .venv/bin/python benchmarks/bench_meta_count.py [--runs 5] [--model gpt3_175b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def whole_process(model: str, runs: int) -> tuple[list[float], list[float]]:
+    walls, rss = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as cwd:
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli import main; main()",
+                                   f"model={model}", "device=meta", "batch.size=1"], cwd=cwd, capture_output=True,
+                                  text=True)
+            walls.append(time.perf_counter() - start)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr)
+            # ru_maxrss of the children reaped so far is the largest child's: each run must be a new max
+            rss.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20)
+    return walls, rss
+
+
+def in_process(model: str) -> dict[str, float]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flopsweep.build import build
+    from flopsweep.config import register_configs, resolve
+    from flopsweep.measure.count import count_step
+    from flopsweep.measure.meta import MetaLikeCPU
+    from hydra import compose, initialize_config_dir
+    from flopsweep.config import CONF_DIR
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        spec = resolve(compose("config", overrides=[f"model={model}", "device=meta", "batch.size=1"]))
+    built = build(spec)
+    with MetaLikeCPU():
+        start = time.perf_counter()
+        ours = count_step(built.model, built.inputs, built.optimizer)
+        ours_s = time.perf_counter() - start
+        built.optimizer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        with FlopCounterMode(display=False) as theirs:
+            built.model(**built.inputs).backward()
+        theirs_s = time.perf_counter() - start
+    return {"flopsweep fwd+bwd+AdamW (s)": ours_s, "FlopCounterMode fwd+bwd (s)": theirs_s,
+            "flopsweep fwd+bwd matmul FLOPs": ours.forward.matmul + ours.backward.matmul,
+            "FlopCounterMode fwd+bwd FLOPs": theirs.get_total_flops()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--model", default="gpt3_175b")
+    args = parser.parse_args()
+    walls, rss = whole_process(args.model, args.runs)
+    print(f"whole process, {args.runs} runs: wall median {statistics.median(walls):.2f} s "
+          f"(min {min(walls):.2f}, max {max(walls):.2f}); peak RSS {max(rss):.2f} GiB")
+    for key, value in in_process(args.model).items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
