@@ -81,11 +81,11 @@ def resolvent_diagonal(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     carried as ratios ``p_i = theta_{i-1} / theta_i`` and ``q_i = phi_{i+1} / phi_i``:
     ``p_0 = 0, p_{i+1} = 1 / (a_i - p_i)``, ``q_{N-1} = 0, q_{i-1} = 1 / (a_i - q_i)``, and then
     ``G_ii = theta_i phi_i / theta_N = 1 / (a_i - p_i - q_i)`` (expand ``det = theta_N`` along row i).
-    theta_i itself grows like ~2^i (|theta_128| ~ 1e40 at v = 0), which overflows float32 at N ~ 128 and
-    float64 at N ~ 1000, and with plain autograd the overflow turns every gradient into NaN. The ratios
+    theta_i itself grows like ~2^i (|theta_128| ~ 1e40 at v = 0), which overflows float32 near N = 120 and
+    float64 near N = 450-1000 (by v), and with plain autograd the overflow turns every gradient into NaN. The ratios
     cannot overflow: Im(a_i) = -1 gives Im(a_i - p_i) <= -1 by induction, so |p_i|, |q_i|, |G_ii| <= 1.
 
-    Complex numbers are carried as (real, imaginary) pairs of real tensors: complex dtypes have no
+    Complex numbers are carried as (real, imaginary) pairs of real tensors: complex dtypes have little
     half-precision support, and a dispatch-level counter charges a complex multiply as one FLOP where it
     is six. One step costs 8 real FLOPs per sequence and direction (Im a = -1 is folded in by hand).
     """
@@ -94,12 +94,13 @@ def resolvent_diagonal(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Both directions in one loop: row 0 runs left-to-right over a, row 1 right-to-left.
     a_lr = torch.stack([a_re, a_re.flip(-1)]).unbind(-1)          # n tensors of shape (2, ...)
     p_re = torch.zeros_like(a_lr[0])
-    u = torch.ones_like(a_lr[0])                                   # u = 1 + Im p, so a - p = (a_re - Re p) - i u
+    u = one = torch.ones_like(a_lr[0])                             # u = 1 + Im p, so a - p = (a_re - Re p) - i u
     ratios_re, ratios_u = [p_re], [u]
+    # addcmul keeps the op count per step low: each op is a Python-level kernel on meta
     for i in range(n - 1):
         w_re = a_lr[i] - p_re
-        inv = torch.reciprocal(w_re * w_re + u * u)                # 1 / |a_i - p_i|^2
-        p_re, u = w_re * inv, 1.0 + u * inv                        # p_{i+1} = conj(a_i - p_i) / |a_i - p_i|^2
+        inv = torch.reciprocal(torch.addcmul(w_re * w_re, u, u))  # 1 / |a_i - p_i|^2
+        p_re, u = w_re * inv, torch.addcmul(one, u, inv)           # p_{i+1} = conj(a_i - p_i) / |a_i - p_i|^2
         ratios_re.append(p_re)
         ratios_u.append(u)
     p_re, u = torch.stack(ratios_re, -1), torch.stack(ratios_u, -1)  # (2, ..., n)
@@ -140,13 +141,14 @@ class MoE(nn.Module):
     """E experts ``Linear(D, 2D) -> ReLU -> Dropout -> Linear(2D, D)``, gate ``Linear(D, E)``, top-k routing
     with softmax over the k selected logits.
 
-    Routing has fixed shapes: each of the ``T*k`` token-slots gathers its expert's weights (``index_select``
+    Routing has fixed shapes: each of the ``T*k`` token-slots gathers its expert's weights (a row gather
     of the stacked ``(E, D, 2D)`` tensors by the slot's expert id) and runs a batched ``(1, D) x (D, 2D)``
     product, so the counted matmul FLOPs are exactly ``2*T*k*(D*2D + 2D*D)``: k experts per token, as a
     sparse MoE does, with no value-dependent shapes. The price is memory: the gathered weights,
-    ``T*k*4*D^2`` elements, are materialised and kept for backward (8 MiB per layer for the default model
-    at batch 2, float32), and their gradients are scattered back with ``index_add`` (``T*k*4*D^2`` adds
-    that a per-expert dense matmul would do inside its matmul). That suits this model's small D.
+    ``T*k*4*D^2`` elements, are materialised and kept for backward (16 MiB per layer for the default model
+    at batch 2 in float32, 256 MiB at batch 32), and their per-slot gradients are summed back into the
+    experts by a scatter-add (``T*k*4*D^2`` elementwise adds that a per-expert matmul would do inside the
+    matmul). That suits this model's small D.
     """
 
     def __init__(self, d: int, num_experts: int, top_k: int, dropout_p: float):
@@ -175,11 +177,18 @@ class MoE(nn.Module):
         weight = top_logits.softmax(dim=-1)
         expert = expert.flatten()                                          # (T*k,) slot -> expert id
         slots = tokens.unsqueeze(1).expand(-1, k, -1).reshape(-1, 1, d)    # (T*k, 1, D)
-        h = torch.bmm(slots, self.w1.index_select(0, expert)) + self.b1.index_select(0, expert).unsqueeze(1)
+        h = torch.bmm(slots, _gather(self.w1, expert)) + _gather(self.b1, expert).unsqueeze(1)
         h = self.dropout(F.relu(h))
-        y = torch.bmm(h, self.w2.index_select(0, expert)) + self.b2.index_select(0, expert).unsqueeze(1)
+        y = torch.bmm(h, _gather(self.w2, expert)) + _gather(self.b2, expert).unsqueeze(1)
         y = (y.view(-1, k, d) * weight.unsqueeze(-1)).sum(dim=1)           # (T, D)
         return y.view(x.shape)
+
+
+def _gather(weights: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """``weights[expert]`` for stacked per-expert tensors. Written as an embedding lookup so that its backward
+    is ``embedding_dense_backward``, which the counter charges (one add per scattered element); the backward
+    of ``index_select`` (``index_add``) has no formula there."""
+    return F.embedding(expert, weights.flatten(1)).view(-1, *weights.shape[1:])
 
 
 # -- the model -------------------------------------------------------------------------------------
