@@ -28,4 +28,5 @@ class Result:
     @classmethod
     def read(cls, path: Path) -> "Result":
         data = json.loads(path.read_text())
-        return cls(**{k: data.get(k) for k in ("status", "error", "config", "metrics", "breakdown", "info")})
+        return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
+                   data.get("breakdown") or {}, data.get("info") or {})

@@ -136,8 +136,10 @@ def _convolution_backward(args, kwargs, out, opts) -> OpCost:
 
 def _attention_pairs(sq: int, sk: int, causal: bool, opts: CountOptions) -> int:
     if causal and opts.causal_half:
-        # is_causal aligns the mask top-left: query i sees keys 0..i
-        return sum(min(i + 1, sk) for i in range(sq)) if sq <= 65536 else (sq * (sq + 1) // 2)
+        # is_causal aligns the mask top-left: query i sees keys 0..i, so sum_i min(i + 1, sk) pairs
+        if sq <= sk:
+            return sq * (sq + 1) // 2
+        return sk * (sk + 1) // 2 + (sq - sk) * sk
     return sq * sk
 
 

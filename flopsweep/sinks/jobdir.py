@@ -38,11 +38,10 @@ def stats_text(result: Result) -> str:
     if result.error:
         lines.append(f"error: {result.error}")
     # the five lines of the prior profiler script, same labels (times are medians, not means)
-    size_key = M.WEIGHTS_BYTES
     lines += [
         f"Forward Flops: {_plain(m.get(M.FLOPS_FORWARD))}",
         f"Backward Flops: {_plain(m.get(M.FLOPS_BACKWARD))}",
-        f"Model Size (Bytes): {_plain(m.get(size_key))}",
+        f"Model Size (Bytes): {_plain(m.get(M.WEIGHTS_BYTES))}",
         f"Average Forward Time (s): {_plain(m.get(M.TIME_FORWARD))}",
         f"Average Backward Time (s): {_plain(m.get(M.TIME_BACKWARD))}",
         "",
