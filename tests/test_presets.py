@@ -58,6 +58,12 @@ def hf_count(model) -> int:
 
 
 @pytest.mark.parametrize("preset,build_hf", [
+    ("vit_b16", lambda t: t.ViTForImageClassification(t.ViTConfig(num_labels=1000))),
+    ("vit_l16", lambda t: t.ViTForImageClassification(t.ViTConfig(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, num_labels=1000))),
+    ("bert_base", lambda t: t.BertModel(t.BertConfig())),
+    ("bert_large", lambda t: t.BertModel(t.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                                      intermediate_size=4096))),
     ("gpt2_small", lambda t: t.GPT2LMHeadModel(t.GPT2Config())),
     ("gpt2_medium", lambda t: t.GPT2LMHeadModel(t.GPT2Config(n_embd=1024, n_layer=24, n_head=16))),
     ("llama2_7b", lambda t: t.LlamaForCausalLM(t.LlamaConfig(
@@ -70,7 +76,7 @@ def hf_count(model) -> int:
         hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
         num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False))),
 ])
-def test_decoder_params_match_hugging_face(preset, build_hf):
+def test_params_match_hugging_face(preset, build_hf):
     transformers = pytest.importorskip("transformers")
     with torch.device("meta"):
         reference = build_hf(transformers)
