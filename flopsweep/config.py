@@ -99,7 +99,7 @@ def register_configs() -> None:
     # each family's dataclass is the typed base of its presets (``defaults: [_decoder, _self_]``), so every
     # field can be overridden from the command line and is type-checked when composed
     for name in FAMILIES:
-        if name != "custom" and (PACKAGE_DIR / "models" / f"{name}.py").exists():  # TEMP until all families land
+        if name != "custom":
             store.store(group="model", name=f"_{name}", node=family(name).Config)
     for path in sorted(SWEEPS_DIR.glob("*.yaml")):
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")

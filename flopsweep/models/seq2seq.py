@@ -1,0 +1,146 @@
+"""Encoder-decoder models: T5 (Raffel et al. 2020, as Hugging Face T5Model v1.0 with its tied LM head) and the
+Transformer of Vaswani et al. 2017. One config covers both; ``style`` picks the differences:
+
+- ``t5``: no biases, RMS norm, pre-norm, ReLU, ``d_kv`` per head, relative position buckets (a learned
+  per-head bias in each stack's first layer, added to every self-attention of that stack), unscaled
+  attention, shared embedding with the decoder output scaled by ``d_model**-0.5`` before the tied head;
+- ``vaswani``: biases, LayerNorm after each residual add, ReLU, sinusoidal positions, embeddings scaled by
+  ``sqrt(d_model)``, source, target and output share one vocabulary and one matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flopsweep.errors import require
+from flopsweep.models.base import BatchShape, ModelConfig, check_positive, check_seq_len, token_batch
+from flopsweep.models.layers import Block, make_norm, sinusoidal_positions
+
+
+@dataclass
+class Config(ModelConfig):
+    family: str = "seq2seq"
+    style: str = "t5"                    # t5 | vaswani
+    d_model: int = 512
+    n_layer: int = 6                     # per stack
+    n_head: int = 8
+    d_kv: Optional[int] = None           # per-head width; None = d_model / n_head
+    d_ff: int = 2048
+    vocab_size: int = 32128
+    max_positions: int = 512
+    default_seq_len: int = 512
+    target_len: Optional[int] = None     # decoder length; None = batch.seq_len
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_kv or self.d_model // self.n_head
+
+    def validate(self, batch: BatchShape) -> None:
+        require(self.style in ("t5", "vaswani"), "model.style", self.style, "must be t5 or vaswani")
+        check_positive(self, "d_model", "n_layer", "n_head", "d_ff", "vocab_size", "max_positions")
+        if self.d_kv is None:
+            require(self.d_model % self.n_head == 0, "model.n_head", self.n_head,
+                    f"must divide model.d_model={self.d_model} (or set model.d_kv)")
+        else:
+            check_positive(self, "d_kv")
+        check_seq_len(batch, self.max_positions)
+        if self.target_len is not None:
+            require(1 <= self.target_len <= self.max_positions, "model.target_len", self.target_len,
+                    f"must be between 1 and model.max_positions={self.max_positions}")
+
+
+def relative_buckets(q_len: int, k_len: int, bidirectional: bool, buckets: int, max_distance: int,
+                     device: torch.device) -> torch.Tensor:
+    """T5's bucketing of key-minus-query offsets: exact for small offsets, logarithmic up to max_distance."""
+    offset = torch.arange(k_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
+    base = torch.zeros_like(offset)
+    if bidirectional:
+        buckets //= 2
+        base = (offset > 0).long() * buckets
+        distance = offset.abs()
+    else:
+        distance = (-offset).clamp(min=0)
+    exact = buckets // 2
+    log_bucket = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                          * (buckets - exact)).long()
+    return base + torch.where(distance < exact, distance, log_bucket.clamp(max=buckets - 1))
+
+
+class Stack(nn.Module):
+    def __init__(self, cfg: Config, decoder: bool):
+        super().__init__()
+        t5 = cfg.style == "t5"
+        self.cfg, self.decoder = cfg, decoder
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_head, cfg.d_ff, norm="rmsnorm" if t5 else "layernorm",
+                  norm_eps=1e-6 if t5 else 1e-5, prenorm=t5, act="relu", bias=not t5, causal=decoder, cross=decoder,
+                  head_dim=cfg.head_dim, scale=1.0 if t5 else None, dropout=cfg.dropout)
+            for _ in range(cfg.n_layer))
+        if t5:
+            self.relative_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)
+            self.norm = make_norm("rmsnorm", cfg.d_model, 1e-6)
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None) -> torch.Tensor:
+        bias = None
+        if self.cfg.style == "t5":
+            S = x.shape[1]
+            buckets = relative_buckets(S, S, not self.decoder, self.cfg.relative_buckets,
+                                       self.cfg.relative_max_distance, x.device)
+            bias = self.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, memory, bias)
+        return self.norm(x) if self.cfg.style == "t5" else x
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = Stack(cfg, decoder=False)
+        self.decoder = Stack(cfg, decoder=True)
+        self.loss = nn.CrossEntropyLoss()
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.shared(tokens)
+        if self.cfg.style == "vaswani":
+            d = self.cfg.d_model
+            x = x * math.sqrt(d) + sinusoidal_positions(tokens.shape[1], d, x.device, x.dtype)
+        return x
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        memory = self.encoder(self._embed(src))
+        y = self.decoder(self._embed(tgt), memory)
+        if self.cfg.style == "t5":
+            y = y * self.cfg.d_model ** -0.5
+        logits = F.linear(y, self.shared.weight)
+        return self.loss(logits.flatten(0, 1), targets.flatten())
+
+
+def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+    target_len = cfg.target_len or batch.seq_len
+    return {"src": token_batch(cfg.vocab_size, batch, device),
+            "tgt": token_batch(cfg.vocab_size, batch, device, target_len),
+            "targets": token_batch(cfg.vocab_size, batch, device, target_len)}
+
+
+def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
+    """Both stacks' projections, feed-forward and attention (full S^2 for causal self-attention too), and the
+    tied output projection over the target tokens."""
+    B, S, T, d = batch.size, batch.seq_len, cfg.target_len or batch.seq_len, cfg.d_model
+    inner = cfg.n_head * cfg.head_dim
+    te, td = B * S, B * T
+    encoder = 2 * te * d * 3 * inner + 2 * te * inner * d + 4 * te * d * cfg.d_ff + 4 * B * S * S * inner
+    decoder = (2 * td * d * 3 * inner + 2 * td * inner * d + 4 * B * T * T * inner            # self-attention
+               + 2 * td * d * inner + 2 * te * d * 2 * inner + 2 * td * inner * d + 4 * B * T * S * inner
+               + 4 * td * d * cfg.d_ff)
+    return cfg.n_layer * (encoder + decoder) + 2 * td * d * cfg.vocab_size

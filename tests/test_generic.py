@@ -1,0 +1,46 @@
+"""The prior script's generic transformer: from overrides and from a JSON file; its modes; bad input."""
+
+import json
+
+import pytest
+
+from flopsweep.config import resolve
+from flopsweep.errors import ConfigError
+from tests.conftest import REPO, compose_config
+
+FIELDS = dict(embed_dim=256, num_heads=4, ff_dim=1024, seq_len=64, memory_seq_len=32, num_encoder_blocks=3,
+              num_decoder_blocks=2)
+
+
+def test_json_file_equals_overrides(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(FIELDS))
+    from_json = resolve(compose_config("model=generic", f"model.json_file={path}"))
+    from_overrides = resolve(compose_config("model=generic", *(f"model.{k}={v}" for k, v in FIELDS.items())))
+    for key in FIELDS:
+        assert getattr(from_json.model, key) == getattr(from_overrides.model, key) == FIELDS[key]
+    assert from_json.batch == from_overrides.batch
+
+
+def test_example_json_in_docs_is_a_decoder():
+    spec = resolve(compose_config("model=generic", f"model.json_file={REPO / 'docs/examples/transformer.json'}",
+                                  "device=meta"))
+    assert spec.model.num_encoder_blocks == 0 and not spec.model.has_memory and spec.batch.seq_len == 2048
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model.json_file=/nonexistent.json"], "model.json_file"),
+    (["model.num_heads=5"], "model.num_heads"),
+    (["model.num_encoder_blocks=0", "model.num_decoder_blocks=0"], "model.num_encoder_blocks"),
+    (["model.memory_seq_len=0"], "model.memory_seq_len"),
+])
+def test_bad_input_names_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve(compose_config("model=generic", *overrides))
+
+
+def test_json_with_unknown_key(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({**FIELDS, "embed_dims": 3}))
+    with pytest.raises(ConfigError, match="embed_dims"):
+        resolve(compose_config("model=generic", f"model.json_file={path}"))
