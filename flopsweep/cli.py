@@ -28,7 +28,7 @@ def _mark_failed() -> None:
 
 def run_one(cfg: DictConfig) -> Result:
     """Validate and measure one composed config; always returns a Result and writes the job folder."""
-    from flopsweep.console import metric_lines
+    from flopsweep.console import JOB_METRICS, metric_lines
     from flopsweep.job import run_job
     from flopsweep.sinks.jobdir import write_job_folder
 
@@ -45,7 +45,7 @@ def run_one(cfg: DictConfig) -> Result:
         _mark_failed()
         print(f"flopsweep: error: {result.error}", file=sys.stderr)
     else:
-        print("\n".join(metric_lines(result.metrics)))
+        print("\n".join(metric_lines(result.metrics, JOB_METRICS)))
     print(f"results: {folder}")
     return result
 

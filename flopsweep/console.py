@@ -45,9 +45,15 @@ def _format(key: str, value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def metric_lines(metrics: dict[str, Any]) -> list[str]:
-    width = max((len(k) for k in metrics), default=0)
-    return [f"{key:<{width}}  {_format(key, value)}" for key, value in metrics.items()]
+JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_STEP, M.FLOPS_FORWARD_ANALYTIC,
+               M.PARAMS, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU]
+
+
+def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:
+    """One aligned line per metric: all of them, or those of ``keys`` that the job has."""
+    shown = {k: metrics[k] for k in keys if k in metrics} if keys is not None else metrics
+    width = max((len(k) for k in shown), default=0)
+    return [f"{key:<{width}}  {_format(key, value)}" for key, value in shown.items()]
 
 
 SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),

@@ -87,3 +87,15 @@ def test_causal_half_option_is_recorded(tmp_path):
     result = json.loads((folder / "result.json").read_text())
     assert result["info"]["causal_attention"] == "half"
     assert result["metrics"]["flops/forward"] < result["metrics"]["flops/forward_analytic"]
+
+
+def test_a_sweep_can_mix_text_and_image_models(tmp_path):
+    # batch.seq_len applies to the text model, batch.image_size to the image model
+    proc = run_cli("-m", "model=gpt2_small,vit_b16", "device=meta", "model.n_layer=1", "batch.seq_len=64",
+                   "batch.image_size=96", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = {r["config"]["model"]["name"]: r for r in
+               (json.loads((f / "result.json").read_text()) for f in job_folders(tmp_path))}
+    assert results["gpt2_small"]["metrics"]["config/seq_len"] == 64
+    assert results["vit_b16"]["metrics"]["config/seq_len"] is None
+    assert results["vit_b16"]["metrics"]["size/params"] < 86_567_656  # fewer position embeddings at 96 px

@@ -11,7 +11,7 @@ BAD = [
     (["batch.size=0"], "batch.size"),
     (["batch.seq_len=4096"], "batch.seq_len"),             # gpt2_small has 1024 positions
     (["batch.seq_len=0"], "batch.seq_len"),
-    (["batch.image_size=224"], "batch.image_size"),         # a text model
+    (["model=vit_b16", "batch.image_size=100"], "batch.image_size"),  # not a multiple of the 16 px patch
     (["model.n_head=7"], "model.n_head"),                   # 7 does not divide 768
     (["model=qwen2_5_0_5b", "model.n_kv_head=4"], "model.n_kv_head"),  # 4 does not divide 14
     (["model.norm=batchnorm"], "model.norm"),

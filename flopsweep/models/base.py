@@ -42,10 +42,9 @@ class ModelConfig:
     name: str = ""
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
-        """The batch shape for this model: unset dimensions come from the model's defaults. Image models
-        override this (``batch.image_size``); text models take ``batch.seq_len``."""
-        require(image_size is None, "batch.image_size", image_size,
-                f"applies to image models only; model {self.name!r} takes batch.seq_len")
+        """The batch shape for this model: unset dimensions come from the model's defaults. Each dimension
+        applies to the models that have it, so that one sweep can mix text and image models: text models
+        take ``batch.seq_len`` and ignore ``batch.image_size``; image models override this."""
         return BatchShape(size, seq_len if seq_len is not None else getattr(self, "default_seq_len", None))
 
     def validate(self, batch: BatchShape) -> None:  # overridden by families with constraints

@@ -32,7 +32,7 @@ class Config(ModelConfig):
         return (self.image_size // self.patch_size) ** 2
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
-        require(seq_len is None, "batch.seq_len", seq_len, "does not apply to ViT: set batch.image_size")
+        # batch.seq_len is a text-model setting and does not apply here (the token count follows the image size)
         if image_size is not None:
             self.image_size = image_size  # the model is built for this resolution (position table included)
         return BatchShape(size, image_size=self.image_size)
