@@ -32,7 +32,6 @@ def whole_process(model: str, runs: int) -> tuple[list[float], list[float]]:
 
 
 def in_process(model: str) -> dict[str, float]:
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from flopsweep.build import build

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,14 +9,12 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.config import CONF_DIR, register_configs, resolve
 from flopsweep.errors import ConfigError
 from flopsweep.result import Result
 
-log = logging.getLogger("flopsweep")
 _failed = False  # set by any job (in-process launchers) or by the sweep summary; read by main()
 
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from flopsweep.errors import ConfigError, require
+from flopsweep.errors import require
 from flopsweep.models.base import BatchShape, ModelConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent

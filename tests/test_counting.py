@@ -1,7 +1,6 @@
 """Counted FLOPs: device parity, closed-form agreement, causal halving, backward and optimizer costs."""
 
 import contextlib
-import math
 
 import pytest
 import torch

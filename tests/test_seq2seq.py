@@ -35,7 +35,7 @@ def test_vaswani_params_near_the_paper(preset, paper):
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_relative_buckets_match_hugging_face(bidirectional):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.t5.modeling_t5 import T5Attention
 
     q, k = 40, 300

@@ -3,7 +3,6 @@
 import contextlib
 
 import pytest
-import torch
 
 from flopsweep.build import build
 from flopsweep.config import resolve
