@@ -1,7 +1,7 @@
 """Count gpt3_175b (forward + backward + AdamW step) on meta, as a whole `flopsweep` process, N times:
 median wall time and peak RSS; and, in-process, flopsweep's counter against PyTorch's FlopCounterMode.
 
-    .venv/bin/python benchmarks/bench_meta_count.py [--runs 5] [--model gpt3_175b]
+    .venv/bin/python benchmarks/bench_meta_count.py [--runs 5] [--model gpt3_175b] [--tracking none|local]
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import tempfile
 import time
 
 
-def whole_process(model: str, runs: int) -> tuple[list[float], list[float]]:
+def whole_process(model: str, runs: int, tracking: str) -> tuple[list[float], list[float]]:
     walls, rss = [], []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli import main; main()",
-                                   f"model={model}", "device=meta", "batch.size=1"], cwd=cwd, capture_output=True,
+                                   f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}"], cwd=cwd, capture_output=True,
                                   text=True)
             walls.append(time.perf_counter() - start)
             if proc.returncode != 0:
@@ -63,9 +63,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", default="gpt3_175b")
+    parser.add_argument("--tracking", default="none", help="none, or local: a new MLflow store per run")
     args = parser.parse_args()
-    walls, rss = whole_process(args.model, args.runs)
-    print(f"whole process, {args.runs} runs: wall median {statistics.median(walls):.2f} s "
+    walls, rss = whole_process(args.model, args.runs, args.tracking)
+    print(f"whole process, tracking={args.tracking}, {args.runs} runs: wall median {statistics.median(walls):.2f} s "
           f"(min {min(walls):.2f}, max {max(walls):.2f}); peak RSS {max(rss):.2f} GiB")
     for key, value in in_process(args.model).items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")

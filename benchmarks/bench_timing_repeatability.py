@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT = ["model=bert_base", "batch.size=8", "batch.seq_len=128", "device=cpu", "measure.warmup=3",
+DEFAULT = ["model=bert_base", "batch.size=8", "batch.seq_len=128", "device=cpu", "tracking=none", "measure.warmup=3",
            "measure.repeats=15"]
 
 

@@ -1,3 +1,10 @@
 """flopsweep: what does this model cost? FLOPs, size, memory and timings of many configurations at once."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "load_runs":  # imported on use: it brings in MLflow and pandas
+        from flopsweep.tracking import load_runs
+        return load_runs
+    raise AttributeError(name)

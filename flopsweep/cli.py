@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -29,15 +30,19 @@ def run_one(cfg: DictConfig) -> Result:
     from flopsweep.job import run_job
     from flopsweep.sinks.jobdir import write_job_folder
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     try:
         spec = resolve(cfg)
     except ConfigError as err:
         result = Result("failed", str(err), config)
     else:
         result = run_job(spec, config)
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    write_job_folder(result, folder)
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
+    job = {"job_num": OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False),
+           "overrides": hydra_cfg.job.override_dirname}
+    _track(cfg, result, folder, job)
     if result.status in ("failed", "oom"):
         _mark_failed()
         print(f"flopsweep: error: {result.error}", file=sys.stderr)
@@ -45,6 +50,23 @@ def run_one(cfg: DictConfig) -> Result:
         print("\n".join(metric_lines(result.metrics, JOB_METRICS)))
     print(f"results: {folder}")
     return result
+
+
+def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
+    from flopsweep.tracking import log_job, target_of
+
+    try:
+        target = target_of(cfg.tracking, Path.cwd())
+    except ConfigError as err:
+        result.info["tracking"] = {"logged": False, "error": str(err)}
+    else:
+        if target is None:
+            return
+        result.info["tracking"] = log_job(target, result, folder, job)
+    result.write(folder / "result.json")
+    if not result.info["tracking"]["logged"]:
+        print(f"flopsweep: warning: not logged to MLflow ({result.info['tracking']['error']}); the result is in "
+              f"{folder}", file=sys.stderr)
 
 
 register_configs()
@@ -56,10 +78,29 @@ def _app(cfg: DictConfig) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, one table of every job, read back from their ``result.json``."""
+    """Opens the sweep's parent MLflow run before the jobs (so parallel workers never race to create the
+    store) and, at the end, prints one table of every job, read back from their ``result.json``."""
+
+    def __init__(self) -> None:
+        self.parent: Optional[str] = None
+        self.target = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from flopsweep.tracking import PARENT_ENV, Store, target_of
+
+        try:
+            self.target = target_of(config.tracking, Path.cwd())
+            if self.target is not None:
+                self.parent = Store(self.target).start_parent(Path(config.hydra.sweep.dir),
+                                                              list(config.hydra.overrides.task))
+                os.environ[PARENT_ENV] = self.parent
+        except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
+            print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.console import summary_table
+        from flopsweep.sinks.jobdir import write_csv
+        from flopsweep.tracking import PARENT_ENV, Store
 
         sweep_dir = Path(config.hydra.sweep.dir)
         results = []
@@ -72,6 +113,17 @@ class SweepSummary(Callback):
         counts = {s: sum(r.status == s for _, r in results) for s in ("ok", "failed", "oom", "skipped")}
         print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
               f"  |  results: {sweep_dir}")
+        if results:
+            write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
+                                                   "model": (r.config.get("model") or {}).get("name"), **r.metrics}
+                                                  for job, r in results])
+        if self.parent is not None:
+            os.environ.pop(PARENT_ENV, None)
+            try:
+                Store(self.target).finish_parent(self.parent, results, sweep_dir / "summary.csv")
+            except Exception as err:  # noqa: BLE001
+                print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
+            print(f"MLflow: {self.target.ui_command()}  (experiment {self.target.experiment!r})")
 
 
 def _job_number(name: str) -> int:

@@ -79,6 +79,14 @@ class MeasureConf:
 
 
 @dataclass
+class TrackingConf:
+    kind: str = "local"                  # local (SQLite store under dir/) | server (uri) | none
+    uri: Optional[str] = None            # server only; else MLFLOW_TRACKING_URI
+    experiment: str = "flopsweep"
+    dir: str = "outputs"                 # local only: the store and artifacts, relative to the working directory
+
+
+@dataclass
 class Schema:
     model: Any = MISSING
     device: DeviceConf = field(default_factory=DeviceConf)
@@ -86,6 +94,7 @@ class Schema:
     batch: BatchConf = field(default_factory=BatchConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     measure: MeasureConf = field(default_factory=MeasureConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
 
 
 def register_configs() -> None:
@@ -178,6 +187,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
     require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
             "must be full or half")
+    require(cfg.tracking.kind in ("local", "server", "none"), "tracking.kind", cfg.tracking.kind,
+            "must be local, server or none")
     if cfg.device.threads is not None:
         _positive_int(cfg.device.threads, "device.threads")
     if cfg.device.peak_tflops is not None:

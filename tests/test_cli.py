@@ -18,7 +18,8 @@ TIME_METRICS = ["time/forward_s", "time/backward_s", "time/optimizer_s", "time/s
 
 
 def job_folders(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("result.json"))
+    """Job folders under root, not the copies logged as MLflow artifacts."""
+    return sorted(p.parent for p in root.rglob("result.json") if "mlartifacts" not in p.parts)
 
 
 def test_single_meta_run_writes_the_contract(tmp_path):

@@ -37,7 +37,7 @@ def test_installed_wheel_runs_a_job_and_a_preset(tmp_path):
     proc = subprocess.run([str(flopsweep), "model=gpt2_small", "device=meta", "model.n_layer=2"], cwd=work,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    (result,) = (work / "outputs").rglob("result.json")
+    (result,) = (work / "outputs" / "runs").rglob("result.json")
     assert json.loads(result.read_text())["status"] == "ok"
     proc = subprocess.run([str(flopsweep), "+sweep=gpt3_family", "model=gpt3_small", "batch.seq_len=64"], cwd=work,
                           capture_output=True, text=True)

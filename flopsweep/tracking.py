@@ -1,0 +1,217 @@
+"""Log results to MLflow: one run per job, a parent run per sweep. Tracking never measures, and a tracking
+failure never loses a result: the job folder is written first, and a store that fails is recorded in it.
+
+``mlflow`` is imported only here, and only when something is logged, so ``--help`` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from flopsweep.result import Result
+
+PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
+SWEEP_TAG = "flopsweep.sweep"
+NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs go: a tracking URI, the artifact root for new experiments, and the experiment name."""
+
+    uri: str
+    artifact_root: Optional[str]
+    experiment: str
+
+    def ui_command(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri} in a browser"
+
+
+def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
+    """The tracking target of a ``tracking`` config node, or None for ``tracking=none``."""
+    if tracking.kind == "none":
+        return None
+    if tracking.kind == "server":
+        uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            from flopsweep.errors import ConfigError
+            raise ConfigError("tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
+        return Target(uri, None, tracking.experiment)
+    store = project_dir / tracking.dir
+    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), tracking.experiment)
+
+
+class Store:
+    def __init__(self, target: Target):
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # a store that is down should cost a job seconds, not MLflow's default minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        self.target = target
+        self.client = MlflowClient(tracking_uri=target.uri)
+
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.target.experiment)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
+
+    def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
+                                     tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
+                                           "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        counts = {s: sum(r.status == s for _, r in results) for s in ("ok", "failed", "oom", "skipped")}
+        self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
+        self.client.log_artifact(run_id, str(summary_csv))
+        self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] == 0 else "FAILED")
+
+    def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
+        from mlflow.entities import Metric, Param, RunTag
+
+        config = result.config or {}
+        tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
+                "flopsweep.job_folder": str(folder), **common_tags(),
+                **{f"flopsweep.{k}": str(v) for k, v in job.items()}}
+        device_name = (result.info.get("timing") or {}).get("device_name")
+        if device_name:
+            tags["device_name"] = device_name
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id(), run_name=run_name(config), tags=tags)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        flat = flatten(config)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if _is_number(v)]
+        metrics += [Metric(f"config/{k.split('.', 1)[1]}", float(flat[k]), now, 0)
+                    for k in NUMERIC_CONFIG if _is_number(flat.get(k))]
+        params = [Param(k, str(v)[:6000]) for k, v in flat.items() if "=" not in k and "," not in k]
+        for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
+            self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
+                                  tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else [])
+        self.client.log_artifacts(run_id, str(folder))
+        self.client.set_terminated(run_id, "FINISHED" if result.status in ("ok", "skipped") else "FAILED")
+        return run_id
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
+    model, batch = config.get("model") or {}, config.get("batch") or {}
+    parts = [str(model.get("name", "?")), f"b{batch.get('size', '?')}"]
+    if batch.get("seq_len"):
+        parts.append(f"s{batch['seq_len']}")
+    if batch.get("image_size"):
+        parts.append(f"i{batch['image_size']}")
+    parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
+    return "|".join(parts)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def common_tags() -> dict[str, str]:
+    import torch
+
+    from flopsweep import __version__
+    return {"flopsweep.version": __version__, "torch.version": torch.__version__,
+            "python.version": platform.python_version(), "host": socket.gethostname(), "git.commit": git_commit()}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``."""
+    try:
+        run_id = Store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
+        return {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id}
+    except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
+        return {"logged": False, "uri": target.uri, "experiment": target.experiment,
+                "error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}
+
+
+def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,
+              store_dir: str | Path = "outputs"):
+    """The job runs of an experiment as a pandas DataFrame, one row per run: ``run_id``, ``run_name``,
+    ``status``, ``error``, ``sweep``, every metric (floats) and every config param (numbers as numbers).
+
+    ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
+    ``uri`` defaults to ``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``::
+
+        df = flopsweep.load_runs(experiment="gpt3_family")
+        df.pivot_table(index="model.name", values="flops/step")
+    """
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
+    runs = client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
+                              max_results=50000)
+    sweeps = {r.info.run_id: r.data.tags.get(SWEEP_TAG, "") for r in runs}
+    if sweep is not None:
+        wanted = str(sweep).rstrip("/")
+        sweeps = {k: v for k, v in sweeps.items() if v == wanted or v.endswith("/" + wanted)}
+    rows = []
+    for run in client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'",
+                                  max_results=50000):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if sweep is not None and parent not in sweeps:
+            continue
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.data.tags.get("status"),
+               "error": run.data.tags.get("error") or None, "sweep": sweeps.get(parent),
+               "start_time": pd.to_datetime(run.info.start_time, unit="ms")}
+        row.update({k: _number_or_text(v) for k, v in run.data.params.items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number_or_text(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(value, value)

@@ -1,0 +1,86 @@
+"""MLflow tracking with a real local store: a sweep's parent and child runs, what each carries, load_runs,
+and a store that is down."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import flopsweep
+from tests.conftest import run_cli
+
+SWEEP = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=32", "batch.size=2",
+         "model.n_head=4,6,7", "tracking.experiment=test_sweep"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("tracked")
+    proc = run_cli(*SWEEP, cwd=cwd)
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    return cwd, proc, client, client.get_experiment_by_name("test_sweep")
+
+
+def job_runs(client, experiment):
+    return client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'")
+
+
+def test_one_parent_and_a_child_per_job(sweep):
+    cwd, proc, client, experiment = sweep
+    assert proc.returncode == 1  # one job has 7 heads for 768 channels
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    children = job_runs(client, experiment)
+    assert len(children) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs/ok"] == 2
+    assert parent.data.metrics["jobs/failed"] == 1
+    assert "summary.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+
+
+def test_each_run_carries_params_metrics_tags_artifacts(sweep):
+    cwd, proc, client, experiment = sweep
+    runs = {r.data.params["model.n_head"]: r for r in job_runs(client, experiment)}
+    ok, failed = runs["4"], runs["7"]
+    assert ok.info.run_name == "gpt2_small|b2|s32|float32|meta"
+    assert ok.info.status == "FINISHED" and ok.data.tags["status"] == "ok"
+    assert ok.data.params["batch.size"] == "2" and ok.data.params["device.type"] == "meta"
+    result = json.loads(next((cwd / "outputs" / "sweeps").rglob("0_gpt2_small/result.json")).read_text())
+    assert ok.data.metrics["flops/forward"] == result["metrics"]["flops/forward"]
+    assert ok.data.metrics["config/batch_size"] == 2 and ok.data.metrics["config/d_model"] == 768
+    for tag in ("git.commit", "torch.version", "flopsweep.version", "python.version", "host", "flopsweep.job_num"):
+        assert ok.data.tags[tag]
+    artifacts = {a.path for a in client.list_artifacts(ok.info.run_id)}
+    assert {"result.json", "stats.txt", "modules.csv", "ops.csv"} <= artifacts
+    assert result["info"]["tracking"]["logged"] is True
+    assert result["info"]["tracking"]["run_id"] == ok.info.run_id
+    assert failed.info.status == "FAILED" and "model.n_head" in failed.data.tags["error"]
+
+
+def test_load_runs_gives_typed_columns(sweep):
+    cwd, proc, client, experiment = sweep
+    df = flopsweep.load_runs(experiment="test_sweep", store_dir=cwd / "outputs")
+    assert len(df) == 3
+    assert sorted(df["model.n_head"]) == [4, 6, 7] and df["model.n_head"].dtype.kind == "i"
+    assert df["flops/forward"].dtype.kind == "f"
+    sweep_name = df["sweep"].iloc[0]
+    assert len(flopsweep.load_runs(experiment="test_sweep", sweep=sweep_name, store_dir=cwd / "outputs")) == 3
+    assert flopsweep.load_runs(experiment="test_sweep", sweep="no-such-sweep", store_dir=cwd / "outputs").empty
+
+
+def test_a_store_that_is_down_loses_nothing(tmp_path):
+    # nothing listens on port 9 of the loopback address: every call to the store fails
+    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=32", "tracking=server",
+                   "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "not logged to MLflow" in proc.stderr
+    (path,) = (tmp_path / "outputs" / "runs").rglob("result.json")
+    result = json.loads(path.read_text())
+    assert result["status"] == "ok" and result["metrics"]["flops/forward"] > 0
+    assert result["info"]["tracking"]["logged"] is False and result["info"]["tracking"]["error"]
+
+
+def test_tracking_none_writes_no_store(tmp_path):
+    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
