@@ -40,15 +40,15 @@ def run_one(cfg: DictConfig) -> Result:
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
-    job = {"job_num": OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False),
-           "overrides": hydra_cfg.job.override_dirname}
-    _track(cfg, result, folder, job)
     if result.status in ("failed", "oom"):
         _mark_failed()
         print(f"flopsweep: error: {result.error}", file=sys.stderr)
     else:
         print("\n".join(metric_lines(result.metrics, JOB_METRICS)))
     print(f"results: {folder}")
+    job = {"job_num": OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False),
+           "overrides": hydra_cfg.job.override_dirname}
+    _track(cfg, result, folder, job)
     return result
 
 
