@@ -245,8 +245,12 @@ def test_presets_resolve():
     assert strip(base.model) == strip(full.model) == strip(rb.Config())
 
 
+def test_batch_seq_len_builds_the_model_for_that_length():
+    spec = resolve(compose_config("model=resnet_bk_baseline", "batch.seq_len=64"))
+    assert spec.model.n_seq == 64 and spec.batch.seq_len == 64
+
+
 BAD = [
-    (["batch.seq_len=64"], "batch.seq_len"),
     (["model.top_k=5"], "model.top_k"),
     (["model.num_experts=0"], "model.num_experts"),
     (["model.n_seq=0"], "model.n_seq"),

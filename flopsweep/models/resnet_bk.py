@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ class Config(ModelConfig):
     vocab_size: int = 30000
     d_model: int = 64
     n_layers: int = 4
-    n_seq: int = 128                     # fixed sequence length: the batch's seq_len must equal it
+    n_seq: int = 128                     # fixed sequence length; batch.seq_len sets it
     num_experts: int = 4
     top_k: int = 1
     dropout_p: float = 0.1
@@ -50,6 +51,14 @@ class Config(ModelConfig):
     @property
     def default_seq_len(self) -> int:
         return self.n_seq
+
+    def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
+        # The architecture has a fixed length, so batch.seq_len builds the model for that length (its
+        # position table follows), as batch.image_size does for ViT: one sweep can then scale N for every
+        # family at once.
+        if seq_len is not None:
+            self.n_seq = seq_len
+        return BatchShape(size, self.n_seq)
 
     def validate(self, batch: BatchShape) -> None:
         check_positive(self, "vocab_size", "d_model", "n_layers", "n_seq", "num_experts", "top_k")
