@@ -37,6 +37,9 @@ def run_one(cfg: DictConfig) -> Result:
         result = Result("failed", str(err), config)
     else:
         result = run_job(spec, config)
+    from flopsweep.tracking import fingerprint
+
+    result.info["fingerprint"] = fingerprint(result)
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does

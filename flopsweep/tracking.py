@@ -19,6 +19,7 @@ from flopsweep.result import Result
 
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
+FINGERPRINT_TAG = "flopsweep.fingerprint"
 NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
 
 
@@ -70,6 +71,11 @@ class Store:
             return found.experiment_id
         return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
 
+    def find_run(self, tag: str, value: str) -> Optional[str]:
+        runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.`{tag}` = '{value}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
+
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
                                      tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
@@ -90,6 +96,7 @@ class Store:
 
         config = result.config or {}
         tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
+                FINGERPRINT_TAG: result.info.get("fingerprint") or fingerprint(result),
                 "flopsweep.job_folder": str(folder), **common_tags(),
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()}}
         device_name = (result.info.get("timing") or {}).get("device_name")
@@ -111,6 +118,19 @@ class Store:
         self.client.log_artifacts(run_id, str(folder))
         self.client.set_terminated(run_id, "FINISHED" if result.status in ("ok", "skipped") else "FAILED")
         return run_id
+
+
+def fingerprint(result: Result) -> str:
+    """Identifies a run: the resolved config (less where it is logged), the code version and the device."""
+    import hashlib
+    import json
+
+    from flopsweep import __version__
+
+    config = {k: v for k, v in (result.config or {}).items() if k not in ("tracking", "hydra")}
+    identity = {"config": config, "flopsweep": __version__, "git": git_commit(),
+                "device": result.info.get("device"), "device_name": (result.info.get("timing") or {}).get("device_name")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def run_name(config: dict[str, Any]) -> str:

@@ -2,6 +2,8 @@
 and a store that is down."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -84,3 +86,26 @@ def test_tracking_none_writes_no_store(tmp_path):
     proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_sync_logs_what_a_down_store_missed_once(tmp_path):
+    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
+                   "tracking=server", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("not logged to MLflow") == 2
+    sweeps = tmp_path / "outputs" / "sweeps"
+    sync = [sys.executable, "-m", "flopsweep.sync", str(sweeps), "--store-dir", str(tmp_path / "outputs")]
+    first = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0 and "2 logged, 0 already" in first.stdout, first.stderr
+    second = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    assert second.returncode == 0 and "0 logged, 2 already" in second.stdout, second.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("flopsweep")
+    jobs = job_runs(client, experiment)
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    assert len(jobs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    for path in sweeps.rglob("result.json"):
+        info = json.loads(path.read_text())["info"]
+        assert info["tracking"]["logged"] is True
+        assert info["fingerprint"] in {r.data.tags["flopsweep.fingerprint"] for r in jobs}

@@ -1,0 +1,80 @@
+"""``flopsweep-sync PATH``: log to MLflow the jobs under PATH (a sweep or run folder, or ``outputs/``) that are
+not in the store yet: those whose store was down or failing. Runs are matched by fingerprint, so running it
+twice logs nothing the second time; a sweep's jobs go under one parent run for that sweep folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from flopsweep.result import Result
+
+
+def job_folders(path: Path) -> list[Path]:
+    found = [path] if (path / "result.json").exists() else [p.parent for p in path.rglob("result.json")]
+    return sorted(p for p in found if "mlartifacts" not in p.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flopsweep-sync", description=__doc__)
+    parser.add_argument("path", type=Path, help="a run or sweep folder, or a folder holding many")
+    parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store under "
+                                      "--store-dir)")
+    parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    parser.add_argument("--experiment", help="experiment (default: each job's tracking.experiment)")
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
+        return 2
+    from flopsweep.tracking import FINGERPRINT_TAG, SWEEP_TAG, Store, Target, fingerprint
+
+    store_dir = Path(args.store_dir).resolve()
+    uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir / 'mlflow.db'}"
+    artifact_root = None if args.uri or os.environ.get("MLFLOW_TRACKING_URI") else (store_dir / "mlartifacts").as_uri()
+    logged = present = failed = 0
+    parents: dict[tuple[str, Path], str] = {}
+    for folder in job_folders(args.path):
+        result = Result.read(folder / "result.json")
+        experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
+        store = Store(Target(uri, artifact_root, experiment))
+        try:
+            if store.find_run(FINGERPRINT_TAG, result.info.get("fingerprint") or fingerprint(result)):
+                present += 1
+                continue
+            parent = None
+            sweep_dir = folder.parent if folder.name.split("_", 1)[0].isdigit() else None
+            if sweep_dir is not None:
+                key = (experiment, sweep_dir)
+                if key not in parents:
+                    parents[key] = store.find_run(SWEEP_TAG, str(sweep_dir)) or store.start_parent(sweep_dir, [])
+                parent = parents[key]
+            run_id = store.log_job(result, folder, {"synced": True}, parent)
+        except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
+            failed += 1
+            print(f"flopsweep-sync: {folder}: not logged: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+            continue
+        result.info["tracking"] = {"logged": True, "uri": uri, "experiment": experiment, "run_id": run_id,
+                                   "synced": True}
+        result.write(folder / "result.json")
+        logged += 1
+    for (experiment, sweep_dir), parent in parents.items():
+        store = Store(Target(uri, artifact_root, experiment))
+        if store.client.get_run(parent).info.status == "RUNNING":
+            results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
+            summary = sweep_dir / "summary.csv"
+            if summary.exists():
+                store.finish_parent(parent, results, summary)
+            else:
+                store.client.set_terminated(parent, "FINISHED")
+    print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({uri})")
+    return 1 if failed else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
