@@ -3,8 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import math
+
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flopsweep.config import CONF_DIR, register_configs
 
@@ -32,3 +38,47 @@ def model_presets() -> list[str]:
 @pytest.fixture
 def compose_cfg():
     return compose_config
+
+
+aten = torch.ops.aten
+
+
+# An independent check on the formula registry, for the family tests: a few matmul rules written again.
+class MatmulFlops(TorchDispatchMode):
+    """Matmul-class FLOPs (multiply-add = 2) of the aten ops that reach the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        if packet in (aten.mm, aten.bmm):
+            a, b = args[0], args[1]
+        elif packet in (aten.addmm, aten.baddbmm):
+            a, b = args[1], args[2]
+        elif packet is aten.convolution:
+            # weight (C_out, C_in / groups, kh, kw): each output element is C_in / groups * kh * kw multiply-adds
+            self.flops += 2 * out.numel() * math.prod(args[1].shape[1:])
+            return out
+        else:
+            assert "scaled_dot_product" not in packet.__name__, f"fused attention not counted: {func}"
+            return out
+        self.flops += 2 * a.shape[:-1].numel() * a.shape[-1] * b.shape[-1]
+        return out
+
+
+class SdpaCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -58,7 +58,7 @@ class Model(nn.Module):
         return self.loss(x, target) + self.loss(pooled, pooled_target)
 
 
-def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+def example_inputs(cfg: Config, batch: BatchShape, device: torch.device | str) -> dict[str, torch.Tensor]:
     return {"tokens": token_batch(cfg.vocab_size, batch, device),
             "token_types": token_batch(cfg.type_vocab_size, batch, device),
             "target": torch.randn(batch.size, batch.seq_len, cfg.d_model, device=device),

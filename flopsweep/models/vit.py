@@ -66,7 +66,7 @@ class Model(nn.Module):
         return self.loss(self.head(self.norm(x[:, 0])), labels)
 
 
-def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+def example_inputs(cfg: Config, batch: BatchShape, device: torch.device | str) -> dict[str, torch.Tensor]:
     images = torch.randn(batch.size, cfg.channels, cfg.image_size, cfg.image_size, device=device)
     return {"images": images, "labels": torch.randint(0, cfg.num_classes, (batch.size,), device=device)}
 
