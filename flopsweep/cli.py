@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def run_one(cfg: DictConfig) -> Result:
     except ConfigError as err:
         result = Result("failed", str(err), config)
     else:
+        # record the model as built: a JSON file, batch.image_size (ViT) or batch.seq_len (ResNet-BK) can change it
+        config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
         result = run_job(spec, config)
     from flopsweep.tracking import fingerprint
 

@@ -100,3 +100,16 @@ def test_a_sweep_can_mix_text_and_image_models(tmp_path):
     assert results["gpt2_small"]["metrics"]["config/seq_len"] == 64
     assert results["vit_b16"]["metrics"]["config/seq_len"] is None
     assert results["vit_b16"]["metrics"]["size/params"] < 86_567_656  # fewer position embeddings at 96 px
+
+
+def test_result_records_the_model_as_built(tmp_path):
+    spec = tmp_path / "model.json"
+    spec.write_text(json.dumps({"embed_dim": 256, "num_heads": 4, "num_encoder_blocks": 1}))
+    proc = run_cli("model=generic", f"model.json_file={spec}", "device=meta", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("model=vit_b16", "model.n_layer=1", "batch.image_size=96", "device=meta", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    models = {r["config"]["model"]["name"]: r["config"]["model"] for r in
+              (json.loads((f / "result.json").read_text()) for f in job_folders(tmp_path / "outputs" / "runs"))}
+    assert models["generic"]["embed_dim"] == 256 and models["generic"]["num_encoder_blocks"] == 1
+    assert models["vit_b16"]["image_size"] == 96
