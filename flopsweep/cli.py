@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.config import CONF_DIR, register_configs, resolve
 from flopsweep.errors import ConfigError
-from flopsweep.result import Result
+from flopsweep.result import Result, status_counts
 
 _failed = False  # set by any job (in-process launchers) or by the sweep summary; read by main()
 
@@ -116,7 +116,7 @@ class SweepSummary(Callback):
             _mark_failed()
         print()
         print(summary_table(results))
-        counts = {s: sum(r.status == s for _, r in results) for s in ("ok", "failed", "oom", "skipped")}
+        counts = status_counts(results)
         print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
               f"  |  results: {sweep_dir}")
         if results:

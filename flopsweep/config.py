@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from flopsweep.errors import require
+from flopsweep.errors import require, require_int
 from flopsweep.models.base import BatchShape, ModelConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -139,11 +139,6 @@ class JobSpec:
         return self.params_dtype != "int8"
 
 
-def _positive_int(value: Any, key: str, minimum: int = 1) -> None:
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
-            f"must be an integer >= {minimum}")
-
-
 def resolve(cfg: DictConfig) -> JobSpec:
     """Validate a composed config. Every check names the offending key; nothing is built here."""
     from flopsweep.models import family as load_family
@@ -155,11 +150,11 @@ def resolve(cfg: DictConfig) -> JobSpec:
     model_cfg = fam.Config.from_dict(model_fields) if not hasattr(fam, "load") else fam.load(model_fields)
 
     batch = cfg.batch
-    _positive_int(batch.size, "batch.size")
+    require_int(batch.size, "batch.size")
     if batch.seq_len is not None:
-        _positive_int(batch.seq_len, "batch.seq_len")
+        require_int(batch.seq_len, "batch.seq_len")
     if batch.image_size is not None:
-        _positive_int(batch.image_size, "batch.image_size")
+        require_int(batch.image_size, "batch.image_size")
     shape = model_cfg.resolve_batch(batch.size, batch.seq_len, batch.image_size)
     model_cfg.validate(shape)
 
@@ -181,16 +176,16 @@ def resolve(cfg: DictConfig) -> JobSpec:
             "must be two numbers in [0, 1)")
 
     measure = cfg.measure
-    _positive_int(measure.warmup, "measure.warmup", 0)
-    _positive_int(measure.repeats, "measure.repeats")
-    _positive_int(measure.module_depth, "measure.module_depth", 0)
+    require_int(measure.warmup, "measure.warmup", 0)
+    require_int(measure.repeats, "measure.repeats")
+    require_int(measure.module_depth, "measure.module_depth", 0)
     require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
     require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
             "must be full or half")
     require(cfg.tracking.kind in ("local", "server", "none"), "tracking.kind", cfg.tracking.kind,
             "must be local, server or none")
     if cfg.device.threads is not None:
-        _positive_int(cfg.device.threads, "device.threads")
+        require_int(cfg.device.threads, "device.threads")
     if cfg.device.peak_tflops is not None:
         require(cfg.device.peak_tflops > 0, "device.peak_tflops", cfg.device.peak_tflops, "must be > 0")
 
@@ -208,7 +203,7 @@ def _resolve_device(device: DictConfig) -> str:
         kind = DeviceType.cuda if torch.cuda.is_available() else DeviceType.cpu
     if kind is DeviceType.cuda:
         require(torch.cuda.is_available(), "device.type", "cuda", "no CUDA GPU is visible to PyTorch here")
-        _positive_int(device.index, "device.index", 0)
+        require_int(device.index, "device.index", 0)
         require(device.index < torch.cuda.device_count(), "device.index", device.index,
                 f"only {torch.cuda.device_count()} CUDA device(s) visible")
         return f"cuda:{device.index}"

@@ -12,3 +12,9 @@ class ConfigError(ValueError):
 def require(condition: bool, key: str, value: object, problem: str) -> None:
     if not condition:
         raise ConfigError(key, value, problem)
+
+
+def require_int(value: object, key: str, minimum: int = 1) -> None:
+    """An integer (not a bool) of at least ``minimum``."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
+            f"must be an integer >= {minimum}")

@@ -30,3 +30,8 @@ class Result:
         data = json.loads(path.read_text())
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
+
+
+def status_counts(results: list[tuple[str, Result]]) -> dict[str, int]:
+    """How many results have each status, every status listed."""
+    return {status: sum(r.status == status for _, r in results) for status in STATUSES}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.result import Result
+from flopsweep.result import Result, status_counts
 
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
@@ -86,7 +86,7 @@ class Store:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        counts = {s: sum(r.status == s for _, r in results) for s in ("ok", "failed", "oom", "skipped")}
+        counts = status_counts(results)
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         self.client.log_artifact(run_id, str(summary_csv))
         self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] == 0 else "FAILED")

@@ -45,11 +45,14 @@ aten = torch.ops.aten
 
 # An independent check on the formula registry, for the family tests: a few matmul rules written again.
 class MatmulFlops(TorchDispatchMode):
-    """Matmul-class FLOPs (multiply-add = 2) of the aten ops that reach the dispatcher."""
+    """Matmul-class FLOPs (multiply-add = 2) of the aten ops that reach the dispatcher: 2*M*K*N for the matrix
+    products, C_in/groups*kh*kw multiply-adds per convolution output, and QK^T plus AV (4*B*H*Sq*Sk*hd) for the
+    CPU's fused attention kernel; any other attention kernel fails the test rather than go uncounted."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0
+        self.fused_attention_calls = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -59,11 +62,16 @@ class MatmulFlops(TorchDispatchMode):
         elif packet in (aten.addmm, aten.baddbmm):
             a, b = args[1], args[2]
         elif packet is aten.convolution:
-            # weight (C_out, C_in / groups, kh, kw): each output element is C_in / groups * kh * kw multiply-adds
             self.flops += 2 * out.numel() * math.prod(args[1].shape[1:])
             return out
+        elif packet is aten._scaled_dot_product_flash_attention_for_cpu:
+            q, k = args[0], args[1]
+            batch, heads, q_len, head_dim = q.shape
+            self.flops += 4 * batch * heads * q_len * k.shape[-2] * head_dim
+            self.fused_attention_calls += 1
+            return out
         else:
-            assert "scaled_dot_product" not in packet.__name__, f"fused attention not counted: {func}"
+            assert "scaled_dot_product" not in packet.__name__, f"attention kernel not counted: {func}"
             return out
         self.flops += 2 * a.shape[:-1].numel() * a.shape[-1] * b.shape[-1]
         return out

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from flopsweep.config import resolve
 from flopsweep.errors import ConfigError
 from flopsweep.models import resnet_bk as rb
 from flopsweep.models import resnet_bk_reference as ref
 from flopsweep.models.base import BatchShape
-from tests.conftest import compose_config
+from tests.conftest import MatmulFlops, compose_config
 
 SMALL = dict(vocab_size=1000, d_model=32, n_layers=2, n_seq=16, num_experts=2, top_k=1)
 
@@ -141,27 +140,6 @@ def test_forward_backward(device, fields):
     if device == "cpu":
         assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
         assert model.blocks[0].layer.bk_scale.grad != 0
-
-
-class MatmulFlops(TorchDispatchMode):
-    """2*M*N*K summed over mm, addmm and bmm."""
-
-    def __init__(self):
-        super().__init__()
-        self.flops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        packet = func._overloadpacket
-        if packet is torch.ops.aten.mm:
-            (m, k), n = args[0].shape, args[1].shape[1]
-            self.flops += 2 * m * k * n
-        elif packet is torch.ops.aten.addmm:
-            (m, k), n = args[1].shape, args[2].shape[1]
-            self.flops += 2 * m * k * n
-        elif packet is torch.ops.aten.bmm:
-            (b, m, k), n = args[0].shape, args[1].shape[2]
-            self.flops += 2 * b * m * k * n
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("top_k", [1, 2])

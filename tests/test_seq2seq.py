@@ -9,16 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from flopsweep.config import resolve
 from flopsweep.errors import ConfigError
 from flopsweep.models import seq2seq
 from flopsweep.models.base import BatchShape
 from flopsweep.models.seq2seq import relative_buckets
-from tests.conftest import SdpaCalls, compose_config, params
+from tests.conftest import MatmulFlops, SdpaCalls, compose_config, params
 
-aten = torch.ops.aten
 
 T5_PRESETS = ["t5_small", "t5_base", "t5_large"]
 VASWANI_PRESETS = ["transformer_base", "transformer_big"]
@@ -31,34 +29,6 @@ HF_SHAPES = {
     "t5_base": dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12),
     "t5_large": dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
 }
-
-
-class MatmulFlops(TorchDispatchMode):
-    """Matmul-class FLOPs (multiply-add = 2) of the aten ops that reach the dispatcher: 2*M*K*N for the matrix
-    products, and QK^T plus AV (4*B*H*Sq*Sk*hd) for the CPU's fused attention kernel."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flops = 0
-        self.fused_attention_calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in (aten.mm.default, aten.bmm.default):
-            a, b = args[0], args[1]
-        elif func in (aten.addmm.default, aten.baddbmm.default):
-            a, b = args[1], args[2]
-        elif func is aten._scaled_dot_product_flash_attention_for_cpu.default:
-            q, k = args[0], args[1]
-            batch, heads, q_len, head_dim = q.shape
-            self.flops += 4 * batch * heads * q_len * k.shape[-2] * head_dim
-            self.fused_attention_calls += 1
-            return out
-        else:
-            assert "scaled_dot_product" not in func.name(), f"attention kernel not counted: {func}"
-            return out
-        self.flops += 2 * a.shape[:-1].numel() * a.shape[-1] * b.shape[-1]
-        return out
 
 
 def preset(name: str, *overrides: str, size: int = 1) -> tuple[seq2seq.Config, BatchShape]:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.errors import ConfigError, require
+from flopsweep.errors import ConfigError, require, require_int
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ class ModelConfig:
 
 def check_positive(cfg: ModelConfig, *names: str) -> None:
     for name in names:
-        value = getattr(cfg, name)
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"model.{name}", value, "must be a positive integer")
+        require_int(getattr(cfg, name), f"model.{name}")
 
 
 def check_heads(d_model: int, n_head: int, key: str = "model.n_head") -> None:
