@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,7 @@ from flopsweep.config import CONF_DIR, register_configs, resolve
 from flopsweep.errors import ConfigError
 from flopsweep.result import Result, status_counts
 
+SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the progress line
 _failed = False  # set by any job (in-process launchers) or by the sweep summary; read by main()
 
 
@@ -28,39 +30,87 @@ def _mark_failed() -> None:
 def run_one(cfg: DictConfig) -> Result:
     """Validate and measure one composed config; always returns a Result and writes the job folder."""
     from flopsweep.console import JOB_METRICS, metric_lines
-    from flopsweep.job import run_job
     from flopsweep.sinks.jobdir import write_job_folder
+    from flopsweep.tracking import fingerprint
 
+    hydra_cfg = HydraConfig.get()
+    job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     try:
         spec = resolve(cfg)
     except ConfigError as err:
         result = Result("failed", str(err), config)
+        result.info["fingerprint"] = fingerprint(config, None)
     else:
         # record the model as built: a JSON file, batch.image_size (ViT) or batch.seq_len (ResNet-BK) can change it
         config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
-        result = run_job(spec, config)
-    from flopsweep.tracking import fingerprint
-
-    result.info["fingerprint"] = fingerprint(result)
-    hydra_cfg = HydraConfig.get()
+        print(progress_line(job_num, config))
+        result = _skip_or_run(cfg, spec, config, fingerprint(config, spec.device))
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     if result.status in ("failed", "oom"):
         _mark_failed()
         print(f"flopsweep: error: {result.error}", file=sys.stderr)
+    elif result.status == "skipped":
+        print(f"skipped: {result.info['skipped']}")
     else:
         print("\n".join(metric_lines(result.metrics, JOB_METRICS)))
     print(f"results: {folder}")
-    job = {"job_num": OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False),
-           "overrides": hydra_cfg.job.override_dirname}
-    _track(cfg, result, folder, job)
+    _track(cfg, result, folder, {"job_num": job_num, "overrides": hydra_cfg.job.override_dirname})
     return result
+
+
+def _skip_or_run(cfg: DictConfig, spec, config: dict[str, Any], fp: str) -> Result:
+    """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
+    from flopsweep.job import run_job
+    from flopsweep.tracking import finished_run, target_of
+
+    if cfg.skip_existing:
+        target = target_of(cfg.tracking, Path.cwd())
+        try:
+            existing = finished_run(target, fp)
+        except Exception as err:  # noqa: BLE001 - a store we cannot ask means measuring again, not losing the job
+            print(f"flopsweep: warning: could not look for a finished run ({type(err).__name__}); measuring",
+                  file=sys.stderr)
+        else:
+            if existing is not None:
+                return Result("skipped", None, config, info={
+                    "fingerprint": fp, "device": spec.device,
+                    "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
+                    "tracking": {"logged": True, "uri": target.uri, "experiment": target.experiment,
+                                 "run_id": existing, "existing": True}})
+    result = run_job(spec, config)
+    result.info["fingerprint"] = fp
+    return result
+
+
+def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
+    """``[job 3/48] gpt2_small|b8|s128|float32|meta  elapsed 12 s, about 3 min left``: the job's number in the
+    sweep and an ETA from the sweep's pace so far (the sweep callback leaves its start and size in the env)."""
+    from flopsweep.tracking import run_name
+
+    name = run_name(config)
+    total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
+    if job_num is None or not total or not start:
+        return f"[job] {name}"
+    done, total_n, elapsed = int(job_num), int(total), time.time() - float(start)
+    eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
+    return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
     from flopsweep.tracking import log_job, target_of
 
+    if result.status == "skipped":  # its run is already in the store
+        return
     try:
         target = target_of(cfg.tracking, Path.cwd())
     except ConfigError as err:
@@ -94,6 +144,10 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.tracking import PARENT_ENV, Store, target_of
 
+        os.environ[SWEEP_START_ENV] = str(time.time())
+        total = sweep_size(config)
+        if total is not None:
+            os.environ[SWEEP_TOTAL_ENV] = str(total)
         try:
             self.target = target_of(config.tracking, Path.cwd())
             if self.target is not None:
@@ -130,6 +184,25 @@ class SweepSummary(Callback):
             except Exception as err:  # noqa: BLE001
                 print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
             print(f"MLflow: {self.target.ui_command()}  (experiment {self.target.experiment!r})")
+
+
+def sweep_size(config: DictConfig) -> Optional[int]:
+    """How many jobs the basic or joblib sweeper will launch: the product of the sweep overrides' lengths, the
+    command line's winning over the preset's ``hydra.sweeper.params``. None where it cannot be told."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    lines = {key: f"{key}={value}" for key, value in params.items()}
+    try:
+        for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+            lines[override.get_key_element()] = override.input_line
+        total = 1
+        for override in OverridesParser.create().parse_overrides(list(lines.values())):
+            if override.is_sweep_override():
+                total *= len(list(override.sweep_string_iterator()))
+        return total
+    except Exception:  # noqa: BLE001 - a glob or another sweeper's syntax: no count, no ETA
+        return None
 
 
 def _job_number(name: str) -> int:

@@ -95,6 +95,7 @@ class Schema:
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     measure: MeasureConf = field(default_factory=MeasureConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    skip_existing: bool = False          # skip a job whose fingerprint already has a FINISHED run (resume)
 
 
 def register_configs() -> None:
@@ -184,6 +185,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
             "must be full or half")
     require(cfg.tracking.kind in ("local", "server", "none"), "tracking.kind", cfg.tracking.kind,
             "must be local, server or none")
+    require(not cfg.skip_existing or cfg.tracking.kind != "none", "skip_existing", True,
+            "needs a store to find finished runs in: tracking=local or tracking=server")
     if cfg.device.threads is not None:
         require_int(cfg.device.threads, "device.threads")
     if cfg.device.peak_tflops is not None:

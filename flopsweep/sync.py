@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
         store = Store(Target(uri, artifact_root, experiment))
         try:
-            if store.find_run(FINGERPRINT_TAG, result.info.get("fingerprint") or fingerprint(result)):
+            if store.find_run(FINGERPRINT_TAG, result.info.get("fingerprint") or fingerprint(result.config, result.info.get("device"))):
                 present += 1
                 continue
             parent = None

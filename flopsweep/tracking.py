@@ -6,6 +6,7 @@ failure never loses a result: the job folder is written first, and a store that 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import socket
@@ -71,9 +72,10 @@ class Store:
             return found.experiment_id
         return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
 
-    def find_run(self, tag: str, value: str) -> Optional[str]:
-        runs = self.client.search_runs([self.experiment_id()], filter_string=f"tags.`{tag}` = '{value}'",
-                                       max_results=1)
+    def find_run(self, tag: str, value: str, finished: bool = False) -> Optional[str]:
+        """The id of a run of this experiment tagged ``tag=value`` (only a FINISHED one if ``finished``)."""
+        query = f"tags.`{tag}` = '{value}'" + (" and attributes.status = 'FINISHED'" if finished else "")
+        runs = self.client.search_runs([self.experiment_id()], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
@@ -96,7 +98,7 @@ class Store:
 
         config = result.config or {}
         tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
-                FINGERPRINT_TAG: result.info.get("fingerprint") or fingerprint(result),
+                FINGERPRINT_TAG: result.info.get("fingerprint") or fingerprint(config, result.info.get("device")),
                 "flopsweep.job_folder": str(folder), **common_tags(),
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()}}
         device_name = (result.info.get("timing") or {}).get("device_name")
@@ -120,16 +122,21 @@ class Store:
         return run_id
 
 
-def fingerprint(result: Result) -> str:
-    """Identifies a run: the resolved config (less where it is logged), the code version and the device."""
+NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
+
+
+def fingerprint(config: dict[str, Any], device: Optional[str]) -> str:
+    """Identifies a run before it is measured: the resolved config (less where it is logged), the code version,
+    and the device with its name (``cuda:0`` on an H100 is not ``cuda:0`` on an A100)."""
     import hashlib
     import json
 
     from flopsweep import __version__
+    from flopsweep.measure.timing import device_name
 
-    config = {k: v for k, v in (result.config or {}).items() if k not in ("tracking", "hydra")}
-    identity = {"config": config, "flopsweep": __version__, "git": git_commit(),
-                "device": result.info.get("device"), "device_name": (result.info.get("timing") or {}).get("device_name")}
+    identity = {"config": {k: v for k, v in config.items() if k not in NOT_IDENTITY}, "flopsweep": __version__,
+                "git": git_commit(), "device": device,
+                "device_name": device_name(device) if device and device != "meta" else None}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -170,6 +177,7 @@ def common_tags() -> dict[str, str]:
             "python.version": platform.python_version(), "host": socket.gethostname(), "git.commit": git_commit()}
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -186,6 +194,11 @@ def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
         return {"logged": False, "uri": target.uri, "experiment": target.experiment,
                 "error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}
+
+
+def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
+    """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
+    return Store(target).find_run(FINGERPRINT_TAG, fingerprint_, finished=True)
 
 
 def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,

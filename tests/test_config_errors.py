@@ -33,6 +33,7 @@ BAD = [
     (["measure.warmup=-1"], "measure.warmup"),
     (["measure.timing=sometimes"], "measure.timing"),
     (["measure.causal_attention=quarter"], "measure.causal_attention"),
+    (["skip_existing=true", "tracking=none"], "skip_existing"),  # nothing to look finished runs up in
 ]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from flopsweep.config import CONF_DIR, SWEEPS_DIR, resolve
 from tests.conftest import run_cli
@@ -44,3 +45,16 @@ def test_seq_len_scaling_runs(tmp_path):
     assert per_token[("resnet_bk_baseline", 1024)] == per_token[("resnet_bk_baseline", 256)]
     # attention makes the decoder's cost per token grow with N
     assert per_token[("gpt3_small", 1024)] > 1.1 * per_token[("gpt3_small", 256)]
+
+
+def test_sweep_size_counts_preset_and_command_line_sweeps():
+    from flopsweep.cli import sweep_size
+
+    cfg = compose_preset("quickstart")
+    assert sweep_size(cfg) == 5  # the preset's five models
+    # what a multirun's callback sees for `flopsweep +sweep=quickstart model=gpt2_small,bert_base batch.size=1,2,4`
+    OmegaConf.set_readonly(cfg, False)
+    cfg.hydra.overrides.task = ["+sweep=quickstart", "model=gpt2_small,bert_base", "batch.size=1,2,4"]
+    assert sweep_size(cfg) == 6  # the command line's models replace the preset's, times three batch sizes
+    cfg.hydra.overrides.task = ["model=glob(*)"]
+    assert sweep_size(cfg) is None  # a glob needs the config repository: no count rather than a wrong one
