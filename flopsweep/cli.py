@@ -151,7 +151,7 @@ class SweepSummary(Callback):
         try:
             self.target = target_of(config.tracking, Path.cwd())
             if self.target is not None:
-                self.parent = Store(self.target).start_parent(Path(config.hydra.sweep.dir),
+                self.parent = Store(self.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
                                                               list(config.hydra.overrides.task))
                 os.environ[PARENT_ENV] = self.parent
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged

@@ -17,7 +17,7 @@ from flopsweep.errors import ConfigError
 from flopsweep.measure.count import StepCount, count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.peaks import peak_flops
-from flopsweep.measure.size import SizeRecord, measure_size
+from flopsweep.measure.size import SavedActivations, SizeRecord, measure_size
 from flopsweep.measure.timing import TimingRecord, time_per_block, time_step
 from flopsweep.result import Result
 
@@ -46,16 +46,26 @@ def _measure(spec: JobSpec, config: dict[str, Any]) -> Result:
     on_meta = spec.device == "meta"
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
-        count = None
+        count = saved = None
         if spec.measure.count:
+            saved = SavedActivations(built.model) if spec.training else None
+
+            def counted_forward() -> contextlib.ExitStack:  # autocast, and record what backward will need
+                stack = contextlib.ExitStack()
+                stack.enter_context(built.autocast())
+                if saved is not None:
+                    stack.enter_context(saved)
+                return stack
+
             count = count_step(built.model, built.inputs, built.optimizer, backward=spec.training,
-                               causal_half=spec.measure.causal_attention == "half", context=built.autocast)
+                               causal_half=spec.measure.causal_attention == "half", context=counted_forward)
         elif built.optimizer is not None:  # the optimizer's state exists only after a step
             for p in built.trainable:
                 p.grad = torch.zeros_like(p)
             built.optimizer.step()
         size = measure_size(built.model, built.inputs, built.optimizer, built.autocast,
-                            int8=spec.params_dtype == "int8", training=spec.training)
+                            int8=spec.params_dtype == "int8", training=spec.training,
+                            activations=saved.bytes if saved is not None else None)
     timing = None
     if spec.measure.time and not on_meta:
         timer = time_per_block if spec.measure.timing == "per_block" else time_step

@@ -28,36 +28,41 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.is_dir():
         print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
         return 2
-    from flopsweep.tracking import FINGERPRINT_TAG, SWEEP_TAG, Store, Target, fingerprint
+    from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, Store, Target, fingerprint
 
     store_dir = Path(args.store_dir).resolve()
     uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir / 'mlflow.db'}"
     artifact_root = None if args.uri or os.environ.get("MLFLOW_TRACKING_URI") else (store_dir / "mlartifacts").as_uri()
     logged = present = failed = 0
     parents: dict[tuple[str, Path], str] = {}
-    for folder in job_folders(args.path):
+    for folder in job_folders(args.path.resolve()):  # sweeps' parent runs are tagged with absolute paths
         result = Result.read(folder / "result.json")
         experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
         store = Store(Target(uri, artifact_root, experiment))
         try:
-            if store.find_run(FINGERPRINT_TAG, result.info.get("fingerprint") or fingerprint(result.config, result.info.get("device"))):
+            fp = result.info.get("fingerprint") or fingerprint(result.config, result.info.get("device"))
+            existing = store.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
+            if existing:
                 present += 1
+                if not (result.info.get("tracking") or {}).get("logged"):  # logged by an earlier sync elsewhere
+                    _record_logged(result, folder, uri, experiment, existing)
                 continue
+            store.delete_unfinished(fp)
             parent = None
             sweep_dir = folder.parent if folder.name.split("_", 1)[0].isdigit() else None
             if sweep_dir is not None:
                 key = (experiment, sweep_dir)
                 if key not in parents:
-                    parents[key] = store.find_run(SWEEP_TAG, str(sweep_dir)) or store.start_parent(sweep_dir, [])
+                    parents[key] = (store.find_run(SWEEP_TAG, str(sweep_dir))
+                                    or store.find_run(SWEEP_TAG, _relative(sweep_dir))  # as sweeps tagged it before
+                                    or store.start_parent(sweep_dir, []))
                 parent = parents[key]
             run_id = store.log_job(result, folder, {"synced": True}, parent)
         except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
             failed += 1
             print(f"flopsweep-sync: {folder}: not logged: {' '.join(str(err).split())[:300]}", file=sys.stderr)
             continue
-        result.info["tracking"] = {"logged": True, "uri": uri, "experiment": experiment, "run_id": run_id,
-                                   "synced": True}
-        result.write(folder / "result.json")
+        _record_logged(result, folder, uri, experiment, run_id)
         logged += 1
     for (experiment, sweep_dir), parent in parents.items():
         store = Store(Target(uri, artifact_root, experiment))
@@ -70,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
                 store.client.set_terminated(parent, "FINISHED")
     print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({uri})")
     return 1 if failed else 0
+
+
+def _record_logged(result: Result, folder: Path, uri: str, experiment: str, run_id: str) -> None:
+    result.info["tracking"] = {"logged": True, "uri": uri, "experiment": experiment, "run_id": run_id, "synced": True}
+    result.write(folder / "result.json")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def entry() -> None:

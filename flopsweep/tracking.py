@@ -6,6 +6,7 @@ failure never loses a result: the job folder is written first, and a store that 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -18,6 +19,8 @@ from typing import Any, Optional
 
 from flopsweep.result import Result, status_counts
 
+# a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
+LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
 FINGERPRINT_TAG = "flopsweep.fingerprint"
@@ -72,14 +75,26 @@ class Store:
             return found.experiment_id
         return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
 
-    def find_run(self, tag: str, value: str, finished: bool = False) -> Optional[str]:
-        """The id of a run of this experiment tagged ``tag=value`` (only a FINISHED one if ``finished``)."""
-        query = f"tags.`{tag}` = '{value}'" + (" and attributes.status = 'FINISHED'" if finished else "")
+    def find_run(self, tag: str, value: str, where: str = "") -> Optional[str]:
+        """The id of a run of this experiment tagged ``tag=value`` (and meeting ``where``, a filter clause)."""
+        query = f"tags.`{tag}` = '{value}'" + (f" and {where}" if where else "")
         runs = self.client.search_runs([self.experiment_id()], filter_string=query, max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def delete_unfinished(self, fingerprint_: str) -> int:
+        """Delete the runs of this fingerprint left RUNNING: a store that failed in the middle of logging a job
+        leaves one, and the job is logged again whole. Returns how many."""
+        runs = self.client.search_runs([self.experiment_id()], filter_string=(
+            f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and attributes.status = 'RUNNING'"))
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
+
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
-        run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
+        experiment_id = self.experiment_id()  # creates the schema of a new store
+        if self.target.uri.startswith("sqlite:///"):
+            _write_ahead_log(self.target.uri[len("sqlite:///"):])
+        run = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
                                      tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
                                            "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
         return run.info.run_id
@@ -123,6 +138,15 @@ class Store:
 
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
+
+
+def _write_ahead_log(db_path: str) -> None:
+    """Put a local SQLite store in WAL mode (a setting kept in the file): a commit then costs one append
+    instead of a journal and two syncs, and readers no longer block the job that is writing."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
 
 
 def fingerprint(config: dict[str, Any], device: Optional[str]) -> str:
@@ -198,7 +222,7 @@ def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -
 
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
     """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
-    return Store(target).find_run(FINGERPRINT_TAG, fingerprint_, finished=True)
+    return Store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
 
 
 def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,

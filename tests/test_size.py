@@ -76,3 +76,19 @@ def test_activations_scale_with_batch():
     one, _ = sized("batch.size=1")
     four, _ = sized("batch.size=4")
     assert 3.5 < four.activations_bytes / one.activations_bytes <= 4.0
+
+
+@pytest.mark.parametrize("device,extra", [("meta", []), ("cpu", []), ("cpu", ["dtype=mixed_bf16"]),
+                                          ("meta", ["model=t5_small", "model.n_layer=1"])])
+def test_activations_recorded_while_counting_equal_a_separate_forward(device, extra):
+    # a job records what autograd saves during the counted forward instead of running a second forward
+    from omegaconf import OmegaConf
+
+    from flopsweep.job import run_job
+
+    cfg = compose_config(*TINY, f"device={device}", "measure.time=false", *extra)
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    separate, _ = sized(*extra, device=device)
+    assert result.metrics["size/activations_bytes"] == separate.activations_bytes > 0
+    assert result.metrics["size/train_peak_bytes"] == separate.train_peak_bytes

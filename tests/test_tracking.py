@@ -109,3 +109,25 @@ def test_sync_logs_what_a_down_store_missed_once(tmp_path):
         info = json.loads(path.read_text())["info"]
         assert info["tracking"]["logged"] is True
         assert info["fingerprint"] in {r.data.tags["flopsweep.fingerprint"] for r in jobs}
+
+
+def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_path):
+    # tracking=none: nothing logged; one ok job and one failed job (7 heads do not divide 768 channels)
+    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
+                   "model.n_head=4,7", "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 1
+    results = {json.loads(p.read_text())["status"]: json.loads(p.read_text())
+               for p in (tmp_path / "outputs" / "sweeps").rglob("result.json")}
+    # a store that failed midway through logging the ok job left a RUNNING run with its fingerprint
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment_id = client.create_experiment("flopsweep")
+    orphan = client.create_run(experiment_id, tags={"flopsweep.kind": "job",
+                                                    "flopsweep.fingerprint": results["ok"]["info"]["fingerprint"]})
+    sync = [sys.executable, "-m", "flopsweep.sync", "outputs/sweeps"]  # relative, as the README writes it
+    first = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    assert "2 logged, 0 already" in first.stdout, first.stderr
+    jobs = job_runs(client, client.get_experiment(experiment_id))
+    assert len(jobs) == 2 and orphan.info.run_id not in {r.info.run_id for r in jobs}
+    assert sorted(r.info.status for r in jobs) == ["FAILED", "FINISHED"]
+    second = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    assert "0 logged, 2 already" in second.stdout, second.stderr  # the failed job's run counts as logged

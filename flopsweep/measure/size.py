@@ -4,7 +4,7 @@ saved for backward, and an estimate of the training peak."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
@@ -52,36 +52,58 @@ def optimizer_state_bytes(optimizer: Optional[torch.optim.Optimizer]) -> int:
                if isinstance(v, torch.Tensor))
 
 
-def saved_activation_bytes(model: nn.Module, inputs: dict[str, torch.Tensor],
-                           autocast: Callable[[], ContextManager]) -> int:
-    """Bytes of the tensors autograd saves for backward in one forward pass, each storage once, weights
-    excluded: what stays alive between forward and backward."""
-    weights = {p.untyped_storage()._cdata for p in model.parameters()}
-    weights |= {b.untyped_storage()._cdata for b in model.buffers()}
-    seen: dict[int, int] = {}
+class SavedActivations:
+    """While entered, records the bytes of the tensors autograd saves for backward, each storage once, weights
+    excluded: what stays alive between forward and backward. Enter it around the forward pass being counted
+    so that one pass gives both (on meta, the forward is most of a job's time)."""
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def __init__(self, model: nn.Module):
+        self.weights = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
+        self.seen: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage._cdata not in weights:
-            seen[storage._cdata] = storage.nbytes()
+        if storage._cdata not in self.weights:
+            self.seen[storage._cdata] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast():
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+    def __enter__(self) -> "SavedActivations":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def saved_activation_bytes(model: nn.Module, inputs: dict[str, torch.Tensor],
+                           autocast: Callable[[], ContextManager]) -> int:
+    """The bytes :class:`SavedActivations` records for one forward pass of ``model`` on ``inputs``."""
+    with SavedActivations(model) as saved, autocast():
         loss = model(**inputs)
     del loss
-    return sum(seen.values())
+    return saved.bytes
 
 
 def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
-                 autocast: Callable[[], ContextManager], *, int8: bool = False, training: bool = True) -> SizeRecord:
-    """``optimizer`` must have taken a step already (its state is created lazily) for its bytes to count."""
+                 autocast: Callable[[], ContextManager], *, int8: bool = False, training: bool = True,
+                 activations: Optional[int] = None) -> SizeRecord:
+    """``optimizer`` must have taken a step already (its state is created lazily) for its bytes to count.
+    ``activations``: the bytes :class:`SavedActivations` recorded in a forward pass already run, if any."""
     params = unique_parameters(model)
     trainable = [p for p in params if p.requires_grad]
     weights = weight_bytes(model, int8)
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     grads = sum(p.numel() * p.element_size() for p in trainable) if training else 0
     state = optimizer_state_bytes(optimizer) if training else 0
-    activations = saved_activation_bytes(model, inputs, autocast) if training else None
+    if training and activations is None:
+        activations = saved_activation_bytes(model, inputs, autocast)
+    elif not training:
+        activations = None
     # An upper-bound estimate: everything static plus every saved activation alive at once (at the start of
     # backward the activations are all alive and gradients begin to fill in); temporaries are not included.
     peak = weights + buffers + grads + state + activations if training else None
