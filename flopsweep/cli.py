@@ -144,7 +144,6 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.tracking import PARENT_ENV, Store, target_of
 
-        os.environ[SWEEP_START_ENV] = str(time.time())
         total = sweep_size(config)
         if total is not None:
             os.environ[SWEEP_TOTAL_ENV] = str(total)
@@ -156,6 +155,7 @@ class SweepSummary(Callback):
                 os.environ[PARENT_ENV] = self.parent
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
+        os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.console import summary_table

@@ -6,7 +6,6 @@ failure never loses a result: the job folder is written first, and a store that 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import platform
@@ -67,6 +66,8 @@ class Store:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.target = target
+        if target.uri.startswith("sqlite:///"):
+            _fast_local_commits(target.uri[len("sqlite:///"):])
         self.client = MlflowClient(tracking_uri=target.uri)
 
     def experiment_id(self) -> str:
@@ -91,10 +92,7 @@ class Store:
         return len(runs)
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
-        experiment_id = self.experiment_id()  # creates the schema of a new store
-        if self.target.uri.startswith("sqlite:///"):
-            _write_ahead_log(self.target.uri[len("sqlite:///"):])
-        run = self.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
+        run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
                                      tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
                                            "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
         return run.info.run_id
@@ -140,13 +138,27 @@ class Store:
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
 
-def _write_ahead_log(db_path: str) -> None:
-    """Put a local SQLite store in WAL mode (a setting kept in the file): a commit then costs one append
-    instead of a journal and two syncs, and readers no longer block the job that is writing."""
+@functools.lru_cache(maxsize=None)
+def _fast_local_commits(db_path: str) -> None:
+    """Open this process's connections to the local SQLite store in WAL mode with ``synchronous=NORMAL``: a
+    commit is then an append to the log, not a journal and two disk syncs (most of what logging a job cost).
+    The store stays consistent; a power cut can lose its last commits, never a result: the job folder is
+    written first and ``flopsweep-sync`` logs again whatever the store lacks."""
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db:
-        db.execute("PRAGMA journal_mode=WAL")
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    wanted = os.path.realpath(db_path)
+
+    @event.listens_for(Engine, "connect")
+    def _on_connect(connection: Any, _record: Any) -> None:
+        if not isinstance(connection, sqlite3.Connection):
+            return
+        files = [row[2] for row in connection.execute("PRAGMA database_list") if row[1] == "main"]
+        if files and files[0] and os.path.realpath(files[0]) == wanted:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def fingerprint(config: dict[str, Any], device: Optional[str]) -> str:

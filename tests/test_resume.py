@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import FLOPSWEEP, run_cli
 
-# six jobs on the CPU with real timings: each takes about a second, so the kill lands mid-sweep
-SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=32", "device=cpu", "measure.warmup=1",
-         "measure.repeats=20", "batch.size=1,2,3,4,5,6", "tracking.experiment=resume"]
+# six jobs of a tiny GPT-2 on the CPU with real timings, so that the kill lands mid-sweep
+SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
+         "batch.seq_len=32", "device=cpu", "measure.warmup=1", "measure.repeats=20", "batch.size=1,2,3,4,5,6",
+         "tracking.experiment=resume"]
 
 
 def results(sweep_dir):

@@ -2,6 +2,7 @@
 and a store that is down."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -38,6 +39,8 @@ def test_one_parent_and_a_child_per_job(sweep):
     assert parent.data.metrics["jobs/failed"] == 1
     assert "summary.csv" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+    with sqlite3.connect(cwd / "outputs" / "mlflow.db") as db:  # commits append to a log, one sync each
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_each_run_carries_params_metrics_tags_artifacts(sweep):
@@ -53,7 +56,10 @@ def test_each_run_carries_params_metrics_tags_artifacts(sweep):
     for tag in ("git.commit", "torch.version", "flopsweep.version", "python.version", "host", "flopsweep.job_num"):
         assert ok.data.tags[tag]
     artifacts = {a.path for a in client.list_artifacts(ok.info.run_id)}
-    assert {"result.json", "stats.txt", "modules.csv", "ops.csv"} <= artifacts
+    assert {"result.json", "stats.txt", "modules.csv", "ops.csv", ".hydra"} <= artifacts
+    # the resolved config and the overrides, as Hydra wrote them
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= {a.path for a in client.list_artifacts(ok.info.run_id,
+                                                                                                   ".hydra")}
     assert result["info"]["tracking"]["logged"] is True
     assert result["info"]["tracking"]["run_id"] == ok.info.run_id
     assert failed.info.status == "FAILED" and "model.n_head" in failed.data.tags["error"]
@@ -131,3 +137,12 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
     assert sorted(r.info.status for r in jobs) == ["FAILED", "FINISHED"]
     second = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
     assert "0 logged, 2 already" in second.stdout, second.stderr  # the failed job's run counts as logged
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "model=bert_base"]])
+def test_help_and_config_printing_do_not_import_mlflow(args, tmp_path):
+    code = ("import sys\nfrom flopsweep.cli import main\nsys.argv = ['flopsweep', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('mlflow imported:', 'mlflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert "mlflow imported: False" in proc.stdout, proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
