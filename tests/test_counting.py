@@ -108,3 +108,25 @@ def test_per_module_blocks_are_equal_and_attention_counted_on_cpu():
     assert by_op["aten._scaled_dot_product_flash_attention_for_cpu"].matmul == 4 * 2 * 16 * 16 * 64 * 2
     blocks = [r for r in counted.module_table(2) if r["depth"] == 2 and r["module"].startswith("blocks.")]
     assert len({(r["forward_flops"], r["backward_flops"]) for r in blocks}) == 1
+
+
+@pytest.mark.parametrize("fields", [TINY, LLAMA_TINY], ids=["gpt", "llama_gqa"])
+def test_meta_kernel_cache_changes_no_count(fields, monkeypatch):
+    from flopsweep.measure import meta
+
+    def counts(step):
+        return ({p: (c.matmul, c.elementwise, dict(c.by_op)) for p, c in step.phases().items()},
+                step.module_table(3), step.uncounted)
+
+    cfg, batch = decoder.Config(**fields), BatchShape(2, 16)
+    monkeypatch.setattr(meta, "_outputs", {})
+    monkeypatch.setattr(meta, "_CACHE_LIMIT", 0)
+    uncached, _ = count(cfg, batch, "meta")
+    assert meta._outputs == {}
+    monkeypatch.setattr(meta, "_CACHE_LIMIT", 100_000)
+    cold, _ = count(cfg, batch, "meta")
+    filled = len(meta._outputs)
+    warm, model = count(cfg, batch, "meta")  # every kernel replayed
+    assert filled > 20 and len(meta._outputs) == filled
+    assert counts(uncached) == counts(cold) == counts(warm)
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
