@@ -142,7 +142,7 @@ class SweepSummary(Callback):
         self.target = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flopsweep.tracking import PARENT_ENV, Store, target_of
+        from flopsweep.tracking import PARENT_ENV, store, target_of
 
         total = sweep_size(config)
         if total is not None:
@@ -150,7 +150,7 @@ class SweepSummary(Callback):
         try:
             self.target = target_of(config.tracking, Path.cwd())
             if self.target is not None:
-                self.parent = Store(self.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
+                self.parent = store(self.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
                                                               list(config.hydra.overrides.task))
                 os.environ[PARENT_ENV] = self.parent
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
@@ -160,7 +160,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.console import summary_table
         from flopsweep.sinks.jobdir import write_csv
-        from flopsweep.tracking import PARENT_ENV, Store
+        from flopsweep.tracking import PARENT_ENV, store
 
         sweep_dir = Path(config.hydra.sweep.dir)
         results = []
@@ -180,7 +180,7 @@ class SweepSummary(Callback):
         if self.parent is not None:
             os.environ.pop(PARENT_ENV, None)
             try:
-                Store(self.target).finish_parent(self.parent, results, sweep_dir / "summary.csv")
+                store(self.target).finish_parent(self.parent, results, sweep_dir / "summary.csv")
             except Exception as err:  # noqa: BLE001
                 print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
             print(f"MLflow: {self.target.ui_command()}  (experiment {self.target.experiment!r})")

@@ -69,12 +69,14 @@ class Store:
         if target.uri.startswith("sqlite:///"):
             _fast_local_commits(target.uri[len("sqlite:///"):])
         self.client = MlflowClient(tracking_uri=target.uri)
+        self._experiment_id: Optional[str] = None
 
     def experiment_id(self) -> str:
-        found = self.client.get_experiment_by_name(self.target.experiment)
-        if found is not None:
-            return found.experiment_id
-        return self.client.create_experiment(self.target.experiment, artifact_location=self.target.artifact_root)
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.target.experiment)
+            self._experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
+                self.target.experiment, artifact_location=self.target.artifact_root)
+        return self._experiment_id
 
     def find_run(self, tag: str, value: str, where: str = "") -> Optional[str]:
         """The id of a run of this experiment tagged ``tag=value`` (and meeting ``where``, a filter clause)."""
@@ -107,7 +109,7 @@ class Store:
         self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] == 0 else "FAILED")
 
     def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         config = result.config or {}
         tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
@@ -128,11 +130,16 @@ class Store:
                     for k in NUMERIC_CONFIG if _is_number(flat.get(k))]
         params = [Param(k, str(v)[:6000]) for k, v in flat.items() if "=" not in k and "," not in k]
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
-            self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
-                                  tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else [])
+            self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
         self.client.log_artifacts(run_id, str(folder))
         self.client.set_terminated(run_id, "FINISHED" if result.status in ("ok", "skipped") else "FAILED")
         return run_id
+
+
+@functools.lru_cache(maxsize=8)
+def store(target: Target) -> Store:
+    """This process's :class:`Store` for ``target``: a sweep's jobs share its client and experiment id."""
+    return Store(target)
 
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
@@ -225,7 +232,7 @@ def git_commit() -> str:
 def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
     """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``."""
     try:
-        run_id = Store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
+        run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
         return {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id}
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
         return {"logged": False, "uri": target.uri, "experiment": target.experiment,
@@ -234,7 +241,7 @@ def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -
 
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
     """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
-    return Store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
+    return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
 
 
 def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,
