@@ -44,6 +44,15 @@ def in_process(model: str) -> dict[str, float]:
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         spec = resolve(compose("config", overrides=[f"model={model}", "device=meta", "batch.size=1"]))
+    from flopsweep.measure import meta
+
+    limit, meta._CACHE_LIMIT = meta._CACHE_LIMIT, 0  # first without the meta kernel cache, then with it (cold)
+    with MetaLikeCPU():
+        built = build(spec)
+        start = time.perf_counter()
+        count_step(built.model, built.inputs, built.optimizer)
+        uncached_s = time.perf_counter() - start
+    meta._CACHE_LIMIT = limit
     built = build(spec)
     with MetaLikeCPU():
         start = time.perf_counter()
@@ -54,7 +63,7 @@ def in_process(model: str) -> dict[str, float]:
         with FlopCounterMode(display=False) as theirs:
             built.model(**built.inputs).backward()
         theirs_s = time.perf_counter() - start
-    return {"flopsweep fwd+bwd+AdamW (s)": ours_s, "FlopCounterMode fwd+bwd (s)": theirs_s,
+    return {"flopsweep fwd+bwd+AdamW, meta kernel cache off (s)": uncached_s, "flopsweep fwd+bwd+AdamW (s)": ours_s, "FlopCounterMode fwd+bwd (s)": theirs_s,
             "flopsweep fwd+bwd matmul FLOPs": ours.forward.matmul + ours.backward.matmul,
             "FlopCounterMode fwd+bwd FLOPs": theirs.get_total_flops()}
 
