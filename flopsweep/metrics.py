@@ -35,3 +35,11 @@ MFU = "speed/mfu"
 # config values logged as numbers too, so that runs can be filtered and plotted by them
 BATCH_SIZE = "config/batch_size"
 SEQ_LEN = "config/seq_len"
+
+# training-cost projections (flopsweep-project): one metric per method and quantity
+PROJECTION_METHODS = {"counted": "counted", "6ND": "6ND", "6ND+attention": "6ND_attention"}  # method -> key part
+PROJECTION_QUANTITIES = ("flops", "gpu_hours", "days", "cost", "energy_kwh")
+
+
+def projection_metric(method: str, quantity: str) -> str:
+    return f"projection/{PROJECTION_METHODS[method]}/{quantity}"

@@ -291,3 +291,40 @@ def _number_or_text(value: str) -> Any:
         except ValueError:
             pass
     return {"True": True, "False": False, "None": None}.get(value, value)
+
+
+def log_projection(uri: str, experiment: str, projection, measured_run: Optional[str]) -> str:
+    """Log a training-cost projection as a run of its own experiment, tagged with the measured run it came from.
+    Never raises: returns ``run ID in experiment NAME`` or what went wrong, in one line."""
+    import json
+    import tempfile
+
+    from mlflow.entities import Metric, Param
+
+    from flopsweep import metrics as M
+
+    try:
+        client = store(Target(uri, None, experiment))
+        data = projection.to_dict()
+        hw, plan = data["hardware"], data["plan"]
+        name = f"{projection.cost.model}|{plan['tokens']:.3g} tokens|{hw['gpus']}x{hw['gpu']}"
+        tags = {"flopsweep.kind": "projection", "flopsweep.measured_run": measured_run or "",
+                "flopsweep.source": projection.cost.source[:5000], **common_tags()}
+        run = client.client.create_run(client.experiment_id(), run_name=name, tags=tags)
+        now = int(time.time() * 1000)
+        params = {**{f"plan.{k}": v for k, v in plan.items()}, **{f"hardware.{k}": v for k, v in hw.items()},
+                  "model.name": projection.cost.model, "model.params": projection.cost.params,
+                  "model.seq_len": projection.cost.seq_len}
+        metrics = [Metric(M.projection_metric(row["method"], q), float(row[q]), now, 0)
+                   for row in data["rows"] for q in M.PROJECTION_QUANTITIES if row[q] is not None]
+        client.client.log_batch(run.info.run_id, metrics=metrics,
+                                params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "projection.json"
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+            (Path(tmp) / "projection.txt").write_text(projection.table() + "\n")
+            client.client.log_artifacts(run.info.run_id, tmp)
+        client.client.set_terminated(run.info.run_id, "FINISHED")
+        return f"run {run.info.run_id} in experiment {experiment!r} ({uri})"
+    except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
+        return f"not logged to MLflow ({type(err).__name__}: {' '.join(str(err).split())[:300]})"

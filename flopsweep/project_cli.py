@@ -1,0 +1,247 @@
+"""``flopsweep-project``: what training a measured model will cost, or what a budget buys.
+
+    flopsweep-project outputs/sweeps/.../3_llama2_7b --tokens 2T --gpu H100 --gpus 512 --mfu 0.4 --price 2.5
+    flopsweep-project --model gpt3_13b --compute-optimal --gpus 1024 --mfu 0.45 --watts 700
+    flopsweep-project --model llama2_7b --budget-usd 1M --gpus 256 --mfu 0.4 --price 2.5
+
+The model comes from a measured job (its folder, or its MLflow run id) or from a preset, counted on ``meta``
+here at batch 1 and the preset's sequence length (``--seq-len`` to change it). Amounts take K, M, B/G, T, P.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from flopsweep.errors import ConfigError, require
+from flopsweep.result import Result
+
+SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def amount(text: str) -> float:
+    """``2T`` -> 2e12, ``1.5e9`` -> 1.5e9, ``300B`` -> 3e11 (also ``$1M``, ``1,000``)."""
+    raw = text.strip().lstrip("$").replace(",", "").replace("_", "")
+    scale = SUFFIXES.get(raw[-1:].upper(), 1.0) if raw[-1:].isalpha() else 1.0
+    try:
+        return float(raw[:-1] if scale != 1.0 else raw) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount (examples: 2e12, 300B, 1.5T)") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flopsweep-project", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="a measured job: its folder (with result.json) or its MLflow run id")
+    p.add_argument("--model", help="a model preset to count on meta instead of a measured run")
+    p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default: the preset's)")
+    plan = p.add_argument_group("training plan (one of)")
+    plan.add_argument("--tokens", type=amount, help="training tokens")
+    plan.add_argument("--steps", type=amount, help="optimizer steps (with --batch; tokens = steps x batch x seq)")
+    plan.add_argument("--batch", type=amount, help="global batch, in sequences")
+    plan.add_argument("--compute-optimal", action="store_true", help="20 tokens per parameter (Chinchilla)")
+    plan.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
+    budget = p.add_argument_group("budget (instead of a plan: what it buys)")
+    for kind, what in (("flops", "FLOPs"), ("gpu-hours", "GPU-hours"), ("days", "wall-clock days on all GPUs"),
+                       ("usd", "dollars (needs --price)")):
+        budget.add_argument(f"--budget-{kind}", type=amount, help=what)
+    hw = p.add_argument_group("hardware")
+    hw.add_argument("--gpu", default="H100", help="a GPU of the peak table (H100, H100 PCIe, H200, A100); "
+                                                  "default H100")
+    hw.add_argument("--dtype", default="bfloat16", help="training compute dtype for the peak (default bfloat16)")
+    hw.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per GPU (overrides the table)")
+    hw.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    hw.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.4")
+    hw.add_argument("--mfu-from", help="take MFU from a measured GPU run (folder or run id) on this GPU model")
+    hw.add_argument("--price", type=amount, help="dollars per GPU-hour")
+    hw.add_argument("--watts", type=amount, help="power per GPU in watts, for energy")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="also write the projection as JSON here")
+    out.add_argument("--experiment", default="projections", help="MLflow experiment (default: projections)")
+    out.add_argument("--no-log", action="store_true", help="do not log the projection to MLflow")
+    out.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
+    out.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as err:
+        print(f"flopsweep-project: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _uri(args: argparse.Namespace) -> str:
+    return args.uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{Path(args.store_dir).resolve() / 'mlflow.db'}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flopsweep import projection as P
+
+    budgets = {k: v for k in P.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
+    plans = [n for n in ("tokens", "steps", "compute_optimal") if getattr(args, n)]
+    require((args.run is None) != (args.model is None), "run", args.run or args.model,
+            "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
+    require(len(plans) + (1 if budgets else 0) == 1 and len(budgets) <= 1, "plan", "+".join(plans + list(budgets))
+            or None, "give exactly one of --tokens, --steps, --compute-optimal or one --budget-*")
+    require(args.steps is None or args.batch is not None, "batch", None, "--steps needs --batch")
+    hardware = _hardware(args)
+    if args.model:
+        result, source = _measure_preset(args.model, args.seq_len), "the preset, counted on meta"
+    else:
+        result, source = load_result(args.run, _uri(args)), args.run
+    cost = P.PerToken.from_result(result, source)
+    if budgets:
+        (kind, value), = budgets.items()
+        flops = P.budget_flops(kind, value, hardware)
+        report = _budget_report(flops, kind, value, cost, hardware, args.recompute)
+        print(report["text"])
+        payload = {k: v for k, v in report.items() if k != "text"}
+    else:
+        if args.tokens:
+            plan = P.Plan.of_tokens(args.tokens, recompute=args.recompute)
+        elif args.steps:
+            plan = P.Plan.of_steps(int(args.steps), int(args.batch), args.seq_len or cost.seq_len, args.recompute)
+        else:
+            plan = P.Plan.compute_optimal(cost.params, args.recompute)
+        proj = P.project(cost, plan, hardware)
+        print(proj.table())
+        payload = proj.to_dict()
+        if not args.no_log:
+            from flopsweep.tracking import log_projection
+
+            logged = log_projection(_uri(args), args.experiment, proj, _measured_run_id(result, args.run))
+            print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
+                  file=sys.stdout if logged.startswith("run ") else sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return 0
+
+
+def _hardware(args: argparse.Namespace):
+    from flopsweep.measure.peaks import peak_flops
+    from flopsweep.projection import Hardware
+
+    peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
+    require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
+    require((args.mfu is None) != (args.mfu_from is None), "mfu", args.mfu,
+            "give --mfu (assumed) or --mfu-from (a measured GPU run), one of them")
+    mfu, source = args.mfu, "assumed"
+    if args.mfu_from:
+        measured = load_result(args.mfu_from, _uri(args))
+        device = ((measured.info.get("timing") or {}).get("device_name")) or ""
+        require(measured.metrics.get("speed/mfu") is not None, "mfu-from", args.mfu_from, "has no measured MFU")
+        require(args.gpu in device, "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
+        mfu, source = measured.metrics["speed/mfu"], f"measured in {args.mfu_from}"
+    return Hardware(args.gpu, args.gpus, peak, mfu, args.price, args.watts, source)
+
+
+def load_result(ref: str, uri: str) -> Result:
+    """A job's result from its folder, its ``result.json``, or its MLflow run id."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / "result.json"
+    if path.is_file():
+        return Result.read(path)
+    require(len(ref) == 32 and all(c in "0123456789abcdef" for c in ref), "run", ref,
+            "is neither a job folder nor an MLflow run id")
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = MlflowClient(tracking_uri=uri).download_artifacts(ref, "result.json", tmp)
+        except Exception as err:  # noqa: BLE001 - one line, naming the run
+            raise ConfigError("run", ref, f"no result.json in {uri}: {' '.join(str(err).split())[:200]}") from None
+        return Result.read(Path(local))
+
+
+def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
+    run_id = (result.info.get("tracking") or {}).get("run_id")
+    return run_id or (ref if ref and not Path(ref).exists() else None)
+
+
+def _measure_preset(model: str, seq_len: Optional[int]) -> Result:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from flopsweep.config import CONF_DIR, register_configs, resolve
+    from flopsweep.job import run_job
+
+    register_configs()
+    overrides = [f"model={model}", "device=meta", "batch.size=1", "tracking=none"]
+    if seq_len:
+        overrides.append(f"batch.seq_len={seq_len}")
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as err:
+        raise ConfigError("model", model, " ".join(str(err).split())[:200]) from None
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    require(result.status == "ok", "model", model, f"could not be counted: {result.error}")
+    return result
+
+
+def _budget_report(flops: float, kind: str, value: float, cost, hardware, recompute: bool) -> dict:
+    from flopsweep.projection import TOKENS_PER_PARAM, compute_optimal_fits, tokens_within
+
+    tokens = tokens_within(flops, cost, recompute)
+    fits = compute_optimal_fits(flops, preset_costs(), recompute)
+    lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs on {hardware.gpus:,} × {hardware.gpu}"
+             f" at MFU {hardware.mfu:.1%}", "",
+             f"{cost.model} (N = {cost.params:,}) trains on, by method:"]
+    lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
+              for m, t in tokens.items()]
+    lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder preset at its sequence length:"]
+    width = max(len(f.model) for f in fits)
+    lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
+              f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
+    return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
+            "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits]}
+
+
+def preset_costs():
+    """Parameters and attention per token of every decoder-only preset at its default sequence length, from the
+    model built on meta (no counting: N and the shapes are all the closed forms need)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from flopsweep.build import build
+    from flopsweep.config import CONF_DIR, register_configs, resolve
+    from flopsweep.measure.size import unique_parameters
+    from flopsweep.projection import PerToken, attention_per_token
+
+    register_configs()
+    costs = []
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        for file in sorted((CONF_DIR / "model").glob("*.yaml")):
+            cfg = compose("config", overrides=[f"model={file.stem}", "device=meta", "tracking=none"])
+            if cfg.model.get("family") != "decoder":
+                continue
+            spec = resolve(cfg)
+            params = sum(p.numel() for p in unique_parameters(build(spec).model))
+            model = OmegaConf.to_container(cfg.model, resolve=True)
+            costs.append(PerToken(file.stem, params, spec.batch.seq_len, None, None, None,
+                                  attention_per_token(model, spec.batch.seq_len)))
+    return costs
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

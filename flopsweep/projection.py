@@ -1,0 +1,256 @@
+"""Training-cost projection: from one measured step and a training plan to total FLOPs, GPU-hours, wall-clock
+days, money and energy, three ways side by side; and the inverse, what a budget buys.
+
+The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metric):
+
+- ``counted``: the measured forward + backward FLOPs per token × tokens, plus the measured optimizer step ×
+  steps. Exact for the measured model at the measured sequence length, attention and all.
+- ``6ND``: 6 × N × D, with N every parameter counted once (embeddings included) and D the tokens.
+- ``6ND+attention``: PaLM's per-token ``6·N + 12·L·H·Q·T`` (L layers, H heads, Q head width, T sequence
+  length), for decoder-only models; attention over the full T×T square, the MFU convention.
+
+Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
+``8·N + 16·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from flopsweep import metrics as M
+from flopsweep.errors import ConfigError, require
+from flopsweep.result import Result
+
+TOKENS_PER_PARAM = 20  # compute-optimal data (Hoffmann et al. 2022)
+METHODS = ("counted", "6ND", "6ND+attention")
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """What one training token costs the model, from a measured step (or its config, for the closed forms)."""
+
+    model: str
+    params: int                         # N: every parameter once
+    seq_len: int
+    counted: Optional[float]            # measured forward + backward FLOPs per token
+    counted_forward: Optional[float]    # measured forward FLOPs per token (what recomputation adds)
+    optimizer_step: Optional[float]     # measured FLOPs of one optimizer step
+    attention: Optional[float]          # 12·L·H·Q·T per token (decoders), else None
+    source: str = ""
+
+    @classmethod
+    def from_result(cls, result: Result, source: str = "") -> "PerToken":
+        """From a job's result: it must be ``ok`` and have counted a training step at a sequence length."""
+        m, model = result.metrics, result.config.get("model") or {}
+        name = model.get("name", "?")
+        require(result.status == "ok", "run", source or name, f"has status {result.status!r}, not 'ok'")
+        seq = (result.config.get("batch") or {}).get("seq_len")
+        batch = (result.config.get("batch") or {}).get("size")
+        require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
+        require(m.get(M.FLOPS_BACKWARD) is not None, "run", source or name,
+                "counted no backward pass (inference or measure.count=false): nothing to project training from")
+        tokens = batch * seq
+        return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
+                   counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
+                   counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=m.get(M.FLOPS_OPTIMIZER) or 0.0,
+                   attention=attention_per_token(model, int(seq)), source=source)
+
+
+def attention_per_token(model: dict[str, Any], seq_len: int) -> Optional[float]:
+    """PaLM's ``12·L·H·Q·T`` for a decoder-only model config (forward + backward, full T×T), else None."""
+    if model.get("family") != "decoder":
+        return None
+    return 12.0 * model["n_layer"] * model["d_model"] * seq_len  # H·Q = n_head × (d_model / n_head)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much training: ``tokens``, and the tokens per optimizer step when known (for the optimizer's share)."""
+
+    tokens: float
+    tokens_per_step: Optional[float] = None
+    recompute: bool = False
+    describe: str = ""
+    seq_len: Optional[int] = None       # when the plan names one, it must be the measured one
+
+    @classmethod
+    def of_tokens(cls, tokens: float, tokens_per_step: Optional[float] = None, recompute: bool = False) -> "Plan":
+        require(tokens > 0, "tokens", tokens, "must be > 0")
+        return cls(float(tokens), tokens_per_step, recompute, f"{tokens:.3g} tokens")
+
+    @classmethod
+    def of_steps(cls, steps: int, batch: int, seq_len: int, recompute: bool = False) -> "Plan":
+        for key, value in (("steps", steps), ("batch", batch), ("seq_len", seq_len)):
+            require(value > 0, key, value, "must be > 0")
+        per_step = float(batch * seq_len)
+        return cls(steps * per_step, per_step, recompute,
+                   f"{steps:,} steps × {batch:,} sequences × {seq_len:,} tokens = {steps * per_step:.3g} tokens",
+                   seq_len)
+
+    @classmethod
+    def compute_optimal(cls, params: int, recompute: bool = False) -> "Plan":
+        tokens = float(TOKENS_PER_PARAM * params)
+        return cls(tokens, None, recompute,
+                   f"compute-optimal: {TOKENS_PER_PARAM} tokens per parameter × {params:.3g} = {tokens:.3g} tokens")
+
+    @property
+    def steps(self) -> Optional[float]:
+        return self.tokens / self.tokens_per_step if self.tokens_per_step else None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpu: str
+    gpus: int
+    peak_flops: float                   # per GPU, FLOP/s, in the training dtype
+    mfu: float
+    price_per_gpu_hour: Optional[float] = None
+    watts_per_gpu: Optional[float] = None
+    mfu_source: str = "assumed"
+
+    def __post_init__(self) -> None:
+        require(self.gpus >= 1, "gpus", self.gpus, "must be >= 1")
+        require(self.peak_flops > 0, "peak_tflops", self.peak_flops / 1e12, "must be > 0")
+        require(0 < self.mfu <= 1, "mfu", self.mfu, "must be in (0, 1]")
+        require(self.price_per_gpu_hour is None or self.price_per_gpu_hour >= 0, "price", self.price_per_gpu_hour,
+                "must be >= 0")
+        require(self.watts_per_gpu is None or self.watts_per_gpu >= 0, "watts", self.watts_per_gpu, "must be >= 0")
+
+    @property
+    def flops_per_gpu_hour(self) -> float:
+        return self.peak_flops * self.mfu * 3600.0
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    flops: Optional[float]
+    gpu_hours: Optional[float]
+    days: Optional[float]
+    cost: Optional[float]
+    energy_kwh: Optional[float]
+
+
+def cost_row(method: str, flops: Optional[float], hw: Hardware) -> Row:
+    if flops is None:
+        return Row(method, None, None, None, None, None)
+    gpu_hours = flops / hw.flops_per_gpu_hour
+    return Row(method, flops, gpu_hours, gpu_hours / hw.gpus / 24.0,
+               gpu_hours * hw.price_per_gpu_hour if hw.price_per_gpu_hour is not None else None,
+               gpu_hours * hw.watts_per_gpu / 1000.0 if hw.watts_per_gpu is not None else None)
+
+
+def total_flops(cost: PerToken, plan: Plan) -> dict[str, Optional[float]]:
+    """Training FLOPs of the plan, by method (None where the method does not apply)."""
+    D, N = plan.tokens, cost.params
+    counted = None
+    if cost.counted is not None:
+        per_token = cost.counted + (cost.counted_forward if plan.recompute else 0.0)
+        steps = plan.steps if plan.steps is not None else 0.0
+        counted = D * per_token + steps * (cost.optimizer_step or 0.0)
+    dense = (8.0 if plan.recompute else 6.0) * N * D
+    attention = None if cost.attention is None else dense + D * cost.attention * (4.0 / 3.0 if plan.recompute else 1.0)
+    return {"counted": counted, "6ND": dense, "6ND+attention": attention}
+
+
+@dataclass
+class Projection:
+    cost: PerToken
+    plan: Plan
+    hardware: Hardware
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.cost), "plan": {**asdict(self.plan), "steps": self.plan.steps},
+                "hardware": asdict(self.hardware), "rows": [asdict(r) for r in self.rows], "notes": self.notes}
+
+    def table(self) -> str:
+        hw = self.hardware
+        head = [f"model {self.cost.model} (N = {self.cost.params:,} parameters, T = {self.cost.seq_len})"
+                + (f", from {self.cost.source}" if self.cost.source else ""),
+                f"plan  {self.plan.describe}" + ("; activation recomputation" if self.plan.recompute else ""),
+                f"on    {hw.gpus:,} × {hw.gpu} at {hw.peak_flops / 1e12:g} TFLOP/s peak, MFU {hw.mfu:.1%} "
+                f"({hw.mfu_source})"]
+        rows = [["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"]]
+        for r in self.rows:
+            rows.append([r.method, _num(r.flops, "{:.3e}"), _num(r.gpu_hours, "{:,.0f}"), _num(r.days, "{:,.1f}"),
+                         _num(r.cost, "${:,.0f}"), _num(r.energy_kwh, "{:,.0f}")])
+        return "\n".join(head + [""] + _aligned(rows) + [""] + [f"- {n}" for n in self.notes])
+
+
+def project(cost: PerToken, plan: Plan, hardware: Hardware) -> Projection:
+    require(plan.seq_len is None or plan.seq_len == cost.seq_len, "seq_len", plan.seq_len,
+            f"differs from the {cost.seq_len} that {cost.model} was measured at: measure it at {plan.seq_len}")
+    totals = total_flops(cost, plan)
+    notes = ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
+             "N counts every parameter once, embeddings included; attention counts the full T×T square "
+             "(causal masks not halved).",
+             "time = FLOPs / (GPUs × peak × MFU); days are wall-clock on all GPUs."]
+    if plan.recompute:
+        notes.append("activation recomputation: one more forward per step (counted + forward, 8ND, 16·L·H·Q·T).")
+    if cost.attention is None:
+        notes.append("6ND+attention applies to decoder-only models (PaLM's formula): not given for this family.")
+    if plan.steps is None and cost.counted is not None:
+        notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
+                     "out of counted; it is about 12·N FLOPs per step for AdamW.")
+    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware) for m in METHODS], notes)
+
+
+# --- the inverse: what a budget buys ---------------------------------------------------------------------
+
+BUDGET_KINDS = ("flops", "gpu_hours", "days", "usd")
+
+
+def budget_flops(kind: str, value: float, hw: Hardware) -> float:
+    """The training FLOPs a budget of ``value`` (FLOPs, GPU-hours, wall-clock days on all GPUs, or dollars) buys."""
+    require(kind in BUDGET_KINDS, "budget", kind, f"must be one of {', '.join(BUDGET_KINDS)}")
+    require(value > 0, f"budget_{kind}", value, "must be > 0")
+    if kind == "flops":
+        return float(value)
+    if kind == "gpu_hours":
+        return value * hw.flops_per_gpu_hour
+    if kind == "days":
+        return value * 24.0 * hw.gpus * hw.flops_per_gpu_hour
+    if hw.price_per_gpu_hour is None or hw.price_per_gpu_hour == 0:
+        raise ConfigError("price", hw.price_per_gpu_hour, "a budget in dollars needs a price per GPU-hour > 0")
+    return value / hw.price_per_gpu_hour * hw.flops_per_gpu_hour
+
+
+def tokens_within(flops: float, cost: PerToken, recompute: bool = False) -> dict[str, Optional[float]]:
+    """Tokens a budget of ``flops`` trains, by method (the optimizer step left out: it is per step)."""
+    per_token = {m: total_flops(cost, Plan(1.0, None, recompute))[m] for m in METHODS}
+    return {m: (flops / v if v else None) for m, v in per_token.items()}
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: str
+    params: int
+    tokens: float          # compute-optimal: TOKENS_PER_PARAM × params
+    flops: float           # 6ND (+ attention for decoders) for those tokens
+    share: float           # of the budget
+    fits: bool
+
+
+def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = False) -> list[Fit]:
+    """For each model, the FLOPs of compute-optimal training (6ND+attention where it applies, else 6ND) and
+    whether the budget covers it; smallest first."""
+    out = []
+    for cost in costs:
+        plan = Plan.compute_optimal(cost.params, recompute)
+        totals = total_flops(cost, plan)
+        need = totals["6ND+attention"] if totals["6ND+attention"] is not None else totals["6ND"]
+        out.append(Fit(cost.model, cost.params, plan.tokens, need, need / flops, need <= flops))
+    return sorted(out, key=lambda f: f.flops)
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
