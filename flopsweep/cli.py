@@ -42,8 +42,10 @@ def run_one(cfg: DictConfig) -> Result:
         result = Result("failed", str(err), config)
         result.info["fingerprint"] = fingerprint(config, None)
     else:
-        # record the model as built: a JSON file, batch.image_size (ViT) or batch.seq_len (ResNet-BK) can change it
+        # record the model and batch as built: a JSON file, batch.image_size (ViT) or batch.seq_len (ResNet-BK) can
+        # change the model, and a batch.seq_len or image_size left out is the model's default
         config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
+        config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
         print(progress_line(job_num, config))
         result = _skip_or_run(cfg, spec, config, fingerprint(config, spec.device))
     folder = Path(hydra_cfg.runtime.output_dir)
@@ -210,6 +212,18 @@ def _job_number(name: str) -> int:
     return int(head) if head.isdigit() else 1 << 30
 
 
+def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
+    """Let the stack grow to 256 MiB (address space; pages are used only as needed). Freeing a long autograd
+    chain recurses once per node: ResNet-BK's O(N) recurrence at N >= 3500 overflows the default 8 MiB and
+    the process dies of a segfault, taking the rest of the sweep with it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        resource.setrlimit(resource.RLIMIT_STACK, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
 def main() -> None:
+    _room_for_deep_graphs()
     _app()
     sys.exit(1 if _failed else 0)

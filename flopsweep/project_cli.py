@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -82,8 +81,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _uri(args: argparse.Namespace) -> str:
-    return args.uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{Path(args.store_dir).resolve() / 'mlflow.db'}"
+    from flopsweep.tracking import default_uri
+
+    return args.uri or default_uri(args.store_dir)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.model:
         result, source = _measure_preset(args.model, args.seq_len), "the preset, counted on meta"
     else:
-        result, source = load_result(args.run, _uri(args)), args.run
+        result, source = _load(args.run, _uri(args)), args.run
     cost = P.PerToken.from_result(result, source)
     if budgets:
         (kind, value), = budgets.items()
@@ -139,7 +139,7 @@ def _hardware(args: argparse.Namespace):
             "give --mfu (assumed) or --mfu-from (a measured GPU run), one of them")
     mfu, source = args.mfu, "assumed"
     if args.mfu_from:
-        measured = load_result(args.mfu_from, _uri(args))
+        measured = _load(args.mfu_from, _uri(args))
         device = ((measured.info.get("timing") or {}).get("device_name")) or ""
         require(measured.metrics.get("speed/mfu") is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(args.gpu in device, "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
@@ -147,25 +147,10 @@ def _hardware(args: argparse.Namespace):
     return Hardware(args.gpu, args.gpus, peak, mfu, args.price, args.watts, source)
 
 
-def load_result(ref: str, uri: str) -> Result:
-    """A job's result from its folder, its ``result.json``, or its MLflow run id."""
-    path = Path(ref)
-    if path.is_dir():
-        path = path / "result.json"
-    if path.is_file():
-        return Result.read(path)
-    require(len(ref) == 32 and all(c in "0123456789abcdef" for c in ref), "run", ref,
-            "is neither a job folder nor an MLflow run id")
-    import tempfile
+def _load(ref: str, uri: str) -> Result:
+    from flopsweep.tracking import load_result
 
-    from mlflow.tracking import MlflowClient
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = MlflowClient(tracking_uri=uri).download_artifacts(ref, "result.json", tmp)
-        except Exception as err:  # noqa: BLE001 - one line, naming the run
-            raise ConfigError("run", ref, f"no result.json in {uri}: {' '.join(str(err).split())[:200]}") from None
-        return Result.read(Path(local))
+    return load_result(ref, uri)
 
 
 def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:

@@ -46,12 +46,11 @@ class PerToken:
         m, model = result.metrics, result.config.get("model") or {}
         name = model.get("name", "?")
         require(result.status == "ok", "run", source or name, f"has status {result.status!r}, not 'ok'")
-        seq = (result.config.get("batch") or {}).get("seq_len")
-        batch = (result.config.get("batch") or {}).get("size")
+        seq, batch = m.get(M.SEQ_LEN), m.get(M.BATCH_SIZE)  # as run: a left-out seq_len is the model's default
         require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
         require(m.get(M.FLOPS_BACKWARD) is not None, "run", source or name,
                 "counted no backward pass (inference or measure.count=false): nothing to project training from")
-        tokens = batch * seq
+        tokens = int(batch) * int(seq)
         return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
                    counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
                    counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=m.get(M.FLOPS_OPTIMIZER) or 0.0,
@@ -176,8 +175,8 @@ class Projection:
                 f"({hw.mfu_source})"]
         rows = [["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"]]
         for r in self.rows:
-            rows.append([r.method, _num(r.flops, "{:.3e}"), _num(r.gpu_hours, "{:,.0f}"), _num(r.days, "{:,.1f}"),
-                         _num(r.cost, "${:,.0f}"), _num(r.energy_kwh, "{:,.0f}")])
+            rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", _num(r.gpu_hours),
+                         _num(r.days), "n/a" if r.cost is None else "$" + _num(r.cost), _num(r.energy_kwh)])
         return "\n".join(head + [""] + _aligned(rows) + [""] + [f"- {n}" for n in self.notes])
 
 
@@ -247,8 +246,11 @@ def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = 
     return sorted(out, key=lambda f: f.flops)
 
 
-def _num(value: Optional[float], fmt: str) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+def _num(value: Optional[float]) -> str:
+    """Whole numbers from 100 up (``12,345``), three significant digits below (``0.562``)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _aligned(rows: list[list[str]]) -> list[str]:

@@ -244,6 +244,36 @@ def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
     return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
 
 
+def default_uri(store_dir: str | Path = "outputs") -> str:
+    """``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
+
+
+def load_result(ref: str, uri: str) -> Result:
+    """A job's result from its folder, its ``result.json``, or its MLflow run id."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / "result.json"
+    if path.is_file():
+        return Result.read(path)
+    from flopsweep.errors import ConfigError, require
+
+    require(len(ref) == 32 and all(c in "0123456789abcdef" for c in ref), "run", ref,
+            "is neither a job folder nor an MLflow run id")
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = MlflowClient(tracking_uri=uri).download_artifacts(ref, "result.json", tmp)
+        except Exception as err:  # noqa: BLE001 - one line, naming the run
+            raise ConfigError("run", ref, f"no result.json in {uri}: {' '.join(str(err).split())[:200]}") from None
+        return Result.read(Path(local))
+
+
+
 def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,
               store_dir: str | Path = "outputs"):
     """The job runs of an experiment as a pandas DataFrame, one row per run: ``run_id``, ``run_name``,
@@ -258,7 +288,9 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
+    uri = uri or default_uri(store_dir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return pd.DataFrame()  # no store here: nothing to read, and nothing to create
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -1,0 +1,46 @@
+"""flopsweep-report on a real timed sweep's store: every file, every plot, one CSV row per run, and the report
+among the sweep's parent-run artifacts."""
+
+import csv
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png", "module_flops.png", "mfu.png"]
+
+
+def test_report_of_a_timed_sweep(tmp_path):
+    sweep = run_cli("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                    "model.vocab_size=500", "batch.size=1,2", "batch.seq_len=16,32", "dtype=float32,bfloat16",
+                    "device=cpu", "device.threads=1", "device.peak_tflops=0.5", "measure.warmup=1",
+                    "measure.repeats=2", "tracking.experiment=grid", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    out = subprocess.run([sys.executable, "-m", "flopsweep.report", "grid"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "outputs" / "reports" / "grid"
+    for name in PLOTS:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+    with (folder / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
+    assert all(float(r["time/step_s"]) > 0 and float(r["speed/mfu"]) > 0 for r in rows)
+    markdown = (folder / "runs.md").read_text()
+    assert markdown.count("\n| gpt2_small\\|") == 8 and "not drawn" not in markdown
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("grid")
+    parent, = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{name}" for name in PLOTS + ["runs.csv", "runs.md"]} <= logged
+
+
+def test_report_of_an_unknown_experiment_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "flopsweep.report", "nothing_here"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "'nothing_here'" in out.stderr
