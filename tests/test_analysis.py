@@ -20,6 +20,7 @@ def runs(tmp_path_factory):
     gpt = run_cli("-m", *TINY_GPT, f"batch.seq_len={','.join(map(str, SEQ))}", "device=meta",
                   "tracking.experiment=scaling", cwd=cwd)
     assert gpt.returncode == 0, gpt.stderr
+    # N = 4096 also checks that a deep autograd chain does not crash the process (it overflowed an 8 MiB stack)
     bk = run_cli("-m", "model=resnet_bk_baseline", "batch.seq_len=256,1024,4096", "batch.size=1", "device=meta",
                  "tracking.experiment=scaling", cwd=cwd)
     assert bk.returncode == 0, bk.stderr
