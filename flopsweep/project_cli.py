@@ -95,13 +95,16 @@ def _run(args: argparse.Namespace) -> int:
             "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
     require(len(plans) + (1 if budgets else 0) == 1 and len(budgets) <= 1, "plan", "+".join(plans + list(budgets))
             or None, "give exactly one of --tokens, --steps, --compute-optimal or one --budget-*")
-    require(args.steps is None or args.batch is not None, "batch", None, "--steps needs --batch")
+    require((args.steps is None) == (args.batch is None), "batch" if args.steps else "steps", None,
+            "--steps and --batch go together (tokens = steps x batch x sequence length)")
     hardware = _hardware(args)
     if args.model:
         result, source = _measure_preset(args.model, args.seq_len), "the preset, counted on meta"
     else:
         result, source = _load(args.run, _uri(args)), args.run
     cost = P.PerToken.from_result(result, source)
+    require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
+            f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
     if budgets:
         (kind, value), = budgets.items()
         flops = P.budget_flops(kind, value, hardware)
@@ -125,7 +128,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
                   file=sys.stdout if logged.startswith("run ") else sys.stderr)
     if args.json:
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        try:
+            args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        except OSError as err:
+            raise ConfigError("json", str(args.json), f"cannot be written: {err.strerror}") from None
     return 0
 
 

@@ -147,7 +147,10 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
     for args, message in ((["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--tokens", "x"], "amount"),
                           (["--model", "no_such_model", "--tokens", "1T", "--mfu", "0.4"], "model='no_such_model'"),
                           (["--model", "gpt2_small", "--tokens", "1T", "--compute-optimal", "--mfu", "0.4"], "plan="),
-                          (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpu", "T4"], "gpu='T4'")):
+                          (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpu", "T4"], "gpu='T4'"),
+                          (["--model", "gpt2_small", "--batch", "8", "--mfu", "0.4", "--tokens", "1T"], "steps: "),
+                          (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--json", "no/such/dir/p.json"],
+                           "json='no/such/dir/p.json': cannot be written")):
         out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", *args, "--no-log"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2, (args, out.stdout)
