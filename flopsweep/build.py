@@ -35,6 +35,7 @@ def build(spec: JobSpec) -> Built:
     model.to(dtype)
     if spec.training:
         model.train()
+        apply_train_mode(model, spec)
     else:
         model.eval().requires_grad_(False)
     inputs = {name: t.to(dtype) if t.is_floating_point() else t
@@ -42,6 +43,36 @@ def build(spec: JobSpec) -> Built:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(spec.optimizer, trainable) if spec.training and trainable else None
     return Built(model, inputs, optimizer, autocast_context(spec))
+
+
+def apply_train_mode(model: nn.Module, spec: JobSpec) -> None:
+    """Freeze what ``train.mode`` freezes: frozen weights get no gradient, so backward runs no weight-gradient
+    matmuls for them and the optimizer holds no state for them; LoRA adds its adapters' parameters."""
+    from flopsweep.errors import require
+    from flopsweep.models.layers import LoRALinear
+
+    train = spec.train
+    if train.mode == "full":
+        return
+    model.requires_grad_(False)
+    if train.mode == "frozen_backbone":
+        for name in spec.family.HEAD:
+            model.get_submodule(name).requires_grad_(True)
+        blocks = model.get_submodule(spec.family.BLOCKS)
+        require(train.trainable_layers <= len(blocks), "train.trainable_layers", train.trainable_layers,
+                f"the model has {len(blocks)} blocks")
+        for block in list(blocks)[len(blocks) - train.trainable_layers:]:
+            block.requires_grad_(True)
+    elif train.mode == "lora":
+        wanted, found = set(train.targets), set()
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    found.add(name)
+                    if name in wanted:
+                        setattr(parent, name, LoRALinear(child, train.rank, train.alpha))
+        require(not wanted - found, "train.targets", sorted(wanted - found),
+                f"name no linear layer of this model (its linear layers: {', '.join(sorted(found))})")
 
 
 def autocast_context(spec: JobSpec) -> Callable[[], ContextManager]:

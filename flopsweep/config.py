@@ -67,6 +67,15 @@ class OptimizerConf:
 
 
 @dataclass
+class TrainConf:
+    mode: str = "full"                   # full | frozen_backbone | lora | inference
+    trainable_layers: int = 0            # frozen_backbone: the last k blocks train too (the head always does)
+    rank: int = 8                        # lora
+    alpha: float = 16.0                  # lora: the update is scaled by alpha / rank
+    targets: list[str] = field(default_factory=lambda: ["qkv", "out"])  # lora: names of the linear layers
+
+
+@dataclass
 class MeasureConf:
     count: bool = True
     time: bool = True                    # ignored on meta
@@ -93,6 +102,7 @@ class Schema:
     dtype: DtypeConf = field(default_factory=DtypeConf)
     batch: BatchConf = field(default_factory=BatchConf)
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    train: TrainConf = field(default_factory=TrainConf)
     measure: MeasureConf = field(default_factory=MeasureConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     skip_existing: bool = False          # skip a job whose fingerprint already has a FINISHED run (resume)
@@ -118,6 +128,7 @@ def register_configs() -> None:
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adafactor")
+TRAIN_MODES = ("full", "frozen_backbone", "lora", "inference")
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,11 @@ class JobSpec:
     measure: MeasureConf
     peak_tflops: Optional[float]
     threads: Optional[int]
+    train: TrainConf = field(default_factory=TrainConf)
 
     @property
     def training(self) -> bool:
-        return self.params_dtype != "int8"
+        return self.params_dtype != "int8" and self.train.mode != "inference"
 
 
 def resolve(cfg: DictConfig) -> JobSpec:
@@ -176,6 +188,17 @@ def resolve(cfg: DictConfig) -> JobSpec:
     require(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas", list(opt.betas),
             "must be two numbers in [0, 1)")
 
+    train = TrainConf(**OmegaConf.to_container(cfg.train, resolve=True))
+    require(train.mode in TRAIN_MODES, "train.mode", train.mode, f"must be one of {', '.join(TRAIN_MODES)}")
+    if train.mode == "frozen_backbone":
+        require(hasattr(fam, "HEAD"), "train.mode", train.mode,
+                f"the {model_fields['family']} family has no head and block stack to keep trainable")
+        require_int(train.trainable_layers, "train.trainable_layers", 0)
+    if train.mode == "lora":
+        require_int(train.rank, "train.rank")
+        require(train.alpha > 0, "train.alpha", train.alpha, "must be > 0")
+        require(len(train.targets) > 0, "train.targets", list(train.targets), "must name at least one linear layer")
+
     measure = cfg.measure
     require_int(measure.warmup, "measure.warmup", 0)
     require_int(measure.repeats, "measure.repeats")
@@ -195,7 +218,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
     return JobSpec(model=model_cfg, family=fam, batch=shape, device=device, params_dtype=dtype.params,
                    autocast=dtype.autocast, optimizer=OptimizerConf(**OmegaConf.to_container(opt)),
                    measure=MeasureConf(**OmegaConf.to_container(measure)),
-                   peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads)
+                   peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train)
 
 
 def _resolve_device(device: DictConfig) -> str:

@@ -12,8 +12,14 @@ def human(value: Optional[float], unit: str = "") -> str:
         return "-"
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(value) >= factor:
-            return f"{value / factor:.3g}{prefix}{unit}"
-    return f"{value:.3g}{unit}"
+            return f"{_three(value / factor)}{prefix}{unit}"
+    return f"{_three(value)}{unit}"
+
+
+def _three(value: float) -> str:
+    """Three significant digits, without the exponent that ``.3g`` gives from 999.5 up (``1000``, not ``1e+03``)."""
+    text = f"{value:.3g}"
+    return f"{value:.0f}" if "e" in text and abs(value) >= 1 else text
 
 
 def seconds(value: Optional[float]) -> str:
@@ -27,7 +33,7 @@ def size_bytes(value: Optional[float]) -> str:
         return "-"
     for factor, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if value >= factor:
-            return f"{value / factor:.3g} {unit}"
+            return f"{_three(value / factor)} {unit}"
     return f"{value:.0f} B"
 
 

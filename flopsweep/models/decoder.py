@@ -51,6 +51,10 @@ class Config(ModelConfig):
         check_seq_len(batch, self.max_positions)
 
 
+# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+HEAD = ("lm_head",)
+BLOCKS = "blocks"
+
 class Model(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()

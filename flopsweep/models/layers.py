@@ -145,3 +145,20 @@ def sinusoidal_positions(seq: int, d: int, device: torch.device, dtype: torch.dt
     freq = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
     pe = torch.cat([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1)
     return pe.to(dtype)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer beside a trainable low-rank update (Hu et al. 2021):
+    ``y = base(x) + (alpha / r) * B(A x)``, A (r x in) initialised as nn.Linear's weights, B (out x r) zero."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        weight = base.weight
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=weight.device, dtype=weight.dtype))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=weight.device, dtype=weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale

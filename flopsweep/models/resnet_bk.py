@@ -228,6 +228,10 @@ class Block(nn.Module):
         return x + self.layer(self.norm(x))
 
 
+# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+HEAD = ("lm_head",)
+BLOCKS = "blocks"
+
 class Model(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()

@@ -123,6 +123,10 @@ class Stack(nn.Module):
         return self.norm(x) if t5 else x
 
 
+# train=frozen_backbone: these modules train (the tied output head is the shared embedding), and the last train.trainable_layers of BLOCKS
+HEAD = ("shared",)
+BLOCKS = "decoder.blocks"
+
 class Model(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()

@@ -45,6 +45,10 @@ class Config(ModelConfig):
                 f"must be a multiple of model.patch_size={self.patch_size}")
 
 
+# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+HEAD = ("head",)
+BLOCKS = "blocks"
+
 class Model(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
