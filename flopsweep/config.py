@@ -190,6 +190,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
 
     train = TrainConf(**OmegaConf.to_container(cfg.train, resolve=True))
     require(train.mode in TRAIN_MODES, "train.mode", train.mode, f"must be one of {', '.join(TRAIN_MODES)}")
+    require(dtype.params != "int8" or train.mode in ("full", "inference"), "train.mode", train.mode,
+            "int8 weights are an inference build: use dtype=float32 (or bfloat16) to train")
     if train.mode == "frozen_backbone":
         require(hasattr(fam, "HEAD"), "train.mode", train.mode,
                 f"the {model_fields['family']} family has no head and block stack to keep trainable")

@@ -77,6 +77,7 @@ def test_inference_mode_counts_the_forward_only(compose_cfg):
     (["train=lora", "train.rank=0"], "train.rank=0: must be an integer >= 1"),
     (["train=lora", "train.targets=[qkv,attn]"], "train.targets=['attn']: name no linear layer"),
     (["train=frozen_backbone", "train.trainable_layers=3"], "train.trainable_layers=3: the model has 2 blocks"),
+    (["train=lora", "dtype=int8"], "train.mode='lora': int8 weights are an inference build"),
 ])
 def test_bad_train_settings_name_the_key(compose_cfg, overrides, message):
     cfg = compose_cfg(*TINY, *overrides)
