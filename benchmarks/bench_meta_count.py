@@ -35,15 +35,11 @@ def in_process(model: str) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from flopsweep.build import build
-    from flopsweep.config import register_configs, resolve
+    from flopsweep.config import compose_config, resolve
     from flopsweep.measure.count import count_step
     from flopsweep.measure.meta import MetaLikeCPU
-    from hydra import compose, initialize_config_dir
-    from flopsweep.config import CONF_DIR
 
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        spec = resolve(compose("config", overrides=[f"model={model}", "device=meta", "batch.size=1"]))
+    spec = resolve(compose_config(f"model={model}", "device=meta", "batch.size=1"))
     from flopsweep.measure import meta
 
     limit, meta._CACHE_LIMIT = meta._CACHE_LIMIT, 0  # first without the meta kernel cache, then with it (cold)

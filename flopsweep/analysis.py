@@ -74,9 +74,9 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     only in a layer index (``blocks.*.attn``: every block's attention together), with their ``count``."""
     import re
 
-    from flopsweep.tracking import default_uri, load_result
+    from flopsweep.tracking import load_result, target_at
 
-    result = load_result(str(run), uri or default_uri())
+    result = load_result(str(run), target_at(uri, "outputs", "").uri)
     modules = pd.DataFrame((result.breakdown or {}).get("modules") or [])
     require(not modules.empty, "run", str(run), "has no per-module breakdown (measure.count=false?)")
     total = modules.loc[modules["depth"] == 0, ["forward_flops", "backward_flops"]].sum().sum()

@@ -125,6 +125,15 @@ def register_configs() -> None:
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
+def compose_config(*overrides: str) -> DictConfig:
+    """The job config the ``flopsweep`` command would compose for these overrides (for tools and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=list(overrides))
+
+
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adafactor")

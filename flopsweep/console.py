@@ -37,7 +37,7 @@ def size_bytes(value: Optional[float]) -> str:
     return f"{value:.0f} B"
 
 
-def _format(key: str, value: Any) -> str:
+def format_metric(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key.startswith("time/"):
@@ -59,7 +59,7 @@ def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> l
     """One aligned line per metric: all of them, or those of ``keys`` that the job has."""
     shown = {k: metrics[k] for k in keys if k in metrics} if keys is not None else metrics
     width = max((len(k) for k in shown), default=0)
-    return [f"{key:<{width}}  {_format(key, value)}" for key, value in shown.items()]
+    return [f"{key:<{width}}  {format_metric(key, value)}" for key, value in shown.items()]
 
 
 SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
@@ -83,7 +83,7 @@ def summary_row(job: str, result) -> list[str]:
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
     for _, key in SUMMARY_COLUMNS[len(cells):]:
-        cells.append(_format(key, result.metrics.get(key)))
+        cells.append(format_metric(key, result.metrics.get(key)))
     return cells
 
 

@@ -80,10 +80,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
-def _uri(args: argparse.Namespace) -> str:
-    from flopsweep.tracking import default_uri
+def _target(args: argparse.Namespace):
+    from flopsweep.tracking import target_at
 
-    return args.uri or default_uri(args.store_dir)
+    return target_at(args.uri, args.store_dir, args.experiment)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.model:
         result, source = _measure_preset(args.model, args.seq_len), "the preset, counted on meta"
     else:
-        result, source = _load(args.run, _uri(args)), args.run
+        result, source = _load(args.run, _target(args).uri), args.run
     cost = P.PerToken.from_result(result, source)
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
             f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.no_log:
             from flopsweep.tracking import log_projection
 
-            logged = log_projection(_uri(args), args.experiment, proj, _measured_run_id(result, args.run))
+            logged = log_projection(_target(args), proj, _measured_run_id(result, args.run))
             print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
                   file=sys.stdout if logged.startswith("run ") else sys.stderr)
     if args.json:
@@ -145,7 +145,7 @@ def _hardware(args: argparse.Namespace):
             "give --mfu (assumed) or --mfu-from (a measured GPU run), one of them")
     mfu, source = args.mfu, "assumed"
     if args.mfu_from:
-        measured = _load(args.mfu_from, _uri(args))
+        measured = _load(args.mfu_from, _target(args).uri)
         device = ((measured.info.get("timing") or {}).get("device_name")) or ""
         require(measured.metrics.get("speed/mfu") is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(args.gpu in device, "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
@@ -165,20 +165,17 @@ def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
 
 
 def _measure_preset(model: str, seq_len: Optional[int]) -> Result:
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from flopsweep.config import CONF_DIR, register_configs, resolve
+    from flopsweep.config import compose_config, resolve
     from flopsweep.job import run_job
 
-    register_configs()
     overrides = [f"model={model}", "device=meta", "batch.size=1", "tracking=none"]
     if seq_len:
         overrides.append(f"batch.seq_len={seq_len}")
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = compose("config", overrides=overrides)
+        cfg = compose_config(*overrides)
     except HydraException as err:
         raise ConfigError("model", model, " ".join(str(err).split())[:200]) from None
     result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
@@ -196,7 +193,8 @@ def _budget_report(flops: float, kind: str, value: float, cost, hardware, recomp
              f"{cost.model} (N = {cost.params:,}) trains on, by method:"]
     lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
-    lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder preset at its sequence length:"]
+    lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
+                  "preset at its sequence length:"]
     width = max(len(f.model) for f in fits)
     lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
               f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
@@ -207,26 +205,23 @@ def _budget_report(flops: float, kind: str, value: float, cost, hardware, recomp
 def preset_costs():
     """Parameters and attention per token of every decoder-only preset at its default sequence length, from the
     model built on meta (no counting: N and the shapes are all the closed forms need)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from flopsweep.build import build
-    from flopsweep.config import CONF_DIR, register_configs, resolve
+    from flopsweep.config import CONF_DIR, compose_config, resolve
     from flopsweep.measure.size import unique_parameters
     from flopsweep.projection import PerToken, attention_per_token
 
-    register_configs()
     costs = []
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        for file in sorted((CONF_DIR / "model").glob("*.yaml")):
-            cfg = compose("config", overrides=[f"model={file.stem}", "device=meta", "tracking=none"])
-            if cfg.model.get("family") != "decoder":
-                continue
-            spec = resolve(cfg)
-            params = sum(p.numel() for p in unique_parameters(build(spec).model))
-            model = OmegaConf.to_container(cfg.model, resolve=True)
-            costs.append(PerToken(file.stem, params, spec.batch.seq_len, None, None, None,
-                                  attention_per_token(model, spec.batch.seq_len)))
+    for file in sorted((CONF_DIR / "model").glob("*.yaml")):
+        cfg = compose_config(f"model={file.stem}", "device=meta", "tracking=none")
+        if cfg.model.get("family") != "decoder":
+            continue
+        spec = resolve(cfg)
+        params = sum(p.numel() for p in unique_parameters(build(spec).model))
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        costs.append(PerToken(file.stem, params, spec.batch.seq_len, None, None, None,
+                              attention_per_token(model, spec.batch.seq_len)))
     return costs
 
 

@@ -75,9 +75,9 @@ class Plan:
     seq_len: Optional[int] = None       # when the plan names one, it must be the measured one
 
     @classmethod
-    def of_tokens(cls, tokens: float, tokens_per_step: Optional[float] = None, recompute: bool = False) -> "Plan":
+    def of_tokens(cls, tokens: float, recompute: bool = False) -> "Plan":
         require(tokens > 0, "tokens", tokens, "must be > 0")
-        return cls(float(tokens), tokens_per_step, recompute, f"{tokens:.3g} tokens")
+        return cls(float(tokens), None, recompute, f"{tokens:.3g} tokens")
 
     @classmethod
     def of_steps(cls, steps: int, batch: int, seq_len: int, recompute: bool = False) -> "Plan":
@@ -173,11 +173,14 @@ class Projection:
                 f"plan  {self.plan.describe}" + ("; activation recomputation" if self.plan.recompute else ""),
                 f"on    {hw.gpus:,} × {hw.gpu} at {hw.peak_flops / 1e12:g} TFLOP/s peak, MFU {hw.mfu:.1%} "
                 f"({hw.mfu_source})"]
-        rows = [["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"]]
+        from flopsweep.console import table
+
+        rows = []
         for r in self.rows:
             rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", _num(r.gpu_hours),
                          _num(r.days), "n/a" if r.cost is None else "$" + _num(r.cost), _num(r.energy_kwh)])
-        return "\n".join(head + [""] + _aligned(rows) + [""] + [f"- {n}" for n in self.notes])
+        body = table(["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"], rows)
+        return "\n".join(head + ["", body, ""] + [f"- {n}" for n in self.notes])
 
 
 def project(cost: PerToken, plan: Plan, hardware: Hardware) -> Projection:
@@ -251,8 +254,3 @@ def _num(value: Optional[float]) -> str:
     if value is None or math.isnan(value):
         return "n/a"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def _aligned(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]

@@ -141,13 +141,15 @@ def _mfu(df, out: Path) -> str:
 
 
 def _markdown_table(df) -> str:
-    from flopsweep.console import _format
+    import pandas as pd
+
+    from flopsweep.console import format_metric
 
     columns = [c for c in TABLE if c in df.columns]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in df.iterrows():
-        cells = [str(row[c]).replace("|", "\\|") if c in ("run_name", "status") else _format(c, None if row[c] != row[c] else row[c])
-                 for c in columns]
+        cells = [str(row[c]).replace("|", "\\|") if c in ("run_name", "status")
+                 else format_metric(c, None if pd.isna(row[c]) else row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -160,9 +162,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
     args = parser.parse_args(argv)
-    from flopsweep.tracking import SWEEP_TAG, default_uri, load_runs
+    from flopsweep.tracking import SWEEP_TAG, load_runs, target_at
 
-    uri = args.uri or default_uri(args.store_dir)
+    uri = target_at(args.uri, args.store_dir, args.experiment).uri
     df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=uri)
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""

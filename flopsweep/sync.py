@@ -5,7 +5,6 @@ twice logs nothing the second time; a sweep's jobs go under one parent run for t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -28,17 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.is_dir():
         print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
         return 2
-    from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, Store, Target, fingerprint
+    from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, fingerprint, target_at
+    from flopsweep.tracking import store as store_for
 
-    store_dir = Path(args.store_dir).resolve()
-    uri = args.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_dir / 'mlflow.db'}"
-    artifact_root = None if args.uri or os.environ.get("MLFLOW_TRACKING_URI") else (store_dir / "mlartifacts").as_uri()
+    uri = target_at(args.uri, args.store_dir, "").uri
     logged = present = failed = 0
     parents: dict[tuple[str, Path], str] = {}
     for folder in job_folders(args.path.resolve()):  # sweeps' parent runs are tagged with absolute paths
         result = Result.read(folder / "result.json")
         experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
-        store = Store(Target(uri, artifact_root, experiment))
+        store = store_for(target_at(args.uri, args.store_dir, experiment))
         try:
             fp = result.info.get("fingerprint") or fingerprint(result.config, result.info.get("device"))
             existing = store.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         _record_logged(result, folder, uri, experiment, run_id)
         logged += 1
     for (experiment, sweep_dir), parent in parents.items():
-        store = Store(Target(uri, artifact_root, experiment))
+        store = store_for(target_at(args.uri, args.store_dir, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
             results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
             summary = sweep_dir / "summary.csv"

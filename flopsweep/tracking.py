@@ -20,6 +20,7 @@ from flopsweep.result import Result, status_counts
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
+UNFINISHED = "attributes.status = 'RUNNING'"
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
 FINGERPRINT_TAG = "flopsweep.fingerprint"
@@ -50,8 +51,17 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
             from flopsweep.errors import ConfigError
             raise ConfigError("tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
         return Target(uri, None, tracking.experiment)
-    store = project_dir / tracking.dir
-    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), tracking.experiment)
+    return target_at(None, project_dir / tracking.dir, tracking.experiment, environment=False)
+
+
+def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
+    """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
+    ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
+    uri = uri or (os.environ.get("MLFLOW_TRACKING_URI") if environment else None)
+    if uri:
+        return Target(uri, None, experiment)
+    store = Path(store_dir).resolve()
+    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
 
 
 class Store:
@@ -88,7 +98,7 @@ class Store:
         """Delete the runs of this fingerprint left RUNNING: a store that failed in the middle of logging a job
         leaves one, and the job is logged again whole. Returns how many."""
         runs = self.client.search_runs([self.experiment_id()], filter_string=(
-            f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and attributes.status = 'RUNNING'"))
+            f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and {UNFINISHED}"))
         for run in runs:
             self.client.delete_run(run.info.run_id)
         return len(runs)
@@ -244,11 +254,6 @@ def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
     return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
 
 
-def default_uri(store_dir: str | Path = "outputs") -> str:
-    """``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(store_dir).resolve() / 'mlflow.db'}"
-
-
 def load_result(ref: str, uri: str) -> Result:
     """A job's result from its folder, its ``result.json``, or its MLflow run id."""
     path = Path(ref)
@@ -288,7 +293,7 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    uri = uri or default_uri(store_dir)
+    uri = target_at(uri, store_dir, experiment).uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return pd.DataFrame()  # no store here: nothing to read, and nothing to create
     client = MlflowClient(tracking_uri=uri)
@@ -325,7 +330,7 @@ def _number_or_text(value: str) -> Any:
     return {"True": True, "False": False, "None": None}.get(value, value)
 
 
-def log_projection(uri: str, experiment: str, projection, measured_run: Optional[str]) -> str:
+def log_projection(target: Target, projection, measured_run: Optional[str]) -> str:
     """Log a training-cost projection as a run of its own experiment, tagged with the measured run it came from.
     Never raises: returns ``run ID in experiment NAME`` or what went wrong, in one line."""
     import json
@@ -336,7 +341,7 @@ def log_projection(uri: str, experiment: str, projection, measured_run: Optional
     from flopsweep import metrics as M
 
     try:
-        client = store(Target(uri, None, experiment))
+        client = store(target)
         data = projection.to_dict()
         hw, plan = data["hardware"], data["plan"]
         name = f"{projection.cost.model}|{plan['tokens']:.3g} tokens|{hw['gpus']}x{hw['gpu']}"
@@ -357,6 +362,6 @@ def log_projection(uri: str, experiment: str, projection, measured_run: Optional
             (Path(tmp) / "projection.txt").write_text(projection.table() + "\n")
             client.client.log_artifacts(run.info.run_id, tmp)
         client.client.set_terminated(run.info.run_id, "FINISHED")
-        return f"run {run.info.run_id} in experiment {experiment!r} ({uri})"
+        return f"run {run.info.run_id} in experiment {target.experiment!r} ({target.uri})"
     except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
         return f"not logged to MLflow ({type(err).__name__}: {' '.join(str(err).split())[:300]})"

@@ -8,21 +8,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flopsweep.config import CONF_DIR, register_configs
+from flopsweep.config import CONF_DIR, compose_config, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
 
 register_configs()
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=list(overrides))
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

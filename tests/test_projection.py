@@ -138,6 +138,9 @@ def test_project_command_from_a_job_folder_logs_a_linked_run(tmp_path):
     assert runs[0].data.tags["flopsweep.measured_run"] == result["info"]["tracking"]["run_id"]
     assert runs[0].data.metrics["projection/counted/flops"] == pytest.approx(counted)
     assert runs[0].data.metrics["projection/6ND/cost"] == pytest.approx(rows["6ND"]["gpu_hours"] * 1.5)
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert artifacts == {"projection.json", "projection.txt"}
+    assert not (tmp_path / "mlruns").exists()  # with the local store's artifacts, not in ./mlruns
 
 
 def test_project_command_rejects_bad_input_in_one_line(tmp_path):

@@ -51,7 +51,7 @@ class Config(ModelConfig):
         check_seq_len(batch, self.max_positions)
 
 
-# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
 HEAD = ("lm_head",)
 BLOCKS = "blocks"
 

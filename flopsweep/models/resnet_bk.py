@@ -228,7 +228,7 @@ class Block(nn.Module):
         return x + self.layer(self.norm(x))
 
 
-# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
 HEAD = ("lm_head",)
 BLOCKS = "blocks"
 

@@ -123,7 +123,8 @@ class Stack(nn.Module):
         return self.norm(x) if t5 else x
 
 
-# train=frozen_backbone: these modules train (the tied output head is the shared embedding), and the last train.trainable_layers of BLOCKS
+# train=frozen_backbone trains HEAD (the tied output head is the shared embedding) and the last
+# train.trainable_layers blocks of BLOCKS
 HEAD = ("shared",)
 BLOCKS = "decoder.blocks"
 

@@ -45,7 +45,7 @@ class Config(ModelConfig):
                 f"must be a multiple of model.patch_size={self.patch_size}")
 
 
-# train=frozen_backbone: these modules train (what train=frozen_backbone keeps trainable), and the last train.trainable_layers of BLOCKS
+# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
 HEAD = ("head",)
 BLOCKS = "blocks"
 
