@@ -43,3 +43,16 @@ PROJECTION_QUANTITIES = ("flops", "gpu_hours", "days", "cost", "energy_kwh")
 
 def projection_metric(method: str, quantity: str) -> str:
     return f"projection/{PROJECTION_METHODS[method]}/{quantity}"
+
+
+# the family's closed form for backward, where it has one (the decoder: full, frozen_backbone and lora)
+FLOPS_BACKWARD_ANALYTIC = "flops/backward_analytic"
+
+# per-device figures of a parallel layout (flopsweep-project --dp --tp --pp --zero): one metric per quantity
+PER_DEVICE_QUANTITIES = ("params", "flops", "weights_bytes", "buffers_bytes", "grads_bytes", "optimizer_state_bytes",
+                         "activations_bytes", "memory_bytes")
+PIPELINE_BUBBLE = "projection/pipeline_bubble"
+
+
+def per_device_metric(quantity: str) -> str:
+    return f"projection/per_device/{quantity}"

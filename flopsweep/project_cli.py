@@ -3,9 +3,13 @@
     flopsweep-project outputs/sweeps/.../3_llama2_7b --tokens 2T --gpu H100 --gpus 512 --mfu 0.4 --price 2.5
     flopsweep-project --model gpt3_13b --compute-optimal --gpus 1024 --mfu 0.45 --watts 700
     flopsweep-project --model llama2_7b --budget-usd 1M --gpus 256 --mfu 0.4 --price 2.5
+    flopsweep-project outputs/runs/.../gpt3_175b --tokens 300B --dp 16 --tp 8 --pp 8 --zero 1 --micro-batches 96 \
+        --gpu A100 --gpu-memory 80 --mfu 0.4
 
 The model comes from a measured job (its folder, or its MLflow run id) or from a preset, counted on ``meta``
-here at batch 1 and the preset's sequence length (``--seq-len`` to change it). Amounts take K, M, B/G, T, P.
+here at batch 1 (``--batch`` when given) and the preset's sequence length (``--seq-len`` to change it). Amounts
+take K, M, B/G, T, P. ``--dp --tp --pp --zero --micro-batches`` split the measured step over dp·tp·pp GPUs (the
+measured batch is the global batch): per-device figures, and time divided by (1 − pipeline bubble).
 """
 
 from __future__ import annotations
@@ -57,11 +61,18 @@ def parser() -> argparse.ArgumentParser:
                                                   "default H100")
     hw.add_argument("--dtype", default="bfloat16", help="training compute dtype for the peak (default bfloat16)")
     hw.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per GPU (overrides the table)")
-    hw.add_argument("--gpus", type=int, default=1, help="number of GPUs (default 1)")
+    hw.add_argument("--gpus", type=int, help="number of GPUs (default dp x tp x pp, else 1)")
+    hw.add_argument("--gpu-memory", type=float, help="GiB per GPU: a parallel layout warns when a device needs more")
     hw.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.4")
     hw.add_argument("--mfu-from", help="take MFU from a measured GPU run (folder or run id) on this GPU model")
     hw.add_argument("--price", type=amount, help="dollars per GPU-hour")
     hw.add_argument("--watts", type=amount, help="power per GPU in watts, for energy")
+    par = p.add_argument_group("parallelism (see docs/projection.md, 'Parallelism and ZeRO')")
+    par.add_argument("--dp", type=int, help="data-parallel replicas: each runs batch / dp of the measured batch")
+    par.add_argument("--tp", type=int, help="tensor-parallel size")
+    par.add_argument("--pp", type=int, help="pipeline-parallel stages")
+    par.add_argument("--zero", type=int, help="ZeRO stage 0-3: shard optimizer state / + gradients / + parameters")
+    par.add_argument("--micro-batches", type=int, help="micro-batches per replica, 1F1B schedule (default pp)")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="also write the projection as JSON here")
     out.add_argument("--experiment", default="projections", help="MLflow experiment (default: projections)")
@@ -88,6 +99,7 @@ def _target(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from flopsweep import projection as P
+    from flopsweep.parallel import per_device
 
     budgets = {k: v for k in P.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
     plans = [n for n in ("tokens", "steps", "compute_optimal") if getattr(args, n)]
@@ -97,18 +109,21 @@ def _run(args: argparse.Namespace) -> int:
             or None, "give exactly one of --tokens, --steps, --compute-optimal or one --budget-*")
     require((args.steps is None) == (args.batch is None), "batch" if args.steps else "steps", None,
             "--steps and --batch go together (tokens = steps x batch x sequence length)")
-    hardware = _hardware(args)
+    layout = _layout(args)
+    hardware = _hardware(args, layout)
     if args.model:
-        result, source = _measure_preset(args.model, args.seq_len), "the preset, counted on meta"
+        result = _measure_preset(args.model, args.seq_len, int(args.batch) if args.batch else 1)
+        source = "the preset, counted on meta"
     else:
         result, source = _load(args.run, _target(args).uri), args.run
     cost = P.PerToken.from_result(result, source)
+    devices = per_device(result, layout, source) if layout else None
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
             f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
     if budgets:
         (kind, value), = budgets.items()
-        flops = P.budget_flops(kind, value, hardware)
-        report = _budget_report(flops, kind, value, cost, hardware, args.recompute)
+        flops = P.budget_flops(kind, value, hardware, devices.bubble if devices else 0.0)
+        report = _budget_report(flops, kind, value, cost, hardware, args.recompute, devices)
         print(report["text"])
         payload = {k: v for k, v in report.items() if k != "text"}
     else:
@@ -118,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             plan = P.Plan.of_steps(int(args.steps), int(args.batch), args.seq_len or cost.seq_len, args.recompute)
         else:
             plan = P.Plan.compute_optimal(cost.params, args.recompute)
-        proj = P.project(cost, plan, hardware)
+        proj = P.project(cost, plan, hardware, devices)
         print(proj.table())
         payload = proj.to_dict()
         if not args.no_log:
@@ -135,7 +150,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hardware(args: argparse.Namespace):
+def _layout(args: argparse.Namespace):
+    """The parallel layout when any of --dp --tp --pp --zero --micro-batches is given, else None."""
+    from flopsweep.parallel import Parallelism
+
+    given = {k: getattr(args, k) for k in ("dp", "tp", "pp", "zero", "micro_batches")}
+    if all(v is None for v in given.values()):
+        return None
+    layout = Parallelism(**{k: v for k, v in given.items() if v is not None})
+    if args.gpus is not None:
+        layout.check_gpus(args.gpus)
+    return layout
+
+
+def _hardware(args: argparse.Namespace, layout=None):
     from flopsweep.measure.peaks import peak_flops
     from flopsweep.projection import Hardware
 
@@ -150,7 +178,10 @@ def _hardware(args: argparse.Namespace):
         require(measured.metrics.get("speed/mfu") is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(args.gpu in device, "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
         mfu, source = measured.metrics["speed/mfu"], f"measured in {args.mfu_from}"
-    return Hardware(args.gpu, args.gpus, peak, mfu, args.price, args.watts, source)
+    gpus = args.gpus or (layout.devices if layout else 1)
+    require(args.gpu_memory is None or args.gpu_memory > 0, "gpu_memory", args.gpu_memory, "must be > 0 (GiB)")
+    memory = args.gpu_memory * 2**30 if args.gpu_memory is not None else None
+    return Hardware(args.gpu, gpus, peak, mfu, args.price, args.watts, source, memory)
 
 
 def _load(ref: str, uri: str) -> Result:
@@ -164,14 +195,14 @@ def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
     return run_id or (ref if ref and not Path(ref).exists() else None)
 
 
-def _measure_preset(model: str, seq_len: Optional[int]) -> Result:
+def _measure_preset(model: str, seq_len: Optional[int], batch: int = 1) -> Result:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     from flopsweep.config import compose_config, resolve
     from flopsweep.job import run_job
 
-    overrides = [f"model={model}", "device=meta", "batch.size=1", "tracking=none"]
+    overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none"]
     if seq_len:
         overrides.append(f"batch.seq_len={seq_len}")
     try:
@@ -183,14 +214,18 @@ def _measure_preset(model: str, seq_len: Optional[int]) -> Result:
     return result
 
 
-def _budget_report(flops: float, kind: str, value: float, cost, hardware, recompute: bool) -> dict:
+def _budget_report(flops: float, kind: str, value: float, cost, hardware, recompute: bool, devices=None) -> dict:
+    from flopsweep.parallel import table as per_device_table
     from flopsweep.projection import TOKENS_PER_PARAM, compute_optimal_fits, tokens_within
 
     tokens = tokens_within(flops, cost, recompute)
     fits = compute_optimal_fits(flops, preset_costs(), recompute)
     lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs on {hardware.gpus:,} × {hardware.gpu}"
-             f" at MFU {hardware.mfu:.1%}", "",
-             f"{cost.model} (N = {cost.params:,}) trains on, by method:"]
+             f" at MFU {hardware.mfu:.1%}" + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""),
+             ""]
+    if devices:
+        lines += [per_device_table(devices, hardware.memory_bytes), ""]
+    lines += [f"{cost.model} (N = {cost.params:,}) trains on, by method:"]
     lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
     lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
@@ -199,7 +234,8 @@ def _budget_report(flops: float, kind: str, value: float, cost, hardware, recomp
     lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
               f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
     return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
-            "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits]}
+            "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
+            "parallel": devices.to_dict() if devices else None}
 
 
 def preset_costs():

@@ -10,7 +10,8 @@ The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metr
   length), for decoder-only models; attention over the full T×T square, the MFU convention.
 
 Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
-``8·N + 16·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU).
+``8·N + 16·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by (1 − pipeline bubble) when a parallel
+layout (:mod:`flopsweep.parallel`) is given; it also sets the GPU count and adds the per-device figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any, Optional
 
 from flopsweep import metrics as M
 from flopsweep.errors import ConfigError, require
+from flopsweep.parallel import PerDevice
+from flopsweep.parallel import table as per_device_table
 from flopsweep.result import Result
 
 TOKENS_PER_PARAM = 20  # compute-optimal data (Hoffmann et al. 2022)
@@ -108,6 +111,7 @@ class Hardware:
     price_per_gpu_hour: Optional[float] = None
     watts_per_gpu: Optional[float] = None
     mfu_source: str = "assumed"
+    memory_bytes: Optional[float] = None  # per GPU, when known: a parallel layout warns above it
 
     def __post_init__(self) -> None:
         require(self.gpus >= 1, "gpus", self.gpus, "must be >= 1")
@@ -116,6 +120,7 @@ class Hardware:
         require(self.price_per_gpu_hour is None or self.price_per_gpu_hour >= 0, "price", self.price_per_gpu_hour,
                 "must be >= 0")
         require(self.watts_per_gpu is None or self.watts_per_gpu >= 0, "watts", self.watts_per_gpu, "must be >= 0")
+        require(self.memory_bytes is None or self.memory_bytes > 0, "gpu_memory", self.memory_bytes, "must be > 0")
 
     @property
     def flops_per_gpu_hour(self) -> float:
@@ -132,10 +137,11 @@ class Row:
     energy_kwh: Optional[float]
 
 
-def cost_row(method: str, flops: Optional[float], hw: Hardware) -> Row:
+def cost_row(method: str, flops: Optional[float], hw: Hardware, bubble: float = 0.0) -> Row:
+    """Time, cost and energy of ``flops``; a pipeline ``bubble`` idles the GPUs that fraction of the time."""
     if flops is None:
         return Row(method, None, None, None, None, None)
-    gpu_hours = flops / hw.flops_per_gpu_hour
+    gpu_hours = flops / hw.flops_per_gpu_hour / (1.0 - bubble)
     return Row(method, flops, gpu_hours, gpu_hours / hw.gpus / 24.0,
                gpu_hours * hw.price_per_gpu_hour if hw.price_per_gpu_hour is not None else None,
                gpu_hours * hw.watts_per_gpu / 1000.0 if hw.watts_per_gpu is not None else None)
@@ -161,10 +167,12 @@ class Projection:
     hardware: Hardware
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    devices: Optional[PerDevice] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": asdict(self.cost), "plan": {**asdict(self.plan), "steps": self.plan.steps},
-                "hardware": asdict(self.hardware), "rows": [asdict(r) for r in self.rows], "notes": self.notes}
+                "hardware": asdict(self.hardware), "rows": [asdict(r) for r in self.rows],
+                "parallel": self.devices.to_dict() if self.devices else None, "notes": self.notes}
 
     def table(self) -> str:
         hw = self.hardware
@@ -180,12 +188,18 @@ class Projection:
             rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", _num(r.gpu_hours),
                          _num(r.days), "n/a" if r.cost is None else "$" + _num(r.cost), _num(r.energy_kwh)])
         body = table(["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"], rows)
+        if self.devices:
+            body += "\n\n" + per_device_table(self.devices, hw.memory_bytes)
         return "\n".join(head + ["", body, ""] + [f"- {n}" for n in self.notes])
 
 
-def project(cost: PerToken, plan: Plan, hardware: Hardware) -> Projection:
+def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[PerDevice] = None) -> Projection:
+    """The plan's cost on the hardware; ``devices`` (:func:`flopsweep.parallel.per_device` of the measured run)
+    adds the per-device figures and the pipeline bubble, and must use ``hardware.gpus`` devices."""
     require(plan.seq_len is None or plan.seq_len == cost.seq_len, "seq_len", plan.seq_len,
             f"differs from the {cost.seq_len} that {cost.model} was measured at: measure it at {plan.seq_len}")
+    if devices is not None:
+        check_layout(devices, plan, hardware)
     totals = total_flops(cost, plan)
     notes = ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
              "N counts every parameter once, embeddings included; attention counts the full T×T square "
@@ -198,7 +212,32 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware) -> Projection:
     if plan.steps is None and cost.counted is not None:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
-    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware) for m in METHODS], notes)
+    notes += parallel_notes(devices, plan.recompute) if devices else []
+    bubble = devices.bubble if devices else 0.0
+    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in METHODS], notes,
+                      devices)
+
+
+def check_layout(devices: PerDevice, plan: Plan, hardware: Hardware) -> None:
+    """A parallel layout needs dp·tp·pp GPUs, and a plan's global batch must be the measured one."""
+    devices.layout.check_gpus(hardware.gpus)
+    batch = plan.tokens_per_step / plan.seq_len if plan.tokens_per_step and plan.seq_len else None
+    require(batch is None or batch == devices.batch, "batch", batch and int(batch),
+            f"differs from the {devices.batch} sequences measured: with a parallel layout the measured batch is "
+            "the global batch of one step: measure that one")
+
+
+def parallel_notes(devices: PerDevice, recompute: bool = False) -> list[str]:
+    pp, m = devices.layout.pp, devices.layout.m
+    notes = [f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
+             f"{devices.bubble:.1%}; GPU-hours, cost and energy include the idle bubble; communication is not "
+             "modelled.",
+             "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "
+             "optimizer state and FLOPs evenly (replicated norms ignored); ZeRO-1/2/3 shard optimizer state / "
+             "+ gradients / + parameters over dp; activations A·min(m, pp)/(dp·m·pp·tp), the first stage's (1F1B)."]
+    if recompute:
+        notes.append("per-device activations are those measured, without recomputation: an upper bound here.")
+    return notes
 
 
 # --- the inverse: what a budget buys ---------------------------------------------------------------------
@@ -206,19 +245,21 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware) -> Projection:
 BUDGET_KINDS = ("flops", "gpu_hours", "days", "usd")
 
 
-def budget_flops(kind: str, value: float, hw: Hardware) -> float:
-    """The training FLOPs a budget of ``value`` (FLOPs, GPU-hours, wall-clock days on all GPUs, or dollars) buys."""
+def budget_flops(kind: str, value: float, hw: Hardware, bubble: float = 0.0) -> float:
+    """The training FLOPs a budget of ``value`` (FLOPs, GPU-hours, wall-clock days on all GPUs, or dollars) buys;
+    a pipeline ``bubble`` idles the GPUs that fraction of the time bought."""
     require(kind in BUDGET_KINDS, "budget", kind, f"must be one of {', '.join(BUDGET_KINDS)}")
     require(value > 0, f"budget_{kind}", value, "must be > 0")
     if kind == "flops":
         return float(value)
+    busy = hw.flops_per_gpu_hour * (1.0 - bubble)
     if kind == "gpu_hours":
-        return value * hw.flops_per_gpu_hour
+        return value * busy
     if kind == "days":
-        return value * 24.0 * hw.gpus * hw.flops_per_gpu_hour
+        return value * 24.0 * hw.gpus * busy
     if hw.price_per_gpu_hour is None or hw.price_per_gpu_hour == 0:
         raise ConfigError("price", hw.price_per_gpu_hour, "a budget in dollars needs a price per GPU-hour > 0")
-    return value / hw.price_per_gpu_hour * hw.flops_per_gpu_hour
+    return value / hw.price_per_gpu_hour * busy
 
 
 def tokens_within(flops: float, cost: PerToken, recompute: bool = False) -> dict[str, Optional[float]]:

@@ -354,6 +354,12 @@ def log_projection(target: Target, projection, measured_run: Optional[str]) -> s
                   "model.seq_len": projection.cost.seq_len}
         metrics = [Metric(M.projection_metric(row["method"], q), float(row[q]), now, 0)
                    for row in data["rows"] for q in M.PROJECTION_QUANTITIES if row[q] is not None]
+        if data["parallel"]:
+            par = data["parallel"]
+            layout = {**par["layout"], "micro_batches": par["micro_batches"]}  # as used: pp when left out
+            params.update({f"parallel.{k}": v for k, v in layout.items()})
+            metrics += [Metric(M.per_device_metric(q), float(par[q]["device"]), now, 0)
+                        for q in M.PER_DEVICE_QUANTITIES] + [Metric(M.PIPELINE_BUBBLE, par["bubble"], now, 0)]
         client.client.log_batch(run.info.run_id, metrics=metrics,
                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         with tempfile.TemporaryDirectory() as tmp:
