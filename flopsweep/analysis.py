@@ -71,15 +71,20 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     """The costliest modules of one run (its job folder or MLflow run id), costliest first: forward + backward
     FLOPs and their share of the model's. ``depth`` picks one level of the module tree; by default the leaves
     of the recorded tree (modules with no recorded children). ``merge_repeats`` adds up the modules that differ
-    only in a layer index (``blocks.*.attn``: every block's attention together), with their ``count``."""
+    only in a layer index (``blocks.*.attn``: every block's attention together), with their ``count``.
+    A run with a module profile (``measure.profile=true``) gives every module and, when it was timed,
+    ``time_share``: the share of the forward pass's latency (backward time is not measured per module)."""
     import re
 
     from flopsweep.tracking import load_result, target_at
 
     result = load_result(str(run), target_at(uri, "outputs", "").uri)
-    modules = pd.DataFrame((result.breakdown or {}).get("modules") or [])
+    breakdown = result.breakdown or {}
+    modules = pd.DataFrame(breakdown.get("profile") or breakdown.get("modules") or [])
     require(not modules.empty, "run", str(run), "has no per-module breakdown (measure.count=false?)")
-    total = modules.loc[modules["depth"] == 0, ["forward_flops", "backward_flops"]].sum().sum()
+    model = modules[modules["depth"] == 0].iloc[0]
+    total = model["forward_flops"] + model["backward_flops"]
+    timed = "forward_latency_s" in modules and pd.notna(model["forward_latency_s"])
     if depth is None:
         names = list(modules["module"])
         leaf = np.array([not any(o.startswith(n + ".") for o in names) for n in names])
@@ -91,11 +96,17 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     rows["elementwise"] = rows["forward_elementwise"] + rows["backward_elementwise"]
     rows["count"] = 1
     columns = ["flops", "forward_flops", "backward_flops", "elementwise", "count"]
+    columns += ["forward_latency_s"] if timed else []
     if merge_repeats:
         rows["module"] = [re.sub(r"\.\d+(?=\.|$)", ".*", name) for name in rows["module"]]
         rows = rows.groupby("module", as_index=False)[columns].sum()
     rows["share"] = rows["flops"] / total if total else np.nan
-    return rows.sort_values("flops", ascending=False)[["module", "share", *columns]].head(top).reset_index(drop=True)
+    shares = ["share"]
+    if timed:
+        rows["time_share"] = rows["forward_latency_s"] / model["forward_latency_s"]
+        shares.append("time_share")
+    order = ["flops", "forward_latency_s"] if timed else ["flops"]
+    return rows.sort_values(order, ascending=False)[["module", *shares, *columns]].head(top).reset_index(drop=True)
 
 
 def counted_vs_closed_form(df: pd.DataFrame, key: str = "run_name") -> pd.DataFrame:

@@ -83,6 +83,7 @@ class MeasureConf:
     repeats: int = 10
     timing: str = "full"                 # full | per_block (time one block of each kind, times the count)
     module_depth: int = 3
+    profile: bool = False                # the module profile: every module, with forward latency when timed
     causal_attention: str = "full"       # full (S^2, the MFU convention) | half (unmasked pairs only)
     seed: int = 0
 
@@ -214,6 +215,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     require_int(measure.warmup, "measure.warmup", 0)
     require_int(measure.repeats, "measure.repeats")
     require_int(measure.module_depth, "measure.module_depth", 0)
+    require(not measure.profile or measure.count, "measure.profile", True,
+            "needs the counted step (measure.count=true): the profile is per-module FLOPs and latency")
     require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
     require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
             "must be full or half")

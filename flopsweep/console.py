@@ -89,3 +89,33 @@ def summary_row(job: str, result) -> list[str]:
 
 def summary_table(results: list[tuple[str, Any]]) -> str:
     return table([name for name, _ in SUMMARY_COLUMNS], [summary_row(job, r) for job, r in results])
+
+
+def _share(part: Optional[float], whole: Optional[float]) -> str:
+    return f"{100 * part / whole:.1f} %" if part is not None and whole else "-"
+
+
+def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
+    """The module profile as text: the model's totals, the top modules at each depth, then the whole tree."""
+    from flopsweep.measure.profile import by_depth
+
+    model = rows[0]
+    flops, latency = model["forward_flops"], model["forward_latency_s"]
+    lines = [f"Module profile: {title}",
+             f"{model['type']}: {human(model['params'])} parameters, forward {human(flops)} FLOPs "
+             f"({human(model['macs'])} MACs), backward {human(model['backward_flops'])} FLOPs, forward latency "
+             f"{seconds(latency) if latency is not None else 'not timed'}"
+             + (f", {human(flops / latency)}FLOP/s" if latency else ""),
+             "FLOPs: matmul class, multiply-add = 2. Latency: median forward pass with hooks on every module.", "",
+             f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
+             "(work done directly in shallower modules)"]
+    lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],
+                       [[str(r["depth"]), r["module"], r["type"], human(r["params"]), human(r["forward_flops"]),
+                         _share(r["forward_flops"], flops), seconds(r["forward_latency_s"]),
+                         _share(r["forward_latency_s"], latency)] for r in by_depth(rows, top)]))
+    lines += ["", "Every module (inclusive: each with everything under it)"]
+    lines.append(table(["module", "type", "params", "MACs", "fwd FLOPs", "bwd FLOPs", "fwd latency", "FLOP/s"],
+                       [["  " * r["depth"] + r["module"], r["type"], human(r["params"]), human(r["macs"]),
+                         human(r["forward_flops"]), human(r["backward_flops"]), seconds(r["forward_latency_s"]),
+                         human(r["forward_flops_per_s"])] for r in rows]))
+    return "\n".join(lines) + "\n"

@@ -17,8 +17,10 @@ from flopsweep.errors import ConfigError
 from flopsweep.measure.count import StepCount, count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.peaks import peak_flops
+from flopsweep.measure.profile import forward_latency, module_rows
 from flopsweep.measure.size import SavedActivations, SizeRecord, measure_size
 from flopsweep.measure.timing import TimingRecord, time_per_block, time_step
+from flopsweep.models.base import BatchShape
 from flopsweep.result import Result
 
 
@@ -74,20 +76,46 @@ def _measure(spec: JobSpec, config: dict[str, Any]) -> Result:
         timing = timer(built.model, built.inputs, built.optimizer, built.autocast, spec.device,
                        warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
     measured_peak = torch.cuda.max_memory_allocated(spec.device) if spec.device.startswith("cuda") else None
+    latency = None
+    if spec.measure.profile and timing is not None:  # after the step timings, which the hooks would slow
+        latency = forward_latency(built.model, built.inputs, built.autocast, spec.device, warmup=spec.measure.warmup,
+                                  repeats=spec.measure.repeats, training=spec.training)
 
-    analytic = getattr(spec.family, "analytic_forward_flops", None)
-    metrics = collect_metrics(spec, count, size, timing,
-                              analytic(spec.model, spec.batch) if analytic else None, measured_peak)
+    forward_analytic, backward_analytic = closed_forms(spec)
+    metrics = collect_metrics(spec.batch, count, size, timing, training=spec.training,
+                              dtype=spec.autocast or spec.params_dtype, peak_tflops=spec.peak_tflops,
+                              measured_peak=measured_peak)
+    metrics[M.FLOPS_FORWARD_ANALYTIC] = forward_analytic
+    if backward_analytic is not None:
+        metrics[M.FLOPS_BACKWARD_ANALYTIC] = backward_analytic
     breakdown: dict[str, Any] = {}
     if count is not None:
         breakdown = {"modules": count.module_table(spec.measure.module_depth), "ops": count.op_table(),
                      "uncounted_ops": count.uncounted}
+        if spec.measure.profile:
+            breakdown["profile"] = module_rows(built.model, count, latency)
     return Result("ok", None, config, metrics, breakdown, info=job_info(spec, timing))
 
 
-def collect_metrics(spec: JobSpec, count: Optional[StepCount], size: SizeRecord, timing: Optional[TimingRecord],
-                    analytic: Optional[int], measured_peak: Optional[int]) -> dict[str, Optional[float]]:
-    m: dict[str, Optional[float]] = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
+def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
+    """The family's closed-form forward FLOPs and, for training jobs, backward FLOPs. A family with a backward
+    closed form models the train modes (the decoder); the others' forward is the base model's, which LoRA's
+    adapters change, so they give none under ``train=lora``."""
+    forward = getattr(spec.family, "analytic_forward_flops", None)
+    backward = getattr(spec.family, "analytic_backward_flops", None)
+    if backward is not None:
+        return (forward(spec.model, spec.batch, spec.train),
+                backward(spec.model, spec.batch, spec.train) if spec.training else None)
+    if forward is None or spec.train.mode == "lora":
+        return None, None
+    return forward(spec.model, spec.batch), None
+
+
+def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRecord, timing: Optional[TimingRecord],
+                    *, training: bool, dtype: str, peak_tflops: Optional[float] = None,
+                    measured_peak: Optional[int] = None) -> dict[str, Optional[float]]:
+    """The measured metrics under their names. ``dtype``: the one the matmuls run in (for the MFU's peak)."""
+    m: dict[str, Optional[float]] = {M.BATCH_SIZE: batch.size, M.SEQ_LEN: batch.seq_len}
     if count is not None:
         m[M.FLOPS_FORWARD] = count.forward.matmul
         m[M.FLOPS_FORWARD_ELEMENTWISE] = count.forward.elementwise
@@ -102,11 +130,10 @@ def collect_metrics(spec: JobSpec, count: Optional[StepCount], size: SizeRecord,
             m[M.FLOPS_OPTIMIZER] = count.optimizer.matmul + count.optimizer.elementwise
             step += m[M.FLOPS_OPTIMIZER]
         m[M.FLOPS_STEP] = step
-    m[M.FLOPS_FORWARD_ANALYTIC] = analytic
     m.update({M.PARAMS: size.params, M.PARAMS_TRAINABLE: size.params_trainable,
               M.PARAMS_EMBEDDING: size.params_embedding, M.WEIGHTS_BYTES: size.weights_bytes,
               M.BUFFERS_BYTES: size.buffers_bytes})
-    if spec.training:
+    if training:
         m.update({M.GRADS_BYTES: size.grads_bytes, M.OPTIMIZER_STATE_BYTES: size.optimizer_state_bytes,
                   M.ACTIVATIONS_BYTES: size.activations_bytes, M.TRAIN_PEAK_BYTES: size.train_peak_bytes})
     if measured_peak is not None:
@@ -121,14 +148,14 @@ def collect_metrics(spec: JobSpec, count: Optional[StepCount], size: SizeRecord,
         m[M.TIME_STEP_SPREAD] = timing.step.iqr
         m[M.TIME_STEP_CV] = timing.step.cv
         seconds = timing.step.median
-        m[M.SAMPLES_PER_S] = spec.batch.size / seconds
-        if spec.batch.seq_len:
-            m[M.TOKENS_PER_S] = spec.batch.tokens / seconds
+        m[M.SAMPLES_PER_S] = batch.size / seconds
+        if batch.seq_len:
+            m[M.TOKENS_PER_S] = batch.tokens / seconds
         if count is not None:
             # model FLOPs (matmul class, forward + backward) per second: the MFU numerator
             model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
             m[M.FLOPS_PER_S] = model_flops / seconds
-            peak = peak_flops(timing.device_name, spec.autocast or spec.params_dtype, spec.peak_tflops)
+            peak = peak_flops(timing.device_name, dtype, peak_tflops)
             m[M.MFU] = m[M.FLOPS_PER_S] / peak if peak else None
     return m
 

@@ -140,6 +140,35 @@ def _mfu(df, out: Path) -> str:
     return _save(fig, out / "mfu.png")
 
 
+def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> Path:
+    """The module profile of one run: ``profile.txt``, its CSVs and ``profile.png`` (FLOPs share against
+    forward-time share of the costliest modules, every layer's copy together)."""
+    from flopsweep.analysis import bottlenecks
+    from flopsweep.errors import require
+    from flopsweep.sinks.jobdir import write_profile
+    from flopsweep.tracking import load_result
+
+    result = load_result(run, uri)
+    require(bool(result.breakdown.get("profile")), "run", run,
+            "has no module profile: run it again with measure.profile=true (on cpu or cuda for latencies)")
+    out = out or Path("outputs") / "reports" / f"profile_{Path(run).name}"
+    write_profile(result, out)
+    rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
+    fig, ax = _figure("Where the forward pass goes: share of FLOPs and of time", "share of the model (%)",
+                      "module (* = every layer)")
+    labels = [f"{m} (×{c})" if c > 1 else m for m, c in zip(rows["module"], rows["count"])][::-1]
+    positions = range(len(labels))
+    ax.barh([p + 0.2 for p in positions], list(rows["share"] * 100)[::-1], height=0.4,
+            label="forward + backward FLOPs")
+    if "time_share" in rows:
+        ax.barh([p - 0.2 for p in positions], list(rows["time_share"] * 100)[::-1], height=0.4,
+                label="forward latency")
+    ax.set_yticks(list(positions), labels, fontsize=8)
+    ax.legend()
+    _save(fig, out / "profile.png")
+    return out
+
+
 def _markdown_table(df) -> str:
     import pandas as pd
 
@@ -156,15 +185,31 @@ def _markdown_table(df) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="flopsweep-report", description=__doc__)
-    parser.add_argument("experiment", help="the MLflow experiment (a sweep preset's name, or tracking.experiment)")
+    parser.add_argument("experiment", nargs="?",
+                        help="the MLflow experiment (a sweep preset's name, or tracking.experiment)")
+    parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "
+                        "or MLflow run id), printed and written with profile.png")
+    parser.add_argument("--top", type=int, default=12, help="--profile: modules in the plot (default 12)")
     parser.add_argument("--sweep", help="only this sweep: its folder or the folder's name (2026-11-22/14-03-07)")
     parser.add_argument("--out", type=Path, help="where to write (default: outputs/reports/EXPERIMENT[_SWEEP])")
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
     args = parser.parse_args(argv)
+    from flopsweep.errors import ConfigError
     from flopsweep.tracking import SWEEP_TAG, load_runs, target_at
 
-    uri = target_at(args.uri, args.store_dir, args.experiment).uri
+    uri = target_at(args.uri, args.store_dir, args.experiment or "").uri
+    if args.profile:
+        try:
+            out = write_profile_report(args.profile, args.out, uri, args.top)
+        except ConfigError as err:
+            print(f"flopsweep-report: error: {err}", file=sys.stderr)
+            return 2
+        print((out / "profile.txt").read_text(), end="")
+        print(f"profile: {out}  (profile.txt, profile.csv, profile_depth.csv, profile.png)")
+        return 0
+    if not args.experiment:
+        parser.error("give an EXPERIMENT, or --profile RUN")
     df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=uri)
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""

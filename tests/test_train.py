@@ -87,3 +87,58 @@ def test_bad_train_settings_name_the_key(compose_cfg, overrides, message):
     except Exception as err:  # resolve raises ConfigError for what it can check before building
         error = str(err)
     assert error.startswith(message), error
+
+
+# The closed forms of the decoder (flopsweep/models/decoder.py) against the counted step: LoRA for several ranks
+# and target sets, on the GQA/SwiGLU config above, with one KV head per query head, and GPT-2-style (GELU, biases,
+# learned positions, tied head); full and frozen_backbone through the same backward walk.
+MHA = ["model.n_kv_head=8"]
+GPT2 = ["model=gpt2_small", "model.n_head=4", "model.n_kv_head=null", "model.d_ff=null"]  # after TINY: it wins
+
+
+@pytest.mark.parametrize("model,train", [
+    ([], ["train=lora", "train.rank=8", "train.targets=[qkv,out]"]),
+    ([], ["train=lora", "train.rank=16", "train.targets=[qkv,out,gate,up,down]"]),
+    ([], ["train=lora", "train.rank=3", "train.targets=[out]"]),
+    ([], ["train=lora", "train.rank=4", "train.targets=[down,lm_head]"]),
+    (MHA, ["train=lora", "train.rank=2", "train.targets=[up]"]),
+    (MHA, ["train=lora", "train.rank=5", "train.targets=[gate,qkv]"]),
+    (GPT2, ["train=lora", "train.rank=4", "train.targets=[qkv,lm_head]"]),
+    (GPT2, ["train=lora", "train.rank=6", "train.targets=[out,up,down]"]),
+    ([], []), (GPT2, []),
+    ([], ["train=frozen_backbone"]), (GPT2, ["train=frozen_backbone"]),  # tied: the embedding trains with the head
+    ([], ["train=frozen_backbone", "train.trainable_layers=1"]),
+    (GPT2, ["train=frozen_backbone", "train.trainable_layers=1"]),
+], ids=lambda overrides: " ".join(overrides) or "-")
+def test_counted_step_is_the_decoder_closed_form(compose_cfg, model, train):
+    from flopsweep.models import decoder
+
+    spec = resolve(compose_cfg(*TINY, *model, *train))
+    m = job(compose_cfg, *model, *train)
+    forward = decoder.analytic_forward_flops(spec.model, spec.batch, spec.train)
+    backward = decoder.analytic_backward_flops(spec.model, spec.batch, spec.train)
+    assert (m["flops/forward"], m["flops/backward"]) == (forward, backward)
+    assert (m["flops/forward_analytic"], m["flops/backward_analytic"]) == (forward, backward)
+    if spec.train.mode == "lora":
+        assert m["size/params_trainable"] == decoder.lora_params(spec.model, spec.train)
+
+
+def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
+    from flopsweep.models import decoder
+
+    r = 8
+    spec = resolve(compose_cfg(*TINY, "train=lora", f"train.rank={r}", "train.targets=[qkv,out]"))
+    qkv_in, qkv_out = LINEARS["qkv"]
+    attention = 8 * B * S * S * D                                            # dQ, dK, dV, dP
+    mlp_inputs = sum(2 * TOKENS * i * o for name, (i, o) in LINEARS.items() if name in ("gate", "up", "down"))
+    out = 2 * TOKENS * D * D + 2 * TOKENS * r * (2 * D + 2 * D)             # its input gradient, through A too
+    adapter_qkv = 2 * TOKENS * r * (2 * qkv_out + qkv_in)                    # B's weight and input, A's weight
+    first = adapter_qkv + attention + out + mlp_inputs                      # no gradient into the first qkv
+    second = adapter_qkv + 2 * TOKENS * qkv_in * (qkv_out + r) + attention + out + mlp_inputs
+    assert decoder.analytic_backward_flops(spec.model, spec.batch, spec.train) == first + second + 2 * TOKENS * D * V
+    assert decoder.lora_params(spec.model, spec.train) == L * r * (qkv_in + qkv_out + 2 * D)
+    full = resolve(compose_cfg(*TINY))
+    assert decoder.analytic_backward_flops(full.model, full.batch, full.train) == \
+        2 * decoder.analytic_forward_flops(full.model, full.batch, full.train)
+    inference = resolve(compose_cfg(*TINY, "train=inference"))
+    assert decoder.analytic_backward_flops(inference.model, inference.batch, inference.train) is None

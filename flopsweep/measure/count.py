@@ -159,9 +159,11 @@ class _ModuleTracker:
 
 
 class _Counter(TorchDispatchMode):
-    def __init__(self, tracker: _ModuleTracker, opts: CountOptions):
+    """Counts every op into ``phase``, which the caller moves on, or which ``phase_of`` tells for each op."""
+
+    def __init__(self, tracker: _ModuleTracker, opts: CountOptions, phase_of: Optional[Callable[[], str]] = None):
         super().__init__()
-        self.tracker, self.opts = tracker, opts
+        self.tracker, self.opts, self.phase_of = tracker, opts, phase_of
         self.phase = "forward"
         self.counts: dict[str, PhaseCount] = {}
         self.uncounted: dict[str, int] = defaultdict(int)
@@ -175,13 +177,14 @@ class _Counter(TorchDispatchMode):
             return out
         if not (cost.matmul or cost.elementwise):
             return out
-        if self.phase == "forward":
+        phase = self.phase_of() if self.phase_of else self.phase
+        if phase == "forward":
             path = self.tracker.forward_path()
-        elif self.phase == "backward":
+        elif phase == "backward":
             path = self.tracker.backward_path()
         else:
             path = OPTIMIZER
-        count = self.counts.setdefault(self.phase, PhaseCount())
+        count = self.counts.setdefault(phase, PhaseCount())
         count.matmul += cost.matmul
         count.elementwise += cost.elementwise
         for tally in (count.by_op[str(func.overloadpacket)], count.by_module[path]):
@@ -189,6 +192,15 @@ class _Counter(TorchDispatchMode):
             tally.matmul += cost.matmul
             tally.elementwise += cost.elementwise
         return out
+
+
+    def result(self, backward: bool, optimizer: bool) -> "StepCount":
+        phases = self.counts
+        return StepCount(
+            forward=phases.get("forward", PhaseCount()),
+            backward=phases.get("backward", PhaseCount()) if backward else None,
+            optimizer=phases.get("optimizer", PhaseCount()) if backward and optimizer else None,
+            uncounted=dict(self.uncounted), causal_half=self.opts.causal_half)
 
 
 def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
@@ -214,10 +226,6 @@ def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
             if optimizer is not None:
                 counter.phase = "optimizer"
                 optimizer.step()
-    phases = counter.counts
-    return StepCount(
-        forward=phases.get("forward", PhaseCount()),
-        backward=phases.get("backward", PhaseCount()) if backward else None,
-        optimizer=phases.get("optimizer", PhaseCount()) if backward and optimizer is not None else None,
-        uncounted=dict(counter.uncounted), causal_half=causal_half)
+    return counter.result(backward, optimizer is not None)
+
 

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from flopsweep.config import TrainConf
 from flopsweep.models.base import BatchShape, ModelConfig, check_heads, check_positive, check_seq_len, token_batch
 from flopsweep.models.layers import Block, make_norm
 from flopsweep.errors import require
@@ -88,14 +89,86 @@ def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Te
     return {"tokens": token_batch(cfg.vocab_size, batch, device), "targets": token_batch(cfg.vocab_size, batch, device)}
 
 
-def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
-    """Matmul FLOPs of one forward pass in closed form: with d_ff = 4d, full attention and one KV head per
-    query head this is Megatron-LM's ``24*B*s*l*h^2 * (1 + s/(6h) + V/(12*l*h))``."""
-    d, tokens, s = cfg.d_model, batch.size * batch.seq_len, batch.seq_len
-    head_dim = d // cfg.n_head
-    kv = (cfg.n_kv_head or cfg.n_head) * head_dim
+def linear_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
+    """Each block's linear layers as ``(in, out)`` features, by the names ``train.targets`` uses, in the order
+    they run (``gate`` with SwiGLU only); the head ``lm_head`` is ``(d_model, vocab_size)``."""
+    d = cfg.d_model
+    kv = (cfg.n_kv_head or cfg.n_head) * (d // cfg.n_head)
     d_ff = cfg.d_ff or 4 * d
-    mlp_matrices = 3 if cfg.act == "swiglu" else 2
-    per_layer = 2 * tokens * d * (d + 2 * kv) + 2 * tokens * d * d + mlp_matrices * 2 * tokens * d * d_ff \
-        + 4 * batch.size * s * s * d
-    return cfg.n_layer * per_layer + 2 * tokens * d * cfg.vocab_size
+    gate = {"gate": (d, d_ff)} if cfg.act == "swiglu" else {}
+    return {"qkv": (d, d + 2 * kv), "out": (d, d), **gate, "up": (d, d_ff), "down": (d_ff, d)}
+
+
+def lora_params(cfg: Config, train: TrainConf) -> int:
+    """Trainable parameters under ``train=lora``: ``r*(in + out)`` per adapted linear (A is r x in, B out x r),
+    once per block for the block's linears and once for ``lm_head``."""
+    blocks = sum(train.rank * (i + o) for name, (i, o) in linear_shapes(cfg).items() if name in train.targets)
+    head = train.rank * (cfg.d_model + cfg.vocab_size) if "lm_head" in train.targets else 0
+    return cfg.n_layer * blocks + head
+
+
+def analytic_forward_flops(cfg: Config, batch: BatchShape, train: Optional[TrainConf] = None) -> int:
+    """Matmul FLOPs of one forward pass in closed form: with d_ff = 4d, full attention and one KV head per
+    query head this is Megatron-LM's ``24*B*s*l*h^2 * (1 + s/(6h) + V/(12*l*h))``. Under ``train=lora`` each
+    adapter adds ``x A^T`` then ``(.) B^T``: one multiply-add per adapter parameter per token,
+    ``2*tokens*lora_params``."""
+    tokens, s = batch.tokens, batch.seq_len
+    per_layer = sum(2 * tokens * i * o for i, o in linear_shapes(cfg).values()) + 4 * batch.size * s * s * cfg.d_model
+    base = cfg.n_layer * per_layer + 2 * tokens * cfg.d_model * cfg.vocab_size
+    return base + (2 * tokens * lora_params(cfg, train) if train is not None and train.mode == "lora" else 0)
+
+
+def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainConf) -> Optional[int]:
+    """Matmul FLOPs of one backward pass in closed form for ``train.mode`` full, frozen_backbone or lora (None for
+    inference), with the counter's conventions: multiply-add = 2, attention backward twice its forward
+    (dQ, dK, dV, dP over the full ``S^2``, whatever ``measure.causal_attention`` says).
+
+    A matmul runs in backward only where autograd needs it, so the layers are walked in forward order tracking
+    whether the activation carries a gradient (``live``): a linear layer costs its weight gradient if its weight
+    trains and its input gradient if its input is live, and the attention of a block runs backward if its q, k,
+    v are live. Tokens are integers, so the stream is live from the start only if the token embedding trains:
+    under ``full``, and under ``frozen_backbone`` with a tied head (the head's weight is the embedding's). A
+    block that trains makes its norms' outputs live, so its first matmul already has an input gradient. Under
+    ``lora`` nothing of the base trains: the stream turns live at the first adapter, so every frozen matmul
+    before it (the first block's ``qkv`` input gradient, with ``qkv`` adapted) never runs backward, and every
+    one after it does. ``full`` is exactly twice the forward."""
+    if train.mode == "inference":
+        return None
+    tokens, s = batch.tokens, batch.seq_len
+    first_training_block = {"full": 0, "frozen_backbone": cfg.n_layer - train.trainable_layers}.get(
+        train.mode, cfg.n_layer)
+    ranks = {name: train.rank for name in train.targets} if train.mode == "lora" else {}
+    shapes = {**linear_shapes(cfg), "lm_head": (cfg.d_model, cfg.vocab_size)}
+
+    total = 0
+
+    def linear(name: str, live: bool, trains: bool) -> bool:
+        nonlocal total
+        flops, live_out = _linear_backward(tokens, *shapes[name], live, trains, ranks.get(name, 0))
+        total += flops
+        return live_out
+
+    live = train.mode == "full" or (train.mode == "frozen_backbone" and cfg.tie_embeddings)
+    for layer in range(cfg.n_layer):
+        trains = layer >= first_training_block
+        attention_live = linear("qkv", live or trains, trains)
+        if attention_live:
+            total += 8 * batch.size * s * s * cfg.d_model
+        live = linear("out", attention_live, trains)  # the residual add: live before implies live here
+        hidden_live = [linear(name, live or trains, trains) for name in ("gate", "up") if name in shapes]  # all run
+        live = linear("down", any(hidden_live), trains)
+    linear("lm_head", live, train.mode != "lora")
+    return total
+
+
+def _linear_backward(tokens: int, d_in: int, d_out: int, live: bool, trains: bool, rank: int) -> tuple[int, bool]:
+    """Backward matmul FLOPs of one linear layer over ``tokens`` rows, and whether its output is live.
+
+    ``2*t*in*out`` for its weight gradient if it trains, the same for its input gradient ``g W`` if its input
+    is live. A LoRA adapter of rank r (0: none) always adds B's weight gradient and the gradient into ``x A^T``
+    (``2*t*r*out`` each) and A's weight gradient (``2*t*r*in``), and with a live input ``2*t*r*in`` more for
+    the input gradient through A."""
+    flops = 2 * tokens * d_in * d_out * (int(trains) + int(live))
+    if rank:
+        flops += 2 * tokens * rank * (2 * d_out + d_in * (1 + int(live)))
+    return flops, live or trains or rank > 0

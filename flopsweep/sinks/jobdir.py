@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flopsweep import metrics as M
-from flopsweep.console import human, metric_lines
+from flopsweep.console import human, metric_lines, profile_text
 from flopsweep.result import Result
 
 
@@ -19,6 +19,23 @@ def write_job_folder(result: Result, folder: Path) -> None:
         rows = result.breakdown.get(name)
         if rows:
             write_csv(folder / f"{name}.csv", rows)
+    write_profile(result, folder)
+
+
+def write_profile(result: Result, folder: Path) -> list[Path]:
+    """``profile.txt``, ``profile.csv`` (every module) and ``profile_depth.csv``, if the job has a profile."""
+    from flopsweep.measure.profile import by_depth
+    from flopsweep.tracking import run_name
+
+    rows = result.breakdown.get("profile")
+    if not rows:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "profile.txt", folder / "profile.csv", folder / "profile_depth.csv"]
+    paths[0].write_text(profile_text(rows, run_name(result.config)))
+    write_csv(paths[1], rows)
+    write_csv(paths[2], by_depth(rows))
+    return paths
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
