@@ -96,7 +96,7 @@ def module_rows(model: nn.Module, count: StepCount, latency: Optional[dict[str, 
     names = [ROOT] + [name for name, _ in model.named_modules() if name]
     own: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for name, p in model.named_parameters():  # each parameter once, under the first module that names it
-        own[name.rpartition(".")[0] or ROOT]["params"] += p.numel()
+        own[_parent(name)]["params"] += p.numel()
     for phase, phase_count in count.phases().items():
         if phase == "optimizer":
             continue
@@ -104,29 +104,45 @@ def module_rows(model: nn.Module, count: StepCount, latency: Optional[dict[str, 
             own[path][f"{phase}_flops"] += tally.matmul
             own[path][f"{phase}_elementwise"] += tally.elementwise
     types = {name or ROOT: type(m).__name__ for name, m in model.named_modules()}
+    inclusive: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path, values in own.items():
+        for ancestor in _ancestors(path):
+            for key, value in values.items():
+                inclusive[ancestor][key] += value
     if latency is not None:
         latency = dict(latency)
+        children: dict[str, list[str]] = defaultdict(list)
+        for name in names[1:]:
+            children[_parent(name)].append(name)
         for name in reversed(names):  # containers never called (ModuleList): their children's time
-            if name not in latency:
-                children = [latency.get(c) for c in names if c.rpartition(".")[0] == name and c != name]
-                if any(t is not None for t in children):
-                    latency[name] = sum(t or 0.0 for t in children)
+            timed = [latency[c] for c in children[name] if c in latency]
+            if name not in latency and timed:
+                latency[name] = sum(timed)
     rows = []
     for name in names:
-        total: dict[str, float] = defaultdict(float)
-        for path in (own if name == ROOT else (p for p in own if p == name or p.startswith(name + "."))):
-            for key, value in own[path].items():
-                total[key] += value
+        row = inclusive[name]
         seconds = latency.get(name) if latency is not None else None
-        forward = int(total["forward_flops"])
+        forward = int(row["forward_flops"])
         rows.append({
             "module": name, "depth": 0 if name == ROOT else name.count(".") + 1, "type": types[name],
-            "params": int(total["params"]), "macs": forward // 2, "forward_flops": forward,
-            "backward_flops": int(total["backward_flops"]), "forward_elementwise": int(total["forward_elementwise"]),
-            "backward_elementwise": int(total["backward_elementwise"]),
+            "params": int(row["params"]), "macs": forward // 2, "forward_flops": forward,
+            "backward_flops": int(row["backward_flops"]), "forward_elementwise": int(row["forward_elementwise"]),
+            "backward_elementwise": int(row["backward_elementwise"]),
             "forward_latency_s": seconds if latency is not None else None,
             "forward_flops_per_s": forward / seconds if seconds and forward else None})
     return rows
+
+
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0] or ROOT
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and every module above it, the model (:data:`ROOT`) included."""
+    if path == ROOT:
+        return [ROOT]
+    parts = path.split(".")
+    return [ROOT] + [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _exclusive(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -135,8 +151,7 @@ def _exclusive(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     own = {name: row[key] or 0 for name, row in by_name.items()}
     for row in rows:
         if row["depth"] > 0:
-            parent = row["module"].rpartition(".")[0] or ROOT
-            own[parent] -= row[key] or 0
+            own[_parent(row["module"])] -= row[key] or 0
     return own
 
 
