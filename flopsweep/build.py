@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from flopsweep.config import JobSpec, OptimizerConf
+from flopsweep.models.base import BatchShape
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "int8": torch.float32}  # int8 weights are stored quantised; arithmetic runs in float32
@@ -26,8 +27,19 @@ class Built:
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def create_optimizer_state(self) -> None:
+        """Take one optimizer step on zero gradients: an optimizer creates its state lazily, at its first step,
+        and its bytes count only then. (On meta, wrap it in ``MetaLikeCPU``: Adafactor reads norms.)"""
+        if self.optimizer is None:
+            return
+        for p in self.trainable:
+            p.grad = torch.zeros_like(p)
+        self.optimizer.step()
+
 
 def build(spec: JobSpec) -> Built:
+    if spec.wants_max_batch:
+        raise ValueError("batch.size=max is chosen by flopsweep.job.run_job (flopsweep.feasibility), not built")
     torch.manual_seed(spec.measure.seed)
     dtype = DTYPES[spec.params_dtype]
     with torch.device(spec.device):
@@ -38,11 +50,17 @@ def build(spec: JobSpec) -> Built:
         apply_train_mode(model, spec)
     else:
         model.eval().requires_grad_(False)
-    inputs = {name: t.to(dtype) if t.is_floating_point() else t
-              for name, t in spec.family.example_inputs(spec.model, spec.batch, spec.device).items()}
+    inputs = example_inputs(spec, spec.batch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(spec.optimizer, trainable) if spec.training and trainable else None
     return Built(model, inputs, optimizer, autocast_context(spec))
+
+
+def example_inputs(spec: JobSpec, batch: BatchShape) -> dict[str, torch.Tensor]:
+    """The synthetic batch of ``batch``'s shape on the job's device, floating inputs in the weights' dtype."""
+    dtype = DTYPES[spec.params_dtype]
+    return {name: t.to(dtype) if t.is_floating_point() else t
+            for name, t in spec.family.example_inputs(spec.model, batch, spec.device).items()}
 
 
 def apply_train_mode(model: nn.Module, spec: JobSpec) -> None:

@@ -49,11 +49,15 @@ class DtypeConf:
     autocast: Optional[str] = None       # bfloat16 | float16: mixed precision over float32 weights
 
 
+MAX_BATCH = "max"  # batch.size=max: the largest batch whose estimated training peak fits the memory budget
+
+
 @dataclass
 class BatchConf:
-    size: int = 1
+    size: Any = 1                        # an integer >= 1, or max (checked in resolve: OmegaConf has no int | str)
     seq_len: Optional[int] = None        # None = the model's default_seq_len
     image_size: Optional[int] = None     # image models only; None = the model's image_size
+    memory_budget_gib: Optional[float] = None  # batch.size=max: None = the device's available x measure.memory_share
 
 
 @dataclass
@@ -86,6 +90,8 @@ class MeasureConf:
     profile: bool = False                # the module profile: every module, with forward latency when timed
     causal_attention: str = "full"       # full (S^2, the MFU convention) | half (unmasked pairs only)
     seed: int = 0
+    memory_check: bool = True            # cpu/cuda: skip a job whose meta-estimated training peak does not fit
+    memory_share: float = 0.8            # ... in this share of the memory available (MemAvailable, CUDA free)
 
 
 @dataclass
@@ -143,7 +149,8 @@ TRAIN_MODES = ("full", "frozen_backbone", "lora", "inference")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A validated job: everything the build and measure stages need."""
+    """A validated job: everything the build and measure stages need. ``batch.size`` is :data:`MAX_BATCH` for
+    ``batch.size=max`` until :func:`flopsweep.job.run_job` has chosen the batch (``memory_budget``: bytes, if set)."""
 
     model: ModelConfig
     family: ModuleType
@@ -156,10 +163,15 @@ class JobSpec:
     peak_tflops: Optional[float]
     threads: Optional[int]
     train: TrainConf = field(default_factory=TrainConf)
+    memory_budget: Optional[int] = None  # batch.size=max: batch.memory_budget_gib in bytes; None = from the device
 
     @property
     def training(self) -> bool:
         return self.params_dtype != "int8" and self.train.mode != "inference"
+
+    @property
+    def wants_max_batch(self) -> bool:
+        return self.batch.size == MAX_BATCH
 
 
 def resolve(cfg: DictConfig) -> JobSpec:
@@ -173,7 +185,9 @@ def resolve(cfg: DictConfig) -> JobSpec:
     model_cfg = fam.Config.from_dict(model_fields) if not hasattr(fam, "load") else fam.load(model_fields)
 
     batch = cfg.batch
-    require_int(batch.size, "batch.size")
+    if batch.size != MAX_BATCH:
+        require(isinstance(batch.size, int) and not isinstance(batch.size, bool) and batch.size >= 1, "batch.size",
+                batch.size, f"must be an integer >= 1 or {MAX_BATCH}")
     if batch.seq_len is not None:
         require_int(batch.seq_len, "batch.seq_len")
     if batch.image_size is not None:
@@ -212,6 +226,9 @@ def resolve(cfg: DictConfig) -> JobSpec:
         require(len(train.targets) > 0, "train.targets", list(train.targets), "must name at least one linear layer")
 
     measure = cfg.measure
+    require(_is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
+            measure.memory_share, "must be a number in (0, 1]")
+    budget = _memory_budget(batch, device, dtype.params != "int8" and train.mode != "inference")
     require_int(measure.warmup, "measure.warmup", 0)
     require_int(measure.repeats, "measure.repeats")
     require_int(measure.module_depth, "measure.module_depth", 0)
@@ -232,7 +249,25 @@ def resolve(cfg: DictConfig) -> JobSpec:
     return JobSpec(model=model_cfg, family=fam, batch=shape, device=device, params_dtype=dtype.params,
                    autocast=dtype.autocast, optimizer=OptimizerConf(**OmegaConf.to_container(opt)),
                    measure=MeasureConf(**OmegaConf.to_container(measure)),
-                   peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train)
+                   peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train, memory_budget=budget)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[int]:
+    """``batch.memory_budget_gib`` in bytes, checked; for ``batch.size=max``, what the search needs."""
+    gib = batch.memory_budget_gib
+    if gib is not None:
+        require(_is_number(gib) and gib > 0, "batch.memory_budget_gib", gib, "must be a number of GiB > 0")
+    if batch.size != MAX_BATCH:
+        return None
+    require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "
+            "and weights that train (not dtype=int8)")
+    require(gib is not None or device != "meta", "batch.memory_budget_gib", None,
+            "missing: batch.size=max on device=meta needs a budget (meta has no memory of its own)")
+    return None if gib is None else int(gib * 2**30)
 
 
 def _resolve_device(device: DictConfig) -> str:

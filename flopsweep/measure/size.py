@@ -1,13 +1,16 @@
 """Size and memory: parameter counts, bytes of weights, gradients, optimizer state and of the activations
-saved for backward, and an estimate of the training peak."""
+saved for backward, an estimate of the training peak, and the peak of a simulated step (temporaries included)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from flopsweep.models.base import embedding_params
 
@@ -27,6 +30,11 @@ class SizeRecord:
     @property
     def static_bytes(self) -> int:
         return self.weights_bytes + self.buffers_bytes + self.grads_bytes + self.optimizer_state_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """``train_peak_bytes``; for an inference build, weights and buffers (its forward pass keeps nothing)."""
+        return self.train_peak_bytes if self.train_peak_bytes is not None else self.weights_bytes + self.buffers_bytes
 
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -111,3 +119,69 @@ def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: O
                       params_embedding=embedding_params(model), weights_bytes=weights, buffers_bytes=buffers,
                       grads_bytes=grads, optimizer_state_bytes=state, activations_bytes=activations,
                       train_peak_bytes=peak)
+
+
+class LiveBytes(TorchDispatchMode):
+    """While entered, the bytes of the tensor storages alive, and the most at once (``peak``): every storage an op
+    creates, and those passed to :meth:`track` (what was alive before). A storage counts once, however many
+    views share it, and leaves when it is freed (a weak reference to it). On meta this is the step's memory
+    without any memory: what a device's allocator would have to hold, less its rounding and fragmentation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def track(self, *tensors: Any) -> None:
+        for t in tensors:
+            if not isinstance(t, torch.Tensor):
+                continue
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # sparse and other layouts without one storage
+                continue
+            key = id(storage)
+            if key in self._refs:
+                continue
+            size = storage.nbytes()
+            self._refs[key] = weakref.ref(storage, lambda _, key=key, size=size: self._free(key, size))
+            self.live += size
+            self.peak = max(self.peak, self.live)
+
+    def _free(self, key: int, size: int) -> None:
+        if self._refs.pop(key, None) is not None:
+            self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.track(*tree_leaves(out))
+        return out
+
+
+def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
+                  autocast: Callable[[], ContextManager], *, training: bool = True) -> tuple[int, Optional[int]]:
+    """Run one step (forward with the loss, backward, optimizer step; a forward pass without gradients for an
+    inference build) and return the most bytes alive at once during it, counting what was alive before (weights,
+    buffers, gradients, optimizer state, the batch), and the bytes of the activations saved for backward (None
+    for inference). For the peak of a later step, call it with the optimizer's state created and the gradients
+    cleared (``zero_grad(set_to_none=True)``), as they are between steps; they are cleared again after."""
+    live = LiveBytes()
+    state = [v for s in (optimizer.state.values() if optimizer is not None else ()) for v in s.values()]
+    live.track(*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters()), *inputs.values(),
+               *state)
+    activations = None
+    with live:
+        if training:
+            with SavedActivations(model) as saved, autocast():
+                loss = model(**inputs)
+            loss.backward()
+            del loss
+            if optimizer is not None:
+                optimizer.step()
+            activations = saved.bytes
+        else:
+            with torch.no_grad(), autocast():
+                model(**inputs)
+    model.zero_grad(set_to_none=True)
+    return live.peak, activations
