@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # packages); on a CUDA machine set TORCH to the build you want, e.g. make demo TORCH="torch==2.13.0".
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean tracking-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,20 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# A shared MLflow tracking server on PostgreSQL, in the foreground (Ctrl-C stops it and PostgreSQL); PostgreSQL's
+# initdb and pg_ctl must be installed. Everything lives in TRACKING_DIR (outside outputs/ for a team: make clean
+# empties outputs/). Options: make tracking-server TRACKING_ARGS="--host 0.0.0.0 -- --allowed-hosts myhost:5000"
+# (docs/tracking_server.md); sweeps reach it with tracking=server.
+TRACKING_DIR  ?= outputs/tracking-server
+TRACKING_ARGS ?=
+
+$(VENV)/.installed-server: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[server]"
+	touch $@
+
+tracking-server: $(VENV)/.installed-server
+	$(PY) -m flopsweep.server run --dir "$(TRACKING_DIR)" $(TRACKING_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/*
