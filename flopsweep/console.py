@@ -106,7 +106,7 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
              f"({human(model['macs'])} MACs), backward {human(model['backward_flops'])} FLOPs, forward latency "
              f"{seconds(latency) if latency is not None else 'not timed'}"
              + (f", {human(flops / latency)}FLOP/s" if latency else ""),
-             "FLOPs: matmul class, multiply-add = 2. Latency: median forward pass with hooks on every module.", "",
+             "FLOPs: matmul class, multiply-add = 2. Latency: mean forward pass, hooks on every module.", "",
              f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
              "(work done directly in shallower modules)"]
     lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],

@@ -161,7 +161,7 @@ class Measurement:
         breakdown: dict[str, Any] = {"modules": self.count.module_table(3), "ops": self.count.op_table(),
                                      "uncounted_ops": self.count.uncounted}
         if self.profile:
-            latency = self._modules.medians() if self._modules is not None and self._modules.passes else None
+            latency = self._modules.means() if self._modules is not None and self._modules.passes else None
             breakdown["profile"] = module_rows(self.model, self.count, latency)
         config = {"model": {"name": self.name or type(self.model).__name__, "family": "user"},
                   "batch": {"size": self.batch.size, "seq_len": self.batch.seq_len},

@@ -76,6 +76,10 @@ def test_latencies_come_from_timed_passes(compose_cfg):
     # never called itself, the block list takes its blocks' time
     assert rows["blocks"]["forward_latency_s"] == pytest.approx(
         rows["blocks.0"]["forward_latency_s"] + rows["blocks.1"]["forward_latency_s"])
+    # means over the passes add up as every pass does: what ran outside a depth's modules is never negative
+    for row in by_depth(result.breakdown["profile"]):
+        if row["module"] == REST:
+            assert row["forward_latency_s"] >= 0, row
     # depth 1 modules run one after another inside the forward pass
     assert sum(row["forward_latency_s"] for row in rows.values() if row["depth"] == 1) \
         < 1.5 * rows["(model)"]["forward_latency_s"]

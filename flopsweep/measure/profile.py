@@ -9,7 +9,6 @@ of :func:`by_depth`) add up to the whole model.
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from typing import Any, Callable, ContextManager, Optional
 
@@ -68,14 +67,15 @@ class ModuleTimer:
         self.marks.clear()
         self.open.clear()
 
-    def medians(self) -> dict[str, float]:
-        """Median latency per module over the kept passes (a pass without a module's call counts 0)."""
-        return {name: statistics.median(v + [0.0] * (self.passes - len(v))) for name, v in self.samples.items()}
+    def means(self) -> dict[str, float]:
+        """Mean latency per module over the kept passes (a pass without a module's call counts 0). Means, not
+        medians: they add up, so the modules of one depth and the rest make the whole pass, as in every pass."""
+        return {name: sum(v) / self.passes for name, v in self.samples.items()}
 
 
 def forward_latency(model: nn.Module, inputs: dict[str, torch.Tensor], autocast: Callable[[], ContextManager],
                     device: str, *, warmup: int, repeats: int, training: bool = True) -> dict[str, float]:
-    """Median forward latency of every module that runs, in seconds, from ``repeats`` forward passes after
+    """Mean forward latency of every module that runs, in seconds, over ``repeats`` forward passes after
     ``warmup``; the whole pass is under :data:`ROOT`."""
     clock = _Clock(device)
     with ModuleTimer(model, clock) as timer:
@@ -88,7 +88,7 @@ def forward_latency(model: nn.Module, inputs: dict[str, torch.Tensor], autocast:
             clock.sync()
             del loss
             timer.end_pass(t0, t1, keep=i >= warmup)
-    return timer.medians()
+    return timer.means()
 
 
 def module_rows(model: nn.Module, count: StepCount, latency: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
