@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-STATUSES = ("ok", "failed", "skipped", "oom")
+STATUSES = ("ok", "failed", "skipped", "oom", "lost")  # lost: a sweep job that died before writing result.json
 
 
 @dataclass

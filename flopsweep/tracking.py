@@ -116,7 +116,16 @@ class Store:
         counts = status_counts(results)
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         self.client.log_artifact(run_id, str(summary_csv))
-        self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] == 0 else "FAILED")
+        self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] + counts["lost"] == 0
+                                   else "FAILED")
+
+    def delete_unfinished_children(self, parent_id: str) -> int:
+        """Delete the job runs of a sweep left RUNNING by a worker killed while logging. Returns how many."""
+        runs = self.client.search_runs([self.experiment_id()], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_id}' and {UNFINISHED}"))
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
 
     def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
         from mlflow.entities import Metric, Param

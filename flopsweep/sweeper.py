@@ -1,0 +1,256 @@
+"""flopsweep's Hydra sweeper (``conf/hydra/sweeper/flopsweep.yaml``, the default): Hydra's basic sweeper, the same
+cartesian product and the presets' ``hydra.sweeper.params``, made for parallel launchers. It
+
+- composes one job per swept value before launching, not every job: Hydra's check composes each job's config in
+  the parent process, about 0.1 s each, a serial minute before a 500-job sweep starts; every value is still
+  checked, and a job that cannot be composed fails before any is launched;
+- survives a worker process that dies (SIGKILL, a segfault, the kernel's OOM killer). joblib's process pool then
+  breaks: every job running in it is killed and the queued ones are cancelled. The jobs that were running run
+  again, one at a time: a job whose worker dies again when it runs alone is lost, the others finish; the jobs
+  that had not started are launched again. The runs that the kill left RUNNING in MLflow are deleted;
+- turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost.
+
+Also here: how many jobs a launcher runs at once, and the check that refuses to time jobs side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from concurrent.futures import BrokenExecutor
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobReturn
+from omegaconf import DictConfig, OmegaConf
+
+FORCE_KEY = "hydra.sweeper.allow_concurrent_timing"
+
+
+class RecoveringSweeper(BasicSweeper):
+    """Hydra's basic sweeper that checks each swept value once and launches through :class:`RecoveringLauncher`
+    (registered with Hydra by ``hydra_plugins.flopsweep_sweeper``)."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict[str, str]] = None,
+                 allow_concurrent_timing: bool = False) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.allow_concurrent_timing = allow_concurrent_timing  # read by the sweep callback, before any job
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = RecoveringLauncher(self.launcher, config)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Compose the first job with each swept value not composed yet: every value once, not every job."""
+        covered: set[str] = set()
+        sample = []
+        for overrides in batch:
+            if not covered.issuperset(overrides):
+                sample.append(overrides)
+                covered.update(overrides)
+        super().validate_batch_is_legal(sample)
+
+
+class RecoveringLauncher:
+    """Wraps the configured launcher (the real one is what runs and is pickled to workers)."""
+
+    def __init__(self, launcher: Any, config: DictConfig) -> None:
+        self.launcher, self.config = launcher, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        returns: list[JobReturn] = []
+        try:
+            self._launch(job_overrides, initial_job_idx, returns)
+        except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
+                       if state == "waiting"]
+            _give_up(f"the launcher stopped ({_one_line(err)})" +
+                     (f"; {_jobs(len(waiting))} did not start (job {', '.join(map(str, waiting))})" if waiting else ""))
+        return returns
+
+    def _launch(self, batch: Sequence[Sequence[str]], first: int, returns: list[JobReturn]) -> None:
+        todo = list(range(len(batch)))
+        while todo:
+            run = todo[:next((k for k in range(1, len(todo)) if todo[k] != todo[k - 1] + 1), len(todo))]
+            try:
+                returns += self.launcher.launch([batch[i] for i in run], initial_job_idx=first + run[0])
+                todo = todo[len(run):]
+                continue
+            except BrokenExecutor as err:
+                state = job_states(self._sweep_dir(), [batch[i] for i in run])
+                in_flight = [i for i, s in zip(run, state) if s == "started"]
+                waiting = [i for i, s in zip(run, state) if s == "waiting"]
+                if not in_flight and len(waiting) == len(run):
+                    raise  # nothing started: the workers cannot run at all
+                print(f"flopsweep: warning: a worker process died ({_death(err)}); the pool's "
+                      f"{_jobs(len(in_flight))} in progress will run again, one at a time", file=sys.stderr)
+            self._forget_cut_off_runs()
+            for i in in_flight:
+                try:
+                    returns += self.launcher.launch([batch[i]], initial_job_idx=first + i)
+                except BrokenExecutor:
+                    self._forget_cut_off_runs()
+                    print(f"flopsweep: error: job {first + i} ({' '.join(batch[i])}) is lost: its worker process "
+                          "died again when it ran alone", file=sys.stderr)
+            todo = waiting + todo[len(run):]
+
+    def _sweep_dir(self) -> Path:
+        return Path(str(self.config.hydra.sweep.dir))
+
+    def _forget_cut_off_runs(self) -> None:
+        """Delete the sweep's job runs that a killed worker left RUNNING: no job of the sweep runs now, and the
+        job is logged again whole when it runs again."""
+        from flopsweep.tracking import PARENT_ENV, store, target_of
+
+        parent = os.environ.get(PARENT_ENV)
+        try:
+            target = target_of(self.config.tracking, Path.cwd())
+            if parent and target is not None:
+                store(target).delete_unfinished_children(parent)
+        except Exception as err:  # noqa: BLE001 - a leftover RUNNING run is untidy, not a lost result
+            print(f"flopsweep: warning: could not delete the runs the dead worker left unfinished: {_one_line(err)}",
+                  file=sys.stderr)
+
+
+def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:
+    """For each job: ``done`` (its folder has its result, logged unless tracking=none), ``started`` (Hydra made its
+    folder: the job was running, or was killed while logging) or ``waiting``. Jobs are matched to folders by the
+    overrides Hydra saved in ``.hydra/``."""
+    import yaml
+
+    folders: dict[tuple[str, ...], list[Path]] = {}
+    for saved in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        key = tuple(yaml.safe_load(saved.read_text()) or [])
+        folders.setdefault(key, []).append(saved.parent.parent)
+    states = []
+    for overrides in batch:
+        found = folders.get(tuple(o for o in overrides if not _is_hydra(o)))
+        if not found:
+            states.append("waiting")
+        else:
+            states.append("done" if _finished(found.pop(0) / "result.json") else "started")
+    return states
+
+
+def _finished(path: Path) -> bool:
+    from flopsweep.result import Result
+
+    try:
+        result = Result.read(path)
+    except (OSError, ValueError):  # none, or cut off mid-write
+        return False
+    return "tracking" in result.info or (result.config.get("tracking") or {}).get("kind") == "none"
+
+
+def _is_hydra(override: str) -> bool:
+    return re.match(r"[+~]*hydra[./]", override) is not None
+
+
+def _give_up(reason: str) -> None:
+    from flopsweep.cli import mark_failed
+
+    mark_failed()
+    print(f"flopsweep: error: {reason}; the jobs that started and have no result are listed as lost below",
+          file=sys.stderr)
+
+
+def _death(err: BaseException) -> str:
+    """``exit code {SIGKILL(-9)}`` from loky's TerminatedWorkerError, or the error in one line."""
+    found = re.search(r"exit codes of the workers are (\{.*?\})", str(err))
+    return f"exit code {found.group(1)}" if found else _one_line(err)
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'s' if n != 1 else ''}"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+# --- which launchers run jobs side by side, and which jobs time -------------------------------------------------
+
+# a job's device and measure.time come from these overrides only; the other groups (package model, batch, ...)
+# cannot set them, so jobs that differ only in those need one composition between them
+_CANNOT_SET_TIMING = ("model", "batch", "dtype", "optimizer", "train", "tracking", "skip_existing", "hydra")
+
+
+def jobs_at_once(launcher: DictConfig, jobs: Optional[int]) -> Optional[int]:
+    """How many of ``jobs`` (None: a number we don't know) the launcher runs at the same time on one machine; None
+    for a launcher we don't know. A Slurm job gets its own allocation (its GPUs are its own): one at a time."""
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("BasicLauncher") or target.endswith("SlurmLauncher"):
+        return 1
+    if target.endswith("JoblibLauncher"):
+        n = launcher.get("n_jobs")
+        if n is None:
+            return 1
+        if n < 0:
+            import joblib
+
+            n = max(1, joblib.cpu_count() + 1 + n)
+        return min(int(n), jobs) if jobs is not None else int(n)
+    if target.endswith("LocalLauncher"):  # submitit_local starts every job at once
+        return jobs
+    return None
+
+
+def concurrent_timing_error(config: DictConfig) -> Optional[str]:
+    """One line naming the keys, if this sweep would time jobs side by side on one machine: timings taken while
+    other jobs run are not the model's. None where it would not, or where ``hydra.sweeper.allow_concurrent_timing``
+    forces it."""
+    if OmegaConf.select(config, FORCE_KEY, default=False):
+        return None
+    loader, jobs = _sweep_jobs(config)
+    at_once = jobs_at_once(config.hydra.launcher, len(jobs) if loader is not None else None)
+    if at_once == 1:
+        return None
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for overrides in jobs:
+        groups.setdefault(tuple(o for o in overrides if _may_set_timing(o)), []).append(overrides)
+    timing, devices = 0, set()
+    for members in groups.values():
+        job = loader.load_sweep_config(config, list(members[0])) if loader is not None else config
+        device = getattr(job.device.type, "value", job.device.type)  # the schema's enum
+        if device != "meta" and job.measure.time:
+            timing += len(members)
+            devices.add(str(device))
+    if not timing:
+        return None
+    choice = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher", "?")
+    if str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        key, runs = f"hydra.launcher.n_jobs={config.hydra.launcher.n_jobs}", f"runs {at_once} jobs at once"
+    else:
+        key, runs = f"hydra/launcher={choice}", (f"runs {at_once} jobs at once" if at_once else
+                                                 "may run jobs at once")
+    of = f"{timing} of the {len(jobs)} jobs" if loader is not None else "the jobs"
+    return (f"{key}: {of} time on {'/'.join(sorted(devices))} (measure.time=true) and "
+            f"this launcher {runs}, which distorts the timings; count only (device=meta or measure.time=false), "
+            f"run one job at a time, or force it with {FORCE_KEY}=true")
+
+
+def _may_set_timing(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return re.split(r"[./]", key, maxsplit=1)[0] not in _CANNOT_SET_TIMING
+
+
+def _sweep_jobs(config: DictConfig) -> tuple[Any, list[list[str]]]:
+    """Hydra's config loader and every job's overrides, as the basic sweeper expands them (the command line's
+    values replace the preset's ``hydra.sweeper.params``). Another sweeper's syntax: the sweep's own config."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides(lines)
+        jobs = [job for chunk in BasicSweeper.split_arguments(overrides, None) for job in chunk]
+    except Exception:  # noqa: BLE001 - an interval or other non-discrete sweep: judge by the sweep's own config
+        return None, [[]]
+    return loader, jobs

@@ -1,0 +1,229 @@
+"""Scale out: real multiruns through Hydra's joblib and submitit launchers into a real MLflow store. Eight workers
+log every run exactly once; a worker killed mid-sweep loses only its own job, which the summary and the exit
+status report and a rerun with skip_existing=true measures; timing jobs are refused side by side."""
+
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+
+from flopsweep.config import CONF_DIR
+from flopsweep.sweeper import concurrent_timing_error, jobs_at_once
+from tests.conftest import run_cli
+
+TINY = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
+        "batch.seq_len=32", "device=meta"]
+
+
+def sweep_results(cwd: Path) -> dict[str, dict]:
+    (sweep_dir,) = (cwd / "outputs" / "sweeps").glob("*/*")
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+
+
+def store(cwd: Path, experiment: str):
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("flopsweep.kind") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("flopsweep.kind") == "job"]
+    return parents, jobs
+
+
+def most_at_once(sweep_dir: Path) -> int:
+    """The most jobs that ran at the same time: each job's span runs from Hydra saving its config to its result."""
+    spans = [((p.parent / ".hydra" / "config.yaml").stat().st_mtime, p.stat().st_mtime)
+             for p in sweep_dir.glob("*/result.json")]
+    return max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+
+
+@pytest.mark.slow
+def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
+    proc = run_cli("-m", *TINY, "batch.size=range(1,17)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
+                   "tracking.experiment=eight", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "database is locked" not in proc.stdout + proc.stderr
+    results = sweep_results(tmp_path)
+    assert len(results) == 16 and {r["status"] for r in results.values()} == {"ok"}
+    assert all(r["info"]["tracking"]["logged"] for r in results.values())
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    assert most_at_once(sweep_dir) >= 2, "the jobs should have run side by side"
+
+    (parent,), jobs = store(tmp_path, "eight")
+    assert len(jobs) == 16
+    assert sorted(int(r.data.params["batch.size"]) for r in jobs) == list(range(1, 17))  # each once
+    assert len({r.data.tags["flopsweep.fingerprint"] for r in jobs}) == 16
+    assert {r.info.status for r in jobs} == {"FINISHED"}
+    # the workers found the parent run the sweep opened before them
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert {r["info"]["tracking"]["run_id"] for r in results.values()} == {r.info.run_id for r in jobs}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["jobs/ok"] == 16 and parent.data.metrics["jobs/failed"] == 0
+    assert parent.data.metrics["jobs/lost"] == 0
+
+
+# A user model whose construction kills its own process (SIGKILL: what the kernel's OOM killer sends) for one
+# configuration while a fault file exists. flopsweep builds it like any custom model: no test hook in the product.
+CRASHING_MODEL = '''
+import os
+import signal
+
+from torch import nn
+
+
+class CrashingEncoder(nn.TransformerEncoderLayer):
+    def __init__(self, fault_file, **kwargs):
+        if os.path.exists(fault_file) and str(kwargs["dim_feedforward"]) == open(fault_file).read().strip():
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().__init__(**kwargs)
+'''
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_only_its_job_and_a_rerun_measures_it(tmp_path, monkeypatch):
+    (tmp_path / "crashing_model.py").write_text(CRASHING_MODEL)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    fault = tmp_path / "fault"
+    fault.write_text("128")
+    sweep = ["-m", "model=custom_example", "model._target_=crashing_model.CrashingEncoder",
+             f"+model.fault_file={fault}", "model.dim_feedforward=32,64,96,128,160,192", "batch.seq_len=8",
+             "device=meta", "tracking.experiment=killed"]
+    first = run_cli(*sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    results = sweep_results(tmp_path)
+    # the five other jobs finished, those killed with the pool included, and were logged
+    assert sorted(r["config"]["model"]["dim_feedforward"] for r in results.values()) == [32, 64, 96, 160, 192]
+    assert {r["status"] for r in results.values()} == {"ok"}
+    assert all(r["info"]["tracking"]["logged"] for r in results.values())
+    assert "a worker process died" in first.stderr and "is lost: its worker process died again" in first.stderr
+    (lost_row,) = [line for line in first.stdout.splitlines() if re.match(r"\d+_custom_example .* lost", line)]
+    assert lost_row.startswith("3_custom_example")
+    assert "6 jobs: 5 ok, 1 lost" in first.stdout
+    (parent,), jobs = store(tmp_path, "killed")
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs/lost"] == 1
+    assert parent.data.metrics["jobs/ok"] == 5
+    assert len(jobs) == 5 and {r.info.status for r in jobs} == {"FINISHED"}  # nothing left RUNNING, no twins
+    assert sorted(int(r.data.params["model.dim_feedforward"]) for r in jobs) == [32, 64, 96, 160, 192]
+
+    fault.unlink()  # the fault is gone: resume (in the sweep's own process: what is skipped is what the store says)
+    rerun = run_cli(*sweep, "skip_existing=true", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    second = max((tmp_path / "outputs" / "sweeps").glob("*/*"))
+    measured = [json.loads(p.read_text()) for p in second.glob("*/result.json")]
+    assert Counter(r["status"] for r in measured) == {"skipped": 5, "ok": 1}
+    assert [r["config"]["model"]["dim_feedforward"] for r in measured if r["status"] == "ok"] == [128]
+    _, jobs = store(tmp_path, "killed")
+    finished = Counter(r.data.tags["flopsweep.fingerprint"] for r in jobs if r.info.status == "FINISHED")
+    assert len(finished) == 6 and set(finished.values()) == {1}  # one finished run per configuration
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_meta_sweep(tmp_path):
+    proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=submitit_local", "tracking.experiment=submitit",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = sweep_results(tmp_path)
+    assert len(results) == 2 and {r["status"] for r in results.values()} == {"ok"}
+    (parent,), jobs = store(tmp_path, "submitit")
+    assert len(jobs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs/ok"] == 2
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    submitted = [p for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit()]
+    assert len(submitted) == 2  # a submitit job (a process) of its own for each
+
+
+def test_timing_jobs_side_by_side_are_refused_before_anything_starts(tmp_path):
+    proc = run_cli("-m", *TINY, "device=cpu", "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith("flopsweep: error: hydra.launcher.n_jobs=2: 2 of the 2 jobs time on cpu")
+    assert "hydra.sweeper.allow_concurrent_timing=true" in lines[0]
+    assert not (tmp_path / "outputs").exists()  # no store, no parent run, no job folder
+
+
+def multirun_config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def check(*overrides: str):
+    """The refusal for these overrides (a multirun's command line), as the sweep callback sees them."""
+    from omegaconf import OmegaConf
+
+    cfg = multirun_config(*[o for o in overrides if "," not in o])
+    OmegaConf.set_readonly(cfg, False)
+    cfg.hydra.overrides.task = [o for o in overrides if not o.startswith("hydra")]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return concurrent_timing_error(cfg)
+
+
+def test_which_sweeps_may_run_side_by_side():
+    joblib2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert check(*joblib2, "device=meta", "batch.size=1,2") is None                  # count only
+    assert check(*joblib2, "device=cpu", "measure.time=false", "batch.size=1,2") is None
+    assert check("device=cpu", "batch.size=1,2") is None                              # basic: one at a time
+    assert check("hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "device=cpu", "batch.size=1,2") is None
+    assert check(*joblib2, "device=cpu", "batch.size=1,2", "hydra.sweeper.allow_concurrent_timing=true") is None
+    mixed = check(*joblib2, "device=meta,cpu", "measure.time=true,false", "batch.size=1,2")
+    assert mixed.startswith("hydra.launcher.n_jobs=2: 2 of the 8 jobs time on cpu")  # the one combination that times
+    local = check("hydra/launcher=submitit_local", "device=cpu", "batch.size=1,2,3")
+    assert local.startswith("hydra/launcher=submitit_local: 3 of the 3 jobs time on cpu")
+    assert check("hydra/launcher=slurm", "device=cpu", "batch.size=1,2,3") is None    # an allocation per job
+
+
+def test_launcher_concurrency():
+    import joblib
+
+    cfg = multirun_config("hydra/launcher=joblib", "hydra.launcher.n_jobs=-1")
+    assert jobs_at_once(cfg.hydra.launcher, 1000) == joblib.cpu_count()
+    assert jobs_at_once(cfg.hydra.launcher, 1) == 1
+    assert jobs_at_once(multirun_config("hydra/launcher=submitit_local").hydra.launcher, 5) == 5
+    assert jobs_at_once(multirun_config().hydra.launcher, 5) == 1
+
+
+def test_slurm_preset_takes_partition_gpus_time_and_parallelism_from_the_command_line():
+    cfg = multirun_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30",
+                          "hydra.launcher.array_parallelism=4")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min, launcher.array_parallelism) == \
+        ("gpu", 1, 30, 4)
+    built = instantiate(launcher)
+    assert built.params["partition"] == "gpu" and built.params["gpus_per_node"] == 1
+    assert built.params["submitit_folder"].endswith("/.submitit/%j")
+    # and the defaults: a GPU per job, an hour, 16 array tasks at once
+    defaults = multirun_config("hydra/launcher=slurm").hydra.launcher
+    assert (defaults.partition, defaults.gpus_per_node, defaults.timeout_min, defaults.array_parallelism) == \
+        (None, 1, 60, 16)
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_launcher_preset_and_the_sweeper(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.conftest import REPO
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("flopsweep-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "unpacked", [n for n in names if n.startswith("flopsweep/conf/")])
+    # Hydra instantiates sweepers only from the hydra_plugins package: the wheel must carry it
+    assert {"hydra_plugins/flopsweep_sweeper/__init__.py", "flopsweep/conf/hydra/sweeper/flopsweep.yaml",
+            "flopsweep/conf/hydra/launcher/slurm.yaml"} <= names
+    assert "hydra_plugins/__init__.py" not in names  # a namespace shared with Hydra's own plugins
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path / "unpacked" / "flopsweep" / "conf")):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.flopsweep_sweeper.RecoveringSweeper"
