@@ -72,7 +72,7 @@ def _freeze_long_lived_objects() -> None:
     """Once per sweep process, after its first job: what the imports made (torch, Hydra, MLflow, SQLAlchemy: some
     300k objects, alive until the process ends) leaves the garbage collector's view, so that a full collection looks
     at the later jobs' objects only. joblib's workers collect after every task that ends over a second after the
-    last collection: 0.4 s each on 2 cores, more than a meta job takes; 10 ms once frozen. Objects are still freed
+    last collection: 0.4 s each on 2 cores, more than a meta job takes; about 20 ms once frozen. Objects are still freed
     by reference count as usual; the collection just before leaves none of the first job's cyclic garbage frozen."""
     gc.collect()
     gc.freeze()

@@ -176,6 +176,9 @@ def test_which_sweeps_may_run_side_by_side():
     local = check("hydra/launcher=submitit_local", "device=cpu", "batch.size=1,2,3")
     assert local.startswith("hydra/launcher=submitit_local: 3 of the 3 jobs time on cpu")
     assert check("hydra/launcher=slurm", "device=cpu", "batch.size=1,2,3") is None    # an allocation per job
+    # presets set the device themselves: gpt3_family counts on meta, quickstart times on the CPU
+    assert check(*joblib2, "+sweep=gpt3_family") is None
+    assert check(*joblib2, "+sweep=quickstart").startswith("hydra.launcher.n_jobs=2: 5 of the 5 jobs time on cpu")
 
 
 def test_launcher_concurrency():
