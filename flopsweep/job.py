@@ -261,11 +261,19 @@ def _result(spec: JobSpec, config: dict[str, Any], progress: _Progress, status: 
         metrics[M.FLOPS_BACKWARD_ANALYTIC] = backward_analytic
     breakdown: dict[str, Any] = {}
     if count is not None:
-        breakdown = {"modules": count.module_table(spec.measure.module_depth), "ops": count.op_table(),
-                     "uncounted_ops": count.uncounted}
-        if spec.measure.profile and model is not None:
-            breakdown["profile"] = module_rows(model, count, progress.latency)
+        breakdown = step_breakdown(count, spec.measure.module_depth,
+                                   model if spec.measure.profile else None, progress.latency)
     return Result(status, error, config, metrics, breakdown, info=job_info(spec, progress.timing))
+
+
+def step_breakdown(count: StepCount, module_depth: int, profiled: Optional[torch.nn.Module] = None,
+                   latency: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """The per-module and per-op tables of a counted step, and the module profile of ``profiled`` if given."""
+    breakdown: dict[str, Any] = {"modules": count.module_table(module_depth), "ops": count.op_table(),
+                                 "uncounted_ops": count.uncounted}
+    if profiled is not None:
+        breakdown["profile"] = module_rows(profiled, count, latency)
+    return breakdown
 
 
 def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
@@ -331,12 +339,15 @@ def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRec
     return m
 
 
+FLOPS_CONVENTION = "multiply-add = 2; flops/* count matmul-class ops, *_elementwise the rest"
+
+
 def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
     from flopsweep import __version__
 
     info: dict[str, Any] = {
         "causal_attention": spec.measure.causal_attention,
-        "flops_convention": "multiply-add = 2; flops/* count matmul-class ops, *_elementwise the rest",
+        "flops_convention": FLOPS_CONVENTION,
         "versions": {"flopsweep": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "host": platform.node(), "device": spec.device,
     }

@@ -26,10 +26,12 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
+from flopsweep.config import MeasureConf
 from flopsweep.measure.count import StepCount, _Counter, _ModuleTracker
 from flopsweep.measure.formulas import CountOptions
-from flopsweep.measure.profile import ModuleTimer, module_rows
+from flopsweep.measure.profile import ModuleTimer
 from flopsweep.measure.size import SavedActivations, measure_size
 from flopsweep.measure.timing import Stats, TimingRecord, _Clock, device_name
 from flopsweep.models.base import BatchShape
@@ -116,7 +118,8 @@ class Measurement:
     def _forward_mark(self, when: str, output: Any = None) -> None:
         self._marks.setdefault(f"forward_{when}", self._clock.mark())
         if when == "post":
-            node = next((t.grad_fn for t in _tensors(output) if t.grad_fn is not None), None)
+            node = next((t.grad_fn for t in tree_leaves(output)
+                         if isinstance(t, torch.Tensor) and t.grad_fn is not None), None)
             if node is not None:
                 node.register_prehook(self._backward_starts)
 
@@ -148,7 +151,7 @@ class Measurement:
     # ---- the record
     def result(self) -> Result:
         """The record a sweep job writes: counts and sizes from the counted step, medians of the timed ones."""
-        from flopsweep.job import collect_metrics
+        from flopsweep.job import FLOPS_CONVENTION, collect_metrics, step_breakdown
 
         if self.count is None:
             raise RuntimeError("flopsweep.measure: no step was run inside `with meter:` yet")
@@ -158,19 +161,16 @@ class Measurement:
         timing = self._timing(training)
         metrics = collect_metrics(self.batch, self.count, size, timing, training=training, dtype=self.dtype,
                                   peak_tflops=self.peak_tflops)
-        breakdown: dict[str, Any] = {"modules": self.count.module_table(3), "ops": self.count.op_table(),
-                                     "uncounted_ops": self.count.uncounted}
-        if self.profile:
-            latency = self._modules.means() if self._modules is not None and self._modules.passes else None
-            breakdown["profile"] = module_rows(self.model, self.count, latency)
+        latency = self._modules.means() if self._modules is not None and self._modules.passes else None
+        breakdown = step_breakdown(self.count, MeasureConf.module_depth, self.model if self.profile else None,
+                                   latency)
         config = {"model": {"name": self.name or type(self.model).__name__, "family": "user"},
                   "batch": {"size": self.batch.size, "seq_len": self.batch.seq_len},
                   "device": {"type": self.device.split(":")[0]}, "dtype": {"name": self.dtype},
                   "optimizer": {"name": type(self.optimizer).__name__.lower() if self.optimizer else None},
                   "source": "flopsweep.measure"}
         info: dict[str, Any] = {"device": self.device, "causal_attention": "half" if self.causal_half else "full",
-                                "flops_convention": "multiply-add = 2; flops/* count matmul-class ops, "
-                                                    "*_elementwise the rest"}
+                                "flops_convention": FLOPS_CONVENTION}
         if timing is not None:
             info["timing"] = {"method": timing.method, "repeats": timing.repeats, "threads": timing.threads,
                               "device_name": timing.device_name}
@@ -203,12 +203,3 @@ class Measurement:
             raise RuntimeError(f"flopsweep.measure: not logged to MLflow ({logged['error']}); the result is in {folder}")
         return logged["run_id"]
 
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []

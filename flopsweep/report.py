@@ -125,9 +125,14 @@ def _modules(df, out: Path, uri: Optional[str]) -> str:
         return f"no per-module breakdown for {costliest['run_name']} ({err})"
     fig, ax = _figure(f"Where the FLOPs go: {costliest['run_name']}",
                       "share of the model's forward + backward FLOPs (%)", "module (* = every layer)")
-    labels = [f"{m} (×{c})" if c > 1 else m for m, c in zip(top["module"], top["count"])]
+    labels = _module_labels(top)
     ax.barh(labels[::-1], list(top["share"] * 100)[::-1])
     return _save(fig, out / "module_flops.png")
+
+
+def _module_labels(rows) -> list[str]:
+    """``blocks.*.attn (×12)``: a merged module with how many layers it stands for."""
+    return [f"{m} (×{c})" if c > 1 else m for m, c in zip(rows["module"], rows["count"])]
 
 
 def _mfu(df, out: Path) -> str:
@@ -156,7 +161,7 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
     fig, ax = _figure("Where the forward pass goes: share of FLOPs and of time", "share of the model (%)",
                       "module (* = every layer)")
-    labels = [f"{m} (×{c})" if c > 1 else m for m, c in zip(rows["module"], rows["count"])][::-1]
+    labels = _module_labels(rows)[::-1]
     positions = range(len(labels))
     ax.barh([p + 0.2 for p in positions], list(rows["share"] * 100)[::-1], height=0.4,
             label="forward + backward FLOPs")
