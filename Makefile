@@ -26,8 +26,9 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/flopsweep +sweep=quickstart
 
+# one test worker per core (pytest-xdist), a test file per worker at a time: most tests wait on a sweep's subprocess
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # A shared MLflow tracking server on PostgreSQL, in the foreground (Ctrl-C stops it and PostgreSQL); PostgreSQL's
 # initdb and pg_ctl must be installed. Everything lives in TRACKING_DIR (outside outputs/ for a team: make clean

@@ -77,7 +77,9 @@ def test_phases_clipping_and_timed_steps():
     assert timing["method"] == "loop" and timing["repeats"] == 3  # steps 2, 3 and 4
     for key in ("time/forward_s", "time/backward_s", "time/optimizer_s"):
         assert 0 < m[key] < m["time/step_s"], key
-    assert m["time/forward_s"] + m["time/backward_s"] + m["time/optimizer_s"] <= m["time/step_s"]
+    # the phases are inside their step, step by step (a sum of medians need not be below the median of sums)
+    phases = zip(meter.samples["forward"], meter.samples["backward"], meter.samples["optimizer"])
+    assert all(sum(parts) <= step for parts, step in zip(phases, meter.samples["step"], strict=True))
 
 
 def test_inference_step_and_errors():

@@ -80,7 +80,9 @@ class Server:
                 [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                  "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
                  "--artifacts-destination", str(self.root / "artifacts")],
-                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # as flopsweep-server runs it: no GenAI job runner (7 more processes importing MLflow)
+                env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"mlflow server exited:\n{self.log.read_text()[-5000:]}"
