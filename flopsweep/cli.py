@@ -161,7 +161,7 @@ class SweepSummary(Callback):
         self.target = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from flopsweep.sweeper import concurrent_timing_error
+        from flopsweep.sweeper import concurrent_timing_error, start_workers
         from flopsweep.tracking import PARENT_ENV, store, target_of
 
         try:
@@ -183,11 +183,15 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
         os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
+        start_workers(config, total)  # last: the workers take this process's environment as it is now
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.console import summary_table
         from flopsweep.sinks.jobdir import write_csv
+        from flopsweep.sweeper import stop_workers
         from flopsweep.tracking import PARENT_ENV, store
+
+        stop_workers()
 
         sweep_dir = Path(config.hydra.sweep.dir)
         folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}

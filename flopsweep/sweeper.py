@@ -8,7 +8,9 @@ cartesian product and the presets' ``hydra.sweeper.params``, made for parallel l
   breaks: every job running in it is killed and the queued ones are cancelled. The jobs that were running run
   again, one at a time: a job whose worker dies again when it runs alone is lost, the others finish; the jobs
   that had not started are launched again. The runs that the kill left RUNNING in MLflow are deleted;
-- turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost.
+- turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost;
+- starts joblib's workers while the sweep prepares, warm from a fork server where no job times, and ends them with
+  the sweep (:func:`start_workers`, :func:`stop_workers`, called by the sweep callback in ``flopsweep.cli``).
 
 Also here: how many jobs a launcher runs at once, and the check that refuses to time jobs side by side.
 """
@@ -20,7 +22,7 @@ import re
 import sys
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn
@@ -61,6 +63,7 @@ class RecoveringLauncher:
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         returns: list[JobReturn] = []
+        workers_started()
         try:
             self._launch(job_overrides, initial_job_idx, returns)
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
@@ -173,6 +176,108 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
+# --- joblib's workers, started while the sweep prepares ---------------------------------------------------------
+
+_starting: Optional[Iterator] = None
+
+
+def start_workers(config: DictConfig, jobs: Optional[int]) -> None:
+    """With the joblib launcher, start its worker processes now, while this process opens the sweep's MLflow run
+    and composes the swept values (one core would otherwise sit idle through both), and have them import what
+    every job imports (torch, Hydra, MLflow, flopsweep: about 5 s of CPU a process). In a sweep that times
+    nothing, the workers are forked from one process that makes those imports once (a fork server, started here);
+    a job that times needs its worker's thread settings in place before torch is imported, so each of those
+    workers starts now and imports for itself, and joblib hands them to the launcher (its process pool is reused
+    by a call with the same settings, which these are: Hydra's own). Nothing for other launchers, or one worker;
+    if anything fails here, the launcher starts its workers itself, as it would have."""
+    global _starting
+    launcher = config.hydra.launcher
+    workers = jobs_at_once(launcher, jobs)
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher") or not workers or workers < 2:
+        return
+    try:
+        from flopsweep.tracking import target_of
+
+        target = target_of(config.tracking, Path.cwd())
+        uri = target.uri if target is not None else None
+        if not _timing_jobs(config, *_sweep_jobs(config))[0]:
+            import multiprocessing
+            from multiprocessing import forkserver
+
+            from joblib.externals.loky.backend.context import set_start_method
+
+            multiprocessing.set_forkserver_preload(_worker_modules(uri))
+            set_start_method("forkserver", force=True)
+            forkserver.ensure_running()  # starts it importing and returns; workers forked from it wait for that
+            return
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+        from joblib import Parallel, delayed
+
+        settings = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}
+        settings["backend"] = "loky"  # as Hydra's launcher sets it
+        process_joblib_cfg(settings)
+        _starting = Parallel(return_as="generator_unordered", **settings)(
+            delayed(_prepare_worker)(uri) for _ in range(workers))
+    except Exception:  # noqa: BLE001
+        return
+
+
+def workers_started() -> None:
+    """Wait for :func:`start_workers`' imports to end (by now mostly done). A worker that failed to start is the
+    launcher's to report: it starts its pool again."""
+    global _starting
+    if _starting is not None:
+        try:
+            for _ in _starting:
+                pass
+        except Exception:  # noqa: BLE001
+            pass
+        _starting = None
+
+
+def stop_workers() -> None:
+    """After the sweep's last job, end joblib's workers and the fork server at once: their jobs are done and
+    written, and left to end with this process each would first unload torch, MLflow and the rest, seconds during
+    which they still hold the sweep's output open (a pipe reading it waits for them)."""
+    if "joblib.externals.loky.reusable_executor" not in sys.modules:
+        return  # no joblib pool in this process
+    import signal
+    from multiprocessing import forkserver
+
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _worker_modules(uri: Optional[str]) -> list[str]:
+    """What a job imports: torch._dynamo too (PyTorch imports it at a job's first optimizer, or init on meta:
+    1.4 s), MLflow's client when the sweep logs, and its SQL store for a local one (the store itself is opened by
+    the first job, once the sweep's run has created it)."""
+    modules = ["torch._dynamo", "hydra_plugins.hydra_joblib_launcher._core", "flopsweep.cli", "flopsweep.job"]
+    if uri is not None:
+        modules.append("mlflow.tracking")
+    if uri is not None and uri.startswith("sqlite:"):
+        modules.append("mlflow.store.tracking.sqlalchemy_store")
+    return modules
+
+
+def _prepare_worker(uri: Optional[str]) -> None:
+    import importlib
+
+    for module in _worker_modules(uri):
+        importlib.import_module(module)
+
+
 # --- which launchers run jobs side by side, and which jobs time -------------------------------------------------
 
 # a job's device and measure.time come from these overrides only; the other groups (package model, batch, ...)
@@ -210,16 +315,7 @@ def concurrent_timing_error(config: DictConfig) -> Optional[str]:
     at_once = jobs_at_once(config.hydra.launcher, len(jobs) if loader is not None else None)
     if at_once == 1:
         return None
-    groups: dict[tuple[str, ...], list[list[str]]] = {}
-    for overrides in jobs:
-        groups.setdefault(tuple(o for o in overrides if _may_set_timing(o)), []).append(overrides)
-    timing, devices = 0, set()
-    for members in groups.values():
-        job = loader.load_sweep_config(config, list(members[0])) if loader is not None else config
-        device = getattr(job.device.type, "value", job.device.type)  # the schema's enum
-        if device != "meta" and job.measure.time:
-            timing += len(members)
-            devices.add(str(device))
+    timing, devices = _timing_jobs(config, loader, jobs)
     if not timing:
         return None
     choice = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher", "?")
@@ -232,6 +328,22 @@ def concurrent_timing_error(config: DictConfig) -> Optional[str]:
     return (f"{key}: {of} time on {'/'.join(sorted(devices))} (measure.time=true) and "
             f"this launcher {runs}, which distorts the timings; count only (device=meta or measure.time=false), "
             f"run one job at a time, or force it with {FORCE_KEY}=true")
+
+
+def _timing_jobs(config: DictConfig, loader: Any, jobs: list[list[str]]) -> tuple[int, set[str]]:
+    """How many of the sweep's jobs (:func:`_sweep_jobs`) time, and on which devices: one job composed for each
+    combination of the overrides that can set the device or ``measure.time``."""
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for overrides in jobs:
+        groups.setdefault(tuple(o for o in overrides if _may_set_timing(o)), []).append(overrides)
+    timing, devices = 0, set()
+    for members in groups.values():
+        job = loader.load_sweep_config(config, list(members[0])) if loader is not None else config
+        device = getattr(job.device.type, "value", job.device.type)  # the schema's enum
+        if device != "meta" and job.measure.time:
+            timing += len(members)
+            devices.add(str(device))
+    return timing, devices
 
 
 def _may_set_timing(override: str) -> bool:

@@ -137,6 +137,24 @@ def test_submitit_local_runs_a_meta_sweep(tmp_path):
     assert len(submitted) == 2  # a submitit job (a process) of its own for each
 
 
+@pytest.mark.slow
+def test_forced_timing_jobs_get_workers_that_import_torch_with_their_thread_share(tmp_path):
+    import joblib
+
+    proc = run_cli("-m", *TINY, "device=cpu", "measure.warmup=0", "measure.repeats=1", "batch.size=1,2",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.allow_concurrent_timing=true",
+                   "tracking.experiment=forced", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = sweep_results(tmp_path)
+    assert len(results) == 2 and all(r["status"] == "ok" and r["metrics"]["time/step_s"] > 0
+                                     for r in results.values())
+    # joblib gives each of 2 workers half the cores through OMP_NUM_THREADS, read when torch is imported: workers
+    # started early for timing jobs must import torch themselves (a fork server's torch would use every core)
+    assert {r["info"]["timing"]["threads"] for r in results.values()} == {max(1, joblib.cpu_count() // 2)}
+    (parent,), jobs = store(tmp_path, "forced")
+    assert len(jobs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+
+
 def test_timing_jobs_side_by_side_are_refused_before_anything_starts(tmp_path):
     proc = run_cli("-m", *TINY, "device=cpu", "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                    cwd=tmp_path, timeout=120)
