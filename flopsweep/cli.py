@@ -127,7 +127,7 @@ def _duration(seconds: float) -> str:
 def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
     from flopsweep.tracking import log_job, target_of
 
-    if result.status == "skipped":  # its run is already in the store
+    if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
         return
     try:
         target = target_of(cfg.tracking, Path.cwd())

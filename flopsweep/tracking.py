@@ -21,6 +21,9 @@ from flopsweep.result import Result, status_counts
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
 UNFINISHED = "attributes.status = 'RUNNING'"
+# a job's MLflow status: skipped for lack of memory is KILLED, not FINISHED, so that skip_existing=true runs it
+# again (when there is room) instead of taking it for measured; its tag `status` says skipped, `error` why
+RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED"}
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
 FINGERPRINT_TAG = "flopsweep.fingerprint"
@@ -151,7 +154,7 @@ class Store:
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
         self.client.log_artifacts(run_id, str(folder))
-        self.client.set_terminated(run_id, "FINISHED" if result.status in ("ok", "skipped") else "FAILED")
+        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"))
         return run_id
 
 

@@ -147,6 +147,33 @@ def test_a_sweep_goes_on_after_an_oom(tmp_path):
     assert "1 ok" in out.stdout and "1 oom" in out.stdout
 
 
+def test_a_job_skipped_for_memory_is_logged_and_not_taken_for_measured(tmp_path):
+    """A real sweep: the job that would not fit is logged like any other (its reason, the sizes estimated on meta),
+    as KILLED, not FINISHED: the same command with skip_existing=true tries it again rather than skip it as done."""
+    from mlflow.tracking import MlflowClient
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "flopsweep", "-m", *pretend_gpu("test_faults"), "tracking=local",
+               "tracking.experiment=skips", "optimizer=sgd", *FAST, "batch.size=64,2", "measure.memory_share=1e-12"]
+    for attempt, extra in enumerate([[], ["skip_existing=true"]]):
+        out = subprocess.run([*command, *extra, f"hydra.sweep.dir=sweep{attempt}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]  # skipping is not failing
+        results = [json.loads((tmp_path / f"sweep{attempt}" / f"{n}_custom_example" / "result.json").read_text())
+                   for n in (0, 1)]
+        assert [r["status"] for r in results] == ["skipped", "skipped"]
+        assert all("memory_check" in r["info"] and r["info"]["tracking"]["logged"] for r in results)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("skips").experiment_id],
+                              filter_string="tags.`flopsweep.kind` = 'job'")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"KILLED"}  # two attempts of two jobs
+    assert {r.data.tags["status"] for r in runs} == {"skipped"}
+    assert all("measure.memory_share=1e-12" in r.data.tags["error"] for r in runs)
+    assert {r.data.metrics["size/train_peak_bytes"] for r in runs} == {4 * (2 * (F * F + F) + b * F) for b in (64, 2)}
+
+
 # --- the memory pre-check --------------------------------------------------------------------------------------
 
 def sgd_peak(batch: int, f: int = F) -> int:
