@@ -1,5 +1,6 @@
 """``flopsweep-sync PATH``: log to MLflow the jobs under PATH (a sweep or run folder, or ``outputs/``) that are
-not in the store yet: those whose store was down or failing. Runs are matched by fingerprint, so running it
+not in the store yet: those whose store was down or failing. Each job goes to the store it was meant for (the
+one its ``result.json`` records) unless ``--uri`` names another. Runs are matched by fingerprint, so running it
 twice logs nothing the second time; a sweep's jobs go under one parent run for that sweep folder."""
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ def job_folders(path: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flopsweep-sync", description=__doc__)
     parser.add_argument("path", type=Path, help="a run or sweep folder, or a folder holding many")
-    parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store under "
-                                      "--store-dir)")
-    parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    parser.add_argument("--uri", help="tracking URI (default: the store each job recorded, else MLFLOW_TRACKING_URI, "
+                                      "else the local store under outputs/)")
+    parser.add_argument("--store-dir", help="log to the local store in this folder instead of each job's own")
     parser.add_argument("--experiment", help="experiment (default: each job's tracking.experiment)")
     args = parser.parse_args(argv)
     if not args.path.is_dir():
@@ -30,13 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, fingerprint, target_at
     from flopsweep.tracking import store as store_for
 
-    uri = target_at(args.uri, args.store_dir, "").uri
     logged = present = failed = 0
-    parents: dict[tuple[str, Path], str] = {}
+    parents: dict[tuple[str, str, Path], str] = {}
+    uris: set[str] = set()
     for folder in job_folders(args.path.resolve()):  # sweeps' parent runs are tagged with absolute paths
         result = Result.read(folder / "result.json")
         experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
-        store = store_for(target_at(args.uri, args.store_dir, experiment))
+        target = _target(args, result, experiment)
+        uri = target.uri
+        uris.add(uri)
+        store = store_for(target)
         try:
             fp = result.info.get("fingerprint") or fingerprint(result.config, result.info.get("device"))
             existing = store.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             parent = None
             sweep_dir = folder.parent if folder.name.split("_", 1)[0].isdigit() else None
             if sweep_dir is not None:
-                key = (experiment, sweep_dir)
+                key = (uri, experiment, sweep_dir)
                 if key not in parents:
                     parents[key] = (store.find_run(SWEEP_TAG, str(sweep_dir))
                                     or store.find_run(SWEEP_TAG, _relative(sweep_dir))  # as sweeps tagged it before
@@ -62,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         _record_logged(result, folder, uri, experiment, run_id)
         logged += 1
-    for (experiment, sweep_dir), parent in parents.items():
-        store = store_for(target_at(args.uri, args.store_dir, experiment))
+    for (uri, experiment, sweep_dir), parent in parents.items():
+        store = store_for(_target_of_uri(uri, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
             results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
             summary = sweep_dir / "summary.csv"
@@ -71,8 +75,33 @@ def main(argv: list[str] | None = None) -> int:
                 store.finish_parent(parent, results, summary)
             else:
                 store.client.set_terminated(parent, "FINISHED")
-    print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({uri})")
+    where = ", ".join(sorted(uris)) or target_at(args.uri, args.store_dir or "outputs", "").uri
+    print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({where})")
     return 1 if failed else 0
+
+
+def _target(args: argparse.Namespace, result: Result, experiment: str):
+    """``--uri``, else ``--store-dir``'s local store, else the store the job recorded that it logged or tried to log
+    to, else the environment's or the local one under outputs/: a job of a server sweep goes back to that server,
+    a local sweep's to its own store, wherever this runs."""
+    from flopsweep.tracking import target_at
+
+    if args.uri or args.store_dir:
+        return target_at(args.uri, args.store_dir or "outputs", experiment, environment=False)
+    recorded = (result.info.get("tracking") or {}).get("uri")
+    if recorded:
+        return _target_of_uri(recorded, experiment)
+    return target_at(None, "outputs", experiment)
+
+
+def _target_of_uri(uri: str, experiment: str):
+    """The target for ``uri``; a local store (``sqlite:///DIR/mlflow.db``) keeps its artifacts beside it, as the
+    sweep made it (not in MLflow's default, ./mlruns under the current folder)."""
+    from flopsweep.tracking import target_at
+
+    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
+        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
+    return target_at(uri, "outputs", experiment)
 
 
 def _record_logged(result: Result, folder: Path, uri: str, experiment: str, run_id: str) -> None:

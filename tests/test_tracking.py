@@ -117,6 +117,30 @@ def test_sync_logs_what_a_down_store_missed_once(tmp_path):
         assert info["fingerprint"] in {r.data.tags["flopsweep.fingerprint"] for r in jobs}
 
 
+def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
+    """Jobs whose store could not be opened (a file stood where its folder goes) are synced, from another folder and
+    with no option, into that store: not into a local store under the folder sync runs in."""
+    store_dir = tmp_path / "team" / "outputs"
+    (tmp_path / "team").write_text("")
+    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
+                   "tracking=server", f"tracking.uri=sqlite:///{store_dir / 'mlflow.db'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("not logged to MLflow") == 2
+    (tmp_path / "team").unlink()
+    store_dir.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sync = subprocess.run([sys.executable, "-m", "flopsweep.sync", str(tmp_path / "outputs" / "sweeps")],
+                          capture_output=True, text=True, cwd=elsewhere)
+    assert sync.returncode == 0 and "2 logged, 0 already" in sync.stdout, sync.stdout + sync.stderr
+    assert f"sqlite:///{store_dir / 'mlflow.db'}" in sync.stdout
+    assert not (elsewhere / "outputs").exists() and not (elsewhere / "mlruns").exists()
+    client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}")
+    jobs = job_runs(client, client.get_experiment_by_name("flopsweep"))
+    assert len(jobs) == 2
+    assert all(run.info.artifact_uri.startswith((store_dir / "mlartifacts").as_uri()) for run in jobs)
+
+
 def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_path):
     # tracking=none: nothing logged; one ok job and one failed job (7 heads do not divide 768 channels)
     proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
