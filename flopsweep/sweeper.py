@@ -254,8 +254,8 @@ def stop_workers() -> None:
     if pid:
         try:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+            server._stop()  # reaps it, removes its socket and forgets it
+        except OSError:  # ChildProcessError and ProcessLookupError included: gone already
             pass
 
 
