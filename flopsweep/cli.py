@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.config import CONF_DIR, register_configs, resolve
 from flopsweep.errors import ConfigError
-from flopsweep.result import Result, status_counts
+from flopsweep.result import FAILURES, Result, any_failed, status_counts
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the progress line
 _failed = False  # set by any job (in-process launchers), the sweeper or the sweep summary; read by main()
@@ -53,7 +53,7 @@ def run_one(cfg: DictConfig) -> Result:
         result = _skip_or_run(cfg, spec, config, fingerprint(config, spec.device))
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
-    if result.status in ("failed", "oom"):
+    if result.status in FAILURES:
         mark_failed()
         print(f"flopsweep: error: {result.error}", file=sys.stderr)
     elif result.status == "skipped":
@@ -196,7 +196,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
         results = [(folder.name, _job_result(folder)) for folder in sorted(folders, key=lambda p: _job_number(p.name))]
-        if any(r.status in ("failed", "oom", "lost") for _, r in results):
+        if any_failed(results):
             mark_failed()
         print()
         print(summary_table(results))

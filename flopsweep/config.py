@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from flopsweep.errors import require, require_int
+from flopsweep.errors import is_number, require, require_int
 from flopsweep.models.base import BatchShape, ModelConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -147,6 +147,11 @@ OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adafactor")
 TRAIN_MODES = ("full", "frozen_backbone", "lora", "inference")
 
 
+def trains(params_dtype: str, train_mode: str) -> bool:
+    """Whether a job takes a training step: not int8 weights (measured for inference only), not train=inference."""
+    return params_dtype != "int8" and train_mode != "inference"
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A validated job: everything the build and measure stages need. ``batch.size`` is :data:`MAX_BATCH` for
@@ -167,7 +172,7 @@ class JobSpec:
 
     @property
     def training(self) -> bool:
-        return self.params_dtype != "int8" and self.train.mode != "inference"
+        return trains(self.params_dtype, self.train.mode)
 
     @property
     def wants_max_batch(self) -> bool:
@@ -226,9 +231,9 @@ def resolve(cfg: DictConfig) -> JobSpec:
         require(len(train.targets) > 0, "train.targets", list(train.targets), "must name at least one linear layer")
 
     measure = cfg.measure
-    require(_is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
+    require(is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
             measure.memory_share, "must be a number in (0, 1]")
-    budget = _memory_budget(batch, device, dtype.params != "int8" and train.mode != "inference")
+    budget = _memory_budget(batch, device, trains(dtype.params, train.mode))
     require_int(measure.warmup, "measure.warmup", 0)
     require_int(measure.repeats, "measure.repeats")
     require_int(measure.module_depth, "measure.module_depth", 0)
@@ -252,15 +257,11 @@ def resolve(cfg: DictConfig) -> JobSpec:
                    peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train, memory_budget=budget)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[int]:
     """``batch.memory_budget_gib`` in bytes, checked; for ``batch.size=max``, what the search needs."""
     gib = batch.memory_budget_gib
     if gib is not None:
-        require(_is_number(gib) and gib > 0, "batch.memory_budget_gib", gib, "must be a number of GiB > 0")
+        require(is_number(gib) and gib > 0, "batch.memory_budget_gib", gib, "must be a number of GiB > 0")
     if batch.size != MAX_BATCH:
         return None
     require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "

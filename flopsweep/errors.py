@@ -14,6 +14,11 @@ def require(condition: bool, key: str, value: object, problem: str) -> None:
         raise ConfigError(key, value, problem)
 
 
+def is_number(value: object) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require_int(value: object, key: str, minimum: int = 1) -> None:
     """An integer (not a bool) of at least ``minimum``."""
     require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,

@@ -36,7 +36,8 @@ class Estimate:
 
     @property
     def peak_bytes(self) -> int:
-        return max(self.size.peak_bytes, self.step_peak_bytes)
+        # the simulated step holds the weights and buffers too: it is the peak of an inference build
+        return max(self.size.train_peak_bytes or 0, self.step_peak_bytes)
 
 
 class MetaEstimate:
@@ -85,6 +86,11 @@ class MetaEstimate:
 class Available:
     bytes: int
     source: str  # where the figure comes from, for the reason a job was skipped
+
+
+def memory_limit(share: float, available: Available) -> int:
+    """The bytes a job may use: ``measure.memory_share`` of what is available."""
+    return int(share * available.bytes)
 
 
 def available_memory(device: str) -> Optional[Available]:
@@ -158,7 +164,7 @@ class MemoryCheck:
 
     @property
     def limit_bytes(self) -> int:
-        return int(self.share * self.available.bytes)
+        return memory_limit(self.share, self.available)
 
     @property
     def fits(self) -> bool:
@@ -242,7 +248,5 @@ def largest_fitting_batch(peak: Callable[[int], int], budget: int, limit: int = 
 
 
 def find_max_batch(estimate: MetaEstimate, budget: int, budget_source: str) -> BatchSearch:
-    chosen, capped = largest_fitting_batch(estimate.peak, budget)
-    if 0 < chosen < SEARCH_LIMIT:
-        estimate.peak(chosen + 1)  # known already unless the search ended early; recorded beside the answer
+    chosen, capped = largest_fitting_batch(estimate.peak, budget)  # chosen + 1 is estimated too, unless capped
     return BatchSearch(budget, budget_source, chosen, estimate.estimates, capped)

@@ -18,7 +18,8 @@ from flopsweep.build import build
 from flopsweep.config import JobSpec
 from flopsweep.console import size_bytes
 from flopsweep.errors import ConfigError, require
-from flopsweep.feasibility import MetaEstimate, available_memory, check_memory, find_max_batch, with_batch_size
+from flopsweep.feasibility import (MetaEstimate, available_memory, check_memory, find_max_batch, memory_limit,
+                                   with_batch_size)
 from flopsweep.measure.count import StepCount, count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.peaks import peak_flops
@@ -120,7 +121,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
     else:
         require(available is not None, "batch.memory_budget_gib", None,
                 f"missing: the memory available on {spec.device} is unknown here, so batch.size=max needs a budget")
-        budget = int(spec.measure.memory_share * available.bytes)
+        budget = memory_limit(spec.measure.memory_share, available)
         source = f"measure.memory_share={spec.measure.memory_share} of {available.bytes} bytes ({available.source})"
     search = find_max_batch(estimate, budget, source)
     if search.chosen == 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 STATUSES = ("ok", "failed", "skipped", "oom", "lost")  # lost: a sweep job that died before writing result.json
+FAILURES = ("failed", "oom", "lost")  # statuses that fail a sweep (its exit status, its parent run)
 
 
 @dataclass
@@ -30,6 +31,10 @@ class Result:
         data = json.loads(path.read_text())
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
+
+
+def any_failed(results: list[tuple[str, Result]]) -> bool:
+    return any(r.status in FAILURES for _, r in results)
 
 
 def status_counts(results: list[tuple[str, Result]]) -> dict[str, int]:

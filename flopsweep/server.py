@@ -41,7 +41,7 @@ INSTALL_HINT = ("install PostgreSQL (Debian/Ubuntu: apt-get install postgresql; 
 
 
 class ServerError(Exception):
-    """One line for the user, naming what is wrong: ``--port 5000: 127.0.0.1:5000 is in use ...``."""
+    """One line for the user, naming what is wrong: ``--port 5000: cannot listen on 127.0.0.1:5000 ...``."""
 
 
 @dataclass
@@ -72,6 +72,10 @@ class Layout:
 
     def artifacts(self, settings: Settings) -> str:
         return settings.artifacts or str(self.root / "artifacts")
+
+    def password(self) -> str:
+        """The ``mlflow`` role's password, from the pgpass file ``init_cluster`` wrote (its last field)."""
+        return self.pgpass.read_text().strip().rsplit(":", 1)[1]
 
 
 def backend_uri(settings: Settings) -> str:
@@ -240,8 +244,8 @@ def start_postgres(layout: Layout, settings: Settings, pg_bin: Path, account: Op
     proc = _pg([str(pg_bin / "pg_ctl"), "-D", str(layout.pgdata), "-l", str(layout.postgres_log), "-w", "-t", "120",
                 "-o", f"-p {settings.db_port}", "start"], account, layout.root, timeout=180)
     if proc.returncode != 0:
-        tail = _last_line(layout.postgres_log.read_text(errors="replace")) if layout.postgres_log.exists() else ""
-        raise ServerError(f"pg_ctl start: failed: {tail or _last_line(proc.stderr or proc.stdout)} "
+        tail = _log_tail(layout.postgres_log).strip()
+        raise ServerError(f"pg_ctl start: failed: {_last_line(tail or proc.stderr or proc.stdout)} "
                           f"(see {layout.postgres_log})")
     return True
 
@@ -260,8 +264,7 @@ def ensure_database(layout: Layout, settings: Settings) -> None:
     """Create the ``mlflow`` database if the cluster lacks it (MLflow creates its tables itself)."""
     import psycopg2
 
-    password = layout.pgpass.read_text().strip().rsplit(":", 1)[1]
-    connection = psycopg2.connect(host="127.0.0.1", port=settings.db_port, user=ROLE, password=password,
+    connection = psycopg2.connect(host="127.0.0.1", port=settings.db_port, user=ROLE, password=layout.password(),
                                   dbname="postgres", connect_timeout=10)
     try:
         connection.autocommit = True
@@ -308,7 +311,8 @@ def start_mlflow(layout: Layout, settings: Settings, wait_s: float = 300) -> sub
         Path(artifacts).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PGPASSFILE=str(layout.pgpass))
     env.pop("MLFLOW_TRACKING_URI", None)
-    # MLflow 3's job runner (GenAI scorers, prompt optimisation: nothing a sweep uses) is 8 more processes;
+    # MLflow 3's job runner (GenAI scorers, prompt optimisation: nothing a sweep uses) is 8 more processes (its
+    # runner and 7 consumers, each importing MLflow);
     # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     with open(layout.mlflow_log, "a") as log:
@@ -406,17 +410,21 @@ def _require_free(option: str, host: str, port: int) -> None:
 
 # -- commands -----------------------------------------------------------------------------------------------------
 
-def load_settings(layout: Layout, args: argparse.Namespace) -> Settings:
-    """The options given now, else those remembered from the last ``start``, else the defaults."""
+def stored_settings(layout: Layout) -> Settings:
+    """The options remembered from the last ``start`` in this folder, else the defaults."""
     stored = {}
     if layout.settings.exists():
         try:
             stored = json.loads(layout.settings.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ServerError(f"{layout.settings}: unreadable ({err}); delete it to start with the defaults") from None
-    known = Settings.__dataclass_fields__
-    settings = Settings(**{k: v for k, v in stored.items() if k in known})
-    for key in known:
+    return Settings(**{k: v for k, v in stored.items() if k in Settings.__dataclass_fields__})
+
+
+def load_settings(layout: Layout, args: argparse.Namespace) -> Settings:
+    """The options given now, else those remembered from the last ``start``, else the defaults."""
+    settings = stored_settings(layout)
+    for key in Settings.__dataclass_fields__:
         value = getattr(args, key, None)
         if value is not None and value != []:
             setattr(settings, key, value)
@@ -442,9 +450,8 @@ def start(layout: Layout, settings: Settings, foreground: bool = False) -> Optio
             raise ServerError(f"--dir {layout.root}: its server already runs in the background; "
                               f"stop it first ({PROG} stop --dir {layout.root})")
         try:  # as it was started, whatever this command's options say
-            running = Settings(**{k: v for k, v in json.loads(layout.settings.read_text()).items()
-                                  if k in Settings.__dataclass_fields__})
-        except (OSError, ValueError, TypeError):
+            running = stored_settings(layout)
+        except ServerError:
             running = settings
         print(f"{PROG}: already running: {url_of(running)}  (folder {layout.root}; stop it to change its options)")
         return None

@@ -193,7 +193,7 @@ def start_workers(config: DictConfig, jobs: Optional[int]) -> None:
     global _starting
     launcher = config.hydra.launcher
     workers = jobs_at_once(launcher, jobs)
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher") or not workers or workers < 2:
+    if launcher_class(launcher) != "JoblibLauncher" or not workers or workers < 2:
         return
     try:
         from flopsweep.tracking import target_of
@@ -285,13 +285,18 @@ def _prepare_worker(uri: Optional[str]) -> None:
 _CANNOT_SET_TIMING = ("model", "batch", "dtype", "optimizer", "train", "tracking", "skip_existing", "hydra")
 
 
+def launcher_class(launcher: DictConfig) -> str:
+    """The launcher's class name (``JoblibLauncher``, ``BasicLauncher``, ...), from its ``_target_``."""
+    return str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+
+
 def jobs_at_once(launcher: DictConfig, jobs: Optional[int]) -> Optional[int]:
     """How many of ``jobs`` (None: a number we don't know) the launcher runs at the same time on one machine; None
     for a launcher we don't know. A Slurm job gets its own allocation (its GPUs are its own): one at a time."""
-    target = str(launcher.get("_target_", ""))
-    if target.endswith("BasicLauncher") or target.endswith("SlurmLauncher"):
+    kind = launcher_class(launcher)
+    if kind in ("BasicLauncher", "SlurmLauncher"):
         return 1
-    if target.endswith("JoblibLauncher"):
+    if kind == "JoblibLauncher":
         n = launcher.get("n_jobs")
         if n is None:
             return 1
@@ -300,7 +305,7 @@ def jobs_at_once(launcher: DictConfig, jobs: Optional[int]) -> Optional[int]:
 
             n = max(1, joblib.cpu_count() + 1 + n)
         return min(int(n), jobs) if jobs is not None else int(n)
-    if target.endswith("LocalLauncher"):  # submitit_local starts every job at once
+    if kind == "LocalLauncher":  # submitit_local starts every job at once
         return jobs
     return None
 
@@ -319,7 +324,7 @@ def concurrent_timing_error(config: DictConfig) -> Optional[str]:
     if not timing:
         return None
     choice = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher", "?")
-    if str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+    if launcher_class(config.hydra.launcher) == "JoblibLauncher":
         key, runs = f"hydra.launcher.n_jobs={config.hydra.launcher.n_jobs}", f"runs {at_once} jobs at once"
     else:
         key, runs = f"hydra/launcher={choice}", (f"runs {at_once} jobs at once" if at_once else

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.is_dir():
         print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
         return 2
-    from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, fingerprint, target_at
+    from flopsweep.tracking import FINGERPRINT_TAG, LOGGED, SWEEP_TAG, fingerprint, target_at, target_of_uri
     from flopsweep.tracking import store as store_for
 
     logged = present = failed = 0
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         _record_logged(result, folder, uri, experiment, run_id)
         logged += 1
     for (uri, experiment, sweep_dir), parent in parents.items():
-        store = store_for(_target_of_uri(uri, experiment))
+        store = store_for(target_of_uri(uri, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
             results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
             summary = sweep_dir / "summary.csv"
@@ -84,24 +84,14 @@ def _target(args: argparse.Namespace, result: Result, experiment: str):
     """``--uri``, else ``--store-dir``'s local store, else the store the job recorded that it logged or tried to log
     to, else the environment's or the local one under outputs/: a job of a server sweep goes back to that server,
     a local sweep's to its own store, wherever this runs."""
-    from flopsweep.tracking import target_at
+    from flopsweep.tracking import target_at, target_of_uri
 
     if args.uri or args.store_dir:
         return target_at(args.uri, args.store_dir or "outputs", experiment, environment=False)
     recorded = (result.info.get("tracking") or {}).get("uri")
     if recorded:
-        return _target_of_uri(recorded, experiment)
+        return target_of_uri(recorded, experiment)
     return target_at(None, "outputs", experiment)
-
-
-def _target_of_uri(uri: str, experiment: str):
-    """The target for ``uri``; a local store (``sqlite:///DIR/mlflow.db``) keeps its artifacts beside it, as the
-    sweep made it (not in MLflow's default, ./mlruns under the current folder)."""
-    from flopsweep.tracking import target_at
-
-    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
-        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
-    return target_at(uri, "outputs", experiment)
 
 
 def _record_logged(result: Result, folder: Path, uri: str, experiment: str, run_id: str) -> None:

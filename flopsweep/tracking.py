@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.result import Result, status_counts
+from flopsweep.errors import is_number
+from flopsweep.result import Result, any_failed, status_counts
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
@@ -67,6 +68,14 @@ def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, enviro
     return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
 
 
+def target_of_uri(uri: str, experiment: str) -> Target:
+    """The target a job recorded as ``uri``: a local store (``sqlite:///DIR/mlflow.db``, as :func:`target_at` names
+    it) keeps its artifacts beside it, as the sweep made it, not in MLflow's default ./mlruns."""
+    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
+        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
+    return Target(uri, None, experiment)
+
+
 class Store:
     def __init__(self, target: Target):
         import logging
@@ -100,11 +109,7 @@ class Store:
     def delete_unfinished(self, fingerprint_: str) -> int:
         """Delete the runs of this fingerprint left RUNNING: a store that failed in the middle of logging a job
         leaves one, and the job is logged again whole. Returns how many."""
-        runs = self.client.search_runs([self.experiment_id()], filter_string=(
-            f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and {UNFINISHED}"))
-        for run in runs:
-            self.client.delete_run(run.info.run_id)
-        return len(runs)
+        return self._delete_running(f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}'")
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
@@ -119,13 +124,14 @@ class Store:
         counts = status_counts(results)
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         self.client.log_artifact(run_id, str(summary_csv))
-        self.client.set_terminated(run_id, "FINISHED" if counts["failed"] + counts["oom"] + counts["lost"] == 0
-                                   else "FAILED")
+        self.client.set_terminated(run_id, "FAILED" if any_failed(results) else "FINISHED")
 
     def delete_unfinished_children(self, parent_id: str) -> int:
         """Delete the job runs of a sweep left RUNNING by a worker killed while logging. Returns how many."""
-        runs = self.client.search_runs([self.experiment_id()], filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_id}' and {UNFINISHED}"))
+        return self._delete_running(f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+    def _delete_running(self, where: str) -> int:
+        runs = self.client.search_runs([self.experiment_id()], filter_string=f"{where} and {UNFINISHED}")
         for run in runs:
             self.client.delete_run(run.info.run_id)
         return len(runs)
@@ -147,9 +153,9 @@ class Store:
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         flat = flatten(config)
-        metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if _is_number(v)]
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if is_number(v)]
         metrics += [Metric(f"config/{k.split('.', 1)[1]}", float(flat[k]), now, 0)
-                    for k in NUMERIC_CONFIG if _is_number(flat.get(k))]
+                    for k in NUMERIC_CONFIG if is_number(flat.get(k))]
         params = [Param(k, str(v)[:6000]) for k, v in flat.items() if "=" not in k and "," not in k]
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
@@ -228,10 +234,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def common_tags() -> dict[str, str]:

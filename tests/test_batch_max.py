@@ -107,6 +107,15 @@ def test_the_default_budget_is_a_share_of_the_memory_available():
     assert result.info["memory_check"]["fits"]  # the budget is the pre-check's limit: the batch passes it
 
 
+def test_an_explicit_budget_over_what_is_there_is_stopped_by_the_pre_check():
+    # a million GiB allows the search's cap; the CPU has far less, and the memory pre-check says so before any run
+    result = job(*LINEAR, "device=cpu", "batch.size=max", "batch.memory_budget_gib=1e6", "measure.memory_share=1e-6",
+                 "measure.warmup=0", "measure.repeats=1")
+    assert result.status == "skipped", result.error
+    assert result.info["memory_check"]["fits"] is False and "batch_search" in result.info
+    assert "attempts" not in result.info["batch_search"]  # nothing ran on the CPU
+
+
 def test_a_budget_too_small_for_one_sample_is_skipped():
     budget = 4 * 2 * (F * F + F)  # the weights and their gradients, and not a byte for the batch
     result = job(*LINEAR, "device=meta", "batch.size=max", f"batch.memory_budget_gib={budget / 2**30}")

@@ -136,15 +136,12 @@ class Recipe:
         os.killpg(pgid, signal.SIGKILL)
         kill_and_reap(mine)
 
-    def password(self) -> str:
-        return self.layout.pgpass.read_text().strip().rsplit(":", 1)[1]
-
     def sql(self, query: str, *params) -> list[tuple]:
         """Ask PostgreSQL itself, not the MLflow server."""
         import psycopg2
 
         connection = psycopg2.connect(host="127.0.0.1", port=self.db_port, user="mlflow", dbname="mlflow",
-                                      password=self.password(), connect_timeout=10)
+                                      password=self.layout.password(), connect_timeout=10)
         try:
             with connection.cursor() as cursor:
                 cursor.execute(query, params)
@@ -173,11 +170,12 @@ def server():
         kill_and_reap(left)  # only if the stop failed: everything the recipe started, nothing else
         reap(srv.seen)
         zombies = [pid for pid in srv.seen if _state(pid) == "Z" and _parent(pid) == os.getpid()]
+        after = processes_in(srv.root)  # before the folder goes: a process in a deleted folder no longer matches
         shutil.rmtree(root, ignore_errors=True)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not left, f"still running after flopsweep-server stop: {left}"
         assert not zombies, f"not reaped: {zombies}"
-        assert not processes_in(srv.root)
+        assert not after, f"still running after being killed: {after}"
 
 
 def _group(pid: int) -> int:

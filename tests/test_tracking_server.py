@@ -81,7 +81,7 @@ class Server:
                  "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
                  "--artifacts-destination", str(self.root / "artifacts")],
                 cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                # as flopsweep-server runs it: no GenAI job runner (7 more processes importing MLflow)
+                # as flopsweep-server runs it: no GenAI job runner (8 more processes importing MLflow)
                 env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

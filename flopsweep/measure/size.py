@@ -31,11 +31,6 @@ class SizeRecord:
     def static_bytes(self) -> int:
         return self.weights_bytes + self.buffers_bytes + self.grads_bytes + self.optimizer_state_bytes
 
-    @property
-    def peak_bytes(self) -> int:
-        """``train_peak_bytes``; for an inference build, weights and buffers (its forward pass keeps nothing)."""
-        return self.train_peak_bytes if self.train_peak_bytes is not None else self.weights_bytes + self.buffers_bytes
-
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in model.parameters()}.values())

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopsweep.errors import require
+from flopsweep.errors import is_number, require
 from flopsweep.models import resnet_bk_reference as reference
 from flopsweep.models.base import BatchShape, ModelConfig, check_positive, token_batch
 
@@ -64,19 +64,15 @@ class Config(ModelConfig):
         check_positive(self, "vocab_size", "d_model", "n_layers", "n_seq", "num_experts", "top_k")
         require(self.top_k <= self.num_experts, "model.top_k", self.top_k,
                 f"must be at most model.num_experts={self.num_experts}")
-        require(_is_number(self.dropout_p) and 0 <= self.dropout_p < 1, "model.dropout_p", self.dropout_p,
+        require(is_number(self.dropout_p) and 0 <= self.dropout_p < 1, "model.dropout_p", self.dropout_p,
                 "must be in [0, 1)")
         for name in ("v_max", "feature_clamp"):
             value = getattr(self, name)
-            require(_is_number(value) and value > 0, f"model.{name}", value, "must be a number > 0")
+            require(is_number(value) and value > 0, f"model.{name}", value, "must be a number > 0")
         unknown = [flag for flag in self.feature_flags if flag not in FEATURE_FLAGS]
         require(not unknown, "model.feature_flags", unknown, f"unknown flags (known: {', '.join(FEATURE_FLAGS)})")
         require(batch.seq_len == self.n_seq, "batch.seq_len", batch.seq_len,
                 f"must equal model.n_seq={self.n_seq}: ResNet-BK works on fixed-length sequences")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # -- BK-Core ---------------------------------------------------------------------------------------
