@@ -49,18 +49,19 @@ def run_one(cfg: DictConfig) -> Result:
         # change the model, and a batch.seq_len or image_size left out is the model's default
         config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
         config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
-        print(progress_line(job_num, config))
+        say(progress_line(job_num, config))
         result = _skip_or_run(cfg, spec, config, fingerprint(config, spec.device))
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
+    lines = []
     if result.status in FAILURES:
         mark_failed()
-        print(f"flopsweep: error: {result.error}", file=sys.stderr)
+        say(f"flopsweep: error: {result.error}", sys.stderr)
     elif result.status == "skipped":
-        print(f"skipped: {result.info['skipped']}")
+        lines = [f"skipped: {result.info['skipped']}"]
     else:
-        print("\n".join(metric_lines(result.metrics, JOB_METRICS)))
-    print(f"results: {folder}")
+        lines = metric_lines(result.metrics, JOB_METRICS)
+    say("\n".join([*lines, f"results: {folder}"]))
     _track(cfg, result, folder, {"job_num": job_num, "overrides": hydra_cfg.job.override_dirname})
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _freeze_long_lived_objects()
@@ -100,6 +101,14 @@ def _skip_or_run(cfg: DictConfig, spec, config: dict[str, Any], fp: str) -> Resu
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result
+
+
+def say(text: str, stream: Any = None) -> None:
+    """Write ``text`` and its newline in one write: the lines of jobs running side by side then stay whole
+    (print writes the newline apart, and with PYTHONUNBUFFERED each part reaches the shared pipe on its own)."""
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
@@ -153,7 +162,8 @@ def _app(cfg: DictConfig) -> None:
 
 class SweepSummary(Callback):
     """Refuses a sweep that would time jobs side by side, opens the sweep's parent MLflow run before the jobs (so
-    parallel workers never race to create the store; they find its id in the environment) and, at the end, prints
+    parallel workers never race to create the store; they find its id in the environment, which joblib's workers
+    get with their jobs) and, at the end, prints
     one table of every job, read back from their ``result.json``; a job that has none is listed as lost."""
 
     def __init__(self) -> None:
@@ -174,6 +184,7 @@ class SweepSummary(Callback):
         total = sweep_size(config)
         if total is not None:
             os.environ[SWEEP_TOTAL_ENV] = str(total)
+        start_workers(config, total)  # they import what jobs import while this process opens the run, checks values
         try:
             self.target = target_of(config.tracking, Path.cwd())
             if self.target is not None:
@@ -183,7 +194,6 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
         os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
-        start_workers(config, total)  # last: the workers take this process's environment as it is now
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from flopsweep.console import summary_table

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from flopsweep.config import CONF_DIR
-from flopsweep.sweeper import concurrent_timing_error, jobs_at_once
+from flopsweep.sweeper import _Once, concurrent_timing_error, jobs_at_once
 from tests.conftest import run_cli
 
 TINY = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
@@ -53,6 +53,9 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
     assert all(r["info"]["tracking"]["logged"] for r in results.values())
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
     assert most_at_once(sweep_dir) >= 2, "the jobs should have run side by side"
+    # each job's progress line is whole and numbered out of the sweep's size, which the workers got with their jobs
+    progress = [int(n) for n in re.findall(r"^\[job (\d+)/16\] gpt2_small\|b\d+\|", proc.stdout, re.MULTILINE)]
+    assert sorted(progress) == list(range(1, 17))
 
     (parent,), jobs = store(tmp_path, "eight")
     assert len(jobs) == 16
@@ -65,6 +68,21 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["jobs/ok"] == 16 and parent.data.metrics["jobs/failed"] == 0
     assert parent.data.metrics["jobs/lost"] == 0
+
+
+def _seen_in_worker(state: dict) -> tuple[int, int]:
+    return os.getpid(), id(state)
+
+
+def test_a_joblib_worker_unpickles_the_sweep_state_once():
+    from joblib import Parallel, delayed
+
+    state = _Once({"config": list(range(10_000))})
+    seen = Parallel(n_jobs=1, backend="loky")(delayed(_seen_in_worker)(state) for _ in range(4))
+    assert len(set(seen)) == 1  # one worker, and every task got the same object: unpickled for the first only
+    (pid, first), = set(seen)
+    (again,) = Parallel(n_jobs=1, backend="loky")(delayed(_seen_in_worker)(_Once({"config": []})) for _ in range(1))
+    assert again[0] == pid and again[1] != first  # the same worker, a new sweep state
 
 
 # A user model whose construction kills its own process (SIGKILL: what the kernel's OOM killer sends) for one
