@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.config import CONF_DIR, register_configs, resolve
+from flopsweep.console import exit_command, say
 from flopsweep.errors import ConfigError
 from flopsweep.result import FAILURES, Result, any_failed, status_counts
 
@@ -103,14 +104,6 @@ def _skip_or_run(cfg: DictConfig, spec, config: dict[str, Any], fp: str) -> Resu
     return result
 
 
-def say(text: str, stream: Any = None) -> None:
-    """Write ``text`` and its newline in one write: the lines of jobs running side by side then stay whole
-    (print writes the newline apart, and with PYTHONUNBUFFERED each part reaches the shared pipe on its own)."""
-    stream = stream or sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
-
-
 def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
     """``[job 3/48] gpt2_small|b8|s128|float32|meta  elapsed 12 s, about 3 min left``: the job's number in the
     sweep and an ETA from the sweep's pace so far (the sweep callback leaves its start and size in the env)."""
@@ -163,14 +156,17 @@ def _app(cfg: DictConfig) -> None:
 class SweepSummary(Callback):
     """Refuses a sweep that would time jobs side by side, opens the sweep's parent MLflow run before the jobs (so
     parallel workers never race to create the store; they find its id in the environment, which joblib's workers
-    get with their jobs) and, at the end, prints
-    one table of every job, read back from their ``result.json``; a job that has none is listed as lost."""
+    get with their jobs) and, at the end, prints one table of every job, read back from their ``result.json``; a
+    job that has none is listed as lost. A sweep that stops before its end closes its run through
+    :func:`abandon_sweep`."""
 
     def __init__(self) -> None:
         self.parent: Optional[str] = None
         self.target = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _open_sweep
+        _open_sweep = self
         from flopsweep.sweeper import concurrent_timing_error, start_workers
         from flopsweep.tracking import PARENT_ENV, store, target_of
 
@@ -229,6 +225,24 @@ class SweepSummary(Callback):
             print(f"MLflow: {self.target.ui_command()}  (experiment {self.target.experiment!r})")
 
 
+_open_sweep: Optional[SweepSummary] = None
+
+
+def abandon_sweep(status: str) -> None:
+    """The sweep stops before its end (a swept value that cannot be composed, Ctrl-C): end its workers and mark its
+    MLflow run ``status`` (FAILED, KILLED) rather than leave it RUNNING. The jobs that finished keep their runs."""
+    from flopsweep.sweeper import stop_workers
+    from flopsweep.tracking import store
+
+    stop_workers()
+    sweep = _open_sweep
+    if sweep is not None and sweep.parent is not None:
+        try:
+            store(sweep.target).client.set_terminated(sweep.parent, status)
+        except Exception as err:  # noqa: BLE001
+            print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
+
+
 def sweep_size(config: DictConfig) -> Optional[int]:
     """How many jobs the basic or joblib sweeper will launch: the product of the sweep overrides' lengths, the
     command line's winning over the preset's ``hydra.sweeper.params``. None where it cannot be told."""
@@ -280,4 +294,4 @@ def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
 def main() -> None:
     _room_for_deep_graphs()
     _app()
-    sys.exit(1 if _failed else 0)
+    exit_command(1 if _failed else 0)

@@ -262,7 +262,9 @@ def preset_costs():
 
 
 def entry() -> None:
-    sys.exit(main())
+    from flopsweep.console import exit_command
+
+    exit_command(main())
 
 
 if __name__ == "__main__":

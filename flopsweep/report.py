@@ -241,7 +241,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from flopsweep.console import exit_command
+
+    exit_command(main())
 
 
 if __name__ == "__main__":

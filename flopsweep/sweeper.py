@@ -47,15 +47,32 @@ class RecoveringSweeper(BasicSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.launcher = RecoveringLauncher(self.launcher, config)
 
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return super().sweep(arguments)
+        except BaseException as err:
+            from flopsweep.cli import abandon_sweep
+
+            abandon_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Compose the first job with each swept value not composed yet: every value once, not every job."""
-        covered: set[str] = set()
-        sample = []
+        super().validate_batch_is_legal(covering_jobs(batch))
+
+
+def covering_jobs(batch: Sequence[Sequence[str]]) -> list[Sequence[str]]:
+    """Jobs that between them have every override of the batch: first those whose swept values are all new, then
+    any that still adds one. A cartesian product needs as many as its longest axis has values (20 for 10 x 20)."""
+    swept = set().union(*map(set, batch)) - set.intersection(*map(set, batch)) if batch else set()
+    covered: set[str] = set()
+    chosen: list[Sequence[str]] = []
+    for new_only in (True, False):
         for overrides in batch:
-            if not covered.issuperset(overrides):
-                sample.append(overrides)
-                covered.update(overrides)
-        super().validate_batch_is_legal(sample)
+            new = set(overrides) - covered
+            if new and (not new_only or new >= swept.intersection(overrides)):
+                chosen.append(overrides)
+                covered |= new
+    return chosen
 
 
 class RecoveringLauncher:

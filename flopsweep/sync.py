@@ -107,7 +107,9 @@ def _relative(path: Path) -> str:
 
 
 def entry() -> None:
-    sys.exit(main())
+    from flopsweep.console import exit_command
+
+    exit_command(main())
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from flopsweep.config import CONF_DIR, SWEEPS_DIR, resolve
@@ -58,3 +59,26 @@ def test_sweep_size_counts_preset_and_command_line_sweeps():
     assert sweep_size(cfg) == 6  # the command line's models replace the preset's, times three batch sizes
     cfg.hydra.overrides.task = ["model=glob(*)"]
     assert sweep_size(cfg) is None  # a glob needs the config repository: no count rather than a wrong one
+
+
+def test_the_sweeper_checks_every_swept_value_with_few_compositions():
+    from flopsweep.sweeper import covering_jobs
+
+    product = [["model=gpt2_small", f"model.n_layer={n}", f"batch.size={b}"] for n in range(1, 11) for b in range(1, 21)]
+    chosen = covering_jobs(product)
+    assert set().union(*map(set, chosen)) == set().union(*map(set, product))  # every value, in some job
+    assert len(chosen) == 20  # the longest axis: one composition per batch size, the layers along the way
+    assert covering_jobs([["device=meta"]]) == [["device=meta"]]
+
+
+def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tmp_path):
+    # the bad value is in neither of the first two jobs the check picks: only its second pass finds it
+    proc = run_cli("-m", "model=gpt2_small", "batch.size=1,2", "model.n_layer=1,2,x", "device=meta",
+                   "tracking.experiment=bad_value", cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "model.n_layer" in proc.stderr and "Traceback" not in proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    assert not [p for p in sweep_dir.iterdir() if p.is_dir()]  # no job started
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("bad_value").experiment_id])
+    assert run.data.tags["flopsweep.kind"] == "sweep" and run.info.status == "FAILED"  # not left RUNNING
