@@ -31,13 +31,21 @@ JOBS = 10 * 20
 LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
 
 
-def run_sweep(launcher: str, cwd: Path) -> float:
-    start = time.perf_counter()
+def run_sweep(launcher: str, cwd: Path) -> tuple[float, tuple[float, float, float]]:
+    """The sweep's wall time and its phases: command start to the first job, seconds per job, last job to exit."""
+    start, start_wall = time.perf_counter(), time.time()
     proc = subprocess.run([*FLOPSWEEP, *SWEEP, *LAUNCHERS[launcher]], cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, end = time.perf_counter() - start, time.time()
     if proc.returncode != 0:
         raise SystemExit(f"the {launcher} sweep failed:\n{proc.stderr[-2000:]}")
-    return wall
+    return wall, phases(max((cwd / "outputs" / "sweeps").glob("*/*")), start_wall, end)
+
+
+def phases(sweep_dir: Path, start: float, end: float) -> tuple[float, float, float]:
+    """From the job folders: Hydra writes a job's config as it starts, flopsweep its result.json as it ends."""
+    first = min(p.stat().st_mtime for p in sweep_dir.glob("*/.hydra/config.yaml"))
+    last = max(p.stat().st_mtime for p in sweep_dir.glob("*/result.json"))
+    return first - start, (last - first) / JOBS, end - last
 
 
 def logged_runs_of_last_sweep(cwd: Path) -> int:
@@ -68,8 +76,9 @@ def main() -> None:
         cwd.mkdir(parents=True, exist_ok=True)
         if not (cwd / "outputs" / "mlflow.db").exists():
             prepare(cwd)
-        wall = run_sweep(args.one, cwd)
-        print(f"{args.one}: {JOBS} jobs in {wall:.1f} s, {logged_runs_of_last_sweep(cwd)} runs logged")
+        wall, (before, per_job, after) = run_sweep(args.one, cwd)
+        print(f"{args.one}: {JOBS} jobs in {wall:.1f} s, {logged_runs_of_last_sweep(cwd)} runs logged; first job "
+              f"after {before:.1f} s, {per_job:.3f} s a job, exit {after:.1f} s after the last")
         return
 
     import torch
@@ -77,6 +86,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, torch {torch.__version__}")
     walls: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
+    parts: dict[str, list[tuple[float, float, float]]] = {name: [] for name in LAUNCHERS}
     logged: dict[str, list[int]] = {name: [] for name in LAUNCHERS}
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {name: Path(tmp, name) for name in LAUNCHERS}
@@ -85,11 +95,16 @@ def main() -> None:
             prepare(cwd)
         for _ in range(args.rounds):
             for name in LAUNCHERS:
-                walls[name].append(run_sweep(name, dirs[name]))
+                wall, phase = run_sweep(name, dirs[name])
+                walls[name].append(wall)
+                parts[name].append(phase)
                 logged[name].append(logged_runs_of_last_sweep(dirs[name]))
     for name in LAUNCHERS:
+        before, per_job, after = (statistics.median(p) for p in zip(*parts[name]))
         print(f"  {name:7s} wall median {statistics.median(walls[name]):6.1f} s  (min {min(walls[name]):.1f}, max "
               f"{max(walls[name]):.1f}); runs logged per sweep: {logged[name]}")
+        print(f"          medians: first job after {before:.1f} s, {per_job:.3f} s a job, exit {after:.1f} s after "
+              "the last")
     pairs = [b / j for b, j in zip(walls["basic"], walls["joblib"])]
     ratio = statistics.median(walls["basic"]) / statistics.median(walls["joblib"])
     print(f"  basic / joblib: ratio of medians {ratio:.2f}x, pairs {', '.join(f'{p:.2f}' for p in pairs)}")

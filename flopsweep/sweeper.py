@@ -207,8 +207,8 @@ def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> 
     """Run ``hydra/launcher=joblib``'s jobs as Hydra's joblib launcher does (its settings, its log lines, Hydra's
     ``run_job`` in each worker), except that Hydra's state reaches a worker once rather than with every job. Hydra's
     launcher pickles the sweep's config, its context and its global state with each job (20 ms of the sweep's
-    process) and each job, restoring that state, has Hydra rediscover its plugins (30 ms): a sixth of a meta job's
-    CPU. Here the state is pickled once and each worker unpickles and installs it at its first job of the sweep;
+    process) and each job, restoring that state, has Hydra rediscover its plugins (30 ms): an eighth of a meta
+    job's CPU. Here the state is pickled once and each worker unpickles and installs it at its first job of the sweep;
     its later jobs share it, as jobs in one process do with the basic launcher. The state carries this process's
     ``FLOPSWEEP_*`` variables (the sweep's run, size and start), which workers forked early have not inherited."""
     from hydra.core.singleton import Singleton
