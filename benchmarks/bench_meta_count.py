@@ -1,7 +1,10 @@
 """Count gpt3_175b (forward + backward + AdamW step) on meta, as a whole `flopsweep` process, N times:
 median wall time and peak RSS; and, in-process, flopsweep's counter against PyTorch's FlopCounterMode.
 
-    .venv/bin/python benchmarks/bench_meta_count.py [--runs 5] [--model gpt3_175b] [--tracking none|local]
+    .venv/bin/python benchmarks/bench_meta_count.py [--runs 5] [--model gpt3_175b] [--seq-len N] [--tracking none|local]
+
+``--model resnet_bk_baseline --seq-len 4096``: a model of many small ops (its O(N) recurrence runs some 660k ops
+per step), where the counter's cost per op, not the model's size, is what takes the time.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import sys
 import tempfile
 import time
 
+from flopsweep.cli import _room_for_deep_graphs
 
-def whole_process(model: str, runs: int, tracking: str) -> tuple[list[float], list[float]]:
+
+def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tuple[list[float], list[float]]:
     walls, rss = [], []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli import main; main()",
-                                   f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}"], cwd=cwd, capture_output=True,
+                                   f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}", *extra], cwd=cwd,
+                                  capture_output=True,
                                   text=True)
             walls.append(time.perf_counter() - start)
             if proc.returncode != 0:
@@ -31,7 +37,7 @@ def whole_process(model: str, runs: int, tracking: str) -> tuple[list[float], li
     return walls, rss
 
 
-def in_process(model: str) -> dict[str, float]:
+def in_process(model: str, extra: list[str]) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from flopsweep.build import build
@@ -39,7 +45,7 @@ def in_process(model: str) -> dict[str, float]:
     from flopsweep.measure.count import count_step
     from flopsweep.measure.meta import MetaLikeCPU
 
-    spec = resolve(compose_config(f"model={model}", "device=meta", "batch.size=1"))
+    spec = resolve(compose_config(f"model={model}", "device=meta", "batch.size=1", *extra))
     from flopsweep.measure import meta
 
     limit, meta._CACHE_LIMIT = meta._CACHE_LIMIT, 0  # first without the meta kernel cache, then with it (cold)
@@ -68,12 +74,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", default="gpt3_175b")
+    parser.add_argument("--seq-len", type=int, help="batch.seq_len (default: the preset's)")
     parser.add_argument("--tracking", default="none", help="none, or local: a new MLflow store per run")
     args = parser.parse_args()
-    walls, rss = whole_process(args.model, args.runs, args.tracking)
+    extra = [f"batch.seq_len={args.seq_len}"] if args.seq_len else []
+    _room_for_deep_graphs()  # as the flopsweep command does: ResNet-BK's long autograd chains
+    walls, rss = whole_process(args.model, args.runs, args.tracking, extra)
     print(f"whole process, tracking={args.tracking}, {args.runs} runs: wall median {statistics.median(walls):.2f} s "
           f"(min {min(walls):.2f}, max {max(walls):.2f}); peak RSS {max(rss):.2f} GiB")
-    for key, value in in_process(args.model).items():
+    for key, value in in_process(args.model, extra).items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
 
 

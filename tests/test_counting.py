@@ -130,3 +130,20 @@ def test_meta_kernel_cache_changes_no_count(fields, monkeypatch):
     assert filled > 20 and len(meta._outputs) == filled
     assert counts(uncached) == counts(cold) == counts(warm)
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+def test_flopsweeps_dispatch_modes_opt_out_of_pytorchs_dynamo_wrapper():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from flopsweep.measure.count import _Counter
+    from flopsweep.measure.meta import _KernelCache
+    from flopsweep.measure.size import LiveBytes
+
+    class Plain(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    # PyTorch wraps a mode's __torch_dispatch__ (three calls around every op) unless the mode opts out
+    assert hasattr(Plain.__dict__["__torch_dispatch__"], "__wrapped__")
+    for mode in (_Counter, _KernelCache, LiveBytes):
+        assert not hasattr(mode.__dict__["__torch_dispatch__"], "__wrapped__"), mode.__name__

@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from flopsweep.measure.dispatch import EagerDispatchMode
 from flopsweep.measure.formulas import CountOptions, cost_of
 
 ROOT = "(model)"
@@ -158,7 +158,18 @@ class _ModuleTracker:
         return names[i] if i >= 0 else ROOT
 
 
-class _Counter(TorchDispatchMode):
+_names: dict[Any, str] = {}
+
+
+def _name(func: Any) -> str:
+    """``aten.mm``: the op's name without its overload, as the tables show it (made once per overload)."""
+    name = _names.get(func)
+    if name is None:
+        name = _names[func] = str(func.overloadpacket)
+    return name
+
+
+class _Counter(EagerDispatchMode):
     """Counts every op into ``phase``, which the caller moves on, or which ``phase_of`` tells for each op."""
 
     def __init__(self, tracker: _ModuleTracker, opts: CountOptions, phase_of: Optional[Callable[[], str]] = None):
@@ -173,7 +184,7 @@ class _Counter(TorchDispatchMode):
         out = func(*args, **kwargs)
         cost = cost_of(func, args, kwargs, out, self.opts)
         if cost is None:
-            self.uncounted[str(func.overloadpacket)] += 1
+            self.uncounted[_name(func)] += 1
             return out
         if not (cost.matmul or cost.elementwise):
             return out
@@ -184,10 +195,12 @@ class _Counter(TorchDispatchMode):
             path = self.tracker.backward_path()
         else:
             path = OPTIMIZER
-        count = self.counts.setdefault(phase, PhaseCount())
+        count = self.counts.get(phase)
+        if count is None:
+            count = self.counts[phase] = PhaseCount()
         count.matmul += cost.matmul
         count.elementwise += cost.elementwise
-        for tally in (count.by_op[str(func.overloadpacket)], count.by_module[path]):
+        for tally in (count.by_op[_name(func)], count.by_module[path]):
             tally.calls += 1
             tally.matmul += cost.matmul
             tally.elementwise += cost.elementwise

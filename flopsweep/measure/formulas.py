@@ -295,14 +295,22 @@ FREE_OPS = frozenset(getattr(aten, name) for name in """
 
 def cost_of(func: Any, args: tuple, kwargs: dict, out: Any, opts: CountOptions) -> Optional[OpCost]:
     """The cost of one call, or None when the op does arithmetic that no formula covers."""
-    if func.namespace == "profiler":
-        return OpCost()
+    rule = _rules.get(func)
+    if rule is None:
+        rule = _rules[func] = _rule_of(func)
+    return rule(args, kwargs, out, opts)
+
+
+_FREE = OpCost()
+_rules: dict[Any, Callable[..., Optional[OpCost]]] = {}  # overload -> its formula: looked up once per overload
+
+
+def _rule_of(func: Any) -> Callable[..., Optional[OpCost]]:
     packet = func.overloadpacket
-    formula = FORMULAS.get(packet)
-    if formula is not None:
-        return formula(args, kwargs, out, opts)
-    if packet in FREE_OPS:
-        return OpCost()
+    if func.namespace == "profiler" or (packet not in FORMULAS and packet in FREE_OPS):
+        return lambda *_: _FREE
+    if packet in FORMULAS:
+        return FORMULAS[packet]
     if torch.Tag.pointwise in func.tags:
-        return _per_element_pointwise(args, kwargs, out, opts)
-    return None
+        return _per_element_pointwise
+    return lambda *_: None

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from flopsweep.measure.dispatch import EagerDispatchMode
 
 _FLASH = SDPBackend.FLASH_ATTENTION.value
 
@@ -91,15 +92,19 @@ class _NotCacheable(Exception):
     pass
 
 
+_META = torch.device("meta")
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _dense_meta(x: torch.Tensor) -> bool:
-    return type(x) in (torch.Tensor, torch.nn.Parameter) and x.device.type == "meta" and x.layout == torch.strided
+    return type(x) in _PLAIN and x.is_meta and x.layout == torch.strided
 
 
 def _key(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         if not _dense_meta(x):
             raise _NotCacheable
-        return x.dtype, tuple(x.shape), x.stride(), x.storage_offset()
+        return x.dtype, x.shape, x.stride(), x.storage_offset()  # torch.Size hashes as the tuple it is
     if isinstance(x, (list, tuple)):
         return type(x), tuple(_key(v) for v in x)
     if x is None or isinstance(x, (bool, int, float, str, torch.dtype, torch.device, torch.layout,
@@ -128,7 +133,7 @@ def _make(spec: Any) -> Any:
         kind, items = spec
         return kind(_make(v) for v in items)
     shape, stride, dtype = spec
-    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    return torch.empty_strided(shape, stride, dtype=dtype, device=_META)
 
 
 def _kind(func) -> Optional[str]:
@@ -147,13 +152,13 @@ def _kind(func) -> Optional[str]:
     return kind
 
 
-class _KernelCache(TorchDispatchMode):
+class _KernelCache(EagerDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind, key = _kind(func), None
         if kind is not None:
             try:
-                key = (func, _key(args), _key(tuple(sorted(kwargs.items()))))
+                key = (func, _key(args), _key(tuple(sorted(kwargs.items()))) if kwargs else ())
             except _NotCacheable:
                 key = None
             else:

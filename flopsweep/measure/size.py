@@ -9,9 +9,9 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from flopsweep.measure.dispatch import EagerDispatchMode
 from flopsweep.models.base import embedding_params
 
 
@@ -116,7 +116,7 @@ def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: O
                       train_peak_bytes=peak)
 
 
-class LiveBytes(TorchDispatchMode):
+class LiveBytes(EagerDispatchMode):
     """While entered, the bytes of the tensor storages alive, and the most at once (``peak``): every storage an op
     creates, and those passed to :meth:`track` (what was alive before). A storage counts once, however many
     views share it, and leaves when it is freed (a weak reference to it). On meta this is the step's memory
