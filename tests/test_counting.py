@@ -147,3 +147,16 @@ def test_flopsweeps_dispatch_modes_opt_out_of_pytorchs_dynamo_wrapper():
     assert hasattr(Plain.__dict__["__torch_dispatch__"], "__wrapped__")
     for mode in (_Counter, _KernelCache, LiveBytes):
         assert not hasattr(mode.__dict__["__torch_dispatch__"], "__wrapped__"), mode.__name__
+
+
+def test_a_formula_registered_later_replaces_the_rule_ops_found_before(monkeypatch):
+    from flopsweep.measure import formulas
+
+    monkeypatch.setattr(formulas, "FORMULAS", dict(formulas.FORMULAS))
+    monkeypatch.setattr(formulas, "_rules", {})
+    a, b = torch.ones(2, 3), torch.ones(3, 4)
+    mm = torch.ops.aten.mm.default
+    opts = formulas.CountOptions()
+    assert formulas.cost_of(mm, (a, b), {}, mm(a, b), opts).matmul == 2 * 2 * 3 * 4
+    formulas.register(torch.ops.aten.mm)(lambda *_: formulas.OpCost(matmul=7))
+    assert formulas.cost_of(mm, (a, b), {}, mm(a, b), opts).matmul == 7

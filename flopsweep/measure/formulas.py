@@ -61,12 +61,14 @@ class CountOptions:
 
 Formula = Callable[[tuple, dict, Any, CountOptions], OpCost]
 FORMULAS: dict[Any, Formula] = {}
+_rules: dict[Any, Callable[..., Optional[OpCost]]] = {}  # overload -> its rule, found once per overload (cost_of)
 
 
 def register(*ops: Any) -> Callable[[Formula], Formula]:
     def wrap(fn: Formula) -> Formula:
         for op in ops:
             FORMULAS[op] = fn
+        _rules.clear()  # a formula registered later replaces what ops found before
         return fn
     return wrap
 
@@ -302,7 +304,6 @@ def cost_of(func: Any, args: tuple, kwargs: dict, out: Any, opts: CountOptions) 
 
 
 _FREE = OpCost()
-_rules: dict[Any, Callable[..., Optional[OpCost]]] = {}  # overload -> its formula: looked up once per overload
 
 
 def _rule_of(func: Any) -> Callable[..., Optional[OpCost]]:
