@@ -151,7 +151,9 @@ def pg_account(name: Optional[str]) -> Optional[Account]:
 
 def _blocked_for(path: Path, account: Account) -> Optional[Path]:
     """The first folder on the way to ``path`` that ``account`` may not enter, or None."""
-    groups = {account.gid} | {g.gr_gid for g in _all_groups() if account.name in g.gr_mem}
+    import grp
+
+    groups = {account.gid} | {g.gr_gid for g in grp.getgrall() if account.name in g.gr_mem}
     for folder in [*reversed(path.parents), path]:
         if not folder.exists():
             break
@@ -160,12 +162,6 @@ def _blocked_for(path: Path, account: Account) -> Optional[Path]:
         if not st.st_mode & bit:
             return folder
     return None
-
-
-def _all_groups() -> list:
-    import grp
-
-    return grp.getgrall()
 
 
 def _pg(command: list[str], account: Optional[Account], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
@@ -342,15 +338,20 @@ def stop_mlflow(layout: Layout, timeout: float = 20) -> bool:
         layout.mlflow_pid.unlink(missing_ok=True)
         return False
     _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _group_alive(pgid):
+    if not _group_ended(pgid, timeout):
         _signal_group(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _group_ended(pgid, 10)
     layout.mlflow_pid.unlink(missing_ok=True)
+    return True
+
+
+def _group_ended(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for every process of the group to end; whether they did."""
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
     return True
 
 
