@@ -132,12 +132,12 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
     if spec.device != "meta" and spec.measure.memory_check:  # an explicit budget may exceed what is there
         check = check_memory(with_batch_size(spec, size), estimate, available)
         if check is not None and not check.fits:
-            return _skipped(with_batch_size(spec, size), _with_batch_size(config, size), check.reason(),
+            return _skipped(with_batch_size(spec, size), _config_at_batch(config, size), check.reason(),
                             estimate.size(size), {"memory_check": check.info(), "batch_search": search.info()})
     del estimate  # the meta model: it holds no memory, but nothing needs it now
     attempts: list[dict[str, Any]] = []
     while True:
-        sized, chosen_config = with_batch_size(spec, size), _with_batch_size(config, size)
+        sized, chosen_config = with_batch_size(spec, size), _config_at_batch(config, size)
         result = _run(sized, chosen_config)
         attempts.append({"batch": size, "status": result.status, "error": result.error})
         if result.status != "oom" or size == 1 or len(attempts) == MAX_ATTEMPTS:
@@ -156,7 +156,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
     return result
 
 
-def _with_batch_size(config: dict[str, Any], size: int) -> dict[str, Any]:
+def _config_at_batch(config: dict[str, Any], size: int) -> dict[str, Any]:
     """The job's config as run: ``batch.size`` the batch chosen, not ``max`` (the fingerprint keeps ``max``)."""
     return {**config, "batch": {**(config.get("batch") or {}), "size": size}}
 
