@@ -219,7 +219,7 @@ class SweepSummary(Callback):
         if self.parent is not None:
             os.environ.pop(PARENT_ENV, None)
             try:
-                store(self.target).finish_parent(self.parent, results, sweep_dir / "summary.csv")
+                store(self.target).finish_parent(self.parent, results, sweep_dir / "summary.csv", failed=_failed)
             except Exception as err:  # noqa: BLE001
                 print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
             print(f"MLflow: {self.target.ui_command()}  (experiment {self.target.experiment!r})")

@@ -246,14 +246,15 @@ def joblib_settings(launcher: Any) -> dict[str, Any]:
 class _Once:
     """A value pickled once in the sweep's process and unpickled once in each worker: what a task carries is the
     pickled bytes and a key (copying bytes costs nothing next to pickling objects), and a worker keeps the value
-    of the last key it saw."""
+    of the last key it saw. Where joblib runs the tasks in this process (``n_jobs=1``) nothing is pickled: the
+    task gets this object, and its ``value``."""
 
     def __init__(self, value: Any) -> None:
         import uuid
 
         from joblib.externals.loky.backend.reduction import dumps
 
-        self.key, self.data = uuid.uuid4().hex, dumps(value)
+        self.value, self.key, self.data = value, uuid.uuid4().hex, dumps(value)
 
     def __reduce__(self) -> tuple:
         return _unpickle_once, (self.key, self.data)
@@ -274,7 +275,7 @@ def _unpickle_once(key: str, data: bytes) -> Any:
 _installed: Optional[object] = None  # the sweep state this worker has installed
 
 
-def _execute_job(idx: int, overrides: list[str], state: tuple) -> JobReturn:
+def _execute_job(idx: int, overrides: list[str], state: Any) -> JobReturn:
     """One job in a joblib worker: what Hydra's joblib launcher runs, with the sweep's state installed once."""
     global _installed
     from hydra.core.hydra_config import HydraConfig
@@ -282,6 +283,8 @@ def _execute_job(idx: int, overrides: list[str], state: tuple) -> JobReturn:
     from hydra.core.utils import run_job, setup_globals
     from omegaconf import open_dict
 
+    if isinstance(state, _Once):  # run in the sweep's own process
+        state = state.value
     hydra_context, config, task_function, singletons, env = state
     if _installed is not state:
         setup_globals()

@@ -117,14 +117,18 @@ class Store:
                                            "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
         return run.info.run_id
 
-    def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path) -> None:
+    def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,
+                      failed: bool = False) -> None:
+        """Log the sweep's job counts and summary (if any job left a folder) and end its run: FAILED if a job
+        failed or ``failed`` (the sweep itself did: its launcher stopped), else FINISHED."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         counts = status_counts(results)
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
-        self.client.log_artifact(run_id, str(summary_csv))
-        self.client.set_terminated(run_id, "FAILED" if any_failed(results) else "FINISHED")
+        if summary_csv.exists():
+            self.client.log_artifact(run_id, str(summary_csv))
+        self.client.set_terminated(run_id, "FAILED" if failed or any_failed(results) else "FINISHED")
 
     def delete_unfinished_children(self, parent_id: str) -> int:
         """Delete the job runs of a sweep left RUNNING by a worker killed while logging. Returns how many."""

@@ -70,6 +70,27 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
     assert parent.data.metrics["jobs/lost"] == 0
 
 
+@pytest.mark.slow
+def test_joblib_with_one_worker_runs_the_jobs_in_the_sweeps_process(tmp_path):
+    proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
+                   "tracking.experiment=one", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = sweep_results(tmp_path)
+    assert len(results) == 2 and {r["status"] for r in results.values()} == {"ok"}
+    (parent,), jobs = store(tmp_path, "one")
+    assert len(jobs) == 2 and parent.info.status == "FINISHED"
+
+
+def test_a_launcher_that_cannot_start_fails_the_sweep_and_closes_its_run(tmp_path):
+    proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
+                   "tracking.experiment=zero", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("flopsweep: error")]
+    assert len(errors) == 1 and "n_jobs" in errors[0] and "Traceback" not in proc.stderr
+    (parent,), jobs = store(tmp_path, "zero")
+    assert jobs == [] and parent.info.status == "FAILED"  # ended, not left RUNNING
+
+
 def _seen_in_worker(state: dict) -> tuple[int, int]:
     return os.getpid(), id(state)
 
