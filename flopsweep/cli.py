@@ -166,9 +166,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _open_sweep
-        _open_sweep = self
         from flopsweep.sweeper import concurrent_timing_error, start_workers
         from flopsweep.tracking import PARENT_ENV, store, target_of
+
+        _open_sweep = self
 
         try:
             refusal = concurrent_timing_error(config)

@@ -220,7 +220,7 @@ def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> 
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    settings = joblib_settings(launcher.joblib)
+    settings = joblib_settings(config.hydra.launcher)
     log = logging.getLogger(__name__)
     log.info(f"Joblib.Parallel({','.join(f'{k}={v}' for k, v in settings.items())}) is launching {len(batch)} jobs")
     log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
@@ -232,11 +232,11 @@ def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> 
                                      for i, overrides in enumerate(batch)))
 
 
-def joblib_settings(launcher: Any) -> dict[str, Any]:
+def joblib_settings(launcher: DictConfig) -> dict[str, Any]:
     """``joblib.Parallel``'s arguments from ``hydra.launcher``, as Hydra's launcher makes them (loky processes)."""
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
-    settings = OmegaConf.to_container(launcher, resolve=True) if isinstance(launcher, DictConfig) else dict(launcher)
+    settings = OmegaConf.to_container(launcher, resolve=True)
     settings.pop("_target_", None)
     settings["backend"] = "loky"
     process_joblib_cfg(settings)
@@ -245,37 +245,40 @@ def joblib_settings(launcher: Any) -> dict[str, Any]:
 
 class _Once:
     """A value pickled once in the sweep's process and unpickled once in each worker: what a task carries is the
-    pickled bytes and a key (copying bytes costs nothing next to pickling objects), and a worker keeps the value
-    of the last key it saw. Where joblib runs the tasks in this process (``n_jobs=1``) nothing is pickled: the
-    task gets this object, and its ``value``."""
+    pickled bytes and a key (copying bytes costs nothing next to pickling objects), and a worker keeps the one
+    ``_Once`` of the last key it saw. Where joblib runs the tasks in the sweep's process (``n_jobs=1``), they get
+    this object itself, and nothing is pickled."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, key: Optional[str] = None) -> None:
         import uuid
 
-        from joblib.externals.loky.backend.reduction import dumps
-
-        self.value, self.key, self.data = value, uuid.uuid4().hex, dumps(value)
+        self.value, self.key = value, key or uuid.uuid4().hex
+        self._data: Optional[bytes] = None
 
     def __reduce__(self) -> tuple:
-        return _unpickle_once, (self.key, self.data)
+        if self._data is None:
+            from joblib.externals.loky.backend.reduction import dumps
+
+            self._data = dumps(self.value)
+        return _unpickle_once, (self.key, self._data)
 
 
-_received: dict[str, Any] = {}
+_received: dict[str, _Once] = {}
 
 
-def _unpickle_once(key: str, data: bytes) -> Any:
+def _unpickle_once(key: str, data: bytes) -> _Once:
     import pickle
 
     if key not in _received:
         _received.clear()
-        _received[key] = pickle.loads(data)
+        _received[key] = _Once(pickle.loads(data), key)
     return _received[key]
 
 
-_installed: Optional[object] = None  # the sweep state this worker has installed
+_installed: Optional[_Once] = None  # the sweep state this process has installed
 
 
-def _execute_job(idx: int, overrides: list[str], state: Any) -> JobReturn:
+def _execute_job(idx: int, overrides: list[str], state: _Once) -> JobReturn:
     """One job in a joblib worker: what Hydra's joblib launcher runs, with the sweep's state installed once."""
     global _installed
     from hydra.core.hydra_config import HydraConfig
@@ -283,9 +286,7 @@ def _execute_job(idx: int, overrides: list[str], state: Any) -> JobReturn:
     from hydra.core.utils import run_job, setup_globals
     from omegaconf import open_dict
 
-    if isinstance(state, _Once):  # run in the sweep's own process
-        state = state.value
-    hydra_context, config, task_function, singletons, env = state
+    hydra_context, config, task_function, singletons, env = state.value
     if _installed is not state:
         setup_globals()
         Singleton.set_state(singletons)
