@@ -239,7 +239,7 @@ def abandon_sweep(status: str) -> None:
     sweep = _open_sweep
     if sweep is not None and sweep.parent is not None:
         try:
-            store(sweep.target).client.set_terminated(sweep.parent, status)
+            store(sweep.target).end_parent(sweep.parent, status)
         except Exception as err:  # noqa: BLE001
             print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             if summary.exists():
                 store.finish_parent(parent, results, summary)
             else:
-                store.client.set_terminated(parent, "FINISHED")
+                store.end_parent(parent, "FINISHED")
     where = ", ".join(sorted(uris)) or target_at(args.uri, args.store_dir or "outputs", "").uri
     print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({where})")
     return 1 if failed else 0

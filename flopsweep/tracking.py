@@ -128,7 +128,11 @@ class Store:
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         if summary_csv.exists():
             self.client.log_artifact(run_id, str(summary_csv))
-        self.client.set_terminated(run_id, "FAILED" if failed or any_failed(results) else "FINISHED")
+        self.end_parent(run_id, "FAILED" if failed or any_failed(results) else "FINISHED")
+
+    def end_parent(self, run_id: str, status: str) -> None:
+        """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""
+        self.client.set_terminated(run_id, status)
 
     def delete_unfinished_children(self, parent_id: str) -> int:
         """Delete the job runs of a sweep left RUNNING by a worker killed while logging. Returns how many."""
