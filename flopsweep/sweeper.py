@@ -7,7 +7,8 @@ cartesian product and the presets' ``hydra.sweeper.params``, made for parallel l
 - survives a worker process that dies (SIGKILL, a segfault, the kernel's OOM killer). joblib's process pool then
   breaks: every job running in it is killed and the queued ones are cancelled. The jobs that were running run
   again, one at a time: a job whose worker dies again when it runs alone is lost, the others finish; the jobs
-  that had not started are launched again. The runs that the kill left RUNNING in MLflow are deleted;
+  that had not started are launched again. The MLflow runs that no job's folder names are deleted (left RUNNING
+  by the kill, or logged whole by a job killed before it recorded its run): every job is logged once;
 - turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost;
 - runs ``hydra/launcher=joblib``'s jobs as Hydra's launcher does but sends Hydra's state to each worker once, not
   with every job (:func:`launch_joblib`);
@@ -130,18 +131,32 @@ class RecoveringLauncher:
         return Path(str(self.config.hydra.sweep.dir))
 
     def _forget_cut_off_runs(self) -> None:
-        """Delete the sweep's job runs that a killed worker left RUNNING: no job of the sweep runs now, and the
-        job is logged again whole when it runs again."""
+        """Delete the sweep's job runs that no job's ``result.json`` names: no job of the sweep runs now, so those
+        are the runs of jobs killed while logging, or after logging and before recording their run id, and
+        each of these jobs logs itself again whole when it runs again."""
         from flopsweep.tracking import PARENT_ENV, store, target_of
 
         parent = os.environ.get(PARENT_ENV)
         try:
             target = target_of(self.config.tracking, Path.cwd())
             if parent and target is not None:
-                store(target).delete_unfinished_children(parent)
-        except Exception as err:  # noqa: BLE001 - a leftover RUNNING run is untidy, not a lost result
-            print(f"flopsweep: warning: could not delete the runs the dead worker left unfinished: {_one_line(err)}",
+                store(target).delete_children_except(parent, _recorded_runs(self._sweep_dir()))
+        except Exception as err:  # noqa: BLE001 - an extra run is untidy, not a lost result
+            print(f"flopsweep: warning: could not delete the runs the dead worker left unrecorded: {_one_line(err)}",
                   file=sys.stderr)
+
+
+def _recorded_runs(sweep_dir: Path) -> set[str]:
+    """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
+    from flopsweep.result import Result
+
+    recorded = set()
+    for path in sweep_dir.glob("*/result.json"):
+        try:
+            recorded.add((Result.read(path).info.get("tracking") or {}).get("run_id"))
+        except (OSError, ValueError):  # cut off mid-write: its job runs again
+            pass
+    return recorded - {None}
 
 
 def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:

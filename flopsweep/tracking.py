@@ -109,7 +109,11 @@ class Store:
     def delete_unfinished(self, fingerprint_: str) -> int:
         """Delete the runs of this fingerprint left RUNNING: a store that failed in the middle of logging a job
         leaves one, and the job is logged again whole. Returns how many."""
-        return self._delete_running(f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}'")
+        runs = self.client.search_runs([self.experiment_id()],
+                                       filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and {UNFINISHED}")
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
@@ -134,15 +138,21 @@ class Store:
         """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""
         self.client.set_terminated(run_id, status)
 
-    def delete_unfinished_children(self, parent_id: str) -> int:
-        """Delete the job runs of a sweep left RUNNING by a worker killed while logging. Returns how many."""
-        return self._delete_running(f"tags.`mlflow.parentRunId` = '{parent_id}'")
-
-    def _delete_running(self, where: str) -> int:
-        runs = self.client.search_runs([self.experiment_id()], filter_string=f"{where} and {UNFINISHED}")
-        for run in runs:
-            self.client.delete_run(run.info.run_id)
-        return len(runs)
+    def delete_children_except(self, parent_id: str, keep: set[str]) -> int:
+        """Delete the job runs of a sweep whose ids are not in ``keep`` (the runs its jobs' folders name): runs a
+        killed worker left RUNNING, and runs it logged whole but was killed before it recorded them in the job's
+        folder. Those jobs run again and log themselves again. Returns how many were deleted."""
+        children, token = [], None
+        while True:  # every page first: a deleted run leaves the search, which pages by offset
+            page = self.client.search_runs([self.experiment_id()], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                           max_results=1000, page_token=token)
+            children += [run.info.run_id for run in page if run.info.run_id not in keep]
+            token = page.token
+            if not token:
+                break
+        for run_id in children:
+            self.client.delete_run(run_id)
+        return len(children)
 
     def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
         from mlflow.entities import Metric, Param

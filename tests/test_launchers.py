@@ -163,6 +163,40 @@ def test_a_killed_worker_loses_only_its_job_and_a_rerun_measures_it(tmp_path, mo
     assert len(finished) == 6 and set(finished.values()) == {1}  # one finished run per configuration
 
 
+def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, monkeypatch, compose_cfg):
+    """A worker killed after its job logged a FINISHED run and before the job wrote the run's id into its
+    result.json: the job runs again, so that run must go, or the job ends with two runs (seen in CI)."""
+    from omegaconf import OmegaConf
+
+    from flopsweep.result import Result
+    from flopsweep.sweeper import RecoveringLauncher
+    from flopsweep.tracking import PARENT_ENV, Store, target_of
+
+    cfg = compose_cfg("tracking.experiment=cleanup")
+    config = OmegaConf.create({"tracking": cfg.tracking, "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    monkeypatch.chdir(tmp_path)
+    db = Store(target_of(cfg.tracking, tmp_path))
+    parent = db.start_parent(tmp_path / "sweep", [])
+    other = db.start_parent(tmp_path / "other", [])  # another sweep's jobs are not this one's to delete
+    exp = db.experiment_id()
+    child = {"mlflow.parentRunId": parent, "flopsweep.kind": "job"}
+    recorded, twin, cut_off = (db.client.create_run(exp, tags=child).info.run_id for _ in range(3))
+    foreign = db.client.create_run(exp, tags={**child, "mlflow.parentRunId": other}).info.run_id
+    for run_id in (recorded, twin, foreign):
+        db.client.set_terminated(run_id, "FINISHED")
+    for name, info in [("0_job", {"tracking": {"logged": True, "run_id": recorded}}), ("1_job", {})]:
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        Result("ok", None, {}, info=info).write(tmp_path / "sweep" / name / "result.json")
+    (tmp_path / "sweep" / "2_job").mkdir()
+    (tmp_path / "sweep" / "2_job" / "result.json").write_text('{"status": "o')  # cut off mid-write
+    monkeypatch.setenv(PARENT_ENV, parent)
+
+    RecoveringLauncher(None, config)._forget_cut_off_runs()
+    active = {r.info.run_id for r in db.client.search_runs([exp])}
+    assert active == {parent, other, recorded, foreign}
+    assert {db.client.get_run(r).info.lifecycle_stage for r in (twin, cut_off)} == {"deleted"}
+
+
 @pytest.mark.slow
 def test_submitit_local_runs_a_meta_sweep(tmp_path):
     proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=submitit_local", "tracking.experiment=submitit",
