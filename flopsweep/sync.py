@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         store = store_for(target_of_uri(uri, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
             results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
-            summary = sweep_dir / "summary.csv"
-            if summary.exists():
-                store.finish_parent(parent, results, summary)
-            else:
-                store.end_parent(parent, "FINISHED")
+            store.finish_parent(parent, results, sweep_dir / "summary.csv")
     where = ", ".join(sorted(uris)) or target_at(args.uri, args.store_dir or "outputs", "").uri
     print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({where})")
     return 1 if failed else 0

@@ -153,12 +153,16 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
     experiment_id = client.create_experiment("flopsweep")
     orphan = client.create_run(experiment_id, tags={"flopsweep.kind": "job",
                                                     "flopsweep.fingerprint": results["ok"]["info"]["fingerprint"]})
+    next((tmp_path / "outputs" / "sweeps").rglob("summary.csv")).unlink()  # as if the sweep was cut off before it
     sync = [sys.executable, "-m", "flopsweep.sync", "outputs/sweeps"]  # relative, as the README writes it
     first = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
     assert "2 logged, 0 already" in first.stdout, first.stderr
     jobs = job_runs(client, client.get_experiment(experiment_id))
     assert len(jobs) == 2 and orphan.info.run_id not in {r.info.run_id for r in jobs}
     assert sorted(r.info.status for r in jobs) == ["FAILED", "FINISHED"]
+    # the sweep's run sync opened ends with the counts of the jobs it found, FAILED for the failed one
+    (parent,) = client.search_runs([experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs/ok"] == parent.data.metrics["jobs/failed"] == 1
     second = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
     assert "0 logged, 2 already" in second.stdout, second.stderr  # the failed job's run counts as logged
 
