@@ -37,7 +37,8 @@ BATCH_SIZE = "config/batch_size"
 SEQ_LEN = "config/seq_len"
 
 # training-cost projections (flopsweep-project): one metric per method and quantity
-PROJECTION_METHODS = {"counted": "counted", "6ND": "6ND", "6ND+attention": "6ND_attention"}  # method -> key part
+PROJECTION_METHODS = {"counted": "counted", "6ND": "6ND", "6ND+attention": "6ND_attention",  # method -> key part
+                      "2ND": "2ND", "2ND+attention": "2ND_attention"}  # inference (forward only)
 PROJECTION_QUANTITIES = ("flops", "gpu_hours", "days", "cost", "energy_kwh")
 
 

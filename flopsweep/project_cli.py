@@ -1,7 +1,9 @@
-"""``flopsweep-project``: what training a measured model will cost, or what a budget buys.
+"""``flopsweep-project``: what training a measured model will cost (or running it forward over tokens, for an
+inference run), or what a budget buys.
 
     flopsweep-project outputs/sweeps/.../3_llama2_7b --tokens 2T --gpu H100 --gpus 512 --mfu 0.4 --price 2.5
     flopsweep-project --model gpt3_13b --compute-optimal --gpus 1024 --mfu 0.45 --watts 700
+    flopsweep-project --model llama2_7b --inference --tokens 1T --gpus 8 --mfu 0.4
     flopsweep-project --model llama2_7b --budget-usd 1M --gpus 256 --mfu 0.4 --price 2.5
     flopsweep-project outputs/runs/.../gpt3_175b --tokens 300B --dp 16 --tp 8 --pp 8 --zero 1 --micro-batches 96 \
         --gpu A100 --gpu-memory 80 --mfu 0.4
@@ -46,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="a measured job: its folder (with result.json) or its MLflow run id")
     p.add_argument("--model", help="a model preset to count on meta instead of a measured run")
     p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default: the preset's)")
+    p.add_argument("--inference", action="store_true",
+                   help="with --model: count a forward pass only (train=inference) and project the tokens processed;"
+                        " a measured inference run is projected so by itself")
     plan = p.add_argument_group("training plan (one of)")
     plan.add_argument("--tokens", type=amount, help="training tokens")
     plan.add_argument("--steps", type=amount, help="optimizer steps (with --batch; tokens = steps x batch x seq)")
@@ -109,10 +114,12 @@ def _run(args: argparse.Namespace) -> int:
             or None, "give exactly one of --tokens, --steps, --compute-optimal or one --budget-*")
     require((args.steps is None) == (args.batch is None), "batch" if args.steps else "steps", None,
             "--steps and --batch go together (tokens = steps x batch x sequence length)")
+    require(args.model is not None or not args.inference, "inference", True,
+            "goes with --model: a measured run is projected as it was measured (training, or inference)")
     layout = _layout(args)
     hardware = _hardware(args, layout)
     if args.model:
-        result = _measure_preset(args.model, args.seq_len, int(args.batch) if args.batch else 1)
+        result = _measure_preset(args.model, args.seq_len, int(args.batch) if args.batch else 1, args.inference)
         source = "the preset, counted on meta"
     else:
         result, source = _load(args.run, _target(args).uri), args.run
@@ -132,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.steps:
             plan = P.Plan.of_steps(int(args.steps), int(args.batch), args.seq_len or cost.seq_len, args.recompute)
         else:
+            require(cost.training, "compute-optimal", True, f"is a training plan; {source} was measured forward "
+                    "only (inference): give --tokens or --steps")
             plan = P.Plan.compute_optimal(cost.params, args.recompute)
         proj = P.project(cost, plan, hardware, devices)
         print(proj.table())
@@ -195,7 +204,7 @@ def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
     return run_id or (ref if ref and not Path(ref).exists() else None)
 
 
-def _measure_preset(model: str, seq_len: Optional[int], batch: int = 1) -> Result:
+def _measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False) -> Result:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
@@ -203,6 +212,8 @@ def _measure_preset(model: str, seq_len: Optional[int], batch: int = 1) -> Resul
     from flopsweep.job import run_job
 
     overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none"]
+    if inference:
+        overrides.append("train=inference")
     if seq_len:
         overrides.append(f"batch.seq_len={seq_len}")
     try:
@@ -219,20 +230,22 @@ def _budget_report(flops: float, kind: str, value: float, cost, hardware, recomp
     from flopsweep.projection import TOKENS_PER_PARAM, compute_optimal_fits, tokens_within
 
     tokens = tokens_within(flops, cost, recompute)
-    fits = compute_optimal_fits(flops, preset_costs(), recompute)
+    fits = compute_optimal_fits(flops, preset_costs(), recompute) if cost.training else []
     lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs on {hardware.gpus:,} × {hardware.gpu}"
              f" at MFU {hardware.mfu:.1%}" + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""),
              ""]
     if devices:
         lines += [per_device_table(devices, hardware.memory_bytes), ""]
-    lines += [f"{cost.model} (N = {cost.params:,}) trains on, by method:"]
+    lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
+              + ", by method:"]
     lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
-    lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
+    if fits:
+        lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
                   "preset at its sequence length:"]
-    width = max(len(f.model) for f in fits)
-    lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
-              f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
+        width = max(len(f.model) for f in fits)
+        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
+                  f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
     return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
             "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
             "parallel": devices.to_dict() if devices else None}

@@ -10,7 +10,8 @@ The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metr
   length), for decoder-only models; attention over the full T×T square, the MFU convention.
 
 Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
-``8·N + 16·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by (1 − pipeline bubble) when a parallel
+``8·N + 16·L·H·Q·T``. An inference job (``train=inference``: forward only) projects the tokens it processes:
+counted forward × tokens, ``2ND`` and ``2·N + 4·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by (1 − pipeline bubble) when a parallel
 layout (:mod:`flopsweep.parallel`) is given; it also sets the GPU count and adds the per-device figures.
 """
 
@@ -28,6 +29,7 @@ from flopsweep.result import Result
 
 TOKENS_PER_PARAM = 20  # compute-optimal data (Hoffmann et al. 2022)
 METHODS = ("counted", "6ND", "6ND+attention")
+INFERENCE_METHODS = ("counted", "2ND", "2ND+attention")  # forward only: a third of training's closed forms
 
 
 @dataclass(frozen=True)
@@ -40,24 +42,34 @@ class PerToken:
     counted: Optional[float]            # measured forward + backward FLOPs per token
     counted_forward: Optional[float]    # measured forward FLOPs per token (what recomputation adds)
     optimizer_step: Optional[float]     # measured FLOPs of one optimizer step
-    attention: Optional[float]          # 12·L·H·Q·T per token (decoders), else None
+    attention: Optional[float]          # 12·L·H·Q·T per token (decoders; 4·L·H·Q·T for inference), else None
     source: str = ""
+    training: bool = True               # False: a forward-only job, whose tokens are processed, not trained on
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return METHODS if self.training else INFERENCE_METHODS
 
     @classmethod
     def from_result(cls, result: Result, source: str = "") -> "PerToken":
-        """From a job's result: it must be ``ok`` and have counted a training step at a sequence length."""
+        """From a job's result: it must be ``ok`` and have counted a training step, or a forward pass of an
+        inference build (``train=inference``, int8 weights), at a sequence length."""
         m, model = result.metrics, result.config.get("model") or {}
         name = model.get("name", "?")
         require(result.status == "ok", "run", source or name, f"has status {result.status!r}, not 'ok'")
         seq, batch = m.get(M.SEQ_LEN), m.get(M.BATCH_SIZE)  # as run: a left-out seq_len is the model's default
         require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
-        require(m.get(M.FLOPS_BACKWARD) is not None, "run", source or name,
-                "counted no backward pass (inference or measure.count=false): nothing to project training from")
-        tokens = int(batch) * int(seq)
+        require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,
+                "counted nothing (measure.count=false): nothing to project from")
+        tokens, attention = int(batch) * int(seq), attention_per_token(model, int(seq))
+        if m.get(M.FLOPS_BACKWARD) is None:  # forward only: inference
+            return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq), counted=m[M.FLOPS_FORWARD] / tokens,
+                       counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=0.0,
+                       attention=None if attention is None else attention / 3.0, source=source, training=False)
         return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
                    counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
                    counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=m.get(M.FLOPS_OPTIMIZER) or 0.0,
-                   attention=attention_per_token(model, int(seq)), source=source)
+                   attention=attention, source=source)
 
 
 def attention_per_token(model: dict[str, Any], seq_len: int) -> Optional[float]:
@@ -148,16 +160,18 @@ def cost_row(method: str, flops: Optional[float], hw: Hardware, bubble: float = 
 
 
 def total_flops(cost: PerToken, plan: Plan) -> dict[str, Optional[float]]:
-    """Training FLOPs of the plan, by method (None where the method does not apply)."""
+    """FLOPs of the plan, by method of ``cost.methods`` (None where the method does not apply)."""
+    require(cost.training or not plan.recompute, "recompute", True,
+            f"{cost.model} was measured forward only (inference): there is no backward to recompute for")
     D, N = plan.tokens, cost.params
     counted = None
     if cost.counted is not None:
         per_token = cost.counted + (cost.counted_forward if plan.recompute else 0.0)
         steps = plan.steps if plan.steps is not None else 0.0
         counted = D * per_token + steps * (cost.optimizer_step or 0.0)
-    dense = (8.0 if plan.recompute else 6.0) * N * D
+    dense = (8.0 if plan.recompute else 6.0 if cost.training else 2.0) * N * D
     attention = None if cost.attention is None else dense + D * cost.attention * (4.0 / 3.0 if plan.recompute else 1.0)
-    return {"counted": counted, "6ND": dense, "6ND+attention": attention}
+    return dict(zip(cost.methods, (counted, dense, attention)))
 
 
 @dataclass
@@ -201,20 +215,22 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     if devices is not None:
         check_layout(devices, plan, hardware)
     totals = total_flops(cost, plan)
-    notes = ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
+    notes = [] if cost.training else [
+        "inference: the model was measured forward only; the plan's tokens are processed (forward), not trained on."]
+    notes += ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
              "N counts every parameter once, embeddings included; attention counts the full T×T square "
              "(causal masks not halved).",
              "time = FLOPs / (GPUs × peak × MFU); days are wall-clock on all GPUs."]
     if plan.recompute:
         notes.append("activation recomputation: one more forward per step (counted + forward, 8ND, 16·L·H·Q·T).")
     if cost.attention is None:
-        notes.append("6ND+attention applies to decoder-only models (PaLM's formula): not given for this family.")
-    if plan.steps is None and cost.counted is not None:
+        notes.append(f"{cost.methods[2]} applies to decoder-only models (PaLM's formula): not given for this family.")
+    if plan.steps is None and cost.counted is not None and cost.training:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
     notes += parallel_notes(devices, plan.recompute) if devices else []
     bubble = devices.bubble if devices else 0.0
-    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in METHODS], notes,
+    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in cost.methods], notes,
                       devices)
 
 
@@ -263,8 +279,9 @@ def budget_flops(kind: str, value: float, hw: Hardware, bubble: float = 0.0) -> 
 
 
 def tokens_within(flops: float, cost: PerToken, recompute: bool = False) -> dict[str, Optional[float]]:
-    """Tokens a budget of ``flops`` trains, by method (the optimizer step left out: it is per step)."""
-    per_token = {m: total_flops(cost, Plan(1.0, None, recompute))[m] for m in METHODS}
+    """Tokens a budget of ``flops`` trains (or, for inference, processes), by method (the optimizer step left out:
+    it is per step)."""
+    per_token = total_flops(cost, Plan(1.0, None, recompute))
     return {m: (flops / v if v else None) for m, v in per_token.items()}
 
 

@@ -102,6 +102,60 @@ def test_counted_equals_palm_less_what_does_no_matmul(compose_cfg):
     assert totals["6ND"] - totals["counted"] == pytest.approx(6 * D * no_matmul - D * 12 * L * d * T, rel=1e-9)
 
 
+def test_an_inference_run_projects_the_tokens_it_processes(compose_cfg):
+    """train=inference counts a forward pass only: the projection is forward × tokens, 2ND and 2N + 4·L·d·T per
+    token (a third of training's closed forms), the same tokens trained on would cost the training figures, and
+    what only training has (recomputation, compute-optimal data) is refused."""
+    L, d, T = 2, 64, 32
+    model = ["model=gpt2_small", f"model.n_layer={L}", f"model.d_model={d}", "model.n_head=4", "model.vocab_size=1000",
+             "batch.size=2", f"batch.seq_len={T}", "device=meta", "tracking=none"]
+    measured = {}
+    for mode in ("full", "inference"):
+        cfg = compose_cfg(*model, f"train={mode}")
+        result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+        assert result.status == "ok", result.error
+        measured[mode] = (result, PerToken.from_result(result))
+    (inference, cost), (_, train) = measured["inference"], measured["full"]
+    assert not cost.training and train.training and cost.params == train.params
+    D = 1e9
+    totals = total_flops(cost, Plan.of_tokens(D))
+    assert set(totals) == {"counted", "2ND", "2ND+attention"}
+    assert totals["counted"] == pytest.approx(D * inference.metrics["flops/forward"] / (2 * T), rel=1e-12)
+    assert totals["counted"] == pytest.approx(D * train.counted_forward, rel=1e-12)  # the same forward as training's
+    assert totals["2ND"] == 2 * cost.params * D
+    assert totals["2ND+attention"] == pytest.approx(totals["2ND"] + D * 4 * L * d * T, rel=1e-12)
+    trained = total_flops(train, Plan.of_tokens(D))
+    assert trained["6ND"] == 3 * totals["2ND"] and trained["6ND+attention"] == pytest.approx(3 * totals["2ND+attention"])
+    rows = project(cost, Plan.of_steps(10, 2, T), HW).rows
+    assert [r.method for r in rows] == ["counted", "2ND", "2ND+attention"]
+    assert rows[0].flops == pytest.approx(10 * inference.metrics["flops/forward"], rel=1e-12)  # no optimizer step
+    assert tokens_within(totals["2ND"], cost)["2ND"] == pytest.approx(D)
+    with pytest.raises(ConfigError, match="recompute"):
+        total_flops(cost, Plan.of_tokens(D, recompute=True))
+
+
+def test_project_command_projects_inference_and_refuses_training_plans_for_it(tmp_path):
+    import subprocess
+    import sys
+
+    def project(*args):
+        return subprocess.run([sys.executable, "-m", "flopsweep.project_cli", "--model", "gpt2_small", "--seq-len",
+                               "64", *args, "--mfu", "0.5", "--no-log"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+
+    out = project("--inference", "--budget-gpu-hours", "1")
+    assert out.returncode == 0, out.stderr
+    assert "processes (forward only), by method:" in out.stdout and "2ND+attention" in out.stdout
+    assert "compute-optimal" not in out.stdout  # training data per parameter means nothing for inference
+    for args, message in ((["--inference", "--compute-optimal"], "compute-optimal=True: is a training plan"),
+                          (["--inference", "--tokens", "1T", "--recompute"], "recompute=True"),):
+        out = project(*args)
+        assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", "some_folder", "--inference", "--tokens",
+                          "1T", "--mfu", "0.5", "--no-log"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "inference=True: goes with --model" in out.stderr, out.stderr
+
+
 def test_project_command_from_a_job_folder_logs_a_linked_run(tmp_path):
     """A real job (tiny GPT on meta, logged to a local store), then ``flopsweep-project`` on its folder: the
     printed totals follow from the job's metrics, the JSON is written, and the projection's MLflow run is
