@@ -101,8 +101,11 @@ def autocast_context(spec: JobSpec) -> Callable[[], ContextManager]:
     return lambda: torch.autocast(device_type, dtype=DTYPES[spec.autocast])
 
 
-def make_optimizer(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(conf: OptimizerConf, params: list[nn.Parameter]) -> Optional[torch.optim.Optimizer]:
+    """The configured optimizer over ``params``; None for ``optimizer=none`` (gradients, no step)."""
     betas = tuple(conf.betas)
+    if conf.name == "none":
+        return None
     if conf.name == "sgd":
         return torch.optim.SGD(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
     if conf.name == "sgd_momentum":

@@ -62,7 +62,7 @@ class BatchConf:
 
 @dataclass
 class OptimizerConf:
-    name: str = "adamw"                  # sgd | sgd_momentum | adam | adamw | adafactor
+    name: str = "adamw"                  # none | sgd | sgd_momentum | adam | adamw | adafactor
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.0
@@ -143,7 +143,7 @@ def compose_config(*overrides: str) -> DictConfig:
 
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
-OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adafactor")
+OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor")  # none: forward + backward, no step
 TRAIN_MODES = ("full", "frozen_backbone", "lora", "inference")
 
 

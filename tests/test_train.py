@@ -72,6 +72,15 @@ def test_inference_mode_counts_the_forward_only(compose_cfg):
     assert inference["flops/step"] == inference["flops/forward"] and inference.get("size/grads_bytes") is None
 
 
+def test_no_optimizer_counts_forward_and_backward_and_holds_no_state(compose_cfg):
+    full = job(compose_cfg)
+    bare = job(compose_cfg, "optimizer=none")
+    assert bare["flops/forward"] == full["flops/forward"] and bare["flops/backward"] == full["flops/backward"]
+    assert bare.get("flops/optimizer") is None and bare["flops/step"] == full["flops/step"] - full["flops/optimizer"]
+    assert bare["size/grads_bytes"] == full["size/grads_bytes"] > 0 and bare["size/optimizer_state_bytes"] == 0
+    assert full["size/optimizer_state_bytes"] > 0
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, inference"),
     (["train=lora", "train.rank=0"], "train.rank=0: must be an integer >= 1"),
