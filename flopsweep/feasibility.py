@@ -31,8 +31,11 @@ class Estimate:
     simulated step. ``peak_bytes``, the figure every check uses, is the larger of ``size/train_peak_bytes``
     (everything static plus every saved activation at once) and the simulated peak (temporaries included)."""
 
-    size: SizeRecord
-    step_peak_bytes: int
+    size: SizeRecord  # with its simulated step (``size.step``)
+
+    @property
+    def step_peak_bytes(self) -> int:
+        return self.size.step.peak_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -62,11 +65,10 @@ class MetaEstimate:
             built.model.zero_grad(set_to_none=True)
             inputs = example_inputs(spec, dataclasses.replace(spec.batch, size=batch_size))
             with MetaLikeCPU():  # the attention kernel the CPU would run, so activations match a cpu job's
-                peak, activations = simulate_step(built.model, inputs, built.optimizer, built.autocast,
-                                                  training=spec.training)
+                step = simulate_step(built.model, inputs, built.optimizer, built.autocast, training=spec.training)
             size = measure_size(built.model, inputs, built.optimizer, built.autocast, training=spec.training,
-                                int8=spec.params_dtype == "int8", activations=activations)
-            self._estimates[batch_size] = Estimate(size, peak)
+                                int8=spec.params_dtype == "int8", activations=step.activations_bytes)
+            self._estimates[batch_size] = Estimate(dataclasses.replace(size, step=step))
             self.seconds += time.perf_counter() - started
         return self._estimates[batch_size]
 

@@ -5,6 +5,7 @@ failures, out-of-memory errors and jobs too large for the machine become results
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import platform
 import traceback
@@ -24,7 +25,7 @@ from flopsweep.measure.count import StepCount, count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.peaks import peak_flops
 from flopsweep.measure.profile import forward_latency, module_rows
-from flopsweep.measure.size import SavedActivations, SizeRecord, measure_size
+from flopsweep.measure.size import TEMPORARY, SavedActivations, SizeRecord, StepMemory, measure_size, simulate_step
 from flopsweep.measure.timing import TimingRecord, time_per_block, time_step
 from flopsweep.models.base import BatchShape
 from flopsweep.result import Result
@@ -77,38 +78,39 @@ def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
     """The job, after the memory pre-check on a real device (``measure.memory_check``)."""
     if spec.device == "meta" or not spec.measure.memory_check:
         return _run(spec, config)
-    skipped, check_info = _precheck(spec, config)
+    skipped, check_info, step = _precheck(spec, config)
     if skipped is not None:
         return skipped
-    result = _run(spec, config)
+    result = with_step_memory(_run(spec, config), step)
     result.info["memory_check"] = check_info
     return result
 
 
-def _precheck(spec: JobSpec, config: dict[str, Any]) -> tuple[Optional[Result], dict[str, Any]]:
+def _precheck(spec: JobSpec, config: dict[str, Any]) -> tuple[Optional[Result], dict[str, Any], Optional[StepMemory]]:
     """Estimate the job's training peak on meta; a ``skipped`` result if it exceeds ``measure.memory_share`` of
-    the memory available, else None; and what to record under ``info.memory_check`` either way."""
+    the memory available, else None; what to record under ``info.memory_check`` either way; and the simulated
+    step on meta, if one ran."""
     try:
         estimate = MetaEstimate(spec)
         check = check_memory(spec, estimate, available_memory(spec.device))
     except ConfigError:
         raise  # the job itself would fail the same way
     except Exception as err:  # noqa: BLE001 - a model that cannot run on meta is still measured
-        return None, {"error": f"not checked: no estimate on meta ({_one_line(err)})"}
+        return None, {"error": f"not checked: no estimate on meta ({_one_line(err)})"}, None
     if check is None:
-        return None, {"error": f"not checked: the memory available on {spec.device} is unknown here"}
+        return None, {"error": f"not checked: the memory available on {spec.device} is unknown here"}, None
+    size = estimate.size(spec.batch.size)
     if not check.fits:
-        return _skipped(spec, config, check.reason(), estimate.size(spec.batch.size),
-                        {"memory_check": check.info()}), check.info()
-    return None, check.info()
+        return _skipped(spec, config, check.reason(), size, {"memory_check": check.info()}), check.info(), size.step
+    return None, check.info(), size.step
 
 
 def _skipped(spec: JobSpec, config: dict[str, Any], reason: str, size: SizeRecord, info: dict[str, Any]) -> Result:
     """Not run, for lack of memory: the sizes estimated on meta are kept (they are what a run would report)."""
     metrics = collect_metrics(spec.batch, None, size, None, training=spec.training,
                               dtype=spec.autocast or spec.params_dtype)
-    return Result("skipped", reason, config, metrics, info={"skipped": reason, "device": spec.device,
-                                                              "sizes_from": "meta", **info})
+    return with_step_memory(Result("skipped", reason, config, metrics, info={"skipped": reason, "device": spec.device,
+                                                                             "sizes_from": "meta", **info}), size.step)
 
 
 def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
@@ -134,6 +136,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
         if check is not None and not check.fits:
             return _skipped(with_batch_size(spec, size), _config_at_batch(config, size), check.reason(),
                             estimate.size(size), {"memory_check": check.info(), "batch_search": search.info()})
+    steps = {b: estimate.size(b).step for b in estimate.estimates}  # the simulated steps, for the batch run at last
     del estimate  # the meta model: it holds no memory, but nothing needs it now
     attempts: list[dict[str, Any]] = []
     while True:
@@ -151,6 +154,8 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
         info["confirmed"] = (f"yes: batch {size} ran on {spec.device}" if result.status == "ok" else
                              f"no: {len(attempts)} runs on {spec.device}, from batch {search.chosen} down, failed")
     result.info["batch_search"] = info
+    if spec.device != "meta":  # a meta job simulated its own step
+        with_step_memory(result, steps.get(size))
     if check is not None:
         result.info["memory_check"] = check.info()
     return result
@@ -230,6 +235,10 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: _Progress) -> Resu
         progress.size = measure_size(built.model, built.inputs, built.optimizer, built.autocast,
                                      int8=spec.params_dtype == "int8", training=spec.training,
                                      activations=saved.bytes if saved is not None else None)
+        if on_meta:  # a step as every one after the first runs it: the optimizer's state exists, no gradients yet
+            built.model.zero_grad(set_to_none=True)
+            step = simulate_step(built.model, built.inputs, built.optimizer, built.autocast, training=spec.training)
+            progress.size = dataclasses.replace(progress.size, step=step)
     if spec.measure.time and not on_meta:
         progress.phase = "time"
         timer = time_per_block if spec.measure.timing == "per_block" else time_step
@@ -264,7 +273,8 @@ def _result(spec: JobSpec, config: dict[str, Any], progress: _Progress, status: 
     if count is not None:
         breakdown = step_breakdown(count, spec.measure.module_depth,
                                    model if spec.measure.profile else None, progress.latency)
-    return Result(status, error, config, metrics, breakdown, info=job_info(spec, progress.timing))
+    return with_step_memory(Result(status, error, config, metrics, breakdown, info=job_info(spec, progress.timing)),
+                            size.step if size is not None else None)
 
 
 def step_breakdown(count: StepCount, module_depth: int, profiled: Optional[torch.nn.Module] = None,
@@ -338,6 +348,15 @@ def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRec
             peak = peak_flops(timing.device_name, dtype, peak_tflops)
             m[M.MFU] = m[M.FLOPS_PER_S] / peak if peak else None
     return m
+
+
+def with_step_memory(result: Result, step: Optional[StepMemory]) -> Result:
+    """``result`` with a simulated step's peak, its temporaries, and what was alive at it by category
+    (``breakdown.memory_at_peak``): from the job's own step on meta, or from the meta estimate of a real job."""
+    if step is not None:
+        result.metrics.update({M.STEP_PEAK_BYTES: step.peak_bytes, M.TEMPORARY_BYTES: step.at_peak[TEMPORARY]})
+        result.breakdown["memory_at_peak"] = dict(step.at_peak)
+    return result
 
 
 FLOPS_CONVENTION = "multiply-add = 2; flops/* count matmul-class ops, *_elementwise the rest"

@@ -18,6 +18,8 @@ GRADS_BYTES = "size/grads_bytes"
 OPTIMIZER_STATE_BYTES = "size/optimizer_state_bytes"
 ACTIVATIONS_BYTES = "size/activations_bytes"
 TRAIN_PEAK_BYTES = "size/train_peak_bytes"
+STEP_PEAK_BYTES = "size/step_peak_bytes"      # a simulated step's peak on meta, temporaries included
+TEMPORARY_BYTES = "size/temporary_bytes"      # the temporaries alive at that peak
 MEASURED_PEAK_BYTES = "size/measured_peak_bytes"
 
 TIME_FORWARD = "time/forward_s"

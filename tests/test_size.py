@@ -3,6 +3,7 @@
 import contextlib
 
 import pytest
+import torch
 
 from flopsweep.build import build
 from flopsweep.config import resolve
@@ -92,3 +93,72 @@ def test_activations_recorded_while_counting_equal_a_separate_forward(device, ex
     separate, _ = sized(*extra, device=device)
     assert result.metrics["size/activations_bytes"] == separate.activations_bytes > 0
     assert result.metrics["size/train_peak_bytes"] == separate.train_peak_bytes
+
+
+class _Sum(torch.nn.Module):
+    """One linear layer and a sum: a loss whose memory can be told from the shapes."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_in, n_out, bias=False)
+
+    def forward(self, x):
+        return self.linear(x).sum()
+
+
+def test_inference_step_memory_at_its_peak_by_hand():
+    from flopsweep.measure.size import simulate_step
+
+    model = _Sum(4, 1000).to("meta")
+    step = simulate_step(model, {"x": torch.empty(8, 4, device="meta")}, None, contextlib.nullcontext,
+                         training=False)
+    # alive at the peak: the weight, the batch, the 8x1000 output and then its sum (float32)
+    assert step.at_peak == {"weights": 4 * 4000, "buffers": 0, "gradients": 0, "optimizer_state": 0,
+                            "batch": 4 * 32, "activations": 0, "temporary": 4 * 8000 + 4}
+    assert step.peak_bytes == sum(step.at_peak.values()) and step.activations_bytes is None
+
+
+def test_a_step_whose_peak_is_the_optimizer_holds_every_gradient_and_the_state():
+    """Batch 1 through a 512x512 layer: the activations are tiny, so the peak comes in AdamW's step, with every
+    gradient alive (labelled as such after backward, though created in it) and the moments made before."""
+    from flopsweep.measure.size import optimizer_state_bytes, simulate_step
+
+    model = _Sum(512, 512).to("meta")
+    optimizer = torch.optim.AdamW(model.parameters(), foreach=True)
+    inputs = {"x": torch.empty(1, 512, device="meta")}
+    simulate_step(model, inputs, optimizer, contextlib.nullcontext)  # creates the state, as the first step does
+    state = optimizer_state_bytes(optimizer)
+    assert state == 2 * 4 * 512 * 512 + 4  # two float32 moments and the step count
+    step = simulate_step(model, inputs, optimizer, contextlib.nullcontext)
+    at = step.at_peak
+    assert at["weights"] == at["gradients"] == 4 * 512 * 512 and at["optimizer_state"] == state
+    assert at["batch"] == 4 * 512 and at["activations"] == 0  # the layer saved only the batch (and its weight)
+    assert at["temporary"] > 0 and step.peak_bytes == sum(at.values())
+    assert model.linear.weight.grad is None  # cleared after, as between steps
+
+
+@pytest.mark.parametrize("batch", [2, 32])
+def test_a_meta_job_reports_its_step_peak_split_by_what_is_alive(batch):
+    """At batch 2 the weights and AdamW dominate: the peak is in the optimizer step, every gradient alive and no
+    activation (freed by backward); at batch 32 the activations dominate and the peak comes before they go."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from flopsweep.job import run_job
+    from flopsweep.sinks.jobdir import stats_text
+
+    cfg = compose_config(*TINY, f"batch.size={batch}", "device=meta", "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    m, at = result.metrics, result.breakdown["memory_at_peak"]
+    assert m["size/step_peak_bytes"] == sum(at.values()) and m["size/temporary_bytes"] == at["temporary"] > 0
+    assert at["weights"] == m["size/weights_bytes"] and at["optimizer_state"] == m["size/optimizer_state_bytes"]
+    assert at["batch"] == 2 * batch * 16 * 8  # input ids and targets, int64
+    if batch == 2:
+        assert m["size/activations_bytes"] < m["size/weights_bytes"]
+        assert at["gradients"] == m["size/grads_bytes"] and at["activations"] == 0
+    else:
+        assert m["size/activations_bytes"] > 4 * m["size/weights_bytes"]
+        assert 0 < at["activations"] <= m["size/activations_bytes"] and at["gradients"] < m["size/grads_bytes"]
+    assert "memory alive at the simulated step's peak" in stats_text(result)
+    json.dumps(result.to_dict())  # plain numbers: it goes to result.json

@@ -26,6 +26,7 @@ class SizeRecord:
     optimizer_state_bytes: int
     activations_bytes: Optional[int]   # None for inference builds (nothing is saved for backward)
     train_peak_bytes: Optional[int]
+    step: Optional["StepMemory"] = None  # a simulated step's peak and what was alive at it, where one ran
 
     @property
     def static_bytes(self) -> int:
@@ -58,17 +59,21 @@ def optimizer_state_bytes(optimizer: Optional[torch.optim.Optimizer]) -> int:
 class SavedActivations:
     """While entered, records the bytes of the tensors autograd saves for backward, each storage once, weights
     excluded: what stays alive between forward and backward. Enter it around the forward pass being counted
-    so that one pass gives both (on meta, the forward is most of a job's time)."""
+    so that one pass gives both (on meta, the forward is most of a job's time). ``on_save`` is called with each
+    tensor saved."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, on_save: Optional[Callable[[torch.Tensor], None]] = None):
         self.weights = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
         self.seen: dict[int, int] = {}
+        self.on_save = on_save
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in self.weights:
             self.seen[storage._cdata] = storage.nbytes()
+            if self.on_save is not None:
+                self.on_save(t)
         return t
 
     @property
@@ -116,19 +121,31 @@ def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: O
                       train_peak_bytes=peak)
 
 
+TEMPORARY = "temporary"
+# what a simulated step's memory is made of, at its peak (StepMemory.at_peak), in this order
+CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "batch", "activations", TEMPORARY)
+
+
 class LiveBytes(EagerDispatchMode):
     """While entered, the bytes of the tensor storages alive, and the most at once (``peak``): every storage an op
     creates, and those passed to :meth:`track` (what was alive before). A storage counts once, however many
     views share it, and leaves when it is freed (a weak reference to it). On meta this is the step's memory
-    without any memory: what a device's allocator would have to hold, less its rounding and fragmentation."""
+    without any memory: what a device's allocator would have to hold, less its rounding and fragmentation.
+
+    Each storage has a category (:data:`CATEGORIES`): given by :meth:`track`, else ``temporary`` until
+    :meth:`label` names it (the activations as autograd saves them, the gradients after backward, the optimizer's
+    state after its step). :meth:`at_peak` gives what was alive at the peak, by category."""
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
-        self._refs: dict[int, weakref.ref] = {}
+        self._refs: dict[int, tuple[weakref.ref, list]] = {}
+        self._log: list[list] = []  # per storage: [bytes, category, clock when created, clock when freed or None]
+        self._clock = 0
+        self._peak_clock = 0
 
-    def track(self, *tensors: Any) -> None:
+    def track(self, *tensors: Any, category: str = TEMPORARY) -> None:
         for t in tensors:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -140,13 +157,36 @@ class LiveBytes(EagerDispatchMode):
             if key in self._refs:
                 continue
             size = storage.nbytes()
-            self._refs[key] = weakref.ref(storage, lambda _, key=key, size=size: self._free(key, size))
+            entry = [size, category, self._clock, None]
+            self._log.append(entry)
+            self._refs[key] = (weakref.ref(storage, lambda _, key=key: self._free(key)), entry)
             self.live += size
-            self.peak = max(self.peak, self.live)
+            if self.live > self.peak:
+                self.peak, self._peak_clock = self.live, self._clock
+            self._clock += 1
 
-    def _free(self, key: int, size: int) -> None:
-        if self._refs.pop(key, None) is not None:
-            self.live -= size
+    def label(self, tensors: Any, category: str) -> None:
+        """Name the category of these tensors' storages, where they were created in the step (``temporary``)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                found = self._refs.get(id(t.untyped_storage()))
+                if found is not None and found[1][1] == TEMPORARY:
+                    found[1][1] = category
+
+    def at_peak(self) -> dict[str, int]:
+        """The bytes alive at the peak, by category (every one of :data:`CATEGORIES`; they add up to ``peak``)."""
+        out = dict.fromkeys(CATEGORIES, 0)
+        for size, category, born, died in self._log:
+            if born <= self._peak_clock and (died is None or died > self._peak_clock):
+                out[category] += size
+        return out
+
+    def _free(self, key: int) -> None:
+        found = self._refs.pop(key, None)
+        if found is not None:
+            self.live -= found[1][0]
+            found[1][3] = self._clock
+            self._clock += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -154,29 +194,47 @@ class LiveBytes(EagerDispatchMode):
         return out
 
 
+@dataclass(frozen=True)
+class StepMemory:
+    """A simulated step: the most bytes alive at once, the activations saved for backward (None for inference),
+    and what was alive at the peak by category."""
+
+    peak_bytes: int
+    activations_bytes: Optional[int]
+    at_peak: dict[str, int]
+
+
 def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
-                  autocast: Callable[[], ContextManager], *, training: bool = True) -> tuple[int, Optional[int]]:
+                  autocast: Callable[[], ContextManager], *, training: bool = True) -> StepMemory:
     """Run one step (forward with the loss, backward, optimizer step; a forward pass without gradients for an
     inference build) and return the most bytes alive at once during it, counting what was alive before (weights,
-    buffers, gradients, optimizer state, the batch), and the bytes of the activations saved for backward (None
-    for inference). For the peak of a later step, call it with the optimizer's state created and the gradients
+    buffers, gradients, optimizer state, the batch), the bytes of the activations saved for backward, and what was
+    alive at the peak. For the peak of a later step, call it with the optimizer's state created and the gradients
     cleared (``zero_grad(set_to_none=True)``), as they are between steps; they are cleared again after."""
     live = LiveBytes()
-    state = [v for s in (optimizer.state.values() if optimizer is not None else ()) for v in s.values()]
-    live.track(*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters()), *inputs.values(),
-               *state)
+    def state() -> list[Any]:
+        return [v for s in (optimizer.state.values() if optimizer is not None else ()) for v in s.values()]
+
+    def grads() -> list[Optional[torch.Tensor]]:
+        return [p.grad for p in model.parameters()]
+
+    for category, tensors in (("weights", model.parameters()), ("buffers", model.buffers()), ("gradients", grads()),
+                              ("batch", inputs.values()), ("optimizer_state", state())):
+        live.track(*tensors, category=category)
     activations = None
     with live:
         if training:
-            with SavedActivations(model) as saved, autocast():
+            with SavedActivations(model, on_save=lambda t: live.label([t], "activations")) as saved, autocast():
                 loss = model(**inputs)
             loss.backward()
             del loss
+            live.label(grads(), "gradients")
             if optimizer is not None:
                 optimizer.step()
+                live.label(state(), "optimizer_state")
             activations = saved.bytes
         else:
             with torch.no_grad(), autocast():
                 model(**inputs)
     model.zero_grad(set_to_none=True)
-    return live.peak, activations
+    return StepMemory(live.peak, activations, live.at_peak())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flopsweep import metrics as M
-from flopsweep.console import human, metric_lines, profile_text
+from flopsweep.console import human, metric_lines, profile_text, size_bytes
 from flopsweep.result import Result
 
 
@@ -64,6 +64,11 @@ def stats_text(result: Result) -> str:
         "",
     ]
     lines += metric_lines(m)
+    at_peak = result.breakdown.get("memory_at_peak") or {}
+    if at_peak:
+        total = sum(at_peak.values())
+        lines += ["", f"memory alive at the simulated step's peak ({size_bytes(total)}, on meta):"]
+        lines += [f"  {category:<16} {size_bytes(n):>10}  {n / total:6.1%}" for category, n in at_peak.items()]
     modules = result.breakdown.get("modules") or []
     if modules:
         lines += ["", "FLOPs by module (inclusive; matmul-class, forward / backward):"]
