@@ -3,6 +3,8 @@ turns a composed config into a validated :class:`JobSpec` or raises a one-line :
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -211,7 +213,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
 
     opt = cfg.optimizer
     require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"must be one of {', '.join(OPTIMIZERS)}")
-    require(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+    require(0 < opt.lr < math.inf, "optimizer.lr", opt.lr, "must be a finite number > 0")
+    require(0 < opt.eps < math.inf, "optimizer.eps", opt.eps, "must be a finite number > 0")
     require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "must be in [0, 1)")
     require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
     require(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas", list(opt.betas),
@@ -248,6 +251,9 @@ def resolve(cfg: DictConfig) -> JobSpec:
             "needs a store to find finished runs in: tracking=local or tracking=server")
     if cfg.device.threads is not None:
         require_int(cfg.device.threads, "device.threads")
+        cpus = os.cpu_count() or 1
+        require(cfg.device.threads <= cpus, "device.threads", cfg.device.threads, f"must be at most {cpus}, the CPUs "
+                "here (more threads than CPUs only slow the timing, and too many crash OpenMP)")
     if cfg.device.peak_tflops is not None:
         require(cfg.device.peak_tflops > 0, "device.peak_tflops", cfg.device.peak_tflops, "must be > 0")
 
@@ -261,7 +267,8 @@ def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[i
     """``batch.memory_budget_gib`` in bytes, checked; for ``batch.size=max``, what the search needs."""
     gib = batch.memory_budget_gib
     if gib is not None:
-        require(is_number(gib) and gib > 0, "batch.memory_budget_gib", gib, "must be a number of GiB > 0")
+        require(is_number(gib) and 0 < gib < math.inf, "batch.memory_budget_gib", gib,
+                "must be a finite number of GiB > 0")
     if batch.size != MAX_BATCH:
         return None
     require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "

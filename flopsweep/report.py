@@ -200,21 +200,38 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
     args = parser.parse_args(argv)
-    from flopsweep.errors import ConfigError
-    from flopsweep.tracking import SWEEP_TAG, load_runs, target_at
+    if not args.experiment and not args.profile:
+        parser.error("give an EXPERIMENT, or --profile RUN")
+    from mlflow.exceptions import MlflowException
+
+    from flopsweep.errors import ConfigError, require
+    from flopsweep.tracking import target_at
 
     uri = target_at(args.uri, args.store_dir, args.experiment or "").uri
-    if args.profile:
-        try:
-            out = write_profile_report(args.profile, args.out, uri, args.top)
-        except ConfigError as err:
-            print(f"flopsweep-report: error: {err}", file=sys.stderr)
-            return 2
-        print((out / "profile.txt").read_text(), end="")
-        print(f"profile: {out}  (profile.txt, profile.csv, profile_depth.csv, profile.png)")
-        return 0
-    if not args.experiment:
-        parser.error("give an EXPERIMENT, or --profile RUN")
+    try:
+        require(args.top >= 1, "top", args.top, "must be >= 1")
+        return _profile(args, uri) if args.profile else _experiment(args, uri)
+    except ConfigError as err:
+        print(f"flopsweep-report: error: {err}", file=sys.stderr)
+    except OSError as err:  # a folder that cannot be made or written (--out)
+        print(f"flopsweep-report: error: {err.filename or args.out}: cannot be written ({err.strerror or err})",
+              file=sys.stderr)
+    except MlflowException as err:
+        print(f"flopsweep-report: error: the store {uri} cannot be read: {' '.join(str(err).split())[:300]}",
+              file=sys.stderr)
+    return 2
+
+
+def _profile(args: argparse.Namespace, uri: str) -> int:
+    out = write_profile_report(args.profile, args.out, uri, args.top)
+    print((out / "profile.txt").read_text(), end="")
+    print(f"profile: {out}  (profile.txt, profile.csv, profile_depth.csv, profile.png)")
+    return 0
+
+
+def _experiment(args: argparse.Namespace, uri: str) -> int:
+    from flopsweep.tracking import SWEEP_TAG, load_runs
+
     df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=uri)
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""
@@ -229,9 +246,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  {plot} not drawn: {why}")
     sweeps = df["sweep"].dropna().unique()
     if len(sweeps) == 1:  # one sweep: its parent run carries the report
-        from mlflow.tracking import MlflowClient
+        from flopsweep.tracking import mlflow_client
 
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         experiment = client.get_experiment_by_name(args.experiment)
         parents = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweeps[0]}'")
         if parents:

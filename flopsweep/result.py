@@ -28,7 +28,13 @@ class Result:
 
     @classmethod
     def read(cls, path: Path) -> "Result":
-        data = json.loads(path.read_text())
+        """Raises OSError where there is no file and ValueError where it is not a result (cut off, edited)."""
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise ValueError(f"{path}: not a flopsweep result (no status)")
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
 

@@ -35,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parents: dict[tuple[str, str, Path], str] = {}
     uris: set[str] = set()
     for folder in job_folders(args.path.resolve()):  # sweeps' parent runs are tagged with absolute paths
-        result = Result.read(folder / "result.json")
+        try:
+            result = Result.read(folder / "result.json")
+        except (OSError, ValueError) as err:
+            failed += 1
+            print(f"flopsweep-sync: {folder}: not logged: {' '.join(str(err).split())[:300]}", file=sys.stderr)
+            continue
         experiment = args.experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
         target = _target(args, result, experiment)
         uri = target.uri
@@ -69,11 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     for (uri, experiment, sweep_dir), parent in parents.items():
         store = store_for(target_of_uri(uri, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
-            results = [(f.name, Result.read(f / "result.json")) for f in job_folders(sweep_dir)]
+            results = [(f.name, r) for f in job_folders(sweep_dir) if (r := _readable(f)) is not None]
             store.finish_parent(parent, results, sweep_dir / "summary.csv")
     where = ", ".join(sorted(uris)) or target_at(args.uri, args.store_dir or "outputs", "").uri
     print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({where})")
     return 1 if failed else 0
+
+
+def _readable(folder: Path) -> Result | None:
+    try:
+        return Result.read(folder / "result.json")
+    except (OSError, ValueError):  # reported above, with the jobs
+        return None
 
 
 def _target(args: argparse.Namespace, result: Result, experiment: str):

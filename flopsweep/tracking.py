@@ -80,17 +80,12 @@ class Store:
     def __init__(self, target: Target):
         import logging
 
-        from mlflow.tracking import MlflowClient
-
         for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results
             logging.getLogger(name).setLevel(logging.WARNING)
-        # a store that is down should cost a job seconds, not MLflow's default minutes of retries
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self.target = target
         if target.uri.startswith("sqlite:///"):
             _fast_local_commits(target.uri[len("sqlite:///"):])
-        self.client = MlflowClient(tracking_uri=target.uri)
+        self.client = mlflow_client(target.uri)
         self._experiment_id: Optional[str] = None
 
     def experiment_id(self) -> str:
@@ -180,6 +175,15 @@ class Store:
         self.client.log_artifacts(run_id, str(folder))
         self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"))
         return run_id
+
+
+def mlflow_client(uri: str):
+    """MLflow's client for ``uri``; a server that is down costs seconds, not MLflow's default minutes of retries."""
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    return MlflowClient(tracking_uri=uri)
 
 
 @functools.lru_cache(maxsize=8)
@@ -291,23 +295,31 @@ def load_result(ref: str, uri: str) -> Result:
     path = Path(ref)
     if path.is_dir():
         path = path / "result.json"
-    if path.is_file():
-        return Result.read(path)
     from flopsweep.errors import ConfigError, require
+
+    if path.is_file():
+        return _read_result(path, ref)
 
     require(len(ref) == 32 and all(c in "0123456789abcdef" for c in ref), "run", ref,
             "is neither a job folder nor an MLflow run id")
     import tempfile
 
-    from mlflow.tracking import MlflowClient
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = MlflowClient(tracking_uri=uri).download_artifacts(ref, "result.json", tmp)
+            local = mlflow_client(uri).download_artifacts(ref, "result.json", tmp)
         except Exception as err:  # noqa: BLE001 - one line, naming the run
             raise ConfigError("run", ref, f"no result.json in {uri}: {' '.join(str(err).split())[:200]}") from None
-        return Result.read(Path(local))
+        return _read_result(Path(local), ref)
+
+
+def _read_result(path: Path, ref: str) -> Result:
+    from flopsweep.errors import ConfigError
+
+    try:
+        return Result.read(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("run", ref, f"has no readable result.json: {' '.join(str(err).split())[:200]}") from None
 
 
 
@@ -323,12 +335,11 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
         df.pivot_table(index="model.name", values="flops/step")
     """
     import pandas as pd
-    from mlflow.tracking import MlflowClient
 
     uri = target_at(uri, store_dir, experiment).uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return pd.DataFrame()  # no store here: nothing to read, and nothing to create
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()

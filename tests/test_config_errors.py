@@ -21,12 +21,15 @@ BAD = [
     (["+model.n_haed=12"], "model.n_haed"),                 # a typo added with +
     (["device=cuda"], "device.type"),                       # no GPU on this machine
     (["device.threads=0"], "device.threads"),
+    (["device.threads=99999"], "device.threads"),           # more than the CPUs: OpenMP would crash the job
     (["device.peak_tflops=-5"], "device.peak_tflops"),
     (["dtype.params=int4"], "dtype.params"),
     (["dtype.autocast=float8"], "dtype.autocast"),
     (["dtype=bfloat16", "dtype.autocast=float16"], "dtype.autocast"),
     (["optimizer.name=lion"], "optimizer.name"),
     (["optimizer.lr=0"], "optimizer.lr"),
+    (["optimizer.lr=inf"], "optimizer.lr"),
+    (["optimizer.eps=-1"], "optimizer.eps"),
     (["optimizer=sgd_momentum", "optimizer.momentum=1.5"], "optimizer.momentum"),
     (["optimizer.betas=[0.9]"], "optimizer.betas"),
     (["measure.repeats=0"], "measure.repeats"),

@@ -174,3 +174,27 @@ def test_help_and_config_printing_do_not_import_mlflow(args, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
     assert "mlflow imported: False" in proc.stdout, proc.stdout + proc.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_corrupt_result_is_one_line_everywhere_and_sync_logs_the_others(tmp_path):
+    """A result.json cut off or edited by hand: flopsweep-sync reports it, counts it failed and logs the good
+    job beside it; flopsweep-project and flopsweep-report --profile name it in one line."""
+    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "tracking=none",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name, text in (("cut", '{"status": "o'), ("list", "[]")):
+        (tmp_path / "outputs" / "runs" / name).mkdir(parents=True)
+        (tmp_path / "outputs" / "runs" / name / "result.json").write_text(text)
+    sync = subprocess.run([sys.executable, "-m", "flopsweep.sync", "outputs/runs"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert sync.returncode == 1 and "1 logged, 0 already in the store, 2 failed" in sync.stdout, sync.stderr
+    errors = [line for line in sync.stderr.splitlines() if line.startswith("flopsweep-sync:")]
+    assert len(errors) == 2 and all("not logged" in e for e in errors) and "Traceback" not in sync.stderr, errors
+    assert "not valid JSON" in sync.stderr and "not a flopsweep result" in sync.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert len(job_runs(client, client.get_experiment_by_name("flopsweep"))) == 1
+    for command in (["flopsweep.project_cli", "outputs/runs/cut", "--tokens", "1T", "--mfu", "0.4", "--no-log"],
+                    ["flopsweep.report", "--profile", "outputs/runs/list"]):
+        out = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 2 and "has no readable result.json" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
