@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from flopsweep.config import CONF_DIR, register_configs, resolve
 from flopsweep.console import exit_command, say
@@ -39,10 +40,13 @@ def run_one(cfg: DictConfig) -> Result:
 
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     try:
+        config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         spec = resolve(cfg)
-    except ConfigError as err:
+    except (ConfigError, OmegaConfBaseException) as err:  # the latter: an interpolation that does not resolve
+        if isinstance(err, OmegaConfBaseException):
+            config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+            err = ConfigError(err.full_key, None, str(err.msg).splitlines()[0])
         result = Result("failed", str(err), config)
         result.info["fingerprint"] = fingerprint(config, None)
     else:
@@ -63,7 +67,8 @@ def run_one(cfg: DictConfig) -> Result:
     else:
         lines = metric_lines(result.metrics, JOB_METRICS)
     say("\n".join([*lines, f"results: {folder}"]))
-    _track(cfg, result, folder, {"job_num": job_num, "overrides": hydra_cfg.job.override_dirname})
+    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
+    _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides})
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _freeze_long_lived_objects()
     return result

@@ -9,6 +9,8 @@ cartesian product and the presets' ``hydra.sweeper.params``, made for parallel l
   again, one at a time: a job whose worker dies again when it runs alone is lost, the others finish; the jobs
   that had not started are launched again. The MLflow runs that no job's folder names are deleted (left RUNNING
   by the kill, or logged whole by a job killed before it recorded its run): every job is logged once;
+- records a job whose combination of values cannot be composed (each value can: the check above passed) as
+  ``failed`` with Hydra's reason, and runs the others;
 - turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost;
 - runs ``hydra/launcher=joblib``'s jobs as Hydra's launcher does but sends Hydra's state to each worker once, not
   with every job (:func:`launch_joblib`);
@@ -30,6 +32,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.utils import JobReturn
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 FORCE_KEY = "hydra.sweeper.allow_concurrent_timing"
@@ -46,7 +49,7 @@ class RecoveringSweeper(BasicSweeper):
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.launcher = RecoveringLauncher(self.launcher, config)
+        self.launcher = RecoveringLauncher(self.launcher, config, hydra_context.config_loader)
 
     def sweep(self, arguments: list[str]) -> Any:
         try:
@@ -79,8 +82,8 @@ def covering_jobs(batch: Sequence[Sequence[str]]) -> list[Sequence[str]]:
 class RecoveringLauncher:
     """Wraps the configured launcher (the real one is what runs and is pickled to workers)."""
 
-    def __init__(self, launcher: Any, config: DictConfig) -> None:
-        self.launcher, self.config = launcher, config
+    def __init__(self, launcher: Any, config: DictConfig, config_loader: Any = None) -> None:
+        self.launcher, self.config, self.config_loader = launcher, config, config_loader
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         returns: list[JobReturn] = []
@@ -104,6 +107,18 @@ class RecoveringLauncher:
                 returns += self._run([batch[i] for i in run], first + run[0])
                 todo = todo[len(run):]
                 continue
+            except ConfigCompositionException:
+                state = job_states(self._sweep_dir(), [batch[i] for i in run])
+                unfinished = [i for i, s in zip(run, state) if s != "done"]  # joblib killed the others in flight
+                bad = {i: why for i in unfinished if state[run.index(i)] == "waiting"
+                       and (why := self._composition_error(batch[i])) is not None}
+                if not bad:
+                    raise
+                for i, why in bad.items():
+                    record_uncomposable(self._sweep_dir(), first + i, batch[i], why)
+                self._forget_cut_off_runs()
+                todo = [i for i in unfinished if i not in bad] + todo[len(run):]
+                continue
             except BrokenExecutor as err:
                 state = job_states(self._sweep_dir(), [batch[i] for i in run])
                 in_flight = [i for i, s in zip(run, state) if s == "started"]
@@ -126,6 +141,14 @@ class RecoveringLauncher:
         if launcher_class(self.config.hydra.launcher) == "JoblibLauncher":
             return launch_joblib(self.launcher, batch, first)
         return list(self.launcher.launch(batch, initial_job_idx=first))
+
+    def _composition_error(self, overrides: Sequence[str]) -> Optional[str]:
+        """Why Hydra cannot compose this job, or None if it can."""
+        try:
+            self.config_loader.load_sweep_config(self.config, list(overrides))
+        except ConfigCompositionException as err:
+            return _one_line(err)
+        return None
 
     def _sweep_dir(self) -> Path:
         return Path(str(self.config.hydra.sweep.dir))
@@ -157,6 +180,19 @@ def _recorded_runs(sweep_dir: Path) -> set[str]:
         except (OSError, ValueError):  # cut off mid-write: its job runs again
             pass
     return recorded - {None}
+
+
+def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
+    """A job folder with a ``failed`` result for a job that Hydra could not compose: the sweep's summary, exit status
+    and MLflow run count it, with the overrides to fix."""
+    from flopsweep.result import Result
+
+    error = f"cannot be composed: {why}"
+    print(f"flopsweep: error: job {job} ({' '.join(overrides)}) {error}", file=sys.stderr)
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "job")
+    folder = sweep_dir / f"{job}_{model}"
+    folder.mkdir(parents=True, exist_ok=True)
+    Result("failed", error, {"model": {"name": model}, "overrides": list(overrides)}).write(folder / "result.json")
 
 
 def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:

@@ -78,10 +78,6 @@ def target_of_uri(uri: str, experiment: str) -> Target:
 
 class Store:
     def __init__(self, target: Target):
-        import logging
-
-        for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results
-            logging.getLogger(name).setLevel(logging.WARNING)
         self.target = target
         if target.uri.startswith("sqlite:///"):
             _fast_local_commits(target.uri[len("sqlite:///"):])
@@ -179,8 +175,12 @@ class Store:
 
 def mlflow_client(uri: str):
     """MLflow's client for ``uri``; a server that is down costs seconds, not MLflow's default minutes of retries."""
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results (set after
+        logging.getLogger(name).setLevel(logging.WARNING)  # importing mlflow, which sets its own level)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     return MlflowClient(tracking_uri=uri)

@@ -20,6 +20,8 @@ BAD = [
     (["model.family=rnn"], "model.family"),
     (["+model.n_haed=12"], "model.n_haed"),                 # a typo added with +
     (["device=cuda"], "device.type"),                       # no GPU on this machine
+    (["model=custom_example", "model.inputs=5"], "model.inputs=5"),
+    (["model=custom_example", "model.inputs=[{name: src, shape: 7}]"], "model.inputs[0].shape=7"),
     (["device.threads=0"], "device.threads"),
     (["device.threads=99999"], "device.threads"),           # more than the CPUs: OpenMP would crash the job
     (["device.peak_tflops=-5"], "device.peak_tflops"),
@@ -64,6 +66,7 @@ def test_valid_config_resolves():
     (["batch.sizee=8"], "batch.sizee"),       # a typo: rejected by Hydra's struct mode at compose time
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check
+    (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
 ])
 def test_cli_error_is_short_and_has_no_traceback(tmp_path, args, key):
     proc = run_cli("device=meta", *args, cwd=tmp_path, timeout=120)

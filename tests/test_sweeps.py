@@ -1,6 +1,7 @@
 """Every sweep preset composes and validates for each value it sweeps; one runs for real."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,24 @@ def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tm
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("bad_value").experiment_id])
     assert run.data.tags["flopsweep.kind"] == "sweep" and run.info.status == "FAILED"  # not left RUNNING
+
+
+def test_a_combination_that_cannot_be_composed_fails_alone_and_the_rest_run(tmp_path):
+    """Each value composes with some model (the check passes), but ViT's d_ff cannot be null: that one job is
+    recorded failed with Hydra's reason, the job after it still runs, and the sweep's run and exit say failed."""
+    proc = run_cli("-m", "model=gpt2_small,vit_b16", "model.d_ff=null,128", "model.n_layer=1", "device=meta",
+                   "tracking.experiment=combination", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"flopsweep: error: job 2 \(model=vit_b16 model.d_ff=null .*\) cannot be composed: "
+                     r"ConfigCompositionException", proc.stderr), proc.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/result.json")}
+    assert {name: r["status"] for name, r in results.items()} == {
+        "0_gpt2_small": "ok", "1_gpt2_small": "ok", "2_vit_b16": "failed", "3_vit_b16": "ok"}
+    assert "model.d_ff=null" in results["2_vit_b16"]["error"] and results["3_vit_b16"]["config"]["model"]["d_ff"] == 128
+    assert "4 jobs: 3 ok, 1 failed" in proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("combination").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags["flopsweep.kind"] == "sweep"]
+    assert parent.info.status == "FAILED" and parent.data.metrics["jobs/failed"] == 1
+    assert len(runs) == 4  # the three jobs that ran and the sweep

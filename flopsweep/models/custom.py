@@ -40,9 +40,12 @@ class Config(ModelConfig):
     def validate(self, batch: BatchShape) -> None:
         require(bool(self.target), "model._target_", None, "missing: the class or function that builds the model")
         require(self.loss in ("output", "mse"), "model.loss", self.loss, "must be output or mse")
-        require(len(self.inputs) > 0, "model.inputs", None, "missing: a list of {name, shape, dtype} entries")
+        require(isinstance(self.inputs, list) and len(self.inputs) > 0, "model.inputs", self.inputs or None,
+                "must be a list of {name, shape, dtype} entries")
         for i, spec in enumerate(self.inputs):
             require(isinstance(spec, dict) and "shape" in spec, f"model.inputs[{i}]", spec, "needs a shape")
+            require(isinstance(spec["shape"], list), f"model.inputs[{i}].shape", spec["shape"],
+                    "must be a list such as [batch, seq_len, 256]")
             require(spec.get("dtype", "float32") in DTYPES, f"model.inputs[{i}].dtype", spec.get("dtype"),
                     f"must be one of {', '.join(DTYPES)}")
             for dim in spec["shape"]:
@@ -55,7 +58,7 @@ class Config(ModelConfig):
 
 def load(fields: dict[str, Any]) -> Config:
     return Config(family="custom", name=fields.get("name", "custom"), target=fields.get("_target_", ""),
-                  kwargs={k: v for k, v in fields.items() if k not in _OWN}, inputs=list(fields.get("inputs", [])),
+                  kwargs={k: v for k, v in fields.items() if k not in _OWN}, inputs=_plain_list(fields.get("inputs", [])),
                   loss=fields.get("loss", "output"), default_seq_len=fields.get("default_seq_len"))
 
 
@@ -102,3 +105,10 @@ def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Te
             tensors[spec.get("name", f"input{i}")] = torch.randint(0, int(spec.get("high", 2)), shape, device=device,
                                                                    dtype=dtype)
     return tensors
+
+
+def _plain_list(value: Any) -> Any:
+    """A list as given (a config's list, its dicts as dicts), or the value itself for validate to refuse."""
+    if isinstance(value, (list, tuple)):
+        return [dict(v) if isinstance(v, dict) else v for v in value]
+    return value
