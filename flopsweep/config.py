@@ -188,6 +188,9 @@ def resolve(cfg: DictConfig) -> JobSpec:
     model_fields = OmegaConf.to_container(cfg.model, resolve=True)
     require(isinstance(model_fields, dict) and "family" in model_fields, "model.family", None,
             "missing: choose a preset (model=gpt2_small) or set model.family")
+    name = model_fields.get("name")
+    require(name is None or (isinstance(name, str) and name.strip() and not set(name) & set("/\\")), "model.name",
+            name, "must be a non-empty name without / (it names the job's folder)")
     fam = load_family(model_fields["family"])
     model_cfg = fam.Config.from_dict(model_fields) if not hasattr(fam, "load") else fam.load(model_fields)
 

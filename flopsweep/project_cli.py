@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -107,12 +108,19 @@ def _run(args: argparse.Namespace) -> int:
     from flopsweep.parallel import per_device
 
     budgets = {k: v for k in P.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
-    plans = [n for n in ("tokens", "steps", "compute_optimal") if getattr(args, n)]
+    plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
+                                                                                if args.compute_optimal else [])
+    for key in ("tokens", "steps", "batch", "price", "watts", *(f"budget_{k}" for k in P.BUDGET_KINDS)):
+        value = getattr(args, key)
+        require(value is None or math.isfinite(value), key.replace("_", "-"), value, "must be a finite number")
+    for key in ("steps", "batch"):
+        value = getattr(args, key)
+        require(value is None or float(value).is_integer(), key, value, "must be a whole number")
     require((args.run is None) != (args.model is None), "run", args.run or args.model,
             "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
     require(len(plans) + (1 if budgets else 0) == 1 and len(budgets) <= 1, "plan", "+".join(plans + list(budgets))
             or None, "give exactly one of --tokens, --steps, --compute-optimal or one --budget-*")
-    require((args.steps is None) == (args.batch is None), "batch" if args.steps else "steps", None,
+    require((args.steps is None) == (args.batch is None), "batch" if args.steps is not None else "steps", None,
             "--steps and --batch go together (tokens = steps x batch x sequence length)")
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
@@ -134,9 +142,9 @@ def _run(args: argparse.Namespace) -> int:
         print(report["text"])
         payload = {k: v for k, v in report.items() if k != "text"}
     else:
-        if args.tokens:
+        if args.tokens is not None:
             plan = P.Plan.of_tokens(args.tokens, recompute=args.recompute)
-        elif args.steps:
+        elif args.steps is not None:
             plan = P.Plan.of_steps(int(args.steps), int(args.batch), args.seq_len or cost.seq_len, args.recompute)
         else:
             require(cost.training, "compute-optimal", True, f"is a training plan; {source} was measured forward "
@@ -176,6 +184,10 @@ def _hardware(args: argparse.Namespace, layout=None):
     from flopsweep.measure.peaks import peak_flops
     from flopsweep.projection import Hardware
 
+    from flopsweep.config import AUTOCAST_DTYPES, PARAM_DTYPES
+
+    dtypes = sorted(set(PARAM_DTYPES + AUTOCAST_DTYPES) - {"int8"})
+    require(args.dtype in dtypes, "dtype", args.dtype, f"must be one of {', '.join(dtypes)}")
     peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
     require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
     require((args.mfu is None) != (args.mfu_from is None), "mfu", args.mfu,
@@ -187,6 +199,7 @@ def _hardware(args: argparse.Namespace, layout=None):
         require(measured.metrics.get("speed/mfu") is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(args.gpu in device, "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
         mfu, source = measured.metrics["speed/mfu"], f"measured in {args.mfu_from}"
+    require(args.gpus is None or args.gpus >= 1, "gpus", args.gpus, "must be >= 1")
     gpus = args.gpus or (layout.devices if layout else 1)
     require(args.gpu_memory is None or args.gpu_memory > 0, "gpu_memory", args.gpu_memory, "must be > 0 (GiB)")
     memory = args.gpu_memory * 2**30 if args.gpu_memory is not None else None

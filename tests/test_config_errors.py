@@ -18,6 +18,11 @@ BAD = [
     (["model.act=swish"], "model.act"),
     (["model.n_layer=0"], "model.n_layer"),
     (["model.family=rnn"], "model.family"),
+    (["model.name=a/b"], "model.name"),
+    (["model=llama2_7b", "model.d_model=6", "model.n_head=2"], "model.n_head"),   # heads of width 3: rope needs even
+    (["model=llama2_7b", "model.rope_theta=0"], "model.rope_theta"),
+    (["model.norm_eps=-1"], "model.norm_eps"),
+    (["model=generic", "model.num_heads=3"], "model.embed_dim"),                  # its width's own key
     (["+model.n_haed=12"], "model.n_haed"),                 # a typo added with +
     (["device=cuda"], "device.type"),                       # no GPU on this machine
     (["model=custom_example", "model.inputs=5"], "model.inputs=5"),
@@ -74,3 +79,16 @@ def test_cli_error_is_short_and_has_no_traceback(tmp_path, args, key):
     assert "Traceback" not in proc.stderr
     first = proc.stderr.strip().splitlines()[0]
     assert key in first, proc.stderr
+
+
+def test_a_custom_model_that_refuses_its_arguments_gives_its_own_reason():
+    from omegaconf import OmegaConf
+
+    from flopsweep.job import run_job
+
+    cfg = compose_config("model=custom_example", "model.nhead=3", "device=meta", "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    message = result.error
+    assert result.status == "failed"
+    assert message.startswith("model._target_='torch.nn.TransformerEncoderLayer': could not be built: ")
+    assert "divisible" in message and "\n" not in message  # PyTorch's own words, not Hydra's wrapper's first line

@@ -207,7 +207,14 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpu", "T4"], "gpu='T4'"),
                           (["--model", "gpt2_small", "--batch", "8", "--mfu", "0.4", "--tokens", "1T"], "steps: "),
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--json", "no/such/dir/p.json"],
-                           "json='no/such/dir/p.json': cannot be written")):
+                           "json='no/such/dir/p.json': cannot be written"),
+                          (["--model", "gpt2_small", "--tokens", "0", "--mfu", "0.4"], "tokens=0.0: must be > 0"),
+                          (["--model", "gpt2_small", "--tokens", "inf", "--mfu", "0.4"], "tokens=inf: must be a finite"),
+                          (["--model", "gpt2_small", "--steps", "1.5", "--batch", "8", "--mfu", "0.4"],
+                           "steps=1.5: must be a whole number"),
+                          (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpus", "0"], "gpus=0"),
+                          (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--dtype", "bogus"],
+                           "dtype='bogus': must be one of")):
         out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", *args, "--no-log"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 2, (args, out.stdout)

@@ -65,8 +65,8 @@ def check_positive(cfg: ModelConfig, *names: str) -> None:
         require_int(getattr(cfg, name), f"model.{name}")
 
 
-def check_heads(d_model: int, n_head: int, key: str = "model.n_head") -> None:
-    require(d_model % n_head == 0, key, n_head, f"must divide model.d_model={d_model}")
+def check_heads(d_model: int, n_head: int, key: str = "model.n_head", width: str = "model.d_model") -> None:
+    require(d_model % n_head == 0, key, n_head, f"must divide {width}={d_model}")
 
 
 def check_seq_len(batch: BatchShape, max_positions: int) -> None:

@@ -86,7 +86,9 @@ class Model(nn.Module):
         try:
             self.net = instantiate({"_target_": cfg.target, **cfg.kwargs})
         except Exception as err:  # noqa: BLE001 - report which key, not a Hydra traceback
-            raise ConfigError("model._target_", cfg.target, f"could not be built: {str(err).splitlines()[0]}")
+            cause = err.__cause__ or err  # Hydra's error wraps the model's own
+            reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+            raise ConfigError("model._target_", cfg.target, f"could not be built: {reason}") from None
         self.names = [spec.get("name", f"input{i}") for i, spec in enumerate(cfg.inputs)]
         self.loss = OutputLoss(cfg.loss)
 

@@ -49,6 +49,10 @@ class Config(ModelConfig):
         require(self.act in ("gelu", "gelu_tanh", "relu", "swiglu"), "model.act", self.act,
                 "must be gelu, gelu_tanh, relu or swiglu")
         require(self.positions in ("learned", "rope"), "model.positions", self.positions, "must be learned or rope")
+        require(self.positions != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head", self.n_head,
+                f"gives heads of width {self.d_model // self.n_head}: rope rotates pairs, so it must be even")
+        require(self.positions != "rope" or self.rope_theta > 0, "model.rope_theta", self.rope_theta, "must be > 0")
+        require(self.norm_eps > 0, "model.norm_eps", self.norm_eps, "must be > 0")
         check_seq_len(batch, self.max_positions)
 
 

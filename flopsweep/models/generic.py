@@ -51,7 +51,7 @@ class Config(ModelConfig):
 
     def validate(self, batch: BatchShape) -> None:
         check_positive(self, "embed_dim", "num_heads", "ff_dim", "seq_len")
-        check_heads(self.embed_dim, self.num_heads, "model.num_heads")
+        check_heads(self.embed_dim, self.num_heads, "model.num_heads", "model.embed_dim")
         for name in ("memory_seq_len", "num_encoder_blocks", "num_decoder_blocks"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 0, f"model.{name}", value, "must be an integer >= 0")
