@@ -20,6 +20,7 @@ MODES = {"full": [], "frozen_backbone": ["train=frozen_backbone"],
          "frozen_backbone, last 2 layers": ["train=frozen_backbone", "train.trainable_layers=2"],
          "lora r=8 (qkv, out)": ["train=lora"],
          "lora r=16 (all linears)": ["train=lora", "train.rank=16", "train.targets=[qkv,out,gate,up,down]"],
+         "dora r=8 (qkv, out)": ["train=dora"],
          "inference": ["train=inference"]}
 LORA = {mode: overrides for mode, overrides in MODES.items() if mode.startswith("lora")}
 # the LLaMA-style decoder of tests/test_train.py: grouped-query heads (8 query, 2 KV), SwiGLU, untied head

@@ -63,11 +63,14 @@ def example_inputs(spec: JobSpec, batch: BatchShape) -> dict[str, torch.Tensor]:
             for name, t in spec.family.example_inputs(spec.model, batch, spec.device).items()}
 
 
+ADAPTERS = ("lora", "dora")  # train modes that add adapters beside the targeted linears
+
+
 def apply_train_mode(model: nn.Module, spec: JobSpec) -> None:
     """Freeze what ``train.mode`` freezes: frozen weights get no gradient, so backward runs no weight-gradient
-    matmuls for them and the optimizer holds no state for them; LoRA adds its adapters' parameters."""
+    matmuls for them and the optimizer holds no state for them; LoRA and DoRA add their adapters' parameters."""
     from flopsweep.errors import require
-    from flopsweep.models.layers import LoRALinear
+    from flopsweep.models.layers import DoRALinear, LoRALinear
 
     train = spec.train
     if train.mode == "full":
@@ -81,14 +84,15 @@ def apply_train_mode(model: nn.Module, spec: JobSpec) -> None:
                 f"the model has {len(blocks)} blocks")
         for block in list(blocks)[len(blocks) - train.trainable_layers:]:
             block.requires_grad_(True)
-    elif train.mode == "lora":
+    elif train.mode in ADAPTERS:
+        adapter = DoRALinear if train.mode == "dora" else LoRALinear
         wanted, found = set(train.targets), set()
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
                     found.add(name)
                     if name in wanted:
-                        setattr(parent, name, LoRALinear(child, train.rank, train.alpha))
+                        setattr(parent, name, adapter(child, train.rank, train.alpha))
         require(not wanted - found, "train.targets", sorted(wanted - found),
                 f"name no linear layer of this model (its linear layers: {', '.join(sorted(found))})")
 

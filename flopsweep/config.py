@@ -74,7 +74,7 @@ class OptimizerConf:
 
 @dataclass
 class TrainConf:
-    mode: str = "full"                   # full | frozen_backbone | lora | inference
+    mode: str = "full"                   # full | frozen_backbone | lora | dora | inference
     trainable_layers: int = 0            # frozen_backbone: the last k blocks train too (the head always does)
     rank: int = 8                        # lora
     alpha: float = 16.0                  # lora: the update is scaled by alpha / rank
@@ -146,7 +146,7 @@ def compose_config(*overrides: str) -> DictConfig:
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor")  # none: forward + backward, no step
-TRAIN_MODES = ("full", "frozen_backbone", "lora", "inference")
+TRAIN_MODES = ("full", "frozen_backbone", "lora", "dora", "inference")
 
 
 def trains(params_dtype: str, train_mode: str) -> bool:
@@ -231,7 +231,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
         require(hasattr(fam, "HEAD"), "train.mode", train.mode,
                 f"the {model_fields['family']} family has no head and block stack to keep trainable")
         require_int(train.trainable_layers, "train.trainable_layers", 0)
-    if train.mode == "lora":
+    if train.mode in ("lora", "dora"):
         require_int(train.rank, "train.rank")
         require(train.alpha > 0, "train.alpha", train.alpha, "must be > 0")
         require(len(train.targets) > 0, "train.targets", list(train.targets), "must name at least one linear layer")

@@ -290,9 +290,11 @@ def step_breakdown(count: StepCount, module_depth: int, profiled: Optional[torch
 def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
     """The family's closed-form forward FLOPs and, for training jobs, backward FLOPs. A family with a backward
     closed form models the train modes (the decoder); the others' forward is the base model's, which LoRA's
-    adapters change, so they give none under ``train=lora``."""
+    adapters change, so they give none under ``train=lora``; none gives one under ``train=dora``."""
     forward = getattr(spec.family, "analytic_forward_flops", None)
     backward = getattr(spec.family, "analytic_backward_flops", None)
+    if spec.train.mode == "dora":  # no closed form for DoRA's norms
+        return None, None
     if backward is not None:
         return (forward(spec.model, spec.batch, spec.train),
                 backward(spec.model, spec.batch, spec.train) if spec.training else None)

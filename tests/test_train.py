@@ -64,6 +64,41 @@ def test_lora_parameters_and_forward_flops_are_the_closed_form(compose_cfg, targ
     assert lora["flops/backward"] < full["flops/backward"]  # no weight gradients for the frozen matrices
 
 
+@pytest.mark.parametrize("targets", [["qkv", "out"], ["qkv", "out", "gate", "up", "down"]])
+def test_dora_is_lora_plus_a_magnitude_per_output_and_the_product_for_the_norm(compose_cfg, targets):
+    r = 4
+    adapt = ["train.rank=4", f"train.targets=[{','.join(targets)}]"]
+    lora, dora = job(compose_cfg, "train=lora", *adapt), job(compose_cfg, "train=dora", *adapt)
+    outputs = L * sum(LINEARS[t][1] for t in targets)
+    assert dora["size/params_trainable"] == lora["size/params_trainable"] + outputs  # one magnitude per output
+    # each forward forms B A (out x r x in) for the norms of W + (alpha/r) B A: 2*r*in*out per adapted linear
+    assert dora["flops/forward"] - lora["flops/forward"] == L * sum(2 * r * i * o for i, o in
+                                                                     (LINEARS[t] for t in targets))
+    assert dora["flops/backward"] == lora["flops/backward"]  # the norm is a constant for backward: the same matmuls
+    assert dora["size/optimizer_state_bytes"] == lora["size/optimizer_state_bytes"] + 8 * outputs + 4 * L * len(targets)
+    assert dora.get("flops/forward_analytic") is None  # no closed form claimed for DoRA
+
+
+def test_dora_layer_is_the_papers_weight_and_starts_as_the_base():
+    import torch
+
+    from flopsweep.models.layers import DoRALinear
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    layer = DoRALinear(base, rank=2, alpha=4.0)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), base(x))  # B = 0 and m = ||W||: the base layer's output
+    with torch.no_grad():
+        layer.lora_b.normal_()
+        layer.magnitude.mul_(torch.linspace(0.5, 1.5, 5))
+    v = base.weight + 2.0 * layer.lora_b @ layer.lora_a                # alpha / r = 2
+    expected = x @ (layer.magnitude[:, None] * v / v.norm(dim=1, keepdim=True)).T + base.bias
+    torch.testing.assert_close(layer(x), expected)
+    layer(x).sum().backward()
+    assert base.weight.grad is None and layer.magnitude.grad is not None and layer.lora_a.grad is not None
+
+
 def test_inference_mode_counts_the_forward_only(compose_cfg):
     full = job(compose_cfg)
     inference = job(compose_cfg, "train=inference")
@@ -82,7 +117,7 @@ def test_no_optimizer_counts_forward_and_backward_and_holds_no_state(compose_cfg
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, inference"),
+    (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, dora, inference"),
     (["train=lora", "train.rank=0"], "train.rank=0: must be an integer >= 1"),
     (["train=lora", "train.targets=[qkv,attn]"], "train.targets=['attn']: name no linear layer"),
     (["train=frozen_backbone", "train.trainable_layers=3"], "train.trainable_layers=3: the model has 2 blocks"),

@@ -162,3 +162,22 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+
+class DoRALinear(LoRALinear):
+    """LoRA with the weight split into magnitude and direction (Liu et al. 2024, DoRA):
+    ``W' = m * V / ||V||`` with ``V = W + (alpha / r) * B A``, the norm of each output row, and a trainable
+    magnitude ``m`` (one per output, initialised to the rows' norms of W). As in the paper's efficient form, the
+    norm is a constant for backward (no gradient through it): ``y = (m / ||V||) * (W x + (alpha / r) B A x) + b``.
+    Each forward also forms ``B A`` (out x r x in) for the norm."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__(base, rank, alpha)
+        self.magnitude = nn.Parameter(base.weight.detach().norm(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            norm = (self.base.weight + self.scale * (self.lora_b @ self.lora_a)).norm(dim=1)
+        out = (F.linear(x, self.base.weight) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale)
+        out = out * (self.magnitude / norm)
+        return out + self.base.bias if self.base.bias is not None else out
