@@ -121,6 +121,11 @@ def make_optimizer(conf: OptimizerConf, params: list[nn.Parameter]) -> Optional[
     if conf.name == "adamw":
         return torch.optim.AdamW(params, lr=conf.lr, betas=betas, eps=conf.eps, weight_decay=conf.weight_decay,
                                  foreach=True)
+    if conf.name == "galore_adamw":
+        from flopsweep.optimizers import GaLoreAdamW
+
+        return GaLoreAdamW(params, lr=conf.lr, betas=betas, eps=conf.eps, weight_decay=conf.weight_decay,
+                           rank=conf.rank, update_proj_gap=conf.update_proj_gap, scale=conf.scale)
     if conf.name == "adafactor":
         return torch.optim.Adafactor(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
     raise ValueError(conf.name)

@@ -64,12 +64,15 @@ class BatchConf:
 
 @dataclass
 class OptimizerConf:
-    name: str = "adamw"                  # none | sgd | sgd_momentum | adam | adamw | adafactor
+    name: str = "adamw"                  # none | sgd | sgd_momentum | adam | adamw | adafactor | galore_adamw
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    rank: int = 128                      # galore_adamw: the gradients' projection rank
+    update_proj_gap: int = 200           # galore_adamw: steps between the SVDs that refresh the projection
+    scale: float = 0.25                  # galore_adamw: the projected step's scale
 
 
 @dataclass
@@ -145,7 +148,7 @@ def compose_config(*overrides: str) -> DictConfig:
 
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
-OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor")  # none: forward + backward, no step
+OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor", "galore_adamw")  # none: forward + backward, no step
 TRAIN_MODES = ("full", "frozen_backbone", "lora", "dora", "inference")
 
 
@@ -218,6 +221,10 @@ def resolve(cfg: DictConfig) -> JobSpec:
     require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"must be one of {', '.join(OPTIMIZERS)}")
     require(0 < opt.lr < math.inf, "optimizer.lr", opt.lr, "must be a finite number > 0")
     require(0 < opt.eps < math.inf, "optimizer.eps", opt.eps, "must be a finite number > 0")
+    if opt.name == "galore_adamw":
+        require_int(opt.rank, "optimizer.rank")
+        require_int(opt.update_proj_gap, "optimizer.update_proj_gap")
+        require(0 < opt.scale < math.inf, "optimizer.scale", opt.scale, "must be a finite number > 0")
     require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "must be in [0, 1)")
     require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
     require(len(opt.betas) == 2 and all(0 <= b < 1 for b in opt.betas), "optimizer.betas", list(opt.betas),

@@ -37,6 +37,8 @@ BAD = [
     (["optimizer.lr=0"], "optimizer.lr"),
     (["optimizer.lr=inf"], "optimizer.lr"),
     (["optimizer.eps=-1"], "optimizer.eps"),
+    (["optimizer=galore_adamw", "optimizer.rank=0"], "optimizer.rank"),
+    (["optimizer=galore_adamw", "optimizer.update_proj_gap=0"], "optimizer.update_proj_gap"),
     (["optimizer=sgd_momentum", "optimizer.momentum=1.5"], "optimizer.momentum"),
     (["optimizer.betas=[0.9]"], "optimizer.betas"),
     (["measure.repeats=0"], "measure.repeats"),

@@ -3,7 +3,8 @@
 Two kinds of cost are kept apart:
 
 - **matmul-class** (``mm``, ``addmm``, ``bmm``, ``baddbmm``, convolutions, fused attention): the FLOPs that
-  MFU and the closed-form estimates speak of; ``macs = matmul / 2``;
+  MFU and the closed-form estimates speak of; ``macs = matmul / 2``; also the SVD (GaLore's projections: dense
+  linear algebra, by Golub and Van Loan's count);
 - **elementwise**: everything else that does arithmetic (norms, softmax, activations, residual adds,
   the optimizer's per-element updates), at a fixed documented cost per element.
 
@@ -197,6 +198,18 @@ def _sdpa_efficient_backward(args, kwargs, out, opts) -> OpCost:
 def _sdpa_cudnn_backward(args, kwargs, out, opts) -> OpCost:
     causal = kwargs.get("is_causal", args[10] if len(args) > 10 else False)
     return _attention(args[1], args[2], args[3], causal, False, True, opts)
+
+
+@register(aten._linalg_svd)
+def _svd(args, kwargs, out, opts) -> OpCost:
+    """Golub and Van Loan's count for the R-SVD of an M x k matrix (M >= k): ``6*M*k^2 + 11*k^3`` with the thin
+    singular vectors, ``4*M*k^2 - 4*k^3/3`` for the values alone (Matrix Computations, table 5.4.1; an iterative
+    algorithm, so a convention: LAPACK's own work differs by the iterations it needs). Per matrix of a batch."""
+    *batch, m, n = args[0].shape
+    big, k = max(m, n), min(m, n)
+    vectors = kwargs.get("compute_uv", args[2] if len(args) > 2 else True)
+    per = 6 * big * k * k + 11 * k ** 3 if vectors else 4 * big * k * k - (4 * k ** 3) // 3
+    return OpCost(matmul=math.prod(batch) * per)
 
 
 # -- elementwise ----------------------------------------------------------------------------------
