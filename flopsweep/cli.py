@@ -298,6 +298,53 @@ def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
 
 
 def main() -> None:
+    global full_errors
+    from hydra.errors import HydraException
+
     _room_for_deep_graphs()
-    _app()
+    # Hydra prints a composition error over many lines (a missing option lists every file of the group): have it
+    # raise instead, and say it in one line; HYDRA_FULL_ERROR=1 set by the user still gives the whole story
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _app()
+    except (HydraException, OmegaConfBaseException) as err:
+        if full_errors:
+            raise
+        print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
+        exit_command(2)
     exit_command(1 if _failed else 0)
+
+
+full_errors = False  # the user asked Hydra for whole errors (HYDRA_FULL_ERROR=1): read by the sweeper too
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
+    in the message), the options of a group that has no such option listed after it (less the internal ``_``
+    ones; not the search path), and the OmegaConf error that caused it."""
+    def lines_of(text: str) -> tuple[list[str], list[str]]:
+        kept, options, listing = [], [], False
+        for line in (raw.strip() for raw in text.splitlines()):
+            if line.startswith("Config search path"):
+                break
+            if not line or line.startswith(("full_key:", "object_type=", "reference_type=")):
+                continue
+            if line.startswith("Available options in"):
+                listing = True
+            elif listing:
+                options += [line] if not line.startswith("_") else []
+            else:
+                kept.append(line)
+        return kept, options
+
+    kept, options = lines_of(str(err))
+    message = " ".join(kept).replace("In 'config': ", "")
+    if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
+        message = f"{err.override}: {message}"
+    if options:
+        message += f" (options: {', '.join(options)})"
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        cause = " ".join(lines_of(str(err.__cause__))[0])
+        message += f": {cause}" if cause and cause not in message else ""
+    return message

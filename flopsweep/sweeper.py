@@ -91,7 +91,9 @@ class RecoveringLauncher:
         try:
             self._launch(job_overrides, initial_job_idx, returns)
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            from flopsweep import cli
+
+            if cli.full_errors:
                 raise
             waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
                        if state == "waiting"]

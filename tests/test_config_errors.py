@@ -74,13 +74,16 @@ def test_valid_config_resolves():
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
+    (["model=nope"], "Could not find 'model/nope' (options: bert_base, bert_large,"),  # not the internal _bert
+    (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
 ])
-def test_cli_error_is_short_and_has_no_traceback(tmp_path, args, key):
-    proc = run_cli("device=meta", *args, cwd=tmp_path, timeout=120)
+def test_cli_error_is_one_line_and_has_no_traceback(tmp_path, args, key):
+    flags = [a for a in args if a.startswith("-")]  # -m goes first, device=meta before the value under test
+    proc = run_cli(*flags, "device=meta", *(a for a in args if a not in flags), cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    first = proc.stderr.strip().splitlines()[0]
-    assert key in first, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # Hydra's own errors too: they are several lines as Hydra prints them
+    assert line.startswith("flopsweep: error: ") and key in line, proc.stderr
 
 
 def test_a_custom_model_that_refuses_its_arguments_gives_its_own_reason():
