@@ -9,7 +9,7 @@ import dataclasses
 import gc
 import platform
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -184,6 +184,7 @@ class _Progress:
     timing: Optional[TimingRecord] = None
     measured_peak: Optional[int] = None
     latency: Optional[dict[str, float]] = None
+    notes: dict[str, str] = field(default_factory=dict)  # for info: what could not be measured, and why
 
 
 def _run(spec: JobSpec, config: dict[str, Any]) -> Result:
@@ -237,8 +238,13 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: _Progress) -> Resu
                                      activations=saved.bytes if saved is not None else None)
         if on_meta:  # a step as every one after the first runs it: the optimizer's state exists, no gradients yet
             built.model.zero_grad(set_to_none=True)
-            step = simulate_step(built.model, built.inputs, built.optimizer, built.autocast, training=spec.training)
-            progress.size = dataclasses.replace(progress.size, step=step)
+            try:
+                step = simulate_step(built.model, built.inputs, built.optimizer, built.autocast,
+                                     training=spec.training)
+            except Exception as err:  # noqa: BLE001 - what was counted and sized stands without it
+                progress.notes["memory_at_peak"] = f"not simulated: {_one_line(err)}"
+            else:
+                progress.size = dataclasses.replace(progress.size, step=step)
     if spec.measure.time and not on_meta:
         progress.phase = "time"
         timer = time_per_block if spec.measure.timing == "per_block" else time_step
@@ -273,7 +279,8 @@ def _result(spec: JobSpec, config: dict[str, Any], progress: _Progress, status: 
     if count is not None:
         breakdown = step_breakdown(count, spec.measure.module_depth,
                                    model if spec.measure.profile else None, progress.latency)
-    return with_step_memory(Result(status, error, config, metrics, breakdown, info=job_info(spec, progress.timing)),
+    info = {**job_info(spec, progress.timing), **progress.notes}
+    return with_step_memory(Result(status, error, config, metrics, breakdown, info=info),
                             size.step if size is not None else None)
 
 

@@ -82,7 +82,7 @@ def covering_jobs(batch: Sequence[Sequence[str]]) -> list[Sequence[str]]:
 class RecoveringLauncher:
     """Wraps the configured launcher (the real one is what runs and is pickled to workers)."""
 
-    def __init__(self, launcher: Any, config: DictConfig, config_loader: Any = None) -> None:
+    def __init__(self, launcher: Any, config: DictConfig, config_loader: Any) -> None:
         self.launcher, self.config, self.config_loader = launcher, config, config_loader
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -110,9 +110,9 @@ class RecoveringLauncher:
                 todo = todo[len(run):]
                 continue
             except ConfigCompositionException:
-                state = job_states(self._sweep_dir(), [batch[i] for i in run])
-                unfinished = [i for i, s in zip(run, state) if s != "done"]  # joblib killed the others in flight
-                bad = {i: why for i in unfinished if state[run.index(i)] == "waiting"
+                state = dict(zip(run, job_states(self._sweep_dir(), [batch[i] for i in run])))
+                unfinished = [i for i in run if state[i] != "done"]  # joblib killed the others in flight
+                bad = {i: why for i in unfinished if state[i] == "waiting"
                        and (why := self._composition_error(batch[i])) is not None}
                 if not bad:
                     raise

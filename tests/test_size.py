@@ -162,3 +162,33 @@ def test_a_meta_job_reports_its_step_peak_split_by_what_is_alive(batch):
         assert 0 < at["activations"] <= m["size/activations_bytes"] and at["gradients"] < m["size/grads_bytes"]
     assert "memory alive at the simulated step's peak" in stats_text(result)
     json.dumps(result.to_dict())  # plain numbers: it goes to result.json
+
+
+class _ForwardOnce(torch.nn.Linear):
+    """A user model that runs once and refuses a second forward: the count stands, the simulated step cannot."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("this model runs once")
+        return super().forward(x)
+
+
+def test_a_step_that_cannot_be_simulated_loses_nothing_counted():
+    from omegaconf import OmegaConf
+
+    from flopsweep.job import run_job
+
+    cfg = compose_config("model=custom_example", "model._target_=tests.test_size._ForwardOnce", "~model.d_model",
+                         "~model.nhead", "~model.dim_feedforward", "~model.batch_first", "+model.in_features=8",
+                         "+model.out_features=4", "model.inputs=[{name: x, shape: [batch, 8]}]", "device=meta",
+                         "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    assert result.metrics["flops/forward"] == 2 * 8 * 4 and result.metrics["size/params"] == 8 * 4 + 4
+    assert result.info["memory_at_peak"] == "not simulated: RuntimeError: this model runs once"
+    assert "memory_at_peak" not in result.breakdown and "size/step_peak_bytes" not in result.metrics
