@@ -191,7 +191,7 @@ def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, m
     (tmp_path / "sweep" / "2_job" / "result.json").write_text('{"status": "o')  # cut off mid-write
     monkeypatch.setenv(PARENT_ENV, parent)
 
-    RecoveringLauncher(None, config)._forget_cut_off_runs()
+    RecoveringLauncher(None, config, None)._forget_cut_off_runs()
     active = {r.info.run_id for r in db.client.search_runs([exp])}
     assert active == {parent, other, recorded, foreign}
     assert {db.client.get_run(r).info.lifecycle_stage for r in (twin, cut_off)} == {"deleted"}
