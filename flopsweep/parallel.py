@@ -129,6 +129,13 @@ def per_device(result: Result, layout: Parallelism, source: str = "") -> PerDevi
     require((batch // layout.dp) % layout.m == 0, "micro_batches" if layout.micro_batches else "pp", layout.m,
             f"does not divide the {batch // layout.dp} sequences per data-parallel replica"
             + ("" if layout.micro_batches else " (micro-batches default to pp: give micro_batches)"))
+    config = result.config.get("model") or {}
+    heads = config.get("n_head") or config.get("num_heads")
+    layers = config.get("n_layer") or config.get("n_layers")
+    require(not heads or heads % layout.tp == 0, "tp", layout.tp,
+            f"does not divide the model's {heads} attention heads (tensor parallelism splits them)")
+    require(not layers or layout.pp <= layers, "pp", layout.pp,
+            f"is more pipeline stages than the model's {layers} layers")
     model, zero = layout.tp * layout.pp, layout.zero_shards(1)
     fb, opt = m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD], m.get(M.FLOPS_OPTIMIZER) or 0.0
     memory = _memory(m, layout)

@@ -130,6 +130,12 @@ def test_bad_layouts_are_one_line_errors_naming_the_option():
         with pytest.raises(ConfigError, match=message) as err:
             per_device(measured(), layout)
         assert "\n" not in str(err.value)
+    gpt = Result("ok", None, {"model": {"name": "gpt", "n_head": 12, "n_layer": 4}}, dict(STEP))
+    for layout, message in ((Parallelism(tp=8), "^tp=8: does not divide the model's 12 attention heads"),
+                            (Parallelism(pp=8, micro_batches=8), "^pp=8: is more pipeline stages than the model's 4")):
+        with pytest.raises(ConfigError, match=message):
+            per_device(gpt, layout)
+    assert per_device(gpt, Parallelism(tp=4, pp=4)).layout.devices == 16
     split = per_device(measured(), Parallelism(dp=2, tp=2, pp=2))
     cost = PerToken.from_result(measured())
     with pytest.raises(ConfigError, match=r"^gpus=4: differs from dp·tp·pp = 2·2·2 = 8$"):
