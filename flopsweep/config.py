@@ -148,7 +148,7 @@ def compose_config(*overrides: str) -> DictConfig:
 
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
-OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor", "galore_adamw")  # none: forward + backward, no step
+OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw", "adafactor", "galore_adamw")  # none: no step
 TRAIN_MODES = ("full", "frozen_backbone", "lora", "dora", "inference")
 
 

@@ -11,8 +11,9 @@ The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metr
 
 Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
 ``8·N + 16·L·H·Q·T``. An inference job (``train=inference``: forward only) projects the tokens it processes:
-counted forward × tokens, ``2ND`` and ``2·N + 4·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by (1 − pipeline bubble) when a parallel
-layout (:mod:`flopsweep.parallel`) is given; it also sets the GPU count and adds the per-device figures.
+counted forward × tokens, ``2ND`` and ``2·N + 4·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by
+(1 − pipeline bubble) when a parallel layout (:mod:`flopsweep.parallel`) is given; it also sets the GPU count and
+adds the per-device figures.
 """
 
 from __future__ import annotations

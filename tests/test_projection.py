@@ -125,7 +125,8 @@ def test_an_inference_run_projects_the_tokens_it_processes(compose_cfg):
     assert totals["2ND"] == 2 * cost.params * D
     assert totals["2ND+attention"] == pytest.approx(totals["2ND"] + D * 4 * L * d * T, rel=1e-12)
     trained = total_flops(train, Plan.of_tokens(D))
-    assert trained["6ND"] == 3 * totals["2ND"] and trained["6ND+attention"] == pytest.approx(3 * totals["2ND+attention"])
+    assert trained["6ND"] == 3 * totals["2ND"]
+    assert trained["6ND+attention"] == pytest.approx(3 * totals["2ND+attention"])
     rows = project(cost, Plan.of_steps(10, 2, T), HW).rows
     assert [r.method for r in rows] == ["counted", "2ND", "2ND+attention"]
     assert rows[0].flops == pytest.approx(10 * inference.metrics["flops/forward"], rel=1e-12)  # no optimizer step
@@ -209,7 +210,7 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--json", "no/such/dir/p.json"],
                            "json='no/such/dir/p.json': cannot be written"),
                           (["--model", "gpt2_small", "--tokens", "0", "--mfu", "0.4"], "tokens=0.0: must be > 0"),
-                          (["--model", "gpt2_small", "--tokens", "inf", "--mfu", "0.4"], "tokens=inf: must be a finite"),
+                          (["--model", "gpt2_small", "--tokens", "inf", "--mfu", "0.4"], "tokens=inf: must be"),
                           (["--model", "gpt2_small", "--steps", "1.5", "--batch", "8", "--mfu", "0.4"],
                            "steps=1.5: must be a whole number"),
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpus", "0"], "gpus=0"),

@@ -58,7 +58,8 @@ class Config(ModelConfig):
 
 def load(fields: dict[str, Any]) -> Config:
     return Config(family="custom", name=fields.get("name", "custom"), target=fields.get("_target_", ""),
-                  kwargs={k: v for k, v in fields.items() if k not in _OWN}, inputs=_plain_list(fields.get("inputs", [])),
+                  kwargs={k: v for k, v in fields.items() if k not in _OWN},
+                  inputs=_plain_list(fields.get("inputs", [])),
                   loss=fields.get("loss", "output"), default_seq_len=fields.get("default_seq_len"))
 
 
