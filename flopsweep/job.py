@@ -28,6 +28,7 @@ from flopsweep.measure.profile import forward_latency, module_rows
 from flopsweep.measure.size import TEMPORARY, SavedActivations, SizeRecord, StepMemory, measure_size, simulate_step
 from flopsweep.measure.timing import TimingRecord, time_per_block, time_step
 from flopsweep.models.base import BatchShape
+from flopsweep.optimizers import periodic_ops
 from flopsweep.result import Result
 
 
@@ -271,6 +272,12 @@ def _result(spec: JobSpec, config: dict[str, Any], progress: _Progress, status: 
                                   measured_peak=progress.measured_peak)
     else:
         metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
+    if count is not None and count.optimizer is not None:
+        periodic = periodic_ops(spec.optimizer.name, spec.optimizer.update_proj_gap)
+        if periodic:  # the counted step is the first: it does what later steps do once in so many
+            saved = sum((count.optimizer.by_op[op].matmul + count.optimizer.by_op[op].elementwise) * (1 - 1 / every)
+                        for op, every in periodic.items() if op in count.optimizer.by_op)
+            metrics[M.FLOPS_OPTIMIZER_MEAN] = metrics[M.FLOPS_OPTIMIZER] - saved
     forward_analytic, backward_analytic = closed_forms(spec)
     metrics[M.FLOPS_FORWARD_ANALYTIC] = forward_analytic
     if backward_analytic is not None:

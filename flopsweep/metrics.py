@@ -4,6 +4,7 @@ FLOPS_FORWARD = "flops/forward"
 FLOPS_BACKWARD = "flops/backward"
 FLOPS_OPTIMIZER = "flops/optimizer"
 FLOPS_STEP = "flops/step"
+FLOPS_OPTIMIZER_MEAN = "flops/optimizer_mean"  # per step over many, where the counted step has periodic work (GaLore)
 FLOPS_FORWARD_ELEMENTWISE = "flops/forward_elementwise"
 FLOPS_BACKWARD_ELEMENTWISE = "flops/backward_elementwise"
 FLOPS_FORWARD_ANALYTIC = "flops/forward_analytic"

@@ -52,3 +52,9 @@ class GaLoreAdamW(torch.optim.Optimizer):
                     update = (projector @ update if left else update @ projector.T) * group["scale"]
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
+
+
+def periodic_ops(name: str, update_proj_gap: int) -> dict[str, int]:
+    """The aten ops an optimizer's counted (first) step runs that later steps run only once in so many steps:
+    GaLore's SVDs, every ``update_proj_gap`` steps. Empty for the others."""
+    return {"aten._linalg_svd": update_proj_gap} if name == "galore_adamw" else {}

@@ -42,7 +42,7 @@ class PerToken:
     seq_len: int
     counted: Optional[float]            # measured forward + backward FLOPs per token
     counted_forward: Optional[float]    # measured forward FLOPs per token (what recomputation adds)
-    optimizer_step: Optional[float]     # measured FLOPs of one optimizer step
+    optimizer_step: Optional[float]     # measured FLOPs of one optimizer step (the mean over many, for GaLore)
     attention: Optional[float]          # 12·L·H·Q·T per token (decoders; 4·L·H·Q·T for inference), else None
     source: str = ""
     training: bool = True               # False: a forward-only job, whose tokens are processed, not trained on
@@ -69,7 +69,8 @@ class PerToken:
                        attention=None if attention is None else attention / 3.0, source=source, training=False)
         return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
                    counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
-                   counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=m.get(M.FLOPS_OPTIMIZER) or 0.0,
+                   counted_forward=m[M.FLOPS_FORWARD] / tokens,
+                   optimizer_step=m.get(M.FLOPS_OPTIMIZER_MEAN) or m.get(M.FLOPS_OPTIMIZER) or 0.0,
                    attention=attention, source=source)
 
 

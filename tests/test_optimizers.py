@@ -1,6 +1,7 @@
 """GaLore (optimizer=galore_adamw): its step is low-rank, its vectors step as AdamW's, and what a job counts and sizes
 for it follows from the parameter shapes."""
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -59,6 +60,12 @@ def test_galore_step_counted_and_sized_from_the_shapes():
     assert result.metrics["size/optimizer_state_bytes"] == state
     adamw = 8 * result.metrics["size/params_trainable"]
     assert state < adamw / 2  # the point of GaLore: a fraction of AdamW's moments
+    # the counted step is the first, SVDs and all; a step on average does them once in update_proj_gap (200)
+    mean = result.metrics["flops/optimizer"] - svd * (1 - 1 / 200)
+    assert result.metrics["flops/optimizer_mean"] == pytest.approx(mean, rel=1e-12)
+    from flopsweep.projection import PerToken
+
+    assert PerToken.from_result(result).optimizer_step == result.metrics["flops/optimizer_mean"]  # what projects
 
 
 def test_galore_counts_the_same_on_cpu_as_on_meta():
