@@ -271,14 +271,14 @@ def sweep_size(config: DictConfig) -> Optional[int]:
 def _job_result(folder: Path) -> Result:
     """The job's ``result.json``; a job that started (Hydra made its folder) and has none is lost: its process died
     (killed, out of memory) before the job finished. Rerun the sweep with ``skip_existing=true`` to measure it."""
+    result = Result.read_or_none(folder / "result.json")
+    if result is not None:
+        return result
     try:
-        return Result.read(folder / "result.json")
-    except (OSError, ValueError):
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
-        except Exception:  # noqa: BLE001 - the table shows the folder's name whatever is left in it
-            config = {}
-        return Result("lost", "no result.json: the job's process died before it finished", config)
+        config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
+    except Exception:  # noqa: BLE001 - the table shows the folder's name whatever is left in it
+        config = {}
+    return Result("lost", "no result.json: the job's process died before it finished", config)
 
 
 def _job_number(name: str) -> int:

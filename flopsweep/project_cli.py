@@ -181,12 +181,10 @@ def _layout(args: argparse.Namespace):
 
 
 def _hardware(args: argparse.Namespace, layout=None):
-    from flopsweep.measure.peaks import peak_flops
+    from flopsweep.measure.peaks import PEAK_TFLOPS, peak_flops
     from flopsweep.projection import Hardware
 
-    from flopsweep.config import AUTOCAST_DTYPES, PARAM_DTYPES
-
-    dtypes = sorted(set(PARAM_DTYPES + AUTOCAST_DTYPES) - {"int8"})
+    dtypes = sorted({dtype for _, peaks in PEAK_TFLOPS for dtype in peaks})
     require(args.dtype in dtypes, "dtype", args.dtype, f"must be one of {', '.join(dtypes)}")
     peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
     require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")

@@ -38,6 +38,14 @@ class Result:
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
 
+    @classmethod
+    def read_or_none(cls, path: Path) -> Optional["Result"]:
+        """The result at ``path``, or None where there is none or it is not one (a job killed mid-write)."""
+        try:
+            return cls.read(path)
+        except (OSError, ValueError):
+            return None
+
 
 def any_failed(results: list[tuple[str, Result]]) -> bool:
     return any(r.status in FAILURES for _, r in results)

@@ -175,13 +175,8 @@ def _recorded_runs(sweep_dir: Path) -> set[str]:
     """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
     from flopsweep.result import Result
 
-    recorded = set()
-    for path in sweep_dir.glob("*/result.json"):
-        try:
-            recorded.add((Result.read(path).info.get("tracking") or {}).get("run_id"))
-        except (OSError, ValueError):  # cut off mid-write: its job runs again
-            pass
-    return recorded - {None}
+    results = (Result.read_or_none(path) for path in sweep_dir.glob("*/result.json"))  # none: its job runs again
+    return {r.info["tracking"].get("run_id") for r in results if r is not None and r.info.get("tracking")} - {None}
 
 
 def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
@@ -220,9 +215,8 @@ def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:
 def _finished(path: Path) -> bool:
     from flopsweep.result import Result
 
-    try:
-        result = Result.read(path)
-    except (OSError, ValueError):  # none, or cut off mid-write
+    result = Result.read_or_none(path)  # none, or cut off mid-write
+    if result is None:
         return False
     return "tracking" in result.info or (result.config.get("tracking") or {}).get("kind") == "none"
 

@@ -74,18 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     for (uri, experiment, sweep_dir), parent in parents.items():
         store = store_for(target_of_uri(uri, experiment))
         if store.client.get_run(parent).info.status == "RUNNING":
-            results = [(f.name, r) for f in job_folders(sweep_dir) if (r := _readable(f)) is not None]
+            results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
+                       if (r := Result.read_or_none(f / "result.json")) is not None]
             store.finish_parent(parent, results, sweep_dir / "summary.csv")
     where = ", ".join(sorted(uris)) or target_at(args.uri, args.store_dir or "outputs", "").uri
     print(f"flopsweep-sync: {logged} logged, {present} already in the store, {failed} failed  ({where})")
     return 1 if failed else 0
-
-
-def _readable(folder: Path) -> Result | None:
-    try:
-        return Result.read(folder / "result.json")
-    except (OSError, ValueError):  # reported above, with the jobs
-        return None
 
 
 def _target(args: argparse.Namespace, result: Result, experiment: str):

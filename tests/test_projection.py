@@ -148,6 +148,8 @@ def test_project_command_projects_inference_and_refuses_training_plans_for_it(tm
     assert out.returncode == 0, out.stderr
     assert "processes (forward only), by method:" in out.stdout and "2ND+attention" in out.stdout
     assert "compute-optimal" not in out.stdout  # training data per parameter means nothing for inference
+    out = project("--inference", "--tokens", "1T", "--dtype", "fp8")  # every dtype of the peak table, fp8 too
+    assert out.returncode == 0 and "1978.9 TFLOP/s peak" in out.stdout, out.stderr
     for args, message in ((["--inference", "--compute-optimal"], "compute-optimal=True: is a training plan"),
                           (["--inference", "--tokens", "1T", "--recompute"], "recompute=True"),):
         out = project(*args)
