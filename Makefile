@@ -14,11 +14,11 @@ $(PY):
 
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q "$(TORCH)" -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,8 +26,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/flopsweep +sweep=quickstart
 
-# one test worker per core (pytest-xdist), a test file per worker at a time: most tests wait on a sweep's subprocess
+# the layers and the declared dependencies first (seconds), then the suite: one test worker per core (pytest-xdist),
+# a test file per worker at a time
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 	$(PY) -m pytest -q -n auto --dist loadfile
 
 # A shared MLflow tracking server on PostgreSQL, in the foreground (Ctrl-C stops it and PostgreSQL); PostgreSQL's
@@ -38,11 +41,11 @@ TRACKING_DIR  ?= outputs/tracking-server
 TRACKING_ARGS ?=
 
 $(VENV)/.installed-server: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[server]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[server]"
 	touch $@
 
 tracking-server: $(VENV)/.installed-server
-	$(PY) -m flopsweep.server run --dir "$(TRACKING_DIR)" $(TRACKING_ARGS)
+	$(PY) -m flopsweep_server run --dir "$(TRACKING_DIR)" $(TRACKING_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs/*

@@ -13,8 +13,10 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from flopsweep.build import build
-from flopsweep.config import CONF_DIR, register_configs, resolve
+from flopsweep.build.model import build
+from flopsweep.config.compose import register_configs
+from flopsweep.config.resolve import resolve
+from flopsweep.config.schema import CONF_DIR
 from flopsweep.measure.count import count_step
 
 

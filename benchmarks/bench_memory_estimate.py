@@ -5,7 +5,7 @@ takes: GPT-2 small with 2 layers, sequence 64, float32, AdamW, at a few batch si
 
 For each batch: ``size/train_peak_bytes`` (the static sum: weights, gradients, optimizer state and every saved
 activation) and the simulated step's peak (``MetaEstimate(spec).at(B).step_peak_bytes``), both counted on meta in
-this process; then the same job run for real on the CPU (``flopsweep.job.run_job``: the memory pre-check, build,
+this process; then the same job run for real on the CPU (``flopsweep.run.job.run_job``: the memory pre-check, build,
 counted step, timed steps) in a fresh process, whose resident-memory high-water mark is reset just before the job
 (``/proc/self/clear_refs``, Linux): the growth is ``VmHWM`` after the job minus ``VmRSS`` before it.
 """
@@ -25,8 +25,9 @@ MIB = 2**20
 
 CHILD = """
 import json, re, sys
-from flopsweep.config import compose_config, resolve
-from flopsweep.job import run_job
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
 
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -60,8 +61,9 @@ def main() -> None:
 
     import torch
 
-    from flopsweep.config import compose_config, resolve
-    from flopsweep.feasibility import MetaEstimate
+    from flopsweep.config.compose import compose_config
+    from flopsweep.config.resolve import resolve
+    from flopsweep.run.fit import MetaEstimate
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, torch {torch.__version__}; {' '.join(JOB)}")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from flopsweep.cli import _room_for_deep_graphs
+from flopsweep.sweep.app import _room_for_deep_graphs
 
 
 def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tuple[list[float], list[float]]:
@@ -25,7 +25,7 @@ def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tup
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli import main; main()",
+            proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli.flopsweep import entry; entry()",
                                    f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}", *extra], cwd=cwd,
                                   capture_output=True,
                                   text=True)
@@ -40,8 +40,9 @@ def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tup
 def in_process(model: str, extra: list[str]) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from flopsweep.build import build
-    from flopsweep.config import compose_config, resolve
+    from flopsweep.build.model import build
+    from flopsweep.config.compose import compose_config
+    from flopsweep.config.resolve import resolve
     from flopsweep.measure.count import count_step
     from flopsweep.measure.meta import MetaLikeCPU
 

@@ -11,9 +11,10 @@ import time
 
 from omegaconf import OmegaConf
 
-from flopsweep.config import compose_config, resolve
-from flopsweep.console import seconds
-from flopsweep.job import run_job
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.core.text import seconds
+from flopsweep.run.job import run_job
 
 CASES = {"gpt2_small b2 s128": ["model=gpt2_small", "batch.size=2", "batch.seq_len=128"],
          "gpt2 2 layers d128 b2 s64": ["model=gpt2_small", "model.n_layer=2", "model.d_model=128", "model.n_head=4",

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
-SERVER = [sys.executable, "-m", "flopsweep.server"]
+SERVER = [sys.executable, "-m", "flopsweep_server"]
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1,2,3", "batch.size=1,2,3,4,5,6,7,8,9,10", "batch.seq_len=64",
          "device=meta", "tracking.experiment=bench_overhead"]
 JOBS = 3 * 10

@@ -7,15 +7,20 @@ and across sequence lengths (figures for docs/resnet_bk.md).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from flopsweep.build import build
-from flopsweep.config import CONF_DIR, register_configs, resolve
+from flopsweep.build.model import build
+from flopsweep.config.compose import register_configs
+from flopsweep.config.resolve import resolve
+from flopsweep.config.schema import CONF_DIR
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
-from flopsweep.models import resnet_bk_reference as reference
-from flopsweep.models.resnet_bk import reference_dims
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import resnet_bk_reference as reference  # noqa: E402 - the reference's counter, re-implemented for the tests
 
 
 def counted(batch: int, n_seq: int, optimizer: str = "adamw"):
@@ -34,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     register_configs()
     spec, count = counted(args.batch, 128)
-    ref = reference.count(reference_dims(spec.model, spec.batch))
+    ref = reference.count(reference.dims_of(spec.model, spec.batch))
     rows = {r["module"]: r for r in count.module_table(2)}
     names = {"embedding": ["tok_embedding", "pos_embedding"], "final_layernorm": ["norm"], "lm_head": ["lm_head"]}
     print(f"ResNet-BK baseline, batch {args.batch}, N 128 (forward / backward, all FLOPs: matmul + elementwise)")
@@ -59,7 +64,7 @@ def main() -> None:
     print(f"{'N':>6} {'reference':>14} {'counted':>14}")
     for n in (128, 256, 512, 1024, 2048):
         spec, c = counted(1, n)
-        r = reference.count(reference_dims(spec.model, spec.batch))
+        r = reference.count(reference.dims_of(spec.model, spec.batch))
         print(f"{n:>6} {r.forward / n:>14,.0f} {(c.forward.matmul + c.forward.elementwise) / n:>14,.0f}")
 
 

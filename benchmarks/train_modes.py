@@ -10,11 +10,13 @@ import argparse
 
 from omegaconf import OmegaConf
 
-from flopsweep.config import JobSpec, compose_config, resolve
-from flopsweep.console import human, size_bytes
-from flopsweep.job import run_job
+from flopsweep.build.spec import JobSpec
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.core.text import human, size_bytes
+from flopsweep.run.job import run_job
 from flopsweep.models import decoder
-from flopsweep.result import Result
+from flopsweep.core.result import Result
 
 MODES = {"full": [], "frozen_backbone": ["train=frozen_backbone"],
          "frozen_backbone, last 2 layers": ["train=frozen_backbone", "train.trainable_layers=2"],

@@ -1,4 +1,4 @@
-"""Measure a step of your own training loop with ``flopsweep.measure``: a small transformer language model
+"""Measure a step of your own training loop with ``flopsweep.meter``: a small transformer language model
 trained for a few steps on synthetic tokens; step K is counted (FLOPs, sizes, module profile), the steps after
 it are timed, and the record is printed (and logged to MLflow with --log).
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import flopsweep
-from flopsweep.console import metric_lines, profile_text
+from flopsweep.core.text import metric_lines, profile_text
 
 
 class TinyLM(nn.Module):
@@ -44,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = TinyLM(seq_len=args.seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    meter = flopsweep.measure(model, optimizer, batch_size=args.batch, seq_len=args.seq_len, name="tiny_lm")
+    meter = flopsweep.meter(model, optimizer, batch_size=args.batch, seq_len=args.seq_len, name="tiny_lm")
     for step in range(args.steps):
         tokens = torch.randint(0, 1000, (args.batch, args.seq_len + 1))
         with meter if step >= args.profile_step else contextlib.nullcontext():

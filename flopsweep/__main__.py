@@ -1,3 +1,3 @@
-from flopsweep.cli import main
+from flopsweep.cli.flopsweep import entry
 
-main()
+entry()

@@ -5,9 +5,9 @@ import pytest
 
 import flopsweep
 from flopsweep import analysis
-from flopsweep.errors import ConfigError
+from flopsweep.core.errors import ConfigError
 
-from conftest import run_cli
+from tests.helpers import run_app
 
 SEQ = [16, 64, 256, 1024, 4096, 16384]
 TINY_GPT = ["model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=1000",
@@ -17,11 +17,11 @@ TINY_GPT = ["model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("analysis")
-    gpt = run_cli("-m", *TINY_GPT, f"batch.seq_len={','.join(map(str, SEQ))}", "device=meta",
+    gpt = run_app("-m", *TINY_GPT, f"batch.seq_len={','.join(map(str, SEQ))}", "device=meta",
                   "tracking.experiment=scaling", cwd=cwd)
     assert gpt.returncode == 0, gpt.stderr
     # N = 4096 also checks that a deep autograd chain does not crash the process (it overflowed an 8 MiB stack)
-    bk = run_cli("-m", "model=resnet_bk_baseline", "batch.seq_len=256,1024,4096", "batch.size=1", "device=meta",
+    bk = run_app("-m", "model=resnet_bk_baseline", "batch.seq_len=256,1024,4096", "batch.size=1", "device=meta",
                  "tracking.experiment=scaling", cwd=cwd)
     assert bk.returncode == 0, bk.stderr
     return cwd, flopsweep.load_runs(experiment="scaling", store_dir=cwd / "outputs")

@@ -1,23 +1,20 @@
-"""``batch.size=max`` (issue 5, item 5): the largest batch whose training peak, estimated on meta, fits a memory
+"""``batch.size=max``: the largest batch whose training peak, estimated on meta, fits a memory
 budget; on a real device confirmed by running it, stepping down after an out-of-memory error; recorded and
 logged like any other job, with the batch it chose."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from flopsweep.config import compose_config, resolve
-from flopsweep.errors import ConfigError
-from flopsweep.feasibility import MetaEstimate, largest_fitting_batch
-from flopsweep.job import run_job
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from flopsweep.run.fit import MetaEstimate, largest_fitting_batch
+from flopsweep.run.job import run_job
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_faults import BUILT_ON, F, custom_model, pretend_gpu, sgd_peak  # noqa: E402  (PretendGPU, its peak by hand)
+from tests.helpers import BUILT_ON, F, custom_model, pretend_gpu, run_app, sgd_peak
 
 MIB = 2**20
 LINEAR = [*custom_model("torch.nn.Linear", f"[{{name:input,shape:[batch,{F}]}}]", in_features=F, out_features=F),
@@ -164,11 +161,9 @@ def test_bad_values_name_their_key(overrides, key):
 def test_the_command_line_records_and_logs_the_chosen_batch(tmp_path):
     """Through ``flopsweep`` and the local MLflow store: the progress line names the request (``bmax``); the job
     folder, the run's name, params and metrics the batch chosen."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
     overrides = [o for o in LINEAR if o != "tracking=none"]
-    out = subprocess.run([sys.executable, "-m", "flopsweep", *overrides, "device=meta", "batch.size=max",
-                          f"batch.memory_budget_gib={1 / 1024}", "tracking.experiment=batch_max",
-                          "hydra.run.dir=job"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = run_app(*overrides, "device=meta", "batch.size=max", f"batch.memory_budget_gib={1 / 1024}",
+                  "tracking.experiment=batch_max", "hydra.run.dir=job", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert out.returncode == 0, out.stderr[-3000:]
     chosen = largest_by_hand(MIB)
     assert "[job] custom_example|bmax|float32|meta" in out.stdout

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
 from flopsweep.models import bert
 from flopsweep.models.base import BatchShape
-from tests.conftest import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
 
 PRESETS = ["bert_base", "bert_large"]
 

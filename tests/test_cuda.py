@@ -6,12 +6,12 @@ import contextlib
 import pytest
 import torch
 
-from flopsweep.build import build
-from flopsweep.config import resolve
-from flopsweep.job import run_job
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

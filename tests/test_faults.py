@@ -1,90 +1,24 @@
-"""Faults inside a job (issue 5, item 4): running out of memory anywhere in a job is a result, ``oom`` with the
+"""Faults inside a job: running out of memory anywhere in a job is a result, ``oom`` with the
 batch size, whatever was measured before it is kept, the memory is released and the sweep goes on; a real job
 whose training peak, estimated on meta, would not fit in ``measure.memory_share`` of the memory available is
 ``skipped`` before anything is built at full size.
 
-Without a GPU, :class:`PretendGPU` stands in for one: a linear layer that, off meta, raises the
+Without a GPU, :class:`tests.helpers.PretendGPU` stands in for one: a linear layer that, off meta, raises the
 ``torch.OutOfMemoryError`` the CUDA caching allocator raises when a step needs more than its pretend capacity.
 It goes through the real path (``model=custom_example`` builds any ``_target_``); the product has no test hook.
 The CPU allocator's own failure is real: a 2**60-byte embedding, which no machine can map."""
 
 import json
-import os
-import subprocess
-import sys
-import weakref
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from flopsweep.config import compose_config, resolve
-from flopsweep.job import run_job
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
+from tests.helpers import ALIVE, BUILT_ON, F, custom_model, pretend_gpu, run_app, sgd_peak
 
-TESTS = Path(__file__).resolve().parent
 MIB = 2**20
-F = 64  # PretendGPU's width: weights F*F + F floats, a batch of B samples is B*F floats
-
-BUILT_ON: list[str] = []              # the device type of every PretendGPU built, in order
-ALIVE: list[weakref.ref] = []         # every PretendGPU built, weakly
-
-
-class _FailingBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, capacity):
-        ctx.capacity = capacity
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if grad.device.type != "meta":
-            _allocate(grad.numel() * grad.element_size(), ctx.capacity)
-        return grad, None
-
-
-def _allocate(need: int, capacity: int) -> None:
-    if need > capacity:
-        raise torch.OutOfMemoryError(
-            f"CUDA out of memory. Tried to allocate {need / 2**20:.2f} MiB. GPU 0 has a total capacity of "
-            f"{capacity / 2**20:.2f} MiB of which 0 bytes is free (a pretend GPU)")
-
-
-class PretendGPU(nn.Module):
-    """``nn.Linear(features, features)`` on a pretend GPU of ``capacity_mib``. Off meta (meta allocates nothing) the
-    allocation at ``at`` raises ``torch.OutOfMemoryError`` if it needs more than the capacity: ``build`` the
-    weights, ``forward`` the output of every forward pass, ``backward`` the gradient flowing back, ``time`` the
-    output of a forward pass after the first (the counted step fits, a timed one does not)."""
-
-    def __init__(self, features: int = F, capacity_mib: float = 1024.0, at: str = "forward"):
-        super().__init__()
-        self.linear = nn.Linear(features, features)
-        self.capacity, self.at, self.forwards = int(capacity_mib * 2**20), at, 0
-        BUILT_ON.append(self.linear.weight.device.type)
-        ALIVE.append(weakref.ref(self))
-        if at == "build" and self.linear.weight.device.type != "meta":
-            _allocate(sum(p.numel() * p.element_size() for p in self.parameters()), self.capacity)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "meta":
-            self.forwards += 1
-            if self.at == "forward" or (self.at == "time" and self.forwards > 1):
-                _allocate(x.numel() * x.element_size(), self.capacity)
-        if self.at == "backward":
-            x = _FailingBackward.apply(x.requires_grad_(True), self.capacity)
-        return self.linear(x)
-
-
-def custom_model(target: str, inputs: str, loss: str = "output", **kwargs) -> list[str]:
-    """The overrides that make ``model=custom_example`` build ``target(**kwargs)`` (the example's own arguments
-    removed) on ``inputs``; ``loss=output``: the mean of what it returns."""
-    return ["model=custom_example", f"model._target_={target}", "~model.d_model", "~model.nhead",
-            "~model.dim_feedforward", "~model.batch_first", f"model.inputs={inputs}", f"model.loss={loss}",
-            "model.default_seq_len=null", *[f"+model.{k}={v}" for k, v in kwargs.items()], "tracking=none"]
-
-
-def pretend_gpu(module: str = __name__, features: int = F, **kwargs) -> list[str]:
-    return custom_model(f"{module}.PretendGPU", f"[{{name:x,shape:[batch,{features}]}}]", features=features, **kwargs)
 
 
 def job(*overrides: str):
@@ -132,11 +66,8 @@ def test_the_next_job_in_the_process_runs_after_an_oom():
 def test_a_sweep_goes_on_after_an_oom(tmp_path):
     """A real multirun: the first job runs out of memory, the second (same process) runs; the command exits
     non-zero at the end with one line for the error, and both job folders are written."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env.pop("HYDRA_FULL_ERROR", None)
-    out = subprocess.run([sys.executable, "-m", "flopsweep", "-m", *pretend_gpu("test_faults", capacity_mib=0.5),
-                          "batch.size=8192,2", *FAST, "hydra.sweep.dir=sweep"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = run_app("-m", *pretend_gpu(capacity_mib=0.5), "batch.size=8192,2", *FAST, "hydra.sweep.dir=sweep",
+                  cwd=tmp_path)
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("flopsweep: error:")]
@@ -152,14 +83,11 @@ def test_a_job_skipped_for_memory_is_logged_and_not_taken_for_measured(tmp_path)
     as KILLED, not FINISHED: the same command with skip_existing=true tries it again rather than skip it as done."""
     from mlflow.tracking import MlflowClient
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env.pop("HYDRA_FULL_ERROR", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "flopsweep", "-m", *pretend_gpu("test_faults"), "tracking=local",
-               "tracking.experiment=skips", "optimizer=sgd", *FAST, "batch.size=64,2", "measure.memory_share=1e-12"]
+    command = ["-m", *pretend_gpu(), "tracking=local", "tracking.experiment=skips", "optimizer=sgd", *FAST,
+               "batch.size=64,2", "measure.memory_share=1e-12"]
     for attempt, extra in enumerate([[], ["skip_existing=true"]]):
-        out = subprocess.run([*command, *extra, f"hydra.sweep.dir=sweep{attempt}"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = run_app(*command, *extra, f"hydra.sweep.dir=sweep{attempt}", cwd=tmp_path,
+                      env={"MLFLOW_TRACKING_URI": None})
         assert out.returncode == 0, out.stderr[-3000:]  # skipping is not failing
         results = [json.loads((tmp_path / f"sweep{attempt}" / f"{n}_custom_example" / "result.json").read_text())
                    for n in (0, 1)]
@@ -175,15 +103,6 @@ def test_a_job_skipped_for_memory_is_logged_and_not_taken_for_measured(tmp_path)
 
 
 # --- the memory pre-check --------------------------------------------------------------------------------------
-
-def sgd_peak(batch: int, f: int = F) -> int:
-    """The most bytes alive in one step of PretendGPU with plain SGD, by hand (float32): the weights (f*f + f) and
-    the batch x (B*f) are there before; forward makes the output (B*f) and the loss (1), freed as backward runs;
-    backward makes the loss's gradient (1) and the output's (B*f, alive while the weight's (f*f) and the bias's
-    (f) gradients are made); SGD updates in place. The sum of the static sizes and the saved activations
-    (size/train_peak_bytes: 2(f*f + f) + B*f, x being what addmm saves) is smaller."""
-    return 4 * (2 * (f * f + f) + 2 * batch * f + 2)
-
 
 def test_a_job_that_would_not_fit_is_skipped_before_it_is_built():
     share = 1e-9  # of some GiB: a few bytes

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
-from tests.conftest import REPO, compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from tests.helpers import REPO, compose_config
 
 FIELDS = dict(embed_dim=256, num_heads=4, ff_dim=1024, seq_len=64, memory_seq_len=32, num_encoder_blocks=3,
               num_decoder_blocks=2)

@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from flopsweep.config import CONF_DIR
-from flopsweep.sweeper import _Once, concurrent_timing_error, jobs_at_once
-from tests.conftest import run_cli
+from flopsweep.config.schema import CONF_DIR
+from flopsweep.sweep.joblib_fast import _Once
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, jobs_at_once
+from tests.helpers import run_app, run_cli
 
 TINY = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
         "batch.seq_len=32", "device=meta"]
@@ -72,7 +73,7 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
 
 @pytest.mark.slow
 def test_joblib_with_one_worker_runs_the_jobs_in_the_sweeps_process(tmp_path):
-    proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
+    proc = run_app("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1",
                    "tracking.experiment=one", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = sweep_results(tmp_path)
@@ -82,8 +83,8 @@ def test_joblib_with_one_worker_runs_the_jobs_in_the_sweeps_process(tmp_path):
 
 
 def test_a_launcher_that_cannot_start_fails_the_sweep_and_closes_its_run(tmp_path):
-    proc = run_cli("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
-                   "tracking.experiment=zero", cwd=tmp_path, timeout=120)
+    proc = run_app("-m", *TINY, "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
+                   "tracking.experiment=zero", cwd=tmp_path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("flopsweep: error")]
     assert len(errors) == 1 and "n_jobs" in errors[0] and "Traceback" not in proc.stderr
@@ -168,9 +169,9 @@ def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, m
     result.json: the job runs again, so that run must go, or the job ends with two runs (seen in CI)."""
     from omegaconf import OmegaConf
 
-    from flopsweep.result import Result
-    from flopsweep.sweeper import RecoveringLauncher
-    from flopsweep.tracking import PARENT_ENV, Store, target_of
+    from flopsweep.core.result import Result
+    from flopsweep.sweep.sweeper import RecoveringLauncher
+    from flopsweep.sinks.store import PARENT_ENV, Store, target_of
 
     cfg = compose_cfg("tracking.experiment=cleanup")
     config = OmegaConf.create({"tracking": cfg.tracking, "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
@@ -231,8 +232,8 @@ def test_forced_timing_jobs_get_workers_that_import_torch_with_their_thread_shar
 
 
 def test_timing_jobs_side_by_side_are_refused_before_anything_starts(tmp_path):
-    proc = run_cli("-m", *TINY, "device=cpu", "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   cwd=tmp_path, timeout=120)
+    proc = run_app("-m", *TINY, "device=cpu", "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
@@ -254,7 +255,7 @@ def check(*overrides: str):
     OmegaConf.set_readonly(cfg, False)
     cfg.hydra.overrides.task = [o for o in overrides if not o.startswith("hydra")]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return concurrent_timing_error(cfg)
+        return concurrent_timing_error(SweepPlan.of(cfg))
 
 
 def test_which_sweeps_may_run_side_by_side():
@@ -306,7 +307,7 @@ def test_the_wheel_ships_the_launcher_preset_and_the_sweeper(tmp_path):
     import sys
     import zipfile
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
                    check=True, capture_output=True)

@@ -1,4 +1,4 @@
-"""flopsweep.measure(model, optimizer) in a user's own training loop: the same record as the sweep path for the
+"""flopsweep.meter(model, optimizer) in a user's own training loop: the same record as the sweep path for the
 same config, phases told apart without being told, timings from the later steps, and logging to MLflow."""
 
 import contextlib
@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 import flopsweep
-from conftest import REPO
-from flopsweep.build import build
-from flopsweep.config import resolve
-from flopsweep.job import run_job
+from tests.helpers import REPO
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
 
 SAME = ["flops/forward", "flops/backward", "flops/optimizer", "flops/step", "flops/forward_elementwise",
         "flops/backward_elementwise", "macs/forward", "size/params", "size/params_trainable", "size/weights_bytes",
@@ -32,7 +32,7 @@ def test_the_loop_api_counts_what_the_sweep_path_counts(compose_cfg, overrides):
     assert swept.status == "ok", swept.error
 
     built = build(spec)  # the same model, weights and batch, in a loop written by hand
-    meter = flopsweep.measure(built.model, built.optimizer, batch_size=2, seq_len=16)
+    meter = flopsweep.meter(built.model, built.optimizer, batch_size=2, seq_len=16)
     with meter:
         loss = built.model(**built.inputs)
         loss.backward()
@@ -55,7 +55,7 @@ def tiny_mlp():
 def test_phases_clipping_and_timed_steps():
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    meter = flopsweep.measure(model, optimizer, batch_size=8)
+    meter = flopsweep.meter(model, optimizer, batch_size=8)
     x, y = torch.randn(8, 16), torch.randn(8, 4)
     for step in range(5):
         with meter if step >= 1 else contextlib.nullcontext():
@@ -84,7 +84,7 @@ def test_phases_clipping_and_timed_steps():
 
 def test_inference_step_and_errors():
     model = tiny_mlp()
-    meter = flopsweep.measure(model)
+    meter = flopsweep.meter(model)
     with pytest.raises(RuntimeError, match="no step"):
         meter.result()
     with meter, torch.no_grad():

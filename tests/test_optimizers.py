@@ -5,10 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from flopsweep.config import resolve
-from flopsweep.job import run_job
-from flopsweep.optimizers import GaLoreAdamW
-from tests.conftest import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
+from flopsweep.build.galore import GaLoreAdamW
+from tests.helpers import compose_config
 
 R = 8
 TINY = ["model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=100",
@@ -63,7 +63,7 @@ def test_galore_step_counted_and_sized_from_the_shapes():
     # the counted step is the first, SVDs and all; a step on average does them once in update_proj_gap (200)
     mean = result.metrics["flops/optimizer"] - svd * (1 - 1 / 200)
     assert result.metrics["flops/optimizer_mean"] == pytest.approx(mean, rel=1e-12)
-    from flopsweep.projection import PerToken
+    from flopsweep.projection.training import PerToken
 
     assert PerToken.from_result(result).optimizer_step == result.metrics["flops/optimizer_mean"]  # what projects
 

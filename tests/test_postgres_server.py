@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from flopsweep import server as recipe
-from tests.conftest import FLOPSWEEP
-from tests.test_tracking_server import free_port, read_results
+from flopsweep_server import postgres, settings
+from tests.helpers import FLOPSWEEP
+from tests.helpers import free_port, read_results
 
 pytestmark = pytest.mark.slow
 
-SERVER = [sys.executable, "-m", "flopsweep.server"]
+SERVER = [sys.executable, "-m", "flopsweep_server"]
 TINY = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
         "batch.seq_len=32", "device=meta", "tracking=server"]
 
@@ -37,10 +37,10 @@ TINY = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head
 def why_not_runnable() -> str | None:
     """Why the recipe cannot run here, or None: the same checks ``flopsweep-server start`` makes first."""
     try:
-        recipe.find_pg_bin(None)
-        recipe.require_psycopg2()
-        recipe.pg_account(None)
-    except recipe.ServerError as err:
+        postgres.find_pg_bin(None)
+        postgres.require_psycopg2()
+        postgres.pg_account(None)
+    except settings.ServerError as err:
         return str(err)
     return None
 
@@ -108,7 +108,7 @@ class Recipe:
 
     def __init__(self, root: Path):
         self.root, self.port, self.db_port = root, free_port(), free_port()
-        self.layout = recipe.Layout(root)
+        self.layout = settings.Layout(root)
         self.seen: dict[int, str] = {}  # every process of the recipe seen, for the finaliser
 
     @property
@@ -209,7 +209,7 @@ def sweep_runs(client, experiment_id: str) -> list:
 
 
 def sync(sweep_dir: Path, uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flopsweep.sync", str(sweep_dir), "--uri", uri], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "flopsweep.cli.sync", str(sweep_dir), "--uri", uri], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -372,10 +372,10 @@ def test_missing_postgresql_says_how_to_install(tmp_path, monkeypatch):
                           capture_output=True, text=True, timeout=60)
     line = one_line_error(done)
     assert f"--pg-bin {tmp_path}: no initdb or pg_ctl there" in line and "apt-get install postgresql" in line
-    monkeypatch.setattr(recipe.shutil, "which", lambda name: None)
-    monkeypatch.setattr(recipe.glob, "glob", lambda pattern: [])
-    with pytest.raises(recipe.ServerError, match=r"^initdb: not found on PATH .*install PostgreSQL"):
-        recipe.find_pg_bin(None)
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    with pytest.raises(settings.ServerError, match=r"^initdb: not found on PATH .*install PostgreSQL"):
+        postgres.find_pg_bin(None)
 
 
 def test_bad_settings_are_one_line(tmp_path):
@@ -394,12 +394,12 @@ def test_bad_settings_are_one_line(tmp_path):
 
 
 def test_server_preset_defaults_to_the_recipe_url(compose_cfg, monkeypatch):
-    from flopsweep.tracking import target_of
+    from flopsweep.sinks.store import target_of
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = compose_cfg("tracking=server")
     assert target_of(cfg.tracking, Path.cwd()).uri == "http://127.0.0.1:5000" == \
-        f"http://127.0.0.1:{recipe.Settings().port}"
+        f"http://127.0.0.1:{settings.Settings().port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:8080")
     assert target_of(compose_cfg("tracking=server").tracking, Path.cwd()).uri == "http://tracking.example:8080"
     assert target_of(compose_cfg("tracking=server", "tracking.uri=http://other:1").tracking,

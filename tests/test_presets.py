@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from flopsweep.build import build
-from flopsweep.config import resolve
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.size import unique_parameters
-from tests.conftest import compose_config, model_presets
+from tests.helpers import compose_config, model_presets
 
 # Exact counts of the reference implementations (shared/docs/references.md, "Model shapes and exact
 # parameter counts": Hugging Face transformers models built from their configs, or torchvision).
@@ -36,7 +36,7 @@ def test_preset_builds_and_counts_on_meta(preset):
     assert counted.forward.matmul > 0 and counted.backward.matmul > counted.forward.matmul
     assert counted.optimizer.elementwise > 0
     assert not counted.uncounted, counted.uncounted
-    analytic = getattr(spec.family, "analytic_forward_flops", None)
+    analytic = spec.family.forward_flops
     if spec.model.family in EXACT_ANALYTIC:
         assert counted.forward.matmul == analytic(spec.model, spec.batch)
 

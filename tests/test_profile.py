@@ -6,12 +6,12 @@ import csv
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_cli
-from flopsweep.build import build
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
-from flopsweep.job import run_job
-from flopsweep.measure.profile import REST, by_depth
+from tests.helpers import run_app
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from flopsweep.run.job import run_job
+from flopsweep.core.profile import REST, by_depth
 
 D, L, B, S, V = 32, 2, 2, 16, 50257  # GPT-2 style, tied head
 TINY = ["model=gpt2_small", f"model.d_model={D}", f"model.n_layer={L}", "model.n_head=2", f"batch.size={B}",
@@ -91,10 +91,10 @@ def test_profile_needs_the_count(compose_cfg):
 
 
 def test_job_folder_and_report(tmp_path, capsys):
-    from flopsweep.report import main
-    from flopsweep.result import Result
+    from flopsweep.cli.report import main
+    from flopsweep.core.result import Result
 
-    job = run_cli(*TINY, "device=cpu", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path)
+    job = run_app(*TINY, "device=cpu", f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path)
     assert job.returncode == 0, job.stderr
     folder = tmp_path / "job"
     rows = Result.read(folder / "result.json").breakdown["profile"]
@@ -106,7 +106,7 @@ def test_job_folder_and_report(tmp_path, capsys):
     text = (tmp_path / "rep" / "profile.txt").read_text()
     assert "blocks.1.mlp.down" in text and "By depth" in text and "ms" in text
 
-    plain = run_cli("model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "device=meta",
+    plain = run_app("model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "device=meta",
                     "tracking=none", f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     capsys.readouterr()

@@ -4,11 +4,11 @@ three FLOPs totals against each other on a measured model."""
 import pytest
 from omegaconf import OmegaConf
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
-from flopsweep.job import run_job
-from flopsweep.projection import (Hardware, Plan, PerToken, budget_flops, compute_optimal_fits, project,
-                                  tokens_within, total_flops)
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from flopsweep.run.job import run_job
+from flopsweep.projection.budget import budget_flops, compute_optimal_fits, tokens_within
+from flopsweep.projection.training import Hardware, Plan, PerToken, project, total_flops
 
 # a round machine: 1 PFLOP/s peak at 50 % MFU = 1.8e18 FLOPs per GPU-hour; 8 GPUs, $2 per GPU-hour, 700 W
 HW = Hardware("test-gpu", gpus=8, peak_flops=1e15, mfu=0.5, price_per_gpu_hour=2.0, watts_per_gpu=700.0)
@@ -56,6 +56,18 @@ def test_recomputation_adds_one_forward():
 ])
 def test_budget_in_every_unit(kind, value, flops):
     assert budget_flops(kind, value, HW) == pytest.approx(flops)
+
+
+@pytest.mark.parametrize("plan", [Plan.compute_optimal(ONE_B.params), Plan.of_steps(1000, 512, 2048),
+                                  Plan.of_tokens(3e11, recompute=True)], ids=["compute-optimal", "steps", "recompute"])
+def test_the_budget_a_projection_costs_buys_back_its_tokens(plan):
+    """The inverse undoes the projection: the GPU-hours, days and dollars each method's row costs, given back as a
+    budget, train the plan's tokens (the optimizer step, per step, left out of both sides)."""
+    per_token_only = Plan.of_tokens(plan.tokens, recompute=plan.recompute)
+    for row in project(ONE_B, per_token_only, HW).rows:
+        for kind, value in (("gpu_hours", row.gpu_hours), ("days", row.days), ("usd", row.cost)):
+            tokens = tokens_within(budget_flops(kind, value, HW), ONE_B, plan.recompute)[row.method]
+            assert tokens == pytest.approx(plan.tokens), (row.method, kind)
 
 
 def test_tokens_within_a_budget_and_which_models_fit():
@@ -136,13 +148,12 @@ def test_an_inference_run_projects_the_tokens_it_processes(compose_cfg):
 
 
 def test_project_command_projects_inference_and_refuses_training_plans_for_it(tmp_path):
-    import subprocess
-    import sys
+    from flopsweep.cli.project import main
+    from tests.helpers import run_main
 
     def project(*args):
-        return subprocess.run([sys.executable, "-m", "flopsweep.project_cli", "--model", "gpt2_small", "--seq-len",
-                               "64", *args, "--mfu", "0.5", "--no-log"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)
+        return run_main(main, "--model", "gpt2_small", "--seq-len", "64", *args, "--mfu", "0.5", "--no-log",
+                        cwd=tmp_path)
 
     out = project("--inference", "--budget-gpu-hours", "1")
     assert out.returncode == 0, out.stderr
@@ -154,8 +165,7 @@ def test_project_command_projects_inference_and_refuses_training_plans_for_it(tm
                           (["--inference", "--tokens", "1T", "--recompute"], "recompute=True"),):
         out = project(*args)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", "some_folder", "--inference", "--tokens",
-                          "1T", "--mfu", "0.5", "--no-log"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = run_main(main, "some_folder", "--inference", "--tokens", "1T", "--mfu", "0.5", "--no-log", cwd=tmp_path)
     assert out.returncode == 2 and "inference=True: goes with --model" in out.stderr, out.stderr
 
 
@@ -164,21 +174,19 @@ def test_project_command_from_a_job_folder_logs_a_linked_run(tmp_path):
     printed totals follow from the job's metrics, the JSON is written, and the projection's MLflow run is
     tagged with the job's run."""
     import json
-    import subprocess
-    import sys
 
     from mlflow.tracking import MlflowClient
 
-    from conftest import run_cli
+    from flopsweep.cli.project import main
+    from tests.helpers import run_app, run_main
 
-    job = run_cli("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4",
+    job = run_app("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4",
                   "model.vocab_size=1000", "batch.size=2", "batch.seq_len=32", "device=meta", cwd=tmp_path)
     assert job.returncode == 0, job.stderr
     folder = next(tmp_path.glob("outputs/runs/*/*/result.json")).parent
     result = json.loads((folder / "result.json").read_text())
-    out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", str(folder), "--steps", "1K", "--batch",
-                          "8", "--gpu", "A100", "--gpus", "4", "--mfu", "0.5", "--price", "1.5", "--json", "p.json"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = run_main(main, str(folder), "--steps", "1K", "--batch", "8", "--gpu", "A100", "--gpus", "4", "--mfu", "0.5",
+                   "--price", "1.5", "--json", "p.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads((tmp_path / "p.json").read_text())
     m = result["metrics"]
@@ -201,8 +209,13 @@ def test_project_command_from_a_job_folder_logs_a_linked_run(tmp_path):
 
 
 def test_project_command_rejects_bad_input_in_one_line(tmp_path):
+    """The first refusal in a new interpreter (the process contract: exit status 2, one line on stderr), the others
+    through the same ``main`` in this one."""
     import subprocess
     import sys
+
+    from flopsweep.cli.project import main
+    from tests.helpers import run_main
 
     for args, message in ((["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--tokens", "x"], "amount"),
                           (["--model", "no_such_model", "--tokens", "1T", "--mfu", "0.4"], "model='no_such_model'"),
@@ -218,8 +231,11 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpus", "0"], "gpus=0"),
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--dtype", "bogus"],
                            "dtype='bogus': must be one of")):
-        out = subprocess.run([sys.executable, "-m", "flopsweep.project_cli", *args, "--no-log"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+        if message == "amount":
+            out = subprocess.run([sys.executable, "-m", "flopsweep.cli.project", *args, "--no-log"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=300)
+        else:
+            out = run_main(main, *args, "--no-log", cwd=tmp_path)
         assert out.returncode == 2, (args, out.stdout)
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

@@ -7,20 +7,20 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from flopsweep.cli.report import main as report
+from tests.helpers import run_app, run_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png", "module_flops.png", "mfu.png"]
 
 
 def test_report_of_a_timed_sweep(tmp_path):
-    sweep = run_cli("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+    sweep = run_app("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
                     "model.vocab_size=500", "batch.size=1,2", "batch.seq_len=16,32", "dtype=float32,bfloat16",
                     "device=cpu", "device.threads=1", "device.peak_tflops=0.5", "measure.warmup=1",
                     "measure.repeats=2", "tracking.experiment=grid", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr
-    out = subprocess.run([sys.executable, "-m", "flopsweep.report", "grid"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    out = run_main(report, "grid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     folder = tmp_path / "outputs" / "reports" / "grid"
     for name in PLOTS:
@@ -40,7 +40,7 @@ def test_report_of_a_timed_sweep(tmp_path):
 
 
 def test_report_of_an_unknown_experiment_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "flopsweep.report", "nothing_here"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "flopsweep.cli.report", "nothing_here"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "'nothing_here'" in out.stderr

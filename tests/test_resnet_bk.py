@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
 from flopsweep.models import resnet_bk as rb
-from flopsweep.models import resnet_bk_reference as ref
-from flopsweep.models.base import BatchShape
-from tests.conftest import MatmulFlops, compose_config
+from tests import resnet_bk_reference as ref
+from flopsweep.models.base import BatchShape, language_model_inputs
+from tests.helpers import MatmulFlops, compose_config
 
 SMALL = dict(vocab_size=1000, d_model=32, n_layers=2, n_seq=16, num_experts=2, top_k=1)
 
@@ -101,7 +101,7 @@ def test_parameter_count_matches_spec_formula(fields):
     assert n == spec_params(cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_seq, cfg.num_experts)
     if not fields:
         assert n == 4_146_120  # 62_191_800 / 15, the reference's published AdamW step count
-    assert n == ref.trainable_params(rb.reference_dims(cfg, BatchShape(2, cfg.n_seq)))
+    assert n == ref.trainable_params(ref.dims_of(cfg, BatchShape(2, cfg.n_seq)))
 
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
@@ -132,7 +132,7 @@ def test_forward_backward(device, fields):
     cfg.validate(batch)
     with torch.device(device):
         model = rb.Model(cfg)
-    loss = model(**rb.example_inputs(cfg, batch, device))
+    loss = model(**language_model_inputs(cfg, batch, device))
     assert loss.shape == () and loss.device.type == device
     loss.backward()
     grads = [p.grad for p in model.parameters()]
@@ -159,7 +159,7 @@ def test_model_matmul_flops():
     batch = BatchShape(B, N)
     with torch.device("meta"):
         model = rb.Model(cfg)
-    inputs = rb.example_inputs(cfg, batch, "meta")
+    inputs = language_model_inputs(cfg, batch, "meta")
     with MatmulFlops() as mode:
         model(**inputs)
     T = B * N
@@ -199,7 +199,7 @@ def test_reference_counter_small_case():
 def test_reference_counter_matches_published_baseline():
     # flops_baseline.json of the reference snapshot: the default model, batch 32, AdamW
     cfg, batch = rb.Config(), BatchShape(32, 128)
-    count = ref.count(rb.reference_dims(cfg, batch), "adamw")
+    count = ref.count(ref.dims_of(cfg, batch), "adamw")
     assert (count.forward, count.backward, count.optimizer, count.total) == \
         (16_287_760_384, 32_568_016_896, 62_191_800, 48_917_969_080)
     assert count.breakdown["layer_3"].forward == 139_386_880
@@ -207,7 +207,7 @@ def test_reference_counter_matches_published_baseline():
     assert rb.analytic_forward_flops(cfg, batch) == 16_287_760_384
     top = count.top_bottlenecks(3)
     assert top[0][0] == "lm_head" and top[0][2] == pytest.approx(0.966, abs=5e-4)  # "LM Head: 96.6%"
-    half = ref.count(rb.reference_dims(cfg, BatchShape(16, 128)), "adamw")
+    half = ref.count(ref.dims_of(cfg, BatchShape(16, 128)), "adamw")
     speedup = ref.compare(half, count)
     assert speedup.forward == 2.0 and speedup.backward == 2.0 and 1.9 < speedup.total < 2.0
 
@@ -216,10 +216,9 @@ def test_reference_counter_matches_published_baseline():
 
 def test_presets_resolve():
     base = resolve(compose_config("model=resnet_bk_baseline"))
-    full = resolve(compose_config("model=resnet_bk_full"))
-    assert base.batch.seq_len == 128 and base.model.feature_flags == []
-    assert len(full.model.feature_flags) == 15 and set(full.model.feature_flags) == set(rb.FEATURE_FLAGS)
-    strip = lambda c: {**vars(c), "name": None, "feature_flags": None}  # noqa: E731
+    full = resolve(compose_config("model=resnet_bk_full"))  # the reference's name for the same model
+    assert base.batch.seq_len == 128
+    strip = lambda c: {**vars(c), "name": None}  # noqa: E731
     assert strip(base.model) == strip(full.model) == strip(rb.Config())
 
 
@@ -234,7 +233,6 @@ BAD = [
     (["model.n_seq=0"], "model.n_seq"),
     (["model.dropout_p=1.0"], "model.dropout_p"),
     (["model.v_max=-1"], "model.v_max"),
-    (["model.feature_flags=[warp_drive]"], "model.feature_flags"),
 ]
 
 

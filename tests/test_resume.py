@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FLOPSWEEP, run_cli
+from tests.helpers import FLOPSWEEP, run_app
 
 # six jobs of a tiny GPT-2 on the CPU with real timings, so that the kill lands mid-sweep
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
@@ -41,7 +41,7 @@ def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
     first = len(logged(sweeps))
     assert 2 <= first < 6, "the kill should land mid-sweep"
 
-    rerun = run_cli(*SWEEP, "skip_existing=true", cwd=tmp_path)
+    rerun = run_app(*SWEEP, "skip_existing=true", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     second_dir = max(d for d in sweeps.glob("*/*") if d.is_dir())
     second = results(second_dir)
@@ -63,5 +63,5 @@ def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
             assert r["info"]["tracking"]["run_id"] in {run.info.run_id for run in finished}
 
     # a third run of the whole sweep measures nothing
-    third = run_cli(*SWEEP, "skip_existing=true", cwd=tmp_path)
+    third = run_app(*SWEEP, "skip_existing=true", cwd=tmp_path)
     assert third.returncode == 0 and third.stdout.count("skipped: run ") == 6, third.stderr

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
 from flopsweep.models import seq2seq
 from flopsweep.models.base import BatchShape
 from flopsweep.models.seq2seq import relative_buckets
-from tests.conftest import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
 
 
 T5_PRESETS = ["t5_small", "t5_base", "t5_large"]

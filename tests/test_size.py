@@ -5,12 +5,12 @@ import contextlib
 import pytest
 import torch
 
-from flopsweep.build import build
-from flopsweep.config import resolve
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.size import measure_size
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 TINY = ["model=gpt2_small", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.vocab_size=97",
         "model.max_positions=64", "batch.size=2", "batch.seq_len=16"]
@@ -85,7 +85,7 @@ def test_activations_recorded_while_counting_equal_a_separate_forward(device, ex
     # a job records what autograd saves during the counted forward instead of running a second forward
     from omegaconf import OmegaConf
 
-    from flopsweep.job import run_job
+    from flopsweep.run.job import run_job
 
     cfg = compose_config(*TINY, f"device={device}", "measure.time=false", *extra)
     result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
@@ -145,8 +145,8 @@ def test_a_meta_job_reports_its_step_peak_split_by_what_is_alive(batch):
 
     from omegaconf import OmegaConf
 
-    from flopsweep.job import run_job
-    from flopsweep.sinks.jobdir import stats_text
+    from flopsweep.run.job import run_job
+    from flopsweep.core.text import stats_text
 
     cfg = compose_config(*TINY, f"batch.size={batch}", "device=meta", "tracking=none")
     result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
@@ -181,7 +181,7 @@ class _ForwardOnce(torch.nn.Linear):
 def test_a_step_that_cannot_be_simulated_loses_nothing_counted():
     from omegaconf import OmegaConf
 
-    from flopsweep.job import run_job
+    from flopsweep.run.job import run_job
 
     cfg = compose_config("model=custom_example", "model._target_=tests.test_size._ForwardOnce", "~model.d_model",
                          "~model.nhead", "~model.dim_feedforward", "~model.batch_first", "+model.in_features=8",

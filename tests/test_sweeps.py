@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from flopsweep.config import CONF_DIR, SWEEPS_DIR, resolve
-from tests.conftest import run_cli
+from flopsweep.config.resolve import resolve
+from flopsweep.config.schema import CONF_DIR, SWEEPS_DIR
+from tests.helpers import run_app
 
 PRESETS = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
@@ -37,7 +38,7 @@ def test_every_swept_value_resolves(name):
 
 
 def test_seq_len_scaling_runs(tmp_path):
-    proc = run_cli("+sweep=seq_len_scaling", "batch.seq_len=256,1024", "tracking=none", cwd=tmp_path)
+    proc = run_app("+sweep=seq_len_scaling", "batch.seq_len=256,1024", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(p.read_text()) for p in Path(tmp_path, "outputs", "sweeps").rglob("result.json")]
     per_token = {(r["config"]["model"]["name"], r["config"]["batch"]["seq_len"]):
@@ -50,20 +51,20 @@ def test_seq_len_scaling_runs(tmp_path):
 
 
 def test_sweep_size_counts_preset_and_command_line_sweeps():
-    from flopsweep.cli import sweep_size
+    from flopsweep.sweep.plan import SweepPlan
 
     cfg = compose_preset("quickstart")
-    assert sweep_size(cfg) == 5  # the preset's five models
+    assert SweepPlan.of(cfg).size == 5  # the preset's five models
     # what a multirun's callback sees for `flopsweep +sweep=quickstart model=gpt2_small,bert_base batch.size=1,2,4`
     OmegaConf.set_readonly(cfg, False)
     cfg.hydra.overrides.task = ["+sweep=quickstart", "model=gpt2_small,bert_base", "batch.size=1,2,4"]
-    assert sweep_size(cfg) == 6  # the command line's models replace the preset's, times three batch sizes
+    assert SweepPlan.of(cfg).size == 6  # the command line's models replace the preset's, times three batch sizes
     cfg.hydra.overrides.task = ["model=glob(*)"]
-    assert sweep_size(cfg) is None  # a glob needs the config repository: no count rather than a wrong one
+    assert SweepPlan.of(cfg).size is None  # a glob needs the config repository: no count rather than a wrong one
 
 
 def test_the_sweeper_checks_every_swept_value_with_few_compositions():
-    from flopsweep.sweeper import covering_jobs
+    from flopsweep.sweep.plan import covering_jobs
 
     product = [["model=gpt2_small", f"model.n_layer={n}", f"batch.size={b}"] for n in range(1, 11) for b in range(1, 21)]
     chosen = covering_jobs(product)
@@ -74,8 +75,8 @@ def test_the_sweeper_checks_every_swept_value_with_few_compositions():
 
 def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tmp_path):
     # the bad value is in neither of the first two jobs the check picks: only its second pass finds it
-    proc = run_cli("-m", "model=gpt2_small", "batch.size=1,2", "model.n_layer=1,2,x", "device=meta",
-                   "tracking.experiment=bad_value", cwd=tmp_path, timeout=120)
+    proc = run_app("-m", "model=gpt2_small", "batch.size=1,2", "model.n_layer=1,2,x", "device=meta",
+                   "tracking.experiment=bad_value", cwd=tmp_path)
     assert proc.returncode != 0
     assert "model.n_layer" in proc.stderr and "Traceback" not in proc.stderr
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
@@ -88,8 +89,8 @@ def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tm
 def test_a_combination_that_cannot_be_composed_fails_alone_and_the_rest_run(tmp_path):
     """Each value composes with some model (the check passes), but ViT's d_ff cannot be null: that one job is
     recorded failed with Hydra's reason, the job after it still runs, and the sweep's run and exit say failed."""
-    proc = run_cli("-m", "model=gpt2_small,vit_b16", "model.d_ff=null,128", "model.n_layer=1", "device=meta",
-                   "tracking.experiment=combination", cwd=tmp_path, timeout=300)
+    proc = run_app("-m", "model=gpt2_small,vit_b16", "model.d_ff=null,128", "model.n_layer=1", "device=meta",
+                   "tracking.experiment=combination", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert re.search(r"flopsweep: error: job 2 \(model=vit_b16 model.d_ff=null .*\) cannot be composed: "
                      r"ConfigCompositionException", proc.stderr), proc.stderr

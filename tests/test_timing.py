@@ -2,10 +2,10 @@
 
 import pytest
 
-from flopsweep.build import build
-from flopsweep.config import resolve
+from flopsweep.build.model import build
+from flopsweep.config.resolve import resolve
 from flopsweep.measure.timing import Stats, block_lists, time_per_block, time_step
-from tests.conftest import compose_config
+from tests.helpers import compose_config
 
 TINY = ["model=gpt2_small", "model.d_model=64", "model.n_layer=3", "model.n_head=4", "model.vocab_size=97",
         "model.max_positions=64", "batch.size=2", "batch.seq_len=16", "device=cpu"]

@@ -10,7 +10,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import flopsweep
-from tests.conftest import run_cli
+from flopsweep.cli.project import main as project
+from flopsweep.cli.report import main as report
+from flopsweep.cli.sync import main as sync_main
+from tests.helpers import run_app, run_main
 
 SWEEP = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=32", "batch.size=2",
          "model.n_head=4,6,7", "tracking.experiment=test_sweep"]
@@ -19,7 +22,7 @@ SWEEP = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("tracked")
-    proc = run_cli(*SWEEP, cwd=cwd)
+    proc = run_app(*SWEEP, cwd=cwd)
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
     return cwd, proc, client, client.get_experiment_by_name("test_sweep")
 
@@ -78,8 +81,8 @@ def test_load_runs_gives_typed_columns(sweep):
 
 def test_a_store_that_is_down_loses_nothing(tmp_path):
     # nothing listens on port 9 of the loopback address: every call to the store fails
-    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=32", "tracking=server",
-                   "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, timeout=300)
+    proc = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=32", "tracking=server",
+                   "tracking.uri=http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "not logged to MLflow" in proc.stderr
     (path,) = (tmp_path / "outputs" / "runs").rglob("result.json")
@@ -89,21 +92,21 @@ def test_a_store_that_is_down_loses_nothing(tmp_path):
 
 
 def test_tracking_none_writes_no_store(tmp_path):
-    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking=none", cwd=tmp_path)
+    proc = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
 def test_sync_logs_what_a_down_store_missed_once(tmp_path):
-    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
-                   "tracking=server", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, timeout=300)
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
+                   "tracking=server", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("not logged to MLflow") == 2
     sweeps = tmp_path / "outputs" / "sweeps"
-    sync = [sys.executable, "-m", "flopsweep.sync", str(sweeps), "--store-dir", str(tmp_path / "outputs")]
-    first = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    sync = [str(sweeps), "--store-dir", str(tmp_path / "outputs")]
+    first = run_main(sync_main, *sync, cwd=tmp_path)
     assert first.returncode == 0 and "2 logged, 0 already" in first.stdout, first.stderr
-    second = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
+    second = run_main(sync_main, *sync, cwd=tmp_path)
     assert second.returncode == 0 and "0 logged, 2 already" in second.stdout, second.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("flopsweep")
@@ -122,16 +125,15 @@ def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
     with no option, into that store: not into a local store under the folder sync runs in."""
     store_dir = tmp_path / "team" / "outputs"
     (tmp_path / "team").write_text("")
-    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
-                   "tracking=server", f"tracking.uri=sqlite:///{store_dir / 'mlflow.db'}", cwd=tmp_path, timeout=300)
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
+                   "tracking=server", f"tracking.uri=sqlite:///{store_dir / 'mlflow.db'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("not logged to MLflow") == 2
     (tmp_path / "team").unlink()
     store_dir.mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    sync = subprocess.run([sys.executable, "-m", "flopsweep.sync", str(tmp_path / "outputs" / "sweeps")],
-                          capture_output=True, text=True, cwd=elsewhere)
+    sync = run_main(sync_main, str(tmp_path / "outputs" / "sweeps"), cwd=elsewhere)
     assert sync.returncode == 0 and "2 logged, 0 already" in sync.stdout, sync.stdout + sync.stderr
     assert f"sqlite:///{store_dir / 'mlflow.db'}" in sync.stdout
     assert not (elsewhere / "outputs").exists() and not (elsewhere / "mlruns").exists()
@@ -143,7 +145,7 @@ def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
 
 def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_path):
     # tracking=none: nothing logged; one ok job and one failed job (7 heads do not divide 768 channels)
-    proc = run_cli("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
                    "model.n_head=4,7", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 1
     results = {json.loads(p.read_text())["status"]: json.loads(p.read_text())
@@ -154,7 +156,7 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
     orphan = client.create_run(experiment_id, tags={"flopsweep.kind": "job",
                                                     "flopsweep.fingerprint": results["ok"]["info"]["fingerprint"]})
     next((tmp_path / "outputs" / "sweeps").rglob("summary.csv")).unlink()  # as if the sweep was cut off before it
-    sync = [sys.executable, "-m", "flopsweep.sync", "outputs/sweeps"]  # relative, as the README writes it
+    sync = [sys.executable, "-m", "flopsweep.cli.sync", "outputs/sweeps"]  # relative, as the README writes it
     first = subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path)
     assert "2 logged, 0 already" in first.stdout, first.stderr
     jobs = job_runs(client, client.get_experiment(experiment_id))
@@ -169,7 +171,7 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
 
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job", "model=bert_base"]])
 def test_help_and_config_printing_do_not_import_mlflow(args, tmp_path):
-    code = ("import sys\nfrom flopsweep.cli import main\nsys.argv = ['flopsweep', *sys.argv[1:]]\n"
+    code = ("import sys\nfrom flopsweep.sweep.app import main\nsys.argv = ['flopsweep', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\nprint('mlflow imported:', 'mlflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
     assert "mlflow imported: False" in proc.stdout, proc.stdout + proc.stderr
@@ -179,22 +181,21 @@ def test_help_and_config_printing_do_not_import_mlflow(args, tmp_path):
 def test_a_corrupt_result_is_one_line_everywhere_and_sync_logs_the_others(tmp_path):
     """A result.json cut off or edited by hand: flopsweep-sync reports it, counts it failed and logs the good
     job beside it; flopsweep-project and flopsweep-report --profile name it in one line."""
-    proc = run_cli("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "tracking=none",
+    proc = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "tracking=none",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name, text in (("cut", '{"status": "o'), ("list", "[]")):
         (tmp_path / "outputs" / "runs" / name).mkdir(parents=True)
         (tmp_path / "outputs" / "runs" / name / "result.json").write_text(text)
-    sync = subprocess.run([sys.executable, "-m", "flopsweep.sync", "outputs/runs"], capture_output=True, text=True,
-                          cwd=tmp_path)
+    sync = run_main(sync_main, "outputs/runs", cwd=tmp_path)
     assert sync.returncode == 1 and "1 logged, 0 already in the store, 2 failed" in sync.stdout, sync.stderr
     errors = [line for line in sync.stderr.splitlines() if line.startswith("flopsweep-sync:")]
     assert len(errors) == 2 and all("not logged" in e for e in errors) and "Traceback" not in sync.stderr, errors
     assert "not valid JSON" in sync.stderr and "not a flopsweep result" in sync.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     assert len(job_runs(client, client.get_experiment_by_name("flopsweep"))) == 1
-    for command in (["flopsweep.project_cli", "outputs/runs/cut", "--tokens", "1T", "--mfu", "0.4", "--no-log"],
-                    ["flopsweep.report", "--profile", "outputs/runs/list"]):
-        out = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=tmp_path)
+    for main, *args in ([project, "outputs/runs/cut", "--tokens", "1T", "--mfu", "0.4", "--no-log"],
+                        [report, "--profile", "outputs/runs/list"]):
+        out = run_main(main, *args, cwd=tmp_path)
         assert out.returncode == 2 and "has no readable result.json" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

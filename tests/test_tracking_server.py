@@ -3,10 +3,8 @@ and written, record that they were not logged, and do not fail the sweep; once t
 same port), ``flopsweep-sync`` logs exactly the missed jobs under the sweep's parent run, and a second sync logs
 nothing."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FLOPSWEEP
+from tests.helpers import FLOPSWEEP, free_port, read_results
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +25,6 @@ JOBS = 6
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
          "batch.seq_len=32", "device=cpu", "measure.warmup=1", "measure.repeats=5", "tracking=server",
          "tracking.experiment=outage", "batch.size=" + ",".join(str(n) for n in range(1, JOBS + 1))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -131,17 +123,6 @@ def start_sweep(tmp_path):
             stop_group(proc, timeout=10)
 
 
-def read_results(work: Path) -> dict[Path, dict]:
-    """The sweep's ``result.json`` by job folder; one caught half written is left out."""
-    found = {}
-    for path in (work / "outputs" / "sweeps").glob("*/*/*/result.json"):
-        try:
-            found[path.parent] = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            pass
-    return found
-
-
 def logged_jobs(work: Path) -> int:
     return sum(bool(r["info"].get("tracking", {}).get("logged")) for r in read_results(work).values())
 
@@ -151,7 +132,7 @@ def job_number(folder: Path) -> int:
 
 
 def sync(folder: Path, uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flopsweep.sync", str(folder), "--uri", uri], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "flopsweep.cli.sync", str(folder), "--uri", uri], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -4,8 +4,8 @@ the sizes, checked against figures computed here from the layer shapes."""
 import pytest
 from omegaconf import OmegaConf
 
-from flopsweep.config import resolve
-from flopsweep.job import run_job
+from flopsweep.config.resolve import resolve
+from flopsweep.run.job import run_job
 
 # LLaMA-style, untied head, grouped-query heads: d=64, 8 heads of 8, 2 KV heads, SwiGLU d_ff=160, vocab 97
 D, KV, FF, V, L, B, S = 64, 2 * 8, 160, 97, 2, 2, 16

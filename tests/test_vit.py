@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flopsweep.config import resolve
-from flopsweep.errors import ConfigError
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
 from flopsweep.models import vit
 from flopsweep.models.base import BatchShape
-from tests.conftest import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
 
 PRESETS = ["vit_b16", "vit_l16", "vit_h14"]
 

@@ -1,16 +1,3 @@
-"""The measure stage (counting, sizes, timings, the module profile), and ``flopsweep.measure(model, optimizer)``
-for a step of your own training loop: this package is callable, see :mod:`flopsweep.loop`."""
-
-import sys
-import types
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, model, optimizer=None, **options):
-        """``flopsweep.measure(model, optimizer, batch_size=..., seq_len=...)``: a :class:`flopsweep.loop.Measurement`."""
-        from flopsweep.loop import Measurement
-
-        return Measurement(model, optimizer, **options)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+"""The measure stage: FLOPs counted at the dispatcher (formulas, count), sizes and memory, timings, the module
+profile, and meta devices that behave like the CPU. Works on any ``nn.Module``; it never prints, never logs, and
+knows nothing of configs, jobs or stores."""

@@ -1,14 +1,12 @@
 """Count the FLOPs of one training step at the dispatcher: forward (loss included), backward and optimizer
 step, each from the aten ops that really run, attributed to ops and to modules.
 
-Backward ops are attributed to the module whose forward created the autograd node that runs them: the
-module hooks record, for each module call, the interval of autograd sequence numbers it created, and a
-backward op looks up the innermost interval holding ``_current_autograd_node()._sequence_nr()``.
+Ops are attributed to modules by :class:`~flopsweep.measure.tracker.ModuleTracker`: forward ops to the innermost
+module running, backward ops to the module whose forward created the autograd node that runs them.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,11 +15,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from flopsweep.measure.dispatch import EagerDispatchMode
+from flopsweep.core.profile import OPTIMIZER, ROOT
+from flopsweep.measure._torch import EagerDispatchMode
 from flopsweep.measure.formulas import CountOptions, cost_of
+from flopsweep.measure.tracker import ModuleTracker
 
-ROOT = "(model)"
-OPTIMIZER = "(optimizer)"
 PHASES = ("forward", "backward", "optimizer")
 
 
@@ -93,71 +91,6 @@ def _module_order(path: str) -> tuple:
     return (1, tuple(int(p) if p.isdigit() else p for p in path.split(".")))
 
 
-class _ModuleTracker:
-    """Which module is running: a stack in forward, autograd sequence-number intervals in backward."""
-
-    def __init__(self, model: nn.Module):
-        self.names = {id(m): name for name, m in model.named_modules() if name}
-        self.stack: list[tuple[str, int]] = []
-        self.intervals: list[tuple[int, int, str]] = []
-        self._index: Optional[tuple[list[int], list[int], list[str], list[int]]] = None
-        self._cache: dict[int, str] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> "_ModuleTracker":
-        self._handles = [nn.modules.module.register_module_forward_pre_hook(self._pre),
-                         nn.modules.module.register_module_forward_hook(self._post)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def _pre(self, module: nn.Module, args: Any) -> None:
-        name = self.names.get(id(module))
-        if name is not None:
-            self.stack.append((name, torch._C._autograd._get_sequence_nr()))
-
-    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
-        name = self.names.get(id(module))
-        if name is not None and self.stack and self.stack[-1][0] == name:
-            _, start = self.stack.pop()
-            end = torch._C._autograd._get_sequence_nr()
-            if end > start:
-                self.intervals.append((start, end, name))
-                self._index = None
-
-    def forward_path(self) -> str:
-        return self.stack[-1][0] if self.stack else ROOT
-
-    def backward_path(self) -> str:
-        node = torch._C._current_autograd_node()
-        if node is None:
-            return ROOT
-        seq = node._sequence_nr()
-        path = self._cache.get(seq)
-        if path is None:
-            path = self._cache[seq] = self._lookup(seq)
-        return path
-
-    def _lookup(self, seq: int) -> str:
-        if self._index is None:
-            ordered = sorted(self.intervals, key=lambda iv: (iv[0], -iv[1]))
-            starts, ends, names = [iv[0] for iv in ordered], [iv[1] for iv in ordered], [iv[2] for iv in ordered]
-            parents, open_ = [], []
-            for i, (start, end) in enumerate(zip(starts, ends)):
-                while open_ and ends[open_[-1]] <= start:
-                    open_.pop()
-                parents.append(open_[-1] if open_ else -1)
-                open_.append(i)
-            self._index = (starts, ends, names, parents)
-        starts, ends, names, parents = self._index
-        i = bisect.bisect_right(starts, seq) - 1
-        while i >= 0 and ends[i] <= seq:  # intervals nest, so the holder is an ancestor of i
-            i = parents[i]
-        return names[i] if i >= 0 else ROOT
-
-
 _names: dict[Any, str] = {}
 
 
@@ -169,10 +102,10 @@ def _name(func: Any) -> str:
     return name
 
 
-class _Counter(EagerDispatchMode):
+class Counter(EagerDispatchMode):
     """Counts every op into ``phase``, which the caller moves on, or which ``phase_of`` tells for each op."""
 
-    def __init__(self, tracker: _ModuleTracker, opts: CountOptions, phase_of: Optional[Callable[[], str]] = None):
+    def __init__(self, tracker: ModuleTracker, opts: CountOptions, phase_of: Optional[Callable[[], str]] = None):
         super().__init__()
         self.tracker, self.opts, self.phase_of = tracker, opts, phase_of
         self.phase = "forward"
@@ -206,7 +139,6 @@ class _Counter(EagerDispatchMode):
             tally.elementwise += cost.elementwise
         return out
 
-
     def result(self, backward: bool, optimizer: bool) -> "StepCount":
         phases = self.counts
         return StepCount(
@@ -222,8 +154,8 @@ def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
     """Run one training step (or only the forward pass when ``backward`` is false) and count it.
 
     ``context`` makes the context manager the forward pass runs in (autocast, for mixed precision)."""
-    tracker = _ModuleTracker(model)
-    counter = _Counter(tracker, CountOptions(causal_half=causal_half))
+    tracker = ModuleTracker(model)
+    counter = Counter(tracker, CountOptions(causal_half=causal_half))
     with tracker, counter:
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,8 @@
-"""The FLOP formulas, one registry keyed by aten op (multiply-add = 2).
+"""The FLOP formulas, one registry keyed by op (multiply-add = 2); :func:`formula` adds one, for any op.
+
+Why one file (over 300 lines): it is the table of every op flopsweep counts and what each costs; read whole, it is
+what one checks an op against (the cost table below, docs/conventions.md). Split by op kind, an op's cost and the
+rule that decides between two of its entries would sit in different files.
 
 Two kinds of cost are kept apart:
 
@@ -46,11 +50,15 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from flopsweep.measure._torch import op_schema
+
 aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
 class OpCost:
+    """What one call of an op costs: matmul-class FLOPs and elementwise FLOPs (multiply-add = 2)."""
+
     matmul: int = 0
     elementwise: int = 0
 
@@ -60,16 +68,39 @@ class CountOptions:
     causal_half: bool = False  # count only the unmasked half of causal attention
 
 
-Formula = Callable[[tuple, dict, Any, CountOptions], OpCost]
-FORMULAS: dict[Any, Formula] = {}
-_rules: dict[Any, Callable[..., Optional[OpCost]]] = {}  # overload -> its rule, found once per overload (cost_of)
+Rule = Callable[[tuple, dict, Any, CountOptions], Optional[OpCost]]  # (args, kwargs, output, options) of one call
 
 
-def register(*ops: Any) -> Callable[[Formula], Formula]:
-    def wrap(fn: Formula) -> Formula:
+@dataclass(frozen=True)
+class _Entry:
+    fn: Callable[..., OpCost]
+    named: bool  # fn takes the op's arguments by their schema names; else it is a Rule
+
+
+FORMULAS: dict[Any, _Entry] = {}  # op (overload packet) -> its formula
+_rules: dict[Any, Rule] = {}      # overload -> its rule, found once per overload (cost_of)
+
+
+def _add(op: Any, entry: _Entry) -> None:
+    if op in FORMULAS:
+        raise ValueError(f"a FLOP formula for {op} is registered already: one op, one formula")
+    FORMULAS[op] = entry
+    _rules.clear()  # an op counted before has no formula cached that this one should replace
+
+
+def formula(*ops: Any) -> Callable[[Callable[..., OpCost]], Callable[..., OpCost]]:
+    """Register the FLOP formula of ``ops`` (``torch.ops.aten.mm``, or an op of your own library): a function that
+    takes the op's arguments by the names its schema gives them, and ``result`` (what the op returned) and
+    ``options`` (:class:`CountOptions`) by keyword, and returns an :class:`OpCost`. Arguments it does not name go to
+    ``**_``. An op that has a formula already is refused.
+
+        @flopsweep.formula(torch.ops.mylib.scaled_add)
+        def scaled_add(x, y, *, result, **_):
+            return OpCost(elementwise=2 * result.numel())  # a multiply and an add per element
+    """
+    def wrap(fn: Callable[..., OpCost]) -> Callable[..., OpCost]:
         for op in ops:
-            FORMULAS[op] = fn
-        _rules.clear()  # a formula registered later replaces what ops found before
+            _add(op, _Entry(fn, named=True))
         return fn
     return wrap
 
@@ -90,29 +121,28 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 
 # -- matmul class ----------------------------------------------------------------------------------
 
-@register(aten.mm)
-def _mm(args, kwargs, out, opts) -> OpCost:
-    (m, k), n = args[0].shape, args[1].shape[-1]
+@formula(aten.mm)
+def _mm(self, mat2, **_) -> OpCost:
+    (m, k), n = self.shape, mat2.shape[-1]
     return OpCost(matmul=2 * m * k * n)
 
 
-@register(aten.addmm)
-def _addmm(args, kwargs, out, opts) -> OpCost:
-    (m, k), n = args[1].shape, args[2].shape[-1]
+@formula(aten.addmm)
+def _addmm(self, mat1, mat2, **_) -> OpCost:
+    (m, k), n = mat1.shape, mat2.shape[-1]
     return OpCost(matmul=2 * m * k * n, elementwise=m * n)
 
 
-@register(aten.bmm)
-def _bmm(args, kwargs, out, opts) -> OpCost:
-    b, m, k = args[0].shape
-    return OpCost(matmul=2 * b * m * k * args[1].shape[-1])
+@formula(aten.bmm)
+def _bmm(self, mat2, **_) -> OpCost:
+    b, m, k = self.shape
+    return OpCost(matmul=2 * b * m * k * mat2.shape[-1])
 
 
-@register(aten.baddbmm)
-def _baddbmm(args, kwargs, out, opts) -> OpCost:
-    b, m, k = args[1].shape
-    n = args[2].shape[-1]
-    return OpCost(matmul=2 * b * m * k * n, elementwise=b * m * n)
+@formula(aten.baddbmm)
+def _baddbmm(self, batch1, batch2, **_) -> OpCost:
+    b, m, k = batch1.shape
+    return OpCost(matmul=2 * b * m * k * batch2.shape[-1], elementwise=b * m * batch2.shape[-1])
 
 
 def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
@@ -121,20 +151,17 @@ def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
     return 2 * _numel(w_shape[1:]) * _numel(x_shape if transposed else out_shape)
 
 
-@register(aten.convolution, aten._convolution)
-def _convolution(args, kwargs, out, opts) -> OpCost:
-    x, w, bias, transposed = args[0], args[1], args[2], args[6]
-    flops = _conv_flops(x.shape, w.shape, out.shape, bool(transposed))
-    return OpCost(matmul=flops, elementwise=out.numel() if bias is not None else 0)
+@formula(aten.convolution, aten._convolution)
+def _convolution(input, weight, bias, transposed, *, result, **_) -> OpCost:
+    flops = _conv_flops(input.shape, weight.shape, result.shape, bool(transposed))
+    return OpCost(matmul=flops, elementwise=result.numel() if bias is not None else 0)
 
 
-@register(aten.convolution_backward)
-def _convolution_backward(args, kwargs, out, opts) -> OpCost:
-    grad_out, x, w = args[0], args[1], args[2]
-    transposed, mask = bool(args[7]), args[10]
-    one = _conv_flops(x.shape, w.shape, grad_out.shape, transposed)
-    matmul = one * (int(mask[0]) + int(mask[1]))
-    return OpCost(matmul=matmul, elementwise=grad_out.numel() if mask[2] else 0)
+@formula(aten.convolution_backward)
+def _convolution_backward(grad_output, input, weight, transposed, output_mask, **_) -> OpCost:
+    one = _conv_flops(input.shape, weight.shape, grad_output.shape, bool(transposed))
+    matmul = one * (int(output_mask[0]) + int(output_mask[1]))
+    return OpCost(matmul=matmul, elementwise=grad_output.numel() if output_mask[2] else 0)
 
 
 def _attention_pairs(sq: int, sk: int, causal: bool, opts: CountOptions) -> int:
@@ -158,96 +185,81 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, 
     return OpCost(matmul=matmul, elementwise=(6 if masked else 5) * pairs)
 
 
-@register(aten._scaled_dot_product_flash_attention_for_cpu)
-def _sdpa_cpu(args, kwargs, out, opts) -> OpCost:
-    causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
-    return _attention(args[0], args[1], args[2], causal, kwargs.get("attn_mask") is not None, False, opts)
+@formula(aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_flash_cpu(query, key, value, is_causal=False, *, options, attn_mask=None, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, attn_mask is not None, False, options)
 
 
-@register(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-def _sdpa_cpu_backward(args, kwargs, out, opts) -> OpCost:
-    causal = args[7] if len(args) > 7 else kwargs.get("is_causal", False)
-    return _attention(args[1], args[2], args[3], causal, kwargs.get("attn_mask") is not None, True, opts)
+@formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _sdpa_flash_cpu_backward(query, key, value, is_causal, *, options, attn_mask=None, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, attn_mask is not None, True, options)
 
 
-@register(aten._scaled_dot_product_flash_attention)
-def _sdpa_flash(args, kwargs, out, opts) -> OpCost:
-    causal = args[4] if len(args) > 4 else kwargs.get("is_causal", False)
-    return _attention(args[0], args[1], args[2], causal, False, False, opts)
+@formula(aten._scaled_dot_product_flash_attention)
+def _sdpa_flash(query, key, value, is_causal=False, *, options, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, False, False, options)
 
 
-@register(aten._scaled_dot_product_flash_attention_backward)
-def _sdpa_flash_backward(args, kwargs, out, opts) -> OpCost:
-    causal = args[9] if len(args) > 9 else kwargs.get("is_causal", False)
-    return _attention(args[1], args[2], args[3], causal, False, True, opts)
+@formula(aten._scaled_dot_product_flash_attention_backward)
+def _sdpa_flash_backward(query, key, value, is_causal, *, options, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, False, True, options)
 
 
-@register(aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention)
-def _sdpa_efficient(args, kwargs, out, opts) -> OpCost:
-    causal = args[6] if len(args) > 6 else kwargs.get("is_causal", False)
-    return _attention(args[0], args[1], args[2], causal, args[3] is not None, False, opts)
+@formula(aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention)
+def _sdpa_efficient(query, key, value, attn_bias, is_causal=False, *, options, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, attn_bias is not None, False, options)
 
 
-@register(aten._scaled_dot_product_efficient_attention_backward)
-def _sdpa_efficient_backward(args, kwargs, out, opts) -> OpCost:
-    causal = args[10] if len(args) > 10 else kwargs.get("is_causal", False)
-    return _attention(args[1], args[2], args[3], causal, args[4] is not None, True, opts)
+@formula(aten._scaled_dot_product_efficient_attention_backward, aten._scaled_dot_product_cudnn_attention_backward)
+def _sdpa_efficient_backward(query, key, value, attn_bias, is_causal=False, *, options, **_) -> OpCost:
+    return _attention(query, key, value, is_causal, attn_bias is not None, True, options)
 
 
-@register(aten._scaled_dot_product_cudnn_attention_backward)
-def _sdpa_cudnn_backward(args, kwargs, out, opts) -> OpCost:
-    causal = kwargs.get("is_causal", args[10] if len(args) > 10 else False)
-    return _attention(args[1], args[2], args[3], causal, False, True, opts)
-
-
-@register(aten._linalg_svd)
-def _svd(args, kwargs, out, opts) -> OpCost:
+@formula(aten._linalg_svd)
+def _svd(A, full_matrices=False, compute_uv=True, **_) -> OpCost:
     """Golub and Van Loan's count for the R-SVD of an M x k matrix (M >= k): ``6*M*k^2 + 11*k^3`` with the thin
     singular vectors, ``4*M*k^2 - 4*k^3/3`` for the values alone (Matrix Computations, table 5.4.1; an iterative
     algorithm, so a convention: LAPACK's own work differs by the iterations it needs). Per matrix of a batch."""
-    *batch, m, n = args[0].shape
+    *batch, m, n = A.shape
     big, k = max(m, n), min(m, n)
-    vectors = kwargs.get("compute_uv", args[2] if len(args) > 2 else True)
-    per = 6 * big * k * k + 11 * k ** 3 if vectors else 4 * big * k * k - (4 * k ** 3) // 3
+    per = 6 * big * k * k + 11 * k ** 3 if compute_uv else 4 * big * k * k - (4 * k ** 3) // 3
     return OpCost(matmul=math.prod(batch) * per)
 
 
 # -- elementwise ----------------------------------------------------------------------------------
 
-def per_output_element(cost: int) -> Formula:
-    def formula(args, kwargs, out, opts) -> OpCost:
+def per_output_element(cost: int) -> Rule:
+    def rule(args, kwargs, out, opts) -> OpCost:
         tensor = _first_tensor(out)
         return OpCost(elementwise=cost * (tensor.numel() if tensor is not None else 0))
-    return formula
+    return rule
 
 
-def per_input_element(cost: int) -> Formula:
-    def formula(args, kwargs, out, opts) -> OpCost:
+def per_input_element(cost: int) -> Rule:
+    def rule(args, kwargs, out, opts) -> OpCost:
         return OpCost(elementwise=cost * args[0].numel())
-    return formula
+    return rule
 
 
-def per_list_element(cost: int) -> Formula:
+def per_list_element(cost: int) -> Rule:
     """``_foreach_*`` ops: the cost per element over every tensor of the first list argument."""
-    def formula(args, kwargs, out, opts) -> OpCost:
+    def rule(args, kwargs, out, opts) -> OpCost:
         return OpCost(elementwise=cost * sum(t.numel() for t in args[0]))
-    return formula
+    return rule
 
 
 def _gelu_cost(tanh: bool, backward: bool) -> int:
     return (12 if tanh else 8) if backward else (8 if tanh else 5)
 
 
-@register(aten.gelu)
-def _gelu(args, kwargs, out, opts) -> OpCost:
-    tanh = kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh"
-    return OpCost(elementwise=_gelu_cost(tanh, False) * out.numel())
+@formula(aten.gelu)
+def _gelu(self, *, result, approximate="none", **_) -> OpCost:
+    return OpCost(elementwise=_gelu_cost(approximate == "tanh", False) * result.numel())
 
 
-@register(aten.gelu_backward)
-def _gelu_backward(args, kwargs, out, opts) -> OpCost:
-    tanh = kwargs.get("approximate", args[2] if len(args) > 2 else "none") == "tanh"
-    return OpCost(elementwise=_gelu_cost(tanh, True) * out.numel())
+@formula(aten.gelu_backward)
+def _gelu_backward(grad_output, self, *, result, approximate="none", **_) -> OpCost:
+    return OpCost(elementwise=_gelu_cost(approximate == "tanh", True) * result.numel())
 
 
 ELEMENTWISE_PER_OUTPUT = {
@@ -261,12 +273,12 @@ ELEMENTWISE_PER_OUTPUT = {
     aten.hardtanh_backward: 1,
 }
 for _op, _cost in ELEMENTWISE_PER_OUTPUT.items():
-    FORMULAS[_op] = per_output_element(_cost)
+    _add(_op, _Entry(per_output_element(_cost), named=False))
 
 
-@register(aten.native_layer_norm_backward)
-def _layer_norm_backward(args, kwargs, out, opts) -> OpCost:
-    return OpCost(elementwise=10 * args[0].numel())
+@formula(aten.native_layer_norm_backward)
+def _layer_norm_backward(grad_out, **_) -> OpCost:
+    return OpCost(elementwise=10 * grad_out.numel())
 
 
 ELEMENTWISE_PER_INPUT = {
@@ -277,7 +289,7 @@ ELEMENTWISE_PER_INPUT = {
     aten.mse_loss: 3, aten.mse_loss_backward: 3,
 }
 for _op, _cost in ELEMENTWISE_PER_INPUT.items():
-    FORMULAS[_op] = per_input_element(_cost)
+    _add(_op, _Entry(per_input_element(_cost), named=False))
 
 FOREACH_PER_ELEMENT = {
     "add": 1, "sub": 1, "mul": 1, "div": 1, "neg": 1, "sqrt": 1, "reciprocal": 1, "maximum": 1, "minimum": 1,
@@ -288,7 +300,7 @@ for _name, _cost in FOREACH_PER_ELEMENT.items():
     for _suffix in ("", "_"):
         _packet = getattr(aten, f"_foreach_{_name}{_suffix}", None)
         if _packet is not None:
-            FORMULAS[_packet] = per_list_element(_cost)
+            _add(_packet, _Entry(per_list_element(_cost), named=False))
 
 _per_element_pointwise = per_output_element(1)
 
@@ -319,12 +331,17 @@ def cost_of(func: Any, args: tuple, kwargs: dict, out: Any, opts: CountOptions) 
 _FREE = OpCost()
 
 
-def _rule_of(func: Any) -> Callable[..., Optional[OpCost]]:
+def _rule_of(func: Any) -> Rule:
     packet = func.overloadpacket
     if func.namespace == "profiler" or (packet not in FORMULAS and packet in FREE_OPS):
         return lambda *_: _FREE
-    if packet in FORMULAS:
-        return FORMULAS[packet]
+    entry = FORMULAS.get(packet)
+    if entry is not None:
+        if not entry.named:
+            return entry.fn
+        names = [argument.name for argument in op_schema(func).arguments]
+        fn = entry.fn
+        return lambda args, kwargs, out, opts: fn(**dict(zip(names, args)), **kwargs, result=out, options=opts)
     if torch.Tag.pointwise in func.tags:
         return _per_element_pointwise
     return lambda *_: None

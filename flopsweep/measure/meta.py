@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
-from flopsweep.measure.dispatch import EagerDispatchMode
+from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, op_schema
 
 _FLASH = SDPBackend.FLASH_ATTENTION.value
 
@@ -48,7 +48,7 @@ def cpu_would_use_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     if attn_mask is not None:
         mask = torch.empty([1] * (attn_mask.dim() - 2) + [min(q.shape[-2], 2), min(k.shape[-2], 2)],
                            dtype=attn_mask.dtype, requires_grad=attn_mask.requires_grad)
-    choice = torch._fused_sdp_choice(_tiny_cpu(q), _tiny_cpu(k), _tiny_cpu(v), mask, dropout_p, is_causal,
+    choice = fused_sdp_choice(_tiny_cpu(q), _tiny_cpu(k), _tiny_cpu(v), mask, dropout_p, is_causal,
                                      scale=scale)
     return choice == _FLASH
 
@@ -141,7 +141,7 @@ def _kind(func) -> Optional[str]:
     nothing) or None (not cached: views, metadata changes, out= variants, data-dependent shapes)."""
     if func in _kinds:
         return _kinds[func]
-    schema = func._schema
+    schema = op_schema(func)
     kind = None
     if not any(tag in func.tags for tag in _UNCACHEABLE):
         if not schema.is_mutable and not any(r.alias_info for r in schema.returns):
@@ -164,7 +164,7 @@ class _KernelCache(EagerDispatchMode):
             else:
                 spec = _outputs.get(key)
                 if spec is _SELF:
-                    return args[0] if func._schema.returns else None
+                    return args[0] if op_schema(func).returns else None
                 if spec is not None:
                     return _make(spec)
         out = func(*args, **kwargs)

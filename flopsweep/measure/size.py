@@ -9,10 +9,8 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
-from flopsweep.measure.dispatch import EagerDispatchMode
-from flopsweep.models.base import embedding_params
+from flopsweep.measure._torch import EagerDispatchMode, storage_id, tree_leaves
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,19 @@ class SizeRecord:
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in model.parameters()}.values())
+
+
+def embedding_params(model: nn.Module) -> int:
+    """Parameters of token and position embeddings (``nn.Embedding`` modules and ``*pos_embedding`` tensors),
+    each shared tensor once: the part Kaplan et al. leave out of N."""
+    seen: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            seen[id(module.weight)] = module.weight.numel()
+    for name, param in model.named_parameters():
+        if name.endswith("pos_embedding"):
+            seen[id(param)] = param.numel()
+    return sum(seen.values())
 
 
 def weight_bytes(model: nn.Module, int8: bool) -> int:
@@ -63,15 +74,15 @@ class SavedActivations:
     tensor saved."""
 
     def __init__(self, model: nn.Module, on_save: Optional[Callable[[torch.Tensor], None]] = None):
-        self.weights = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
+        self.weights = {storage_id(t) for t in (*model.parameters(), *model.buffers())}
         self.seen: dict[int, int] = {}
         self.on_save = on_save
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in self.weights:
-            self.seen[storage._cdata] = storage.nbytes()
+        key = storage_id(t)
+        if key not in self.weights:
+            self.seen[key] = t.untyped_storage().nbytes()
             if self.on_save is not None:
                 self.on_save(t)
         return t

@@ -1,12 +1,13 @@
 """Timings of a training step on cpu or cuda: forward (loss included), backward, optimizer step and the whole
-step, after warm-up, as medians with their spread. CUDA is timed with events and synchronised per step."""
+step, after warm-up, as medians with their spread, through one timing loop (:func:`repeat`). CUDA is timed with
+events and synchronised per step."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -45,7 +46,9 @@ class TimingRecord:
     blocks: dict[str, int] = field(default_factory=dict)  # per_block: the block kinds timed and their counts
 
 
-class _Clock:
+class Clock:
+    """Marks in time on the job's device: CUDA events on a GPU (read after a sync), ``perf_counter`` on the CPU."""
+
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
 
@@ -64,6 +67,23 @@ class _Clock:
             torch.cuda.synchronize()
 
 
+def repeat(clock: Clock, warmup: int, repeats: int, run: Callable[[], Sequence[Any]],
+           after: Optional[Callable[[bool, Sequence[Any]], None]] = None) -> list[list[float]]:
+    """The one timing loop: ``run`` ``warmup + repeats`` times, each between two syncs of the device. ``run`` returns
+    the clock's marks at the boundaries of its phases (n + 1 marks for n phases); ``after(kept, marks)`` is called
+    after each run (``kept``: not a warm-up). Returns, for each kept run, its phases' seconds."""
+    kept_runs = []
+    for i in range(warmup + repeats):
+        clock.sync()
+        marks = run()
+        clock.sync()
+        if after is not None:
+            after(i >= warmup, marks)
+        if i >= warmup:
+            kept_runs.append([clock.seconds(a, b) for a, b in zip(marks, marks[1:])])
+    return kept_runs
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -74,37 +94,32 @@ def device_name(device: str) -> str:
 def time_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
               autocast: Callable[[], ContextManager], device: str, *, warmup: int, repeats: int,
               training: bool = True) -> TimingRecord:
-    clock = _Clock(device)
-    samples: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
-    for i in range(warmup + repeats):
+    clock = Clock(device)
+
+    def step() -> list[Any]:
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-        clock.sync()
         t0 = clock.mark()
-        if training:
-            with autocast():
-                loss = model(**inputs)
-            t1 = clock.mark()
-            loss.backward()
-            t2 = clock.mark()
-            if optimizer is not None:
-                optimizer.step()
-            t3 = clock.mark()
-        else:
+        if not training:
             with torch.no_grad(), autocast():
                 model(**inputs)
-            t1 = t2 = t3 = clock.mark()
-        clock.sync()
-        if i >= warmup:
-            samples["forward"].append(clock.seconds(t0, t1))
-            samples["backward"].append(clock.seconds(t1, t2))
-            samples["optimizer"].append(clock.seconds(t2, t3))
-            samples["step"].append(clock.seconds(t0, t3))
+            t1 = clock.mark()
+            return [t0, t1, t1, t1]
+        with autocast():
+            loss = model(**inputs)
+        t1 = clock.mark()
+        loss.backward()
+        t2 = clock.mark()
+        if optimizer is not None:
+            optimizer.step()
+        return [t0, t1, t2, clock.mark()]
+
+    runs = repeat(clock, warmup, repeats, step)
+    forward, backward, step_s = ([run[k] for run in runs] for k in range(3))
     return TimingRecord(
-        forward=Stats.of(samples["forward"]),
-        backward=Stats.of(samples["backward"]) if training else None,
-        optimizer=Stats.of(samples["optimizer"]) if training and optimizer is not None else None,
-        step=Stats.of(samples["step"]), method="full", warmup=warmup, repeats=repeats,
+        forward=Stats.of(forward), backward=Stats.of(backward) if training else None,
+        optimizer=Stats.of(step_s) if training and optimizer is not None else None,
+        step=Stats.of([sum(run) for run in runs]), method="full", warmup=warmup, repeats=repeats,
         threads=torch.get_num_threads(), device_name=device_name(device))
 
 
@@ -121,7 +136,7 @@ def block_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
 def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
                    autocast: Callable[[], ContextManager], device: str, *, warmup: int, repeats: int,
                    training: bool = True) -> TimingRecord:
-    """Time the first block of each stack and multiply by the stack's length, as the prior profiler script
+    """Time the first block of each stack and multiply by the stack's length, as the transformer profiler script
     did: cheaper for deep models, but it leaves out embeddings, head and loss. The optimizer step is timed
     whole, on zero gradients."""
     stacks = block_lists(model)
@@ -134,48 +149,47 @@ def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer:
     for hook in hooks:
         hook.remove()
 
-    clock = _Clock(device)
-    totals = {"forward": [0.0] * repeats, "backward": [0.0] * repeats}
+    clock = Clock(device)
+    forward, backward = [0.0] * repeats, [0.0] * repeats
     for name, stack in stacks.items():
         args, kwargs = captured[name]
         args = tuple(_fresh(a, training) for a in args)
         kwargs = {k: _fresh(v, training) for k, v in kwargs.items()}
-        for i in range(warmup + repeats):
-            clock.sync()
+
+        def block(block=stack[0]) -> list[Any]:
             t0 = clock.mark()
-            if training:
-                with autocast():
-                    out = stack[0](*args, **kwargs)
-                t1 = clock.mark()
-                out.backward(torch.ones_like(out))
-            else:
+            if not training:
                 with torch.no_grad(), autocast():
-                    stack[0](*args, **kwargs)
+                    block(*args, **kwargs)
                 t1 = clock.mark()
-            t2 = clock.mark()
-            clock.sync()
-            if i >= warmup:
-                totals["forward"][i - warmup] += len(stack) * clock.seconds(t0, t1)
-                totals["backward"][i - warmup] += len(stack) * clock.seconds(t1, t2)
-    opt_samples: list[float] = []
+                return [t0, t1, t1]
+            with autocast():
+                out = block(*args, **kwargs)
+            t1 = clock.mark()
+            out.backward(torch.ones_like(out))
+            return [t0, t1, clock.mark()]
+
+        for i, (f, b) in enumerate(repeat(clock, warmup, repeats, block)):
+            forward[i] += len(stack) * f
+            backward[i] += len(stack) * b
+    optimizer_s: list[float] = []
     if training and optimizer is not None:
         for p in model.parameters():
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
-        for i in range(warmup + repeats):
-            clock.sync()
+
+        def optimizer_step() -> list[Any]:
             t0 = clock.mark()
             optimizer.step()
-            t1 = clock.mark()
-            clock.sync()
-            if i >= warmup:
-                opt_samples.append(clock.seconds(t0, t1))
+            return [t0, clock.mark()]
+
+        optimizer_s = [run[0] for run in repeat(clock, warmup, repeats, optimizer_step)]
         optimizer.zero_grad(set_to_none=True)
-    steps = [f + (b if training else 0.0) + (opt_samples[i] if opt_samples else 0.0)
-             for i, (f, b) in enumerate(zip(totals["forward"], totals["backward"]))]
+    steps = [f + (b if training else 0.0) + (optimizer_s[i] if optimizer_s else 0.0)
+             for i, (f, b) in enumerate(zip(forward, backward))]
     return TimingRecord(
-        forward=Stats.of(totals["forward"]), backward=Stats.of(totals["backward"]) if training else None,
-        optimizer=Stats.of(opt_samples) if opt_samples else None, step=Stats.of(steps), method="per_block",
+        forward=Stats.of(forward), backward=Stats.of(backward) if training else None,
+        optimizer=Stats.of(optimizer_s) if optimizer_s else None, step=Stats.of(steps), method="per_block",
         warmup=warmup, repeats=repeats, threads=torch.get_num_threads(), device_name=device_name(device),
         blocks={name: len(stack) for name, stack in stacks.items()})
 

@@ -1,26 +1,25 @@
-"""What every model family provides, and the shapes of a synthetic batch.
+"""What every model family provides (:class:`Family`, registered in :data:`FAMILIES`), and the shapes of a
+synthetic batch.
 
-A family is a module in ``flopsweep.models`` with three things:
-
-- ``Config``: a dataclass of the family's fields (``family`` and ``name`` first); ``validate(batch)``
-  raises :class:`~flopsweep.errors.ConfigError` naming ``model.<field>`` or ``batch.<field>``;
-- ``Model(cfg)``: an ``nn.Module`` whose ``forward(**inputs)`` returns the scalar training loss (the loss
-  is a submodule named ``loss`` so that its cost shows in the per-module breakdown);
-- ``example_inputs(cfg, batch, device)``: the synthetic inputs, targets included, as a dict.
-
-Models are built under ``with torch.device(...)`` so they can be made directly on ``meta``.
+A family is one module of ``flopsweep.models`` that registers a :class:`Family`: its ``Config`` dataclass (whose
+``validate(batch)`` raises :class:`~flopsweep.core.errors.ConfigError` naming ``model.<field>`` or
+``batch.<field>``), its ``Model(cfg)``, an ``nn.Module`` whose ``forward(**inputs)`` returns the scalar training loss
+(the loss a submodule named ``loss``, so that its cost shows in the per-module breakdown), and
+``example_inputs(cfg, batch, device)``, the synthetic inputs, targets included. Models are built under
+``with torch.device(...)`` so they can be made directly on ``meta``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from flopsweep.errors import ConfigError, require, require_int
+from flopsweep.core.errors import ConfigError, require, require_int
+from flopsweep.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -74,19 +73,47 @@ def check_seq_len(batch: BatchShape, max_positions: int) -> None:
             f"must be between 1 and the model's max_positions={max_positions}")
 
 
-def token_batch(vocab_size: int, batch: BatchShape, device: torch.device | str, length: int | None = None) -> torch.Tensor:
+def token_batch(vocab_size: int, batch: BatchShape, device: torch.device | str,
+                length: int | None = None) -> torch.Tensor:
     """Random token ids of shape (batch, length); on meta no values exist and none are needed."""
     return torch.randint(0, vocab_size, (batch.size, length or batch.seq_len), device=device)
 
 
-def embedding_params(model: nn.Module) -> int:
-    """Parameters of token and position embeddings (``nn.Embedding`` modules and ``*pos_embedding`` tensors),
-    each shared tensor once: the part Kaplan et al. leave out of N."""
-    seen: dict[int, int] = {}
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            seen[id(module.weight)] = module.weight.numel()
-    for name, param in model.named_parameters():
-        if name.endswith("pos_embedding"):
-            seen[id(param)] = param.numel()
-    return sum(seen.values())
+def language_model_inputs(cfg: Any, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+    """A language model's batch: ``tokens`` and the next-token ``targets``, from ``cfg.vocab_size``."""
+    return {"tokens": token_batch(cfg.vocab_size, batch, device), "targets": token_batch(cfg.vocab_size, batch, device)}
+
+
+class TrainPlan(Protocol):
+    """What a family's closed forms read of the ``train`` group (``flopsweep.build.train_modes.TrainConf``)."""
+
+    mode: str
+    trainable_layers: int
+    rank: int
+    targets: Sequence[str]
+
+
+Inputs = Callable[[Any, BatchShape, Any], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: how its config is read and checked, its model, its synthetic batch, and what it offers beyond
+    that: the submodules that ``train=frozen_backbone`` keeps trainable, and closed-form FLOPs."""
+
+    name: str
+    Config: type[ModelConfig]
+    Model: Callable[[Any], nn.Module]
+    example_inputs: Inputs
+    load: Optional[Callable[[dict[str, Any]], ModelConfig]] = None  # None: Config.from_dict
+    head: tuple[str, ...] = ()             # frozen_backbone: the head, always trainable ...
+    blocks: Optional[str] = None           # ... and the last train.trainable_layers blocks of this ModuleList
+    forward_flops: Optional[Callable[..., int]] = None   # (cfg, batch): the forward pass's matmul FLOPs
+    # (cfg, batch, train) -> (forward, backward or None): closed forms that follow train.mode (LoRA included)
+    train_flops: Optional[Callable[[Any, BatchShape, TrainPlan], tuple[int, Optional[int]]]] = None
+
+    def config(self, fields: dict[str, Any]) -> ModelConfig:
+        return self.load(fields) if self.load is not None else self.Config.from_dict(fields)
+
+
+FAMILIES: Registry[Family] = Registry("model.family")

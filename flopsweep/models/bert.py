@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flopsweep.models.base import BatchShape, ModelConfig, check_heads, check_positive, check_seq_len, token_batch
+from flopsweep.models.base import (FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive,
+                                   check_seq_len, token_batch)
 from flopsweep.models.layers import Block
 
 
@@ -31,9 +32,6 @@ class Config(ModelConfig):
         check_seq_len(batch, self.max_positions)
 
 
-# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
-HEAD = ("pooler",)
-BLOCKS = "blocks"
 
 class Model(nn.Module):
     def __init__(self, cfg: Config):
@@ -74,3 +72,7 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     B, S, d = batch.size, batch.seq_len, cfg.d_model
     per_layer = 2 * B * S * (4 * d * d + 2 * d * cfg.d_ff) + 4 * B * S * S * d
     return cfg.n_layer * per_layer + 2 * B * d * d
+
+
+FAMILIES.add("bert", Family("bert", Config, Model, example_inputs, head=("pooler",), blocks="blocks",
+                            forward_flops=analytic_forward_flops))

@@ -20,8 +20,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.errors import ConfigError, require
-from flopsweep.models.base import BatchShape, ModelConfig
+from flopsweep.core.errors import ConfigError, require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32, "bool": torch.bool}
@@ -53,7 +53,8 @@ class Config(ModelConfig):
                         f"model.inputs[{i}].shape", list(spec["shape"]),
                         "entries must be positive integers, 'batch' or 'seq_len'")
             if "seq_len" in spec["shape"]:
-                require(batch.seq_len is not None, "batch.seq_len", None, "needed by model.inputs (or set model.default_seq_len)")
+                require(batch.seq_len is not None, "batch.seq_len", None,
+                        "needed by model.inputs (or set model.default_seq_len)")
 
 
 def load(fields: dict[str, Any]) -> Config:
@@ -115,3 +116,6 @@ def _plain_list(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [dict(v) if isinstance(v, dict) else v for v in value]
     return value
+
+
+FAMILIES.add("custom", Family("custom", Config, Model, example_inputs, load=load))

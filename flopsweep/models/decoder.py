@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from flopsweep.config import TrainConf
-from flopsweep.models.base import BatchShape, ModelConfig, check_heads, check_positive, check_seq_len, token_batch
+from flopsweep.core.errors import require
+from flopsweep.models.base import (FAMILIES, BatchShape, Family, ModelConfig, TrainPlan, check_heads, check_positive,
+                                   check_seq_len, language_model_inputs)
 from flopsweep.models.layers import Block, make_norm
-from flopsweep.errors import require
 
 
 @dataclass
@@ -56,9 +56,6 @@ class Config(ModelConfig):
         check_seq_len(batch, self.max_positions)
 
 
-# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
-HEAD = ("lm_head",)
-BLOCKS = "blocks"
 
 class Model(nn.Module):
     def __init__(self, cfg: Config):
@@ -89,10 +86,6 @@ class Model(nn.Module):
         return self.loss(logits.flatten(0, 1), targets.flatten())
 
 
-def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
-    return {"tokens": token_batch(cfg.vocab_size, batch, device), "targets": token_batch(cfg.vocab_size, batch, device)}
-
-
 def linear_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
     """Each block's linear layers as ``(in, out)`` features, by the names ``train.targets`` uses, in the order
     they run (``gate`` with SwiGLU only); the head ``lm_head`` is ``(d_model, vocab_size)``."""
@@ -103,7 +96,7 @@ def linear_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
     return {"qkv": (d, d + 2 * kv), "out": (d, d), **gate, "up": (d, d_ff), "down": (d_ff, d)}
 
 
-def lora_params(cfg: Config, train: TrainConf) -> int:
+def lora_params(cfg: Config, train: TrainPlan) -> int:
     """Trainable parameters under ``train=lora``: ``r*(in + out)`` per adapted linear (A is r x in, B out x r),
     once per block for the block's linears and once for ``lm_head``."""
     blocks = sum(train.rank * (i + o) for name, (i, o) in linear_shapes(cfg).items() if name in train.targets)
@@ -111,7 +104,7 @@ def lora_params(cfg: Config, train: TrainConf) -> int:
     return cfg.n_layer * blocks + head
 
 
-def analytic_forward_flops(cfg: Config, batch: BatchShape, train: Optional[TrainConf] = None) -> int:
+def analytic_forward_flops(cfg: Config, batch: BatchShape, train: Optional[TrainPlan] = None) -> int:
     """Matmul FLOPs of one forward pass in closed form: with d_ff = 4d, full attention and one KV head per
     query head this is Megatron-LM's ``24*B*s*l*h^2 * (1 + s/(6h) + V/(12*l*h))``. Under ``train=lora`` each
     adapter adds ``x A^T`` then ``(.) B^T``: one multiply-add per adapter parameter per token,
@@ -122,7 +115,7 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape, train: Optional[Train
     return base + (2 * tokens * lora_params(cfg, train) if train is not None and train.mode == "lora" else 0)
 
 
-def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainConf) -> Optional[int]:
+def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> Optional[int]:
     """Matmul FLOPs of one backward pass in closed form for ``train.mode`` full, frozen_backbone or lora (None for
     inference), with the counter's conventions: multiply-add = 2, attention backward twice its forward
     (dQ, dK, dV, dP over the full ``S^2``, whatever ``measure.causal_attention`` says).
@@ -176,3 +169,12 @@ def _linear_backward(tokens: int, d_in: int, d_out: int, live: bool, trains: boo
     if rank:
         flops += 2 * tokens * rank * (2 * d_out + d_in * (1 + int(live)))
     return flops, live or trains or rank > 0
+
+
+def train_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> tuple[int, Optional[int]]:
+    """The closed forms for ``train.mode``: forward (LoRA's adapters included) and backward (None for inference)."""
+    return analytic_forward_flops(cfg, batch, train), analytic_backward_flops(cfg, batch, train)
+
+
+FAMILIES.add("decoder", Family("decoder", Config, Model, language_model_inputs, head=("lm_head",), blocks="blocks",
+                               forward_flops=analytic_forward_flops, train_flops=train_flops))

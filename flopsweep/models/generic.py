@@ -20,8 +20,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.errors import ConfigError, require
-from flopsweep.models.base import BatchShape, ModelConfig, check_heads, check_positive
+from flopsweep.core.errors import ConfigError, require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive
 from flopsweep.models.layers import Block
 
 PRIOR_FIELDS = ("embed_dim", "num_heads", "ff_dim", "seq_len", "memory_seq_len", "num_encoder_blocks",
@@ -123,3 +123,7 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     total = cfg.num_encoder_blocks * self_block(enc_len)
     cross = 2 * B * S * d * d + 2 * B * M * 2 * d * d + 2 * B * S * d * d + 4 * B * S * M * d if cfg.has_memory else 0
     return total + cfg.num_decoder_blocks * (self_block(S) + cross)
+
+
+FAMILIES.add("generic", Family("generic", Config, Model, example_inputs, load=load,
+                               forward_flops=analytic_forward_flops))

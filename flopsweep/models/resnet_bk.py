@@ -7,31 +7,22 @@ attention, as in the reference repository ``neko-jpg/Project-ResNet-BK-...`` at 
     loss = CrossEntropy(lm_head(LayerNorm(h)), targets)
 
 The MoE routes each token to its top-k of E experts with fixed shapes (it runs on ``meta``) and costs
-exactly k expert evaluations per token; the BK-Core runs two O(N) recurrences with plain autograd. The
-reference's analytic counter lives in :mod:`flopsweep.models.resnet_bk_reference`.
+exactly k expert evaluations per token; the BK-Core runs two O(N) recurrences with plain autograd. The closed form,
+:func:`analytic_forward_flops`, is the reference's own analytic counter's forward total (docs/resnet_bk.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopsweep.errors import is_number, require
-from flopsweep.models import resnet_bk_reference as reference
-from flopsweep.models.base import BatchShape, ModelConfig, check_positive, token_batch
-
-# The reference's 15 ``use_*`` switches. At the reference snapshot none of them changes the network; a
-# preset records them (``feature_flags``) so that the reference's FULL configuration can be named.
-FEATURE_FLAGS = (
-    "analytic_gradient", "koopman", "physics_informed", "quantization", "pruning", "distillation",
-    "mixed_precision", "custom_kernels", "gradient_checkpointing", "adaptive_computation", "multi_scale",
-    "learned_sparsity", "curriculum_learning", "active_learning", "gradient_caching",
-)
+from flopsweep.core.errors import is_number, require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive, language_model_inputs
 
 
 @dataclass
@@ -46,7 +37,6 @@ class Config(ModelConfig):
     dropout_p: float = 0.1
     v_max: float = 3.0                   # the potential is clamped to +-v_max
     feature_clamp: float = 10.0          # the BK features [Re G, Im G] are clamped to +-feature_clamp
-    feature_flags: list[str] = field(default_factory=list)  # recorded only; they change nothing
 
     @property
     def default_seq_len(self) -> int:
@@ -69,8 +59,6 @@ class Config(ModelConfig):
         for name in ("v_max", "feature_clamp"):
             value = getattr(self, name)
             require(is_number(value) and value > 0, f"model.{name}", value, "must be a number > 0")
-        unknown = [flag for flag in self.feature_flags if flag not in FEATURE_FLAGS]
-        require(not unknown, "model.feature_flags", unknown, f"unknown flags (known: {', '.join(FEATURE_FLAGS)})")
         require(batch.seq_len == self.n_seq, "batch.seq_len", batch.seq_len,
                 f"must equal model.n_seq={self.n_seq}: ResNet-BK works on fixed-length sequences")
 
@@ -224,9 +212,6 @@ class Block(nn.Module):
         return x + self.layer(self.norm(x))
 
 
-# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
-HEAD = ("lm_head",)
-BLOCKS = "blocks"
 
 class Model(nn.Module):
     def __init__(self, cfg: Config):
@@ -247,18 +232,19 @@ class Model(nn.Module):
         return self.loss(logits.flatten(0, 1), targets.flatten())
 
 
-def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
-    return {"tokens": token_batch(cfg.vocab_size, batch, device), "targets": token_batch(cfg.vocab_size, batch, device)}
-
-
-def reference_dims(cfg: Config, batch: BatchShape) -> reference.Dims:
-    return reference.Dims(batch_size=batch.size, seq_len=batch.seq_len or cfg.n_seq, d_model=cfg.d_model,
-                          n_layers=cfg.n_layers, num_experts=cfg.num_experts, top_k=cfg.top_k,
-                          vocab_size=cfg.vocab_size, n_seq=cfg.n_seq)
-
-
 def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
-    """The reference counter's forward total: Embedding + L*(LayerNorm + MoE + BK-Core + Linear(2, D))
-    + final LayerNorm + Linear(D, V). Unlike the decoder's closed form it mixes matmul and elementwise
-    FLOPs (embedding, norms, BK-Core, routing softmax), as the reference does."""
-    return reference.count(reference_dims(cfg, batch)).forward
+    """The reference counter's forward total, per component (B batch, N length, D width, E experts, K top-k, V
+    vocabulary; multiply-add = 2): Embedding ``B*N*D``, LayerNorm ``5*B*N*D``, MoE ``2*B*N*D*E + 3*B*N*E +
+    B*N*K*(8*D^2 + 2*D)``, BK-Core ``34*B*N``, ``Linear(in, out)`` ``2*B*N*in*out``; in all
+    Embedding + L*(LayerNorm + MoE + BK-Core + Linear(2, D)) + final LayerNorm + Linear(D, V). Unlike the decoder's
+    closed form it mixes matmul and elementwise FLOPs (embedding, norms, BK-Core, routing softmax), and it leaves out
+    ``Linear(D, 1)`` (the potential), the residual adds, the clamps and the loss, as the reference does."""
+    tokens, D, E, K = batch.size * (batch.seq_len or cfg.n_seq), cfg.d_model, cfg.num_experts, cfg.top_k
+    layer_norm = 5 * tokens * D
+    moe = 2 * tokens * D * E + 3 * tokens * E + tokens * K * (8 * D * D + 2 * D)
+    layer = layer_norm + moe + 34 * tokens + 2 * tokens * 2 * D
+    return tokens * D + cfg.n_layers * layer + layer_norm + 2 * tokens * D * cfg.vocab_size
+
+
+FAMILIES.add("resnet_bk", Family("resnet_bk", Config, Model, language_model_inputs, head=("lm_head",), blocks="blocks",
+                                 forward_flops=analytic_forward_flops))

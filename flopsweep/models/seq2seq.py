@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopsweep.errors import require
-from flopsweep.models.base import BatchShape, ModelConfig, check_positive, check_seq_len, token_batch
+from flopsweep.core.errors import require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive, check_seq_len, token_batch
 from flopsweep.models.layers import Block, make_norm, sinusoidal_positions
 
 STYLES = ("t5", "vaswani")
@@ -123,10 +123,6 @@ class Stack(nn.Module):
         return self.norm(x) if t5 else x
 
 
-# train=frozen_backbone trains HEAD (the tied output head is the shared embedding) and the last
-# train.trainable_layers blocks of BLOCKS
-HEAD = ("shared",)
-BLOCKS = "decoder.blocks"
 
 class Model(nn.Module):
     def __init__(self, cfg: Config):
@@ -181,3 +177,7 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     cross = 2 * (B * T) * d * inner * 2 + 2 * (B * S) * d * inner * 2 + attention(T, S)  # q, out; k, v
     decoder_layer = projections(B * T) + attention(T, T) + cross + feed_forward(B * T)
     return cfg.n_layer * (encoder_layer + decoder_layer) + 2 * B * T * d * V
+
+
+FAMILIES.add("seq2seq", Family("seq2seq", Config, Model, example_inputs, head=("shared",), blocks="decoder.blocks",
+                              forward_flops=analytic_forward_flops))

@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from flopsweep.errors import require
-from flopsweep.models.base import BatchShape, ModelConfig, check_heads, check_positive
+from flopsweep.core.errors import require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive
 from flopsweep.models.layers import Block
 
 
@@ -45,9 +45,6 @@ class Config(ModelConfig):
                 f"must be a multiple of model.patch_size={self.patch_size}")
 
 
-# train=frozen_backbone trains HEAD and the last train.trainable_layers blocks of BLOCKS
-HEAD = ("head",)
-BLOCKS = "blocks"
 
 class Model(nn.Module):
     def __init__(self, cfg: Config):
@@ -82,3 +79,7 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     patch = 2 * B * cfg.n_patches * cfg.channels * cfg.patch_size ** 2 * d
     per_layer = 2 * B * S * (4 * d * d + 2 * d * cfg.d_ff) + 4 * B * S * S * d
     return patch + cfg.n_layer * per_layer + 2 * B * d * cfg.num_classes
+
+
+FAMILIES.add("vit", Family("vit", Config, Model, example_inputs, head=("head",), blocks="blocks",
+                           forward_flops=analytic_forward_flops))

@@ -1,7 +1,7 @@
 """flopsweep's sweeper where Hydra looks for it: Hydra instantiates sweepers and launchers only from the
-``hydra_plugins`` package. The code is in :mod:`flopsweep.sweeper`, the config in ``conf/hydra/sweeper/``."""
+``hydra_plugins`` package. The code is in :mod:`flopsweep.sweep.sweeper`, the config in ``conf/hydra/sweeper/``."""
 
-from flopsweep.sweeper import RecoveringSweeper as _RecoveringSweeper
+from flopsweep.sweep.sweeper import RecoveringSweeper as _RecoveringSweeper
 
 
 class RecoveringSweeper(_RecoveringSweeper):

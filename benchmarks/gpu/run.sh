@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The prepared GPU check, for a machine with a CUDA GPU (CI has none): the CUDA tests, then the GPU benchmarks,
+# in under 8 minutes; the figures go to $OUT (default: benchmarks/gpu/results/) for docs/benchmarks.md.
+#
+#   bash benchmarks/gpu/run.sh            # from the repository root; uses .venv when it is there
+set -uo pipefail
+OUT=${OUT:-benchmarks/gpu/results}
+mkdir -p "$OUT"
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+{
+  echo "date: $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
+} | tee "$OUT/machine.txt"
+timeout 240 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py tests/test_faults.py \
+  tests/test_batch_max.py 2>&1 | tee "$OUT/pytest_cuda.txt"
+tests=${PIPESTATUS[0]}
+timeout 300 "$PY" benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_figures.json" 2>&1 | tee "$OUT/gpu_figures.md"
+bench=${PIPESTATUS[0]}
+echo "pytest -m cuda: exit $tests; bench_gpu: exit $bench" | tee -a "$OUT/machine.txt"
+[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -1,0 +1,88 @@
+"""What trains (``train.mode``), one registry: the whole model, the head and the last blocks, low-rank adapters
+(LoRA, DoRA) beside frozen weights, or nothing (a forward pass, for inference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from torch import nn
+
+from flopsweep.core.errors import require, require_int
+from flopsweep.core.registry import Registry
+from flopsweep.models.base import Family
+from flopsweep.models.layers import DoRALinear, LoRALinear
+
+
+@dataclass
+class TrainConf:
+    """The ``train`` config group."""
+
+    mode: str = "full"                   # a name of TRAIN_MODES
+    trainable_layers: int = 0            # frozen_backbone: the last k blocks train too (the head always does)
+    rank: int = 8                        # lora, dora
+    alpha: float = 16.0                  # lora, dora: the update is scaled by alpha / rank
+    targets: list[str] = field(default_factory=lambda: ["qkv", "out"])  # lora, dora: names of the linear layers
+
+
+@dataclass(frozen=True)
+class TrainMode:
+    trains: bool = True                  # a training step; False: a forward pass without gradients
+    freezes: bool = False                # chooses what trains (so it needs weights that train: not int8)
+    adapter: Optional[type[LoRALinear]] = None  # added beside every targeted linear layer
+    closed_form: bool = True             # a family's closed forms can follow it (none models DoRA's norms)
+    check: Callable[[TrainConf, Family], None] = lambda train, family: None
+
+
+TRAIN_MODES: Registry[TrainMode] = Registry("train.mode")
+
+
+def _check_frozen(train: TrainConf, family: Family) -> None:
+    require(bool(family.head), "train.mode", train.mode,
+            f"the {family.name} family has no head and block stack to keep trainable")
+    require_int(train.trainable_layers, "train.trainable_layers", 0)
+
+
+def _check_adapters(train: TrainConf, family: Family) -> None:
+    require_int(train.rank, "train.rank")
+    require(train.alpha > 0, "train.alpha", train.alpha, "must be > 0")
+    require(len(train.targets) > 0, "train.targets", list(train.targets), "must name at least one linear layer")
+
+
+TRAIN_MODES.add("full", TrainMode())
+TRAIN_MODES.add("frozen_backbone", TrainMode(freezes=True, check=_check_frozen))
+TRAIN_MODES.add("lora", TrainMode(freezes=True, adapter=LoRALinear, check=_check_adapters))
+TRAIN_MODES.add("dora", TrainMode(freezes=True, adapter=DoRALinear, closed_form=False, check=_check_adapters))
+TRAIN_MODES.add("inference", TrainMode(trains=False))
+
+
+def trains(params_dtype: str, train_mode: str) -> bool:
+    """Whether a job takes a training step: not int8 weights (measured for inference only), not train=inference."""
+    return params_dtype != "int8" and TRAIN_MODES[train_mode].trains
+
+
+def apply_train_mode(model: nn.Module, family: Family, train: TrainConf) -> None:
+    """Freeze what ``train.mode`` freezes: frozen weights get no gradient, so backward runs no weight-gradient
+    matmuls for them and the optimizer holds no state for them; LoRA and DoRA add their adapters' parameters."""
+    mode = TRAIN_MODES[train.mode]
+    if not mode.freezes:
+        return
+    model.requires_grad_(False)
+    if mode.adapter is None:  # frozen_backbone: the head and the last blocks train
+        for name in family.head:
+            model.get_submodule(name).requires_grad_(True)
+        blocks = model.get_submodule(family.blocks)
+        require(train.trainable_layers <= len(blocks), "train.trainable_layers", train.trainable_layers,
+                f"the model has {len(blocks)} blocks")
+        for block in list(blocks)[len(blocks) - train.trainable_layers:]:
+            block.requires_grad_(True)
+        return
+    wanted, found = set(train.targets), set()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                found.add(name)
+                if name in wanted:
+                    setattr(parent, name, mode.adapter(child, train.rank, train.alpha))
+    require(not wanted - found, "train.targets", sorted(wanted - found),
+            f"name no linear layer of this model (its linear layers: {', '.join(sorted(found))})")

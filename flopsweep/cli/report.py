@@ -1,0 +1,93 @@
+"""``flopsweep-report EXPERIMENT [--sweep SWEEP]``: a folder with the runs as CSV and Markdown and the plots that
+answer the usual questions, also logged to the sweep's parent run so that they show in the MLflow UI.
+
+Plots (each drawn when the runs have its data): FLOPs against sequence length on log-log axes with the fitted
+slope per model, step time against batch size per dtype, the training memory of each run as stacked bars,
+the FLOPs shares of the costliest run's modules, and MFU by dtype and device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from flopsweep.core.console import exit_command
+from flopsweep.core.errors import ConfigError, one_line, require
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="flopsweep-report", description=__doc__)
+    parser.add_argument("experiment", nargs="?",
+                        help="the MLflow experiment (a sweep preset's name, or tracking.experiment)")
+    parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "
+                        "or MLflow run id), printed and written with profile.png")
+    parser.add_argument("--top", type=int, default=12, help="--profile: modules in the plot (default 12)")
+    parser.add_argument("--sweep", help="only this sweep: its folder or the folder's name (2026-11-22/14-03-07)")
+    parser.add_argument("--out", type=Path, help="where to write (default: outputs/reports/EXPERIMENT[_SWEEP])")
+    parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
+    parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    args = parser.parse_args(argv)
+    if not args.experiment and not args.profile:
+        parser.error("give an EXPERIMENT, or --profile RUN")
+    from flopsweep.sinks.store import target_at
+
+    target = target_at(args.uri, args.store_dir, args.experiment or "")
+    try:
+        require(args.top >= 1, "top", args.top, "must be >= 1")
+        return _profile(args, target.uri) if args.profile else _experiment(args, target)
+    except ConfigError as err:
+        print(f"flopsweep-report: error: {err}", file=sys.stderr)
+    except OSError as err:  # a folder that cannot be made or written (--out)
+        print(f"flopsweep-report: error: {err.filename or args.out}: cannot be written ({err.strerror or err})",
+              file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - the store's own errors (MLflow's), in one line; others are bugs
+        if not type(err).__module__.startswith("mlflow"):  # no mlflow import for a job folder's --profile
+            raise
+        print(f"flopsweep-report: error: the store {target.uri} cannot be read: {one_line(err, kind=False)}",
+              file=sys.stderr)
+    return 2
+
+
+def _profile(args: argparse.Namespace, uri: str) -> int:
+    from flopsweep.analysis.report import write_profile_report
+
+    out = write_profile_report(args.profile, args.out, uri, args.top)
+    print((out / "profile.txt").read_text(), end="")
+    print(f"profile: {out}  (profile.txt, profile.csv, profile_depth.csv, profile.png)")
+    return 0
+
+
+def _experiment(args: argparse.Namespace, target) -> int:
+    from flopsweep.analysis.report import write_report
+    from flopsweep.sinks.reader import load_runs
+    from flopsweep.sinks.store import log_to_sweep_run
+
+    df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=target.uri)
+    if df.empty:
+        where = f" sweep {args.sweep!r} of" if args.sweep else ""
+        print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({target.uri})",
+              file=sys.stderr)
+        return 2
+    name = args.experiment + (f"_{args.sweep.rstrip('/').replace('/', '_')}" if args.sweep else "")
+    out = args.out or Path(args.store_dir) / "reports" / name
+    drawn = write_report(df, out, f"flopsweep report: {name}", target.uri)
+    print(f"report: {out}  ({sum(v == 'drawn' for v in drawn.values())} plots; runs.csv, runs.md)")
+    for plot, why in drawn.items():
+        if why != "drawn":
+            print(f"  {plot} not drawn: {why}")
+    sweeps = df["sweep"].dropna().unique()
+    if len(sweeps) == 1:  # one sweep: its parent run carries the report
+        run_id = log_to_sweep_run(target, sweeps[0], out, "report")
+        if run_id is not None:
+            print(f"logged to the sweep's run {run_id} under artifacts/report")
+    return 0
+
+
+def entry() -> None:
+    exit_command(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,42 @@
+"""``flopsweep-sync PATH``: log to MLflow the jobs under PATH (a sweep or run folder, or ``outputs/``) that are
+not in the store yet: those whose store was down or failing. Each job goes to the store it was meant for (the
+one its ``result.json`` records) unless ``--uri`` names another. Runs are matched by fingerprint, so running it
+twice logs nothing the second time; a sweep's jobs go under one parent run for that sweep folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flopsweep.core.console import exit_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flopsweep-sync", description=__doc__)
+    parser.add_argument("path", type=Path, help="a run or sweep folder, or a folder holding many")
+    parser.add_argument("--uri", help="tracking URI (default: the store each job recorded, else MLFLOW_TRACKING_URI, "
+                                      "else the local store under outputs/)")
+    parser.add_argument("--store-dir", help="log to the local store in this folder instead of each job's own")
+    parser.add_argument("--experiment", help="experiment (default: each job's tracking.experiment)")
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
+        return 2
+    from flopsweep.sinks.sync import sync
+
+    def failed(folder: Path, why: str) -> None:
+        print(f"flopsweep-sync: {folder}: not logged: {why}", file=sys.stderr)
+
+    done = sync(args.path, args.uri, args.store_dir, args.experiment, on_failure=failed)
+    print(f"flopsweep-sync: {done.logged} logged, {done.present} already in the store, {done.failed} failed  "
+          f"({', '.join(sorted(done.uris))})")
+    return 1 if done.failed else 0
+
+
+def entry() -> None:
+    exit_command(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,33 @@
+"""Hydra's side of the config: the schema, the model families' typed bases and the sweep presets registered with
+its ConfigStore, and a job's config composed as the ``flopsweep`` command would."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from flopsweep.config.schema import CONF_DIR, SWEEPS_DIR, Schema
+from flopsweep.models import FAMILIES
+
+
+def register_configs() -> None:
+    """Register the schema and the sweep presets (``+sweep=NAME``) with Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Schema)
+    # each family's dataclass is the typed base of its presets (``defaults: [_decoder, _self_]``), so every
+    # field can be overridden from the command line and is type-checked when composed
+    for name, family in FAMILIES.items():
+        if name != "custom":
+            store.store(group="model", name=f"_{name}", node=family.Config)
+    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
+        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The job config the ``flopsweep`` command would compose for these overrides (for tools and tests)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=list(overrides))

@@ -1,0 +1,152 @@
+"""A composed config to a checked :class:`~flopsweep.build.spec.JobSpec`, or a one-line
+:class:`~flopsweep.core.errors.ConfigError` naming the offending key: one small checker per group, nothing built."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from flopsweep.build import optimizers
+from flopsweep.build.spec import MAX_BATCH, JobSpec
+from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.config.schema import DeviceType
+from flopsweep.core.errors import is_number, require, require_int
+from flopsweep.measure.settings import MeasureConf
+from flopsweep.models import family as family_of
+from flopsweep.models.base import BatchShape, Family, ModelConfig
+
+PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
+AUTOCAST_DTYPES = ("bfloat16", "float16")
+
+
+def resolve(cfg: DictConfig) -> JobSpec:
+    """Validate a composed config. Every check names the offending key; nothing is built here."""
+    family, model = _model(cfg.model)
+    batch = _batch(cfg.batch, model)
+    device = _device(cfg.device)
+    _dtype(cfg.dtype)
+    opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
+    optimizers.check(opt)
+    train = _train(cfg.train, family, cfg.dtype.params)
+    measure = _measure(cfg.measure)
+    budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
+    _tracking(cfg)
+    return JobSpec(model=model, family=family, batch=batch, device=device, params_dtype=cfg.dtype.params,
+                   autocast=cfg.dtype.autocast, optimizer=opt, measure=measure, peak_tflops=cfg.device.peak_tflops,
+                   threads=cfg.device.threads, train=train, memory_budget=budget)
+
+
+def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
+    fields = OmegaConf.to_container(node, resolve=True)
+    require(isinstance(fields, dict) and "family" in fields, "model.family", None,
+            "missing: choose a preset (model=gpt2_small) or set model.family")
+    name = fields.get("name")
+    require(name is None or (isinstance(name, str) and name.strip() and not set(name) & set("/\\")), "model.name",
+            name, "must be a non-empty name without / (it names the job's folder)")
+    family = family_of(fields["family"])
+    return family, family.config(fields)
+
+
+def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:
+    if batch.size != MAX_BATCH:
+        require(isinstance(batch.size, int) and not isinstance(batch.size, bool) and batch.size >= 1, "batch.size",
+                batch.size, f"must be an integer >= 1 or {MAX_BATCH}")
+    if batch.seq_len is not None:
+        require_int(batch.seq_len, "batch.seq_len")
+    if batch.image_size is not None:
+        require_int(batch.image_size, "batch.image_size")
+    shape = model.resolve_batch(batch.size, batch.seq_len, batch.image_size)
+    model.validate(shape)
+    return shape
+
+
+def _device(device: DictConfig) -> str:
+    import torch
+
+    kind = DeviceType(device.type)
+    if kind is DeviceType.auto:
+        kind = DeviceType.cuda if torch.cuda.is_available() else DeviceType.cpu
+    if device.threads is not None:
+        require_int(device.threads, "device.threads")
+        cpus = os.cpu_count() or 1
+        require(device.threads <= cpus, "device.threads", device.threads, f"must be at most {cpus}, the CPUs here "
+                "(more threads than CPUs only slow the timing, and too many crash OpenMP)")
+    if device.peak_tflops is not None:
+        require(device.peak_tflops > 0, "device.peak_tflops", device.peak_tflops, "must be > 0")
+    if kind is DeviceType.cuda:
+        require(torch.cuda.is_available(), "device.type", "cuda", "no CUDA GPU is visible to PyTorch here")
+        require_int(device.index, "device.index", 0)
+        require(device.index < torch.cuda.device_count(), "device.index", device.index,
+                f"only {torch.cuda.device_count()} CUDA device(s) visible")
+        return f"cuda:{device.index}"
+    return kind.value
+
+
+def _dtype(dtype: DictConfig) -> None:
+    require(dtype.params in PARAM_DTYPES, "dtype.params", dtype.params, f"must be one of {', '.join(PARAM_DTYPES)}")
+    if dtype.autocast is not None:
+        require(dtype.autocast in AUTOCAST_DTYPES, "dtype.autocast", dtype.autocast,
+                f"must be one of {', '.join(AUTOCAST_DTYPES)} or null")
+        require(dtype.params == "float32", "dtype.autocast", dtype.autocast,
+                f"mixed precision needs float32 weights, not dtype.params={dtype.params}")
+
+
+def _train(node: DictConfig, family: Family, params_dtype: str) -> TrainConf:
+    train = TrainConf(**OmegaConf.to_container(node, resolve=True))
+    mode = TRAIN_MODES[train.mode]
+    require(params_dtype != "int8" or not mode.freezes, "train.mode", train.mode,
+            "int8 weights are an inference build: use dtype=float32 (or bfloat16) to train")
+    mode.check(train, family)
+    return train
+
+
+def _measure(node: DictConfig) -> MeasureConf:
+    measure = MeasureConf(**OmegaConf.to_container(node))
+    require(is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
+            measure.memory_share, "must be a number in (0, 1]")
+    require_int(measure.warmup, "measure.warmup", 0)
+    require_int(measure.repeats, "measure.repeats")
+    require_int(measure.module_depth, "measure.module_depth", 0)
+    require(not measure.profile or measure.count, "measure.profile", True,
+            "needs the counted step (measure.count=true): the profile is per-module FLOPs and latency")
+    require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
+    require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
+            "must be full or half")
+    return measure
+
+
+def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[int]:
+    """``batch.memory_budget_gib`` in bytes, checked; for ``batch.size=max``, what the search needs."""
+    gib = batch.memory_budget_gib
+    if gib is not None:
+        require(is_number(gib) and 0 < gib < math.inf, "batch.memory_budget_gib", gib,
+                "must be a finite number of GiB > 0")
+    if batch.size != MAX_BATCH:
+        return None
+    require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "
+            "and weights that train (not dtype=int8)")
+    require(gib is not None or device != "meta", "batch.memory_budget_gib", None,
+            "missing: batch.size=max on device=meta needs a budget (meta has no memory of its own)")
+    return None if gib is None else int(gib * 2**30)
+
+
+def _tracking(cfg: DictConfig) -> None:
+    require(cfg.tracking.kind in ("local", "server", "none"), "tracking.kind", cfg.tracking.kind,
+            "must be local, server or none")
+    require(not cfg.skip_existing or cfg.tracking.kind != "none", "skip_existing", True,
+            "needs a store to find finished runs in: tracking=local or tracking=server")
+
+
+def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
+    """The job's config as recorded: resolved, with the model and batch as built (a JSON file, batch.image_size
+    (ViT) or batch.seq_len (ResNet-BK) can change the model, and a batch.seq_len or image_size left out is the
+    model's default)."""
+    import dataclasses
+
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
+    config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
+    return config

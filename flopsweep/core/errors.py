@@ -1,0 +1,37 @@
+"""Bad input and failures in one line: the exception for a bad value (its message names the key), the checks that
+raise it, and :func:`one_line`, the one way any error is shortened for a person."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``str(err)`` is one line such as ``batch.size=-1: must be >= 1``."""
+
+    def __init__(self, key: str, value: object, problem: str):
+        self.key, self.value, self.problem = key, value, problem
+        super().__init__(f"{key}={value!r}: {problem}" if value is not None else f"{key}: {problem}")
+
+
+def require(condition: bool, key: str, value: object, problem: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, problem)
+
+
+def is_number(value: object) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_int(value: object, key: str, minimum: int = 1) -> None:
+    """An integer (not a bool) of at least ``minimum``."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
+            f"must be an integer >= {minimum}")
+
+
+def one_line(err: BaseException, limit: int = 300, kind: bool = True) -> str:
+    """``err`` as one line of at most ``limit`` characters of its message, its white space folded, after its type
+    (``ValueError: ...``) unless ``kind`` is false; the type alone where it has no message."""
+    text = " ".join(str(err).split())[:limit]
+    if not kind:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

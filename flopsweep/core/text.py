@@ -1,0 +1,161 @@
+"""Formatting for people, in one place: numbers with their units, aligned tables, a job's metrics and its
+``stats.txt``, a sweep's summary table and the module profile as text."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from flopsweep.core import metrics as M
+from flopsweep.core.profile import by_depth
+from flopsweep.core.result import Result
+
+
+def human(value: Optional[float], unit: str = "") -> str:
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{_three(value / factor)}{prefix}{unit}"
+    return f"{_three(value)}{unit}"
+
+
+def _three(value: float) -> str:
+    """Three significant digits, without the exponent that ``.3g`` gives from 999.5 up (``1000``, not ``1e+03``)."""
+    text = f"{value:.3g}"
+    return f"{value:.0f}" if "e" in text and abs(value) >= 1 else text
+
+
+def seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1e3:.3g} ms" if value < 1 else f"{value:.3g} s"
+
+
+def size_bytes(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    for factor, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= factor:
+            return f"{_three(value / factor)} {unit}"
+    return f"{value:.0f} B"
+
+
+def format_metric(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("time/"):
+        return seconds(value) if key.endswith("_s") else f"{value:.3g}"
+    if key.endswith("_bytes"):
+        return size_bytes(value)
+    if key == M.MFU:
+        return f"{100 * value:.1f} %"
+    if key.startswith(("flops/", "macs/", "size/params", "speed/")):
+        return human(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_STEP, M.FLOPS_FORWARD_ANALYTIC,
+               M.PARAMS, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU]
+
+
+def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:
+    """One aligned line per metric: all of them, or those of ``keys`` that the job has."""
+    shown = {k: metrics[k] for k in keys if k in metrics} if keys is not None else metrics
+    width = max((len(k) for k in shown), default=0)
+    return [f"{key:<{width}}  {format_metric(key, value)}" for key, value in shown.items()]
+
+
+SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
+                   ("device", None), ("status", None), ("params", M.PARAMS), ("fwd FLOPs", M.FLOPS_FORWARD),
+                   ("step FLOPs", M.FLOPS_STEP), ("step time", M.TIME_STEP), ("tokens/s", M.TOKENS_PER_S),
+                   ("MFU", M.MFU)]
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = list(rows)
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def summary_row(job: str, result: Result) -> list[str]:
+    cfg = result.config or {}
+    model = (cfg.get("model") or {}).get("name", "?")
+    batch = cfg.get("batch") or {}
+    cells = [job, model, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
+             (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
+             result.status]
+    for _, key in SUMMARY_COLUMNS[len(cells):]:
+        cells.append(format_metric(key, result.metrics.get(key)))
+    return cells
+
+
+def summary_table(results: list[tuple[str, Result]]) -> str:
+    return table([name for name, _ in SUMMARY_COLUMNS], [summary_row(job, r) for job, r in results])
+
+
+def _share(part: Optional[float], whole: Optional[float]) -> str:
+    return f"{100 * part / whole:.1f} %" if part is not None and whole else "-"
+
+
+def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
+    """The module profile as text: the model's totals, the top modules at each depth, then the whole tree."""
+    model = rows[0]
+    flops, latency = model["forward_flops"], model["forward_latency_s"]
+    lines = [f"Module profile: {title}",
+             f"{model['type']}: {human(model['params'])} parameters, forward {human(flops)} FLOPs "
+             f"({human(model['macs'])} MACs), backward {human(model['backward_flops'])} FLOPs, forward latency "
+             f"{seconds(latency) if latency is not None else 'not timed'}"
+             + (f", {human(flops / latency)}FLOP/s" if latency else ""),
+             "FLOPs: matmul class, multiply-add = 2. Latency: mean forward pass, hooks on every module.", "",
+             f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
+             "(work done directly in shallower modules)"]
+    lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],
+                       [[str(r["depth"]), r["module"], r["type"], human(r["params"]), human(r["forward_flops"]),
+                         _share(r["forward_flops"], flops), seconds(r["forward_latency_s"]),
+                         _share(r["forward_latency_s"], latency)] for r in by_depth(rows, top)]))
+    lines += ["", "Every module (inclusive: each with everything under it)"]
+    lines.append(table(["module", "type", "params", "MACs", "fwd FLOPs", "bwd FLOPs", "fwd latency", "FLOP/s"],
+                       [["  " * r["depth"] + r["module"], r["type"], human(r["params"]), human(r["macs"]),
+                         human(r["forward_flops"]), human(r["backward_flops"]), seconds(r["forward_latency_s"]),
+                         human(r["forward_flops_per_s"])] for r in rows]))
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> str:
+    return "n/a" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+
+
+def stats_text(result: Result) -> str:
+    """A job folder's ``stats.txt``."""
+    m = result.metrics
+    lines = [f"status: {result.status}"]
+    if result.error:
+        lines.append(f"error: {result.error}")
+    # the five lines of the transformer profiler script users migrate from, same labels (times are medians)
+    lines += [
+        f"Forward Flops: {_plain(m.get(M.FLOPS_FORWARD))}",
+        f"Backward Flops: {_plain(m.get(M.FLOPS_BACKWARD))}",
+        f"Model Size (Bytes): {_plain(m.get(M.WEIGHTS_BYTES))}",
+        f"Average Forward Time (s): {_plain(m.get(M.TIME_FORWARD))}",
+        f"Average Backward Time (s): {_plain(m.get(M.TIME_BACKWARD))}",
+        "",
+    ]
+    lines += metric_lines(m)
+    at_peak = result.breakdown.get("memory_at_peak") or {}
+    if at_peak:
+        total = sum(at_peak.values())
+        lines += ["", f"memory alive at the simulated step's peak ({size_bytes(total)}, on meta):"]
+        lines += [f"  {category:<16} {size_bytes(n):>10}  {n / total:6.1%}" for category, n in at_peak.items()]
+    modules = result.breakdown.get("modules") or []
+    if modules:
+        lines += ["", "FLOPs by module (inclusive; matmul-class, forward / backward):"]
+        for row in modules:
+            indent = "  " * row["depth"]
+            lines.append(f"  {indent}{row['module']:<{40 - len(indent)}} {human(row['forward_flops']):>10} "
+                         f"{human(row['backward_flops']):>10}")
+    uncounted = result.breakdown.get("uncounted_ops") or {}
+    if uncounted:
+        lines += ["", "ops with arithmetic but no formula (not counted): " +
+                  ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))]
+    return "\n".join(lines) + "\n"

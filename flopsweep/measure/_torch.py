@@ -1,0 +1,77 @@
+"""Every private PyTorch symbol flopsweep uses, in this one file, behind a version check: a PyTorch upgrade that
+moves one of them breaks here, not in nine places.
+
+The dispatch-mode base class and pytree helper (``torch.utils._python_dispatch``, ``torch.utils._pytree``), the
+autograd sequence numbers that tie a backward node to the forward call that made it, a storage's identity, an op's
+schema, the fused-attention choice the CPU would make, the autograd engine's end-of-backward callback, and the module
+a job's first optimizer imports lazily.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "op_schema",
+           "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+
+TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
+
+
+def _check_version() -> None:
+    release = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    if not TESTED[0] <= release < TESTED[1]:
+        warnings.warn(f"flopsweep uses private PyTorch interfaces checked on torch {TESTED[0][0]}.{TESTED[0][1]}; "
+                      f"this is torch {torch.__version__}: counts may fail where they moved "
+                      "(flopsweep/measure/_torch.py lists them)", RuntimeWarning, stacklevel=2)
+
+
+_check_version()
+
+LAZY_MODULES = ("torch._dynamo",)  # imported by a job's first optimizer, or init on meta: a worker preloads them
+
+
+class EagerDispatchMode(TorchDispatchMode):
+    """A dispatch mode that sees every op of an eager step. PyTorch wraps each mode's ``__torch_dispatch__`` in
+    ``torch._disable_dynamo`` so that ``torch.compile`` does not trace into it: three Python calls around every op,
+    for every mode (8 % of counting ResNet-BK's 660k ops). flopsweep's modes run eager steps only, so they opt out,
+    through the class hook PyTorch documents for that (``_should_skip_dynamo``)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+def sequence_nr() -> int:
+    """The sequence number the next autograd node made in this thread will get."""
+    return torch._C._autograd._get_sequence_nr()
+
+
+def node_sequence_nr() -> Optional[int]:
+    """The sequence number of the autograd node running now (in backward), or None outside backward."""
+    node = torch._C._current_autograd_node()
+    return None if node is None else node._sequence_nr()
+
+
+def storage_id(t: torch.Tensor) -> int:
+    """What identifies ``t``'s storage while it lives (views of one storage share it)."""
+    return t.untyped_storage()._cdata
+
+
+def op_schema(func: Any) -> Any:
+    """An aten overload's schema (``torch._C.FunctionSchema``: its arguments, returns and aliasing)."""
+    return func._schema
+
+
+def fused_sdp_choice(*args: Any, **kwargs: Any) -> int:
+    """The attention backend PyTorch would choose for these inputs (an ``SDPBackend`` value)."""
+    return torch._fused_sdp_choice(*args, **kwargs)
+
+
+def at_backward_end(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the backward pass running now ends (from inside a backward hook)."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)

@@ -1,0 +1,20 @@
+"""How a job measures: the ``measure`` node of the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MeasureConf:
+    count: bool = True
+    time: bool = True                    # ignored on meta
+    warmup: int = 2
+    repeats: int = 10
+    timing: str = "full"                 # full | per_block (time one block of each kind, times the count)
+    module_depth: int = 3
+    profile: bool = False                # the module profile: every module, with forward latency when timed
+    causal_attention: str = "full"       # full (S^2, the MFU convention) | half (unmasked pairs only)
+    seed: int = 0
+    memory_check: bool = True            # cpu/cuda: skip a job whose meta-estimated training peak does not fit
+    memory_share: float = 0.8            # ... in this share of the memory available (MemAvailable, CUDA free)

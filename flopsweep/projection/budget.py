@@ -1,0 +1,87 @@
+"""The inverse of a projection: what a budget (FLOPs, GPU-hours, days or dollars) buys: the tokens it trains a
+measured model on, by method, and which presets it trains compute-optimally."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from flopsweep.core.errors import ConfigError, require
+from flopsweep.projection.parallel import PerDevice
+from flopsweep.projection.parallel import table as per_device_table
+from flopsweep.projection.training import TOKENS_PER_PARAM, Hardware, PerToken, Plan, total_flops
+
+
+BUDGET_KINDS = ("flops", "gpu_hours", "days", "usd")
+
+
+def budget_flops(kind: str, value: float, hw: Hardware, bubble: float = 0.0) -> float:
+    """The training FLOPs a budget of ``value`` (FLOPs, GPU-hours, wall-clock days on all GPUs, or dollars) buys;
+    a pipeline ``bubble`` idles the GPUs that fraction of the time bought."""
+    require(kind in BUDGET_KINDS, "budget", kind, f"must be one of {', '.join(BUDGET_KINDS)}")
+    require(value > 0, f"budget_{kind}", value, "must be > 0")
+    if kind == "flops":
+        return float(value)
+    busy = hw.flops_per_gpu_hour * (1.0 - bubble)
+    if kind == "gpu_hours":
+        return value * busy
+    if kind == "days":
+        return value * 24.0 * hw.gpus * busy
+    if hw.price_per_gpu_hour is None or hw.price_per_gpu_hour == 0:
+        raise ConfigError("price", hw.price_per_gpu_hour, "a budget in dollars needs a price per GPU-hour > 0")
+    return value / hw.price_per_gpu_hour * busy
+
+
+def tokens_within(flops: float, cost: PerToken, recompute: bool = False) -> dict[str, Optional[float]]:
+    """Tokens a budget of ``flops`` trains (or, for inference, processes), by method (the optimizer step left out:
+    it is per step)."""
+    per_token = total_flops(cost, Plan(1.0, None, recompute))
+    return {m: (flops / v if v else None) for m, v in per_token.items()}
+
+
+@dataclass(frozen=True)
+class Fit:
+    model: str
+    params: int
+    tokens: float          # compute-optimal: TOKENS_PER_PARAM × params
+    flops: float           # 6ND (+ attention for decoders) for those tokens
+    share: float           # of the budget
+    fits: bool
+
+
+def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = False) -> list[Fit]:
+    """For each model, the FLOPs of compute-optimal training (6ND+attention where it applies, else 6ND) and
+    whether the budget covers it; smallest first."""
+    out = []
+    for cost in costs:
+        plan = Plan.compute_optimal(cost.params, recompute)
+        totals = total_flops(cost, plan)
+        need = totals["6ND+attention"] if totals["6ND+attention"] is not None else totals["6ND"]
+        out.append(Fit(cost.model, cost.params, plan.tokens, need, need / flops, need <= flops))
+    return sorted(out, key=lambda f: f.flops)
+
+
+def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardware: Hardware, presets: list[PerToken],
+                  recompute: bool = False, devices: Optional[PerDevice] = None) -> dict[str, Any]:
+    """What a budget of ``flops`` buys ``cost``'s model, by method, and which of ``presets`` it trains
+    compute-optimally: the text to print (``text``) and the same as data."""
+    tokens = tokens_within(flops, cost, recompute)
+    fits = compute_optimal_fits(flops, presets, recompute) if cost.training else []
+    lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs on {hardware.gpus:,} × {hardware.gpu}"
+             f" at MFU {hardware.mfu:.1%}" + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""),
+             ""]
+    if devices:
+        lines += [per_device_table(devices, hardware.memory_bytes), ""]
+    lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
+              + ", by method:"]
+    lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
+              for m, t in tokens.items()]
+    if fits:
+        lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
+                  "preset at its sequence length:"]
+        width = max(len(f.model) for f in fits)
+        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
+                  f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
+    return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
+            "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
+            "parallel": devices.to_dict() if devices else None}

@@ -1,0 +1,178 @@
+"""Parallelism arithmetic: what one device holds and computes when a measured training step is split over
+data-, tensor- and pipeline-parallel groups (dp, tp, pp) with a ZeRO stage, beside the whole-model figures.
+
+Conventions (also in docs/projection.md, "Parallelism and ZeRO"):
+
+- The measured batch B is the global batch of one optimizer step. Data parallelism splits it: each of the dp
+  replicas runs B/dp sequences, which must be a whole number.
+- Tensor and pipeline parallelism split the weights, gradients, optimizer state, buffers and FLOPs evenly over
+  the tp·pp devices of a replica (Megatron-style). Small tensors each tensor-parallel rank keeps whole (norms,
+  biases of row-parallel layers), the work tp duplicates (norms, softmax) and uneven stages (embeddings on the
+  first and last stage) are ignored.
+- ZeRO (DeepSpeed's stages) shards over the dp replicas: stage 1 the optimizer state, stage 2 also the
+  gradients, stage 3 also the parameters. Buffers are never sharded: every replica keeps its own. ZeRO-3's
+  temporary gather of one layer's full parameters is not counted. With ZeRO 1 to 3 each replica updates only its
+  1/dp of the parameters, so the optimizer step's FLOPs are divided by dp as well; with ZeRO-0 every replica
+  runs the whole update of its shard.
+- Activations: 1F1B pipeline schedule with m micro-batches per replica (default m = pp). The first stage keeps
+  up to min(m, pp) micro-batches in flight (Narayanan et al. 2021), each 1/m of the replica's batch, 1/pp of the
+  layers and 1/tp of the width (all of them, as with Megatron's sequence parallelism): A·min(m, pp)/(dp·m·pp·tp)
+  per device, the first stage's, with A the measured activations of the whole batch (no recomputation). m must
+  divide B/dp. With ZeRO-3 and m = pp the memory of all devices adds up to the whole model's, buffers apart (dp
+  copies).
+- Memory per device: weights + buffers + gradients + optimizer state + activations; no temporaries.
+- Pipeline bubble: (pp − 1)/(m + pp − 1) of the step is idle; a projection's time is divided by (1 − bubble).
+- Communication (all-reduce, all-gather, point-to-point) is not modelled: neither its time nor its buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from flopsweep.core import metrics as M
+from flopsweep.core.errors import require, require_int
+from flopsweep.core.result import Result
+from flopsweep.core.text import human, size_bytes
+from flopsweep.core.text import table as text_table
+
+ZERO_STAGES = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """A parallel layout: dp × tp × pp devices, a ZeRO stage and the micro-batches per replica (None: pp)."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    zero: int = 0
+    micro_batches: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        for key in ("dp", "tp", "pp"):
+            require_int(getattr(self, key), key)
+        require(type(self.zero) is int and self.zero in ZERO_STAGES, "zero", self.zero, "must be 0, 1, 2 or 3")
+        if self.micro_batches is not None:
+            require_int(self.micro_batches, "micro_batches")
+
+    @property
+    def devices(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    @property
+    def m(self) -> int:
+        """Micro-batches per replica: as given, else pp."""
+        return self.micro_batches or self.pp
+
+    @property
+    def bubble(self) -> float:
+        """The idle fraction of a 1F1B (or GPipe) pipeline step: (pp − 1)/(m + pp − 1)."""
+        return (self.pp - 1) / (self.m + self.pp - 1)
+
+    def check_gpus(self, gpus: int) -> None:
+        require(gpus == self.devices, "gpus", gpus,
+                f"differs from dp·tp·pp = {self.dp}·{self.tp}·{self.pp} = {self.devices}")
+
+    def zero_shards(self, stage: int) -> int:
+        """Over how many devices ZeRO shards what its ``stage`` shards: dp from that stage on, else 1."""
+        return self.dp if self.zero >= stage else 1
+
+    def describe(self) -> str:
+        return (f"dp {self.dp} × tp {self.tp} × pp {self.pp} = {self.devices:,} GPUs, ZeRO-{self.zero}, "
+                f"{self.m} micro-batch{'es' if self.m > 1 else ''} per replica (1F1B)")
+
+
+@dataclass(frozen=True)
+class Share:
+    """One quantity for the whole model and for one device."""
+
+    whole: float
+    device: float
+
+
+@dataclass(frozen=True)
+class PerDevice:
+    """Whole-model and per-device figures of one optimizer step. ``params``: those a device computes with (its
+    tp·pp shard; with ZeRO-3 it stores 1/dp of them, see ``weights_bytes``). ``memory_bytes``: the sum of the
+    rest. Field names are the quantities of :data:`flopsweep.core.metrics.PER_DEVICE_QUANTITIES`."""
+
+    layout: Parallelism
+    batch: int                          # the global batch, in sequences (the measured one)
+    params: Share
+    flops: Share                        # one optimizer step: forward + backward + optimizer
+    weights_bytes: Share
+    buffers_bytes: Share
+    grads_bytes: Share
+    optimizer_state_bytes: Share
+    activations_bytes: Share
+    memory_bytes: Share
+
+    @property
+    def bubble(self) -> float:
+        return self.layout.bubble
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "devices": self.layout.devices, "micro_batches": self.layout.m,
+                "bubble": self.bubble}
+
+
+def per_device(result: Result, layout: Parallelism, source: str = "") -> PerDevice:
+    """Split a measured training step (``result``, status ``ok``) over ``layout``."""
+    m = result.metrics
+    name = source or (result.config.get("model") or {}).get("name", "?")
+    require(result.status == "ok", "run", name, f"has status {result.status!r}, not 'ok'")
+    require(m.get(M.FLOPS_BACKWARD) is not None and m.get(M.ACTIVATIONS_BYTES) is not None, "run", name,
+            "measured no training step with counting: nothing to split over devices")
+    batch = int(m[M.BATCH_SIZE])
+    require(batch % layout.dp == 0, "dp", layout.dp,
+            f"does not divide the measured batch of {batch} sequences, the global batch of one step "
+            "(measure the global batch)")
+    require((batch // layout.dp) % layout.m == 0, "micro_batches" if layout.micro_batches else "pp", layout.m,
+            f"does not divide the {batch // layout.dp} sequences per data-parallel replica"
+            + ("" if layout.micro_batches else " (micro-batches default to pp: give micro_batches)"))
+    config = result.config.get("model") or {}
+    heads = config.get("n_head") or config.get("num_heads")
+    layers = config.get("n_layer") or config.get("n_layers")
+    require(not heads or heads % layout.tp == 0, "tp", layout.tp,
+            f"does not divide the model's {heads} attention heads (tensor parallelism splits them)")
+    require(not layers or layout.pp <= layers, "pp", layout.pp,
+            f"is more pipeline stages than the model's {layers} layers")
+    model, zero = layout.tp * layout.pp, layout.zero_shards(1)
+    fb, opt = m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD], m.get(M.FLOPS_OPTIMIZER) or 0.0
+    memory = _memory(m, layout)
+    total = Share(sum(s.whole for s in memory.values()), sum(s.device for s in memory.values()))
+    return PerDevice(layout, batch, _split(m[M.PARAMS], model),
+                     Share(fb + opt, fb / (model * layout.dp) + opt / (model * zero)), **memory, memory_bytes=total)
+
+
+def _memory(m: dict[str, Any], layout: Parallelism) -> dict[str, Share]:
+    """Weights, buffers, gradients, optimizer state and activations, whole and per device (the first stage)."""
+    model, activations = layout.tp * layout.pp, m[M.ACTIVATIONS_BYTES]
+    return {"weights_bytes": _split(m[M.WEIGHTS_BYTES], model * layout.zero_shards(3)),
+            "buffers_bytes": _split(m.get(M.BUFFERS_BYTES) or 0, model),
+            "grads_bytes": _split(m[M.GRADS_BYTES], model * layout.zero_shards(2)),
+            "optimizer_state_bytes": _split(m[M.OPTIMIZER_STATE_BYTES], model * layout.zero_shards(1)),
+            "activations_bytes": Share(activations, activations * min(layout.m, layout.pp)
+                                       / (layout.dp * layout.m * layout.pp * layout.tp))}
+
+
+def _split(whole: float, parts: int) -> Share:
+    return Share(whole, whole / parts)
+
+
+def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
+    """The per-device table, with a warning line when a device needs more than ``memory_bytes``."""
+    rows = [["parameters", human(split.params.whole), human(split.params.device)],
+            ["FLOPs per step", human(split.flops.whole), human(split.flops.device)]]
+    for label, key in (("weights", "weights_bytes"), ("buffers", "buffers_bytes"), ("gradients", "grads_bytes"),
+                       ("optimizer state", "optimizer_state_bytes"), ("activations", "activations_bytes"),
+                       ("memory", "memory_bytes")):
+        share = getattr(split, key)
+        rows.append([label, size_bytes(share.whole), size_bytes(share.device)])
+    lines = [f"parallel {split.layout.describe()}: pipeline bubble {split.bubble:.1%}", "",
+             text_table(["", "whole model", "per device"], rows)]
+    if memory_bytes is not None and split.memory_bytes.device > memory_bytes:
+        lines.append(f"warning: a device needs {size_bytes(split.memory_bytes.device)}, more than the "
+                     f"{size_bytes(memory_bytes)} of one GPU")
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""Training-cost projection: from one measured step and a training plan to total FLOPs, GPU-hours, wall-clock
+days, money and energy, three ways side by side (the inverse, what a budget buys, is
+:mod:`flopsweep.projection.budget`).
+
+The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metric):
+
+- ``counted``: the measured forward + backward FLOPs per token × tokens, plus the measured optimizer step ×
+  steps. Exact for the measured model at the measured sequence length, attention and all.
+- ``6ND``: 6 × N × D, with N every parameter counted once (embeddings included) and D the tokens.
+- ``6ND+attention``: PaLM's per-token ``6·N + 12·L·H·Q·T`` (L layers, H heads, Q head width, T sequence
+  length), for decoder-only models; attention over the full T×T square, the MFU convention.
+
+Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
+``8·N + 16·L·H·Q·T``. An inference job (``train=inference``: forward only) projects the tokens it processes:
+counted forward × tokens, ``2ND`` and ``2·N + 4·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by
+(1 − pipeline bubble) when a parallel layout (:mod:`flopsweep.projection.parallel`) is given; it also sets the
+GPU count and adds the per-device figures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from flopsweep.core import metrics as M
+from flopsweep.core.errors import require
+from flopsweep.core.result import Result
+from flopsweep.core.text import table
+from flopsweep.projection.parallel import PerDevice
+from flopsweep.projection.parallel import table as per_device_table
+
+TOKENS_PER_PARAM = 20  # compute-optimal data (Hoffmann et al. 2022)
+METHODS = ("counted", "6ND", "6ND+attention")
+INFERENCE_METHODS = ("counted", "2ND", "2ND+attention")  # forward only: a third of training's closed forms
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """What one training token costs the model, from a measured step (or its config, for the closed forms)."""
+
+    model: str
+    params: int                         # N: every parameter once
+    seq_len: int
+    counted: Optional[float]            # measured forward + backward FLOPs per token
+    counted_forward: Optional[float]    # measured forward FLOPs per token (what recomputation adds)
+    optimizer_step: Optional[float]     # measured FLOPs of one optimizer step (the mean over many, for GaLore)
+    attention: Optional[float]          # 12·L·H·Q·T per token (decoders; 4·L·H·Q·T for inference), else None
+    source: str = ""
+    training: bool = True               # False: a forward-only job, whose tokens are processed, not trained on
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return METHODS if self.training else INFERENCE_METHODS
+
+    @classmethod
+    def from_result(cls, result: Result, source: str = "") -> "PerToken":
+        """From a job's result: it must be ``ok`` and have counted a training step, or a forward pass of an
+        inference build (``train=inference``, int8 weights), at a sequence length."""
+        m, model = result.metrics, result.config.get("model") or {}
+        name = model.get("name", "?")
+        require(result.status == "ok", "run", source or name, f"has status {result.status!r}, not 'ok'")
+        seq, batch = m.get(M.SEQ_LEN), m.get(M.BATCH_SIZE)  # as run: a left-out seq_len is the model's default
+        require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
+        require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,
+                "counted nothing (measure.count=false): nothing to project from")
+        tokens, attention = int(batch) * int(seq), attention_per_token(model, int(seq))
+        if m.get(M.FLOPS_BACKWARD) is None:  # forward only: inference
+            return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq), counted=m[M.FLOPS_FORWARD] / tokens,
+                       counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=0.0,
+                       attention=None if attention is None else attention / 3.0, source=source, training=False)
+        return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
+                   counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
+                   counted_forward=m[M.FLOPS_FORWARD] / tokens,
+                   optimizer_step=m.get(M.FLOPS_OPTIMIZER_MEAN) or m.get(M.FLOPS_OPTIMIZER) or 0.0,
+                   attention=attention, source=source)
+
+
+def of_preset(name: str, params: int, seq_len: int, model: dict[str, Any]) -> PerToken:
+    """A preset's closed-form cost from its size and config alone (nothing counted): for the compute-optimal table."""
+    return PerToken(name, params, seq_len, None, None, None, attention_per_token(model, seq_len))
+
+
+def attention_per_token(model: dict[str, Any], seq_len: int) -> Optional[float]:
+    """PaLM's ``12·L·H·Q·T`` for a decoder-only model config (forward + backward, full T×T), else None."""
+    if model.get("family") != "decoder":
+        return None
+    return 12.0 * model["n_layer"] * model["d_model"] * seq_len  # H·Q = n_head × (d_model / n_head)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much training: ``tokens``, and the tokens per optimizer step when known (for the optimizer's share)."""
+
+    tokens: float
+    tokens_per_step: Optional[float] = None
+    recompute: bool = False
+    describe: str = ""
+    seq_len: Optional[int] = None       # when the plan names one, it must be the measured one
+
+    @classmethod
+    def of_tokens(cls, tokens: float, recompute: bool = False) -> "Plan":
+        require(tokens > 0, "tokens", tokens, "must be > 0")
+        return cls(float(tokens), None, recompute, f"{tokens:.3g} tokens")
+
+    @classmethod
+    def of_steps(cls, steps: int, batch: int, seq_len: int, recompute: bool = False) -> "Plan":
+        for key, value in (("steps", steps), ("batch", batch), ("seq_len", seq_len)):
+            require(value > 0, key, value, "must be > 0")
+        per_step = float(batch * seq_len)
+        return cls(steps * per_step, per_step, recompute,
+                   f"{steps:,} steps × {batch:,} sequences × {seq_len:,} tokens = {steps * per_step:.3g} tokens",
+                   seq_len)
+
+    @classmethod
+    def compute_optimal(cls, params: int, recompute: bool = False) -> "Plan":
+        tokens = float(TOKENS_PER_PARAM * params)
+        return cls(tokens, None, recompute,
+                   f"compute-optimal: {TOKENS_PER_PARAM} tokens per parameter × {params:.3g} = {tokens:.3g} tokens")
+
+    @property
+    def steps(self) -> Optional[float]:
+        return self.tokens / self.tokens_per_step if self.tokens_per_step else None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpu: str
+    gpus: int
+    peak_flops: float                   # per GPU, FLOP/s, in the training dtype
+    mfu: float
+    price_per_gpu_hour: Optional[float] = None
+    watts_per_gpu: Optional[float] = None
+    mfu_source: str = "assumed"
+    memory_bytes: Optional[float] = None  # per GPU, when known: a parallel layout warns above it
+
+    def __post_init__(self) -> None:
+        require(self.gpus >= 1, "gpus", self.gpus, "must be >= 1")
+        require(self.peak_flops > 0, "peak_tflops", self.peak_flops / 1e12, "must be > 0")
+        require(0 < self.mfu <= 1, "mfu", self.mfu, "must be in (0, 1]")
+        require(self.price_per_gpu_hour is None or self.price_per_gpu_hour >= 0, "price", self.price_per_gpu_hour,
+                "must be >= 0")
+        require(self.watts_per_gpu is None or self.watts_per_gpu >= 0, "watts", self.watts_per_gpu, "must be >= 0")
+        require(self.memory_bytes is None or self.memory_bytes > 0, "gpu_memory", self.memory_bytes, "must be > 0")
+
+    @property
+    def flops_per_gpu_hour(self) -> float:
+        return self.peak_flops * self.mfu * 3600.0
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    flops: Optional[float]
+    gpu_hours: Optional[float]
+    days: Optional[float]
+    cost: Optional[float]
+    energy_kwh: Optional[float]
+
+
+def cost_row(method: str, flops: Optional[float], hw: Hardware, bubble: float = 0.0) -> Row:
+    """Time, cost and energy of ``flops``; a pipeline ``bubble`` idles the GPUs that fraction of the time."""
+    if flops is None:
+        return Row(method, None, None, None, None, None)
+    gpu_hours = flops / hw.flops_per_gpu_hour / (1.0 - bubble)
+    return Row(method, flops, gpu_hours, gpu_hours / hw.gpus / 24.0,
+               gpu_hours * hw.price_per_gpu_hour if hw.price_per_gpu_hour is not None else None,
+               gpu_hours * hw.watts_per_gpu / 1000.0 if hw.watts_per_gpu is not None else None)
+
+
+def total_flops(cost: PerToken, plan: Plan) -> dict[str, Optional[float]]:
+    """FLOPs of the plan, by method of ``cost.methods`` (None where the method does not apply)."""
+    require(cost.training or not plan.recompute, "recompute", True,
+            f"{cost.model} was measured forward only (inference): there is no backward to recompute for")
+    D, N = plan.tokens, cost.params
+    counted = None
+    if cost.counted is not None:
+        per_token = cost.counted + (cost.counted_forward if plan.recompute else 0.0)
+        steps = plan.steps if plan.steps is not None else 0.0
+        counted = D * per_token + steps * (cost.optimizer_step or 0.0)
+    dense = (8.0 if plan.recompute else 6.0 if cost.training else 2.0) * N * D
+    attention = None if cost.attention is None else dense + D * cost.attention * (4.0 / 3.0 if plan.recompute else 1.0)
+    return dict(zip(cost.methods, (counted, dense, attention)))
+
+
+@dataclass
+class Projection:
+    cost: PerToken
+    plan: Plan
+    hardware: Hardware
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    devices: Optional[PerDevice] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.cost), "plan": {**asdict(self.plan), "steps": self.plan.steps},
+                "hardware": asdict(self.hardware), "rows": [asdict(r) for r in self.rows],
+                "parallel": self.devices.to_dict() if self.devices else None, "notes": self.notes}
+
+    def table(self) -> str:
+        hw = self.hardware
+        head = [f"model {self.cost.model} (N = {self.cost.params:,} parameters, T = {self.cost.seq_len})"
+                + (f", from {self.cost.source}" if self.cost.source else ""),
+                f"plan  {self.plan.describe}" + ("; activation recomputation" if self.plan.recompute else ""),
+                f"on    {hw.gpus:,} × {hw.gpu} at {hw.peak_flops / 1e12:g} TFLOP/s peak, MFU {hw.mfu:.1%} "
+                f"({hw.mfu_source})"]
+        rows = []
+        for r in self.rows:
+            rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", _num(r.gpu_hours),
+                         _num(r.days), "n/a" if r.cost is None else "$" + _num(r.cost), _num(r.energy_kwh)])
+        body = table(["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"], rows)
+        if self.devices:
+            body += "\n\n" + per_device_table(self.devices, hw.memory_bytes)
+        return "\n".join(head + ["", body, ""] + [f"- {n}" for n in self.notes])
+
+
+def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[PerDevice] = None) -> Projection:
+    """The plan's cost on the hardware; ``devices`` (:func:`~flopsweep.projection.parallel.per_device` of the run)
+    adds the per-device figures and the pipeline bubble, and must use ``hardware.gpus`` devices."""
+    require(plan.seq_len is None or plan.seq_len == cost.seq_len, "seq_len", plan.seq_len,
+            f"differs from the {cost.seq_len} that {cost.model} was measured at: measure it at {plan.seq_len}")
+    if devices is not None:
+        check_layout(devices, plan, hardware)
+    totals = total_flops(cost, plan)
+    notes = [] if cost.training else [
+        "inference: the model was measured forward only; the plan's tokens are processed (forward), not trained on."]
+    notes += ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
+             "N counts every parameter once, embeddings included; attention counts the full T×T square "
+             "(causal masks not halved).",
+             "time = FLOPs / (GPUs × peak × MFU); days are wall-clock on all GPUs."]
+    if plan.recompute:
+        notes.append("activation recomputation: one more forward per step (counted + forward, 8ND, 16·L·H·Q·T).")
+    if cost.attention is None:
+        notes.append(f"{cost.methods[2]} applies to decoder-only models (PaLM's formula): not given for this family.")
+    if plan.steps is None and cost.counted is not None and cost.training:
+        notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
+                     "out of counted; it is about 12·N FLOPs per step for AdamW.")
+    notes += parallel_notes(devices, plan.recompute) if devices else []
+    bubble = devices.bubble if devices else 0.0
+    return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in cost.methods], notes,
+                      devices)
+
+
+def check_layout(devices: PerDevice, plan: Plan, hardware: Hardware) -> None:
+    """A parallel layout needs dp·tp·pp GPUs, and a plan's global batch must be the measured one."""
+    devices.layout.check_gpus(hardware.gpus)
+    batch = plan.tokens_per_step / plan.seq_len if plan.tokens_per_step and plan.seq_len else None
+    require(batch is None or batch == devices.batch, "batch", batch and int(batch),
+            f"differs from the {devices.batch} sequences measured: with a parallel layout the measured batch is "
+            "the global batch of one step: measure that one")
+
+
+def parallel_notes(devices: PerDevice, recompute: bool = False) -> list[str]:
+    pp, m = devices.layout.pp, devices.layout.m
+    notes = [f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
+             f"{devices.bubble:.1%}; GPU-hours, cost and energy include the idle bubble; communication is not "
+             "modelled.",
+             "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "
+             "optimizer state and FLOPs evenly (replicated norms ignored); ZeRO-1/2/3 shard optimizer state / "
+             "+ gradients / + parameters over dp; activations A·min(m, pp)/(dp·m·pp·tp), the first stage's (1F1B)."]
+    if recompute:
+        notes.append("per-device activations are those measured, without recomputation: an upper bound here.")
+    return notes
+
+
+def _num(value: Optional[float]) -> str:
+    """Whole numbers from 100 up (``12,345``), three significant digits below (``0.562``)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

@@ -1,0 +1,176 @@
+"""A job's result assembled from what it measured: the metrics under their names, the per-module and per-op tables,
+the family's closed forms, the simulated step's memory, and what the result records of how it was measured."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from flopsweep.build.spec import JobSpec
+from flopsweep.build.train_modes import TRAIN_MODES
+from flopsweep.core import __version__
+from flopsweep.core import metrics as M
+from flopsweep.core.hardware import peak_flops
+from flopsweep.core.result import Result
+from flopsweep.measure.count import StepCount
+from flopsweep.measure.profile import module_rows
+from flopsweep.measure.size import TEMPORARY, SizeRecord, StepMemory
+from flopsweep.measure.timing import TimingRecord
+from flopsweep.models.base import BatchShape
+
+
+@dataclass
+class Progress:
+    """What a job has measured so far: an out-of-memory error keeps it (a timing that fails keeps the count)."""
+
+    phase: str = "build"
+    count: Optional[StepCount] = None
+    size: Optional[SizeRecord] = None
+    timing: Optional[TimingRecord] = None
+    measured_peak: Optional[int] = None
+    latency: Optional[dict[str, float]] = None
+    notes: dict[str, str] = field(default_factory=dict)  # for info: what could not be measured, and why
+    periodic_ops: dict[str, int] = field(default_factory=dict)  # the optimizer's: op -> once in so many steps
+
+
+def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status: str = "ok",
+               error: Optional[str] = None, model: Optional[torch.nn.Module] = None) -> Result:
+    """The result of what ``progress`` holds (after an out-of-memory error, what was measured before it)."""
+    count, size = progress.count, progress.size
+    if size is not None:
+        metrics = collect_metrics(spec.batch, count, size, progress.timing, training=spec.training,
+                                  dtype=spec.autocast or spec.params_dtype, peak_tflops=spec.peak_tflops,
+                                  measured_peak=progress.measured_peak)
+    else:
+        metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
+    mean = optimizer_mean(count, progress.periodic_ops)
+    if mean is not None:
+        metrics[M.FLOPS_OPTIMIZER_MEAN] = mean
+    forward_analytic, backward_analytic = closed_forms(spec)
+    metrics[M.FLOPS_FORWARD_ANALYTIC] = forward_analytic
+    if backward_analytic is not None:
+        metrics[M.FLOPS_BACKWARD_ANALYTIC] = backward_analytic
+    breakdown: dict[str, Any] = {}
+    if count is not None:
+        breakdown = step_breakdown(count, spec.measure.module_depth,
+                                   model if spec.measure.profile else None, progress.latency)
+    info = {**job_info(spec, progress.timing), **progress.notes}
+    return with_step_memory(Result(status, error, config, metrics, breakdown, info=info),
+                            size.step if size is not None else None)
+
+
+def optimizer_mean(count: Optional[StepCount], periodic_ops: dict[str, int]) -> Optional[float]:
+    """The optimizer's FLOPs per step over many, where the counted step (the first) does work that later steps do
+    once in so many (``periodic_ops``: op -> every how many steps, as an optimizer declares it); else None."""
+    if count is None or count.optimizer is None or not periodic_ops:
+        return None
+    by_op = count.optimizer.by_op
+    saved = sum((by_op[op].matmul + by_op[op].elementwise) * (1 - 1 / every)
+                for op, every in periodic_ops.items() if op in by_op)
+    return count.optimizer.matmul + count.optimizer.elementwise - saved
+
+
+def step_breakdown(count: StepCount, module_depth: int, profiled: Optional[torch.nn.Module] = None,
+                   latency: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """The per-module and per-op tables of a counted step, and the module profile of ``profiled`` if given."""
+    breakdown: dict[str, Any] = {"modules": count.module_table(module_depth), "ops": count.op_table(),
+                                 "uncounted_ops": count.uncounted}
+    if profiled is not None:
+        breakdown["profile"] = module_rows(profiled, count, latency)
+    return breakdown
+
+
+def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
+    """The family's closed-form forward FLOPs and, for training jobs, backward FLOPs. A family whose closed forms
+    follow the train mode (the decoder's) gives both; the others' forward is the base model's, which adapters
+    change, so they give none under LoRA; no family models DoRA's norms."""
+    mode, family = TRAIN_MODES[spec.train.mode], spec.family
+    if not mode.closed_form:
+        return None, None
+    if family.train_flops is not None:
+        forward, backward = family.train_flops(spec.model, spec.batch, spec.train)
+        return forward, backward if spec.training else None
+    if family.forward_flops is None or mode.adapter is not None:
+        return None, None
+    return family.forward_flops(spec.model, spec.batch), None
+
+
+def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRecord, timing: Optional[TimingRecord],
+                    *, training: bool, dtype: str, peak_tflops: Optional[float] = None,
+                    measured_peak: Optional[int] = None) -> dict[str, Optional[float]]:
+    """The measured metrics under their names. ``dtype``: the one the matmuls run in (for the MFU's peak)."""
+    m: dict[str, Optional[float]] = {M.BATCH_SIZE: batch.size, M.SEQ_LEN: batch.seq_len}
+    if count is not None:
+        m[M.FLOPS_FORWARD] = count.forward.matmul
+        m[M.FLOPS_FORWARD_ELEMENTWISE] = count.forward.elementwise
+        m[M.MACS_FORWARD] = count.forward.macs
+        step = count.forward.matmul
+        if count.backward is not None:
+            m[M.FLOPS_BACKWARD] = count.backward.matmul
+            m[M.FLOPS_BACKWARD_ELEMENTWISE] = count.backward.elementwise
+            step += count.backward.matmul
+        if count.optimizer is not None:
+            # the optimizer step is all per-element arithmetic
+            m[M.FLOPS_OPTIMIZER] = count.optimizer.matmul + count.optimizer.elementwise
+            step += m[M.FLOPS_OPTIMIZER]
+        m[M.FLOPS_STEP] = step
+    m.update({M.PARAMS: size.params, M.PARAMS_TRAINABLE: size.params_trainable,
+              M.PARAMS_EMBEDDING: size.params_embedding, M.WEIGHTS_BYTES: size.weights_bytes,
+              M.BUFFERS_BYTES: size.buffers_bytes})
+    if training:
+        m.update({M.GRADS_BYTES: size.grads_bytes, M.OPTIMIZER_STATE_BYTES: size.optimizer_state_bytes,
+                  M.ACTIVATIONS_BYTES: size.activations_bytes, M.TRAIN_PEAK_BYTES: size.train_peak_bytes})
+    if measured_peak is not None:
+        m[M.MEASURED_PEAK_BYTES] = measured_peak
+    if timing is not None:
+        m[M.TIME_FORWARD] = timing.forward.median
+        if timing.backward is not None:
+            m[M.TIME_BACKWARD] = timing.backward.median
+        if timing.optimizer is not None:
+            m[M.TIME_OPTIMIZER] = timing.optimizer.median
+        m[M.TIME_STEP] = timing.step.median
+        m[M.TIME_STEP_SPREAD] = timing.step.iqr
+        m[M.TIME_STEP_CV] = timing.step.cv
+        seconds = timing.step.median
+        m[M.SAMPLES_PER_S] = batch.size / seconds
+        if batch.seq_len:
+            m[M.TOKENS_PER_S] = batch.tokens / seconds
+        if count is not None:
+            # model FLOPs (matmul class, forward + backward) per second: the MFU numerator
+            model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
+            m[M.FLOPS_PER_S] = model_flops / seconds
+            peak = peak_flops(timing.device_name, dtype, peak_tflops)
+            m[M.MFU] = m[M.FLOPS_PER_S] / peak if peak else None
+    return m
+
+
+def with_step_memory(result: Result, step: Optional[StepMemory]) -> Result:
+    """``result`` with a simulated step's peak, its temporaries, and what was alive at it by category
+    (``breakdown.memory_at_peak``): from the job's own step on meta, or from the meta estimate of a real job."""
+    if step is not None:
+        result.metrics.update({M.STEP_PEAK_BYTES: step.peak_bytes, M.TEMPORARY_BYTES: step.at_peak[TEMPORARY]})
+        result.breakdown["memory_at_peak"] = dict(step.at_peak)
+    return result
+
+
+FLOPS_CONVENTION = "multiply-add = 2; flops/* count matmul-class ops, *_elementwise the rest"
+
+
+def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "causal_attention": spec.measure.causal_attention,
+        "flops_convention": FLOPS_CONVENTION,
+        "versions": {"flopsweep": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "host": platform.node(), "device": spec.device,
+    }
+    if spec.params_dtype == "int8":
+        info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"
+    if timing is not None:
+        info["timing"] = {"method": timing.method, "warmup": timing.warmup, "repeats": timing.repeats,
+                          "threads": timing.threads, "device_name": timing.device_name,
+                          "step_min_s": timing.step.minimum, "step_max_s": timing.step.maximum,
+                          "blocks": timing.blocks}
+    return info

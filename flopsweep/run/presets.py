@@ -1,0 +1,60 @@
+"""Model presets measured for a projection: one counted on ``meta`` as a job would be, and the size of every
+decoder-only preset (built on meta, not counted: its parameters and shapes are all a closed form needs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from flopsweep.build.model import build
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.config.schema import CONF_DIR
+from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.result import Result
+from flopsweep.measure.size import unique_parameters
+from flopsweep.run.job import run_job
+
+
+def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False) -> Result:
+    """The preset ``model`` counted and sized on meta at ``batch`` and ``seq_len`` (None: the preset's), one
+    training step (or, with ``inference``, one forward pass)."""
+    from hydra.errors import HydraException
+
+    overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none"]
+    if inference:
+        overrides.append("train=inference")
+    if seq_len:
+        overrides.append(f"batch.seq_len={seq_len}")
+    try:
+        cfg = compose_config(*overrides)
+    except HydraException as err:
+        raise ConfigError("model", model, one_line(err, 200, kind=False)) from None
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    require(result.status == "ok", "model", model, f"could not be counted: {result.error}")
+    return result
+
+
+@dataclass(frozen=True)
+class PresetSize:
+    """A decoder-only preset at its default sequence length: its name, parameters (each once) and config."""
+
+    name: str
+    params: int
+    seq_len: int
+    model: dict[str, Any]
+
+
+def decoder_presets() -> list[PresetSize]:
+    """Every decoder-only preset in ``conf/model``, built on meta."""
+    sizes = []
+    for file in sorted((CONF_DIR / "model").glob("*.yaml")):
+        cfg = compose_config(f"model={file.stem}", "device=meta", "tracking=none")
+        if cfg.model.get("family") != "decoder":
+            continue
+        spec = resolve(cfg)
+        params = sum(p.numel() for p in unique_parameters(build(spec).model))
+        sizes.append(PresetSize(file.stem, params, spec.batch.seq_len, OmegaConf.to_container(cfg.model, resolve=True)))
+    return sizes

@@ -1,0 +1,84 @@
+"""Who a run is: its fingerprint (what identifies a measurement before it is made), its readable name, its config
+flattened into MLflow params, and the tags that say where and with what code it ran."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Optional
+
+from flopsweep.core import __version__
+from flopsweep.core.result import Result
+
+NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
+
+
+def fingerprint(config: dict[str, Any], device: Optional[str], device_name: Optional[str]) -> str:
+    """Identifies a run before it is measured: the resolved config (less where it is logged), the code version,
+    and the device with its name (``cuda:0`` on an H100 is not ``cuda:0`` on an A100; None on meta)."""
+    identity = {"config": {k: v for k, v in config.items() if k not in NOT_IDENTITY}, "flopsweep": __version__,
+                "git": git_commit(), "device": device,
+                "device_name": device_name if device and device != "meta" else None}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def fingerprint_of(result: Result) -> str:
+    """The fingerprint a result records, or the one its config and device give (a result written without one)."""
+    recorded = result.info.get("fingerprint")
+    if recorded:
+        return recorded
+    return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"))
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
+    model, batch = config.get("model") or {}, config.get("batch") or {}
+    parts = [str(model.get("name", "?")), f"b{batch.get('size', '?')}"]
+    if batch.get("seq_len"):
+        parts.append(f"s{batch['seq_len']}")
+    if batch.get("image_size"):
+        parts.append(f"i{batch['image_size']}")
+    parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
+    return "|".join(parts)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}``, Hydra's own settings left out."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def common_tags() -> dict[str, str]:
+    """The versions, host and commit every run is tagged with."""
+    return {"flopsweep.version": __version__, "torch.version": _version_of("torch"),
+            "python.version": platform.python_version(), "host": socket.gethostname(), "git.commit": git_commit()}
+
+
+def _version_of(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

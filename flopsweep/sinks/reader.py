@@ -1,0 +1,91 @@
+"""Read back what the sinks wrote: one job's result (from its folder or its MLflow run) and an experiment's runs
+as a pandas DataFrame."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.result import Result
+from flopsweep.sinks.store import SWEEP_TAG, mlflow_client, target_at
+
+
+def load_result(ref: str, uri: str) -> Result:
+    """A job's result from its folder, its ``result.json``, or its MLflow run id."""
+    path = Path(ref)
+    if path.is_dir():
+        path = path / "result.json"
+    if path.is_file():
+        return _read_result(path, ref)
+
+    require(len(ref) == 32 and all(c in "0123456789abcdef" for c in ref), "run", ref,
+            "is neither a job folder nor an MLflow run id")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow_client(uri).download_artifacts(ref, "result.json", tmp)
+        except Exception as err:  # noqa: BLE001 - one line, naming the run
+            raise ConfigError("run", ref, f"no result.json in {uri}: {one_line(err, 200, kind=False)}") from None
+        return _read_result(Path(local), ref)
+
+
+def _read_result(path: Path, ref: str) -> Result:
+    try:
+        return Result.read(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("run", ref, f"has no readable result.json: {one_line(err, 200, kind=False)}") from None
+
+
+def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,
+              store_dir: str | Path = "outputs"):
+    """The job runs of an experiment as a pandas DataFrame, one row per run: ``run_id``, ``run_name``,
+    ``status``, ``error``, ``sweep``, every metric (floats) and every config param (numbers as numbers).
+
+    ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
+    ``uri`` defaults to ``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``::
+
+        df = flopsweep.load_runs(experiment="gpt3_family")
+        df.pivot_table(index="model.name", values="flops/step")
+    """
+    import pandas as pd
+
+    uri = target_at(uri, store_dir, experiment).uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return pd.DataFrame()  # no store here: nothing to read, and nothing to create
+    client = mlflow_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return pd.DataFrame()
+    runs = client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
+                              max_results=50000)
+    sweeps = {r.info.run_id: r.data.tags.get(SWEEP_TAG, "") for r in runs}
+    if sweep is not None:
+        wanted = str(sweep).rstrip("/")
+        sweeps = {k: v for k, v in sweeps.items() if v == wanted or v.endswith("/" + wanted)}
+    rows = []
+    for run in client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'",
+                                  max_results=50000):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if sweep is not None and parent not in sweeps:
+            continue
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.data.tags.get("status"),
+               "error": run.data.tags.get("error") or None, "sweep": sweeps.get(parent),
+               "start_time": pd.to_datetime(run.info.start_time, unit="ms")}
+        row.update({k: _number_or_text(v) for k, v in run.data.params.items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _number_or_text(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(value, value)
+
+

@@ -1,0 +1,300 @@
+"""Write to MLflow: where runs go (:class:`Target`), the store (:class:`Store`: one run per job, a parent run per sweep,
+a projection's run) and logging that never raises. Tracking never measures, and a tracking failure never loses a
+result: the job folder is written first, and a store that fails is recorded in it.
+
+``mlflow`` is imported only in ``flopsweep.sinks``, and only when something is logged or read, so ``--help`` and
+config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from flopsweep.core import metrics as M
+from flopsweep.core.errors import ConfigError, is_number, one_line
+from flopsweep.core.result import Result, any_failed, status_counts
+from flopsweep.sinks.identity import common_tags, fingerprint_of, flatten, run_name
+
+# a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
+LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
+UNFINISHED = "attributes.status = 'RUNNING'"
+# a job's MLflow status: skipped for lack of memory is KILLED, not FINISHED, so that skip_existing=true runs it
+# again (when there is room) instead of taking it for measured; its tag `status` says skipped, `error` why
+RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED"}
+PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
+SWEEP_TAG = "flopsweep.sweep"
+FINGERPRINT_TAG = "flopsweep.fingerprint"
+NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
+
+
+@dataclass
+class TrackingConf:
+    """The ``tracking`` config group: where a job's run is logged."""
+
+    kind: str = "local"                  # local (SQLite store under dir/) | server (uri) | none
+    uri: Optional[str] = None            # server only; else MLFLOW_TRACKING_URI
+    experiment: str = "flopsweep"
+    dir: str = "outputs"                 # local only: the store and artifacts, relative to the working directory
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs go: a tracking URI, the artifact root for new experiments, and the experiment name."""
+
+    uri: str
+    artifact_root: Optional[str]
+    experiment: str
+
+    def ui_command(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri} in a browser"
+
+
+def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
+    """The tracking target of a ``tracking`` config node, or None for ``tracking=none``."""
+    if tracking.kind == "none":
+        return None
+    if tracking.kind == "server":
+        uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ConfigError("tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
+        return Target(uri, None, tracking.experiment)
+    return target_at(None, project_dir / tracking.dir, tracking.experiment, environment=False)
+
+
+def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
+    """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
+    ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
+    uri = uri or (os.environ.get("MLFLOW_TRACKING_URI") if environment else None)
+    if uri:
+        return Target(uri, None, experiment)
+    store = Path(store_dir).resolve()
+    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
+
+
+def target_of_uri(uri: str, experiment: str) -> Target:
+    """The target a job recorded as ``uri``: a local store (``sqlite:///DIR/mlflow.db``, as :func:`target_at` names
+    it) keeps its artifacts beside it, as the sweep made it, not in MLflow's default ./mlruns."""
+    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
+        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
+    return Target(uri, None, experiment)
+
+
+class Store:
+    def __init__(self, target: Target):
+        self.target = target
+        if target.uri.startswith("sqlite:///"):
+            _fast_local_commits(target.uri[len("sqlite:///"):])
+        self.client = mlflow_client(target.uri)
+        self._experiment_id: Optional[str] = None
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.target.experiment)
+            self._experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
+                self.target.experiment, artifact_location=self.target.artifact_root)
+        return self._experiment_id
+
+    def find_run(self, tag: str, value: str, where: str = "") -> Optional[str]:
+        """The id of a run of this experiment tagged ``tag=value`` (and meeting ``where``, a filter clause)."""
+        query = f"tags.`{tag}` = '{value}'" + (f" and {where}" if where else "")
+        runs = self.client.search_runs([self.experiment_id()], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def sweep_run(self, sweep: str | Path) -> Optional[str]:
+        """The parent run of a sweep: by its folder as the sweep tags it (absolute), or as older sweeps did (relative
+        to the working directory)."""
+        found = self.find_run(SWEEP_TAG, str(sweep))
+        if found is None and Path(sweep).is_absolute():
+            try:
+                found = self.find_run(SWEEP_TAG, str(Path(sweep).relative_to(Path.cwd())))
+            except ValueError:
+                pass
+        return found
+
+    def delete_unfinished(self, fingerprint_: str) -> int:
+        """Delete the runs of this fingerprint left RUNNING: a store that failed in the middle of logging a job
+        leaves one, and the job is logged again whole. Returns how many."""
+        runs = self.client.search_runs([self.experiment_id()],
+                                       filter_string=f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}' and {UNFINISHED}")
+        for run in runs:
+            self.client.delete_run(run.info.run_id)
+        return len(runs)
+
+    def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
+                                     tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
+                                           "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,
+                      failed: bool = False) -> None:
+        """Log the sweep's job counts and summary (if any job left a folder) and end its run: FAILED if a job
+        failed or ``failed`` (the sweep itself did: its launcher stopped), else FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        counts = status_counts(results)
+        self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
+        if summary_csv.exists():
+            self.client.log_artifact(run_id, str(summary_csv))
+        self.end_parent(run_id, "FAILED" if failed or any_failed(results) else "FINISHED")
+
+    def end_parent(self, run_id: str, status: str) -> None:
+        """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""
+        self.client.set_terminated(run_id, status)
+
+    def delete_children_except(self, parent_id: str, keep: set[str]) -> int:
+        """Delete the job runs of a sweep whose ids are not in ``keep`` (the runs its jobs' folders name): runs a
+        killed worker left RUNNING, and runs it logged whole but was killed before it recorded them in the job's
+        folder. Those jobs run again and log themselves again. Returns how many were deleted."""
+        children, token = [], None
+        while True:  # every page first: a deleted run leaves the search, which pages by offset
+            page = self.client.search_runs([self.experiment_id()], f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                           max_results=1000, page_token=token)
+            children += [run.info.run_id for run in page if run.info.run_id not in keep]
+            token = page.token
+            if not token:
+                break
+        for run_id in children:
+            self.client.delete_run(run_id)
+        return len(children)
+
+    def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
+        from mlflow.entities import Metric, Param
+
+        config = result.config or {}
+        tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
+                FINGERPRINT_TAG: fingerprint_of(result),
+                "flopsweep.job_folder": str(folder), **common_tags(),
+                **{f"flopsweep.{k}": str(v) for k, v in job.items()}}
+        device_name = (result.info.get("timing") or {}).get("device_name")
+        if device_name:
+            tags["device_name"] = device_name
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id(), run_name=run_name(config), tags=tags)
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        flat = flatten(config)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if is_number(v)]
+        metrics += [Metric(f"config/{k.split('.', 1)[1]}", float(flat[k]), now, 0)
+                    for k in NUMERIC_CONFIG if is_number(flat.get(k))]
+        params = [Param(k, str(v)[:6000]) for k, v in flat.items() if "=" not in k and "," not in k]
+        for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
+            self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
+        self.client.log_artifacts(run_id, str(folder))
+        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"))
+        return run_id
+
+
+def mlflow_client(uri: str):
+    """MLflow's client for ``uri``; a server that is down costs seconds, not MLflow's default minutes of retries."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results (set after
+        logging.getLogger(name).setLevel(logging.WARNING)  # importing mlflow, which sets its own level)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    return MlflowClient(tracking_uri=uri)
+
+
+@functools.lru_cache(maxsize=8)
+def store(target: Target) -> Store:
+    """This process's :class:`Store` for ``target``: a sweep's jobs share its client and experiment id."""
+    return Store(target)
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_local_commits(db_path: str) -> None:
+    """Open this process's connections to the local SQLite store in WAL mode with ``synchronous=NORMAL``: a
+    commit is then an append to the log, not a journal and two disk syncs (most of what logging a job cost).
+    The store stays consistent; a power cut can lose its last commits, never a result: the job folder is
+    written first and ``flopsweep-sync`` logs again whatever the store lacks."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    wanted = os.path.realpath(db_path)
+
+    @event.listens_for(Engine, "connect")
+    def _on_connect(connection: Any, _record: Any) -> None:
+        if not isinstance(connection, sqlite3.Connection):
+            return
+        files = [row[2] for row in connection.execute("PRAGMA database_list") if row[1] == "main"]
+        if files and files[0] and os.path.realpath(files[0]) == wanted:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``."""
+    try:
+        run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
+        return {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id}
+    except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
+        return {"logged": False, "uri": target.uri, "experiment": target.experiment, "error": one_line(err, 500)}
+
+
+def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
+    """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
+    return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
+
+
+def log_to_sweep_run(target: Target, sweep: str, folder: Path, artifact_path: str) -> Optional[str]:
+    """Log ``folder`` under ``artifact_path`` to the parent run of ``sweep`` (as its jobs' runs record it); the run's
+    id, or None where the experiment has no such run."""
+    runs = store(target)
+    run_id = runs.sweep_run(sweep)
+    if run_id is not None:
+        runs.client.log_artifacts(run_id, str(folder), artifact_path)
+    return run_id
+
+
+def log_projection(target: Target, projection, measured_run: Optional[str]) -> str:
+    """Log a training-cost projection as a run of its own experiment, tagged with the measured run it came from.
+    Never raises: returns ``run ID in experiment NAME`` or what went wrong, in one line."""
+    from mlflow.entities import Metric, Param
+
+    try:
+        client = store(target)
+        data = projection.to_dict()
+        hw, plan = data["hardware"], data["plan"]
+        name = f"{projection.cost.model}|{plan['tokens']:.3g} tokens|{hw['gpus']}x{hw['gpu']}"
+        tags = {"flopsweep.kind": "projection", "flopsweep.measured_run": measured_run or "",
+                "flopsweep.source": projection.cost.source[:5000], **common_tags()}
+        run = client.client.create_run(client.experiment_id(), run_name=name, tags=tags)
+        now = int(time.time() * 1000)
+        params = {**{f"plan.{k}": v for k, v in plan.items()}, **{f"hardware.{k}": v for k, v in hw.items()},
+                  "model.name": projection.cost.model, "model.params": projection.cost.params,
+                  "model.seq_len": projection.cost.seq_len}
+        metrics = [Metric(M.projection_metric(row["method"], q), float(row[q]), now, 0)
+                   for row in data["rows"] for q in M.PROJECTION_QUANTITIES if row[q] is not None]
+        if data["parallel"]:
+            par = data["parallel"]
+            layout = {**par["layout"], "micro_batches": par["micro_batches"]}  # as used: pp when left out
+            params.update({f"parallel.{k}": v for k, v in layout.items()})
+            metrics += [Metric(M.per_device_metric(q), float(par[q]["device"]), now, 0)
+                        for q in M.PER_DEVICE_QUANTITIES] + [Metric(M.PIPELINE_BUBBLE, par["bubble"], now, 0)]
+        client.client.log_batch(run.info.run_id, metrics=metrics,
+                                params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "projection.json"
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+            (Path(tmp) / "projection.txt").write_text(projection.table() + "\n")
+            client.client.log_artifacts(run.info.run_id, tmp)
+        client.client.set_terminated(run.info.run_id, "FINISHED")
+        return f"run {run.info.run_id} in experiment {target.experiment!r} ({target.uri})"
+    except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
+        return f"not logged to MLflow ({one_line(err)})"

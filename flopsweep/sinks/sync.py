@@ -1,0 +1,99 @@
+"""Log to MLflow the job folders that are not in their store yet (their store was down or failing), each to the
+store its ``result.json`` records unless another is named; runs are matched by fingerprint, so a second sync logs
+nothing, and a sweep's jobs go under one parent run for that sweep folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from flopsweep.core.errors import one_line
+from flopsweep.core.result import Result
+from flopsweep.sinks.identity import fingerprint_of
+from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, Target, store, target_at, target_of_uri
+
+
+@dataclass
+class Synced:
+    """What a sync did: jobs logged now, jobs already in their store, jobs that could not be logged, the stores."""
+
+    logged: int = 0
+    present: int = 0
+    failed: int = 0
+    uris: set[str] = field(default_factory=set)
+
+
+def job_folders(path: Path) -> list[Path]:
+    """The job folders at or under ``path`` (those with a ``result.json``), not the copies MLflow keeps."""
+    found = [path] if (path / "result.json").exists() else [p.parent for p in path.rglob("result.json")]
+    return sorted(p for p in found if "mlartifacts" not in p.parts)
+
+
+def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None, experiment: Optional[str] = None,
+         on_failure: Callable[[Path, str], None] = lambda folder, why: None) -> Synced:
+    """Log every job under ``path`` that its store lacks: to ``uri``, else ``store_dir``'s local store, else the store
+    the job recorded; into ``experiment``, else the job's own. ``on_failure`` hears of each job not logged, and why."""
+    done = Synced()
+    parents: dict[tuple[str, str, Path], str] = {}
+    for folder in job_folders(path.resolve()):  # sweeps' parent runs are tagged with absolute paths
+        try:
+            result = Result.read(folder / "result.json")
+        except (OSError, ValueError) as err:
+            done.failed += 1
+            on_failure(folder, one_line(err, kind=False))
+            continue
+        name = experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
+        target = _target(uri, store_dir, result, name)
+        done.uris.add(target.uri)
+        runs = store(target)
+        try:
+            fp = fingerprint_of(result)
+            existing = runs.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
+            if existing:
+                done.present += 1
+                if not (result.info.get("tracking") or {}).get("logged"):  # logged by an earlier sync elsewhere
+                    _record_logged(result, folder, target, existing)
+                continue
+            runs.delete_unfinished(fp)
+            parent = None
+            sweep_dir = folder.parent if folder.name.split("_", 1)[0].isdigit() else None
+            if sweep_dir is not None:
+                key = (target.uri, name, sweep_dir)
+                if key not in parents:
+                    parents[key] = (runs.sweep_run(sweep_dir) or runs.start_parent(sweep_dir, []))
+                parent = parents[key]
+            run_id = runs.log_job(result, folder, {"synced": True}, parent)
+        except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
+            done.failed += 1
+            on_failure(folder, one_line(err, kind=False))
+            continue
+        _record_logged(result, folder, target, run_id)
+        done.logged += 1
+    for (run_uri, name, sweep_dir), parent in parents.items():
+        runs = store(target_of_uri(run_uri, name))
+        if runs.client.get_run(parent).info.status == "RUNNING":
+            results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
+                       if (r := Result.read_or_none(f / "result.json")) is not None]
+            runs.finish_parent(parent, results, sweep_dir / "summary.csv")
+    if not done.uris:
+        done.uris.add(target_at(uri, store_dir or "outputs", "").uri)
+    return done
+
+
+def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experiment: str) -> Target:
+    """``uri``, else ``store_dir``'s local store, else the store the job recorded that it logged or tried to log to,
+    else the environment's or the local one under outputs/: a job of a server sweep goes back to that server, a local
+    sweep's to its own store, wherever this runs."""
+    if uri or store_dir:
+        return target_at(uri, store_dir or "outputs", experiment, environment=False)
+    recorded = (result.info.get("tracking") or {}).get("uri")
+    if recorded:
+        return target_of_uri(recorded, experiment)
+    return target_at(None, "outputs", experiment)
+
+
+def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:
+    result.info["tracking"] = {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id,
+                               "synced": True}
+    result.write(folder / "result.json")

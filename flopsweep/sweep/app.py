@@ -1,0 +1,225 @@
+"""The Hydra app behind the ``flopsweep`` command: each job's config resolved, measured (or skipped: already
+measured, or too big), written to its job folder first and then logged; and :func:`main`, which runs it and turns
+Hydra's errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flopsweep.build.spec import JobSpec
+from flopsweep.config.compose import register_configs
+from flopsweep.config.resolve import job_config, resolve
+from flopsweep.config.schema import CONF_DIR
+from flopsweep.core.console import say
+from flopsweep.core.errors import ConfigError
+from flopsweep.core.result import FAILURES, Result
+from flopsweep.core.text import JOB_METRICS, metric_lines
+from flopsweep.sinks.identity import fingerprint, run_name
+from flopsweep.sinks.jobdir import write_job_folder
+from flopsweep.sweep import state
+from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+
+
+def run_one(cfg: DictConfig) -> Result:
+    """Validate and measure one composed config; always returns a Result and writes the job folder."""
+    hydra_cfg = HydraConfig.get()
+    job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
+    try:
+        spec = resolve(cfg)
+        config = job_config(cfg, spec)
+    except (ConfigError, OmegaConfBaseException) as err:  # the latter: an interpolation that does not resolve
+        if isinstance(err, OmegaConfBaseException):
+            err = ConfigError(err.full_key, None, str(err.msg).splitlines()[0])
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        except OmegaConfBaseException:
+            config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        result = Result("failed", str(err), config)
+        result.info["fingerprint"] = fingerprint(config, None, None)
+    else:
+        say(progress_line(job_num, config))
+        result = _skip_or_run(cfg, spec, config)
+    folder = Path(hydra_cfg.runtime.output_dir)
+    write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
+    lines = []
+    if result.status in FAILURES:
+        state.current().failed = True
+        say(f"flopsweep: error: {result.error}", sys.stderr)
+    elif result.status == "skipped":
+        lines = [f"skipped: {result.info['skipped']}"]
+    else:
+        lines = metric_lines(result.metrics, JOB_METRICS)
+    say("\n".join([*lines, f"results: {folder}"]))
+    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
+    _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides})
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _freeze_long_lived_objects()
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def _freeze_long_lived_objects() -> None:
+    """Once per sweep process, after its first job: what the imports made (torch, Hydra, MLflow, SQLAlchemy: some
+    300k objects, alive until the process ends) leaves the garbage collector's view, so that a full collection looks
+    at the later jobs' objects only. joblib's workers collect after every task that ends over a second after the
+    last collection: 0.4 s each on 2 cores, more than a meta job takes; about 20 ms once frozen. Objects are still freed
+    by reference count as usual; the collection just before leaves none of the first job's cyclic garbage frozen."""
+    gc.collect()
+    gc.freeze()
+
+
+def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Result:
+    """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
+    from flopsweep.measure.timing import device_name
+    from flopsweep.run.job import run_job
+    from flopsweep.sinks.store import finished_run, target_of
+
+    fp = fingerprint(config, spec.device, device_name(spec.device) if spec.device != "meta" else None)
+    if cfg.skip_existing:
+        target = target_of(cfg.tracking, Path.cwd())
+        try:
+            existing = finished_run(target, fp)
+        except Exception as err:  # noqa: BLE001 - a store we cannot ask means measuring again, not losing the job
+            print(f"flopsweep: warning: could not look for a finished run ({type(err).__name__}); measuring",
+                  file=sys.stderr)
+        else:
+            if existing is not None:
+                return Result("skipped", None, config, info={
+                    "fingerprint": fp, "device": spec.device,
+                    "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
+                    "tracking": {"logged": True, "uri": target.uri, "experiment": target.experiment,
+                                 "run_id": existing, "existing": True}})
+    result = run_job(spec, config)
+    result.info["fingerprint"] = fp
+    return result
+
+
+def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
+    """``[job 3/48] gpt2_small|b8|s128|float32|meta  elapsed 12 s, about 3 min left``: the job's number in the
+    sweep and an ETA from the sweep's pace so far (the sweep callback leaves its start and size in the env)."""
+    name = run_name(config)
+    total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
+    if job_num is None or not total or not start:
+        return f"[job] {name}"
+    done, total_n, elapsed = int(job_num), int(total), time.time() - float(start)
+    eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
+    return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
+    from flopsweep.sinks.store import log_job, target_of
+
+    if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
+        return
+    try:
+        target = target_of(cfg.tracking, Path.cwd())
+    except ConfigError as err:
+        result.info["tracking"] = {"logged": False, "error": str(err)}
+    else:
+        if target is None:
+            return
+        result.info["tracking"] = log_job(target, result, folder, job)
+    result.write(folder / "result.json")
+    if not result.info["tracking"]["logged"]:
+        print(f"flopsweep: warning: not logged to MLflow ({result.info['tracking']['error']}); the result is in "
+              f"{folder}", file=sys.stderr)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    run_one(cfg)
+
+
+def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
+    """Let the stack grow to 256 MiB (address space; pages are used only as needed). Freeing a long autograd
+    chain recurses once per node: ResNet-BK's O(N) recurrence at N >= 3500 overflows the default 8 MiB and
+    the process dies of a segfault, taking the rest of the sweep with it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        resource.setrlimit(resource.RLIMIT_STACK, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``flopsweep`` command with ``argv`` (default: this process's arguments) and return its exit status:
+    0, 1 when a job failed, 2 for a config Hydra cannot compose (said in one line)."""
+    from hydra.errors import HydraException
+
+    _room_for_deep_graphs()
+    # Hydra prints a composition error over many lines (a missing option lists every file of the group): have it
+    # raise instead, and say it in one line; HYDRA_FULL_ERROR=1 set by the user still gives the whole story
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    sweep = state.begin(full_errors=asked == "1")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = [saved_argv[0] if saved_argv else "flopsweep", *argv]
+    try:
+        _app()
+    except (HydraException, OmegaConfBaseException) as err:
+        if sweep.full_errors:
+            raise
+        print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
+    return 1 if sweep.failed else 0
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
+    in the message), the options of a group that has no such option listed after it (less the internal ``_``
+    ones; not the search path), and the OmegaConf error that caused it."""
+    def lines_of(text: str) -> tuple[list[str], list[str]]:
+        kept, options, listing = [], [], False
+        for line in (raw.strip() for raw in text.splitlines()):
+            if line.startswith("Config search path"):
+                break
+            if not line or line.startswith(("full_key:", "object_type=", "reference_type=")):
+                continue
+            if line.startswith("Available options in"):
+                listing = True
+            elif listing:
+                options += [line] if not line.startswith("_") else []
+            else:
+                kept.append(line)
+        return kept, options
+
+    kept, options = lines_of(str(err))
+    message = " ".join(kept).replace("In 'config': ", "")
+    if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
+        message = f"{err.override}: {message}"
+    if options:
+        message += f" (options: {', '.join(options)})"
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        cause = " ".join(lines_of(str(err.__cause__))[0])
+        message += f": {cause}" if cause and cause not in message else ""
+    return message

@@ -1,0 +1,111 @@
+"""The sweep's Hydra callback: before the jobs, it refuses a sweep that would time jobs side by side, opens the
+sweep's MLflow run (so parallel workers never race to create the store: they find its id in the environment) and
+starts joblib's workers; after them, it prints and writes one table of every job, read back from their
+``result.json`` (a job that has none is lost), and closes the run. A sweep that stops before its end closes its run
+through :func:`abandon_sweep`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from flopsweep.core.result import Result, any_failed, status_counts
+from flopsweep.core.text import summary_table
+from flopsweep.sinks.jobdir import write_csv
+from flopsweep.sinks.store import PARENT_ENV, store, target_of
+from flopsweep.sweep import state
+from flopsweep.sweep.joblib_fast import start_workers, stop_workers
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error
+from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+
+
+class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = state.current()
+        plan = SweepPlan.of(config)
+        try:
+            refusal = concurrent_timing_error(plan)
+        except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
+            refusal = None
+        if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store
+            print(f"flopsweep: error: {refusal}", file=sys.stderr)
+            raise SystemExit(2)
+        if plan.size is not None:
+            os.environ[SWEEP_TOTAL_ENV] = str(plan.size)
+        start_workers(plan)  # they import what jobs import while this process opens the run, checks values
+        try:
+            sweep.target = target_of(config.tracking, Path.cwd())
+            if sweep.target is not None:
+                sweep.parent = store(sweep.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
+                                                                list(config.hydra.overrides.task))
+                os.environ[PARENT_ENV] = sweep.parent
+        except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
+            print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
+        os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        stop_workers()
+        sweep = state.current()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
+        results = [(folder.name, _job_result(folder)) for folder in sorted(folders, key=lambda p: _job_number(p.name))]
+        if any_failed(results):
+            sweep.failed = True
+        print()
+        print(summary_table(results))
+        counts = status_counts(results)
+        print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
+              f"  |  results: {sweep_dir}")
+        if counts["lost"]:
+            print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
+                  "measure only what is missing")
+        if results:
+            write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
+                                                   "model": (r.config.get("model") or {}).get("name"), **r.metrics}
+                                                  for job, r in results])
+        if sweep.parent is not None:
+            os.environ.pop(PARENT_ENV, None)
+            try:
+                store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
+                                                  failed=sweep.failed)
+            except Exception as err:  # noqa: BLE001
+                print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
+            print(f"MLflow: {sweep.target.ui_command()}  (experiment {sweep.target.experiment!r})")
+            sweep.parent = None
+
+
+def abandon_sweep(status: str) -> None:
+    """The sweep stops before its end (a swept value that cannot be composed, Ctrl-C): end its workers and mark its
+    MLflow run ``status`` (FAILED, KILLED) rather than leave it RUNNING. The jobs that finished keep their runs."""
+    stop_workers()
+    sweep = state.current()
+    if sweep.parent is not None:
+        try:
+            store(sweep.target).end_parent(sweep.parent, status)
+        except Exception as err:  # noqa: BLE001
+            print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
+        sweep.parent = None
+
+
+def _job_result(folder: Path) -> Result:
+    """The job's ``result.json``; a job that started (Hydra made its folder) and has none is lost: its process died
+    (killed, out of memory) before the job finished. Rerun the sweep with ``skip_existing=true`` to measure it."""
+    result = Result.read_or_none(folder / "result.json")
+    if result is not None:
+        return result
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False)
+    except Exception:  # noqa: BLE001 - the table shows the folder's name whatever is left in it
+        config = {}
+    return Result("lost", "no result.json: the job's process died before it finished", config)
+
+
+def _job_number(name: str) -> int:
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30

@@ -1,0 +1,36 @@
+"""What a sweep's process knows of the sweep, in one object that the app, its callback and the sweeper share:
+whether anything failed (the exit status), the sweep's open MLflow run, and whether the user asked for Hydra's whole
+errors. A job in another process (a joblib or Slurm worker) learns the sweep's run, size and start from the
+environment instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from flopsweep.sinks.store import Target
+
+SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the jobs' progress line
+
+
+@dataclass
+class SweepState:
+    failed: bool = False                 # a job failed, the sweeper gave up, or the summary found a failure
+    full_errors: bool = False            # HYDRA_FULL_ERROR=1 from the user: raise, don't shorten
+    parent: Optional[str] = None         # the sweep's MLflow run, while it is open
+    target: Optional[Target] = None      # where that run is
+
+
+_state = SweepState()
+
+
+def current() -> SweepState:
+    """This process's sweep state."""
+    return _state
+
+
+def begin(full_errors: bool) -> SweepState:
+    """A new state for a command that starts now."""
+    global _state
+    _state = SweepState(full_errors=full_errors)
+    return _state

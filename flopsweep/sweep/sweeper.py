@@ -1,0 +1,214 @@
+"""flopsweep's Hydra sweeper (``conf/hydra/sweeper/flopsweep.yaml``, the default): Hydra's basic sweeper, the same
+cartesian product and the presets' ``hydra.sweeper.params``, made for parallel launchers. It
+
+- composes one job per swept value before launching, not every job: Hydra's check composes each job's config in
+  the parent process, about 0.1 s each, a serial minute before a 500-job sweep starts; every value is still
+  checked, and a job that cannot be composed fails before any is launched;
+- survives a worker process that dies (SIGKILL, a segfault, the kernel's OOM killer). joblib's process pool then
+  breaks: every job running in it is killed and the queued ones are cancelled. The jobs that were running run
+  again, one at a time: a job whose worker dies again when it runs alone is lost, the others finish; the jobs
+  that had not started are launched again. The MLflow runs that no job's folder names are deleted (left RUNNING
+  by the kill, or logged whole by a job killed before it recorded its run): every job is logged once;
+- records a job whose combination of values cannot be composed (each value can: the check above passed) as
+  ``failed`` with Hydra's reason, and runs the others;
+- turns any other launcher failure into one line: the sweep's summary then lists what finished and what was lost;
+- runs ``hydra/launcher=joblib``'s jobs through :mod:`flopsweep.sweep.joblib_fast`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from concurrent.futures import BrokenExecutor
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+
+from flopsweep.core.errors import one_line
+from flopsweep.core.result import Result
+from flopsweep.sinks.store import PARENT_ENV, store, target_of
+from flopsweep.sweep import state
+from flopsweep.sweep._hydra import BasicSweeper
+from flopsweep.sweep.callback import abandon_sweep
+from flopsweep.sweep.joblib_fast import launch_joblib, workers_started
+from flopsweep.sweep.plan import covering_jobs, launcher_class
+
+
+class RecoveringSweeper(BasicSweeper):
+    """Hydra's basic sweeper that checks each swept value once and launches through :class:`RecoveringLauncher`
+    (registered with Hydra by ``hydra_plugins.flopsweep_sweeper``)."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict[str, str]] = None,
+                 allow_concurrent_timing: bool = False) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.allow_concurrent_timing = allow_concurrent_timing  # read by the sweep callback, before any job
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.launcher = RecoveringLauncher(self.launcher, config, hydra_context.config_loader)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return super().sweep(arguments)
+        except BaseException as err:
+            abandon_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        super().validate_batch_is_legal(covering_jobs(batch))
+
+
+class RecoveringLauncher:
+    """Wraps the configured launcher (the real one is what runs and is pickled to workers)."""
+
+    def __init__(self, launcher: Any, config: DictConfig, config_loader: Any) -> None:
+        self.launcher, self.config, self.config_loader = launcher, config, config_loader
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        returns: list[JobReturn] = []
+        workers_started()
+        try:
+            self._launch(job_overrides, initial_job_idx, returns)
+        except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
+            if state.current().full_errors:
+                raise
+            waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
+                       if state == "waiting"]
+            _give_up(f"the launcher stopped ({one_line(err)})" +
+                     (f"; {_jobs(len(waiting))} did not start (job {', '.join(map(str, waiting))})" if waiting else ""))
+        return returns
+
+    def _launch(self, batch: Sequence[Sequence[str]], first: int, returns: list[JobReturn]) -> None:
+        todo = list(range(len(batch)))
+        while todo:
+            run = todo[:next((k for k in range(1, len(todo)) if todo[k] != todo[k - 1] + 1), len(todo))]
+            try:
+                returns += self._run([batch[i] for i in run], first + run[0])
+                todo = todo[len(run):]
+                continue
+            except ConfigCompositionException:
+                state = dict(zip(run, job_states(self._sweep_dir(), [batch[i] for i in run])))
+                unfinished = [i for i in run if state[i] != "done"]  # joblib killed the others in flight
+                bad = {i: why for i in unfinished if state[i] == "waiting"
+                       and (why := self._composition_error(batch[i])) is not None}
+                if not bad:
+                    raise
+                for i, why in bad.items():
+                    record_uncomposable(self._sweep_dir(), first + i, batch[i], why)
+                self._forget_cut_off_runs()
+                todo = [i for i in unfinished if i not in bad] + todo[len(run):]
+                continue
+            except BrokenExecutor as err:
+                state = job_states(self._sweep_dir(), [batch[i] for i in run])
+                in_flight = [i for i, s in zip(run, state) if s == "started"]
+                waiting = [i for i, s in zip(run, state) if s == "waiting"]
+                if not in_flight and len(waiting) == len(run):
+                    raise  # nothing started: the workers cannot run at all
+                print(f"flopsweep: warning: a worker process died ({_death(err)}); the pool's "
+                      f"{_jobs(len(in_flight))} in progress will run again, one at a time", file=sys.stderr)
+            self._forget_cut_off_runs()
+            for i in in_flight:
+                try:
+                    returns += self._run([batch[i]], first + i)
+                except BrokenExecutor:
+                    self._forget_cut_off_runs()
+                    print(f"flopsweep: error: job {first + i} ({' '.join(batch[i])}) is lost: its worker process "
+                          "died again when it ran alone", file=sys.stderr)
+            todo = waiting + todo[len(run):]
+
+    def _run(self, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
+        if launcher_class(self.config.hydra.launcher) == "JoblibLauncher":
+            return launch_joblib(self.launcher, batch, first)
+        return list(self.launcher.launch(batch, initial_job_idx=first))
+
+    def _composition_error(self, overrides: Sequence[str]) -> Optional[str]:
+        """Why Hydra cannot compose this job, or None if it can."""
+        try:
+            self.config_loader.load_sweep_config(self.config, list(overrides))
+        except ConfigCompositionException as err:
+            return one_line(err)
+        return None
+
+    def _sweep_dir(self) -> Path:
+        return Path(str(self.config.hydra.sweep.dir))
+
+    def _forget_cut_off_runs(self) -> None:
+        """Delete the sweep's job runs that no job's ``result.json`` names: no job of the sweep runs now, so those
+        are the runs of jobs killed while logging, or after logging and before recording their run id, and
+        each of these jobs logs itself again whole when it runs again."""
+        parent = os.environ.get(PARENT_ENV)
+        try:
+            target = target_of(self.config.tracking, Path.cwd())
+            if parent and target is not None:
+                store(target).delete_children_except(parent, _recorded_runs(self._sweep_dir()))
+        except Exception as err:  # noqa: BLE001 - an extra run is untidy, not a lost result
+            print(f"flopsweep: warning: could not delete the runs the dead worker left unrecorded: {one_line(err)}",
+                  file=sys.stderr)
+
+
+def _recorded_runs(sweep_dir: Path) -> set[str]:
+    """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
+    results = (Result.read_or_none(path) for path in sweep_dir.glob("*/result.json"))  # none: its job runs again
+    return {r.info["tracking"].get("run_id") for r in results if r is not None and r.info.get("tracking")} - {None}
+
+
+def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
+    """A job folder with a ``failed`` result for a job that Hydra could not compose: the sweep's summary, exit status
+    and MLflow run count it, with the overrides to fix."""
+    error = f"cannot be composed: {why}"
+    print(f"flopsweep: error: job {job} ({' '.join(overrides)}) {error}", file=sys.stderr)
+    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "job")
+    folder = sweep_dir / f"{job}_{model}"
+    folder.mkdir(parents=True, exist_ok=True)
+    Result("failed", error, {"model": {"name": model}, "overrides": list(overrides)}).write(folder / "result.json")
+
+
+def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:
+    """For each job: ``done`` (its folder has its result, logged unless tracking=none), ``started`` (Hydra made its
+    folder: the job was running, or was killed while logging) or ``waiting``. Jobs are matched to folders by the
+    overrides Hydra saved in ``.hydra/``."""
+    import yaml
+
+    folders: dict[tuple[str, ...], list[Path]] = {}
+    for saved in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        key = tuple(yaml.safe_load(saved.read_text()) or [])
+        folders.setdefault(key, []).append(saved.parent.parent)
+    states = []
+    for overrides in batch:
+        found = folders.get(tuple(o for o in overrides if not _is_hydra(o)))
+        if not found:
+            states.append("waiting")
+        else:
+            states.append("done" if _finished(found.pop(0) / "result.json") else "started")
+    return states
+
+
+def _finished(path: Path) -> bool:
+    result = Result.read_or_none(path)  # none, or cut off mid-write
+    if result is None:
+        return False
+    return "tracking" in result.info or (result.config.get("tracking") or {}).get("kind") == "none"
+
+
+def _is_hydra(override: str) -> bool:
+    return re.match(r"[+~]*hydra[./]", override) is not None
+
+
+def _give_up(reason: str) -> None:
+    state.current().failed = True
+    print(f"flopsweep: error: {reason}; the jobs that started and have no result are listed as lost below",
+          file=sys.stderr)
+
+
+def _death(err: BaseException) -> str:
+    """``exit code {SIGKILL(-9)}`` from loky's TerminatedWorkerError, or the error in one line."""
+    found = re.search(r"exit codes of the workers are (\{.*?\})", str(err))
+    return f"exit code {found.group(1)}" if found else one_line(err)
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'s' if n != 1 else ''}"

@@ -1,0 +1,3 @@
+from flopsweep_server.commands import entry
+
+entry()
