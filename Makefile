@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/flopsweep +sweep=quickstart
 
 # the layers and the declared dependencies first (seconds), then the suite: one test worker per core (pytest-xdist),
-# a test file per worker at a time
+# a test file per worker at a time (a module's shared fixture made once)
 test: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .

@@ -43,7 +43,7 @@ register_configs()
 
 __all__ = ["REPO", "TESTS", "FLOPSWEEP", "compose_config", "run_cli", "run_app", "run_main", "model_presets",
            "MatmulFlops", "SdpaCalls", "params", "free_port", "read_results", "F", "BUILT_ON", "ALIVE", "PretendGPU",
-           "custom_model", "pretend_gpu", "sgd_peak", "child_env"]
+           "custom_model", "pretend_gpu", "sgd_peak", "child_env", "local_store"]
 
 
 # --- running the commands ------------------------------------------------------------------------------------
@@ -113,12 +113,47 @@ def _keep_our_sweepers_base() -> None:
     basic.BasicSweeper = next(c for c in RecoveringSweeper.__mro__ if c.__name__ == "BasicSweeper")
 
 
-def run_app(*args: str, cwd: Path, env: Optional[dict[str, Optional[str]]] = None) -> subprocess.CompletedProcess:
+def run_app(*args: str, cwd: Path, env: Optional[dict[str, Optional[str]]] = None,
+            store: bool = True) -> subprocess.CompletedProcess:
     """The ``flopsweep`` command run in this process (:func:`flopsweep.sweep.app.main`): result, status and MLflow
-    contracts without a new interpreter each time."""
+    contracts without a new interpreter each time. A command that logs to the default local store finds it made
+    (:func:`local_store`) unless ``store`` is false."""
     from flopsweep.sweep.app import main
 
+    tracking = [a for a in args if a.startswith(("tracking=", "tracking.dir=", "tracking.uri="))]
+    default = tracking in ([], ["tracking=local"]) and "MLFLOW_TRACKING_URI" not in {**os.environ, **(env or {})}
+    if store and default:
+        local_store(Path(cwd) / "outputs")
     return run_main(main, *args, cwd=cwd, env=env)
+
+
+_TEMPLATE: list[Path] = []
+
+
+def local_store(folder: Path) -> Path:
+    """``folder/mlflow.db``, an empty local MLflow store as flopsweep makes one (MLflow's schema, WAL journal), copied
+    from one made once per test process: making MLflow's schema (some 50 migrations) costs 2.6 s of CPU, paid by each
+    test that logs otherwise. Store creation itself is tested through the commands run in a new interpreter
+    (:func:`run_cli`), which make their own. An existing store is left as it is."""
+    import shutil
+    import sqlite3
+    import tempfile
+
+    path = folder / "mlflow.db"
+    if path.exists():
+        return path
+    if not _TEMPLATE:
+        from flopsweep.sinks.store import mlflow_client
+
+        template = Path(tempfile.mkdtemp(prefix="flopsweep-store-")) / "mlflow.db"
+        mlflow_client(f"sqlite:///{template}").search_experiments()  # MLflow makes its schema on first use
+        with contextlib.closing(sqlite3.connect(template)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _TEMPLATE.append(template)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE[0], path)
+    return path
 
 
 def model_presets() -> list[str]:

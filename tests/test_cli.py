@@ -113,3 +113,22 @@ def test_result_records_the_model_as_built(tmp_path):
               (json.loads((f / "result.json").read_text()) for f in job_folders(tmp_path / "outputs" / "runs"))}
     assert models["generic"]["embed_dim"] == 256 and models["generic"]["num_encoder_blocks"] == 1
     assert models["vit_b16"]["image_size"] == 96
+
+
+def test_the_command_gives_deep_autograd_graphs_a_256_mib_stack(tmp_path):
+    """Freeing a long autograd chain recurses once per node: ResNet-BK at N >= 3500 overflowed the default 8 MiB
+    stack and the process died of a segfault, taking the sweep with it (``benchmarks/bench_meta_count.py`` counts it
+    at N = 4096). The command raises its stack's soft limit before anything runs, from 8 MiB here."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_STACK)
+    unlimited = resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_STACK, (8 << 20 if before[1] == unlimited else min(8 << 20, before[1]),
+                                               before[1]))
+    try:
+        run_app("--help", cwd=tmp_path)
+        soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, before)
+    wanted = 256 << 20 if hard == unlimited else min(256 << 20, hard)
+    assert soft == unlimited or soft >= wanted, (soft, hard)

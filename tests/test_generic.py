@@ -1,4 +1,5 @@
-"""The prior script's generic transformer: from overrides and from a JSON file; its modes; bad input."""
+"""The generic transformer of the JSON format (``embed_dim``, ``num_heads``, ...): from overrides and from a JSON file;
+its modes; bad input."""
 
 import json
 

@@ -153,7 +153,8 @@ def test_a_killed_worker_loses_only_its_job_and_a_rerun_measures_it(tmp_path, mo
     assert sorted(int(r.data.params["model.dim_feedforward"]) for r in jobs) == [32, 64, 96, 160, 192]
 
     fault.unlink()  # the fault is gone: resume (in the sweep's own process: what is skipped is what the store says)
-    rerun = run_cli(*sweep, "skip_existing=true", cwd=tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # crashing_model, for the rerun in this process
+    rerun = run_app(*sweep, "skip_existing=true", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     second = max((tmp_path / "outputs" / "sweeps").glob("*/*"))
     measured = [json.loads(p.read_text()) for p in second.glob("*/result.json")]
@@ -233,7 +234,7 @@ def test_forced_timing_jobs_get_workers_that_import_torch_with_their_thread_shar
 
 def test_timing_jobs_side_by_side_are_refused_before_anything_starts(tmp_path):
     proc = run_app("-m", *TINY, "device=cpu", "batch.size=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   cwd=tmp_path)
+                   cwd=tmp_path, store=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr

@@ -38,16 +38,17 @@ def test_every_swept_value_resolves(name):
 
 
 def test_seq_len_scaling_runs(tmp_path):
-    proc = run_app("+sweep=seq_len_scaling", "batch.seq_len=256,1024", "tracking=none", cwd=tmp_path)
+    proc = run_app("+sweep=seq_len_scaling", "batch.seq_len=128,512", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     results = [json.loads(p.read_text()) for p in Path(tmp_path, "outputs", "sweeps").rglob("result.json")]
     per_token = {(r["config"]["model"]["name"], r["config"]["batch"]["seq_len"]):
                  r["metrics"]["flops/forward"] / r["config"]["batch"]["seq_len"] for r in results}
     assert len(per_token) == 4
     # ResNet-BK is linear in N: the same FLOPs per token at every length
-    assert per_token[("resnet_bk_baseline", 1024)] == per_token[("resnet_bk_baseline", 256)]
-    # attention makes the decoder's cost per token grow with N
-    assert per_token[("gpt3_small", 1024)] > 1.1 * per_token[("gpt3_small", 256)]
+    assert per_token[("resnet_bk_baseline", 512)] == per_token[("resnet_bk_baseline", 128)]
+    # attention makes the decoder's cost per token grow with N: 4·L·d·T of about 2N' + 4·L·d·T per token, N' = 124M
+    # matmul weights, L·d = 12·768: from 4.7M to 18.9M of 252M
+    assert per_token[("gpt3_small", 512)] > 1.05 * per_token[("gpt3_small", 128)]
 
 
 def test_sweep_size_counts_preset_and_command_line_sweeps():

@@ -1,4 +1,4 @@
-"""Timings on the CPU: full steps and the prior script's time-one-block-and-multiply mode."""
+"""Timings on the CPU: full steps and the time-one-block-and-multiply mode (``measure.timing=per_block``)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""A generic transformer described by the prior profiler script's JSON fields (``embed_dim``, ``num_heads``,
+"""A generic transformer described by the JSON fields of profiler scripts (``embed_dim``, ``num_heads``,
 ``ff_dim``, ``seq_len``, ``memory_seq_len``, ``num_encoder_blocks``, ``num_decoder_blocks``), as overrides or
 from a JSON file (``model.json_file=path``; the file's values replace the preset's).
 
@@ -63,7 +63,7 @@ class Config(ModelConfig):
 
 
 def load(given: dict[str, Any]) -> Config:
-    """The config from composed fields, with a JSON file's prior-script fields applied over them."""
+    """The config from composed fields, with a JSON file's fields applied over them."""
     merged = dict(given)
     path = given.get("json_file")
     if path:
