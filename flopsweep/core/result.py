@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from flopsweep.core.files import write_whole
+
 STATUSES = ("ok", "failed", "skipped", "oom", "lost")  # lost: a sweep job that died before writing result.json
 FAILURES = ("failed", "oom", "lost")  # statuses that fail a sweep (its exit status, its parent run)
 
@@ -24,7 +26,7 @@ class Result:
         return asdict(self)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        write_whole(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> "Result":

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
@@ -50,25 +51,20 @@ class SweepSummary(Callback):
         os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """The table of every job, printed and written to ``summary.csv``, then the sweep's run closed. Whatever
+        fails here (a folder that cannot be read or written) is one line and fails the sweep's exit status; the
+        run is closed all the same (Hydra would only warn of an exception, leaving the run open and the status 0)."""
         stop_workers()
         sweep = state.current()
         sweep_dir = Path(config.hydra.sweep.dir)
-        folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
-        results = [(folder.name, _job_result(folder)) for folder in sorted(folders, key=lambda p: _job_number(p.name))]
-        if any_failed(results):
+        results: list[tuple[str, Result]] = []
+        try:
+            results = _summarize(sweep_dir)
+            if any_failed(results):
+                sweep.failed = True
+        except Exception as err:  # noqa: BLE001 - said in one line; the parent run is closed below
             sweep.failed = True
-        print()
-        print(summary_table(results))
-        counts = status_counts(results)
-        print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
-              f"  |  results: {sweep_dir}")
-        if counts["lost"]:
-            print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
-                  "measure only what is missing")
-        if results:
-            write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
-                                                   "model": (r.config.get("model") or {}).get("name"), **r.metrics}
-                                                  for job, r in results])
+            print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
         if sweep.parent is not None:
             os.environ.pop(PARENT_ENV, None)
             try:
@@ -78,6 +74,25 @@ class SweepSummary(Callback):
                 print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
             print(f"MLflow: {sweep.target.ui_command()}  (experiment {sweep.target.experiment!r})")
             sweep.parent = None
+
+
+def _summarize(sweep_dir: Path) -> list[tuple[str, Result]]:
+    """Every job of the sweep, read back from its folder, printed as a table and written to ``summary.csv``."""
+    folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
+    results = [(folder.name, _job_result(folder)) for folder in sorted(folders, key=lambda p: _job_number(p.name))]
+    print()
+    print(summary_table(results))
+    counts = status_counts(results)
+    print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
+          f"  |  results: {sweep_dir}")
+    if counts["lost"]:
+        print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
+              "measure only what is missing")
+    if results:
+        write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
+                                               "model": (r.config.get("model") or {}).get("name"), **r.metrics}
+                                              for job, r in results])
+    return results
 
 
 def abandon_sweep(status: str) -> None:

@@ -1,0 +1,98 @@
+"""Nothing lost: files written whole (a real full disk: a small tmpfs), and a sweep's summary made from every job's
+fields whatever their order and statuses, its failure never leaving the sweep's run open nor its exit status 0.
+docs/reliability.md lists each guarantee with the test that holds it."""
+
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flopsweep.core.files import write_whole
+from flopsweep.sinks.jobdir import write_csv
+from tests.helpers import run_app
+
+TINY = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "tracking.experiment=rs"]
+
+
+def sweeps(cwd: Path, experiment: str = "rs") -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return client.search_runs([experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def test_a_resume_whose_first_job_is_skipped_writes_every_jobs_row_and_closes_its_run(tmp_path):
+    """The summary's columns came from the first job: a skipped one (every skip_existing rerun) has no measured
+    metrics, the measured job after it did not fit, the summary was cut short and the sweep's run left RUNNING."""
+    first = run_app(*TINY, "batch.size=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_app(*TINY, "batch.size=1,2", "skip_existing=true", "hydra.sweep.dir=resumed", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Callback" not in resumed.stderr and "error" not in resumed.stderr, resumed.stderr
+    with (tmp_path / "resumed" / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["job"], r["status"]) for r in rows] == [("0_gpt2_small", "skipped"), ("1_gpt2_small", "ok")]
+    assert rows[0]["flops/forward"] == "" and float(rows[1]["flops/forward"]) > 0
+    measured = json.loads((tmp_path / "resumed" / "1_gpt2_small" / "result.json").read_text())["metrics"]
+    assert set(measured) <= set(rows[1])  # every metric of the measured job has its column
+    assert [run.info.status for run in sweeps(tmp_path)] == ["FINISHED", "FINISHED"]
+
+
+def test_the_summary_columns_are_every_rows_keys_in_order_of_appearance(tmp_path):
+    write_csv(tmp_path / "t.csv", [{"job": "a", "x": 1}, {"job": "b", "y": 2, "x": 3}, {"z": 4}])
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["job,x,y,z", "a,1,,", "b,3,2,", ",,,4"]
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_fails_the_sweep_and_closes_its_run(tmp_path):
+    (tmp_path / "sweep" / "summary.csv").mkdir(parents=True)  # a folder where the summary goes
+    proc = run_app(*TINY, "batch.size=1,2", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("flopsweep: error:")]
+    assert len(errors) == 1 and "summary" in errors[0] and "summary.csv" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "Callback" not in proc.stderr
+    assert all(json.loads((tmp_path / "sweep" / f"{n}_gpt2_small" / "result.json").read_text())["status"] == "ok"
+               for n in (0, 1))  # what was measured stays
+    assert [run.info.status for run in sweeps(tmp_path)] == ["FAILED"]  # closed, not left RUNNING
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KiB tmpfs (mounting needs root: skipped without it), unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_leaves_the_file_before_it_whole_and_no_half_file(small_disk):
+    result = small_disk / "result.json"
+    write_whole(result, '{"status": "ok"}\n')
+    with pytest.raises(OSError) as err:
+        write_whole(result, "x" * (128 << 10))  # twice the disk
+    assert err.value.errno == 28  # ENOSPC: no space left on device
+    assert result.read_text() == '{"status": "ok"}\n'  # the file before: whole
+    assert sorted(p.name for p in small_disk.iterdir()) == ["result.json"]  # no temporary left behind
+    with pytest.raises(OSError):
+        write_whole(small_disk / "new.json", "y" * (128 << 10))
+    assert not (small_disk / "new.json").exists()  # a reader sees the whole file or none
+
+
+def test_every_guarantee_in_the_docs_names_a_test_that_exists():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs" / "reliability.md").read_text()
+    named, current = [], None
+    for cell in re.findall(r"`((?:tests/\w+\.py)?::\w+)`", text):
+        current = cell.split("::")[0] or current
+        named.append((current, cell.split("::")[1]))
+    assert len(named) >= 20
+    missing = [f"{path}::{name}" for path, name in named if f"def {name}(" not in (repo / path).read_text()]
+    assert not missing, missing
