@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,53 @@ def test_every_guarantee_in_the_docs_names_a_test_that_exists():
     assert len(named) >= 20
     missing = [f"{path}::{name}" for path, name in named if f"def {name}(" not in (repo / path).read_text()]
     assert not missing, missing
+
+
+def test_sweeps_runs_and_syncs_started_at_once_into_a_new_store_each_log_once_in_a_folder_of_their_own(tmp_path):
+    """Three sweeps, two single runs of the same model and two syncs of the same unlogged sweep, started at once as
+    processes into a store that does not exist yet: each sweep and run in a folder of its own (the same second's
+    name, then -2, -3), every folder whole and its summary of its own jobs; the store made once (it was left broken
+    for good when two processes made its schema), every run in it exactly once, under its own sweep's parent."""
+    import sys
+
+    from tests.helpers import child_env
+
+    tiny = ["model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16"]
+    unlogged = run_app("-m", *tiny, "batch.size=3,4", "tracking=none", "hydra.sweep.dir=unlogged", cwd=tmp_path)
+    assert unlogged.returncode == 0, unlogged.stderr
+    flopsweep, sync = [sys.executable, "-m", "flopsweep"], [sys.executable, "-m", "flopsweep.cli.sync"]
+    commands = [[*flopsweep, "-m", *tiny, "batch.size=1,2"]] * 3 + [[*flopsweep, *tiny]] * 2 + \
+        [[*sync, "unlogged", "--store-dir", "outputs"]] * 2
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for command in commands]
+    errors = [p.stderr.read() for p in procs]
+    assert [p.wait(timeout=300) for p in procs] == [0] * len(procs), errors
+    assert not any("warning" in e or "error" in e for e in errors), errors
+    sweep_dirs = sorted((tmp_path / "outputs" / "sweeps").glob("*/*"))
+    assert len(sweep_dirs) == 3
+    for folder in sweep_dirs:
+        assert sorted(p.parent.name for p in folder.glob("*/result.json")) == ["0_gpt2_small", "1_gpt2_small"]
+        with (folder / "summary.csv").open() as handle:
+            assert [row["job"] for row in csv.DictReader(handle)] == ["0_gpt2_small", "1_gpt2_small"]
+    singles = list((tmp_path / "outputs" / "runs").glob("*/*/result.json"))
+    assert len(singles) == 2 and len({p.parent for p in singles}) == 2
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("flopsweep").experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = {r.info.run_id: r.data.tags["flopsweep.sweep"] for r in runs
+               if r.data.tags.get("flopsweep.kind") == "sweep"}
+    assert sorted(Path(d).name for d in parents.values()) == sorted([d.name for d in sweep_dirs] + ["unlogged"])
+    jobs = [r for r in runs if r.data.tags.get("flopsweep.kind") == "job"]
+    by_sweep = Counter(Path(parents.get(r.data.tags.get("mlflow.parentRunId"), "none")).name for r in jobs)
+    assert by_sweep == {**{d.name: 2 for d in sweep_dirs}, "unlogged": 2, "none": 2}  # the single runs: no parent
+    synced = [r for r in jobs if parents.get(r.data.tags.get("mlflow.parentRunId"), "").endswith("unlogged")]
+    assert sorted(int(r.data.params["batch.size"]) for r in synced) == [3, 4]  # each once, by two syncs
+
+
+def test_a_new_folder_is_never_one_made_before(tmp_path):
+    from flopsweep.config.compose import new_folder
+
+    base = str(tmp_path / "sweeps" / "12-00-00")
+    made = [new_folder(base) for _ in range(3)]
+    assert made == [base, f"{base}-2", f"{base}-3"] and all(Path(m).is_dir() for m in made)

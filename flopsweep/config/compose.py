@@ -3,15 +3,35 @@ its ConfigStore, and a job's config composed as the ``flopsweep`` command would.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.config.schema import CONF_DIR, SWEEPS_DIR, Schema
 from flopsweep.models import FAMILIES
 
 
+def new_folder(path: str) -> str:
+    """``path``, or ``path-2``, ``path-3``, ...: the first that does not exist yet, made here. ``mkdir`` either makes
+    a folder or finds it made, atomically: two sweeps (or runs) started in the same second, by two processes, never
+    share a folder. It is the ``flopsweep.new_folder`` resolver of ``hydra.sweep.dir`` and ``hydra.run.dir``, cached
+    as Hydra caches ``now``: every job of a sweep, and its workers, get the one folder the sweep made."""
+    candidate, n = Path(path), 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return str(candidate)
+        except FileExistsError:
+            n += 1
+            candidate = Path(f"{path}-{n}")
+
+
 def register_configs() -> None:
-    """Register the schema and the sweep presets (``+sweep=NAME``) with Hydra's ConfigStore."""
+    """Register the schema and the sweep presets (``+sweep=NAME``) with Hydra's ConfigStore, and the resolvers the
+    configs use."""
     from hydra.core.config_store import ConfigStore
+
+    OmegaConf.register_new_resolver("flopsweep.new_folder", new_folder, use_cache=True, replace=True)
 
     store = ConfigStore.instance()
     store.store(name="schema", node=Schema)

@@ -21,6 +21,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import ConfigError, is_number, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.sinks.identity import common_tags, fingerprint_of, flatten, run_name
+from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
@@ -91,16 +92,24 @@ def target_of_uri(uri: str, experiment: str) -> Target:
 class Store:
     def __init__(self, target: Target):
         self.target = target
-        if target.uri.startswith("sqlite:///"):
-            _fast_local_commits(target.uri[len("sqlite:///"):])
-        self.client = mlflow_client(target.uri)
         self._experiment_id: Optional[str] = None
+        if not target.uri.startswith("sqlite:///"):
+            self.client = mlflow_client(target.uri)
+            return
+        fast_local_commits(target.uri[len("sqlite:///"):])
+        with local_store_lock(target.uri):  # MLflow makes a new store's schema on first use: one process at a time
+            self.client = mlflow_client(target.uri)
+            self.client.search_experiments(max_results=1)
 
     def experiment_id(self) -> str:
+        """The experiment's id, made if the store lacks it. The first use of a local store makes its schema: both
+        under a lock on the store's file, so that processes started at once (sweeps, workers, syncs) neither make
+        the schema twice (which leaves the store broken for good) nor the experiment twice."""
         if self._experiment_id is None:
-            found = self.client.get_experiment_by_name(self.target.experiment)
-            self._experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
-                self.target.experiment, artifact_location=self.target.artifact_root)
+            with local_store_lock(self.target.uri):
+                found = self.client.get_experiment_by_name(self.target.experiment)
+                self._experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
+                    self.target.experiment, artifact_location=self.target.artifact_root)
         return self._experiment_id
 
     def find_run(self, tag: str, value: str, where: str = "") -> Optional[str]:
@@ -213,29 +222,6 @@ def mlflow_client(uri: str):
 def store(target: Target) -> Store:
     """This process's :class:`Store` for ``target``: a sweep's jobs share its client and experiment id."""
     return Store(target)
-
-
-@functools.lru_cache(maxsize=None)
-def _fast_local_commits(db_path: str) -> None:
-    """Open this process's connections to the local SQLite store in WAL mode with ``synchronous=NORMAL``: a
-    commit is then an append to the log, not a journal and two disk syncs (most of what logging a job cost).
-    The store stays consistent; a power cut can lose its last commits, never a result: the job folder is
-    written first and ``flopsweep-sync`` logs again whatever the store lacks."""
-    import sqlite3
-
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    wanted = os.path.realpath(db_path)
-
-    @event.listens_for(Engine, "connect")
-    def _on_connect(connection: Any, _record: Any) -> None:
-        if not isinstance(connection, sqlite3.Connection):
-            return
-        files = [row[2] for row in connection.execute("PRAGMA database_list") if row[1] == "main"]
-        if files and files[0] and os.path.realpath(files[0]) == wanted:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:

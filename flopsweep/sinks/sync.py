@@ -4,11 +4,14 @@ nothing, and a sweep's jobs go under one parent run for that sweep folder."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from flopsweep.core.errors import one_line
+from flopsweep.core.files import locked
 from flopsweep.core.result import Result
 from flopsweep.sinks.identity import fingerprint_of
 from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, Target, store, target_at, target_of_uri
@@ -33,10 +36,46 @@ def job_folders(path: Path) -> list[Path]:
 def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None, experiment: Optional[str] = None,
          on_failure: Callable[[Path, str], None] = lambda folder, why: None) -> Synced:
     """Log every job under ``path`` that its store lacks: to ``uri``, else ``store_dir``'s local store, else the store
-    the job recorded; into ``experiment``, else the job's own. ``on_failure`` hears of each job not logged, and why."""
+    the job recorded; into ``experiment``, else the job's own. ``on_failure`` hears of each job not logged, and why.
+    Each sweep folder (or single run's folder) is synced under a lock of its own: two syncs started at once log each
+    job once, under one parent run."""
     done = Synced()
+    for group, folders in _by_sweep(job_folders(path.resolve())).items():  # parents are tagged with absolute paths
+        with _folder_lock(group):
+            _sync_group(folders, uri, store_dir, experiment, on_failure, done)
+    if not done.uris:
+        done.uris.add(target_at(uri, store_dir or "outputs", "").uri)
+    return done
+
+
+def _by_sweep(folders: list[Path]) -> dict[Path, list[Path]]:
+    """Job folders grouped by their sweep folder (a single run's folder is a group of its own)."""
+    groups: dict[Path, list[Path]] = {}
+    for folder in folders:
+        groups.setdefault(_sweep_dir(folder) or folder, []).append(folder)
+    return groups
+
+
+def _sweep_dir(folder: Path) -> Optional[Path]:
+    return folder.parent if folder.name.split("_", 1)[0].isdigit() else None
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``.flopsweep-sync.lock`` in ``folder``, held while it is synced; none where the folder
+    cannot be written (read-only: its jobs cannot record that they were logged either)."""
+    lock = folder / ".flopsweep-sync.lock"
+    if not os.access(folder, os.W_OK):
+        yield
+        return
+    with locked(lock):
+        yield
+
+
+def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str], experiment: Optional[str],
+                on_failure: Callable[[Path, str], None], done: Synced) -> None:
     parents: dict[tuple[str, str, Path], str] = {}
-    for folder in job_folders(path.resolve()):  # sweeps' parent runs are tagged with absolute paths
+    for folder in folders:
         try:
             result = Result.read(folder / "result.json")
         except (OSError, ValueError) as err:
@@ -57,7 +96,7 @@ def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None,
                 continue
             runs.delete_unfinished(fp)
             parent = None
-            sweep_dir = folder.parent if folder.name.split("_", 1)[0].isdigit() else None
+            sweep_dir = _sweep_dir(folder)
             if sweep_dir is not None:
                 key = (target.uri, name, sweep_dir)
                 if key not in parents:
@@ -76,9 +115,6 @@ def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None,
             results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
                        if (r := Result.read_or_none(f / "result.json")) is not None]
             runs.finish_parent(parent, results, sweep_dir / "summary.csv")
-    if not done.uris:
-        done.uris.add(target_at(uri, store_dir or "outputs", "").uri)
-    return done
 
 
 def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experiment: str) -> Target:
