@@ -147,3 +147,41 @@ def test_a_new_folder_is_never_one_made_before(tmp_path):
     base = str(tmp_path / "sweeps" / "12-00-00")
     made = [new_folder(base) for _ in range(3)]
     assert made == [base, f"{base}-2", f"{base}-3"] and all(Path(m).is_dir() for m in made)
+
+
+@pytest.fixture
+def memory_cgroup(tmp_path):
+    """A real child of this process's own memory cgroup (v1's memory controller, or v2) with a 300 MiB limit, as
+    Slurm or systemd give a job; skipped where cgroups cannot be made (not root, a read-only cgroupfs)."""
+    limit = 300 << 20
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            folder, limit_file = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / f"flopsweep-{os.getpid()}", \
+                "memory.limit_in_bytes"
+            break
+    else:
+        own = next((line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                    if line.startswith("0::")), "/")
+        folder, limit_file = Path("/sys/fs/cgroup") / own.lstrip("/") / f"flopsweep-{os.getpid()}", "memory.max"
+    try:
+        folder.mkdir()
+        (folder / limit_file).write_text(str(limit))
+    except OSError as err:
+        pytest.skip(f"cannot make a memory cgroup here: {err}")
+    yield folder, limit_file, limit
+    folder.rmdir()
+
+
+def test_the_memory_check_reads_the_limit_of_the_processs_own_cgroup(memory_cgroup):
+    """Under a per-job cgroup limit the room is under that limit, read from the cgroup /proc/self/cgroup names; the
+    hierarchy's root (what was read before) has none."""
+    import sys
+
+    folder, limit_file, limit = memory_cgroup
+    code = "from flopsweep.run.fit import available_memory; a = available_memory('cpu'); print(a.bytes); print(a.source)"
+    out = subprocess.run(["sh", "-c", f'echo $$ > "{folder}/cgroup.procs" && exec "$0" -c "$1"', sys.executable, code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    room, source = out.stdout.splitlines()
+    assert 0 < int(room) <= limit and source == f"room under the cgroup limit ({folder / limit_file})"

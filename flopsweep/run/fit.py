@@ -127,31 +127,58 @@ def _meminfo() -> dict[str, int]:
     return out
 
 
-def _cgroup_room() -> Optional[Available]:
-    """The room left under this process's cgroup memory limit (v2, else v1), page cache that can be dropped
-    counted as room; None where there is no limit."""
-    for limit_file, usage_file, stat_key in (("memory.max", "memory.current", "inactive_file"),
-                                             ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
-                                              "total_inactive_file")):
-        base = Path("/sys/fs/cgroup")
-        try:
-            limit = (base / limit_file).read_text().strip()
-            usage = int((base / usage_file).read_text())
-        except (OSError, ValueError):
+def _cgroup_room(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                 root: Path = Path("/sys/fs/cgroup")) -> Optional[Available]:
+    """The room left under the memory limits of this process's own cgroup and its ancestors (v2, and v1's memory
+    controller), as ``/proc/self/cgroup`` names them: under Slurm or systemd a job's limit is its own cgroup's, not
+    the root's. Page cache that can be dropped counts as room; the least room of any level is the room. None where no
+    level has a limit."""
+    rooms = [room for folder, files in _own_memory_cgroups(proc_cgroup, root)
+             if (room := _room_in(folder, *files)) is not None]
+    return min(rooms, key=lambda room: room.bytes, default=None)
+
+
+_V2 = ("memory.max", "memory.current", "inactive_file")
+_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def _own_memory_cgroups(proc_cgroup: Path, root: Path) -> list[tuple[Path, tuple[str, str, str]]]:
+    """This process's memory cgroup folders, innermost first, up to the hierarchy's root, with their files' names."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    found: list[tuple[Path, tuple[str, str, str]]] = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, files = root, _V2
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", _V1
+        else:
             continue
-        if not limit.isdigit() or int(limit) >= 1 << 60:  # "max", or v1's "no limit"
-            return None
-        stat = Path(base / limit_file).with_name("memory.stat")
-        cache = 0
-        try:
-            for line in stat.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == stat_key:
-                    cache = int(value)
-        except (OSError, ValueError):
-            pass
-        return Available(max(0, int(limit) - usage + cache), f"room under the cgroup limit ({base / limit_file})")
-    return None
+        folder = base / path.strip().lstrip("/")
+        found += [(level, files) for level in [folder, *folder.parents] if level == base or base in level.parents]
+    return found or [(root, _V2), (root / "memory", _V1)]
+
+
+def _room_in(folder: Path, limit_file: str, usage_file: str, stat_key: str) -> Optional[Available]:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not limit.isdigit() or int(limit) >= 1 << 60:  # "max", or v1's "no limit"
+        return None
+    cache = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == stat_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return Available(max(0, int(limit) - usage + cache), f"room under the cgroup limit ({folder / limit_file})")
 
 
 @dataclass(frozen=True)
