@@ -185,3 +185,49 @@ def test_the_memory_check_reads_the_limit_of_the_processs_own_cgroup(memory_cgro
     assert out.returncode == 0, out.stderr
     room, source = out.stdout.splitlines()
     assert 0 < int(room) <= limit and source == f"room under the cgroup limit ({folder / limit_file})"
+
+
+CPU_SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "model.vocab_size=1000",
+             "batch.seq_len=32", "device=cpu", "measure.warmup=1", "measure.repeats=20", "batch.size=1,2,3,4,5,6",
+             "tracking.experiment=signals"]
+
+
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_sweep_with_its_summary_its_run_killed_and_a_resume_line(tmp_path, signum):
+    """Ctrl-C (SIGINT) or kill, timeout, Slurm's preemption (SIGTERM) mid-sweep: no traceback; the summary of what
+    finished printed and written; the sweep's run closed as KILLED with its counts; one line that says how to resume;
+    exit status 128 + the signal. The resumed sweep (SIGTERM) ends with one finished run per configuration."""
+    import signal
+    import sys
+    import time
+
+    from tests.helpers import child_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *CPU_SWEEP], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("outputs/sweeps/*/*/*/result.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    (line,) = [e for e in err.splitlines() if e.startswith("flopsweep:")]
+    assert line.startswith(f"flopsweep: interrupted by {signal.Signals(signum).name}: what finished is in ")
+    assert "skip_existing=true" in line
+    (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
+    with (sweep_dir / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert 2 <= len(rows) < 6 and "jobs:" in out
+    for row in rows:  # measured, or the job the signal stopped, recorded as such
+        assert row["status"] == "ok" or (row["status"] == "failed" and "interrupted by" in row["error"]), row
+    (parent,) = sweeps(tmp_path, "signals")
+    assert parent.info.status == "KILLED"
+    assert parent.data.metrics["jobs/ok"] == sum(r["status"] == "ok" for r in rows)
+    if signum == signal.SIGTERM:
+        resumed = run_app(*CPU_SWEEP, "skip_existing=true", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+        finished = client.search_runs([client.get_experiment_by_name("signals").experiment_id],
+                                      "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
+        assert sorted(int(r.data.params["batch.size"]) for r in finished) == [1, 2, 3, 4, 5, 6]

@@ -145,9 +145,10 @@ class Store:
         return run.info.run_id
 
     def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,
-                      failed: bool = False) -> None:
-        """Log the sweep's job counts and summary (if any job left a folder) and end its run: FAILED if a job
-        failed or ``failed`` (the sweep itself did: its launcher stopped), else FINISHED."""
+                      failed: bool = False, status: Optional[str] = None) -> None:
+        """Log the sweep's job counts and summary (if any job left a folder) and end its run: ``status`` if given
+        (KILLED: interrupted), else FAILED if a job failed or ``failed`` (the sweep itself did: its launcher
+        stopped), else FINISHED."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -155,7 +156,7 @@ class Store:
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         if summary_csv.exists():
             self.client.log_artifact(run_id, str(summary_csv))
-        self.end_parent(run_id, "FAILED" if failed or any_failed(results) else "FINISHED")
+        self.end_parent(run_id, status or ("FAILED" if failed or any_failed(results) else "FINISHED"))
 
     def end_parent(self, run_id: str, status: str) -> None:
         """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,13 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
     else:
         say(progress_line(job_num, config))
-        result = _skip_or_run(cfg, spec, config)
+        try:
+            result = _skip_or_run(cfg, spec, config)
+        except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
+            name = signal.Signals(state.signal_of(err)).name
+            result = Result("failed", f"interrupted by {name} before the job finished", config)
+            write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
+            raise
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     lines = []
@@ -178,6 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saved_argv = sys.argv
     if argv is not None:
         sys.argv = [saved_argv[0] if saved_argv else "flopsweep", *argv]
+    on_term = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         _app()
     except (HydraException, OmegaConfBaseException) as err:
@@ -185,13 +193,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        signum = state.signal_of(err)
+        then = (f"what finished is in {sweep.sweep_dir}; run the same command with skip_existing=true to measure "
+                "the rest" if sweep.sweep_dir else "the job was not measured")
+        print(f"flopsweep: interrupted by {signal.Signals(signum).name}: {then}", file=sys.stderr)
+        return 128 + signum
     finally:
+        signal.signal(signal.SIGTERM, on_term)
         sys.argv = saved_argv
         if asked is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
     return 1 if sweep.failed else 0
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise state.Interrupted(signum)
 
 
 def hydra_error_line(err: BaseException) -> str:

@@ -37,6 +37,7 @@ class SweepSummary(Callback):
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store
             print(f"flopsweep: error: {refusal}", file=sys.stderr)
             raise SystemExit(2)
+        sweep.sweep_dir = Path(config.hydra.sweep.dir)  # made now (a new folder): not for a refused sweep
         if plan.size is not None:
             os.environ[SWEEP_TOTAL_ENV] = str(plan.size)
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
@@ -96,13 +97,25 @@ def _summarize(sweep_dir: Path) -> list[tuple[str, Result]]:
 
 
 def abandon_sweep(status: str) -> None:
-    """The sweep stops before its end (a swept value that cannot be composed, Ctrl-C): end its workers and mark its
-    MLflow run ``status`` (FAILED, KILLED) rather than leave it RUNNING. The jobs that finished keep their runs."""
+    """The sweep stops before its end (a swept value that cannot be composed, a signal): end its workers, and mark its
+    MLflow run ``status`` (FAILED, KILLED) rather than leave it RUNNING. Interrupted (KILLED), it first prints and
+    writes the summary of what its folder holds, and logs it to the run. The jobs that finished keep their runs."""
     stop_workers()
     sweep = state.current()
-    if sweep.parent is not None:
+    results: list[tuple[str, Result]] = []
+    if status == "KILLED" and sweep.sweep_dir is not None and sweep.sweep_dir.is_dir():
         try:
-            store(sweep.target).end_parent(sweep.parent, status)
+            results = _summarize(sweep.sweep_dir)
+        except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
+            print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
+    if sweep.parent is not None:
+        os.environ.pop(PARENT_ENV, None)
+        try:
+            runs = store(sweep.target)
+            if results:
+                runs.finish_parent(sweep.parent, results, sweep.sweep_dir / "summary.csv", status=status)
+            else:
+                runs.end_parent(sweep.parent, status)
         except Exception as err:  # noqa: BLE001
             print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
         sweep.parent = None

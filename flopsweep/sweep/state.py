@@ -5,7 +5,9 @@ environment instead."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from flopsweep.sinks.store import Target
@@ -19,6 +21,20 @@ class SweepState:
     full_errors: bool = False            # HYDRA_FULL_ERROR=1 from the user: raise, don't shorten
     parent: Optional[str] = None         # the sweep's MLflow run, while it is open
     target: Optional[Target] = None      # where that run is
+    sweep_dir: Optional[Path] = None     # the sweep's folder, once it starts
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (what Ctrl-C, ``kill``, ``timeout`` and Slurm's preemption send): the sweep ends cleanly."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(err: KeyboardInterrupt) -> int:
+    """The signal an interrupt came from: Python raises a plain KeyboardInterrupt for SIGINT."""
+    return err.signum if isinstance(err, Interrupted) else signal.SIGINT
 
 
 _state = SweepState()
