@@ -9,6 +9,10 @@ from tests.helpers import compose_config, run_app, run_cli
 BAD = [
     (["batch.size=-1"], "batch.size"),
     (["batch.size=0"], "batch.size"),
+    (["tracking.experiment=''"], "tracking.experiment"),                 # a store target that can never work
+    (["tracking.dir=/dev/null"], "tracking.dir='/dev/null': is not a folder"),
+    (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x': not a store"),
+    (["tracking=server", "tracking.uri=null"], "tracking.uri"),
     (["batch.seq_len=4096"], "batch.seq_len"),             # gpt2_small has 1024 positions
     (["batch.seq_len=0"], "batch.seq_len"),
     (["model=vit_b16", "batch.image_size=100"], "batch.image_size"),  # not a multiple of the 16 px patch
@@ -76,6 +80,7 @@ def test_valid_config_resolves():
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
     (["model=nope"], "Could not find 'model/nope' (options: bert_base, bert_large,"),  # not the internal _bert
     (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
+    (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
 ])
 def test_cli_error_is_one_line_and_has_no_traceback(tmp_path, args, key):
     flags = [a for a in args if a.startswith("-")]  # -m goes first, device=meta before the value under test

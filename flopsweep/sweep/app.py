@@ -138,6 +138,8 @@ def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -
 
     if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
         return
+    if result.status == "failed" and (result.error or "").startswith("tracking"):  # refused for where it logs
+        return
     try:
         target = target_of(cfg.tracking, Path.cwd())
     except ConfigError as err:
