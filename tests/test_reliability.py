@@ -232,3 +232,26 @@ def test_a_signal_ends_the_sweep_with_its_summary_its_run_killed_and_a_resume_li
         finished = client.search_runs([client.get_experiment_by_name("signals").experiment_id],
                                       "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
         assert sorted(int(r.data.params["batch.size"]) for r in finished) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_signal_during_a_jobs_recording_is_raised_once_the_record_is_whole():
+    """A real SIGTERM sent while a job's folder and run are being written (a store transaction cut in half left the
+    store locked for the summary): nothing is raised inside, the interrupt comes right after."""
+    import signal
+
+    from flopsweep.sweep import state
+
+    before = signal.signal(signal.SIGTERM, state.on_signal)
+    written = []
+    try:
+        with pytest.raises(state.Interrupted) as err:
+            with state.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                written.append("the rest of the record")  # reached: the signal waited
+        assert err.value.signum == signal.SIGTERM and written == ["the rest of the record"]
+        with pytest.raises(state.Interrupted):  # and outside a record, at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("never")
+        assert written == ["the rest of the record"]
+    finally:
+        signal.signal(signal.SIGTERM, before)

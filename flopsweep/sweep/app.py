@@ -58,6 +58,15 @@ def run_one(cfg: DictConfig) -> Result:
             result = Result("failed", f"interrupted by {name} before the job finished", config)
             write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
             raise
+    with state.interrupts_deferred():
+        _record(cfg, hydra_cfg, result, job_num)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _freeze_long_lived_objects()
+    return result
+
+
+def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Optional[int]) -> None:
+    """The job's folder, its lines on the console and its run in the store."""
     folder = Path(hydra_cfg.runtime.output_dir)
     write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     lines = []
@@ -71,9 +80,6 @@ def run_one(cfg: DictConfig) -> Result:
     say("\n".join([*lines, f"results: {folder}"]))
     overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
     _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides})
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        _freeze_long_lived_objects()
-    return result
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,7 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saved_argv = sys.argv
     if argv is not None:
         sys.argv = [saved_argv[0] if saved_argv else "flopsweep", *argv]
-    on_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    handlers = {signum: signal.signal(signum, state.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         _app()
     except (HydraException, OmegaConfBaseException) as err:
@@ -202,17 +208,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"flopsweep: interrupted by {signal.Signals(signum).name}: {then}", file=sys.stderr)
         return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, on_term)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         sys.argv = saved_argv
         if asked is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
     return 1 if sweep.failed else 0
-
-
-def _raise_interrupted(signum: int, _frame: Any) -> None:
-    raise state.Interrupted(signum)
 
 
 def hydra_error_line(err: BaseException) -> str:

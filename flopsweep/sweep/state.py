@@ -5,10 +5,11 @@ environment instead."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 from flopsweep.sinks.store import Target
 
@@ -22,6 +23,8 @@ class SweepState:
     parent: Optional[str] = None         # the sweep's MLflow run, while it is open
     target: Optional[Target] = None      # where that run is
     sweep_dir: Optional[Path] = None     # the sweep's folder, once it starts
+    deferring: int = 0                   # inside what a signal must not cut in half (see interrupts_deferred)
+    pending: Optional[int] = None        # a signal that arrived meanwhile
 
 
 class Interrupted(KeyboardInterrupt):
@@ -30,6 +33,30 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def on_signal(signum: int, _frame: Any) -> None:
+    """The sweep's handler of SIGINT and SIGTERM: an :class:`Interrupted` now, or once what must not be cut in half
+    is done."""
+    if _state.deferring:
+        _state.pending = signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Writing a job's folder and logging its run: a signal cutting a store's transaction in half left the store locked
+    for the summary and the sweep's run open. A signal that arrives meanwhile is raised when this ends."""
+    sweep = _state
+    sweep.deferring += 1
+    try:
+        yield
+    finally:
+        sweep.deferring -= 1
+        if not sweep.deferring and sweep.pending is not None:
+            signum, sweep.pending = sweep.pending, None
+            raise Interrupted(signum)
 
 
 def signal_of(err: KeyboardInterrupt) -> int:
