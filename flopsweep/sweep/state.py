@@ -1,7 +1,7 @@
 """What a sweep's process knows of the sweep, in one object that the app, its callback and the sweeper share:
-whether anything failed (the exit status), the sweep's open MLflow run, and whether the user asked for Hydra's whole
-errors. A job in another process (a joblib or Slurm worker) learns the sweep's run, size and start from the
-environment instead."""
+whether anything failed (the exit status), the sweep's open MLflow run and folder, whether the user asked for
+Hydra's whole errors, and a signal waiting for a job's record to be whole. A job in another process (a joblib or
+Slurm worker) learns the sweep's run, size and start from the environment instead."""
 
 from __future__ import annotations
 
