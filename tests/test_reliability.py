@@ -262,3 +262,32 @@ def test_a_signal_during_a_jobs_recording_is_raised_once_the_record_is_whole():
         assert written == ["the rest of the record"]
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
+    """A sweep run left RUNNING by a process of this host that no longer exists (SIGKILL) is closed by the next sync
+    into its experiment: KILLED, with the counts of what its folder holds. One whose process runs stays open."""
+    import socket
+    import sys
+
+    from flopsweep.cli.sync import main as sync
+    from tests.helpers import local_store, run_main
+
+    made = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "batch.size=1,2",
+                   "tracking=none", "tracking.experiment=rs", "hydra.sweep.dir=dead", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "dead" / "summary.csv").unlink()  # killed before its end, as SIGKILL leaves a sweep
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    client = MlflowClient(tracking_uri=f"sqlite:///{local_store(tmp_path / 'outputs')}")
+    experiment_id = client.create_experiment("rs")
+    tags = {"flopsweep.kind": "sweep", "host": socket.gethostname()}
+    dead = client.create_run(experiment_id, tags={**tags, "flopsweep.sweep": str(tmp_path / "dead"),
+                                                  "flopsweep.pid": str(gone.pid)})
+    alive = client.create_run(experiment_id, tags={**tags, "flopsweep.sweep": str(tmp_path / "elsewhere"),
+                                                   "flopsweep.pid": str(os.getpid())})
+    synced = run_main(sync, "dead", "--store-dir", "outputs", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    closed = client.get_run(dead.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.metrics["jobs/ok"] == 2
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"

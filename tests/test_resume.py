@@ -41,6 +41,7 @@ def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
     first = len(logged(sweeps))
     assert 2 <= first < 6, "the kill should land mid-sweep"
 
+    (killed_dir,) = [d for d in sweeps.glob("*/*") if d.is_dir()]
     rerun = run_app(*SWEEP, "skip_existing=true", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     second_dir = max(d for d in sweeps.glob("*/*") if d.is_dir())
@@ -57,6 +58,13 @@ def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
     assert len(per_config) == 6 and set(per_config.values()) == {1}
     assert set(per_config) == {r["info"]["fingerprint"] for r in second.values()}
     assert sorted(int(r.data.params["batch.size"]) for r in finished) == [1, 2, 3, 4, 5, 6]
+    # the killed sweep's run, left RUNNING by SIGKILL, is closed by the resume: KILLED, with what its folder holds
+    parents = {r.data.tags["flopsweep.sweep"]: r for r in
+               client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")}
+    killed = parents[str(killed_dir.resolve())]
+    assert killed.info.status == "KILLED"
+    assert killed.data.metrics["jobs/ok"] == sum(r["status"] == "ok" for r in results(killed_dir).values()) >= 2
+    assert parents[str(second_dir.resolve())].info.status == "FINISHED"
     # a skipped job points at the run that measured it
     for r in second.values():
         if r["status"] == "skipped":

@@ -31,6 +31,7 @@ UNFINISHED = "attributes.status = 'RUNNING'"
 RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED"}
 PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
+PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
 NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
 
@@ -141,7 +142,8 @@ class Store:
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
                                      tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
-                                           "flopsweep.overrides": " ".join(overrides)[:5000], **common_tags()})
+                                           PID_TAG: str(os.getpid()), "flopsweep.overrides": " ".join(overrides)[:5000],
+                                           **common_tags()})
         return run.info.run_id
 
     def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,

@@ -14,7 +14,8 @@ from flopsweep.core.errors import one_line
 from flopsweep.core.files import locked
 from flopsweep.core.result import Result
 from flopsweep.sinks.identity import fingerprint_of
-from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, Target, store, target_at, target_of_uri
+from flopsweep.sinks.store import (FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Target, store, target_at,
+                                   target_of_uri)
 
 
 @dataclass
@@ -75,6 +76,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str], experiment: Optional[str],
                 on_failure: Callable[[Path, str], None], done: Synced) -> None:
     parents: dict[tuple[str, str, Path], str] = {}
+    targets: set[Target] = set()
     for folder in folders:
         try:
             result = Result.read(folder / "result.json")
@@ -85,6 +87,7 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         name = experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
         target = _target(uri, store_dir, result, name)
         done.uris.add(target.uri)
+        targets.add(target)
         runs = store(target)
         try:
             fp = fingerprint_of(result)
@@ -111,10 +114,58 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         done.logged += 1
     for (run_uri, name, sweep_dir), parent in parents.items():
         runs = store(target_of_uri(run_uri, name))
-        if runs.client.get_run(parent).info.status == "RUNNING":
+        run = runs.client.get_run(parent)
+        pid = int(run.data.tags.get(PID_TAG) or 0)
+        opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
+        if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):  # a sweep that runs closes its own
             results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
                        if (r := Result.read_or_none(f / "result.json")) is not None]
-            runs.finish_parent(parent, results, sweep_dir / "summary.csv")
+            runs.finish_parent(parent, results, sweep_dir / "summary.csv",
+                               status=None if opened_here else _ended_status(sweep_dir))
+    for target in targets:
+        try:
+            close_dead_sweeps(target)
+        except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
+            on_failure(folders[0].parent, f"could not close the runs of sweeps that died: {one_line(err)}")
+
+
+def close_dead_sweeps(target: Target) -> int:
+    """Close each sweep run of the target's experiment left RUNNING by a process of this host that is gone (SIGKILL
+    leaves no chance to close it), with the counts of what its folder holds: KILLED, or as its jobs say where the sweep
+    reached its end; how many were closed."""
+    import socket
+
+    runs = store(target)
+    here = socket.gethostname()
+    dead = [(run.info.run_id, Path(run.data.tags[SWEEP_TAG])) for run in runs.client.search_runs(
+                [runs.experiment_id()], f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}", max_results=1000)
+            if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
+            and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
+    for run_id, sweep_dir in dead:
+        results = [(f.name, r) for f in (job_folders(sweep_dir) if sweep_dir.is_dir() else [])
+                   if (r := Result.read_or_none(f / "result.json")) is not None]
+        runs.finish_parent(run_id, results, sweep_dir / "summary.csv", status=_ended_status(sweep_dir))
+    return len(dead)
+
+
+def _ended_status(sweep_dir: Path) -> Optional[str]:
+    """How a sweep whose process is gone ended: it wrote its summary at its end (it finished, but could not close its
+    run: the store was down), else it was killed (SIGKILL, a crash) before."""
+    return None if (sweep_dir / "summary.csv").exists() else "KILLED"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host. This process, a pid in use by another, or none recorded (an older
+    sweep's run) count as alive: closing nothing is the safe side."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experiment: str) -> Target:

@@ -20,6 +20,7 @@ from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks.store import PARENT_ENV, store, target_of
+from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error
@@ -47,6 +48,7 @@ class SweepSummary(Callback):
                 sweep.parent = store(sweep.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
                                                                 list(config.hydra.overrides.task))
                 os.environ[PARENT_ENV] = sweep.parent
+                close_dead_sweeps(sweep.target)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
         os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
