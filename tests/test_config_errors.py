@@ -9,6 +9,10 @@ from tests.helpers import compose_config, run_app, run_cli
 BAD = [
     (["batch.size=-1"], "batch.size"),
     (["batch.size=0"], "batch.size"),
+    (["model.d_ff=0"], "model.d_ff=0: must be an integer >= 1"),        # it was taken as 4 * d_model, recorded as 0
+    (["model.dropout=1.5"], "model.dropout=1.5: must be a probability"),
+    (["model=resnet_bk_baseline", "model.dropout_p=-0.1"], "model.dropout_p"),
+    (["device.peak_tflops=inf"], "device.peak_tflops=inf: must be a finite number"),
     (["tracking.experiment=''"], "tracking.experiment"),                 # a store target that can never work
     (["tracking.dir=/dev/null"], "tracking.dir='/dev/null': is not a folder"),
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x': not a store"),

@@ -60,6 +60,7 @@ def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:
     if batch.image_size is not None:
         require_int(batch.image_size, "batch.image_size")
     shape = model.resolve_batch(batch.size, batch.seq_len, batch.image_size)
+    model.validate_common()
     model.validate(shape)
     return shape
 
@@ -76,7 +77,8 @@ def _device(device: DictConfig) -> str:
         require(device.threads <= cpus, "device.threads", device.threads, f"must be at most {cpus}, the CPUs here "
                 "(more threads than CPUs only slow the timing, and too many crash OpenMP)")
     if device.peak_tflops is not None:
-        require(device.peak_tflops > 0, "device.peak_tflops", device.peak_tflops, "must be > 0")
+        require(is_number(device.peak_tflops) and 0 < device.peak_tflops < math.inf, "device.peak_tflops",
+                device.peak_tflops, "must be a finite number > 0")
     if kind is DeviceType.cuda:
         require(torch.cuda.is_available(), "device.type", "cuda", "no CUDA GPU is visible to PyTorch here")
         require_int(device.index, "device.index", 0)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, require, require_int
+from flopsweep.core.errors import ConfigError, is_number, require, require_int
 from flopsweep.core.registry import Registry
 
 
@@ -48,6 +48,17 @@ class ModelConfig:
 
     def validate(self, batch: BatchShape) -> None:  # overridden by families with constraints
         pass
+
+    def validate_common(self) -> None:
+        """What every family's fields of the same name mean: a feed-forward width is a whole number >= 1 where it is
+        set (0 was silently taken as the default while result.json recorded 0), a dropout probability is in [0, 1)."""
+        for name in ("d_ff", "ff_dim"):
+            if getattr(self, name, None) is not None:
+                require_int(getattr(self, name), f"model.{name}")
+        for name in ("dropout", "dropout_p"):
+            value = getattr(self, name, None)
+            if value is not None:
+                require(is_number(value) and 0 <= value < 1, f"model.{name}", value, "must be a probability in [0, 1)")
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "ModelConfig":
