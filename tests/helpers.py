@@ -132,9 +132,10 @@ _TEMPLATE: list[Path] = []
 
 def local_store(folder: Path) -> Path:
     """``folder/mlflow.db``, an empty local MLflow store as flopsweep makes one (MLflow's schema, WAL journal), copied
-    from one made once per test process: making MLflow's schema (some 50 migrations) costs 2.6 s of CPU, paid by each
-    test that logs otherwise. Store creation itself is tested through the commands run in a new interpreter
-    (:func:`run_cli`), which make their own. An existing store is left as it is."""
+    from one made once per test process: making MLflow's schema costs most of a second of CPU
+    (``benchmarks/bench_store_creation.py``), paid by each test that logs otherwise. Store creation itself is tested
+    through the commands run in a new interpreter (:func:`run_cli`), which make their own. An existing store is left
+    as it is."""
     import shutil
     import sqlite3
     import tempfile

@@ -394,7 +394,7 @@ def test_bad_settings_are_one_line(tmp_path):
 
 
 def test_server_preset_defaults_to_the_recipe_url(compose_cfg, monkeypatch):
-    from flopsweep.sinks.store import target_of
+    from flopsweep.sinks.target import target_of
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = compose_cfg("tracking=server")

@@ -77,7 +77,7 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     import re
 
     from flopsweep.sinks.reader import load_result
-    from flopsweep.sinks.store import target_at
+    from flopsweep.sinks.target import target_at
 
     result = load_result(str(run), target_at(uri, "outputs", "").uri)
     breakdown = result.breakdown or {}

@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _target(args: argparse.Namespace):
-    from flopsweep.sinks.store import target_at
+    from flopsweep.sinks.target import target_at
 
     return target_at(args.uri, args.store_dir, args.experiment)
 

@@ -31,7 +31,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.experiment and not args.profile:
         parser.error("give an EXPERIMENT, or --profile RUN")
-    from flopsweep.sinks.store import target_at
+    from flopsweep.sinks.target import target_at
 
     target = target_at(args.uri, args.store_dir, args.experiment or "")
     try:

@@ -18,6 +18,7 @@ from flopsweep.core.errors import is_number, require, require_int
 from flopsweep.measure.settings import MeasureConf
 from flopsweep.models import family as family_of
 from flopsweep.models.base import BatchShape, Family, ModelConfig
+from flopsweep.sinks.target import target_of
 
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -136,31 +137,10 @@ def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[i
     return None if gib is None else int(gib * 2**30)
 
 
-# the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)
-STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
-
-
 def _tracking(cfg: DictConfig) -> None:
-    """A tracking target that can never work is refused before the job, not found out after it was measured."""
-    tracking = cfg.tracking
-    require(tracking.kind in ("local", "server", "none"), "tracking.kind", tracking.kind,
-            "must be local, server or none")
-    require(not cfg.skip_existing or tracking.kind != "none", "skip_existing", True,
+    require(not cfg.skip_existing or cfg.tracking.kind != "none", "skip_existing", True,
             "needs a store to find finished runs in: tracking=local or tracking=server")
-    if tracking.kind == "none":
-        return
-    require(isinstance(tracking.experiment, str) and tracking.experiment.strip() != "", "tracking.experiment",
-            tracking.experiment, "must be a name")
-    if tracking.kind == "local":
-        folder = Path(tracking.dir)
-        require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,
-                "is not a folder: the store and its artifacts go in one")
-        return
-    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
-    scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
-    require(scheme in STORE_SCHEMES, "tracking.uri", uri,
-            f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}")
+    target_of(cfg.tracking, Path.cwd())  # a target that can never work is refused here, before the job
 
 
 def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:

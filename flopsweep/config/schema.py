@@ -14,7 +14,7 @@ from omegaconf import MISSING
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TrainConf
 from flopsweep.measure.settings import MeasureConf
-from flopsweep.sinks.store import TrackingConf
+from flopsweep.sinks.target import TrackingConf
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 

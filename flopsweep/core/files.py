@@ -28,11 +28,9 @@ def write_whole(path: Path, text: str) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temporary.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        temporary.write_text(text)
+        os.replace(temporary, path)  # readers see the old file or the new one; no disk sync per file (a sweep
+                                     # writes several per job), as the store's commits do not sync either
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -194,7 +194,8 @@ class Meter:
         default ``MLFLOW_TRACKING_URI`` or the local store under ``outputs/``). Returns the run id."""
         from flopsweep.sinks.identity import fingerprint
         from flopsweep.sinks.jobdir import write_job_folder
-        from flopsweep.sinks.store import log_job, target_at
+        from flopsweep.sinks.store import log_job
+        from flopsweep.sinks.target import target_at
 
         result = self.result()
         timing = result.info.get("timing") or {}

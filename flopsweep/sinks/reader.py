@@ -10,7 +10,8 @@ from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
-from flopsweep.sinks.store import SWEEP_TAG, mlflow_client, target_at
+from flopsweep.sinks.store import SWEEP_TAG, mlflow_client
+from flopsweep.sinks.target import target_at
 
 
 def load_result(ref: str, uri: str) -> Result:

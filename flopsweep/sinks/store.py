@@ -1,6 +1,6 @@
-"""Write to MLflow: where runs go (:class:`Target`), the store (:class:`Store`: one run per job, a parent run per sweep,
-a projection's run) and logging that never raises. Tracking never measures, and a tracking failure never loses a
-result: the job folder is written first, and a store that fails is recorded in it.
+"""Write to MLflow: the store (:class:`Store`: one run per job, a parent run per sweep, a projection's run) at a
+:class:`~flopsweep.sinks.target.Target`, and logging that never raises. Tracking never measures, and a tracking
+failure never loses a result: the job folder is written first, and a store that fails is recorded in it.
 
 ``mlflow`` is imported only in ``flopsweep.sinks``, and only when something is logged or read, so ``--help`` and
 config errors stay fast.
@@ -13,15 +13,15 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core import metrics as M
-from flopsweep.core.errors import ConfigError, is_number, one_line
+from flopsweep.core.errors import is_number, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.sinks.identity import common_tags, fingerprint_of, flatten, run_name
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
+from flopsweep.sinks.target import Target
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
@@ -34,60 +34,6 @@ SWEEP_TAG = "flopsweep.sweep"
 PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
 NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
-
-
-@dataclass
-class TrackingConf:
-    """The ``tracking`` config group: where a job's run is logged."""
-
-    kind: str = "local"                  # local (SQLite store under dir/) | server (uri) | none
-    uri: Optional[str] = None            # server only; else MLFLOW_TRACKING_URI
-    experiment: str = "flopsweep"
-    dir: str = "outputs"                 # local only: the store and artifacts, relative to the working directory
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where runs go: a tracking URI, the artifact root for new experiments, and the experiment name."""
-
-    uri: str
-    artifact_root: Optional[str]
-    experiment: str
-
-    def ui_command(self) -> str:
-        if self.uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.uri}"
-        return f"open {self.uri} in a browser"
-
-
-def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
-    """The tracking target of a ``tracking`` config node, or None for ``tracking=none``."""
-    if tracking.kind == "none":
-        return None
-    if tracking.kind == "server":
-        uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
-            raise ConfigError("tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
-        return Target(uri, None, tracking.experiment)
-    return target_at(None, project_dir / tracking.dir, tracking.experiment, environment=False)
-
-
-def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
-    """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
-    ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
-    uri = uri or (os.environ.get("MLFLOW_TRACKING_URI") if environment else None)
-    if uri:
-        return Target(uri, None, experiment)
-    store = Path(store_dir).resolve()
-    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
-
-
-def target_of_uri(uri: str, experiment: str) -> Target:
-    """The target a job recorded as ``uri``: a local store (``sqlite:///DIR/mlflow.db``, as :func:`target_at` names
-    it) keeps its artifacts beside it, as the sweep made it, not in MLflow's default ./mlruns."""
-    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
-        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
-    return Target(uri, None, experiment)
 
 
 class Store:

@@ -14,8 +14,8 @@ from flopsweep.core.errors import one_line
 from flopsweep.core.files import locked
 from flopsweep.core.result import Result
 from flopsweep.sinks.identity import fingerprint_of
-from flopsweep.sinks.store import (FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Target, store, target_at,
-                                   target_of_uri)
+from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, store
+from flopsweep.sinks.target import Target, target_at, target_of_uri
 
 
 @dataclass

@@ -97,7 +97,8 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
     from flopsweep.measure.timing import device_name
     from flopsweep.run.job import run_job
-    from flopsweep.sinks.store import finished_run, target_of
+    from flopsweep.sinks.store import finished_run
+    from flopsweep.sinks.target import target_of
 
     fp = fingerprint(config, spec.device, device_name(spec.device) if spec.device != "meta" else None)
     if cfg.skip_existing:
@@ -140,15 +141,16 @@ def _duration(seconds: float) -> str:
 
 
 def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
-    from flopsweep.sinks.store import log_job, target_of
+    from flopsweep.sinks.store import log_job
+    from flopsweep.sinks.target import target_of
 
     if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
-        return
-    if result.status == "failed" and (result.error or "").startswith("tracking"):  # refused for where it logs
         return
     try:
         target = target_of(cfg.tracking, Path.cwd())
     except ConfigError as err:
+        if result.error == str(err):  # the job was refused for where it logs: said once, not tried as a store
+            return
         result.info["tracking"] = {"logged": False, "error": str(err)}
     else:
         if target is None:

@@ -19,7 +19,8 @@ from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
-from flopsweep.sinks.store import PARENT_ENV, store, target_of
+from flopsweep.sinks.store import PARENT_ENV, store
+from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers

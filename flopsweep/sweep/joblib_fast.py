@@ -136,7 +136,7 @@ def start_workers(plan: SweepPlan) -> None:
     if launcher_class(launcher) != "JoblibLauncher" or not workers or workers < 2:
         return
     try:
-        from flopsweep.sinks.store import target_of
+        from flopsweep.sinks.target import target_of
 
         target = target_of(config.tracking, Path.cwd())
         uri = target.uri if target is not None else None

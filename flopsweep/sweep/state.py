@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from flopsweep.sinks.store import Target
+from flopsweep.sinks.target import Target
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the jobs' progress line
 

@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result
-from flopsweep.sinks.store import PARENT_ENV, store, target_of
+from flopsweep.sinks.store import PARENT_ENV, store
+from flopsweep.sinks.target import target_of
 from flopsweep.sweep import state
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep.callback import abandon_sweep

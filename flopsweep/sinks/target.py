@@ -1,0 +1,80 @@
+"""Where runs go: the ``tracking`` config node, the target it names (a store's URI, its artifact folder, the
+experiment), and the checks that refuse a target that can never work. Nothing here opens a store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from flopsweep.core.errors import require
+
+
+@dataclass
+class TrackingConf:
+    """The ``tracking`` config group: where a job's run is logged."""
+
+    kind: str = "local"                  # local (SQLite store under dir/) | server (uri) | none
+    uri: Optional[str] = None            # server only; else MLFLOW_TRACKING_URI
+    experiment: str = "flopsweep"
+    dir: str = "outputs"                 # local only: the store and artifacts, relative to the working directory
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs go: a tracking URI, the artifact root for new experiments, and the experiment name."""
+
+    uri: str
+    artifact_root: Optional[str]
+    experiment: str
+
+    def ui_command(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            return f"mlflow ui --backend-store-uri {self.uri}"
+        return f"open {self.uri} in a browser"
+
+
+# the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
+    """The tracking target of a ``tracking`` config node, or None for ``tracking=none``; a
+    :class:`~flopsweep.core.errors.ConfigError` for one that can never work (checked before a job, so that it is not
+    found out after the job was measured)."""
+    require(tracking.kind in ("local", "server", "none"), "tracking.kind", tracking.kind,
+            "must be local, server or none")
+    if tracking.kind == "none":
+        return None
+    require(isinstance(tracking.experiment, str) and tracking.experiment.strip() != "", "tracking.experiment",
+            tracking.experiment, "must be a name")
+    if tracking.kind == "server":
+        uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
+        scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
+        require(scheme in STORE_SCHEMES, "tracking.uri", uri,
+                f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}")
+        return Target(uri, None, tracking.experiment)
+    folder = project_dir / tracking.dir
+    require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,
+            "is not a folder: the store and its artifacts go in one")
+    return target_at(None, folder, tracking.experiment, environment=False)
+
+
+def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
+    """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
+    ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
+    uri = uri or (os.environ.get("MLFLOW_TRACKING_URI") if environment else None)
+    if uri:
+        return Target(uri, None, experiment)
+    store = Path(store_dir).resolve()
+    return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
+
+
+def target_of_uri(uri: str, experiment: str) -> Target:
+    """The target a job recorded as ``uri``: a local store (``sqlite:///DIR/mlflow.db``, as :func:`target_at` names
+    it) keeps its artifacts beside it, as the sweep made it, not in MLflow's default ./mlruns."""
+    if uri.startswith("sqlite:///") and uri.endswith("/mlflow.db"):
+        return target_at(None, Path(uri[len("sqlite:///"):]).parent, experiment, environment=False)
+    return Target(uri, None, experiment)
