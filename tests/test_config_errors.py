@@ -85,6 +85,8 @@ def test_valid_config_resolves():
     (["model=nope"], "Could not find 'model/nope' (options: bert_base, bert_large,"),  # not the internal _bert
     (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
+    (["-m", "model=gpt2_small", "batch.seq_len=range(16,16)"], "batch.seq_len=range(16,16): sweeps no value"),
+    (["-m", "model=glob(nope*)"], "model=glob(nope*): sweeps no value"),  # it exited 0 with an empty table
 ])
 def test_cli_error_is_one_line_and_has_no_traceback(tmp_path, args, key):
     flags = [a for a in args if a.startswith("-")]  # -m goes first, device=meta before the value under test
@@ -107,3 +109,42 @@ def test_a_custom_model_that_refuses_its_arguments_gives_its_own_reason():
     assert result.status == "failed"
     assert message.startswith("model._target_='torch.nn.TransformerEncoderLayer': could not be built: ")
     assert "divisible" in message and "\n" not in message  # PyTorch's own words, not Hydra's wrapper's first line
+
+
+BUILT_BAD = [  # found when the model is built (on meta first for a cpu job), still before anything is measured
+    (["train=lora", "train.rank=100000"], "train.rank=100000: must be at most the width of the layers it adapts "
+                                          "(768: blocks.0.attn.qkv is 768 -> 2304)"),  # it built a 5.6 G "adapter"
+    (["train=dora", "train.rank=769"], "train.rank=769: must be at most the width"),
+    (["model.d_model=1000000000", "model.n_head=1"], "model.d_model=1000000000: too large: a tensor of "
+                                                     "[3000000000, 1000000000] elements overflows"),
+    (["model=custom_example", "model._target_=math.pi"], "model._target_='math.pi': could not be built: "),
+    (["model=custom_example", "model._target_=collections.OrderedDict"],
+     "model._target_='collections.OrderedDict': built a collections.OrderedDict, not a torch.nn.Module"),
+    (["model=custom_example", "model.inputs.0.shape=[batch,seq_len,128]"],
+     "model.inputs[0].shape=['batch', 'seq_len', 128]: the model refused its inputs: AssertionError: "),
+    (["model=custom_example", "model.inputs.0.shape=[batch,seq_len,128]", "device=cpu"],
+     "model.inputs[0].shape=['batch', 'seq_len', 128]: the model refused its inputs: "),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BUILT_BAD, ids=[" ".join(o) for o, _ in BUILT_BAD])
+def test_a_value_found_bad_when_the_model_is_built_names_its_key(overrides, key):
+    from omegaconf import OmegaConf
+
+    from flopsweep.run.job import run_job
+
+    cfg = compose_config("model.n_layer=1", "device=meta", "batch.seq_len=16", *overrides) \
+        if "model=custom_example" not in overrides else compose_config("device=meta", "batch.seq_len=16", *overrides)
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "failed"
+    assert result.error.startswith(key) and "\n" not in result.error, result.error
+
+
+def test_an_adapter_as_wide_as_its_layer_is_allowed():
+    from omegaconf import OmegaConf
+
+    from flopsweep.run.job import run_job
+
+    cfg = compose_config("model.n_layer=1", "device=meta", "batch.seq_len=16", "train=dora", "train.rank=768")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error

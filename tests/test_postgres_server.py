@@ -306,7 +306,8 @@ def test_server_killed_mid_parallel_sweep_then_sync_completes_the_store(server, 
     missed = [f for f, r in results.items() if not r["info"]["tracking"]["logged"]]
     assert logged and missed, f"the outage should split the sweep: {len(logged)} logged, {len(missed)} missed"
     assert all(results[f]["info"]["tracking"]["error"] for f in missed)
-    assert stderr.count("not logged to MLflow") == len(missed)
+    assert f"{len(missed)} of {jobs} jobs not logged to MLflow" in stderr  # counted once, at the sweep's end
+    assert 1 <= stderr.count("warning: not logged to MLflow") <= 2  # said by each worker that met it, not per job
     assert "could not close the sweep's MLflow run" in stderr
     (sweep_dir,) = {f.parent for f in results}
 

@@ -61,15 +61,9 @@ def test_a_summary_that_cannot_be_written_is_one_line_fails_the_sweep_and_closes
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A real 64 KiB tmpfs (mounting needs root: skipped without it), unmounted after the test."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
+def small_disk(tmp_path, tmpfs):
+    """A real 64 KiB tmpfs."""
+    return tmpfs(tmp_path / "disk")
 
 
 def test_a_full_disk_leaves_the_file_before_it_whole_and_no_half_file(small_disk):
@@ -291,3 +285,42 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     closed = client.get_run(dead.info.run_id)
     assert closed.info.status == "KILLED" and closed.data.metrics["jobs/ok"] == 2
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cleanly(tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole process group: the sweep and joblib's workers at once. The jobs
+    the workers were running are recorded as interrupted, the sweep ends as for a SIGINT of its own (summary, run
+    KILLED, one line, 130), and the resume ends with one finished run per configuration."""
+    import signal
+    import sys
+    import time
+
+    from tests.helpers import child_env
+
+    sweep = ["-m", "model=gpt2_small", "device=meta", "batch.seq_len=128,256", "batch.size=1,2,4,8",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "tracking.experiment=group"]
+    proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *sweep], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob("outputs/sweeps/*/*/*/result.json"))) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # the group, as a terminal does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    (line,) = [e for e in err.splitlines() if e.startswith("flopsweep")]
+    assert line.startswith("flopsweep: interrupted by SIGINT: what finished is in ")
+    (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
+    with (sweep_dir / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert 3 <= len(rows) < 8
+    assert all(r["status"] == "ok" or "interrupted by SIGINT" in r["error"] for r in rows), rows
+    (parent,) = sweeps(tmp_path, "group")
+    assert parent.info.status == "KILLED"
+    resumed = run_app(*sweep, "skip_existing=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    finished = client.search_runs([client.get_experiment_by_name("group").experiment_id],
+                                  "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
+    assert Counter((r.data.params["batch.size"], r.data.params["batch.seq_len"]) for r in finished) == \
+        Counter((str(b), str(s)) for b in (1, 2, 4, 8) for s in (128, 256))

@@ -105,7 +105,9 @@ def test_sync_logs_what_a_down_store_missed_once(tmp_path):
     proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
                    "tracking=server", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, env=NO_RETRIES)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("not logged to MLflow") == 2
+    start, end = proc.stderr.strip().splitlines()  # said once, counted once: not a warning per job
+    assert "the store http://127.0.0.1:9 cannot be used: the server cannot be reached" in start, start
+    assert "2 of 2 jobs not logged to MLflow" in end
     sweeps = tmp_path / "outputs" / "sweeps"
     sync = [str(sweeps), "--store-dir", str(tmp_path / "outputs")]
     first = run_main(sync_main, *sync, cwd=tmp_path)
@@ -132,7 +134,9 @@ def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
     proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
                    "tracking=server", f"tracking.uri=sqlite:///{store_dir / 'mlflow.db'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("not logged to MLflow") == 2
+    start, end = proc.stderr.strip().splitlines()
+    assert f"{tmp_path / 'team'} is a file, where the store's folder goes" in start, start
+    assert "2 of 2 jobs not logged to MLflow" in end
     (tmp_path / "team").unlink()
     store_dir.mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"

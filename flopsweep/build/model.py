@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 from torch import nn
 
 from flopsweep.build.optimizers import make_optimizer
 from flopsweep.build.spec import JobSpec
+from flopsweep.core.errors import ConfigError, one_line
 from flopsweep.build.train_modes import apply_train_mode
 from flopsweep.models.base import BatchShape
 
@@ -45,7 +48,12 @@ def build(spec: JobSpec) -> Built:
     torch.manual_seed(spec.measure.seed)
     dtype = DTYPES[spec.params_dtype]
     with torch.device(spec.device):
-        model = spec.family.Model(spec.model)
+        try:
+            model = spec.family.Model(spec.model)
+        except RuntimeError as err:
+            if "overflow" not in str(err):
+                raise
+            raise too_large(spec.model, err) from None
     model.to(dtype)
     if spec.training:
         model.train()
@@ -56,6 +64,18 @@ def build(spec: JobSpec) -> Built:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(spec.optimizer, trainable) if spec.training and trainable else None
     return Built(model, inputs, optimizer, autocast_context(spec))
+
+
+def too_large(model: Any, err: RuntimeError) -> ConfigError:
+    """A model whose sizes overflow PyTorch's (``Storage size calculation overflowed with sizes=[...]``), named by
+    the model's largest size that is a factor of the tensor's shape (``model.d_model``), else by ``model``."""
+    shape = [int(n) for n in re.findall(r"\d+", str(err).split("sizes=", 1)[-1])] if "sizes=" in str(err) else []
+    sizes = {f"model.{f.name}": value for f in dataclasses.fields(model)
+             if isinstance(value := getattr(model, f.name), int) and not isinstance(value, bool) and value > 1}
+    factors = [(value, key) for key, value in sizes.items() if any(n % value == 0 for n in shape)]
+    key, value = (max(factors)[1], max(factors)[0]) if factors else ("model", None)
+    return ConfigError(key, value, f"too large: a tensor of {shape} elements overflows PyTorch's sizes" if shape else
+                       f"too large: {one_line(err, 200, kind=False)}")
 
 
 def example_inputs(spec: JobSpec, batch: BatchShape) -> dict[str, torch.Tensor]:

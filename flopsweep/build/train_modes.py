@@ -78,11 +78,16 @@ def apply_train_mode(model: nn.Module, family: Family, train: TrainConf) -> None
             block.requires_grad_(True)
         return
     wanted, found = set(train.targets), set()
-    for parent in list(model.modules()):
+    for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 found.add(name)
                 if name in wanted:
+                    width = min(child.in_features, child.out_features)
+                    require(train.rank <= width, "train.rank", train.rank,  # a larger rank adds parameters, not rank
+                            f"must be at most the width of the layers it adapts ({width}: "
+                            f"{f'{parent_name}.' if parent_name else ''}{name} is {child.in_features} -> "
+                            f"{child.out_features})")
                     setattr(parent, name, mode.adapter(child, train.rank, train.alpha))
     require(not wanted - found, "train.targets", sorted(wanted - found),
             f"name no linear layer of this model (its linear layers: {', '.join(sorted(found))})")

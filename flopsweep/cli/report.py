@@ -15,6 +15,7 @@ from typing import Optional
 
 from flopsweep.core.console import exit_command
 from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.sinks.health import StoreUnusable
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         require(args.top >= 1, "top", args.top, "must be >= 1")
         return _profile(args, target.uri) if args.profile else _experiment(args, target)
-    except ConfigError as err:
+    except (ConfigError, StoreUnusable) as err:
         print(f"flopsweep-report: error: {err}", file=sys.stderr)
     except OSError as err:  # a folder that cannot be made or written (--out)
         print(f"flopsweep-report: error: {err.filename or args.out}: cannot be written ({err.strerror or err})",

@@ -91,11 +91,24 @@ class Model(nn.Module):
             cause = err.__cause__ or err  # Hydra's error wraps the model's own
             reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
             raise ConfigError("model._target_", cfg.target, f"could not be built: {reason}") from None
+        require(isinstance(self.net, nn.Module), "model._target_", cfg.target,
+                f"built a {type(self.net).__module__}.{type(self.net).__qualname__}, not a torch.nn.Module")
         self.names = [spec.get("name", f"input{i}") for i, spec in enumerate(cfg.inputs)]
         self.loss = OutputLoss(cfg.loss)
+        self.inputs_key = ("model.inputs[0].shape", list(cfg.inputs[0]["shape"])) if len(cfg.inputs) == 1 else \
+            ("model.inputs", [list(spec["shape"]) for spec in cfg.inputs])
+        self.accepted = False  # the model ran on its inputs once: a later error is not theirs
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.loss(self.net(*(inputs[name] for name in self.names)))
+        try:
+            out = self.net(*(inputs[name] for name in self.names))
+        except Exception as err:
+            if self.accepted or "memory" in str(err).lower():  # out of memory is a result, not a bad input
+                raise
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+            raise ConfigError(*self.inputs_key, f"the model refused its inputs: {reason}") from None
+        self.accepted = True
+        return self.loss(out)
 
 
 def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ def load_result(ref: str, uri: str) -> Result:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no progress bar
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow_client(uri).download_artifacts(ref, "result.json", tmp)
+            local = mlflow_client(uri, write=False).download_artifacts(ref, "result.json", tmp)
         except Exception as err:  # noqa: BLE001 - one line, naming the run
             raise ConfigError("run", ref, f"no result.json in {uri}: {one_line(err, 200, kind=False)}") from None
         return _read_result(Path(local), ref)
@@ -56,7 +56,7 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     uri = target_at(uri, store_dir, experiment).uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return pd.DataFrame()  # no store here: nothing to read, and nothing to create
-    client = mlflow_client(uri)
+    client = mlflow_client(uri, write=False)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import is_number, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
+from flopsweep.sinks import health
 from flopsweep.sinks.identity import common_tags, fingerprint_of, flatten, run_name
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
 from flopsweep.sinks.target import Target
@@ -154,32 +155,61 @@ class Store:
         return run_id
 
 
-def mlflow_client(uri: str):
-    """MLflow's client for ``uri``; a server that is down costs seconds, not MLflow's default minutes of retries."""
+def mlflow_client(uri: str, write: bool = True):
+    """MLflow's client for ``uri``, once the store is found usable (:func:`~flopsweep.sinks.health.check`, else
+    :class:`~flopsweep.sinks.health.StoreUnusable`); a request that gets no answer costs seconds, not MLflow's default
+    minutes of retries."""
     import logging
 
+    health.check(uri, write)
     from mlflow.tracking import MlflowClient
 
     for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results (set after
         logging.getLogger(name).setLevel(logging.WARNING)  # importing mlflow, which sets its own level)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(health.CHECK_SECONDS)))
     return MlflowClient(tracking_uri=uri)
 
 
-@functools.lru_cache(maxsize=8)
 def store(target: Target) -> Store:
-    """This process's :class:`Store` for ``target``: a sweep's jobs share its client and experiment id."""
+    """This process's :class:`Store` for ``target``: a sweep's jobs share its client and experiment id.
+    :class:`~flopsweep.sinks.health.StoreUnusable` for a store found unusable in this sweep."""
+    health.check(target.uri)
+    return _store(target)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(target: Target) -> Store:
     return Store(target)
 
 
 def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``."""
+    """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``. A store found
+    unusable in this sweep is not tried again (``known`` in what is returned: the sweep said why, once)."""
+    tracking = {"logged": False, "uri": target.uri, "experiment": target.experiment}
+    known = health.down_reason(target.uri)
+    if known is not None:
+        return {**tracking, "error": f"the store {target.uri} cannot be used: {known}", "known": True}
+    started = time.monotonic()
     try:
         run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
-        return {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id}
+        return {**tracking, "logged": True, "run_id": run_id}
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
-        return {"logged": False, "uri": target.uri, "experiment": target.experiment, "error": one_line(err, 500)}
+        failed(target.uri, err, started)
+        return {**tracking, "error": one_line(err, 500, kind=not isinstance(err, health.StoreUnusable))}
+
+
+def failed(uri: str, err: Exception, started: float) -> None:
+    """After ``err`` from the store at ``uri`` (asked at ``started``, monotonic): the store is taken as unusable for
+    the rest of the sweep if it kept us waiting as long as a check may take, or if asking it again says so; an error
+    of one job's own (a value MLflow refuses) leaves it in use."""
+    if isinstance(err, health.StoreUnusable):
+        return  # already remembered by the check
+    if time.monotonic() - started >= health.CHECK_SECONDS:
+        health.mark_down(uri, f"it did not answer in time ({one_line(err, 200)})")
+    elif (reason := health.probe(uri)) is not None:
+        health.mark_down(uri, reason)
 
 
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -13,8 +14,9 @@ from typing import Callable, Iterator, Optional
 from flopsweep.core.errors import one_line
 from flopsweep.core.files import locked
 from flopsweep.core.result import Result
+from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
-from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, store
+from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Store, failed, store
 from flopsweep.sinks.target import Target, target_at, target_of_uri
 
 
@@ -26,6 +28,7 @@ class Synced:
     present: int = 0
     failed: int = 0
     uris: set[str] = field(default_factory=set)
+    down: dict[str, str] = field(default_factory=dict)  # the stores that cannot be used now, and why
 
 
 def job_folders(path: Path) -> list[Path]:
@@ -87,8 +90,16 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         name = experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
         target = _target(uri, store_dir, result, name)
         done.uris.add(target.uri)
+        try:
+            runs = store(target)
+        except StoreUnusable as err:  # said once per store; its jobs wait for the next sync
+            done.failed += 1
+            if target.uri not in done.down:
+                done.down[target.uri] = str(err)
+                on_failure(folder, str(err))
+            continue
         targets.add(target)
-        runs = store(target)
+        started = time.monotonic()
         try:
             fp = fingerprint_of(result)
             existing = runs.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
@@ -107,26 +118,32 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
                 parent = parents[key]
             run_id = runs.log_job(result, folder, {"synced": True}, parent)
         except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
+            failed(target.uri, err, started)
             done.failed += 1
             on_failure(folder, one_line(err, kind=False))
             continue
         _record_logged(result, folder, target, run_id)
         done.logged += 1
-    for (run_uri, name, sweep_dir), parent in parents.items():
-        runs = store(target_of_uri(run_uri, name))
-        run = runs.client.get_run(parent)
-        pid = int(run.data.tags.get(PID_TAG) or 0)
-        opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
-        if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):  # a sweep that runs closes its own
-            results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
-                       if (r := Result.read_or_none(f / "result.json")) is not None]
-            runs.finish_parent(parent, results, sweep_dir / "summary.csv",
-                               status=None if opened_here else _ended_status(sweep_dir))
-    for target in targets:
-        try:
+    try:
+        for (run_uri, name, sweep_dir), parent in parents.items():
+            _close_parent(store(target_of_uri(run_uri, name)), parent, sweep_dir)
+        for target in targets:
             close_dead_sweeps(target)
-        except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
-            on_failure(folders[0].parent, f"could not close the runs of sweeps that died: {one_line(err)}")
+    except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
+        on_failure(folders[0].parent, f"could not close the runs of sweeps that ended: {one_line(err)}")
+
+
+def _close_parent(runs: Store, parent: str, sweep_dir: Path) -> None:
+    """Close the sweep's run if this sync opened it, or if its sweep's process is gone, with the counts of what the
+    folder holds."""
+    run = runs.client.get_run(parent)
+    pid = int(run.data.tags.get(PID_TAG) or 0)
+    opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
+    if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):  # a sweep that runs closes its own
+        results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
+                   if (r := Result.read_or_none(f / "result.json")) is not None]
+        runs.finish_parent(parent, results, sweep_dir / "summary.csv",
+                           status=None if opened_here else _ended_status(sweep_dir))
 
 
 def close_dead_sweeps(target: Target) -> int:

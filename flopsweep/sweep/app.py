@@ -4,6 +4,7 @@ Hydra's errors into one line."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -24,7 +25,7 @@ from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.console import say
-from flopsweep.core.errors import ConfigError
+from flopsweep.core.errors import ConfigError, one_line
 from flopsweep.core.result import FAILURES, Result
 from flopsweep.core.text import JOB_METRICS, metric_lines
 from flopsweep.sinks.identity import fingerprint, run_name
@@ -56,7 +57,8 @@ def run_one(cfg: DictConfig) -> Result:
         except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
             name = signal.Signals(state.signal_of(err)).name
             result = Result("failed", f"interrupted by {name} before the job finished", config)
-            write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
+            with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
+                write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
             raise
     with state.interrupts_deferred():
         _record(cfg, hydra_cfg, result, job_num)
@@ -68,7 +70,6 @@ def run_one(cfg: DictConfig) -> Result:
 def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Optional[int]) -> None:
     """The job's folder, its lines on the console and its run in the store."""
     folder = Path(hydra_cfg.runtime.output_dir)
-    write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     lines = []
     if result.status in FAILURES:
         state.current().failed = True
@@ -77,9 +78,15 @@ def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Opt
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = metric_lines(result.metrics, JOB_METRICS)
+    try:
+        write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
+    except OSError as err:  # the numbers are said here and in the sweep's table; the sweep stops
+        say("\n".join(lines))
+        state.current().unwritten[folder.name] = result
+        raise state.Unwritable(folder, err) from None
     say("\n".join([*lines, f"results: {folder}"]))
     overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
-    _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides})
+    _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides}, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,16 +104,19 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
     from flopsweep.measure.timing import device_name
     from flopsweep.run.job import run_job
-    from flopsweep.sinks.store import finished_run
+    from flopsweep.sinks.health import down_reason
+    from flopsweep.sinks.store import failed, finished_run
     from flopsweep.sinks.target import target_of
 
     fp = fingerprint(config, spec.device, device_name(spec.device) if spec.device != "meta" else None)
-    if cfg.skip_existing:
-        target = target_of(cfg.tracking, Path.cwd())
+    target = target_of(cfg.tracking, Path.cwd()) if cfg.skip_existing else None
+    if target is not None and down_reason(target.uri) is None:  # a store found unusable: the sweep said so
+        started = time.monotonic()
         try:
             existing = finished_run(target, fp)
         except Exception as err:  # noqa: BLE001 - a store we cannot ask means measuring again, not losing the job
-            print(f"flopsweep: warning: could not look for a finished run ({type(err).__name__}); measuring",
+            failed(target.uri, err, started)
+            print(f"flopsweep: warning: could not look for a finished run ({one_line(err)}); measuring",
                   file=sys.stderr)
         else:
             if existing is not None:
@@ -140,7 +150,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> None:
+def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any], in_sweep: bool) -> None:
+    """Log the job's run, and record in its ``result.json`` where, or why not: said here unless the store is known
+    to be down in a sweep (said once, by the sweep or the first job that found it)."""
     from flopsweep.sinks.store import log_job
     from flopsweep.sinks.target import target_of
 
@@ -156,10 +168,13 @@ def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -
         if target is None:
             return
         result.info["tracking"] = log_job(target, result, folder, job)
-    result.write(folder / "result.json")
-    if not result.info["tracking"]["logged"]:
+    try:
+        result.write(folder / "result.json")
+    except OSError as err:  # the result.json before (without where it was logged) stays whole
+        raise state.Unwritable(folder, err) from None
+    if not result.info["tracking"]["logged"] and not (in_sweep and result.info["tracking"].get("known")):
         print(f"flopsweep: warning: not logged to MLflow ({result.info['tracking']['error']}); the result is in "
-              f"{folder}", file=sys.stderr)
+              f"{folder}: `flopsweep-sync {folder}` logs it later", file=sys.stderr)
 
 
 register_configs()
@@ -201,8 +216,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (HydraException, OmegaConfBaseException) as err:
         if sweep.full_errors:
             raise
+        disk = state.disk_error(err)  # the sweep's or the run's folder cannot be made
+        if disk is not None:
+            print(f"flopsweep: error: {state.Unwritable(None, disk)}; nothing was measured", file=sys.stderr)
+            return 1
         print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
+    except state.Unwritable as err:
+        then = (f"the sweep stopped; what finished is in {sweep.sweep_dir}: make room and run the same command with "
+                "skip_existing=true to measure the rest" if sweep.sweep_dir else
+                "the job's numbers are above" if sweep.unwritten else "nothing was measured")
+        print(f"flopsweep: error: {err}; {then}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         signum = state.signal_of(err)
         then = (f"what finished is in {sweep.sweep_dir}; run the same command with skip_existing=true to measure "

@@ -10,21 +10,23 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
-from flopsweep.sinks.store import PARENT_ENV, store
+from flopsweep.sinks import health
+from flopsweep.sinks.store import PARENT_ENV, failed, store
 from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
-from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
 from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
 
 
@@ -33,16 +35,24 @@ class SweepSummary(Callback):
         sweep = state.current()
         plan = SweepPlan.of(config)
         try:
-            refusal = concurrent_timing_error(plan)
+            refusal = empty_sweep_error(plan) or concurrent_timing_error(plan)
         except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
             refusal = None
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store
             print(f"flopsweep: error: {refusal}", file=sys.stderr)
             raise SystemExit(2)
-        sweep.sweep_dir = Path(config.hydra.sweep.dir)  # made now (a new folder): not for a refused sweep
+        try:
+            sweep.sweep_dir = Path(config.hydra.sweep.dir)  # made now (a new folder): not for a refused sweep
+        except OmegaConfBaseException as err:  # Hydra would only warn and go on
+            disk = state.disk_error(err)
+            if disk is None:
+                raise
+            raise state.Unwritable(None, disk) from None
         if plan.size is not None:
             os.environ[SWEEP_TOTAL_ENV] = str(plan.size)
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
+        health.forget()
+        started = time.monotonic()
         try:
             sweep.target = target_of(config.tracking, Path.cwd())
             if sweep.target is not None:
@@ -51,7 +61,12 @@ class SweepSummary(Callback):
                 os.environ[PARENT_ENV] = sweep.parent
                 close_dead_sweeps(sweep.target)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
-            print(f"flopsweep: warning: could not open the sweep's MLflow run: {err}", file=sys.stderr)
+            if sweep.target is not None:
+                failed(sweep.target.uri, err, started)
+            said = one_line(err, kind=not isinstance(err, health.StoreUnusable))
+            print(f"flopsweep: warning: could not open the sweep's MLflow run ({said}); the jobs are measured "
+                  f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: `flopsweep-sync "
+                  f"{sweep.sweep_dir}` logs what is missing later", file=sys.stderr)
         os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -69,21 +84,46 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - said in one line; the parent run is closed below
             sweep.failed = True
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
+        _say_unlogged(sweep, results, sweep_dir)
         if sweep.parent is not None:
             os.environ.pop(PARENT_ENV, None)
-            try:
-                store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
-                                                  failed=sweep.failed)
-            except Exception as err:  # noqa: BLE001
-                print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
-            print(f"MLflow: {sweep.target.ui_command()}  (experiment {sweep.target.experiment!r})")
+            if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
+                try:
+                    store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
+                                                      failed=sweep.failed)
+                except Exception as err:  # noqa: BLE001
+                    print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}",
+                          file=sys.stderr)
+                print(f"MLflow: {sweep.target.ui_command()}  (experiment {sweep.target.experiment!r})")
             sweep.parent = None
 
 
-def _summarize(sweep_dir: Path) -> list[tuple[str, Result]]:
-    """Every job of the sweep, read back from its folder, printed as a table and written to ``summary.csv``."""
+def _store_down(sweep: state.SweepState) -> bool:
+    """The sweep's store was found unusable: its run is left to the next sweep or sync to close, from the folder."""
+    return sweep.target is not None and health.down_reason(sweep.target.uri) is not None
+
+
+def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sweep_dir: Path) -> None:
+    """One line for the jobs that are not in their store, and how to log them."""
+    unlogged = [r for _, r in results if (r.info.get("tracking") or {}).get("logged") is False]
+    if unlogged:
+        why = {r.info["tracking"].get("error") for r in unlogged}
+        if _store_down(sweep):
+            why = {f"the store {sweep.target.uri} cannot be used, as said above"}
+        print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow "
+              f"({why.pop() if len(why) == 1 else 'see above'}); `flopsweep-sync {sweep_dir}` logs them once the "
+              "store works", file=sys.stderr)
+
+
+def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
+               write: bool = True) -> list[tuple[str, Result]]:
+    """Every job of the sweep, read back from its folder (or, measured and not written, from ``unwritten``), printed
+    as a table and written to ``summary.csv`` if ``write``."""
+    unwritten = unwritten or {}
     folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
-    results = [(folder.name, _job_result(folder)) for folder in sorted(folders, key=lambda p: _job_number(p.name))]
+    folders |= {sweep_dir / name for name in unwritten}
+    results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
+               for folder in sorted(folders, key=lambda p: _job_number(p.name))]
     print()
     print(summary_table(results))
     counts = status_counts(results)
@@ -92,35 +132,39 @@ def _summarize(sweep_dir: Path) -> list[tuple[str, Result]]:
     if counts["lost"]:
         print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
               "measure only what is missing")
-    if results:
+    if results and write:
         write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
                                                "model": (r.config.get("model") or {}).get("name"), **r.metrics}
                                               for job, r in results])
     return results
 
 
-def abandon_sweep(status: str) -> None:
-    """The sweep stops before its end (a swept value that cannot be composed, a signal): end its workers, and mark its
-    MLflow run ``status`` (FAILED, KILLED) rather than leave it RUNNING. Interrupted (KILLED), it first prints and
-    writes the summary of what its folder holds, and logs it to the run. The jobs that finished keep their runs."""
+def abandon_sweep(why: BaseException) -> None:
+    """The sweep stops before its end, for ``why`` (a swept value that cannot be composed, a signal, a full disk):
+    end its workers, and mark its MLflow run KILLED (a signal) or FAILED rather than leave it RUNNING. Interrupted or
+    out of disk, it first prints the summary of what its folder holds (and of a job measured but not written),
+    written to ``summary.csv`` and logged to the run where the disk takes it. The jobs that finished keep their runs."""
     stop_workers()
     sweep = state.current()
+    status = "KILLED" if isinstance(why, KeyboardInterrupt) else "FAILED"
     results: list[tuple[str, Result]] = []
-    if status == "KILLED" and sweep.sweep_dir is not None and sweep.sweep_dir.is_dir():
+    if isinstance(why, (KeyboardInterrupt, state.Unwritable)) and sweep.sweep_dir is not None \
+            and sweep.sweep_dir.is_dir():
         try:
-            results = _summarize(sweep.sweep_dir)
+            results = _summarize(sweep.sweep_dir, sweep.unwritten, write=not isinstance(why, state.Unwritable))
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
     if sweep.parent is not None:
         os.environ.pop(PARENT_ENV, None)
         try:
-            runs = store(sweep.target)
-            if results:
-                runs.finish_parent(sweep.parent, results, sweep.sweep_dir / "summary.csv", status=status)
-            else:
-                runs.end_parent(sweep.parent, status)
+            if not _store_down(sweep):
+                runs = store(sweep.target)
+                if results:
+                    runs.finish_parent(sweep.parent, results, sweep.sweep_dir / "summary.csv", status=status)
+                else:
+                    runs.end_parent(sweep.parent, status)
         except Exception as err:  # noqa: BLE001
-            print(f"flopsweep: warning: could not close the sweep's MLflow run: {err}", file=sys.stderr)
+            print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}", file=sys.stderr)
         sweep.parent = None
 
 

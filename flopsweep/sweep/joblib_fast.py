@@ -17,6 +17,7 @@ from flopsweep.measure._torch import LAZY_MODULES
 from flopsweep.sweep import _loky
 from flopsweep.sweep._hydra import JOBLIB_CORE, process_joblib_cfg
 from flopsweep.sweep.plan import FORCE_KEY, SweepPlan, jobs_at_once, launcher_class
+from flopsweep.sweep.state import Unwritable
 
 
 def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
@@ -109,8 +110,13 @@ def _execute_job(idx: int, overrides: list[str], state: _Once) -> JobReturn:
         job.hydra.job.id = f"{job.hydra.job.name}_{idx}"
         job.hydra.job.num = idx
     HydraConfig.instance().set_config(job)
-    return run_job(hydra_context=hydra_context, config=job, task_function=task_function,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    try:
+        return run_job(hydra_context=hydra_context, config=job, task_function=task_function,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    except Unwritable as err:  # a BaseException would break joblib's pool: sent back as the disk's own error
+        if err.error.filename is None:
+            err.error.filename = str(err.path)
+        raise err.error from None
 
 
 # --- joblib's workers, started while the sweep prepares ---------------------------------------------------------

@@ -69,6 +69,21 @@ def sweep_jobs(config: DictConfig) -> Optional[list[list[str]]]:
         return None
 
 
+def empty_sweep_error(plan: SweepPlan) -> Optional[str]:
+    """One line naming the swept value that has no values (``batch.seq_len=range(16,16)``, ``model=glob(nope*)``), if
+    the sweep has no jobs; None if it has some (or they cannot be told here)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if plan.jobs is None or plan.jobs:
+        return None
+    params = OmegaConf.select(plan.config, "hydra.sweeper.params", default=None) or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(plan.config.hydra.overrides.task)
+    parser = OverridesParser.create(config_loader=_config_loader())
+    empty = [line for line in lines if (found := parser.parse_overrides([line])[0]).is_sweep_override()
+             and not list(found.sweep_string_iterator())]
+    return f"{', '.join(empty) or ' '.join(lines)}: sweeps no value, so the sweep has no job"
+
+
 def _config_loader() -> Any:
     from hydra.core.global_hydra import GlobalHydra
 

@@ -6,8 +6,9 @@ Slurm worker) learns the sweep's run, size and start from the environment instea
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -25,6 +26,7 @@ class SweepState:
     sweep_dir: Optional[Path] = None     # the sweep's folder, once it starts
     deferring: int = 0                   # inside what a signal must not cut in half (see interrupts_deferred)
     pending: Optional[int] = None        # a signal that arrived meanwhile
+    unwritten: dict[str, Any] = field(default_factory=dict)  # job folder -> its Result, measured, not written
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,6 +35,32 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class Unwritable(BaseException):
+    """The sweep's output folder cannot be written (a full disk, a read-only one, no permission): the sweep stops,
+    as for a signal, since every later job would be lost the same way; what finished stays whole. A BaseException,
+    as a signal's is, so that Hydra's job runner does not take it for one job's failure and go on."""
+
+    def __init__(self, path: Optional[Path], err: OSError) -> None:
+        self.path, self.error = (Path(err.filename) if err.filename else path), err
+        super().__init__(f"{self.path}: cannot be written ({err.strerror or err})")
+
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(err: BaseException) -> Optional[OSError]:
+    """The full, read-only or forbidden disk behind ``err`` (itself, or what caused it: OmegaConf wraps a resolver's
+    error, the sweep folder's), or None."""
+    seen: Optional[BaseException] = err
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def on_signal(signum: int, _frame: Any) -> None:

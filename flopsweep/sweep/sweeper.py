@@ -56,7 +56,7 @@ class RecoveringSweeper(BasicSweeper):
         try:
             return super().sweep(arguments)
         except BaseException as err:
-            abandon_sweep("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            abandon_sweep(err)
             raise
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
@@ -77,6 +77,9 @@ class RecoveringLauncher:
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
             if state.current().full_errors:
                 raise
+            disk = state.disk_error(err)  # Hydra could not write a job's folder: the sweep stops
+            if disk is not None:
+                raise state.Unwritable(self._sweep_dir(), disk) from None
             waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
                        if state == "waiting"]
             _give_up(f"the launcher stopped ({one_line(err)})" +

@@ -1,0 +1,218 @@
+"""Stores that misbehave and output folders that cannot be written, with real components: a damaged SQLite store
+(random bytes, a real store cut in half), a store locked by another process (``BEGIN EXCLUSIVE``), a loopback server
+that accepts and never answers, one that stops answering after its first answer, a full tmpfs and a read-only one.
+Each costs a sweep one check (seconds) and one line, never MLflow's minutes of retries; nothing measured is lost, and
+``flopsweep-sync`` logs it once the store works."""
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from flopsweep.cli.report import main as report_main
+from flopsweep.cli.sync import main as sync_main
+from tests.helpers import run_app, run_main
+
+SWEEP = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32", "tracking.experiment=sf"]
+
+
+def said(stderr: str) -> list[str]:
+    """What flopsweep's commands said, less Hydra's own log lines."""
+    return [line for line in stderr.splitlines() if line.startswith("flopsweep")]
+
+
+def results(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("**/result.json"))]
+
+
+def job_runs(cwd: Path) -> tuple[dict[str, dict], list[dict]]:
+    """The sweep runs (id -> tags and status) and the job runs of experiment ``sf`` in the local store under ``cwd``,
+    read with SQLite itself (MLflow's client keeps an engine per URI: in this process, one to the file moved aside)."""
+    with sqlite3.connect(cwd / "outputs" / "mlflow.db") as db:
+        rows = db.execute("SELECT r.run_uuid, r.status, t.key, t.value FROM runs r JOIN experiments e ON "
+                          "r.experiment_id = e.experiment_id JOIN tags t ON t.run_uuid = r.run_uuid "
+                          "WHERE e.name = 'sf' AND r.lifecycle_stage = 'active'").fetchall()
+    runs: dict[str, dict] = {}
+    for run_id, status, key, value in rows:
+        runs.setdefault(run_id, {"id": run_id, "status": status})[key] = value
+    return ({k: r for k, r in runs.items() if r.get("flopsweep.kind") == "sweep"},
+            [r for r in runs.values() if r.get("flopsweep.kind") == "job"])
+
+
+def damage(store: Path, how: str) -> None:
+    if how == "random bytes":
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_bytes(os.urandom(20000))
+        return
+    with sqlite3.connect(store) as connection:  # a real store, its log written into the file, then cut in half
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for extra in ("-wal", "-shm"):
+        Path(f"{store}{extra}").unlink(missing_ok=True)
+    os.truncate(store, store.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("how", ["random bytes", "cut in half"])
+def test_a_damaged_store_is_said_once_the_sweep_goes_on_and_sync_logs_it_into_a_new_store(tmp_path, how):
+    """It was ten attempts over five minutes per job (MLflow's engine retries), a resume that hung, and tracebacks
+    from sync and report."""
+    store = tmp_path / "outputs" / "mlflow.db"
+    if how == "cut in half":
+        assert run_app(*SWEEP, "batch.size=2", "hydra.sweep.dir=before", cwd=tmp_path).returncode == 0
+    damage(store, how)
+    proc = run_app(*SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, store=False)
+    assert proc.returncode == 0, proc.stderr  # measured: a store that cannot be used is a warning
+    assert "retried" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    start, end = said(proc.stderr)
+    assert start.startswith("flopsweep: warning: could not open the sweep's MLflow run (the store ") and \
+        "is damaged" in start and "move it aside" in start, start
+    assert end.startswith("flopsweep: warning: 2 of 2 jobs not logged to MLflow") and "flopsweep-sync sweep" in end
+    jobs = results(tmp_path / "sweep")
+    assert [r["status"] for r in jobs] == ["ok", "ok"]
+    assert all(not r["info"]["tracking"]["logged"] and "is damaged" in r["info"]["tracking"]["error"] for r in jobs)
+
+    for main, args in ((report_main, ["sf"]), (sync_main, ["sweep"])):  # one line each, no traceback
+        out = run_main(main, *args, cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert "cannot be used" in line and "is damaged" in line, line
+
+    store.rename(tmp_path / "damaged.db")  # as the line says: the next command (a new process) makes a new store
+    for extra in ("-wal", "-shm"):
+        Path(f"{store}{extra}").unlink(missing_ok=True)
+    synced = sync_process(tmp_path)
+    assert synced.returncode == 0 and "2 logged" in synced.stdout, synced.stdout + synced.stderr
+    parents, runs = job_runs(tmp_path)
+    assert len(parents) == 1 and len(runs) == 2
+    assert {r["mlflow.parentRunId"] for r in runs} == set(parents)
+    assert "0 logged, 2 already" in sync_process(tmp_path).stdout
+
+
+def sync_process(cwd: Path) -> subprocess.CompletedProcess:
+    """``flopsweep-sync sweep`` in a new process, as a user runs it after the fault."""
+    from tests.helpers import child_env
+
+    return subprocess.run([sys.executable, "-m", "flopsweep.cli.sync", "sweep"], cwd=cwd, env=child_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_locked_store_costs_one_wait_and_its_sweep_gets_one_parent(tmp_path):
+    """Another process holds the store's write lock for the whole sweep: one wait of a few seconds, said once (it
+    split one sweep under two parents); once the lock is gone, sync logs the sweep under one parent."""
+    assert run_app(*SWEEP, "batch.size=2", "hydra.sweep.dir=before", cwd=tmp_path).returncode == 0
+    store = tmp_path / "outputs" / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], "
+                               "isolation_level=None); c.execute('BEGIN EXCLUSIVE'); print('held', flush=True); "
+                               "sys.stdin.read()", str(store)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_app(*SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path, store=False)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    start, end = said(proc.stderr)
+    assert "is locked by another process" in start and "2 of 2 jobs not logged" in end, proc.stderr
+    assert all(not r["info"]["tracking"]["logged"] for r in results(tmp_path / "sweep"))
+    synced = sync_process(tmp_path)
+    assert synced.returncode == 0 and "2 logged" in synced.stdout, synced.stderr
+    parents, runs = job_runs(tmp_path)
+    mine = [p for p in parents.values() if p["flopsweep.sweep"] == str(tmp_path / "sweep")]
+    assert len(mine) == 1 and mine[0]["status"] == "FINISHED"
+    assert sum(r["mlflow.parentRunId"] == mine[0]["id"] for r in runs) == 2
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback port that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_server):
+    """It cost 77 s per job (three requests of 20 s, with back-off)."""
+    proc = run_app(*SWEEP, "tracking=server", f"tracking.uri={silent_server}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    start, end = said(proc.stderr)
+    assert f"the store {silent_server} cannot be used: the server did not answer within 5 s" in start, start
+    assert "2 of 2 jobs not logged" in end
+    for main, args in ((report_main, ["sf", "--uri", silent_server]), (sync_main, ["outputs"])):
+        out = run_main(main, *args, cwd=tmp_path)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert "did not answer within 5 s" in out.stderr.strip().splitlines()[0], out.stderr
+
+
+def test_a_server_that_stops_answering_after_the_check_is_given_up_for_the_rest_of_the_sweep(tmp_path):
+    """The server answers the check, then nothing: the first request that waits as long as a check may take marks
+    the store unusable for the sweep, and no job waits for it again."""
+    release = threading.Event()
+
+    class AnswersOnce(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if "experiments/search" in self.path:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"experiments": []}')
+            else:
+                release.wait(120)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswersOnce)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_app(*SWEEP, "batch.size=1,2", "tracking=server", f"tracking.uri={uri}", cwd=tmp_path)
+    finally:
+        release.set()
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    start, end = said(proc.stderr)
+    assert "could not open the sweep's MLflow run" in start and "and not logged" in start, start
+    assert "4 of 4 jobs not logged" in end
+    jobs = results(tmp_path / "outputs")
+    assert all("did not answer in time" in r["info"]["tracking"]["error"] for r in jobs)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_every_file_on_it_is_whole(tmp_path, tmpfs, launcher):
+    """A 64 KiB disk holds the first jobs' folders only: the sweep stops (every later job would be lost the same
+    way) with one line naming the folder, and how to resume; it was a traceback, and a half result.json the summary
+    called a dead process."""
+    disk = tmpfs(tmp_path / "outputs")
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32,64,128,256,512",
+                   "tracking=none", *(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib"
+                                      else []), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    (line,) = [e for e in said(proc.stderr) if "error" in e]
+    assert line.startswith(f"flopsweep: error: {disk}/sweeps/") and \
+        "cannot be written (No space left on device); the sweep stopped" in line and "skip_existing=true" in line
+    found = list(disk.glob("**/result.json"))
+    assert found and all(json.loads(p.read_text())["status"] == "ok" for p in found)  # each whole
+    assert not list(disk.glob("**/*.tmp"))
+
+
+def test_a_read_only_output_folder_is_one_line_before_anything_is_measured(tmp_path, tmpfs):
+    tmpfs(tmp_path / "outputs", read_only=True)
+    for args in (SWEEP, SWEEP[1:3]):  # a sweep, a single run
+        proc = run_app(*args, "tracking=none", cwd=tmp_path)
+        assert proc.returncode == 1
+        (line,) = said(proc.stderr)
+        assert line.startswith("flopsweep: error: outputs/") and \
+            "cannot be written (Read-only file system); nothing was measured" in line, proc.stderr
