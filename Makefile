@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q "$(TORCH)" -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[test,hf,server]"
 	touch $@
 
 install: $(VENV)/.installed

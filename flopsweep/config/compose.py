@@ -38,7 +38,7 @@ def register_configs() -> None:
     # each family's dataclass is the typed base of its presets (``defaults: [_decoder, _self_]``), so every
     # field can be overridden from the command line and is type-checked when composed
     for name, family in FAMILIES.items():
-        if name != "custom":
+        if name not in ("custom", "hf"):  # their keys are the user's model's arguments, or a Hugging Face config's
             store.store(group="model", name=f"_{name}", node=family.Config)
     for path in sorted(SWEEPS_DIR.glob("*.yaml")):
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")

@@ -27,6 +27,11 @@ any op tagged ``pointwise`` not below   1     add, mul, div, exp, rsqrt, where, 
 ``gelu_backward``                       8/12  the derivative has both the CDF and the density
 ``silu`` / ``silu_backward``            2 / 5 ``x * sigmoid(x)``
 layer norm forward / backward           5/10  mean, centre, variance, normalise, affine (per element)
+batch norm forward / backward           5/10  the same, over the batch instead of the features
+max pool / its backward                 k-1/1 a max of k values per output / a gradient added per output
+avg pool / its backward                 k/1   k - 1 adds and a divide per output / per input element
+``histc``                               1     per input element: its bin counted
+``index_put`` (accumulating)            1     per value added (placing values is free)
 softmax / log-softmax forward           5     max, subtract, exp, sum, divide (or log)
 softmax / log-softmax backward          4/3
 sum, mean, amax and other reductions    1     per *input* element
@@ -143,6 +148,20 @@ def _bmm(self, mat2, **_) -> OpCost:
 def _baddbmm(self, batch1, batch2, **_) -> OpCost:
     b, m, k = batch1.shape
     return OpCost(matmul=2 * b * m * k * batch2.shape[-1], elementwise=b * m * batch2.shape[-1])
+
+
+@formula(aten._grouped_mm)
+def _grouped_mm(self, mat2, **_) -> OpCost:
+    """Mixture-of-experts matmuls (transformers' experts): each group of rows (``offs``) times its own matrix. The
+    offsets only split the rows, so the count holds whatever the routing, and on meta."""
+    a, b = self.shape, mat2.shape
+    if len(a) == 2 and len(b) == 3:  # tokens [T, K] x experts [G, K, N] -> [T, N]
+        return OpCost(matmul=2 * a[0] * a[1] * b[2])
+    if len(a) == 3 and len(b) == 2:  # [G, M, K] x [K, N_total] -> [M, N_total]
+        return OpCost(matmul=2 * a[1] * a[2] * b[1])
+    if len(a) == 2:  # [M, K_total] x [K_total, N] -> [G, M, N]: the experts' weight gradients
+        return OpCost(matmul=2 * a[0] * a[1] * b[1])
+    return OpCost(matmul=2 * a[0] * a[1] * a[2] * b[2])  # batched: [G, M, K] x [G, K, N]
 
 
 def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
@@ -270,15 +289,43 @@ ELEMENTWISE_PER_OUTPUT = {
     aten._softmax_backward_data: 4, aten._log_softmax_backward_data: 3,
     aten.native_dropout: 2, aten.native_dropout_backward: 1,
     aten.threshold_backward: 1, aten.tanh_backward: 2, aten.sigmoid_backward: 2,
-    aten.hardtanh_backward: 1,
+    aten.hardtanh_backward: 1, aten.floor_divide: 1,
+    aten.native_batch_norm: 5, aten._native_batch_norm_legit: 5, aten._native_batch_norm_legit_no_training: 5,
 }
 for _op, _cost in ELEMENTWISE_PER_OUTPUT.items():
     _add(_op, _Entry(per_output_element(_cost), named=False))
 
 
-@formula(aten.native_layer_norm_backward)
-def _layer_norm_backward(grad_out, **_) -> OpCost:
+@formula(aten.native_layer_norm_backward, aten.native_batch_norm_backward)
+def _norm_backward(grad_out, **_) -> OpCost:
     return OpCost(elementwise=10 * grad_out.numel())
+
+
+@formula(aten.max_pool2d_with_indices)
+def _max_pool(self, kernel_size, *, result, **_) -> OpCost:
+    window = math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
+    return OpCost(elementwise=(window - 1) * result[0].numel())  # a max of N values: N - 1 compares
+
+
+@formula(aten.avg_pool2d)
+def _avg_pool(self, kernel_size, *, result, **_) -> OpCost:
+    window = math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
+    return OpCost(elementwise=window * result.numel())  # k - 1 adds and a divide per output
+
+
+@formula(aten.avg_pool2d_backward)
+def _avg_pool_backward(grad_output, self, *, result, **_) -> OpCost:
+    return OpCost(elementwise=result.numel())  # each input's share of its gradients, added
+
+
+@formula(aten.max_pool2d_with_indices_backward)
+def _max_pool_backward(grad_output, **_) -> OpCost:
+    return OpCost(elementwise=grad_output.numel())  # each gradient added to its input's
+
+
+@formula(aten.index_put)
+def _index_put(self, indices, values, accumulate=False, **_) -> OpCost:
+    return OpCost(elementwise=values.numel() if accumulate else 0)  # placing is free; accumulating adds
 
 
 ELEMENTWISE_PER_INPUT = {
@@ -286,7 +333,7 @@ ELEMENTWISE_PER_INPUT = {
     aten.var: 2, aten.std: 2, aten.var_mean: 2, aten.norm: 2, aten.linalg_vector_norm: 2, aten.logsumexp: 3,
     aten.embedding_dense_backward: 1, aten.cumsum: 1, aten.cumprod: 1,
     aten.nll_loss_forward: 0, aten.nll_loss_backward: 0,  # a gather and a scatter; the cost is in log_softmax
-    aten.mse_loss: 3, aten.mse_loss_backward: 3,
+    aten.mse_loss: 3, aten.mse_loss_backward: 3, aten.histc: 1,
 }
 for _op, _cost in ELEMENTWISE_PER_INPUT.items():
     _add(_op, _Entry(per_input_element(_cost), named=False))
@@ -316,7 +363,7 @@ FREE_OPS = frozenset(getattr(aten, name) for name in """
     _reshape_alias unsafe_split _foreach_zero_ _foreach_copy_ set_ squeeze_ unsqueeze_ t_ transpose_
     nonzero _assert_async _assert_tensor_metadata diagonal diag_embed select_backward slice_backward
     index_select_backward detach_ _has_compatible_shallow_copy_type new_tensor item _fused_sdp_choice
-    isfinite is_nonzero equal
+    isfinite is_nonzero equal constant_pad_nd
 """.split() if hasattr(aten, name))
 
 

@@ -8,6 +8,9 @@ formula. This mode asks PyTorch which kernel the CPU would pick for the same sha
 (using tiny CPU tensors) and, when that is the fused one, calls it on the meta tensors directly (it has
 meta and autograd support); otherwise the decomposition runs on both devices alike.
 
+Grouped matmuls (mixture-of-experts layers): meta's kernel takes bfloat16 only, as CUDA's does; other dtypes are cast
+to it and back around the call (copies cost nothing), so the matmul is counted as on the CPU.
+
 Scalar reads: meta tensors have no values, so ``.item()`` on one (Adafactor's relative step size reads
 parameter norms) returns 1.0. Such values only scale an update; they change no shape and no FLOP count.
 
@@ -31,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, op_schema
 
 _FLASH = SDPBackend.FLASH_ATTENTION.value
+_GROUPED_MM = tuple(f for f in (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f is not None)
 
 
 def _tiny_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -42,14 +46,12 @@ def _tiny_cpu(t: torch.Tensor) -> torch.Tensor:
 
 def cpu_would_use_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                         enable_gqa=False) -> bool:
-    if enable_gqa:
-        return False
     mask = None
     if attn_mask is not None:
         mask = torch.empty([1] * (attn_mask.dim() - 2) + [min(q.shape[-2], 2), min(k.shape[-2], 2)],
                            dtype=attn_mask.dtype, requires_grad=attn_mask.requires_grad)
     choice = fused_sdp_choice(_tiny_cpu(q), _tiny_cpu(k), _tiny_cpu(v), mask, dropout_p, is_causal,
-                                     scale=scale)
+                              scale=scale, enable_gqa=enable_gqa)  # the CPU's flash kernel takes fewer k/v heads
     return choice == _FLASH
 
 
@@ -70,6 +72,9 @@ class MetaLikeCPU(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.Tensor.item and args[0].device.type == "meta":
             return 1.0
+        if func in _GROUPED_MM and args and args[0].device.type == "meta" and args[0].dtype != torch.bfloat16:
+            a, b = args[:2]  # meta's grouped matmul takes bfloat16 only (CUDA's rule); the CPU's takes any dtype
+            return func(a.to(torch.bfloat16), b.to(torch.bfloat16), *args[2:], **kwargs).to(a.dtype)
         if func is F.scaled_dot_product_attention and args and args[0].device.type == "meta":
             q, k, v = args[:3]
             options = dict(zip(("attn_mask", "dropout_p", "is_causal"), args[3:]))

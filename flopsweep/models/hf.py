@@ -1,0 +1,188 @@
+"""Any Hugging Face architecture, built by transformers from a config (no weights, no network: on ``meta`` too), with
+the head that training uses and the loss computed as Hugging Face trains it::
+
+    model=hf model.config=path/to/config.json            # a published config.json (or the folder holding it)
+    model=hf model.model_type=llama +model.num_hidden_layers=2 ...   # a config of that type, fields overridden
+    model=llama3_8b                                      # a preset: the published config's fields in a YAML file
+
+Every key beside ``family``, ``name``, ``model_type``, ``config``, ``task`` and ``default_seq_len`` is a field of the
+Hugging Face config. The task (the head) is the config's ``architectures[0]`` where it names one, else by the config:
+an encoder-decoder trains as ``seq2seq``, a model that has a masked-LM head and is no decoder as ``masked-lm`` (BERT),
+a language model as ``causal-lm``, a vision model as ``image-classification``; ``model.task`` chooses another.
+The inputs come from the config: token ids and labels for text (labels shifted inside the model, as HF trains; no
+attention mask: a full batch's is all ones, which Hugging Face drops); pixel values at ``batch.image_size`` (224
+unless set) and class labels for images. Mixture-of-experts layers run through ``torch._grouped_mm``, counted
+whatever the routing. transformers is an optional extra: ``pip install 'flopsweep[hf]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from flopsweep.core.errors import ConfigError, require
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
+
+_OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
+TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
+    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+}
+DEFAULT_IMAGE_SIZE = 224
+
+
+def transformers_module() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("model.family", "hf", "needs transformers: pip install 'flopsweep[hf]'") from None
+    return transformers
+
+
+@dataclass
+class Config(ModelConfig):
+    family: str = "hf"
+    model_type: Optional[str] = None
+    config: Optional[str] = None          # a config.json, or a folder holding one
+    task: Optional[str] = None            # None: from the config (see the module's docstring)
+    fields: dict[str, Any] = field(default_factory=dict)  # the config's fields, over the file's or the type's
+    default_seq_len: Optional[int] = None
+
+    def hf_config(self) -> Any:
+        return _hf_config(self.model_type, self.config, json.dumps(self.fields, sort_keys=True))
+
+    def resolved_task(self) -> str:
+        return _task(self.task, self.hf_config())
+
+    def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
+        if self.resolved_task() == "image-classification":
+            made = getattr(self.hf_config(), "image_size", None)
+            return BatchShape(size, None, image_size or (made if isinstance(made, int) else DEFAULT_IMAGE_SIZE))
+        default = self.default_seq_len or max_positions(self.hf_config())
+        return BatchShape(size, seq_len if seq_len is not None else default)
+
+    def validate(self, batch: BatchShape) -> None:
+        require(self.task is None or self.task in TASKS, "model.task", self.task, f"must be one of {', '.join(TASKS)}")
+        hf = self.hf_config()
+        if self.resolved_task() == "image-classification":
+            made = getattr(hf, "image_size", None)
+            require(not isinstance(made, int) or batch.image_size == made, "batch.image_size", batch.image_size,
+                    f"this model's config is built for image_size={made}: set model.image_size instead")
+            return
+        require(batch.seq_len is not None, "batch.seq_len", None, "missing: set it or model.default_seq_len")
+        longest = max_positions(hf)
+        if longest is not None:
+            require(1 <= batch.seq_len <= longest, "batch.seq_len", batch.seq_len,
+                    f"must be between 1 and the model's max_position_embeddings={longest}")
+        require(isinstance(getattr(hf, "vocab_size", None), int), "model.vocab_size", None,
+                "missing: a text model's config needs a vocab_size")
+
+
+def load(fields: dict[str, Any]) -> Config:
+    config = Config(family="hf", name=fields.get("name", "hf"), model_type=fields.get("model_type"),
+                    config=fields.get("config"), task=fields.get("task"), default_seq_len=fields.get("default_seq_len"),
+                    fields={k: v for k, v in fields.items() if k not in _OWN})
+    require(bool(config.model_type) or bool(config.config), "model.model_type", None,
+            "missing: give model.model_type (llama, gpt2, bert, t5, resnet, ...) or model.config=PATH")
+    return config
+
+
+@functools.lru_cache(maxsize=64)
+def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str) -> Any:
+    """The Hugging Face config: the file's (or the type's defaults), its fields overridden; one line naming the key
+    for a type transformers does not know, a file it cannot read, or a field it refuses."""
+    transformers = transformers_module()
+    fields = json.loads(fields_json)
+    base: dict[str, Any] = {}
+    if path:
+        file = Path(path).expanduser()
+        file = file / "config.json" if file.is_dir() else file
+        try:
+            base = json.loads(file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError("model.config", path, f"is not a readable config.json ({err})") from None
+        require(isinstance(base, dict), "model.config", path, "is not a config.json (a JSON object)")
+    kind = model_type or base.get("model_type")
+    require(bool(kind), "model.model_type", None, f"missing: {path} names no model_type")
+    try:
+        config = transformers.AutoConfig.for_model(kind, **{k: v for k, v in {**base, **fields}.items()
+                                                            if k != "model_type"})
+    except (ValueError, TypeError) as err:
+        key, value = ("model.model_type", kind) if "Unrecognized" in str(err) else ("model", None)
+        raise ConfigError(key, value, " ".join(str(err).split())[:300]) from None
+    if getattr(config, "is_encoder_decoder", False):  # labels become decoder inputs by a shift that needs these
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = 0
+        if getattr(config, "decoder_start_token_id", None) is None:
+            config.decoder_start_token_id = config.pad_token_id
+    return config
+
+
+def _task(task: Optional[str], hf: Any) -> str:
+    if task is not None:
+        return task
+    from transformers.models.auto import modeling_auto
+
+    for arch in getattr(hf, "architectures", None) or []:
+        for name, (_, mapping) in TASKS.items():
+            if arch in getattr(modeling_auto, mapping).values():
+                return name
+    kind = hf.model_type
+    known = {name: kind in getattr(modeling_auto, mapping) for name, (_, mapping) in TASKS.items()}
+    if getattr(hf, "is_encoder_decoder", False) and known["seq2seq"]:
+        return "seq2seq"
+    if known["masked-lm"] and not getattr(hf, "is_decoder", False):
+        return "masked-lm"
+    for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq"):
+        if known[name]:
+            return name
+    raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
+                                          f"{', '.join(TASKS)}")
+
+
+def max_positions(hf: Any) -> Optional[int]:
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(hf, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class Model(nn.Module):
+    """The Hugging Face model with its training head; ``forward`` returns the loss it computes."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        transformers = transformers_module()
+        auto = getattr(transformers, TASKS[cfg.resolved_task()][0])
+        try:
+            self.net = auto.from_config(cfg.hf_config())
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError("model", cfg.name, f"transformers cannot build it: {' '.join(str(err).split())[:300]}") \
+                from None
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(**inputs).loss
+
+
+def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
+    hf = cfg.hf_config()
+    if cfg.resolved_task() == "image-classification":
+        channels = getattr(hf, "num_channels", 3)
+        labels = max(int(getattr(hf, "num_labels", 2)), 1)
+        return {"pixel_values": torch.randn(batch.size, channels, batch.image_size, batch.image_size, device=device),
+                "labels": torch.randint(0, labels, (batch.size,), device=device)}
+    shape = (batch.size, batch.seq_len)  # no padding: a full batch's attention mask is all ones, which HF drops (and
+    return {"input_ids": torch.randint(0, hf.vocab_size, shape, device=device),  # reads, which meta cannot)
+            "labels": torch.randint(0, hf.vocab_size, shape, device=device)}
+
+
+FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, load=load))

@@ -1,0 +1,161 @@
+"""``model=hf``: Hugging Face architectures built by transformers from a config. The presets' parameter counts against
+the published ones (model cards, torchvision's tables), the counts of small HF models against our own families and
+a closed form, mixture-of-experts layers counted whatever the routing, cpu against meta, and a mixed sweep."""
+
+import pytest
+from omegaconf import OmegaConf
+
+pytest.importorskip("transformers")
+
+from flopsweep.build.model import build  # noqa: E402
+from flopsweep.config.resolve import resolve  # noqa: E402
+from flopsweep.run.job import run_job  # noqa: E402
+from tests.helpers import compose_config, model_presets, run_app  # noqa: E402
+
+# The parameter counts Hugging Face shows for the published checkpoints (safetensors totals), and torchvision's tables
+# for the CNNs: not computed by flopsweep nor by transformers here.
+PUBLISHED = {
+    "llama3_8b": 8_030_261_248, "llama3_70b": 70_553_706_496, "llama3_1_8b": 8_030_261_248,
+    "llama3_1_70b": 70_553_706_496, "llama3_1_405b": 405_853_388_800, "llama3_2_1b": 1_235_814_400,
+    "llama3_2_3b": 3_212_749_824, "mistral_7b": 7_241_732_096, "mixtral_8x7b": 46_702_792_704,
+    "mixtral_8x22b": 140_620_634_112, "gemma2_2b": 2_614_341_888, "gemma2_9b": 9_241_705_984,
+    "gemma2_27b": 27_227_128_320, "qwen2_5_1_5b": 1_543_714_304, "qwen2_5_3b": 3_085_938_688,
+    "qwen2_5_14b": 14_770_033_664, "qwen2_5_32b": 32_763_876_352, "qwen2_5_72b": 72_706_203_648,
+    "qwen3_30b_a3b": 30_532_122_624, "gpt_neox_20b": 20_554_567_680,
+    # DeepSeek-V3 without its multi-token-prediction module (transformers builds none): the checkpoint's 671.03 G
+    # also stores each MoE layer's router bias (256 values x 58 layers), which transformers keeps as a buffer
+    "deepseek_v3": 671_026_419_200 - 58 * 256,
+    "resnet18": 11_689_512, "resnet50": 25_557_032, "efficientnet_b0": 5_288_548, "convnext_tiny": 28_589_128,
+    "mobilenet_v2": 3_504_872 + 1280 + 1,  # torchvision's 1000 classes; Google's checkpoint has 1001 (background)
+}
+
+
+def hf_presets() -> list[str]:
+    return [name for name in model_presets()
+            if (OmegaConf.load(f"conf/model/{name}.yaml").get("family") == "hf" and name != "hf")]
+
+
+def test_every_hf_preset_has_a_published_count():
+    assert sorted(hf_presets()) == sorted(PUBLISHED)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_a_preset_has_its_published_parameter_count(name):
+    model = build(resolve(compose_config(f"model={name}", "device=meta", "batch.size=1"))).model
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]  # tied embeddings once
+
+
+def measured(*overrides: str, device: str = "meta"):
+    cfg = compose_config(*overrides, f"device={device}", "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    return result
+
+
+SMALL_LLAMA = ["model.d_model=64", "model.n_head=4", "model.n_layer=2", "model.d_ff=172", "model.vocab_size=1000"]
+HF_LLAMA = ["model=hf", "model.model_type=llama", "+model.hidden_size=64", "+model.num_attention_heads=4",
+            "+model.num_key_value_heads=4", "+model.num_hidden_layers=2", "+model.intermediate_size=172",
+            "+model.vocab_size=1000", "+model.tie_word_embeddings=false"]
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (["model=llama2_7b", *SMALL_LLAMA], HF_LLAMA),
+    (["model=gpt2_small", "model.d_model=64", "model.n_head=4", "model.n_layer=2", "model.vocab_size=1000"],
+     ["model=hf", "model.model_type=gpt2", "+model.n_embd=64", "+model.n_head=4", "+model.n_layer=2",
+      "+model.vocab_size=1000"]),
+], ids=["llama", "gpt2"])
+def test_a_small_hf_model_counts_the_matmuls_of_our_own_family_of_its_shape(ours, theirs):
+    a = measured(*ours, "batch.seq_len=32", "batch.size=2")
+    b = measured(*theirs, "batch.seq_len=32", "batch.size=2")
+    assert b.metrics["flops/forward"] == a.metrics["flops/forward"]
+    assert b.metrics["size/params"] == a.metrics["size/params"]
+
+
+def test_hf_bert_trains_with_its_masked_lm_head_where_ours_is_the_bare_encoder_with_its_pooler():
+    """The same encoder; Hugging Face's BertForMaskedLM (what pretraining runs) adds the MLM head over every token (a
+    d x d transform, its norm, the decoder tied to the embedding with a bias), ours (BertModel) has the pooler."""
+    d, vocab, batch, seq = 64, 1000, 2, 32
+    shape = ["batch.seq_len=32", "batch.size=2"]
+    ours = measured("model=bert_base", "model.d_model=64", "model.n_head=4", "model.n_layer=2", "model.d_ff=256",
+                    "model.vocab_size=1000", *shape)
+    theirs = measured("model=hf", "model.model_type=bert", "+model.hidden_size=64", "+model.num_attention_heads=4",
+                      "+model.num_hidden_layers=2", "+model.intermediate_size=256", "+model.vocab_size=1000", *shape)
+    tokens = batch * seq
+    assert theirs.metrics["flops/forward"] - ours.metrics["flops/forward"] == \
+        2 * tokens * d * d + 2 * tokens * d * vocab - 2 * batch * d * d
+    assert theirs.metrics["size/params"] - ours.metrics["size/params"] == 2 * d + vocab
+
+
+MIXTRAL = ["model=mixtral_8x7b", "++model.hidden_size=64", "++model.intermediate_size=96", "++model.vocab_size=500",
+           "++model.num_attention_heads=4", "++model.num_key_value_heads=2", "++model.num_hidden_layers=2",
+           "batch.seq_len=16", "batch.size=3"]
+
+
+def test_a_small_mixtral_counts_its_closed_form_and_cpu_equals_meta():
+    """Attention, the router and the top-2 of 8 experts per token (three matmuls each), the head: whatever the
+    routing (meta routes nothing, the CPU routes real tokens), the same count."""
+    d, ff, vocab, heads, kv, layers, experts, top_k, tokens = 64, 96, 500, 4, 2, 2, 8, 2, 48
+    head_dim = d // heads
+    per_layer = (2 * tokens * d * d * 2 + 2 * tokens * d * kv * head_dim * 2     # q, o; k, v
+                 + 4 * 3 * heads * 16 * 16 * head_dim                            # scores and mix: 3 sequences of 16
+                 + 2 * tokens * d * experts                                      # the router
+                 + top_k * tokens * 3 * 2 * d * ff)                              # gate, up, down of 2 experts a token
+    meta = measured(*MIXTRAL)
+    assert meta.metrics["flops/forward"] == layers * per_layer + 2 * tokens * d * vocab
+    cpu = measured(*MIXTRAL, device="cpu", )
+    for key in ("flops/forward", "flops/backward", "flops/forward_elementwise", "flops/backward_elementwise"):
+        assert cpu.metrics[key] == meta.metrics[key], key
+    assert not meta.breakdown["uncounted_ops"] and not cpu.breakdown["uncounted_ops"]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_every_preset_counts_every_op_of_its_step(name):
+    """Each preset, cut to a layer or two, a short sequence: no op of forward, backward or AdamW is uncounted."""
+    text = OmegaConf.load(f"conf/model/{name}.yaml").get("default_seq_len") is not None
+    few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
+    if name == "deepseek_v3":
+        few = ["++model.num_hidden_layers=2", "++model.first_k_dense_replace=1", "batch.seq_len=16"]
+    result = measured(f"model={name}", *few, "batch.size=1")
+    assert not result.breakdown["uncounted_ops"], result.breakdown["uncounted_ops"]
+    assert result.metrics["flops/backward"] > result.metrics["flops/forward"] > 0
+
+
+def test_a_sweep_mixes_hf_custom_and_our_models_and_logs_them(tmp_path):
+    proc = run_app("-m", "model=llama3_2_1b,resnet18,custom_example,gpt2_small", "device=meta", "batch.seq_len=16",
+                   "tracking.experiment=mixed", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mixed").experiment_id],
+                              "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
+    assert sorted(r.data.params["model.name"] for r in runs) == ["custom_example", "gpt2_small", "llama3_2_1b",
+                                                                  "resnet18"]
+    assert all(r.data.metrics["flops/forward"] > 0 for r in runs)
+
+
+def test_a_config_json_is_a_model(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300,
+        "max_position_embeddings": 128, "tie_word_embeddings": True}))
+    result = measured("model=hf", f"model.config={tmp_path}", "batch.seq_len=16")
+    embedding, layer = 300 * 64, 4 * 64 * 16 * 2 + 64 * 16 * 2 * 2 + 16 * 4 + 16 * 2 * 2 + 3 * 64 * 128 + 2 * 64
+    assert result.metrics["size/params"] == embedding + 2 * layer + 64  # q, o; k, v; their biases; MLP; norms
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model=hf"], "model.model_type: missing"),
+    (["model=hf", "model.model_type=nope"], "model.model_type='nope'"),
+    (["model=hf", "model.config=/nonexistent/config.json"], "model.config='/nonexistent/config.json'"),
+    (["model=resnet18", "batch.image_size=100", "++model.image_size=224"], "batch.image_size=100"),
+    (["model=llama3_8b", "batch.seq_len=100000"], "batch.seq_len=100000"),
+])
+def test_a_bad_hf_value_names_its_key(overrides, key):
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*overrides, "device=meta"))
+    assert str(err.value).startswith(key) and "\n" not in str(err.value), str(err.value)
