@@ -159,3 +159,14 @@ def test_a_bad_hf_value_names_its_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         resolve(compose_config(*overrides, "device=meta"))
     assert str(err.value).startswith(key) and "\n" not in str(err.value), str(err.value)
+
+
+def test_without_transformers_model_hf_is_one_line_saying_how_to_install_it(monkeypatch):
+    import sys
+
+    from flopsweep.core.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config("model=hf", "model.model_type=llama", "+model.hidden_size=48", "device=meta"))
+    assert str(err.value) == "model.family='hf': needs transformers: pip install 'flopsweep[hf]'"
