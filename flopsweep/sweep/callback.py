@@ -142,8 +142,9 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
 def abandon_sweep(why: BaseException) -> None:
     """The sweep stops before its end, for ``why`` (a swept value that cannot be composed, a signal, a full disk):
     end its workers, and mark its MLflow run KILLED (a signal) or FAILED rather than leave it RUNNING. Interrupted or
-    out of disk, it first prints the summary of what its folder holds (and of a job measured but not written),
-    written to ``summary.csv`` and logged to the run where the disk takes it. The jobs that finished keep their runs."""
+    out of disk, it first prints the summary of what its folder holds (and of a job measured but not written), and,
+    unless the disk is what stopped it, writes it to ``summary.csv`` and logs it to the run. The jobs that finished
+    keep their runs."""
     stop_workers()
     sweep = state.current()
     status = "KILLED" if isinstance(why, KeyboardInterrupt) else "FAILED"
