@@ -170,3 +170,12 @@ def test_without_transformers_model_hf_is_one_line_saying_how_to_install_it(monk
     with pytest.raises(ConfigError) as err:
         resolve(compose_config("model=hf", "model.model_type=llama", "+model.hidden_size=48", "device=meta"))
     assert str(err.value) == "model.family='hf': needs transformers: pip install 'flopsweep[hf]'"
+
+
+def test_a_cnn_presets_module_profile_shows_its_convolutions_norms_and_pools():
+    result = measured("model=resnet18", "measure.profile=true")
+    rows = result.breakdown["profile"]
+    kinds = {row["type"] for row in rows}
+    assert {"Conv2d", "BatchNorm2d", "MaxPool2d", "AdaptiveAvgPool2d"} <= kinds, kinds
+    stem = next(row for row in rows if row["type"] == "Conv2d")  # 7x7, 3 -> 64 channels, stride 2: 112 x 112 out
+    assert stem["forward_flops"] == 2 * 112 * 112 * 64 * 3 * 7 * 7 and stem["params"] == 64 * 3 * 7 * 7
