@@ -15,12 +15,12 @@ LLAMA_TINY = dict(d_model=64, n_layer=2, n_head=8, n_kv_head=2, d_ff=160, vocab_
                   norm="rmsnorm", act="swiglu", positions="rope", bias=False, qkv_bias=True, tie_embeddings=False)
 
 
-def count(cfg, batch, device, optimizer="adamw", **kw):
+def count(cfg, batch, device, optimizer="adamw", foreach=True, **kw):
     torch.manual_seed(0)
     with torch.device(device):
         model = decoder.Model(cfg)
     params = list(model.parameters())
-    opt = {"adamw": lambda: torch.optim.AdamW(params, weight_decay=0.01, foreach=True),
+    opt = {"adamw": lambda: torch.optim.AdamW(params, weight_decay=0.01, foreach=foreach),
            "sgd": lambda: torch.optim.SGD(params, lr=0.1, foreach=True)}[optimizer]()
     inputs = language_model_inputs(cfg, batch, device)
     with MetaLikeCPU() if device == "meta" else contextlib.nullcontext():
@@ -82,6 +82,18 @@ def test_optimizer_costs_per_element():
     # plus one add per parameter tensor for its step counter
     tensors = len(list(model.parameters()))
     assert adamw.optimizer.elementwise == 12 * n + tensors
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_adamw_one_tensor_at_a_time_costs_what_its_foreach_path_costs(device):
+    """torch's default single-tensor AdamW updates in place (``lerp_``, ``addcmul_``, ``addcdiv_``): each costs what
+    its out-of-place and ``_foreach_`` forms cost (it was counted as 1 each: 8 FLOPs a parameter, not 12)."""
+    cfg, batch = decoder.Config(**TINY), BatchShape(2, 16)
+    one_by_one, model = count(cfg, batch, device, foreach=False)
+    grouped, _ = count(cfg, batch, device, foreach=True)
+    n, tensors = sum(p.numel() for p in model.parameters()), len(list(model.parameters()))
+    assert one_by_one.optimizer.elementwise == grouped.optimizer.elementwise == 12 * n + tensors
+    assert not one_by_one.uncounted
 
 
 def test_module_breakdown_sums_to_totals():

@@ -179,3 +179,30 @@ def test_a_cnn_presets_module_profile_shows_its_convolutions_norms_and_pools():
     assert {"Conv2d", "BatchNorm2d", "MaxPool2d", "AdaptiveAvgPool2d"} <= kinds, kinds
     stem = next(row for row in rows if row["type"] == "Conv2d")  # 7x7, 3 -> 64 channels, stride 2: 112 x 112 out
     assert stem["forward_flops"] == 2 * 112 * 112 * 64 * 3 * 7 * 7 and stem["params"] == 64 * 3 * 7 * 7
+
+
+# the active parameters the model cards state, to the precision they state them
+PUBLISHED_ACTIVE = {"mixtral_8x7b": (12.9e9, 0.05e9), "mixtral_8x22b": (39e9, 0.5e9),
+                    "qwen3_30b_a3b": (3.3e9, 0.1e9),  # 3.35 G: its card truncates
+                    "deepseek_v3": (37e9, 0.6e9)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_ACTIVE))
+def test_a_mixture_of_experts_uses_the_parameters_its_card_states(name):
+    from flopsweep.measure.size import active_parameters
+
+    model = build(resolve(compose_config(f"model={name}", "device=meta", "batch.size=1"))).model
+    stated, precision = PUBLISHED_ACTIVE[name]
+    assert abs(active_parameters(model) - stated) <= precision
+
+
+def test_params_active_is_shared_plus_top_k_experts_and_the_projection_uses_it():
+    from flopsweep.projection.training import PerToken
+
+    d, ff, layers, experts, top_k = 64, 96, 2, 8, 2
+    moe = measured(*MIXTRAL)
+    routed = layers * experts * 3 * d * ff  # gate, up and down of every expert
+    assert moe.metrics["size/params_active"] == moe.metrics["size/params"] - routed + routed * top_k // experts
+    assert PerToken.from_result(moe).params == moe.metrics["size/params_active"]  # N of 6ND and PaLM's forms
+    dense = measured("model=llama3_8b", "++model.num_hidden_layers=1", "batch.seq_len=16")
+    assert dense.metrics["size/params_active"] == dense.metrics["size/params"]

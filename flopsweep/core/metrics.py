@@ -11,6 +11,7 @@ FLOPS_FORWARD_ANALYTIC = "flops/forward_analytic"
 MACS_FORWARD = "macs/forward"
 
 PARAMS = "size/params"
+PARAMS_ACTIVE = "size/params_active"  # a token's: shared parameters plus its top-k experts (= params when dense)
 PARAMS_TRAINABLE = "size/params_trainable"
 PARAMS_EMBEDDING = "size/params_embedding"
 WEIGHTS_BYTES = "size/weights_bytes"

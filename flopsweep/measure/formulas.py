@@ -21,8 +21,8 @@ Elementwise costs per element (one FLOP per add, multiply, divide, compare or el
 op                                      cost  why
 ======================================  ====  ===================================================
 any op tagged ``pointwise`` not below   1     add, mul, div, exp, rsqrt, where, clamp, ...
-``addcmul``, ``addcdiv``                2     a multiply (or divide) and an add
-``lerp``                                3     ``a + w * (b - a)``
+``addcmul``, ``addcdiv`` (and ``_``)    2     a multiply (or divide) and an add
+``lerp`` (and ``lerp_``)                3     ``a + w * (b - a)``
 ``gelu`` (erf) / ``gelu`` (tanh)        5 / 8 ``x/2 * (1 + erf(x/sqrt 2))``; the tanh form has a cubic
 ``gelu_backward``                       8/12  the derivative has both the CDF and the density
 ``silu`` / ``silu_backward``            2 / 5 ``x * sigmoid(x)``
@@ -281,8 +281,9 @@ def _gelu_backward(grad_output, self, *, result, approximate="none", **_) -> OpC
     return OpCost(elementwise=_gelu_cost(approximate == "tanh", True) * result.numel())
 
 
-ELEMENTWISE_PER_OUTPUT = {
-    aten.addcmul: 2, aten.addcdiv: 2, aten.lerp: 3,
+ELEMENTWISE_PER_OUTPUT = {  # in place too: torch's single-tensor optimizers update with lerp_, addcmul_, addcdiv_
+    aten.addcmul: 2, aten.addcdiv: 2, aten.lerp: 3, aten.addcmul_: 2, aten.addcdiv_: 2, aten.lerp_: 3,
+    aten.silu_: 2,
     aten.silu: 2, aten.silu_backward: 5,
     aten.native_layer_norm: 5,
     aten._softmax: 5, aten._log_softmax: 5, aten._safe_softmax: 5,

@@ -25,10 +25,28 @@ class SizeRecord:
     activations_bytes: Optional[int]   # None for inference builds (nothing is saved for backward)
     train_peak_bytes: Optional[int]
     step: Optional["StepMemory"] = None  # a simulated step's peak and what was alive at it, where one ran
+    params_active: Optional[int] = None  # the parameters a token uses (mixture of experts: the top-k experts only)
 
     @property
     def static_bytes(self) -> int:
         return self.weights_bytes + self.buffers_bytes + self.grads_bytes + self.optimizer_state_bytes
+
+
+def active_parameters(model: nn.Module) -> int:
+    """The parameters one token uses: every parameter once, less the routed experts a token does not reach. A
+    mixture-of-experts layer is found as transformers (5.x) builds one: an ``experts`` module that holds
+    ``num_experts`` experts' weights, beside a router (or in a block) whose ``top_k`` experts a token takes; a token
+    uses ``top_k / num_experts`` of those weights. Shared experts, routers and everything else count whole."""
+    total = sum(p.numel() for p in unique_parameters(model))
+    for block in model.modules():
+        experts = getattr(block, "experts", None)
+        routed = getattr(experts, "num_experts", None)
+        top_k = getattr(block, "top_k", None) or next((getattr(child, "top_k") for child in block.children()
+                                                        if isinstance(getattr(child, "top_k", None), int)), None)
+        if isinstance(experts, nn.Module) and isinstance(routed, int) and isinstance(top_k, int) and routed > top_k:
+            weights = sum(p.numel() for p in experts.parameters())
+            total -= weights - weights * top_k // routed
+    return total
 
 
 def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -129,7 +147,7 @@ def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: O
     return SizeRecord(params=sum(p.numel() for p in params), params_trainable=sum(p.numel() for p in trainable),
                       params_embedding=embedding_params(model), weights_bytes=weights, buffers_bytes=buffers,
                       grads_bytes=grads, optimizer_state_bytes=state, activations_bytes=activations,
-                      train_peak_bytes=peak)
+                      train_peak_bytes=peak, params_active=active_parameters(model))
 
 
 TEMPORARY = "temporary"

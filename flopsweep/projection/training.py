@@ -40,7 +40,7 @@ class PerToken:
     """What one training token costs the model, from a measured step (or its config, for the closed forms)."""
 
     model: str
-    params: int                         # N: every parameter once
+    params: int                         # N: the parameters a token uses (a mixture of experts: its top-k experts)
     seq_len: int
     counted: Optional[float]            # measured forward + backward FLOPs per token
     counted_forward: Optional[float]    # measured forward FLOPs per token (what recomputation adds)
@@ -66,14 +66,20 @@ class PerToken:
                 "counted nothing (measure.count=false): nothing to project from")
         tokens, attention = int(batch) * int(seq), attention_per_token(model, int(seq))
         if m.get(M.FLOPS_BACKWARD) is None:  # forward only: inference
-            return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq), counted=m[M.FLOPS_FORWARD] / tokens,
+            return cls(model=name, params=active_params(m), seq_len=int(seq), counted=m[M.FLOPS_FORWARD] / tokens,
                        counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=0.0,
                        attention=None if attention is None else attention / 3.0, source=source, training=False)
-        return cls(model=name, params=int(m[M.PARAMS]), seq_len=int(seq),
+        return cls(model=name, params=active_params(m), seq_len=int(seq),
                    counted=(m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD]) / tokens,
                    counted_forward=m[M.FLOPS_FORWARD] / tokens,
                    optimizer_step=m.get(M.FLOPS_OPTIMIZER_MEAN) or m.get(M.FLOPS_OPTIMIZER) or 0.0,
                    attention=attention, source=source)
+
+
+def active_params(metrics: dict[str, Any]) -> int:
+    """N of 6ND and PaLM's forms: the parameters a token uses (``size/params_active``; all of them in a dense model,
+    the shared ones and the top-k routed experts in a mixture of experts; runs from before the metric: all)."""
+    return int(metrics.get(M.PARAMS_ACTIVE) or metrics[M.PARAMS])
 
 
 def of_preset(name: str, params: int, seq_len: int, model: dict[str, Any]) -> PerToken:

@@ -117,7 +117,8 @@ def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRec
             m[M.FLOPS_OPTIMIZER] = count.optimizer.matmul + count.optimizer.elementwise
             step += m[M.FLOPS_OPTIMIZER]
         m[M.FLOPS_STEP] = step
-    m.update({M.PARAMS: size.params, M.PARAMS_TRAINABLE: size.params_trainable,
+    m.update({M.PARAMS: size.params, M.PARAMS_ACTIVE: size.params_active if size.params_active is not None
+              else size.params, M.PARAMS_TRAINABLE: size.params_trainable,
               M.PARAMS_EMBEDDING: size.params_embedding, M.WEIGHTS_BYTES: size.weights_bytes,
               M.BUFFERS_BYTES: size.buffers_bytes})
     if training:
