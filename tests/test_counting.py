@@ -96,6 +96,16 @@ def test_adamw_one_tensor_at_a_time_costs_what_its_foreach_path_costs(device):
     assert not one_by_one.uncounted
 
 
+def test_the_module_table_carries_each_modules_parameters():
+    counted, model = count(decoder.Config(**TINY), BatchShape(2, 16), "meta")
+    rows = {r["module"]: r for r in counted.module_table(3, model)}
+    d = 64
+    assert rows["blocks.0.attn"]["params"] == 3 * d * d + 3 * d + d * d + d  # qkv and out, with their biases
+    assert rows["blocks.0.mlp"]["params"] == 2 * 4 * d * d + 4 * d + d
+    assert rows["(model)"]["params"] == sum(p.numel() for p in model.parameters())  # the tied head once
+    assert rows["(optimizer)"]["params"] is None
+
+
 def test_module_breakdown_sums_to_totals():
     counted, _ = count(decoder.Config(**TINY), BatchShape(2, 16), "meta")
     rows = counted.module_table(3)

@@ -56,8 +56,9 @@ class StepCount:
         return {name: count for name, count in zip(PHASES, (self.forward, self.backward, self.optimizer))
                 if count is not None}
 
-    def module_table(self, depth: int) -> list[dict[str, Any]]:
-        """Inclusive FLOPs per module down to ``depth`` (0 = the whole model), one row per module."""
+    def module_table(self, depth: int, model: Optional[nn.Module] = None) -> list[dict[str, Any]]:
+        """Inclusive FLOPs per module down to ``depth`` (0 = the whole model), one row per module; with ``model``, each
+        row's parameters too (each tensor once; none for the optimizer's row)."""
         totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for phase, count in self.phases().items():
             for path, tally in count.by_module.items():
@@ -68,8 +69,13 @@ class StepCount:
                     totals[prefix][f"{phase}_flops"] += tally.matmul
                     totals[prefix][f"{phase}_elementwise"] += tally.elementwise
         rows = []
+        modules = dict(model.named_modules()) if model is not None else {}
         for path in sorted(totals, key=_module_order):
             row = {"module": path, "depth": 0 if path in (ROOT, OPTIMIZER) else path.count(".") + 1}
+            module = model if path == ROOT else modules.get(path)
+            if model is not None:
+                row["params"] = sum({id(p): p.numel() for p in module.parameters()}.values()) \
+                    if module is not None else None
             for phase in PHASES:
                 row[f"{phase}_flops"] = totals[path].get(f"{phase}_flops", 0)
                 row[f"{phase}_elementwise"] = totals[path].get(f"{phase}_elementwise", 0)

@@ -55,8 +55,7 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
         metrics[M.FLOPS_BACKWARD_ANALYTIC] = backward_analytic
     breakdown: dict[str, Any] = {}
     if count is not None:
-        breakdown = step_breakdown(count, spec.measure.module_depth,
-                                   model if spec.measure.profile else None, progress.latency)
+        breakdown = step_breakdown(count, spec.measure.module_depth, model, spec.measure.profile, progress.latency)
     info = {**job_info(spec, progress.timing), **progress.notes}
     return with_step_memory(Result(status, error, config, metrics, breakdown, info=info),
                             size.step if size is not None else None)
@@ -73,13 +72,14 @@ def optimizer_mean(count: Optional[StepCount], periodic_ops: dict[str, int]) -> 
     return count.optimizer.matmul + count.optimizer.elementwise - saved
 
 
-def step_breakdown(count: StepCount, module_depth: int, profiled: Optional[torch.nn.Module] = None,
+def step_breakdown(count: StepCount, module_depth: int, model: Optional[torch.nn.Module], profile: bool = False,
                    latency: Optional[dict[str, float]] = None) -> dict[str, Any]:
-    """The per-module and per-op tables of a counted step, and the module profile of ``profiled`` if given."""
-    breakdown: dict[str, Any] = {"modules": count.module_table(module_depth), "ops": count.op_table(),
+    """The per-module (with each module's parameters) and per-op tables of a counted step, and the module profile
+    if ``profile``."""
+    breakdown: dict[str, Any] = {"modules": count.module_table(module_depth, model), "ops": count.op_table(),
                                  "uncounted_ops": count.uncounted}
-    if profiled is not None:
-        breakdown["profile"] = module_rows(profiled, count, latency)
+    if profile and model is not None:
+        breakdown["profile"] = module_rows(model, count, latency)
     return breakdown
 
 

@@ -164,8 +164,7 @@ class Meter:
         if mean is not None:
             metrics[M.FLOPS_OPTIMIZER_MEAN] = mean
         latency = self._modules.means() if self._modules is not None and self._modules.passes else None
-        breakdown = step_breakdown(self.count, MeasureConf.module_depth, self.model if self.profile else None,
-                                   latency)
+        breakdown = step_breakdown(self.count, MeasureConf.module_depth, self.model, self.profile, latency)
         config = {"model": {"name": self.name or type(self.model).__name__, "family": "user"},
                   "batch": {"size": self.batch.size, "seq_len": self.batch.seq_len},
                   "device": {"type": self.device.split(":")[0]}, "dtype": {"name": self.dtype},
