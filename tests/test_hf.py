@@ -63,12 +63,21 @@ HF_LLAMA = ["model=hf", "model.model_type=llama", "+model.hidden_size=64", "+mod
     (["model=gpt2_small", "model.d_model=64", "model.n_head=4", "model.n_layer=2", "model.vocab_size=1000"],
      ["model=hf", "model.model_type=gpt2", "+model.n_embd=64", "+model.n_head=4", "+model.n_layer=2",
       "+model.vocab_size=1000"]),
-], ids=["llama", "gpt2"])
+    (["model=t5_small", "model.d_model=64", "model.n_head=4", "model.n_layer=2", "model.d_ff=128",
+      "model.vocab_size=300", "model.d_kv=16"],
+     ["model=hf", "model.model_type=t5", "+model.d_model=64", "+model.num_heads=4", "+model.num_layers=2",
+      "+model.num_decoder_layers=2", "+model.d_ff=128", "+model.vocab_size=300", "+model.d_kv=16"]),
+    (["model=vit_b16", "model.image_size=32", "model.patch_size=8", "model.d_model=64", "model.n_head=4",
+      "model.n_layer=2", "model.d_ff=128", "model.num_classes=10"],
+     ["model=hf", "model.model_type=vit", "+model.image_size=32", "+model.patch_size=8", "+model.hidden_size=64",
+      "+model.num_attention_heads=4", "+model.num_hidden_layers=2", "+model.intermediate_size=128",
+      "+model.num_labels=10"]),
+], ids=["llama", "gpt2", "t5", "vit"])
 def test_a_small_hf_model_counts_the_matmuls_of_our_own_family_of_its_shape(ours, theirs):
     a = measured(*ours, "batch.seq_len=32", "batch.size=2")
     b = measured(*theirs, "batch.seq_len=32", "batch.size=2")
-    assert b.metrics["flops/forward"] == a.metrics["flops/forward"]
-    assert b.metrics["size/params"] == a.metrics["size/params"]
+    for key in ("flops/forward", "flops/backward", "size/params"):
+        assert b.metrics[key] == a.metrics[key], key
 
 
 def test_hf_bert_trains_with_its_masked_lm_head_where_ours_is_the_bare_encoder_with_its_pooler():
