@@ -286,11 +286,21 @@ class PretendGPU(nn.Module):
 
 
 def custom_model(target: str, inputs: str, loss: str = "output", **kwargs) -> list[str]:
-    """The overrides that make ``model=custom_example`` build ``target(**kwargs)`` (the example's own arguments
-    removed) on ``inputs``; ``loss=output``: the mean of what it returns."""
-    return ["model=custom_example", f"model._target_={target}", "~model.d_model", "~model.nhead",
-            "~model.dim_feedforward", "~model.batch_first", f"model.inputs={inputs}", f"model.loss={loss}",
-            "model.default_seq_len=null", *[f"+model.{k}={v}" for k, v in kwargs.items()], "tracking=none"]
+    """The overrides that make ``model=custom`` build ``target(**kwargs)`` on ``inputs``; ``loss=output``: the mean
+    of what it returns."""
+    return ["model=custom", f"model._target_={target}", f"model.inputs={inputs}", f"model.loss={loss}",
+            *[f"+model.{k}={v}" for k, v in kwargs.items()], "tracking=none"]
+
+
+class LabelledNet(nn.Module):
+    """A model as Hugging Face writes them: its inputs by keyword, labels among them, its loss in a dict."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.proj = nn.Linear(features, classes)
+
+    def forward(self, labels: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": F_.cross_entropy(self.proj(x), labels), "logits": self.proj(x)}
 
 
 def pretend_gpu(features: int = F, **kwargs) -> list[str]:

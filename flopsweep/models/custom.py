@@ -14,6 +14,9 @@ arguments, and ``inputs`` describes the synthetic batch, with ``batch`` and ``se
 
 from __future__ import annotations
 
+import inspect
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -77,6 +80,8 @@ class OutputLoss(nn.Module):
             return out if out.dim() == 0 else out.mean()
         if hasattr(out, "loss"):
             return out.loss
+        if isinstance(out, dict) and "loss" in out:
+            return out["loss"]
         return out[0]
 
 
@@ -85,6 +90,8 @@ class Model(nn.Module):
         super().__init__()
         from hydra.utils import instantiate
 
+        if os.getcwd() not in sys.path:  # a module beside where flopsweep runs (./mymodel.py: mymodel.Net)
+            sys.path.append(os.getcwd())
         try:
             self.net = instantiate({"_target_": cfg.target, **cfg.kwargs})
         except Exception as err:  # noqa: BLE001 - report which key, not a Hydra traceback
@@ -94,6 +101,7 @@ class Model(nn.Module):
         require(isinstance(self.net, nn.Module), "model._target_", cfg.target,
                 f"built a {type(self.net).__module__}.{type(self.net).__qualname__}, not a torch.nn.Module")
         self.names = [spec.get("name", f"input{i}") for i, spec in enumerate(cfg.inputs)]
+        self.by_name = _takes_names(self.net, self.names)
         self.loss = OutputLoss(cfg.loss)
         self.inputs_key = ("model.inputs[0].shape", list(cfg.inputs[0]["shape"])) if len(cfg.inputs) == 1 else \
             ("model.inputs", [list(spec["shape"]) for spec in cfg.inputs])
@@ -101,7 +109,7 @@ class Model(nn.Module):
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         try:
-            out = self.net(*(inputs[name] for name in self.names))
+            out = self.net(**inputs) if self.by_name else self.net(*(inputs[name] for name in self.names))
         except Exception as err:
             if self.accepted or "memory" in str(err).lower():  # out of memory is a result, not a bad input
                 raise
@@ -109,6 +117,19 @@ class Model(nn.Module):
             raise ConfigError(*self.inputs_key, f"the model refused its inputs: {reason}") from None
         self.accepted = True
         return self.loss(out)
+
+
+def _takes_names(net: nn.Module, names: list[str]) -> bool:
+    """Whether ``net``'s forward takes every input by its name (keyword arguments, labels): then they are passed by
+    name; else in their order, as positional arguments."""
+    try:
+        parameters = inspect.signature(net.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    named = {n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return set(names) <= named
 
 
 def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
