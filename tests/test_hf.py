@@ -130,8 +130,14 @@ def test_every_preset_counts_every_op_of_its_step(name):
 
 
 def test_a_sweep_mixes_hf_custom_and_our_models_and_logs_them(tmp_path):
-    proc = run_app("-m", "model=llama3_2_1b,resnet18,custom_example,gpt2_small", "device=meta", "batch.seq_len=16",
-                   "tracking.experiment=mixed", cwd=tmp_path)
+    """An HF decoder and CNN preset, an HF encoder of the user's own (a config beside the command), a custom model and
+    one of our presets, in one sweep."""
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "small_bert.yaml").write_text(
+        "family: hf\nname: small_bert\nmodel_type: bert\nhidden_size: 64\nnum_hidden_layers: 2\n"
+        "num_attention_heads: 4\nintermediate_size: 256\n")
+    proc = run_app("--config-dir", "conf", "-m", "model=llama3_2_1b,small_bert,resnet18,custom_example,gpt2_small",
+                   "device=meta", "batch.seq_len=16", "tracking.experiment=mixed", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     from mlflow.tracking import MlflowClient
 
@@ -139,7 +145,7 @@ def test_a_sweep_mixes_hf_custom_and_our_models_and_logs_them(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("mixed").experiment_id],
                               "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
     assert sorted(r.data.params["model.name"] for r in runs) == ["custom_example", "gpt2_small", "llama3_2_1b",
-                                                                  "resnet18"]
+                                                                  "resnet18", "small_bert"]
     assert all(r.data.metrics["flops/forward"] > 0 for r in runs)
 
 
@@ -215,3 +221,21 @@ def test_params_active_is_shared_plus_top_k_experts_and_the_projection_uses_it()
     assert PerToken.from_result(moe).params == moe.metrics["size/params_active"]  # N of 6ND and PaLM's forms
     dense = measured("model=llama3_8b", "++model.num_hidden_layers=1", "batch.seq_len=16")
     assert dense.metrics["size/params_active"] == dense.metrics["size/params"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=llama3_2_1b", "++model.num_hidden_layers=1", "++model.vocab_size=300", "batch.seq_len=16"],
+    ["model=gemma2_2b", "++model.num_hidden_layers=2", "++model.vocab_size=300", "batch.seq_len=16"],
+    ["model=resnet18", "batch.image_size=64"],
+], ids=["llama_gqa", "gemma2_softcap", "resnet18"])
+def test_an_hf_model_counts_the_same_on_cpu_and_meta(overrides):
+    meta, cpu = measured(*overrides), measured(*overrides, device="cpu")
+    for key in ("flops/forward", "flops/backward", "flops/forward_elementwise", "flops/backward_elementwise",
+                "flops/optimizer"):
+        assert cpu.metrics[key] == meta.metrics[key], key
+
+
+def test_batch_image_size_sizes_a_cnns_input():
+    small, large = measured("model=resnet18"), measured("model=resnet18", "batch.image_size=448")  # 7 and 14 x 32
+    head = 2 * 512 * 1000  # the classifier sees the pooled features whatever the size; every conv sees 4 x the pixels
+    assert large.metrics["flops/forward"] - head == 4 * (small.metrics["flops/forward"] - head)
