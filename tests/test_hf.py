@@ -46,8 +46,12 @@ def test_a_preset_has_its_published_parameter_count(name):
 
 
 def measured(*overrides: str, device: str = "meta"):
+    """A job as the flopsweep command runs it, its config recorded as built."""
+    from flopsweep.config.resolve import job_config
+
     cfg = compose_config(*overrides, f"device={device}", "tracking=none")
-    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    spec = resolve(cfg)
+    result = run_job(spec, job_config(cfg, spec))
     assert result.status == "ok", result.error
     return result
 
@@ -239,3 +243,16 @@ def test_batch_image_size_sizes_a_cnns_input():
     small, large = measured("model=resnet18"), measured("model=resnet18", "batch.image_size=448")  # 7 and 14 x 32
     head = 2 * 512 * 1000  # the classifier sees the pooled features whatever the size; every conv sees 4 x the pixels
     assert large.metrics["flops/forward"] - head == 4 * (small.metrics["flops/forward"] - head)
+
+
+def test_the_projection_of_an_hf_decoder_has_palms_attention_term():
+    from flopsweep.projection.training import PerToken
+
+    result = measured("model=llama3_2_1b", "++model.num_hidden_layers=2", "batch.seq_len=64")
+    assert result.config["model"]["task"] == "causal-lm"  # recorded as built
+    assert PerToken.from_result(result).attention == 12 * 2 * 32 * 64 * 64  # 12 L H Q T: 2 layers, 32 heads of 64
+    gemma = measured("model=gemma2_2b", "++model.num_hidden_layers=1", "++model.vocab_size=300", "batch.seq_len=64")
+    assert PerToken.from_result(gemma).attention == 12 * 1 * 8 * 256 * 64  # head_dim 256, not 2304 / 8
+    deepseek = measured("model=deepseek_v3", "++model.num_hidden_layers=1", "++model.first_k_dense_replace=1",
+                        "batch.seq_len=16")
+    assert PerToken.from_result(deepseek).attention is None  # MLA: scores and values of different widths

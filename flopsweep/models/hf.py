@@ -71,6 +71,7 @@ class Config(ModelConfig):
 
     def validate(self, batch: BatchShape) -> None:
         require(self.task is None or self.task in TASKS, "model.task", self.task, f"must be one of {', '.join(TASKS)}")
+        self.task = self.resolved_task()  # recorded with the job: what was built, and what the projection reads
         hf = self.hf_config()
         if self.resolved_task() == "image-classification":
             made = getattr(hf, "image_size", None)

@@ -88,10 +88,20 @@ def of_preset(name: str, params: int, seq_len: int, model: dict[str, Any]) -> Pe
 
 
 def attention_per_token(model: dict[str, Any], seq_len: int) -> Optional[float]:
-    """PaLM's ``12·L·H·Q·T`` for a decoder-only model config (forward + backward, full T×T), else None."""
-    if model.get("family") != "decoder":
+    """PaLM's ``12·L·H·Q·T`` for a decoder-only model config (forward + backward, full T×T), else None: our decoder
+    family, or a Hugging Face causal LM whose heads have one width for scores and values (not DeepSeek's MLA)."""
+    if model.get("family") == "decoder":
+        return 12.0 * model["n_layer"] * model["d_model"] * seq_len  # H·Q = n_head × (d_model / n_head)
+    fields = model.get("fields") or {}
+    if model.get("family") != "hf" or model.get("task") != "causal-lm" or "kv_lora_rank" in fields:
         return None
-    return 12.0 * model["n_layer"] * model["d_model"] * seq_len  # H·Q = n_head × (d_model / n_head)
+    layers = fields.get("num_hidden_layers") or fields.get("n_layer")
+    heads = fields.get("num_attention_heads") or fields.get("n_head")
+    width = fields.get("hidden_size") or fields.get("n_embd")
+    head_dim = fields.get("head_dim") or (width // heads if width and heads else None)
+    if not (layers and heads and head_dim):
+        return None
+    return 12.0 * layers * heads * head_dim * seq_len
 
 
 @dataclass(frozen=True)
@@ -231,8 +241,8 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     notes = [] if cost.training else [
         "inference: the model was measured forward only; the plan's tokens are processed (forward), not trained on."]
     notes += ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
-             "N counts every parameter once, embeddings included; attention counts the full T×T square "
-             "(causal masks not halved).",
+             "N counts every parameter a token uses once, embeddings included (a mixture of experts: its shared "
+             "parameters and top-k experts); attention counts the full T×T square (causal masks not halved).",
              "time = FLOPs / (GPUs × peak × MFU); days are wall-clock on all GPUs."]
     if plan.recompute:
         notes.append("activation recomputation: one more forward per step (counted + forward, 8ND, 16·L·H·Q·T).")

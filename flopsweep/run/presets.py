@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from flopsweep.build.model import build
 from flopsweep.config.compose import compose_config
-from flopsweep.config.resolve import resolve
+from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
@@ -32,7 +32,8 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
         cfg = compose_config(*overrides)
     except HydraException as err:
         raise ConfigError("model", model, one_line(err, 200, kind=False)) from None
-    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    spec = resolve(cfg)
+    result = run_job(spec, job_config(cfg, spec))  # the config as built, as the flopsweep command records it
     require(result.status == "ok", "model", model, f"could not be counted: {result.error}")
     return result
 
