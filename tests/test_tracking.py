@@ -5,6 +5,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -211,3 +212,29 @@ def test_a_corrupt_result_is_one_line_everywhere_and_sync_logs_the_others(tmp_pa
         out = run_main(main, *args, cwd=tmp_path)
         assert out.returncode == 2 and "has no readable result.json" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_the_experiment_and_its_runs_read_well_in_mlflows_ui(sweep):
+    """The classic runs view (not GenAI's), a description, a parent named by its sweep and time, each child run
+    lasting as long as its job did, no 'None' params nor empty tags nor empty artifacts, the source tags the UI's
+    columns read, one name per concept across families."""
+    import re
+
+    cwd, proc, client, experiment = sweep
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.note.content"].startswith("flopsweep measurements: one run per job")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    assert re.fullmatch(r"test_sweep \d{4}-\d{2}-\d{2} \d{2}:\d{2}", parent.info.run_name), parent.info.run_name
+    for run in job_runs(client, experiment):
+        result = json.loads((Path(run.data.tags["flopsweep.job_folder"]) / "result.json").read_text())
+        if result["status"] == "ok":
+            job = result["info"]["job"]
+            assert run.info.start_time == int(job["start"] * 1000) and run.info.end_time == int(job["end"] * 1000)
+            assert "error" not in run.data.tags  # it was an empty tag, shown in bold
+        assert "None" not in run.data.params.values() and "" not in run.data.tags.values()
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
+        assert run.data.tags["mlflow.source.name"] == "flopsweep" and run.data.tags["host.cpu"]
+        assert run.data.metrics["config/layers"] == 1 and run.data.metrics["config/d_model"] == 768
+        assert run.data.metrics["config/heads"] == int(run.data.params["model.n_head"])
+        files = [a for a in client.list_artifacts(run.info.run_id) if not a.is_dir]
+        assert files and all(a.file_size > 0 for a in files)

@@ -39,6 +39,9 @@ MFU = "speed/mfu"
 # config values logged as numbers too, so that runs can be filtered and plotted by them
 BATCH_SIZE = "config/batch_size"
 SEQ_LEN = "config/seq_len"
+CONFIG_WIDTH = "config/d_model"   # the model's width, whatever its family calls it (d_model, embed_dim, hidden_size)
+CONFIG_LAYERS = "config/layers"   # its depth (n_layer, n_layers, num_hidden_layers)
+CONFIG_HEADS = "config/heads"     # its attention heads (n_head, num_heads, num_attention_heads)
 
 # training-cost projections (flopsweep-project): one metric per method and quantity
 PROJECTION_METHODS = {"counted": "counted", "6ND": "6ND", "6ND+attention": "6ND_attention",  # method -> key part

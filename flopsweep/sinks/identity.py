@@ -63,9 +63,24 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def common_tags() -> dict[str, str]:
-    """The versions, host and commit every run is tagged with."""
+    """The versions, host, CPU and commit every run is tagged with; MLflow's own source tags too (the UI's Source
+    and Version columns)."""
     return {"flopsweep.version": __version__, "torch.version": _version_of("torch"),
-            "python.version": platform.python_version(), "host": socket.gethostname(), "git.commit": git_commit()}
+            "python.version": platform.python_version(), "host": socket.gethostname(), "host.cpu": cpu_model(),
+            "git.commit": git_commit(), "mlflow.source.git.commit": git_commit(), "mlflow.source.name": "flopsweep",
+            "mlflow.source.type": "LOCAL"}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC 7B13``), as the kernel reports it; the platform's word for it elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _version_of(package: str) -> str:

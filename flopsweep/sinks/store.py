@@ -34,7 +34,17 @@ PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by job
 SWEEP_TAG = "flopsweep.sweep"
 PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
-NUMERIC_CONFIG = ("model.d_model", "model.n_layer", "model.n_head", "model.embed_dim", "model.n_layers")
+# one name per concept across families (our own keys, a Hugging Face config's under model.fields): a filter or a
+# chart's axis spans them all; the family's own keys stay params
+SHAPE_METRICS = {
+    M.CONFIG_WIDTH: ("model.d_model", "model.embed_dim", "model.fields.hidden_size", "model.fields.n_embd",
+                     "model.fields.d_model"),
+    M.CONFIG_LAYERS: ("model.n_layer", "model.n_layers", "model.fields.num_hidden_layers", "model.fields.n_layer",
+                      "model.fields.num_layers"),
+    M.CONFIG_HEADS: ("model.n_head", "model.num_heads", "model.fields.num_attention_heads", "model.fields.n_head",
+                     "model.fields.num_heads"),
+}
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the UI's classic runs view, not GenAI's
 
 
 class Store:
@@ -56,8 +66,15 @@ class Store:
         if self._experiment_id is None:
             with local_store_lock(self.target.uri):
                 found = self.client.get_experiment_by_name(self.target.experiment)
-                self._experiment_id = found.experiment_id if found is not None else self.client.create_experiment(
-                    self.target.experiment, artifact_location=self.target.artifact_root)
+                if found is None:
+                    self._experiment_id = self.client.create_experiment(
+                        self.target.experiment, artifact_location=self.target.artifact_root,
+                        tags={**EXPERIMENT_TAGS, "mlflow.note.content": experiment_description()})
+                else:
+                    self._experiment_id = found.experiment_id
+                    if "mlflow.experimentKind" not in found.tags:  # made by an older flopsweep, or by hand
+                        for key, value in EXPERIMENT_TAGS.items():
+                            self.client.set_experiment_tag(found.experiment_id, key, value)
         return self._experiment_id
 
     def find_run(self, tag: str, value: str, where: str = "") -> Optional[str]:
@@ -87,7 +104,8 @@ class Store:
         return len(runs)
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
-        run = self.client.create_run(self.experiment_id(), run_name=f"sweep {sweep_dir.name}",
+        run = self.client.create_run(self.experiment_id(), run_name=sweep_name(sweep_dir, overrides,
+                                                                               self.target.experiment),
                                      tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
                                            PID_TAG: str(os.getpid()), "flopsweep.overrides": " ".join(overrides)[:5000],
                                            **common_tags()})
@@ -134,25 +152,56 @@ class Store:
         tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
                 FINGERPRINT_TAG: fingerprint_of(result),
                 "flopsweep.job_folder": str(folder), **common_tags(),
-                **{f"flopsweep.{k}": str(v) for k, v in job.items()}}
-        device_name = (result.info.get("timing") or {}).get("device_name")
-        if device_name:
-            tags["device_name"] = device_name
-        if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(self.experiment_id(), run_name=run_name(config), tags=tags)
+                **{f"flopsweep.{k}": str(v) for k, v in job.items()},
+                "device_name": (result.info.get("timing") or {}).get("device_name") or "",
+                "mlflow.parentRunId": parent_id or ""}
+        tags = {k: v for k, v in tags.items() if v not in ("", None, "None")}  # no empty tags (a bold empty error)
+        started, ended = _job_times(result)
+        run = self.client.create_run(self.experiment_id(), run_name=run_name(config), tags=tags, start_time=started)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         flat = flatten(config)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if is_number(v)]
-        metrics += [Metric(f"config/{k.split('.', 1)[1]}", float(flat[k]), now, 0)
-                    for k in NUMERIC_CONFIG if is_number(flat.get(k))]
-        params = [Param(k, str(v)[:6000]) for k, v in flat.items() if "=" not in k and "," not in k]
+        for name, keys in SHAPE_METRICS.items():  # the first of a concept's keys the config has
+            key = next((k for k in keys if is_number(flat.get(k))), None)
+            if key is not None:
+                metrics.append(Metric(name, float(flat[key]), now, 0))
+        params = [Param(k, str(v)[:6000]) for k, v in flat.items()
+                  if "=" not in k and "," not in k and v is not None and v != ""]  # no 'None' literals
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
-        self.client.log_artifacts(run_id, str(folder))
-        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"))
+        for path in sorted(folder.rglob("*")):  # every file of the job folder but the empty ones (an unused log)
+            if path.is_file() and path.stat().st_size > 0:
+                relative = path.parent.relative_to(folder)
+                self.client.log_artifact(run_id, str(path), None if str(relative) == "." else str(relative))
+        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"), end_time=ended)
         return run_id
+
+
+def _job_times(result: Result) -> tuple[Optional[int], Optional[int]]:
+    """The job's own start and end (ms), as it recorded them: a run logged after the job shows its real duration."""
+    job = result.info.get("job") or {}
+    start, end = job.get("start"), job.get("end")
+    return (int(start * 1000) if is_number(start) else None, int(end * 1000) if is_number(end) else None)
+
+
+def sweep_name(sweep_dir: Path, overrides: list[str], experiment: str) -> str:
+    """``gpt3_family 2026-12-03 17:45``: the sweep preset (else the experiment) and when it started, from its folder
+    (``.../2026-12-03/17-45-00``, ``-2`` for a second one that second); the folder's name where it is not dated."""
+    preset = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("sweep=")), experiment)
+    day, clock = Path(sweep_dir).parent.name, Path(sweep_dir).name.split("-")
+    if len(day) == 10 and day[4] == "-" and len(clock) >= 3 and all(part.isdigit() for part in clock):
+        return f"{preset} {day} {clock[0]}:{clock[1]}" + (f" ({clock[3]})" if len(clock) > 3 else "")
+    return f"{preset} {Path(sweep_dir).name}"
+
+
+def experiment_description() -> str:
+    """The experiment's description in the UI: what its runs are, and the command that made it."""
+    import sys
+
+    command = " ".join(["flopsweep", *sys.argv[1:]])[:500]
+    return ("flopsweep measurements: one run per job (FLOPs, parameters, memory, timings: metrics flops/*, size/*, "
+            "time/*, speed/*), one parent run per sweep with its job counts and summary.csv. Made by: " + command)
 
 
 def mlflow_client(uri: str, write: bool = True):

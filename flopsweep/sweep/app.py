@@ -52,8 +52,12 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
     else:
         say(progress_line(job_num, config))
+        started = time.time()
         try:
             result = _skip_or_run(cfg, spec, config)
+            result.info["job"] = {"start": started, "end": time.time()}  # the run shows the job's real duration
+            if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
+                raise state.Interrupted(state.current().signalled)
         except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
             name = signal.Signals(state.signal_of(err)).name
             result = Result("failed", f"interrupted by {name} before the job finished", config)

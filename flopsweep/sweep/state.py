@@ -26,6 +26,7 @@ class SweepState:
     sweep_dir: Optional[Path] = None     # the sweep's folder, once it starts
     deferring: int = 0                   # inside what a signal must not cut in half (see interrupts_deferred)
     pending: Optional[int] = None        # a signal that arrived meanwhile
+    signalled: Optional[int] = None      # the last SIGINT or SIGTERM received, whatever became of its interrupt
     unwritten: dict[str, Any] = field(default_factory=dict)  # job folder -> its Result, measured, not written
 
 
@@ -65,7 +66,9 @@ def disk_error(err: BaseException) -> Optional[OSError]:
 
 def on_signal(signum: int, _frame: Any) -> None:
     """The sweep's handler of SIGINT and SIGTERM: an :class:`Interrupted` now, or once what must not be cut in half
-    is done."""
+    is done. The signal is remembered too: raised inside a library, the interrupt can come out as another error (a
+    ``finally`` that reads a name the interrupt kept from being set), and the sweep must still end as interrupted."""
+    _state.signalled = signum
     if _state.deferring:
         _state.pending = signum
         return

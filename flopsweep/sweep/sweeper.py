@@ -75,6 +75,8 @@ class RecoveringLauncher:
         try:
             self._launch(job_overrides, initial_job_idx, returns)
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
+            if state.current().signalled is not None:  # an interrupt a library turned into another error
+                raise state.Interrupted(state.current().signalled) from err
             if state.current().full_errors:
                 raise
             disk = state.disk_error(err)  # Hydra could not write a job's folder: the sweep stops
