@@ -315,3 +315,19 @@ def sgd_peak(batch: int, f: int = F) -> int:
     (f) gradients are made); SGD updates in place. The sum of the static sizes and the saved activations
     (size/train_peak_bytes: 2(f*f + f) + B*f, x being what addmm saves) is smaller."""
     return 4 * (2 * (f * f + f) + 2 * batch * f + 2)
+
+
+class SwallowsTheInterrupt(nn.Module):
+    """A model whose forward is cut by a SIGTERM and turns the interrupt into an error of its own, as library code
+    with a ``finally`` that reads an unset name does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import signal
+        import time
+
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError("the library's own error") from None
+        return x.sum()

@@ -324,3 +324,16 @@ def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cle
                                   "tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
     assert Counter((r.data.params["batch.size"], r.data.params["batch.seq_len"]) for r in finished) == \
         Counter((str(b), str(s)) for b in (1, 2, 4, 8) for s in (128, 256))
+
+
+def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_sweep(tmp_path):
+    """It ended as "the launcher stopped (UnboundLocalError: ...)", exit status 1, once in some twenty SIGTERMs."""
+    from tests.helpers import custom_model
+
+    proc = run_app("-m", *custom_model("tests.helpers.SwallowsTheInterrupt", "[{name:x,shape:[batch,4]}]"),
+                   "device=meta", "batch.size=1,2", cwd=tmp_path)
+    assert proc.returncode == 143, proc.stderr
+    (line,) = [e for e in proc.stderr.splitlines() if e.startswith("flopsweep")]
+    assert line.startswith("flopsweep: interrupted by SIGTERM")
+    (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
+    assert row["status"] == "failed" and "interrupted by SIGTERM" in row["error"]

@@ -1,5 +1,6 @@
 """Who a run is: its fingerprint (what identifies a measurement before it is made), its readable name, its config
-flattened into MLflow params, and the tags that say where and with what code it ran."""
+flattened into MLflow params, and the tags that say where and with what code it ran; a sweep's run name and the
+experiment's description."""
 
 from __future__ import annotations
 
@@ -97,3 +98,22 @@ def git_commit() -> str:
                               cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def sweep_name(sweep_dir: Path, overrides: list[str], experiment: str) -> str:
+    """``gpt3_family 2026-12-03 17:45``: the sweep preset (else the experiment) and when it started, from its folder
+    (``.../2026-12-03/17-45-00``, ``-2`` for a second one that second); the folder's name where it is not dated."""
+    preset = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("sweep=")), experiment)
+    day, clock = Path(sweep_dir).parent.name, Path(sweep_dir).name.split("-")
+    if len(day) == 10 and day[4] == "-" and len(clock) >= 3 and all(part.isdigit() for part in clock):
+        return f"{preset} {day} {clock[0]}:{clock[1]}" + (f" ({clock[3]})" if len(clock) > 3 else "")
+    return f"{preset} {Path(sweep_dir).name}"
+
+
+def experiment_description() -> str:
+    """The experiment's description in the UI: what its runs are, and the command that made it."""
+    import sys
+
+    command = " ".join(["flopsweep", *sys.argv[1:]])[:500]
+    return ("flopsweep measurements: one run per job (FLOPs, parameters, memory, timings: metrics flops/*, size/*, "
+            "time/*, speed/*), one parent run per sweep with its job counts and summary.csv. Made by: " + command)

@@ -20,7 +20,8 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import is_number, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.sinks import health
-from flopsweep.sinks.identity import common_tags, fingerprint_of, flatten, run_name
+from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
+                                      sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
 from flopsweep.sinks.target import Target
 
@@ -183,25 +184,6 @@ def _job_times(result: Result) -> tuple[Optional[int], Optional[int]]:
     job = result.info.get("job") or {}
     start, end = job.get("start"), job.get("end")
     return (int(start * 1000) if is_number(start) else None, int(end * 1000) if is_number(end) else None)
-
-
-def sweep_name(sweep_dir: Path, overrides: list[str], experiment: str) -> str:
-    """``gpt3_family 2026-12-03 17:45``: the sweep preset (else the experiment) and when it started, from its folder
-    (``.../2026-12-03/17-45-00``, ``-2`` for a second one that second); the folder's name where it is not dated."""
-    preset = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("sweep=")), experiment)
-    day, clock = Path(sweep_dir).parent.name, Path(sweep_dir).name.split("-")
-    if len(day) == 10 and day[4] == "-" and len(clock) >= 3 and all(part.isdigit() for part in clock):
-        return f"{preset} {day} {clock[0]}:{clock[1]}" + (f" ({clock[3]})" if len(clock) > 3 else "")
-    return f"{preset} {Path(sweep_dir).name}"
-
-
-def experiment_description() -> str:
-    """The experiment's description in the UI: what its runs are, and the command that made it."""
-    import sys
-
-    command = " ".join(["flopsweep", *sys.argv[1:]])[:500]
-    return ("flopsweep measurements: one run per job (FLOPs, parameters, memory, timings: metrics flops/*, size/*, "
-            "time/*, speed/*), one parent run per sweep with its job counts and summary.csv. Made by: " + command)
 
 
 def mlflow_client(uri: str, write: bool = True):
