@@ -238,3 +238,11 @@ def test_the_experiment_and_its_runs_read_well_in_mlflows_ui(sweep):
         assert run.data.metrics["config/heads"] == int(run.data.params["model.n_head"])
         files = [a for a in client.list_artifacts(run.info.run_id) if not a.is_dir]
         assert files and all(a.file_size > 0 for a in files)
+
+
+def test_a_run_records_only_what_its_optimizer_and_train_mode_read(sweep):
+    """AdamW full training: no GaLore rank or gap, no LoRA rank or targets, no momentum."""
+    cwd, proc, client, experiment = sweep
+    params = next(r for r in job_runs(client, experiment) if r.data.tags["status"] == "ok").data.params
+    assert {k for k in params if k.startswith(("optimizer.", "train."))} == {
+        "optimizer.name", "optimizer.lr", "optimizer.betas", "optimizer.eps", "optimizer.weight_decay", "train.mode"}

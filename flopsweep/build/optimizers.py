@@ -37,15 +37,20 @@ Make = Callable[[OptimizerConf, list[nn.Parameter]], Optional[torch.optim.Optimi
 class Optimizer:
     make: Make                                             # the optimizer over these parameters (None: no step)
     check: Callable[[OptimizerConf], None] = lambda conf: None  # what this one needs of the group, beyond the rest
+    reads: tuple[str, ...] = ()                            # the fields of the group it reads (recorded with a job)
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer.name")
 
 
-def optimizer(name: str, check: Callable[[OptimizerConf], None] = lambda conf: None) -> Callable[[Make], Make]:
-    """Register the optimizer ``name`` made by the decorated function."""
+ADAM_READS = ("lr", "betas", "eps", "weight_decay")
+
+
+def optimizer(name: str, reads: tuple[str, ...], check: Callable[[OptimizerConf], None] = lambda conf: None
+              ) -> Callable[[Make], Make]:
+    """Register the optimizer ``name`` made by the decorated function, which reads ``reads`` of the group."""
     def wrap(make: Make) -> Make:
-        OPTIMIZERS.add(name, Optimizer(make, check))
+        OPTIMIZERS.add(name, Optimizer(make, check, reads))
         return make
     return wrap
 
@@ -68,35 +73,35 @@ def check(conf: OptimizerConf) -> None:
     chosen.check(conf)
 
 
-@optimizer("none")
+@optimizer("none", reads=())
 def _none(conf: OptimizerConf, params: list[nn.Parameter]) -> None:
     return None
 
 
-@optimizer("sgd")
+@optimizer("sgd", reads=("lr", "weight_decay"))
 def _sgd(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
 
 
-@optimizer("sgd_momentum")
+@optimizer("sgd_momentum", reads=("lr", "momentum", "weight_decay"))
 def _sgd_momentum(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum or 0.9, weight_decay=conf.weight_decay,
                            foreach=True)
 
 
-@optimizer("adam")
+@optimizer("adam", reads=ADAM_READS)
 def _adam(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=conf.lr, betas=tuple(conf.betas), eps=conf.eps,
                             weight_decay=conf.weight_decay, foreach=True)
 
 
-@optimizer("adamw")
+@optimizer("adamw", reads=ADAM_READS)
 def _adamw(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=conf.lr, betas=tuple(conf.betas), eps=conf.eps,
                              weight_decay=conf.weight_decay, foreach=True)
 
 
-@optimizer("adafactor")
+@optimizer("adafactor", reads=("lr", "weight_decay"))
 def _adafactor(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.Adafactor(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
 
@@ -107,7 +112,8 @@ def _check_galore(conf: OptimizerConf) -> None:
     require(0 < conf.scale < math.inf, "optimizer.scale", conf.scale, "must be a finite number > 0")
 
 
-@optimizer("galore_adamw", check=_check_galore)
+@optimizer("galore_adamw", reads=(*ADAM_READS, "rank", "update_proj_gap", "scale"),
+           check=_check_galore)
 def _galore_adamw(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     return GaLoreAdamW(params, lr=conf.lr, betas=tuple(conf.betas), eps=conf.eps, weight_decay=conf.weight_decay,
                        rank=conf.rank, update_proj_gap=conf.update_proj_gap, scale=conf.scale)

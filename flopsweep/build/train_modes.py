@@ -32,6 +32,7 @@ class TrainMode:
     adapter: Optional[type[LoRALinear]] = None  # added beside every targeted linear layer
     closed_form: bool = True             # a family's closed forms can follow it (none models DoRA's norms)
     check: Callable[[TrainConf, Family], None] = lambda train, family: None
+    reads: tuple[str, ...] = ()          # the fields of the group it reads (recorded with a job)
 
 
 TRAIN_MODES: Registry[TrainMode] = Registry("train.mode")
@@ -50,9 +51,11 @@ def _check_adapters(train: TrainConf, family: Family) -> None:
 
 
 TRAIN_MODES.add("full", TrainMode())
-TRAIN_MODES.add("frozen_backbone", TrainMode(freezes=True, check=_check_frozen))
-TRAIN_MODES.add("lora", TrainMode(freezes=True, adapter=LoRALinear, check=_check_adapters))
-TRAIN_MODES.add("dora", TrainMode(freezes=True, adapter=DoRALinear, closed_form=False, check=_check_adapters))
+ADAPTER_READS = ("rank", "alpha", "targets")
+TRAIN_MODES.add("frozen_backbone", TrainMode(freezes=True, check=_check_frozen, reads=("trainable_layers",)))
+TRAIN_MODES.add("lora", TrainMode(freezes=True, adapter=LoRALinear, check=_check_adapters, reads=ADAPTER_READS))
+TRAIN_MODES.add("dora", TrainMode(freezes=True, adapter=DoRALinear, closed_form=False, check=_check_adapters,
+                                  reads=ADAPTER_READS))
 TRAIN_MODES.add("inference", TrainMode(trains=False))
 
 

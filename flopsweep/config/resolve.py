@@ -152,4 +152,9 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
     config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
+    # only what the chosen optimizer and train mode read: a full fine-tune records no LoRA rank, AdamW no GaLore gap
+    kept = {"name", *optimizers.OPTIMIZERS[spec.optimizer.name].reads}
+    config["optimizer"] = {k: v for k, v in config["optimizer"].items() if k in kept}
+    kept = {"mode", *TRAIN_MODES[spec.train.mode].reads}
+    config["train"] = {k: v for k, v in config["train"].items() if k in kept}
     return config
