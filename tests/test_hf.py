@@ -30,9 +30,16 @@ PUBLISHED = {
 }
 
 
+def preset(name: str):
+    """A preset's YAML as written (wherever pytest runs from)."""
+    from flopsweep.config.schema import CONF_DIR
+
+    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+
+
 def hf_presets() -> list[str]:
     return [name for name in model_presets()
-            if (OmegaConf.load(f"conf/model/{name}.yaml").get("family") == "hf" and name != "hf")]
+            if (preset(name).get("family") == "hf" and name != "hf")]
 
 
 def test_every_hf_preset_has_a_published_count():
@@ -124,7 +131,7 @@ def test_a_small_mixtral_counts_its_closed_form_and_cpu_equals_meta():
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_every_preset_counts_every_op_of_its_step(name):
     """Each preset, cut to a layer or two, a short sequence: no op of forward, backward or AdamW is uncounted."""
-    text = OmegaConf.load(f"conf/model/{name}.yaml").get("default_seq_len") is not None
+    text = preset(name).get("default_seq_len") is not None
     few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
     if name == "deepseek_v3":
         few = ["++model.num_hidden_layers=2", "++model.first_k_dense_replace=1", "batch.seq_len=16"]

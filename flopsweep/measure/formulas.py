@@ -304,14 +304,17 @@ def _norm_backward(grad_out, **_) -> OpCost:
 
 @formula(aten.max_pool2d_with_indices)
 def _max_pool(self, kernel_size, *, result, **_) -> OpCost:
-    window = math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
-    return OpCost(elementwise=(window - 1) * result[0].numel())  # a max of N values: N - 1 compares
+    return OpCost(elementwise=(_window(kernel_size) - 1) * result[0].numel())  # a max of N values: N - 1 compares
+
+
+def _window(kernel_size) -> int:
+    """The values a 2-d pooling window covers: ``[k]`` means ``k x k``."""
+    return math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
 
 
 @formula(aten.avg_pool2d)
 def _avg_pool(self, kernel_size, *, result, **_) -> OpCost:
-    window = math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
-    return OpCost(elementwise=window * result.numel())  # k - 1 adds and a divide per output
+    return OpCost(elementwise=_window(kernel_size) * result.numel())  # k - 1 adds and a divide per output
 
 
 @formula(aten.avg_pool2d_backward)

@@ -140,9 +140,7 @@ def _close_parent(runs: Store, parent: str, sweep_dir: Path) -> None:
     pid = int(run.data.tags.get(PID_TAG) or 0)
     opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
     if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):  # a sweep that runs closes its own
-        results = [(f.name, r) for f in job_folders(sweep_dir)  # unreadable ones are reported above
-                   if (r := Result.read_or_none(f / "result.json")) is not None]
-        runs.finish_parent(parent, results, sweep_dir / "summary.csv",
+        runs.finish_parent(parent, _folder_results(sweep_dir), sweep_dir / "summary.csv",
                            status=None if opened_here else _ended_status(sweep_dir))
 
 
@@ -159,10 +157,16 @@ def close_dead_sweeps(target: Target) -> int:
             if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
             and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
     for run_id, sweep_dir in dead:
-        results = [(f.name, r) for f in (job_folders(sweep_dir) if sweep_dir.is_dir() else [])
-                   if (r := Result.read_or_none(f / "result.json")) is not None]
-        runs.finish_parent(run_id, results, sweep_dir / "summary.csv", status=_ended_status(sweep_dir))
+        runs.finish_parent(run_id, _folder_results(sweep_dir), sweep_dir / "summary.csv",
+                           status=_ended_status(sweep_dir))
     return len(dead)
+
+
+def _folder_results(sweep_dir: Path) -> list[tuple[str, Result]]:
+    """The readable results of a sweep folder's jobs (none if the folder is gone; unreadable ones are reported where
+    their jobs are synced), for the counts its run is closed with."""
+    return [(f.name, r) for f in (job_folders(sweep_dir) if sweep_dir.is_dir() else [])
+            if (r := Result.read_or_none(f / "result.json")) is not None]
 
 
 def _ended_status(sweep_dir: Path) -> Optional[str]:

@@ -106,13 +106,13 @@ def _store_down(sweep: state.SweepState) -> bool:
 def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sweep_dir: Path) -> None:
     """One line for the jobs that are not in their store, and how to log them."""
     unlogged = [r for _, r in results if (r.info.get("tracking") or {}).get("logged") is False]
-    if unlogged:
-        why = {r.info["tracking"].get("error") for r in unlogged}
-        if _store_down(sweep):
-            why = {f"the store {sweep.target.uri} cannot be used, as said above"}
-        print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow "
-              f"({why.pop() if len(why) == 1 else 'see above'}); `flopsweep-sync {sweep_dir}` logs them once the "
-              "store works", file=sys.stderr)
+    if not unlogged:
+        return
+    errors = {r.info["tracking"].get("error") for r in unlogged}
+    why = (f"the store {sweep.target.uri} cannot be used, as said above" if _store_down(sweep) else
+           errors.pop() if len(errors) == 1 else "see above")
+    print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
+          f"`flopsweep-sync {sweep_dir}` logs them once the store works", file=sys.stderr)
 
 
 def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
