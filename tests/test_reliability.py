@@ -314,7 +314,10 @@ def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cle
     with (sweep_dir / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert 3 <= len(rows) < 8
-    assert all(r["status"] == "ok" or "interrupted by SIGINT" in r["error"] for r in rows), rows
+    # a worker cut while it runs a job records it interrupted; one cut as Hydra starts a job (its folder made, the
+    # job not yet running) leaves it lost: either way the resume below measures it
+    assert all(r["status"] == "ok" or "interrupted by SIGINT" in r["error"] or r["status"] == "lost" for r in rows), \
+        rows
     (parent,) = sweeps(tmp_path, "group")
     assert parent.info.status == "KILLED"
     resumed = run_app(*sweep, "skip_existing=true", cwd=tmp_path)
