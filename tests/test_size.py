@@ -1,6 +1,8 @@
 """Size and memory: parameter counts, bytes by dtype, optimizer state from the real optimizer, activations."""
 
 import contextlib
+import gc
+import weakref
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from flopsweep.build.model import build
 from flopsweep.config.resolve import resolve
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
-from flopsweep.measure.size import measure_size
+from flopsweep.measure.size import SavedActivations, measure_size
 from tests.helpers import compose_config
 
 TINY = ["model=gpt2_small", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.vocab_size=97",
@@ -191,3 +193,27 @@ def test_a_step_that_cannot_be_simulated_loses_nothing_counted():
     assert result.metrics["flops/forward"] == 2 * 8 * 4 and result.metrics["size/params"] == 8 * 4 + 4
     assert result.info["memory_at_peak"] == "not simulated: RuntimeError: this model runs once"
     assert "memory_at_peak" not in result.breakdown and "size/step_peak_bytes" not in result.metrics
+
+
+class _FailsAfterTanh(torch.nn.Module):
+    """tanh saves its own output for backward; then the forward runs out of memory."""
+
+    def __init__(self, alive: list):
+        super().__init__()
+        self.linear, self.alive = torch.nn.Linear(32, 32), alive
+
+    def forward(self, x):
+        h = torch.tanh(self.linear(x))
+        self.alive.append(weakref.ref(h))
+        raise torch.OutOfMemoryError("pretend: the next layer did not fit")
+
+
+def test_a_forward_that_fails_while_activations_are_recorded_leaves_none_alive():
+    # found on an H200: after a job ran out of memory in its forward, 94 GiB of its activations stayed allocated and
+    # every later job in the process had that much less (a saved tensor held itself through its grad_fn)
+    alive = []
+    model = _FailsAfterTanh(alive)
+    with pytest.raises(torch.OutOfMemoryError):
+        count_step(model, {"x": torch.randn(4, 32)}, None, context=lambda: SavedActivations(model))
+    gc.collect()
+    assert len(alive) == 1 and alive[0]() is None

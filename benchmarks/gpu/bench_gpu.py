@@ -38,7 +38,8 @@ def measure(overrides: list[str], device: str) -> dict:
     spec = resolve(compose_config(*overrides, *COMMON, f"device={device}"))
     result = run_job(spec, {})
     if result.status != "ok":
-        raise SystemExit(f"{' '.join(overrides)} on {device}: {result.status}: {result.error}")
+        raise SystemExit(f"{' '.join(overrides)} on {device}: {result.status}: {result.error}\n"
+                         f"{result.info.get('traceback', '')}")
     return result.metrics
 
 

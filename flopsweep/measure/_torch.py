@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "op_schema",
-           "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+           "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
 
@@ -65,6 +65,15 @@ def storage_id(t: torch.Tensor) -> int:
 def op_schema(func: Any) -> Any:
     """An aten overload's schema (``torch._C.FunctionSchema``: its arguments, returns and aliasing)."""
     return func._schema
+
+
+_INPLACE = getattr(torch.Tag, "inplace", None)  # torch 2.11 (on our GPU machines) lacks the tag
+
+
+def is_inplace(func: Any) -> bool:
+    """Whether PyTorch tags the overload in-place (it mutates its first argument and returns it or nothing); False
+    on a torch without the tag, where the meta kernel cache then just does not cache in-place ops."""
+    return _INPLACE is not None and _INPLACE in func.tags
 
 
 def fused_sdp_choice(*args: Any, **kwargs: Any) -> int:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
-from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, op_schema
+from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, is_inplace, op_schema
 
 _FLASH = SDPBackend.FLASH_ATTENTION.value
 _GROUPED_MM = tuple(f for f in (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f is not None)
@@ -151,7 +151,7 @@ def _kind(func) -> Optional[str]:
     if not any(tag in func.tags for tag in _UNCACHEABLE):
         if not schema.is_mutable and not any(r.alias_info for r in schema.returns):
             kind = "functional"
-        elif torch.Tag.inplace in func.tags and len(schema.returns) <= 1:
+        elif is_inplace(func) and len(schema.returns) <= 1:
             kind = "inplace"
     _kinds[func] = kind
     return kind

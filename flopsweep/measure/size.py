@@ -103,7 +103,10 @@ class SavedActivations:
             self.seen[key] = t.untyped_storage().nbytes()
             if self.on_save is not None:
                 self.on_save(t)
-        return t
+        # detached (same storage): a tensor that autograd saves for its own backward (tanh's output) would hold
+        # itself through its grad_fn, a cycle in C++ that gc cannot see, so a forward that fails (out of memory)
+        # would keep every activation alive; backward gets the same values either way
+        return t.detach()
 
     @property
     def bytes(self) -> int:

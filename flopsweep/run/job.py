@@ -188,8 +188,10 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     on_cuda = spec.device.startswith("cuda")
+    held_before = 0  # what the process held before the job (its caller's tensors, or a library's): not the job's
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(spec.device)  # a peak of this job's, not of one before it
+        held_before = torch.cuda.memory_allocated(spec.device)
     built = build(spec)
     progress.periodic_ops = getattr(built.optimizer, "periodic_ops", {})
     on_meta = spec.device == "meta"
@@ -231,7 +233,7 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
             torch.cuda.reset_peak_memory_stats(spec.device)
         progress.timing = timer(built.model, built.inputs, built.optimizer, built.autocast, spec.device,
                                 warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
-    progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) if on_cuda else None
+    progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
     if spec.measure.profile and progress.timing is not None:  # after the step timings, which the hooks would slow
         progress.phase = "profile"
         progress.latency = forward_latency(built.model, built.inputs, built.autocast, spec.device,
