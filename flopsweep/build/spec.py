@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from flopsweep.build.optimizers import OptimizerConf
-from flopsweep.build.train_modes import TrainConf, trains
-from flopsweep.measure.settings import MeasureConf
+from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.measure.settings import GenerateConf, MeasureConf
 from flopsweep.models.base import BatchShape, Family, ModelConfig
 
 MAX_BATCH = "max"  # batch.size=max: the largest batch whose estimated training peak fits the memory budget
@@ -31,6 +31,11 @@ class JobSpec:
     threads: Optional[int]
     train: TrainConf = field(default_factory=TrainConf)
     memory_budget: Optional[int] = None  # batch.size=max: batch.memory_budget_gib in bytes; None = from the device
+    generate: GenerateConf = field(default_factory=GenerateConf)
+
+    @property
+    def generates(self) -> bool:
+        return TRAIN_MODES[self.train.mode].generates
 
     @property
     def training(self) -> bool:

@@ -1,5 +1,5 @@
 """What trains (``train.mode``), one registry: the whole model, the head and the last blocks, low-rank adapters
-(LoRA, DoRA) beside frozen weights, or nothing (a forward pass, for inference)."""
+(LoRA, DoRA) beside frozen weights, or nothing (a forward pass, for inference; a generation with a KV cache)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class TrainMode:
     closed_form: bool = True             # a family's closed forms can follow it (none models DoRA's norms)
     check: Callable[[TrainConf, Family], None] = lambda train, family: None
     reads: tuple[str, ...] = ()          # the fields of the group it reads (recorded with a job)
+    generates: bool = False              # a prompt's prefill, then token-by-token decoding with a KV cache
 
 
 TRAIN_MODES: Registry[TrainMode] = Registry("train.mode")
@@ -57,6 +58,7 @@ TRAIN_MODES.add("lora", TrainMode(freezes=True, adapter=LoRALinear, check=_check
 TRAIN_MODES.add("dora", TrainMode(freezes=True, adapter=DoRALinear, closed_form=False, check=_check_adapters,
                                   reads=ADAPTER_READS))
 TRAIN_MODES.add("inference", TrainMode(trains=False))
+TRAIN_MODES.add("generate", TrainMode(trains=False, closed_form=False, generates=True))
 
 
 def trains(params_dtype: str, train_mode: str) -> bool:

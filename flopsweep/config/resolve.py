@@ -15,7 +15,7 @@ from flopsweep.build.spec import MAX_BATCH, JobSpec
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.errors import is_number, require, require_int
-from flopsweep.measure.settings import MeasureConf
+from flopsweep.measure.settings import GenerateConf, MeasureConf
 from flopsweep.models import family as family_of
 from flopsweep.models.base import BatchShape, Family, ModelConfig
 from flopsweep.sinks.target import target_of
@@ -33,12 +33,13 @@ def resolve(cfg: DictConfig) -> JobSpec:
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
     train = _train(cfg.train, family, cfg.dtype.params)
+    generate = _generate(cfg.generate, train, family, model, batch)
     measure = _measure(cfg.measure)
     budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
     _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, params_dtype=cfg.dtype.params,
                    autocast=cfg.dtype.autocast, optimizer=opt, measure=measure, peak_tflops=cfg.device.peak_tflops,
-                   threads=cfg.device.threads, train=train, memory_budget=budget)
+                   threads=cfg.device.threads, train=train, memory_budget=budget, generate=generate)
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -107,6 +108,28 @@ def _train(node: DictConfig, family: Family, params_dtype: str) -> TrainConf:
     return train
 
 
+def _generate(node: DictConfig, train: TrainConf, family: Family, model: ModelConfig,
+              batch: BatchShape) -> GenerateConf:
+    generate = GenerateConf(**OmegaConf.to_container(node))
+    if not TRAIN_MODES[train.mode].generates:
+        return generate
+    require_int(generate.new_tokens, "generate.new_tokens")
+    require(family.generator is not None and family.generator(model) is not None, "train.mode", train.mode,
+            f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
+            f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
+    longest = family.longest(model) if family.longest is not None else None
+    context = batch.seq_len + generate.new_tokens - 1
+    require(longest is None or context <= longest, "generate.new_tokens", generate.new_tokens,
+            f"with batch.seq_len={batch.seq_len} makes a context of {context} tokens, over the model's {longest} "
+            "positions")
+    return generate
+
+
+def _task_of(model: ModelConfig) -> str:
+    task = getattr(model, "task", None)
+    return f" ({task})" if task else ""
+
+
 def _measure(node: DictConfig) -> MeasureConf:
     measure = MeasureConf(**OmegaConf.to_container(node))
     require(is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
@@ -157,4 +180,6 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     config["optimizer"] = {k: v for k, v in config["optimizer"].items() if k in kept}
     kept = {"mode", *TRAIN_MODES[spec.train.mode].reads}
     config["train"] = {k: v for k, v in config["train"].items() if k in kept}
+    if not spec.generates:
+        config.pop("generate", None)
     return config

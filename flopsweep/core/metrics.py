@@ -31,6 +31,23 @@ TIME_STEP = "time/step_s"
 TIME_STEP_SPREAD = "time/step_iqr_s"
 TIME_STEP_CV = "time/step_cv"
 
+# train=generate: a prompt's prefill, then decode steps with a KV cache (flops/forward is the prefill's)
+FLOPS_PREFILL = "flops/prefill"
+FLOPS_DECODE_TOKEN_FIRST = "flops/decode_token_first"  # a decode step per sequence, at the first context
+FLOPS_DECODE_TOKEN_LAST = "flops/decode_token_last"    # ... at the last context
+FLOPS_DECODE = "flops/decode"                          # every decode step, the whole batch
+FLOPS_GENERATION = "flops/generation"                  # prefill + decode, the whole batch
+KV_CACHE_BYTES = "size/kv_cache_bytes"                 # the cache at the last context, the whole batch
+KV_CACHE_BYTES_PER_TOKEN = "size/kv_cache_bytes_per_token"
+DECODE_WEIGHTS_READ_BYTES = "size/decode_weights_read_bytes"  # the weights one decode step reads
+TIME_TTFT = "time/ttft_s"                              # time to first token: the prefill
+TIME_TPOT = "time/tpot_s"                              # time per output token (a decode step), first contexts
+TIME_TPOT_SPREAD = "time/tpot_iqr_s"
+TIME_TPOT_LAST = "time/tpot_last_s"                    # ... at the last contexts
+TIME_GENERATION = "time/generation_s"                  # TTFT + every decode step
+OUTPUT_TOKENS_PER_S = "speed/output_tokens_per_s"      # decoded tokens per second, the whole batch
+NEW_TOKENS = "config/new_tokens"
+
 SAMPLES_PER_S = "speed/samples_per_s"
 TOKENS_PER_S = "speed/tokens_per_s"
 FLOPS_PER_S = "speed/flops_per_s"

@@ -180,3 +180,14 @@ def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
     return counter.result(backward, optimizer is not None)
 
 
+
+
+def count_call(model: nn.Module, run: Callable[[], Any], *, causal_half: bool = False,
+               context: Callable[[], Any] = None) -> tuple[StepCount, Any]:
+    """Count what ``run()`` computes with ``model`` (no gradients: a step of generation) as a forward pass; returns
+    the count and what ``run`` returned."""
+    tracker = ModuleTracker(model)
+    counter = Counter(tracker, CountOptions(causal_half=causal_half))
+    with tracker, counter, torch.no_grad(), (context() if context else contextlib.nullcontext()):
+        out = run()
+    return counter.result(backward=False, optimizer=False), out

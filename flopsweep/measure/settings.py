@@ -1,4 +1,4 @@
-"""How a job measures: the ``measure`` node of the config."""
+"""How a job measures: the ``measure`` node of the config, and the ``generate`` node of ``train=generate``."""
 
 from __future__ import annotations
 
@@ -18,3 +18,10 @@ class MeasureConf:
     seed: int = 0
     memory_check: bool = True            # cpu/cuda: skip a job whose meta-estimated training peak does not fit
     memory_share: float = 0.8            # ... in this share of the memory available (MemAvailable, CUDA free)
+
+
+@dataclass
+class GenerateConf:
+    """The ``generate`` node: what ``train=generate`` generates after its prompt of ``batch.seq_len`` tokens."""
+
+    new_tokens: int = 128

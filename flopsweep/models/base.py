@@ -107,6 +107,7 @@ class TrainPlan(Protocol):
 Inputs = Callable[[Any, BatchShape, Any], dict[str, torch.Tensor]]
 
 
+
 @dataclass(frozen=True)
 class Family:
     """A model family: how its config is read and checked, its model, its synthetic batch, and what it offers beyond
@@ -122,6 +123,10 @@ class Family:
     forward_flops: Optional[Callable[..., int]] = None   # (cfg, batch): the forward pass's matmul FLOPs
     # (cfg, batch, train) -> (forward, backward or None): closed forms that follow train.mode (LoRA included)
     train_flops: Optional[Callable[[Any, BatchShape, TrainPlan], tuple[int, Optional[int]]]] = None
+    # cfg -> what makes the built model's generator (flopsweep.measure.generate.Generator: train=generate), or None
+    # where this config does not generate
+    generator: Optional[Callable[[Any], Optional[Callable[[nn.Module], Any]]]] = None
+    longest: Optional[Callable[[Any], Optional[int]]] = None  # cfg -> the most positions it takes (None: no limit)
 
     def config(self, fields: dict[str, Any]) -> ModelConfig:
         return self.load(fields) if self.load is not None else self.Config.from_dict(fields)

@@ -14,7 +14,7 @@ from torch import nn
 from flopsweep.core.errors import require
 from flopsweep.models.base import (FAMILIES, BatchShape, Family, ModelConfig, TrainPlan, check_heads, check_positive,
                                    check_seq_len, language_model_inputs)
-from flopsweep.models.layers import Block, make_norm
+from flopsweep.models.layers import KV, Block, make_norm
 
 
 @dataclass
@@ -77,13 +77,44 @@ class Model(nn.Module):
         self.loss = nn.CrossEntropyLoss()
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.tok_embedding(tokens)
-        if self.cfg.positions == "learned":
-            x = x + self.pos_embedding(torch.arange(tokens.shape[1], device=tokens.device))
+        x = self._embed(tokens, 0)
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.norm(x))
         return self.loss(logits.flatten(0, 1), targets.flatten())
+
+    def _embed(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        x = self.tok_embedding(tokens)
+        if self.cfg.positions == "learned":
+            x = x + self.pos_embedding(torch.arange(start, start + tokens.shape[1], device=tokens.device))
+        return x
+
+    def step(self, tokens: torch.Tensor, cache: Optional[list[KV]]) -> tuple[torch.Tensor, list[KV]]:
+        """Generation: the next-token logits of the last position of ``tokens`` (B, S), which follow the ``cache``
+        (None: empty), and the cache with them appended (one ``(keys, values)`` per block)."""
+        x = self._embed(tokens, cache[0][0].shape[-2] if cache else 0)
+        present = []
+        for block, past in zip(self.blocks, cache or [None] * len(self.blocks)):
+            x, kv = block.step(x, past)
+            present.append(kv)
+        return self.lm_head(self.norm(x[:, -1:])), present
+
+
+@dataclass
+class Steps:
+    """The decoder's :class:`~flopsweep.models.base.Generator`."""
+
+    model: Model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.cfg.vocab_size
+
+    def prefill(self, tokens: torch.Tensor) -> list[KV]:
+        return self.model.step(tokens, None)[1]
+
+    def decode(self, tokens: torch.Tensor, cache: list[KV]) -> list[KV]:
+        return self.model.step(tokens, cache)[1]
 
 
 def linear_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
@@ -177,4 +208,5 @@ def train_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> tuple[int, 
 
 
 FAMILIES.add("decoder", Family("decoder", Config, Model, language_model_inputs, head=("lm_head",), blocks="blocks",
-                               forward_flops=analytic_forward_flops, train_flops=train_flops))
+                               forward_flops=analytic_forward_flops, train_flops=train_flops,
+                               generator=lambda cfg: Steps, longest=lambda cfg: cfg.max_positions))

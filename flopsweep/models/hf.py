@@ -18,10 +18,11 @@ whatever the routing. transformers is an optional extra: ``pip install 'flopswee
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -174,6 +175,34 @@ class Model(nn.Module):
         return self.net(**inputs).loss
 
 
+@dataclass
+class Steps:
+    """A causal LM's :class:`~flopsweep.models.base.Generator`: the model's own cache (``DynamicCache``, with what
+    its architecture keeps: fewer KV heads, sliding windows, MLA's), the logits of the last position only
+    (``logits_to_keep=1``, as ``generate`` asks)."""
+
+    net: nn.Module
+    vocab_size: int
+
+    def _run(self, tokens: torch.Tensor, cache: Any) -> Any:
+        takes = inspect.signature(self.net.forward).parameters
+        name = "cache" if "cache" in takes else "past_key_values"  # transformers 5.2x renames it
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        return getattr(self.net(input_ids=tokens, use_cache=True, **{name: cache}, **keep), name)
+
+    def prefill(self, tokens: torch.Tensor) -> Any:
+        return self._run(tokens, None)
+
+    def decode(self, tokens: torch.Tensor, cache: Any) -> Any:
+        return self._run(tokens, cache)
+
+
+def generator(cfg: Config) -> Optional[Callable[[Model], Steps]]:
+    if cfg.resolved_task() != "causal-lm":
+        return None
+    return lambda model: Steps(model.net, cfg.hf_config().vocab_size)
+
+
 def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
     hf = cfg.hf_config()
     if cfg.resolved_task() == "image-classification":
@@ -186,4 +215,5 @@ def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Te
             "labels": torch.randint(0, hf.vocab_size, shape, device=device)}
 
 
-FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, load=load))
+FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, load=load, generator=generator,
+                          longest=lambda cfg: max_positions(cfg.hf_config())))

@@ -19,16 +19,19 @@ def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
-def rotary(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate pairs of channels (half-split layout, as LLaMA in Hugging Face) by position-dependent angles.
-    x: (B, H, S, hd)."""
+def rotary(x: torch.Tensor, theta: float, start: int = 0) -> torch.Tensor:
+    """Rotate pairs of channels (half-split layout, as LLaMA in Hugging Face) by position-dependent angles, the
+    positions counted from ``start`` (the tokens already in a KV cache). x: (B, H, S, hd)."""
     seq, hd = x.shape[-2], x.shape[-1]
     inv_freq = theta ** (-torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
+    angles = torch.outer(torch.arange(start, start + seq, device=x.device, dtype=torch.float32), inv_freq)
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+KV = tuple[torch.Tensor, torch.Tensor]  # one layer's cached keys and values, (B, n_kv_head, tokens, head_dim) each
 
 
 class Attention(nn.Module):
@@ -58,6 +61,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
                 bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._attend(x, memory, bias, None)[0]
+
+    def step(self, x: torch.Tensor, past: Optional[KV]) -> tuple[torch.Tensor, KV]:
+        """Causal self-attention of ``x`` (the new tokens) over the cached keys and values ``past`` (None: an empty
+        cache) and themselves; returns the output and the cache with the new tokens' keys and values appended, as
+        many heads as ``n_kv_head`` (what a grouped-query cache holds). A prompt runs in one call (causal inside
+        it), then one token per call; new tokens after a non-empty cache must be one per sequence."""
+        return self._attend(x, None, None, past if past is not None else ())
+
+    def _attend(self, x: torch.Tensor, memory: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                past: Optional[KV | tuple]) -> tuple[torch.Tensor, Optional[KV]]:
         B, S, _ = x.shape
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         if self.cross:
@@ -66,18 +80,25 @@ class Attention(nn.Module):
         else:
             q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
         q, k, v = self._heads(q, self.n_head), self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
+        start = past[0].shape[-2] if past else 0
         if self.rope_theta is not None:
-            q, k = rotary(q, self.rope_theta), rotary(k, self.rope_theta)
+            q, k = rotary(q, self.rope_theta, start), rotary(k, self.rope_theta, start)
+        present = None
+        if past is not None:
+            if past:
+                k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
+            present = (k, v)
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each K/V head among a group
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        causal = self.causal and not self.cross
+        causal = self.causal and not self.cross and not start  # a decoded token sees the whole cache
         if bias is not None and causal:
             bias = bias + causal_mask(q.shape[-2], k.shape[-2], bias.device, bias.dtype)
             causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=self.scale)
-        return self.out(y.transpose(1, 2).reshape(B, S, q_dim))
+        return self.out(y.transpose(1, 2).reshape(B, S, q_dim)), present
+
 
 
 def causal_mask(sq: int, sk: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -137,6 +158,18 @@ class Block(nn.Module):
         if memory is not None:
             x = self._residual(x, self.norm_cross, self.cross_attn, memory, cross_bias)
         return self._residual(x, self.norm2, self.mlp)
+
+    def step(self, x: torch.Tensor, past: Optional[KV]) -> tuple[torch.Tensor, KV]:
+        """The block on new tokens with its attention's KV cache (:meth:`Attention.step`); self-attention only."""
+        present: list[KV] = []
+
+        def attend(h: torch.Tensor) -> torch.Tensor:
+            y, kv = self.attn.step(h, past)
+            present.append(kv)
+            return y
+
+        x = self._residual(x, self.norm1, attend)
+        return self._residual(x, self.norm2, self.mlp), present[0]
 
 
 def sinusoidal_positions(seq: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -34,6 +34,7 @@ class Progress:
     latency: Optional[dict[str, float]] = None
     notes: dict[str, str] = field(default_factory=dict)  # for info: what could not be measured, and why
     periodic_ops: dict[str, int] = field(default_factory=dict)  # the optimizer's: op -> once in so many steps
+    metrics: dict[str, Optional[float]] = field(default_factory=dict)  # a mode's own (generation), over the rest
 
 
 def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status: str = "ok",
@@ -46,6 +47,7 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
                                   measured_peak=progress.measured_peak)
     else:
         metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
+    metrics.update(progress.metrics)
     mean = optimizer_mean(count, progress.periodic_ops)
     if mean is not None:
         metrics[M.FLOPS_OPTIMIZER_MEAN] = mean

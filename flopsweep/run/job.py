@@ -23,6 +23,7 @@ from flopsweep.measure.profile import forward_latency
 from flopsweep.measure.size import SavedActivations, SizeRecord, StepMemory, measure_size, simulate_step
 from flopsweep.measure.timing import time_per_block, time_step
 from flopsweep.run.assemble import Progress, collect_metrics, job_result, with_step_memory
+from flopsweep.run.generation import measure_generation
 from flopsweep.run.fit import (MetaEstimate, available_memory, check_memory, find_max_batch, memory_limit,
                                with_batch_size)
 
@@ -69,6 +70,10 @@ def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
     """The job, after the memory pre-check on a real device (``measure.memory_check``)."""
     if spec.device == "meta" or not spec.measure.memory_check:
         return _run(spec, config)
+    if spec.generates:  # its peak is the weights and the KV cache at the last context: not estimated yet
+        result = _run(spec, config)
+        result.info["memory_check"] = {"error": "not checked: train=generate has no estimate on meta yet"}
+        return result
     skipped, check_info, step = _precheck(spec, config)
     if skipped is not None:
         return skipped
@@ -193,6 +198,10 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
         torch.cuda.reset_peak_memory_stats(spec.device)  # a peak of this job's, not of one before it
         held_before = torch.cuda.memory_allocated(spec.device)
     built = build(spec)
+    if spec.generates:
+        measure_generation(spec, built, progress)
+        progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
+        return job_result(spec, config, progress, model=built.model)
     progress.periodic_ops = getattr(built.optimizer, "periodic_ops", {})
     on_meta = spec.device == "meta"
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match

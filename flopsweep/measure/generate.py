@@ -1,0 +1,207 @@
+"""Generation with a KV cache (``train=generate``), counted and timed: a prompt's prefill, then one token per sequence
+per decode step, each step attending to every token before it.
+
+A decode step's cost is affine in its context (the tokens it attends to): the weights' matmuls are the same at every
+step, attention's grow by one key and value per step. So two steps are counted (at the first and second contexts),
+the line through them predicts the cost at the last context, and a step counted there must equal it exactly (a
+prefill of the tokens before it makes its cache); the total is then the line's sum over every step. A model whose
+steps are not affine (a sliding-window cache, which stops growing) has every step counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol
+
+import torch
+from torch import nn
+
+from flopsweep.measure._torch import EagerDispatchMode, storage_id, tree_leaves
+from flopsweep.measure.count import PhaseCount, StepCount, count_call
+from flopsweep.measure.timing import Clock, Stats, repeat
+
+
+class Generator(Protocol):
+    """Token-by-token generation with a KV cache (``train=generate``). ``prefill(tokens)`` runs a prompt, token ids
+    (B, P), and returns the cache it filled; ``decode(tokens, cache)`` runs one new token per sequence (B, 1) against
+    the cache and returns the cache with it appended. Both compute the logits of the last position only, as
+    generation does; which token comes next is the caller's (the counts do not depend on it)."""
+
+    vocab_size: int
+
+    def prefill(self, tokens: torch.Tensor) -> Any: ...
+
+    def decode(self, tokens: torch.Tensor, cache: Any) -> Any: ...
+
+
+Tokens = Callable[[int], torch.Tensor]  # length -> token ids (B, length) on the job's device
+
+
+@dataclass(frozen=True)
+class GenerationCount:
+    """A generation of ``new_tokens`` after a prompt of ``prompt`` tokens, at ``batch`` sequences. The prefill gives
+    the first new token; each decode step feeds one and gives the next: ``new_tokens - 1`` steps, at contexts
+    ``prompt + 1`` to ``prompt + new_tokens - 1``. FLOPs of the decode steps are for the whole batch."""
+
+    batch: int
+    prompt: int
+    new_tokens: int
+    prefill: StepCount                   # with the ops no formula counts (the decode steps run the same ones)
+    decode_first: Optional[PhaseCount]   # the step at the first context; None with a single new token
+    decode_last: Optional[PhaseCount]    # ... at the last context
+    decode_matmul: int                   # every decode step's matmul FLOPs
+    decode_elementwise: int
+    method: str                          # how the decode steps were counted
+    kv_cache_bytes: int                  # the cache at the last context, by its tensors' storages
+    weights_read_bytes: Optional[int]    # the parameters and buffers one decode step reads
+
+    @property
+    def steps(self) -> int:
+        return self.new_tokens - 1
+
+    @property
+    def last_context(self) -> int:
+        """The tokens in the cache at the end: the prompt and every new token but the last (never fed back)."""
+        return self.prompt + self.steps
+
+
+def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, *,
+                     causal_half: bool = False, context: Callable[[], Any] = None) -> GenerationCount:
+    """Count a generation (see the module's docstring); ``tokens(n)`` makes a batch of n token ids."""
+    def count(run: Callable[[], Any]) -> tuple[PhaseCount, Any]:
+        counted, out = count_call(model, run, causal_half=causal_half, context=context)
+        return counted.forward, out
+
+    prefill, cache = count_call(model, lambda: gen.prefill(tokens(prompt)), causal_half=causal_half,
+                                context=context)
+    batch = tokens(1).shape[0]
+    steps = new_tokens - 1
+    if steps == 0:
+        return GenerationCount(batch, prompt, new_tokens, prefill, None, None, 0, 0, "no decode step",
+                               cache_bytes(cache), None)
+    weights = {storage_id(t): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())}
+    with Reads(weights) as reads:
+        first, cache = count(lambda: gen.decode(tokens(1), cache))
+    counted = [first]
+    if steps >= 2:
+        second, cache = count(lambda: gen.decode(tokens(1), cache))
+        counted.append(second)
+    if steps <= 2:
+        last = counted[-1]
+        totals = (sum(c.matmul for c in counted), sum(c.elementwise for c in counted))
+        return GenerationCount(batch, prompt, new_tokens, prefill, first, last, *totals, "every step counted",
+                               cache_bytes(cache), reads.bytes)
+    with torch.no_grad(), (context() if context else contextlib.nullcontext()):
+        before_last = gen.prefill(tokens(prompt + steps - 1))
+    last, last_cache = count(functools.partial(gen.decode, tokens(1), before_last))
+    slope = (second.matmul - first.matmul, second.elementwise - first.elementwise)
+    predicted = (first.matmul + slope[0] * (steps - 1), first.elementwise + slope[1] * (steps - 1))
+    if predicted == (last.matmul, last.elementwise):
+        totals = (steps * first.matmul + slope[0] * steps * (steps - 1) // 2,
+                  steps * first.elementwise + slope[1] * steps * (steps - 1) // 2)
+        method = (f"2 steps counted, the rest on the line through them (affine in the context), checked by a step "
+                  f"counted at the last context ({prompt + steps})")
+        return GenerationCount(batch, prompt, new_tokens, prefill, first, last, *totals, method,
+                               cache_bytes(last_cache), reads.bytes)
+    del last_cache, before_last
+    matmul, elementwise = first.matmul + second.matmul, first.elementwise + second.elementwise
+    for _ in range(steps - 2):  # not affine: every step, on the cache the steps so far made
+        step, cache = count(lambda: gen.decode(tokens(1), cache))
+        matmul, elementwise = matmul + step.matmul, elementwise + step.elementwise
+    return GenerationCount(batch, prompt, new_tokens, prefill, first, step, matmul, elementwise,
+                           "every step counted (the cost is not affine in the context)", cache_bytes(cache),
+                           reads.bytes)
+
+
+class Reads(EagerDispatchMode):
+    """While entered, the bytes of the ``weights`` (storage id -> bytes) that ops read, each storage once; of an
+    embedding table only the rows looked up (unless another op reads it whole: a tied head)."""
+
+    def __init__(self, weights: dict[int, int]):
+        super().__init__()
+        self.weights, self.read, self.rows = weights, set(), {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.embedding.default:
+            table, indices = args[0], args[1]
+            key = storage_id(table)
+            if key in self.weights:
+                row = table.shape[-1] * table.element_size()
+                self.rows[key] = self.rows.get(key, 0) + indices.numel() * row
+        else:
+            for t in tree_leaves((args, kwargs or {})):
+                if isinstance(t, torch.Tensor):
+                    key = storage_id(t)
+                    if key in self.weights:
+                        self.read.add(key)
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.weights[key] for key in self.read) + \
+            sum(rows for key, rows in self.rows.items() if key not in self.read)
+
+
+def cache_bytes(cache: Any) -> int:
+    """The bytes of every tensor a cache holds (lists, tuples, dicts and objects' attributes, four levels down),
+    each storage once."""
+    seen: dict[int, int] = {}
+
+    def walk(obj: Any, depth: int) -> None:
+        if isinstance(obj, torch.Tensor):
+            seen.setdefault(storage_id(obj), obj.untyped_storage().nbytes())
+        elif depth < 4:
+            if isinstance(obj, dict):
+                items = obj.values()
+            elif isinstance(obj, (list, tuple)):
+                items = obj
+            else:
+                items = vars(obj).values() if hasattr(obj, "__dict__") else ()
+            for item in items:
+                walk(item, depth + 1)
+
+    walk(cache, 0)
+    return sum(seen.values())
+
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """Time to the first token (the prefill), and time per output token (a decode step of the batch) at the first
+    contexts and at the last ones."""
+
+    ttft: Stats
+    tpot_first: Stats
+    tpot_last: Optional[Stats]
+
+
+def time_generation(gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, device: str, *, warmup: int,
+                    repeats: int, context: Callable[[], Any] = None) -> GenerationTiming:
+    """Time the prefill ``warmup + repeats`` times, then as many decode steps from its cache (contexts from
+    ``prompt + 1``), and as many from a cache of the last context (when the generation is longer than that)."""
+    clock = Clock(device)
+    enter = context or contextlib.nullcontext
+    prompt_tokens, one = tokens(prompt), tokens(1)
+    with torch.no_grad(), enter():
+        def prefill() -> list[Any]:
+            t0 = clock.mark()
+            gen.prefill(prompt_tokens)
+            return [t0, clock.mark()]
+
+        ttft = Stats.of([run[0] for run in repeat(clock, warmup, repeats, prefill)])
+
+        def decoding(cache: Any) -> Stats:
+            state = [cache]
+
+            def decode() -> list[Any]:
+                t0 = clock.mark()
+                state[0] = gen.decode(one, state[0])
+                return [t0, clock.mark()]
+
+            return Stats.of([run[0] for run in repeat(clock, warmup, repeats, decode)])
+
+        first = decoding(gen.prefill(prompt_tokens))
+        last_start = prompt + new_tokens - 1 - (warmup + repeats)
+        last = decoding(gen.prefill(tokens(last_start))) if last_start > prompt else None
+    return GenerationTiming(ttft, first, last)

@@ -1,0 +1,74 @@
+"""A ``train=generate`` job: its generation counted (on any device) and timed (on cpu and cuda), as metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from flopsweep.build.model import Built
+from flopsweep.build.spec import JobSpec
+from flopsweep.core import metrics as M
+from flopsweep.measure.generate import GenerationCount, GenerationTiming, count_generation, time_generation
+from flopsweep.measure.meta import MetaLikeCPU
+from flopsweep.measure.size import measure_size
+from flopsweep.run.assemble import Progress
+
+
+def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
+    """Count, size and time the generation into ``progress``: the prefill as the counted forward pass (its per-module
+    and per-op tables), the generation's figures under ``progress.metrics``."""
+    factory = spec.family.generator(spec.model)
+    gen = factory(built.model)
+    size, prompt, new_tokens = spec.batch.size, spec.batch.seq_len, spec.generate.new_tokens
+
+    def tokens(length: int) -> torch.Tensor:
+        return torch.randint(0, gen.vocab_size, (size, length), device=spec.device)
+
+    on_meta = spec.device == "meta"
+    counted = None
+    with MetaLikeCPU() if on_meta else contextlib.nullcontext():
+        if spec.measure.count:
+            progress.phase = "count"
+            counted = count_generation(built.model, gen, tokens, prompt, new_tokens,
+                                       causal_half=spec.measure.causal_attention == "half", context=built.autocast)
+            progress.count = counted.prefill
+            progress.notes["generation"] = {"decode_steps": counted.steps, "last_context": counted.last_context,
+                                            "counted": counted.method}
+        progress.phase = "size"
+        progress.size = measure_size(built.model, built.inputs, None, built.autocast,
+                                     int8=spec.params_dtype == "int8", training=False)
+    timing = None
+    if spec.measure.time and not on_meta:
+        progress.phase = "time"
+        timing = time_generation(gen, tokens, prompt, new_tokens, spec.device, warmup=spec.measure.warmup,
+                                 repeats=spec.measure.repeats, context=built.autocast)
+    progress.metrics.update(generation_metrics(size, new_tokens, counted, timing))
+
+
+def generation_metrics(batch: int, new_tokens: int, counted: Optional[GenerationCount],
+                       timing: Optional[GenerationTiming]) -> dict[str, Optional[float]]:
+    m: dict[str, Optional[float]] = {M.NEW_TOKENS: new_tokens}
+    if counted is not None:
+        prefill = counted.prefill.forward.matmul
+        m.update({M.FLOPS_PREFILL: prefill, M.FLOPS_DECODE: counted.decode_matmul,
+                  M.FLOPS_GENERATION: prefill + counted.decode_matmul, M.FLOPS_STEP: prefill + counted.decode_matmul,
+                  M.KV_CACHE_BYTES: counted.kv_cache_bytes,
+                  M.KV_CACHE_BYTES_PER_TOKEN: counted.kv_cache_bytes / (batch * counted.last_context),
+                  M.DECODE_WEIGHTS_READ_BYTES: counted.weights_read_bytes})
+        if counted.decode_first is not None:
+            m[M.FLOPS_DECODE_TOKEN_FIRST] = _per_sequence(counted.decode_first.matmul, batch)
+            m[M.FLOPS_DECODE_TOKEN_LAST] = _per_sequence(counted.decode_last.matmul, batch)
+    if timing is not None:
+        first = timing.tpot_first.median
+        last = timing.tpot_last.median if timing.tpot_last is not None else first
+        mean = (first + last) / 2  # a step's time, like its cost, grows with its context: the mean of the two ends
+        m.update({M.TIME_TTFT: timing.ttft.median, M.TIME_TPOT: first, M.TIME_TPOT_SPREAD: timing.tpot_first.iqr,
+                  M.TIME_TPOT_LAST: last, M.TIME_GENERATION: timing.ttft.median + (new_tokens - 1) * mean,
+                  M.OUTPUT_TOKENS_PER_S: batch / mean})
+    return m
+
+
+def _per_sequence(flops: int, batch: int) -> float:
+    return flops // batch if flops % batch == 0 else flops / batch

@@ -1,0 +1,123 @@
+"""train=generate: a prompt's prefill, then decode steps with a KV cache, counted at the dispatcher on cpu and meta,
+the cache's bytes from its real tensors, timed on cpu."""
+
+import pytest
+import torch
+
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from flopsweep.run.job import run_job
+from tests.helpers import compose_config
+
+L, D, HEADS, V, P, B = 2, 64, 4, 97, 8, 2
+GPT = ["model=gpt2_small", f"model.d_model={D}", f"model.n_layer={L}", f"model.n_head={HEADS}",
+       f"model.vocab_size={V}", "model.max_positions=64"]
+LLAMA_GQA = ["model=llama2_7b", f"model.d_model={D}", f"model.n_layer={L}", f"model.n_head={HEADS}",
+             "model.n_kv_head=2", "model.d_ff=128", f"model.vocab_size={V}", "model.max_positions=64"]
+RUN = [f"batch.size={B}", f"batch.seq_len={P}", "tracking=none", "measure.warmup=1", "measure.repeats=3"]
+
+
+def generate(*overrides, device="meta", new_tokens=6):
+    result = run_job(resolve(compose_config(*overrides, *RUN, "train=generate", f"generate.new_tokens={new_tokens}",
+                                            f"device={device}")), {})
+    assert result.status == "ok", result.error
+    return result
+
+
+def matmul_params(kv_heads, d_ff, gated):
+    """Every weight a token's matmuls multiply by, by hand: q, k, v, out, the feed-forward's, and the head."""
+    hd = D // HEADS
+    attention = D * (D + 2 * kv_heads * hd) + D * D
+    feed_forward = (3 if gated else 2) * D * d_ff
+    return L * (attention + feed_forward) + D * V
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("overrides,kv_heads,d_ff,gated", [(GPT, HEADS, 4 * D, False), (LLAMA_GQA, 2, 128, True)],
+                         ids=["gpt2", "llama-gqa"])
+def test_decode_flops_per_token_are_2n_plus_4_l_d_context(overrides, kv_heads, d_ff, gated, device):
+    new_tokens = 6
+    m = generate(*overrides, device=device, new_tokens=new_tokens).metrics
+    n = matmul_params(kv_heads, d_ff, gated)
+    per_token = {c: 2 * n + 4 * L * D * c for c in range(P + 1, P + new_tokens)}  # contexts P+1 .. P+new-1
+    assert m["flops/decode_token_first"] == per_token[P + 1]
+    assert m["flops/decode_token_last"] == per_token[P + new_tokens - 1]
+    assert m["flops/decode"] == B * sum(per_token.values())
+    assert m["flops/generation"] == m["flops/prefill"] + m["flops/decode"]
+
+
+def test_the_prefill_is_the_forward_pass_with_the_head_on_the_last_position_only():
+    forward = run_job(resolve(compose_config(*GPT, *RUN, "train=inference", "device=meta")), {}).metrics
+    prefill = generate(*GPT).metrics
+    assert prefill["flops/prefill"] == forward["flops/forward"] - 2 * B * (P - 1) * D * V
+
+
+def test_a_long_generation_is_counted_on_the_line_and_checked_at_its_end():
+    short = generate(*GPT, new_tokens=3)   # two decode steps, both counted
+    long = generate(*GPT, new_tokens=40)   # two counted, the line checked by a step at context 47
+    assert "every step counted" in short.info["generation"]["counted"]
+    assert "checked" in long.info["generation"]["counted"] and long.info["generation"]["last_context"] == P + 39
+    n = matmul_params(HEADS, 4 * D, False)
+    assert long.metrics["flops/decode"] == B * sum(2 * n + 4 * L * D * c for c in range(P + 1, P + 40))
+
+
+@pytest.mark.parametrize("overrides,kv_heads", [(GPT, HEADS), (LLAMA_GQA, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("dtype,bytes_per", [("float32", 4), ("bfloat16", 2)])
+def test_kv_cache_bytes_per_token_are_2_l_kv_heads_head_dim_bytes(overrides, kv_heads, dtype, bytes_per):
+    m = generate(*overrides, f"dtype={dtype}", new_tokens=5).metrics
+    per_token = 2 * L * kv_heads * (D // HEADS) * bytes_per
+    assert m["size/kv_cache_bytes_per_token"] == per_token
+    assert m["size/kv_cache_bytes"] == per_token * B * (P + 4)
+
+
+def test_a_decode_step_reads_every_weight_once_and_of_the_embedding_only_its_rows():
+    m = generate(*LLAMA_GQA, new_tokens=3).metrics  # untied: the head reads its matrix, the embedding B rows
+    weights = m["size/weights_bytes"]
+    assert m["size/decode_weights_read_bytes"] == weights - V * D * 4 + B * D * 4
+    tied = generate(*GPT, new_tokens=3).metrics       # GPT-2's head is its embedding: read whole
+    # ... and of its 64 learned positions the one a step is at
+    assert tied["size/decode_weights_read_bytes"] == tied["size/weights_bytes"] - 64 * D * 4 + D * 4
+
+
+def test_on_cpu_a_generation_is_timed():
+    m = generate(*GPT, device="cpu", new_tokens=12).metrics
+    assert m["time/ttft_s"] > 0 and m["time/tpot_s"] > 0 and m["time/tpot_last_s"] > 0
+    mean = (m["time/tpot_s"] + m["time/tpot_last_s"]) / 2
+    assert m["speed/output_tokens_per_s"] == pytest.approx(B / mean)
+    assert m["time/generation_s"] == pytest.approx(m["time/ttft_s"] + 11 * mean)
+
+
+HF_LLAMA = ["model=hf", "model.model_type=llama", "+model.hidden_size=64", "+model.intermediate_size=128",
+            "+model.num_hidden_layers=2", "+model.num_attention_heads=4", "+model.num_key_value_heads=2",
+            f"+model.vocab_size={V}", "+model.max_position_embeddings=64"]
+
+
+def test_an_hf_decoder_generates_with_its_own_cache():
+    pytest.importorskip("transformers")
+    import transformers
+
+    new_tokens = 5
+    m = generate(*HF_LLAMA, device="cpu", new_tokens=new_tokens).metrics
+    n = matmul_params(2, 128, True)
+    assert m["flops/decode_token_first"] == 2 * n + 4 * L * D * (P + 1)
+    # the cache Hugging Face itself makes for the same context, read through its own API
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=V,
+                                      max_position_embeddings=64)
+    net = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        cache = net(input_ids=torch.zeros(B, P + new_tokens - 1, dtype=torch.long), use_cache=True).cache
+    real = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert m["size/kv_cache_bytes"] == real
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["model=bert_base"], "train.mode='generate'"),          # an encoder has no KV cache to decode with
+    (["batch.seq_len=8", "generate.new_tokens=0"], "generate.new_tokens"),
+    (["batch.seq_len=60", "generate.new_tokens=10"], "generate.new_tokens=10"),  # 69 positions, the model has 64
+])
+def test_what_cannot_generate_is_refused_by_key(overrides, key):
+    base = GPT if overrides[0] != "model=bert_base" else []
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*base, "train=generate", *overrides))
+    assert key in str(err.value) and "\n" not in str(err.value)
