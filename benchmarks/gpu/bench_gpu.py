@@ -5,7 +5,9 @@ command would run it (``run_job``: the memory pre-check, build, count, size, tim
 - step time (median and its spread), achieved TFLOP/s and MFU against the GPU's bf16 dense peak;
 - the FLOPs counted on cuda against the same job counted on meta (they must be equal: same ops, same formulas);
 - the measured peak memory (``torch.cuda.max_memory_allocated``) against the estimates made on meta
-  (``size/train_peak_bytes``: static sizes + saved activations; ``size/step_peak_bytes``: a simulated step).
+  (``size/train_peak_bytes``: static sizes + saved activations; ``size/step_peak_bytes``: a simulated step);
+- and LLaMA-2 7B generating (``train=generate``, bf16): time to first token and per output token against the
+  roofline of its counted figures on this GPU (``flopsweep.projection.serving``), the counts against meta's.
 
     .venv/bin/python benchmarks/gpu/bench_gpu.py --out results/gpu.json   # also prints a Markdown table
 """
@@ -34,8 +36,8 @@ COUNTS = (M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_FORWARD_
           M.FLOPS_BACKWARD_ELEMENTWISE)
 
 
-def measure(overrides: list[str], device: str) -> dict:
-    spec = resolve(compose_config(*overrides, *COMMON, f"device={device}"))
+def measure(overrides: list[str], device: str, common: list[str] = COMMON) -> dict:
+    spec = resolve(compose_config(*overrides, *common, f"device={device}"))
     result = run_job(spec, {})
     if result.status != "ok":
         raise SystemExit(f"{' '.join(overrides)} on {device}: {result.status}: {result.error}\n"
@@ -64,9 +66,13 @@ def main() -> int:
             "step_peak_estimate_bytes": meta.get(M.STEP_PEAK_BYTES),
         }
         print(f"{name}: done", flush=True)
+    generation = {}
+    for name, overrides in GENERATION.items():
+        generation[name] = serve(overrides)
+        print(f"{name}: done", flush=True)
     machine = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
                "python": platform.python_version()}
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows, "generation": generation}, indent=2))
     print(f"\n{machine['gpu']}, torch {machine['torch']} (CUDA {machine['cuda']}), bf16, AdamW\n")
     print("| job | step (median) | TFLOP/s | MFU | tokens/s | counts cuda = meta | measured peak | "
           "estimate (static + saved) | estimate (simulated step) |")
@@ -79,7 +85,44 @@ def main() -> int:
         print(f"| {name} | {r['step_s'] * 1e3:.1f} ms | {r['tflop_per_s']:.1f} | {mfu} | "
               f"{r['tokens_per_s']:,.0f} | {equal} | {gib(r['measured_peak_bytes'])} | "
               f"{gib(r['train_peak_estimate_bytes'])} | {gib(r['step_peak_estimate_bytes'])} |")
-    return 0 if all(all(r["counts_equal_meta"].values()) for r in rows.values()) else 1
+    print("\n| generation (bf16) | TTFT | TPOT first / last | tokens/s | roofline TTFT | roofline TPOT | "
+          "counts cuda = meta |")
+    print("|---|---|---|---|---|---|---|")
+    for name, g in generation.items():
+        print(f"| {name} | {g['ttft_s'] * 1e3:.1f} ms | {g['tpot_s'] * 1e3:.2f} / {g['tpot_last_s'] * 1e3:.2f} ms | "
+              f"{g['output_tokens_per_s']:,.0f} | {g['roofline_ttft_s'] * 1e3:.1f} ms | "
+              f"{g['roofline_tpot_s'] * 1e3:.2f} ms | {'yes' if g['counts_equal_meta'] else 'NO'} |")
+    equal = all(all(r["counts_equal_meta"].values()) for r in rows.values()) and \
+        all(g["counts_equal_meta"] for g in generation.values())
+    return 0 if equal else 1
+
+
+def serve(overrides: list[str]) -> dict:
+    """A generation timed on cuda, beside the roofline of its counted figures on this GPU (efficiency 1)."""
+    from flopsweep.core.hardware import accelerator
+    from flopsweep.projection.serving import Generation, Serving, at_batch
+
+    common = ["dtype=bfloat16", "train=generate", "tracking=none", "measure.warmup=3", "measure.repeats=10"]
+    cuda = measure(overrides, "cuda", common)
+    meta = measure(overrides, "meta", common)
+    counts = (M.FLOPS_PREFILL, M.FLOPS_DECODE, M.KV_CACHE_BYTES)
+    row = {"ttft_s": cuda[M.TIME_TTFT], "tpot_s": cuda[M.TIME_TPOT], "tpot_last_s": cuda[M.TIME_TPOT_LAST],
+           "output_tokens_per_s": cuda[M.OUTPUT_TOKENS_PER_S],
+           "counts_equal_meta": all(cuda[k] == meta[k] for k in counts)}
+    gpu = accelerator(torch.cuda.get_device_name(0))
+    if gpu is not None:
+        from flopsweep.core.result import Result
+
+        result = Result("ok", None, {"dtype": {"params": "bfloat16"}}, cuda)
+        roof = at_batch(Generation.from_result(result, "bench"), Serving(gpu, "bfloat16"), int(cuda[M.BATCH_SIZE]))
+        row.update({"roofline_ttft_s": roof.ttft_s, "roofline_tpot_s": roof.tpot_s, "bound": roof.decode_bound})
+    return row
+
+
+GENERATION = {  # our decoder (no transformers needed there): a 7B model, a prompt of 512, 128 new tokens
+    "llama2_7b b1 p512+128": ["model=llama2_7b", "batch.size=1", "batch.seq_len=512", "generate.new_tokens=128"],
+    "llama2_7b b16 p512+128": ["model=llama2_7b", "batch.size=16", "batch.seq_len=512", "generate.new_tokens=128"],
+}
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
                        ("usd", "dollars (needs --price)")):
         budget.add_argument(f"--budget-{kind}", type=amount, help=what)
     hw = p.add_argument_group("hardware")
-    hw.add_argument("--gpu", default="H100", help="a GPU of the peak table (H100, H100 PCIe, H200, A100); "
-                                                  "default H100")
+    hw.add_argument("--gpu", default="H100", help="a part of the hardware table (docs/serving.md: V100, A10G, L4, "
+                    "L40S, A100, H100, H200, B200, GB200, MI300X, TPU v5e, ...); default H100")
     hw.add_argument("--dtype", default="bfloat16", help="training compute dtype for the peak (default bfloat16)")
     hw.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per GPU (overrides the table)")
     hw.add_argument("--gpus", type=int, help="number of GPUs (default dp x tp x pp, else 1)")
@@ -74,6 +74,18 @@ def parser() -> argparse.ArgumentParser:
     hw.add_argument("--mfu-from", help="take MFU from a measured GPU run (folder or run id) on this GPU model")
     hw.add_argument("--price", type=amount, help="dollars per GPU-hour")
     hw.add_argument("--watts", type=amount, help="power per GPU in watts, for energy")
+    hw.add_argument("--bandwidth", type=float, help="memory bandwidth, GB/s per GPU (overrides the table)")
+    hw.add_argument("--hardware", type=Path, help="a YAML file describing your own part: name, peak_tflops (by "
+                                                 "dtype), memory_gb, bandwidth_gbs")
+    serve = p.add_argument_group("serving (--serve: a roofline over a counted generation, docs/serving.md)")
+    serve.add_argument("--serve", action="store_true", help="project serving: TTFT, time per output token, "
+                       "tokens/s, largest batch, $ and kWh per million tokens")
+    serve.add_argument("--prompt-tokens", type=int, help="with --model: the prompt's tokens")
+    serve.add_argument("--new-tokens", type=int, help="with --model: the tokens generated")
+    serve.add_argument("--compute-efficiency", type=float, default=1.0, help="share of the peak FLOP/s reached "
+                       "(default 1: the roofline's bound)")
+    serve.add_argument("--memory-efficiency", type=float, default=1.0, help="share of the bandwidth reached "
+                       "(default 1)")
     par = p.add_argument_group("parallelism (see docs/projection.md, 'Parallelism and ZeRO')")
     par.add_argument("--dp", type=int, help="data-parallel replicas: each runs batch / dp of the measured batch")
     par.add_argument("--tp", type=int, help="tensor-parallel size")
@@ -109,6 +121,10 @@ def _run(args: argparse.Namespace) -> int:
     from flopsweep.projection import training as P
     from flopsweep.projection.parallel import per_device
 
+    if args.serve:
+        from flopsweep.cli.serving import serve
+
+        return serve(args, _load, _target, _write_json)
     budgets = {k: v for k in B.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
     plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
                                                                                 if args.compute_optimal else [])
@@ -169,11 +185,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
                   file=sys.stdout if logged.startswith("run ") else sys.stderr)
     if args.json:
-        try:
-            args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        except OSError as err:
-            raise ConfigError("json", str(args.json), f"cannot be written: {err.strerror}") from None
+        _write_json(args.json, payload)
     return 0
+
+
+def _write_json(path: Path, payload) -> None:
+    try:
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    except OSError as err:
+        raise ConfigError("json", str(path), f"cannot be written: {err.strerror}") from None
 
 
 def _layout(args: argparse.Namespace):
@@ -190,11 +210,10 @@ def _layout(args: argparse.Namespace):
 
 
 def _hardware(args: argparse.Namespace, layout=None):
-    from flopsweep.core.hardware import PEAK_TFLOPS, peak_flops
+    from flopsweep.core.hardware import DTYPES, peak_flops
     from flopsweep.projection.training import Hardware
 
-    dtypes = sorted({dtype for _, peaks in PEAK_TFLOPS for dtype in peaks})
-    require(args.dtype in dtypes, "dtype", args.dtype, f"must be one of {', '.join(dtypes)}")
+    require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
     peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
     require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
     require((args.mfu is None) != (args.mfu_from is None), "mfu", args.mfu,

@@ -3,12 +3,14 @@ feed-forward, norms, rotary embeddings and a residual block that is pre- or post
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
@@ -96,8 +98,15 @@ class Attention(nn.Module):
         if bias is not None and causal:
             bias = bias + causal_mask(q.shape[-2], k.shape[-2], bias.device, bias.dtype)
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=self.scale)
+        with sdpa_kernel(DECODING) if start else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(B, S, q_dim)), present
+
+
+# A decode step attends over one more key each time. cuDNN's attention builds a graph for each new length: on an H200
+# (torch 2.11) 1.65 ms of CPU a call, 53 of a 7B model's 72 ms step while its GPU work took 6.5 ms. The other
+# backends take any length as it comes (the FLOPs are the same).
+DECODING = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 

@@ -4,7 +4,7 @@ decoder-only preset (built on meta, not counted: its parameters and shapes are a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
@@ -18,12 +18,13 @@ from flopsweep.measure.size import unique_parameters
 from flopsweep.run.job import run_job
 
 
-def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False) -> Result:
+def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False,
+                   extra: Sequence[str] = ()) -> Result:
     """The preset ``model`` counted and sized on meta at ``batch`` and ``seq_len`` (None: the preset's), one
-    training step (or, with ``inference``, one forward pass)."""
+    training step (or, with ``inference``, one forward pass; ``extra`` overrides: a generation)."""
     from hydra.errors import HydraException
 
-    overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none"]
+    overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none", *extra]
     if inference:
         overrides.append("train=inference")
     if seq_len:

@@ -1,0 +1,50 @@
+"""The serving targets of issue 17: a 32k-token generation plan for a 70B-class model counted on meta (a prompt of
+1,024 tokens, 31,744 generated: the prefill, two decode steps, and the check at context 32,767), and a serving
+projection over 12 batch sizes of that plan on an H100, each timed in this process N times (median, min, max).
+
+    .venv/bin/python benchmarks/bench_generation.py [--runs 5] [--model llama3_1_70b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from flopsweep.config.compose import compose_config
+from flopsweep.config.resolve import resolve
+from flopsweep.core.hardware import accelerator
+from flopsweep.core.result import Result
+from flopsweep.projection.serving import Generation, Serving, at_batch
+from flopsweep.run.job import run_job
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--model", default="llama3_1_70b")
+    args = parser.parse_args()
+    overrides = [f"model={args.model}", "device=meta", "dtype=bfloat16", "batch.size=1", "batch.seq_len=1024",
+                 "train=generate", "generate.new_tokens=31744", "tracking=none"]
+    counts, projections, result = [], [], None
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        result = run_job(resolve(compose_config(*overrides)), {})
+        counts.append(time.perf_counter() - start)
+        assert result.status == "ok", result.error
+        gen = Generation.from_result(Result("ok", None, {"dtype": {"params": "bfloat16"}}, result.metrics), "bench")
+        serving = Serving(accelerator("H100"), "bfloat16", tp=8)
+        start = time.perf_counter()
+        rows = [at_batch(gen, serving, 2 ** k) for k in range(12)]
+        projections.append(time.perf_counter() - start)
+    m = result.metrics
+    print(f"{args.model}: prompt 1,024 + 31,744 new tokens: {m['flops/generation']:.4e} FLOPs, "
+          f"{m['size/kv_cache_bytes'] / 1e9:.2f} GB of KV cache at the end; {result.info['generation']['counted']}")
+    for name, times in (("count on meta (whole job)", counts), ("serving projection, 12 batches", projections)):
+        print(f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
+              f"{len(times)} runs)")
+    print(f"(batch 2048 on 8 x H100: TPOT {rows[-1].tpot_s * 1e3:.1f} ms, {rows[-1].decode_bound}-bound)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""What serving a model costs: a roofline over the counted generation (``train=generate``) on a part of the hardware
+table, at each batch up to the largest whose weights and KV cache fit.
+
+Each phase takes the longer of its FLOPs at ``peak × compute efficiency`` and its bytes at ``bandwidth × memory
+efficiency``, and is said to be compute- or memory-bound by which is longer. A prefill of b prompts moves the weights
+once and writes its KV cache; a decode step of b sequences at context c reads the weights a step reads and the cache
+(c tokens a sequence) and writes one token's keys and values a sequence. Activations are left out (they stay in
+on-chip memory or are small beside the weights at serving batches). The per-token costs come from the counted
+generation: a decode step's FLOPs are affine in its context (flopsweep.measure.generate), so the line through the
+first and last counted steps gives every step's. With tensor parallelism (``tp``) the weights, the KV cache, the FLOPs
+and the bytes are split over tp GPUs (communication left out) and a request's time is one GPU's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from flopsweep.core import metrics as M
+from flopsweep.core.errors import require
+from flopsweep.core.hardware import Accelerator
+from flopsweep.core.result import Result
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A generation's counted figures, per sequence: a prompt of ``prompt`` tokens, ``new_tokens`` generated."""
+
+    source: str
+    prompt: int
+    new_tokens: int
+    prefill_flops: float          # one prompt's prefill
+    decode_first_flops: float     # a decode step at context prompt + 1
+    decode_last_flops: float      # ... at prompt + new_tokens - 1
+    kv_bytes_per_token: float
+    weights_bytes: float          # every weight
+    weights_read_bytes: float     # what a decode step reads
+    dtype: str
+
+    @classmethod
+    def from_result(cls, result: Result, source: str) -> "Generation":
+        m = result.metrics
+        require(m.get(M.FLOPS_PREFILL) is not None, "run", source, "is not a counted train=generate run (no "
+                f"{M.FLOPS_PREFILL}): measure one with train=generate, or give --model")
+        batch, new_tokens = int(m[M.BATCH_SIZE]), int(m[M.NEW_TOKENS])
+        first = m.get(M.FLOPS_DECODE_TOKEN_FIRST)
+        dtype = ((result.config.get("dtype") or {}).get("params")) or "bfloat16"
+        return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
+                   first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
+                   m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), m.get(M.DECODE_WEIGHTS_READ_BYTES) or
+                   m[M.WEIGHTS_BYTES], dtype)
+
+    @property
+    def steps(self) -> int:
+        return self.new_tokens - 1
+
+    def decode_flops(self, contexts: np.ndarray) -> np.ndarray:
+        """A decode step's FLOPs per sequence at each context (the line through the counted ends)."""
+        if self.steps <= 1:
+            return np.full(contexts.shape, self.decode_first_flops, dtype=float)
+        slope = (self.decode_last_flops - self.decode_first_flops) / (self.steps - 1)
+        return self.decode_first_flops + slope * (contexts - (self.prompt + 1))
+
+
+@dataclass(frozen=True)
+class Serving:
+    gpu: Accelerator
+    dtype: str                    # the compute dtype, for the peak
+    tp: int = 1
+    compute_efficiency: float = 1.0
+    memory_efficiency: float = 1.0
+    memory_share: float = 0.9     # of the GPU's memory for weights and cache (the rest: runtime, activations)
+    price_per_gpu_hour: Optional[float] = None
+    watts_per_gpu: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
+                "the table: give --peak-tflops")
+        require(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "must be an integer >= 1")
+        for key in ("compute_efficiency", "memory_efficiency", "memory_share"):
+            value = getattr(self, key)
+            require(0 < value <= 1, key.replace("_", "-"), value, "must be in (0, 1]")
+
+    @property
+    def flops_per_s(self) -> float:
+        return self.gpu.peak(self.dtype) * self.compute_efficiency
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.gpu.bandwidth * self.memory_efficiency
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch: int
+    ttft_s: float
+    prefill_bound: str
+    tpot_s: float                 # the mean decode step
+    decode_bound: str             # at the first and the last context: "memory", "compute", or "memory→compute"
+    request_s: float              # TTFT + every decode step
+    output_tokens_per_s_per_gpu: float
+    usd_per_m_input: Optional[float]
+    usd_per_m_output: Optional[float]
+    kwh_per_m_output: Optional[float]
+
+
+def largest_batch(gen: Generation, serving: Serving) -> int:
+    """The most sequences whose weights and KV cache at the last context fit in ``memory_share`` of the GPUs."""
+    room = serving.memory_share * serving.gpu.memory_bytes * serving.tp - gen.weights_bytes
+    per_sequence = gen.kv_bytes_per_token * (gen.prompt + gen.steps)
+    return max(0, int(room // per_sequence)) if per_sequence > 0 else 0
+
+
+def _phase(flops: np.ndarray, moved: np.ndarray, serving: Serving) -> tuple[np.ndarray, np.ndarray]:
+    compute, memory = flops / serving.tp / serving.flops_per_s, moved / serving.tp / serving.bytes_per_s
+    return np.maximum(compute, memory), compute >= memory
+
+
+def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
+    """A batch of ``batch`` requests, all prefilled together then decoded in step."""
+    kv = gen.kv_bytes_per_token
+    prefill, prefill_compute = _phase(np.array([batch * gen.prefill_flops]),
+                                      np.array([gen.weights_bytes + batch * gen.prompt * kv]), serving)
+    contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
+    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes + batch * kv * (contexts + 1),
+                            serving)
+    ttft, decode = float(prefill[0]), float(steps.sum())
+    tpot = decode / len(contexts) if len(contexts) else 0.0
+    bound = "-" if not len(contexts) else "compute" if compute.all() else "memory" if not compute.any() else \
+        ("memory→compute" if compute[-1] else "compute→memory")
+    request = ttft + decode
+    gpu_hours = serving.tp * request / 3600.0
+    per_m_out = 1e6 / (batch * gen.new_tokens)
+    price, watts = serving.price_per_gpu_hour, serving.watts_per_gpu
+    return BatchRow(batch, ttft, "compute" if prefill_compute[0] else "memory", tpot, bound, request,
+                    batch * gen.new_tokens / request / serving.tp,
+                    price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
+                    price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
+                    watts * gpu_hours / 1000.0 * per_m_out if watts is not None else None)
+
+
+def batches(largest: int, count: int = 12) -> list[int]:
+    """Powers of two up to ``largest``, and ``largest`` itself: ``count`` at most, the largest kept."""
+    sizes = sorted({2 ** k for k in range(0, max(largest, 1).bit_length()) if 2 ** k <= largest} | {largest})
+    sizes = [b for b in sizes if b >= 1]
+    return sizes[-count:] if len(sizes) > count else sizes
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    generation: Generation
+    serving: Serving
+    largest: int
+    rows: list[BatchRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generation": asdict(self.generation), "gpu": asdict(self.serving.gpu),
+                "serving": {k: v for k, v in asdict(self.serving).items() if k != "gpu"}, "largest_batch": self.largest,
+                "rows": [asdict(r) for r in self.rows]}
+
+    def table(self) -> str:
+        g, s = self.generation, self.serving
+        lines = [f"serving {g.source}: a prompt of {g.prompt:,} tokens, {g.new_tokens:,} generated; "
+                 f"{g.weights_bytes / 1e9:,.1f} GB of weights, {g.kv_bytes_per_token / 1e3:,.1f} KB of KV cache "
+                 "a token",
+                 f"on {s.tp} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
+                 f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
+                 f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory",
+                 f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
+                 f"{s.memory_share:.0%} of memory)", ""]
+        header = ["batch", "TTFT", "prefill", "TPOT", "decode", "request", "tokens/s/GPU", "$/M in", "$/M out",
+                  "kWh/M out"]
+        body = [[f"{r.batch:,}", _seconds(r.ttft_s), r.prefill_bound, _seconds(r.tpot_s), r.decode_bound,
+                 _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}", _money(r.usd_per_m_input),
+                 _money(r.usd_per_m_output), "-" if r.kwh_per_m_output is None else f"{r.kwh_per_m_output:,.3g}"]
+                for r in self.rows]
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
+        return "\n".join(lines)
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:,.2f} ms" if s < 1 else f"{s:,.2f} s"
+
+
+def _money(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.3g}"
+
+
+def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> ServingPlan:
+    """The roofline at each batch of :func:`batches` up to the largest that fits (or at ``batch`` alone)."""
+    largest = largest_batch(gen, serving)
+    require(largest >= 1 or batch is not None, "gpu", serving.gpu.name, f"cannot hold the weights "
+            f"({gen.weights_bytes / 1e9:,.1f} GB) and one sequence's KV cache in {serving.memory_share:.0%} of "
+            f"{serving.tp} × {serving.gpu.memory_gb:g} GB: give --tp")
+    sizes = [batch] if batch is not None else batches(largest)
+    return ServingPlan(gen, serving, largest, [at_batch(gen, serving, b) for b in sizes])

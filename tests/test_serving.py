@@ -1,0 +1,95 @@
+"""Serving: the roofline over a counted generation (flopsweep-project --serve), and the hardware table."""
+
+import json
+
+import pytest
+
+from flopsweep.cli.project import main
+from flopsweep.core.hardware import accelerator, peak_flops
+from flopsweep.projection.serving import Generation, Serving, at_batch, largest_batch, plan
+from tests.helpers import run_app, run_main
+
+H100 = accelerator("H100")
+# an 8B-class model counted by hand: 16 GB of bf16 weights, 2 FLOPs a weight a token, 128 KiB of cache a token
+GEN = Generation("hand", prompt=4096, new_tokens=256, prefill_flops=2 * 8e9 * 4096, decode_first_flops=2 * 8e9,
+                 decode_last_flops=2 * 8e9, kv_bytes_per_token=131072, weights_bytes=16e9, weights_read_bytes=16e9,
+                 dtype="bfloat16")
+
+
+def test_batch_one_decode_is_memory_bound_and_a_long_prefill_compute_bound_on_an_h100():
+    row = at_batch(GEN, Serving(H100, "bfloat16"), 1)
+    assert row.decode_bound == "memory" and row.prefill_bound == "compute"
+    # a step reads the weights and the cache: at least 16 GB at 3.35 TB/s
+    assert row.tpot_s >= 16e9 / 3.35e12
+    assert row.ttft_s == pytest.approx(2 * 8e9 * 4096 / 989.4e12)
+
+
+def test_decode_turns_compute_bound_at_a_large_enough_batch():
+    serving = Serving(H100, "bfloat16", memory_share=1.0)
+    light = Generation(**{**GEN.__dict__, "kv_bytes_per_token": 1.0})  # a cache too small to matter
+    # the weights cost 16e9 / 3.35e12 s to read and 2*8e9*b / 989.4e12 s to multiply: equal near b = 295
+    assert at_batch(light, serving, 280).decode_bound == "memory"
+    assert at_batch(light, serving, 320).decode_bound == "compute"
+
+
+def test_the_largest_batch_leaves_room_for_its_kv_cache():
+    serving = Serving(H100, "bfloat16")
+    b = largest_batch(GEN, serving)
+    cache = GEN.kv_bytes_per_token * (4096 + 255)
+    assert 16e9 + b * cache <= 0.9 * 80e9 < 16e9 + (b + 1) * cache
+    assert largest_batch(GEN, Serving(H100, "bfloat16", tp=2)) > 2 * b  # the weights split too
+
+
+def test_throughput_grows_with_the_batch_and_the_plan_stops_at_the_largest():
+    p = plan(GEN, Serving(H100, "bfloat16"))
+    assert [r.batch for r in p.rows][-1] == p.largest
+    speeds = [r.output_tokens_per_s_per_gpu for r in p.rows]
+    assert speeds == sorted(speeds) and len(p.rows) <= 12
+
+
+def test_the_hardware_table_matches_device_names():
+    assert accelerator("NVIDIA H100 80GB HBM3").name == "H100"
+    assert accelerator("NVIDIA H100 PCIe").name == "H100 PCIe"
+    assert accelerator("NVIDIA A100-SXM4-40GB").memory_gb == 40     # not the A10G, whose name it contains
+    assert accelerator("NVIDIA L40S").name == "L40S" and accelerator("NVIDIA GB200").name == "GB200"
+    assert peak_flops("NVIDIA H200", "bfloat16") == 989.4e12 and accelerator("H200").bandwidth_gbs == 4800
+    assert accelerator("NVIDIA GeForce GT 710") is None
+
+
+def test_serving_a_measured_generation_run(tmp_path):
+    out = run_app("model=gpt2_small", "model.n_layer=2", "batch.seq_len=128", "train=generate",
+                  "generate.new_tokens=32", "device=meta", "tracking=none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    job = next(tmp_path.glob("outputs/runs/*/*"))
+    served = run_main(main, str(job), "--serve", "--gpu", "L4", "--price", "0.8", "--json", "plan.json",
+                      cwd=tmp_path)
+    assert served.returncode == 0, served.stderr
+    assert "largest batch" in served.stdout and "L4" in served.stdout
+    payload = json.loads((tmp_path / "plan.json").read_text())
+    assert payload["generation"]["new_tokens"] == 32 and payload["rows"][0]["usd_per_m_output"] > 0
+
+
+@pytest.mark.parametrize("args,key", [
+    (["--model", "gpt2_small", "--serve", "--new-tokens", "8"], "prompt-tokens"),
+    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "RTX 9999"], "gpu"),
+    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "V100",
+      "--dtype", "bfloat16"], "dtype"),                     # a V100 has no bf16 unit
+    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8",
+      "--memory-efficiency", "1.5"], "memory-efficiency"),
+])
+def test_bad_serving_input_is_one_line_naming_it(args, key, tmp_path):
+    out = run_main(main, *args, cwd=tmp_path)
+    assert out.returncode == 2 and key in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_your_own_part_from_a_yaml_file(tmp_path):
+    (tmp_path / "gpu.yaml").write_text("name: my-asic\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\n"
+                                       "bandwidth_gbs: 2000\n")
+    out = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+                   "--hardware", "gpu.yaml", "--batch", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "my-asic (400 TFLOP/s bfloat16, 2,000 GB/s, 64 GB" in out.stdout
+    (tmp_path / "bad.yaml").write_text("name: x\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\nbandwidth: 2\n")
+    bad = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+                   "--hardware", "bad.yaml", cwd=tmp_path)
+    assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
