@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--steps", type=amount, help="optimizer steps (with --batch; tokens = steps x batch x seq)")
     plan.add_argument("--batch", type=amount, help="global batch, in sequences")
     plan.add_argument("--compute-optimal", action="store_true", help="20 tokens per parameter (Chinchilla)")
+    plan.add_argument("--tokens-per-param", type=float, default=20.0, help="a budget's rule of thumb: tokens per "
+                      "parameter (default 20, Chinchilla; more for over-trained, LLaMA-style models)")
     plan.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
     budget = p.add_argument_group("budget (instead of a plan: what it buys)")
     for kind, what in (("flops", "FLOPs"), ("gpu-hours", "GPU-hours"), ("days", "wall-clock days on all GPUs"),
@@ -163,7 +165,8 @@ def _run(args: argparse.Namespace) -> int:
             from flopsweep.run.presets import decoder_presets
 
             presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in decoder_presets()]
-        report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices)
+        report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
+                                 args.tokens_per_param)
         print(report["text"])
         payload = {k: v for k, v in report.items() if k != "text"}
     else:

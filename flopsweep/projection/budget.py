@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.projection.parallel import PerDevice
+from flopsweep.projection.scaling import FITS, optimum
 from flopsweep.projection.parallel import table as per_device_table
 from flopsweep.projection.training import TOKENS_PER_PARAM, Hardware, PerToken, Plan, total_flops
 
@@ -62,7 +63,8 @@ def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = 
 
 
 def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardware: Hardware, presets: list[PerToken],
-                  recompute: bool = False, devices: Optional[PerDevice] = None) -> dict[str, Any]:
+                  recompute: bool = False, devices: Optional[PerDevice] = None,
+                  tokens_per_param: float = TOKENS_PER_PARAM) -> dict[str, Any]:
     """What a budget of ``flops`` buys ``cost``'s model, by method, and which of ``presets`` it trains
     compute-optimally: the text to print (``text``) and the same as data."""
     tokens = tokens_within(flops, cost, recompute)
@@ -76,6 +78,13 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
               + ", by method:"]
     lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
+    optima = [optimum(flops, "rule", tokens_per_param), *(optimum(flops, name) for name in FITS)] \
+        if cost.training else []
+    if optima:
+        lines += ["", "what the budget is best spent on (C = 6ND; the loss predicted by the fit, Hoffmann's for "
+                  "a rule):"]
+        lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f} B  D {o.tokens / 1e9:12,.1f} B tokens  "
+                  f"predicted loss {o.loss:.3f}" for o in optima]
     if fits:
         lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
                   "preset at its sequence length:"]
@@ -84,4 +93,5 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
                   f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
     return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
             "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
+            "optimum": [o.__dict__ for o in optima],
             "parallel": devices.to_dict() if devices else None}
