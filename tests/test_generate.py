@@ -121,3 +121,30 @@ def test_what_cannot_generate_is_refused_by_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         resolve(compose_config(*base, "train=generate", *overrides))
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+HF_GEMMA2_WINDOW = ["model=hf", "model.model_type=gemma2", "+model.hidden_size=64", "+model.intermediate_size=128",
+                    "+model.num_hidden_layers=2", "+model.num_attention_heads=4", "+model.num_key_value_heads=2",
+                    "+model.head_dim=16", f"+model.vocab_size={V}", "+model.max_position_embeddings=64",
+                    "+model.sliding_window=6"]
+
+
+def test_a_sliding_window_bends_the_cost_and_the_pieces_add_up_to_every_step_counted():
+    pytest.importorskip("transformers")
+    from flopsweep.build.model import build
+    from flopsweep.measure.count import count_call
+
+    new_tokens = 24  # contexts 3 to 25: the window of 6 fills at the fourth
+    overrides = [*HF_GEMMA2_WINDOW, *RUN, "batch.seq_len=2", "train=generate", "device=cpu"]
+    result = run_job(resolve(compose_config(*overrides, f"generate.new_tokens={new_tokens}")), {})
+    assert result.status == "ok" and "pieces" in result.info["generation"]["counted"]
+    # the same generation, every decode step counted one after another on the cache the steps before it made
+    spec = resolve(compose_config(*overrides, f"generate.new_tokens={new_tokens}"))
+    built = build(spec)
+    gen = spec.family.generator(spec.model)(built.model)
+    cache = gen.prefill(torch.zeros(B, 2, dtype=torch.long))
+    total = 0
+    for _ in range(new_tokens - 1):
+        counted, cache = count_call(built.model, lambda: gen.decode(torch.zeros(B, 1, dtype=torch.long), cache))
+        total += counted.forward.matmul
+    assert result.metrics["flops/decode"] == total

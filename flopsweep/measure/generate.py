@@ -5,7 +5,10 @@ A decode step's cost is affine in its context (the tokens it attends to): the we
 step, attention's grow by one key and value per step. So two steps are counted (at the first and second contexts),
 the line through them predicts the cost at the last context, and a step counted there must equal it exactly (a
 prefill of the tokens before it makes its cache); the total is then the line's sum over every step. A model whose
-steps are not affine (a sliding-window cache, which stops growing) has every step counted.
+cost bends (a sliding window stops a layer's cache from growing at its width) is split in halves until every piece
+passes that check, a few dozen steps counted for the bends of a 32k-token generation. A piece whose end lies on the
+line through its first two steps is taken as affine: exact for a cost that only ever bends one way, as windows make
+it (a layer's attention grows, then stays flat).
 """
 
 from __future__ import annotations
@@ -84,35 +87,51 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     weights = {storage_id(t): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())}
     with Reads(weights) as reads:
         first, cache = count(lambda: gen.decode(tokens(1), cache))
-    counted = [first]
+    lo, hi = prompt + 1, prompt + steps  # the contexts of the first and the last decode steps
+    known = {lo: first}
     if steps >= 2:
-        second, cache = count(lambda: gen.decode(tokens(1), cache))
-        counted.append(second)
+        known[lo + 1], cache = count(lambda: gen.decode(tokens(1), cache))
+    last_cache = [cache if steps <= 2 else None]
+
+    def at(c: int) -> PhaseCount:
+        """A decode step at context ``c``, on a cache of the ``c - 1`` tokens before it made by a prefill."""
+        if c not in known:
+            with torch.no_grad(), (context() if context else contextlib.nullcontext()):
+                before = gen.prefill(tokens(c - 1))
+            known[c], after = count(functools.partial(gen.decode, tokens(1), before))
+            if c == hi:
+                last_cache[0] = after
+        return known[c]
+
+    pieces: list[tuple[int, int]] = []
+
+    def total(a: int, b: int) -> tuple[int, int]:
+        """The steps at contexts ``a`` to ``b``: on the line through the first two if it meets the step counted at
+        ``b``, else the two halves, each the same way."""
+        fa, fb = at(a), at(b)
+        if b - a <= 1:
+            return (fa.matmul + (fb.matmul if b > a else 0), fa.elementwise + (fb.elementwise if b > a else 0))
+        f1 = at(a + 1)
+        slope = (f1.matmul - fa.matmul, f1.elementwise - fa.elementwise)
+        if (fa.matmul + slope[0] * (b - a), fa.elementwise + slope[1] * (b - a)) == (fb.matmul, fb.elementwise):
+            pieces.append((a, b))
+            n = b - a + 1
+            return (n * fa.matmul + slope[0] * n * (n - 1) // 2, n * fa.elementwise + slope[1] * n * (n - 1) // 2)
+        mid = (a + b) // 2
+        left, right = total(a, mid), total(mid + 1, b)
+        return left[0] + right[0], left[1] + right[1]
+
+    matmul, elementwise = total(lo, hi)
     if steps <= 2:
-        last = counted[-1]
-        totals = (sum(c.matmul for c in counted), sum(c.elementwise for c in counted))
-        return GenerationCount(batch, prompt, new_tokens, prefill, first, last, *totals, "every step counted",
-                               cache_bytes(cache), reads.bytes)
-    with torch.no_grad(), (context() if context else contextlib.nullcontext()):
-        before_last = gen.prefill(tokens(prompt + steps - 1))
-    last, last_cache = count(functools.partial(gen.decode, tokens(1), before_last))
-    slope = (second.matmul - first.matmul, second.elementwise - first.elementwise)
-    predicted = (first.matmul + slope[0] * (steps - 1), first.elementwise + slope[1] * (steps - 1))
-    if predicted == (last.matmul, last.elementwise):
-        totals = (steps * first.matmul + slope[0] * steps * (steps - 1) // 2,
-                  steps * first.elementwise + slope[1] * steps * (steps - 1) // 2)
+        method = "every step counted"
+    elif len(pieces) == 1:
         method = (f"2 steps counted, the rest on the line through them (affine in the context), checked by a step "
-                  f"counted at the last context ({prompt + steps})")
-        return GenerationCount(batch, prompt, new_tokens, prefill, first, last, *totals, method,
-                               cache_bytes(last_cache), reads.bytes)
-    del last_cache, before_last
-    matmul, elementwise = first.matmul + second.matmul, first.elementwise + second.elementwise
-    for _ in range(steps - 2):  # not affine: every step, on the cache the steps so far made
-        step, cache = count(lambda: gen.decode(tokens(1), cache))
-        matmul, elementwise = matmul + step.matmul, elementwise + step.elementwise
-    return GenerationCount(batch, prompt, new_tokens, prefill, first, step, matmul, elementwise,
-                           "every step counted (the cost is not affine in the context)", cache_bytes(cache),
-                           reads.bytes)
+                  f"counted at the last context ({hi})")
+    else:
+        method = (f"{len(pieces)} pieces, each on the line through its first two steps and checked at its last "
+                  f"(the cost bends: a sliding window stops growing); {len(known)} steps counted")
+    return GenerationCount(batch, prompt, new_tokens, prefill, first, at(hi), matmul, elementwise, method,
+                           cache_bytes(last_cache[0]), reads.bytes)
 
 
 class Reads(EagerDispatchMode):

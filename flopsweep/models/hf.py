@@ -26,9 +26,11 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
+from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
 TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
@@ -194,7 +196,8 @@ class Steps:
         return self._run(tokens, None)
 
     def decode(self, tokens: torch.Tensor, cache: Any) -> Any:
-        return self._run(tokens, cache)
+        with sdpa_kernel(DECODING):  # not cuDNN's attention, which builds a graph for each new length
+            return self._run(tokens, cache)
 
 
 def generator(cfg: Config) -> Optional[Callable[[Model], Steps]]:
