@@ -148,3 +148,18 @@ def test_a_sliding_window_bends_the_cost_and_the_pieces_add_up_to_every_step_cou
         counted, cache = count_call(built.model, lambda: gen.decode(torch.zeros(B, 1, dtype=torch.long), cache))
         total += counted.forward.matmul
     assert result.metrics["flops/decode"] == total
+
+
+def test_a_generation_is_sized_on_meta_with_its_kv_cache():
+    result = generate(*GPT, new_tokens=20)
+    m, at = result.metrics, result.breakdown["memory_at_peak"]
+    # the last step's peak: the weights, and the cache before it and after it (ours grows by concatenation)
+    assert m["size/kv_cache_bytes"] <= at["kv_cache"] <= 2 * m["size/kv_cache_bytes"]
+    assert at["weights"] == m["size/weights_bytes"] and m["size/step_peak_bytes"] == sum(at.values())
+
+
+def test_a_generation_that_would_not_fit_is_skipped_before_it_runs():
+    overrides = [*GPT, *RUN, "train=generate", "generate.new_tokens=20", "device=cpu", "measure.memory_share=1e-6"]
+    result = run_job(resolve(compose_config(*overrides)), {})
+    assert result.status == "skipped" and "measure.memory_share" in result.error
+    assert result.metrics["size/step_peak_bytes"] > result.metrics["size/weights_bytes"]

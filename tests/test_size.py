@@ -116,7 +116,7 @@ def test_inference_step_memory_at_its_peak_by_hand():
                          training=False)
     # alive at the peak: the weight, the batch, the 8x1000 output and then its sum (float32)
     assert step.at_peak == {"weights": 4 * 4000, "buffers": 0, "gradients": 0, "optimizer_state": 0,
-                            "batch": 4 * 32, "activations": 0, "temporary": 4 * 8000 + 4}
+                            "batch": 4 * 32, "activations": 0, "kv_cache": 0, "temporary": 4 * 8000 + 4}
     assert step.peak_bytes == sum(step.at_peak.values()) and step.activations_bytes is None
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from flopsweep.measure._torch import EagerDispatchMode, storage_id, tree_leaves
 from flopsweep.measure.count import PhaseCount, StepCount, count_call
+from flopsweep.measure.size import LiveBytes, StepMemory
 from flopsweep.measure.timing import Clock, Stats, repeat
 
 
@@ -164,13 +165,17 @@ class Reads(EagerDispatchMode):
 
 
 def cache_bytes(cache: Any) -> int:
-    """The bytes of every tensor a cache holds (lists, tuples, dicts and objects' attributes, four levels down),
-    each storage once."""
-    seen: dict[int, int] = {}
+    """The bytes of every tensor a cache holds, each storage once."""
+    return sum({storage_id(t): t.untyped_storage().nbytes() for t in cache_tensors(cache)}.values())
+
+
+def cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Every tensor a cache holds: in lists, tuples, dicts and objects' attributes, four levels down."""
+    seen: list[torch.Tensor] = []
 
     def walk(obj: Any, depth: int) -> None:
         if isinstance(obj, torch.Tensor):
-            seen.setdefault(storage_id(obj), obj.untyped_storage().nbytes())
+            seen.append(obj)
         elif depth < 4:
             if isinstance(obj, dict):
                 items = obj.values()
@@ -182,7 +187,39 @@ def cache_bytes(cache: Any) -> int:
                 walk(item, depth + 1)
 
     walk(cache, 0)
-    return sum(seen.values())
+    return seen
+
+
+def simulate_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, *,
+                        context: Callable[[], Any] = None) -> StepMemory:
+    """The most bytes alive at once in a generation (run it on meta): the prefill's peak (the weights, the prompt's
+    temporaries and its cache) or the last decode step's (the weights, the whole cache and the step's temporaries,
+    a cache growing by concatenation briefly twice for a layer), whichever is more; and what was alive at it."""
+    enter = context or contextlib.nullcontext
+
+    def watched(alive: list[torch.Tensor]) -> LiveBytes:
+        live = LiveBytes()
+        live.track(*model.parameters(), category="weights")
+        live.track(*model.buffers(), category="buffers")
+        live.track(*alive, category="kv_cache")
+        return live
+
+    with torch.no_grad(), enter():
+        first = watched([])
+        with first:
+            cache = gen.prefill(tokens(prompt))
+            first.label(cache_tensors(cache), "kv_cache")
+        del cache
+        peak = first
+        if new_tokens > 1:
+            before = gen.prefill(tokens(prompt + new_tokens - 2))
+            last = watched(cache_tensors(before))
+            with last:
+                after = gen.decode(tokens(1), before)
+                last.label(cache_tensors(after), "kv_cache")
+            del before, after
+            peak = max(first, last, key=lambda live: live.peak)
+    return StepMemory(peak.peak, None, peak.at_peak())
 
 
 @dataclass(frozen=True)

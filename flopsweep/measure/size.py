@@ -155,7 +155,7 @@ def measure_size(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: O
 
 TEMPORARY = "temporary"
 # what a simulated step's memory is made of, at its peak (StepMemory.at_peak), in this order
-CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "batch", "activations", TEMPORARY)
+CATEGORIES = ("weights", "buffers", "gradients", "optimizer_state", "batch", "activations", "kv_cache", TEMPORARY)
 
 
 class LiveBytes(EagerDispatchMode):

@@ -86,9 +86,9 @@ class Attention(nn.Module):
         if self.rope_theta is not None:
             q, k = rotary(q, self.rope_theta, start), rotary(k, self.rope_theta, start)
         present = None
-        if past is not None:
-            if past:
-                k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
+        if past is not None:  # a cache of its own (not views of the fused projection, which holds q too)
+            k, v = (torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)) if past else \
+                (k.contiguous(), v.contiguous())
             present = (k, v)
         if self.n_kv_head != self.n_head:  # grouped-query attention: share each K/V head among a group
             rep = self.n_head // self.n_kv_head

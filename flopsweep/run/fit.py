@@ -1,6 +1,7 @@
-"""Will a job fit in memory? Its training peak estimated on ``meta`` (no memory used, any scale), the memory a
-device has available, the pre-check that skips a real job which would not fit, and the search for the largest
-batch that fits a budget (``batch.size=max``). Nothing here runs a job or prints; :mod:`flopsweep.run.job` does."""
+"""Will a job fit in memory? Its training peak (or its generation's) estimated on ``meta`` (no memory used, any
+scale), the memory a device has available, the pre-check that skips a real job which would not fit, and the search
+for the largest batch that fits a budget (``batch.size=max``). Nothing here runs a job or prints;
+:mod:`flopsweep.run.job` does."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from flopsweep.build.model import Built, build, example_inputs
 from flopsweep.build.spec import JobSpec
 from flopsweep.core.text import size_bytes
 from flopsweep.measure.meta import MetaLikeCPU
+from flopsweep.measure.generate import simulate_generation
 from flopsweep.measure.size import SizeRecord, measure_size, simulate_step
+from flopsweep.run.generation import generator
 
 SEARCH_LIMIT = 1 << 24  # batch.size=max stops here for a model whose memory does not grow with the batch
 
@@ -65,7 +68,13 @@ class MetaEstimate:
             built.model.zero_grad(set_to_none=True)
             inputs = example_inputs(spec, dataclasses.replace(spec.batch, size=batch_size))
             with MetaLikeCPU():  # the attention kernel the CPU would run, so activations match a cpu job's
-                step = simulate_step(built.model, inputs, built.optimizer, built.autocast, training=spec.training)
+                if spec.generates:
+                    gen, tokens = generator(spec, built, batch_size)
+                    step = simulate_generation(built.model, gen, tokens, spec.batch.seq_len,
+                                               spec.generate.new_tokens, context=built.autocast)
+                else:
+                    step = simulate_step(built.model, inputs, built.optimizer, built.autocast,
+                                         training=spec.training)
             size = measure_size(built.model, inputs, built.optimizer, built.autocast, training=spec.training,
                                 int8=spec.params_dtype == "int8", activations=step.activations_bytes)
             self._estimates[batch_size] = Estimate(dataclasses.replace(size, step=step))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 import torch
@@ -10,7 +11,8 @@ import torch
 from flopsweep.build.model import Built
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
-from flopsweep.measure.generate import GenerationCount, GenerationTiming, count_generation, time_generation
+from flopsweep.measure.generate import (GenerationCount, GenerationTiming, Generator, Tokens, count_generation,
+                                        simulate_generation, time_generation)
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.size import measure_size
 from flopsweep.run.assemble import Progress
@@ -19,13 +21,8 @@ from flopsweep.run.assemble import Progress
 def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
     """Count, size and time the generation into ``progress``: the prefill as the counted forward pass (its per-module
     and per-op tables), the generation's figures under ``progress.metrics``."""
-    factory = spec.family.generator(spec.model)
-    gen = factory(built.model)
+    gen, tokens = generator(spec, built, spec.batch.size)
     size, prompt, new_tokens = spec.batch.size, spec.batch.seq_len, spec.generate.new_tokens
-
-    def tokens(length: int) -> torch.Tensor:
-        return torch.randint(0, gen.vocab_size, (size, length), device=spec.device)
-
     on_meta = spec.device == "meta"
     counted = None
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
@@ -39,12 +36,25 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
         progress.phase = "size"
         progress.size = measure_size(built.model, built.inputs, None, built.autocast,
                                      int8=spec.params_dtype == "int8", training=False)
+        if on_meta:  # its memory at the peak, as a real job's pre-check estimates it
+            progress.size = dataclasses.replace(progress.size, step=simulate_generation(
+                built.model, gen, tokens, prompt, new_tokens, context=built.autocast))
     timing = None
     if spec.measure.time and not on_meta:
         progress.phase = "time"
         timing = time_generation(gen, tokens, prompt, new_tokens, spec.device, warmup=spec.measure.warmup,
                                  repeats=spec.measure.repeats, context=built.autocast)
     progress.metrics.update(generation_metrics(size, new_tokens, counted, timing))
+
+
+def generator(spec: JobSpec, built: Built, size: int) -> tuple[Generator, Tokens]:
+    """The built model's generator, and what makes its synthetic token ids (``size`` sequences)."""
+    gen = spec.family.generator(spec.model)(built.model)
+
+    def tokens(length: int) -> torch.Tensor:
+        return torch.randint(0, gen.vocab_size, (size, length), device=spec.device)
+
+    return gen, tokens
 
 
 def generation_metrics(batch: int, new_tokens: int, counted: Optional[GenerationCount],

@@ -70,10 +70,6 @@ def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
     """The job, after the memory pre-check on a real device (``measure.memory_check``)."""
     if spec.device == "meta" or not spec.measure.memory_check:
         return _run(spec, config)
-    if spec.generates:  # its peak is the weights and the KV cache at the last context: not estimated yet
-        result = _run(spec, config)
-        result.info["memory_check"] = {"error": "not checked: train=generate has no estimate on meta yet"}
-        return result
     skipped, check_info, step = _precheck(spec, config)
     if skipped is not None:
         return skipped
