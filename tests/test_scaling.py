@@ -34,3 +34,23 @@ def test_more_tokens_per_parameter_gives_a_smaller_model_for_the_same_budget():
     over = optimum(5.88e23, tokens_per_param=200)      # LLaMA-style over-training
     assert over.params == pytest.approx(70e9 / math.sqrt(10)) and over.tokens == pytest.approx(200 * over.params)
     assert over.loss > optimum(5.88e23, "hoffmann").loss  # off the fitted optimum, the predicted loss is higher
+
+
+def test_a_budget_ranks_our_presets_and_the_hugging_face_ones_by_predicted_loss(tmp_path):
+    import json
+
+    from flopsweep.cli.project import main
+    from tests.helpers import run_main
+
+    out = run_main(main, "--model", "gpt2_small", "--budget-flops", "5.88e23", "--mfu", "0.4", "--no-log",
+                   "--inference-tokens", "1T", "--json", "budget.json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "budget.json").read_text())
+    rows = {row["model"]: row for row in report["compute_optimal"]}
+    assert {"llama3_8b", "qwen2_5_72b", "gpt3_175b", "mixtral_8x7b"} <= set(rows)   # HF presets beside ours
+    for row in rows.values():  # the whole budget, at the row's cost a token
+        assert row["bought"] * row["flops"] / row["tokens"] == pytest.approx(5.88e23)
+    lowest = min(rows.values(), key=lambda row: row["loss"])
+    assert f"{lowest['model']} " in next(line for line in out.stdout.splitlines() if "<- lowest" in line)
+    for best in report["optimum"]:  # serving a trillion tokens adds 2N FLOPs each
+        assert best["with_inference_flops"] == pytest.approx(5.88e23 + 2e12 * best["params"])

@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--compute-optimal", action="store_true", help="20 tokens per parameter (Chinchilla)")
     plan.add_argument("--tokens-per-param", type=float, default=20.0, help="a budget's rule of thumb: tokens per "
                       "parameter (default 20, Chinchilla; more for over-trained, LLaMA-style models)")
+    plan.add_argument("--inference-tokens", type=amount, help="with a budget: the tokens the model will serve in "
+                      "its life, added to each compute-optimal answer at 2N FLOPs a token")
     plan.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
     budget = p.add_argument_group("budget (instead of a plan: what it buys)")
     for kind, what in (("flops", "FLOPs"), ("gpu-hours", "GPU-hours"), ("days", "wall-clock days on all GPUs"),
@@ -130,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     budgets = {k: v for k in B.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
     plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
                                                                                 if args.compute_optimal else [])
-    for key in ("tokens", "steps", "batch", "price", "watts", *(f"budget_{k}" for k in B.BUDGET_KINDS)):
+    for key in ("tokens", "steps", "batch", "price", "watts", "inference_tokens",
+                *(f"budget_{k}" for k in B.BUDGET_KINDS)):
         value = getattr(args, key)
         require(value is None or math.isfinite(value), key.replace("_", "-"), value, "must be a finite number")
     for key in ("steps", "batch"):
@@ -162,11 +165,11 @@ def _run(args: argparse.Namespace) -> int:
         flops = B.budget_flops(kind, value, hardware, devices.bubble if devices else 0.0)
         presets = []
         if cost.training:
-            from flopsweep.run.presets import decoder_presets
+            from flopsweep.run.presets import language_model_presets
 
-            presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in decoder_presets()]
+            presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in language_model_presets()]
         report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
-                                 args.tokens_per_param)
+                                 args.tokens_per_param, args.inference_tokens)
         print(report["text"])
         payload = {k: v for k, v in report.items() if k != "text"}
     else:

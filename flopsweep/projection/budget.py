@@ -48,23 +48,29 @@ class Fit:
     flops: float           # 6ND (+ attention for decoders) for those tokens
     share: float           # of the budget
     fits: bool
+    bought: float          # the tokens the whole budget trains it on, at the same cost a token
+    loss: float            # Hoffmann et al.'s fit at (params, bought)
 
 
 def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = False) -> list[Fit]:
-    """For each model, the FLOPs of compute-optimal training (6ND+attention where it applies, else 6ND) and
-    whether the budget covers it; smallest first."""
+    """For each model, the FLOPs of compute-optimal training (6ND+attention where it applies, else 6ND), whether
+    the budget covers it, and the loss Hoffmann et al.'s fit predicts for it trained on the whole budget; smallest
+    first."""
     out = []
     for cost in costs:
         plan = Plan.compute_optimal(cost.params, recompute)
         totals = total_flops(cost, plan)
         need = totals["6ND+attention"] if totals["6ND+attention"] is not None else totals["6ND"]
-        out.append(Fit(cost.model, cost.params, plan.tokens, need, need / flops, need <= flops))
+        bought = flops * plan.tokens / need
+        out.append(Fit(cost.model, cost.params, plan.tokens, need, need / flops, need <= flops, bought,
+                       FITS["hoffmann"].loss(cost.params, bought)))
     return sorted(out, key=lambda f: f.flops)
 
 
 def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardware: Hardware, presets: list[PerToken],
                   recompute: bool = False, devices: Optional[PerDevice] = None,
-                  tokens_per_param: float = TOKENS_PER_PARAM) -> dict[str, Any]:
+                  tokens_per_param: float = TOKENS_PER_PARAM, inference_tokens: Optional[float] = None
+                  ) -> dict[str, Any]:
     """What a budget of ``flops`` buys ``cost``'s model, by method, and which of ``presets`` it trains
     compute-optimally: the text to print (``text``) and the same as data."""
     tokens = tokens_within(flops, cost, recompute)
@@ -84,14 +90,21 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += ["", "what the budget is best spent on (C = 6ND; the loss predicted by the fit, Hoffmann's for "
                   "a rule):"]
         lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f} B  D {o.tokens / 1e9:12,.1f} B tokens  "
-                  f"predicted loss {o.loss:.3f}" for o in optima]
+                  f"predicted loss {o.loss:.3f}" + (f"  + serving {inference_tokens:.3g} tokens (2N each): "
+                                                    f"{flops + 2 * o.params * inference_tokens:.3e} FLOPs in all"
+                                                    if inference_tokens else "") for o in optima]
     if fits:
-        lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each decoder "
-                  "preset at its sequence length:"]
+        lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each "
+                  "language-model preset at its sequence length, N the parameters a token uses; and the loss "
+                  "Hoffmann et al.'s fit predicts for it trained on the whole budget:"]
         width = max(len(f.model) for f in fits)
+        best = min(fits, key=lambda f: f.loss)
         lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
-                  f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit'}" for f in fits]
+                  f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit':12s}  "
+                  f"budget: {f.bought / f.params:9,.1f} tokens/param, loss {f.loss:.3f}"
+                  + ("  <- lowest" if f is best else "") for f in fits]
     return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
             "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
-            "optimum": [o.__dict__ for o in optima],
+            "optimum": [{**o.__dict__, "with_inference_flops": flops + 2 * o.params * inference_tokens
+                         if inference_tokens else None} for o in optima],
             "parallel": devices.to_dict() if devices else None}
