@@ -93,3 +93,23 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     bad = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
+
+
+def test_a_serving_plan_is_logged_to_mlflow_with_its_figures_over_the_batch_and_its_plot(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import local_store
+
+    db = local_store(tmp_path / "outputs")
+    out = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "16",
+                   "--gpu", "H100", "--price", "2", cwd=tmp_path)
+    assert out.returncode == 0 and "MLflow: run " in out.stdout, out.stderr
+    run_id = out.stdout.split("MLflow: run ")[1].split()[0]
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.get_run(run_id)
+    assert run.data.tags["flopsweep.kind"] == "projection" and run.data.params["hardware.name"] == "H100"
+    history = client.get_metric_history(run_id, "serving/output_tokens_per_s_per_gpu")
+    largest = int(run.data.metrics["serving/largest_batch"])
+    assert sorted(m.step for m in history)[-1] == largest and len(history) >= 2
+    png = client.download_artifacts(run_id, "serving.png", str(tmp_path))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.serve:
         from flopsweep.cli.serving import serve
 
-        return serve(args, _load, _target, _write_json)
+        return serve(args, _load, _target, _write_json, _measured_run_id)
     budgets = {k: v for k in B.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
     plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
                                                                                 if args.compute_optimal else [])
@@ -185,9 +185,10 @@ def _run(args: argparse.Namespace) -> int:
         print(proj.table())
         payload = proj.to_dict()
         if not args.no_log:
+            from flopsweep.projection.records import training_record
             from flopsweep.sinks.store import log_projection
 
-            logged = log_projection(_target(args), proj, _measured_run_id(result, args.run))
+            logged = log_projection(_target(args), training_record(proj), _measured_run_id(result, args.run))
             print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
                   file=sys.stdout if logged.startswith("run ") else sys.stderr)
     if args.json:

@@ -9,7 +9,6 @@ config errors stay fast.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import tempfile
 import time
@@ -258,37 +257,29 @@ def log_to_sweep_run(target: Target, sweep: str, folder: Path, artifact_path: st
     return run_id
 
 
-def log_projection(target: Target, projection, measured_run: Optional[str]) -> str:
-    """Log a training-cost projection as a run of its own experiment, tagged with the measured run it came from.
-    Never raises: returns ``run ID in experiment NAME`` or what went wrong, in one line."""
+def log_projection(target: Target, record: dict[str, Any], measured_run: Optional[str]) -> str:
+    """Log a projection (a training cost, a serving plan) as a run of its own experiment, tagged with the measured run
+    it came from: ``record`` gives its ``name``, ``source``, ``params``, ``metrics``, ``artifacts`` (file name ->
+    text or bytes) and optionally ``series`` (metric -> [(step, value)]). Never raises: returns ``run ID in
+    experiment NAME`` or what went wrong, in one line."""
     from mlflow.entities import Metric, Param
 
     try:
         client = store(target)
-        data = projection.to_dict()
-        hw, plan = data["hardware"], data["plan"]
-        name = f"{projection.cost.model}|{plan['tokens']:.3g} tokens|{hw['gpus']}x{hw['gpu']}"
         tags = {"flopsweep.kind": "projection", "flopsweep.measured_run": measured_run or "",
-                "flopsweep.source": projection.cost.source[:5000], **common_tags()}
-        run = client.client.create_run(client.experiment_id(), run_name=name, tags=tags)
+                "flopsweep.source": str(record["source"])[:5000], **common_tags()}
+        run = client.client.create_run(client.experiment_id(), run_name=record["name"], tags=tags)
         now = int(time.time() * 1000)
-        params = {**{f"plan.{k}": v for k, v in plan.items()}, **{f"hardware.{k}": v for k, v in hw.items()},
-                  "model.name": projection.cost.model, "model.params": projection.cost.params,
-                  "model.seq_len": projection.cost.seq_len}
-        metrics = [Metric(M.projection_metric(row["method"], q), float(row[q]), now, 0)
-                   for row in data["rows"] for q in M.PROJECTION_QUANTITIES if row[q] is not None]
-        if data["parallel"]:
-            par = data["parallel"]
-            layout = {**par["layout"], "micro_batches": par["micro_batches"]}  # as used: pp when left out
-            params.update({f"parallel.{k}": v for k, v in layout.items()})
-            metrics += [Metric(M.per_device_metric(q), float(par[q]["device"]), now, 0)
-                        for q in M.PER_DEVICE_QUANTITIES] + [Metric(M.PIPELINE_BUBBLE, par["bubble"], now, 0)]
-        client.client.log_batch(run.info.run_id, metrics=metrics,
-                                params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        series = [Metric(k, float(v), now, int(step)) for k, points in record.get("series", {}).items()
+                  for step, v in points if v is not None]  # a metric over steps: the UI plots it against them
+        client.client.log_batch(run.info.run_id,
+                                metrics=[Metric(k, float(v), now, 0) for k, v in record["metrics"].items()
+                                         if v is not None] + series,
+                                params=[Param(k, str(v)[:6000]) for k, v in record["params"].items()])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "projection.json"
-            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-            (Path(tmp) / "projection.txt").write_text(projection.table() + "\n")
+            for name, content in record["artifacts"].items():
+                path = Path(tmp) / name
+                path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
             client.client.log_artifacts(run.info.run_id, tmp)
         client.client.set_terminated(run.info.run_id, "FINISHED")
         return f"run {run.info.run_id} in experiment {target.experiment!r} ({target.uri})"
