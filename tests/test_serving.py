@@ -40,6 +40,13 @@ def test_the_largest_batch_leaves_room_for_its_kv_cache():
     assert largest_batch(GEN, Serving(H100, "bfloat16", tp=2)) > 2 * b  # the weights split too
 
 
+def test_a_fleet_is_replicas_of_tp_gpus_and_a_million_tokens_cost_their_gpu_hours():
+    row = at_batch(GEN, Serving(H100, "bfloat16", tp=4, gpus=64), 8)
+    assert row.output_tokens_per_s_per_gpu == pytest.approx(8 * 256 / row.request_s / 4)
+    decode_s = row.request_s - row.ttft_s  # the decode steps of 4 GPUs, for 8 x 256 tokens
+    assert row.gpu_hours_per_m_output == pytest.approx(4 * decode_s / 3600 * 1e6 / (8 * 256))
+
+
 def test_throughput_grows_with_the_batch_and_the_plan_stops_at_the_largest():
     p = plan(GEN, Serving(H100, "bfloat16"))
     assert [r.batch for r in p.rows][-1] == p.largest
@@ -76,6 +83,9 @@ def test_serving_a_measured_generation_run(tmp_path):
       "--dtype", "bfloat16"], "dtype"),                     # a V100 has no bf16 unit
     (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8",
       "--memory-efficiency", "1.5"], "memory-efficiency"),
+    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "2", "--gpus", "3"],
+     "gpus"),                                               # replicas of 2 GPUs each
+
 ])
 def test_bad_serving_input_is_one_line_naming_it(args, key, tmp_path):
     out = run_main(main, *args, cwd=tmp_path)

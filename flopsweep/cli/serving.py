@@ -36,7 +36,8 @@ def serve(args: argparse.Namespace, load: Callable[[str, str], Result], target: 
     require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
             "must be a whole number >= 1")
     serving = S.Serving(accelerator(args), args.dtype, args.tp or 1, args.compute_efficiency,
-                        args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts)
+                        args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
+                        gpus=args.gpus)
     plan = S.plan(S.Generation.from_result(result, source), serving, int(args.batch) if args.batch else None)
     print(plan.table())
     if args.json:

@@ -84,8 +84,8 @@ def per_device_metric(quantity: str) -> str:
 
 
 # serving projections (flopsweep-project --serve): each over the batch (the MLflow metric's step)
-SERVING_QUANTITIES = ("ttft_s", "tpot_s", "request_s", "output_tokens_per_s_per_gpu", "usd_per_m_input",
-                      "usd_per_m_output", "kwh_per_m_output")
+SERVING_QUANTITIES = ("ttft_s", "tpot_s", "request_s", "output_tokens_per_s_per_gpu", "gpu_hours_per_m_output",
+                      "usd_per_m_input", "usd_per_m_output", "kwh_per_m_output")
 SERVING_LARGEST_BATCH = "serving/largest_batch"
 
 

@@ -74,11 +74,14 @@ class Serving:
     memory_share: float = 0.9     # of the GPU's memory for weights and cache (the rest: runtime, activations)
     price_per_gpu_hour: Optional[float] = None
     watts_per_gpu: Optional[float] = None
+    gpus: Optional[int] = None    # the whole fleet: gpus / tp replicas, each serving its own batches
 
     def __post_init__(self) -> None:
         require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
                 "the table: give --peak-tflops")
         require(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "must be an integer >= 1")
+        require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.tp and self.gpus % self.tp == 0),
+                "gpus", self.gpus, f"must be a multiple of --tp={self.tp} (each replica holds tp GPUs)")
         for key in ("compute_efficiency", "memory_efficiency", "memory_share"):
             value = getattr(self, key)
             require(0 < value <= 1, key.replace("_", "-"), value, "must be in (0, 1]")
@@ -101,6 +104,7 @@ class BatchRow:
     decode_bound: str             # at the first and the last context: "memory", "compute", or "memory→compute"
     request_s: float              # TTFT + every decode step
     output_tokens_per_s_per_gpu: float
+    gpu_hours_per_m_output: float
     usd_per_m_input: Optional[float]
     usd_per_m_output: Optional[float]
     kwh_per_m_output: Optional[float]
@@ -135,7 +139,7 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     per_m_out = 1e6 / (batch * gen.new_tokens)
     price, watts = serving.price_per_gpu_hour, serving.watts_per_gpu
     return BatchRow(batch, ttft, "compute" if prefill_compute[0] else "memory", tpot, bound, request,
-                    batch * gen.new_tokens / request / serving.tp,
+                    batch * gen.new_tokens / request / serving.tp, serving.tp * decode / 3600.0 * per_m_out,
                     price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
                     price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
                     watts * gpu_hours / 1000.0 * per_m_out if watts is not None else None)
@@ -167,15 +171,18 @@ class ServingPlan:
                  "a token",
                  f"on {s.tp} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
-                 f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory",
+                 f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
+                 + (f"; {s.gpus:,} GPUs: {s.gpus // s.tp:,} replicas" if s.gpus else ""),
                  f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
                  f"{s.memory_share:.0%} of memory)", ""]
-        header = ["batch", "TTFT", "prefill", "TPOT", "decode", "request", "tokens/s/GPU", "$/M in", "$/M out",
-                  "kWh/M out"]
+        fleet = [f"tokens/s on {s.gpus:,}"] if s.gpus else []
+        header = ["batch", "TTFT", "prefill", "TPOT", "decode", "request", "tokens/s/GPU", *fleet, "GPU-h/M out",
+                  "$/M in", "$/M out", "kWh/M out"]
         body = [[f"{r.batch:,}", _seconds(r.ttft_s), r.prefill_bound, _seconds(r.tpot_s), r.decode_bound,
-                 _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}", _money(r.usd_per_m_input),
-                 _money(r.usd_per_m_output), "-" if r.kwh_per_m_output is None else f"{r.kwh_per_m_output:,.3g}"]
-                for r in self.rows]
+                 _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}",
+                 *([f"{r.output_tokens_per_s_per_gpu * s.gpus:,.0f}"] if s.gpus else []),
+                 f"{r.gpu_hours_per_m_output:,.3g}", _money(r.usd_per_m_input), _money(r.usd_per_m_output),
+                 "-" if r.kwh_per_m_output is None else f"{r.kwh_per_m_output:,.3g}"] for r in self.rows]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
         return "\n".join(lines)
