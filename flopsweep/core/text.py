@@ -54,8 +54,46 @@ def format_metric(key: str, value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_STEP, M.FLOPS_FORWARD_ANALYTIC,
-               M.PARAMS, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU]
+JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_OPTIMIZER_MEAN, M.FLOPS_STEP,
+               M.FLOPS_FORWARD_ANALYTIC, M.PARAMS, M.PARAMS_TRAINABLE, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES,
+               M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU]
+GENERATION_METRICS = [M.FLOPS_PREFILL, M.FLOPS_DECODE_TOKEN_FIRST, M.FLOPS_DECODE_TOKEN_LAST, M.FLOPS_GENERATION,
+                      M.PARAMS, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN, M.STEP_PEAK_BYTES,
+                      M.MEASURED_PEAK_BYTES, M.TIME_TTFT, M.TIME_TPOT, M.TIME_TPOT_LAST, M.OUTPUT_TOKENS_PER_S]
+SPREAD_WARNING = 0.25  # a timing whose spread (IQR) is this share of its median or more is said to be noisy
+
+
+def job_lines(result: Result) -> list[str]:
+    """What the console says of a finished job: the figures that matter for its mode (a generation's, a LoRA job's
+    trainable parameters beside all of them, a GaLore job's mean optimizer step, the memory a meta job would need),
+    and how they were made where it is not plain (the batch batch.size=max chose, times extrapolated per block, a
+    timing too noisy to trust without a second look)."""
+    m = result.metrics
+    keys = GENERATION_METRICS if M.FLOPS_PREFILL in m else JOB_METRICS
+    if m.get(M.PARAMS_TRAINABLE) == m.get(M.PARAMS):
+        keys = [k for k in keys if k != M.PARAMS_TRAINABLE]
+    lines = metric_lines(m, keys)
+    search = result.info.get("batch_search") or {}
+    if search.get("chosen"):
+        lines.append(f"batch.size=max chose {search['chosen']} ({search.get('confirmed') or 'estimated on meta'})")
+    timing = result.info.get("timing") or {}
+    if timing.get("method") == "per_block":
+        blocks = ", ".join(f"{name} x{n}" for name, n in (timing.get("blocks") or {}).items())
+        lines.append(f"times extrapolated (measure.timing=per_block): the first block of each stack timed, times "
+                     f"its length ({blocks}); embeddings, head and loss left out")
+    noisy = spread_warning(result)
+    return [*lines, f"warning: {noisy}"] if noisy else lines
+
+
+def spread_warning(result: Result) -> Optional[str]:
+    """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median), else None."""
+    m = result.metrics
+    for median, spread, what in ((M.TIME_STEP, M.TIME_STEP_SPREAD, "step time"),
+                                 (M.TIME_TPOT, M.TIME_TPOT_SPREAD, "time per output token")):
+        if m.get(median) and m.get(spread) is not None and m[spread] / m[median] >= SPREAD_WARNING:
+            return (f"{what} varies: its spread (IQR) is {m[spread] / m[median]:.0%} of its median; for steadier "
+                    f"figures raise measure.repeats, set device.threads below the cores, or use a quieter machine")
+    return None
 
 
 def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:
@@ -67,8 +105,11 @@ def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> l
 
 SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
                    ("device", None), ("status", None), ("params", M.PARAMS), ("fwd FLOPs", M.FLOPS_FORWARD),
-                   ("step FLOPs", M.FLOPS_STEP), ("step time", M.TIME_STEP), ("tokens/s", M.TOKENS_PER_S),
-                   ("MFU", M.MFU)]
+                   ("step FLOPs", M.FLOPS_STEP), ("memory", M.MEASURED_PEAK_BYTES), ("step time", M.TIME_STEP),
+                   ("tokens/s", M.TOKENS_PER_S), ("MFU", M.MFU)]
+# a column's figure where the job has no such: the memory a meta job estimated; a generation's per output token
+SUMMARY_FALLBACKS = {M.MEASURED_PEAK_BYTES: (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES), M.TIME_STEP: (M.TIME_TPOT,),
+                     M.TOKENS_PER_S: (M.OUTPUT_TOKENS_PER_S,)}
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:
@@ -86,6 +127,7 @@ def summary_row(job: str, result: Result) -> list[str]:
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
     for _, key in SUMMARY_COLUMNS[len(cells):]:
+        key = next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ())) if result.metrics.get(k) is not None), key)
         cells.append(format_metric(key, result.metrics.get(key)))
     return cells
 

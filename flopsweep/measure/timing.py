@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional, Sequence
 
@@ -67,16 +68,24 @@ class Clock:
             torch.cuda.synchronize()
 
 
+# who hears of each timed run (the command's progress line): (runs done, runs in all); measurement never prints
+TICK: ContextVar[Optional[Callable[[int, int], None]]] = ContextVar("flopsweep_timing_tick", default=None)
+
+
 def repeat(clock: Clock, warmup: int, repeats: int, run: Callable[[], Sequence[Any]],
            after: Optional[Callable[[bool, Sequence[Any]], None]] = None) -> list[list[float]]:
     """The one timing loop: ``run`` ``warmup + repeats`` times, each between two syncs of the device. ``run`` returns
     the clock's marks at the boundaries of its phases (n + 1 marks for n phases); ``after(kept, marks)`` is called
-    after each run (``kept``: not a warm-up). Returns, for each kept run, its phases' seconds."""
+    after each run (``kept``: not a warm-up), and :data:`TICK`'s listener, if one is set. Returns, for each kept
+    run, its phases' seconds."""
     kept_runs = []
+    tick = TICK.get()
     for i in range(warmup + repeats):
         clock.sync()
         marks = run()
         clock.sync()
+        if tick is not None:
+            tick(i + 1, warmup + repeats)
         if after is not None:
             after(i >= warmup, marks)
         if i >= warmup:

@@ -27,11 +27,12 @@ from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.console import say
 from flopsweep.core.errors import ConfigError, one_line
 from flopsweep.core.result import FAILURES, Result
-from flopsweep.core.text import JOB_METRICS, metric_lines
-from flopsweep.sinks.identity import fingerprint, run_name
+from flopsweep.core.text import job_lines
+from flopsweep.sinks.identity import fingerprint
 from flopsweep.sinks.jobdir import write_job_folder
+from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
-from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+from flopsweep.sweep.progress import Ticker, progress_line
 
 
 def run_one(cfg: DictConfig) -> Result:
@@ -53,6 +54,7 @@ def run_one(cfg: DictConfig) -> Result:
     else:
         say(progress_line(job_num, config))
         started = time.time()
+        ticking = TICK.set(Ticker())
         try:
             result = _skip_or_run(cfg, spec, config)
             result.info["job"] = {"start": started, "end": time.time()}  # the run shows the job's real duration
@@ -64,6 +66,8 @@ def run_one(cfg: DictConfig) -> Result:
             with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
                 write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
             raise
+        finally:
+            TICK.reset(ticking)
     with state.interrupts_deferred():
         _record(cfg, hydra_cfg, result, job_num)
     if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -81,7 +85,7 @@ def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Opt
     elif result.status == "skipped":
         lines = [f"skipped: {result.info['skipped']}"]
     else:
-        lines = metric_lines(result.metrics, JOB_METRICS)
+        lines = job_lines(result)
     try:
         write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     except OSError as err:  # the numbers are said here and in the sweep's table; the sweep stops
@@ -132,26 +136,6 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result
-
-
-def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
-    """``[job 3/48] gpt2_small|b8|s128|float32|meta  elapsed 12 s, about 3 min left``: the job's number in the
-    sweep and an ETA from the sweep's pace so far (the sweep callback leaves its start and size in the env)."""
-    name = run_name(config)
-    total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
-    if job_num is None or not total or not start:
-        return f"[job] {name}"
-    done, total_n, elapsed = int(job_num), int(total), time.time() - float(start)
-    eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
-    return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any], in_sweep: bool) -> None:

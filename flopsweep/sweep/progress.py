@@ -1,0 +1,48 @@
+"""What the console says while a sweep runs: each job's line with the sweep's pace, and signs of life inside a long
+job."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Optional
+
+from flopsweep.core.console import say
+from flopsweep.sinks.identity import run_name
+from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+
+
+def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
+    """``[job 3/48] gpt2_small|b8|s128|float32|meta  elapsed 12 s, about 3 min left``: the job's number in the
+    sweep and an ETA from the sweep's pace so far (the sweep callback leaves its start and size in the env)."""
+    name = run_name(config)
+    total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
+    if job_num is None or not total or not start:
+        return f"[job] {name}"
+    done, total_n, elapsed = int(job_num), int(total), time.time() - float(start)
+    eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
+    return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
+
+
+class Ticker:
+    """A sign of life in a long job: once the job has run ``every`` seconds, and then every ``every`` seconds, a line
+    saying how far its timing loop is (the loop calls it after each timed run: ``measure.timing.TICK``)."""
+
+    def __init__(self, every: float = 15.0):
+        self.started = self.last = time.monotonic()
+        self.every = every
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            say(f"  ... timing: run {done} of {total} (warm-up included), {_duration(now - self.started)} into the "
+                "job")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,69 @@
+"""What the console says of a job: the figures that matter for its mode, a warning when its timing is noisy, and
+signs of life while a long job times."""
+
+import contextlib
+
+import torch
+
+from flopsweep.config.resolve import resolve
+from flopsweep.core.result import Result
+from flopsweep.core.text import format_metric, job_lines, spread_warning, summary_table
+from flopsweep.measure.timing import TICK, time_step
+from flopsweep.run.job import run_job
+from flopsweep.sweep.progress import Ticker
+from tests.helpers import compose_config
+
+TINY = ["model=gpt2_small", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.vocab_size=97",
+        "model.max_positions=64", "batch.size=2", "batch.seq_len=16", "tracking=none", "device=meta"]
+
+
+def job(*overrides):
+    result = run_job(resolve(compose_config(*TINY, *overrides)), {})
+    assert result.status == "ok", result.error
+    return result
+
+
+def said(result):
+    return "\n".join(job_lines(result))
+
+
+def test_each_mode_shows_the_figure_that_matters():
+    full, lora = said(job()), said(job("train=lora"))
+    assert "size/params_trainable" not in full and "size/params_trainable" in lora   # LoRA: what trains
+    assert "size/step_peak_bytes" in full                                             # meta: the memory it needs
+    assert "flops/optimizer_mean" in said(job("optimizer=galore_adamw", "optimizer.rank=4"))  # not the SVD step
+    generation = said(job("train=generate", "generate.new_tokens=8"))
+    assert "flops/prefill" in generation and "size/kv_cache_bytes" in generation and "flops/backward" not in generation
+    chosen = job("batch.size=max", "batch.memory_budget_gib=0.01")
+    assert f"batch.size=max chose {chosen.info['batch_search']['chosen']}" in said(chosen)
+    per_block = said(job("device=cpu", "measure.timing=per_block", "measure.repeats=2", "measure.warmup=0"))
+    assert "times extrapolated (measure.timing=per_block)" in per_block and "blocks x2" in per_block
+
+
+def test_a_noisy_timing_is_said_with_what_to_do():
+    steady = Result("ok", None, {}, {"time/step_s": 1.0, "time/step_iqr_s": 0.05})
+    noisy = Result("ok", None, {}, {"time/step_s": 1.0, "time/step_iqr_s": 0.44})
+    assert spread_warning(steady) is None
+    assert "44% of its median" in spread_warning(noisy) and "measure.repeats" in spread_warning(noisy)
+    assert job_lines(noisy)[-1] == f"warning: {spread_warning(noisy)}"
+    assert not any(line.startswith("warning") for line in job_lines(steady))
+
+
+def test_the_summary_table_has_a_memory_column_for_meta_jobs_and_output_tokens_for_a_generation():
+    meta, generation = job(), job("device=cpu", "train=generate", "generate.new_tokens=4", "measure.repeats=2")
+    table = summary_table([("0", meta), ("1", generation)])
+    header, _, first, second = table.splitlines()
+    assert "memory" in header and format_metric("size/step_peak_bytes", meta.metrics["size/step_peak_bytes"]) in first
+    assert second.split()[-2] != "-"  # tokens/s: the generation's output tokens per second
+
+
+def test_a_long_timing_says_how_far_it_is(capsys):
+    model = torch.nn.Linear(8, 8)
+    token = TICK.set(Ticker(every=0.0))
+    try:
+        time_step(model, {"input": torch.randn(2, 8)}, None, contextlib.nullcontext, "cpu", warmup=1, repeats=3,
+                  training=False)
+    finally:
+        TICK.reset(token)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "timing: run" in line]
+    assert [line.split("run ")[1].split(" (")[0] for line in lines] == ["1 of 4", "2 of 4", "3 of 4", "4 of 4"]
