@@ -22,7 +22,8 @@ def test_report_of_a_timed_sweep(tmp_path):
     assert sweep.returncode == 0, sweep.stderr
     out = run_main(report, "grid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    folder = tmp_path / "outputs" / "reports" / "grid"
+    (folder,) = (tmp_path / "outputs" / "reports").iterdir()  # grid_DATE_TIME: the sweep's (its only one)
+    assert folder.name.startswith("grid_2") and "its only sweep" in out.stdout
     for name in PLOTS:
         data = (folder / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
@@ -31,7 +32,7 @@ def test_report_of_a_timed_sweep(tmp_path):
     assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
     assert all(float(r["time/step_s"]) > 0 and float(r["speed/mfu"]) > 0 for r in rows)
     markdown = (folder / "runs.md").read_text()
-    assert markdown.count("\n| gpt2_small\\|") == 8 and "not drawn" not in markdown
+    assert markdown.count("\n| b") == 8 and "not drawn" not in markdown  # runs named by what varies: b1\|s16\|...
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("grid")
     parent, = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
@@ -44,3 +45,25 @@ def test_report_of_an_unknown_experiment_is_one_line(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "'nothing_here'" in out.stderr
+
+
+def test_a_report_is_of_one_sweep_the_latest_unless_told(tmp_path):
+    tiny = ["model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.vocab_size=500",
+            "device=meta", "tracking.experiment=two"]
+    for seq in ("16,32", "64,128,256"):  # a first sweep, then a second of three jobs
+        done = run_app("-m", *tiny, f"batch.seq_len={seq}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    out = run_main(report, "two", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "3 runs (the latest of 2 sweeps in 'two'" in out.stdout
+    (folder,) = (tmp_path / "outputs" / "reports").iterdir()
+    with (folder / "runs.csv").open() as handle:
+        assert sorted(int(float(r["batch.seq_len"])) for r in csv.DictReader(handle)) == [64, 128, 256]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("two")
+    first, latest = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
+                                       order_by=["attributes.start_time ASC"])
+    assert client.list_artifacts(latest.info.run_id, "report") and not client.list_artifacts(first.info.run_id,
+                                                                                              "report")
+    every = run_main(report, "two", "--all", "--out", "all", cwd=tmp_path)
+    assert every.returncode == 0 and "report of 5 runs of 'two'" in every.stdout, every.stderr

@@ -55,7 +55,7 @@ def test_each_run_carries_params_metrics_tags_artifacts(sweep):
     cwd, proc, client, experiment = sweep
     runs = {r.data.params["model.n_head"]: r for r in job_runs(client, experiment)}
     ok, failed = runs["4"], runs["7"]
-    assert ok.info.run_name == "gpt2_small|b2|s32|float32|meta"
+    assert ok.info.run_name == "n_head=4" and ok.data.tags["flopsweep.name"] == "gpt2_small|b2|s32|float32|meta"
     assert ok.info.status == "FINISHED" and ok.data.tags["status"] == "ok"
     assert ok.data.params["batch.size"] == "2" and ok.data.params["device.type"] == "meta"
     result = json.loads(next((cwd / "outputs" / "sweeps").rglob("0_gpt2_small/result.json")).read_text())
@@ -238,6 +238,14 @@ def test_the_experiment_and_its_runs_read_well_in_mlflows_ui(sweep):
         assert run.data.metrics["config/heads"] == int(run.data.params["model.n_head"])
         files = [a for a in client.list_artifacts(run.info.run_id) if not a.is_dir]
         assert files and all(a.file_size > 0 for a in files)
+
+
+def test_a_sweeps_runs_are_named_by_what_tells_them_apart(sweep):
+    """model.n_head is what varies: the names the runs table cuts short start with it; the whole name is a tag."""
+    cwd, proc, client, experiment = sweep
+    runs = job_runs(client, experiment)
+    assert sorted(run.info.run_name for run in runs) == ["n_head=4", "n_head=6", "n_head=7"]
+    assert {run.data.tags["flopsweep.name"] for run in runs} == {"gpt2_small|b2|s32|float32|meta"}
 
 
 def test_a_run_records_only_what_its_optimizer_and_train_mode_read(sweep):

@@ -1,5 +1,6 @@
-"""``flopsweep-report EXPERIMENT [--sweep SWEEP]``: a folder with the runs as CSV and Markdown and the plots that
-answer the usual questions, also logged to the sweep's parent run so that they show in the MLflow UI.
+"""``flopsweep-report EXPERIMENT [--sweep SWEEP | --all]``: a folder with the runs of one sweep (the latest, unless
+told) as CSV and Markdown and the plots that answer the usual questions, also logged to the sweep's parent run so that
+they show in the MLflow UI.
 
 Plots (each drawn when the runs have its data): FLOPs against sequence length on log-log axes with the fitted
 slope per model, step time against batch size per dtype, the training memory of each run as stacked bars,
@@ -25,7 +26,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "
                         "or MLflow run id), printed and written with profile.png")
     parser.add_argument("--top", type=int, default=12, help="--profile: modules in the plot (default 12)")
-    parser.add_argument("--sweep", help="only this sweep: its folder or the folder's name (2026-11-22/14-03-07)")
+    parser.add_argument("--sweep", help="this sweep: its folder or the folder's name (2026-11-22/14-03-07); "
+                        "default: the experiment's latest")
+    parser.add_argument("--all", action="store_true", help="every run of the experiment, all its sweeps together")
     parser.add_argument("--out", type=Path, help="where to write (default: outputs/reports/EXPERIMENT[_SWEEP])")
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
@@ -71,7 +74,17 @@ def _experiment(args: argparse.Namespace, target) -> int:
         print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({target.uri})",
               file=sys.stderr)
         return 2
-    name = args.experiment + (f"_{args.sweep.rstrip('/').replace('/', '_')}" if args.sweep else "")
+    sweeps = sorted(df["sweep"].dropna().unique(), key=_when)
+    chosen = args.sweep
+    if not args.sweep and not args.all and sweeps:  # one sweep at a time: runs of several sweeps make no one fit
+        chosen = _when(sweeps[-1])
+        df = df[df["sweep"] == sweeps[-1]]
+        others = f"the latest of {len(sweeps)} sweeps" if len(sweeps) > 1 else "its only sweep"
+        print(f"report of sweep {chosen}: {len(df)} runs ({others} in {args.experiment!r}; --sweep NAME for "
+              "another, --all for every run)")
+    else:
+        print(f"report of {len(df)} runs" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
+    name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
     out = args.out or Path(args.store_dir) / "reports" / name
     drawn = write_report(df, out, f"flopsweep report: {name}", target.uri)
     print(f"report: {out}  ({sum(v == 'drawn' for v in drawn.values())} plots; runs.csv, runs.md)")
@@ -84,6 +97,11 @@ def _experiment(args: argparse.Namespace, target) -> int:
         if run_id is not None:
             print(f"logged to the sweep's run {run_id} under artifacts/report")
     return 0
+
+
+def _when(sweep: str) -> str:
+    """A sweep's folder as its name sorts by time: ``2026-12-04/17-35-17`` (the date's and time's folders)."""
+    return "/".join(str(sweep).rstrip("/").split("/")[-2:])
 
 
 def entry() -> None:

@@ -49,6 +49,26 @@ def run_name(config: dict[str, Any]) -> str:
     return "|".join(parts)
 
 
+_GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
+                "tracking": "kind"}  # a config group's option, by the field that names it
+_SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
+
+
+def short_name(config: dict[str, Any], keys: list[str]) -> str:
+    """A run's name in a sweep: the values of the keys that tell the sweep's runs apart, in the sweep's order
+    (``gpt3_13b|s2048`` where model and batch.seq_len vary), so that what differs survives the runs table cutting
+    names short; the full name is :func:`run_name`."""
+    flat, parts = flatten(config), []
+    for key in keys:
+        if key in _GROUP_NAMES:
+            parts.append(str((config.get(key) or {}).get(_GROUP_NAMES[key], "?")))
+        elif key in _SHORT:
+            parts.append(f"{_SHORT[key]}{flat.get(key, '?')}")
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={flat.get(key, '?')}")
+    return "|".join(parts) or run_name(config)
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"model": {"name": "x"}}`` -> ``{"model.name": "x"}``, Hydra's own settings left out."""
     out: dict[str, Any] = {}

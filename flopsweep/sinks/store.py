@@ -154,10 +154,12 @@ class Store:
                 "flopsweep.job_folder": str(folder), **common_tags(),
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()},
                 "device_name": (result.info.get("timing") or {}).get("device_name") or "",
+                "flopsweep.name": run_name(config),  # the whole name; the run's own may be the sweep's short one
                 "mlflow.parentRunId": parent_id or ""}
         tags = {k: v for k, v in tags.items() if v not in ("", None, "None")}  # no empty tags (a bold empty error)
         started, ended = _job_times(result)
-        run = self.client.create_run(self.experiment_id(), run_name=run_name(config), tags=tags, start_time=started)
+        run = self.client.create_run(self.experiment_id(), run_name=result.info.get("run_name") or run_name(config),
+                                     tags=tags, start_time=started)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         flat = flatten(config)

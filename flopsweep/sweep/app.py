@@ -28,11 +28,12 @@ from flopsweep.core.console import say
 from flopsweep.core.errors import ConfigError, one_line
 from flopsweep.core.result import FAILURES, Result
 from flopsweep.core.text import job_lines
-from flopsweep.sinks.identity import fingerprint
+from flopsweep.sinks.identity import fingerprint, short_name
 from flopsweep.sinks.jobdir import write_job_folder
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
 from flopsweep.sweep.progress import Ticker, progress_line
+from flopsweep.sweep.state import SWEPT_ENV
 
 
 def run_one(cfg: DictConfig) -> Result:
@@ -86,6 +87,9 @@ def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Opt
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = job_lines(result)
+    swept = [key for key in os.environ.get(SWEPT_ENV, "").split(",") if key]
+    if swept and hydra_cfg.mode == RunMode.MULTIRUN:  # what tells it apart from the sweep's other runs, first
+        result.info["run_name"] = short_name(result.config or {}, swept)
     try:
         write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     except OSError as err:  # the numbers are said here and in the sweep's table; the sweep stops

@@ -27,7 +27,7 @@ from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
-from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV, SWEPT_ENV
 
 
 class SweepSummary(Callback):
@@ -50,6 +50,7 @@ class SweepSummary(Callback):
             raise state.Unwritable(None, disk) from None
         if plan.size is not None:
             os.environ[SWEEP_TOTAL_ENV] = str(plan.size)
+        os.environ[SWEPT_ENV] = ",".join(plan.varying)  # before the workers start: they name the jobs' runs
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
         health.forget()
         started = time.monotonic()

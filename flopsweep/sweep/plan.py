@@ -35,6 +35,17 @@ class SweepPlan:
     def size(self) -> Optional[int]:
         return len(self.jobs) if self.jobs is not None else None
 
+    @property
+    def varying(self) -> list[str]:
+        """The keys whose values differ between the jobs, in the order the sweep gives them (what tells its runs
+        apart: ``model``, ``batch.seq_len``); none where the jobs cannot be told here."""
+        values: dict[str, set[str]] = {}
+        for overrides in self.jobs or []:
+            for override in overrides:
+                key, _, value = override.partition("=")
+                values.setdefault(key.lstrip("+~"), set()).add(value)
+        return [key for key, seen in values.items() if len(seen) > 1 and not key.startswith("hydra")]
+
     def timing(self) -> tuple[int, set[str]]:
         """How many jobs time, and on which devices: one job composed for each combination of the overrides that
         can set the device or ``measure.time`` (without the jobs or Hydra's loader: judged by the sweep's config)."""
