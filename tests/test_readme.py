@@ -1,0 +1,64 @@
+"""The README's commands cannot rot: every ``flopsweep`` command in it composes and resolves, job by job for a sweep
+(nothing is measured: a renamed key, group or preset fails here), and its ``flopsweep-project`` commands that need no
+earlier run run as written."""
+
+import itertools
+import re
+import shlex
+
+import pytest
+from omegaconf import OmegaConf
+
+from flopsweep.cli.project import main as project
+from flopsweep.config.resolve import resolve
+from tests.helpers import REPO, compose_config, run_main
+
+SKIP = ("device=cuda", "slurm", "<")  # a GPU, a cluster, a placeholder for a folder made by an earlier command
+
+
+def readme_commands(tool: str) -> list[list[str]]:
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line)[1:] for line in lines
+            if line.startswith(f".venv/bin/{tool} ") and not any(s in line for s in SKIP)]
+
+
+def jobs_of(args: list[str]) -> list[list[str]]:
+    """The jobs a command runs, each as its overrides: the sweep preset's values and the comma lists, crossed."""
+    from hydra import compose, initialize_config_dir
+
+    from flopsweep.config.compose import register_configs
+    from flopsweep.config.schema import CONF_DIR
+
+    overrides = [a for a in args if a != "-m" and not a.startswith(("hydra/", "hydra."))]
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        swept = [o for o in overrides if "," in o]
+        cfg = compose("config", overrides=[o for o in overrides if o not in swept], return_hydra_config=True)
+    params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
+    params.update(o.split("=", 1) for o in swept)
+    fixed = [o for o in overrides if o not in swept]
+    keys = list(params)
+    return [[*fixed, *(f"{k}={v}" for k, v in zip(keys, values))]
+            for values in itertools.product(*(str(params[k]).split(",") for k in keys))]
+
+
+COMMANDS = readme_commands("flopsweep")
+
+
+def test_the_readme_has_commands_to_check():
+    assert len(COMMANDS) >= 8 and any("+sweep=gpt3_family" in c for c in COMMANDS)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_readme_flopsweep_command_resolves_every_job(args):
+    jobs = jobs_of(args)
+    assert jobs
+    for job in jobs:
+        resolve(compose_config(*job))
+
+
+@pytest.mark.parametrize("args", [a for a in readme_commands("flopsweep-project") if "--model" in a], ids=" ".join)
+def test_a_readme_project_command_runs(args, tmp_path):
+    out = run_main(project, *args, "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
