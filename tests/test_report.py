@@ -67,3 +67,12 @@ def test_a_report_is_of_one_sweep_the_latest_unless_told(tmp_path):
                                                                                               "report")
     every = run_main(report, "two", "--all", "--out", "all", cwd=tmp_path)
     assert every.returncode == 0 and "report of 5 runs of 'two'" in every.stdout, every.stderr
+
+
+def test_memory_bars_that_span_decades_get_a_panel_per_scale():
+    from flopsweep.analysis.report import _by_scale
+
+    # GPT-3 small and XL, 13B and 175B (GiB): two linear panels, no log axis under stacked bars
+    assert _by_scale([1.96, 20.0, 193.0, 2610.0]) == [(0, 2), (2, 4)]
+    assert _by_scale([1.0, 2.0, 3.0]) == [(0, 3)]
+    assert len(_by_scale([1, 100, 10_000, 1_000_000, 100_000_000])) == 3  # at most three panels

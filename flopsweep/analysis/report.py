@@ -25,18 +25,20 @@ TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, M.TRAIN_
          M.TOKENS_PER_S, M.MFU)
 
 
-def write_report(df, out: Path, title: str, uri: Optional[str] = None) -> dict[str, str]:
-    """Write ``runs.csv``, ``runs.md`` and every plot the runs have data for into ``out``. Returns, per plot
-    file name, the file written or why it was not drawn."""
+def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Optional[str] = None) -> dict[str, str]:
+    """Write ``runs.csv``, ``runs.md`` and every plot the runs have data for into ``out``; each plot's title names
+    ``label`` (the experiment and sweep). Returns, per plot file name, the file written or why it was not drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
-    df = df.sort_values([c for c in ("model.name", "batch.seq_len", "batch.size") if c in df.columns])
+    order = [c for c in (M.PARAMS, "model.name", "batch.seq_len", "batch.size") if c in df.columns]
+    df = df.sort_values(order)  # models in size order, smallest first
     df.to_csv(out / "runs.csv", index=False)
-    drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out), "step_time_vs_batch.png": _time_vs_batch(df, out),
-             "memory_breakdown.png": _memory(df, out), "module_flops.png": _modules(df, out, uri),
-             "mfu.png": _mfu(df, out)}
+    label = label or title
+    drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out, label),
+             "step_time_vs_batch.png": _time_vs_batch(df, out, label), "memory_breakdown.png": _memory(df, out, label),
+             "module_flops.png": _modules(df, out, label, uri), "mfu.png": _mfu(df, out, label)}
     lines = [f"# {title}", "", f"{len(df)} runs.", "", _markdown_table(df), "", "## Plots", ""]
     for name, what in drawn.items():
         lines.append(f"![{name}]({name})" if what == "drawn" else f"- `{name}` not drawn: {what}")
@@ -44,15 +46,17 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None) -> dict[s
     return drawn
 
 
-def _figure(title: str, xlabel: str, ylabel: str):
+def _figure(title: str, xlabel: str, ylabel: str, label: str = "", panels: int = 1):
+    """A figure titled ``title`` over ``label`` (what the report is of), with ``panels`` axes side by side."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-    return fig, ax
+    fig, axes = plt.subplots(1, panels, figsize=(8 if panels == 1 else 5.5 * panels, 5), dpi=110, squeeze=False)
+    fig.suptitle(f"{title}\n{label}" if label else title, fontsize=11)
+    for ax in axes[0]:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    return (fig, axes[0][0]) if panels == 1 else (fig, list(axes[0]))
 
 
 def _save(fig, path: Path) -> str:
@@ -64,14 +68,15 @@ def _save(fig, path: Path) -> str:
     return "drawn"
 
 
-def _flops_vs_seq_len(df, out: Path) -> str:
+def _flops_vs_seq_len(df, out: Path, label: str) -> str:
     if "batch.seq_len" not in df or M.FLOPS_FORWARD not in df:
         return "no sequence lengths or FLOPs"
     fit = scaling_fit(df, x="batch.seq_len", y=M.FLOPS_FORWARD, by="model.name")
     fit = fit[fit["points"] >= 2]
     if fit.empty:
         return "no model was run at two or more sequence lengths"
-    fig, ax = _figure("Forward FLOPs against sequence length", "sequence length (tokens)", "forward FLOPs")
+    fig, ax = _figure("Forward FLOPs against sequence length", "sequence length (tokens)", "forward FLOPs (FLOP)",
+                      label)
     for model, row in fit.iterrows():
         part = df[df["model.name"] == model].groupby("batch.seq_len")[M.FLOPS_FORWARD].median().sort_index()
         ax.plot(part.index, part.values, marker="o", label=f"{model}: slope {row.slope:.2f}")
@@ -81,51 +86,89 @@ def _flops_vs_seq_len(df, out: Path) -> str:
     return _save(fig, out / "flops_vs_seq_len.png")
 
 
-def _time_vs_batch(df, out: Path) -> str:
+def _time_vs_batch(df, out: Path, label: str) -> str:
     if M.TIME_STEP not in df or df[M.TIME_STEP].isna().all():
         return "no timed runs (meta runs are counted, not timed)"
-    fig, ax = _figure("Step time against batch size", "batch size (sequences)", "median step time (s)")
-    keys = [k for k in ("model.name", "dtype.name", "device.type") if k in df]
-    for name, part in df.dropna(subset=[M.TIME_STEP]).groupby(keys):
-        part = part.groupby("batch.size")[M.TIME_STEP].median().sort_index()
-        ax.plot(part.index, part.values, marker="o", label=" ".join(map(str, name)))
-    if df["batch.size"].max() / max(df["batch.size"].min(), 1) >= 8:
-        ax.set_xscale("log", base=2)
-    ax.legend()
+    fig, (left, right) = _figure("Step time and throughput against batch size", "batch size (sequences)", "",
+                                 label, panels=2)
+    left.set_ylabel("median step time (s)")
+    right.set_ylabel("tokens per second")
+    keys = [k for k in ("model.name", "batch.seq_len", "dtype.name", "device.type") if k in df]
+    timed = df.dropna(subset=[M.TIME_STEP])
+    for name, part in timed.groupby(keys):
+        part = part.groupby("batch.size")[[M.TIME_STEP, M.TOKENS_PER_S]].median().sort_index()
+        label = " ".join(f"s{v}" if k == "batch.seq_len" else str(v) for k, v in zip(keys, name))
+        left.plot(part.index, part[M.TIME_STEP], marker="o", label=label)
+        right.plot(part.index, part[M.TOKENS_PER_S], marker="o", label=label)
+    batches = sorted(timed["batch.size"].unique())
+    for ax in (left, right):
+        if batches[-1] / max(batches[0], 1) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(batches, [str(int(b)) for b in batches])  # the batches run, not 1.5 and 2.5
+        ax.set_ylim(bottom=0)
+    right.legend(fontsize=8)
     return _save(fig, out / "step_time_vs_batch.png")
 
 
-def _memory(df, out: Path) -> str:
+def _memory(df, out: Path, label: str) -> str:
     parts = [(key, label) for key, label in MEMORY if key in df and df[key].notna().any()]
     if not parts:
         return "no training runs with sizes"
-    rows = df.dropna(subset=[parts[0][0]])
-    fig, ax = _figure("Training memory by run (estimate: static + saved activations)", "run", "GiB")
-    bottom = [0.0] * len(rows)
-    for key, label in parts:
-        values = (rows[key].fillna(0) / GIB).tolist()
-        ax.bar(range(len(rows)), values, bottom=bottom, label=label)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_xticks(range(len(rows)), rows["run_name"], rotation=60, ha="right", fontsize=7)
-    if max(bottom) / max(min(b for b in bottom if b > 0), 1e-12) >= 100:
-        ax.set_yscale("log")
-    ax.legend()
+    rows = df.dropna(subset=[parts[0][0]]).copy()
+    rows["_total"] = sum(rows[key].fillna(0) for key, _ in parts) / GIB
+    rows = rows.sort_values("_total")
+    panels = _by_scale(rows["_total"].tolist())
+    fig, axes = _figure("Training memory by run (estimate: static + saved activations)", "run", "GiB", label,
+                        panels=len(panels))
+    for ax, (lo, hi) in zip(axes if isinstance(axes, list) else [axes], panels):
+        chunk = rows.iloc[lo:hi]
+        bottom = [0.0] * len(chunk)
+        for key, label in parts:  # stacked on a linear axis: a segment's height is its size
+            values = (chunk[key].fillna(0) / GIB).tolist()
+            ax.bar(range(len(chunk)), values, bottom=bottom, label=label)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        for x, total in enumerate(bottom):
+            ax.annotate(f"{total:,.0f}" if total >= 100 else f"{total:.3g}", (x, total), ha="center", va="bottom",
+                        fontsize=8)
+        ax.set_xticks(range(len(chunk)), chunk["run_name"], rotation=30, ha="right", fontsize=8)
+    (axes if isinstance(axes, list) else [axes])[0].legend(fontsize=8)
     return _save(fig, out / "memory_breakdown.png")
 
 
-def _modules(df, out: Path, uri: Optional[str]) -> str:
+def _by_scale(totals: list[float], spread: float = 30.0, most: int = 3) -> list[tuple[int, int]]:
+    """Sorted ``totals`` cut into at most ``most`` runs of neighbours within ``spread`` times of each other: one
+    panel each, so that a 175B model's bar does not flatten a 125M one's."""
+    cuts, start = [], 0
+    for i in range(1, len(totals)):
+        if totals[i] > spread * max(totals[start], 1e-9) and len(cuts) < most - 1:
+            cuts.append((start, i))
+            start = i
+    return [*cuts, (start, len(totals))]
+
+
+def _modules(df, out: Path, label: str, uri: Optional[str]) -> str:
     if M.FLOPS_STEP not in df or df[M.FLOPS_STEP].isna().all():
         return "no counted runs"
-    costliest = df.loc[df[M.FLOPS_STEP].idxmax()]
-    try:
-        top = bottlenecks(costliest["run_id"], top=12, uri=uri, merge_repeats=True)
-        top = top[top["flops"] > 0]
-    except Exception as err:  # noqa: BLE001 - the other plots still come
-        return f"no per-module breakdown for {costliest['run_name']} ({err})"
-    fig, ax = _figure(f"Where the FLOPs go: {costliest['run_name']}",
-                      "share of the model's forward + backward FLOPs (%)", "module (* = every layer)")
-    labels = _module_labels(top)
-    ax.barh(labels[::-1], list(top["share"] * 100)[::-1])
+    family = "model.family" if "model.family" in df else "model.name"
+    counted = df.dropna(subset=[M.FLOPS_STEP])
+    costliest = [part.loc[part[M.FLOPS_STEP].idxmax()] for _, part in counted.groupby(family)][:3]  # each family's
+    tops = []
+    for run in costliest:
+        try:
+            top = bottlenecks(run["run_id"], top=12, uri=uri, merge_repeats=True)
+        except Exception as err:  # noqa: BLE001 - the other plots still come
+            return f"no per-module breakdown for {run['run_name']} ({err})"
+        tops.append((run, top[top["flops"] > 0]))
+    fig, axes = _figure("Where the FLOPs go: the costliest run of each family",
+                        "share of the model's forward + backward FLOPs (%)", "module (* = every layer)", label,
+                        panels=len(tops))
+    for ax, (run, top) in zip(axes if isinstance(axes, list) else [axes], tops):
+        shares = list(top["share"] * 100)[::-1]
+        bars = ax.barh(_module_labels(top)[::-1], shares)
+        ax.bar_label(bars, [f"{v:.1f}" for v in shares], fontsize=7, padding=2)
+        model = str(run.get("model.name", ""))
+        ax.set_title(run["run_name"] if model in run["run_name"] else f"{model} {run['run_name']}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
     return _save(fig, out / "module_flops.png")
 
 
@@ -134,12 +177,12 @@ def _module_labels(rows) -> list[str]:
     return [f"{m} (×{c})" if c > 1 else m for m, c in zip(rows["module"], rows["count"])]
 
 
-def _mfu(df, out: Path) -> str:
+def _mfu(df, out: Path, label: str) -> str:
     if M.MFU not in df or df[M.MFU].isna().all():
         return "no MFU (needs timed runs on a device with a known peak, or device.peak_tflops)"
     keys = [k for k in ("dtype.name", "device.type") if k in df]
     best = df.dropna(subset=[M.MFU]).groupby(keys)[M.MFU].max()
-    fig, ax = _figure("Best MFU by dtype and device", "dtype, device", "MFU (%)")
+    fig, ax = _figure("Best MFU by dtype and device", "dtype, device", "MFU (%)", label)
     ax.bar([" ".join(map(str, k if isinstance(k, tuple) else (k,))) for k in best.index], best.values * 100)
     return _save(fig, out / "mfu.png")
 
@@ -153,8 +196,8 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     out = out or Path("outputs") / "reports" / f"profile_{Path(run).name}"
     write_profile(result, out)
     rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
-    fig, ax = _figure("Where the forward pass goes: share of FLOPs and of time", "share of the model (%)",
-                      "module (* = every layer)")
+    fig, ax = _figure(f"{Path(run).name}: share of forward + backward FLOPs, and of forward time (median)",
+                      "share of the model (%)", "module (* = every layer)")
     labels = _module_labels(rows)[::-1]
     positions = range(len(labels))
     ax.barh([p + 0.2 for p in positions], list(rows["share"] * 100)[::-1], height=0.4,
@@ -163,7 +206,7 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
         ax.barh([p - 0.2 for p in positions], list(rows["time_share"] * 100)[::-1], height=0.4,
                 label="forward latency")
     ax.set_yticks(list(positions), labels, fontsize=8)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     _save(fig, out / "profile.png")
     return out
 

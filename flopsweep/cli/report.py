@@ -86,7 +86,8 @@ def _experiment(args: argparse.Namespace, target) -> int:
         print(f"report of {len(df)} runs" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
     name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
     out = args.out or Path(args.store_dir) / "reports" / name
-    drawn = write_report(df, out, f"flopsweep report: {name}", target.uri)
+    label = f"experiment {args.experiment}" + (f", sweep {chosen}" if chosen else ", every sweep")
+    drawn = write_report(df, out, f"flopsweep report: {name}", target.uri, label)
     print(f"report: {out}  ({sum(v == 'drawn' for v in drawn.values())} plots; runs.csv, runs.md)")
     for plot, why in drawn.items():
         if why != "drawn":
