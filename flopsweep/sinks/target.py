@@ -29,10 +29,14 @@ class Target:
     artifact_root: Optional[str]
     experiment: str
 
-    def ui_command(self) -> str:
+    def ui_command(self, experiment_id: Optional[str] = None) -> str:
+        """How to look at the runs: the command that serves a local store, and the page of the experiment in MLflow's
+        classic runs view (MLflow 3 opens its GenAI view unless the address asks for this one)."""
+        page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
         if self.uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.uri}"
-        return f"open {self.uri} in a browser"
+            return f"mlflow ui --backend-store-uri {self.uri}" + (f", then open http://127.0.0.1:5000{page}"
+                                                                   if page else "")
+        return f"open {self.uri.rstrip('/')}{page} in a browser"
 
 
 # the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)

@@ -6,6 +6,7 @@ through :func:`abandon_sweep`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -95,7 +96,10 @@ class SweepSummary(Callback):
                 except Exception as err:  # noqa: BLE001
                     print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}",
                           file=sys.stderr)
-                print(f"MLflow: {sweep.target.ui_command()}  (experiment {sweep.target.experiment!r})")
+                page = None
+                with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
+                    page = store(sweep.target).experiment_id()
+                print(f"MLflow: {sweep.target.ui_command(page)}  (experiment {sweep.target.experiment!r})")
             sweep.parent = None
 
 

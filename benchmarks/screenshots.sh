@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# What a person sees in MLflow's UI, as PNGs: the experiment's runs table (classic view) and one job run's page, taken
+# with headless Chromium (Debian: apt-get install chromium) from a store flopsweep wrote. Look at them before calling a
+# UI change done (issue 18).
+#
+#   bash benchmarks/screenshots.sh [STORE_DB] [OUT]   # defaults: outputs/mlflow.db, outputs/screenshots
+set -euo pipefail
+DB=$(realpath "${1:-outputs/mlflow.db}")
+OUT=${2:-outputs/screenshots}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+PORT=${PORT:-5077}
+mkdir -p "$OUT"
+"$(dirname "$PY")/mlflow" ui --backend-store-uri "sqlite:///$DB" --host 127.0.0.1 --port "$PORT" >/dev/null 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.5; done
+read -r EXPERIMENT RUN < <("$PY" - "$DB" <<'PYEOF'
+import sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(f"sqlite:///{sys.argv[1]}")
+experiment = max(client.search_experiments(), key=lambda e: e.last_update_time or 0)
+run = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'job'", max_results=1)[0]
+print(experiment.experiment_id, run.info.run_id)
+PYEOF
+)
+shot() {
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1000 --virtual-time-budget=15000 \
+    --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/#/$2" >/dev/null 2>&1
+  echo "$OUT/$1"
+}
+shot runs_table.png "experiments/$EXPERIMENT?workflowType=machine_learning"
+shot run_page.png "experiments/$EXPERIMENT/runs/$RUN?workflowType=machine_learning"
