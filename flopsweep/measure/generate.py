@@ -93,6 +93,7 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     if steps >= 2:
         known[lo + 1], cache = count(lambda: gen.decode(tokens(1), cache))
     last_cache = [cache if steps <= 2 else None]
+    cache = None  # on a device, the steps below make caches of their own: this one need not stay beside them
 
     def at(c: int) -> PhaseCount:
         """A decode step at context ``c``, on a cache of the ``c - 1`` tokens before it made by a prefill."""
