@@ -39,3 +39,17 @@ def test_cuda_job_has_timings_mfu_and_measured_peak():
     m = result.metrics
     assert m["time/step_s"] > 0 and m["size/measured_peak_bytes"] > 0
     assert m["speed/mfu"] is None or 0 < m["speed/mfu"] < 1
+
+
+def test_a_generation_on_cuda_counts_as_on_meta_is_timed_and_fits_its_estimate():
+    base = ["model=llama2_7b", "model.n_layer=2", "batch.size=2", "batch.seq_len=64", "train=generate",
+            "generate.new_tokens=16", "dtype=bfloat16", "tracking=none", "measure.warmup=1", "measure.repeats=3"]
+    cuda, meta = (run_job(resolve(compose_config(*base, f"device={d}")), {}) for d in ("cuda", "meta"))
+    assert cuda.status == "ok" and meta.status == "ok", (cuda.error, meta.error)
+    for key in ("flops/prefill", "flops/decode", "size/kv_cache_bytes", "size/decode_weights_read_bytes"):
+        assert cuda.metrics[key] == meta.metrics[key], key
+    m = cuda.metrics
+    assert m["time/ttft_s"] > 0 and m["time/tpot_s"] > 0 and m["speed/output_tokens_per_s"] > 0
+    # what the device held at most: the weights and the cache at least, the meta estimate allocator rounding apart
+    assert m["size/weights_bytes"] + m["size/kv_cache_bytes"] <= m["size/measured_peak_bytes"]
+    assert m["size/measured_peak_bytes"] <= 1.2 * m["size/step_peak_bytes"]

@@ -122,6 +122,9 @@ def serve(overrides: list[str]) -> dict:
 GENERATION = {  # our decoder (no transformers needed there): a 7B model, a prompt of 512, 128 new tokens
     "llama2_7b b1 p512+128": ["model=llama2_7b", "batch.size=1", "batch.seq_len=512", "generate.new_tokens=128"],
     "llama2_7b b16 p512+128": ["model=llama2_7b", "batch.size=16", "batch.seq_len=512", "generate.new_tokens=128"],
+    # a Hugging Face model, its own cache (needs transformers there)
+    "llama3_2_1b (HF) b1 p512+128": ["model=llama3_2_1b", "batch.size=1", "batch.seq_len=512",
+                                     "generate.new_tokens=128"],
 }
 
 

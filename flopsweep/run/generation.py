@@ -42,6 +42,8 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
     timing = None
     if spec.measure.time and not on_meta:
         progress.phase = "time"
+        if spec.device.startswith("cuda"):  # the generation's peak, as a training job's is its steps': not the build's
+            torch.cuda.reset_peak_memory_stats(spec.device)
         timing = time_generation(gen, tokens, prompt, new_tokens, spec.device, warmup=spec.measure.warmup,
                                  repeats=spec.measure.repeats, context=built.autocast)
     progress.metrics.update(generation_metrics(size, new_tokens, counted, timing))
