@@ -217,3 +217,18 @@ def test_a_forward_that_fails_while_activations_are_recorded_leaves_none_alive()
         count_step(model, {"x": torch.randn(4, 32)}, None, context=lambda: SavedActivations(model))
     gc.collect()
     assert len(alive) == 1 and alive[0]() is None
+
+
+def test_a_model_is_made_in_its_dtype_not_in_float32_first(monkeypatch):
+    # found on an H200: a bf16 job's measured peak was its build, every weight made in float32 and then cast
+    made = []
+    original = torch.nn.Linear.reset_parameters
+
+    def record(self):
+        made.append(self.weight.dtype)
+        original(self)
+
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", record)
+    _, built = sized("dtype=bfloat16", device="cpu")
+    assert made and set(made) == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32  # put back

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 from torch import nn
@@ -47,14 +47,14 @@ def build(spec: JobSpec) -> Built:
         raise ValueError("batch.size=max is chosen by flopsweep.run.job.run_job (flopsweep.run.fit), not built")
     torch.manual_seed(spec.measure.seed)
     dtype = DTYPES[spec.params_dtype]
-    with torch.device(spec.device):
+    with torch.device(spec.device), default_dtype(dtype):  # made in its dtype: not float32 first, twice the bytes
         try:
             model = spec.family.Model(spec.model)
         except RuntimeError as err:
             if "overflow" not in str(err):
                 raise
             raise too_large(spec.model, err) from None
-    model.to(dtype)
+    model.to(dtype)  # what a family made in another dtype on purpose
     if spec.training:
         model.train()
         apply_train_mode(model, spec.family, spec.train)
@@ -64,6 +64,17 @@ def build(spec: JobSpec) -> Built:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(spec.optimizer, trainable) if spec.training and trainable else None
     return Built(model, inputs, optimizer, autocast_context(spec))
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """PyTorch's default floating dtype set to ``dtype`` while a model is made, and put back whatever happens."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def too_large(model: Any, err: RuntimeError) -> ConfigError:
