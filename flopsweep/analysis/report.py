@@ -196,7 +196,7 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     out = out or Path("outputs") / "reports" / f"profile_{Path(run).name}"
     write_profile(result, out)
     rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
-    fig, ax = _figure(f"{Path(run).name}: share of forward + backward FLOPs, and of forward time (median)",
+    fig, ax = _figure(f"{Path(run).name}: share of forward + backward FLOPs, and of forward time (mean)",
                       "share of the model (%)", "module (* = every layer)")
     labels = _module_labels(rows)[::-1]
     positions = range(len(labels))
