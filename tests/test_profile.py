@@ -57,6 +57,10 @@ def test_per_module_figures_follow_the_layer_shapes(compose_cfg):
     assert qkv["backward_flops"] == 2 * qkv["forward_flops"]
     # the output head is tied to the token embedding: its weight is counted once, under the embedding
     assert rows["lm_head"]["params"] == 0 and rows["tok_embedding"]["params"] == V * D
+    assert rows["lm_head"]["tied_to"] == "tok_embedding.weight" and rows["blocks.0.attn.qkv"]["tied_to"] is None
+    from flopsweep.core.text import profile_text
+
+    assert "(its weight is tok_embedding.weight)" in profile_text(result.breakdown["profile"], "tiny")  # not a bare 0
     assert rows["lm_head"]["forward_flops"] == 2 * tokens * D * V
     # a block: its parameters from the model itself, and attention's QK^T and PV inside attn
     block = model.get_submodule("blocks.1")

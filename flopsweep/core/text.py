@@ -158,7 +158,8 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
                          _share(r["forward_latency_s"], latency)] for r in by_depth(rows, top)]))
     lines += ["", "Every module (inclusive: each with everything under it)"]
     lines.append(table(["module", "type", "params", "MACs", "fwd FLOPs", "bwd FLOPs", "fwd latency", "FLOP/s"],
-                       [["  " * r["depth"] + r["module"], r["type"], human(r["params"]), human(r["macs"]),
+                       [["  " * r["depth"] + r["module"], r["type"], human(r["params"]) + (
+                           f" (its weight is {r['tied_to']})" if r.get("tied_to") else ""), human(r["macs"]),
                          human(r["forward_flops"]), human(r["backward_flops"]), seconds(r["forward_latency_s"]),
                          human(r["forward_flops_per_s"])] for r in rows]))
     return "\n".join(lines) + "\n"

@@ -49,6 +49,11 @@ def module_rows(model: nn.Module, count: StepCount, latency: Optional[dict[str, 
     own: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for name, p in model.named_parameters():  # each parameter once, under the first module that names it
         own[parent(name)]["params"] += p.numel()
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}  # a module whose parameter another module names first: a tied head
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(p), name) != name:
+            tied[parent(name)] = first[id(p)]
     for phase, phase_count in count.phases().items():
         if phase == "optimizer":
             continue
@@ -81,5 +86,6 @@ def module_rows(model: nn.Module, count: StepCount, latency: Optional[dict[str, 
             "backward_flops": int(row["backward_flops"]), "forward_elementwise": int(row["forward_elementwise"]),
             "backward_elementwise": int(row["backward_elementwise"]),
             "forward_latency_s": seconds if latency is not None else None,
-            "forward_flops_per_s": forward / seconds if seconds and forward else None})
+            "forward_flops_per_s": forward / seconds if seconds and forward else None,
+            "tied_to": tied.get(name)})
     return rows
