@@ -123,3 +123,11 @@ def test_a_serving_plan_is_logged_to_mlflow_with_its_figures_over_the_batch_and_
     assert sorted(m.step for m in history)[-1] == largest and len(history) >= 2
     png = client.download_artifacts(run_id, "serving.png", str(tmp_path))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_decode_step_moves_the_weights_and_the_cache_it_attends_to():
+    # one decode step (2 new tokens), memory-bound: its context is the prompt and the new token, 4097 tokens of cache
+    # read or written, beside the 16 GB of weights
+    one = Generation(**{**GEN.__dict__, "new_tokens": 2})
+    row = at_batch(one, Serving(H100, "bfloat16"), 1)
+    assert row.tpot_s == pytest.approx((16e9 + 131072 * 4097) / 3350e9)

@@ -128,7 +128,7 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     prefill, prefill_compute = _phase(np.array([batch * gen.prefill_flops]),
                                       np.array([gen.weights_bytes + batch * gen.prompt * kv]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
-    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes + batch * kv * (contexts + 1),
+    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes + batch * kv * contexts,
                             serving)
     ttft, decode = float(prefill[0]), float(steps.sum())
     tpot = decode / len(contexts) if len(contexts) else 0.0
