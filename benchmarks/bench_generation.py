@@ -2,7 +2,9 @@
 1,024 tokens, 31,744 generated: the prefill, two decode steps, and the check at context 32,767), and a serving
 projection over 12 batch sizes of that plan on an H100, each timed in this process N times (median, min, max).
 
-    .venv/bin/python benchmarks/bench_generation.py [--runs 5] [--model llama3_1_70b]
+    .venv/bin/python benchmarks/bench_generation.py [--runs 5] [--model llama3_1_70b] [--prompt 1024] \
+        [--new-tokens 31744]
+    .venv/bin/python benchmarks/bench_generation.py --model gemma2_2b --prompt 4000 --new-tokens 200   # past a window
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", default="llama3_1_70b")
+    parser.add_argument("--prompt", type=int, default=1024)
+    parser.add_argument("--new-tokens", type=int, default=31744)
     args = parser.parse_args()
-    overrides = [f"model={args.model}", "device=meta", "dtype=bfloat16", "batch.size=1", "batch.seq_len=1024",
-                 "train=generate", "generate.new_tokens=31744", "tracking=none"]
+    overrides = [f"model={args.model}", "device=meta", "dtype=bfloat16", "batch.size=1", f"batch.seq_len={args.prompt}",
+                 "train=generate", f"generate.new_tokens={args.new_tokens}", "tracking=none"]
     counts, projections, result = [], [], None
     for _ in range(args.runs):
         start = time.perf_counter()
@@ -38,7 +42,7 @@ def main() -> None:
         rows = [at_batch(gen, serving, 2 ** k) for k in range(12)]
         projections.append(time.perf_counter() - start)
     m = result.metrics
-    print(f"{args.model}: prompt 1,024 + 31,744 new tokens: {m['flops/generation']:.4e} FLOPs, "
+    print(f"{args.model}: prompt {args.prompt:,} + {args.new_tokens:,} new tokens: {m['flops/generation']:.4e} FLOPs, "
           f"{m['size/kv_cache_bytes'] / 1e9:.2f} GB of KV cache at the end; {result.info['generation']['counted']}")
     for name, times in (("count on meta (whole job)", counts), ("serving projection, 12 batches", projections)):
         print(f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "

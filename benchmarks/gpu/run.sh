@@ -17,5 +17,6 @@ timeout 240 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py te
 tests=${PIPESTATUS[0]}
 timeout 300 "$PY" benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_figures.json" 2>&1 | tee "$OUT/gpu_figures.md"
 bench=${PIPESTATUS[0]}
+timeout 120 "$PY" benchmarks/gpu/profile_decode.py > "$OUT/profile_decode.txt" 2>&1  # where a decode step's time goes
 echo "pytest -m cuda: exit $tests; bench_gpu: exit $bench" | tee -a "$OUT/machine.txt"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -46,17 +46,19 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Op
     return drawn
 
 
-def _figure(title: str, xlabel: str, ylabel: str, label: str = "", panels: int = 1):
-    """A figure titled ``title`` over ``label`` (what the report is of), with ``panels`` axes side by side."""
+def _figure(title: str, xlabel: str, ylabel: str, label: str = "", panels: Optional[int] = None):
+    """A figure titled ``title`` over ``label`` (what the report is of): one axes, or a list of ``panels`` axes side by
+    side when ``panels`` is given."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, panels, figsize=(8 if panels == 1 else 5.5 * panels, 5), dpi=110, squeeze=False)
+    count = panels or 1
+    fig, axes = plt.subplots(1, count, figsize=(8 if count == 1 else 5.5 * count, 5), dpi=110, squeeze=False)
     fig.suptitle(f"{title}\n{label}" if label else title, fontsize=11)
     for ax in axes[0]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    return (fig, axes[0][0]) if panels == 1 else (fig, list(axes[0]))
+    return (fig, axes[0][0]) if panels is None else (fig, list(axes[0]))
 
 
 def _save(fig, path: Path) -> str:
@@ -120,7 +122,7 @@ def _memory(df, out: Path, label: str) -> str:
     panels = _by_scale(rows["_total"].tolist())
     fig, axes = _figure("Training memory by run (estimate: static + saved activations)", "run", "GiB", label,
                         panels=len(panels))
-    for ax, (lo, hi) in zip(axes if isinstance(axes, list) else [axes], panels):
+    for ax, (lo, hi) in zip(axes, panels):
         chunk = rows.iloc[lo:hi]
         bottom = [0.0] * len(chunk)
         for key, label in parts:  # stacked on a linear axis: a segment's height is its size
@@ -131,7 +133,7 @@ def _memory(df, out: Path, label: str) -> str:
             ax.annotate(f"{total:,.0f}" if total >= 100 else f"{total:.3g}", (x, total), ha="center", va="bottom",
                         fontsize=8)
         ax.set_xticks(range(len(chunk)), chunk["run_name"], rotation=30, ha="right", fontsize=8)
-    (axes if isinstance(axes, list) else [axes])[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     return _save(fig, out / "memory_breakdown.png")
 
 
@@ -162,7 +164,7 @@ def _modules(df, out: Path, label: str, uri: Optional[str]) -> str:
     fig, axes = _figure("Where the FLOPs go: the costliest run of each family",
                         "share of the model's forward + backward FLOPs (%)", "module (* = every layer)", label,
                         panels=len(tops))
-    for ax, (run, top) in zip(axes if isinstance(axes, list) else [axes], tops):
+    for ax, (run, top) in zip(axes, tops):
         shares = list(top["share"] * 100)[::-1]
         bars = ax.barh(_module_labels(top)[::-1], shares)
         ax.bar_label(bars, [f"{v:.1f}" for v in shares], fontsize=7, padding=2)

@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.serve:
         from flopsweep.cli.serving import serve
 
-        return serve(args, _load, _target, _write_json, _measured_run_id)
+        return serve(args, _load, _target, _write_json, _log)
     budgets = {k: v for k in B.BUDGET_KINDS if (v := getattr(args, f"budget_{k}")) is not None}
     plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
                                                                                 if args.compute_optimal else [])
@@ -186,14 +186,20 @@ def _run(args: argparse.Namespace) -> int:
         payload = proj.to_dict()
         if not args.no_log:
             from flopsweep.projection.records import training_record
-            from flopsweep.sinks.store import log_projection
 
-            logged = log_projection(_target(args), training_record(proj), _measured_run_id(result, args.run))
-            print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
-                  file=sys.stdout if logged.startswith("run ") else sys.stderr)
+            _log(args, training_record(proj), result)
     if args.json:
         _write_json(args.json, payload)
     return 0
+
+
+def _log(args: argparse.Namespace, record: dict, result: Result) -> None:
+    """Log a projection's record to MLflow and say where, or why not, in one line."""
+    from flopsweep.sinks.store import log_projection
+
+    logged = log_projection(_target(args), record, _measured_run_id(result, args.run))
+    print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
+          file=sys.stdout if logged.startswith("run ") else sys.stderr)
 
 
 def _write_json(path: Path, payload) -> None:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
 
 
 def serve(args: argparse.Namespace, load: Callable[[str, str], Result], target: Callable[[argparse.Namespace], Any],
-          write_json: Callable[[Path, Any], None], measured_run_id: Callable[[Result, Optional[str]], Optional[str]]
-          ) -> int:
+          write_json: Callable[[Path, Any], None], log: Callable[[argparse.Namespace, dict, Result], None]) -> int:
     """``flopsweep-project --serve``: the roofline of a counted generation (a ``train=generate`` run, or ``--model``
     counted on meta) on a part of the hardware table, printed (and written with ``--json``), logged to MLflow."""
     from flopsweep.projection import serving as S
@@ -44,11 +42,8 @@ def serve(args: argparse.Namespace, load: Callable[[str, str], Result], target: 
         write_json(args.json, plan.to_dict())
     if not args.no_log:
         from flopsweep.projection.records import serving_record
-        from flopsweep.sinks.store import log_projection
 
-        logged = log_projection(target(args), serving_record(plan), measured_run_id(result, args.run))
-        print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",
-              file=sys.stdout if logged.startswith("run ") else sys.stderr)
+        log(args, serving_record(plan), result)
     return 0
 
 

@@ -186,10 +186,16 @@ class Steps:
     net: nn.Module
     vocab_size: int
 
-    def _run(self, tokens: torch.Tensor, cache: Any) -> Any:
+    @functools.cached_property
+    def _names(self) -> tuple[str, dict[str, int]]:
+        """What this transformers version calls the cache (5.2x renamed ``past_key_values`` ``cache``), and
+        ``logits_to_keep=1`` where the model takes it."""
         takes = inspect.signature(self.net.forward).parameters
-        name = "cache" if "cache" in takes else "past_key_values"  # transformers 5.2x renames it
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        return ("cache" if "cache" in takes else "past_key_values",
+                {"logits_to_keep": 1} if "logits_to_keep" in takes else {})
+
+    def _run(self, tokens: torch.Tensor, cache: Any) -> Any:
+        name, keep = self._names
         return getattr(self.net(input_ids=tokens, use_cache=True, **{name: cache}, **keep), name)
 
     def prefill(self, tokens: torch.Tensor) -> Any:

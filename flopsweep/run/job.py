@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from flopsweep.build.model import build
+from flopsweep.build.model import Built, build
 from flopsweep.build.spec import JobSpec
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
@@ -194,10 +194,18 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
         torch.cuda.reset_peak_memory_stats(spec.device)  # a peak of this job's, not of one before it
         held_before = torch.cuda.memory_allocated(spec.device)
     built = build(spec)
-    if spec.generates:
-        measure_generation(spec, built, progress)
-        progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
-        return job_result(spec, config, progress, model=built.model)
+    (measure_generation if spec.generates else _measure_step)(spec, built, progress)
+    progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
+    if spec.measure.profile and progress.timing is not None:  # after the step timings, which the hooks would slow
+        progress.phase = "profile"
+        progress.latency = forward_latency(built.model, built.inputs, built.autocast, spec.device,
+                                           warmup=spec.measure.warmup, repeats=spec.measure.repeats,
+                                           training=spec.training)
+    return job_result(spec, config, progress, model=built.model)
+
+
+def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
+    """Count, size and time a training step (or an inference forward pass) into ``progress``."""
     progress.periodic_ops = getattr(built.optimizer, "periodic_ops", {})
     on_meta = spec.device == "meta"
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match
@@ -234,16 +242,9 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
     if spec.measure.time and not on_meta:
         progress.phase = "time"
         timer = time_per_block if spec.measure.timing == "per_block" else time_step
-        if on_cuda:
+        if spec.device.startswith("cuda"):  # the steps' peak, not the build's
             torch.cuda.reset_peak_memory_stats(spec.device)
         progress.timing = timer(built.model, built.inputs, built.optimizer, built.autocast, spec.device,
                                 warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
-    progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
-    if spec.measure.profile and progress.timing is not None:  # after the step timings, which the hooks would slow
-        progress.phase = "profile"
-        progress.latency = forward_latency(built.model, built.inputs, built.autocast, spec.device,
-                                           warmup=spec.measure.warmup, repeats=spec.measure.repeats,
-                                           training=spec.training)
-    return job_result(spec, config, progress, model=built.model)
 
 

@@ -50,8 +50,8 @@ class PresetSize:
 
 
 def language_model_presets() -> list[PresetSize]:
-    """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (about 10 s for
-    the lot; nothing is counted)."""
+    """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (nothing is
+    counted)."""
     sizes = []
     for file in sorted((CONF_DIR / "model").glob("*.yaml")):
         cfg = compose_config(f"model={file.stem}", "device=meta", "tracking=none")

@@ -37,21 +37,18 @@ def fingerprint_of(result: Result) -> str:
     return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"))
 
 
-def run_name(config: dict[str, Any]) -> str:
-    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
-    model, batch = config.get("model") or {}, config.get("batch") or {}
-    parts = [str(model.get("name", "?")), f"b{batch.get('size', '?')}"]
-    if batch.get("seq_len"):
-        parts.append(f"s{batch['seq_len']}")
-    if batch.get("image_size"):
-        parts.append(f"i{batch['image_size']}")
-    parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
-    return "|".join(parts)
-
-
 _GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
                 "tracking": "kind"}  # a config group's option, by the field that names it
 _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
+    model, batch = config.get("model") or {}, config.get("batch") or {}
+    parts = [str(model.get("name", "?")), f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
+    parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
+    parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
+    return "|".join(parts)
 
 
 def short_name(config: dict[str, Any], keys: list[str]) -> str:
