@@ -109,6 +109,20 @@ def test_job_folder_and_report(tmp_path, capsys):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     text = (tmp_path / "rep" / "profile.txt").read_text()
     assert "blocks.1.mlp.down" in text and "By depth" in text and "ms" in text
+    # the profiled forward (hooks) beside the timed one (none), in the file and on the console
+    assert "with hooks on every module (mean)" in text and "in the step timings without them (median)" in text
+    assert "profile: forward" in job.stdout and "without them (median)" in job.stdout
+
+    # the leaves and every module's own work are the whole model; attention's QK^T and PV are attn's own,
+    # forward 2 matmuls of 2*B*S*S*D and a backward of twice that
+    from flopsweep.analysis import bottlenecks
+
+    leaves = bottlenecks(folder, top=1000)
+    assert leaves["share"].sum() == pytest.approx(1.0) and leaves["time_share"].sum() == pytest.approx(1.0)
+    own = leaves.set_index("module").loc["blocks.1.attn (own)"]
+    assert own["forward_flops"] == 4 * B * S * S * D and own["backward_flops"] == 8 * B * S * S * D
+    merged = bottlenecks(folder, top=1000, merge_repeats=True).set_index("module")
+    assert merged.loc["blocks.* (own)", "count"] == L and merged.loc["blocks.*.attn (own)", "flops"] == 12 * B * S * S * D * L
 
     plain = run_app("model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "device=meta",
                     "tracking=none", f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
+from flopsweep.core.profile import leaves
 
 COMPARE = (M.FLOPS_STEP, M.FLOPS_FORWARD, M.PARAMS, M.TRAIN_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU)
 
@@ -70,8 +71,10 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
                 merge_repeats: bool = False) -> pd.DataFrame:
     """The costliest modules of one run (its job folder or MLflow run id), costliest first: forward + backward
     FLOPs and their share of the model's. ``depth`` picks one level of the module tree; by default the leaves
-    of the recorded tree (modules with no recorded children). ``merge_repeats`` adds up the modules that differ
-    only in a layer index (``blocks.*.attn``: every block's attention together), with their ``count``.
+    of the recorded tree (modules with no recorded children) and the own work of the others, ``"<module> (own)"``
+    (attention's score matmuls, which run in the attention module itself): all of the model. ``merge_repeats``
+    adds up the modules that differ only in a layer index (``blocks.*.attn``: every block's attention together),
+    with their ``count``.
     A run with a module profile (``measure.profile=true``) gives every module and, when it was timed,
     ``time_share``: the share of the forward pass's latency (backward time is not measured per module)."""
     import re
@@ -81,15 +84,16 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
 
     result = load_result(str(run), target_at(uri, "outputs", "").uri)
     breakdown = result.breakdown or {}
-    modules = pd.DataFrame(breakdown.get("profile") or breakdown.get("modules") or [])
+    records = breakdown.get("profile") or breakdown.get("modules") or []
+    modules = pd.DataFrame(records)
     require(not modules.empty, "run", str(run), "has no per-module breakdown (measure.count=false?)")
     model = modules[modules["depth"] == 0].iloc[0]
     total = model["forward_flops"] + model["backward_flops"]
     timed = "forward_latency_s" in modules and pd.notna(model["forward_latency_s"])
     if depth is None:
-        names = list(modules["module"])
-        leaf = np.array([not any(o.startswith(n + ".") for o in names) for n in names])
-        rows = modules[leaf & (modules["depth"] > 0).to_numpy()].copy()
+        keys = ("forward_flops", "backward_flops", "forward_elementwise", "backward_elementwise")
+        keys += ("forward_latency_s",) if timed else ()
+        rows = pd.DataFrame(leaves(records, keys))
     else:
         rows = modules[modules["depth"] == depth].copy()
         require(not rows.empty, "depth", depth, f"has no modules (recorded depths 0-{int(modules['depth'].max())})")
@@ -99,7 +103,7 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     columns = ["flops", "forward_flops", "backward_flops", "elementwise", "count"]
     columns += ["forward_latency_s"] if timed else []
     if merge_repeats:
-        rows["module"] = [re.sub(r"\.\d+(?=\.|$)", ".*", name) for name in rows["module"]]
+        rows["module"] = [re.sub(r"\.\d+(?=[. ]|$)", ".*", name) for name in rows["module"]]
         rows = rows.groupby("module", as_index=False)[columns].sum()
     rows["share"] = rows["flops"] / total if total else np.nan
     shares = ["share"]

@@ -15,6 +15,7 @@ from flopsweep.analysis import bottlenecks, scaling_fit
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.text import format_metric
+from flopsweep.sinks.identity import run_name
 from flopsweep.sinks.jobdir import write_profile
 from flopsweep.sinks.reader import load_result
 
@@ -198,8 +199,8 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     out = out or Path("outputs") / "reports" / f"profile_{Path(run).name}"
     write_profile(result, out)
     rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
-    fig, ax = _figure(f"{Path(run).name}: share of forward + backward FLOPs, and of forward time (mean)",
-                      "share of the model (%)", "module (* = every layer)")
+    fig, ax = _figure(f"{run_name(result.config)}: share of forward + backward FLOPs, and of forward time (mean)",
+                      "share of the model (%)", "module (* = every layer; (own) = in it, not in a child)")
     labels = _module_labels(rows)[::-1]
     positions = range(len(labels))
     ax.barh([p + 0.2 for p in positions], list(rows["share"] * 100)[::-1], height=0.4,

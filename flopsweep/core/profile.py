@@ -8,6 +8,7 @@ from typing import Any
 ROOT = "(model)"          # the whole model: work done outside every named module
 OPTIMIZER = "(optimizer)"  # the optimizer step, its own row
 REST = "(rest)"           # by_depth: the work done directly in shallower modules
+OWN = "(own)"             # leaves: a module's own work, not done in a child (attention's QKᵀ, softmax and PV)
 
 
 def parent(path: str) -> str:
@@ -30,6 +31,23 @@ def _exclusive(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
         if row["depth"] > 0:
             own[parent(row["module"])] -= row[key] or 0
     return own
+
+
+def leaves(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The modules with no recorded children, and for each module with children its own part (its value less
+    its children's, on each of ``keys``) as ``"<module> (own)"`` where any of it is not zero: together they
+    are the model, each key adding up to the model's total. The optimizer's row is not a module (depth 0)."""
+    parents = {parent(row["module"]) for row in rows if row["depth"] > 0}
+    own = {key: _exclusive(rows, key) for key in keys}
+    out = []
+    for row in rows:
+        name = row["module"]
+        if name not in parents:
+            if row["depth"] > 0:
+                out.append(dict(row))
+        elif any(own[key][name] for key in keys):
+            out.append({**row, "module": f"{name} {OWN}", **{key: own[key][name] for key in keys}})
+    return out
 
 
 SUMMED = ("params", "macs", "forward_flops", "backward_flops", "forward_latency_s")

@@ -81,8 +81,33 @@ def job_lines(result: Result) -> list[str]:
         blocks = ", ".join(f"{name} x{n}" for name, n in (timing.get("blocks") or {}).items())
         lines.append(f"times extrapolated (measure.timing=per_block): the first block of each stack timed, times "
                      f"its length ({blocks}); embeddings, head and loss left out")
+    profile = result.breakdown.get("profile") or []
+    if profile and profile[0]["forward_latency_s"]:
+        lines.append("profile: " + hooks_line(profile[0]["forward_latency_s"], unhooked_forward(result)))
     noisy = spread_warning(result)
     return [*lines, f"warning: {noisy}"] if noisy else lines
+
+
+def unhooked_forward(result: Result) -> Optional[float]:
+    """The job's forward time from step timings that ran without the profile's hooks (a sweep job timed whole);
+    None where they ran with them (your own loop's meter) or were extrapolated (per_block)."""
+    return result.metrics.get(M.TIME_FORWARD) if (result.info.get("timing") or {}).get("method") == "full" else None
+
+
+def hooks_line(hooked: float, plain: Optional[float]) -> str:
+    """The profile's forward pass (hooks on every module, a mean) beside the job's timed forward (no hooks, a
+    median), and how to read the profile's latencies when the two differ."""
+    if not plain:
+        return f"forward {seconds(hooked)} with hooks on every module (mean); module latencies are shares of it"
+    ratio = hooked / plain
+    line = (f"forward {seconds(hooked)} with hooks on every module (mean), {seconds(plain)} in the step timings "
+            f"without them (median): x{ratio:.2f}")
+    if ratio > 1.25:
+        return line + "; the hooks' cost on many small modules: read the profile's latencies as shares, not times"
+    if ratio < 0.8:
+        return line + ("; the timed forward ran slower than the profiled passes after it (a busier machine, or its "
+                       "spread: see the timing), so compare shares, not times")
+    return line
 
 
 def spread_warning(result: Result) -> Optional[str]:
@@ -140,8 +165,9 @@ def _share(part: Optional[float], whole: Optional[float]) -> str:
     return f"{100 * part / whole:.1f} %" if part is not None and whole else "-"
 
 
-def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
-    """The module profile as text: the model's totals, the top modules at each depth, then the whole tree."""
+def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3, timed_forward: Optional[float] = None) -> str:
+    """The module profile as text: the model's totals, the top modules at each depth, then the whole tree;
+    ``timed_forward``, the job's forward time without hooks, is said beside the profile's."""
     model = rows[0]
     flops, latency = model["forward_flops"], model["forward_latency_s"]
     lines = [f"Module profile: {title}",
@@ -149,7 +175,8 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3) -> str:
              f"({human(model['macs'])} MACs), backward {human(model['backward_flops'])} FLOPs, forward latency "
              f"{seconds(latency) if latency is not None else 'not timed'}"
              + (f", {human(flops / latency)}FLOP/s" if latency else ""),
-             "FLOPs: matmul class, multiply-add = 2. Latency: mean forward pass, hooks on every module.", "",
+             "FLOPs: matmul class, multiply-add = 2. Latency: "
+             + (f"{hooks_line(latency, timed_forward)}." if latency else "not timed (a meta job)."), "",
              f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
              "(work done directly in shallower modules)"]
     lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],

@@ -10,7 +10,7 @@ from typing import Any
 from flopsweep.core.files import write_whole
 from flopsweep.core.profile import by_depth
 from flopsweep.core.result import Result
-from flopsweep.core.text import profile_text, stats_text
+from flopsweep.core.text import profile_text, stats_text, unhooked_forward
 from flopsweep.sinks.identity import run_name
 
 
@@ -34,7 +34,7 @@ def write_profile(result: Result, folder: Path) -> list[Path]:
         return []
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "profile.txt", folder / "profile.csv", folder / "profile_depth.csv"]
-    write_whole(paths[0], profile_text(rows, run_name(result.config)))
+    write_whole(paths[0], profile_text(rows, run_name(result.config), timed_forward=unhooked_forward(result)))
     write_csv(paths[1], rows)
     write_csv(paths[2], by_depth(rows))
     return paths
