@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What a person sees in MLflow's UI, as PNGs: the experiment's runs table (classic view) and one job run's page, taken
+# What a person sees in MLflow's UI, as PNGs: the experiment's runs table (classic view), the latest sweep's saved view
+# (table and charts) and one job run's page, taken
 # with headless Chromium (Debian: apt-get install chromium) from a store flopsweep wrote. Look at them before calling a
 # UI change done (issue 18).
 #
@@ -14,13 +15,15 @@ mkdir -p "$OUT"
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.5; done
-read -r EXPERIMENT RUN < <("$PY" - "$DB" <<'PYEOF'
+read -r EXPERIMENT RUN VIEW < <("$PY" - "$DB" <<'PYEOF'
 import sys
 from mlflow.tracking import MlflowClient
 client = MlflowClient(f"sqlite:///{sys.argv[1]}")
 experiment = max(client.search_experiments(), key=lambda e: e.last_update_time or 0)
 run = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'job'", max_results=1)[0]
-print(experiment.experiment_id, run.info.run_id)
+sweep = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'sweep'", max_results=1)
+view = f"flopsweep-{sweep[0].info.run_id}" if sweep else ""
+print(experiment.experiment_id, run.info.run_id, view)
 PYEOF
 )
 shot() {
@@ -29,4 +32,8 @@ shot() {
   echo "$OUT/$1"
 }
 shot runs_table.png "experiments/$EXPERIMENT?workflowType=machine_learning"
+if [ -n "$VIEW" ]; then  # the latest sweep's saved view (flopsweep/sinks/views.py), as the sweep's last line gives it
+  shot sweep_view.png "experiments/$EXPERIMENT/runs?viewStateShareKey=$VIEW&workflowType=machine_learning"
+  shot sweep_charts.png "experiments/$EXPERIMENT/runs?viewStateShareKey=$VIEW&workflowType=machine_learning&compareRunsMode=CHART"
+fi
 shot run_page.png "experiments/$EXPERIMENT/runs/$RUN?workflowType=machine_learning"

@@ -240,6 +240,32 @@ def test_the_experiment_and_its_runs_read_well_in_mlflows_ui(sweep):
         assert files and all(a.file_size > 0 for a in files)
 
 
+def test_a_sweep_opens_on_a_view_of_its_jobs_with_the_figures_to_compare(sweep):
+    """The sweep's last line opens MLflow's runs page on a view saved in the experiment (MLflow 3.17's
+    shared view state): its filter finds exactly the sweep's jobs, its columns are what the console summary shows
+    (present in those runs) and the key that varies, its first charts the same figures."""
+    cwd, proc, client, experiment = sweep
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    key = f"flopsweep-{parent.info.run_id}"
+    assert f"/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={key}&workflowType=machine_learning" \
+        in proc.stdout
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{key}"])
+    assert view["name"] == parent.info.run_name and len(experiment.tags[f"mlflow.sharedViewState.{key}"]) < 20000
+    state = json.loads(view["state"])
+    found = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"])
+    assert {r.info.run_id for r in found} == {r.info.run_id for r in job_runs(client, experiment)}
+    columns = state["selectedColumns"]
+    metrics = [c[len("metrics.`"):-1] for c in columns if c.startswith("metrics.")]
+    assert metrics[:3] == ["size/params", "flops/forward", "flops/step"] and "size/step_peak_bytes" in metrics
+    assert "time/step_s" not in metrics  # a meta sweep has no timings: no empty column
+    ok = [r for r in found if r.data.tags["status"] == "ok"]
+    assert all(m in r.data.metrics for m in metrics for r in ok)
+    assert [c for c in columns if c.startswith("params.")] == ["params.`model.n_head`"]
+    assert state["orderByKey"] == "metrics.`flops/step`" and "runsExpanded" not in state
+    section = state["compareRunSections"][0]["uuid"]
+    assert [c["metricKey"] for c in state["compareRunCharts"] if c["metricSectionId"] == section] == metrics
+
+
 def test_a_sweeps_runs_are_named_by_what_tells_them_apart(sweep):
     """model.n_head is what varies: the names the runs table cuts short start with it; the whole name is a tag."""
     cwd, proc, client, experiment = sweep
@@ -254,3 +280,19 @@ def test_a_run_records_only_what_its_optimizer_and_train_mode_read(sweep):
     params = next(r for r in job_runs(client, experiment) if r.data.tags["status"] == "ok").data.params
     assert {k for k in params if k.startswith(("optimizer.", "train."))} == {
         "optimizer.name", "optimizer.lr", "optimizer.betas", "optimizer.eps", "optimizer.weight_decay", "train.mode"}
+
+
+def test_a_views_columns_are_the_options_that_vary_not_every_key_they_change():
+    """Two models at two lengths: model.name and batch.seq_len, not n_layer and d_model (the models' own keys);
+    a failed job's config (every group, unresolved) does not make a key vary."""
+    from flopsweep.core.result import Result
+    from flopsweep.sinks.views import varying_params
+
+    def job(model, layers, seq, status="ok"):
+        config = {"model": {"name": model, "n_layer": layers}, "batch": {"size": 1, "seq_len": seq},
+                  "dtype": {"name": "float32"}}
+        return Result(status, None, config if status == "ok" else {**config, "generate": {"new_tokens": None}}, {})
+
+    jobs = [job("a", 2, 128), job("b", 4, 128), job("a", 2, 256), job("b", 4, 256), job("c", 8, 64, "failed")]
+    assert varying_params(jobs) == ["model.name", "batch.seq_len"]
+    assert varying_params([job("a", 2, 128), job("a", 4, 128)]) == ["model.n_layer"]

@@ -37,7 +37,7 @@ def fingerprint_of(result: Result) -> str:
     return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"))
 
 
-_GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
+GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
                 "tracking": "kind"}  # a config group's option, by the field that names it
 _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
 
@@ -57,8 +57,8 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     names short; the full name is :func:`run_name`."""
     flat, parts = flatten(config), []
     for key in keys:
-        if key in _GROUP_NAMES:
-            parts.append(str((config.get(key) or {}).get(_GROUP_NAMES[key], "?")))
+        if key in GROUP_NAMES:
+            parts.append(str((config.get(key) or {}).get(GROUP_NAMES[key], "?")))
         elif key in _SHORT:
             parts.append(f"{_SHORT[key]}{flat.get(key, '?')}")
         else:

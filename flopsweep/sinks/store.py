@@ -23,6 +23,7 @@ from flopsweep.sinks.identity import (common_tags, experiment_description, finge
                                       sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
 from flopsweep.sinks.target import Target
+from flopsweep.sinks.views import sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
@@ -112,10 +113,11 @@ class Store:
         return run.info.run_id
 
     def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,
-                      failed: bool = False, status: Optional[str] = None) -> None:
-        """Log the sweep's job counts and summary (if any job left a folder) and end its run: ``status`` if given
-        (KILLED: interrupted), else FAILED if a job failed or ``failed`` (the sweep itself did: its launcher
-        stopped), else FINISHED."""
+                      failed: bool = False, status: Optional[str] = None) -> Optional[str]:
+        """Log the sweep's job counts and summary (if any job left a folder), save the view of its jobs in the
+        experiment (:mod:`flopsweep.sinks.views`) and end its run: ``status`` if given (KILLED: interrupted), else
+        FAILED if a job failed or ``failed`` (the sweep itself did: its launcher stopped), else FINISHED. Returns
+        the view's key, None where no job left a result."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -123,7 +125,13 @@ class Store:
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         if summary_csv.exists():
             self.client.log_artifact(run_id, str(summary_csv))
+        key = None
+        if results:
+            tag, value = sweep_view(run_id, self.client.get_run(run_id).info.run_name, [r for _, r in results])
+            self.client.set_experiment_tag(self.experiment_id(), tag, value)
+            key = view_key(run_id)
         self.end_parent(run_id, status or ("FAILED" if failed or any_failed(results) else "FINISHED"))
+        return key
 
     def end_parent(self, run_id: str, status: str) -> None:
         """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""

@@ -29,10 +29,12 @@ class Target:
     artifact_root: Optional[str]
     experiment: str
 
-    def ui_command(self, experiment_id: Optional[str] = None) -> str:
+    def ui_command(self, experiment_id: Optional[str] = None, view: Optional[str] = None) -> str:
         """How to look at the runs: the command that serves a local store, and the page of the experiment in MLflow's
-        classic runs view (MLflow 3 opens its GenAI view unless the address asks for this one)."""
-        page = f"/#/experiments/{experiment_id}?workflowType=machine_learning" if experiment_id else ""
+        classic runs view (MLflow 3 opens its GenAI view unless the address asks for this one), on a saved ``view``
+        if given (a sweep's: :mod:`flopsweep.sinks.views`)."""
+        shown = f"/runs?viewStateShareKey={view}&" if view else "?"
+        page = f"/#/experiments/{experiment_id}{shown}workflowType=machine_learning" if experiment_id else ""
         if self.uri.startswith("sqlite:"):
             return f"mlflow ui --backend-store-uri {self.uri}" + (f", then open http://127.0.0.1:5000{page}"
                                                                    if page else "")

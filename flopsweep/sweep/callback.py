@@ -90,16 +90,18 @@ class SweepSummary(Callback):
         if sweep.parent is not None:
             os.environ.pop(PARENT_ENV, None)
             if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
+                view = None
                 try:
-                    store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
-                                                      failed=sweep.failed)
+                    view = store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
+                                                             failed=sweep.failed)
                 except Exception as err:  # noqa: BLE001
                     print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}",
                           file=sys.stderr)
                 page = None
                 with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
                     page = store(sweep.target).experiment_id()
-                print(f"MLflow: {sweep.target.ui_command(page)}  (experiment {sweep.target.experiment!r})")
+                print(f"MLflow: {sweep.target.ui_command(page, view)}  (experiment {sweep.target.experiment!r}"
+                      + (", this sweep's jobs" if view else "") + ")")
             sweep.parent = None
 
 

@@ -1,0 +1,79 @@
+"""The runs table a sweep opens on in MLflow's UI: a saved view of the sweep's jobs (and nothing else) with the
+columns a person compares first, the console summary's figures and the keys the sweep varies, smallest step first.
+
+MLflow's UI keeps a view as an experiment tag ``mlflow.sharedViewState.<key>``: a JSON envelope (``name``,
+``createdAt``, ``updatedAt``, ``state``) whose ``state`` is the JSON of the runs page (``selectedColumns`` with
+column keys like ``metrics.`flops/step```, ``searchFilter``, ``orderByKey``...). The page
+``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens it (the ``/runs`` matters: without it the redirect
+drops the key), and the "Views" menu lists it. Read from MLflow 3.17's UI bundle and checked in a browser
+(``benchmarks/screenshots.sh``). The view filters on the parent run rather than expanding it: the UI does not
+take expanded rows from a view, and a collapsed sweep shows no job in the chart view.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flopsweep.core import metrics as M
+from flopsweep.core.result import Result
+from flopsweep.core.text import SUMMARY_COLUMNS, SUMMARY_FALLBACKS
+from flopsweep.sinks.identity import GROUP_NAMES, flatten
+
+VIEW_TAG = "mlflow.sharedViewState."
+SECTION = "flopsweep-key-figures"  # the chart section of the figures a sweep compares
+OPTIONS = {f"{group}.{field}" for group, field in GROUP_NAMES.items()}  # model.name, dtype.name, ...
+
+
+def view_key(parent_id: str) -> str:
+    return f"flopsweep-{parent_id}"
+
+
+def shown_metrics(results: list[Result]) -> list[str]:
+    """The metric of each of the console summary's figure columns that any of ``results`` has (its fallback, a
+    meta job's estimated memory or a generation's per token figure, where none has the column's own)."""
+    keys = []
+    for _, key in SUMMARY_COLUMNS:
+        if key is None:
+            continue
+        found = next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ()))
+                      if any(r.metrics.get(k) is not None for r in results)), None)
+        if found is not None:
+            keys.append(found)
+    return keys
+
+
+def varying_params(results: list[Result], most: int = 8) -> list[str]:
+    """The config keys whose values differ between the measured ``results`` (all of them if none was): a config
+    group's option where it varies (``model.name``, not every key of every model), else the group's keys that do."""
+    ok = [r for r in results if r.status == "ok"] or results
+    flat = [flatten(r.config or {}) for r in ok]
+    keys = [k for k in flat[0] if all(k in f for f in flat) and len({str(f[k]) for f in flat}) > 1]
+    options = [k for k in keys if k in OPTIONS]
+    varied = {k.partition(".")[0] for k in options}
+    return (options + [k for k in keys if k not in options and k.partition(".")[0] not in varied])[:most]
+
+
+def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, str]:
+    """The experiment tag (name, value) of a sweep's view: its jobs' runs (children of ``parent_id``), the run name
+    and ``flopsweep.name`` tag, the keys that vary, then the figures; in order of the first figure (step FLOPs)."""
+    metrics = shown_metrics(results)
+    order = next((k for k in (M.FLOPS_STEP, M.FLOPS_FORWARD, M.PARAMS) if k in metrics), None)
+    columns = ["tags.`flopsweep.name`", *(f"params.`{k}`" for k in varying_params(results)),
+               *(f"metrics.`{k}`" for k in metrics)]
+    state: dict[str, Any] = {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'", "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "orderByKey": f"metrics.`{order}`" if order else "attributes.start_time", "orderByAsc": True,
+        "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
+        "isAccordionReordered": True,  # sections in the order given, the UI's own after them
+        # the chart view: the same figures first, a bar per job, in their own section above the UI's own sections
+        "compareRunSections": [{"uuid": SECTION, "name": "key figures", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [{"uuid": f"flopsweep-{k}", "type": "BAR", "runsCountToCompare": max(10, len(results)),
+                              "metricSectionId": SECTION, "deleted": False, "isGenerated": False, "metricKey": k,
+                              "displayName": k} for k in metrics]}
+    now = int(time.time() * 1000)
+    value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    return VIEW_TAG + view_key(parent_id), value
