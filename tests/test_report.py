@@ -76,3 +76,25 @@ def test_memory_bars_that_span_decades_get_a_panel_per_scale():
     assert _by_scale([1.96, 20.0, 193.0, 2610.0]) == [(0, 2), (2, 4)]
     assert _by_scale([1.0, 2.0, 3.0]) == [(0, 3)]
     assert len(_by_scale([1, 100, 10_000, 1_000_000, 100_000_000])) == 3  # at most three panels
+
+
+def test_every_family_gets_its_module_panel_and_a_batch_plot_needs_two_batches(tmp_path):
+    """Four families counted on meta: module_flops.png has a panel for each (a second row of panels, not the
+    first three only); timed at one batch size, step_time_vs_batch.png is not drawn, and the report says why."""
+    from matplotlib.image import imread
+
+    meta = run_app("-m", "model=gpt2_small,bert_base,vit_b16,t5_small", "batch.seq_len=64", "device=meta",
+                   "tracking.experiment=families", cwd=tmp_path)
+    assert meta.returncode == 0, meta.stderr
+    out = run_main(report, "families", "--out", "families", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    height, width = imread(tmp_path / "families" / "module_flops.png").shape[:2]
+    assert height > 1000 and width > 1500  # two rows of three: 4 panels
+    timed = run_app("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                    "model.vocab_size=500", "batch.size=2", "batch.seq_len=16,32", "device=cpu",
+                    "measure.warmup=0", "measure.repeats=1", "tracking.experiment=one_batch", cwd=tmp_path)
+    assert timed.returncode == 0, timed.stderr
+    out = run_main(report, "one_batch", "--out", "one_batch", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "step_time_vs_batch.png not drawn: no model was timed at two or more batch sizes" in out.stdout
+    assert not (tmp_path / "one_batch" / "step_time_vs_batch.png").exists()

@@ -20,6 +20,7 @@ from flopsweep.sinks.jobdir import write_profile
 from flopsweep.sinks.reader import load_result
 
 GIB = 2**30
+MODULE_AXIS = "module (* = every layer; (own) = in it, not in a child)"
 MEMORY = ((M.WEIGHTS_BYTES, "weights"), (M.GRADS_BYTES, "gradients"), (M.OPTIMIZER_STATE_BYTES, "optimizer state"),
           (M.ACTIVATIONS_BYTES, "activations"))
 TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, M.TRAIN_PEAK_BYTES, M.TIME_STEP,
@@ -48,18 +49,23 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Op
 
 
 def _figure(title: str, xlabel: str, ylabel: str, label: str = "", panels: Optional[int] = None):
-    """A figure titled ``title`` over ``label`` (what the report is of): one axes, or a list of ``panels`` axes side by
-    side when ``panels`` is given."""
+    """A figure titled ``title`` over ``label`` (what the report is of): one axes, or a list of ``panels`` axes when
+    ``panels`` is given, three to a row."""
     import matplotlib.pyplot as plt
 
     count = panels or 1
-    fig, axes = plt.subplots(1, count, figsize=(8 if count == 1 else 5.5 * count, 5), dpi=110, squeeze=False)
+    columns, rows = min(count, 3), -(-count // 3)
+    fig, grid = plt.subplots(rows, columns, figsize=(8 if count == 1 else 5.5 * columns, 5 * rows), dpi=110,
+                             squeeze=False)
     fig.suptitle(f"{title}\n{label}" if label else title, fontsize=11)
-    for ax in axes[0]:
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[count:]:  # the last row's empty places
+        ax.remove()
+    for ax in axes[:count]:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    return (fig, axes[0][0]) if panels is None else (fig, list(axes[0]))
+    return (fig, axes[0]) if panels is None else (fig, axes[:count])
 
 
 def _save(fig, path: Path) -> str:
@@ -89,18 +95,27 @@ def _flops_vs_seq_len(df, out: Path, label: str) -> str:
     return _save(fig, out / "flops_vs_seq_len.png")
 
 
+def _value(key: str, value) -> str:
+    """A config value in a legend: ``s2048`` for a sequence length (not 2048.0: a column with gaps is float)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"s{value}" if key == "batch.seq_len" else str(value)
+
+
 def _time_vs_batch(df, out: Path, label: str) -> str:
     if M.TIME_STEP not in df or df[M.TIME_STEP].isna().all():
         return "no timed runs (meta runs are counted, not timed)"
+    keys = [k for k in ("model.name", "batch.seq_len", "dtype.name", "device.type") if k in df]
+    if df.dropna(subset=[M.TIME_STEP]).groupby(keys, dropna=False)["batch.size"].nunique().max() < 2:
+        return "no model was timed at two or more batch sizes"
     fig, (left, right) = _figure("Step time and throughput against batch size", "batch size (sequences)", "",
                                  label, panels=2)
     left.set_ylabel("median step time (s)")
     right.set_ylabel("tokens per second")
-    keys = [k for k in ("model.name", "batch.seq_len", "dtype.name", "device.type") if k in df]
     timed = df.dropna(subset=[M.TIME_STEP])
-    for name, part in timed.groupby(keys):
+    for name, part in timed.groupby(keys, dropna=False):
         part = part.groupby("batch.size")[[M.TIME_STEP, M.TOKENS_PER_S]].median().sort_index()
-        label = " ".join(f"s{v}" if k == "batch.seq_len" else str(v) for k, v in zip(keys, name))
+        label = " ".join(_value(k, v) for k, v in zip(keys, name) if str(v) != "nan")
         left.plot(part.index, part[M.TIME_STEP], marker="o", label=label)
         right.plot(part.index, part[M.TOKENS_PER_S], marker="o", label=label)
     batches = sorted(timed["batch.size"].unique())
@@ -154,7 +169,7 @@ def _modules(df, out: Path, label: str, uri: Optional[str]) -> str:
         return "no counted runs"
     family = "model.family" if "model.family" in df else "model.name"
     counted = df.dropna(subset=[M.FLOPS_STEP])
-    costliest = [part.loc[part[M.FLOPS_STEP].idxmax()] for _, part in counted.groupby(family)][:3]  # each family's
+    costliest = [part.loc[part[M.FLOPS_STEP].idxmax()] for _, part in counted.groupby(family)][:6]  # each family's
     tops = []
     for run in costliest:
         try:
@@ -163,7 +178,7 @@ def _modules(df, out: Path, label: str, uri: Optional[str]) -> str:
             return f"no per-module breakdown for {run['run_name']} ({err})"
         tops.append((run, top[top["flops"] > 0]))
     fig, axes = _figure("Where the FLOPs go: the costliest run of each family",
-                        "share of the model's forward + backward FLOPs (%)", "module (* = every layer)", label,
+                        "share of the model's forward + backward FLOPs (%)", MODULE_AXIS, label,
                         panels=len(tops))
     for ax, (run, top) in zip(axes, tops):
         shares = list(top["share"] * 100)[::-1]
@@ -200,7 +215,7 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     write_profile(result, out)
     rows = bottlenecks(run, top=top, uri=uri, merge_repeats=True)
     fig, ax = _figure(f"{run_name(result.config)}: share of forward + backward FLOPs, and of forward time (mean)",
-                      "share of the model (%)", "module (* = every layer; (own) = in it, not in a child)")
+                      "share of the model (%)", MODULE_AXIS)
     labels = _module_labels(rows)[::-1]
     positions = range(len(labels))
     ax.barh([p + 0.2 for p in positions], list(rows["share"] * 100)[::-1], height=0.4,

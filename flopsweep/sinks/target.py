@@ -36,9 +36,23 @@ class Target:
         shown = f"/runs?viewStateShareKey={view}&" if view else "?"
         page = f"/#/experiments/{experiment_id}{shown}workflowType=machine_learning" if experiment_id else ""
         if self.uri.startswith("sqlite:"):
-            return f"mlflow ui --backend-store-uri {self.uri}" + (f", then open http://127.0.0.1:5000{page}"
+            return f"{_mlflow_script()} ui --backend-store-uri {self.uri}" + (f", then open http://127.0.0.1:5000{page}"
                                                                    if page else "")
         return f"open {self.uri.rstrip('/')}{page} in a browser"
+
+
+def _mlflow_script() -> str:
+    """The ``mlflow`` command beside this Python (``.venv/bin/mlflow``, relative where it is under the working
+    directory): the one that works without the environment activated; plain ``mlflow`` where there is none."""
+    import sys
+
+    script = Path(sys.executable).parent / "mlflow"
+    if not script.exists():
+        return "mlflow"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 # the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)
