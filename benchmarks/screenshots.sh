@@ -27,7 +27,7 @@ print(experiment.experiment_id, run.info.run_id, view)
 PYEOF
 )
 shot() {
-  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1600,1000 --virtual-time-budget=15000 \
+  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=${SIZE:-2400,1000} --virtual-time-budget=15000 \
     --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/#/$2" >/dev/null 2>&1
   echo "$OUT/$1"
 }
