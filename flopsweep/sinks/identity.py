@@ -38,7 +38,7 @@ def fingerprint_of(result: Result) -> str:
 
 
 GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
-                "tracking": "kind"}  # a config group's option, by the field that names it
+               "tracking": "kind"}  # a config group's option, by the field that names it
 _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
 
 

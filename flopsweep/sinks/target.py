@@ -36,8 +36,8 @@ class Target:
         shown = f"/runs?viewStateShareKey={view}&" if view else "?"
         page = f"/#/experiments/{experiment_id}{shown}workflowType=machine_learning" if experiment_id else ""
         if self.uri.startswith("sqlite:"):
-            return f"{_mlflow_script()} ui --backend-store-uri {self.uri}" + (f", then open http://127.0.0.1:5000{page}"
-                                                                   if page else "")
+            opened = f", then open http://127.0.0.1:5000{page}" if page else ""
+            return f"{_mlflow_script()} ui --backend-store-uri {self.uri}{opened}"
         return f"open {self.uri.rstrip('/')}{page} in a browser"
 
 
