@@ -131,3 +131,37 @@ def test_a_decode_step_moves_the_weights_and_the_cache_it_attends_to():
     one = Generation(**{**GEN.__dict__, "new_tokens": 2})
     row = at_batch(one, Serving(H100, "bfloat16"), 1)
     assert row.tpot_s == pytest.approx((16e9 + 131072 * 4097) / 3350e9)
+
+
+def test_a_gqa_cache_on_more_gpus_than_kv_heads_is_repeated_not_split():
+    """8 KV heads on tp=16: a GPU holds one head's cache, an eighth of it (not a sixteenth); on tp=8 the heads split
+    evenly, as a cache of unknown heads does."""
+    gqa = Generation(**{**GEN.__dict__, "kv_heads": 8})
+    wide = Serving(H100, "bfloat16", tp=16)
+    b = largest_batch(gqa, wide)
+    cache = GEN.kv_bytes_per_token * (4096 + 255)
+    assert 16e9 / 16 + b * cache / 8 <= 0.9 * 80e9 < 16e9 / 16 + (b + 1) * cache / 8
+    assert b < largest_batch(GEN, wide)  # what an even split over 16 GPUs said
+    assert largest_batch(gqa, Serving(H100, "bfloat16", tp=8)) == largest_batch(GEN, Serving(H100, "bfloat16", tp=8))
+    # one memory-bound decode step: a GPU reads its sixteenth of the weights and its eighth of 4097 tokens' cache
+    one = Generation(**{**gqa.__dict__, "new_tokens": 2})
+    assert at_batch(one, wide, 1).tpot_s == pytest.approx((16e9 / 16 + 131072 * 4097 / 8) / 3350e9)
+
+
+def test_a_presets_kv_heads_come_from_its_config(tmp_path):
+    """Llama 3.1 8B (32 heads, 8 KV heads) served on 16 H100s: the plan knows its 8 KV heads and says what a GPU
+    holds; its largest batch fits the weights' sixteenth and the cache's eighth in 90 % of a GPU."""
+    out = run_main(main, "--model", "llama3_1_8b", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+                   "--gpu", "H100", "--tp", "16", "--json", "plan.json", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "8 KV heads on tp=16: each GPU holds 0.125 of the cache" in out.stdout
+    payload = json.loads((tmp_path / "plan.json").read_text())
+    gen, b = payload["generation"], payload["largest_batch"]
+    assert gen["kv_heads"] == 8
+    per_sequence = gen["kv_bytes_per_token"] * (64 + 7)
+    assert gen["weights_bytes"] / 16 + b * per_sequence / 8 <= 0.9 * 80e9 < gen["weights_bytes"] / 16 + (b + 1) * \
+        per_sequence / 8
+    from flopsweep.projection.serving import kv_heads
+
+    assert kv_heads({"family": "decoder", "n_head": 32, "n_kv_head": None}) == 32
+    assert kv_heads({"family": "hf", "fields": {"num_attention_heads": 128, "kv_lora_rank": 512}}) == 1  # MLA

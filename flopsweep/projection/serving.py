@@ -7,8 +7,10 @@ once and writes its KV cache; a decode step of b sequences at context c reads th
 (c tokens a sequence) and writes one token's keys and values a sequence. Activations are left out (they stay in
 on-chip memory or are small beside the weights at serving batches). The per-token costs come from the counted
 generation: a decode step's FLOPs are affine in its context (flopsweep.measure.generate), so the line through the
-first and last counted steps gives every step's. With tensor parallelism (``tp``) the weights, the KV cache, the FLOPs
-and the bytes are split over tp GPUs (communication left out) and a request's time is one GPU's.
+first and last counted steps gives every step's. With tensor parallelism (``tp``) the weights and the FLOPs are split
+over tp GPUs (communication left out) and a request's time is one GPU's; the KV cache is split by its heads, so that
+where tp exceeds the KV heads (grouped-query attention on many GPUs) each GPU holds one head's whole cache, the heads
+repeated across GPUs, and an MLA cache (one latent shared by every head) sits whole on every GPU.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Generation:
     weights_bytes: float          # every weight
     weights_read_bytes: float     # what a decode step reads
     dtype: str
+    kv_heads: Optional[int] = None  # the heads the cache is split by under tp (None: not known, split evenly)
 
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
@@ -50,11 +53,16 @@ class Generation:
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), m.get(M.DECODE_WEIGHTS_READ_BYTES) or
-                   m[M.WEIGHTS_BYTES], dtype)
+                   m[M.WEIGHTS_BYTES], dtype, kv_heads(result.config.get("model") or {}))
 
     @property
     def steps(self) -> int:
         return self.new_tokens - 1
+
+    def kv_share(self, tp: int) -> float:
+        """The share of the whole KV cache one of ``tp`` GPUs holds: its heads' (``ceil(kv_heads / tp)`` of them:
+        one where tp is more than the heads), ``1 / tp`` where the heads are not known."""
+        return -(-self.kv_heads // tp) / self.kv_heads if self.kv_heads else 1.0 / tp
 
     def decode_flops(self, contexts: np.ndarray) -> np.ndarray:
         """A decode step's FLOPs per sequence at each context (the line through the counted ends)."""
@@ -111,24 +119,25 @@ class BatchRow:
 
 
 def largest_batch(gen: Generation, serving: Serving) -> int:
-    """The most sequences whose weights and KV cache at the last context fit in ``memory_share`` of the GPUs."""
-    room = serving.memory_share * serving.gpu.memory_bytes * serving.tp - gen.weights_bytes
-    per_sequence = gen.kv_bytes_per_token * (gen.prompt + gen.steps)
+    """The most sequences whose weights and KV cache at the last context fit in ``memory_share`` of each GPU."""
+    room = serving.memory_share * serving.gpu.memory_bytes - gen.weights_bytes / serving.tp
+    per_sequence = gen.kv_bytes_per_token * (gen.prompt + gen.steps) * gen.kv_share(serving.tp)
     return max(0, int(room // per_sequence)) if per_sequence > 0 else 0
 
 
 def _phase(flops: np.ndarray, moved: np.ndarray, serving: Serving) -> tuple[np.ndarray, np.ndarray]:
-    compute, memory = flops / serving.tp / serving.flops_per_s, moved / serving.tp / serving.bytes_per_s
+    """The time of a phase on one GPU: its share of the FLOPs, and ``moved``, the bytes one GPU moves."""
+    compute, memory = flops / serving.tp / serving.flops_per_s, moved / serving.bytes_per_s
     return np.maximum(compute, memory), compute >= memory
 
 
 def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     """A batch of ``batch`` requests, all prefilled together then decoded in step."""
-    kv = gen.kv_bytes_per_token
+    kv, tp = gen.kv_bytes_per_token * gen.kv_share(serving.tp), serving.tp  # one GPU's cache bytes a token
     prefill, prefill_compute = _phase(np.array([batch * gen.prefill_flops]),
-                                      np.array([gen.weights_bytes + batch * gen.prompt * kv]), serving)
+                                      np.array([gen.weights_bytes / tp + batch * gen.prompt * kv]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
-    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes + batch * kv * contexts,
+    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes / tp + batch * kv * contexts,
                             serving)
     ttft, decode = float(prefill[0]), float(steps.sum())
     tpot = decode / len(contexts) if len(contexts) else 0.0
@@ -143,6 +152,19 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
                     price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
                     price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
                     watts * gpu_hours / 1000.0 * per_m_out if watts is not None else None)
+
+
+def kv_heads(model: dict[str, Any]) -> Optional[int]:
+    """The heads a model's KV cache is split by: its key/value heads (grouped-query attention), else its attention
+    heads; 1 for an MLA cache (DeepSeek's ``kv_lora_rank``: one latent for every head); None where not said."""
+    fields = model.get("fields") or {}
+    if "kv_lora_rank" in fields:
+        return 1
+    for value in (model.get("n_kv_head"), fields.get("num_key_value_heads"), fields.get("n_head_kv"),
+                  model.get("n_head"), fields.get("num_attention_heads"), fields.get("n_head")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def batches(largest: int, count: int = 12) -> list[int]:
@@ -172,7 +194,9 @@ class ServingPlan:
                  f"on {s.tp} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
                  f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
-                 + (f"; {s.gpus:,} GPUs: {s.gpus // s.tp:,} replicas" if s.gpus else ""),
+                 + (f"; {s.gpus:,} GPUs: {s.gpus // s.tp:,} replicas" if s.gpus else "")
+                 + (f"; {g.kv_heads} KV heads on tp={s.tp}: each GPU holds {g.kv_share(s.tp):.3g} of the cache"
+                    if g.kv_heads and s.tp > 1 and g.kv_share(s.tp) * s.tp > 1 else ""),
                  f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
                  f"{s.memory_share:.0%} of memory)", ""]
         fleet = [f"tokens/s on {s.gpus:,}"] if s.gpus else []
