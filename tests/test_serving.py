@@ -118,6 +118,7 @@ def test_a_serving_plan_is_logged_to_mlflow_with_its_figures_over_the_batch_and_
     client = MlflowClient(f"sqlite:///{db}")
     run = client.get_run(run_id)
     assert run.data.tags["flopsweep.kind"] == "projection" and run.data.params["hardware.name"] == "H100"
+    assert "None" not in run.data.params.values() and "" not in run.data.tags.values()  # no --watts, no run
     history = client.get_metric_history(run_id, "serving/output_tokens_per_s_per_gpu")
     largest = int(run.data.metrics["serving/largest_batch"])
     assert sorted(m.step for m in history)[-1] == largest and len(history) >= 2

@@ -278,6 +278,7 @@ def log_projection(target: Target, record: dict[str, Any], measured_run: Optiona
         client = store(target)
         tags = {"flopsweep.kind": "projection", "flopsweep.measured_run": measured_run or "",
                 "flopsweep.source": str(record["source"])[:5000], **common_tags()}
+        tags = {k: v for k, v in tags.items() if v not in ("", None)}  # no empty tags (no measured run: --model)
         run = client.client.create_run(client.experiment_id(), run_name=record["name"], tags=tags)
         now = int(time.time() * 1000)
         series = [Metric(k, float(v), now, int(step)) for k, points in record.get("series", {}).items()
@@ -285,7 +286,8 @@ def log_projection(target: Target, record: dict[str, Any], measured_run: Optiona
         client.client.log_batch(run.info.run_id,
                                 metrics=[Metric(k, float(v), now, 0) for k, v in record["metrics"].items()
                                          if v is not None] + series,
-                                params=[Param(k, str(v)[:6000]) for k, v in record["params"].items()])
+                                params=[Param(k, str(v)[:6000]) for k, v in record["params"].items()
+                                        if v is not None])  # no 'None' literals: a price or fleet not given
         with tempfile.TemporaryDirectory() as tmp:
             for name, content in record["artifacts"].items():
                 path = Path(tmp) / name
