@@ -176,7 +176,8 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3, timed_for
              f"{seconds(latency) if latency is not None else 'not timed'}"
              + (f", {human(flops / latency)}FLOP/s" if latency else ""),
              "FLOPs: matmul class, multiply-add = 2. Latency: "
-             + (f"{hooks_line(latency, timed_forward)}." if latency else "not timed (a meta job)."), "",
+             + (f"{hooks_line(latency, timed_forward)}." if latency else "not timed (meta, or measure.time=false)."),
+             "",
              f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
              "(work done directly in shallower modules)"]
     lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],
