@@ -209,6 +209,29 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_every_file_on_it_i
     assert not list(disk.glob("**/*.tmp"))
 
 
+def test_a_job_measured_when_the_disk_filled_is_logged_to_a_store_with_room(tmp_path, tmpfs):
+    """The job folders on a disk that fills (a 128 KiB tmpfs), the store on another: the job whose folder could not be
+    written is logged all the same, and a resume (elsewhere, skip_existing=true) measures only what never was."""
+    from mlflow.tracking import MlflowClient
+
+    disk = tmpfs(tmp_path / "outputs" / "sweeps", size="128k")
+    sweep = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32,64,128,256,512",
+             "tracking.experiment=full"]
+    proc = run_app(*sweep, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    written = list(disk.glob("**/result.json"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("full")
+    runs = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'job' and tags.status = 'ok'")
+    unwritten = [r for r in runs if not (Path(r.data.tags["flopsweep.job_folder"]) / "result.json").exists()]
+    assert written and len(runs) == len(written) + 1 and len(unwritten) == 1, proc.stdout
+    assert unwritten[0].data.metrics["flops/forward"] > 0 and "logged to MLflow (run" in proc.stdout
+    resume = run_app(*sweep, "skip_existing=true", f"hydra.sweep.dir={tmp_path / 'more'}", cwd=tmp_path)
+    assert resume.returncode == 0, resume.stderr
+    statuses = [r["status"] for r in results(tmp_path / "more")]
+    assert sorted(statuses) == ["ok"] * (6 - len(runs)) + ["skipped"] * len(runs)
+
+
 def test_a_read_only_output_folder_is_one_line_before_anything_is_measured(tmp_path, tmpfs):
     tmpfs(tmp_path / "outputs", read_only=True)
     for args in (SWEEP, SWEEP[1:3]):  # a sweep, a single run

@@ -90,15 +90,18 @@ def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Opt
     swept = [key for key in os.environ.get(SWEPT_ENV, "").split(",") if key]
     if swept and hydra_cfg.mode == RunMode.MULTIRUN:  # what tells it apart from the sweep's other runs, first
         result.info["run_name"] = short_name(result.config or {}, swept)
+    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
+    job = {"job_num": job_num, "overrides": overrides}
     try:
         write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
-    except OSError as err:  # the numbers are said here and in the sweep's table; the sweep stops
-        say("\n".join(lines))
+    except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
         state.current().unwritten[folder.name] = result
+        if _log(cfg, result, folder, job) and result.info["tracking"]["logged"]:  # a resume finds it there
+            lines.append(f"logged to MLflow (run {result.info['tracking']['run_id']}) with the files it has")
+        say("\n".join(lines))
         raise state.Unwritable(folder, err) from None
     say("\n".join([*lines, f"results: {folder}"]))
-    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
-    _track(cfg, result, folder, {"job_num": job_num, "overrides": overrides}, hydra_cfg.mode == RunMode.MULTIRUN)
+    _track(cfg, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,24 +145,32 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     return result
 
 
-def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any], in_sweep: bool) -> None:
-    """Log the job's run, and record in its ``result.json`` where, or why not: said here unless the store is known
-    to be down in a sweep (said once, by the sweep or the first job that found it)."""
+def _log(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> bool:
+    """Log the job's run and record where, or why not, in ``result.info["tracking"]``; False where there is nothing
+    to log to (tracking=none, a job refused for where it logs, or skip_existing's run already in the store)."""
     from flopsweep.sinks.store import log_job
     from flopsweep.sinks.target import target_of
 
     if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
-        return
+        return False
     try:
         target = target_of(cfg.tracking, Path.cwd())
     except ConfigError as err:
         if result.error == str(err):  # the job was refused for where it logs: said once, not tried as a store
-            return
+            return False
         result.info["tracking"] = {"logged": False, "error": str(err)}
-    else:
-        if target is None:
-            return
-        result.info["tracking"] = log_job(target, result, folder, job)
+        return True
+    if target is None:
+        return False
+    result.info["tracking"] = log_job(target, result, folder, job)
+    return True
+
+
+def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any], in_sweep: bool) -> None:
+    """Log the job's run, and record in its ``result.json`` where, or why not: said here unless the store is known
+    to be down in a sweep (said once, by the sweep or the first job that found it)."""
+    if not _log(cfg, result, folder, job):
+        return
     try:
         result.write(folder / "result.json")
     except OSError as err:  # the result.json before (without where it was logged) stays whole
