@@ -225,12 +225,17 @@ def test_the_experiment_and_its_runs_read_well_in_mlflows_ui(sweep):
     assert experiment.tags["mlflow.note.content"].startswith("flopsweep measurements: one run per job")
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
     assert re.fullmatch(r"test_sweep \d{4}-\d{2}-\d{2} \d{2}:\d{2}", parent.info.run_name), parent.info.run_name
+    # descriptions: the sweep's command and its table as the console printed it; each job's figures
+    note = parent.data.tags["mlflow.note.content"]
+    table = proc.stdout[proc.stdout.index("\njob  ") + 1:].split("\n\n")[0]
+    assert note.startswith("`flopsweep ") and "model.n_head=4,6,7" in note and table in note
     for run in job_runs(client, experiment):
         result = json.loads((Path(run.data.tags["flopsweep.job_folder"]) / "result.json").read_text())
         if result["status"] == "ok":
             job = result["info"]["job"]
             assert run.info.start_time == int(job["start"] * 1000) and run.info.end_time == int(job["end"] * 1000)
             assert "error" not in run.data.tags  # it was an empty tag, shown in bold
+            assert run.data.tags["mlflow.note.content"].startswith("```\ngpt2_small|b2|s32|float32|meta\nflops/")
         assert "None" not in run.data.params.values() and "" not in run.data.tags.values()
         assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
         assert run.data.tags["mlflow.source.name"] == "flopsweep" and run.data.tags["host.cpu"]

@@ -23,7 +23,7 @@ from flopsweep.sinks.identity import (common_tags, experiment_description, finge
                                       sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
 from flopsweep.sinks.target import Target
-from flopsweep.sinks.views import sweep_view, view_key
+from flopsweep.sinks.views import NOTE_TAG, job_note, sweep_note, sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
 LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
@@ -70,7 +70,7 @@ class Store:
                 if found is None:
                     self._experiment_id = self.client.create_experiment(
                         self.target.experiment, artifact_location=self.target.artifact_root,
-                        tags={**EXPERIMENT_TAGS, "mlflow.note.content": experiment_description()})
+                        tags={**EXPERIMENT_TAGS, NOTE_TAG: experiment_description()})
                 else:
                     self._experiment_id = found.experiment_id
                     if "mlflow.experimentKind" not in found.tags:  # made by an older flopsweep, or by hand
@@ -125,13 +125,13 @@ class Store:
         self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
         if summary_csv.exists():
             self.client.log_artifact(run_id, str(summary_csv))
-        key = None
         if results:
-            tag, value = sweep_view(run_id, self.client.get_run(run_id).info.run_name, [r for _, r in results])
-            self.client.set_experiment_tag(self.experiment_id(), tag, value)
-            key = view_key(run_id)
+            run = self.client.get_run(run_id)
+            self.client.set_experiment_tag(self.experiment_id(), *sweep_view(run_id, run.info.run_name,
+                                                                             [r for _, r in results]))
+            self.client.set_tag(run_id, NOTE_TAG, sweep_note(run.data.tags.get("flopsweep.overrides", ""), results))
         self.end_parent(run_id, status or ("FAILED" if failed or any_failed(results) else "FINISHED"))
-        return key
+        return view_key(run_id) if results else None
 
     def end_parent(self, run_id: str, status: str) -> None:
         """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""
@@ -163,7 +163,8 @@ class Store:
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()},
                 "device_name": (result.info.get("timing") or {}).get("device_name") or "",
                 "flopsweep.name": run_name(config),  # the whole name; the run's own may be the sweep's short one
-                "mlflow.parentRunId": parent_id or ""}
+                "mlflow.parentRunId": parent_id or "",
+                NOTE_TAG: job_note(result)}
         tags = {k: v for k, v in tags.items() if v not in ("", None, "None")}  # no empty tags (a bold empty error)
         started, ended = _job_times(result)
         run = self.client.create_run(self.experiment_id(), run_name=result.info.get("run_name") or run_name(config),

@@ -1,5 +1,6 @@
-"""The runs table a sweep opens on in MLflow's UI: a saved view of the sweep's jobs (and nothing else) with the
-columns a person compares first, the console summary's figures and the keys the sweep varies, smallest step first.
+"""What MLflow's UI shows of a sweep beyond the numbers: the runs table it opens on, a saved view of the sweep's jobs
+(and nothing else) with the columns a person compares first, the console summary's figures and the keys the sweep
+varies, smallest step first; and the runs' descriptions, what the console said of each job and of the sweep.
 
 MLflow's UI keeps a view as an experiment tag ``mlflow.sharedViewState.<key>``: a JSON envelope (``name``,
 ``createdAt``, ``updatedAt``, ``state``) whose ``state`` is the JSON of the runs page (``selectedColumns`` with
@@ -18,10 +19,11 @@ from typing import Any
 
 from flopsweep.core import metrics as M
 from flopsweep.core.result import Result
-from flopsweep.core.text import SUMMARY_COLUMNS, SUMMARY_FALLBACKS
-from flopsweep.sinks.identity import GROUP_NAMES, flatten
+from flopsweep.core.text import SUMMARY_COLUMNS, SUMMARY_FALLBACKS, job_lines, summary_table
+from flopsweep.sinks.identity import GROUP_NAMES, flatten, run_name
 
 VIEW_TAG = "mlflow.sharedViewState."
+NOTE_TAG = "mlflow.note.content"  # a run's (or an experiment's) description on its page, in Markdown
 SECTION = "flopsweep-key-figures"  # the chart section of the figures a sweep compares
 OPTIONS = {f"{group}.{field}" for group, field in GROUP_NAMES.items()}  # model.name, dtype.name, ...
 
@@ -77,3 +79,13 @@ def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, s
     now = int(time.time() * 1000)
     value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
     return VIEW_TAG + view_key(parent_id), value
+
+
+def job_note(result: Result) -> str:
+    """A job run's description: its full name and what the console said of it (the figures for its mode)."""
+    return "```\n" + "\n".join([run_name(result.config or {}), *job_lines(result)]) + "\n```"
+
+
+def sweep_note(overrides: str, results: list[tuple[str, Result]]) -> str:
+    """A sweep run's description: the command's overrides and the console's table of its jobs."""
+    return f"`flopsweep {overrides}`\n\n```\n{summary_table(results)}\n```"
