@@ -1,5 +1,7 @@
 """Timings on the CPU: full steps and the time-one-block-and-multiply mode (``measure.timing=per_block``)."""
 
+from pathlib import Path
+
 import pytest
 
 from flopsweep.build.model import build
@@ -23,6 +25,11 @@ def test_timings_are_positive_and_add_up(timer):
     assert record.forward.median > 0 and record.backward.median > 0 and record.optimizer.median > 0
     assert record.step.median >= record.forward.median
     assert record.repeats == 3 and record.threads >= 1
+    # the CPU by its model, as the kernel names it (a fingerprint tells two CPUs apart), not the platform's "x86_64"
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    if models:
+        assert record.device_name == models[0]
     if timer is time_per_block:
         assert record.method == "per_block" and record.blocks == {"blocks": 3}
     else:

@@ -1,5 +1,6 @@
 """Accelerators: dense peak throughput by dtype (TFLOP/s; TOP/s for int8), memory and memory bandwidth, each row with
-its source, for MFU (matched against ``torch.cuda.get_device_name()``) and for projections (``--gpu NAME``).
+its source, for MFU (matched against ``torch.cuda.get_device_name()``) and for projections (``--gpu NAME``); and the
+CPU's model name, a CPU job's device name.
 
 Every figure is dense (no 2:4 sparsity) as the vendor publishes it; memory in GB (10^9 bytes) and bandwidth in GB/s
 as published. A user's own part comes from flags or a YAML file (``flopsweep-project --hardware FILE``).
@@ -7,7 +8,10 @@ as published. A user's own part comes from flags or a YAML file (``flopsweep-pro
 
 from __future__ import annotations
 
+import functools
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, is_number, require
@@ -132,3 +136,16 @@ def from_fields(fields: Any, origin: str) -> Accelerator:
                            float(fields["bandwidth_gbs"]), str(fields.get("source", origin)))
     except (TypeError, ValueError) as err:
         raise ConfigError("hardware", origin, str(err)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC 7B13``), as the kernel reports it (the platform's word for it elsewhere): a
+    CPU job's device name, and every run's ``host.cpu`` tag."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

@@ -13,6 +13,8 @@ from typing import Any, Callable, ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
+from flopsweep.core.hardware import cpu_model
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -94,10 +96,10 @@ def repeat(clock: Clock, warmup: int, repeats: int, run: Callable[[], Sequence[A
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model (``AMD EPYC 7B13``, not ``x86_64``: a fingerprint tells two CPUs apart)."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def time_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core import __version__
+from flopsweep.core.hardware import cpu_model
 from flopsweep.core.result import Result
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
@@ -87,18 +88,6 @@ def common_tags() -> dict[str, str]:
             "python.version": platform.python_version(), "host": socket.gethostname(), "host.cpu": cpu_model(),
             "git.commit": git_commit(), "mlflow.source.git.commit": git_commit(), "mlflow.source.name": "flopsweep",
             "mlflow.source.type": "LOCAL"}
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's model name (``AMD EPYC 7B13``), as the kernel reports it; the platform's word for it elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _version_of(package: str) -> str:
