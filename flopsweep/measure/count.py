@@ -160,26 +160,21 @@ def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
     """Run one training step (or only the forward pass when ``backward`` is false) and count it.
 
     ``context`` makes the context manager the forward pass runs in (autocast, for mixed precision)."""
+    if not backward:
+        return count_call(model, lambda: model(**inputs), causal_half=causal_half, context=context)[0]
     tracker = ModuleTracker(model)
     counter = Counter(tracker, CountOptions(causal_half=causal_half))
     with tracker, counter:
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
         with (context() if context else contextlib.nullcontext()):
-            if backward:
-                loss = model(**inputs)
-            else:
-                with torch.no_grad():
-                    loss = model(**inputs)
-        if backward:
-            counter.phase = "backward"
-            loss.backward()
-            if optimizer is not None:
-                counter.phase = "optimizer"
-                optimizer.step()
-    return counter.result(backward, optimizer is not None)
-
-
+            loss = model(**inputs)
+        counter.phase = "backward"
+        loss.backward()
+        if optimizer is not None:
+            counter.phase = "optimizer"
+            optimizer.step()
+    return counter.result(True, optimizer is not None)
 
 
 def count_call(model: nn.Module, run: Callable[[], Any], *, causal_half: bool = False,
