@@ -213,6 +213,13 @@ def sync(sweep_dir: Path, uri: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def test_a_real_postgresql_answers_the_stores_check(server):
+    """The check asks PostgreSQL for its first word (an SSL request), without its driver: a real server answers."""
+    from flopsweep.sinks import health
+
+    assert health.probe(f"postgresql://mlflow:x@127.0.0.1:{server.db_port}/mlflow") is None
+
+
 def test_eight_workers_log_every_run_once_to_postgres(server, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -152,6 +152,36 @@ def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_
         assert "did not answer within 5 s" in out.stderr.strip().splitlines()[0], out.stderr
 
 
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its_password_never_shown(
+        tmp_path, silent_server, scheme):
+    """A PostgreSQL or MySQL store whose port accepts connections and says nothing (a hung server, a proxy with
+    nothing behind it) was taken as up: its first word is asked for, in seconds. The URI's password is in no line of
+    ours (Hydra's own log repeats the command) and not in result.json, where flopsweep-sync finds it again from
+    MLFLOW_TRACKING_URI, or says in one line to give it."""
+    port = silent_server.rsplit(":", 1)[1]
+    uri = f"{scheme}://flopsweep:s3cr3t@127.0.0.1:{port}/mlflow"
+    proc = run_app(*SWEEP, "tracking=server", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr
+    start, end = said(proc.stderr)
+    masked = f"{scheme}://flopsweep:***@127.0.0.1:{port}/mlflow"
+    assert f"the store {masked} cannot be used: 127.0.0.1:{port} accepts connections but did not answer within 5 s" \
+        in start, start
+    assert "2 of 2 jobs not logged" in end
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "[HYDRA]" not in line]
+    assert not any("s3cr3t" in line for line in ours)
+    jobs = results(tmp_path / "outputs")
+    assert all(r["info"]["tracking"]["uri"] == masked for r in jobs)
+    # flopsweep-sync goes back to the store the job recorded: the real URI is the job's config's (made from the
+    # environment), the one that shows as the recorded one
+    again = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
+    assert again.returncode == 1 and "did not answer within 5 s" in again.stderr and "s3cr3t" not in again.stderr
+    from flopsweep.sinks.target import unmasked
+
+    assert unmasked(masked, None, "sqlite:///x.db", uri) == uri and unmasked(masked, None) is None
+    assert unmasked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
 def test_a_server_that_stops_answering_after_the_check_is_given_up_for_the_rest_of_the_sweep(tmp_path):
     """The server answers the check, then nothing: the first request that waits as long as a check may take marks
     the store unusable for the sweep, and no job waits for it again."""

@@ -7,15 +7,19 @@ it again. ``flopsweep-sync`` logs them once it works."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import sqlite3
+import struct
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+
+from flopsweep.sinks.target import shown
 
 CHECK_SECONDS = 5.0
 DOWN_ENV = "FLOPSWEEP_STORES_DOWN"  # {uri: reason} of the stores this sweep found unusable
@@ -39,7 +43,7 @@ def check(uri: str, write: bool = True) -> None:
         elif write:
             mark_down(uri, reason)
     if reason is not None:
-        raise StoreUnusable(f"the store {uri} cannot be used: {reason}")
+        raise StoreUnusable(f"the store {shown(uri)} cannot be used: {reason}")
 
 
 def down_reason(uri: str) -> Optional[str]:
@@ -79,7 +83,7 @@ def probe(uri: str, write: bool = True, seconds: float = CHECK_SECONDS) -> Optio
     if scheme in DB_PORTS:
         parts = urlsplit(uri)
         if parts.hostname:
-            return _probe_port(parts.hostname, parts.port or DB_PORTS[scheme], seconds)
+            return _probe_database(scheme, parts.hostname, parts.port or DB_PORTS[scheme], seconds)
     return None
 
 
@@ -114,9 +118,15 @@ _SET_ASIDE = "move it aside: the next sweep makes a new store, and flopsweep-syn
 
 
 def _probe_server(uri: str, seconds: float) -> Optional[str]:
-    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    parts = urlsplit(uri)  # a user and password in the address (as MLflow's client takes them): basic auth
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(parts._replace(netloc=host).geturl().rstrip("/")
+                                     + "/api/2.0/mlflow/experiments/search?max_results=1")
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url, timeout=seconds) as answer:
+        with urllib.request.urlopen(request, timeout=seconds) as answer:
             answer.read(1)
     except urllib.error.HTTPError as err:  # it answers: a refusal (401, 404) is MLflow's client's to explain
         if err.code >= 500:
@@ -129,9 +139,26 @@ def _probe_server(uri: str, seconds: float) -> Optional[str]:
     return None
 
 
-def _probe_port(host: str, port: int, seconds: float) -> Optional[str]:
+# a database server's first word, asked without its driver: PostgreSQL answers a request for SSL with one byte (S or
+# N; E from a server too old to know it), MySQL greets every connection; SQL Server's port is only reached
+_POSTGRES_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def _probe_database(scheme: str, host: str, port: int, seconds: float) -> Optional[str]:
     try:
-        with socket.create_connection((host, port), timeout=seconds):
-            return None
+        connection = socket.create_connection((host, port), timeout=seconds)
     except OSError as err:
         return f"{host}:{port} cannot be reached ({err.strerror or err})"
+    with connection:
+        try:
+            if scheme == "postgresql":
+                connection.sendall(_POSTGRES_SSL_REQUEST)
+            elif scheme != "mysql":
+                return None
+            if not connection.recv(1):
+                return f"{host}:{port} closed the connection without answering"
+        except TimeoutError:
+            return f"{host}:{port} accepts connections but did not answer within {seconds:.0f} s"
+        except OSError as err:
+            return f"{host}:{port} cannot be reached ({err.strerror or err})"
+    return None

@@ -2,13 +2,13 @@
 :class:`~flopsweep.sinks.target.Target`, and logging that never raises. Tracking never measures, and a tracking
 failure never loses a result: the job folder is written first, and a store that fails is recorded in it.
 
-``mlflow`` is imported only in ``flopsweep.sinks``, and only when something is logged or read, so ``--help`` and
-config errors stay fast.
+``mlflow`` is imported only in ``flopsweep.sinks`` and when something is logged or read: ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import tempfile
 import time
@@ -22,7 +22,7 @@ from flopsweep.sinks import health
 from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
                                       sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
-from flopsweep.sinks.target import Target
+from flopsweep.sinks.target import Target, masked_file, shown
 from flopsweep.sinks.views import NOTE_TAG, job_note, sweep_note, sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
@@ -177,14 +177,15 @@ class Store:
             key = next((k for k in keys if is_number(flat.get(k))), None)
             if key is not None:
                 metrics.append(Metric(name, float(flat[key]), now, 0))
-        params = [Param(k, str(v)[:6000]) for k, v in flat.items()
+        params = [Param(k, shown(str(v))[:6000]) for k, v in flat.items()  # a store's password masked
                   if "=" not in k and "," not in k and v is not None and v != ""]  # no 'None' literals
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
-        for path in sorted(folder.rglob("*")):  # every file of the job folder but the empty ones (an unused log)
-            if path.is_file() and path.stat().st_size > 0:
-                relative = path.parent.relative_to(folder)
-                self.client.log_artifact(run_id, str(path), None if str(relative) == "." else str(relative))
+        with tempfile.TemporaryDirectory() as scratch:  # every file of the job folder but the empty ones (a log)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 0):
+                relative = str(path.parent.relative_to(folder))
+                self.client.log_artifact(run_id, str(masked_file(path, self.target.uri, Path(scratch))),
+                                         None if relative == "." else relative)
         self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"), end_time=ended)
         return run_id
 
@@ -200,8 +201,6 @@ def mlflow_client(uri: str, write: bool = True):
     """MLflow's client for ``uri``, once the store is found usable (:func:`~flopsweep.sinks.health.check`, else
     :class:`~flopsweep.sinks.health.StoreUnusable`); a request that gets no answer costs seconds, not MLflow's default
     minutes of retries."""
-    import logging
-
     health.check(uri, write)
     from mlflow.tracking import MlflowClient
 
@@ -210,6 +209,7 @@ def mlflow_client(uri: str, write: bool = True):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(health.CHECK_SECONDS)))
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run" line a job, password too
     return MlflowClient(tracking_uri=uri)
 
 
@@ -228,10 +228,10 @@ def _store(target: Target) -> Store:
 def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
     """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``. A store found
     unusable in this sweep is not tried again (``known`` in what is returned: the sweep said why, once)."""
-    tracking = {"logged": False, "uri": target.uri, "experiment": target.experiment}
+    tracking = {"logged": False, "uri": shown(target.uri), "experiment": target.experiment}  # no password
     known = health.down_reason(target.uri)
     if known is not None:
-        return {**tracking, "error": f"the store {target.uri} cannot be used: {known}", "known": True}
+        return {**tracking, "error": f"the store {shown(target.uri)} cannot be used: {known}", "known": True}
     started = time.monotonic()
     try:
         run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
@@ -295,6 +295,6 @@ def log_projection(target: Target, record: dict[str, Any], measured_run: Optiona
                 path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
             client.client.log_artifacts(run.info.run_id, tmp)
         client.client.set_terminated(run.info.run_id, "FINISHED")
-        return f"run {run.info.run_id} in experiment {target.experiment!r} ({target.uri})"
+        return f"run {run.info.run_id} in experiment {target.experiment!r} ({shown(target.uri)})"
     except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
         return f"not logged to MLflow ({one_line(err)})"

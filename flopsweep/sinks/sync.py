@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from flopsweep.core.errors import one_line
+from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.files import locked
 from flopsweep.core.result import Result
 from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
 from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Store, failed, store
-from flopsweep.sinks.target import Target, target_at, target_of_uri
+from flopsweep.sinks.target import URI_ENV, Target, shown, target_at, target_of_uri, unmasked
 
 
 @dataclass
@@ -88,7 +88,12 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             on_failure(folder, one_line(err, kind=False))
             continue
         name = experiment or (result.config.get("tracking") or {}).get("experiment") or "flopsweep"
-        target = _target(uri, store_dir, result, name)
+        try:
+            target = _target(uri, store_dir, result, name)
+        except ConfigError as err:
+            done.failed += 1
+            on_failure(folder, str(err))
+            continue
         done.uris.add(target.uri)
         try:
             runs = store(target)
@@ -196,12 +201,14 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
     if uri or store_dir:
         return target_at(uri, store_dir or "outputs", experiment, environment=False)
     recorded = (result.info.get("tracking") or {}).get("uri")
-    if recorded:
-        return target_of_uri(recorded, experiment)
+    if recorded:  # recorded with its password masked: the job's config or the environment gives it back
+        real = unmasked(recorded, (result.config.get("tracking") or {}).get("uri"), os.environ.get(URI_ENV))
+        require(real is not None, "uri", recorded, f"was recorded without its password: give --uri or {URI_ENV}")
+        return target_of_uri(real, experiment)
     return target_at(None, "outputs", experiment)
 
 
 def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:
-    result.info["tracking"] = {"logged": True, "uri": target.uri, "experiment": target.experiment, "run_id": run_id,
-                               "synced": True}
+    result.info["tracking"] = {"logged": True, "uri": shown(target.uri), "experiment": target.experiment,
+                               "run_id": run_id, "synced": True}
     result.write(folder / "result.json")

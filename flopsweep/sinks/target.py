@@ -4,9 +4,11 @@ experiment), and the checks that refuse a target that can never work. Nothing he
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from flopsweep.core.errors import require
 
@@ -38,7 +40,36 @@ class Target:
         if self.uri.startswith("sqlite:"):
             opened = f", then open http://127.0.0.1:5000{page}" if page else ""
             return f"{_mlflow_script()} ui --backend-store-uri {self.uri}{opened}"
-        return f"open {self.uri.rstrip('/')}{page} in a browser"
+        return f"open {shown(self.uri).rstrip('/')}{page} in a browser"
+
+
+def shown(uri: str) -> str:
+    """``uri`` as it may be printed or logged: a password in it masked (``postgresql://me:***@db:5432/mlflow``)."""
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
+
+
+def masked_file(path: Path, uri: str, scratch: Path) -> Path:
+    """``path``, or where its password-free copy was written under ``scratch`` (same name) if it holds ``uri``'s
+    password (a config that names a database store with it): what goes to the store never carries it."""
+    secret = urlsplit(uri).password
+    data = path.read_bytes() if secret else b""
+    if not secret or secret.encode() not in data:
+        return path
+    copy = Path(tempfile.mkdtemp(dir=scratch)) / path.name
+    copy.write_bytes(data.replace(f":{secret}@".encode(), b":***@").replace(secret.encode(), b"***"))
+    return copy
+
+
+def unmasked(recorded: str, *candidates: Optional[str]) -> Optional[str]:
+    """The URI that ``recorded`` (as :func:`shown` wrote it) stands for: itself where no password was masked, else
+    the one of ``candidates`` (the job's config, the environment) that shows as it; None where none does."""
+    if urlsplit(recorded).password != "***":
+        return recorded
+    return next((c for c in candidates if c and shown(c) == recorded), None)
 
 
 def _mlflow_script() -> str:
@@ -53,6 +84,9 @@ def _mlflow_script() -> str:
         return str(script.relative_to(Path.cwd()))
     except ValueError:
         return str(script)
+
+
+URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where runs go when nothing else says
 
 
 # the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)
@@ -70,7 +104,7 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
     require(isinstance(tracking.experiment, str) and tracking.experiment.strip() != "", "tracking.experiment",
             tracking.experiment, "must be a name")
     if tracking.kind == "server":
-        uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = tracking.uri or os.environ.get(URI_ENV)
         require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
         scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
         require(scheme in STORE_SCHEMES, "tracking.uri", uri,
@@ -85,7 +119,7 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
 def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
     """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
     ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
-    uri = uri or (os.environ.get("MLFLOW_TRACKING_URI") if environment else None)
+    uri = uri or (os.environ.get(URI_ENV) if environment else None)
     if uri:
         return Target(uri, None, experiment)
     store = Path(store_dir).resolve()
