@@ -176,7 +176,9 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     # environment), the one that shows as the recorded one
     again = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert again.returncode == 1 and "did not answer within 5 s" in again.stderr and "s3cr3t" not in again.stderr
-    from flopsweep.sinks.target import unmasked
+    from flopsweep.sinks.target import shown, unmasked
+
+    assert shown("//[0.9, 0.99") == "//[0.9, 0.99"  # a param that is no address is logged as it is, not a crash
 
     assert unmasked(masked, None, "sqlite:///x.db", uri) == uri and unmasked(masked, None) is None
     assert unmasked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

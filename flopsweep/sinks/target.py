@@ -44,9 +44,13 @@ class Target:
 
 
 def shown(uri: str) -> str:
-    """``uri`` as it may be printed or logged: a password in it masked (``postgresql://me:***@db:5432/mlflow``)."""
-    parts = urlsplit(uri)
-    if not parts.password:
+    """``uri`` as it may be printed or logged: a password in it masked (``postgresql://me:***@db:5432/mlflow``); any
+    other text as it is."""
+    try:
+        parts = urlsplit(uri)
+        if not parts.password:
+            return uri
+    except ValueError:  # not an address (a bracket where a host would be)
         return uri
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
