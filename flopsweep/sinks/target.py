@@ -61,17 +61,21 @@ def masked_file(path: Path, uri: str, scratch: Path) -> Path:
     password (a config that names a database store with it): what goes to the store never carries it."""
     secret = urlsplit(uri).password
     data = path.read_bytes() if secret else b""
-    if not secret or secret.encode() not in data:
+    form = f":{secret}@".encode()  # as an address holds it (Hydra's files too: user\:secret@): not a bare word
+    if not secret or form not in data:
         return path
     copy = Path(tempfile.mkdtemp(dir=scratch)) / path.name
-    copy.write_bytes(data.replace(f":{secret}@".encode(), b":***@").replace(secret.encode(), b"***"))
+    copy.write_bytes(data.replace(form, b":***@"))
     return copy
 
 
 def unmasked(recorded: str, *candidates: Optional[str]) -> Optional[str]:
     """The URI that ``recorded`` (as :func:`shown` wrote it) stands for: itself where no password was masked, else
     the one of ``candidates`` (the job's config, the environment) that shows as it; None where none does."""
-    if urlsplit(recorded).password != "***":
+    try:
+        if urlsplit(recorded).password != "***":
+            return recorded
+    except ValueError:
         return recorded
     return next((c for c in candidates if c and shown(c) == recorded), None)
 
