@@ -179,6 +179,10 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     from flopsweep.sinks.target import shown, unmasked
 
     assert shown("//[0.9, 0.99") == "//[0.9, 0.99"  # a param that is no address is logged as it is, not a crash
+    from flopsweep.core.errors import one_line
+
+    assert one_line(RuntimeError("API request to http://u:s3cr3t@h:1/api failed")) == \
+        "RuntimeError: API request to http://u:***@h:1/api failed"  # MLflow's own errors name the address
 
     assert unmasked(masked, None, "sqlite:///x.db", uri) == uri and unmasked(masked, None) is None
     assert unmasked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
@@ -258,6 +262,9 @@ def test_a_job_measured_when_the_disk_filled_is_logged_to_a_store_with_room(tmp_
     unwritten = [r for r in runs if not (Path(r.data.tags["flopsweep.job_folder"]) / "result.json").exists()]
     assert written and len(runs) == len(written) + 1 and len(unwritten) == 1, proc.stdout
     assert unwritten[0].data.metrics["flops/forward"] > 0 and "logged to MLflow (run" in proc.stdout
+    # its result.json, which the disk had no room for, is in the run, from memory
+    saved = client.download_artifacts(unwritten[0].info.run_id, "result.json", str(tmp_path))
+    assert json.loads(Path(saved).read_text())["metrics"]["flops/forward"] == unwritten[0].data.metrics["flops/forward"]
     resume = run_app(*sweep, "skip_existing=true", f"hydra.sweep.dir={tmp_path / 'more'}", cwd=tmp_path)
     assert resume.returncode == 0, resume.stderr
     statuses = [r["status"] for r in results(tmp_path / "more")]

@@ -141,22 +141,28 @@ def job_runs(client: MlflowClient, experiment_id: str) -> list:
 
 
 def test_a_password_in_the_stores_uri_reaches_no_param_artifact_or_line_of_ours(tmp_path, server):
-    """A server reached as http://user:password@host: the job is logged, and neither its params, nor the job folder's
-    files as artifacts (Hydra's config, result.json), nor anything flopsweep prints carries the password."""
+    """A server reached as http://user:password@host: the sweep is logged, and neither a run's params or tags (the
+    overrides, the description), the experiment's description, the job folders' files as artifacts (Hydra's
+    config and overrides, result.json), nor anything flopsweep prints carries the password."""
     from mlflow.tracking import MlflowClient
 
     from tests.helpers import run_app
 
     server.start()
     uri = server.uri.replace("http://", "http://flopsweep:s3cr3t@")
-    proc = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "tracking=server",
-                   f"tracking.uri={uri}", "tracking.experiment=pw", cwd=tmp_path)
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16", "batch.size=1,2",
+                   "tracking=server", f"tracking.uri={uri}", "tracking.experiment=pw", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    (run,) = MlflowClient(server.uri).search_runs(
-        [MlflowClient(server.uri).get_experiment_by_name("pw").experiment_id])
-    assert run.data.params["tracking.uri"] == server.uri.replace("http://", "http://flopsweep:***@")
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("pw")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3  # the sweep and its two jobs
+    jobs = [r for r in runs if r.data.tags["flopsweep.kind"] == "job"]
+    assert all(r.data.params["tracking.uri"] == server.uri.replace("http://", "http://flopsweep:***@") for r in jobs)
+    said = [*experiment.tags.values(), *(v for r in runs for v in [*r.data.tags.values(), *r.data.params.values()])]
+    assert "flopsweep\\:***@" in " ".join(said) and not [v for v in said if "s3cr3t" in v]
     stored = [p for p in (server.root / "artifacts").rglob("*") if p.is_file()]
-    assert any(p.name == "config.yaml" for p in stored) and any(p.name == "result.json" for p in stored)
+    assert {"config.yaml", "overrides.yaml", "result.json"} <= {p.name for p in stored}
     assert not [p for p in stored if b"s3cr3t" in p.read_bytes()]
     assert not any("s3cr3t" in line for line in (proc.stdout + proc.stderr).splitlines() if "[HYDRA]" not in line)
 

@@ -195,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _log(args: argparse.Namespace, record: dict, result: Result) -> None:
     """Log a projection's record to MLflow and say where, or why not, in one line."""
-    from flopsweep.sinks.store import log_projection
+    from flopsweep.sinks.projections import log_projection
 
     logged = log_projection(_target(args), record, _measured_run_id(result, args.run))
     print(f"\nMLflow: {logged}" if logged.startswith("run ") else f"\nflopsweep-project: warning: {logged}",

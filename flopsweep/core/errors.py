@@ -3,6 +3,8 @@ raise it, and :func:`one_line`, the one way any error is shortened for a person.
 
 from __future__ import annotations
 
+import re
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid. ``str(err)`` is one line such as ``batch.size=-1: must be >= 1``."""
@@ -28,10 +30,20 @@ def require_int(value: object, key: str, minimum: int = 1) -> None:
             f"must be an integer >= {minimum}")
 
 
+# a password in an address, as written (scheme://user:secret@) or as Hydra escapes it (scheme\://user\:secret@)
+_SECRET = re.compile(r"([a-z][a-z0-9+.-]*\\?://[^\s/@:\\]*\\?:)[^\s@/]+@", re.IGNORECASE)
+
+
+def masked(text: str) -> str:
+    """``text`` with the password of every address in it masked (``postgresql://me:***@db/mlflow``): what flopsweep
+    prints, logs or tags never carries one (a store's address, in MLflow's own errors too)."""
+    return _SECRET.sub(r"\1***@", text)
+
+
 def one_line(err: BaseException, limit: int = 300, kind: bool = True) -> str:
     """``err`` as one line of at most ``limit`` characters of its message, its white space folded, after its type
-    (``ValueError: ...``) unless ``kind`` is false; the type alone where it has no message."""
-    text = " ".join(str(err).split())[:limit]
+    (``ValueError: ...``) unless ``kind`` is false; the type alone where it has no message; passwords masked."""
+    text = masked(" ".join(str(err).split()))[:limit]
     if not kind:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -25,8 +25,11 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+
     def write(self, path: Path) -> None:
-        write_whole(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        write_whole(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> "Result":

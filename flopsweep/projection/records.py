@@ -1,4 +1,4 @@
-"""What MLflow records of a projection (``flopsweep.sinks.store.log_projection``): its run's name, params, metrics
+"""What MLflow records of a projection (``flopsweep.sinks.projections.log_projection``): its run's name, params, metrics
 and files."""
 
 from __future__ import annotations

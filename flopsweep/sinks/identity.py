@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core import __version__
+from flopsweep.core.errors import masked
 from flopsweep.core.hardware import cpu_model
 from flopsweep.core.result import Result
 
@@ -120,6 +121,6 @@ def experiment_description() -> str:
     """The experiment's description in the UI: what its runs are, and the command that made it."""
     import sys
 
-    command = " ".join(["flopsweep", *sys.argv[1:]])[:500]
+    command = masked(" ".join(["flopsweep", *sys.argv[1:]]))[:500]
     return ("flopsweep measurements: one run per job (FLOPs, parameters, memory, timings: metrics flops/*, size/*, "
             "time/*, speed/*), one parent run per sweep with its job counts and summary.csv. Made by: " + command)

@@ -10,19 +10,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core import metrics as M
-from flopsweep.core.errors import is_number, one_line
+from flopsweep.core.errors import is_number, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.sinks import health
 from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
                                       sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
-from flopsweep.sinks.target import Target, masked_file, shown
+from flopsweep.sinks.target import Target, masked_text, shown
 from flopsweep.sinks.views import NOTE_TAG, job_note, sweep_note, sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
@@ -105,12 +104,10 @@ class Store:
         return len(runs)
 
     def start_parent(self, sweep_dir: Path, overrides: list[str]) -> str:
-        run = self.client.create_run(self.experiment_id(), run_name=sweep_name(sweep_dir, overrides,
-                                                                               self.target.experiment),
-                                     tags={SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep",
-                                           PID_TAG: str(os.getpid()), "flopsweep.overrides": " ".join(overrides)[:5000],
-                                           **common_tags()})
-        return run.info.run_id
+        tags = {SWEEP_TAG: str(sweep_dir), "flopsweep.kind": "sweep", PID_TAG: str(os.getpid()),
+                "flopsweep.overrides": masked(" ".join(overrides))[:5000], **common_tags()}
+        name = sweep_name(sweep_dir, overrides, self.target.experiment)
+        return self.client.create_run(self.experiment_id(), run_name=name, tags=tags).info.run_id
 
     def finish_parent(self, run_id: str, results: list[tuple[str, Result]], summary_csv: Path,
                       failed: bool = False, status: Optional[str] = None) -> Optional[str]:
@@ -120,17 +117,20 @@ class Store:
         the view's key, None where no job left a result."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        counts = status_counts(results)
-        self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0) for s, n in counts.items()])
-        if summary_csv.exists():
-            self.client.log_artifact(run_id, str(summary_csv))
-        if results:
-            run = self.client.get_run(run_id)
-            self.client.set_experiment_tag(self.experiment_id(), *sweep_view(run_id, run.info.run_name,
-                                                                             [r for _, r in results]))
-            self.client.set_tag(run_id, NOTE_TAG, sweep_note(run.data.tags.get("flopsweep.overrides", ""), results))
-        self.end_parent(run_id, status or ("FAILED" if failed or any_failed(results) else "FINISHED"))
+        try:  # whatever fails here, the run is ended
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(f"jobs/{s}", n, now, 0)
+                                                   for s, n in status_counts(results).items()])
+            if summary_csv.exists():
+                self.client.log_artifact(run_id, str(summary_csv))
+            if results:
+                run = self.client.get_run(run_id)
+                self.client.set_experiment_tag(self.experiment_id(), *sweep_view(run_id, run.info.run_name,
+                                                                                 [r for _, r in results]))
+                self.client.set_tag(run_id, NOTE_TAG, sweep_note(run.data.tags.get("flopsweep.overrides", ""),
+                                                                 results))
+        finally:
+            self.end_parent(run_id, status or ("FAILED" if failed or any_failed(results) else "FINISHED"))
         return view_key(run_id) if results else None
 
     def end_parent(self, run_id: str, status: str) -> None:
@@ -165,7 +165,7 @@ class Store:
                 "flopsweep.name": run_name(config),  # the whole name; the run's own may be the sweep's short one
                 "mlflow.parentRunId": parent_id or "",
                 NOTE_TAG: job_note(result)}
-        tags = {k: v for k, v in tags.items() if v not in ("", None, "None")}  # no empty tags (a bold empty error)
+        tags = {k: masked(v) for k, v in tags.items() if v not in ("", None, "None")}  # none empty, no password
         started, ended = _job_times(result)
         run = self.client.create_run(self.experiment_id(), run_name=result.info.get("run_name") or run_name(config),
                                      tags=tags, start_time=started)
@@ -177,15 +177,18 @@ class Store:
             key = next((k for k in keys if is_number(flat.get(k))), None)
             if key is not None:
                 metrics.append(Metric(name, float(flat[key]), now, 0))
-        params = [Param(k, shown(str(v))[:6000]) for k, v in flat.items()  # a store's password masked
+        params = [Param(k, masked(str(v))[:6000]) for k, v in flat.items()  # a store's password masked
                   if "=" not in k and "," not in k and v is not None and v != ""]  # no 'None' literals
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[start:start + 100], params=params[start:start + 100])
-        with tempfile.TemporaryDirectory() as scratch:  # every file of the job folder but the empty ones (a log)
-            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 0):
-                relative = str(path.parent.relative_to(folder))
-                self.client.log_artifact(run_id, str(masked_file(path, self.target.uri, Path(scratch))),
-                                         None if relative == "." else relative)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > 0):  # not an empty log
+            relative, text = str(path.parent.relative_to(folder)), masked_text(path)
+            if text is None:
+                self.client.log_artifact(run_id, str(path), None if relative == "." else relative)
+            else:  # a copy without the password of a store's address
+                self.client.log_text(run_id, text, str(path.relative_to(folder)))
+        if not (folder / "result.json").exists():  # a full disk: the result from memory, that nothing is lost
+            self.client.log_text(run_id, masked(result.to_json()), "result.json")
         self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FAILED"), end_time=ended)
         return run_id
 
@@ -266,35 +269,3 @@ def log_to_sweep_run(target: Target, sweep: str, folder: Path, artifact_path: st
     if run_id is not None:
         runs.client.log_artifacts(run_id, str(folder), artifact_path)
     return run_id
-
-
-def log_projection(target: Target, record: dict[str, Any], measured_run: Optional[str]) -> str:
-    """Log a projection (a training cost, a serving plan) as a run of its own experiment, tagged with the measured run
-    it came from: ``record`` gives its ``name``, ``source``, ``params``, ``metrics``, ``artifacts`` (file name ->
-    text or bytes) and optionally ``series`` (metric -> [(step, value)]). Never raises: returns ``run ID in
-    experiment NAME`` or what went wrong, in one line."""
-    from mlflow.entities import Metric, Param
-
-    try:
-        client = store(target)
-        tags = {"flopsweep.kind": "projection", "flopsweep.measured_run": measured_run or "",
-                "flopsweep.source": str(record["source"])[:5000], **common_tags()}
-        tags = {k: v for k, v in tags.items() if v not in ("", None)}  # no empty tags (no measured run: --model)
-        run = client.client.create_run(client.experiment_id(), run_name=record["name"], tags=tags)
-        now = int(time.time() * 1000)
-        series = [Metric(k, float(v), now, int(step)) for k, points in record.get("series", {}).items()
-                  for step, v in points if v is not None]  # a metric over steps: the UI plots it against them
-        client.client.log_batch(run.info.run_id,
-                                metrics=[Metric(k, float(v), now, 0) for k, v in record["metrics"].items()
-                                         if v is not None] + series,
-                                params=[Param(k, str(v)[:6000]) for k, v in record["params"].items()
-                                        if v is not None])  # no 'None' literals: a price or fleet not given
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, content in record["artifacts"].items():
-                path = Path(tmp) / name
-                path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-            client.client.log_artifacts(run.info.run_id, tmp)
-        client.client.set_terminated(run.info.run_id, "FINISHED")
-        return f"run {run.info.run_id} in experiment {target.experiment!r} ({shown(target.uri)})"
-    except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
-        return f"not logged to MLflow ({one_line(err)})"

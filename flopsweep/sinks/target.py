@@ -4,13 +4,12 @@ experiment), and the checks that refuse a target that can never work. Nothing he
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from flopsweep.core.errors import require
+from flopsweep.core.errors import masked, require
 
 
 @dataclass
@@ -44,29 +43,22 @@ class Target:
 
 
 def shown(uri: str) -> str:
-    """``uri`` as it may be printed or logged: a password in it masked (``postgresql://me:***@db:5432/mlflow``); any
-    other text as it is."""
+    """``uri`` as it may be printed or logged: its password masked (``postgresql://me:***@db:5432/mlflow``)."""
+    return masked(uri)
+
+
+def masked_text(path: Path) -> Optional[str]:
+    """The text of ``path`` with the passwords of the addresses in it masked (a config that names a store with its
+    password), or None where it holds none (or is no text): what goes to a store never carries one."""
+    data = path.read_bytes()
+    if b"://" not in data:
+        return None
     try:
-        parts = urlsplit(uri)
-        if not parts.password:
-            return uri
-    except ValueError:  # not an address (a bracket where a host would be)
-        return uri
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + parts.netloc.rpartition("@")[2]))
-
-
-def masked_file(path: Path, uri: str, scratch: Path) -> Path:
-    """``path``, or where its password-free copy was written under ``scratch`` (same name) if it holds ``uri``'s
-    password (a config that names a database store with it): what goes to the store never carries it."""
-    secret = urlsplit(uri).password
-    data = path.read_bytes() if secret else b""
-    form = f":{secret}@".encode()  # as an address holds it (Hydra's files too: user\:secret@): not a bare word
-    if not secret or form not in data:
-        return path
-    copy = Path(tempfile.mkdtemp(dir=scratch)) / path.name
-    copy.write_bytes(data.replace(form, b":***@"))
-    return copy
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    hidden = masked(text)
+    return hidden if hidden != text else None
 
 
 def unmasked(recorded: str, *candidates: Optional[str]) -> Optional[str]:

@@ -83,9 +83,12 @@ def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, s
 
 def job_note(result: Result) -> str:
     """A job run's description: its full name and what the console said of it (the figures for its mode)."""
-    return "```\n" + "\n".join([run_name(result.config or {}), *job_lines(result)]) + "\n```"
+    said = [f"error: {result.error}"] if result.error else job_lines(result)
+    return "```\n" + "\n".join([run_name(result.config or {}), *said]) + "\n```"
 
 
-def sweep_note(overrides: str, results: list[tuple[str, Result]]) -> str:
-    """A sweep run's description: the command's overrides and the console's table of its jobs."""
-    return f"`flopsweep {overrides}`\n\n```\n{summary_table(results)}\n```"
+def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40) -> str:
+    """A sweep run's description: the command's overrides and the console's table of its jobs (``most`` of them: a
+    tag holds 8,000 characters; the rest are in summary.csv beside it)."""
+    more = f"\n... {len(results) - most} more jobs: summary.csv" if len(results) > most else ""
+    return f"`flopsweep {overrides}`\n\n```\n{summary_table(results[:most])}{more}\n```"
