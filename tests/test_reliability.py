@@ -41,6 +41,14 @@ def test_a_resume_whose_first_job_is_skipped_writes_every_jobs_row_and_closes_it
     measured = json.loads((tmp_path / "resumed" / "1_gpt2_small" / "result.json").read_text())["metrics"]
     assert set(measured) <= set(rows[1])  # every metric of the measured job has its column
     assert [run.info.status for run in sweeps(tmp_path)] == ["FINISHED", "FINISHED"]
+    # the resumed sweep's view in MLflow shows both of its jobs: the one measured now and the earlier sweep's run
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rs")
+    latest = sweeps(tmp_path)[-1]
+    state = json.loads(json.loads(experiment.tags[f"mlflow.sharedViewState.flopsweep-{latest.info.run_id}"])["state"])
+    shown = client.search_runs([experiment.experiment_id], state["searchFilter"])
+    assert sorted(r.data.params["batch.size"] for r in shown) == ["1", "2"] and "params.`batch.size`" in state[
+        "selectedColumns"]  # the key that varies, the earlier sweep's job counted
 
 
 def test_the_summary_columns_are_every_rows_keys_in_order_of_appearance(tmp_path):

@@ -49,7 +49,7 @@ def shown_metrics(results: list[Result]) -> list[str]:
 def varying_params(results: list[Result], most: int = 8) -> list[str]:
     """The config keys whose values differ between the measured ``results`` (all of them if none was): a config
     group's option where it varies (``model.name``, not every key of every model), else the group's keys that do."""
-    ok = [r for r in results if r.status == "ok"] or results
+    ok = [r for r in results if r.status in ("ok", "skipped")] or results  # skipped: measured by an earlier sweep
     flat = [flatten(r.config or {}) for r in ok]
     keys = [k for k in flat[0] if all(k in f for f in flat) and len({str(f[k]) for f in flat}) > 1]
     options = [k for k in keys if k in OPTIONS]
@@ -65,7 +65,7 @@ def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, s
     columns = ["tags.`flopsweep.name`", *(f"params.`{k}`" for k in varying_params(results)),
                *(f"metrics.`{k}`" for k in metrics)]
     state: dict[str, Any] = {
-        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'", "startTime": "ALL",
+        "searchFilter": jobs_filter(parent_id, results), "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "orderByKey": f"metrics.`{order}`" if order else "attributes.start_time", "orderByAsc": True,
         "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
@@ -79,6 +79,16 @@ def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, s
     now = int(time.time() * 1000)
     value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
     return VIEW_TAG + view_key(parent_id), value
+
+
+def jobs_filter(parent_id: str, results: list[Result], most: int = 300) -> str:
+    """The runs search that finds a sweep's jobs: its children; in a resumed sweep, whose skipped jobs' runs are an
+    earlier sweep's, every job's run by its id (``most`` of them at most: the view is a tag of 20,000 characters)."""
+    tracking = [r.info.get("tracking") or {} for r in results]
+    ids = [t["run_id"] for t in tracking if t.get("run_id")]
+    if any(t.get("existing") for t in tracking) and len(ids) <= most:
+        return "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
+    return f"tags.`mlflow.parentRunId` = '{parent_id}'"
 
 
 def job_note(result: Result) -> str:
