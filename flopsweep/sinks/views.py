@@ -58,8 +58,8 @@ def varying_params(results: list[Result], most: int = 8) -> list[str]:
 
 
 def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, str]:
-    """The experiment tag (name, value) of a sweep's view: its jobs' runs (children of ``parent_id``), the run name
-    and ``flopsweep.name`` tag, the keys that vary, then the figures; in order of the first figure (step FLOPs)."""
+    """The experiment tag (name, value) of a sweep's view: its jobs' runs (:func:`jobs_filter`), the run name and
+    ``flopsweep.name`` tag, the keys that vary, then the figures; in order of the first figure (step FLOPs)."""
     metrics = shown_metrics(results)
     order = next((k for k in (M.FLOPS_STEP, M.FLOPS_FORWARD, M.PARAMS) if k in metrics), None)
     columns = ["tags.`flopsweep.name`", *(f"params.`{k}`" for k in varying_params(results)),
@@ -93,7 +93,8 @@ def jobs_filter(parent_id: str, results: list[Result], most: int = 300) -> str:
 
 def job_note(result: Result) -> str:
     """A job run's description: its full name and what the console said of it (the figures for its mode)."""
-    said = [f"error: {result.error}"] if result.error else job_lines(result)
+    said = [f"error: {result.error}"] if result.error else \
+        [f"skipped: {result.info['skipped']}"] if result.info.get("skipped") else job_lines(result)
     return "```\n" + "\n".join([run_name(result.config or {}), *said]) + "\n```"
 
 
