@@ -13,6 +13,7 @@ import os
 import socket
 import sqlite3
 import struct
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -145,12 +146,14 @@ _POSTGRES_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
 def _probe_database(scheme: str, host: str, port: int, seconds: float) -> Optional[str]:
+    deadline = time.monotonic() + seconds  # connecting and the first word together, as long as a check may take
     try:
         connection = socket.create_connection((host, port), timeout=seconds)
     except OSError as err:
         return f"{host}:{port} cannot be reached ({err.strerror or err})"
     with connection:
         try:
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
             if scheme == "postgresql":
                 connection.sendall(_POSTGRES_SSL_REQUEST)
             elif scheme != "mysql":
