@@ -37,3 +37,22 @@ if [ -n "$VIEW" ]; then  # the latest sweep's saved view (flopsweep/sinks/views.
   shot sweep_charts.png "experiments/$EXPERIMENT/runs?viewStateShareKey=$VIEW&workflowType=machine_learning&compareRunsMode=CHART"
 fi
 shot run_page.png "experiments/$EXPERIMENT/runs/$RUN?workflowType=machine_learning"
+# DOCS=docs/images: the README's images, as they were made: the view cropped to the page (MLflow's assistant panel
+# left out), and the report's module and memory plots of the latest report under outputs/reports (make demo, then
+# flopsweep-report quickstart); fewer colours, a smaller file
+if [ -n "${DOCS:-}" ]; then
+  "$PY" - "$OUT" "$DOCS" <<'PYEOF'
+import sys
+from pathlib import Path
+from PIL import Image
+shots, docs = Path(sys.argv[1]), Path(sys.argv[2])
+docs.mkdir(parents=True, exist_ok=True)
+for name, height in (("sweep_view", 480), ("sweep_charts", 1000)):
+    Image.open(shots / f"{name}.png").convert("RGB").crop((0, 0, 1780, height)).quantize(colors=128).save(
+        docs / f"mlflow_{name}.png", optimize=True)
+report = max(Path("outputs/reports").glob("*/module_flops.png"), key=lambda p: p.stat().st_mtime).parent
+for name in ("module_flops", "memory_breakdown"):
+    Image.open(report / f"{name}.png").convert("RGB").quantize(colors=64).save(docs / f"report_{name}.png", optimize=True)
+print(f"{docs}: mlflow_sweep_view.png, mlflow_sweep_charts.png, report_module_flops.png, report_memory_breakdown.png")
+PYEOF
+fi

@@ -164,27 +164,28 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     proc = run_app(*SWEEP, "tracking=server", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 0, proc.stderr
     start, end = said(proc.stderr)
-    masked = f"{scheme}://flopsweep:***@127.0.0.1:{port}/mlflow"
-    assert f"the store {masked} cannot be used: 127.0.0.1:{port} accepts connections but did not answer within 5 s" \
+    hidden = f"{scheme}://flopsweep:***@127.0.0.1:{port}/mlflow"
+    assert f"the store {hidden} cannot be used: 127.0.0.1:{port} accepts connections but did not answer within 5 s" \
         in start, start
     assert "2 of 2 jobs not logged" in end
     ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "[HYDRA]" not in line]
     assert not any("s3cr3t" in line for line in ours)
     jobs = results(tmp_path / "outputs")
-    assert all(r["info"]["tracking"]["uri"] == masked for r in jobs)
+    assert all(r["info"]["tracking"]["uri"] == hidden for r in jobs)
     # flopsweep-sync goes back to the store the job recorded: the real URI is the job's config's (made from the
     # environment), the one that shows as the recorded one
     again = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert again.returncode == 1 and "did not answer within 5 s" in again.stderr and "s3cr3t" not in again.stderr
-    from flopsweep.sinks.target import shown, unmasked
+    from flopsweep.core.errors import masked
+    from flopsweep.sinks.target import unmasked
 
-    assert shown("//[0.9, 0.99") == "//[0.9, 0.99"  # a param that is no address is logged as it is, not a crash
+    assert masked("//[0.9, 0.99") == "//[0.9, 0.99"  # a param that is no address is logged as it is, not a crash
     from flopsweep.core.errors import one_line
 
     assert one_line(RuntimeError("API request to http://u:s3cr3t@h:1/api failed")) == \
         "RuntimeError: API request to http://u:***@h:1/api failed"  # MLflow's own errors name the address
 
-    assert unmasked(masked, None, "sqlite:///x.db", uri) == uri and unmasked(masked, None) is None
+    assert unmasked(hidden, None, "sqlite:///x.db", uri) == uri and unmasked(hidden, None) is None
     assert unmasked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 

@@ -35,7 +35,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not args.experiment and not args.profile:
         parser.error("give an EXPERIMENT, or --profile RUN")
-    from flopsweep.sinks.target import shown, target_at
+    from flopsweep.core.errors import masked
+    from flopsweep.sinks.target import target_at
 
     target = target_at(args.uri, args.store_dir, args.experiment or "")
     try:
@@ -49,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as err:  # noqa: BLE001 - the store's own errors (MLflow's), in one line; others are bugs
         if not type(err).__module__.startswith("mlflow"):  # no mlflow import for a job folder's --profile
             raise
-        print(f"flopsweep-report: error: the store {shown(target.uri)} cannot be read: {one_line(err, kind=False)}",
+        print(f"flopsweep-report: error: the store {masked(target.uri)} cannot be read: {one_line(err, kind=False)}",
               file=sys.stderr)
     return 2
 
@@ -67,12 +68,12 @@ def _experiment(args: argparse.Namespace, target) -> int:
     from flopsweep.analysis.report import write_report
     from flopsweep.sinks.reader import load_runs
     from flopsweep.sinks.store import log_to_sweep_run
-    from flopsweep.sinks.target import shown
+    from flopsweep.core.errors import masked
 
     df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=target.uri)
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""
-        print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({shown(target.uri)})",
+        print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})",
               file=sys.stderr)
         return 2
     sweeps = sorted(df["sweep"].dropna().unique(), key=_when)

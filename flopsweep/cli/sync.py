@@ -24,14 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
         return 2
     from flopsweep.sinks.sync import sync
-    from flopsweep.sinks.target import shown
+    from flopsweep.core.errors import masked
 
     def failed(folder: Path, why: str) -> None:
         print(f"flopsweep-sync: {folder}: not logged: {why}", file=sys.stderr)
 
     done = sync(args.path, args.uri, args.store_dir, args.experiment, on_failure=failed)
     print(f"flopsweep-sync: {done.logged} logged, {done.present} already in the store, {done.failed} failed  "
-          f"({', '.join(sorted(shown(u) for u in done.uris))})")
+          f"({', '.join(sorted(masked(u) for u in done.uris))})")
     return 1 if done.failed else 0
 
 

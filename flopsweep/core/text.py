@@ -102,9 +102,9 @@ def hooks_line(hooked: float, plain: Optional[float]) -> str:
     ratio = hooked / plain
     line = (f"forward {seconds(hooked)} with hooks on every module (mean), {seconds(plain)} in the step timings "
             f"without them (median): x{ratio:.2f}")
-    if ratio > 1.25:
+    if ratio > 1 + SPREAD_WARNING:  # a quarter apart, either way
         return line + "; the hooks' cost on many small modules: read the profile's latencies as shares, not times"
-    if ratio < 0.8:
+    if ratio < 1 / (1 + SPREAD_WARNING):
         return line + ("; the timed forward ran slower than the profiled passes after it (a busier machine, or its "
                        "spread: see the timing), so compare shares, not times")
     return line
@@ -152,9 +152,16 @@ def summary_row(job: str, result: Result) -> list[str]:
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
     for _, key in SUMMARY_COLUMNS[len(cells):]:
-        key = next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ())) if result.metrics.get(k) is not None), key)
+        key = column_metric(key, [result]) or key
         cells.append(format_metric(key, result.metrics.get(key)))
     return cells
+
+
+def column_metric(key: str, results: list[Result]) -> Optional[str]:
+    """The metric a summary column shows for ``results``: ``key`` where any of them has it, else the first of its
+    fallbacks that one has (a meta job's estimated memory, a generation's per token figures); None if none has."""
+    return next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ()))
+                 if any(r.metrics.get(k) is not None for r in results)), None)
 
 
 def summary_table(results: list[tuple[str, Result]]) -> str:

@@ -46,6 +46,7 @@ class TimingRecord:
     repeats: int
     threads: int
     device_name: str
+    device: str                # the device timed: cpu, cuda:0
     blocks: dict[str, int] = field(default_factory=dict)  # per_block: the block kinds timed and their counts
 
 
@@ -131,7 +132,7 @@ def time_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Opti
         forward=Stats.of(forward), backward=Stats.of(backward) if training else None,
         optimizer=Stats.of(step_s) if training and optimizer is not None else None,
         step=Stats.of([sum(run) for run in runs]), method="full", warmup=warmup, repeats=repeats,
-        threads=torch.get_num_threads(), device_name=device_name(device))
+        threads=torch.get_num_threads(), device_name=device_name(device), device=device)
 
 
 def block_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
@@ -201,7 +202,7 @@ def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer:
     return TimingRecord(
         forward=Stats.of(forward), backward=Stats.of(backward) if training else None,
         optimizer=Stats.of(optimizer_s) if optimizer_s else None, step=Stats.of(steps), method="per_block",
-        warmup=warmup, repeats=repeats, threads=torch.get_num_threads(), device_name=device_name(device),
+        warmup=warmup, repeats=repeats, threads=torch.get_num_threads(), device_name=device_name(device), device=device,
         blocks={name: len(stack) for name, stack in stacks.items()})
 
 

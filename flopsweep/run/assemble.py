@@ -13,7 +13,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.build.train_modes import TRAIN_MODES
 from flopsweep.core import __version__
 from flopsweep.core import metrics as M
-from flopsweep.core.hardware import cpu_model, peak_flops
+from flopsweep.core.hardware import peak_flops
 from flopsweep.core.result import Result
 from flopsweep.measure.count import StepCount
 from flopsweep.measure.profile import module_rows
@@ -145,8 +145,9 @@ def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRec
             # model FLOPs (matmul class, forward + backward) per second: the MFU numerator
             model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
             m[M.FLOPS_PER_S] = model_flops / seconds
-            # a CPU is not looked up in the accelerator table (an "AMD A10-7850K" is no A10G): its peak is given
-            peak = peak_flops("" if timing.device_name == cpu_model() else timing.device_name, dtype, peak_tflops)
+            # only a GPU is looked up in the accelerator table (an "AMD A10-7850K" CPU is no A10G): a CPU's is given
+            gpu = timing.device_name if timing.device.startswith("cuda") else ""
+            peak = peak_flops(gpu, dtype, peak_tflops)
             m[M.MFU] = m[M.FLOPS_PER_S] / peak if peak else None
     return m
 

@@ -186,7 +186,8 @@ class Meter:
         return TimingRecord(forward=stats["forward"] or Stats.of([0.0]),
                             backward=stats["backward"] if training else None,
                             optimizer=stats["optimizer"], step=stats["step"], method="loop", warmup=0,
-                            repeats=len(steps), threads=torch.get_num_threads(), device_name=device_name(self.device))
+                            repeats=len(steps), threads=torch.get_num_threads(), device_name=device_name(self.device),
+                            device=self.device)
 
     def log(self, experiment: str = "flopsweep", uri: Optional[str] = None, folder: Optional[Path] = None) -> str:
         """Write the job folder (``folder``, default ``outputs/loop/<time>_<name>``) and log it to MLflow (``uri``,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from flopsweep.sinks.target import shown
+from flopsweep.core.errors import masked
 
 CHECK_SECONDS = 5.0
 DOWN_ENV = "FLOPSWEEP_STORES_DOWN"  # {uri: reason} of the stores this sweep found unusable
@@ -44,7 +44,7 @@ def check(uri: str, write: bool = True) -> None:
         elif write:
             mark_down(uri, reason)
     if reason is not None:
-        raise StoreUnusable(f"the store {shown(uri)} cannot be used: {reason}")
+        raise StoreUnusable(f"the store {masked(uri)} cannot be used: {reason}")
 
 
 def down_reason(uri: str) -> Optional[str]:

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from flopsweep.core.errors import masked, one_line
 from flopsweep.sinks.identity import common_tags
 from flopsweep.sinks.store import store
-from flopsweep.sinks.target import Target, shown
+from flopsweep.sinks.target import Target
 
 
 def log_projection(target: Target, record: dict[str, Any], measured_run: Optional[str]) -> str:
@@ -41,6 +41,6 @@ def log_projection(target: Target, record: dict[str, Any], measured_run: Optiona
                 path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
             client.client.log_artifacts(run.info.run_id, tmp)
         client.client.set_terminated(run.info.run_id, "FINISHED")
-        return f"run {run.info.run_id} in experiment {target.experiment!r} ({shown(target.uri)})"
+        return f"run {run.info.run_id} in experiment {target.experiment!r} ({masked(target.uri)})"
     except Exception as err:  # noqa: BLE001 - the projection is printed whatever the store does
         return f"not logged to MLflow ({one_line(err)})"

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.errors import ConfigError, masked, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.sinks.store import SWEEP_TAG, mlflow_client
-from flopsweep.sinks.target import shown, target_at
+from flopsweep.sinks.target import target_at
 
 
 def load_result(ref: str, uri: str) -> Result:
@@ -29,7 +29,8 @@ def load_result(ref: str, uri: str) -> Result:
         try:
             local = mlflow_client(uri, write=False).download_artifacts(ref, "result.json", tmp)
         except Exception as err:  # noqa: BLE001 - one line, naming the run
-            raise ConfigError("run", ref, f"no result.json in {shown(uri)}: {one_line(err, 200, kind=False)}") from None
+            raise ConfigError("run", ref, f"no result.json in {masked(uri)}: {one_line(err, 200, kind=False)}") \
+                from None
         return _read_result(Path(local), ref)
 
 

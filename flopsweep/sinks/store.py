@@ -21,7 +21,7 @@ from flopsweep.sinks import health
 from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
                                       sweep_name)
 from flopsweep.sinks.local_store import fast_local_commits, local_store_lock
-from flopsweep.sinks.target import Target, masked_text, shown
+from flopsweep.sinks.target import Target, masked_text
 from flopsweep.sinks.views import NOTE_TAG, job_note, sweep_note, sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
@@ -231,10 +231,10 @@ def _store(target: Target) -> Store:
 def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
     """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``. A store found
     unusable in this sweep is not tried again (``known`` in what is returned: the sweep said why, once)."""
-    tracking = {"logged": False, "uri": shown(target.uri), "experiment": target.experiment}  # no password
+    tracking = {"logged": False, "uri": masked(target.uri), "experiment": target.experiment}  # no password
     known = health.down_reason(target.uri)
     if known is not None:
-        return {**tracking, "error": f"the store {shown(target.uri)} cannot be used: {known}", "known": True}
+        return {**tracking, "error": f"the store {masked(target.uri)} cannot be used: {known}", "known": True}
     started = time.monotonic()
     try:
         run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))

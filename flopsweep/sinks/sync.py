@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.errors import ConfigError, masked, one_line, require
 from flopsweep.core.files import locked
 from flopsweep.core.result import Result
 from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
 from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Store, failed, store
-from flopsweep.sinks.target import URI_ENV, Target, shown, target_at, target_of_uri, unmasked
+from flopsweep.sinks.target import URI_ENV, Target, target_at, target_of_uri, unmasked
 
 
 @dataclass
@@ -209,6 +209,6 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
 
 
 def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:
-    result.info["tracking"] = {"logged": True, "uri": shown(target.uri), "experiment": target.experiment,
+    result.info["tracking"] = {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
                                "run_id": run_id, "synced": True}
     result.write(folder / "result.json")

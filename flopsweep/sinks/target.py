@@ -39,12 +39,7 @@ class Target:
         if self.uri.startswith("sqlite:"):
             opened = f", then open http://127.0.0.1:5000{page}" if page else ""
             return f"{_mlflow_script()} ui --backend-store-uri {self.uri}{opened}"
-        return f"open {shown(self.uri).rstrip('/')}{page} in a browser"
-
-
-def shown(uri: str) -> str:
-    """``uri`` as it may be printed or logged: its password masked (``postgresql://me:***@db:5432/mlflow``)."""
-    return masked(uri)
+        return f"open {masked(self.uri).rstrip('/')}{page} in a browser"
 
 
 def masked_text(path: Path) -> Optional[str]:
@@ -62,14 +57,15 @@ def masked_text(path: Path) -> Optional[str]:
 
 
 def unmasked(recorded: str, *candidates: Optional[str]) -> Optional[str]:
-    """The URI that ``recorded`` (as :func:`shown` wrote it) stands for: itself where no password was masked, else
-    the one of ``candidates`` (the job's config, the environment) that shows as it; None where none does."""
+    """The URI that ``recorded`` (as :func:`~flopsweep.core.errors.masked` wrote it) stands for: itself where no
+    password was masked, else the one of ``candidates`` (the job's config, the environment) that masks as it; None
+    where none does."""
     try:
         if urlsplit(recorded).password != "***":
             return recorded
     except ValueError:
         return recorded
-    return next((c for c in candidates if c and shown(c) == recorded), None)
+    return next((c for c in candidates if c and masked(c) == recorded), None)
 
 
 def _mlflow_script() -> str:

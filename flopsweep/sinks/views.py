@@ -19,7 +19,7 @@ from typing import Any
 
 from flopsweep.core import metrics as M
 from flopsweep.core.result import Result
-from flopsweep.core.text import SUMMARY_COLUMNS, SUMMARY_FALLBACKS, job_lines, summary_table
+from flopsweep.core.text import SUMMARY_COLUMNS, column_metric, job_lines, summary_table
 from flopsweep.sinks.identity import GROUP_NAMES, flatten, run_name
 
 VIEW_TAG = "mlflow.sharedViewState."
@@ -35,15 +35,8 @@ def view_key(parent_id: str) -> str:
 def shown_metrics(results: list[Result]) -> list[str]:
     """The metric of each of the console summary's figure columns that any of ``results`` has (its fallback, a
     meta job's estimated memory or a generation's per token figure, where none has the column's own)."""
-    keys = []
-    for _, key in SUMMARY_COLUMNS:
-        if key is None:
-            continue
-        found = next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ()))
-                      if any(r.metrics.get(k) is not None for r in results)), None)
-        if found is not None:
-            keys.append(found)
-    return keys
+    found = [column_metric(key, results) for _, key in SUMMARY_COLUMNS if key is not None]
+    return [key for key in found if key is not None]
 
 
 def varying_params(results: list[Result], most: int = 8) -> list[str]:

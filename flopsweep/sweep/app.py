@@ -25,7 +25,7 @@ from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.console import say
-from flopsweep.core.errors import ConfigError, one_line
+from flopsweep.core.errors import ConfigError, masked, one_line
 from flopsweep.core.result import FAILURES, Result
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, short_name
@@ -121,7 +121,7 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     from flopsweep.run.job import run_job
     from flopsweep.sinks.health import down_reason
     from flopsweep.sinks.store import failed, finished_run
-    from flopsweep.sinks.target import shown, target_of
+    from flopsweep.sinks.target import target_of
 
     fp = fingerprint(config, spec.device, device_name(spec.device) if spec.device != "meta" else None)
     target = target_of(cfg.tracking, Path.cwd()) if cfg.skip_existing else None
@@ -138,7 +138,7 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
                 return Result("skipped", None, config, info={
                     "fingerprint": fp, "device": spec.device,
                     "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
-                    "tracking": {"logged": True, "uri": shown(target.uri), "experiment": target.experiment,
+                    "tracking": {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
                                  "run_id": existing, "existing": True}})
     result = run_job(spec, config)
     result.info["fingerprint"] = fp

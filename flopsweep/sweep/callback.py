@@ -17,13 +17,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flopsweep.core.errors import one_line
+from flopsweep.core.errors import masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import PARENT_ENV, failed, store
-from flopsweep.sinks.target import shown, target_of
+from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
@@ -116,7 +116,7 @@ def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sw
     if not unlogged:
         return
     errors = {r.info["tracking"].get("error") for r in unlogged}
-    why = (f"the store {shown(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
+    why = (f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
            errors.pop() if len(errors) == 1 else "see above")
     print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
           f"`flopsweep-sync {sweep_dir}` logs them once the store works", file=sys.stderr)
