@@ -31,6 +31,18 @@ TIME_STEP = "time/step_s"
 TIME_STEP_SPREAD = "time/step_iqr_s"
 TIME_STEP_CV = "time/step_cv"
 
+# a step's time predicted from its counted ops and the device's calibration profile (measure/predict.py)
+TIME_FORWARD_PREDICTED = "time/forward_predicted_s"
+TIME_BACKWARD_PREDICTED = "time/backward_predicted_s"
+TIME_OPTIMIZER_PREDICTED = "time/optimizer_predicted_s"
+TIME_STEP_PREDICTED = "time/step_predicted_s"
+TIME_STEP_PREDICTED_RATIO = "time/step_predicted_ratio"   # predicted / measured median, where the step was timed
+PREDICTED_SHARE_COMPUTE = "time/predicted_share_compute"  # of the predicted step: compute-bound ops ...
+PREDICTED_SHARE_MEMORY = "time/predicted_share_memory"    # ... memory-bound ops ...
+PREDICTED_SHARE_LAUNCH = "time/predicted_share_launch"    # ... and launches (eager dispatch), adding up to 1
+MFU_PREDICTED = "speed/mfu_predicted"                     # model FLOPs / (predicted step x peak)
+TIME_COMPILE = "time/compile_s"                           # measure.compile=true: torch.compile's first step, apart
+
 # train=generate: a prompt's prefill, then decode steps with a KV cache (flops/forward is the prefill's)
 FLOPS_PREFILL = "flops/prefill"
 FLOPS_DECODE_TOKEN_FIRST = "flops/decode_token_first"  # a decode step per sequence, at the first context
