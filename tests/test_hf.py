@@ -222,6 +222,13 @@ def test_a_mixture_of_experts_uses_the_parameters_its_card_states(name):
     assert abs(active_parameters(model) - stated) <= precision
 
 
+def test_a_mixture_of_experts_job_records_its_shape():
+    """Its Hugging Face config's fields, with what it defaults (its head width) and names its own way (experts)."""
+    shape = measured(*MIXTRAL).info["shape"]
+    assert (shape["width"], shape["layers"], shape["heads"], shape["kv_heads"], shape["head_dim"]) == (64, 2, 4, 2, 16)
+    assert (shape["experts"], shape["experts_per_token"], shape["kv_latent"], shape["causal_lm"]) == (8, 2, None, True)
+
+
 def test_params_active_is_shared_plus_top_k_experts_and_the_projection_uses_it():
     from flopsweep.projection.training import PerToken
 

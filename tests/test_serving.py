@@ -162,7 +162,7 @@ def test_a_presets_kv_heads_come_from_its_config(tmp_path):
     per_sequence = gen["kv_bytes_per_token"] * (64 + 7)
     assert gen["weights_bytes"] / 16 + b * per_sequence / 8 <= 0.9 * 80e9 < gen["weights_bytes"] / 16 + (b + 1) * \
         per_sequence / 8
-    from flopsweep.projection.serving import kv_heads
+    from flopsweep.core.shape import from_config
 
-    assert kv_heads({"family": "decoder", "n_head": 32, "n_kv_head": None}) == 32
-    assert kv_heads({"family": "hf", "fields": {"num_attention_heads": 128, "kv_lora_rank": 512}}) == 1  # MLA
+    assert from_config({"family": "decoder", "n_head": 32, "n_kv_head": None}).cache_heads == 32
+    assert from_config({"family": "hf", "fields": {"num_attention_heads": 128, "kv_lora_rank": 512}}).cache_heads == 1

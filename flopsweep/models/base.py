@@ -5,8 +5,9 @@ A family is one module of ``flopsweep.models`` that registers a :class:`Family`:
 ``validate(batch)`` raises :class:`~flopsweep.core.errors.ConfigError` naming ``model.<field>`` or
 ``batch.<field>``), its ``Model(cfg)``, an ``nn.Module`` whose ``forward(**inputs)`` returns the scalar training loss
 (the loss a submodule named ``loss``, so that its cost shows in the per-module breakdown), and
-``example_inputs(cfg, batch, device)``, the synthetic inputs, targets included. Models are built under
-``with torch.device(...)`` so they can be made directly on ``meta``.
+``example_inputs(cfg, batch, device)``, the synthetic inputs, targets included, and ``shape(cfg)``, its
+:class:`~flopsweep.core.shape.ModelShape` (width, layers, heads, ...: what a result's readers know of it). Models are
+built under ``with torch.device(...)`` so they can be made directly on ``meta``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 
 from flopsweep.core.errors import ConfigError, is_number, require, require_int
 from flopsweep.core.registry import Registry
+from flopsweep.core.shape import ModelShape
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,14 @@ Inputs = Callable[[Any, BatchShape, Any], dict[str, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: how its config is read and checked, its model, its synthetic batch, and what it offers beyond
-    that: the submodules that ``train=frozen_backbone`` keeps trainable, and closed-form FLOPs."""
+    """A model family: how its config is read and checked, its model, its synthetic batch, its shape, and what it
+    offers beyond that: the submodules that ``train=frozen_backbone`` keeps trainable, and closed-form FLOPs."""
 
     name: str
     Config: type[ModelConfig]
     Model: Callable[[Any], nn.Module]
     example_inputs: Inputs
+    shape: Callable[[Any], ModelShape]     # cfg -> its width, layers, heads, experts (recorded as info.shape)
     load: Optional[Callable[[dict[str, Any]], ModelConfig]] = None  # None: Config.from_dict
     head: tuple[str, ...] = ()             # frozen_backbone: the head, always trainable ...
     blocks: Optional[str] = None           # ... and the last train.trainable_layers blocks of this ModuleList

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import (FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive,
                                    check_seq_len, token_batch)
 from flopsweep.models.layers import Block
@@ -74,5 +75,9 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     return cfg.n_layer * per_layer + 2 * B * d * d
 
 
-FAMILIES.add("bert", Family("bert", Config, Model, example_inputs, head=("pooler",), blocks="blocks",
+def shape(cfg: Config) -> ModelShape:
+    return ModelShape.transformer(cfg.d_model, cfg.n_layer, cfg.n_head)
+
+
+FAMILIES.add("bert", Family("bert", Config, Model, example_inputs, shape, head=("pooler",), blocks="blocks",
                             forward_flops=analytic_forward_flops))

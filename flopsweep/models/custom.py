@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
@@ -152,4 +153,9 @@ def _plain_list(value: Any) -> Any:
     return value
 
 
-FAMILIES.add("custom", Family("custom", Config, Model, example_inputs, load=load))
+def shape(cfg: Config) -> ModelShape:
+    """Nothing known: the model's arguments are the user's own, and none says which is a width."""
+    return ModelShape()
+
+
+FAMILIES.add("custom", Family("custom", Config, Model, example_inputs, shape, load=load))

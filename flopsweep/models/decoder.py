@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.errors import require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import (FAMILIES, BatchShape, Family, ModelConfig, TrainPlan, check_heads, check_positive,
                                    check_seq_len, language_model_inputs)
 from flopsweep.models.layers import KV, Block, make_norm
@@ -207,6 +208,10 @@ def train_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> tuple[int, 
     return analytic_forward_flops(cfg, batch, train), analytic_backward_flops(cfg, batch, train)
 
 
-FAMILIES.add("decoder", Family("decoder", Config, Model, language_model_inputs, head=("lm_head",), blocks="blocks",
-                               forward_flops=analytic_forward_flops, train_flops=train_flops,
+def shape(cfg: Config) -> ModelShape:
+    return ModelShape.transformer(cfg.d_model, cfg.n_layer, cfg.n_head, cfg.n_kv_head, causal_lm=True)
+
+
+FAMILIES.add("decoder", Family("decoder", Config, Model, language_model_inputs, shape, head=("lm_head",),
+                               blocks="blocks", forward_flops=analytic_forward_flops, train_flops=train_flops,
                                generator=lambda cfg: Steps, longest=lambda cfg: cfg.max_positions))

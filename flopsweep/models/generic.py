@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive
 from flopsweep.models.layers import Block
 
@@ -125,5 +126,10 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     return total + cfg.num_decoder_blocks * (self_block(S) + cross)
 
 
-FAMILIES.add("generic", Family("generic", Config, Model, example_inputs, load=load,
+def shape(cfg: Config) -> ModelShape:
+    """Its layers are the encoder's blocks where it has some, else the decoder's; it is no language model."""
+    return ModelShape.transformer(cfg.embed_dim, cfg.num_encoder_blocks or cfg.num_decoder_blocks, cfg.num_heads)
+
+
+FAMILIES.add("generic", Family("generic", Config, Model, example_inputs, shape, load=load,
                                forward_flops=analytic_forward_flops))

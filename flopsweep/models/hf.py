@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.shape import ModelShape, from_fields
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
 from flopsweep.models.layers import DECODING
 
@@ -224,5 +225,12 @@ def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Te
             "labels": torch.randint(0, hf.vocab_size, shape, device=device)}
 
 
-FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, load=load, generator=generator,
+def shape(cfg: Config) -> ModelShape:
+    """From the Hugging Face config, its defaults included: ``num_key_value_heads``, ``head_dim``, the experts
+    (``num_local_experts``, ``n_routed_experts``, ...), MLA's ``kv_lora_rank``, a ``text_config``'s."""
+    task = cfg.resolved_task()
+    return from_fields(cfg.hf_config().to_dict(), task == "causal-lm", task == "image-classification")
+
+
+FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, shape, load=load, generator=generator,
                           longest=lambda cfg: max_positions(cfg.hf_config())))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flopsweep.core.errors import is_number, require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive, language_model_inputs
 
 
@@ -246,5 +247,10 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     return tokens * D + cfg.n_layers * layer + layer_norm + 2 * tokens * D * cfg.vocab_size
 
 
-FAMILIES.add("resnet_bk", Family("resnet_bk", Config, Model, language_model_inputs, head=("lm_head",), blocks="blocks",
-                                 forward_flops=analytic_forward_flops))
+def shape(cfg: Config) -> ModelShape:
+    """No attention: a BK-Core mixes the tokens."""
+    return ModelShape(cfg.d_model, cfg.n_layers, experts=cfg.num_experts, experts_per_token=cfg.top_k)
+
+
+FAMILIES.add("resnet_bk", Family("resnet_bk", Config, Model, language_model_inputs, shape, head=("lm_head",),
+                                 blocks="blocks", forward_flops=analytic_forward_flops))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flopsweep.core.errors import require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive, check_seq_len, token_batch
 from flopsweep.models.layers import Block, make_norm, sinusoidal_positions
 
@@ -179,5 +180,9 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     return cfg.n_layer * (encoder_layer + decoder_layer) + 2 * B * T * d * V
 
 
-FAMILIES.add("seq2seq", Family("seq2seq", Config, Model, example_inputs, head=("shared",), blocks="decoder.blocks",
-                              forward_flops=analytic_forward_flops))
+def shape(cfg: Config) -> ModelShape:
+    return ModelShape.transformer(cfg.d_model, cfg.n_layer, cfg.n_head, head_dim=cfg.d_kv)  # layers: per stack
+
+
+FAMILIES.add("seq2seq", Family("seq2seq", Config, Model, example_inputs, shape, head=("shared",),
+                              blocks="decoder.blocks", forward_flops=analytic_forward_flops))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.errors import require
+from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_heads, check_positive
 from flopsweep.models.layers import Block
 
@@ -81,5 +82,9 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape) -> int:
     return patch + cfg.n_layer * per_layer + 2 * B * d * cfg.num_classes
 
 
-FAMILIES.add("vit", Family("vit", Config, Model, example_inputs, head=("head",), blocks="blocks",
+def shape(cfg: Config) -> ModelShape:
+    return ModelShape.transformer(cfg.d_model, cfg.n_layer, cfg.n_head)
+
+
+FAMILIES.add("vit", Family("vit", Config, Model, example_inputs, shape, head=("head",), blocks="blocks",
                            forward_flops=analytic_forward_flops))

@@ -20,6 +20,8 @@ Conventions (also in docs/projection.md, "Parallelism and ZeRO"):
   per device, the first stage's, with A the measured activations of the whole batch (no recomputation). m must
   divide B/dp. With ZeRO-3 and m = pp the memory of all devices adds up to the whole model's, buffers apart (dp
   copies).
+- tp must divide the model's attention heads and its KV heads, pp be at most its layers (its shape, which every
+  family records: a Hugging Face preset's too).
 - Memory per device: weights + buffers + gradients + optimizer state + activations; no temporaries.
 - Pipeline bubble: (pp − 1)/(m + pp − 1) of the step is idle; a projection's time is divided by (1 − bubble).
 - Communication (all-reduce, all-gather, point-to-point) is not modelled: neither its time nor its buffers.
@@ -33,6 +35,7 @@ from typing import Any, Optional
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require, require_int
 from flopsweep.core.result import Result
+from flopsweep.core.shape import shape_of
 from flopsweep.core.text import human, size_bytes
 from flopsweep.core.text import table as text_table
 
@@ -131,13 +134,12 @@ def per_device(result: Result, layout: Parallelism, source: str = "") -> PerDevi
     require((batch // layout.dp) % layout.m == 0, "micro_batches" if layout.micro_batches else "pp", layout.m,
             f"does not divide the {batch // layout.dp} sequences per data-parallel replica"
             + ("" if layout.micro_batches else " (micro-batches default to pp: give micro_batches)"))
-    config = result.config.get("model") or {}
-    heads = config.get("n_head") or config.get("num_heads")
-    layers = config.get("n_layer") or config.get("n_layers")
-    require(not heads or heads % layout.tp == 0, "tp", layout.tp,
-            f"does not divide the model's {heads} attention heads (tensor parallelism splits them)")
-    require(not layers or layout.pp <= layers, "pp", layout.pp,
-            f"is more pipeline stages than the model's {layers} layers")
+    shape = shape_of(result)
+    for heads, what in ((shape.heads, "attention heads"), (shape.kv_heads, "KV heads")):
+        require(not heads or heads % layout.tp == 0, "tp", layout.tp,
+                f"does not divide the model's {heads} {what} (tensor parallelism splits them)")
+    require(not shape.layers or layout.pp <= shape.layers, "pp", layout.pp,
+            f"is more pipeline stages than the model's {shape.layers} layers")
     model, zero = layout.tp * layout.pp, layout.zero_shards(1)
     fb, opt = m[M.FLOPS_FORWARD] + m[M.FLOPS_BACKWARD], m.get(M.FLOPS_OPTIMIZER) or 0.0
     memory = _memory(m, layout)

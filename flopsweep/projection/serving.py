@@ -24,6 +24,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.result import Result
+from flopsweep.core.shape import shape_of
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Generation:
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), m.get(M.DECODE_WEIGHTS_READ_BYTES) or
-                   m[M.WEIGHTS_BYTES], dtype, kv_heads(result.config.get("model") or {}))
+                   m[M.WEIGHTS_BYTES], dtype, shape_of(result).cache_heads)
 
     @property
     def steps(self) -> int:
@@ -152,19 +153,6 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
                     price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
                     price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
                     watts * gpu_hours / 1000.0 * per_m_out if watts is not None else None)
-
-
-def kv_heads(model: dict[str, Any]) -> Optional[int]:
-    """The heads a model's KV cache is split by: its key/value heads (grouped-query attention), else its attention
-    heads; 1 for an MLA cache (DeepSeek's ``kv_lora_rank``: one latent for every head); None where not said."""
-    fields = model.get("fields") or {}
-    if "kv_lora_rank" in fields:
-        return 1
-    for value in (model.get("n_kv_head"), fields.get("num_key_value_heads"), fields.get("n_head_kv"),
-                  model.get("n_head"), fields.get("num_attention_heads"), fields.get("n_head")):
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def batches(largest: int, count: int = 12) -> list[int]:

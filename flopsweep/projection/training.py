@@ -26,6 +26,7 @@ from typing import Any, Optional
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.result import Result
+from flopsweep.core.shape import ModelShape, from_config, shape_of
 from flopsweep.core.text import table
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.parallel import table as per_device_table
@@ -64,7 +65,7 @@ class PerToken:
         require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
         require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,
                 "counted nothing (measure.count=false): nothing to project from")
-        tokens, attention = int(batch) * int(seq), attention_per_token(model, int(seq))
+        tokens, attention = int(batch) * int(seq), attention_per_token(shape_of(result), int(seq))
         if m.get(M.FLOPS_BACKWARD) is None:  # forward only: inference
             return cls(model=name, params=active_params(m), seq_len=int(seq), counted=m[M.FLOPS_FORWARD] / tokens,
                        counted_forward=m[M.FLOPS_FORWARD] / tokens, optimizer_step=0.0,
@@ -82,26 +83,19 @@ def active_params(metrics: dict[str, Any]) -> int:
     return int(metrics.get(M.PARAMS_ACTIVE) or metrics[M.PARAMS])
 
 
-def of_preset(name: str, params: int, seq_len: int, model: dict[str, Any]) -> PerToken:
-    """A preset's closed-form cost from its size and config alone (nothing counted): for the compute-optimal table."""
-    return PerToken(name, params, seq_len, None, None, None, attention_per_token(model, seq_len))
+def of_preset(name: str, params: int, seq_len: int, shape: ModelShape | dict[str, Any]) -> PerToken:
+    """A preset's closed-form cost from its size and shape alone (nothing counted): for the compute-optimal table.
+    ``shape``: its family's, or its config as resolved (whose shape :func:`~flopsweep.core.shape.from_config` reads)."""
+    shape = shape if isinstance(shape, ModelShape) else from_config(shape)
+    return PerToken(name, params, seq_len, None, None, None, attention_per_token(shape, seq_len))
 
 
-def attention_per_token(model: dict[str, Any], seq_len: int) -> Optional[float]:
-    """PaLM's ``12·L·H·Q·T`` for a decoder-only model config (forward + backward, full T×T), else None: our decoder
-    family, or a Hugging Face causal LM whose heads have one width for scores and values (not DeepSeek's MLA)."""
-    if model.get("family") == "decoder":
-        return 12.0 * model["n_layer"] * model["d_model"] * seq_len  # H·Q = n_head × (d_model / n_head)
-    fields = model.get("fields") or {}
-    if model.get("family") != "hf" or model.get("task") != "causal-lm" or "kv_lora_rank" in fields:
+def attention_per_token(shape: ModelShape, seq_len: int) -> Optional[float]:
+    """PaLM's ``12·L·H·Q·T`` for a decoder-only language model (forward + backward, full T×T), else None: one whose
+    heads have one width for scores and values (not DeepSeek's MLA)."""
+    if not shape.causal_lm or shape.kv_latent or not (shape.layers and shape.heads and shape.head_dim):
         return None
-    layers = fields.get("num_hidden_layers") or fields.get("n_layer")
-    heads = fields.get("num_attention_heads") or fields.get("n_head")
-    width = fields.get("hidden_size") or fields.get("n_embd")
-    head_dim = fields.get("head_dim") or (width // heads if width and heads else None)
-    if not (layers and heads and head_dim):
-        return None
-    return 12.0 * layers * heads * head_dim * seq_len
+    return 12.0 * shape.layers * shape.heads * shape.head_dim * seq_len
 
 
 @dataclass(frozen=True)

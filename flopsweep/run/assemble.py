@@ -170,6 +170,7 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
         "flops_convention": FLOPS_CONVENTION,
         "versions": {"flopsweep": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "host": platform.node(), "device": spec.device,
+        "shape": spec.family.shape(spec.model).to_dict(),  # what readers know of the model (core/shape.py)
     }
     if spec.params_dtype == "int8":
         info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"

@@ -13,6 +13,7 @@ from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
+from flopsweep.core.shape import ModelShape
 from flopsweep.measure.size import active_parameters
 from flopsweep.run.job import run_job
 
@@ -41,12 +42,13 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
 @dataclass(frozen=True)
 class PresetSize:
     """A language-model preset at its default sequence length: its name, the parameters a token uses (a mixture of
-    experts: its top-k experts; each parameter once) and its config as resolved."""
+    experts: its top-k experts; each parameter once), its config as resolved and its family's shape of it."""
 
     name: str
     params: int
     seq_len: int
     model: dict[str, Any]
+    shape: ModelShape
 
 
 def language_model_presets() -> list[PresetSize]:
@@ -64,5 +66,6 @@ def language_model_presets() -> list[PresetSize]:
         if spec.family.generator is None or spec.family.generator(spec.model) is None:  # not a causal LM
             continue
         params = active_parameters(build(spec).model)
-        sizes.append(PresetSize(file.stem, params, spec.batch.seq_len, dataclasses.asdict(spec.model)))
+        sizes.append(PresetSize(file.stem, params, spec.batch.seq_len, dataclasses.asdict(spec.model),
+                                spec.family.shape(spec.model)))
     return sizes

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import is_number, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
+from flopsweep.core.shape import shape_of
 from flopsweep.sinks import health
 from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
                                       sweep_name)
@@ -34,16 +35,9 @@ PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by job
 SWEEP_TAG = "flopsweep.sweep"
 PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
-# one name per concept across families (our own keys, a Hugging Face config's under model.fields): a filter or a
-# chart's axis spans them all; the family's own keys stay params
-SHAPE_METRICS = {
-    M.CONFIG_WIDTH: ("model.d_model", "model.embed_dim", "model.fields.hidden_size", "model.fields.n_embd",
-                     "model.fields.d_model"),
-    M.CONFIG_LAYERS: ("model.n_layer", "model.n_layers", "model.fields.num_hidden_layers", "model.fields.n_layer",
-                      "model.fields.num_layers"),
-    M.CONFIG_HEADS: ("model.n_head", "model.num_heads", "model.fields.num_attention_heads", "model.fields.n_head",
-                     "model.fields.num_heads"),
-}
+# one name per figure of the model's shape across families: a filter or a chart's axis spans them all; the family's
+# own keys stay params
+SHAPE_METRICS = {M.CONFIG_WIDTH: "width", M.CONFIG_LAYERS: "layers", M.CONFIG_HEADS: "heads"}
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the UI's classic runs view, not GenAI's
 
 
@@ -173,10 +167,9 @@ class Store:
         now = int(time.time() * 1000)
         flat = flatten(config)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if is_number(v)]
-        for name, keys in SHAPE_METRICS.items():  # the first of a concept's keys the config has
-            key = next((k for k in keys if is_number(flat.get(k))), None)
-            if key is not None:
-                metrics.append(Metric(name, float(flat[key]), now, 0))
+        shape = shape_of(result).to_dict()
+        metrics += [Metric(name, float(shape[field]), now, 0) for name, field in SHAPE_METRICS.items()
+                    if shape[field] is not None]
         params = [Param(k, masked(str(v))[:6000]) for k, v in flat.items()  # a store's password masked
                   if "=" not in k and "," not in k and v is not None and v != ""]  # no 'None' literals
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
