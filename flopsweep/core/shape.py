@@ -95,4 +95,5 @@ def shape_of(result: Result) -> ModelShape:
     recorded = result.info.get("shape")
     if isinstance(recorded, Mapping):
         return ModelShape.from_dict(recorded)
-    return from_config(result.config.get("model") or {})
+    model = result.config.get("model")
+    return from_config(model if isinstance(model, Mapping) else {})
