@@ -53,3 +53,20 @@ def test_a_generation_on_cuda_counts_as_on_meta_is_timed_and_fits_its_estimate()
     # what the device held at most: the weights and the cache at least, the meta estimate allocator rounding apart
     assert m["size/weights_bytes"] + m["size/kv_cache_bytes"] <= m["size/measured_peak_bytes"]
     assert m["size/measured_peak_bytes"] <= 1.2 * m["size/step_peak_bytes"]
+
+
+def test_a_quick_cuda_calibration_predicts_a_timed_step_within_a_factor_of_two(tmp_path, monkeypatch):
+    """The calibrated part (a coarse grid) predicts GPT-2 small's eager step on it; the time model is only as good as
+    its profile, so this bound is loose (the acceptance figures come from benchmarks/gpu/bench_gpu.py)."""
+    from flopsweep.measure.calibrate import calibrate
+    from flopsweep.measure.calibration import profile_path
+
+    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path))
+    cal = calibrate("cuda:0", quick=True)
+    cal.save(profile_path(cal.part))
+    spec = resolve(compose_config("model=gpt2_small", "batch.size=8", "batch.seq_len=512", "dtype=bfloat16",
+                                  "device=cuda", "measure.repeats=5", "tracking=none"))
+    result = run_job(spec, {})
+    assert result.status == "ok", result.error
+    assert result.info["prediction"]["default"] is False
+    assert 0.5 < result.metrics["time/step_predicted_ratio"] < 2.0, result.metrics

@@ -8,7 +8,7 @@ from typing import Optional
 
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
-from flopsweep.measure.settings import GenerateConf, MeasureConf
+from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models.base import BatchShape, Family, ModelConfig
 
 MAX_BATCH = "max"  # batch.size=max: the largest batch whose estimated training peak fits the memory budget
@@ -32,6 +32,7 @@ class JobSpec:
     train: TrainConf = field(default_factory=TrainConf)
     memory_budget: Optional[int] = None  # batch.size=max: batch.memory_budget_gib in bytes; None = from the device
     generate: GenerateConf = field(default_factory=GenerateConf)
+    predict: PredictConf = field(default_factory=PredictConf)
 
     @property
     def generates(self) -> bool:

@@ -15,7 +15,8 @@ from flopsweep.build.spec import MAX_BATCH, JobSpec
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.errors import is_number, require, require_int
-from flopsweep.measure.settings import GenerateConf, MeasureConf
+from flopsweep.core.hardware import accelerator, names as hardware_names
+from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models import family as family_of
 from flopsweep.models.base import BatchShape, Family, ModelConfig
 from flopsweep.sinks.target import target_of
@@ -35,11 +36,13 @@ def resolve(cfg: DictConfig) -> JobSpec:
     train = _train(cfg.train, family, cfg.dtype.params)
     generate = _generate(cfg.generate, train, family, model, batch)
     measure = _measure(cfg.measure)
+    predict = _predict(cfg.predict, measure)
     budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
     _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, params_dtype=cfg.dtype.params,
                    autocast=cfg.dtype.autocast, optimizer=opt, measure=measure, peak_tflops=cfg.device.peak_tflops,
-                   threads=cfg.device.threads, train=train, memory_budget=budget, generate=generate)
+                   threads=cfg.device.threads, train=train, memory_budget=budget, generate=generate,
+                   predict=predict)
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -128,6 +131,26 @@ def _generate(node: DictConfig, train: TrainConf, family: Family, model: ModelCo
 def _task_of(model: ModelConfig) -> str:
     task = getattr(model, "task", None)
     return f" ({task})" if task else ""
+
+
+def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
+    """``predict.hardware``: a part of the hardware table, or a calibration profile (a JSON file that exists);
+    ``predict.fused`` follows ``measure.compile`` unless given."""
+    predict = PredictConf(**OmegaConf.to_container(node))
+    if predict.hardware is not None:
+        hardware = str(predict.hardware)
+        require(hardware.strip() != "", "predict.hardware", hardware, "must name a part or a profile file")
+        is_file = hardware.endswith(".json")
+        require(not is_file or Path(hardware).is_file(), "predict.hardware", hardware,
+                "no such calibration profile (flopsweep-calibrate writes one)")
+        require(is_file or accelerator(hardware) is not None, "predict.hardware", hardware,
+                f"is not a part of the hardware table ({', '.join(hardware_names())}) nor a profile file (.json)")
+        predict.hardware = hardware
+    require(predict.fused is None or isinstance(predict.fused, bool), "predict.fused", predict.fused,
+            "must be true or false")
+    if predict.fused is None:
+        predict.fused = measure.compile
+    return predict
 
 
 def _measure(node: DictConfig) -> MeasureConf:

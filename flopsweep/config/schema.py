@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TrainConf
-from flopsweep.measure.settings import GenerateConf, MeasureConf
+from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.sinks.target import TrackingConf
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -68,6 +68,7 @@ class Schema:
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     train: TrainConf = field(default_factory=TrainConf)
     measure: MeasureConf = field(default_factory=MeasureConf)
+    predict: PredictConf = field(default_factory=PredictConf)
     generate: GenerateConf = field(default_factory=GenerateConf)  # train=generate
     tracking: TrackingConf = field(default_factory=TrackingConf)
     skip_existing: bool = False          # skip a job whose fingerprint already has a FINISHED run (resume)

@@ -103,3 +103,14 @@ SERVING_LARGEST_BATCH = "serving/largest_batch"
 
 def serving_metric(quantity: str) -> str:
     return f"serving/{quantity}"
+
+
+# a calibration profile's run (flopsweep-calibrate): what its fitted curves say of the part
+CALIBRATION_BANDWIDTH = "calibration/bandwidth_gbs"   # the largest elementwise kernel's bytes per second
+CALIBRATION_LAUNCH = "calibration/launch_us"          # an eager op issued from Python
+CALIBRATION_LAUNCH_BACKWARD = "calibration/launch_backward_us"
+
+
+def calibration_matmul_metric(dtype: str) -> str:
+    """The fitted matmul throughput of large shapes in ``dtype``, TFLOP/s."""
+    return f"calibration/matmul_tflops_{dtype}"

@@ -18,6 +18,7 @@ from torch import nn
 from flopsweep.core.profile import OPTIMIZER, ROOT
 from flopsweep.measure._torch import EagerDispatchMode
 from flopsweep.measure.formulas import CountOptions, cost_of
+from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.tracker import ModuleTracker
 
 PHASES = ("forward", "backward", "optimizer")
@@ -51,6 +52,7 @@ class StepCount:
     optimizer: Optional[PhaseCount]
     uncounted: dict[str, int]  # ops with arithmetic but no formula -> calls
     causal_half: bool
+    trace: OpTrace = field(default_factory=OpTrace)  # every op in the order it ran, with its cost inputs
 
     def phases(self) -> dict[str, PhaseCount]:
         return {name: count for name, count in zip(PHASES, (self.forward, self.backward, self.optimizer))
@@ -117,17 +119,19 @@ class Counter(EagerDispatchMode):
         self.phase = "forward"
         self.counts: dict[str, PhaseCount] = {}
         self.uncounted: dict[str, int] = defaultdict(int)
+        self.trace = OpTrace()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         cost = cost_of(func, args, kwargs, out, self.opts)
+        phase = self.phase_of() if self.phase_of else self.phase
+        self.trace.add(phase, func, args, kwargs, out, cost)
         if cost is None:
             self.uncounted[_name(func)] += 1
             return out
         if not (cost.matmul or cost.elementwise):
             return out
-        phase = self.phase_of() if self.phase_of else self.phase
         if phase == "forward":
             path = self.tracker.forward_path()
         elif phase == "backward":
@@ -151,7 +155,7 @@ class Counter(EagerDispatchMode):
             forward=phases.get("forward", PhaseCount()),
             backward=phases.get("backward", PhaseCount()) if backward else None,
             optimizer=phases.get("optimizer", PhaseCount()) if backward and optimizer else None,
-            uncounted=dict(self.uncounted), causal_half=self.opts.causal_half)
+            uncounted=dict(self.uncounted), causal_half=self.opts.causal_half, trace=self.trace)
 
 
 def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],

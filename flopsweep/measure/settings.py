@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -18,6 +19,15 @@ class MeasureConf:
     seed: int = 0
     memory_check: bool = True            # cpu/cuda: skip a job whose meta-estimated training peak does not fit
     memory_share: float = 0.8            # ... in this share of the memory available (MemAvailable, CUDA free)
+    compile: bool = False                # time the step under torch.compile (counts stay the eager step's)
+
+
+@dataclass
+class PredictConf:
+    """The ``predict`` node: a step's time predicted from its counted ops and a calibration profile."""
+
+    hardware: Optional[str] = None       # a part (hardware table) or a profile file; None: the device timed, if calibrated
+    fused: Optional[bool] = None         # elementwise ops fused into kernels; None: as the step is timed (measure.compile)
 
 
 @dataclass

@@ -135,6 +135,26 @@ def time_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Opti
         threads=torch.get_num_threads(), device_name=device_name(device), device=device)
 
 
+def compiled(model: nn.Module, inputs: dict[str, torch.Tensor], autocast: Callable[[], ContextManager], device: str,
+             *, training: bool = True) -> tuple[nn.Module, float]:
+    """``model`` under ``torch.compile`` (its forward, and so its backward), and the seconds its first step took:
+    the compile, timed apart from the steps after it. A model that does not compile raises here."""
+    clock = Clock(device)
+    model_c = torch.compile(model)
+    clock.sync()
+    start = time.perf_counter()
+    if training:
+        with autocast():
+            loss = model_c(**inputs)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+    else:
+        with torch.no_grad(), autocast():
+            model_c(**inputs)
+    clock.sync()
+    return model_c, time.perf_counter() - start
+
+
 def block_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
     """The stacks of repeated blocks: outermost ``nn.ModuleList``s of modules of one type."""
     found: dict[str, nn.ModuleList] = {}

@@ -16,10 +16,12 @@ from flopsweep.core import metrics as M
 from flopsweep.core.hardware import peak_flops
 from flopsweep.core.result import Result
 from flopsweep.measure.count import StepCount
+from flopsweep.measure.predict import Prediction
 from flopsweep.measure.profile import module_rows
 from flopsweep.measure.size import TEMPORARY, SizeRecord, StepMemory
 from flopsweep.measure.timing import TimingRecord
 from flopsweep.models.base import BatchShape
+from flopsweep.run.prediction import prediction_metrics
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Progress:
     notes: dict[str, str] = field(default_factory=dict)  # for info: what could not be measured, and why
     periodic_ops: dict[str, int] = field(default_factory=dict)  # the optimizer's: op -> once in so many steps
     metrics: dict[str, Optional[float]] = field(default_factory=dict)  # a mode's own (generation), over the rest
+    prediction: Optional[Prediction] = None  # the step's time predicted from its counted ops
+    prediction_info: dict[str, Any] = field(default_factory=dict)  # its profile, or why there is none
 
 
 def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status: str = "ok",
@@ -48,6 +52,10 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     else:
         metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
     metrics.update(progress.metrics)
+    if count is not None:
+        model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
+        metrics.update(prediction_metrics(progress.prediction, progress.timing, model_flops,
+                                          spec.autocast or spec.params_dtype))
     mean = optimizer_mean(count, progress.periodic_ops)
     if mean is not None:
         metrics[M.FLOPS_OPTIMIZER_MEAN] = mean
@@ -59,6 +67,8 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     if count is not None:
         breakdown = step_breakdown(count, spec.measure.module_depth, model, spec.measure.profile, progress.latency)
     info = {**job_info(spec, progress.timing), **progress.notes}
+    if progress.prediction_info:
+        info["prediction"] = progress.prediction_info
     return with_step_memory(Result(status, error, config, metrics, breakdown, info=info),
                             size.step if size is not None else None)
 

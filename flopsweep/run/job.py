@@ -14,6 +14,7 @@ import torch
 
 from flopsweep.build.model import Built, build
 from flopsweep.build.spec import JobSpec
+from flopsweep.core import metrics as M
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.text import size_bytes
@@ -21,9 +22,10 @@ from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.profile import forward_latency
 from flopsweep.measure.size import SavedActivations, SizeRecord, StepMemory, measure_size, simulate_step
-from flopsweep.measure.timing import time_per_block, time_step
+from flopsweep.measure.timing import compiled, time_per_block, time_step
 from flopsweep.run.assemble import Progress, collect_metrics, job_result, with_step_memory
 from flopsweep.run.generation import measure_generation
+from flopsweep.run.prediction import predict_step
 from flopsweep.run.fit import (MetaEstimate, available_memory, check_memory, find_max_batch, memory_limit,
                                with_batch_size)
 
@@ -166,11 +168,17 @@ def step_down(size: int) -> int:
     return max(1, min(size - 1, size * 3 // 4))
 
 
+class DidNotCompile(Exception):
+    """``measure.compile=true`` on a model that ``torch.compile`` refuses."""
+
+
 def _run(spec: JobSpec, config: dict[str, Any]) -> Result:
     """Build and measure; running out of memory in any phase gives an ``oom`` result with what was measured."""
     progress = Progress()
     try:
         result = _measure(spec, config, progress)
+    except DidNotCompile as err:  # a failed job that keeps its count and sizes
+        return job_result(spec, config, progress, status="failed", error=str(err))
     except Exception as err:
         cause = out_of_memory(err)
         if cause is None:
@@ -242,9 +250,22 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
     if spec.measure.time and not on_meta:
         progress.phase = "time"
         timer = time_per_block if spec.measure.timing == "per_block" else time_step
+        model = built.model
+        if spec.measure.compile:  # the counts above are the eager step's: the FLOPs a step needs do not change
+            progress.phase = "compile"
+            try:
+                model, progress.metrics[M.TIME_COMPILE] = compiled(built.model, built.inputs, built.autocast,
+                                                                   spec.device, training=spec.training)
+            except Exception as err:  # noqa: BLE001 - torch.compile's own errors, many kinds; the job fails
+                if out_of_memory(err) is not None:
+                    raise
+                raise DidNotCompile(f"measure.compile=true: the model does not compile: {one_line(err, 300)}") \
+                    from None
+            progress.phase = "time"
         if spec.device.startswith("cuda"):  # the steps' peak, not the build's
             torch.cuda.reset_peak_memory_stats(spec.device)
-        progress.timing = timer(built.model, built.inputs, built.optimizer, built.autocast, spec.device,
+        progress.timing = timer(model, built.inputs, built.optimizer, built.autocast, spec.device,
                                 warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
+    progress.prediction, progress.prediction_info = predict_step(spec, progress.count, progress.timing)
 
 

@@ -1,0 +1,181 @@
+"""Calibrate the part this process runs on: matmuls over a grid of shapes and dtypes, attention (SDPA) over shapes,
+elementwise kernels over sizes (memory bandwidth), and the cost of launching an op (eager from Python, from the
+autograd engine, a view, a kernel in a CUDA graph). The result is a :class:`Calibration` of raw points; its curves
+are fitted when read. Takes about two minutes on a 2-core CPU, under a minute on a GPU."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from flopsweep.core.hardware import accelerator as lookup_accelerator
+from flopsweep.measure.calibration import Calibration
+from flopsweep.measure.timing import device_name
+
+# (dims for M, K and N; the most FLOPs of one point), by device kind and dtype; points above the cap are left to the
+# fitted curve, which saturates
+MATMUL_GRID = {
+    "cpu": {"float32": ((16, 64, 256, 1024, 4096), 2 ** 34), "bfloat16": ((16, 256, 4096), 2 ** 31)},
+    "cuda": {"bfloat16": ((16, 64, 256, 1024, 4096, 16384), 2 ** 43),
+             "float16": ((16, 256, 1024, 4096, 16384), 2 ** 43),
+             "float32": ((16, 256, 1024, 4096, 16384), 2 ** 40)},
+}
+ATTENTION_GRID = {"cpu": ((8, 48), (64, 256, 1024), (64,)), "cuda": ((8, 64), (128, 512, 2048, 8192), (64, 128))}
+MEMORY_SIZES = {"cpu": [2 ** p for p in range(10, 27, 2)], "cuda": [2 ** p for p in range(10, 31, 2)]}  # per tensor
+
+
+class _Timer:
+    """Seconds of one call of ``fn`` on the device: a warm-up call, then repeats until ``budget`` seconds (at least 3,
+    at most 200); the median of 3 such batches. On a GPU the calls of a batch run back to back between events."""
+
+    def __init__(self, device: str, budget: float):
+        self.cuda = device.startswith("cuda")
+        self.budget = budget
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        fn()
+        self._sync()
+        start = time.perf_counter()
+        fn()
+        self._sync()
+        once = max(time.perf_counter() - start, 1e-7)
+        reps = int(min(200, max(3, self.budget / 3 / once)))
+        batches = []
+        for _ in range(3):
+            batches.append(self._batch(fn, reps) / reps)
+        return statistics.median(batches)
+
+    def _batch(self, fn: Callable[[], object], reps: int) -> float:
+        if self.cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            end.synchronize()
+            return begin.elapsed_time(end) / 1000.0
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def calibrate(device: str = "cpu", *, quick: bool = False,
+              tick: Optional[Callable[[str], None]] = None) -> Calibration:
+    """Measure this machine's ``device``; ``quick`` takes a coarse grid (seconds, for tests)."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    timer = _Timer(device, 0.01 if quick else 0.05)
+    say = tick or (lambda _: None)
+    name = device_name(device)
+    cal = Calibration(part=name, device=kind, torch=torch.__version__,
+                      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      threads=torch.get_num_threads() if kind == "cpu" else None)
+    accelerator = lookup_accelerator(name) if kind == "cuda" else None
+    if accelerator is not None:
+        cal.peak = {d: accelerator.peak(d) for d in accelerator.peak_tflops if accelerator.peak(d)}
+        cal.sources["peak"] = accelerator.source
+    say("launch costs")
+    _launches(cal, device, timer)
+    say("memory bandwidth")
+    sizes = MEMORY_SIZES[kind][::2] if quick else MEMORY_SIZES[kind]
+    cal.memory, cal.elementwise = _memory(device, sizes, timer)
+    for dtype, (dims, cap) in MATMUL_GRID[kind].items():
+        say(f"matmuls, {dtype}")
+        grid = dims[::2] if quick else dims
+        cal.matmul[dtype] = _matmuls(device, getattr(torch, dtype), grid, cap // (64 if quick else 1), timer)
+        say(f"attention, {dtype}")
+        cal.attention[dtype] = _attention(device, getattr(torch, dtype), ATTENTION_GRID[kind], quick, timer)
+    cal.sources["measured"] = f"flopsweep-calibrate on {name} ({kind}), torch {torch.__version__}"
+    return cal
+
+
+def _launches(cal: Calibration, device: str, timer: _Timer) -> None:
+    """Host-side costs per op: measured over many calls of tiny tensors, so that the device never is the bound."""
+    x = torch.ones(1, device=device)
+    host = _Timer("cpu", timer.budget)  # wall time of issuing, the device left to catch up after each batch
+    cal.launch_s = host(lambda: torch.add(x, x))
+    cal.view_s = host(lambda: x.view(-1))
+    leaf = torch.ones(1, device=device, requires_grad=True)
+
+    def chain_backward(n: int = 64) -> None:
+        y = leaf
+        for _ in range(n):
+            y = y * 1.0
+        y.backward()
+
+    with_backward = host(chain_backward)
+    cal.launch_backward_s = max((with_backward - 64 * cal.launch_s) / 64, cal.launch_s / 10)
+    if device.startswith("cuda"):
+        cal.graph_launch_s = _graph_launch(device)
+        torch.cuda.synchronize()
+
+
+def _graph_launch(device: str, n: int = 200) -> Optional[float]:
+    """Seconds a tiny kernel takes on the device when replayed in a CUDA graph."""
+    try:
+        x = torch.ones(1, device=device)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                x.add_(1)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(n):
+                x.add_(1)
+        return _Timer(device, 0.05)(graph.replay) / n
+    except RuntimeError:  # no graphs on this part or driver
+        return None
+
+
+def _memory(device: str, sizes: list[int], timer: _Timer) -> tuple[list[list[float]], list[list[float]]]:
+    memory, elementwise = [], []
+    for size in sizes:
+        n = max(1, size // 4)
+        a, b = torch.ones(n, device=device), torch.ones(n, device=device)
+        out = torch.empty_like(a)
+        memory.append([3 * 4 * n, timer(lambda: torch.add(a, b, out=out))])
+        elementwise.append([n, timer(lambda: torch.exp(a, out=out))])
+        del a, b, out
+    return memory, elementwise
+
+
+def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer) -> list[list[float]]:
+    rows = []
+    for m, k, n in itertools.product(dims, repeat=3):
+        if 2 * m * k * n > cap:
+            continue
+        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+        out = torch.empty(m, n, device=device, dtype=dtype)
+        rows.append([m, k, n, timer(lambda: torch.mm(a, b, out=out))])
+        del a, b, out
+    return rows
+
+
+def _attention(device: str, dtype: torch.dtype, grid: tuple, quick: bool, timer: _Timer) -> list[list[float]]:
+    heads, lengths, dims = grid
+    if quick:
+        heads, lengths, dims = heads[:1], lengths[:2], dims[:1]
+    rows = []
+    for bh, s, d, causal in itertools.product(heads, lengths, dims, (0, 1)):
+        q, k, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        forward = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+        grad = torch.ones_like(out)
+
+        def both() -> None:
+            torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), (q, k, v), grad)
+
+        rows.append([bh, s, s, d, causal, forward, max(timer(both) - forward, forward / 10)])
+        del q, k, v, out, grad
+    return rows

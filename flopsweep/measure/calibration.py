@@ -1,0 +1,284 @@
+"""A part's calibration profile: what its matmuls, attention kernels, memory and launches really achieve, measured once
+(``flopsweep-calibrate``) or taken from published measurements, and the curves fitted to those points that the time
+model reads (:mod:`flopsweep.measure.predict`). No torch here: a profile is numbers.
+
+The raw points are kept beside the fitted curves, so a profile can be refitted and checked:
+
+- ``matmul[dtype]``: rows (M, K, N, seconds) of one GEMM each, C[M, N] = A[M, K] B[K, N];
+- ``attention[dtype]``: rows (batch x heads, Sq, Sk, head dim, causal, forward seconds, backward seconds);
+- ``memory``: rows (bytes read + written, seconds) of elementwise kernels (``a + b``), smallest to largest;
+- ``elementwise``: rows (elements, seconds) of a transcendental elementwise op (``exp``), one FLOP an element;
+- ``launch_s`` (an eager op's dispatch and launch, forward from Python), ``launch_backward_s`` (an op the autograd
+  engine dispatches), ``view_s`` (a view's dispatch), ``graph_launch_s`` (a kernel replayed in a CUDA graph).
+
+Fitted curves (docs/conventions.md, "Predicted time"): a matmul's throughput is ``T * M/(M+m0) * K/(K+k0) * N/(N+n0)``
+(full for large shapes, proportional to a dimension where it is small: tiles left empty), fitted in log space to the
+points; attention's likewise over (batch x heads, Sq) per direction and mask; memory time is the measured curve,
+interpolated in log-log between points and at the largest point's bandwidth beyond.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from flopsweep.core import metrics as M
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Saturating:
+    """``peak * prod(x_i / (x_i + c_i))``: a throughput that grows with each dimension and saturates at ``peak``."""
+
+    peak: float
+    knees: tuple[float, ...]
+
+    def __call__(self, *xs: float) -> float:
+        value = self.peak
+        for x, c in zip(xs, self.knees):
+            value *= x / (x + c)
+        return value
+
+    @classmethod
+    def fit(cls, xs: Sequence[Sequence[float]], ys: Sequence[float]) -> "Saturating":
+        """Least squares on log throughput (Nelder-Mead over log peak and log knees)."""
+        n = len(xs[0])
+        logs = [math.log(y) for y in ys]
+
+        top = math.log(1.5 * max(ys))                                 # no peak far above what was measured ...
+        spans = [math.log(4 * max(x[i] for x in xs)) for i in range(n)]  # ... nor a knee far beyond the points
+
+        def loss(theta: list[float]) -> float:
+            if theta[0] > top or any(t > s or t < -20 for t, s in zip(theta[1:], spans)):
+                return 1e12
+            peak, knees = math.exp(theta[0]), [math.exp(t) for t in theta[1:]]
+            total = 0.0
+            for x, log_y in zip(xs, logs):
+                model = math.log(peak) + sum(math.log(xi / (xi + c)) for xi, c in zip(x, knees))
+                total += (model - log_y) ** 2
+            return total
+
+        start = [max(logs)] + [math.log(max(1.0, sorted(x[i] for x in xs)[len(xs) // 4])) for i in range(n)]
+        best = _nelder_mead(loss, start)
+        return cls(math.exp(best[0]), tuple(math.exp(t) for t in best[1:]))
+
+
+def _nelder_mead(f, x0: list[float], steps: int = 2000, tol: float = 1e-10) -> list[float]:
+    simplex = [list(x0)] + [[v + (1.0 if i == j else 0.0) for j, v in enumerate(x0)] for i in range(len(x0))]
+    values = [f(x) for x in simplex]
+    for _ in range(steps):
+        order = sorted(range(len(simplex)), key=values.__getitem__)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < tol:
+            break
+        centre = [sum(p[j] for p in simplex[:-1]) / (len(simplex) - 1) for j in range(len(x0))]
+        worst = simplex[-1]
+
+        def towards(t: float) -> list[float]:
+            return [c + t * (w - c) for c, w in zip(centre, worst)]
+
+        reflected = towards(-1.0)
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = towards(-2.0)
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = towards(0.5)
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:  # shrink towards the best
+                simplex = [simplex[0]] + [[b + 0.5 * (p - b) for b, p in zip(simplex[0], q)] for q in simplex[1:]]
+                values = [values[0]] + [f(q) for q in simplex[1:]]
+    return simplex[min(range(len(simplex)), key=values.__getitem__)]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Seconds for ``x`` (bytes or elements), interpolated in log-log between measured points; beyond the last point,
+    at its rate; below the first, its time."""
+
+    xs: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    def __call__(self, x: float) -> float:
+        if x <= self.xs[0]:
+            return self.seconds[0]
+        if x >= self.xs[-1]:
+            return self.seconds[-1] * x / self.xs[-1]
+        i = bisect.bisect_right(self.xs, x)
+        x0, x1, t0, t1 = self.xs[i - 1], self.xs[i], self.seconds[i - 1], self.seconds[i]
+        w = math.log(x / x0) / math.log(x1 / x0)
+        return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[float]], floor: float = 0.0) -> "Curve":
+        """From rows (x, seconds): sorted, each time less ``floor`` (the launch, kept apart) but never below a tenth of
+        itself, and made non-decreasing (a larger transfer never takes less time)."""
+        pairs = sorted((float(x), float(t)) for x, t in rows)
+        xs, ts, last = [], [], 0.0
+        for x, t in pairs:
+            last = max(last, max(t - floor, t / 10))
+            xs.append(x)
+            ts.append(last)
+        return cls(tuple(xs), tuple(ts))
+
+
+@dataclass
+class Calibration:
+    """A part's profile (see the module's docstring for the tables)."""
+
+    part: str
+    device: str                    # cpu | cuda
+    torch: str = ""
+    date: str = ""
+    threads: Optional[int] = None
+    default: bool = False          # from published measurements or vendor figures, not measured here
+    sources: dict[str, str] = field(default_factory=dict)
+    peak: dict[str, float] = field(default_factory=dict)   # dense FLOP/s by dtype, where known (a GPU's datasheet)
+    matmul: dict[str, list[list[float]]] = field(default_factory=dict)
+    attention: dict[str, list[list[float]]] = field(default_factory=dict)
+    memory: list[list[float]] = field(default_factory=list)
+    elementwise: list[list[float]] = field(default_factory=list)
+    launch_s: float = 0.0
+    launch_backward_s: float = 0.0
+    view_s: float = 0.0
+    graph_launch_s: Optional[float] = None
+    version: int = VERSION
+
+    # -- the fitted curves ------------------------------------------------------------------------------------
+    def matmul_curve(self, dtype: str) -> Optional[Saturating]:
+        return _fitted(self, ("matmul", dtype), lambda: _fit_matmul(self.matmul.get(dtype), self.launch_s))
+
+    def attention_curve(self, dtype: str, causal: bool, backward: bool) -> Optional[Saturating]:
+        return _fitted(self, ("attention", dtype, causal, backward),
+                       lambda: _fit_attention(self.attention.get(dtype), causal, backward, self.launch_s))
+
+    def memory_curve(self) -> Curve:
+        return _fitted(self, ("memory",), lambda: Curve.of(self.memory, self.launch_s))
+
+    def elementwise_curve(self) -> Optional[Curve]:
+        return _fitted(self, ("elementwise",),
+                       lambda: Curve.of(self.elementwise, self.launch_s) if self.elementwise else None)
+
+    def figures(self) -> dict[str, float]:
+        """What the profile says of the part, in a few numbers (the calibration run's metrics)."""
+        out = {M.CALIBRATION_LAUNCH: self.launch_s * 1e6, M.CALIBRATION_LAUNCH_BACKWARD: self.launch_backward_s * 1e6}
+        if self.memory:
+            size, seconds = max(self.memory)
+            out[M.CALIBRATION_BANDWIDTH] = size / seconds / 1e9
+        for dtype in self.dtypes():
+            curve = self.matmul_curve(dtype)
+            if curve is not None:
+                out[M.calibration_matmul_metric(dtype)] = curve(8192, 8192, 8192) / 1e12
+        return out
+
+    def dtypes(self) -> list[str]:
+        return sorted(self.matmul)
+
+    def scaled(self, *, bandwidth: float = 1.0, compute: float = 1.0) -> "Calibration":
+        """The same part with ``bandwidth`` times its memory speed and ``compute`` times its arithmetic (launches as
+        they are)."""
+        def faster(t: float, factor: float) -> float:
+            return self.launch_s + max(t - self.launch_s, t / 10) / factor
+
+        return dataclasses.replace(
+            self, memory=[[b, faster(t, bandwidth)] for b, t in self.memory],
+            elementwise=[[n, faster(t, compute)] for n, t in self.elementwise],
+            matmul={d: [[m, k, n, faster(t, compute)] for m, k, n, t in rows] for d, rows in self.matmul.items()},
+            attention={d: [[*r[:5], faster(r[5], compute), faster(r[6], compute)] for r in rows]
+                       for d, rows in self.attention.items()},
+            peak={d: p * compute for d, p in self.peak.items()})
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def digest(self) -> str:
+        """What identifies this profile's figures (runs predicted by it are grouped by it)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        if data.get("version") != VERSION:
+            raise ValueError(f"calibration profile version {data.get('version')!r}, this flopsweep reads {VERSION}: "
+                             f"run flopsweep-calibrate again")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _fitted(cal: Calibration, key: tuple, make) -> Any:
+    cache = cal.__dict__.setdefault("_curves", {})
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _fit_matmul(rows: Optional[list[list[float]]], launch: float) -> Optional[Saturating]:
+    if not rows:
+        return None
+    xs = [(m, k, n) for m, k, n, _ in rows]
+    ys = [2 * m * k * n / max(t - launch, t / 10) for m, k, n, t in rows]
+    return Saturating.fit(xs, ys)
+
+
+def _fit_attention(rows: Optional[list[list[float]]], causal: bool, backward: bool,
+                   launch: float) -> Optional[Saturating]:
+    picked = [r for r in (rows or []) if bool(r[4]) == causal]
+    if not picked:
+        return None
+    xs, ys = [], []
+    for bh, sq, sk, d, _, forward_s, backward_s in picked:
+        seconds = backward_s if backward else forward_s
+        flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the counted convention: QK^T and PV, full S^2
+        xs.append((bh, sq))
+        ys.append(flops / max(seconds - launch, seconds / 10))
+    return Saturating.fit(xs, ys)
+
+
+# -- where profiles live ------------------------------------------------------------------------------------------
+
+def profile_dir() -> Path:
+    """``$FLOPSWEEP_CALIBRATION_DIR``, else ``$XDG_CACHE_HOME/flopsweep/calibration`` (``~/.cache/...``)."""
+    explicit = os.environ.get("FLOPSWEEP_CALIBRATION_DIR")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "flopsweep" / "calibration"
+
+
+def slug(part: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", part.lower()).strip("-") or "part"
+
+
+def profile_path(part: str) -> Path:
+    return profile_dir() / f"{slug(part)}.json"
+
+
+def find_profile(part: str) -> Optional[Calibration]:
+    """The profile calibrated on this machine for ``part`` (a device's name), or None."""
+    path = profile_path(part)
+    return Calibration.load(path) if path.is_file() else None

@@ -1,0 +1,75 @@
+"""Default profiles for parts nobody calibrated here: the hardware table's peaks and bandwidth, shaped by published
+measurements (each source named in the profile), and marked ``default``; and the profile a job predicts with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from flopsweep.core.hardware import Accelerator, accelerator
+from flopsweep.measure.calibration import Calibration, Saturating, find_profile, profile_dir
+
+# A matmul's share of the dense peak, from LLMCompass's measured A100 GEMMs (M x 12288 x 12288: 92 % of peak at
+# M = 8192, 83 % at 1024, 33 % at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2 %.
+MATMUL_SHARE, MATMUL_KNEE = 0.93, 115.0
+MEMORY_SHARE = 0.85             # of the datasheet's bandwidth, for large transfers (STREAM-like copies on HBM)
+LAUNCH_S = 6e-6                 # an eager op issued from Python (PyTorch's dispatcher and a CUDA launch)
+LAUNCH_BACKWARD_S = 4e-6        # one the autograd engine issues (no Python)
+VIEW_S = 1.5e-6
+KERNEL_S = 2.5e-6               # the least a kernel takes on the device
+DEFAULT_SOURCES = {
+    "matmul": "LLMCompass, measured A100 GEMMs (ae/figure5/ab/real_hardware/matmul_A100.csv), as shares of peak",
+    "memory": f"{MEMORY_SHARE:.0%} of the datasheet bandwidth",
+    "launch": "assumed: typical eager PyTorch on a server CPU (calibrate the part to replace it)",
+}
+GRID = (16, 64, 256, 1024, 4096, 16384)
+
+
+def default_profile(acc: Accelerator) -> Calibration:
+    """A profile of ``acc`` from its table row and the published shapes of efficiency (no measurement here)."""
+    cal = Calibration(part=acc.name, device="cuda", default=True, sources={**DEFAULT_SOURCES, "peak": acc.source},
+                      peak={d: acc.peak(d) for d in acc.peak_tflops if acc.peak(d)},
+                      launch_s=LAUNCH_S, launch_backward_s=LAUNCH_BACKWARD_S, view_s=VIEW_S, graph_launch_s=KERNEL_S)
+    for dtype in ("float32", "bfloat16", "float16", "fp8"):
+        peak = acc.peak(dtype)
+        if peak is None:
+            continue
+        curve = Saturating(MATMUL_SHARE * peak, (MATMUL_KNEE,) * 3)
+        cal.matmul[dtype] = [[m, k, n, LAUNCH_S + 2 * m * k * n / curve(m, k, n)]
+                             for m in GRID for k in GRID for n in GRID]
+    bandwidth = MEMORY_SHARE * acc.bandwidth
+    cal.memory = [[2.0 ** p, LAUNCH_S + max(KERNEL_S, 2.0 ** p / bandwidth)] for p in range(10, 34, 2)]
+    return cal
+
+
+def profile_for(hardware: Optional[str], device_name: Optional[str], gpu: bool) -> tuple[Optional[Calibration], str]:
+    """The profile to predict with, and where it came from: ``hardware`` (a profile file, or a part: calibrated here,
+    else its default), else the device a job timed on (calibrated here; a GPU of the table: its default). A CPU is
+    never looked up in the table (an AMD A10-7850K is no A10G)."""
+    if hardware is not None and hardware.endswith(".json"):
+        return Calibration.load(Path(hardware)), f"profile {hardware}"
+    name = hardware if hardware is not None else device_name
+    if name is None:
+        return None, "no part to predict for: set predict.hardware"
+    acc = accelerator(name) if hardware is not None or gpu else None
+    found = find_profile(name) or (find_profile(acc.name) or _calibrated_as(acc) if acc is not None else None)
+    if found is not None:
+        return found, f"calibrated on this machine ({profile_dir()})"
+    if acc is not None:
+        return default_profile(acc), "default curves (not calibrated here)"
+    return None, f"{name} is not calibrated here: run flopsweep-calibrate --device {'cuda' if gpu else 'cpu'}"
+
+
+def _calibrated_as(acc: Accelerator) -> Optional[Calibration]:
+    """A profile calibrated here on a device that the table knows as ``acc`` (saved under the device's full name)."""
+    folder = profile_dir()
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.json")):
+        try:
+            cal = Calibration.load(path)
+        except (ValueError, OSError):
+            continue
+        if cal.device == "cuda" and accelerator(cal.part) is acc:
+            return cal
+    return None

@@ -1,0 +1,193 @@
+"""A step's time predicted from its counted ops (:class:`~flopsweep.measure.ops.OpTrace`) and a part's calibration
+(:class:`~flopsweep.measure.calibration.Calibration`); no torch, no device: a count on ``meta`` predicts any part.
+
+Each op's body takes ``max(compute, memory)``: compute is its matmul FLOPs at the fitted matmul (or attention)
+throughput for its shape and dtype, or its elementwise FLOPs at the measured elementwise rate; memory is its bytes
+read and written on the measured memory curve. Views move nothing. Each op also costs its dispatch and launch.
+
+- On a CPU the ops run one after another: a phase is the sum of bodies and launches.
+- On a GPU the host issues ops ahead of the device: the host spends each op's launch, the device starts an op when
+  both it is issued and the previous one is done; a phase ends when the device does. Where the host falls behind
+  (small ops), the device's idle time is the launch-bound share.
+- ``fused`` (compiled code, or hand-fused kernels): consecutive memory-bound ops between two matmuls or attention
+  kernels are one kernel that moves the bytes of the widest of them (intermediates stay in registers), with one
+  launch; views cost nothing.
+
+Docs: docs/conventions.md, "Predicted time".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from flopsweep.measure.calibration import Calibration
+from flopsweep.measure.ops import ATTENTION, ATTENTION_BACKWARD, MATMUL, MEMORY, VIEW, OpSig, OpTrace
+
+FOREACH_TENSORS_PER_KERNEL = 48  # a CUDA _foreach_ op launches a kernel per chunk of tensors (multi_tensor_apply)
+
+
+@dataclass(frozen=True)
+class PhaseTime:
+    """A phase's predicted seconds and how they split: compute-bound bodies, memory-bound bodies, launches."""
+
+    seconds: float
+    compute: float
+    memory: float
+    launch: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    phases: dict[str, PhaseTime]
+    part: str
+    digest: str
+    default: bool           # the profile is a default (published figures), not measured here
+    fused: bool
+    peak: dict[str, float] = field(default_factory=dict)  # the part's dense FLOP/s by dtype, where known
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.phases.values())
+
+    def shares(self) -> dict[str, float]:
+        """Of the predicted step: compute, memory and launch, adding up to 1."""
+        total = self.seconds or 1.0
+        return {kind: sum(getattr(p, kind) for p in self.phases.values()) / total
+                for kind in ("compute", "memory", "launch")}
+
+    def bound(self) -> str:
+        shares = self.shares()
+        return max(shares, key=shares.get)
+
+
+class TimeModel:
+    """Seconds of one op's body on a calibrated part (curves fitted once per model)."""
+
+    def __init__(self, cal: Calibration, autocast: Optional[str] = None):
+        self.cal, self.autocast = cal, autocast
+        self.memory = cal.memory_curve()
+        self.elementwise = cal.elementwise_curve()
+        self.notes: set[str] = set()
+        self._dtype_of: dict[str, str] = {}
+
+    def dtype(self, dtype: str) -> Optional[str]:
+        """The calibrated dtype a matmul of ``dtype`` is predicted with: under autocast, a float32 one in the autocast
+        dtype (a count on meta runs without autocast); itself, else float32, else any."""
+        if self.autocast is not None and dtype == "float32":
+            dtype = self.autocast
+        if dtype not in self._dtype_of:
+            have = self.cal.dtypes()
+            chosen = dtype if dtype in have else ("float32" if "float32" in have else (have[0] if have else None))
+            if chosen != dtype and dtype in ("float32", "bfloat16", "float16"):
+                self.notes.add(f"no {dtype} matmuls in the profile of {self.cal.part}: predicted as {chosen}")
+            self._dtype_of[dtype] = chosen
+        return self._dtype_of[dtype]
+
+    def body(self, sig: OpSig) -> tuple[float, float]:
+        """(compute seconds, memory seconds) of one call."""
+        memory = self.memory(sig.bytes) if sig.bytes else 0.0
+        if sig.kind == MATMUL and sig.matmul:
+            groups, m, k, n = sig.dims
+            dtype = self.dtype(sig.dtype)
+            curve = self.cal.matmul_curve(dtype) if dtype else None
+            return (sig.matmul / curve(groups * m, k, n) if curve else 0.0), memory
+        if sig.kind in (ATTENTION, ATTENTION_BACKWARD) and sig.matmul:
+            bh, sq, sk, d, causal = sig.dims
+            dtype = self.dtype(sig.dtype)
+            curve = self.cal.attention_curve(dtype, bool(causal), sig.kind == ATTENTION_BACKWARD) if dtype else None
+            if curve is None:
+                curve = self.cal.matmul_curve(dtype) if dtype else None
+                self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
+                return (sig.matmul / curve(bh * sq, d, sk) if curve else 0.0), memory
+            return sig.matmul / curve(bh, sq), memory
+        compute = self.elementwise(sig.elementwise) if self.elementwise and sig.elementwise else 0.0
+        return compute, memory
+
+
+def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
+    """The step's time on ``cal``'s part; ``autocast``: the dtype float32 matmuls run in (mixed precision)."""
+    model = TimeModel(cal, autocast)
+    on_gpu = cal.device == "cuda"
+    phases = {}
+    for phase, calls in trace.phases.items():
+        ops = [trace.sigs[i] for i in calls]
+        launch = cal.launch_backward_s if phase == "backward" and cal.launch_backward_s else cal.launch_s
+        kernels = list(_fused(ops, model) if fused else _eager(ops, model, launch, cal, on_gpu))
+        phases[phase] = (_device_queue if on_gpu else _serial)(kernels, cal)
+    return Prediction(phases, cal.part, cal.digest(), cal.default, fused, dict(cal.peak), tuple(sorted(model.notes)))
+
+
+# a kernel to run: (host seconds to issue it, compute seconds, memory seconds)
+Kernel = tuple[float, float, float]
+
+
+def _eager(ops: list[OpSig], model: TimeModel, launch: float, cal: Calibration, on_gpu: bool):
+    for sig in ops:
+        if sig.kind == VIEW:
+            yield cal.view_s, 0.0, 0.0
+            continue
+        compute, memory = model.body(sig)
+        launches = 1
+        if sig.tensors > 1:  # a _foreach_ op: a kernel per chunk of tensors on a GPU, per tensor on a CPU
+            launches = math.ceil(sig.tensors / FOREACH_TENSORS_PER_KERNEL) if on_gpu else sig.tensors
+            launch_each = launch if on_gpu else (cal.launch_backward_s or launch)  # a C++ loop, not Python
+            yield launch_each * launches, compute, memory
+            continue
+        yield launch * launches, compute, memory
+
+
+def _fused(ops: list[OpSig], model: TimeModel):
+    """Runs of memory-bound ops between matmul-class kernels fused into one kernel each."""
+    group: list[OpSig] = []
+
+    def flush():
+        if group:
+            widest = max(sig.bytes for sig in group)
+            elementwise = sum(sig.elementwise for sig in group)
+            compute = model.elementwise(elementwise) if model.elementwise and elementwise else 0.0
+            yield model.cal.launch_s, compute, model.memory(widest) if widest else 0.0
+            group.clear()
+
+    for sig in ops:
+        if sig.kind == VIEW:
+            continue
+        if sig.kind == MEMORY:
+            group.append(sig)
+            continue
+        yield from flush()
+        compute, memory = model.body(sig)
+        yield model.cal.launch_s, compute, memory
+    yield from flush()
+
+
+def _serial(kernels: list[Kernel], cal: Calibration) -> PhaseTime:
+    compute = memory = launch = 0.0
+    for host, c, m in kernels:
+        launch += host
+        if c >= m:
+            compute += c
+        else:
+            memory += m
+    return PhaseTime(compute + memory + launch, compute, memory, launch)
+
+
+def _device_queue(kernels: list[Kernel], cal: Calibration) -> PhaseTime:
+    """The host issues, the device runs when both issued and free; the device's waits are the launch-bound time."""
+    host = device = compute = memory = idle = 0.0
+    shortest = cal.graph_launch_s or 0.0  # the least a kernel takes on the device
+    for issue, c, m in kernels:
+        host += issue
+        if c == 0.0 and m == 0.0:  # a view: the host's work only
+            continue
+        start = max(device, host)
+        idle += start - device
+        body = max(c, m, shortest)
+        device = start + body
+        if c >= m:
+            compute += body
+        else:
+            memory += body
+    return PhaseTime(device, compute, memory, idle)
