@@ -12,16 +12,16 @@ PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
 } | tee "$OUT/machine.txt"
-timeout 170 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py tests/test_faults.py \
+timeout 200 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py tests/test_faults.py \
   tests/test_batch_max.py 2>&1 | tee "$OUT/pytest_cuda.txt"
 tests=${PIPESTATUS[0]}
 # the GPU's calibration profile, where the timed jobs below find it (they record their predicted step beside the
 # measured one); no MLflow here
 export FLOPSWEEP_CALIBRATION_DIR=${FLOPSWEEP_CALIBRATION_DIR:-$OUT/calibration}
-timeout 150 "$PY" -m flopsweep.cli.calibrate --device cuda --no-log 2>&1 | tee "$OUT/calibrate.txt"
+timeout 130 "$PY" -m flopsweep.cli.calibrate --device cuda --no-log 2>&1 | tee "$OUT/calibrate.txt"
 calibrated=${PIPESTATUS[0]}
 # ${BENCH_ARGS}: --skip-generation where the generation rows are not wanted (a short lease)
-timeout 260 "$PY" benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_figures.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_figures.md"
+timeout 240 "$PY" benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_figures.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_figures.md"
 bench=${PIPESTATUS[0]}
 if [ -z "${SKIP_PROFILE:-}" ]; then  # where a decode step's time goes
   timeout 120 "$PY" benchmarks/gpu/profile_decode.py > "$OUT/profile_decode.txt" 2>&1
