@@ -154,7 +154,7 @@ def test_bad_layouts_are_one_line_errors_naming_the_option():
 
 
 def test_project_command_splits_a_measured_job_over_devices(tmp_path):
-    """A real job (tiny GPT on meta, global batch 8), then ``flopsweep-project --dp 2 --tp 2 --pp 2 --zero 3``:
+    """A real job (tiny GPT on meta, global batch 8), then ``flopsweep-project train --dp 2 --tp 2 --pp 2 --zero 3``:
     the per-device figures in the JSON and in MLflow follow from the job's metrics, time carries the bubble
     (m = pp = 2: 1/3), the memory warning shows, and bad layouts are one-line errors."""
     from mlflow.tracking import MlflowClient
@@ -167,8 +167,8 @@ def test_project_command_splits_a_measured_job_over_devices(tmp_path):
     assert job.returncode == 0, job.stderr
     folder = next(tmp_path.glob("outputs/runs/*/*/result.json")).parent
     m = json.loads((folder / "result.json").read_text())["metrics"]
-    project_cmd = [str(folder), "--steps", "100", "--batch", "8", "--gpu", "A100", "--mfu", "0.5", "--dp", "2",
-                   "--tp", "2", "--pp", "2"]
+    project_cmd = ["train", str(folder), "--steps", "100", "--batch", "8", "--gpu", "A100", "--mfu", "0.5",
+                   "--dp", "2", "--tp", "2", "--pp", "2"]
     out = run_main(project, *project_cmd, "--zero", "3", "--gpu-memory", "1e-6", "--json", "p.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads((tmp_path / "p.json").read_text())

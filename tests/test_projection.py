@@ -151,21 +151,22 @@ def test_project_command_projects_inference_and_refuses_training_plans_for_it(tm
     from flopsweep.cli.project import main
     from tests.helpers import run_main
 
-    def project(*args):
-        return run_main(main, "--model", "gpt2_small", "--seq-len", "64", *args, "--mfu", "0.5", "--no-log",
-                        cwd=tmp_path)
+    def project(subcommand, *args):
+        return run_main(main, subcommand, "--model", "gpt2_small", "--seq-len", "64", *args, "--mfu", "0.5",
+                        *(["--no-log"] if subcommand == "train" else []), cwd=tmp_path)
 
-    out = project("--inference", "--budget-gpu-hours", "1")
+    out = project("budget", "--inference", "--gpu-hours", "1")
     assert out.returncode == 0, out.stderr
     assert "processes (forward only), by method:" in out.stdout and "2ND+attention" in out.stdout
     assert "compute-optimal" not in out.stdout  # training data per parameter means nothing for inference
-    out = project("--inference", "--tokens", "1T", "--dtype", "fp8")  # every dtype of the peak table, fp8 too
+    out = project("train", "--inference", "--tokens", "1T", "--dtype", "fp8")  # every dtype of the peak table, fp8 too
     assert out.returncode == 0 and "1978.9 TFLOP/s peak" in out.stdout, out.stderr
     for args, message in ((["--inference", "--compute-optimal"], "compute-optimal=True: is a training plan"),
                           (["--inference", "--tokens", "1T", "--recompute"], "recompute=True"),):
-        out = project(*args)
+        out = project("train", *args)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    out = run_main(main, "some_folder", "--inference", "--tokens", "1T", "--mfu", "0.5", "--no-log", cwd=tmp_path)
+    out = run_main(main, "train", "some_folder", "--inference", "--tokens", "1T", "--mfu", "0.5", "--no-log",
+                   cwd=tmp_path)
     assert out.returncode == 2 and "inference=True: goes with --model" in out.stderr, out.stderr
 
 
@@ -185,8 +186,8 @@ def test_project_command_from_a_job_folder_logs_a_linked_run(tmp_path):
     assert job.returncode == 0, job.stderr
     folder = next(tmp_path.glob("outputs/runs/*/*/result.json")).parent
     result = json.loads((folder / "result.json").read_text())
-    out = run_main(main, str(folder), "--steps", "1K", "--batch", "8", "--gpu", "A100", "--gpus", "4", "--mfu", "0.5",
-                   "--price", "1.5", "--json", "p.json", cwd=tmp_path)
+    out = run_main(main, "train", str(folder), "--steps", "1K", "--batch", "8", "--gpu", "A100", "--gpus", "4",
+                   "--mfu", "0.5", "--price", "1.5", "--json", "p.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     data = json.loads((tmp_path / "p.json").read_text())
     m = result["metrics"]
@@ -232,10 +233,10 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--dtype", "bogus"],
                            "dtype='bogus': must be one of")):
         if message == "amount":
-            out = subprocess.run([sys.executable, "-m", "flopsweep.cli.project", *args, "--no-log"], cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=300)
+            out = subprocess.run([sys.executable, "-m", "flopsweep.cli.project", "train", *args, "--no-log"],
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
         else:
-            out = run_main(main, *args, "--no-log", cwd=tmp_path)
+            out = run_main(main, "train", *args, "--no-log", cwd=tmp_path)
         assert out.returncode == 2, (args, out.stdout)
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

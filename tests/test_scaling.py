@@ -42,7 +42,7 @@ def test_a_budget_ranks_our_presets_and_the_hugging_face_ones_by_predicted_loss(
     from flopsweep.cli.project import main
     from tests.helpers import run_main
 
-    out = run_main(main, "--model", "gpt2_small", "--budget-flops", "5.88e23", "--mfu", "0.4", "--no-log",
+    out = run_main(main, "budget", "--model", "gpt2_small", "--flops", "5.88e23", "--mfu", "0.4",
                    "--inference-tokens", "1T", "--json", "budget.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "budget.json").read_text())

@@ -1,4 +1,4 @@
-"""Serving: the roofline over a counted generation (flopsweep-project --serve), and the hardware table."""
+"""Serving: the roofline over a counted generation (flopsweep-project serve), and the hardware table."""
 
 import json
 
@@ -68,7 +68,7 @@ def test_serving_a_measured_generation_run(tmp_path):
                   "generate.new_tokens=32", "device=meta", "tracking=none", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     job = next(tmp_path.glob("outputs/runs/*/*"))
-    served = run_main(main, str(job), "--serve", "--gpu", "L4", "--price", "0.8", "--json", "plan.json",
+    served = run_main(main, "serve", str(job), "--gpu", "L4", "--price", "0.8", "--json", "plan.json",
                       cwd=tmp_path)
     assert served.returncode == 0, served.stderr
     assert "largest batch" in served.stdout and "L4" in served.stdout
@@ -77,13 +77,13 @@ def test_serving_a_measured_generation_run(tmp_path):
 
 
 @pytest.mark.parametrize("args,key", [
-    (["--model", "gpt2_small", "--serve", "--new-tokens", "8"], "prompt-tokens"),
-    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "RTX 9999"], "gpu"),
-    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "V100",
+    (["serve", "--model", "gpt2_small", "--new-tokens", "8"], "prompt-tokens"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "RTX 9999"], "gpu"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--gpu", "V100",
       "--dtype", "bfloat16"], "dtype"),                     # a V100 has no bf16 unit
-    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8",
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8",
       "--memory-efficiency", "1.5"], "memory-efficiency"),
-    (["--model", "gpt2_small", "--serve", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "2", "--gpus", "3"],
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "2", "--gpus", "3"],
      "gpus"),                                               # replicas of 2 GPUs each
 
 ])
@@ -95,12 +95,12 @@ def test_bad_serving_input_is_one_line_naming_it(args, key, tmp_path):
 def test_your_own_part_from_a_yaml_file(tmp_path):
     (tmp_path / "gpu.yaml").write_text("name: my-asic\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\n"
                                        "bandwidth_gbs: 2000\n")
-    out = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+    out = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "gpu.yaml", "--batch", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "my-asic (400 TFLOP/s bfloat16, 2,000 GB/s, 64 GB" in out.stdout
     (tmp_path / "bad.yaml").write_text("name: x\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\nbandwidth: 2\n")
-    bad = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+    bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
 
@@ -111,7 +111,7 @@ def test_a_serving_plan_is_logged_to_mlflow_with_its_figures_over_the_batch_and_
     from tests.helpers import local_store
 
     db = local_store(tmp_path / "outputs")
-    out = run_main(main, "--model", "gpt2_small", "--serve", "--prompt-tokens", "64", "--new-tokens", "16",
+    out = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "16",
                    "--gpu", "H100", "--price", "2", cwd=tmp_path)
     assert out.returncode == 0 and "MLflow: run " in out.stdout, out.stderr
     run_id = out.stdout.split("MLflow: run ")[1].split()[0]
@@ -152,7 +152,7 @@ def test_a_gqa_cache_on_more_gpus_than_kv_heads_is_repeated_not_split():
 def test_a_presets_kv_heads_come_from_its_config(tmp_path):
     """Llama 3.1 8B (32 heads, 8 KV heads) served on 16 H100s: the plan knows its 8 KV heads and says what a GPU
     holds; its largest batch fits the weights' sixteenth and the cache's eighth in 90 % of a GPU."""
-    out = run_main(main, "--model", "llama3_1_8b", "--serve", "--prompt-tokens", "64", "--new-tokens", "8",
+    out = run_main(main, "serve", "--model", "llama3_1_8b", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--gpu", "H100", "--tp", "16", "--json", "plan.json", "--no-log", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "8 KV heads on tp=16: each GPU holds 0.125 of the cache" in out.stdout

@@ -207,7 +207,7 @@ def test_a_corrupt_result_is_one_line_everywhere_and_sync_logs_the_others(tmp_pa
     assert "not valid JSON" in sync.stderr and "not a flopsweep result" in sync.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     assert len(job_runs(client, client.get_experiment_by_name("flopsweep"))) == 1
-    for main, *args in ([project, "outputs/runs/cut", "--tokens", "1T", "--mfu", "0.4", "--no-log"],
+    for main, *args in ([project, "train", "outputs/runs/cut", "--tokens", "1T", "--mfu", "0.4", "--no-log"],
                         [report, "--profile", "outputs/runs/list"]):
         out = run_main(main, *args, cwd=tmp_path)
         assert out.returncode == 2 and "has no readable result.json" in out.stderr, out.stderr

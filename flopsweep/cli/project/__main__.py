@@ -1,0 +1,3 @@
+from flopsweep.cli.project import entry
+
+entry()

@@ -1,0 +1,142 @@
+"""The part a projection runs on, from the flags: for training, its peak and the MFU it reaches (assumed, measured
+in a GPU run, or predicted in the run projected), with the measured cost ``train`` and ``budget`` put on it; for
+serving, its row of the hardware table or a YAML file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+from flopsweep.cli.project.arguments import layout
+from flopsweep.cli.project.common import load_run, measured_or_counted
+from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.result import Result
+
+if TYPE_CHECKING:  # imported where used: --help stays fast
+    from flopsweep.projection.parallel import Parallelism
+    from flopsweep.projection.training import Hardware, PerToken
+
+NO_MFU = ("give --mfu (assumed), --mfu-from (a measured GPU run), or a run with a predicted MFU "
+          "(speed/mfu_predicted: a timed job, or a meta job with predict.hardware=<part>)")
+
+
+class TrainingInputs(NamedTuple):
+    result: Result      # the run measured, or the preset counted
+    source: str         # where it came from, as the projection prints it
+    cost: PerToken
+    hardware: Hardware
+    split: Optional[Parallelism]  # the parallel layout, when one is given
+
+
+def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
+    """What ``train`` and ``budget`` project: the part (checked before anything is counted), the parallel layout,
+    and the run's cost a token; ``--model`` counted at ``batch`` sequences of ``--seq-len``, a forward only with
+    ``--inference``."""
+    from flopsweep.projection.training import PerToken
+
+    split = layout(args)
+    peak = _training_peak(args)
+    require(args.model is not None or not args.inference, "inference", True,
+            "goes with --model: a measured run is projected as it was measured (training, or inference)")
+    result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
+    cost = PerToken.from_result(result, source)
+    require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
+            f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
+    return TrainingInputs(result, source, cost, _training_hardware(args, peak, split, result, source), split)
+
+
+def _training_peak(args: argparse.Namespace) -> float:
+    """The peak FLOP/s per GPU in the training dtype, checked before anything is counted, with the MFU where no run
+    can predict one (``--model``)."""
+    from flopsweep.core.hardware import DTYPES, peak_flops
+
+    require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
+    peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
+    require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
+    require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
+    require(args.model is None or args.mfu is not None or args.mfu_from is not None, "mfu", None,
+            f"{NO_MFU}; a preset counted here has none")
+    return peak
+
+
+def _training_hardware(args: argparse.Namespace, peak: float, split: Optional[Parallelism], result: Result,
+                       source: str) -> Hardware:
+    """The GPUs a training projection runs on (``split``: the parallel layout, or None)."""
+    from flopsweep.projection.training import Hardware
+
+    mfu, mfu_source = _mfu(args, result, source)
+    require(args.gpus is None or args.gpus >= 1, "gpus", args.gpus, "must be >= 1")
+    gpus = args.gpus or (split.devices if split else 1)
+    require(args.gpu_memory is None or args.gpu_memory > 0, "gpu_memory", args.gpu_memory, "must be > 0 (GiB)")
+    memory = args.gpu_memory * 2**30 if args.gpu_memory is not None else None
+    return Hardware(args.gpu, gpus, peak, mfu, args.price, args.watts, mfu_source, memory)
+
+
+def _mfu(args: argparse.Namespace, result: Result, source: str) -> tuple[float, str]:
+    """MFU and what it is: ``--mfu``; else measured in ``--mfu-from``; else predicted in the run projected."""
+    from flopsweep.core.metrics import MFU, MFU_PREDICTED
+
+    if args.mfu is not None:
+        return args.mfu, "assumed"
+    if args.mfu_from is not None:
+        measured = load_run(args.mfu_from, args)
+        device = (measured.info.get("timing") or {}).get("device_name") or ""
+        require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from, "has no measured MFU")
+        require(same_part(device, args.gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
+        return measured.metrics[MFU], f"measured in {args.mfu_from}"
+    predicted = result.metrics.get(MFU_PREDICTED)
+    require(predicted is not None, "mfu", None, f"{NO_MFU}; {source} has none")
+    part = predicted_for(result)
+    require(part is None or same_part(part, args.gpu), "mfu", None, f"{source}'s MFU was predicted for {part}, "
+            f"not for a {args.gpu}: give --gpu {part}, or --mfu")
+    return predicted, "predicted" + (f" for {part}" if part else "") + f" from {source}"
+
+
+def predicted_for(result: Result) -> Optional[str]:
+    """The part a run's MFU was predicted for: ``predict.hardware`` where it names a part of the table, else the
+    device that timed the job; None where neither says (a calibration profile's file)."""
+    predict = result.config.get("predict")
+    part = predict.get("hardware") if isinstance(predict, dict) else None
+    if part is not None:
+        return None if str(part).endswith(".json") else str(part)
+    return (result.info.get("timing") or {}).get("device_name") or None
+
+
+def same_part(name: str, gpu: str) -> bool:
+    """Whether ``name`` (a device's name, a part of the table) is a ``gpu`` (``--gpu``): ``gpu`` inside the name (an
+    A100 40GB is an A100), or the same row of the hardware table (an alias)."""
+    from flopsweep.core.hardware import accelerator
+
+    row = accelerator(name)
+    return gpu.lower() in name.lower() or (row is not None and row is accelerator(gpu))
+
+
+def serving_part(args: argparse.Namespace):
+    """The part to serve on: --hardware FILE, else --gpu from the table; --peak-tflops, --bandwidth and
+    --gpu-memory override its figures."""
+    from flopsweep.core import hardware
+
+    if args.hardware is not None:
+        import yaml
+
+        try:
+            fields = yaml.safe_load(args.hardware.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError("hardware", str(args.hardware), f"cannot be read: {one_line(err, 200)}") from None
+        acc = hardware.from_fields(fields, str(args.hardware))
+    else:
+        acc = hardware.accelerator(args.gpu)
+        require(acc is not None, "gpu", args.gpu, f"is not in the table ({', '.join(hardware.names())}): give "
+                "--hardware FILE, or --peak-tflops, --bandwidth and --gpu-memory with a --gpu of the table")
+    for key, value in (("peak-tflops", args.peak_tflops), ("bandwidth", args.bandwidth),
+                       ("gpu-memory", args.gpu_memory)):
+        require(value is None or (math.isfinite(value) and value > 0), key, value, "must be a number > 0")
+    if args.peak_tflops is not None:
+        acc = dataclasses.replace(acc, peak_tflops={**acc.peak_tflops, args.dtype: args.peak_tflops})
+    if args.bandwidth is not None:
+        acc = dataclasses.replace(acc, bandwidth_gbs=args.bandwidth)
+    if args.gpu_memory is not None:
+        acc = dataclasses.replace(acc, memory_gb=args.gpu_memory * 2**30 / 1e9)
+    return acc

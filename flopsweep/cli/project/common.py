@@ -1,0 +1,67 @@
+"""What every ``flopsweep-project`` subcommand does alike: read a measured run (its folder or MLflow run id), count a
+preset in its place, write the JSON, and log the projection to MLflow, saying where in one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from flopsweep.cli.project.arguments import EXPERIMENT
+from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.result import Result
+
+
+def load_run(ref: str, args: argparse.Namespace) -> Result:
+    """A measured job's result from its folder or its MLflow run id in the store ``--uri``/``--store-dir`` name."""
+    from flopsweep.sinks.reader import load_result
+    from flopsweep.sinks.target import target_at
+
+    return load_result(ref, target_at(args.uri, args.store_dir, EXPERIMENT).uri)
+
+
+def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch: int = 1, inference: bool = False,
+                        extra: Sequence[str] = (), counted: str = "the preset, counted on meta") -> tuple[Result, str]:
+    """The result to project and where it came from: ``args.run`` read back, or the preset ``args.model`` counted on
+    meta (``counted`` says so) at ``batch`` and ``seq_len`` (None: the preset's), a forward only with
+    ``inference``, ``extra`` overrides (a generation)."""
+    require((args.run is None) != (args.model is None), "run", args.run or args.model,
+            "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
+    if args.run is not None:
+        return load_run(args.run, args), args.run
+    from flopsweep.run.presets import measure_preset
+
+    return measure_preset(args.model, seq_len, batch, inference, extra), counted
+
+
+def write_json(path: Optional[Path], payload: Any) -> None:
+    """``payload`` as JSON at ``path`` (``--json``; nothing when None)."""
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    except OSError as err:
+        raise ConfigError("json", str(path), f"cannot be written: {err.strerror}") from None
+
+
+def log_projection(args: argparse.Namespace, record: dict, result: Result) -> None:
+    """Log a projection's record to ``--experiment`` (unless ``--no-log``), tagged with the run it came from, and say
+    where, or why not, in one line."""
+    if args.no_log:
+        return
+    from flopsweep.sinks import projections
+    from flopsweep.sinks.target import target_at
+
+    target = target_at(args.uri, args.store_dir, args.experiment)
+    logged = projections.log_projection(target, record, _measured_run_id(result, args.run))
+    if logged.startswith("run "):
+        print(f"\nMLflow: {logged}")
+    else:
+        print(f"\nflopsweep-project: warning: {logged}", file=sys.stderr)
+
+
+def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
+    run_id = (result.info.get("tracking") or {}).get("run_id")
+    return run_id or (ref if ref and not Path(ref).exists() else None)

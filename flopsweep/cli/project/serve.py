@@ -1,0 +1,70 @@
+"""flopsweep-project serve: the roofline of a counted generation (a train=generate run, or a preset counted on
+meta here) on a part of the hardware table: time to first token, time per output token, tokens/s per GPU at each
+batch up to the largest that fits, dollars and kWh per million tokens (docs/serving.md).
+
+    flopsweep-project serve outputs/runs/.../llama3_1_8b --gpu H200 --price 3.5
+    flopsweep-project serve --model llama3_1_70b --prompt-tokens 2048 --new-tokens 512 --gpu H100 --tp 4
+    flopsweep-project serve --model llama3_1_8b --prompt-tokens 512 --new-tokens 128 --hardware my_asic.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flopsweep.cli.project import arguments as A
+from flopsweep.cli.project.accelerators import serving_part
+from flopsweep.cli.project.common import log_projection, measured_or_counted, write_json
+from flopsweep.core.errors import require
+
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # a preset's weights as counted; another --dtype: bfloat16
+
+
+def register(subparsers) -> None:
+    p = A.add_subcommand(subparsers, "serve", __doc__,
+                         "a generation's roofline: latency, throughput, cost per million tokens")
+    A.add_source(p, "a measured train=generate job")
+    gen = p.add_argument_group("the generation (with --model)")
+    gen.add_argument("--prompt-tokens", type=int, help="the prompt's tokens")
+    gen.add_argument("--new-tokens", type=int, help="the tokens generated")
+    part = A.add_hardware(p, "the dtype of the peak, and of a preset's weights (default bfloat16)",
+                          "GPUs in the fleet, a multiple of --tp: its tokens/s", "GiB per GPU (overrides the table's)")
+    part.add_argument("--bandwidth", type=float, help="memory bandwidth, GB/s per GPU (overrides the table)")
+    part.add_argument("--hardware", type=Path, help="a YAML file describing your own part: name, peak_tflops (by "
+                                                    "dtype), memory_gb, bandwidth_gbs")
+    plan = p.add_argument_group("the plan")
+    plan.add_argument("--tp", type=int, help="tensor-parallel GPUs per replica (default 1)")
+    plan.add_argument("--batch", type=A.amount, help="the batch per replica to report alone (default: each up to "
+                      "the largest that fits)")
+    plan.add_argument("--compute-efficiency", type=float, default=1.0, help="share of the peak FLOP/s reached "
+                      "(default 1: the roofline's bound)")
+    plan.add_argument("--memory-efficiency", type=float, default=1.0, help="share of the bandwidth reached "
+                      "(default 1)")
+    A.add_output(p, logged=True)
+    p.set_defaults(command=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from flopsweep.projection import serving as S
+    from flopsweep.projection.records import serving_record
+
+    A.require_finite(args, "price", "watts")
+    require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
+            "must be a whole number >= 1")
+    extra, counted = [], ""
+    if args.model is not None:
+        for key in ("prompt_tokens", "new_tokens"):
+            value = getattr(args, key)
+            require(value is not None and value >= 1, key.replace("_", "-"), value, "must be given, >= 1, with --model")
+        dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
+        extra = ["train=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
+        counted = f"{args.model} (counted on meta, {dtype} weights)"
+    result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
+    serving = S.Serving(serving_part(args), args.dtype, args.tp or 1, args.compute_efficiency,
+                        args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
+                        gpus=args.gpus)
+    plan = S.plan(S.Generation.from_result(result, source), serving, int(args.batch) if args.batch else None)
+    print(plan.table())
+    write_json(args.json, plan.to_dict())
+    log_projection(args, serving_record(plan), result)
+    return 0

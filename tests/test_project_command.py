@@ -1,0 +1,121 @@
+"""``flopsweep-project`` as subcommands: old spellings mapped onto them with a note, flags of another subcommand
+refused in one line, each help readable, and the MFU a run predicted used where none is given."""
+
+import json
+
+import pytest
+
+from flopsweep.cli.project import main
+from flopsweep.cli.project.legacy import translate
+from tests.helpers import run_main
+
+N, T, B = 100_000_000, 128, 4       # a hand-written run: 100M parameters, 4 sequences of 128 tokens a step
+FORWARD = 2 * N * B * T + 1.5e11    # its counted forward (the matmuls and some attention), backward twice that
+A100_BF16 = 312e12                  # NVIDIA's A100 datasheet: dense bfloat16 tensor-core peak
+
+
+def hand_run(folder, predicted=None, training=True, **config) -> str:
+    """A job's folder holding a result.json written here: a training step counted (or a forward only), and
+    ``speed/mfu_predicted``."""
+    folder.mkdir()
+    info = config.pop("info", {})
+    metrics = {"config/seq_len": T, "config/batch_size": B, "size/params": N, "flops/forward": FORWARD}
+    if training:
+        metrics.update({"flops/backward": 2 * FORWARD, "flops/optimizer": 12 * N})
+    if predicted is not None:
+        metrics["speed/mfu_predicted"] = predicted
+    result = {"status": "ok", "error": None, "config": {"model": {"name": "hand"}, **config}, "metrics": metrics,
+              "breakdown": {}, "info": info}
+    (folder / "result.json").write_text(json.dumps(result))
+    return folder.name
+
+
+@pytest.mark.parametrize("old,new,dropped", [
+    (["RUN", "--tokens", "2T", "--mfu", "0.4", "--hardware", "x.yaml"],
+     ["train", "RUN", "--tokens", "2T", "--mfu", "0.4"], ["--hardware"]),
+    (["--model", "m", "--compute-optimal", "--inference", "--recompute", "--mfu", "0.4"],
+     ["train", "--model", "m", "--compute-optimal", "--inference", "--recompute", "--mfu", "0.4"], []),
+    (["--model", "m", "--serve", "--prompt-tokens", "8", "--mfu", "0.4", "--tp", "2", "--dp=2"],
+     ["serve", "--model", "m", "--prompt-tokens", "8", "--tp", "2"], ["--mfu", "--dp"]),
+    (["--model", "m", "--budget-usd=1M", "--no-log", "--price", "2", "--experiment", "e", "--tokens", "1T"],
+     ["budget", "--model", "m", "--usd=1M", "--price", "2", "--tokens", "1T"], ["--no-log", "--experiment"]),
+])
+def test_an_old_spelling_becomes_the_subcommand_it_meant(old, new, dropped):
+    """What the one parser read in a mode is kept (a plan beside a budget too: it was refused, and is); what it took
+    there and never read is left out, and the note names it."""
+    argv, note = translate(old)
+    assert argv == new
+    assert note.startswith("flopsweep-project: note: now spelt `flopsweep-project " + " ".join(new) + "`")
+    assert all(flag in note.split("`")[-1] for flag in dropped) and "\n" not in note
+    assert ("left out" in note) == bool(dropped)
+
+
+def test_an_old_invocation_projects_as_the_new_one_with_a_note(tmp_path):
+    common = ["--model", "gpt2_small", "--seq-len", "64", "--tokens", "1T", "--mfu", "0.5", "--no-log"]
+    old = run_main(main, *common, "--new-tokens", "3", "--json", "old.json", cwd=tmp_path)
+    new = run_main(main, "train", *common, "--json", "new.json", cwd=tmp_path)
+    assert old.returncode == new.returncode == 0, old.stderr + new.stderr
+    assert json.loads((tmp_path / "old.json").read_text()) == json.loads((tmp_path / "new.json").read_text())
+    assert old.stdout == new.stdout and new.stderr == ""
+    note, = old.stderr.strip().splitlines()
+    assert "`flopsweep-project train --model gpt2_small --seq-len 64 --tokens 1T" in note and "--new-tokens" in note
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model", "m", "--tokens", "1T", "--bandwidth", "900"],
+     "--bandwidth does not apply to train: it is a flag of serve"),
+    (["serve", "--model", "m", "--prompt-tokens", "8", "--new-tokens", "8", "--mfu=0.4"],
+     "--mfu does not apply to serve: it is a flag of train and budget"),
+    (["budget", "--model", "m", "--flops", "1e20", "--mfu", "0.4", "--no-log"],
+     "--no-log does not apply to budget: it is a flag of train and serve"),
+    (["budget", "--model", "m", "--flops", "1e20", "--tokens", "1T"], "--tokens does not apply to budget"),
+    (["train", "RUN", "OTHER", "--tokens", "1T"], "unexpected OTHER"),
+    ([], "choose a subcommand: train, budget, serve"),
+])
+def test_a_flag_another_subcommand_takes_is_refused_in_one_line(args, message, tmp_path):
+    out = run_main(main, *args, cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not out.stdout
+
+
+@pytest.mark.parametrize("subcommand", ["", "train", "budget", "serve"])
+def test_each_help_renders(subcommand, tmp_path):
+    out = run_main(main, *([subcommand] if subcommand else []), "--help", cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith(f"usage: flopsweep-project {subcommand}".rstrip())
+    assert "``" not in out.stdout and max(len(line) for line in out.stdout.splitlines()) <= 120
+    expected = {"": ["train", "budget", "serve"], "train": ["--tokens", "--mfu", "--dp"],
+                "budget": ["--usd", "--tokens-per-param", "--mfu"], "serve": ["--prompt-tokens", "--bandwidth"]}
+    assert all(word in out.stdout for word in expected[subcommand])
+
+
+def test_without_mfu_a_run_is_projected_at_the_mfu_it_predicted(tmp_path):
+    """A run whose MFU was predicted for an A100: its hours follow from that MFU and the A100's peak, computed here
+    from the run's metrics; on another part, or with no prediction, one line says what to give."""
+    run = hand_run(tmp_path / "predicted", 0.43, predict={"hardware": "A100"})
+
+    def project(*args):
+        return run_main(main, *args, "--no-log", cwd=tmp_path)
+
+    out = project("train", run, "--tokens", "1T", "--gpu", "A100", "--json", "p.json")
+    assert out.returncode == 0, out.stderr
+    assert "MFU 43.0% (predicted for A100 from predicted)" in out.stdout
+    rows = {r["method"]: r for r in json.loads((tmp_path / "p.json").read_text())["rows"]}
+    counted = 1e12 * 3 * FORWARD / (B * T)
+    assert rows["counted"]["gpu_hours"] == pytest.approx(counted / (A100_BF16 * 0.43 * 3600))
+    assert rows["6ND"]["gpu_hours"] == pytest.approx(6 * N * 1e12 / (A100_BF16 * 0.43 * 3600))
+    assert "MFU 50.0% (assumed)" in project("train", run, "--tokens", "1T", "--gpu", "A100", "--mfu", "0.5").stdout
+    forward = hand_run(tmp_path / "forward", 0.43, training=False, predict={"hardware": "A100"})
+    budget = run_main(main, "budget", forward, "--gpu-hours", "1000", "--gpu", "A100", cwd=tmp_path)
+    assert budget.returncode == 0 and "MFU 43.0%" in budget.stdout, budget.stderr
+    for args, message in ((["--gpu", "H100"], "MFU was predicted for A100, not for a H100"),
+                          (["--model", "gpt2_small"], "a preset counted here has none")):
+        bad = project("train", *([] if "--model" in args else [run]), "--tokens", "1T", *args)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, \
+            bad.stderr
+    timed = hand_run(tmp_path / "timed", 0.5, info={"timing": {"device_name": "NVIDIA A100-SXM4-80GB"}})
+    out = project("train", timed, "--tokens", "1T", "--gpu", "A100")
+    assert "MFU 50.0% (predicted for NVIDIA A100-SXM4-80GB from timed)" in out.stdout, out.stderr
+    none = project("train", hand_run(tmp_path / "none"), "--tokens", "1T")
+    assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1
+    assert "--mfu" in none.stderr and "speed/mfu_predicted" in none.stderr and "none has none" in none.stderr
