@@ -84,3 +84,93 @@ def fused_sdp_choice(*args: Any, **kwargs: Any) -> int:
 def at_backward_end(callback: Callable[[], None]) -> None:
     """Call ``callback`` when the backward pass running now ends (from inside a backward hook)."""
     torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+# Ranks counted on a fake process group (measure/ranks.py). Imported when first asked for: torch.distributed's
+# tensor and testing modules take a second to import, and most jobs never count ranks.
+
+def fake_store() -> Any:
+    """The store a fake process group starts from (``init_process_group("fake", store=...)``); importing its module
+    registers the ``fake`` backend."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    return FakeStore()
+
+
+def process_group_of(obj: Any) -> Any:
+    """The ``ProcessGroup`` a c10d op received as a script object (``c10d._allgather_base_``'s ``process_group``)."""
+    from torch._C._distributed_c10d import ProcessGroup
+    return ProcessGroup.unbox(obj)
+
+
+class _Propagating:
+    """Entered by DTensor each time it computes an op's output shape from global shapes (the op run on fake tensors
+    of the global shape): a counter must not count those runs, only the local op that follows."""
+
+    depth = 0
+
+    def __enter__(self) -> None:
+        _Propagating.depth += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        _Propagating.depth -= 1
+
+
+class DTensorPropagation:
+    """While entered, :meth:`running` says whether DTensor is propagating shapes (see :class:`_Propagating`); it
+    uses the hook PyTorch gives for locking that step (``ShardingPropagator._fake_mode_lock``, a no-op by default)."""
+
+    def __enter__(self) -> "DTensorPropagation":
+        from torch.distributed.tensor._sharding_prop import ShardingPropagator
+        self._owner, self._before = ShardingPropagator, ShardingPropagator._fake_mode_lock
+        ShardingPropagator._fake_mode_lock = _Propagating()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner._fake_mode_lock = self._before
+
+    @staticmethod
+    def running() -> bool:
+        return _Propagating.depth > 0
+
+
+def fake_tensor_mode() -> Any:
+    """A fake tensor mode that takes real tensors too (a model's buffers made before it): tensors with shapes and
+    no data, on the device they name."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def memory_tracker(model: Any, optimizer: Any, fsdp: bool) -> Any:
+    """PyTorch's memory tracker for one step of ``model``: ``FSDPMemTracker`` where ``model`` is FSDP's root (it
+    tells sharded from gathered parameters and the collectives' buffers), else ``MemTracker``; either one blind to
+    DTensor's shape propagation (see :class:`_Propagating`), whose global-shape tensors no rank holds."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class Local(FSDPMemTracker if fsdp else MemTracker):  # type: ignore[misc, valid-type]
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if _Propagating.depth:
+                return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    if fsdp:
+        return Local(model, optimizer)
+    tracker = Local()
+    tracker.track_external(model, optimizer)
+    return tracker
+
+
+def memory_snapshot(tracker: Any, which: str = "peak") -> dict[str, int]:
+    """A memory tracker's bytes by its categories (``Sharded Param``, ``Activation``, ...; ``Total``), all devices."""
+    out: dict[str, int] = {}
+    for categories in tracker.get_tracker_snapshot(which).values():
+        for key, value in categories.items():
+            name = str(getattr(key, "value", key))
+            out[name] = out.get(name, 0) + value
+    return out
+
+
+def decomposes(func: Any) -> bool:
+    """Whether an op is a composite that runs as other ops (``aten.flatten``, ``aten.where.ScalarOther``): below
+    autograd (inside DTensor's dispatch) such an op reaches a dispatch mode before its pieces do."""
+    return func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)

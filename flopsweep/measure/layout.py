@@ -1,0 +1,99 @@
+"""A parallel layout (:class:`Layout`): how many ways the data, tensors, pipeline, context and experts are split, ZeRO's
+stage, recomputation and the micro-batch; its checks against a model's shape and the batch, and what follows from it
+(the mesh, each stage's layers, the micro-batches of a step and those in flight)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from flopsweep.core.errors import require, require_int
+
+RECOMPUTE = ("none", "selective", "full")
+MESH_DIMS = ("pp", "dp", "cp", "tp")  # outermost first: tp varies fastest (within a node), pp slowest
+
+
+@dataclass(frozen=True)
+class Layout:
+    """``dp * tp * pp * cp`` ranks (``ep`` splits the experts within ``dp * cp``, as Megatron-LM does). ``zero``: 0
+    replicates the model over dp (gradients all-reduced), 1 and 2 shard gradients and optimizer state and keep the
+    gathered parameters from forward to backward, 3 shards the parameters too (FSDP's full sharding). ``vpp``: the
+    model chunks a pipeline rank holds (the interleaved schedule). ``micro_batch_size``: sequences per micro-batch."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    zero: int = 0
+    sequence_parallel: bool = False
+    recompute: str = "none"
+    micro_batch_size: int = 1
+    vpp: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp * self.cp
+
+    @property
+    def mesh_shape(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in MESH_DIMS)
+
+    def check(self) -> None:
+        """What can be checked without a model: each a one-line ``ConfigError`` naming its ``parallel.*`` key."""
+        for name in ("dp", "tp", "pp", "cp", "ep", "micro_batch_size", "vpp"):
+            require_int(getattr(self, name), f"parallel.{name}")
+        require(self.zero in (0, 1, 2, 3) and not isinstance(self.zero, bool), "parallel.zero", self.zero,
+                "must be 0, 1, 2 or 3")
+        require(self.recompute in RECOMPUTE, "parallel.recompute", self.recompute, f"must be {', '.join(RECOMPUTE)}")
+        require(isinstance(self.sequence_parallel, bool), "parallel.sequence_parallel", self.sequence_parallel,
+                "must be true or false")
+        require(self.vpp == 1 or self.pp > 1, "parallel.vpp", self.vpp, "interleaves pipeline stages: needs parallel.pp > 1")
+        require(self.ep <= self.dp * self.cp and (self.dp * self.cp) % self.ep == 0, "parallel.ep", self.ep,
+                f"must divide parallel.dp * parallel.cp = {self.dp * self.cp} (experts are split within them)")
+
+    def check_model(self, *, heads: int, kv_heads: Optional[int], layers: int, batch_size: int, seq_len: int,
+                    experts: Optional[int] = None) -> None:
+        """The checks against a model's shape and the global batch (``batch_size`` sequences an optimizer step)."""
+        self.check()
+        kv_heads = kv_heads or heads
+        require(heads % self.tp == 0 and kv_heads % self.tp == 0, "parallel.tp", self.tp,
+                f"must divide the model's {heads} attention heads and {kv_heads} key/value heads")
+        chunks = self.pp * self.vpp
+        require(chunks <= layers, "parallel.pp", self.pp,
+                f"leaves a pipeline stage without a layer: {layers} layers over pp={self.pp} x vpp={self.vpp} chunks")
+        require(batch_size % (self.dp * self.micro_batch_size) == 0, "parallel.dp", self.dp,
+                f"times parallel.micro_batch_size={self.micro_batch_size} must divide batch.size={batch_size}")
+        require(seq_len % self.cp == 0, "parallel.cp", self.cp, f"must divide batch.seq_len={seq_len}")
+        require(not (self.sequence_parallel and self.tp > 1) or (seq_len // self.cp) % self.tp == 0,
+                "parallel.sequence_parallel", True, f"splits each sequence over tp={self.tp}: it must divide "
+                f"batch.seq_len / cp = {seq_len // self.cp}")
+        if experts:
+            require(experts % self.ep == 0, "parallel.ep", self.ep, f"must divide the model's {experts} experts")
+        else:
+            require(self.ep == 1, "parallel.ep", self.ep, "splits experts: this model has none")
+        micro = self.micro_batches(batch_size)
+        require(self.vpp == 1 or micro % self.pp == 0, "parallel.vpp", self.vpp,
+                f"the interleaved schedule needs the micro-batches ({micro}) to be a multiple of parallel.pp={self.pp}")
+
+    def micro_batches(self, batch_size: int) -> int:
+        """Micro-batches each data-parallel rank runs in one optimizer step."""
+        return batch_size // (self.dp * self.micro_batch_size)
+
+    def in_flight(self, batch_size: int, stage: int) -> float:
+        """Micro-batches whose activations pipeline stage ``stage`` holds at once under 1F1B: ``min(m, pp - stage)``
+        (the first stage ``min(m, pp)``), times ``1 + (pp - 1) / (pp * vpp)`` on the first stage when interleaved
+        (Korthikanti et al. 2022, section 4.2.3)."""
+        held = min(self.micro_batches(batch_size), self.pp - stage)
+        if self.vpp > 1 and stage == 0:
+            return held * (1 + (self.pp - 1) / (self.pp * self.vpp))
+        return float(held)
+
+    def stage_layers(self, layers: int, stage: int) -> list[list[int]]:
+        """The layers pipeline stage ``stage`` holds, one list per model chunk (``vpp`` of them): the model cut into
+        ``pp * vpp`` chunks as evenly as it divides (the first chunks take one more), chunk ``c`` on stage
+        ``c % pp``."""
+        chunks = self.pp * self.vpp
+        base, extra = divmod(layers, chunks)
+        starts = [c * base + min(c, extra) for c in range(chunks + 1)]
+        return [list(range(starts[c], starts[c + 1])) for c in range(stage, chunks, self.pp)]

@@ -1,0 +1,220 @@
+"""A parallel layout counted rank by rank with PyTorch's own parallelism, in one process, on a fake process group.
+
+For each pipeline position that differs (the first stage, with the embedding, and the last, with the head and loss),
+one rank's model is built as PyTorch runs it: a fake process group of ``dp*tp*pp*cp`` ranks, a device mesh
+(``pp, dp, cp, tp``), the stage's layers only, tensor (and sequence) parallelism by ``parallelize_module``
+(``measure.tp_plans``), ``torch.utils.checkpoint`` for recomputation, FSDP2's ``fully_shard`` over ``dp`` for ZeRO,
+its parameters fake tensors (shapes, no data). One micro-batch then runs forward, backward and an AdamW step, with
+the pipeline's sends and receives between stages, counted by :class:`~flopsweep.measure.rank_count.RankCounter` and
+PyTorch's memory tracker. The conventions are in docs/parallel.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor.parallel import loss_parallel
+
+from flopsweep.core.errors import require
+from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_snapshot, memory_tracker
+from flopsweep.measure.count import PhaseCount
+from flopsweep.measure.formulas import CountOptions
+from flopsweep.measure.layout import MESH_DIMS, Layout
+from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
+from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
+from flopsweep.measure.tp_plans import Stage, layer_count, make_stage
+
+# PyTorch's memory trackers' categories -> ours (docs/parallel.md)
+MEMORY_CATEGORIES = {"Sharded Param": "weights", "Parameter": "weights", "Unsharded Param": "gathered_weights",
+                     "Buffer": "buffers", "Sharded Grad": "gradients", "Gradient": "gradients",
+                     "Unsharded Grad": "unsharded_gradients", "OptState": "optimizer_state",
+                     "Optstate": "optimizer_state", "Activation": "activations", "All Gather": "communication",
+                     "Reduce Scatter": "communication", "Inputs": "batch", "Temp": "temporary", "Other": "temporary"}
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """One rank's memory: the peak of a step with one micro-batch (``peak_bytes``, by category in ``at_peak``), the
+    activations one micro-batch leaves saved for backward, and the micro-batches in flight under 1F1B."""
+
+    peak_bytes: int
+    at_peak: dict[str, int]
+    activations_bytes: int
+    in_flight: float
+
+    @property
+    def peak_in_flight_bytes(self) -> int:
+        """The peak with every micro-batch in flight holding its activations (the others add theirs)."""
+        return self.peak_bytes + round((self.in_flight - 1) * self.activations_bytes)
+
+
+@dataclass
+class RankCount:
+    """One rank counted: its local FLOPs by phase (``forward``, ``backward``, ``recompute``, ``optimizer``) for one
+    micro-batch (the optimizer's once a step), its collectives, its memory."""
+
+    stage: int
+    rank: int
+    layers: int
+    params: int                                         # elements of the parameters this rank holds
+    flops: dict[str, PhaseCount]
+    collectives: dict[CollectiveKey, CollectiveTally]
+    memory: RankMemory
+    uncounted: dict[str, int] = field(default_factory=dict)
+
+    def step_flops(self, micro_batches: int, hardware: bool = False) -> int:
+        """Matmul FLOPs of one optimizer step: forward and backward per micro-batch; recomputation too if
+        ``hardware`` (model FLOPs leave it out)."""
+        phases = ("forward", "backward", "recompute") if hardware else ("forward", "backward")
+        return micro_batches * sum(self.flops[p].matmul for p in phases)
+
+
+@dataclass
+class LayoutCount:
+    layout: Layout
+    batch_size: int
+    seq_len: int
+    ranks: list[RankCount]  # the first pipeline stage's rank 0, then the last stage's first rank (pp > 1)
+
+    @property
+    def micro_batches(self) -> int:
+        return self.layout.micro_batches(self.batch_size)
+
+    @property
+    def busiest(self) -> RankCount:
+        """The rank with the most memory at its peak (ties: the most FLOPs)."""
+        return max(self.ranks, key=lambda r: (r.memory.peak_in_flight_bytes, r.step_flops(self.micro_batches, True)))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one optimizer step trains: ``batch_size`` sequences (the global batch) of ``seq_len`` tokens; the
+    weights stored in ``dtype`` (so their gradients and AdamW's state); with ZeRO, ``compute_dtype`` the dtype FSDP
+    gathers them in and the activations take (its ``MixedPrecisionPolicy``; gradients reduced in ``dtype``)."""
+
+    batch_size: int
+    seq_len: int
+    dtype: torch.dtype = torch.float32
+    compute_dtype: Optional[torch.dtype] = None
+    causal_half: bool = False  # count only the unmasked half of causal attention
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        return self.compute_dtype or self.dtype
+
+
+def adamw(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params)
+
+
+def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
+                 optimizer: Callable[[Any], torch.optim.Optimizer] = adamw) -> LayoutCount:
+    """Count ``layout`` for the model ``build()`` makes (called under ``torch.device("meta")``, once per pipeline
+    position counted) training ``work``."""
+    layout.check()
+    require(layout.cp == 1, "parallel.cp", layout.cp, "context parallelism is not counted yet")
+    require(layout.ep == 1, "parallel.ep", layout.ep, "expert parallelism is not counted yet")
+    require(work.compute_dtype in (None, work.dtype) or sharded(layout), "parallel.zero", layout.zero,
+            "a compute dtype beside the weights' is FSDP's mixed precision: it needs zero >= 1 and dp > 1")
+    ranks = [_in_own_thread(_count_rank, build, layout, stage, work, optimizer) for stage in sorted({0, layout.pp - 1})]
+    return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
+
+
+def _in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a thread of its own. A device mesh equals any other of the same shape and names made in the
+    same thread (its hash leaves its process groups out), so DTensor's caches would give a fresh fake world the
+    meshes, and process groups, of the last one; a mesh made in another thread is another mesh."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = err
+    thread = threading.Thread(target=run, name="flopsweep-rank")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@contextlib.contextmanager
+def fake_world(layout: Layout, rank: int) -> Iterator[Any]:
+    """A fake process group of ``layout.world_size`` ranks seen as ``rank``, and its device mesh; torn down after."""
+    if dist.is_initialized():
+        raise RuntimeError("a default process group exists already: ranks are counted in a process without one")
+    dist.init_process_group("fake", store=fake_store(), rank=rank, world_size=layout.world_size)
+    try:
+        yield init_device_mesh("cpu", layout.mesh_shape, mesh_dim_names=MESH_DIMS)
+    finally:
+        dist.destroy_process_group()
+
+
+def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work: Workload,
+                optimizer: Callable[[Any], torch.optim.Optimizer]) -> RankCount:
+    rank = stage * (layout.world_size // layout.pp)
+    with fake_world(layout, rank) as mesh:
+        groups = {mesh.get_group(dim).group_name: (dim, getattr(layout, dim)) for dim in MESH_DIMS}
+        counter = RankCounter(groups, CountOptions(causal_half=work.causal_half))
+        with torch.device("meta"):
+            model = build()
+        model.to(work.dtype)
+        layers = layer_count(model)
+        require(layout.pp * layout.vpp <= layers, "parallel.pp", layout.pp,
+                f"leaves a pipeline stage without a layer: the model has {layers}")
+        chunks = layout.stage_layers(layers, stage)
+        part = make_stage(model, chunks, first=stage == 0, last=stage == layout.pp - 1)
+        del model
+        saved = LocalSavedActivations(part)
+        _parallelize(part, layout, mesh, counter, saved, work)
+        with fake_tensor_mode():
+            part.to_empty(device="cpu")
+            opt = optimizer(part.parameters())
+            prime(opt, part)
+            shape = (layout.micro_batch_size, work.seq_len)
+            tokens = torch.randint(0, part.vocab_size, shape)
+            targets = torch.randint(0, part.vocab_size, shape)
+            tracker = memory_tracker(part, opt, fsdp=sharded(layout))
+            with counter, tracker, (loss_parallel() if layout.tp > 1 else contextlib.nullcontext()):
+                run_step(part, layout, mesh, stage, tokens, targets, counter, saved, opt, work.activation_dtype)
+            peak = memory_snapshot(tracker)
+        params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in part.parameters())
+    at_peak: dict[str, int] = {}
+    for name, value in peak.items():
+        if name != "Total":
+            at_peak[MEMORY_CATEGORIES.get(name, name)] = at_peak.get(MEMORY_CATEGORIES.get(name, name), 0) + value
+    memory = RankMemory(peak.get("Total", sum(at_peak.values())), at_peak, saved.bytes,
+                        layout.in_flight(work.batch_size, stage))
+    return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
+                     memory, dict(counter.uncounted))
+
+
+def _parallelize(part: Stage, layout: Layout, mesh: Any, counter: RankCounter, saved: LocalSavedActivations,
+                 work: Workload) -> None:
+    """Tensor parallelism, then recomputation, then FSDP (each layer, then the stage): the order torchtitan uses."""
+    if layout.tp > 1:
+        part.plan(mesh["tp"], layout.sequence_parallel)
+    if layout.recompute == "full":
+        for chunk in part.chunks:
+            for i, layer in enumerate(chunk):
+                chunk[i] = Recomputed(layer, counter, saved)
+    if sharded(layout):
+        # ZeRO-3 frees the gathered parameters after forward and gathers them again in backward; FSDP2 has no
+        # ZeRO-1: 1 and 2 keep them gathered until backward (docs/parallel.md)
+        policy = MixedPrecisionPolicy(param_dtype=work.compute_dtype, reduce_dtype=work.dtype)
+        options = dict(mesh=mesh["dp"], reshard_after_forward=layout.zero == 3, mp_policy=policy)
+        for chunk in part.chunks:
+            for layer in chunk:
+                fully_shard(layer, **options)
+        fully_shard(part, **options)
+
+

@@ -1,0 +1,236 @@
+"""One pipeline rank's part of a decoder-only language model (:class:`Stage`) and its tensor-parallel plan, written
+with PyTorch's own styles (``parallelize_module``: column- and row-wise linears, sequence-parallel norms, a
+vocabulary-parallel embedding and head with ``loss_parallel``), as Megatron-LM lays a transformer out.
+
+Two kinds of model are known, by their modules' names (measurement imports no model family):
+
+- flopsweep's decoder: ``tok_embedding`` (and ``pos_embedding``), ``blocks`` of ``norm1``, ``attn.qkv`` (q, k and v
+  fused), ``attn.out``, ``norm2``, ``mlp.gate``/``mlp.up``/``mlp.down``; ``norm``, ``lm_head``;
+- Hugging Face Llama-style decoders (Llama, Mistral, Qwen2, ...): ``model.embed_tokens``, ``model.layers`` of
+  ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``;
+  ``model.norm``, ``model.rotary_emb``, ``lm_head``.
+
+A column-parallel ``qkv`` splits the fused rows in ``tp`` contiguous pieces; Megatron-LM stores them interleaved by
+head group so that each piece is whole heads. The shapes, so the counts, are the same either way (the values are
+fake). Tied embeddings stay tied on a stage that holds both ends; across stages the head keeps its own copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.tensor import Replicate, Shard, distribute_module
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
+                                               SequenceParallel, parallelize_module)
+
+from flopsweep.core.errors import ConfigError
+
+
+class Stage(nn.Module):
+    """The model chunks one pipeline rank holds (``chunks``: lists of layer indices), the embedding if it holds the
+    first layer, the final norm, head and loss if it holds the last. Its forward runs one chunk (FSDP's hooks run on
+    each call); the pipeline's sends and receives sit between chunks (``measure.ranks``)."""
+
+    def __init__(self, layers: list[nn.Module], chunks: list[list[int]], first: bool, last: bool, hidden_size: int):
+        super().__init__()
+        self.chunks = nn.ModuleList(nn.ModuleList(layers[i] for i in chunk) for chunk in chunks)
+        self.first, self.last, self.hidden_size = first, last, hidden_size
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor, pipe: Any) -> list[tuple[Any, torch.Tensor]]:
+        """One micro-batch through the chunks in turn: the first chunk of the model embeds ``tokens``, any other
+        takes ``pipe.receive()``; the last of the model returns the loss, any other ``pipe.send``-s its output. One
+        call for all chunks (FSDP's root runs once a micro-batch); ``(received or None, output)`` per chunk."""
+        runs = []
+        for index, chunk in enumerate(self.chunks):
+            received = None if self.first and index == 0 else pipe.receive()
+            x = self.embed(tokens) if received is None else received
+            for layer in chunk:
+                x = self.run_layer(layer, x)
+            if self.last and index == len(self.chunks) - 1:
+                x = self.loss(x, targets)
+            else:
+                pipe.send(x)
+            runs.append((received, x))
+        return runs
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def begin(self, seq_len: int) -> None:
+        """Called before a micro-batch of ``seq_len`` tokens a sequence runs (what every layer needs: rotary angles)."""
+
+    def run_layer(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return layer(x)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
+        """Apply tensor parallelism over ``tp_mesh`` in place."""
+        raise NotImplementedError
+
+    def _plan_ends(self, tp_mesh: Any, sequence_parallel: bool, embedding: Optional[nn.Module]) -> None:
+        """The embedding split by vocabulary rows, its output summed (or scattered by sequence under sequence
+        parallelism); the final norm on the sequence's shards under it; the head split by vocabulary columns, its
+        logits left split for ``loss_parallel`` (Megatron-LM's vocabulary-parallel cross-entropy)."""
+        seq = Shard(1) if sequence_parallel else Replicate()
+        if embedding is not None:
+            parallelize_module(embedding, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=seq))
+        if self.last:
+            if sequence_parallel:
+                parallelize_module(self.norm, tp_mesh, SequenceParallel())
+            parallelize_module(self.lm_head, tp_mesh, ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1),
+                                                                      use_local_output=False))
+            if embedding is not None and self.tied:
+                self.lm_head.weight = embedding.weight
+
+
+def _layer_plan(names: dict[str, str], sequence_parallel: bool, attn_args: Optional[tuple] = None,
+                attn_kwarg: Optional[str] = None) -> dict[str, Any]:
+    """A transformer layer's plan: ``names`` maps ``col``/``row``/``norm``/``attn``/``mlp`` roles to module names
+    (``col``, ``row`` and ``norm`` comma-separated). The attention and the MLP take their input as one DTensor
+    (``PrepareModuleInput``), so that their column-parallel linears share it: one all-gather under sequence
+    parallelism (the norms then run on the sequence's shards and the row-parallel outputs are reduce-scattered), one
+    all-reduce of its gradient in backward without it (Megatron-LM's f and g operators)."""
+    seq = Shard(1) if sequence_parallel else Replicate()
+    plan: dict[str, Any] = {name: ColwiseParallel() for name in names["col"].split(",")}
+    plan.update({name: RowwiseParallel(output_layouts=seq) for name in names["row"].split(",")})
+    if sequence_parallel:
+        plan.update({name: SequenceParallel() for name in names["norm"].split(",")})
+    plan[names["mlp"]] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),))
+    if attn_kwarg is None:
+        plan[names["attn"]] = PrepareModuleInput(input_layouts=(seq, *attn_args[1:]),
+                                                 desired_input_layouts=(Replicate(), *attn_args[1:]))
+    else:
+        plan[names["attn"]] = PrepareModuleInput(input_kwarg_layouts={attn_kwarg: seq},
+                                                 desired_input_kwarg_layouts={attn_kwarg: Replicate()})
+    return plan
+
+
+class DecoderStage(Stage):
+    """A pipeline rank of flopsweep's decoder (``models/decoder.py``)."""
+
+    def __init__(self, model: nn.Module, chunks: list[list[int]], first: bool, last: bool):
+        super().__init__(list(model.blocks), chunks, first, last, model.tok_embedding.embedding_dim)
+        self.tied = getattr(model.lm_head, "weight", None) is getattr(model.tok_embedding, "weight", None)
+        if first:
+            self.tok_embedding = model.tok_embedding
+            self.pos_embedding = getattr(model, "pos_embedding", None)
+        if last:
+            self.norm, self.lm_head, self.loss_fn = model.norm, model.lm_head, model.loss
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok_embedding(tokens)
+        if self.pos_embedding is not None:
+            x = x + self.pos_embedding(torch.arange(tokens.shape[1], device=tokens.device))
+        return x
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.lm_head(self.norm(x)).flatten(0, 1), targets.flatten())
+
+    @property
+    def vocab_size(self) -> int:
+        return (self.tok_embedding if self.first else self.lm_head).weight.shape[0]
+
+    def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
+        tp = tp_mesh.size()
+        names = dict(col="attn.qkv,mlp.up", row="attn.out,mlp.down", norm="norm1,norm2", attn="attn", mlp="mlp")
+        for chunk in self.chunks:
+            for block in chunk:
+                cols = names["col"] + (",mlp.gate" if hasattr(block.mlp, "gate") else "")
+                parallelize_module(block, tp_mesh, _layer_plan({**names, "col": cols}, sequence_parallel,
+                                                               attn_args=(None, None, None)))
+                block.attn.n_head //= tp      # the heads this rank computes: the views it makes follow them
+                block.attn.n_kv_head //= tp
+        self._plan_ends(tp_mesh, sequence_parallel, self.tok_embedding if self.first else None)
+        if self.first and self.pos_embedding is not None:
+            distribute_module(self.pos_embedding, tp_mesh, input_fn=_replicated_input,
+                              output_fn=_positions_output(sequence_parallel))
+
+
+def _replicated_input(module: nn.Module, inputs: Any, mesh: Any) -> Any:
+    from torch.distributed.tensor import DTensor
+    return tuple(DTensor.from_local(t, mesh, [Replicate()]) for t in inputs)
+
+
+def _positions_output(sequence_parallel: bool) -> Callable[[nn.Module, Any, Any], torch.Tensor]:
+    """Position embeddings are replicated (Megatron-LM's too); under sequence parallelism each rank keeps the rows of
+    its own positions (a slice, no communication)."""
+    def output(module: nn.Module, out: Any, mesh: Any) -> torch.Tensor:
+        return (out.redistribute(mesh, [Shard(0)]) if sequence_parallel else out).to_local()
+    return output
+
+
+class LlamaStage(Stage):
+    """A pipeline rank of a Hugging Face Llama-style decoder (``LlamaForCausalLM`` and kin: the ``net`` of
+    ``models/hf.py``'s model). The loss is Hugging Face's: logits in float32, cross-entropy over the next tokens."""
+
+    def __init__(self, net: nn.Module, chunks: list[list[int]], first: bool, last: bool):
+        super().__init__(list(net.model.layers), chunks, first, last, net.model.embed_tokens.embedding_dim)
+        self.rotary_emb = net.model.rotary_emb
+        self.tied = net.lm_head.weight is net.model.embed_tokens.weight
+        if first:
+            self.embed_tokens = net.model.embed_tokens
+        if last:
+            self.norm, self.lm_head = net.model.norm, net.lm_head
+        self._angles: Any = None
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(tokens)
+
+    def begin(self, seq_len: int) -> None:
+        positions = torch.arange(seq_len)[None]
+        self._angles = (positions, self.rotary_emb(torch.empty(0, dtype=self.rotary_emb.inv_freq.dtype), positions))
+
+    def run_layer(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        positions, angles = self._angles
+        out = layer(x, attention_mask=None, position_ids=positions, position_embeddings=angles)
+        return out[0] if isinstance(out, tuple) else out
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(self.norm(x)).float().flatten(0, 1), targets.flatten())
+
+    @property
+    def vocab_size(self) -> int:
+        return (self.embed_tokens if self.first else self.lm_head).weight.shape[0]
+
+    def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
+        names = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.gate_proj,mlp.up_proj",
+                     row="self_attn.o_proj,mlp.down_proj", norm="input_layernorm,post_attention_layernorm",
+                     attn="self_attn", mlp="mlp")
+        for chunk in self.chunks:
+            for layer in chunk:
+                parallelize_module(layer, tp_mesh, _layer_plan(names, sequence_parallel, attn_kwarg="hidden_states"))
+        self._plan_ends(tp_mesh, sequence_parallel, self.embed_tokens if self.first else None)
+
+
+def _has(module: nn.Module, *names: str) -> bool:
+    modules = dict(module.named_modules())
+    return all(name in modules for name in names)
+
+
+def make_stage(model: nn.Module, chunks: list[list[int]], first: bool, last: bool) -> Stage:
+    """The stage of ``model`` (flopsweep's decoder, or ``models/hf.py``'s model or its ``net``) that holds
+    ``chunks``; a one-line ``ConfigError`` for a model with no plan here."""
+    net = getattr(model, "net", model)
+    if _has(model, "tok_embedding", "blocks.0.attn.qkv", "blocks.0.mlp.down", "lm_head", "norm"):
+        return DecoderStage(model, chunks, first, last)
+    if _has(net, "model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.gate_proj",
+            "model.norm", "model.rotary_emb", "lm_head"):
+        return LlamaStage(net, chunks, first, last)
+    raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
+                                        "decoder and Hugging Face Llama-style decoders have one")
+
+
+def layer_count(model: nn.Module) -> int:
+    """The transformer layers of a model :func:`make_stage` knows."""
+    net = getattr(model, "net", model)
+    layers = getattr(model, "blocks", None)
+    return len(layers if layers is not None else net.model.layers)
