@@ -20,8 +20,8 @@ def runs(tmp_path_factory):
     gpt = run_app("-m", *TINY_GPT, f"batch.seq_len={','.join(map(str, SEQ))}", "device=meta",
                   "tracking.experiment=scaling", cwd=cwd)
     assert gpt.returncode == 0, gpt.stderr
-    bk = run_app("-m", "model=resnet_bk_baseline", "batch.seq_len=128,256,512", "batch.size=1", "device=meta",
-                 "tracking.experiment=scaling", cwd=cwd)
+    bk = run_app("-m", "model=resnet_bk_baseline", "model.n_layers=1", "batch.seq_len=128,256,512", "batch.size=1",
+                 "device=meta", "tracking.experiment=scaling", cwd=cwd)
     assert bk.returncode == 0, bk.stderr
     return cwd, flopsweep.load_runs(experiment="scaling", store_dir=cwd / "outputs")
 

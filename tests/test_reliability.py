@@ -101,6 +101,7 @@ def test_every_guarantee_in_the_docs_names_a_test_that_exists():
     assert not missing, missing
 
 
+@pytest.mark.slow
 def test_sweeps_runs_and_syncs_started_at_once_into_a_new_store_each_log_once_in_a_folder_of_their_own(tmp_path):
     """Two sweeps, a single run and two syncs of the same unlogged sweep, started at once as processes into a store
     that does not exist yet: each sweep in a folder of its own (the same second's name, then -2), every folder whole
@@ -202,6 +203,7 @@ CPU_SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=64", "m
              "tracking.experiment=signals"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_ends_the_sweep_with_its_summary_its_run_killed_and_a_resume_line(tmp_path, signum):
     """Ctrl-C (SIGINT) or kill, timeout, Slurm's preemption (SIGTERM) mid-sweep: no traceback; the summary of what
@@ -295,6 +297,7 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cleanly(tmp_path):
     """A terminal's Ctrl-C sends SIGINT to the whole process group: the sweep and joblib's workers at once. The jobs
     the workers were running are recorded as interrupted, the sweep ends as for a SIGINT of its own (summary, run

@@ -139,6 +139,7 @@ def silent_server():
     listener.close()
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_server):
     """It cost 77 s per job (three requests of 20 s, with back-off)."""
     proc = run_app(*SWEEP, "tracking=server", f"tracking.uri={silent_server}", cwd=tmp_path)
@@ -152,6 +153,7 @@ def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_
         assert "did not answer within 5 s" in out.stderr.strip().splitlines()[0], out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its_password_never_shown(
         tmp_path, silent_server, scheme):
@@ -189,6 +191,7 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     assert unmasked("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
+@pytest.mark.slow
 def test_a_server_that_stops_answering_after_the_check_is_given_up_for_the_rest_of_the_sweep(tmp_path):
     """The server answers the check, then nothing: the first request that waits as long as a check may take marks
     the store unusable for the sweep, and no job waits for it again."""
