@@ -23,6 +23,7 @@ calibrated=${PIPESTATUS[0]}
 # ${BENCH_ARGS}: --skip-generation where the generation rows are not wanted (a short lease)
 timeout 240 "$PY" benchmarks/gpu/bench_gpu.py --out "$OUT/gpu_figures.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_figures.md"
 bench=${PIPESTATUS[0]}
+timeout 120 "$PY" benchmarks/gpu/diagnose_prediction.py > "$OUT/diagnose_prediction.txt" 2>&1  # op by op
 if [ -z "${SKIP_PROFILE:-}" ]; then  # where a decode step's time goes
   timeout 120 "$PY" benchmarks/gpu/profile_decode.py > "$OUT/profile_decode.txt" 2>&1
 fi

@@ -26,19 +26,25 @@ MATMUL_GRID = {
              "float16": ((16, 256, 1024, 4096, 16384), 2 ** 43),
              "float32": ((16, 256, 1024, 4096, 16384), 2 ** 40)},
 }
-ATTENTION_GRID = {"cpu": ((8, 48), (64, 256, 1024), (64,)), "cuda": ((8, 64), (128, 512, 2048, 8192), (64, 128))}
+# (batch x heads, sequence lengths, head dims, the most FLOPs of one point's forward)
+ATTENTION_GRID = {"cpu": ((8, 32, 128), (64, 256, 1024), (64,), 2 ** 34),
+                  "cuda": ((16, 128, 512), (128, 512, 2048, 8192), (64, 128), 2 ** 42)}
 MEMORY_SIZES = {"cpu": [2 ** p for p in range(10, 27, 2)], "cuda": [2 ** p for p in range(10, 31, 2)]}  # per tensor
 
 
 class _Timer:
     """Seconds of one call of ``fn`` on the device: a warm-up call, then repeats until ``budget`` seconds (at least 3,
-    at most 200); the median of 3 such batches. On a GPU the calls of a batch run back to back between events."""
+    at most 200); the median of 3 such batches. On a GPU the call is captured in a CUDA graph and replayed between
+    events, so that the device's time is measured, not the host's launches (counted apart); eager where it does not
+    capture."""
 
     def __init__(self, device: str, budget: float):
         self.cuda = device.startswith("cuda")
         self.budget = budget
 
     def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            fn = _captured(fn) or fn
         fn()
         self._sync()
         start = time.perf_counter()
@@ -88,7 +94,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     _launches(cal, device, timer)
     say("memory bandwidth")
     sizes = MEMORY_SIZES[kind][::2] if quick else MEMORY_SIZES[kind]
-    cal.memory, cal.elementwise = _memory(device, sizes, timer)
+    cal.memory = _memory(device, sizes, timer)
     for dtype, (dims, cap) in MATMUL_GRID[kind].items():
         say(f"matmuls, {dtype}")
         grid = dims[::2] if quick else dims
@@ -99,22 +105,37 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     return cal
 
 
+def _captured(fn: Callable[[], object]) -> Optional[Callable[[], object]]:
+    """``fn`` as a CUDA graph's replay (warmed up on a side stream first, as capture needs), or None."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph.replay
+    except RuntimeError:
+        torch.cuda.synchronize()
+        return None
+
+
 def _launches(cal: Calibration, device: str, timer: _Timer) -> None:
     """Host-side costs per op: measured over many calls of tiny tensors, so that the device never is the bound."""
     x = torch.ones(1, device=device)
     host = _Timer("cpu", timer.budget)  # wall time of issuing, the device left to catch up after each batch
     cal.launch_s = host(lambda: torch.add(x, x))
     cal.view_s = host(lambda: x.view(-1))
+    module = torch.nn.Identity()
+    cal.module_s = host(lambda: module(x))
     leaf = torch.ones(1, device=device, requires_grad=True)
-
-    def chain_backward(n: int = 64) -> None:
-        y = leaf
-        for _ in range(n):
-            y = y * 1.0
-        y.backward()
-
-    with_backward = host(chain_backward)
-    cal.launch_backward_s = max((with_backward - 64 * cal.launch_s) / 64, cal.launch_s / 10)
+    y = leaf
+    for _ in range(64):  # a chain of 64 nodes, each one kernel in backward
+        y = y * 1.0
+    cal.launch_backward_s = host(lambda: torch.autograd.grad(y, leaf, retain_graph=True)) / 64
     if device.startswith("cuda"):
         cal.graph_launch_s = _graph_launch(device)
         torch.cuda.synchronize()
@@ -138,16 +159,15 @@ def _graph_launch(device: str, n: int = 200) -> Optional[float]:
         return None
 
 
-def _memory(device: str, sizes: list[int], timer: _Timer) -> tuple[list[list[float]], list[list[float]]]:
-    memory, elementwise = [], []
+def _memory(device: str, sizes: list[int], timer: _Timer) -> list[list[float]]:
+    memory = []
     for size in sizes:
         n = max(1, size // 4)
         a, b = torch.ones(n, device=device), torch.ones(n, device=device)
         out = torch.empty_like(a)
         memory.append([3 * 4 * n, timer(lambda: torch.add(a, b, out=out))])
-        elementwise.append([n, timer(lambda: torch.exp(a, out=out))])
         del a, b, out
-    return memory, elementwise
+    return memory
 
 
 def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer) -> list[list[float]]:
@@ -163,11 +183,13 @@ def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, t
 
 
 def _attention(device: str, dtype: torch.dtype, grid: tuple, quick: bool, timer: _Timer) -> list[list[float]]:
-    heads, lengths, dims = grid
+    heads, lengths, dims, cap = grid
     if quick:
-        heads, lengths, dims = heads[:1], lengths[:2], dims[:1]
+        heads, lengths, dims = heads[:2], lengths[:2], dims[:1]
     rows = []
     for bh, s, d, causal in itertools.product(heads, lengths, dims, (0, 1)):
+        if 4 * bh * s * s * d > cap:
+            continue
         q, k, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         forward = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))

@@ -7,14 +7,14 @@ The raw points are kept beside the fitted curves, so a profile can be refitted a
 - ``matmul[dtype]``: rows (M, K, N, seconds) of one GEMM each, C[M, N] = A[M, K] B[K, N];
 - ``attention[dtype]``: rows (batch x heads, Sq, Sk, head dim, causal, forward seconds, backward seconds);
 - ``memory``: rows (bytes read + written, seconds) of elementwise kernels (``a + b``), smallest to largest;
-- ``elementwise``: rows (elements, seconds) of a transcendental elementwise op (``exp``), one FLOP an element;
 - ``launch_s`` (an eager op's dispatch and launch, forward from Python), ``launch_backward_s`` (an op the autograd
-  engine dispatches), ``view_s`` (a view's dispatch), ``graph_launch_s`` (a kernel replayed in a CUDA graph).
+  engine dispatches), ``view_s`` (a view's dispatch), ``module_s`` (an ``nn.Module`` call's own machinery),
+  ``graph_launch_s`` (a kernel replayed in a CUDA graph).
 
-Fitted curves (docs/conventions.md, "Predicted time"): a matmul's throughput is ``T * M/(M+m0) * K/(K+k0) * N/(N+n0)``
-(full for large shapes, proportional to a dimension where it is small: tiles left empty), fitted in log space to the
-points; attention's likewise over (batch x heads, Sq) per direction and mask; memory time is the measured curve,
-interpolated in log-log between points and at the largest point's bandwidth beyond.
+Curves (docs/conventions.md, "Predicted time"): a matmul's throughput over (M, K, N) and attention's over (batch x
+heads, Sq, Sk, head dim), per dtype, direction and mask, interpolated in log space between the measured grid's points
+(:class:`Grid`: exact at each, held at its edges); memory time interpolated in log-log between measured sizes and at
+the largest one's bandwidth beyond. Each point's time less one launch is its body (launches are counted apart).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -36,8 +37,47 @@ VERSION = 1
 
 
 @dataclass(frozen=True)
+class Grid:
+    """A throughput measured over a grid of shapes, interpolated multilinearly in log space (log of each dimension,
+    log of the throughput) and held at the edge beyond it. A grid point that was not measured (too large to time)
+    takes the best throughput of the measured points it contains in every dimension: a larger shape is at least as
+    efficient. Exact at every measured point, so nothing is assumed of the curve's form."""
+
+    axes: tuple[tuple[float, ...], ...]
+    values: dict[tuple, float]          # grid index -> log throughput
+
+    def __call__(self, *xs: float) -> float:
+        corners: list[tuple[tuple, float]] = [((), 1.0)]
+        for axis, x in zip(self.axes, xs):
+            lx = math.log(min(max(x, axis[0]), axis[-1]))
+            i = max(0, min(bisect.bisect_right(axis, math.exp(lx)) - 1, len(axis) - 2)) if len(axis) > 1 else 0
+            if len(axis) == 1:
+                corners = [(c + (0,), w) for c, w in corners]
+                continue
+            w = (lx - math.log(axis[i])) / (math.log(axis[i + 1]) - math.log(axis[i]))
+            w = min(max(w, 0.0), 1.0)
+            corners = [(c + (i,), cw * (1 - w)) for c, cw in corners] + [(c + (i + 1,), cw * w) for c, cw in corners]
+        return math.exp(sum(self.values[c] * w for c, w in corners if w))
+
+    @classmethod
+    def fit(cls, xs: Sequence[Sequence[float]], ys: Sequence[float]) -> "Grid":
+        n = len(xs[0])
+        axes = tuple(tuple(sorted({float(x[i]) for x in xs})) for i in range(n))
+        measured: dict[tuple, list[float]] = {}
+        for x, y in zip(xs, ys):
+            measured.setdefault(tuple(axes[i].index(float(x[i])) for i in range(n)), []).append(math.log(y))
+        values = {key: sum(v) / len(v) for key, v in measured.items()}
+        for key in itertools.product(*(range(len(a)) for a in axes)):
+            if key not in values:
+                inside = [v for k, v in values.items() if all(a <= b for a, b in zip(k, key))]
+                values[key] = max(inside) if inside else min(values.values())
+        return cls(axes, values)
+
+
+@dataclass(frozen=True)
 class Saturating:
-    """``peak * prod(x_i / (x_i + c_i))``: a throughput that grows with each dimension and saturates at ``peak``."""
+    """``peak * prod(x_i / (x_i + c_i))``: a throughput that grows with each dimension and saturates at ``peak`` (the
+    shape of the default profiles' curves, :mod:`flopsweep.measure.defaults`)."""
 
     peak: float
     knees: tuple[float, ...]
@@ -47,62 +87,6 @@ class Saturating:
         for x, c in zip(xs, self.knees):
             value *= x / (x + c)
         return value
-
-    @classmethod
-    def fit(cls, xs: Sequence[Sequence[float]], ys: Sequence[float]) -> "Saturating":
-        """Least squares on log throughput (Nelder-Mead over log peak and log knees)."""
-        n = len(xs[0])
-        logs = [math.log(y) for y in ys]
-
-        top = math.log(1.5 * max(ys))                                 # no peak far above what was measured ...
-        spans = [math.log(4 * max(x[i] for x in xs)) for i in range(n)]  # ... nor a knee far beyond the points
-
-        def loss(theta: list[float]) -> float:
-            if theta[0] > top or any(t > s or t < -20 for t, s in zip(theta[1:], spans)):
-                return 1e12
-            peak, knees = math.exp(theta[0]), [math.exp(t) for t in theta[1:]]
-            total = 0.0
-            for x, log_y in zip(xs, logs):
-                model = math.log(peak) + sum(math.log(xi / (xi + c)) for xi, c in zip(x, knees))
-                total += (model - log_y) ** 2
-            return total
-
-        start = [max(logs)] + [math.log(max(1.0, sorted(x[i] for x in xs)[len(xs) // 4])) for i in range(n)]
-        best = _nelder_mead(loss, start)
-        return cls(math.exp(best[0]), tuple(math.exp(t) for t in best[1:]))
-
-
-def _nelder_mead(f, x0: list[float], steps: int = 2000, tol: float = 1e-10) -> list[float]:
-    simplex = [list(x0)] + [[v + (1.0 if i == j else 0.0) for j, v in enumerate(x0)] for i in range(len(x0))]
-    values = [f(x) for x in simplex]
-    for _ in range(steps):
-        order = sorted(range(len(simplex)), key=values.__getitem__)
-        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
-        if values[-1] - values[0] < tol:
-            break
-        centre = [sum(p[j] for p in simplex[:-1]) / (len(simplex) - 1) for j in range(len(x0))]
-        worst = simplex[-1]
-
-        def towards(t: float) -> list[float]:
-            return [c + t * (w - c) for c, w in zip(centre, worst)]
-
-        reflected = towards(-1.0)
-        fr = f(reflected)
-        if fr < values[0]:
-            expanded = towards(-2.0)
-            fe = f(expanded)
-            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
-        elif fr < values[-2]:
-            simplex[-1], values[-1] = reflected, fr
-        else:
-            contracted = towards(0.5)
-            fc = f(contracted)
-            if fc < values[-1]:
-                simplex[-1], values[-1] = contracted, fc
-            else:  # shrink towards the best
-                simplex = [simplex[0]] + [[b + 0.5 * (p - b) for b, p in zip(simplex[0], q)] for q in simplex[1:]]
-                values = [values[0]] + [f(q) for q in simplex[1:]]
-    return simplex[min(range(len(simplex)), key=values.__getitem__)]
 
 
 @dataclass(frozen=True)
@@ -151,27 +135,23 @@ class Calibration:
     matmul: dict[str, list[list[float]]] = field(default_factory=dict)
     attention: dict[str, list[list[float]]] = field(default_factory=dict)
     memory: list[list[float]] = field(default_factory=list)
-    elementwise: list[list[float]] = field(default_factory=list)
     launch_s: float = 0.0
     launch_backward_s: float = 0.0
     view_s: float = 0.0
+    module_s: float = 0.0
     graph_launch_s: Optional[float] = None
     version: int = VERSION
 
     # -- the fitted curves ------------------------------------------------------------------------------------
-    def matmul_curve(self, dtype: str) -> Optional[Saturating]:
+    def matmul_curve(self, dtype: str) -> Optional[Grid]:
         return _fitted(self, ("matmul", dtype), lambda: _fit_matmul(self.matmul.get(dtype), self.launch_s))
 
-    def attention_curve(self, dtype: str, causal: bool, backward: bool) -> Optional[Saturating]:
+    def attention_curve(self, dtype: str, causal: bool, backward: bool) -> Optional[Grid]:
         return _fitted(self, ("attention", dtype, causal, backward),
                        lambda: _fit_attention(self.attention.get(dtype), causal, backward, self.launch_s))
 
     def memory_curve(self) -> Curve:
         return _fitted(self, ("memory",), lambda: Curve.of(self.memory, self.launch_s))
-
-    def elementwise_curve(self) -> Optional[Curve]:
-        return _fitted(self, ("elementwise",),
-                       lambda: Curve.of(self.elementwise, self.launch_s) if self.elementwise else None)
 
     def figures(self) -> dict[str, float]:
         """What the profile says of the part, in a few numbers (the calibration run's metrics)."""
@@ -196,7 +176,6 @@ class Calibration:
 
         return dataclasses.replace(
             self, memory=[[b, faster(t, bandwidth)] for b, t in self.memory],
-            elementwise=[[n, faster(t, compute)] for n, t in self.elementwise],
             matmul={d: [[m, k, n, faster(t, compute)] for m, k, n, t in rows] for d, rows in self.matmul.items()},
             attention={d: [[*r[:5], faster(r[5], compute), faster(r[6], compute)] for r in rows]
                        for d, rows in self.attention.items()},
@@ -237,16 +216,16 @@ def _fitted(cal: Calibration, key: tuple, make) -> Any:
     return cache[key]
 
 
-def _fit_matmul(rows: Optional[list[list[float]]], launch: float) -> Optional[Saturating]:
+def _fit_matmul(rows: Optional[list[list[float]]], launch: float) -> Optional[Grid]:
     if not rows:
         return None
     xs = [(m, k, n) for m, k, n, _ in rows]
     ys = [2 * m * k * n / max(t - launch, t / 10) for m, k, n, t in rows]
-    return Saturating.fit(xs, ys)
+    return Grid.fit(xs, ys)
 
 
 def _fit_attention(rows: Optional[list[list[float]]], causal: bool, backward: bool,
-                   launch: float) -> Optional[Saturating]:
+                   launch: float) -> Optional[Grid]:
     picked = [r for r in (rows or []) if bool(r[4]) == causal]
     if not picked:
         return None
@@ -254,9 +233,9 @@ def _fit_attention(rows: Optional[list[list[float]]], causal: bool, backward: bo
     for bh, sq, sk, d, _, forward_s, backward_s in picked:
         seconds = backward_s if backward else forward_s
         flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the counted convention: QK^T and PV, full S^2
-        xs.append((bh, sq))
+        xs.append((bh, sq, sk, d))
         ys.append(flops / max(seconds - launch, seconds / 10))
-    return Saturating.fit(xs, ys)
+    return Grid.fit(xs, ys)
 
 
 # -- where profiles live ------------------------------------------------------------------------------------------

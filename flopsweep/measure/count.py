@@ -173,6 +173,7 @@ def count_step(model: nn.Module, inputs: dict[str, torch.Tensor],
             optimizer.zero_grad(set_to_none=True)
         with (context() if context else contextlib.nullcontext()):
             loss = model(**inputs)
+        counter.trace.module_calls["forward"] = tracker.module_calls
         counter.phase = "backward"
         loss.backward()
         if optimizer is not None:
@@ -189,4 +190,5 @@ def count_call(model: nn.Module, run: Callable[[], Any], *, causal_half: bool = 
     counter = Counter(tracker, CountOptions(causal_half=causal_half))
     with tracker, counter, torch.no_grad(), (context() if context else contextlib.nullcontext()):
         out = run()
+    counter.trace.module_calls["forward"] = tracker.module_calls
     return counter.result(backward=False, optimizer=False), out

@@ -53,6 +53,7 @@ class OpTrace:
 
     sigs: list[OpSig] = field(default_factory=list)
     phases: dict[str, array] = field(default_factory=dict)
+    module_calls: dict[str, int] = field(default_factory=dict)  # nn.Module calls per phase (the host's Python)
     _index: dict[tuple, int] = field(default_factory=dict, repr=False)
 
     def add(self, phase: str, func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpCost]) -> None:
@@ -146,8 +147,15 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
         moved = 2 * _bytes(args[1])
     else:
         moved = sum(map(_bytes, ins + outs))
+        if not outs and _mutates(func):  # an in-place op returning nothing (_foreach_*_): its first argument written
+            moved += sum(map(_bytes, _tensors(args[:1])))
     tensors = len(args[0]) if name.startswith("aten._foreach_") and isinstance(args[0], (list, tuple)) else 1
     return OpSig(name, MEMORY, matmul, elementwise, moved, dtype, (), tensors)
+
+
+def _mutates(func: Any) -> bool:
+    arguments = op_schema(func).arguments
+    return bool(arguments) and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
 
 
 def _causal_arg(func: Any, args: tuple) -> bool:

@@ -1,9 +1,11 @@
 """A step's time predicted from its counted ops (:class:`~flopsweep.measure.ops.OpTrace`) and a part's calibration
 (:class:`~flopsweep.measure.calibration.Calibration`); no torch, no device: a count on ``meta`` predicts any part.
 
-Each op's body takes ``max(compute, memory)``: compute is its matmul FLOPs at the fitted matmul (or attention)
-throughput for its shape and dtype, or its elementwise FLOPs at the measured elementwise rate; memory is its bytes
-read and written on the measured memory curve. Views move nothing. Each op also costs its dispatch and launch.
+Each op's body takes ``max(compute, memory)``: compute is its matmul FLOPs at the calibrated matmul (or attention)
+throughput for its shape and dtype; memory is its bytes read and written on the measured memory curve (elementwise
+ops, reductions and copies are memory-bound: their arithmetic hides under their traffic on GPUs and on the CPUs
+measured). Views move nothing. Each op also costs its dispatch and launch. The optimizer's state is made in the
+counted (first) step only: its fills are left out, the prediction is of every later step.
 
 - On a CPU the ops run one after another: a phase is the sum of bodies and launches.
 - On a GPU the host issues ops ahead of the device: the host spends each op's launch, the device starts an op when
@@ -25,6 +27,7 @@ from typing import Optional
 from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.ops import ATTENTION, ATTENTION_BACKWARD, MATMUL, MEMORY, VIEW, OpSig, OpTrace
 
+STATE_FILLS = {"aten.zeros_like", "aten.zeros", "aten.full_like", "aten.ones_like"}  # the optimizer's first step
 FOREACH_TENSORS_PER_KERNEL = 48  # a CUDA _foreach_ op launches a kernel per chunk of tensors (multi_tensor_apply)
 
 
@@ -69,7 +72,6 @@ class TimeModel:
     def __init__(self, cal: Calibration, autocast: Optional[str] = None):
         self.cal, self.autocast = cal, autocast
         self.memory = cal.memory_curve()
-        self.elementwise = cal.elementwise_curve()
         self.notes: set[str] = set()
         self._dtype_of: dict[str, str] = {}
 
@@ -102,9 +104,8 @@ class TimeModel:
                 curve = self.cal.matmul_curve(dtype) if dtype else None
                 self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
                 return (sig.matmul / curve(bh * sq, d, sk) if curve else 0.0), memory
-            return sig.matmul / curve(bh, sq), memory
-        compute = self.elementwise(sig.elementwise) if self.elementwise and sig.elementwise else 0.0
-        return compute, memory
+            return sig.matmul / curve(bh, sq, sk, d), memory
+        return 0.0, memory
 
 
 def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
@@ -114,8 +115,14 @@ def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: 
     phases = {}
     for phase, calls in trace.phases.items():
         ops = [trace.sigs[i] for i in calls]
+        if phase == "optimizer":
+            ops = [sig for sig in ops if sig.op not in STATE_FILLS]
         launch = cal.launch_backward_s if phase == "backward" and cal.launch_backward_s else cal.launch_s
         kernels = list(_fused(ops, model) if fused else _eager(ops, model, launch, cal, on_gpu))
+        calls = trace.module_calls.get(phase, 0)
+        if calls and kernels and not fused:  # the modules' own Python, spread over the phase's ops
+            each = calls * cal.module_s / len(kernels)
+            kernels = [(host + each, c, m) for host, c, m in kernels]
         phases[phase] = (_device_queue if on_gpu else _serial)(kernels, cal)
     return Prediction(phases, cal.part, cal.digest(), cal.default, fused, dict(cal.peak), tuple(sorted(model.notes)))
 
@@ -146,9 +153,7 @@ def _fused(ops: list[OpSig], model: TimeModel):
     def flush():
         if group:
             widest = max(sig.bytes for sig in group)
-            elementwise = sum(sig.elementwise for sig in group)
-            compute = model.elementwise(elementwise) if model.elementwise and elementwise else 0.0
-            yield model.cal.launch_s, compute, model.memory(widest) if widest else 0.0
+            yield model.cal.launch_s, 0.0, model.memory(widest) if widest else 0.0
             group.clear()
 
     for sig in ops:

@@ -31,6 +31,7 @@ class ModuleTracker:
         self.calls: list[tuple[str, Any, Any]] = []       # with a clock: (module, start, end) of this pass's calls
         self.samples: dict[str, list[float]] = defaultdict(list)
         self.passes = 0
+        self.module_calls = 0  # every module's forward calls (each costs the host Python's call machinery)
         self._index: Optional[tuple[list[int], list[int], list[str], list[int]]] = None
         self._cache: dict[int, str] = {}
         self._handles: list[Any] = []
@@ -45,6 +46,7 @@ class ModuleTracker:
             handle.remove()
 
     def _pre(self, module: nn.Module, args: Any) -> None:
+        self.module_calls += 1
         name = self.names.get(id(module))
         if name is not None:
             self.stack.append((name, sequence_nr(), self.clock.mark() if self.clock is not None else None))
