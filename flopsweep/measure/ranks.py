@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -178,7 +179,7 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
         saved = LocalSavedActivations(part)
         _parallelize(part, layout, mesh, counter, saved, work)
         with fake_tensor_mode():
-            part.to_empty(device="cpu")
+            _materialize(part)
             opt = optimizer(part.parameters())
             prime(opt, part)
             shape = (layout.micro_batch_size, work.seq_len)
@@ -201,6 +202,20 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
                         layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
                      memory, dict(counter.uncounted))
+
+
+def _materialize(part: nn.Module) -> None:
+    """The parameters made as fake tensors. ``to_empty`` under a fake tensor mode gives each module a tensor of its
+    own, so tied parameters (a head sharing the embedding's table) are tied again."""
+    users: dict[int, list[tuple[nn.Module, str]]] = defaultdict(list)
+    for module in part.modules():
+        for name, param in module.named_parameters(recurse=False):
+            users[id(param)].append((module, name))
+    part.to_empty(device="cpu")
+    for (owner, name), *others in users.values():
+        for module, other in others:
+            if getattr(module, other) is not getattr(owner, name):
+                setattr(module, other, getattr(owner, name))
 
 
 def _parallelize(part: Stage, layout: Layout, mesh: Any, counter: RankCounter, saved: LocalSavedActivations,

@@ -1,0 +1,251 @@
+"""Parallel layouts counted rank by rank (measure/ranks.py) against figures from elsewhere: the closed forms of a
+transformer's FLOPs and parameters, Megatron-LM's collectives per layer (Shoeybi et al. 2019, Korthikanti et al.
+2022), FSDP's gathers and reductions of the parameters' bytes, and Korthikanti et al.'s activations per layer."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from flopsweep.core.errors import ConfigError
+from flopsweep.measure.layout import Layout
+from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, fake_world
+from flopsweep.models import FAMILIES
+
+H, HEADS, VOCAB, SEQ, MICRO = 64, 4, 128, 32, 2  # a small decoder: GELU MLP of 4h, biases, tied head, learned positions
+
+
+def decoder(layers: int, **fields):
+    family = FAMILIES["decoder"]
+    cfg = family.Config(d_model=fields.pop("d_model", H), n_layer=layers, n_head=fields.pop("n_head", HEADS),
+                        vocab_size=fields.pop("vocab_size", VOCAB), max_positions=fields.get("max_positions", SEQ),
+                        default_seq_len=SEQ, **{k: v for k, v in fields.items() if k != "max_positions"})
+    return lambda: family.Model(cfg)
+
+
+@lru_cache(maxsize=None)
+def counted(layers: int = 2, **layout) -> LayoutCount:
+    """The small decoder counted in float32, a global batch of 8 micro-batches of MICRO sequences per dp rank."""
+    lay = Layout(micro_batch_size=MICRO, **layout)
+    return count_layout(decoder(layers), lay, Workload(8 * MICRO * lay.dp, SEQ))
+
+
+def decoder_params(layers: int, h: int = H, vocab: int = VOCAB, positions: int = SEQ) -> int:
+    """Per layer: qkv 3h^2 + 3h, out h^2 + h, up 4h^2 + 4h, down 4h^2 + h, two layer norms 4h; token and position
+    embeddings (the head is tied to the first); the final norm 2h."""
+    return vocab * h + positions * h + layers * (12 * h * h + 13 * h) + 2 * h
+
+
+def collective(count, op: str, phase: str, dim: str, rank: int = 0) -> tuple[int, int]:
+    """(calls, bytes) of one collective of a counted rank, 0s where it never ran."""
+    found = [t for k, t in count.ranks[rank].collectives.items() if (k.op, k.phase, k.mesh_dim) == (op, phase, dim)]
+    return (sum(t.calls for t in found), sum(t.bytes for t in found))
+
+
+# ---- the layout and its checks ----
+
+@pytest.mark.parametrize("layout, shape, key", [
+    (dict(tp=3), {}, "parallel.tp"),                                   # 4 heads
+    (dict(tp=4), dict(heads=8, kv_heads=2), "parallel.tp"),            # divides the heads, not the KV heads
+    (dict(pp=5), {}, "parallel.pp"),                                   # 4 layers
+    (dict(pp=2, vpp=3), {}, "parallel.pp"),                            # 6 chunks of 4 layers
+    (dict(dp=3), {}, "parallel.dp"),                                   # batch 8
+    (dict(dp=2, micro_batch_size=8), {}, "parallel.dp"),
+    (dict(ep=2, dp=2), {}, "parallel.ep"),                             # a dense model
+    (dict(ep=2, dp=2), dict(experts=3), "parallel.ep"),
+    (dict(zero=4), {}, "parallel.zero"),
+    (dict(recompute="some"), {}, "parallel.recompute"),
+    (dict(vpp=2), {}, "parallel.vpp"),                                 # no pipeline to interleave
+    (dict(cp=3), {}, "parallel.cp"),                                   # sequence of 32
+    (dict(tp=4, sequence_parallel=True), dict(seq_len=6), "parallel.sequence_parallel"),
+    (dict(dp=0), {}, "parallel.dp"),
+])
+def test_a_bad_layout_is_refused_in_one_line_naming_its_key(layout, shape, key):
+    fields = {**dict(heads=4, kv_heads=None, layers=4, batch_size=8, seq_len=32), **shape}
+    with pytest.raises(ConfigError) as err:
+        Layout(**layout).check_model(**fields)
+    assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_stages_split_the_layers_and_hold_the_micro_batches_in_flight():
+    assert [len(c) for s in range(4) for c in Layout(pp=4).stage_layers(10, s)] == [3, 3, 2, 2]
+    assert Layout(pp=2, vpp=2).stage_layers(8, 0) == [[0, 1], [4, 5]]  # chunk c on stage c % pp
+    assert Layout(pp=2, vpp=2).stage_layers(8, 1) == [[2, 3], [6, 7]]
+    # 1F1B (Narayanan et al. 2021): stage i holds min(m, p - i); interleaved, the first 1 + (p-1)/(p v) times more
+    assert [Layout(pp=4).in_flight(8, s) for s in range(4)] == [4, 3, 2, 1]
+    assert Layout(pp=4).in_flight(2, 0) == 2
+    assert Layout(pp=4, vpp=2).in_flight(8, 0) == pytest.approx(4 * (1 + 3 / 8))
+
+
+# ---- FLOPs ----
+
+def megatron_forward(layers: int, tokens: int, seq: int, h: int = H, vocab: int = VOCAB) -> int:
+    """Narayanan et al. 2021, eq. (2) without its factor 3 (forward only): 24 B s l h^2 (1 + s/(6h) + V/(12 l h)),
+    multiplied out (B s = tokens)."""
+    return 24 * tokens * layers * h * h + 4 * tokens * seq * layers * h + 2 * tokens * h * vocab
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_a_rank_counts_its_shards_the_global_count_over_tp(tp):
+    whole, split = counted(tp=1).ranks[0], counted(tp=tp).ranks[0]
+    assert whole.flops["forward"].matmul == megatron_forward(2, MICRO * SEQ, SEQ)
+    assert whole.flops["backward"].matmul == 2 * whole.flops["forward"].matmul
+    for phase in ("forward", "backward"):
+        assert split.flops[phase].matmul * tp == whole.flops[phase].matmul
+    assert not split.uncounted
+
+
+def test_a_hugging_face_llama_is_split_by_tp_with_grouped_query_heads():
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type="llama", hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                             max_position_embeddings=SEQ))
+    runs = {tp: count_layout(lambda: family.Model(cfg), Layout(tp=tp, micro_batch_size=2),
+                                 Workload(2, SEQ)).ranks[0] for tp in (1, 2)}
+    # per layer: q and o h^2 each, k and v h^2/2 each (2 of 4 heads), gate/up/down 3 h f; attention 4 s^2 h; head
+    tokens, h, f = 2 * SEQ, 64, 128
+    forward = 2 * (2 * tokens * (3 * h * h + 3 * h * f) + 4 * 2 * SEQ * SEQ * h) + 2 * tokens * h * 128
+    assert runs[1].flops["forward"].matmul == forward
+    assert runs[2].flops["forward"].matmul * 2 == forward
+    assert runs[2].flops["backward"].matmul * 2 == runs[1].flops["backward"].matmul
+
+
+def test_recomputation_is_counted_where_it_runs():
+    plain = counted(tp=1).ranks[0].flops
+    selective = counted(recompute="selective").ranks[0].flops
+    full = counted(recompute="full").ranks[0].flops
+    attention = 4 * MICRO * SEQ * SEQ * H  # QK^T and PV of one layer's forward
+    assert selective["recompute"].matmul == 2 * attention
+    assert plain["recompute"].matmul == 0
+    # PyTorch's checkpoint stops rerunning a layer once backward has what it needs: MLP's down projection, whose
+    # output nothing saves, is not run again
+    assert full["recompute"].matmul == 2 * (2 * MICRO * SEQ * 8 * H * H + attention)
+    for flops in (selective, full):  # the model's FLOPs are the same: recomputation is hardware work on top
+        assert (flops["forward"].matmul, flops["backward"].matmul) == (plain["forward"].matmul, plain["backward"].matmul)
+
+
+# ---- collectives ----
+
+def per_layer(op: str, phase: str, dim: str, **layout) -> tuple[int, int]:
+    (calls3, bytes3), (calls2, bytes2) = (collective(counted(n, **layout), op, phase, dim) for n in (3, 2))
+    return calls3 - calls2, bytes3 - bytes2
+
+
+ACTIVATION = MICRO * SEQ * H * 4  # b s h in float32
+
+
+def test_tensor_parallelism_all_reduces_twice_a_layer_each_way():
+    """Shoeybi et al. 2019 (Megatron-LM), figure 4: g after attention and after the MLP in forward, f's gradient
+    before each in backward, each b*s*h."""
+    for phase in ("forward", "backward"):
+        assert per_layer("all_reduce", phase, "tp", tp=2) == (2, 2 * ACTIVATION)
+
+
+def test_sequence_parallelism_turns_each_all_reduce_into_an_all_gather_and_a_reduce_scatter():
+    """Korthikanti et al. 2022, section 4.2.2: g becomes a reduce-scatter and f an all-gather (the reverse in
+    backward), of the same b*s*h. What is left to all-reduce: the gradients of the layer norms' weights and biases
+    (4 of h), partial sums over the sequence's shards (Megatron-LM all-reduces them too)."""
+    assert per_layer("all_reduce", "forward", "tp", tp=2, sequence_parallel=True) == (0, 0)
+    assert per_layer("all_reduce", "backward", "tp", tp=2, sequence_parallel=True) == (4, 4 * H * 4)
+    for phase in ("forward", "backward"):
+        assert per_layer("all_gather", phase, "tp", tp=2, sequence_parallel=True) == (2, 2 * ACTIVATION)
+        assert per_layer("reduce_scatter", phase, "tp", tp=2, sequence_parallel=True) == (2, 2 * ACTIVATION)
+
+
+def test_fsdp_gathers_and_reduces_the_parameters_bytes():
+    weights = 4 * decoder_params(2)
+    full = counted(dp=2, zero=3)
+    assert collective(full, "all_gather", "forward", "dp")[1] == weights
+    assert collective(full, "all_gather", "backward", "dp")[1] == weights  # ZeRO-3 gathers again for backward
+    assert collective(full, "reduce_scatter", "backward", "dp")[1] == weights
+    kept = counted(dp=2, zero=2)  # ZeRO-2 keeps them gathered from forward to backward
+    assert collective(kept, "all_gather", "forward", "dp")[1] == weights
+    assert collective(kept, "all_gather", "backward", "dp") == (0, 0)
+    memory = full.ranks[0].memory.at_peak
+    assert memory["weights"] == weights // 2
+    # AdamW's state: two moments in the weights' dtype, and a float32 step per tensor (2 per layer norm and linear,
+    # 2 embeddings, the final norm's 2)
+    tensors = 2 * (4 * 2 + 2 * 2) + 2 + 2
+    assert memory["optimizer_state"] == 2 * weights // 2 + 4 * tensors
+
+
+def test_plain_data_parallelism_all_reduces_every_gradient_once():
+    assert collective(counted(dp=2), "all_reduce", "backward", "dp")[1] == 4 * decoder_params(2)
+
+
+def test_a_pipeline_sends_activations_forward_and_gradients_back():
+    whole, piped = counted(layers=2).ranks[0], counted(layers=2, pp=2)
+    first, last = piped.ranks
+    assert (first.layers, last.layers, first.stage, last.stage) == (1, 1, 0, 1)
+    assert first.rank == 0 and last.rank == 1
+    assert collective(piped, "send", "forward", "pp", 0) == (1, ACTIVATION)
+    assert collective(piped, "recv", "backward", "pp", 0) == (1, ACTIVATION)
+    assert collective(piped, "recv", "forward", "pp", 1) == (1, ACTIVATION)
+    assert collective(piped, "send", "backward", "pp", 1) == (1, ACTIVATION)
+    for phase in ("forward", "backward"):  # every matmul on one stage or the other
+        assert first.flops[phase].matmul + last.flops[phase].matmul == whole.flops[phase].matmul
+    assert (first.memory.in_flight, last.memory.in_flight) == (2, 1)  # 8 micro-batches, 2 stages (1F1B)
+    assert first.params + last.params == decoder_params(2) + VOCAB * H  # the head keeps its own copy of the table
+
+
+# ---- activations: Korthikanti et al. 2022, bytes a layer at 16-bit ----
+
+S, B, HK, A = 128, 2, 256, 4  # h = 256, a = 4: 5as/h = 10
+SBH = S * B * HK
+
+
+@lru_cache(maxsize=None)
+def saved_per_layer(kernel: str, **layout) -> float:
+    """Bytes one layer saves for backward (3 layers less 2), in units of s*b*h, a bfloat16 decoder with dropout 0.1
+    (the paper's layout: layer norms, GELU MLP of 4h, dropout after attention and the MLP)."""
+    saved = []
+    for layers in (2, 3):
+        build = decoder(layers, d_model=HK, vocab_size=512, max_positions=S, dropout=0.1)
+        with sdpa_kernel([SDPBackend.MATH if kernel == "math" else SDPBackend.FLASH_ATTENTION]):
+            count = count_layout(build, Layout(micro_batch_size=B, **layout), Workload(B, S, torch.bfloat16))
+        saved.append(count.ranks[0].memory.activations_bytes)
+    return (saved[1] - saved[0]) / SBH
+
+
+KORTHIKANTI = [
+    # the paper's sbh(34 + 5as/h); CPU's math attention keeps q, k, v and the softmax in float32 (+6, +2as/h), has
+    # no dropout on the scores (-3as/h: its mask and output), and CPU's dropout keeps its mask in the activations'
+    # dtype, 2 bytes not 1 (+2)
+    ("math", {}, 34 + 5 * A * S / HK, 2 + 6 + (2 - 3) * A * S / HK),
+    # flash attention keeps no s x s tensor: the paper's figure with selective recomputation, sbh 34
+    ("flash", {}, 34, 2),
+    # selective recomputation of the math kernel's core: the same
+    ("math", dict(recompute="selective"), 34, 2),
+    # tensor parallelism: sbh(10 + 24/t) (selective), the masks replicated
+    ("flash", dict(tp=2), 10 + 24 / 2, 2),
+    # and sequence parallelism: 34 sbh / t; PyTorch's column-parallel linears (qkv, MLP's up) save the input they
+    # gather, where Megatron-LM saves its shard and gathers it again in backward: 2(1 - 1/t) more each
+    ("flash", dict(tp=2, sequence_parallel=True), 34 / 2, 2 / 2 + 2 * 2 * (1 - 1 / 2)),
+    # full recomputation keeps the layer's input alone: 2 sbh
+    ("flash", dict(recompute="full"), 2, 0),
+]
+
+
+@pytest.mark.parametrize("kernel, layout, paper, difference", KORTHIKANTI)
+def test_activations_per_layer_are_korthikantis_with_what_pytorch_keeps_otherwise(kernel, layout, paper, difference):
+    """Within 1 %: what the paper leaves out besides, the layer norms' mean and deviation (2 numbers a token each)
+    and flash attention's log-sum-exp (one a token and head), under 0.1 s*b*h here."""
+    assert saved_per_layer(kernel, **layout) == pytest.approx(paper + difference, rel=0.01)
+
+
+# ---- the process group ----
+
+def test_the_fake_process_group_is_torn_down_and_never_taken_over():
+    counted(tp=2)
+    assert not dist.is_initialized()
+    with pytest.raises(ConfigError):  # a refusal inside the count still tears the group down
+        count_layout(decoder(2), Layout(pp=4), Workload(8, SEQ))
+    assert not dist.is_initialized()
+    with fake_world(Layout(tp=2), 0):
+        with pytest.raises(RuntimeError, match="exists already"):
+            counted(tp=2, dp=2)
+    assert not dist.is_initialized()
