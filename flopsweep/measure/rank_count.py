@@ -131,7 +131,9 @@ class RankCounter(EagerDispatchMode):
                 return  # wait_tensor and the like: no data of their own
             op = _FUNCTIONAL[name]
             group_name = kwargs.get("group_name", args[-1])
-            nbytes = _nbytes(args[0]) * (self.groups[group_name][1] if op == "all_gather" else 1)
+            nbytes = _nbytes(args[0]) * (self.groups.get(group_name, ("", 1))[1] if op == "all_gather" else 1)
+        if group_name not in self.groups:
+            raise RuntimeError(f"a collective ({name}) over a process group that no mesh dimension names")
         dim, size = self.groups[group_name]
         key = CollectiveKey(op, phase, dim, size)
         tally = self.collectives[key]

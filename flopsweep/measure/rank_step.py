@@ -112,7 +112,8 @@ class Pipe:
 
 
 def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.Tensor, targets: torch.Tensor,
-          counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer, dtype: torch.dtype) -> None:
+             counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
+             dtype: torch.dtype) -> None:
     """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer."""
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
     pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype)
