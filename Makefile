@@ -1,4 +1,4 @@
-# Two commands do everything, on a fresh machine too:  make demo  |  make test
+# Two commands do everything, on a fresh machine too:  make demo  |  make test  (make test-all: every test)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # packages); on a CUDA machine set TORCH to the build you want, e.g. make demo TORCH="torch==2.13.0".
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install clean tracking-server
+.PHONY: demo checks test test-all install clean tracking-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,20 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/flopsweep +sweep=quickstart
 
 # the layers and the declared dependencies first (seconds), then the suite: one test worker per core (pytest-xdist),
-# a test file per worker at a time (a module's shared fixture made once)
-test: $(VENV)/.installed-test
+# a test file per worker at a time (a module's shared fixture made once). make test is the fast lane (the tests
+# marked slow left out: real signals, real servers and clusters, long multiruns, the largest presets); make test-all
+# runs every test.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile
+
+checks: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry .
-	$(PY) -m pytest -q -n auto --dist loadfile
+
+test: checks
+	$(PYTEST) -m "not slow"
+
+test-all: checks
+	$(PYTEST)
 
 # A shared MLflow tracking server on PostgreSQL, in the foreground (Ctrl-C stops it and PostgreSQL); PostgreSQL's
 # initdb and pg_ctl must be installed. Everything lives in TRACKING_DIR (outside outputs/ for a team: make clean

@@ -1,4 +1,4 @@
-"""Every model preset builds and counts on meta; parameter counts equal the reference implementations."""
+"""Every model preset builds, counts and sizes on meta; parameter counts equal the reference implementations."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from flopsweep.build.model import build
 from flopsweep.config.resolve import resolve
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
-from flopsweep.measure.size import unique_parameters
+from flopsweep.measure.size import measure_size, unique_parameters
 from tests.helpers import compose_config, model_presets
 
 # Exact counts of the reference implementations (shared/docs/references.md, "Model shapes and exact
@@ -27,12 +27,22 @@ def meta_spec(preset: str, *overrides: str):
     return resolve(compose_config(f"model={preset}", "device=meta", "batch.size=1", *overrides))
 
 
-@pytest.mark.parametrize("preset", [p for p in model_presets() if p not in ("hf", "custom")])  # the templates: what
-def test_preset_builds_and_counts_on_meta(preset):                 # they build (a model type, a _target_) is the user's
+# over 30 B parameters: a second or more each to count on meta (make test-all)
+LARGE = {"deepseek_v3", "llama3_1_405b", "gpt3_175b", "mixtral_8x22b", "qwen2_5_72b", "llama3_70b", "llama3_1_70b",
+         "qwen2_5_32b", "qwen3_30b_a3b"}
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in LARGE else p
+                                    for p in model_presets() if p not in ("hf", "custom")])  # the templates: what
+def test_preset_builds_counts_and_sizes_on_meta(preset):          # they build (a model type, a _target_) is the user's
     spec = meta_spec(preset)
     built = build(spec)
     with MetaLikeCPU():
-        counted = count_step(built.model, built.inputs, built.optimizer)
+        counted = count_step(built.model, built.inputs, built.optimizer)  # AdamW's step: its state made
+        size = measure_size(built.model, built.inputs, built.optimizer, built.autocast)
+    assert size.weights_bytes == 4 * size.params and size.grads_bytes == 4 * size.params_trainable  # float32
+    assert size.optimizer_state_bytes >= 2 * 4 * size.params  # AdamW's two moments
+    assert size.activations_bytes > 0 and size.train_peak_bytes > size.static_bytes
     assert counted.forward.matmul > 0 and counted.backward.matmul > counted.forward.matmul
     assert counted.optimizer.elementwise > 0
     assert not counted.uncounted, counted.uncounted
