@@ -27,6 +27,7 @@ MATMUL_GRID = {
              "float32": ((16, 256, 1024, 4096, 16384), 2 ** 40)},
 }
 # (batch x heads, sequence lengths, head dims, the most FLOPs of one point's forward)
+UNALIGNED_DTYPES = ("bfloat16", "float16")
 ATTENTION_GRID = {"cpu": ((8, 32, 128), (64, 256, 1024), (64,), 2 ** 34),
                   "cuda": ((16, 128, 512), (128, 512, 2048, 8192), (64, 128), 2 ** 42)}
 MEMORY_SIZES = {"cpu": [2 ** p for p in range(10, 27, 2)], "cuda": [2 ** p for p in range(10, 31, 2)]}  # per tensor
@@ -42,8 +43,8 @@ class _Timer:
         self.cuda = device.startswith("cuda")
         self.budget = budget
 
-    def __call__(self, fn: Callable[[], object]) -> float:
-        if self.cuda:
+    def __call__(self, fn: Callable[[], object], capture: bool = True) -> float:
+        if self.cuda and capture:  # never an op that draws random numbers: a failed capture leaves the RNG broken
             fn = _captured(fn) or fn
         fn()
         self._sync()
@@ -95,10 +96,14 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     say("memory bandwidth")
     sizes = MEMORY_SIZES[kind][::2] if quick else MEMORY_SIZES[kind]
     cal.memory = _memory(device, sizes, timer)
+    say("norms and reductions")
+    cal.memory_factors = _memory_factors(device, cal, sizes[len(sizes) // 2:], timer)
     for dtype, (dims, cap) in MATMUL_GRID[kind].items():
         say(f"matmuls, {dtype}")
         grid = dims[::2] if quick else dims
         cal.matmul[dtype] = _matmuls(device, getattr(torch, dtype), grid, cap // (64 if quick else 1), timer)
+        if kind == "cuda" and dtype in UNALIGNED_DTYPES:  # tensor cores want dimensions a multiple of 8
+            cal.matmul_unaligned[dtype] = _matmuls(device, getattr(torch, dtype), grid[2:], cap, timer, odd=True)
         say(f"attention, {dtype}")
         cal.attention[dtype] = _attention(device, getattr(torch, dtype), ATTENTION_GRID[kind], quick, timer)
     cal.sources["measured"] = f"flopsweep-calibrate on {name} ({kind}), torch {torch.__version__}"
@@ -170,9 +175,32 @@ def _memory(device: str, sizes: list[int], timer: _Timer) -> list[list[float]]:
     return memory
 
 
-def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer) -> list[list[float]]:
+def _memory_factors(device: str, cal: Calibration, sizes: list[int], timer: _Timer) -> dict[str, float]:
+    """How much slower than an elementwise add of the same bytes a layer norm (forward, backward) and a reduction
+    over rows (a bias's gradient) run: the median over ``sizes``."""
+    curve, ratios = cal.memory_curve(), {"layer_norm": [], "layer_norm_backward": [], "reduction": []}
+    for size in sizes:
+        rows = max(1, size // 4 // 1024)
+        x = torch.randn(rows, 1024, device=device, requires_grad=True)
+        weight, bias = torch.ones(1024, device=device), torch.zeros(1024, device=device)
+        grad = torch.ones(rows, 1024, device=device)
+        norm_bytes = 2 * x.numel() * 4
+        forward = timer(lambda: F.layer_norm(x, (1024,), weight, bias))
+        out = F.layer_norm(x, (1024,), weight, bias)
+        backward = timer(lambda: torch.autograd.grad(out, x, grad, retain_graph=True), capture=False)
+        ratios["layer_norm"].append((forward - cal.launch_s) / curve(norm_bytes))
+        ratios["layer_norm_backward"].append((backward - cal.launch_backward_s) / curve(3 * x.numel() * 4))
+        ratios["reduction"].append((timer(lambda: grad.sum(0)) - cal.launch_s) / curve(x.numel() * 4))
+        del x, grad, out
+    return {key: max(0.5, statistics.median(values)) for key, values in ratios.items()}
+
+
+def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer,
+             odd: bool = False) -> list[list[float]]:
+    """The grid's GEMMs; ``odd``: N one more (an odd width, as GPT-2's 50257-word head)."""
     rows = []
     for m, k, n in itertools.product(dims, repeat=3):
+        n += int(odd)
         if 2 * m * k * n > cap:
             continue
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
@@ -191,13 +219,13 @@ def _attention(device: str, dtype: torch.dtype, grid: tuple, quick: bool, timer:
         if 4 * bh * s * s * d > cap:
             continue
         q, k, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-        forward = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)))
+        forward = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), capture=False)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
         grad = torch.ones_like(out)
 
         def both() -> None:
             torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), (q, k, v), grad)
 
-        rows.append([bh, s, s, d, causal, forward, max(timer(both) - forward, forward / 10)])
+        rows.append([bh, s, s, d, causal, forward, max(timer(both, capture=False) - forward, forward / 10)])
         del q, k, v, out, grad
     return rows

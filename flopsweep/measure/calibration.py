@@ -4,7 +4,9 @@ model reads (:mod:`flopsweep.measure.predict`). No torch here: a profile is numb
 
 The raw points are kept beside the fitted curves, so a profile can be refitted and checked:
 
-- ``matmul[dtype]``: rows (M, K, N, seconds) of one GEMM each, C[M, N] = A[M, K] B[K, N];
+- ``matmul[dtype]``: rows (M, K, N, seconds) of one GEMM each, C[M, N] = A[M, K] B[K, N]; ``matmul_unaligned``
+  the same with N odd (16-bit tensor cores want every dimension a multiple of 8);
+- ``memory_factors``: a layer norm's (forward, backward) and a reduction's time over an add's of the same bytes;
 - ``attention[dtype]``: rows (batch x heads, Sq, Sk, head dim, causal, forward seconds, backward seconds);
 - ``memory``: rows (bytes read + written, seconds) of elementwise kernels (``a + b``), smallest to largest;
 - ``launch_s`` (an eager op's dispatch and launch, forward from Python), ``launch_backward_s`` (an op the autograd
@@ -133,6 +135,8 @@ class Calibration:
     sources: dict[str, str] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)   # dense FLOP/s by dtype, where known (a GPU's datasheet)
     matmul: dict[str, list[list[float]]] = field(default_factory=dict)
+    matmul_unaligned: dict[str, list[list[float]]] = field(default_factory=dict)  # N odd: no tensor-core tiling
+    memory_factors: dict[str, float] = field(default_factory=dict)  # layer_norm(_backward), reduction: x an add's time
     attention: dict[str, list[list[float]]] = field(default_factory=dict)
     memory: list[list[float]] = field(default_factory=list)
     launch_s: float = 0.0
@@ -143,8 +147,9 @@ class Calibration:
     version: int = VERSION
 
     # -- the fitted curves ------------------------------------------------------------------------------------
-    def matmul_curve(self, dtype: str) -> Optional[Grid]:
-        return _fitted(self, ("matmul", dtype), lambda: _fit_matmul(self.matmul.get(dtype), self.launch_s))
+    def matmul_curve(self, dtype: str, aligned: bool = True) -> Optional[Grid]:
+        rows = self.matmul.get(dtype) if aligned else self.matmul_unaligned.get(dtype)
+        return _fitted(self, ("matmul", dtype, aligned), lambda: _fit_matmul(rows, self.launch_s))
 
     def attention_curve(self, dtype: str, causal: bool, backward: bool) -> Optional[Grid]:
         return _fitted(self, ("attention", dtype, causal, backward),

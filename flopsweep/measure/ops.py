@@ -141,7 +141,9 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
         return OpSig(name, kind, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype, dims)
     if packet in VIEW_OPS or func.namespace == "profiler" or _is_view(func):
         return OpSig(name, VIEW, matmul, elementwise, 0, dtype)
-    if packet in GATHER_OPS:
+    if packet is aten.nll_loss_backward:  # a scatter of one value a row into the zeroed gradient (zeros_like, apart)
+        moved = 2 * sum(_bytes(t) for t in ins if not t.is_floating_point())
+    elif packet in GATHER_OPS:
         moved = 2 * sum(map(_bytes, outs)) + sum(_bytes(t) for t in ins if not t.is_floating_point())
     elif packet is aten.copy_:
         moved = 2 * _bytes(args[1])
