@@ -87,6 +87,7 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     cal = Calibration(part=name, device=kind, torch=torch.__version__,
                       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       threads=torch.get_num_threads() if kind == "cpu" else None)
+    cal.graph_timed = kind == "cuda"
     accelerator = lookup_accelerator(name) if kind == "cuda" else None
     if accelerator is not None:
         cal.peak = {d: accelerator.peak(d) for d in accelerator.peak_tflops if accelerator.peak(d)}

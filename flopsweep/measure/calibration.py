@@ -144,19 +144,26 @@ class Calibration:
     view_s: float = 0.0
     module_s: float = 0.0
     graph_launch_s: Optional[float] = None
+    graph_timed: bool = False      # matmul and memory points timed in CUDA graphs (no launch in them)
     version: int = VERSION
 
     # -- the fitted curves ------------------------------------------------------------------------------------
     def matmul_curve(self, dtype: str, aligned: bool = True) -> Optional[Grid]:
         rows = self.matmul.get(dtype) if aligned else self.matmul_unaligned.get(dtype)
-        return _fitted(self, ("matmul", dtype, aligned), lambda: _fit_matmul(rows, self.launch_s))
+        return _fitted(self, ("matmul", dtype, aligned), lambda: _fit_matmul(rows, self.in_points))
 
     def attention_curve(self, dtype: str, causal: bool, backward: bool) -> Optional[Grid]:
         return _fitted(self, ("attention", dtype, causal, backward),
                        lambda: _fit_attention(self.attention.get(dtype), causal, backward, self.launch_s))
 
     def memory_curve(self) -> Curve:
-        return _fitted(self, ("memory",), lambda: Curve.of(self.memory, self.launch_s))
+        return _fitted(self, ("memory",), lambda: Curve.of(self.memory, self.in_points))
+
+    @property
+    def in_points(self) -> float:
+        """The launch inside each matmul and memory point's time: none where they were timed in CUDA graphs (the
+        device's time alone), one eager launch where they were timed eagerly (a CPU)."""
+        return 0.0 if self.graph_timed else self.launch_s
 
     def figures(self) -> dict[str, float]:
         """What the profile says of the part, in a few numbers (the calibration run's metrics)."""
@@ -177,7 +184,7 @@ class Calibration:
         """The same part with ``bandwidth`` times its memory speed and ``compute`` times its arithmetic (launches as
         they are)."""
         def faster(t: float, factor: float) -> float:
-            return self.launch_s + max(t - self.launch_s, t / 10) / factor
+            return self.in_points + max(t - self.in_points, t / 10) / factor
 
         return dataclasses.replace(
             self, memory=[[b, faster(t, bandwidth)] for b, t in self.memory],

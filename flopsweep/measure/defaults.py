@@ -13,23 +13,51 @@ from flopsweep.measure.calibration import Calibration, Saturating, find_profile,
 # M = 8192, 83 % at 1024, 33 % at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2 %.
 MATMUL_SHARE, MATMUL_KNEE = 0.93, 115.0
 MEMORY_SHARE = 0.85             # of the datasheet's bandwidth, for large transfers (STREAM-like copies on HBM)
-LAUNCH_S = 6e-6                 # an eager op issued from Python (PyTorch's dispatcher and a CUDA launch)
-LAUNCH_BACKWARD_S = 4e-6        # one the autograd engine issues (no Python)
-VIEW_S = 1.5e-6
-KERNEL_S = 2.5e-6               # the least a kernel takes on the device
+# host costs as flopsweep-calibrate measured them on the H100 machine lent to this project (2026-12-06): they are the
+# host's (its CPU, driver and PyTorch), not the GPU's, so any part gets them until its own machine is calibrated
+LAUNCH_S = 7.9e-6               # an eager op issued from Python (PyTorch's dispatcher and a CUDA launch)
+LAUNCH_BACKWARD_S = 20.5e-6     # one the autograd engine issues
+VIEW_S = 1.4e-6
+MODULE_S = 1.7e-6               # an nn.Module call's own machinery
+KERNEL_S = 1.0e-6               # the least a kernel takes on the device (a CUDA graph's replay)
 DEFAULT_SOURCES = {
     "matmul": "LLMCompass, measured A100 GEMMs (ae/figure5/ab/real_hardware/matmul_A100.csv), as shares of peak",
     "memory": f"{MEMORY_SHARE:.0%} of the datasheet bandwidth",
-    "launch": "assumed: typical eager PyTorch on a server CPU (calibrate the part to replace it)",
+    "launch": "measured on the H100 machine lent to flopsweep (its host's CPU): calibrate the part to replace it",
 }
 GRID = (16, 64, 256, 1024, 4096, 16384)
 
 
+# parts calibrated on a GPU lent to this project (benchmarks/gpu/run.sh), shipped as data; a part beside one of them with
+# the same compute and another memory is that profile with its memory scaled by the bandwidths of the table
+MEASURED = {"H100": "nvidia-h100-80gb-hbm3.json"}
+SAME_COMPUTE = {"H200": "H100"}
+DATA = Path(__file__).with_name("data")
+
+
 def default_profile(acc: Accelerator) -> Calibration:
+    """A profile of ``acc`` not calibrated on this machine: a profile measured on the same part elsewhere (shipped),
+    else one of a part of the same compute with its memory scaled, else the table's row shaped by published
+    efficiencies. Marked ``default`` either way."""
+    base = SAME_COMPUTE.get(acc.name, acc.name)
+    if base in MEASURED:
+        cal = Calibration.load(DATA / MEASURED[base])
+        cal.default, cal.sources = True, {**cal.sources, "default": f"measured on an {base} for flopsweep, shipped"}
+        if base != acc.name:
+            other = accelerator(base)
+            cal = cal.scaled(bandwidth=acc.bandwidth / other.bandwidth)
+            cal.part = acc.name
+            cal.sources["default"] += f"; memory scaled to the {acc.name}'s bandwidth"
+        return cal
+    return _from_table(acc)
+
+
+def _from_table(acc: Accelerator) -> Calibration:
     """A profile of ``acc`` from its table row and the published shapes of efficiency (no measurement here)."""
     cal = Calibration(part=acc.name, device="cuda", default=True, sources={**DEFAULT_SOURCES, "peak": acc.source},
                       peak={d: acc.peak(d) for d in acc.peak_tflops if acc.peak(d)},
-                      launch_s=LAUNCH_S, launch_backward_s=LAUNCH_BACKWARD_S, view_s=VIEW_S, graph_launch_s=KERNEL_S)
+                      launch_s=LAUNCH_S, launch_backward_s=LAUNCH_BACKWARD_S, view_s=VIEW_S, module_s=MODULE_S,
+                      graph_launch_s=KERNEL_S)
     for dtype in ("float32", "bfloat16", "float16", "fp8"):
         peak = acc.peak(dtype)
         if peak is None:

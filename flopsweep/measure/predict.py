@@ -13,7 +13,8 @@ counted (first) step only: its fills are left out, the prediction is of every la
   (small ops), the device's idle time is the launch-bound share.
 - ``fused`` (compiled code, or hand-fused kernels): consecutive memory-bound ops between two matmuls or attention
   kernels are one kernel that moves the bytes of the widest of them (intermediates stay in registers), with one
-  launch; views cost nothing.
+  launch; views cost nothing; a matmul with a dimension that is no multiple of 8 runs at the aligned speed (Inductor
+  pads such matmuls; eager code runs them on the calibrated unaligned curve, several times slower on GPUs).
 
 Docs: docs/conventions.md, "Predicted time".
 """
@@ -71,8 +72,8 @@ class Prediction:
 class TimeModel:
     """Seconds of one op's body on a calibrated part (curves fitted once per model)."""
 
-    def __init__(self, cal: Calibration, autocast: Optional[str] = None):
-        self.cal, self.autocast = cal, autocast
+    def __init__(self, cal: Calibration, autocast: Optional[str] = None, fused: bool = False):
+        self.cal, self.autocast, self.fused = cal, autocast, fused
         self.memory = cal.memory_curve()
         self.notes: set[str] = set()
         self._dtype_of: dict[str, str] = {}
@@ -97,7 +98,7 @@ class TimeModel:
             groups, m, k, n = sig.dims
             dtype = self.dtype(sig.dtype)
             curve = self.cal.matmul_curve(dtype) if dtype else None
-            if dtype in self.cal.matmul_unaligned and (m % 8 or k % 8 or n % 8):
+            if not self.fused and dtype in self.cal.matmul_unaligned and (m % 8 or k % 8 or n % 8):
                 curve = self.cal.matmul_curve(dtype, aligned=False) or curve
             return (sig.matmul / curve(groups * m, k, n) if curve else 0.0), memory
         if sig.kind in (ATTENTION, ATTENTION_BACKWARD) and sig.matmul:
@@ -114,7 +115,7 @@ class TimeModel:
 
 def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
     """The step's time on ``cal``'s part; ``autocast``: the dtype float32 matmuls run in (mixed precision)."""
-    model = TimeModel(cal, autocast)
+    model = TimeModel(cal, autocast, fused)
     on_gpu = cal.device == "cuda"
     phases = {}
     for phase, calls in trace.phases.items():

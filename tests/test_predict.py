@@ -1,0 +1,246 @@
+"""A step's time predicted from its counted ops (issue 26): the ops' cost inputs from shapes, the time model against
+its documented form with hand-made profiles, calibration profiles written and read, a job's predicted metrics on cpu
+and meta, and the compiled step."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flopsweep.cli.calibrate import main as calibrate_main
+from flopsweep.config.resolve import resolve
+from flopsweep.core.errors import ConfigError
+from flopsweep.measure.calibrate import calibrate
+from flopsweep.measure.calibration import Calibration, Grid, find_profile, profile_path
+from flopsweep.measure.count import count_call, count_step
+from flopsweep.measure.defaults import default_profile
+from flopsweep.core.hardware import accelerator
+from flopsweep.measure.ops import MATMUL, MEMORY, VIEW
+from flopsweep.measure.predict import TimeModel, predict
+from flopsweep.run.job import run_job
+from tests.helpers import compose_config, run_main
+
+GRID = (16, 256, 4096)
+THROUGHPUT, BANDWIDTH, LAUNCH = 1e12, 1e10, 5e-6  # a part with flat curves: every matmul at 1 TFLOP/s, 10 GB/s
+
+
+def flat_profile(device: str = "cpu", bandwidth: float = BANDWIDTH) -> Calibration:
+    """A hand-made profile: matmuls at THROUGHPUT whatever their shape, memory at ``bandwidth``, launches of LAUNCH."""
+    return Calibration(  # points of the device's time alone (as if timed in CUDA graphs): no launch inside them
+        part="flat", device=device, launch_s=LAUNCH, launch_backward_s=LAUNCH, view_s=1e-6, graph_timed=True,
+        matmul={"float32": [[m, k, n, 2 * m * k * n / THROUGHPUT] for m in GRID for k in GRID for n in GRID]},
+        memory=[[b, b / bandwidth] for b in (1.0, 1e3, 1e6, 1e9)])
+
+
+def counted(fn, *tensors):
+    model = torch.nn.Module()
+    return count_call(model, lambda: fn(*tensors))[0].trace
+
+
+def test_an_ops_bytes_and_shape_come_from_its_tensors_on_meta():
+    a, b = torch.empty(64, 32, device="meta"), torch.empty(32, 128, device="meta")
+    trace = counted(torch.mm, a, b)
+    (mm,) = trace.ops("forward")
+    assert (mm.kind, mm.dims, mm.matmul) == (MATMUL, (1, 64, 32, 128), 2 * 64 * 32 * 128)
+    assert mm.bytes == 4 * (64 * 32 + 32 * 128 + 64 * 128)  # read A and B, write C, float32
+    view = counted(lambda x: x.view(-1), a).ops("forward")[0]
+    assert (view.kind, view.bytes) == (VIEW, 0)
+    add = counted(torch.add, a, a).ops("forward")[0]
+    assert (add.kind, add.bytes) == (MEMORY, 3 * 4 * 64 * 32)
+
+
+def test_a_strided_convolution_is_its_implicit_gemm():
+    x, w = torch.empty(2, 3, 32, 32, device="meta"), torch.empty(16, 3, 3, 3, device="meta")
+    (conv,) = [s for s in counted(lambda x, w: F.conv2d(x, w, stride=2, padding=1), x, w).sigs if s.kind == MATMUL]
+    assert conv.dims == (1, 2 * 16 * 16, 3 * 3 * 3, 16)  # M = batch x output positions, K = C_in x kernel, N = C_out
+
+
+def test_an_in_place_foreach_update_reads_and_writes_its_lists():
+    params = [torch.empty(10, device="meta"), torch.empty(30, device="meta")]
+    grads = [torch.empty(10, device="meta"), torch.empty(30, device="meta")]
+    (op,) = counted(lambda p, g: torch._foreach_add_(p, g), params, grads).sigs
+    assert (op.tensors, op.bytes) == (2, 3 * 4 * 40)  # read both lists, write the first
+
+
+def test_a_matmul_takes_the_longer_of_its_compute_and_its_bytes_plus_a_launch():
+    a, b = torch.empty(4096, 4096, device="meta"), torch.empty(4096, 4096, device="meta")
+    trace = counted(torch.mm, a, b)
+    prediction = predict(trace, flat_profile())
+    compute, memory = 2 * 4096 ** 3 / THROUGHPUT, 3 * 4 * 4096 ** 2 / BANDWIDTH  # 0.137 s against 0.020 s
+    assert prediction.seconds == pytest.approx(max(compute, memory) + LAUNCH, rel=1e-9)
+    assert prediction.phases["forward"].compute == pytest.approx(compute, rel=1e-9)
+    thin = counted(torch.mm, torch.empty(4096, 16, device="meta"), torch.empty(16, 4096, device="meta"))
+    assert predict(thin, flat_profile()).seconds == pytest.approx(4 * (2 * 4096 * 16 + 4096 ** 2) / BANDWIDTH + LAUNCH,
+                                                                  rel=1e-9)  # memory-bound: 64 MiB written
+
+
+def tiny_gpt_trace():
+    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=2", "model.d_model=128", "model.n_head=4",
+                                  "batch.size=2", "batch.seq_len=64", "device=meta", "tracking=none"))
+    from flopsweep.build.model import build
+    from flopsweep.measure.meta import MetaLikeCPU
+
+    built = build(spec)
+    with MetaLikeCPU():
+        return count_step(built.model, built.inputs, built.optimizer).trace
+
+
+def test_twice_the_bandwidth_halves_every_ops_memory_time_and_the_memory_bound_part():
+    trace = tiny_gpt_trace()
+    slow, fast = TimeModel(flat_profile()), TimeModel(flat_profile().scaled(bandwidth=2.0))
+    for sig in trace.sigs:
+        if sig.bytes:
+            assert fast.body(sig)[1] == pytest.approx(slow.body(sig)[1] / 2, rel=1e-9), sig.op
+            assert fast.body(sig)[0] == slow.body(sig)[0]
+    # a part where nothing is compute-bound: the whole memory-bound part halves, the launches stay
+    memory_only = flat_profile()
+    memory_only.matmul = {"float32": [[m, k, n, 1e-12] for m, k, n, _ in memory_only.matmul["float32"]]}
+    one, two = predict(trace, memory_only), predict(trace, memory_only.scaled(bandwidth=2.0))
+    for phase in one.phases:
+        assert two.phases[phase].memory == pytest.approx(one.phases[phase].memory / 2, rel=1e-6)
+        assert two.phases[phase].launch == pytest.approx(one.phases[phase].launch, rel=1e-9)
+
+
+def test_on_a_gpu_the_host_issues_ahead_and_small_ops_are_launch_bound():
+    trace = counted(lambda x: x + 1, torch.empty(8, device="meta"))
+    gpu = flat_profile("cuda")
+    gpu.graph_launch_s = 1e-6
+    phase = predict(trace, gpu).phases["forward"]
+    assert phase.seconds == pytest.approx(LAUNCH + 1e-6, rel=1e-9)  # issued after one launch, then the least kernel
+    # (its 64 bytes would take 6.4 ns: a kernel takes at least graph_launch_s)
+    assert phase.launch == pytest.approx(LAUNCH, rel=1e-9)  # the device waited for the host
+
+
+def test_fused_ops_move_the_widest_ops_bytes_once():
+    x = torch.empty(1 << 20, device="meta")
+    trace = counted(lambda x: ((x * 2).exp() + 1).sqrt(), x)  # four elementwise ops in a row
+    eager, fused = predict(trace, flat_profile()), predict(trace, flat_profile(), fused=True)
+    assert eager.seconds == pytest.approx(4 * (8 * 2 ** 20 / BANDWIDTH + LAUNCH), rel=1e-6)
+    assert fused.seconds == pytest.approx(8 * 2 ** 20 / BANDWIDTH + LAUNCH, rel=1e-6)
+
+
+def test_the_grid_is_exact_at_its_points_and_held_beyond_them():
+    xs = [(m, k) for m in (16, 256, 4096) for k in (16, 4096)]
+    ys = [m * k * 1e6 for m, k in xs]
+    grid = Grid.fit(xs, ys)
+    for x, y in zip(xs, ys):
+        assert grid(*x) == pytest.approx(y, rel=1e-9)
+    assert grid(64, 16) == pytest.approx(math.sqrt(16 * 256) * 16 * 1e6, rel=1e-9)  # log-linear between 16 and 256
+    assert grid(1 << 20, 1 << 20) == pytest.approx(4096 * 4096 * 1e6, rel=1e-9)
+
+
+def test_a_profile_read_back_equals_what_was_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path))
+    cal = calibrate("cpu", quick=True)
+    assert cal.matmul["float32"] and cal.memory and cal.attention["float32"] and cal.launch_s > 0
+    path = cal.save(profile_path(cal.part))
+    again = find_profile(cal.part)
+    assert again.to_dict() == json.loads(json.dumps(cal.to_dict())) and again.digest() == cal.digest()
+    data = json.loads(path.read_text())
+    data["version"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="flopsweep-calibrate"):
+        find_profile(cal.part)
+
+
+def test_flopsweep_calibrate_writes_a_profile_jobs_find_and_logs_it_with_its_digest(tmp_path):
+    profiles = tmp_path / "profiles"
+    done = run_main(calibrate_main, "--device", "cpu", "--quick", cwd=tmp_path,
+                    env={"FLOPSWEEP_CALIBRATION_DIR": str(profiles), "MLFLOW_TRACKING_URI": None})
+    assert done.returncode == 0, done.stderr
+    (written,) = profiles.glob("*.json")
+    digest = Calibration.load(written).digest()
+    assert f"digest {digest}" in done.stdout and "logged: run" in done.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("calibration").experiment_id])
+    assert run.data.tags["flopsweep.calibration"] == digest
+    assert [d.dataset.digest for d in run.inputs.dataset_inputs] == [digest]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == [written.name]
+    refused = run_main(calibrate_main, "--device", "tpu", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "device" in refused.stderr
+
+
+def test_a_meta_job_predicts_for_a_part_of_the_table():
+    spec = resolve(compose_config("model=gpt2_small", "batch.size=8", "batch.seq_len=1024", "dtype=bfloat16",
+                                  "device=meta", "predict.hardware=A100", "tracking=none"))
+    result = run_job(spec, {})
+    m, info = result.metrics, result.info["prediction"]
+    assert info["part"] == "A100" and info["default"] is True
+    phases = sum(m[f"time/{p}_predicted_s"] for p in ("forward", "backward", "optimizer"))
+    assert m["time/step_predicted_s"] == pytest.approx(phases)
+    flops = m["flops/forward"] + m["flops/backward"]
+    assert m["speed/mfu_predicted"] == pytest.approx(flops / m["time/step_predicted_s"] / 312e12)
+    assert 0 < m["speed/mfu_predicted"] < 1
+    shares = m["time/predicted_share_compute"] + m["time/predicted_share_memory"] + m["time/predicted_share_launch"]
+    assert shares == pytest.approx(1.0)
+    assert "time/step_s" not in m and "time/step_predicted_ratio" not in m
+
+
+def test_a_faster_part_predicts_a_shorter_step_where_the_step_is_compute_bound():
+    overrides = ["model=bert_base", "batch.size=32", "batch.seq_len=512", "dtype=bfloat16", "device=meta",
+                 "tracking=none"]
+    times = {part: run_job(resolve(compose_config(*overrides, f"predict.hardware={part}")), {}).metrics[
+        "time/step_predicted_s"] for part in ("V100", "A100", "H100")}
+    assert times["V100"] > times["A100"] > times["H100"]
+
+
+@pytest.mark.parametrize("value, says", [("Nonesuch", "hardware table"), ("missing.json", "no such calibration")])
+def test_a_bad_predict_hardware_is_refused_naming_the_key(value, says):
+    with pytest.raises(ConfigError, match=f"predict.hardware.*{says}"):
+        resolve(compose_config("model=gpt2_small", "device=meta", f"predict.hardware={value}"))
+
+
+def test_the_shipped_h100_profile_is_a_default_and_the_h200_has_more_bandwidth():
+    h100, h200 = default_profile(accelerator("H100")), default_profile(accelerator("H200"))
+    assert h100.default and h200.default and not h100.device == "cpu"
+    big = 2e9
+    assert h200.memory_curve()(big) == pytest.approx(h100.memory_curve()(big) * 3350 / 4800, rel=1e-6)
+
+
+def test_a_timed_cpu_job_predicts_its_step_within_a_factor_of_three(tmp_path, monkeypatch):
+    """Loose: CI's machines are shared (benchmarks/bench_predict.py holds the real figures)."""
+    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path))
+    cal = calibrate("cpu", quick=True)
+    cal.save(profile_path(cal.part))
+    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=2", "batch.size=2", "batch.seq_len=128",
+                                  "device=cpu", "measure.repeats=3", "tracking=none"))
+    result = run_job(spec, {})
+    assert result.info["prediction"]["default"] is False
+    assert 1 / 3 < result.metrics["time/step_predicted_ratio"] < 3
+
+
+def test_a_step_that_does_not_compile_fails_its_job_in_one_line_and_keeps_its_count(monkeypatch):
+    def refuse(*_, **__):
+        raise RuntimeError("backend exploded\nwith a second line")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=1", "batch.size=1", "batch.seq_len=16",
+                                  "device=cpu", "measure.compile=true", "tracking=none"))
+    result = run_job(spec, {})
+    assert result.status == "failed" and "measure.compile" in result.error and "\n" not in result.error
+    assert result.metrics["flops/forward"] > 0
+
+
+@pytest.mark.slow
+def test_a_compiled_steps_counts_equal_the_eager_steps_and_its_compile_is_timed_apart():
+    base = ["model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2", "batch.size=1",
+            "batch.seq_len=16", "device=cpu", "measure.repeats=2", "tracking=none"]
+    eager = run_job(resolve(compose_config(*base)), {})
+    compiled = run_job(resolve(compose_config(*base, "measure.compile=true")), {})
+    assert compiled.status == "ok", compiled.error
+    for key in ("flops/forward", "flops/backward", "flops/optimizer", "flops/forward_elementwise"):
+        assert compiled.metrics[key] == eager.metrics[key], key
+    assert compiled.metrics["time/compile_s"] > compiled.metrics["time/step_s"]
+
+
+def test_a_compiled_step_is_predicted_fused_unless_told():
+    base = ["model=gpt2_small", "device=meta", "measure.compile=true"]
+    assert resolve(compose_config(*base)).predict.fused is True
+    assert resolve(compose_config(*base, "predict.fused=false")).predict.fused is False
+    assert resolve(compose_config("model=gpt2_small", "device=meta")).predict.fused is False
