@@ -12,7 +12,9 @@ import torch.distributed as dist
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flopsweep.core.errors import ConfigError
+from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.layout import Layout
+from flopsweep.measure.predict import predict
 from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, fake_world
 from flopsweep.models import FAMILIES
 
@@ -126,6 +128,29 @@ def test_recomputation_is_counted_where_it_runs():
     assert full["recompute"].matmul == 2 * (2 * MICRO * SEQ * 8 * H * H + attention)
     for flops in (selective, full):  # the model's FLOPs are the same: recomputation is hardware work on top
         assert (flops["forward"].matmul, flops["backward"].matmul) == (plain["forward"].matmul, plain["backward"].matmul)
+
+
+def flat_profile(flops_per_s: float = 1e12) -> Calibration:
+    """A part whose matmuls and attention all run at ``flops_per_s``, whatever their shape, with memory a million
+    times faster than that (every matmul compute-bound) and no launches."""
+    edges = (1, 1 << 20)
+    rows = [[m, k, n, 2 * m * k * n / flops_per_s] for m in edges for k in edges for n in edges]
+    return Calibration(part="flat", device="cpu", matmul={"float32": rows}, graph_timed=True,
+                       memory=[[1.0, 1e-18], [1e18, 1.0]])
+
+
+def test_a_ranks_trace_predicts_its_compute_half_the_whole_models_at_tp_2():
+    cal = flat_profile()
+    whole, split = (predict(counted(tp=tp).ranks[0].trace, cal) for tp in (1, 2))
+    matmul_seconds = 3 * megatron_forward(2, MICRO * SEQ, SEQ) / 1e12  # forward and backward (twice forward)
+    assert sum(p.compute for p in whole.phases.values()) == pytest.approx(matmul_seconds, rel=1e-9)
+    assert sum(p.compute for p in split.phases.values()) == pytest.approx(matmul_seconds / 2, rel=1e-9)
+    assert set(split.phases) == {"forward", "backward", "optimizer"}
+
+
+def test_recomputation_is_a_phase_of_the_trace():
+    phases = predict(counted(recompute="selective").ranks[0].trace, flat_profile()).phases
+    assert phases["recompute"].compute == pytest.approx(2 * 4 * MICRO * SEQ * SEQ * H / 1e12, rel=1e-9)
 
 
 # ---- collectives ----

@@ -1,5 +1,7 @@
-"""What one rank computes and sends, counted at the dispatcher: its local FLOPs by phase and every collective it
-takes part in, with its bytes, group and mesh dimension; and the activations it saves for backward.
+"""What one rank computes and sends, counted at the dispatcher: its local FLOPs by phase, its local ops in order with
+their cost inputs (an :class:`~flopsweep.measure.ops.OpTrace`, which :func:`~flopsweep.measure.predict.predict` times),
+and every collective it takes part in, with its bytes, group and mesh dimension; and the activations it saves for
+backward.
 
 A dispatch mode sees a DTensor op first, with its global shapes. :class:`RankCounter` declines it (returns
 ``NotImplemented``, as PyTorch's ``CommDebugMode`` and ``MemTracker`` do), so DTensor runs it, and sees what DTensor
@@ -22,6 +24,7 @@ from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, dec
                                       tree_leaves)
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions, cost_of
+from flopsweep.measure.ops import OpTrace
 
 RANK_PHASES = ("forward", "backward", "recompute", "optimizer")
 
@@ -59,9 +62,11 @@ def _nbytes(tensors: Any) -> int:
 
 
 class RankCounter(EagerDispatchMode):
-    """While entered, counts this rank's ops into :attr:`phase` (the caller moves it on) and its collectives.
-    ``groups`` gives each process group (by its ``group_name``) its mesh dimension and size. Ops run inside
-    :meth:`recomputable` while the phase is ``backward`` are recomputation and count under ``recompute``."""
+    """While entered, counts this rank's ops into :attr:`phase` (the caller moves it on) and its collectives, and
+    records its local ops in :attr:`trace`. ``groups`` gives each process group (by its ``group_name``) its mesh
+    dimension and size. Ops run inside :meth:`recomputable` while the phase is ``backward`` are recomputation and
+    count under ``recompute`` (a phase of the trace too). FSDP's copies into and out of its gather buffers move bytes
+    and are traced, with no FLOPs; the collectives are not (their time is the interconnect's)."""
 
     def __init__(self, groups: dict[str, tuple[str, int]], opts: CountOptions = CountOptions()):
         super().__init__()
@@ -70,6 +75,7 @@ class RankCounter(EagerDispatchMode):
         self.flops: dict[str, PhaseCount] = {phase: PhaseCount() for phase in RANK_PHASES}
         self.collectives: dict[CollectiveKey, CollectiveTally] = defaultdict(CollectiveTally)
         self.uncounted: dict[str, int] = defaultdict(int)
+        self.trace = OpTrace()
         self._recomputing = 0
         self._propagation = DTensorPropagation()
 
@@ -102,9 +108,13 @@ class RankCounter(EagerDispatchMode):
         if namespace in ("c10d", "_c10d_functional", "_c10d_functional_autograd"):
             self._collective(func, args, kwargs, phase)
             return out
-        if namespace in ("prim", "fsdp") or decomposes(func):  # metadata, FSDP's copies, a composite's pieces next
+        if namespace == "fsdp":
+            self.trace.add(phase, func, args, kwargs, out, None)
+            return out
+        if namespace == "prim" or decomposes(func):  # metadata; a composite, whose pieces come next
             return out
         cost = cost_of(func, args, kwargs, out, self.opts)
+        self.trace.add(phase, func, args, kwargs, out, cost)
         if cost is None:
             self.uncounted[str(func.overloadpacket)] += 1
         elif cost.matmul or cost.elementwise:

@@ -30,6 +30,7 @@ from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_snapsh
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions
 from flopsweep.measure.layout import MESH_DIMS, Layout
+from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
 from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layer_count, make_stage
@@ -61,7 +62,8 @@ class RankMemory:
 @dataclass
 class RankCount:
     """One rank counted: its local FLOPs by phase (``forward``, ``backward``, ``recompute``, ``optimizer``) for one
-    micro-batch (the optimizer's once a step), its collectives, its memory."""
+    micro-batch (the optimizer's once a step), its local ops in order (the same phases), its collectives, its
+    memory."""
 
     stage: int
     rank: int
@@ -71,6 +73,7 @@ class RankCount:
     collectives: dict[CollectiveKey, CollectiveTally]
     memory: RankMemory
     uncounted: dict[str, int] = field(default_factory=dict)
+    trace: OpTrace = field(default_factory=OpTrace)
 
     def step_flops(self, micro_batches: int, hardware: bool = False) -> int:
         """Matmul FLOPs of one optimizer step: forward and backward per micro-batch; recomputation too if
@@ -201,7 +204,7 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
     memory = RankMemory(peak.get("Total", sum(at_peak.values())), at_peak, saved.bytes,
                         layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
-                     memory, dict(counter.uncounted))
+                     memory, dict(counter.uncounted), counter.trace)
 
 
 def _materialize(part: nn.Module) -> None:
