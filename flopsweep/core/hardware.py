@@ -1,6 +1,7 @@
 """Accelerators: dense peak throughput by dtype (TFLOP/s; TOP/s for int8), memory and memory bandwidth, each row with
-its source, for MFU (matched against ``torch.cuda.get_device_name()``) and for projections (``--gpu NAME``); and the
-CPU's model name, a CPU job's device name.
+its source, for MFU (matched against ``torch.cuda.get_device_name()``) and for projections (``--gpu NAME``); the
+interconnect of the systems each part is sold in (:class:`Interconnect`, :data:`INTERCONNECTS`); and the CPU's model
+name, a CPU job's device name.
 
 Every figure is dense (no 2:4 sparsity) as the vendor publishes it; memory in GB (10^9 bytes) and bandwidth in GB/s
 as published. A user's own part comes from flags or a YAML file (``flopsweep-project --hardware FILE``).
@@ -27,6 +28,11 @@ class Accelerator:
     bandwidth_gbs: float
     source: str
     aliases: tuple[str, ...] = ()   # other names it goes by (in device names too)
+
+    @property
+    def interconnect(self) -> Optional["Interconnect"]:
+        """How the part's systems join GPUs (None where the table has no figures for it)."""
+        return INTERCONNECTS.get(self.name)
 
     @property
     def memory_bytes(self) -> float:
@@ -83,6 +89,79 @@ ACCELERATORS: list[Accelerator] = [
     Accelerator("TPU v6e", {"bfloat16": 918.0, "int8": 1836.0}, 32, 1640, "Google Cloud TPU v6e (Trillium) "
                 "documentation", ("Trillium",)),
 ]
+
+
+@dataclass(frozen=True)
+class Link:
+    """One tier of a network as one GPU sees it: ``bandwidth_gbs`` each way (GB/s, 10^9 bytes), the latency of one
+    collective, and the share of the bandwidth a large collective achieves."""
+
+    bandwidth_gbs: float
+    latency_s: float
+    efficiency: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Interconnect:
+    """Scale-up (NVLink/NVSwitch, xGMI, TPU ICI) within a domain of ``domain`` GPUs, scale-out (InfiniBand, RoCE,
+    a data-centre network) between domains. ``full_mesh``: point-to-point links, no switch (xGMI): a group of ``n``
+    GPUs of a domain of ``d`` uses ``n - 1`` of each GPU's ``d - 1`` links."""
+
+    scale_up: Link
+    domain: int
+    scale_out: Link
+    full_mesh: bool = False
+
+
+# Calculon's (Isaev et al. 2023) A100 system, systems/a100_80g.json (flopsweep/measure/data/published.json): the
+# efficiencies and latencies below, the A100's bandwidths; carried over to the other parts, which have no such figures
+CALCULON = "Calculon systems/a100_80g.json"
+_UP_LATENCY, _UP_EFFICIENCY, _OUT_LATENCY, _OUT_EFFICIENCY = 10e-6, 0.65, 20e-6, 0.9
+
+
+def _system(up_gbs: float, domain: int, out_gbs: float, up_source: str, out_source: str,
+            full_mesh: bool = False) -> Interconnect:
+    carried = f"; latency and efficiency: {CALCULON}"
+    return Interconnect(Link(up_gbs, _UP_LATENCY, _UP_EFFICIENCY, up_source + carried), domain,
+                        Link(out_gbs, _OUT_LATENCY, _OUT_EFFICIENCY, out_source + carried), full_mesh)
+
+
+_DGX_A100 = _system(300, 8, 25, "A100 datasheet: NVLink 600 GB/s (both ways); DGX A100: 8 GPUs on NVSwitch",
+                    "DGX A100 datasheet: 8 x 200 Gb/s HDR InfiniBand, one per GPU (Calculon: 25 GB/s)")
+_DGX_H100 = _system(450, 8, 50, "H100/H200 datasheets: NVLink 900 GB/s (both ways); DGX H100/H200: 8 GPUs on "
+                    "NVSwitch", "DGX H100/H200 datasheets: 8 x 400 Gb/s ConnectX-7, one per GPU")
+_MI300 = _system(448, 8, 50, "MI300X/MI325X datasheets: 7 Infinity Fabric links of 128 GB/s (both ways) to the other 7 "
+                 "GPUs of a platform of 8", "assumed: one 400 Gb/s NIC per GPU", full_mesh=True)
+_PCIE4 = "PCIe Gen4 x16: 64 GB/s (both ways) through the host, no NVLink"
+
+INTERCONNECTS: dict[str, Interconnect] = {
+    "V100": _system(150, 8, 6.25, "V100 datasheet: NVLink 300 GB/s (both ways); DGX-1: 8 GPUs in a hybrid cube-mesh "
+                    "(not all-to-all)", "DGX-1 datasheet: 4 x 100 Gb/s EDR InfiniBand for 8 GPUs"),
+    "A100 40GB": _DGX_A100,
+    "A100": _DGX_A100,
+    "A10G": _system(32, 8, 1.5625, _PCIE4 + "; AWS g5.48xlarge: 8 GPUs", "AWS g5.48xlarge: 100 Gb/s for 8 GPUs"),
+    "L40S": _system(32, 8, 6.25, _PCIE4 + "; AWS g6e.48xlarge: 8 GPUs", "AWS g6e.48xlarge: 400 Gb/s for 8 GPUs"),
+    "L4": _system(32, 8, 1.5625, _PCIE4 + "; AWS g6.48xlarge: 8 GPUs", "AWS g6.48xlarge: 100 Gb/s for 8 GPUs"),
+    "H100 PCIe": _system(64, 8, 12.5, "PCIe Gen5 x16: 128 GB/s (both ways); assumed 8 GPUs a server (NVLink bridges "
+                         "join pairs only: left out)", "assumed: one 100 Gb/s NIC per GPU"),
+    "H100": _DGX_H100,
+    "H200": _DGX_H100,
+    "GB200": _system(900, 72, 50, "GB200 NVL72 datasheet: NVLink 1.8 TB/s (both ways) per GPU, 72 GPUs on NVSwitch",
+                     "GB200 NVL72 reference design: one 400 Gb/s ConnectX-7 per GPU"),
+    "B200": _system(900, 8, 50, "DGX B200 datasheet: NVLink 1.8 TB/s (both ways) per GPU, 8 GPUs on NVSwitch",
+                    "DGX B200 datasheet: 8 x 400 Gb/s ConnectX-7, one per GPU"),
+    "MI300X": _MI300,
+    "MI325X": _MI300,
+    "TPU v4": _system(300, 4096, 6.25, "TPU v4 paper (Jouppi et al. 2023): 6 ICI links of 400 Gb/s each way, a 3D torus "
+                      "of 4,096 chips", "assumed: v5p's 50 Gb/s per chip"),
+    "TPU v5e": _system(200, 256, 3.125, "Cloud TPU v5e documentation: ICI 400 GB/s (both ways), 256 chips a pod",
+                       "Cloud TPU v5e documentation: 2 x 100 Gb/s for a host of 8 chips"),
+    "TPU v5p": _system(600, 8960, 6.25, "Cloud TPU v5p documentation: ICI 1,200 GB/s (both ways), 8,960 chips a pod",
+                       "Cloud TPU v5p documentation: data-centre network 50 Gb/s per chip"),
+    "TPU v6e": _system(400, 256, 3.125, "Cloud TPU v6e documentation: ICI 800 GB/s (both ways), 256 chips a pod",
+                       "assumed: v5e's 2 x 100 Gb/s for a host of 8 chips"),
+}
 
 
 def _key(name: str) -> str:
