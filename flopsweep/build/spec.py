@@ -8,6 +8,7 @@ from typing import Optional
 
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models.base import BatchShape, Family, ModelConfig
 
@@ -33,6 +34,7 @@ class JobSpec:
     memory_budget: Optional[int] = None  # batch.size=max: batch.memory_budget_gib in bytes; None = from the device
     generate: GenerateConf = field(default_factory=GenerateConf)
     predict: PredictConf = field(default_factory=PredictConf)
+    parallel: Optional[ParallelConf] = None  # set: the layout counted rank by rank (run/parallel.py)
 
     @property
     def generates(self) -> bool:

@@ -16,6 +16,7 @@ from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.errors import is_number, require, require_int
 from flopsweep.core.hardware import accelerator, names as hardware_names
+from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models import family as family_of
 from flopsweep.models.base import BatchShape, Family, ModelConfig
@@ -38,11 +39,12 @@ def resolve(cfg: DictConfig) -> JobSpec:
     measure = _measure(cfg.measure)
     predict = _predict(cfg.predict, measure)
     budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
+    parallel = _parallel(cfg, family, model, batch, device, train, predict)
     _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, params_dtype=cfg.dtype.params,
                    autocast=cfg.dtype.autocast, optimizer=opt, measure=measure, peak_tflops=cfg.device.peak_tflops,
                    threads=cfg.device.threads, train=train, memory_budget=budget, generate=generate,
-                   predict=predict)
+                   predict=predict, parallel=parallel)
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -153,6 +155,36 @@ def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
     return predict
 
 
+def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchShape, device: str, train: TrainConf,
+              predict: PredictConf) -> Optional[ParallelConf]:
+    """``parallel.*``: None where no key is set; else the layout checked against the model's shape and the batch
+    (measure/layout.py), and what the rank counter needs: a full training step of a transformer on meta."""
+    node = ParallelConf(**OmegaConf.to_container(cfg.parallel))
+    if not node.set:
+        return None
+    require(device == "meta", "device.type", device, "parallel.* counts a layout rank by rank without memory: it "
+            "needs device=meta")
+    require(batch.size != MAX_BATCH, "batch.size", MAX_BATCH, "parallel.* takes the global batch of a step: give a "
+            "number")
+    require(train.mode == "full" and cfg.dtype.params in ("float32", "bfloat16", "float16"), "train.mode", train.mode,
+            "parallel.* counts full training (train=full, weights in float32, bfloat16 or float16)")
+    require(cfg.optimizer.name != "none", "optimizer.name", "none", "parallel.* counts a step with its optimizer")
+    shape = family.shape(model)
+    require(bool(shape.heads and shape.layers), "parallel", None, f"counts transformer decoders: "
+            f"{model.name or family.name} has no attention heads")
+    layout = node.layout()
+    layout.check_model(heads=shape.heads, kv_heads=shape.kv_heads, layers=shape.layers, batch_size=batch.size,
+                       seq_len=batch.seq_len, experts=shape.experts)
+    layout.check_counted(mixed_precision=cfg.dtype.autocast is not None)
+    if node.gpus_per_node is not None:
+        require_int(node.gpus_per_node, "parallel.gpus_per_node")
+        part = accelerator(predict.hardware) if predict.hardware and not predict.hardware.endswith(".json") else None
+        domain = part.interconnect.domain if part is not None and part.interconnect is not None else None
+        require(domain is None or node.gpus_per_node <= domain, "parallel.gpus_per_node", node.gpus_per_node,
+                f"is more than the {domain} GPUs one scale-up domain of the {predict.hardware} joins")
+    return node
+
+
 def _measure(node: DictConfig) -> MeasureConf:
     measure = MeasureConf(**OmegaConf.to_container(node))
     require(is_number(measure.memory_share) and 0 < measure.memory_share <= 1, "measure.memory_share",
@@ -205,4 +237,6 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     config["train"] = {k: v for k, v in config["train"].items() if k in kept}
     if not spec.generates:
         config.pop("generate", None)
+    if spec.parallel is None:
+        config.pop("parallel", None)
     return config

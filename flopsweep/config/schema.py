@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TrainConf
+from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.sinks.target import TrackingConf
 
@@ -70,5 +71,6 @@ class Schema:
     measure: MeasureConf = field(default_factory=MeasureConf)
     predict: PredictConf = field(default_factory=PredictConf)
     generate: GenerateConf = field(default_factory=GenerateConf)  # train=generate
+    parallel: ParallelConf = field(default_factory=ParallelConf)  # a layout counted rank by rank (device=meta)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     skip_existing: bool = False          # skip a job whose fingerprint already has a FINISHED run (resume)

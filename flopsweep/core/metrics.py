@@ -114,3 +114,22 @@ CALIBRATION_LAUNCH_BACKWARD = "calibration/launch_backward_us"
 def calibration_matmul_metric(dtype: str) -> str:
     """The fitted matmul throughput of large shapes in ``dtype``, TFLOP/s."""
     return f"calibration/matmul_tflops_{dtype}"
+
+
+# a parallel layout counted rank by rank (parallel.*, run/parallel.py): per GPU, the busiest rank's unless said
+PARALLEL_GPUS = "parallel/gpus"                                  # dp x tp x pp x cp
+PARALLEL_MICRO_BATCHES = "parallel/micro_batches"                # per data-parallel rank and step
+PARALLEL_MEMORY_PER_GPU = "parallel/memory_per_gpu_bytes"        # the peak, every micro-batch in flight
+PARALLEL_STATES_PER_GPU = "parallel/states_per_gpu_bytes"        # weights, gradients and optimizer state held
+PARALLEL_ACTIVATIONS_PER_GPU = "parallel/activations_per_gpu_bytes"  # saved for backward, every micro-batch in flight
+FLOPS_STEP_PER_GPU = "flops/step_per_gpu"                        # matmul FLOPs of a step on the most loaded GPU
+TIME_COMM_EXPOSED = "time/comm_exposed_s"                        # communication that compute does not hide
+TIME_BUBBLE = "time/bubble_s"                                    # the pipeline schedule's idle time
+HFU_PREDICTED = "speed/hfu_predicted"                            # hardware FLOPs (recomputation too) / (step x peak)
+TFLOPS_PER_GPU_PREDICTED = "speed/tflops_per_gpu_predicted"      # model TFLOP/s per GPU
+TOKENS_PER_S_PER_GPU_PREDICTED = "speed/tokens_per_s_per_gpu_predicted"
+
+
+def comm_metric(collective: str) -> str:
+    """Bytes of one collective (all_gather, reduce_scatter, all_reduce, all_to_all, send, recv) a GPU's step moves."""
+    return f"comm/{collective}_bytes_per_gpu"

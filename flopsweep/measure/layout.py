@@ -4,7 +4,7 @@ stage, recomputation and the micro-batch; its checks against a model's shape and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 from flopsweep.core.errors import require, require_int
@@ -38,6 +38,9 @@ class Layout:
     @property
     def mesh_shape(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) for name in MESH_DIMS)
+
+    def mesh_sizes(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in MESH_DIMS}
 
     def check(self) -> None:
         """What can be checked without a model: each a one-line ``ConfigError`` naming its ``parallel.*`` key."""
@@ -76,6 +79,15 @@ class Layout:
         require(self.vpp == 1 or micro % self.pp == 0, "parallel.vpp", self.vpp,
                 f"the interleaved schedule needs the micro-batches ({micro}) to be a multiple of parallel.pp={self.pp}")
 
+    def check_counted(self, mixed_precision: bool = False) -> None:
+        """What the rank counter cannot count yet; ``mixed_precision``: a compute dtype beside the weights', which is
+        FSDP's ``MixedPrecisionPolicy`` here."""
+        require(self.cp == 1, "parallel.cp", self.cp, "context parallelism is not counted yet")
+        require(self.ep == 1, "parallel.ep", self.ep, "expert parallelism is not counted yet")
+        require(not mixed_precision or (self.zero >= 1 and self.dp > 1), "parallel.zero", self.zero,
+                "a compute dtype beside the weights' (dtype.autocast) is FSDP's mixed precision: it needs zero >= 1 "
+                "and dp > 1 (or weights in the compute dtype: dtype=bfloat16)")
+
     def micro_batches(self, batch_size: int) -> int:
         """Micro-batches each data-parallel rank runs in one optimizer step."""
         return batch_size // (self.dp * self.micro_batch_size)
@@ -97,3 +109,30 @@ class Layout:
         base, extra = divmod(layers, chunks)
         starts = [c * base + min(c, extra) for c in range(chunks + 1)]
         return [list(range(starts[c], starts[c + 1])) for c in range(stage, chunks, self.pp)]
+
+
+@dataclass
+class ParallelConf:
+    """The ``parallel`` node of a job's config: a :class:`Layout`'s keys and ``gpus_per_node`` (the GPUs a
+    scale-up domain joins; unset, the part's: 8 for a DGX, 72 for an NVL72). Every key unset runs the job as it is
+    without parallelism; any key set counts the layout rank by rank (the others at their :class:`Layout` default)."""
+
+    dp: Optional[int] = None
+    tp: Optional[int] = None
+    pp: Optional[int] = None
+    vpp: Optional[int] = None
+    cp: Optional[int] = None
+    ep: Optional[int] = None
+    zero: Optional[int] = None
+    sequence_parallel: Optional[bool] = None
+    recompute: Optional[str] = None
+    micro_batch_size: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+
+    @property
+    def set(self) -> bool:
+        return any(value is not None for value in asdict(self).values())
+
+    def layout(self) -> Layout:
+        given = {f.name: getattr(self, f.name) for f in fields(Layout) if getattr(self, f.name, None) is not None}
+        return Layout(**given)

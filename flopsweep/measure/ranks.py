@@ -74,6 +74,7 @@ class RankCount:
     memory: RankMemory
     uncounted: dict[str, int] = field(default_factory=dict)
     trace: OpTrace = field(default_factory=OpTrace)
+    model_layers: int = 0                               # the whole model's
 
     def step_flops(self, micro_batches: int, hardware: bool = False) -> int:
         """Matmul FLOPs of one optimizer step: forward and backward per micro-batch; recomputation too if
@@ -92,6 +93,18 @@ class LayoutCount:
     @property
     def micro_batches(self) -> int:
         return self.layout.micro_batches(self.batch_size)
+
+    def global_flops(self, hardware: bool = False) -> int:
+        """Matmul FLOPs of one step over every GPU (recomputation too if ``hardware``): the counted stages', a
+        middle stage's layers at the first stage's rate a layer (its embedding is a look-up), times tp, dp and the
+        micro-batches."""
+        first, last = self.ranks[0], self.ranks[-1]
+        per_micro = [r.step_flops(1, hardware) for r in self.ranks]
+        total = sum(per_micro)
+        middle = first.model_layers - first.layers - (last.layers if len(self.ranks) > 1 else 0)
+        if middle > 0:
+            total += per_micro[0] * middle // first.layers
+        return total * self.layout.tp * self.layout.dp * self.micro_batches
 
     @property
     def busiest(self) -> RankCount:
@@ -125,10 +138,7 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
     """Count ``layout`` for the model ``build()`` makes (called under ``torch.device("meta")``, once per pipeline
     position counted) training ``work``."""
     layout.check()
-    require(layout.cp == 1, "parallel.cp", layout.cp, "context parallelism is not counted yet")
-    require(layout.ep == 1, "parallel.ep", layout.ep, "expert parallelism is not counted yet")
-    require(work.compute_dtype in (None, work.dtype) or sharded(layout), "parallel.zero", layout.zero,
-            "a compute dtype beside the weights' is FSDP's mixed precision: it needs zero >= 1 and dp > 1")
+    layout.check_counted(mixed_precision=work.compute_dtype not in (None, work.dtype))
     ranks = [_in_own_thread(_count_rank, build, layout, stage, work, optimizer) for stage in sorted({0, layout.pp - 1})]
     return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
 
@@ -204,7 +214,7 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
     memory = RankMemory(peak.get("Total", sum(at_peak.values())), at_peak, saved.bytes,
                         layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
-                     memory, dict(counter.uncounted), counter.trace)
+                     memory, dict(counter.uncounted), counter.trace, layers)
 
 
 def _materialize(part: nn.Module) -> None:

@@ -25,6 +25,7 @@ from flopsweep.measure.size import SavedActivations, SizeRecord, StepMemory, mea
 from flopsweep.measure.timing import compiled, time_per_block, time_step
 from flopsweep.run.assemble import Progress, collect_metrics, job_result, with_step_memory
 from flopsweep.run.generation import measure_generation
+from flopsweep.run.parallel import run_parallel
 from flopsweep.run.prediction import predict_step
 from flopsweep.run.fit import (MetaEstimate, available_memory, check_memory, find_max_batch, memory_limit,
                                with_batch_size)
@@ -35,6 +36,8 @@ def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
     ``measure.memory_share`` of the memory available; ``batch.size=max`` chooses its batch first; running out of
     memory anywhere (build, count, size, timing) is a result, ``oom``, and the memory is released after it."""
     try:
+        if spec.parallel is not None:  # a layout counted rank by rank on meta (run/parallel.py)
+            return run_parallel(spec, config)
         if spec.wants_max_batch:
             return _run_max_batch(spec, config)
         return _run_checked(spec, config)

@@ -1,0 +1,152 @@
+"""A parallel layout's step time from its counted ranks (docs/parallel.md, "The predicted step"): each rank's compute
+(its traced ops on a part's profile, :func:`~flopsweep.measure.predict.predict`), the part of its communication that
+compute does not hide (:class:`~flopsweep.core.comm.Network`), and the pipeline's bubble.
+
+- Tensor- and context-parallel collectives and the pipeline's sends are on the critical path, each micro-batch.
+- Data-parallel traffic overlaps compute one unit (an FSDP layer, a gradient) at a time: the first gather and the
+  last reduction are exposed, the rest hidden up to what the window's other units compute. ZeRO-3 gathers and
+  reduces every micro-batch, its forward gathers under the forward, its backward gathers and reductions under the
+  backward; ZeRO 0-2 accumulate gradients over the step and reduce them once, under the last micro-batch's backward,
+  and gather the weights once, under the first micro-batch's forward (Megatron-LM's distributed optimizer).
+- The bubble: 1F1B idles ``(p - 1)`` micro-batch times of the slowest stage, the interleaved schedule ``(p - 1) / v``
+  (Narayanan et al. 2021: ``(p - 1) / m`` and ``(p - 1) / (v m)`` of the ideal step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from flopsweep.core.comm import Network
+from flopsweep.measure.layout import Layout
+from flopsweep.measure.predict import Prediction
+from flopsweep.measure.rank_count import CollectiveKey
+from flopsweep.measure.ranks import LayoutCount, RankCount
+
+BACKWARD_PHASES = ("backward", "recompute")
+
+
+def times_a_step(key: CollectiveKey, layout: Layout, micro_batches: int) -> int:
+    """How often a counted micro-batch's collective runs in a step: the optimizer's and, below ZeRO-3, the
+    data-parallel gathers and reductions once; everything else every micro-batch."""
+    if key.phase == "optimizer" or (key.mesh_dim == "dp" and layout.zero < 3):
+        return 1
+    return micro_batches
+
+
+def step_bytes(rank: RankCount, layout: Layout, micro_batches: int) -> dict[str, int]:
+    """Bytes of each collective one step moves on ``rank`` (the whole buffers, as counted)."""
+    out: dict[str, int] = {}
+    for key, tally in rank.collectives.items():
+        out[key.op] = out.get(key.op, 0) + tally.bytes * times_a_step(key, layout, micro_batches)
+    return out
+
+
+@dataclass(frozen=True)
+class RankTime:
+    """One rank's step: per micro-batch its compute (forward, backward, recomputation), tensor/context-parallel
+    collectives and pipeline sends; once a step its optimizer (and any collective in it) and data-parallel traffic,
+    all of it (``dp_s``) and what is exposed."""
+
+    stage: int
+    compute_s: float
+    tp_s: float
+    pp_s: float
+    optimizer_s: float
+    dp_s: float
+    dp_exposed_s: float
+
+    @property
+    def micro_batch_s(self) -> float:
+        return self.compute_s + self.tp_s + self.pp_s
+
+    def step_s(self, micro_batches: int) -> float:
+        return micro_batches * self.micro_batch_s + self.optimizer_s + self.dp_exposed_s
+
+
+@dataclass(frozen=True)
+class StepTime:
+    seconds: float
+    bubble_s: float
+    critical: RankTime       # the rank that sets the step
+    micro_batches: int
+    ranks: tuple[RankTime, ...]
+
+    @property
+    def comm_exposed_s(self) -> float:
+        return self.micro_batches * (self.critical.tp_s + self.critical.pp_s) + self.critical.dp_exposed_s
+
+    def parts(self) -> dict[str, float]:
+        """The step's seconds by what spends them (adding up to the step)."""
+        r, m = self.critical, self.micro_batches
+        return {"compute": m * r.compute_s + r.optimizer_s, "tensor-parallel collectives": m * r.tp_s,
+                "pipeline sends": m * r.pp_s, "data-parallel gathers and reductions": r.dp_exposed_s,
+                "pipeline bubble": self.bubble_s}
+
+    def bottleneck(self, compute_bound: str = "") -> str:
+        """What the step mostly waits on, in words, and what follows it; ``compute_bound``: what bounds the compute
+        (a prediction's ``bound()``)."""
+        shares = sorted(((s / self.seconds, name) for name, s in self.parts().items() if s > 0), reverse=True)
+        (top, name), rest = shares[0], [f"{n} {s:.0%}" for s, n in shares[1:] if s >= 0.01]
+        bound = f", its ops mostly {compute_bound}-bound" if name == "compute" and compute_bound else ""
+        return f"{name}: {top:.0%} of the step{bound}" + (f"; then {', '.join(rest)}" if rest else "")
+
+
+def _exposed(comm: float, units: int, first: float, window: float) -> float:
+    """Seconds of ``units`` transfers (``comm`` in all) issued one per unit of ``window`` seconds of compute that
+    compute does not hide: the first (a gather) or the last (a reduction) always, the others up to what the
+    window's other units compute."""
+    if comm <= 0:
+        return 0.0
+    units = max(units, 1)
+    return max(first, comm - window * (units - 1) / units)
+
+
+def _data_parallel(rank: RankCount, layout: Layout, network: Network, m: int, forward: float,
+                   backward: float) -> tuple[float, float]:
+    """(all, exposed) seconds of a step's data-parallel gathers and reductions on ``rank``."""
+    gathers = {"forward": [0.0, 0, 0.0], "backward": [0.0, 0, 0.0]}   # seconds, calls, one unit's seconds
+    reductions = [0.0, 0, 0.0]
+    for key, tally in rank.collectives.items():
+        if key.mesh_dim != "dp" or not tally.calls:
+            continue
+        target = reductions if key.op in ("reduce_scatter", "all_reduce") else \
+            gathers["backward" if key.phase in BACKWARD_PHASES else "forward"]
+        target[0] += network.seconds(key.op, "dp", tally.bytes, tally.calls)
+        target[1] += tally.calls
+        target[2] = max(target[2], network.seconds(key.op, "dp", tally.bytes / tally.calls))
+    forward_gathers = _exposed(gathers["forward"][0], gathers["forward"][1], gathers["forward"][2], forward)
+    late = [gathers["backward"][0] + reductions[0], gathers["backward"][1] + reductions[1],
+            max(gathers["backward"][2], reductions[2])]
+    late_exposed = _exposed(late[0], late[1], late[2], backward)
+    whole = gathers["forward"][0] + late[0]
+    runs = m if layout.zero == 3 else 1
+    return runs * whole, runs * (forward_gathers + late_exposed)
+
+
+def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: Network, m: int) -> RankTime:
+    phases = {name: phase.seconds for name, phase in prediction.phases.items()}
+    forward, optimizer = phases.get("forward", 0.0), phases.get("optimizer", 0.0)
+    backward = sum(phases.get(p, 0.0) for p in BACKWARD_PHASES)
+    tp = pp = 0.0
+    for key, tally in rank.collectives.items():
+        if key.mesh_dim == "dp" or key.op == "recv":  # a receive is the peer's send
+            continue
+        seconds = network.seconds(key.op, key.mesh_dim, tally.bytes, tally.calls)
+        if key.phase == "optimizer":
+            optimizer += seconds
+        elif key.mesh_dim == "pp":
+            pp += seconds
+        else:
+            tp += seconds
+    dp, dp_exposed = _data_parallel(rank, layout, network, m, forward, backward)
+    return RankTime(rank.stage, forward + backward, tp, pp, optimizer, dp, dp_exposed)
+
+
+def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network) -> StepTime:
+    """The step of ``count``'s layout, each counted rank timed by its prediction (in the same order)."""
+    m, layout = count.micro_batches, count.layout
+    ranks = tuple(rank_time(r, p, layout, network, m) for r, p in zip(count.ranks, predictions))
+    bubble = (layout.pp - 1) / layout.vpp * max(r.micro_batch_s for r in ranks)
+    critical = max(ranks, key=lambda r: r.step_s(m))
+    return StepTime(critical.step_s(m) + bubble, bubble, critical, m, ranks)
