@@ -1,13 +1,15 @@
-"""Where a predicted step and a measured one part ways, op by op, on a CUDA GPU: each job's step is counted (its
-trace), predicted with the GPU's calibration profile (``FLOPSWEEP_CALIBRATION_DIR``, as ``flopsweep-calibrate`` left
-it), and profiled with ``torch.profiler`` over three steps; the table puts each aten op's predicted time a step beside
-the time its kernels took on the device, and the step's host time beside its device time.
+"""Where a predicted step and a measured one part ways, op by op: each job's step is counted (its trace), predicted
+with the device's calibration profile (``FLOPSWEEP_CALIBRATION_DIR``, as ``flopsweep-calibrate`` left it), and profiled
+with ``torch.profiler`` over three steps; the table puts each aten op's predicted time a step beside the time its
+kernels took on the GPU (or its own CPU time on a CPU).
 
-    FLOPSWEEP_CALIBRATION_DIR=... python benchmarks/gpu/diagnose_prediction.py     # benchmarks/gpu/run.sh runs it
+    python benchmarks/gpu/diagnose_prediction.py                 # on a GPU: benchmarks/gpu/run.sh runs it
+    python benchmarks/gpu/diagnose_prediction.py --device cpu --job "model=resnet18 batch.size=4"
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ from flopsweep.measure.timing import device_name
 
 JOBS = {"gpt2_small b8 s1024": ["model=gpt2_small", "batch.size=8", "batch.seq_len=1024"],
         "bert_base b32 s512": ["model=bert_base", "batch.size=32", "batch.seq_len=512"]}
-COMMON = ["dtype=bfloat16", "optimizer=adamw", "tracking=none", "device=cuda"]
+COMMON = ["optimizer=adamw", "tracking=none"]
 
 
 def step(built) -> None:
@@ -35,11 +37,12 @@ def step(built) -> None:
     built.optimizer.step()
 
 
-def diagnose(name: str, overrides: list[str]) -> None:
-    spec = resolve(compose_config(*overrides, *COMMON))
+def diagnose(name: str, overrides: list[str], device: str) -> None:
+    gpu = device.startswith("cuda")
+    spec = resolve(compose_config(*overrides, *COMMON, f"device={device}", f"dtype={'bfloat16' if gpu else 'float32'}"))
     built = build(spec)
     count = count_step(built.model, built.inputs, built.optimizer, context=built.autocast)
-    cal, origin = profile_for(None, device_name("cuda:0"), True)
+    cal, origin = profile_for(None, device_name(device), gpu)
     prediction = predict(count.trace, cal, autocast=spec.autocast)
     model = TimeModel(cal, spec.autocast)
     predicted: Counter = Counter()
@@ -47,23 +50,28 @@ def diagnose(name: str, overrides: list[str]) -> None:
         for i in calls:
             sig = count.trace.sigs[i]
             predicted[sig.op.replace("aten.", "aten::")] += max(model.body(sig))
+    for group in built.optimizer.param_groups:  # as the timed steps run (measure/timing.weights_kept)
+        group["lr"] = 0.0
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     for _ in range(3):
         step(built)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if gpu else [])
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(3):
             step(built)
-        torch.cuda.synchronize()
+        sync()
     wall = (time.perf_counter() - start) / 3
     measured: Counter = Counter()
     for event in prof.key_averages():
-        self_device = getattr(event, "self_device_time_total", None)
-        if self_device is None:
-            self_device = getattr(event, "self_cuda_time_total", 0.0)
-        if event.key.startswith("aten::") and self_device:
-            measured[event.key] += self_device / 1e6 / 3
+        if gpu:
+            spent = getattr(event, "self_device_time_total", None)
+            spent = spent if spent is not None else getattr(event, "self_cuda_time_total", 0.0)
+        else:
+            spent = event.self_cpu_time_total
+        if event.key.startswith("aten::") and spent:
+            measured[event.key] += spent / 1e6 / 3
     device_total = sum(measured.values())
     print(f"\n## {name} ({origin}; wall a step under the profiler {wall * 1e3:.1f} ms)\n")
     print(f"predicted {prediction.seconds * 1e3:.1f} ms "
@@ -77,11 +85,16 @@ def diagnose(name: str, overrides: list[str]) -> None:
 
 
 def main() -> int:
-    if not torch.cuda.is_available():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--job", action="append", help="a job's overrides instead of the defaults, quoted, repeatable")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("diagnose_prediction: no CUDA GPU here", file=sys.stderr)
         return 2
-    for name, overrides in JOBS.items():
-        diagnose(name, overrides)
+    jobs = {job: job.split() for job in args.job} if args.job else JOBS
+    for name, overrides in jobs.items():
+        diagnose(name, overrides, args.device)
     return 0
 
 

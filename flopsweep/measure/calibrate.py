@@ -96,9 +96,9 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     _launches(cal, device, timer)
     say("memory bandwidth")
     sizes = MEMORY_SIZES[kind][::2] if quick else MEMORY_SIZES[kind]
-    cal.memory = _memory(device, sizes, timer)
-    say("norms and reductions")
-    cal.memory_factors = _memory_factors(device, cal, sizes[len(sizes) // 2:], timer)
+    cal.memory, cal.memory_inplace = _memory(device, sizes, timer)
+    say("norms, activations, pooling, reductions")
+    cal.memory_factors = _op_factors(device, cal, timer)
     for dtype, (dims, cap) in MATMUL_GRID[kind].items():
         say(f"matmuls, {dtype}")
         grid = dims[::2] if quick else dims
@@ -165,35 +165,58 @@ def _graph_launch(device: str, n: int = 200) -> Optional[float]:
         return None
 
 
-def _memory(device: str, sizes: list[int], timer: _Timer) -> list[list[float]]:
-    memory = []
+def _memory(device: str, sizes: list[int], timer: _Timer) -> tuple[list[list[float]], list[list[float]]]:
+    """An add over each size: making a new output each call, as a model's ops make theirs (on a CPU a large one is
+    new pages from the kernel), and in place, as an optimizer's updates run."""
+    memory, inplace = [], []
     for size in sizes:
         n = max(1, size // 4)
         a, b = torch.ones(n, device=device), torch.ones(n, device=device)
-        out = torch.empty_like(a)
-        memory.append([3 * 4 * n, timer(lambda: torch.add(a, b, out=out))])
-        del a, b, out
-    return memory
+        memory.append([3 * 4 * n, timer(lambda: torch.add(a, b))])
+        inplace.append([3 * 4 * n, timer(lambda: a.add_(b))])
+        del a, b
+    return memory, inplace
 
 
-def _memory_factors(device: str, cal: Calibration, sizes: list[int], timer: _Timer) -> dict[str, float]:
-    """How much slower than an elementwise add of the same bytes a layer norm (forward, backward) and a reduction
-    over rows (a bias's gradient) run: the median over ``sizes``."""
-    curve, ratios = cal.memory_curve(), {"layer_norm": [], "layer_norm_backward": [], "reduction": []}
-    for size in sizes:
-        rows = max(1, size // 4 // 1024)
-        x = torch.randn(rows, 1024, device=device, requires_grad=True)
-        weight, bias = torch.ones(1024, device=device), torch.zeros(1024, device=device)
-        grad = torch.ones(rows, 1024, device=device)
-        norm_bytes = 2 * x.numel() * 4
-        forward = timer(lambda: F.layer_norm(x, (1024,), weight, bias))
-        out = F.layer_norm(x, (1024,), weight, bias)
-        backward = timer(lambda: torch.autograd.grad(out, x, grad, retain_graph=True), capture=False)
-        ratios["layer_norm"].append((forward - cal.launch_s) / curve(norm_bytes))
-        ratios["layer_norm_backward"].append((backward - cal.launch_backward_s) / curve(3 * x.numel() * 4))
-        ratios["reduction"].append((timer(lambda: grad.sum(0)) - cal.launch_s) / curve(x.numel() * 4))
-        del x, grad, out
-    return {key: max(0.5, statistics.median(values)) for key, values in ratios.items()}
+# memory-class ops that run slower than an add of their bytes: each timed forward, and backward through autograd, on
+# an input of 16 MiB (channels-first images for the CNN ops), as (trace op names, the input's shape, the function,
+# its forward's and backward's bytes in inputs: read + written, as measure/ops.py counts them)
+OP_CASES = {
+    "layer_norm": (("aten.native_layer_norm", "aten.native_layer_norm_backward"), (4096, 1024),
+                   lambda x: F.layer_norm(x, x.shape[-1:]), 2, 3, 1),
+    "batch_norm": (("aten.native_batch_norm", "aten.native_batch_norm_backward"), (16, 64, 64, 64),
+                   lambda x: F.batch_norm(x, None, None, training=True), 2, 3, 1),
+    "max_pool": (("aten.max_pool2d_with_indices", "aten.max_pool2d_with_indices_backward"), (16, 64, 64, 64),
+                 lambda x: F.max_pool2d(x, 3, 2, 1), 1 + 3 / 4, 1 + 3 / 4, 3 / 4),  # out, int64 indices: a quarter
+    "relu": (("aten.relu", "aten.threshold_backward"), (4096, 1024), F.relu, 2, 3, 1),
+    "gelu": (("aten.gelu", "aten.gelu_backward"), (4096, 1024), F.gelu, 2, 3, 1),
+    "silu": (("aten.silu", "aten.silu_backward"), (4096, 1024), F.silu, 2, 3, 1),
+    "softmax": (("aten._softmax", "aten._softmax_backward_data"), (4096, 1024), lambda x: x.softmax(-1), 2, 3, 1),
+    "log_softmax": (("aten._log_softmax", "aten._log_softmax_backward_data"), (4096, 1024),
+                    lambda x: x.log_softmax(-1), 2, 3, 1),
+    "sum": (("aten.sum", None), (4096, 1024), lambda x: x.sum(0), 1, 0, 0),
+}
+
+
+def _op_factors(device: str, cal: Calibration, timer: _Timer) -> dict[str, float]:
+    """How many times a memory-bound body of the same bytes (calibration.memory_time) each op of :data:`OP_CASES`
+    takes (at least a half), by trace name; a backward makes its input's gradient."""
+    factors = {}
+    for (forward_op, backward_op), shape, fn, forward_bytes, backward_bytes, allocated in OP_CASES.values():
+        x = torch.randn(*shape, device=device, requires_grad=True)
+        nbytes = x.numel() * 4
+        forward = timer(lambda: fn(x))
+        reference = cal.memory_time(forward_bytes * nbytes, allocated * nbytes)
+        factors[forward_op] = max(0.5, (forward - cal.in_points) / reference)
+        if backward_op is not None:
+            out = fn(x)
+            grad = torch.ones_like(out)
+            backward = timer(lambda: torch.autograd.grad(out, x, grad, retain_graph=True), capture=False)
+            body = backward - (cal.launch_backward_s if not cal.graph_timed else 0.0)
+            factors[backward_op] = max(0.5, body / cal.memory_time(backward_bytes * nbytes, nbytes))
+        del x
+    factors["aten.mean"] = factors["aten.sum"]
+    return factors
 
 
 def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer,
@@ -205,9 +228,8 @@ def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, t
         if 2 * m * k * n > cap:
             continue
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-        out = torch.empty(m, n, device=device, dtype=dtype)
-        rows.append([m, k, n, timer(lambda: torch.mm(a, b, out=out))])
-        del a, b, out
+        rows.append([m, k, n, timer(lambda: torch.mm(a, b))])
+        del a, b
     return rows
 
 

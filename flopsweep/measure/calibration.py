@@ -6,9 +6,12 @@ The raw points are kept beside the fitted curves, so a profile can be refitted a
 
 - ``matmul[dtype]``: rows (M, K, N, seconds) of one GEMM each, C[M, N] = A[M, K] B[K, N]; ``matmul_unaligned``
   the same with N odd (16-bit tensor cores want every dimension a multiple of 8);
-- ``memory_factors``: a layer norm's (forward, backward) and a reduction's time over an add's of the same bytes;
+- ``memory_factors``: by op (its trace name: ``aten.native_batch_norm``), how many times an add of the same bytes it
+  takes (norms, activations, pooling, softmax, reductions: measure/calibrate.OP_CASES);
 - ``attention[dtype]``: rows (batch x heads, Sq, Sk, head dim, causal, forward seconds, backward seconds);
-- ``memory``: rows (bytes read + written, seconds) of elementwise kernels (``a + b``), smallest to largest;
+- ``memory``: rows (bytes read + written, seconds) of elementwise kernels making a new output (``a + b``), smallest
+  to largest; ``memory_inplace`` the same writing into an input (``a += b``): on a CPU a large new output is new pages
+  from the kernel, several times slower;
 - ``launch_s`` (an eager op's dispatch and launch, forward from Python), ``launch_backward_s`` (an op the autograd
   engine dispatches), ``view_s`` (a view's dispatch), ``module_s`` (an ``nn.Module`` call's own machinery),
   ``graph_launch_s`` (a kernel replayed in a CUDA graph).
@@ -136,9 +139,10 @@ class Calibration:
     peak: dict[str, float] = field(default_factory=dict)   # dense FLOP/s by dtype, where known (a GPU's datasheet)
     matmul: dict[str, list[list[float]]] = field(default_factory=dict)
     matmul_unaligned: dict[str, list[list[float]]] = field(default_factory=dict)  # N odd: no tensor-core tiling
-    memory_factors: dict[str, float] = field(default_factory=dict)  # layer_norm(_backward), reduction: x an add's time
+    memory_factors: dict[str, float] = field(default_factory=dict)  # op -> times an add of the same bytes
     attention: dict[str, list[list[float]]] = field(default_factory=dict)
     memory: list[list[float]] = field(default_factory=list)
+    memory_inplace: list[list[float]] = field(default_factory=list)
     launch_s: float = 0.0
     launch_backward_s: float = 0.0
     view_s: float = 0.0
@@ -156,8 +160,26 @@ class Calibration:
         return _fitted(self, ("attention", dtype, causal, backward),
                        lambda: _fit_attention(self.attention.get(dtype), causal, backward, self.launch_s))
 
-    def memory_curve(self) -> Curve:
-        return _fitted(self, ("memory",), lambda: Curve.of(self.memory, self.in_points))
+    def memory_curve(self, inplace: bool = False) -> Curve:
+        rows = self.memory_inplace if inplace and self.memory_inplace else self.memory
+        return _fitted(self, ("memory", inplace), lambda: Curve.of(rows, self.in_points))
+
+    def memory_time(self, moved: float, allocated: float = 0.0, inplace: bool = False) -> float:
+        """Seconds of a memory-bound body moving ``moved`` bytes and making ``allocated`` bytes of new outputs: where
+        both adds were measured, moved in place plus the new pages; else the add's curve (new output, or in place)."""
+        allocation = self.allocation_curve()
+        if allocation is None:
+            return self.memory_curve(inplace)(moved) if moved else 0.0
+        return (self.memory_curve(True)(moved) if moved else 0.0) + (allocation(allocated) if allocated else 0.0)
+
+    def allocation_curve(self) -> Optional[Curve]:
+        """Seconds that making a new output of so many bytes adds to an op (a CPU maps fresh pages for a large one):
+        an add making its output less one writing in place, over the output's bytes (a third of the add's)."""
+        if not self.memory_inplace:
+            return None
+        return _fitted(self, ("allocation",), lambda: Curve.of(
+            [[b / 3, max(fresh - inplace, 1e-12)] for (b, fresh), (_, inplace) in zip(self.memory,
+                                                                                      self.memory_inplace)]))
 
     @property
     def in_points(self) -> float:
@@ -188,6 +210,7 @@ class Calibration:
 
         return dataclasses.replace(
             self, memory=[[b, faster(t, bandwidth)] for b, t in self.memory],
+            memory_inplace=[[b, faster(t, bandwidth)] for b, t in self.memory_inplace],
             matmul={d: [[m, k, n, faster(t, compute)] for m, k, n, t in rows] for d, rows in self.matmul.items()},
             attention={d: [[*r[:5], faster(r[5], compute), faster(r[6], compute)] for r in rows]
                        for d, rows in self.attention.items()},

@@ -45,6 +45,8 @@ class OpSig:
     dtype: str
     dims: tuple = ()
     tensors: int = 1
+    inplace: bool = False  # writes into its first argument: no new output to allocate
+    allocated: int = 0     # bytes of the new outputs it makes
 
 
 @dataclass
@@ -152,7 +154,9 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
         if not outs and _mutates(func):  # an in-place op returning nothing (_foreach_*_): its first argument written
             moved += sum(map(_bytes, _tensors(args[:1])))
     tensors = len(args[0]) if name.startswith("aten._foreach_") and isinstance(args[0], (list, tuple)) else 1
-    return OpSig(name, MEMORY, matmul, elementwise, moved, dtype, (), tensors)
+    inplace = _mutates(func)
+    return OpSig(name, MEMORY, matmul, elementwise, moved, dtype, (), tensors, inplace,
+                 0 if inplace else sum(map(_bytes, outs)))
 
 
 def _mutates(func: Any) -> bool:

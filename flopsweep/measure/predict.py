@@ -28,8 +28,6 @@ from typing import Optional
 from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.ops import ATTENTION, ATTENTION_BACKWARD, MATMUL, MEMORY, VIEW, OpSig, OpTrace
 
-MEMORY_CLASSES = {"aten.native_layer_norm": "layer_norm", "aten.native_layer_norm_backward": "layer_norm_backward",
-                  "aten.sum": "reduction", "aten.mean": "reduction"}
 STATE_FILLS = {"aten.zeros_like", "aten.zeros", "aten.full_like", "aten.ones_like"}  # the optimizer's first step
 FOREACH_TENSORS_PER_KERNEL = 48  # a CUDA _foreach_ op launches a kernel per chunk of tensors (multi_tensor_apply)
 
@@ -110,7 +108,8 @@ class TimeModel:
                 self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
                 return (sig.matmul / curve(bh * sq, d, sk) if curve else 0.0), memory
             return sig.matmul / curve(bh, sq, sk, d), memory
-        return 0.0, memory * self.cal.memory_factors.get(MEMORY_CLASSES.get(sig.op, ""), 1.0)
+        memory = self.cal.memory_time(sig.bytes, sig.allocated, sig.inplace)
+        return 0.0, memory * self.cal.memory_factors.get(sig.op, 1.0)
 
 
 def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
