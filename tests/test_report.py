@@ -11,14 +11,20 @@ from flopsweep.cli.report import main as report
 from tests.helpers import run_app, run_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
-PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png", "module_flops.png", "mfu.png"]
+PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png", "module_flops.png", "mfu.png",
+         "predicted_vs_measured.png"]
 
 
 def test_report_of_a_timed_sweep(tmp_path):
+    from flopsweep.measure.calibrate import calibrate
+
+    profiles = tmp_path / "calibration"  # the CPU calibrated (coarsely), so that the timed jobs are predicted too
+    calibrate("cpu", quick=True).save(profiles / "cpu.json")
     sweep = run_app("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
                     "model.vocab_size=500", "batch.size=1,2", "batch.seq_len=16,32", "dtype=float32,bfloat16",
                     "device=cpu", "device.threads=1", "device.peak_tflops=0.5", "measure.warmup=1",
-                    "measure.repeats=2", "tracking.experiment=grid", cwd=tmp_path)
+                    "measure.repeats=2", "tracking.experiment=grid", f"predict.hardware={profiles / 'cpu.json'}",
+                    cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr
     out = run_main(report, "grid", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -31,6 +37,7 @@ def test_report_of_a_timed_sweep(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 8 and len({r["run_id"] for r in rows}) == 8
     assert all(float(r["time/step_s"]) > 0 and float(r["speed/mfu"]) > 0 for r in rows)
+    assert all(float(r["time/step_predicted_s"]) > 0 for r in rows)
     markdown = (folder / "runs.md").read_text()
     assert markdown.count("\n| b") == 8 and "not drawn" not in markdown  # runs named by what varies: b1\|s16\|...
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")

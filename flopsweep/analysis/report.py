@@ -3,7 +3,8 @@ questions; and one run's module profile with its plot.
 
 Plots (each drawn when the runs have its data): FLOPs against sequence length on log-log axes with the fitted
 slope per model, step time against batch size per dtype, the training memory of each run as stacked bars,
-the FLOPs shares of the costliest run's modules, and MFU by dtype and device.
+the FLOPs shares of the costliest run's modules, MFU by dtype and device, and each timed run's predicted step against
+its measured one (the diagonal, and ±25 %).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Op
     label = label or title
     drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out, label),
              "step_time_vs_batch.png": _time_vs_batch(df, out, label), "memory_breakdown.png": _memory(df, out, label),
-             "module_flops.png": _modules(df, out, label, uri), "mfu.png": _mfu(df, out, label)}
+             "module_flops.png": _modules(df, out, label, uri), "mfu.png": _mfu(df, out, label),
+             "predicted_vs_measured.png": _predicted(df, out, label)}
     lines = [f"# {title}", "", f"{len(df)} runs.", "", _markdown_table(df), "", "## Plots", ""]
     for name, what in drawn.items():
         lines.append(f"![{name}]({name})" if what == "drawn" else f"- `{name}` not drawn: {what}")
@@ -203,6 +205,26 @@ def _mfu(df, out: Path, label: str) -> str:
     fig, ax = _figure("Best MFU by dtype and device", "dtype, device", "MFU (%)", label)
     ax.bar([" ".join(map(str, k if isinstance(k, tuple) else (k,))) for k in best.index], best.values * 100)
     return _save(fig, out / "mfu.png")
+
+
+def _predicted(df, out: Path, label: str) -> str:
+    both = [k for k in (M.TIME_STEP, M.TIME_STEP_PREDICTED) if k in df]
+    if len(both) < 2 or df.dropna(subset=both).empty:
+        return "no run both timed and predicted (flopsweep-calibrate, then timed runs on that part)"
+    runs = df.dropna(subset=both)
+    fig, ax = _figure("Predicted against measured step time", "measured step (s)", "predicted step (s)", label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    names = runs["run_name"] if "run_name" in runs else [""] * len(runs)
+    for (_, row), name in zip(runs.iterrows(), names):
+        ax.scatter(row[M.TIME_STEP], row[M.TIME_STEP_PREDICTED], s=25)
+        ax.annotate(str(name), (row[M.TIME_STEP], row[M.TIME_STEP_PREDICTED]), fontsize=7, alpha=0.8)
+    low = min(runs[M.TIME_STEP].min(), runs[M.TIME_STEP_PREDICTED].min()) / 1.5
+    high = max(runs[M.TIME_STEP].max(), runs[M.TIME_STEP_PREDICTED].max()) * 1.5
+    for factor, style, what in ((1.0, "-", "predicted = measured"), (1.25, ":", "±25 %"), (0.75, ":", None)):
+        ax.plot([low, high], [low * factor, high * factor], style, color="grey", label=what)
+    ax.legend(loc="upper left")
+    return _save(fig, out / "predicted_vs_measured.png")
 
 
 def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> Path:

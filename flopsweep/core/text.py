@@ -47,7 +47,7 @@ def format_metric(key: str, value: Any) -> str:
         return seconds(value) if key.endswith("_s") else f"{value:.3g}"
     if key.endswith("_bytes"):
         return size_bytes(value)
-    if key == M.MFU:
+    if key in (M.MFU, M.MFU_PREDICTED):
         return f"{100 * value:.1f} %"
     if key.startswith(("flops/", "macs/", "size/params", "speed/")):
         return human(value)
@@ -56,7 +56,8 @@ def format_metric(key: str, value: Any) -> str:
 
 JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_OPTIMIZER_MEAN, M.FLOPS_STEP,
                M.FLOPS_FORWARD_ANALYTIC, M.PARAMS, M.PARAMS_TRAINABLE, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES,
-               M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU]
+               M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU, M.TIME_STEP_PREDICTED,
+               M.MFU_PREDICTED]
 GENERATION_METRICS = [M.FLOPS_PREFILL, M.FLOPS_DECODE_TOKEN_FIRST, M.FLOPS_DECODE_TOKEN_LAST, M.FLOPS_GENERATION,
                       M.PARAMS, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN, M.STEP_PEAK_BYTES,
                       M.MEASURED_PEAK_BYTES, M.TIME_TTFT, M.TIME_TPOT, M.TIME_TPOT_LAST, M.OUTPUT_TOKENS_PER_S]
@@ -81,11 +82,32 @@ def job_lines(result: Result) -> list[str]:
         blocks = ", ".join(f"{name} x{n}" for name, n in (timing.get("blocks") or {}).items())
         lines.append(f"times extrapolated (measure.timing=per_block): the first block of each stack timed, times "
                      f"its length ({blocks}); embeddings, head and loss left out")
+    prediction = predicted_line(result)
+    if prediction:
+        lines.append(prediction)
     profile = result.breakdown.get("profile") or []
     if profile and profile[0]["forward_latency_s"]:
         lines.append("profile: " + hooks_line(profile[0]["forward_latency_s"], unhooked_forward(result)))
     noisy = spread_warning(result)
     return [*lines, f"warning: {noisy}"] if noisy else lines
+
+
+def predicted_line(result: Result) -> Optional[str]:
+    """The predicted step in words: for which part, from which profile, against the measured median, and what bounds
+    it; or why there is none where one was asked for."""
+    info, m = result.info.get("prediction") or {}, result.metrics
+    if info.get("error"):
+        return f"predicted step: none ({info['error']})"
+    if m.get(M.TIME_STEP_PREDICTED) is None:
+        return None
+    ratio = m.get(M.TIME_STEP_PREDICTED_RATIO)
+    against = f", x{ratio:.2f} the measured" if ratio is not None else ""
+    bound = " / ".join(f"{what} {m.get(key, 0):.0%}" for what, key in (
+        ("compute", M.PREDICTED_SHARE_COMPUTE), ("memory", M.PREDICTED_SHARE_MEMORY),
+        ("launch", M.PREDICTED_SHARE_LAUNCH)))
+    origin = "default curves" if info.get("default") else "calibrated"
+    return (f"predicted step: {seconds(m[M.TIME_STEP_PREDICTED])} on {info.get('part', '?')} ({origin}"
+            f"{', fused' if info.get('fused') else ''}){against}; {bound}")
 
 
 def unhooked_forward(result: Result) -> Optional[float]:
@@ -131,7 +153,7 @@ def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> l
 SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
                    ("device", None), ("status", None), ("params", M.PARAMS), ("fwd FLOPs", M.FLOPS_FORWARD),
                    ("step FLOPs", M.FLOPS_STEP), ("memory", M.MEASURED_PEAK_BYTES), ("step time", M.TIME_STEP),
-                   ("tokens/s", M.TOKENS_PER_S), ("MFU", M.MFU)]
+                   ("predicted", M.TIME_STEP_PREDICTED), ("tokens/s", M.TOKENS_PER_S), ("MFU", M.MFU)]
 # a column's figure where the job has no such: the memory a meta job estimated; a generation's per output token
 SUMMARY_FALLBACKS = {M.MEASURED_PEAK_BYTES: (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES), M.TIME_STEP: (M.TIME_TPOT,),
                      M.TOKENS_PER_S: (M.OUTPUT_TOKENS_PER_S,)}

@@ -54,7 +54,8 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     metrics.update(progress.metrics)
     if count is not None:
         model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
-        metrics.update(prediction_metrics(progress.prediction, progress.timing, model_flops,
+        compared = progress.timing if progress.prediction_info.get("of_timed_device") else None
+        metrics.update(prediction_metrics(progress.prediction, compared, model_flops,
                                           spec.autocast or spec.params_dtype))
     mean = optimizer_mean(count, progress.periodic_ops)
     if mean is not None:

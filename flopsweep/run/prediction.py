@@ -8,6 +8,7 @@ from typing import Any, Optional
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import one_line
+from flopsweep.core.hardware import accelerator
 from flopsweep.measure.count import StepCount
 from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.predict import Prediction, predict
@@ -35,10 +36,19 @@ def predict_step(spec: JobSpec, count: Optional[StepCount],
     except (OSError, ValueError, KeyError) as err:  # an unreadable profile: the job's measurements stand
         return None, {"error": f"not predicted: {one_line(err, 300)}"}
     info = {"part": cal.part, "profile": origin, "digest": prediction.digest, "default": prediction.default,
-            "fused": prediction.fused, "bound": prediction.bound(), "notes": list(prediction.notes)}
+            "fused": prediction.fused, "bound": prediction.bound(), "notes": list(prediction.notes),
+            "of_timed_device": timing is not None and _same_part(hardware, timing)}
     if cal.date:
         info["calibrated"] = cal.date
     return prediction, info
+
+
+def _same_part(hardware: Optional[str], timing: TimingRecord) -> bool:
+    """Whether a prediction is of the device the job timed (so that the two compare): no part given, a profile file
+    (the user's word), or the part the timed GPU is."""
+    if hardware is None or hardware.endswith(".json"):
+        return True
+    return timing.device.startswith("cuda") and accelerator(hardware) is accelerator(timing.device_name)
 
 
 def prediction_metrics(prediction: Optional[Prediction], timing: Optional[TimingRecord], model_flops: Optional[int],
