@@ -253,3 +253,18 @@ def test_a_compiled_step_is_predicted_fused_unless_told():
     assert resolve(compose_config(*base)).predict.fused is True
     assert resolve(compose_config(*base, "predict.fused=false")).predict.fused is False
     assert resolve(compose_config("model=gpt2_small", "device=meta")).predict.fused is False
+
+
+def test_flopsweep_project_takes_a_meta_jobs_predicted_mfu_when_no_mfu_is_given(tmp_path):
+    from flopsweep.cli.project import main as project
+    from tests.helpers import run_app
+
+    job = run_app("model=gpt2_small", "model.n_layer=2", "batch.size=8", "batch.seq_len=1024", "dtype=bfloat16",
+                  "device=meta", "predict.hardware=A100", "tracking=none", cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    (folder,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    mfu = json.loads((folder / "result.json").read_text())["metrics"]["speed/mfu_predicted"]
+    done = run_main(project, "train", str(folder), "--tokens", "1B", "--gpu", "A100", "--gpus", "8", "--no-log",
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "predicted for A100" in done.stdout and f"{mfu:.1%}" in done.stdout

@@ -95,8 +95,11 @@ def _mfu(args: argparse.Namespace, result: Result, source: str) -> tuple[float, 
 
 
 def predicted_for(result: Result) -> Optional[str]:
-    """The part a run's MFU was predicted for: ``predict.hardware`` where it names a part of the table, else the
-    device that timed the job; None where neither says (a calibration profile's file)."""
+    """The part a run's MFU was predicted for: what the prediction records (``info.prediction.part``), else
+    ``predict.hardware`` where it names a part of the table, else the device that timed the job."""
+    recorded = (result.info.get("prediction") or {}).get("part")
+    if recorded:
+        return str(recorded)
     predict = result.config.get("predict")
     part = predict.get("hardware") if isinstance(predict, dict) else None
     if part is not None:
