@@ -135,8 +135,8 @@ def test_the_grid_is_exact_at_its_points_and_held_beyond_them():
 
 def test_a_profile_read_back_equals_what_was_written(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path))
-    cal = calibrate("cpu", quick=True)
-    assert cal.matmul["float32"] and cal.memory and cal.attention["float32"] and cal.launch_s > 0
+    cal = flat_profile()
+    cal.memory_factors = {"aten.native_batch_norm": 2.5}
     path = cal.save(profile_path(cal.part))
     again = find_profile(cal.part)
     assert again.to_dict() == json.loads(json.dumps(cal.to_dict())) and again.digest() == cal.digest()
@@ -153,7 +153,10 @@ def test_flopsweep_calibrate_writes_a_profile_jobs_find_and_logs_it_with_its_dig
                     env={"FLOPSWEEP_CALIBRATION_DIR": str(profiles), "MLFLOW_TRACKING_URI": None})
     assert done.returncode == 0, done.stderr
     (written,) = profiles.glob("*.json")
-    digest = Calibration.load(written).digest()
+    cal = Calibration.load(written)
+    assert cal.matmul["float32"] and cal.memory and cal.attention["float32"] and cal.launch_s > 0
+    assert cal.memory_factors["aten.native_batch_norm"] > 0 and not cal.default
+    digest = cal.digest()
     assert f"digest {digest}" in done.stdout and "logged: run" in done.stdout
     import mlflow
 
@@ -214,8 +217,10 @@ def test_a_timed_cpu_job_predicts_its_step_within_a_factor_of_three(tmp_path, mo
     finally:
         torch.set_num_threads(threads)
     cal.save(profile_path(cal.part))
-    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=2", "batch.size=2", "batch.seq_len=128",
-                                  "device=cpu", "device.threads=1", "measure.repeats=3", "tracking=none"))
+    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=2", "model.d_model=256", "model.n_head=4",
+                                  "batch.size=2", "batch.seq_len=128", "device=cpu", "device.threads=1",
+                                  "measure.warmup=1", "measure.repeats=3", "measure.memory_check=false",
+                                  "tracking=none"))
     try:
         result = run_job(spec, {})
     finally:
