@@ -23,7 +23,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.hardware import cpu_model
 from flopsweep.run.job import run_job
 
-HF_DECODER = ["model=qwen2_5_0_5b", "+model.num_hidden_layers=4"]
+HF_DECODER = ["model=llama3_2_1b", "model.num_hidden_layers=2"]
 CONFIGS = {  # name -> overrides: our families, a Hugging Face decoder and a CNN, two batches and lengths, SGD and AdamW
     "gpt2_small b1 s128 adamw": ["model=gpt2_small", "batch.size=1", "batch.seq_len=128"],
     "gpt2_small b4 s256 adamw": ["model=gpt2_small", "batch.size=4", "batch.seq_len=256"],
@@ -34,8 +34,8 @@ CONFIGS = {  # name -> overrides: our families, a Hugging Face decoder and a CNN
     "vit_b16 b8 sgd": ["model=vit_b16", "batch.size=8", "optimizer=sgd"],
     "t5_small b4 s128 adamw": ["model=t5_small", "batch.size=4", "batch.seq_len=128"],
     "t5_small b8 s256 sgd": ["model=t5_small", "batch.size=8", "batch.seq_len=256", "optimizer=sgd"],
-    "qwen2.5 (HF, 4 layers) b2 s128 adamw": [*HF_DECODER, "batch.size=2", "batch.seq_len=128"],
-    "qwen2.5 (HF, 4 layers) b4 s256 sgd": [*HF_DECODER, "batch.size=4", "batch.seq_len=256", "optimizer=sgd"],
+    "llama3.2 1B (HF, 2 layers) b2 s128 adamw": [*HF_DECODER, "batch.size=2", "batch.seq_len=128"],
+    "llama3.2 1B (HF, 2 layers) b4 s256 sgd": [*HF_DECODER, "batch.size=4", "batch.seq_len=256", "optimizer=sgd"],
     "resnet18 (HF CNN) b4 sgd": ["model=resnet18", "batch.size=4", "optimizer=sgd"],
     "resnet18 (HF CNN) b16 adamw": ["model=resnet18", "batch.size=16"],
     "resnet_bk_baseline b4 s512 adamw": ["model=resnet_bk_baseline", "batch.size=4", "batch.seq_len=512"],

@@ -45,7 +45,7 @@ def format_metric(key: str, value: Any) -> str:
         return "-"
     if key.startswith("time/"):
         return seconds(value) if key.endswith("_s") else f"{value:.3g}"
-    if key.endswith("_bytes"):
+    if key.endswith(("_bytes", "_bytes_per_gpu")):
         return size_bytes(value)
     if key in (M.MFU, M.MFU_PREDICTED):
         return f"{100 * value:.1f} %"
