@@ -273,3 +273,17 @@ def test_flopsweep_project_takes_a_meta_jobs_predicted_mfu_when_no_mfu_is_given(
                     cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "predicted for A100" in done.stdout and f"{mfu:.1%}" in done.stdout
+
+
+def test_a_predicted_jobs_run_is_tagged_with_its_profiles_digest(tmp_path):
+    from mlflow import MlflowClient
+
+    from tests.helpers import run_app
+
+    job = run_app("model=gpt2_small", "model.n_layer=1", "batch.size=1", "batch.seq_len=32", "device=meta",
+                  "predict.hardware=H100", "tracking.experiment=predicted", cwd=tmp_path)
+    assert job.returncode == 0, job.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("predicted").experiment_id])
+    assert run.data.tags["flopsweep.calibration"] == default_profile(accelerator("H100")).digest()
+    assert run.data.tags["flopsweep.predicted_for"] == "NVIDIA H100 80GB HBM3"

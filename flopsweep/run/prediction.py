@@ -63,7 +63,7 @@ def prediction_metrics(prediction: Optional[Prediction], timing: Optional[Timing
     m[M.PREDICTED_SHARE_COMPUTE] = shares["compute"]
     m[M.PREDICTED_SHARE_MEMORY] = shares["memory"]
     m[M.PREDICTED_SHARE_LAUNCH] = shares["launch"]
-    if timing is not None and timing.step.median > 0:
+    if timing is not None and timing.method == "full" and timing.step.median > 0:  # per_block leaves out the head
         m[M.TIME_STEP_PREDICTED_RATIO] = prediction.seconds / timing.step.median
     peak = prediction.peak.get(dtype)
     if model_flops and peak and prediction.seconds > 0:

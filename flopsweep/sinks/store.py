@@ -156,6 +156,9 @@ class Store:
                 "flopsweep.job_folder": str(folder), **common_tags(),
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()},
                 "device_name": (result.info.get("timing") or {}).get("device_name") or "",
+                # the calibration profile that predicted its step (its run in experiment 'calibration' has this digest)
+                "flopsweep.calibration": (result.info.get("prediction") or {}).get("digest") or "",
+                "flopsweep.predicted_for": (result.info.get("prediction") or {}).get("part") or "",
                 "flopsweep.name": run_name(config),  # the whole name; the run's own may be the sweep's short one
                 "mlflow.parentRunId": parent_id or "",
                 NOTE_TAG: job_note(result)}
