@@ -176,6 +176,10 @@ def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchS
     layout.check_model(heads=shape.heads, kv_heads=shape.kv_heads, layers=shape.layers, batch_size=batch.size,
                        seq_len=batch.seq_len, experts=shape.experts)
     layout.check_counted(mixed_precision=cfg.dtype.autocast is not None)
+    if node.gpus is not None:
+        require_int(node.gpus, "parallel.gpus")
+        require(layout.world_size == node.gpus, "parallel.gpus", node.gpus, "is the world size a layout search targets "
+                f"(+sweep=layouts): this layout's dp * tp * pp * cp is {layout.world_size}")
     if node.gpus_per_node is not None:
         require_int(node.gpus_per_node, "parallel.gpus_per_node")
         part = accelerator(predict.hardware) if predict.hardware and not predict.hardware.endswith(".json") else None

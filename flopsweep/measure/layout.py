@@ -114,8 +114,10 @@ class Layout:
 @dataclass
 class ParallelConf:
     """The ``parallel`` node of a job's config: a :class:`Layout`'s keys and ``gpus_per_node`` (the GPUs a
-    scale-up domain joins; unset, the part's: 8 for a DGX, 72 for an NVL72). Every key unset runs the job as it is
-    without parallelism; any key set counts the layout rank by rank (the others at their :class:`Layout` default)."""
+    scale-up domain joins; unset, the part's: 8 for a DGX, 72 for an NVL72) and ``gpus`` (the world size a layout
+    search targets, ``+sweep=layouts``; a job with it set must have ``dp * tp * pp * cp`` equal to it). Every key unset
+    runs the job as it is without parallelism; any key set counts the layout rank by rank (the others at their
+    :class:`Layout` default)."""
 
     dp: Optional[int] = None
     tp: Optional[int] = None
@@ -128,6 +130,7 @@ class ParallelConf:
     recompute: Optional[str] = None
     micro_batch_size: Optional[int] = None
     gpus_per_node: Optional[int] = None
+    gpus: Optional[int] = None
 
     @property
     def set(self) -> bool:

@@ -1,0 +1,185 @@
+"""Layouts searched as a sweep (``+sweep=layouts``, docs/parallel.md): every valid layout of ``parallel.gpus`` GPUs
+enumerated (:func:`enumerate_layouts`), those whose states alone exceed the part's memory left out before any job
+runs (:func:`states_lower_bound`), the rest launched as jobs by :class:`LayoutSweeper`; the best printed at the end
+(:func:`ranked_table`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from flopsweep.core import metrics as M
+from flopsweep.core.errors import ConfigError, require, require_int
+from flopsweep.core.hardware import accelerator
+from flopsweep.core.result import Result
+from flopsweep.core.text import format_metric, table
+from flopsweep.measure.layout import RECOMPUTE, Layout
+from flopsweep.sweep._hydra import BasicSweeper
+from flopsweep.sweep.plan import SweepPlan
+from flopsweep.sweep.state import SWEEP_TOTAL_ENV, SWEPT_ENV
+from flopsweep.sweep.sweeper import RecoveringSweeper
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+OPTIMIZER_STATES = {"adamw": 2}  # state tensors per parameter, in the weights' dtype; others: 0 (a lower bound)
+
+
+@dataclass(frozen=True)
+class SearchModel:
+    """What the search needs of one job's model and step."""
+
+    heads: int
+    kv_heads: Optional[int]
+    layers: int
+    params: int                   # the whole model's parameters
+    batch_size: int               # the global batch of a step
+    seq_len: int
+    weight_bytes: int             # bytes a weight (and its gradient) takes: the params dtype
+    optimizer_states: int         # optimizer state tensors per parameter
+    mixed_precision: bool = False
+    experts: Optional[int] = None
+
+
+def factorizations(n: int) -> Iterator[tuple[int, int, int]]:
+    """Every ``(dp, tp, pp)`` with ``dp * tp * pp == n``."""
+    for tp in (d for d in range(1, n + 1) if n % d == 0):
+        for pp in (d for d in range(1, n // tp + 1) if (n // tp) % d == 0):
+            yield n // (tp * pp), tp, pp
+
+
+def enumerate_layouts(gpus: int, model: SearchModel, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8),
+                      recompute: Sequence[str] = RECOMPUTE, zeros: Sequence[int] = (0, 1, 2, 3),
+                      sequence_parallel: bool = False) -> list[Layout]:
+    """Every layout of ``gpus`` GPUs that a job accepts (:meth:`Layout.check_model`, :meth:`Layout.check_counted`):
+    cp and ep stay 1 (not counted yet), vpp 1; ZeRO above 0 only where dp > 1 (with one data-parallel rank there is
+    nothing to shard: the same layout again); ``sequence_parallel`` only where tp > 1. tp > 1 only with FSDP (dp > 1,
+    ZeRO >= 1): without it the rank counter's AdamW step fails today on the tensor-parallel DTensors beside the plain
+    tensors of the replicated norms (``_foreach_mul_ got mixed torch.Tensor and DTensor``)."""
+    found = []
+    for dp, tp, pp in factorizations(gpus):
+        for mbs in micro_batch_sizes:
+            for how in recompute:
+                for zero in (z for z in zeros if (z == 0 or dp > 1) and (tp == 1 or (z >= 1 and dp > 1))):
+                    layout = Layout(dp=dp, tp=tp, pp=pp, zero=zero, recompute=how, micro_batch_size=mbs,
+                                    sequence_parallel=sequence_parallel and tp > 1)
+                    try:
+                        layout.check_model(heads=model.heads, kv_heads=model.kv_heads, layers=model.layers,
+                                           batch_size=model.batch_size, seq_len=model.seq_len, experts=model.experts)
+                        layout.check_counted(model.mixed_precision)
+                    except ConfigError:
+                        continue
+                    found.append(layout)
+    return found
+
+
+def states_lower_bound(layout: Layout, model: SearchModel) -> float:
+    """Bytes the busiest GPU holds at least when the optimizer steps: its weights, their gradients (the same shards
+    and dtype) and the optimizer's state. A tensor-parallel rank holds at least ``1/tp`` of the parameters (norms are
+    replicated, not split), the busiest pipeline stage at least ``1/pp`` (the average), and ZeRO >= 1 (FSDP2) shards
+    all three over dp (padding only adds). Activations, gathered weights and buffers are left out: never more than
+    what a job counts, so a layout over the part's memory by this bound cannot fit."""
+    share = model.params / (layout.tp * layout.pp) / (layout.dp if layout.zero >= 1 else 1)
+    return share * model.weight_bytes * (2 + model.optimizer_states)
+
+
+def search_overrides(layout: Layout) -> list[str]:
+    """A layout as a job's overrides."""
+    keys = ("dp", "tp", "pp", "micro_batch_size", "recompute", "zero", "sequence_parallel")
+    return [f"parallel.{key}={str(getattr(layout, key)).lower()}" for key in keys]
+
+
+def search_model(cfg: Any) -> SearchModel:
+    """The model of a composed job (its ``parallel.*`` layout keys left out), from its resolved spec."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from flopsweep.config.resolve import resolve
+
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    for key in cfg.parallel:
+        if key != "gpus_per_node":
+            cfg.parallel[key] = None
+    spec = resolve(cfg)
+    shape = spec.family.shape(spec.model)
+    require(bool(shape.heads and shape.layers), "parallel.gpus", None,
+            f"searches the layouts of transformer decoders: {spec.model.name or spec.family.name} has no heads")
+    with torch.device("meta"):
+        params = sum(p.numel() for p in spec.family.Model(spec.model).parameters())
+    return SearchModel(shape.heads, shape.kv_heads, shape.layers, params, spec.batch.size, spec.batch.seq_len,
+                       BYTES.get(spec.params_dtype, 1), OPTIMIZER_STATES.get(spec.optimizer.name, 0),
+                       spec.autocast is not None, shape.experts)
+
+
+class LayoutSweeper(RecoveringSweeper):
+    """flopsweep's sweeper whose jobs are, for each job the sweep's values give, every layout of ``parallel.gpus``
+    GPUs that can fit ``predict.hardware``'s memory (``conf/hydra/sweeper/layouts.yaml``)."""
+
+    def __init__(self, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8), recompute: Sequence[str] = RECOMPUTE,
+                 zero: Sequence[int] = (0, 1, 2, 3), top: int = 10, **rest: Any) -> None:
+        super().__init__(**rest)
+        self.micro_batch_sizes, self.recompute, self.zeros, self.top = list(micro_batch_sizes), list(recompute), \
+            list(zero), top
+
+    def split_arguments(self, overrides: Any, max_batch_size: Optional[int]) -> list[list[list[str]]]:
+        jobs = [job for chunk in BasicSweeper.split_arguments(overrides, None) for job in chunk]
+        try:
+            expanded = [job + search_overrides(layout) for job in jobs for layout in self._search(job)]
+        except ConfigError as err:
+            from hydra.errors import HydraException
+
+            raise HydraException(str(err)) from None
+        os.environ[SWEEP_TOTAL_ENV] = str(len(expanded))  # the jobs' progress lines and run names (joblib passes them)
+        os.environ[SWEPT_ENV] = ",".join(SweepPlan(self.config, expanded).varying)
+        size = max_batch_size or max(len(expanded), 1)
+        return [expanded[i:i + size] for i in range(0, len(expanded), size)]
+
+    def _search(self, job: list[str]) -> list[Layout]:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
+        gpus, hardware = cfg.parallel.gpus, cfg.predict.hardware
+        require_int(gpus, "parallel.gpus")
+        require(hardware is not None and accelerator(hardware) is not None, "predict.hardware", hardware,
+                "a layout search needs a part of the hardware table to fit its memory and predict its step")
+        model = search_model(cfg)
+        valid = enumerate_layouts(gpus, model, self.micro_batch_sizes, self.recompute, self.zeros,
+                                  bool(cfg.parallel.sequence_parallel))
+        memory = accelerator(hardware).memory_bytes
+        kept = [layout for layout in valid if states_lower_bound(layout, model) <= memory]
+        print(f"flopsweep: {len(valid)} valid layouts of {gpus} GPUs ({' '.join(job) or 'the command'}); "
+              f"{len(valid) - len(kept)} left out whose weights, gradients and optimizer state alone exceed the "
+              f"{hardware}'s {memory / 1e9:g} GB; {len(kept)} to run", flush=True)
+        require(bool(kept), "parallel.gpus", gpus, f"leaves no layout that can fit the {hardware}'s memory")
+        return kept
+
+    def sweep(self, arguments: list[str]) -> Any:
+        returns = super().sweep(arguments)
+        results = [(p.parent.name, r) for p in Path(str(self.config.hydra.sweep.dir)).glob("*/result.json")
+                   if (r := Result.read_or_none(p)) is not None]
+        print(ranked_table(results, self.top), flush=True)
+        return returns
+
+
+def ranked(results: list[tuple[str, Result]]) -> list[tuple[str, Result]]:
+    """The jobs with a predicted speed, fastest first (tokens/s a GPU)."""
+    speed = M.TOKENS_PER_S_PER_GPU_PREDICTED
+    found = [(job, r) for job, r in results if r.status == "ok" and r.metrics.get(speed) is not None]
+    return sorted(found, key=lambda jr: -jr[1].metrics[speed])
+
+
+def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
+    """The ``top`` layouts by predicted tokens/s a GPU, with the memory a GPU and the bottleneck beside."""
+    best = ranked(results)[:top]
+    rows = []
+    for place, (job, r) in enumerate(best, 1):
+        parallel = r.info.get("parallel") or {}
+        lay = parallel.get("layout") or {}
+        rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}",
+                     str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
+                     format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
+                     format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),
+                     format_metric(M.PARALLEL_MEMORY_PER_GPU, r.metrics.get(M.PARALLEL_MEMORY_PER_GPU)),
+                     str(parallel.get("bottleneck", "-"))])
+    title = f"The {len(best)} fastest of {len(ranked(results))} layouts predicted (tokens/s a GPU):"
+    return title + "\n" + table(["rank", "job", "layout", "micro-batch", "recompute", "zero", "tokens/s/GPU", "MFU",
+                                 "memory/GPU", "bottleneck"], rows)

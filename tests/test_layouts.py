@@ -1,0 +1,101 @@
+"""Layouts searched as a sweep (sweep/layouts.py): the enumeration (every layout's product is the world size, invalid
+ones absent), the states' lower bound against ZeRO's closed form and against what jobs count (it never exceeds a
+job's peak, so it never prunes a layout that fits), and a small real sweep whose console ranks its layouts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flopsweep.core import metrics as M
+from flopsweep.core.result import Result
+from flopsweep.measure.layout import Layout
+from flopsweep.sweep.layouts import SearchModel, enumerate_layouts, factorizations, states_lower_bound
+from tests.helpers import run_app
+from tests.test_parallel_job import SMALL, job
+from tests.test_ranks import decoder_params
+
+TINY = SearchModel(heads=4, kv_heads=2, layers=3, params=1000, batch_size=8, seq_len=32, weight_bytes=4,
+                   optimizer_states=2)
+
+
+@pytest.mark.parametrize("n", [1, 7, 12, 64])
+def test_factorizations_are_every_ordered_triple(n):
+    brute = {(a, b, c) for a in range(1, n + 1) for b in range(1, n + 1) for c in range(1, n + 1) if a * b * c == n}
+    found = list(factorizations(n))
+    assert len(found) == len(set(found)) and set(found) == brute
+
+
+def test_every_layout_has_the_world_size_and_the_invalid_ones_are_absent():
+    found = enumerate_layouts(8, TINY)
+    assert found and all(l.dp * l.tp * l.pp * l.cp * l.ep == 8 for l in found)
+    assert all(l.cp == 1 and l.ep == 1 and l.vpp == 1 for l in found)
+    assert {l.tp for l in found} == {1, 2}          # tp must divide the 2 KV heads
+    assert {l.pp for l in found} == {1, 2}          # pp 4 and 8 leave a stage without one of the 3 layers
+    assert all(8 % (l.dp * l.micro_batch_size) == 0 for l in found)  # dp x micro-batch divides the batch
+    assert all(l.zero == 0 for l in found if l.dp == 1)
+    assert {l.recompute for l in found} == {"none", "selective", "full"} and {l.zero for l in found} == {0, 1, 2, 3}
+    assert Layout(dp=8, micro_batch_size=1) in found and Layout(dp=4, tp=2, zero=3, micro_batch_size=2) in found
+    assert Layout(dp=4, pp=2, micro_batch_size=4) not in found  # 4 x 4 does not divide 8
+    assert len(found) == len(set(found))
+
+
+def test_mixed_precision_leaves_only_sharded_layouts():
+    found = enumerate_layouts(4, SearchModel(**{**TINY.__dict__, "mixed_precision": True}))
+    assert found and all(l.zero >= 1 and l.dp > 1 for l in found)
+
+
+def test_the_bound_is_zeros_16_bytes_a_parameter():
+    """Rajbhandari et al. 2020 (ZeRO), section 5: weights, gradients and Adam's two moments in float32 are 16 bytes a
+    parameter: all of it on each GPU without ZeRO, 1/Nd of it under stage 3; a 70B model needs more than 8 H100s."""
+    seventy = SearchModel(64, 8, 80, 70 * 10**9, 64, 4096, 4, 2)
+    assert states_lower_bound(Layout(dp=8, zero=3), seventy) == 16 * 70e9 / 8
+    assert states_lower_bound(Layout(dp=8, zero=0), seventy) == 16 * 70e9
+    assert states_lower_bound(Layout(dp=2, tp=4, pp=8, zero=1), seventy) == 16 * 70e9 / 64
+
+
+@pytest.mark.parametrize("overrides", [
+    ("parallel.dp=2",), ("parallel.dp=2", "parallel.zero=3"), ("parallel.pp=2",),
+    ("parallel.dp=2", "parallel.tp=2", "parallel.zero=1"),
+    ("parallel.dp=2", "parallel.tp=2", "parallel.pp=2", "parallel.zero=3", "parallel.recompute=full"),
+])
+def test_the_bound_never_exceeds_what_a_job_counts(overrides):
+    """A layout is pruned only if the bound exceeds the part's memory: then the job's counted peak does too."""
+    layers = 2
+    result = job(layers, "batch.size=8", *overrides)
+    layout = Layout(**{k.split(".")[1]: int(v) if v.isdigit() else v for k, v in (o.split("=") for o in overrides)})
+    model = SearchModel(4, 4, layers, decoder_params(layers), 8, 32, 4, 2)
+    bound = states_lower_bound(layout, model)
+    assert 0 < bound <= result.metrics[M.PARALLEL_MEMORY_PER_GPU]
+    assert bound <= result.metrics[M.PARALLEL_STATES_PER_GPU]
+    if layout.tp == layout.pp == 1 and layout.zero == 3:  # not vacuous: FSDP's padding and step counters are small
+        assert bound >= 0.9 * result.metrics[M.PARALLEL_STATES_PER_GPU]
+
+
+def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
+    done = run_app("+sweep=layouts", *SMALL, "model.n_layer=2", "batch.size=4", "parallel.gpus=2",
+                   "predict.hardware=H100", "hydra.sweeper.micro_batch_sizes=[2]", "hydra.sweeper.recompute=[none]",
+                   "hydra.sweeper.zero=[0,3]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "3 to run" in done.stdout  # d2 zero 0, d2 zero 3, p2 (t2 needs FSDP, see enumerate_layouts)
+    lines = done.stdout[done.stdout.index("fastest"):].splitlines()
+    rows = [re.split(r"\s{2,}", line) for line in lines[3:6]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    speeds = []
+    for row in rows:
+        found = list(tmp_path.glob(f"outputs/sweeps/*/*/{row[1]}/result.json"))
+        speeds.append(Result.read(found[0]).metrics[M.TOKENS_PER_S_PER_GPU_PREDICTED])
+    assert speeds == sorted(speeds, reverse=True)
+    assert {row[2] for row in rows} == {"d2 t1 p1", "d1 t1 p2"}
+
+
+def test_a_job_whose_layout_misses_the_searched_world_size_is_refused_by_key():
+    from flopsweep.config.resolve import resolve
+    from flopsweep.core.errors import ConfigError
+    from tests.test_parallel_job import small
+
+    with pytest.raises(ConfigError) as err:
+        resolve(small(2, "batch.size=4", "parallel.dp=2", "parallel.gpus=4"))
+    assert err.value.key == "parallel.gpus" and "\n" not in str(err.value)
+    assert resolve(small(2, "batch.size=4", "parallel.dp=2", "parallel.pp=2", "parallel.gpus=4")).parallel.gpus == 4
