@@ -74,7 +74,14 @@ def test_the_bound_never_exceeds_what_a_job_counts(overrides):
 
 
 def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
-    done = run_app("+sweep=layouts", *SMALL, "model.n_layer=2", "batch.size=4", "parallel.gpus=2",
+    """Three layouts of a tiny decoder on 2 GPUs, each a child run; the console's top list and the MLflow view put the
+    fastest first (by the jobs' own results)."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    local = [o for o in SMALL if not o.startswith("tracking=")]
+    done = run_app("+sweep=layouts", *local, "model.n_layer=2", "batch.size=4", "parallel.gpus=2",
                    "predict.hardware=H100", "hydra.sweeper.micro_batch_sizes=[2]", "hydra.sweeper.recompute=[none]",
                    "hydra.sweeper.zero=[0,3]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -88,6 +95,16 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
         speeds.append(Result.read(found[0]).metrics[M.TOKENS_PER_S_PER_GPU_PREDICTED])
     assert speeds == sorted(speeds, reverse=True)
     assert {row[2] for row in rows} == {"d2 t1 p1", "d1 t1 p2"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("layouts")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 3
+    state = json.loads(json.loads(experiment.tags[f"mlflow.sharedViewState.flopsweep-{parent.info.run_id}"])["state"])
+    assert state["orderByKey"] == f"metrics.`{M.TOKENS_PER_S_PER_GPU_PREDICTED}`" and state["orderByAsc"] is False
+    metrics = [c[len("metrics.`"):-1] for c in state["selectedColumns"] if c.startswith("metrics.")]
+    assert metrics[:3] == [M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_MEMORY_PER_GPU]
 
 
 def test_a_job_whose_layout_misses_the_searched_world_size_is_refused_by_key():

@@ -25,6 +25,8 @@ from flopsweep.sinks.identity import GROUP_NAMES, flatten, run_name
 VIEW_TAG = "mlflow.sharedViewState."
 NOTE_TAG = "mlflow.note.content"  # a run's (or an experiment's) description on its page, in Markdown
 SECTION = "flopsweep-key-figures"  # the chart section of the figures a sweep compares
+# a parallel layout's figures (a layout search, +sweep=layouts), first in its view, fastest layout first
+LAYOUT_FIGURES = (M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_MEMORY_PER_GPU, M.TIME_STEP_PREDICTED)
 OPTIONS = {f"{group}.{field}" for group, field in GROUP_NAMES.items()}  # model.name, dtype.name, ...
 
 
@@ -52,15 +54,20 @@ def varying_params(results: list[Result], most: int = 8) -> list[str]:
 
 def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, str]:
     """The experiment tag (name, value) of a sweep's view: its jobs' runs (:func:`jobs_filter`), the run name and
-    ``flopsweep.name`` tag, the keys that vary, then the figures; in order of the first figure (step FLOPs)."""
+    ``flopsweep.name`` tag, the keys that vary, then the figures; in order of the first figure (step FLOPs); a sweep
+    of parallel layouts by predicted tokens/s a GPU, fastest first, with MFU, memory a GPU and the step beside."""
     metrics = shown_metrics(results)
     order = next((k for k in (M.FLOPS_STEP, M.FLOPS_FORWARD, M.PARAMS) if k in metrics), None)
+    ascending = True
+    if any(r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED) is not None for r in results):  # layouts: fastest first
+        first = [k for k in LAYOUT_FIGURES if any(r.metrics.get(k) is not None for r in results)]
+        metrics, order, ascending = first + [k for k in metrics if k not in first], first[0], False
     columns = ["tags.`flopsweep.name`", *(f"params.`{k}`" for k in varying_params(results)),
                *(f"metrics.`{k}`" for k in metrics)]
     state: dict[str, Any] = {
         "searchFilter": jobs_filter(parent_id, results), "startTime": "ALL",
         "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "orderByKey": f"metrics.`{order}`" if order else "attributes.start_time", "orderByAsc": True,
+        "orderByKey": f"metrics.`{order}`" if order else "attributes.start_time", "orderByAsc": ascending,
         "selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
         "isAccordionReordered": True,  # sections in the order given, the UI's own after them
         # the chart view: the same figures first, a bar per job, in their own section above the UI's own sections
