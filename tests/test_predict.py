@@ -251,6 +251,8 @@ def test_a_compiled_steps_counts_equal_the_eager_steps_and_its_compile_is_timed_
     for key in ("flops/forward", "flops/backward", "flops/optimizer", "flops/forward_elementwise"):
         assert compiled.metrics[key] == eager.metrics[key], key
     assert compiled.metrics["time/compile_s"] > compiled.metrics["time/step_s"]
+    again = run_job(resolve(compose_config(*base, "batch.size=2", "measure.compile=true")), {})
+    assert again.metrics["time/compile_s"] > again.metrics["time/step_s"]  # compiled anew, not a left graph reused
 
 
 def test_a_compiled_step_is_predicted_fused_unless_told():
@@ -287,3 +289,77 @@ def test_a_predicted_jobs_run_is_tagged_with_its_profiles_digest(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("predicted").experiment_id])
     assert run.data.tags["flopsweep.calibration"] == default_profile(accelerator("H100")).digest()
     assert run.data.tags["flopsweep.predicted_for"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_causal_and_full_attention_of_one_shape_are_told_apart_and_a_backward_has_its_keys_length():
+    q = torch.empty(1, 2, 16, 32, device="meta", requires_grad=True)
+    k, v = (torch.empty(1, 2, 64, 32, device="meta", requires_grad=True) for _ in range(2))
+    from flopsweep.measure.meta import MetaLikeCPU
+
+    class Both(torch.nn.Module):
+        def forward(self, q, k, v):
+            return (F.scaled_dot_product_attention(q, k, v) + F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    ).sum()
+
+    with MetaLikeCPU():
+        trace = count_step(Both(), {"q": q, "k": k, "v": v}, None).trace
+    dims = sorted((s.kind, s.dims) for s in trace.sigs if "attention" in s.kind)
+    assert dims == [("attention", (2, 16, 64, 32, 0)), ("attention", (2, 16, 64, 32, 1)),
+                    ("attention_backward", (2, 16, 64, 32, 0)), ("attention_backward", (2, 16, 64, 32, 1))]
+
+
+def test_counting_half_the_causal_pairs_does_not_halve_the_predicted_time():
+    overrides = ["model=gpt2_small", "model.n_layer=2", "batch.size=2", "batch.seq_len=512", "device=meta",
+                 "predict.hardware=H100", "tracking=none"]
+    full, half = (run_job(resolve(compose_config(*overrides, f"measure.causal_attention={c}")), {})
+                  for c in ("full", "half"))
+    assert half.metrics["flops/forward"] < full.metrics["flops/forward"]
+    assert half.metrics["time/step_predicted_s"] == pytest.approx(full.metrics["time/step_predicted_s"], rel=1e-9)
+
+
+def test_only_a_misaligned_width_takes_the_unaligned_curve():
+    cal = flat_profile("cuda")
+    cal.matmul_unaligned = {"float32": [[m, k, n, 10 * t] for m, k, n, t in cal.matmul["float32"]]}  # 10x slower
+    model = TimeModel(cal)
+
+    def seconds(m, k, n):
+        trace = counted(torch.mm, torch.empty(m, k, device="meta"), torch.empty(k, n, device="meta"))
+        return model.body(trace.sigs[0])[0]
+
+    assert seconds(1001, 256, 256) == pytest.approx(seconds(1000, 256, 256) * 1001 / 1000, rel=1e-3)  # rows: aligned
+    assert seconds(1000, 256, 257) > 5 * seconds(1000, 256, 256)
+    transposed = counted(torch.mm, torch.empty(64, 257, device="meta").t(), torch.empty(64, 256, device="meta"))
+    assert not transposed.sigs[-1].aligned  # M = 257 from a transposed operand: its rows are 257 apart in memory
+    assert TimeModel(cal, fused=True).body(counted(torch.mm, torch.empty(8, 256, device="meta"),
+                                                   torch.empty(256, 257, device="meta")).sigs[0])[0] < \
+        seconds(8, 256, 257)  # compiled code pads it
+
+
+def test_a_malformed_profile_is_refused_naming_the_key_and_never_loses_a_jobs_count(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 1, "part": "x", "device": "cpu", "memory": []}))
+    with pytest.raises(ConfigError, match="predict.hardware.*memory points"):
+        resolve(compose_config("model=gpt2_small", "device=meta", f"predict.hardware={bad}"))
+
+
+def test_the_compiled_fused_prediction_leaves_the_optimizer_eager():
+    trace = tiny_gpt_trace()
+    eager, fused = predict(trace, flat_profile()), predict(trace, flat_profile(), fused=True)
+    assert fused.phases["optimizer"] == eager.phases["optimizer"]
+    assert fused.phases["forward"].seconds < eager.phases["forward"].seconds
+
+
+@pytest.mark.parametrize("overrides", [["measure.timing=per_block"], ["train=generate", "generate.new_tokens=4"]])
+def test_measure_compile_is_refused_where_it_would_be_ignored(overrides):
+    with pytest.raises(ConfigError, match="measure.compile"):
+        resolve(compose_config("model=gpt2_small", "batch.seq_len=64", "device=meta", "measure.compile=true",
+                               *overrides))
+
+
+def test_a_prediction_for_another_part_is_not_compared_with_the_cpus_timing():
+    spec = resolve(compose_config("model=gpt2_small", "model.n_layer=1", "model.d_model=64", "model.n_head=2",
+                                  "batch.size=1", "batch.seq_len=16", "device=cpu", "measure.repeats=2",
+                                  "predict.hardware=H100", "tracking=none"))
+    result = run_job(spec, {})
+    assert result.metrics["time/step_predicted_s"] > 0 and "time/step_predicted_ratio" not in result.metrics
+    assert result.info["prediction"]["of_timed_device"] is False

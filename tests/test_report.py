@@ -18,8 +18,15 @@ PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png
 def test_report_of_a_timed_sweep(tmp_path):
     from flopsweep.measure.calibrate import calibrate
 
-    profiles = tmp_path / "calibration"  # the CPU calibrated (coarsely), so that the timed jobs are predicted too
-    calibrate("cpu", quick=True).save(profiles / "cpu.json")
+    import torch
+
+    profiles = tmp_path / "calibration"  # the CPU calibrated (coarsely, on the jobs' one thread): they are predicted
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        calibrate("cpu", quick=True).save(profiles / "cpu.json")
+    finally:
+        torch.set_num_threads(threads)
     sweep = run_app("-m", "model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
                     "model.vocab_size=500", "batch.size=1,2", "batch.seq_len=16,32", "dtype=float32,bfloat16",
                     "device=cpu", "device.threads=1", "device.peak_tflops=0.5", "measure.warmup=1",

@@ -208,9 +208,9 @@ def _mfu(df, out: Path, label: str) -> str:
 
 
 def _predicted(df, out: Path, label: str) -> str:
-    both = [k for k in (M.TIME_STEP, M.TIME_STEP_PREDICTED) if k in df]
-    if len(both) < 2 or df.dropna(subset=both).empty:
-        return "no run both timed and predicted (flopsweep-calibrate, then timed runs on that part)"
+    both = [k for k in (M.TIME_STEP, M.TIME_STEP_PREDICTED, M.TIME_STEP_PREDICTED_RATIO) if k in df]
+    if len(both) < 3 or df.dropna(subset=both).empty:  # a ratio only where the prediction is of the device timed
+        return "no run both timed and predicted for its own device (flopsweep-calibrate, then timed runs on it)"
     runs = df.dropna(subset=both)
     fig, ax = _figure("Predicted against measured step time", "measured step (s)", "predicted step (s)", label)
     ax.set_xscale("log")

@@ -2,8 +2,8 @@
 bandwidth over sizes, launch costs) and keep the profile where later jobs on this machine find it, to predict a
 step's time from its counted ops; logged to MLflow too.
 
-    flopsweep-calibrate --device cpu        # about 2 minutes on 2 cores
-    flopsweep-calibrate --device cuda       # under a minute on a GPU
+    flopsweep-calibrate --device cpu        # 20 to 35 s on 2 cores
+    flopsweep-calibrate --device cuda       # a minute on an H100
 
 A job timed on this part then records ``time/step_predicted_s`` beside its measured median; a ``device=meta`` job
 predicts for any part with ``predict.hardware=<part or profile.json>``.

@@ -14,8 +14,9 @@ from flopsweep.build import optimizers
 from flopsweep.build.spec import MAX_BATCH, JobSpec
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
-from flopsweep.core.errors import is_number, require, require_int
+from flopsweep.core.errors import ConfigError, is_number, one_line, require, require_int
 from flopsweep.core.hardware import accelerator, names as hardware_names
+from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models import family as family_of
@@ -37,6 +38,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     train = _train(cfg.train, family, cfg.dtype.params)
     generate = _generate(cfg.generate, train, family, model, batch)
     measure = _measure(cfg.measure)
+    require(not (measure.compile and TRAIN_MODES[train.mode].generates), "measure.compile", True,
+            "times a training step: a generation (train=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
     budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
     parallel = _parallel(cfg, family, model, batch, device, train, predict)
@@ -147,6 +150,11 @@ def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
                 "no such calibration profile (flopsweep-calibrate writes one)")
         require(is_file or accelerator(hardware) is not None, "predict.hardware", hardware,
                 f"is not a part of the hardware table ({', '.join(hardware_names())}) nor a profile file (.json)")
+        if is_file:
+            try:
+                Calibration.load(Path(hardware))
+            except (OSError, ValueError, TypeError) as err:  # JSONDecodeError is a ValueError
+                raise ConfigError("predict.hardware", hardware, one_line(err, 200)) from None
         predict.hardware = hardware
     require(predict.fused is None or isinstance(predict.fused, bool), "predict.fused", predict.fused,
             "must be true or false")
@@ -201,6 +209,9 @@ def _measure(node: DictConfig) -> MeasureConf:
     require(measure.timing in ("full", "per_block"), "measure.timing", measure.timing, "must be full or per_block")
     require(measure.causal_attention in ("full", "half"), "measure.causal_attention", measure.causal_attention,
             "must be full or half")
+    require(isinstance(measure.compile, bool), "measure.compile", measure.compile, "must be true or false")
+    require(not measure.compile or measure.timing == "full", "measure.compile", True,
+            "times the whole compiled step: not with measure.timing=per_block")
     return measure
 
 

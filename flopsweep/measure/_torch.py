@@ -174,3 +174,11 @@ def decomposes(func: Any) -> bool:
     """Whether an op is a composite that runs as other ops (``aten.flatten``, ``aten.where.ScalarOther``): below
     autograd (inside DTensor's dispatch) such an op reaches a dispatch mode before its pieces do."""
     return func.has_kernel_for_dispatch_key(torch._C.DispatchKey.CompositeImplicitAutograd)
+
+
+def reset_compiler() -> None:
+    """Forget every graph ``torch.compile`` made in this process (so that a job compiles its own model anew, not a
+    dynamic-shape graph an earlier job of another batch left)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()

@@ -167,7 +167,7 @@ class Calibration:
     def memory_time(self, moved: float, allocated: float = 0.0, inplace: bool = False) -> float:
         """Seconds of a memory-bound body moving ``moved`` bytes and making ``allocated`` bytes of new outputs: where
         both adds were measured, moved in place plus the new pages; else the add's curve (new output, or in place)."""
-        allocation = self.allocation_curve()
+        allocation = self.allocation_curve() if self.device == "cpu" else None  # a GPU's allocator keeps its blocks
         if allocation is None:
             return self.memory_curve(inplace)(moved) if moved else 0.0
         return (self.memory_curve(True)(moved) if moved else 0.0) + (allocation(allocated) if allocated else 0.0)
@@ -212,6 +212,8 @@ class Calibration:
             self, memory=[[b, faster(t, bandwidth)] for b, t in self.memory],
             memory_inplace=[[b, faster(t, bandwidth)] for b, t in self.memory_inplace],
             matmul={d: [[m, k, n, faster(t, compute)] for m, k, n, t in rows] for d, rows in self.matmul.items()},
+            matmul_unaligned={d: [[m, k, n, faster(t, compute)] for m, k, n, t in rows]
+                              for d, rows in self.matmul_unaligned.items()},
             attention={d: [[*r[:5], faster(r[5], compute), faster(r[6], compute)] for r in rows]
                        for d, rows in self.attention.items()},
             peak={d: p * compute for d, p in self.peak.items()})
@@ -229,8 +231,12 @@ class Calibration:
         if data.get("version") != VERSION:
             raise ValueError(f"calibration profile version {data.get('version')!r}, this flopsweep reads {VERSION}: "
                              f"run flopsweep-calibrate again")
+        if not isinstance(data, dict) or "part" not in data or "device" not in data:
+            raise ValueError("not a calibration profile: part and device missing")
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        cal = cls(**{k: v for k, v in data.items() if k in known})
+        _check(cal)
+        return cal
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +248,26 @@ class Calibration:
     @classmethod
     def load(cls, path: Path) -> "Calibration":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _check(cal: Calibration) -> None:
+    """A profile that can predict: a part and a device, memory points and matmul points of four numbers each, and
+    launch costs that are numbers; else a ValueError saying what is missing."""
+    def number_rows(rows: Any, width: int) -> bool:
+        return isinstance(rows, list) and bool(rows) and all(
+            isinstance(r, list) and len(r) == width and all(isinstance(v, (int, float)) for v in r) for r in rows)
+
+    problems = [what for what, ok in (
+        ("part", isinstance(cal.part, str) and cal.part),
+        ("device (cpu or cuda)", cal.device in ("cpu", "cuda")),
+        ("memory points (bytes, seconds)", number_rows(cal.memory, 2)),
+        ("matmul points (M, K, N, seconds)", isinstance(cal.matmul, dict) and cal.matmul and all(
+            number_rows(rows, 4) for rows in cal.matmul.values())),
+        ("launch costs", all(isinstance(getattr(cal, k), (int, float)) for k in ("launch_s", "launch_backward_s",
+                                                                                  "view_s", "module_s"))),
+    ) if not ok]
+    if problems:
+        raise ValueError(f"not a calibration profile: {', '.join(problems)} missing or malformed")
 
 
 def _fitted(cal: Calibration, key: tuple, make) -> Any:

@@ -47,6 +47,7 @@ class OpSig:
     tensors: int = 1
     inplace: bool = False  # writes into its first argument: no new output to allocate
     allocated: int = 0     # bytes of the new outputs it makes
+    aligned: bool = True   # a matmul whose operands' and output's rows all start at a multiple of 8 elements
 
 
 @dataclass
@@ -59,7 +60,8 @@ class OpTrace:
     _index: dict[tuple, int] = field(default_factory=dict, repr=False)
 
     def add(self, phase: str, func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpCost]) -> None:
-        key = (func, cost, _shapes(args), _shapes(kwargs.values()), _shapes((out,)))
+        key = (func, cost, _shapes(args), _shapes(kwargs.values()), _shapes((out,)),
+               _flags(args, kwargs) if func.overloadpacket in ATTENTION_ALL else None)
         index = self._index.get(key)
         if index is None:
             index = self._index[key] = len(self.sigs)
@@ -94,6 +96,12 @@ def _shapes(values) -> tuple:
     return tuple(out)
 
 
+def _flags(args: tuple, kwargs: dict) -> tuple:
+    """An attention call's plain arguments (its mask flag above all): two calls of one shape may differ by them."""
+    return tuple(a for a in args if isinstance(a, (bool, int, float))) + tuple(sorted(
+        (k, v) for k, v in kwargs.items() if isinstance(v, (bool, int, float))))
+
+
 def _tensors(values) -> list[torch.Tensor]:
     out = []
     for v in values:
@@ -120,6 +128,7 @@ MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._grouped_mm, ate
 ATTENTION_OPS = {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
                  aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention}
 ATTENTION_BACKWARD_OPS = {getattr(aten, f"{op.__name__}_backward") for op in ATTENTION_OPS}
+ATTENTION_ALL = ATTENTION_OPS | ATTENTION_BACKWARD_OPS
 VIEW_OPS = {aten._unsafe_view, aten._reshape_alias, aten.lift_fresh, aten.empty, aten.empty_like, aten.empty_strided,
             aten.new_empty, aten.new_empty_strided, aten._local_scalar_dense, aten.detach, aten.alias,
             aten._fused_sdp_choice}
@@ -134,10 +143,10 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
     name = str(packet)
     if packet in MATMUL_OPS:
         return OpSig(name, MATMUL, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype,
-                     _matmul_dims(packet, args, out))
+                     _matmul_dims(packet, args, out), aligned=all(_rows_aligned(t) for t in ins + outs))
     if packet in ATTENTION_OPS or packet in ATTENTION_BACKWARD_OPS:
-        q, k = args[0], args[1]
         kind = ATTENTION if packet in ATTENTION_OPS else ATTENTION_BACKWARD
+        q, k = (args[0], args[1]) if kind == ATTENTION else (args[1], args[2])  # a backward's first is grad_out
         causal = bool(kwargs.get("is_causal", _causal_arg(func, args)))
         dims = (math.prod(q.shape[:-2]), q.shape[-2], k.shape[-2], q.shape[-1], int(causal))
         return OpSig(name, kind, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype, dims)
@@ -148,7 +157,7 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
     elif packet in GATHER_OPS:
         moved = 2 * sum(map(_bytes, outs)) + sum(_bytes(t) for t in ins if not t.is_floating_point())
     elif packet is aten.copy_:
-        moved = 2 * _bytes(args[1])
+        moved = _bytes(args[0]) + _bytes(args[1])  # written, read (a broadcast source read once)
     else:
         moved = sum(map(_bytes, ins + outs))
         if not outs and _mutates(func):  # an in-place op returning nothing (_foreach_*_): its first argument written
@@ -157,6 +166,14 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
     inplace = _mutates(func)
     return OpSig(name, MEMORY, matmul, elementwise, moved, dtype, (), tensors, inplace,
                  0 if inplace else sum(map(_bytes, outs)))
+
+
+def _rows_aligned(t: torch.Tensor) -> bool:
+    """Whether a matrix's leading dimension (its larger stride) is a multiple of 8 elements, as 16-bit tensor cores
+    want; a vector or a scalar (a bias) always is."""
+    if t.dim() < 2:
+        return True
+    return max(t.stride()[-2:]) % 8 == 0
 
 
 def _mutates(func: Any) -> bool:

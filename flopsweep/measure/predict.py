@@ -96,18 +96,20 @@ class TimeModel:
             groups, m, k, n = sig.dims
             dtype = self.dtype(sig.dtype)
             curve = self.cal.matmul_curve(dtype) if dtype else None
-            if not self.fused and dtype in self.cal.matmul_unaligned and (m % 8 or k % 8 or n % 8):
+            if not self.fused and dtype in self.cal.matmul_unaligned and not sig.aligned:
                 curve = self.cal.matmul_curve(dtype, aligned=False) or curve
             return (sig.matmul / curve(groups * m, k, n) if curve else 0.0), memory
         if sig.kind in (ATTENTION, ATTENTION_BACKWARD) and sig.matmul:
             bh, sq, sk, d, causal = sig.dims
-            dtype = self.dtype(sig.dtype)
-            curve = self.cal.attention_curve(dtype, bool(causal), sig.kind == ATTENTION_BACKWARD) if dtype else None
+            backward = sig.kind == ATTENTION_BACKWARD
+            flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the curves' convention: the full Sq x Sk, whatever
+            dtype = self.dtype(sig.dtype)                         # measure.causal_attention counted
+            curve = self.cal.attention_curve(dtype, bool(causal), backward) if dtype else None
             if curve is None:
                 curve = self.cal.matmul_curve(dtype) if dtype else None
                 self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
-                return (sig.matmul / curve(bh * sq, d, sk) if curve else 0.0), memory
-            return sig.matmul / curve(bh, sq, sk, d), memory
+                return (flops / curve(bh * sq, d, sk) if curve else 0.0), memory
+            return flops / curve(bh, sq, sk, d), memory
         memory = self.cal.memory_time(sig.bytes, sig.allocated, sig.inplace)
         return 0.0, memory * self.cal.memory_factors.get(sig.op, 1.0)
 
@@ -122,9 +124,10 @@ def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: 
         if phase == "optimizer":
             ops = [sig for sig in ops if sig.op not in STATE_FILLS]
         launch = cal.launch_backward_s if phase == "backward" and cal.launch_backward_s else cal.launch_s
-        kernels = list(_fused(ops, model) if fused else _eager(ops, model, launch, cal, on_gpu))
+        compiled = fused and phase != "optimizer"  # torch.compile compiles the model, not the optimizer's step
+        kernels = list(_fused(ops, model) if compiled else _eager(ops, model, launch, cal, on_gpu))
         calls = trace.module_calls.get(phase, 0)
-        if calls and kernels and not fused:  # the modules' own Python, spread over the phase's ops
+        if calls and kernels and not compiled:  # the modules' own Python, spread over the phase's ops
             each = calls * cal.module_s / len(kernels)
             kernels = [(host + each, c, m) for host, c, m in kernels]
         phases[phase] = (_device_queue if on_gpu else _serial)(kernels, cal)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.hardware import cpu_model
+from flopsweep.measure._torch import reset_compiler
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def compiled(model: nn.Module, inputs: dict[str, torch.Tensor], autocast: Callab
     """``model`` under ``torch.compile`` (its forward, and so its backward), and the seconds its first step took:
     the compile, timed apart from the steps after it. A model that does not compile raises here."""
     clock = Clock(device)
+    reset_compiler()
     model_c = torch.compile(model)
     clock.sync()
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import one_line
 from flopsweep.core.hardware import accelerator
+from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.count import StepCount
 from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.predict import Prediction, predict
@@ -33,22 +34,32 @@ def predict_step(spec: JobSpec, count: Optional[StepCount],
         if cal is None:
             return None, {"error": origin}
         prediction = predict(count.trace, cal, fused=bool(spec.predict.fused), autocast=spec.autocast)
-    except (OSError, ValueError, KeyError) as err:  # an unreadable profile: the job's measurements stand
+    except Exception as err:  # noqa: BLE001 - whatever a profile holds, the job's measurements stand
         return None, {"error": f"not predicted: {one_line(err, 300)}"}
+    notes = list(prediction.notes)
+    if spec.device == "meta" and spec.autocast is not None:
+        notes.append("counted on meta, which has no autocast: the matmuls are predicted in "
+                     f"{spec.autocast}, the activations' bytes at float32 and autocast's weight casts left out")
+    compared = timing is not None and _same_part(cal, timing)
+    if compared and cal.device == "cpu" and cal.threads not in (None, timing.threads):
+        notes.append(f"calibrated on {cal.threads} threads, timed on {timing.threads}: not compared")
+        compared = False
     info = {"part": cal.part, "profile": origin, "digest": prediction.digest, "default": prediction.default,
-            "fused": prediction.fused, "bound": prediction.bound(), "notes": list(prediction.notes),
-            "of_timed_device": timing is not None and _same_part(hardware, timing)}
+            "fused": prediction.fused, "bound": prediction.bound(), "notes": notes, "of_timed_device": compared}
     if cal.date:
         info["calibrated"] = cal.date
     return prediction, info
 
 
-def _same_part(hardware: Optional[str], timing: TimingRecord) -> bool:
-    """Whether a prediction is of the device the job timed (so that the two compare): no part given, a profile file
-    (the user's word), or the part the timed GPU is."""
-    if hardware is None or hardware.endswith(".json"):
+def _same_part(cal: Calibration, timing: TimingRecord) -> bool:
+    """Whether a profile is of the device the job timed (so that the two compare): its part is the timed device's name,
+    or, for a GPU, the same row of the hardware table."""
+    gpu = timing.device.startswith("cuda")
+    if (cal.device == "cuda") != gpu:
+        return False
+    if cal.part == timing.device_name:
         return True
-    return timing.device.startswith("cuda") and accelerator(hardware) is accelerator(timing.device_name)
+    return gpu and accelerator(cal.part) is not None and accelerator(cal.part) is accelerator(timing.device_name)
 
 
 def prediction_metrics(prediction: Optional[Prediction], timing: Optional[TimingRecord], model_flops: Optional[int],
