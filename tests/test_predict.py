@@ -15,7 +15,8 @@ from flopsweep.cli.calibrate import main as calibrate_main
 from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.measure.calibrate import calibrate
-from flopsweep.measure.calibration import Calibration, Grid, find_profile, profile_path
+from flopsweep.measure.calibration import Calibration, find_profile, profile_path
+from flopsweep.measure.curves import Grid
 from flopsweep.measure.count import count_call, count_step
 from flopsweep.measure.defaults import default_profile
 from flopsweep.core.hardware import accelerator

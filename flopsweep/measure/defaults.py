@@ -3,11 +3,12 @@ measurements (each source named in the profile), and marked ``default``; and the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from flopsweep.core.hardware import Accelerator, accelerator
-from flopsweep.measure.calibration import Calibration, Saturating, find_profile, profile_dir
+from flopsweep.measure.calibration import Calibration, find_profile, profile_dir
 
 # A matmul's share of the dense peak, from LLMCompass's measured A100 GEMMs (M x 12288 x 12288: 92 % of peak at
 # M = 8192, 83 % at 1024, 33 % at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2 %.
@@ -26,6 +27,21 @@ DEFAULT_SOURCES = {
     "launch": "measured on the H100 machine lent to flopsweep (its host's CPU): calibrate the part to replace it",
 }
 GRID = (16, 64, 256, 1024, 4096, 16384)
+
+
+@dataclass(frozen=True)
+class Saturating:
+    """``peak * prod(x_i / (x_i + c_i))``: a throughput that grows with each dimension and saturates at ``peak`` (the
+    shape of the default profiles' curves, :mod:`flopsweep.measure.defaults`)."""
+
+    peak: float
+    knees: tuple[float, ...]
+
+    def __call__(self, *xs: float) -> float:
+        value = self.peak
+        for x, c in zip(xs, self.knees):
+            value *= x / (x + c)
+        return value
 
 
 # parts calibrated on a GPU lent to this project (benchmarks/gpu/run.sh), shipped as data; a part beside one of them with
