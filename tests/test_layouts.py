@@ -74,7 +74,7 @@ def test_the_bound_never_exceeds_what_a_job_counts(overrides):
 
 
 def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
-    """Three layouts of a tiny decoder on 2 GPUs, each a child run; the console's top list and the MLflow view put the
+    """Four layouts of a tiny decoder on 2 GPUs, each a child run; the console's top list and the MLflow view put the
     fastest first (by the jobs' own results)."""
     import json
 
@@ -85,22 +85,22 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
                    "predict.hardware=H100", "hydra.sweeper.micro_batch_sizes=[2]", "hydra.sweeper.recompute=[none]",
                    "hydra.sweeper.zero=[0,3]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "3 to run" in done.stdout  # d2 zero 0, d2 zero 3, p2 (t2 needs FSDP, see enumerate_layouts)
+    assert "4 to run" in done.stdout  # d2 zero 0, d2 zero 3, t2, p2
     lines = done.stdout[done.stdout.index("fastest"):].splitlines()
-    rows = [re.split(r"\s{2,}", line) for line in lines[3:6]]
-    assert [r[0] for r in rows] == ["1", "2", "3"]
+    rows = [re.split(r"\s{2,}", line) for line in lines[3:7]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4"]
     speeds = []
     for row in rows:
         found = list(tmp_path.glob(f"outputs/sweeps/*/*/{row[1]}/result.json"))
         speeds.append(Result.read(found[0]).metrics[M.TOKENS_PER_S_PER_GPU_PREDICTED])
     assert speeds == sorted(speeds, reverse=True)
-    assert {row[2] for row in rows} == {"d2 t1 p1", "d1 t1 p2"}
+    assert {row[2] for row in rows} == {"d2 t1 p1", "d1 t2 p1", "d1 t1 p2"}
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("layouts")
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 3
+    assert len(children) == 4
     state = json.loads(json.loads(experiment.tags[f"mlflow.sharedViewState.flopsweep-{parent.info.run_id}"])["state"])
     assert state["orderByKey"] == f"metrics.`{M.TOKENS_PER_S_PER_GPU_PREDICTED}`" and state["orderByAsc"] is False
     metrics = [c[len("metrics.`"):-1] for c in state["selectedColumns"] if c.startswith("metrics.")]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor.parallel import loss_parallel
@@ -129,8 +130,16 @@ class Workload:
         return self.compute_dtype or self.dtype
 
 
+def param_groups(params: Any) -> list[dict[str, Any]]:
+    """A rank's parameters as optimizer groups: DTensors (tensor-parallel shards) and plain tensors (what no plan
+    touched) apart, since a foreach update cannot mix the two (``_foreach_mul_ got mixed torch.Tensor and DTensor``)."""
+    params = list(params)
+    groups = [[p for p in params if isinstance(p, DTensor)], [p for p in params if not isinstance(p, DTensor)]]
+    return [{"params": group} for group in groups if group]
+
+
 def adamw(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params)
+    return torch.optim.AdamW(param_groups(params))
 
 
 def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,

@@ -18,7 +18,7 @@ from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.layout import Layout
 from flopsweep.measure.predict import predict
 from flopsweep.measure.rank_time import StepTime, step_bytes, step_time
-from flopsweep.measure.ranks import LayoutCount, Workload, count_layout
+from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, param_groups
 from flopsweep.run.assemble import job_info
 
 
@@ -28,7 +28,7 @@ def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
     work = Workload(spec.batch.size, spec.batch.seq_len, DTYPES[spec.params_dtype],
                     DTYPES[spec.autocast] if spec.autocast else None, spec.measure.causal_attention == "half")
     count = count_layout(lambda: spec.family.Model(spec.model), layout, work,
-                         lambda params: make_optimizer(spec.optimizer, list(params)))
+                         lambda params: make_optimizer(spec.optimizer, param_groups(params)))
     metrics = layout_metrics(count)
     info = {**job_info(spec, None), "parallel": layout_info(count)}
     step, prediction_info = _predicted(spec, count)

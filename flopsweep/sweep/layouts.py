@@ -53,14 +53,12 @@ def enumerate_layouts(gpus: int, model: SearchModel, micro_batch_sizes: Sequence
                       sequence_parallel: bool = False) -> list[Layout]:
     """Every layout of ``gpus`` GPUs that a job accepts (:meth:`Layout.check_model`, :meth:`Layout.check_counted`):
     cp and ep stay 1 (not counted yet), vpp 1; ZeRO above 0 only where dp > 1 (with one data-parallel rank there is
-    nothing to shard: the same layout again); ``sequence_parallel`` only where tp > 1. tp > 1 only with FSDP (dp > 1,
-    ZeRO >= 1): without it the rank counter's AdamW step fails today on the tensor-parallel DTensors beside the plain
-    tensors of the replicated norms (``_foreach_mul_ got mixed torch.Tensor and DTensor``)."""
+    nothing to shard: the same layout again); ``sequence_parallel`` only where tp > 1."""
     found = []
     for dp, tp, pp in factorizations(gpus):
         for mbs in micro_batch_sizes:
             for how in recompute:
-                for zero in (z for z in zeros if (z == 0 or dp > 1) and (tp == 1 or (z >= 1 and dp > 1))):
+                for zero in (z for z in zeros if z == 0 or dp > 1):
                     layout = Layout(dp=dp, tp=tp, pp=pp, zero=zero, recompute=how, micro_batch_size=mbs,
                                     sequence_parallel=sequence_parallel and tp > 1)
                     try:
