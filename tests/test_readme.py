@@ -38,6 +38,11 @@ def jobs_of(args: list[str]) -> list[list[str]]:
     params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
     params.update(o.split("=", 1) for o in swept)
     fixed = [o for o in overrides if o not in swept]
+    if cfg.hydra.sweeper.get("_target_", "").endswith("LayoutSweeper"):  # its jobs: the layouts it enumerates
+        from flopsweep.sweep.layouts import enumerate_layouts, search_model, search_overrides
+
+        layouts = enumerate_layouts(cfg.parallel.gpus, search_model(cfg))
+        return [[*fixed, *search_overrides(layout)] for layout in (layouts[0], layouts[-1])]
     keys = list(params)
     return [[*fixed, *(f"{k}={v}" for k, v in zip(keys, values))]
             for values in itertools.product(*(str(params[k]).split(",") for k in keys))]

@@ -30,6 +30,15 @@ def test_the_presets_the_docs_promise_exist():
 def test_every_swept_value_resolves(name):
     cfg = compose_preset(name)
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.tracking.experiment == name
+    if cfg.hydra.sweeper.get("params") is None:  # the layout search: its jobs are the layouts it enumerates
+        from flopsweep.sweep.layouts import enumerate_layouts, search_model, search_overrides
+
+        chosen = ["parallel.gpus=4", "predict.hardware=H100", "batch.size=8"]
+        layouts = enumerate_layouts(4, search_model(compose_preset(name, *chosen)))
+        assert layouts
+        for layout in layouts:
+            resolve(compose_preset(name, *chosen, *search_overrides(layout)))
+        return
     params = {key: str(values).split(",") for key, values in cfg.hydra.sweeper.params.items()}
     for key, values in params.items():
         for value in values:
