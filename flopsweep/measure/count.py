@@ -54,6 +54,11 @@ class StepCount:
     causal_half: bool
     trace: OpTrace = field(default_factory=OpTrace)  # every op in the order it ran, with its cost inputs
 
+    @property
+    def model_flops(self) -> int:
+        """Matmul-class FLOPs of forward and backward: the MFU numerator (PaLM's model FLOPs)."""
+        return self.forward.matmul + (self.backward.matmul if self.backward else 0)
+
     def phases(self) -> dict[str, PhaseCount]:
         return {name: count for name, count in zip(PHASES, (self.forward, self.backward, self.optimizer))
                 if count is not None}

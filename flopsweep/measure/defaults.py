@@ -14,13 +14,6 @@ from flopsweep.measure.calibration import Calibration, find_profile, profile_dir
 # M = 8192, 83 % at 1024, 33 % at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2 %.
 MATMUL_SHARE, MATMUL_KNEE = 0.93, 115.0
 MEMORY_SHARE = 0.85             # of the datasheet's bandwidth, for large transfers (STREAM-like copies on HBM)
-# host costs as flopsweep-calibrate measured them on the H100 machine lent to this project (2026-12-06): they are the
-# host's (its CPU, driver and PyTorch), not the GPU's, so any part gets them until its own machine is calibrated
-LAUNCH_S = 7.9e-6               # an eager op issued from Python (PyTorch's dispatcher and a CUDA launch)
-LAUNCH_BACKWARD_S = 20.5e-6     # one the autograd engine issues
-VIEW_S = 1.4e-6
-MODULE_S = 1.7e-6               # an nn.Module call's own machinery
-KERNEL_S = 1.0e-6               # the least a kernel takes on the device (a CUDA graph's replay)
 DEFAULT_SOURCES = {
     "matmul": "LLMCompass, measured A100 GEMMs (ae/figure5/ab/real_hardware/matmul_A100.csv), as shares of peak",
     "memory": f"{MEMORY_SHARE:.0%} of the datasheet bandwidth",
@@ -70,19 +63,20 @@ def default_profile(acc: Accelerator) -> Calibration:
 
 def _from_table(acc: Accelerator) -> Calibration:
     """A profile of ``acc`` from its table row and the published shapes of efficiency (no measurement here)."""
+    # the host's costs (its CPU, driver and PyTorch, not the GPU's) as measured on the H100 machine lent to flopsweep
+    host = Calibration.load(DATA / MEASURED["H100"])
     cal = Calibration(part=acc.name, device="cuda", default=True, sources={**DEFAULT_SOURCES, "peak": acc.source},
-                      peak={d: acc.peak(d) for d in acc.peak_tflops if acc.peak(d)},
-                      launch_s=LAUNCH_S, launch_backward_s=LAUNCH_BACKWARD_S, view_s=VIEW_S, module_s=MODULE_S,
-                      graph_launch_s=KERNEL_S)
+                      peak={d: acc.peak(d) for d in acc.peak_tflops if acc.peak(d)}, graph_timed=True,
+                      launch_s=host.launch_s, launch_backward_s=host.launch_backward_s, view_s=host.view_s,
+                      module_s=host.module_s, graph_launch_s=host.graph_launch_s)
     for dtype in ("float32", "bfloat16", "float16", "fp8"):
         peak = acc.peak(dtype)
         if peak is None:
             continue
         curve = Saturating(MATMUL_SHARE * peak, (MATMUL_KNEE,) * 3)
-        cal.matmul[dtype] = [[m, k, n, LAUNCH_S + 2 * m * k * n / curve(m, k, n)]
-                             for m in GRID for k in GRID for n in GRID]
-    bandwidth = MEMORY_SHARE * acc.bandwidth
-    cal.memory = [[2.0 ** p, LAUNCH_S + max(KERNEL_S, 2.0 ** p / bandwidth)] for p in range(10, 34, 2)]
+        cal.matmul[dtype] = [[m, k, n, 2 * m * k * n / curve(m, k, n)] for m in GRID for k in GRID for n in GRID]
+    bandwidth = MEMORY_SHARE * acc.bandwidth  # points of the device's time alone (graph_timed): launches apart
+    cal.memory = [[2.0 ** p, max(cal.graph_launch_s or 0.0, 2.0 ** p / bandwidth)] for p in range(10, 34, 2)]
     return cal
 
 

@@ -74,15 +74,6 @@ class OpTrace:
     def ops(self, phase: str) -> list[OpSig]:
         return [self.sigs[i] for i in self.phases.get(phase, ())]
 
-    def kinds(self) -> dict[str, int]:
-        """Calls per class over every phase."""
-        out: dict[str, int] = {}
-        for calls in self.phases.values():
-            for i in calls:
-                kind = self.sigs[i].kind
-                out[kind] = out.get(kind, 0) + 1
-        return out
-
 
 def _shapes(values) -> tuple:
     out = []

@@ -91,28 +91,26 @@ class TimeModel:
 
     def body(self, sig: OpSig) -> tuple[float, float]:
         """(compute seconds, memory seconds) of one call."""
+        if sig.kind not in (MATMUL, ATTENTION, ATTENTION_BACKWARD) or not sig.matmul:  # memory-bound
+            memory = self.cal.memory_time(sig.bytes, sig.allocated, sig.inplace)
+            return 0.0, memory * self.cal.memory_factors.get(sig.op, 1.0)
         memory = self.memory(sig.bytes) if sig.bytes else 0.0
-        if sig.kind == MATMUL and sig.matmul:
+        dtype = self.dtype(sig.dtype)
+        if sig.kind == MATMUL:
             groups, m, k, n = sig.dims
-            dtype = self.dtype(sig.dtype)
             curve = self.cal.matmul_curve(dtype) if dtype else None
             if not self.fused and dtype in self.cal.matmul_unaligned and not sig.aligned:
                 curve = self.cal.matmul_curve(dtype, aligned=False) or curve
             return (sig.matmul / curve(groups * m, k, n) if curve else 0.0), memory
-        if sig.kind in (ATTENTION, ATTENTION_BACKWARD) and sig.matmul:
-            bh, sq, sk, d, causal = sig.dims
-            backward = sig.kind == ATTENTION_BACKWARD
-            flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the curves' convention: the full Sq x Sk, whatever
-            dtype = self.dtype(sig.dtype)                         # measure.causal_attention counted
-            curve = self.cal.attention_curve(dtype, bool(causal), backward) if dtype else None
-            if curve is None:
-                curve = self.cal.matmul_curve(dtype) if dtype else None
-                self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
-                return (flops / curve(bh * sq, d, sk) if curve else 0.0), memory
+        bh, sq, sk, d, causal = sig.dims
+        backward = sig.kind == ATTENTION_BACKWARD
+        flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the curves' convention: the full Sq x Sk, whatever
+        curve = self.cal.attention_curve(dtype, bool(causal), backward) if dtype else None  # causal_attention counted
+        if curve is not None:
             return flops / curve(bh, sq, sk, d), memory
-        memory = self.cal.memory_time(sig.bytes, sig.allocated, sig.inplace)
-        return 0.0, memory * self.cal.memory_factors.get(sig.op, 1.0)
-
+        curve = self.cal.matmul_curve(dtype) if dtype else None
+        self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
+        return (flops / curve(bh * sq, d, sk) if curve else 0.0), memory
 
 def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
     """The step's time on ``cal``'s part; ``autocast``: the dtype float32 matmuls run in (mixed precision)."""
@@ -144,13 +142,12 @@ def _eager(ops: list[OpSig], model: TimeModel, launch: float, cal: Calibration, 
             yield cal.view_s, 0.0, 0.0
             continue
         compute, memory = model.body(sig)
-        launches = 1
-        if sig.tensors > 1:  # a _foreach_ op: a kernel per chunk of tensors on a GPU, per tensor on a CPU
-            launches = math.ceil(sig.tensors / FOREACH_TENSORS_PER_KERNEL) if on_gpu else sig.tensors
-            launch_each = launch if on_gpu else (cal.launch_backward_s or launch)  # a C++ loop, not Python
-            yield launch_each * launches, compute, memory
-            continue
-        yield launch * launches, compute, memory
+        if sig.tensors > 1:  # a _foreach_ op: a kernel per chunk of tensors on a GPU, per tensor on a CPU (a C++ loop)
+            issue = launch * math.ceil(sig.tensors / FOREACH_TENSORS_PER_KERNEL) if on_gpu else \
+                (cal.launch_backward_s or launch) * sig.tensors
+            yield issue, compute, memory
+        else:
+            yield launch, compute, memory
 
 
 def _fused(ops: list[OpSig], model: TimeModel):

@@ -53,9 +53,8 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
         metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
     metrics.update(progress.metrics)
     if count is not None:
-        model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
         compared = progress.timing if progress.prediction_info.get("of_timed_device") else None
-        metrics.update(prediction_metrics(progress.prediction, compared, model_flops,
+        metrics.update(prediction_metrics(progress.prediction, compared, count.model_flops,
                                           spec.autocast or spec.params_dtype))
     mean = optimizer_mean(count, progress.periodic_ops)
     if mean is not None:
@@ -154,8 +153,7 @@ def collect_metrics(batch: BatchShape, count: Optional[StepCount], size: SizeRec
             m[M.TOKENS_PER_S] = batch.tokens / seconds
         if count is not None:
             # model FLOPs (matmul class, forward + backward) per second: the MFU numerator
-            model_flops = count.forward.matmul + (count.backward.matmul if count.backward else 0)
-            m[M.FLOPS_PER_S] = model_flops / seconds
+            m[M.FLOPS_PER_S] = count.model_flops / seconds
             # only a GPU is looked up in the accelerator table (an "AMD A10-7850K" CPU is no A10G): a CPU's is given
             gpu = timing.device_name if timing.device.startswith("cuda") else ""
             peak = peak_flops(gpu, dtype, peak_tflops)
