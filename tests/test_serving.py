@@ -166,3 +166,39 @@ def test_a_presets_kv_heads_come_from_its_config(tmp_path):
 
     assert from_config({"family": "decoder", "n_head": 32, "n_kv_head": None}).cache_heads == 32
     assert from_config({"family": "hf", "fields": {"num_attention_heads": 128, "kv_lora_rank": 512}}).cache_heads == 1
+
+
+def test_tensor_parallel_decode_waits_on_two_all_reduces_a_layer_latency_bound_at_batch_one():
+    """Llama-3.1-8B-like (32 layers, width 4,096) on 4 H100s of one NVSwitch node: each decode step all-reduces the
+    attention's and the MLP's output of every layer, 2 x 32 ring all-reduces of batch x 4,096 bf16 activations, on
+    the critical path: at batch 1 each is its latency (8 KiB moved), at a prefill of 4,096 tokens each moves 32 MiB."""
+    unshaped = Generation(**{**GEN.__dict__, "new_tokens": 2})
+    shaped = Generation(**{**unshaped.__dict__, "width": 4096, "layers": 32})
+    link = H100.interconnect.scale_up
+    ring = lambda nbytes: link.latency_s + 2 * 3 / 4 * nbytes / (link.bandwidth_gbs * 1e9 * link.efficiency)  # noqa
+    split, alone = (at_batch(gen, Serving(H100, "bfloat16", tp=4), 1) for gen in (shaped, unshaped))
+    assert split.tpot_all_reduce_s == pytest.approx(64 * ring(4096 * 2))
+    assert split.tpot_all_reduce_s == pytest.approx(64 * link.latency_s, rel=0.05)  # latency-bound
+    assert split.tpot_s == pytest.approx(alone.tpot_s + split.tpot_all_reduce_s)
+    assert split.ttft_s == pytest.approx(alone.ttft_s + 64 * ring(4096 * 4096 * 2))
+    # no tp, no all-reduce; a model whose shape is not known: left out, and the plan says so
+    assert at_batch(shaped, Serving(H100, "bfloat16"), 1).tpot_all_reduce_s == 0 == alone.tpot_all_reduce_s
+    assert "tensor-parallel all-reduces left out (the model's shape not known)" in \
+        plan(GEN, Serving(H100, "bfloat16", tp=4), 1).table()
+
+
+def test_tensor_parallelism_beyond_a_node_all_reduces_over_the_slower_network():
+    shaped = Generation(**{**GEN.__dict__, "width": 4096, "layers": 32, "new_tokens": 2})
+    within, across = (at_batch(shaped, Serving(H100, "bfloat16", tp=tp), 64).tpot_all_reduce_s for tp in (8, 16))
+    assert across > 2 * within  # 16 GPUs span two 8-GPU NVSwitch domains: InfiniBand, an eighth of NVLink's bandwidth
+    table = plan(shaped, Serving(H100, "bfloat16", tp=16), 64).table()
+    assert "scale-out (tp spans scale-up domains)" in table and "all-reduce/TPOT" in table
+
+
+def test_a_presets_serving_plan_on_tp_all_reduces_its_own_layers(tmp_path):
+    out = run_main(main, "serve", "--model", "llama3_1_8b", "--prompt-tokens", "64", "--new-tokens", "8",
+                   "--gpu", "H100", "--tp", "2", "--batch", "1", "--json", "plan.json", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "2 a layer x 32 layers of 4,096-wide activations over tp=2, scale-up" in out.stdout
+    row = json.loads((tmp_path / "plan.json").read_text())["rows"][0]
+    assert 0 < row["tpot_all_reduce_s"] < row["tpot_s"]

@@ -102,9 +102,9 @@ def predicted_line(result: Result) -> Optional[str]:
         return None
     ratio = m.get(M.TIME_STEP_PREDICTED_RATIO)
     against = f", x{ratio:.2f} the measured" if ratio is not None else ""
-    bound = " / ".join(f"{what} {m.get(key, 0):.0%}" for what, key in (
+    bound = " / ".join(f"{what} {m[key]:.0%}" for what, key in (
         ("compute", M.PREDICTED_SHARE_COMPUTE), ("memory", M.PREDICTED_SHARE_MEMORY),
-        ("launch", M.PREDICTED_SHARE_LAUNCH)))
+        ("launch", M.PREDICTED_SHARE_LAUNCH)) if key in m) or (result.info.get("parallel") or {}).get("bottleneck", "")
     origin = "default curves" if info.get("default") else "calibrated"
     return (f"predicted step: {seconds(m[M.TIME_STEP_PREDICTED])} on {info.get('part', '?')} ({origin}"
             f"{', fused' if info.get('fused') else ''}){against}; {bound}")

@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "op_schema",
+__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage", "op_schema",
            "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
@@ -58,8 +58,15 @@ def node_sequence_nr() -> Optional[int]:
 
 
 def storage_id(t: torch.Tensor) -> int:
-    """What identifies ``t``'s storage while it lives (views of one storage share it)."""
-    return t.untyped_storage()._cdata
+    """What identifies ``t``'s storage while it lives (views of one storage share it); a DTensor's, its local
+    shard's."""
+    return local_storage(t)._cdata
+
+
+def local_storage(t: torch.Tensor) -> Any:
+    """``t``'s storage; a DTensor's, its local shard's, read without dispatching an op (``to_local()`` makes a view,
+    which a counter would see)."""
+    return getattr(t, "_local_tensor", t).untyped_storage()
 
 
 def op_schema(func: Any) -> Any:
@@ -143,7 +150,9 @@ def fake_tensor_mode() -> Any:
 def memory_tracker(model: Any, optimizer: Any, fsdp: bool) -> Any:
     """PyTorch's memory tracker for one step of ``model``: ``FSDPMemTracker`` where ``model`` is FSDP's root (it
     tells sharded from gathered parameters and the collectives' buffers), else ``MemTracker``; either one blind to
-    DTensor's shape propagation (see :class:`_Propagating`), whose global-shape tensors no rank holds."""
+    DTensor's shape propagation (see :class:`_Propagating`), whose global-shape tensors no rank holds. It keeps the
+    process's peak only, not each module's (which it would otherwise update for every module at every op: a cost
+    that grows with the square of the layers), and :func:`peak_since` restarts the peak."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -153,11 +162,26 @@ def memory_tracker(model: Any, optimizer: Any, fsdp: bool) -> Any:
                 return func(*args, **(kwargs or {}))
             return super().__torch_dispatch__(func, types, args, kwargs)
 
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap["Total"]:
+                    self._peak_mem[dev] = snap["Total"]
+                    self._peak_mem_snap[dev] = dict(snap)
+
     if fsdp:
         return Local(model, optimizer)
     tracker = Local()
     tracker.track_external(model, optimizer)
     return tracker
+
+
+def peak_since(tracker: Any) -> dict[str, int]:
+    """A memory tracker's peak since it was entered or last asked (:func:`memory_snapshot`), the peak then restarted
+    from the memory held now."""
+    peak = memory_snapshot(tracker)
+    tracker._peak_mem_snap = tracker.get_tracker_snapshot("current")
+    tracker._peak_mem = {dev: snap["Total"] for dev, snap in tracker._peak_mem_snap.items()}
+    return peak
 
 
 def memory_snapshot(tracker: Any, which: str = "peak") -> dict[str, int]:

@@ -20,7 +20,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.distributed.tensor import DTensor
 
-from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, process_group_of, storage_id,
+from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, local_storage,
+                                      process_group_of, storage_id,
                                       tree_leaves)
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions, cost_of
@@ -166,7 +167,7 @@ class LocalSavedActivations:
     def _weights(self) -> set[int]:
         """The parameters' storages; asked again after each module call starts (FSDP swaps gathered ones in)."""
         if self._cached is None:
-            self._cached = {storage_id(_local(p)) for p in self.model.parameters()}
+            self._cached = {storage_id(p) for p in self.model.parameters()}
         return self._cached
 
     def _stale(self, *_: Any) -> None:
@@ -175,15 +176,15 @@ class LocalSavedActivations:
     def keep(self, tensors: Any) -> None:
         for t in tree_leaves(tensors):
             if isinstance(t, torch.Tensor):
-                self._add(_local(t), self._weights())
+                self._add(t, self._weights())
 
     def _add(self, t: torch.Tensor, weights: set[int]) -> None:
         key = storage_id(t)
         if key not in weights:
-            self.seen[key] = t.untyped_storage().nbytes()
+            self.seen[key] = local_storage(t).nbytes()
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        self._add(_local(t), self._weights())
+        self._add(t, self._weights())
         return t
 
     @property
@@ -198,10 +199,3 @@ class LocalSavedActivations:
     def __exit__(self, *exc: Any) -> None:
         self._hooks.__exit__(*exc)
         self._handle.remove()
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    if isinstance(t, DTensor):
-        with torch.no_grad():
-            return t.to_local()
-    return t

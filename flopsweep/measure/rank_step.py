@@ -5,7 +5,7 @@ without ZeRO, all-reduced over dp), the optimizer's step; and the wrappers that 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -113,8 +113,9 @@ class Pipe:
 
 def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.Tensor, targets: torch.Tensor,
              counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
-             dtype: torch.dtype) -> None:
-    """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer."""
+             dtype: torch.dtype, ended: Callable[[str], None] = lambda phase: None) -> None:
+    """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer;
+    ``ended(phase)`` called as each of the three ends."""
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
     pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype)
     counter.phase = "forward"
@@ -122,9 +123,12 @@ def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.T
     with saved, selective:
         part.begin(tokens.shape[1])
         runs = part(tokens, targets, pipe)
+    ended("forward")
     counter.phase = "backward"
     for received, out in reversed(runs):
         pipe.backward(received, out)
     _finish_gradients(part, layout, mesh)
+    ended("backward")
     counter.phase = "optimizer"
     opt.step()
+    ended("optimizer")

@@ -27,14 +27,15 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor.parallel import loss_parallel
 
 from flopsweep.core.errors import require
-from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_snapshot, memory_tracker
+from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_tracker, peak_since
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions
 from flopsweep.measure.layout import MESH_DIMS, Layout
 from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
+from flopsweep.measure.rank_sample import alike, grown, samples
 from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
-from flopsweep.measure.tp_plans import Stage, layer_count, make_stage
+from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
 
 # PyTorch's memory trackers' categories -> ours (docs/parallel.md)
 MEMORY_CATEGORIES = {"Sharded Param": "weights", "Parameter": "weights", "Unsharded Param": "gathered_weights",
@@ -46,13 +47,25 @@ MEMORY_CATEGORIES = {"Sharded Param": "weights", "Parameter": "weights", "Unshar
 
 @dataclass(frozen=True)
 class RankMemory:
-    """One rank's memory: the peak of a step with one micro-batch (``peak_bytes``, by category in ``at_peak``), the
-    activations one micro-batch leaves saved for backward, and the micro-batches in flight under 1F1B."""
+    """One rank's memory: the peak of each phase of a step with one micro-batch (``forward``, ``backward``,
+    ``optimizer``: by category, and ``total``), the activations one micro-batch leaves saved for backward, and the
+    micro-batches in flight under 1F1B. A phase's peak has one place (forward's at the loss, with every activation
+    saved; backward's at its start, or its end where gradients outgrow the activations they free), so it grows by
+    the same bytes with each layer more: the step's is the largest."""
 
-    peak_bytes: int
-    at_peak: dict[str, int]
+    peaks: dict[str, dict[str, int]]
     activations_bytes: int
     in_flight: float
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(peak["total"] for peak in self.peaks.values())
+
+    @property
+    def at_peak(self) -> dict[str, int]:
+        """The step's peak by category."""
+        top = max(self.peaks.values(), key=lambda peak: peak["total"])
+        return {name: value for name, value in top.items() if name != "total"}
 
     @property
     def peak_in_flight_bytes(self) -> int:
@@ -76,6 +89,7 @@ class RankCount:
     uncounted: dict[str, int] = field(default_factory=dict)
     trace: OpTrace = field(default_factory=OpTrace)
     model_layers: int = 0                               # the whole model's
+    sampled: Optional[tuple[int, int]] = None           # the layers of the two samples it was counted from
 
     def step_flops(self, micro_batches: int, hardware: bool = False) -> int:
         """Matmul FLOPs of one optimizer step: forward and backward per micro-batch; recomputation too if
@@ -143,12 +157,28 @@ def adamw(params: Any) -> torch.optim.Optimizer:
 
 
 def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
-                 optimizer: Callable[[Any], torch.optim.Optimizer] = adamw) -> LayoutCount:
+                 optimizer: Callable[[Any], torch.optim.Optimizer] = adamw, sample: bool = True) -> LayoutCount:
     """Count ``layout`` for the model ``build()`` makes (called under ``torch.device("meta")``, once per pipeline
-    position counted) training ``work``."""
+    position counted) training ``work``. ``sample``: a stage of identical layers counted from two small samples of
+    its layers (:mod:`~flopsweep.measure.rank_sample`), as it counts whole."""
     layout.check()
     layout.check_counted(mixed_precision=work.compute_dtype not in (None, work.dtype))
-    ranks = [_in_own_thread(_count_rank, build, layout, stage, work, optimizer) for stage in sorted({0, layout.pp - 1})]
+    with torch.device("meta"):
+        layers = layers_of(build())
+    require(layout.pp * layout.vpp <= len(layers), "parallel.pp", layout.pp,
+            f"leaves a pipeline stage without a layer: the model has {len(layers)}")
+    ranks = []
+    for stage in sorted({0, layout.pp - 1}):
+        chunks = layout.stage_layers(len(layers), stage)
+        plan = samples(chunks) if sample and alike([layers[i] for chunk in chunks for i in chunk]) else None
+        rank = None
+        if plan is not None:
+            small, large, more = plan
+            counted = [_in_own_thread(_count_rank, build, layout, stage, part, work, optimizer) for part in plan[:2]]
+            rank = grown(*counted, more)
+            if rank is not None:
+                rank.sampled = (sum(map(len, small)), sum(map(len, large)))
+        ranks.append(rank or _in_own_thread(_count_rank, build, layout, stage, chunks, work, optimizer))
     return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
 
 
@@ -183,8 +213,9 @@ def fake_world(layout: Layout, rank: int) -> Iterator[Any]:
         dist.destroy_process_group()
 
 
-def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work: Workload,
+def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, chunks: list[list[int]], work: Workload,
                 optimizer: Callable[[Any], torch.optim.Optimizer]) -> RankCount:
+    """Pipeline stage ``stage``'s first rank counted holding the layers ``chunks`` (lists of layer indices)."""
     rank = stage * (layout.world_size // layout.pp)
     with fake_world(layout, rank) as mesh:
         groups = {mesh.get_group(dim).group_name: (dim, getattr(layout, dim)) for dim in MESH_DIMS}
@@ -192,10 +223,7 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
         with torch.device("meta"):
             model = build()
         model.to(work.dtype)
-        layers = layer_count(model)
-        require(layout.pp * layout.vpp <= layers, "parallel.pp", layout.pp,
-                f"leaves a pipeline stage without a layer: the model has {layers}")
-        chunks = layout.stage_layers(layers, stage)
+        layers = len(layers_of(model))
         part = make_stage(model, chunks, first=stage == 0, last=stage == layout.pp - 1)
         del model
         saved = LocalSavedActivations(part)
@@ -208,22 +236,27 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, work
             tokens = torch.randint(0, part.vocab_size, shape)
             targets = torch.randint(0, part.vocab_size, shape)
             tracker = memory_tracker(part, opt, fsdp=sharded(layout))
+            peaks: dict[str, dict[str, int]] = {}
             with counter, tracker, (loss_parallel() if layout.tp > 1 else contextlib.nullcontext()), \
                     warnings.catch_warnings():
                 # its module tracker warns of a module called inside one of the same name (a hub kernel's wrapper
                 # in transformers); its per-module figures may suffer, the peak it records does not
                 warnings.filterwarnings("ignore", message="The module hierarchy tracking maybe")
-                run_step(part, layout, mesh, stage, tokens, targets, counter, saved, opt, work.activation_dtype)
-            peak = memory_snapshot(tracker)
+                run_step(part, layout, mesh, stage, tokens, targets, counter, saved, opt, work.activation_dtype,
+                         lambda phase: peaks.__setitem__(phase, _categories(peak_since(tracker))))
         params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in part.parameters())
-    at_peak: dict[str, int] = {}
-    for name, value in peak.items():
-        if name != "Total":
-            at_peak[MEMORY_CATEGORIES.get(name, name)] = at_peak.get(MEMORY_CATEGORIES.get(name, name), 0) + value
-    memory = RankMemory(peak.get("Total", sum(at_peak.values())), at_peak, saved.bytes,
-                        layout.in_flight(work.batch_size, stage))
+    memory = RankMemory(peaks, saved.bytes, layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
                      memory, dict(counter.uncounted), counter.trace, layers)
+
+
+def _categories(peak: dict[str, int]) -> dict[str, int]:
+    """A memory tracker's snapshot in our categories (``MEMORY_CATEGORIES``), with its ``total``."""
+    out = {"total": peak.get("Total", 0)}
+    for name, value in peak.items():
+        if name != "Total":
+            out[MEMORY_CATEGORIES.get(name, name)] = out.get(MEMORY_CATEGORIES.get(name, name), 0) + value
+    return out
 
 
 def _materialize(part: nn.Module) -> None:

@@ -219,18 +219,22 @@ def _has(module: nn.Module, *names: str) -> bool:
 def make_stage(model: nn.Module, chunks: list[list[int]], first: bool, last: bool) -> Stage:
     """The stage of ``model`` (flopsweep's decoder, or ``models/hf.py``'s model or its ``net``) that holds
     ``chunks``; a one-line ``ConfigError`` for a model with no plan here."""
+    kind, net = _kind(model)
+    return kind(net, chunks, first, last)
+
+
+def layers_of(model: nn.Module) -> list[nn.Module]:
+    """The transformer layers of a model :func:`make_stage` knows (the same ``ConfigError`` for one it does not)."""
+    kind, net = _kind(model)
+    return list(net.blocks if kind is DecoderStage else net.model.layers)
+
+
+def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
     net = getattr(model, "net", model)
     if _has(model, "tok_embedding", "blocks.0.attn.qkv", "blocks.0.mlp.down", "lm_head", "norm"):
-        return DecoderStage(model, chunks, first, last)
+        return DecoderStage, model
     if _has(net, "model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.gate_proj",
             "model.norm", "model.rotary_emb", "lm_head"):
-        return LlamaStage(net, chunks, first, last)
+        return LlamaStage, net
     raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
                                         "decoder and Hugging Face Llama-style decoders have one")
-
-
-def layer_count(model: nn.Module) -> int:
-    """The transformer layers of a model :func:`make_stage` knows."""
-    net = getattr(model, "net", model)
-    layers = getattr(model, "blocks", None)
-    return len(layers if layers is not None else net.model.layers)

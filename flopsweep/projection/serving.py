@@ -8,9 +8,13 @@ once and writes its KV cache; a decode step of b sequences at context c reads th
 on-chip memory or are small beside the weights at serving batches). The per-token costs come from the counted
 generation: a decode step's FLOPs are affine in its context (flopsweep.measure.generate), so the line through the
 first and last counted steps gives every step's. With tensor parallelism (``tp``) the weights and the FLOPs are split
-over tp GPUs (communication left out) and a request's time is one GPU's; the KV cache is split by its heads, so that
-where tp exceeds the KV heads (grouped-query attention on many GPUs) each GPU holds one head's whole cache, the heads
-repeated across GPUs, and an MLA cache (one latent shared by every head) sits whole on every GPU.
+over tp GPUs and a request's time is one GPU's; the KV cache is split by its heads, so that where tp exceeds the KV
+heads (grouped-query attention on many GPUs) each GPU holds one head's whole cache, the heads repeated across GPUs,
+and an MLA cache (one latent shared by every head) sits whole on every GPU. Each layer all-reduces its attention's and
+its MLP's output over the tp GPUs (Megatron-LM's layout, vLLM's), on the critical path: two all-reduces a layer of
+the phase's tokens' activations (16-bit; float32 where the dtype is), timed on the part's interconnect
+(:mod:`flopsweep.core.comm`: a ring, the tp group on the scale-up domain where it fits, else the scale-out network)
+and added to each phase; latency-bound at decode.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from flopsweep.core import metrics as M
+from flopsweep.core.comm import Network
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.result import Result
@@ -42,6 +47,8 @@ class Generation:
     weights_read_bytes: float     # what a decode step reads
     dtype: str
     kv_heads: Optional[int] = None  # the heads the cache is split by under tp (None: not known, split evenly)
+    width: Optional[int] = None     # the residual stream a tensor-parallel all-reduce carries (None: not known)
+    layers: Optional[int] = None
 
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
@@ -51,10 +58,11 @@ class Generation:
         batch, new_tokens = int(m[M.BATCH_SIZE]), int(m[M.NEW_TOKENS])
         first = m.get(M.FLOPS_DECODE_TOKEN_FIRST)
         dtype = ((result.config.get("dtype") or {}).get("params")) or "bfloat16"
+        shape = shape_of(result)
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), m.get(M.DECODE_WEIGHTS_READ_BYTES) or
-                   m[M.WEIGHTS_BYTES], dtype, shape_of(result).cache_heads)
+                   m[M.WEIGHTS_BYTES], dtype, shape.cache_heads, shape.width, shape.layers)
 
     @property
     def steps(self) -> int:
@@ -103,6 +111,22 @@ class Serving:
     def bytes_per_s(self) -> float:
         return self.gpu.bandwidth * self.memory_efficiency
 
+    def network(self) -> Optional[Network]:
+        """The tp group on the part's interconnect; None without tp or an interconnect in the table."""
+        link = self.gpu.interconnect
+        return Network(link, {"tp": self.tp}, link.domain) if link is not None and self.tp > 1 else None
+
+    def all_reduce_s(self, gen: "Generation", tokens: np.ndarray) -> np.ndarray:
+        """Seconds of a phase's tensor-parallel all-reduces, two a layer of ``tokens`` tokens' activations (0 where
+        there is no tp, no interconnect, or the model's width or layers are not known)."""
+        network = self.network()
+        if network is None or not gen.width or not gen.layers:
+            return np.zeros_like(tokens, dtype=float)
+        calls = 2 * gen.layers
+        each = tokens * gen.width * (4 if self.dtype == "float32" else 2)
+        return np.array([network.seconds("all_reduce", "tp", calls * b, calls) for b in np.ravel(each)]).reshape(
+            np.shape(tokens))
+
 
 @dataclass(frozen=True)
 class BatchRow:
@@ -110,6 +134,7 @@ class BatchRow:
     ttft_s: float
     prefill_bound: str
     tpot_s: float                 # the mean decode step
+    tpot_all_reduce_s: float      # of it, the tensor-parallel all-reduces
     decode_bound: str             # at the first and the last context: "memory", "compute", or "memory→compute"
     request_s: float              # TTFT + every decode step
     output_tokens_per_s_per_gpu: float
@@ -140,7 +165,9 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
     steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes / tp + batch * kv * contexts,
                             serving)
-    ttft, decode = float(prefill[0]), float(steps.sum())
+    step_all_reduce = float(serving.all_reduce_s(gen, np.array([batch]))[0])
+    ttft = float(prefill[0] + serving.all_reduce_s(gen, np.array([batch * gen.prompt]))[0])
+    decode = float(steps.sum()) + len(contexts) * step_all_reduce
     tpot = decode / len(contexts) if len(contexts) else 0.0
     bound = "-" if not len(contexts) else "compute" if compute.all() else "memory" if not compute.any() else \
         ("memory→compute" if compute[-1] else "compute→memory")
@@ -148,7 +175,8 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     gpu_hours = serving.tp * request / 3600.0
     per_m_out = 1e6 / (batch * gen.new_tokens)
     price, watts = serving.price_per_gpu_hour, serving.watts_per_gpu
-    return BatchRow(batch, ttft, "compute" if prefill_compute[0] else "memory", tpot, bound, request,
+    return BatchRow(batch, ttft, "compute" if prefill_compute[0] else "memory", tpot,
+                    step_all_reduce if len(contexts) else 0.0, bound, request,
                     batch * gen.new_tokens / request / serving.tp, serving.tp * decode / 3600.0 * per_m_out,
                     price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
                     price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
@@ -185,12 +213,15 @@ class ServingPlan:
                  + (f"; {s.gpus:,} GPUs: {s.gpus // s.tp:,} replicas" if s.gpus else "")
                  + (f"; {g.kv_heads} KV heads on tp={s.tp}: each GPU holds {g.kv_share(s.tp):.3g} of the cache"
                     if g.kv_heads and s.tp > 1 and g.kv_share(s.tp) * s.tp > 1 else ""),
+                 *([self._all_reduce_words()] if s.tp > 1 else []),
                  f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
                  f"{s.memory_share:.0%} of memory)", ""]
         fleet = [f"tokens/s on {s.gpus:,}"] if s.gpus else []
-        header = ["batch", "TTFT", "prefill", "TPOT", "decode", "request", "tokens/s/GPU", *fleet, "GPU-h/M out",
-                  "$/M in", "$/M out", "kWh/M out"]
-        body = [[f"{r.batch:,}", _seconds(r.ttft_s), r.prefill_bound, _seconds(r.tpot_s), r.decode_bound,
+        reduce = ["all-reduce/TPOT"] if s.tp > 1 else []
+        header = ["batch", "TTFT", "prefill", "TPOT", *reduce, "decode", "request", "tokens/s/GPU", *fleet,
+                  "GPU-h/M out", "$/M in", "$/M out", "kWh/M out"]
+        body = [[f"{r.batch:,}", _seconds(r.ttft_s), r.prefill_bound, _seconds(r.tpot_s),
+                 *([f"{r.tpot_all_reduce_s / r.tpot_s:.0%}" if r.tpot_s else "-"] if reduce else []), r.decode_bound,
                  _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}",
                  *([f"{r.output_tokens_per_s_per_gpu * s.gpus:,.0f}"] if s.gpus else []),
                  f"{r.gpu_hours_per_m_output:,.3g}", _money(r.usd_per_m_input), _money(r.usd_per_m_output),
@@ -198,6 +229,17 @@ class ServingPlan:
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
         return "\n".join(lines)
+
+
+    def _all_reduce_words(self) -> str:
+        g, s, network = self.generation, self.serving, self.serving.network()
+        if network is None or not g.width or not g.layers:
+            why = "no interconnect in the table for the part" if network is None else "the model's shape not known"
+            return f"tensor-parallel all-reduces left out ({why})"
+        link, bandwidth = network.tier("tp")
+        tier = "scale-up" if link is network.interconnect.scale_up else "scale-out (tp spans scale-up domains)"
+        return (f"tensor-parallel all-reduces: 2 a layer x {g.layers} layers of {g.width:,}-wide activations over "
+                f"tp={s.tp}, {tier} at {bandwidth:g} GB/s each way, {link.latency_s * 1e6:g} us each ({link.source})")
 
 
 def _seconds(s: float) -> str:

@@ -117,7 +117,8 @@ def _bottleneck(count: LayoutCount, step: StepTime, part: Accelerator, bound: st
 
 def layout_info(count: LayoutCount) -> dict[str, Any]:
     return {"layout": asdict(count.layout), "gpus": count.layout.world_size, "micro_batches": count.micro_batches,
-            "ranks": [{"stage": r.stage, "rank": r.rank, "layers": r.layers, "params": r.params,
+            "ranks": [{"stage": r.stage, "rank": r.rank, "layers": r.layers, "sampled_layers": r.sampled,
+                       "params": r.params,
                        "peak_bytes": r.memory.peak_bytes, "in_flight": r.memory.in_flight,
                        "activations_bytes": r.memory.activations_bytes,
                        "flops": {p: c.matmul for p, c in r.flops.items()}} for r in count.ranks]}
