@@ -116,3 +116,28 @@ def test_a_job_whose_layout_misses_the_searched_world_size_is_refused_by_key():
         resolve(small(2, "batch.size=4", "parallel.dp=2", "parallel.gpus=4"))
     assert err.value.key == "parallel.gpus" and "\n" not in str(err.value)
     assert resolve(small(2, "batch.size=4", "parallel.dp=2", "parallel.pp=2", "parallel.gpus=4")).parallel.gpus == 4
+
+
+@pytest.mark.slow
+def test_layouts_that_do_not_fit_rank_after_those_that_do_however_fast():
+    """A tiny decoder's layout fits an H100; Llama 3.1 70B on one GPU (no parallelism: 140 GB of bfloat16 weights
+    alone) does not, and says so by its metric and first in its bottleneck. Ranked, a faster layout that does not fit
+    comes after a slower one that does."""
+    from flopsweep.config.compose import compose_config
+    from flopsweep.config.resolve import job_config, resolve
+    from flopsweep.run.job import run_job
+    from flopsweep.sweep.layouts import ranked, ranked_table
+
+    tiny = job(2, "parallel.tp=2", "predict.hardware=H100")
+    cfg = compose_config("model=llama3_1_70b", "dtype=bfloat16", "batch.size=1", "batch.seq_len=512", "device=meta",
+                         "tracking=none", "parallel.dp=1", "predict.hardware=H100")
+    spec = resolve(cfg)
+    big = run_job(spec, job_config(cfg, spec))
+    assert big.status == "ok", big.error
+    assert (tiny.metrics[M.PARALLEL_FITS], big.metrics[M.PARALLEL_FITS]) == (1.0, 0.0)
+    assert big.info["parallel"]["bottleneck"].startswith("does not fit: ")
+    fast = Result(big.status, None, big.config, {**big.metrics, M.TOKENS_PER_S_PER_GPU_PREDICTED: 1e12}, {},
+                  big.info)
+    assert [name for name, _ in ranked([("fast", fast), ("tiny", tiny)])] == ["tiny", "fast"]
+    assert "1 do not fit the part's memory, ranked after those that do" in ranked_table([("fast", fast),
+                                                                                         ("tiny", tiny)])

@@ -119,3 +119,39 @@ def test_without_mfu_a_run_is_projected_at_the_mfu_it_predicted(tmp_path):
     none = project("train", hand_run(tmp_path / "none"), "--tokens", "1T")
     assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1
     assert "--mfu" in none.stderr and "speed/mfu_predicted" in none.stderr and "none has none" in none.stderr
+
+
+@pytest.mark.slow
+def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projected(tmp_path):
+    """--model with a layout and a global batch, no --mfu: the layout is counted as a parallel.* job would count it,
+    and the projection takes that job's predicted MFU (its communication and bubble in it) and prints its memory a
+    GPU; the hours follow from it and the H100's peak."""
+    from flopsweep.config.compose import compose_config
+    from flopsweep.config.resolve import job_config, resolve
+    from flopsweep.core import metrics as M
+    from flopsweep.run.job import run_job
+
+    out = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--batch", "8", "--dp", "2", "--tp", "2",
+                   "--pp", "2", "--zero", "3", "--gpu", "H100", "--json", "p.json", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = compose_config("model=gpt2_small", "device=meta", "batch.size=8", "tracking=none", "parallel.dp=2",
+                         "parallel.tp=2", "parallel.pp=2", "parallel.zero=3", "parallel.micro_batch_size=2",
+                         "predict.hardware=H100",
+                         "dtype=bfloat16")
+    spec = resolve(cfg)
+    job = run_job(spec, job_config(cfg, spec))
+    mfu = job.metrics[M.MFU_PREDICTED]
+    assert 0 < mfu < 1
+    assert f"MFU {mfu:.1%} (predicted for" in out.stdout
+    assert "counted as d2 t2 p2 (ZeRO 3, 2 micro-batches)" in out.stdout
+    assert "layout counted rank by rank" in out.stdout and "memory a GPU" in out.stdout
+    payload = json.loads((tmp_path / "p.json").read_text())
+    assert payload["hardware"]["mfu"] == pytest.approx(mfu)
+    # the step predicted has its bubble (2 stages, 2 micro-batches) and communication in it: the hours are the
+    # FLOPs at that MFU, not divided again by 1 - bubble
+    counted = next(r for r in payload["rows"] if r["method"] == "counted")
+    assert counted["gpu_hours"] == pytest.approx(counted["flops"] / (989.4e12 * mfu * 3600))
+    # without --batch there is no global batch to count: the one line says what to give
+    bare = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--dp", "2", "--gpu", "H100",
+                    "--no-log", cwd=tmp_path)
+    assert bare.returncode == 2 and "--batch" in bare.stderr and len(bare.stderr.strip().splitlines()) == 1

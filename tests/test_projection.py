@@ -222,7 +222,7 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
                           (["--model", "no_such_model", "--tokens", "1T", "--mfu", "0.4"], "model='no_such_model'"),
                           (["--model", "gpt2_small", "--tokens", "1T", "--compute-optimal", "--mfu", "0.4"], "plan="),
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--gpu", "T4"], "gpu='T4'"),
-                          (["--model", "gpt2_small", "--batch", "8", "--mfu", "0.4", "--tokens", "1T"], "steps: "),
+                          (["--model", "gpt2_small", "--steps", "100", "--mfu", "0.4"], "batch: --steps needs"),
                           (["--model", "gpt2_small", "--tokens", "1T", "--mfu", "0.4", "--json", "no/such/dir/p.json"],
                            "json='no/such/dir/p.json': cannot be written"),
                           (["--model", "gpt2_small", "--tokens", "0", "--mfu", "0.4"], "tokens=0.0: must be > 0"),

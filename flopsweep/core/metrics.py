@@ -121,6 +121,7 @@ PARALLEL_GPUS = "parallel/gpus"                                  # dp x tp x pp 
 PARALLEL_MICRO_BATCHES = "parallel/micro_batches"                # per data-parallel rank and step
 PARALLEL_MEMORY_PER_GPU = "parallel/memory_per_gpu_bytes"        # the peak, every micro-batch in flight
 PARALLEL_STATES_PER_GPU = "parallel/states_per_gpu_bytes"        # weights, gradients and optimizer state held
+PARALLEL_FITS = "parallel/fits"                                  # 1 where the peak fits the part predicted for, else 0
 PARALLEL_ACTIVATIONS_PER_GPU = "parallel/activations_per_gpu_bytes"  # saved for backward, every micro-batch in flight
 FLOPS_STEP_PER_GPU = "flops/step_per_gpu"                        # matmul FLOPs of a step on the most loaded GPU
 TIME_COMM_EXPOSED = "time/comm_exposed_s"                        # communication that compute does not hide

@@ -1,10 +1,9 @@
 """A pipeline stage of many identical layers counted from two small samples of it.
 
 A rank's count grows by the same amount with each identical layer it holds: its FLOPs, collectives, parameters,
-saved activations and each phase's memory peak by one layer's, its op trace by one layer's ops, in the same place.
-So a stage of ``k`` layers is counted twice, with ``a`` and ``a + 1`` of its layers (3 and 4 of its first chunk,
-the first layer of each other chunk), and the rest follows: ``count(k) = count(a) + (k - a) * (count(a + 1) -
-count(a))``. Three layers at least in the smaller sample: under ZeRO-3, FSDP's backward prefetches the next layer's
+saved activations and each memory peak (:class:`~flopsweep.measure.ranks.RankMemory`) by one layer's, its op trace by one layer's ops, in the same place.
+So a stage of ``k`` layers is counted twice, with ``a`` and ``a + 1`` of its layers (3 and 4), and the rest
+follows: ``count(k) = count(a) + (k - a) * (count(a + 1) - count(a))``. Three layers at least in the smaller sample: under ZeRO-3, FSDP's backward prefetches the next layer's
 gather, and the backward's peak takes its steady place from the third layer on. Each sample costs a few layers
 however many the stage holds, which is what makes a layout search of a 70B model a matter of minutes
 (docs/parallel.md, "What runs").
@@ -52,12 +51,11 @@ def _signature(layer: nn.Module) -> tuple:
 
 def samples(chunks: list[list[int]]) -> Optional[tuple[list[list[int]], list[list[int]], int]]:
     """The two samples of a stage's ``chunks`` (lists of layer indices) and how many times the layer they differ by
-    is added to the smaller to make the stage; None where sampling counts no fewer layers than the whole."""
-    if len(chunks[0]) <= SMALL + 1:
+    is added to the smaller to make the stage; None where sampling counts no fewer layers than the whole, or the
+    stage interleaves chunks (``vpp > 1``: its backward's memory peaks would not keep their places)."""
+    if len(chunks) > 1 or len(chunks[0]) <= SMALL + 1:
         return None
-    small = [chunks[0][:SMALL], *(chunk[:1] for chunk in chunks[1:])]
-    large = [chunks[0][:SMALL + 1], *small[1:]]
-    return small, large, sum(map(len, chunks)) - sum(map(len, small))
+    return [chunks[0][:SMALL]], [chunks[0][:SMALL + 1]], len(chunks[0]) - SMALL
 
 
 def grown(a: Any, b: Any, n: int) -> Any:

@@ -88,9 +88,17 @@ class Pipe:
     the next in forward, their gradients the other way in backward (``stage ± 1`` around the ring: an interleaved
     stage's later chunks follow the last stage's)."""
 
-    def __init__(self, layout: Layout, mesh: Any, stage: int, shape: tuple[int, ...], dtype: torch.dtype):
+    def __init__(self, layout: Layout, mesh: Any, stage: int, shape: tuple[int, ...], dtype: torch.dtype,
+                 ended: Callable[[str], None] = lambda phase: None):
         self.group, self.shape, self.dtype = mesh.get_group("pp"), shape, dtype
         self.before, self.after = (stage - 1) % layout.pp, (stage + 1) % layout.pp
+        self.ended = ended
+
+    def mark(self, x: torch.Tensor) -> None:
+        """A layer's input (or the loss's): its gradient's arrival in backward ends a segment of the backward, one
+        layer's (``ended("backward_segment")``)."""
+        if x.requires_grad:
+            x.register_hook(lambda grad: self.ended("backward_segment"))
 
     def receive(self) -> torch.Tensor:
         x = torch.empty(self.shape, dtype=self.dtype)
@@ -115,9 +123,10 @@ def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.T
              counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
              dtype: torch.dtype, ended: Callable[[str], None] = lambda phase: None) -> None:
     """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer;
-    ``ended(phase)`` called as each of the three ends."""
+    ``ended(phase)`` called as each ends: ``forward``, each segment of the backward (the loss's, then each layer's:
+    ``backward_segment``), the ``backward``, ``optimizer``."""
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
-    pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype)
+    pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype, ended)
     counter.phase = "forward"
     selective = RecomputedAttention(counter, saved) if layout.recompute == "selective" else contextlib.nullcontext()
     with saved, selective:

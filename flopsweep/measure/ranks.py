@@ -33,45 +33,10 @@ from flopsweep.measure.formulas import CountOptions
 from flopsweep.measure.layout import MESH_DIMS, Layout
 from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
+from flopsweep.measure.rank_memory import RankMemory
 from flopsweep.measure.rank_sample import alike, grown, samples
 from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
-
-# PyTorch's memory trackers' categories -> ours (docs/parallel.md)
-MEMORY_CATEGORIES = {"Sharded Param": "weights", "Parameter": "weights", "Unsharded Param": "gathered_weights",
-                     "Buffer": "buffers", "Sharded Grad": "gradients", "Gradient": "gradients",
-                     "Unsharded Grad": "unsharded_gradients", "OptState": "optimizer_state",
-                     "Optstate": "optimizer_state", "Activation": "activations", "All Gather": "communication",
-                     "Reduce Scatter": "communication", "Inputs": "batch", "Temp": "temporary", "Other": "temporary"}
-
-
-@dataclass(frozen=True)
-class RankMemory:
-    """One rank's memory: the peak of each phase of a step with one micro-batch (``forward``, ``backward``,
-    ``optimizer``: by category, and ``total``), the activations one micro-batch leaves saved for backward, and the
-    micro-batches in flight under 1F1B. A phase's peak has one place (forward's at the loss, with every activation
-    saved; backward's at its start, or its end where gradients outgrow the activations they free), so it grows by
-    the same bytes with each layer more: the step's is the largest."""
-
-    peaks: dict[str, dict[str, int]]
-    activations_bytes: int
-    in_flight: float
-
-    @property
-    def peak_bytes(self) -> int:
-        return max(peak["total"] for peak in self.peaks.values())
-
-    @property
-    def at_peak(self) -> dict[str, int]:
-        """The step's peak by category."""
-        top = max(self.peaks.values(), key=lambda peak: peak["total"])
-        return {name: value for name, value in top.items() if name != "total"}
-
-    @property
-    def peak_in_flight_bytes(self) -> int:
-        """The peak with every micro-batch in flight holding its activations (the others add theirs)."""
-        return self.peak_bytes + round((self.in_flight - 1) * self.activations_bytes)
-
 
 @dataclass
 class RankCount:
@@ -236,27 +201,18 @@ def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, chun
             tokens = torch.randint(0, part.vocab_size, shape)
             targets = torch.randint(0, part.vocab_size, shape)
             tracker = memory_tracker(part, opt, fsdp=sharded(layout))
-            peaks: dict[str, dict[str, int]] = {}
+            segments: list[tuple[str, dict[str, int]]] = []
             with counter, tracker, (loss_parallel() if layout.tp > 1 else contextlib.nullcontext()), \
                     warnings.catch_warnings():
                 # its module tracker warns of a module called inside one of the same name (a hub kernel's wrapper
                 # in transformers); its per-module figures may suffer, the peak it records does not
                 warnings.filterwarnings("ignore", message="The module hierarchy tracking maybe")
                 run_step(part, layout, mesh, stage, tokens, targets, counter, saved, opt, work.activation_dtype,
-                         lambda phase: peaks.__setitem__(phase, _categories(peak_since(tracker))))
+                         lambda phase: segments.append((phase, peak_since(tracker))))
         params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in part.parameters())
-    memory = RankMemory(peaks, saved.bytes, layout.in_flight(work.batch_size, stage))
+    memory = RankMemory.of_segments(segments, saved.bytes, layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
                      memory, dict(counter.uncounted), counter.trace, layers)
-
-
-def _categories(peak: dict[str, int]) -> dict[str, int]:
-    """A memory tracker's snapshot in our categories (``MEMORY_CATEGORIES``), with its ``total``."""
-    out = {"total": peak.get("Total", 0)}
-    for name, value in peak.items():
-        if name != "Total":
-            out[MEMORY_CATEGORIES.get(name, name)] = out.get(MEMORY_CATEGORIES.get(name, name), 0) + value
-    return out
 
 
 def _materialize(part: nn.Module) -> None:

@@ -41,15 +41,18 @@ class Stage(nn.Module):
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor, pipe: Any) -> list[tuple[Any, torch.Tensor]]:
         """One micro-batch through the chunks in turn: the first chunk of the model embeds ``tokens``, any other
-        takes ``pipe.receive()``; the last of the model returns the loss, any other ``pipe.send``-s its output. One
-        call for all chunks (FSDP's root runs once a micro-batch); ``(received or None, output)`` per chunk."""
+        takes ``pipe.receive()``; the last of the model returns the loss, any other ``pipe.send``-s its output;
+        each layer's input and the loss's are shown to ``pipe.mark``. One call for all chunks (FSDP's root runs once
+        a micro-batch); ``(received or None, output)`` per chunk."""
         runs = []
         for index, chunk in enumerate(self.chunks):
             received = None if self.first and index == 0 else pipe.receive()
             x = self.embed(tokens) if received is None else received
             for layer in chunk:
+                pipe.mark(x)
                 x = self.run_layer(layer, x)
             if self.last and index == len(self.chunks) - 1:
+                pipe.mark(x)
                 x = self.loss(x, targets)
             else:
                 pipe.send(x)

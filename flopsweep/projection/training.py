@@ -143,6 +143,7 @@ class Hardware:
     watts_per_gpu: Optional[float] = None
     mfu_source: str = "assumed"
     memory_bytes: Optional[float] = None  # per GPU, when known: a parallel layout warns above it
+    mfu_of_layout: bool = False         # the MFU is a parallel layout's predicted step: its bubble is in it already
 
     def __post_init__(self) -> None:
         require(self.gpus >= 1, "gpus", self.gpus, "must be >= 1")
@@ -245,8 +246,8 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     if plan.steps is None and cost.counted is not None and cost.training:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
-    notes += parallel_notes(devices, plan.recompute) if devices else []
-    bubble = devices.bubble if devices else 0.0
+    notes += parallel_notes(devices, plan.recompute, hardware.mfu_of_layout) if devices else []
+    bubble = devices.bubble if devices and not hardware.mfu_of_layout else 0.0
     return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in cost.methods], notes,
                       devices)
 
@@ -260,9 +261,11 @@ def check_layout(devices: PerDevice, plan: Plan, hardware: Hardware) -> None:
             "the global batch of one step: measure that one")
 
 
-def parallel_notes(devices: PerDevice, recompute: bool = False) -> list[str]:
+def parallel_notes(devices: PerDevice, recompute: bool = False, mfu_of_layout: bool = False) -> list[str]:
     pp, m = devices.layout.pp, devices.layout.m
-    notes = [f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
+    notes = ["parallel: the MFU is the layout's predicted step's, counted rank by rank: its communication and "
+             "pipeline bubble are in it (docs/parallel.md)." if mfu_of_layout else
+             f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
              f"{devices.bubble:.1%}; GPU-hours, cost and energy include the idle bubble; communication is not "
              "modelled.",
              "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "

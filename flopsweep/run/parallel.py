@@ -35,7 +35,9 @@ def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
     if step is not None:
         metrics.update(step_metrics(count, step, prediction_info.pop("peak"), spec.batch.tokens))
         bound = prediction_info["bound"][step.ranks.index(step.critical)]
-        info["parallel"]["bottleneck"] = _bottleneck(count, step, accelerator(prediction_info["part"]), bound)
+        part = accelerator(prediction_info["part"])
+        metrics[M.PARALLEL_FITS] = float(count.busiest.memory.peak_in_flight_bytes <= part.memory_bytes)
+        info["parallel"]["bottleneck"] = _bottleneck(count, step, part, bound)
         info["parallel"]["step"] = {"seconds": step.seconds, **step.parts(),
                                     "ranks": [asdict(r) for r in step.ranks]}
     if prediction_info:

@@ -26,7 +26,8 @@ VIEW_TAG = "mlflow.sharedViewState."
 NOTE_TAG = "mlflow.note.content"  # a run's (or an experiment's) description on its page, in Markdown
 SECTION = "flopsweep-key-figures"  # the chart section of the figures a sweep compares
 # a parallel layout's figures (a layout search, +sweep=layouts), first in its view, fastest layout first
-LAYOUT_FIGURES = (M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_MEMORY_PER_GPU, M.TIME_STEP_PREDICTED)
+LAYOUT_FIGURES = (M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_MEMORY_PER_GPU, M.PARALLEL_FITS,
+                  M.TIME_STEP_PREDICTED)
 OPTIONS = {f"{group}.{field}" for group, field in GROUP_NAMES.items()}  # model.name, dtype.name, ...
 
 

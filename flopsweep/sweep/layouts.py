@@ -159,15 +159,21 @@ class LayoutSweeper(RecoveringSweeper):
 
 
 def ranked(results: list[tuple[str, Result]]) -> list[tuple[str, Result]]:
-    """The jobs with a predicted speed, fastest first (tokens/s a GPU)."""
+    """The jobs with a predicted speed, those whose memory fits the part first, each fastest first (tokens/s a
+    GPU)."""
     speed = M.TOKENS_PER_S_PER_GPU_PREDICTED
     found = [(job, r) for job, r in results if r.status == "ok" and r.metrics.get(speed) is not None]
-    return sorted(found, key=lambda jr: -jr[1].metrics[speed])
+    return sorted(found, key=lambda jr: (not _fits(jr[1]), -jr[1].metrics[speed]))
+
+
+def _fits(result: Result) -> bool:
+    return result.metrics.get(M.PARALLEL_FITS, 1.0) >= 1.0
 
 
 def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     """The ``top`` layouts by predicted tokens/s a GPU, with the memory a GPU and the bottleneck beside."""
-    best = ranked(results)[:top]
+    found = ranked(results)
+    best = found[:top]
     rows = []
     for place, (job, r) in enumerate(best, 1):
         parallel = r.info.get("parallel") or {}
@@ -178,6 +184,8 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
                      format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),
                      format_metric(M.PARALLEL_MEMORY_PER_GPU, r.metrics.get(M.PARALLEL_MEMORY_PER_GPU)),
                      str(parallel.get("bottleneck", "-"))])
-    title = f"The {len(best)} fastest of {len(ranked(results))} layouts predicted (tokens/s a GPU):"
+    over = sum(not _fits(r) for _, r in found)
+    title = f"The {len(best)} fastest of {len(found)} layouts predicted (tokens/s a GPU)" + \
+        (f"; {over} do not fit the part's memory, ranked after those that do:" if over else ":")
     return title + "\n" + table(["rank", "job", "layout", "micro-batch", "recompute", "zero", "tokens/s/GPU", "MFU",
                                  "memory/GPU", "bottleneck"], rows)

@@ -28,6 +28,7 @@ class TrainingInputs(NamedTuple):
     cost: PerToken
     hardware: Hardware
     split: Optional[Parallelism]  # the parallel layout, when one is given
+    counted_layout: Optional[Result] = None  # the layout counted rank by rank, where its MFU is the projection's
 
 
 def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
@@ -37,27 +38,65 @@ def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
     from flopsweep.projection.training import PerToken
 
     split = layout(args)
-    peak = _training_peak(args)
+    by_layout = _counts_layout(args, split)
+    peak = _training_peak(args, by_layout)
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
     cost = PerToken.from_result(result, source)
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
             f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
-    return TrainingInputs(result, source, cost, _training_hardware(args, peak, split, result, source), split)
+    counted = _layout_counted(args, split, batch) if by_layout else None
+    mfu_from, mfu_source = (counted, f"{args.model} counted as {_words(split)}") if counted else (result, source)
+    hardware = _training_hardware(args, peak, split, mfu_from, mfu_source)
+    if counted is not None:
+        hardware = dataclasses.replace(hardware, mfu_of_layout=True)
+    return TrainingInputs(result, source, cost, hardware, split, counted)
 
 
-def _training_peak(args: argparse.Namespace) -> float:
+def _counts_layout(args: argparse.Namespace, split: Optional[Parallelism]) -> bool:
+    """Whether the MFU is a layout counted rank by rank: a preset's, in a layout, at a global batch (``train``'s
+    ``--batch``), on a part with an interconnect in the table, no MFU given (docs/parallel.md)."""
+    from flopsweep.core.hardware import accelerator
+
+    part = accelerator(args.gpu)
+    return (split is not None and args.model is not None and not args.inference and args.mfu is None
+            and args.mfu_from is None and getattr(args, "batch", None) is not None and part is not None
+            and part.interconnect is not None)
+
+
+def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) -> Result:
+    """``--model`` at the global batch ``batch`` counted in ``split`` rank by rank, its step predicted on ``--gpu``
+    (a ``parallel.*`` job on meta)."""
+    from flopsweep.run.presets import measure_preset
+
+    per_replica = batch // split.dp if batch % split.dp == 0 else 0
+    require(per_replica and per_replica % split.m == 0, "batch", batch, f"must be a multiple of dp x micro-batches "
+            f"= {split.dp * split.m} to count the layout (the global batch of one step: give --batch)")
+    dtype = args.dtype if args.dtype in ("float32", "bfloat16", "float16") else "bfloat16"
+    extra = [f"parallel.dp={split.dp}", f"parallel.tp={split.tp}", f"parallel.pp={split.pp}",
+             f"parallel.zero={split.zero}", f"parallel.micro_batch_size={per_replica // split.m}",
+             f"predict.hardware={args.gpu}", f"dtype={dtype}"]
+    return measure_preset(args.model, args.seq_len, batch, extra=extra)
+
+
+def _words(split: Parallelism) -> str:
+    batches = f"{split.m} micro-batch" + ("es" if split.m != 1 else "")
+    return f"d{split.dp} t{split.tp} p{split.pp} (ZeRO {split.zero}, {batches}) on a fake process group"
+
+
+def _training_peak(args: argparse.Namespace, by_layout: bool = False) -> float:
     """The peak FLOP/s per GPU in the training dtype, checked before anything is counted, with the MFU where no run
-    can predict one (``--model``)."""
+    can predict one (``--model`` outside a layout counted rank by rank, ``by_layout``)."""
     from flopsweep.core.hardware import DTYPES, peak_flops
 
     require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
     peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
     require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
-    require(args.model is None or args.mfu is not None or args.mfu_from is not None, "mfu", None,
-            f"{NO_MFU}; a preset counted here has none")
+    require(args.model is None or by_layout or args.mfu is not None or args.mfu_from is not None, "mfu", None,
+            f"{NO_MFU}; a preset counted here has none outside a layout counted rank by rank (train's --dp --tp "
+            "--pp --zero with --batch, on a --gpu with an interconnect in the table)")
     return peak
 
 

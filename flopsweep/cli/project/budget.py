@@ -51,7 +51,7 @@ def command(args: argparse.Namespace) -> int:
             "give exactly one of --flops, --gpu-hours, --days or --usd")
     (kind, value), = given.items()
     require(value > 0, kind.replace("_", "-"), value, "must be > 0")
-    result, source, cost, hardware, split = training_inputs(args)
+    result, source, cost, hardware, split, _ = training_inputs(args)
     devices = per_device(result, split, source) if split else None
     flops = B.budget_flops(kind, value, hardware, devices.bubble if devices else 0.0)
     presets = []

@@ -65,3 +65,14 @@ def log_projection(args: argparse.Namespace, record: dict, result: Result) -> No
 def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
     run_id = (result.info.get("tracking") or {}).get("run_id")
     return run_id or (ref if ref and not Path(ref).exists() else None)
+
+
+def layout_line(counted: Result) -> str:
+    """A layout counted rank by rank, in words: its predicted step, MFU, memory a GPU and bottleneck."""
+    from flopsweep.core import metrics as M
+    from flopsweep.core.text import format_metric
+
+    m, parallel = counted.metrics, counted.info.get("parallel") or {}
+    figures = ", ".join(f"{what} {format_metric(key, m.get(key))}" for what, key in (
+        ("step", M.TIME_STEP_PREDICTED), ("MFU", M.MFU_PREDICTED), ("memory a GPU", M.PARALLEL_MEMORY_PER_GPU)))
+    return f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {parallel.get('bottleneck', '-')}"

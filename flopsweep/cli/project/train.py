@@ -11,7 +11,9 @@ The model comes from a measured job (its folder, or its MLflow run id) or from a
 batch 1 (--batch when given) and the preset's sequence length (--seq-len to change it). Without --mfu or
 --mfu-from, the MFU is the run's predicted one (speed/mfu_predicted). Amounts take K, M, B/G, T, P.
 --dp --tp --pp --zero --micro-batches split the measured step over dp·tp·pp GPUs (the measured batch is the global
-batch): per-device figures, and time divided by (1 - pipeline bubble).
+batch): per-device figures, and time divided by (1 - pipeline bubble). With --model, --batch (the global batch) and
+no --mfu, the layout is counted rank by rank on a fake process group and its step predicted on --gpu
+(docs/parallel.md): the MFU is that step's, with its communication and bubble, and its memory a GPU is printed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import argparse
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
-from flopsweep.cli.project.common import log_projection, write_json
+from flopsweep.cli.project.common import layout_line, log_projection, write_json
 from flopsweep.core.errors import require
 
 
@@ -30,7 +32,8 @@ def register(subparsers) -> None:
     plan = p.add_argument_group("plan (one of --tokens, --steps with --batch, --compute-optimal)")
     plan.add_argument("--tokens", type=A.amount, help="training tokens")
     plan.add_argument("--steps", type=A.amount, help="optimizer steps (with --batch; tokens = steps x batch x seq)")
-    plan.add_argument("--batch", type=A.amount, help="global batch, in sequences")
+    plan.add_argument("--batch", type=A.amount, help="global batch, in sequences (with --steps; with --model, the "
+                      "batch it is counted at: a layout's global batch)")
     plan.add_argument("--compute-optimal", action="store_true", help="20 tokens per parameter (Chinchilla)")
     plan.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
     A.add_training_part(p)
@@ -51,9 +54,9 @@ def command(args: argparse.Namespace) -> int:
                                                                                 if args.compute_optimal else [])
     require(len(plans) == 1, "plan", "+".join(plans) or None,
             "give exactly one of --tokens, --steps (with --batch) or --compute-optimal")
-    require((args.steps is None) == (args.batch is None), "batch" if args.steps is not None else "steps", None,
-            "--steps and --batch go together (tokens = steps x batch x sequence length)")
-    result, source, cost, hardware, split = training_inputs(args, int(args.batch) if args.batch else 1)
+    require(args.steps is None or args.batch is not None, "batch", None,
+            "--steps needs --batch (tokens = steps x batch x sequence length)")
+    result, source, cost, hardware, split, counted = training_inputs(args, int(args.batch) if args.batch else 1)
     if args.tokens is not None:
         plan = P.Plan.of_tokens(args.tokens, recompute=args.recompute)
     elif args.steps is not None:
@@ -64,6 +67,8 @@ def command(args: argparse.Namespace) -> int:
         plan = P.Plan.compute_optimal(cost.params, args.recompute)
     projection = P.project(cost, plan, hardware, per_device(result, split, source) if split else None)
     print(projection.table())
+    if counted is not None:
+        print(layout_line(counted))
     write_json(args.json, projection.to_dict())
     log_projection(args, training_record(projection), result)
     return 0
