@@ -1,7 +1,7 @@
 """A pipeline stage of many identical layers counted from two small samples of it.
 
 A rank's count grows by the same amount with each identical layer it holds: its FLOPs, collectives, parameters,
-saved activations and each memory peak (:class:`~flopsweep.measure.ranks.RankMemory`) by one layer's, its op trace by one layer's ops, in the same place.
+saved activations and each memory peak (:class:`~flopsweep.measure.rank_memory.RankMemory`) by one layer's, its op trace by one layer's ops, in the same place.
 So a stage of ``k`` layers is counted twice, with ``a`` and ``a + 1`` of its layers (3 and 4), and the rest
 follows: ``count(k) = count(a) + (k - a) * (count(a + 1) - count(a))``. Three layers at least in the smaller sample: under ZeRO-3, FSDP's backward prefetches the next layer's
 gather, and the backward's peak takes its steady place from the third layer on. Each sample costs a few layers
