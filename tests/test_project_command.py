@@ -137,7 +137,7 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     cfg = compose_config("model=gpt2_small", "device=meta", "batch.size=8", "tracking=none", "parallel.dp=2",
                          "parallel.tp=2", "parallel.pp=2", "parallel.zero=3", "parallel.micro_batch_size=2",
                          "predict.hardware=H100",
-                         "dtype=bfloat16")
+                         "dtype=mixed_bf16")  # float32 weights and state, sharded by FSDP; bfloat16 compute
     spec = resolve(cfg)
     job = run_job(spec, job_config(cfg, spec))
     mfu = job.metrics[M.MFU_PREDICTED]

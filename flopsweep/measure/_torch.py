@@ -16,8 +16,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage", "op_schema",
-           "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage",
+           "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
 

@@ -21,8 +21,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, local_storage,
-                                      process_group_of, storage_id,
-                                      tree_leaves)
+                                      process_group_of, storage_id, tree_leaves)
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions, cost_of
 from flopsweep.measure.ops import OpTrace

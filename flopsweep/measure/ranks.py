@@ -38,6 +38,7 @@ from flopsweep.measure.rank_sample import alike, grown, samples
 from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
 
+
 @dataclass
 class RankCount:
     """One rank counted: its local FLOPs by phase (``forward``, ``backward``, ``recompute``, ``optimizer``) for one
@@ -139,10 +140,10 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
         rank = None
         if plan is not None:
             small, large, more = plan
-            counted = [_in_own_thread(_count_rank, build, layout, stage, part, work, optimizer) for part in plan[:2]]
+            counted = [_in_own_thread(_count_rank, build, layout, stage, part, work, optimizer) for part in (small, large)]
             rank = grown(*counted, more)
             if rank is not None:
-                rank.sampled = (sum(map(len, small)), sum(map(len, large)))
+                rank.sampled = (len(small[0]), len(large[0]))
         ranks.append(rank or _in_own_thread(_count_rank, build, layout, stage, chunks, work, optimizer))
     return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
 

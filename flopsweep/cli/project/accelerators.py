@@ -67,13 +67,16 @@ def _counts_layout(args: argparse.Namespace, split: Optional[Parallelism]) -> bo
 
 def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) -> Result:
     """``--model`` at the global batch ``batch`` counted in ``split`` rank by rank, its step predicted on ``--gpu``
-    (a ``parallel.*`` job on meta)."""
+    (a ``parallel.*`` job on meta): computing in ``--dtype``, with float32 weights and optimizer state where ZeRO
+    shards them (FSDP's mixed precision), else all in ``--dtype``."""
     from flopsweep.run.presets import measure_preset
 
     per_replica = batch // split.dp if batch % split.dp == 0 else 0
     require(per_replica and per_replica % split.m == 0, "batch", batch, f"must be a multiple of dp x micro-batches "
             f"= {split.dp * split.m} to count the layout (the global batch of one step: give --batch)")
     dtype = args.dtype if args.dtype in ("float32", "bfloat16", "float16") else "bfloat16"
+    if dtype != "float32" and split.zero >= 1 and split.dp > 1:  # FSDP's mixed precision: float32 weights and state
+        dtype = {"bfloat16": "mixed_bf16", "float16": "mixed_fp16"}[dtype]
     extra = [f"parallel.dp={split.dp}", f"parallel.tp={split.tp}", f"parallel.pp={split.pp}",
              f"parallel.zero={split.zero}", f"parallel.micro_batch_size={per_replica // split.m}",
              f"predict.hardware={args.gpu}", f"dtype={dtype}"]
