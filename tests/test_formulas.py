@@ -80,3 +80,11 @@ def test_every_formula_names_arguments_its_op_has(op):
     for overload in op.overloads():
         schema = {argument.name for argument in getattr(op, overload)._schema.arguments}
         assert names <= schema, (overload, sorted(names - schema))
+
+
+@pytest.mark.parametrize("op", ["aten::mm", torch.ops.aten.mm.default])
+def test_a_formula_for_a_name_or_one_overload_is_refused_as_never_matched(own_registry, op):
+    """A count looks formulas up by the op's packet: a string or an overload would register and never count."""
+    with pytest.raises(TypeError, match="not an op's packet"):
+        flopsweep.formula(op)(lambda self, mat2, **_: formulas.OpCost(matmul=7))
+    assert op not in formulas.FORMULAS

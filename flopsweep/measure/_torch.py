@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage",
-           "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+           "is_op_packet", "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
 
@@ -67,6 +67,11 @@ def local_storage(t: torch.Tensor) -> Any:
     """``t``'s storage; a DTensor's, its local shard's, read without dispatching an op (``to_local()`` makes a view,
     which a counter would see)."""
     return getattr(t, "_local_tensor", t).untyped_storage()
+
+
+def is_op_packet(op: Any) -> bool:
+    """Whether ``op`` is an op's packet (``torch.ops.aten.mm``: every overload of it), as a counter looks ops up."""
+    return isinstance(op, torch._ops.OpOverloadPacket)
 
 
 def op_schema(func: Any) -> Any:

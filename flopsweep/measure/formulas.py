@@ -55,7 +55,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from flopsweep.measure._torch import op_schema
+from flopsweep.measure._torch import is_op_packet, op_schema
 
 aten = torch.ops.aten
 
@@ -87,6 +87,9 @@ _rules: dict[Any, Rule] = {}      # overload -> its rule, found once per overloa
 
 
 def _add(op: Any, entry: _Entry) -> None:
+    if not is_op_packet(op):
+        raise TypeError(f"{op!r} is not an op's packet: give torch.ops.<namespace>.<op> (torch.ops.aten.mm), whose "
+                        "every overload a count looks up; a name or a single overload would never be matched")
     if op in FORMULAS:
         raise ValueError(f"a FLOP formula for {op} is registered already: one op, one formula")
     FORMULAS[op] = entry
