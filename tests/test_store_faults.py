@@ -58,6 +58,7 @@ def damage(store: Path, how: str) -> None:
     os.truncate(store, store.stat().st_size // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["random bytes", "cut in half"])
 def test_a_damaged_store_is_said_once_the_sweep_goes_on_and_sync_logs_it_into_a_new_store(tmp_path, how):
     """It was ten attempts over five minutes per job (MLflow's engine retries), a resume that hung, and tracebacks
@@ -102,6 +103,7 @@ def sync_process(cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_locked_store_costs_one_wait_and_its_sweep_gets_one_parent(tmp_path):
     """Another process holds the store's write lock for the whole sweep: one wait of a few seconds, said once (it
     split one sweep under two parents); once the lock is gone, sync logs the sweep under one parent."""
