@@ -5,6 +5,7 @@ import json
 import pytest
 
 from flopsweep.cli.project import main
+from flopsweep.core.comm import collective_seconds
 from flopsweep.core.hardware import accelerator, peak_flops
 from flopsweep.projection.serving import Generation, Serving, at_batch, largest_batch, plan
 from tests.helpers import run_app, run_main
@@ -175,7 +176,7 @@ def test_tensor_parallel_decode_waits_on_two_all_reduces_a_layer_latency_bound_a
     unshaped = Generation(**{**GEN.__dict__, "new_tokens": 2})
     shaped = Generation(**{**unshaped.__dict__, "width": 4096, "layers": 32})
     link = H100.interconnect.scale_up
-    ring = lambda nbytes: link.latency_s + 2 * 3 / 4 * nbytes / (link.bandwidth_gbs * 1e9 * link.efficiency)  # noqa
+    ring = lambda nbytes: collective_seconds("all_reduce", nbytes, 4, link)  # noqa: E731 (tests/test_comm.py: Vidur's)
     split, alone = (at_batch(gen, Serving(H100, "bfloat16", tp=4), 1) for gen in (shaped, unshaped))
     assert split.tpot_all_reduce_s == pytest.approx(64 * ring(4096 * 2))
     assert split.tpot_all_reduce_s == pytest.approx(64 * link.latency_s, rel=0.05)  # latency-bound

@@ -116,16 +116,15 @@ class Serving:
         link = self.gpu.interconnect
         return Network(link, {"tp": self.tp}, link.domain) if link is not None and self.tp > 1 else None
 
-    def all_reduce_s(self, gen: "Generation", tokens: np.ndarray) -> np.ndarray:
+    def all_reduce_s(self, gen: "Generation", tokens: int) -> float:
         """Seconds of a phase's tensor-parallel all-reduces, two a layer of ``tokens`` tokens' activations (0 where
         there is no tp, no interconnect, or the model's width or layers are not known)."""
         network = self.network()
         if network is None or not gen.width or not gen.layers:
-            return np.zeros_like(tokens, dtype=float)
+            return 0.0
         calls = 2 * gen.layers
         each = tokens * gen.width * (4 if self.dtype == "float32" else 2)
-        return np.array([network.seconds("all_reduce", "tp", calls * b, calls) for b in np.ravel(each)]).reshape(
-            np.shape(tokens))
+        return network.seconds("all_reduce", "tp", calls * each, calls)
 
 
 @dataclass(frozen=True)
@@ -165,8 +164,8 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
     steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes / tp + batch * kv * contexts,
                             serving)
-    step_all_reduce = float(serving.all_reduce_s(gen, np.array([batch]))[0])
-    ttft = float(prefill[0] + serving.all_reduce_s(gen, np.array([batch * gen.prompt]))[0])
+    step_all_reduce = serving.all_reduce_s(gen, batch)
+    ttft = float(prefill[0]) + serving.all_reduce_s(gen, batch * gen.prompt)
     decode = float(steps.sum()) + len(contexts) * step_all_reduce
     tpot = decode / len(contexts) if len(contexts) else 0.0
     bound = "-" if not len(contexts) else "compute" if compute.all() else "memory" if not compute.any() else \

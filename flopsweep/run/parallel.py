@@ -36,8 +36,9 @@ def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
         metrics.update(step_metrics(count, step, prediction_info.pop("peak"), spec.batch.tokens))
         bound = prediction_info["bound"][step.ranks.index(step.critical)]
         part = accelerator(prediction_info["part"])
-        metrics[M.PARALLEL_FITS] = float(count.busiest.memory.peak_in_flight_bytes <= part.memory_bytes)
-        info["parallel"]["bottleneck"] = _bottleneck(count, step, part, bound)
+        fits = count.busiest.memory.peak_in_flight_bytes <= part.memory_bytes
+        metrics[M.PARALLEL_FITS] = float(fits)
+        info["parallel"]["bottleneck"] = _bottleneck(count, step, part, bound, fits)
         info["parallel"]["step"] = {"seconds": step.seconds, **step.parts(),
                                     "ranks": [asdict(r) for r in step.ranks]}
     if prediction_info:
@@ -108,12 +109,11 @@ def _tier_words(network: Network, dim: str) -> str:
     return f"{tier}, {bandwidth:g} GB/s each way per GPU ({link.source})"
 
 
-def _bottleneck(count: LayoutCount, step: StepTime, part: Accelerator, bound: str) -> str:
-    memory = count.busiest.memory.peak_in_flight_bytes
+def _bottleneck(count: LayoutCount, step: StepTime, part: Accelerator, bound: str, fits: bool) -> str:
     words = step.bottleneck(bound)
-    if memory > part.memory_bytes:
-        return f"does not fit: {memory / 2**30:.1f} GiB a GPU at the peak, over the {part.name}'s " \
-               f"{part.memory_gb:g} GB; {words}"
+    if not fits:
+        return f"does not fit: {count.busiest.memory.peak_in_flight_bytes / 2**30:.1f} GiB a GPU at the peak, over " \
+               f"the {part.name}'s {part.memory_gb:g} GB; {words}"
     return words
 
 

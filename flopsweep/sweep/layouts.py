@@ -115,7 +115,7 @@ class LayoutSweeper(RecoveringSweeper):
     GPUs that can fit ``predict.hardware``'s memory (``conf/hydra/sweeper/layouts.yaml``)."""
 
     def __init__(self, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8), recompute: Sequence[str] = RECOMPUTE,
-                 zero: Sequence[int] = (0, 1, 2, 3), top: int = 10, **rest: Any) -> None:
+                 zero: Sequence[int] = (0, 2, 3), top: int = 10, **rest: Any) -> None:
         super().__init__(**rest)
         self.micro_batch_sizes, self.recompute, self.zeros, self.top = list(micro_batch_sizes), list(recompute), \
             list(zero), top
