@@ -72,7 +72,40 @@ def test_bad_value_names_its_key(overrides, key):
 
 def test_valid_config_resolves():
     spec = resolve(compose_config("model=bert_base", "batch.size=8", "dtype=bfloat16", "device=cpu"))
-    assert spec.batch.size == 8 and spec.batch.seq_len == 128 and spec.params_dtype == "bfloat16"
+    assert spec.batch.size == 8 and spec.batch.seq_len == 128 and spec.dtype.params == "bfloat16"
+
+
+def test_a_spec_carries_what_was_resolved_so_nothing_below_reads_the_config_again(tmp_path, monkeypatch):
+    """device=auto decided (with the CPU's model as its name), mixed precision typed, batch.size=max a policy beside
+    a batch that builds, and the tracking target and skip_existing the job uses."""
+    import torch
+
+    from flopsweep.core.hardware import cpu_model
+
+    monkeypatch.chdir(tmp_path)
+    spec = resolve(compose_config("device.type=auto", "dtype.autocast=bfloat16", "batch.size=max",
+                                  "batch.memory_budget_gib=2", "skip_existing=true"))
+    if torch.cuda.is_available():
+        assert spec.device.is_cuda and str(spec.device) == "cuda:0"
+        assert spec.device.name == torch.cuda.get_device_name(0)
+    else:
+        assert (spec.device.kind, str(spec.device), spec.device.name) == ("cpu", "cpu", cpu_model())
+    assert spec.dtype.compute == "bfloat16" and spec.dtype.weights is torch.float32
+    assert spec.dtype.autocast_dtype is torch.bfloat16
+    assert spec.batch.size == 1 and spec.max_batch is not None and spec.max_batch.budget_bytes == 2 * 2**30
+    assert spec.skip_existing and spec.tracking.experiment == "flopsweep"
+    assert spec.tracking.uri == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    meta = resolve(compose_config("device=meta", "tracking=none"))
+    assert meta.device.is_meta and meta.device.name is None and meta.tracking is None and meta.max_batch is None
+
+
+def test_a_device_is_one_of_its_kinds():
+    from flopsweep.core.device import Device
+
+    assert str(Device("cuda", 1, "NVIDIA H100 80GB HBM3")) == "cuda:1"
+    for kind, index in (("tpu", None), ("cuda", None), ("cpu", 0)):
+        with pytest.raises(ValueError):
+            Device(kind, index)
 
 
 @pytest.mark.parametrize("args,key", [

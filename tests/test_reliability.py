@@ -189,8 +189,8 @@ def test_the_memory_check_reads_the_limit_of_the_processs_own_cgroup(memory_cgro
     import sys
 
     folder, limit_file, limit = memory_cgroup
-    code = ("from flopsweep.run.fit import available_memory\n"
-            "a = available_memory('cpu')\nprint(a.bytes)\nprint(a.source)")
+    code = ("from flopsweep.core.device import Device\nfrom flopsweep.run.fit import available_memory\n"
+            "a = available_memory(Device('cpu'))\nprint(a.bytes)\nprint(a.source)")
     out = subprocess.run(["sh", "-c", f'echo $$ > "{folder}/cgroup.procs" && exec "$0" -c "$1"', sys.executable, code],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -25,7 +25,7 @@ def sized(*overrides, device="meta"):
         if spec.training:
             count_step(built.model, built.inputs, built.optimizer, context=built.autocast)
         size = measure_size(built.model, built.inputs, built.optimizer, built.autocast,
-                            int8=spec.params_dtype == "int8", training=spec.training)
+                            int8=spec.dtype.int8, training=spec.training)
     return size, built
 
 

@@ -43,8 +43,8 @@ def diagnose(name: str, overrides: list[str], device: str) -> None:
     built = build(spec)
     count = count_step(built.model, built.inputs, built.optimizer, context=built.autocast)
     cal, origin = profile_for(None, device_name(device), gpu)
-    prediction = predict(count.trace, cal, autocast=spec.autocast)
-    model = TimeModel(cal, spec.autocast)
+    prediction = predict(count.trace, cal, autocast=spec.dtype.autocast)
+    model = TimeModel(cal, spec.dtype.autocast)
     predicted: Counter = Counter()
     for phase, calls in count.trace.phases.items():
         for i in calls:

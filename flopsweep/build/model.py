@@ -17,10 +17,6 @@ from flopsweep.core.errors import ConfigError, one_line
 from flopsweep.build.train_modes import apply_train_mode
 from flopsweep.models.base import BatchShape
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "int8": torch.float32}  # int8 weights are stored quantised; arithmetic runs in float32
-
-
 @dataclass
 class Built:
     model: nn.Module
@@ -43,11 +39,9 @@ class Built:
 
 
 def build(spec: JobSpec) -> Built:
-    if spec.wants_max_batch:
-        raise ValueError("batch.size=max is chosen by flopsweep.run.job.run_job (flopsweep.run.fit), not built")
     torch.manual_seed(spec.measure.seed)
-    dtype = DTYPES[spec.params_dtype]
-    with torch.device(spec.device), default_dtype(dtype):  # made in its dtype: not float32 first, twice the bytes
+    dtype = spec.dtype.weights
+    with torch.device(str(spec.device)), default_dtype(dtype):  # made in its dtype: not float32 first, twice the bytes
         try:
             model = spec.family.Model(spec.model)
         except RuntimeError as err:
@@ -91,14 +85,13 @@ def too_large(model: Any, err: RuntimeError) -> ConfigError:
 
 def example_inputs(spec: JobSpec, batch: BatchShape) -> dict[str, torch.Tensor]:
     """The synthetic batch of ``batch``'s shape on the job's device, floating inputs in the weights' dtype."""
-    dtype = DTYPES[spec.params_dtype]
+    dtype = spec.dtype.weights
     return {name: t.to(dtype) if t.is_floating_point() else t
-            for name, t in spec.family.example_inputs(spec.model, batch, spec.device).items()}
+            for name, t in spec.family.example_inputs(spec.model, batch, str(spec.device)).items()}
 
 
 def autocast_context(spec: JobSpec) -> Callable[[], ContextManager]:
-    if spec.autocast is None or spec.device == "meta":
+    if spec.dtype.autocast is None or spec.device.is_meta:
         # autocast has no meta dispatch key; the counts do not depend on it, only activation bytes would
         return contextlib.nullcontext
-    device_type = "cuda" if spec.device.startswith("cuda") else "cpu"
-    return lambda: torch.autocast(device_type, dtype=DTYPES[spec.autocast])
+    return lambda: torch.autocast(spec.device.kind, dtype=spec.dtype.autocast_dtype)

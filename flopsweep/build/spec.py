@@ -1,40 +1,83 @@
 """The validated job: everything the build, measure and run stages need, as :func:`flopsweep.config.resolve.resolve`
-makes it from a composed config."""
+makes it from a composed config. Nothing below the config reads the Hydra config again."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from flopsweep.build.optimizers import OptimizerConf
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.core.device import Device
 from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models.base import BatchShape, Family, ModelConfig
+from flopsweep.sinks.target import Target
 
 MAX_BATCH = "max"  # batch.size=max: the largest batch whose estimated training peak fits the memory budget
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "int8": torch.float32}  # int8 weights are stored quantised; arithmetic runs in float32
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The weights' dtype (``dtype.params``) and mixed precision's compute dtype over float32 weights
+    (``dtype.autocast``), by name as results record them."""
+
+    params: str = "float32"            # float32 | float16 | bfloat16 | int8 (weight-only, inference)
+    autocast: Optional[str] = None     # bfloat16 | float16
+
+    @property
+    def compute(self) -> str:
+        """The dtype the arithmetic runs in: what the FLOPs and the peak they are compared with are in."""
+        return self.autocast or self.params
+
+    @property
+    def int8(self) -> bool:
+        return self.params == "int8"
+
+    @property
+    def weights(self) -> torch.dtype:
+        """The dtype the model is made in (int8 weights are quantised from float32 ones)."""
+        return DTYPES[self.params]
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return DTYPES[self.autocast] if self.autocast else None
+
+
+@dataclass(frozen=True)
+class MaxBatch:
+    """``batch.size=max``: choose the largest batch whose estimated training peak fits ``budget_bytes``
+    (``batch.memory_budget_gib``), or, where None, ``measure.memory_share`` of what the device has."""
+
+    budget_bytes: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A validated job. ``batch.size`` is :data:`MAX_BATCH` for ``batch.size=max`` until the run stage has chosen
-    the batch (``memory_budget``: bytes, if set)."""
+    """A validated job. ``batch`` can always be built; ``max_batch`` set: the run stage chooses the batch size
+    first (batch 1 until then)."""
 
     model: ModelConfig
     family: Family
     batch: BatchShape
-    device: str                          # "cpu", "cuda:0", "meta"
-    params_dtype: str
-    autocast: Optional[str]
+    device: Device
+    dtype: Precision
     optimizer: OptimizerConf
     measure: MeasureConf
     peak_tflops: Optional[float]
     threads: Optional[int]
     train: TrainConf = field(default_factory=TrainConf)
-    memory_budget: Optional[int] = None  # batch.size=max: batch.memory_budget_gib in bytes; None = from the device
+    max_batch: Optional[MaxBatch] = None
     generate: GenerateConf = field(default_factory=GenerateConf)
     predict: PredictConf = field(default_factory=PredictConf)
     parallel: Optional[ParallelConf] = None  # set: the layout counted rank by rank (run/parallel.py)
+    tracking: Optional[Target] = None        # where the run is logged; None: tracking=none
+    skip_existing: bool = False              # a finished run of the same fingerprint in the store: not measured again
 
     @property
     def generates(self) -> bool:
@@ -42,8 +85,4 @@ class JobSpec:
 
     @property
     def training(self) -> bool:
-        return trains(self.params_dtype, self.train.mode)
-
-    @property
-    def wants_max_batch(self) -> bool:
-        return self.batch.size == MAX_BATCH
+        return trains(self.dtype.params, self.train.mode)

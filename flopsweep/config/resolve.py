@@ -11,9 +11,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.build import optimizers
-from flopsweep.build.spec import MAX_BATCH, JobSpec
+from flopsweep.build.spec import MAX_BATCH, JobSpec, MaxBatch, Precision
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
+from flopsweep.core.device import Device
 from flopsweep.core.errors import ConfigError, is_number, one_line, require, require_int
 from flopsweep.core.hardware import accelerator, names as hardware_names
 from flopsweep.measure.calibration import Calibration
@@ -21,7 +22,7 @@ from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.models import family as family_of
 from flopsweep.models.base import BatchShape, Family, ModelConfig
-from flopsweep.sinks.target import target_of
+from flopsweep.sinks.target import Target, target_of
 
 PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
@@ -32,22 +33,22 @@ def resolve(cfg: DictConfig) -> JobSpec:
     family, model = _model(cfg.model)
     batch = _batch(cfg.batch, model)
     device = _device(cfg.device)
-    _dtype(cfg.dtype)
+    dtype = _dtype(cfg.dtype)
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
-    train = _train(cfg.train, family, cfg.dtype.params)
+    train = _train(cfg.train, family, dtype.params)
     generate = _generate(cfg.generate, train, family, model, batch)
     measure = _measure(cfg.measure)
     require(not (measure.compile and TRAIN_MODES[train.mode].generates), "measure.compile", True,
             "times a training step: a generation (train=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
-    budget = _memory_budget(cfg.batch, device, trains(cfg.dtype.params, train.mode))
-    parallel = _parallel(cfg, family, model, batch, device, train, predict)
-    _tracking(cfg)
-    return JobSpec(model=model, family=family, batch=batch, device=device, params_dtype=cfg.dtype.params,
-                   autocast=cfg.dtype.autocast, optimizer=opt, measure=measure, peak_tflops=cfg.device.peak_tflops,
-                   threads=cfg.device.threads, train=train, memory_budget=budget, generate=generate,
-                   predict=predict, parallel=parallel)
+    max_batch = _max_batch(cfg.batch, device, trains(dtype.params, train.mode))
+    parallel = _parallel(cfg, family, model, batch, device, dtype, train, predict)
+    tracking = _tracking(cfg)
+    return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
+                   measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train,
+                   max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
+                   skip_existing=cfg.skip_existing)
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -69,14 +70,17 @@ def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:
         require_int(batch.seq_len, "batch.seq_len")
     if batch.image_size is not None:
         require_int(batch.image_size, "batch.image_size")
-    shape = model.resolve_batch(batch.size, batch.seq_len, batch.image_size)
+    # batch.size=max: built at batch 1 until the run stage has chosen the batch
+    shape = model.resolve_batch(1 if batch.size == MAX_BATCH else batch.size, batch.seq_len, batch.image_size)
     model.validate_common()
     model.validate(shape)
     return shape
 
 
-def _device(device: DictConfig) -> str:
+def _device(device: DictConfig) -> Device:
     import torch
+
+    from flopsweep.measure.timing import device_name
 
     kind = DeviceType(device.type)
     if kind is DeviceType.auto:
@@ -94,17 +98,18 @@ def _device(device: DictConfig) -> str:
         require_int(device.index, "device.index", 0)
         require(device.index < torch.cuda.device_count(), "device.index", device.index,
                 f"only {torch.cuda.device_count()} CUDA device(s) visible")
-        return f"cuda:{device.index}"
-    return kind.value
+        return Device("cuda", device.index, device_name(f"cuda:{device.index}"))
+    return Device(kind.value, None, None if kind is DeviceType.meta else device_name(kind.value))
 
 
-def _dtype(dtype: DictConfig) -> None:
+def _dtype(dtype: DictConfig) -> Precision:
     require(dtype.params in PARAM_DTYPES, "dtype.params", dtype.params, f"must be one of {', '.join(PARAM_DTYPES)}")
     if dtype.autocast is not None:
         require(dtype.autocast in AUTOCAST_DTYPES, "dtype.autocast", dtype.autocast,
                 f"must be one of {', '.join(AUTOCAST_DTYPES)} or null")
         require(dtype.params == "float32", "dtype.autocast", dtype.autocast,
                 f"mixed precision needs float32 weights, not dtype.params={dtype.params}")
+    return Precision(dtype.params, dtype.autocast)
 
 
 def _train(node: DictConfig, family: Family, params_dtype: str) -> TrainConf:
@@ -163,18 +168,18 @@ def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
     return predict
 
 
-def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchShape, device: str, train: TrainConf,
-              predict: PredictConf) -> Optional[ParallelConf]:
+def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchShape, device: Device,
+              dtype: Precision, train: TrainConf, predict: PredictConf) -> Optional[ParallelConf]:
     """``parallel.*``: None where no key is set; else the layout checked against the model's shape and the batch
     (measure/layout.py), and what the rank counter needs: a full training step of a transformer on meta."""
     node = ParallelConf(**OmegaConf.to_container(cfg.parallel))
     if not node.set:
         return None
-    require(device == "meta", "device.type", device, "parallel.* counts a layout rank by rank without memory: it "
+    require(device.is_meta, "device.type", str(device), "parallel.* counts a layout rank by rank without memory: it "
             "needs device=meta")
-    require(batch.size != MAX_BATCH, "batch.size", MAX_BATCH, "parallel.* takes the global batch of a step: give a "
+    require(cfg.batch.size != MAX_BATCH, "batch.size", MAX_BATCH, "parallel.* takes the global batch of a step: give a "
             "number")
-    require(train.mode == "full" and cfg.dtype.params in ("float32", "bfloat16", "float16"), "train.mode", train.mode,
+    require(train.mode == "full" and dtype.params in ("float32", "bfloat16", "float16"), "train.mode", train.mode,
             "parallel.* counts full training (train=full, weights in float32, bfloat16 or float16)")
     require(cfg.optimizer.name != "none", "optimizer.name", "none", "parallel.* counts a step with its optimizer")
     shape = family.shape(model)
@@ -183,7 +188,7 @@ def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchS
     layout = node.layout()
     layout.check_model(heads=shape.heads, kv_heads=shape.kv_heads, layers=shape.layers, batch_size=batch.size,
                        seq_len=batch.seq_len, experts=shape.experts)
-    layout.check_counted(mixed_precision=cfg.dtype.autocast is not None)
+    layout.check_counted(mixed_precision=dtype.autocast is not None)
     if node.gpus is not None:
         require_int(node.gpus, "parallel.gpus")
         require(layout.world_size == node.gpus, "parallel.gpus", node.gpus, "is the world size a layout search targets "
@@ -215,8 +220,9 @@ def _measure(node: DictConfig) -> MeasureConf:
     return measure
 
 
-def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[int]:
-    """``batch.memory_budget_gib`` in bytes, checked; for ``batch.size=max``, what the search needs."""
+def _max_batch(batch: DictConfig, device: Device, training: bool) -> Optional[MaxBatch]:
+    """``batch.size=max`` as the policy the run stage follows (its budget, ``batch.memory_budget_gib``, in bytes),
+    or None for a given batch size; the budget is checked either way."""
     gib = batch.memory_budget_gib
     if gib is not None:
         require(is_number(gib) and 0 < gib < math.inf, "batch.memory_budget_gib", gib,
@@ -225,15 +231,17 @@ def _memory_budget(batch: DictConfig, device: str, training: bool) -> Optional[i
         return None
     require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "
             "and weights that train (not dtype=int8)")
-    require(gib is not None or device != "meta", "batch.memory_budget_gib", None,
+    require(gib is not None or not device.is_meta, "batch.memory_budget_gib", None,
             "missing: batch.size=max on device=meta needs a budget (meta has no memory of its own)")
-    return None if gib is None else int(gib * 2**30)
+    return MaxBatch(None if gib is None else int(gib * 2**30))
 
 
-def _tracking(cfg: DictConfig) -> None:
+def _tracking(cfg: DictConfig) -> Optional[Target]:
+    """Where the job's run goes, computed once for the job; a target that can never work is refused here, before
+    the job is measured."""
     require(not cfg.skip_existing or cfg.tracking.kind != "none", "skip_existing", True,
             "needs a store to find finished runs in: tracking=local or tracking=server")
-    target_of(cfg.tracking, Path.cwd())  # a target that can never work is refused here, before the job
+    return target_of(cfg.tracking, Path.cwd())
 
 
 def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
@@ -245,6 +253,8 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
     config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
+    if spec.max_batch is not None:  # the policy, until the run stage records the batch it chose
+        config["batch"]["size"] = MAX_BATCH
     # only what the chosen optimizer and train mode read: a full fine-tune records no LoRA rank, AdamW no GaLore gap
     kept = {"name", *optimizers.OPTIMIZERS[spec.optimizer.name].reads}
     config["optimizer"] = {k: v for k, v in config["optimizer"].items() if k in kept}

@@ -47,7 +47,7 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     count, size = progress.count, progress.size
     if size is not None:
         metrics = collect_metrics(spec.batch, count, size, progress.timing, training=spec.training,
-                                  dtype=spec.autocast or spec.params_dtype, peak_tflops=spec.peak_tflops,
+                                  dtype=spec.dtype.compute, peak_tflops=spec.peak_tflops,
                                   measured_peak=progress.measured_peak)
     else:
         metrics = {M.BATCH_SIZE: spec.batch.size, M.SEQ_LEN: spec.batch.seq_len}
@@ -55,7 +55,7 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     if count is not None:
         compared = progress.timing if progress.prediction_info.get("of_timed_device") else None
         metrics.update(prediction_metrics(progress.prediction, compared, count.model_flops,
-                                          spec.autocast or spec.params_dtype))
+                                          spec.dtype.compute))
     mean = optimizer_mean(count, progress.periodic_ops)
     if mean is not None:
         metrics[M.FLOPS_OPTIMIZER_MEAN] = mean
@@ -178,10 +178,10 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
         "causal_attention": spec.measure.causal_attention,
         "flops_convention": FLOPS_CONVENTION,
         "versions": {"flopsweep": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "host": platform.node(), "device": spec.device,
+        "host": platform.node(), "device": str(spec.device),
         "shape": spec.family.shape(spec.model).to_dict(),  # what readers know of the model (core/shape.py)
     }
-    if spec.params_dtype == "int8":
+    if spec.dtype.int8:
         info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"
     if timing is not None:
         info["timing"] = {"method": timing.method, "warmup": timing.warmup, "repeats": timing.repeats,

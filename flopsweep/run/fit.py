@@ -15,6 +15,7 @@ import torch
 
 from flopsweep.build.model import Built, build, example_inputs
 from flopsweep.build.spec import JobSpec
+from flopsweep.core.device import META, Device
 from flopsweep.core.text import size_bytes
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.generate import simulate_generation
@@ -53,7 +54,7 @@ class MetaEstimate:
     the activations saved for backward and the most bytes alive at once (:func:`simulate_step`)."""
 
     def __init__(self, spec: JobSpec):
-        self.spec = dataclasses.replace(with_batch_size(spec, 1) if spec.wants_max_batch else spec, device="meta")
+        self.spec = dataclasses.replace(spec, device=META)
         started = time.perf_counter()
         self.built: Built = build(self.spec)
         with MetaLikeCPU():  # Adafactor's step reads norms with .item()
@@ -76,7 +77,7 @@ class MetaEstimate:
                     step = simulate_step(built.model, inputs, built.optimizer, built.autocast,
                                          training=spec.training)
             size = measure_size(built.model, inputs, built.optimizer, built.autocast, training=spec.training,
-                                int8=spec.params_dtype == "int8", activations=step.activations_bytes)
+                                int8=spec.dtype.int8, activations=step.activations_bytes)
             self._estimates[batch_size] = Estimate(dataclasses.replace(size, step=step))
             self.seconds += time.perf_counter() - started
         return self._estimates[batch_size]
@@ -104,15 +105,15 @@ def memory_limit(share: float, available: Available) -> int:
     return int(share * available.bytes)
 
 
-def available_memory(device: str) -> Optional[Available]:
+def available_memory(device: Device) -> Optional[Available]:
     """What the device can still allocate: on ``cuda:i`` the driver's free memory plus what this process's caching
     allocator holds unused; on ``cpu`` MemAvailable (``/proc/meminfo``), or less where this process's cgroup
     has a lower limit; None on ``meta`` or where it cannot be told (no ``/proc``)."""
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.is_cuda:
+        free, _total = torch.cuda.mem_get_info(torch.device(str(device)))
+        cached = torch.cuda.memory_reserved(str(device)) - torch.cuda.memory_allocated(str(device))
         return Available(free + cached, f"free on {device}, torch.cuda.mem_get_info")
-    if device != "cpu":
+    if device.kind != "cpu":
         return None
     info = _meminfo()
     if "MemAvailable" not in info:
@@ -194,7 +195,7 @@ def _room_in(folder: Path, limit_file: str, usage_file: str, stat_key: str) -> O
 class MemoryCheck:
     """A real job's estimated peak against ``share`` of the memory its device has available."""
 
-    device: str
+    device: Device
     estimated_bytes: int
     available: Available
     share: float

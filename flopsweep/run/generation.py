@@ -23,7 +23,7 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
     and per-op tables), the generation's figures under ``progress.metrics``."""
     gen, tokens = generator(spec, built, spec.batch.size)
     size, prompt, new_tokens = spec.batch.size, spec.batch.seq_len, spec.generate.new_tokens
-    on_meta = spec.device == "meta"
+    on_meta = spec.device.is_meta
     counted = None
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
         if spec.measure.count:
@@ -35,16 +35,16 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
                                             "counted": counted.method}
         progress.phase = "size"
         progress.size = measure_size(built.model, built.inputs, None, built.autocast,
-                                     int8=spec.params_dtype == "int8", training=False)
+                                     int8=spec.dtype.int8, training=False)
         if on_meta:  # its memory at the peak, as a real job's pre-check estimates it
             progress.size = dataclasses.replace(progress.size, step=simulate_generation(
                 built.model, gen, tokens, prompt, new_tokens, context=built.autocast))
     timing = None
     if spec.measure.time and not on_meta:
         progress.phase = "time"
-        if spec.device.startswith("cuda"):  # the generation's peak, as a training job's is its steps': not the build's
-            torch.cuda.reset_peak_memory_stats(spec.device)
-        timing = time_generation(gen, tokens, prompt, new_tokens, spec.device, warmup=spec.measure.warmup,
+        if spec.device.is_cuda:  # the generation's peak, as a training job's is its steps': not the build's
+            torch.cuda.reset_peak_memory_stats(str(spec.device))
+        timing = time_generation(gen, tokens, prompt, new_tokens, str(spec.device), warmup=spec.measure.warmup,
                                  repeats=spec.measure.repeats, context=built.autocast)
     progress.metrics.update(generation_metrics(size, new_tokens, counted, timing))
 
@@ -54,7 +54,7 @@ def generator(spec: JobSpec, built: Built, size: int) -> tuple[Generator, Tokens
     gen = spec.family.generator(spec.model)(built.model)
 
     def tokens(length: int) -> torch.Tensor:
-        return torch.randint(0, gen.vocab_size, (size, length), device=spec.device)
+        return torch.randint(0, gen.vocab_size, (size, length), device=str(spec.device))
 
     return gen, tokens
 

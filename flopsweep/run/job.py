@@ -15,6 +15,7 @@ import torch
 from flopsweep.build.model import Built, build
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
+from flopsweep.core.device import Device
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.text import size_bytes
@@ -38,7 +39,7 @@ def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
     try:
         if spec.parallel is not None:  # a layout counted rank by rank on meta (run/parallel.py)
             return run_parallel(spec, config)
-        if spec.wants_max_batch:
+        if spec.max_batch is not None:
             return _run_max_batch(spec, config)
         return _run_checked(spec, config)
     except ConfigError as err:
@@ -62,18 +63,18 @@ def out_of_memory(err: BaseException) -> Optional[BaseException]:
     return None
 
 
-def release_memory(device: str) -> None:
+def release_memory(device: Device) -> None:
     """After running out of memory, and after every CUDA job: collect what the job left (a failed attempt's
     frames held the model and the batch) and give the CUDA caching allocator's blocks back, so that the next
     job in this process, or a smaller batch, starts with the device's whole memory."""
     gc.collect()
-    if device.startswith("cuda") and torch.cuda.is_initialized():
+    if device.is_cuda and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 
 def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
     """The job, after the memory pre-check on a real device (``measure.memory_check``)."""
-    if spec.device == "meta" or not spec.measure.memory_check:
+    if spec.device.is_meta or not spec.measure.memory_check:
         return _run(spec, config)
     skipped, check_info, step = _precheck(spec, config)
     if skipped is not None:
@@ -105,8 +106,8 @@ def _precheck(spec: JobSpec, config: dict[str, Any]) -> tuple[Optional[Result], 
 def _skipped(spec: JobSpec, config: dict[str, Any], reason: str, size: SizeRecord, info: dict[str, Any]) -> Result:
     """Not run, for lack of memory: the sizes estimated on meta are kept (they are what a run would report)."""
     metrics = collect_metrics(spec.batch, None, size, None, training=spec.training,
-                              dtype=spec.autocast or spec.params_dtype)
-    return with_step_memory(Result("skipped", reason, config, metrics, info={"skipped": reason, "device": spec.device,
+                              dtype=spec.dtype.compute)
+    return with_step_memory(Result("skipped", reason, config, metrics, info={"skipped": reason, "device": str(spec.device),
                                                                              "sizes_from": "meta", **info}), size.step)
 
 
@@ -114,9 +115,10 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
     """``batch.size=max``: the largest batch whose meta-estimated training peak fits the budget, then the job at that
     batch. On a real device that run is the confirmation: if it runs out of memory, step down and run again."""
     estimate = MetaEstimate(spec)
-    available = None if spec.device == "meta" else available_memory(spec.device)
-    if spec.memory_budget is not None:
-        budget, source = spec.memory_budget, f"batch.memory_budget_gib={spec.memory_budget / 2**30:g}"
+    available = None if spec.device.is_meta else available_memory(spec.device)
+    if spec.max_batch.budget_bytes is not None:
+        budget = spec.max_batch.budget_bytes
+        source = f"batch.memory_budget_gib={budget / 2**30:g}"
     else:
         require(available is not None, "batch.memory_budget_gib", None,
                 f"missing: the memory available on {spec.device} is unknown here, so batch.size=max needs a budget")
@@ -128,7 +130,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
                   f"of {size_bytes(budget)} ({source})")
         return _skipped(with_batch_size(spec, 1), config, reason, estimate.size(1), {"batch_search": search.info()})
     size, check = search.chosen, None
-    if spec.device != "meta" and spec.measure.memory_check:  # an explicit budget may exceed what is there
+    if not spec.device.is_meta and spec.measure.memory_check:  # an explicit budget may exceed what is there
         check = check_memory(with_batch_size(spec, size), estimate, available)
         if check is not None and not check.fits:
             return _skipped(with_batch_size(spec, size), _config_at_batch(config, size), check.reason(),
@@ -144,14 +146,14 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
             break
         size = step_down(size)
     info = search.info()
-    if spec.device == "meta":
+    if spec.device.is_meta:
         info["confirmed"] = "no: device=meta runs nothing, the batch is the estimate's"
     else:
         info["attempts"] = attempts
         info["confirmed"] = (f"yes: batch {size} ran on {spec.device}" if result.status == "ok" else
                              f"no: {len(attempts)} runs on {spec.device}, from batch {search.chosen} down, failed")
     result.info["batch_search"] = info
-    if spec.device != "meta":  # a meta job simulated its own step
+    if not spec.device.is_meta:  # a meta job simulated its own step
         with_step_memory(result, steps.get(size))
     if check is not None:
         result.info["memory_check"] = check.info()
@@ -191,7 +193,7 @@ def _run(spec: JobSpec, config: dict[str, Any]) -> Result:
         del cause
         result.info.update({"batch_size": spec.batch.size, "oom_phase": progress.phase,
                             "traceback": traceback.format_exc()})
-    if result.status == "oom" or spec.device.startswith("cuda"):
+    if result.status == "oom" or spec.device.is_cuda:
         release_memory(spec.device)  # out here: the error, its frames and the model they held are gone by now
     return result
 
@@ -199,17 +201,17 @@ def _run(spec: JobSpec, config: dict[str, Any]) -> Result:
 def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Result:
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
-    on_cuda = spec.device.startswith("cuda")
+    on_cuda = spec.device.is_cuda
     held_before = 0  # what the process held before the job (its caller's tensors, or a library's): not the job's
     if on_cuda:
-        torch.cuda.reset_peak_memory_stats(spec.device)  # a peak of this job's, not of one before it
-        held_before = torch.cuda.memory_allocated(spec.device)
+        torch.cuda.reset_peak_memory_stats(str(spec.device))  # a peak of this job's, not of one before it
+        held_before = torch.cuda.memory_allocated(str(spec.device))
     built = build(spec)
     (measure_generation if spec.generates else _measure_step)(spec, built, progress)
-    progress.measured_peak = torch.cuda.max_memory_allocated(spec.device) - held_before if on_cuda else None
+    progress.measured_peak = torch.cuda.max_memory_allocated(str(spec.device)) - held_before if on_cuda else None
     if spec.measure.profile and progress.timing is not None:  # after the step timings, which the hooks would slow
         progress.phase = "profile"
-        progress.latency = forward_latency(built.model, built.inputs, built.autocast, spec.device,
+        progress.latency = forward_latency(built.model, built.inputs, built.autocast, str(spec.device),
                                            warmup=spec.measure.warmup, repeats=spec.measure.repeats,
                                            training=spec.training)
     return job_result(spec, config, progress, model=built.model)
@@ -218,7 +220,7 @@ def _measure(spec: JobSpec, config: dict[str, Any], progress: Progress) -> Resul
 def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
     """Count, size and time a training step (or an inference forward pass) into ``progress``."""
     progress.periodic_ops = getattr(built.optimizer, "periodic_ops", {})
-    on_meta = spec.device == "meta"
+    on_meta = spec.device.is_meta
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
         saved = None
@@ -239,7 +241,7 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
         if not spec.measure.count:
             built.create_optimizer_state()
         progress.size = measure_size(built.model, built.inputs, built.optimizer, built.autocast,
-                                     int8=spec.params_dtype == "int8", training=spec.training,
+                                     int8=spec.dtype.int8, training=spec.training,
                                      activations=saved.bytes if saved is not None else None)
         if on_meta:  # a step as every one after the first runs it: the optimizer's state exists, no gradients yet
             built.model.zero_grad(set_to_none=True)
@@ -258,16 +260,16 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.phase = "compile"
             try:
                 model, progress.metrics[M.TIME_COMPILE] = compiled(built.model, built.inputs, built.autocast,
-                                                                   spec.device, training=spec.training)
+                                                                   str(spec.device), training=spec.training)
             except Exception as err:  # noqa: BLE001 - torch.compile's own errors, many kinds; the job fails
                 if out_of_memory(err) is not None:
                     raise
                 raise DidNotCompile(f"measure.compile=true: the model does not compile: {one_line(err, 300)}") \
                     from None
             progress.phase = "time"
-        if spec.device.startswith("cuda"):  # the steps' peak, not the build's
-            torch.cuda.reset_peak_memory_stats(spec.device)
-        progress.timing = timer(model, built.inputs, built.optimizer, built.autocast, spec.device,
+        if spec.device.is_cuda:  # the steps' peak, not the build's
+            torch.cuda.reset_peak_memory_stats(str(spec.device))
+        progress.timing = timer(model, built.inputs, built.optimizer, built.autocast, str(spec.device),
                                 warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
     progress.prediction, progress.prediction_info = predict_step(spec, progress.count, progress.timing)
 

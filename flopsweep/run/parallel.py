@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
-from flopsweep.build.model import DTYPES
 from flopsweep.build.optimizers import make_optimizer
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
@@ -25,8 +24,8 @@ from flopsweep.run.assemble import job_info
 def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
     """Count the layout and put its figures under their metric names (device=meta: nothing is allocated)."""
     layout = spec.parallel.layout()
-    work = Workload(spec.batch.size, spec.batch.seq_len, DTYPES[spec.params_dtype],
-                    DTYPES[spec.autocast] if spec.autocast else None, spec.measure.causal_attention == "half")
+    work = Workload(spec.batch.size, spec.batch.seq_len, spec.dtype.weights, spec.dtype.autocast_dtype,
+                    spec.measure.causal_attention == "half")
     count = count_layout(lambda: spec.family.Model(spec.model), layout, work,
                          lambda params: make_optimizer(spec.optimizer, param_groups(params)))
     metrics = layout_metrics(count)
@@ -85,10 +84,10 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
     if cal is None or part is None or part.interconnect is None:
         why = origin if cal is None else f"{cal.part} has no interconnect in the hardware table (core/hardware.py)"
         return None, {"error": f"not predicted: {why}"}
-    predictions = [predict(r.trace, cal, fused=bool(spec.predict.fused), autocast=spec.autocast) for r in count.ranks]
+    predictions = [predict(r.trace, cal, fused=bool(spec.predict.fused), autocast=spec.dtype.autocast) for r in count.ranks]
     network = Network(part.interconnect, _sizes(count.layout), spec.parallel.gpus_per_node or part.interconnect.domain)
     step = step_time(count, predictions, network)
-    dtype = spec.autocast or spec.params_dtype
+    dtype = spec.dtype.compute
     info = {"part": cal.part, "profile": origin, "digest": cal.digest(), "default": cal.default,
             "fused": bool(spec.predict.fused), "peak": predictions[0].peak.get(dtype),
             "bound": [p.bound() for p in predictions], "notes": sorted({n for p in predictions for n in p.notes}),

@@ -33,13 +33,13 @@ def predict_step(spec: JobSpec, count: Optional[StepCount],
         cal, origin = profile_for(hardware, timing.device_name if timing is not None else None, gpu)
         if cal is None:
             return None, {"error": origin}
-        prediction = predict(count.trace, cal, fused=bool(spec.predict.fused), autocast=spec.autocast)
+        prediction = predict(count.trace, cal, fused=bool(spec.predict.fused), autocast=spec.dtype.autocast)
     except Exception as err:  # noqa: BLE001 - whatever a profile holds, the job's measurements stand
         return None, {"error": f"not predicted: {one_line(err, 300)}"}
     notes = list(prediction.notes)
-    if spec.device == "meta" and spec.autocast is not None:
+    if spec.device.is_meta and spec.dtype.autocast is not None:
         notes.append("counted on meta, which has no autocast: the matmuls are predicted in "
-                     f"{spec.autocast}, the activations' bytes at float32 and autocast's weight casts left out")
+                     f"{spec.dtype.autocast}, the activations' bytes at float32 and autocast's weight casts left out")
     compared = timing is not None and _same_part(cal, timing)
     if compared and cal.device == "cpu" and cal.threads not in (None, timing.threads):
         notes.append(f"calibrated on {cal.threads} threads, timed on {timing.threads}: not compared")

@@ -30,6 +30,7 @@ from flopsweep.core.result import FAILURES, Result
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, short_name
 from flopsweep.sinks.jobdir import write_job_folder
+from flopsweep.sinks.target import Target
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
 from flopsweep.sweep.progress import Ticker, progress_line
@@ -52,12 +53,14 @@ def run_one(cfg: DictConfig) -> Result:
             config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         result = Result("failed", str(err), config)
         result.info["fingerprint"] = fingerprint(config, None, None)
+        tracking = _failed_job_target(cfg, err)
     else:
         say(progress_line(job_num, config))
         started = time.time()
         ticking = TICK.set(Ticker())
+        tracking = spec.tracking
         try:
-            result = _skip_or_run(cfg, spec, config)
+            result = _skip_or_run(spec, config)
             result.info["job"] = {"start": started, "end": time.time()}  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
                 raise state.Interrupted(state.current().signalled)
@@ -70,13 +73,25 @@ def run_one(cfg: DictConfig) -> Result:
         finally:
             TICK.reset(ticking)
     with state.interrupts_deferred():
-        _record(cfg, hydra_cfg, result, job_num)
+        _record(tracking, hydra_cfg, result, job_num)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _freeze_long_lived_objects()
     return result
 
 
-def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Optional[int]) -> None:
+def _failed_job_target(cfg: DictConfig, refused: ConfigError) -> Target | ConfigError | None:
+    """Where a job refused by its config is logged (its failure is a run too): the target, None for tracking=none,
+    or why the target can never work, where that is not what refused the job (said once, not tried as a store)."""
+    from flopsweep.sinks.target import target_of
+
+    try:
+        return target_of(cfg.tracking, Path.cwd())
+    except ConfigError as err:
+        return None if str(err) == str(refused) else err
+
+
+def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result: Result,
+            job_num: Optional[int]) -> None:
     """The job's folder, its lines on the console and its run in the store."""
     folder = Path(hydra_cfg.runtime.output_dir)
     lines = []
@@ -96,12 +111,12 @@ def _record(cfg: DictConfig, hydra_cfg: DictConfig, result: Result, job_num: Opt
         write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
         state.current().unwritten[folder.name] = result
-        if _log(cfg, result, folder, job) and result.info["tracking"]["logged"]:  # a resume finds it there
+        if _log(tracking, result, folder, job) and result.info["tracking"]["logged"]:  # a resume finds it there
             lines.append(f"logged to MLflow (run {result.info['tracking']['run_id']}) with the files it has")
         say("\n".join(lines))
         raise state.Unwritable(folder, err) from None
     say("\n".join([*lines, f"results: {folder}"]))
-    _track(cfg, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
+    _track(tracking, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,16 +130,14 @@ def _freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Result:
+def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> Result:
     """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
-    from flopsweep.measure.timing import device_name
     from flopsweep.run.job import run_job
     from flopsweep.sinks.health import down_reason
     from flopsweep.sinks.store import failed, finished_run
-    from flopsweep.sinks.target import target_of
 
-    fp = fingerprint(config, spec.device, device_name(spec.device) if spec.device != "meta" else None)
-    target = target_of(cfg.tracking, Path.cwd()) if cfg.skip_existing else None
+    fp = fingerprint(config, str(spec.device), spec.device.name)
+    target = spec.tracking if spec.skip_existing else None
     if target is not None and down_reason(target.uri) is None:  # a store found unusable: the sweep said so
         started = time.monotonic()
         try:
@@ -136,7 +149,7 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
         else:
             if existing is not None:
                 return Result("skipped", None, config, info={
-                    "fingerprint": fp, "device": spec.device,
+                    "fingerprint": fp, "device": str(spec.device),
                     "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
                     "tracking": {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
                                  "run_id": existing, "existing": True}})
@@ -145,31 +158,28 @@ def _skip_or_run(cfg: DictConfig, spec: JobSpec, config: dict[str, Any]) -> Resu
     return result
 
 
-def _log(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any]) -> bool:
-    """Log the job's run and record where, or why not, in ``result.info["tracking"]``; False where there is nothing
-    to log to (tracking=none, a job refused for where it logs, or skip_existing's run already in the store)."""
+def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any]) -> bool:
+    """Log the job's run to ``tracking`` and record where, or why not, in ``result.info["tracking"]``; False where
+    there is nothing to log to (tracking=none, a job refused for where it logs, or skip_existing's run already in the
+    store)."""
     from flopsweep.sinks.store import log_job
-    from flopsweep.sinks.target import target_of
 
     if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
         return False
-    try:
-        target = target_of(cfg.tracking, Path.cwd())
-    except ConfigError as err:
-        if result.error == str(err):  # the job was refused for where it logs: said once, not tried as a store
-            return False
-        result.info["tracking"] = {"logged": False, "error": str(err)}
+    if isinstance(tracking, ConfigError):
+        result.info["tracking"] = {"logged": False, "error": str(tracking)}
         return True
-    if target is None:
+    if tracking is None:
         return False
-    result.info["tracking"] = log_job(target, result, folder, job)
+    result.info["tracking"] = log_job(tracking, result, folder, job)
     return True
 
 
-def _track(cfg: DictConfig, result: Result, folder: Path, job: dict[str, Any], in_sweep: bool) -> None:
+def _track(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any],
+           in_sweep: bool) -> None:
     """Log the job's run, and record in its ``result.json`` where, or why not: said here unless the store is known
     to be down in a sweep (said once, by the sweep or the first job that found it)."""
-    if not _log(cfg, result, folder, job):
+    if not _log(tracking, result, folder, job):
         return
     try:
         result.write(folder / "result.json")

@@ -106,8 +106,8 @@ def search_model(cfg: Any) -> SearchModel:
     with torch.device("meta"):
         params = sum(p.numel() for p in spec.family.Model(spec.model).parameters())
     return SearchModel(shape.heads, shape.kv_heads, shape.layers, params, spec.batch.size, spec.batch.seq_len,
-                       BYTES.get(spec.params_dtype, 1), OPTIMIZER_STATES.get(spec.optimizer.name, 0),
-                       spec.autocast is not None, shape.experts)
+                       BYTES.get(spec.dtype.params, 1), OPTIMIZER_STATES.get(spec.optimizer.name, 0),
+                       spec.dtype.autocast is not None, shape.experts)
 
 
 class LayoutSweeper(RecoveringSweeper):
