@@ -163,3 +163,26 @@ def test_a_generation_that_would_not_fit_is_skipped_before_it_runs():
     result = run_job(resolve(compose_config(*overrides)), {})
     assert result.status == "skipped" and "measure.memory_share" in result.error
     assert result.metrics["size/step_peak_bytes"] > result.metrics["size/weights_bytes"]
+
+
+MOE = ["model=mixtral_8x7b", f"++model.hidden_size={D}", "++model.intermediate_size=96", f"++model.vocab_size={V}",
+       f"++model.num_attention_heads={HEADS}", "++model.num_key_value_heads=2", f"++model.num_hidden_layers={L}"]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(batch):
+    """A small Mixtral (8 experts, 2 a token): every expert's three matrices are routed weights, and a decode step
+    reads the others (less the embedding table's unread rows) and, of them, the experts its tokens reach under
+    uniform routing (core.shape.experts_touched, checked against sampling in tests/test_shape.py): not all 8."""
+    from flopsweep.core.shape import experts_touched
+
+    result = run_job(resolve(compose_config(*MOE, f"batch.size={batch}", f"batch.seq_len={P}", "tracking=none",
+                                            "train=generate", "generate.new_tokens=3", "device=meta")), {})
+    assert result.status == "ok", result.error
+    m = result.metrics
+    routed = L * 8 * 3 * D * 96 * 4
+    assert m["size/routed_expert_bytes"] == routed
+    # and the rotary embedding's frequencies (a buffer of head_dim / 2 floats)
+    others = m["size/weights_bytes"] - routed - V * D * 4 + batch * D * 4 + D // HEADS // 2 * 4
+    assert m["size/decode_weights_read_bytes"] == pytest.approx(others + routed * experts_touched(8, 2, batch) / 8)
+    assert "uniform routing" in result.info["generation"]["experts_read"]

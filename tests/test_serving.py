@@ -203,3 +203,34 @@ def test_a_presets_serving_plan_on_tp_all_reduces_its_own_layers(tmp_path):
     assert "2 a layer x 32 layers of 4,096-wide activations over tp=2, scale-up" in out.stdout
     row = json.loads((tmp_path / "plan.json").read_text())["rows"][0]
     assert 0 < row["tpot_all_reduce_s"] < row["tpot_s"]
+
+
+def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(tmp_path):
+    """Mixtral 8x7B counted on meta, served on one H200 (141 GB holds its 93 GB): its 32 layers x 8 experts x 3
+    matrices of 4,096 x 14,336 in bf16 are routed weights; a memory-bound decode step at batch b reads the other weights
+    and 8(1 - (6/8)^b) of the 8 experts a layer: about 25.7 GB at batch 1
+    (every expert, as it was: 93 GB), 7.2 at batch 8, all 8 by batch 64."""
+    out = run_main(main, "serve", "--model", "mixtral_8x7b", "--prompt-tokens", "64", "--new-tokens", "2",
+                   "--gpu", "H200", "--json", "plan.json", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    payload = json.loads((tmp_path / "plan.json").read_text())
+    gen = payload["generation"]
+    routed = 32 * 8 * 3 * 4096 * 14336 * 2
+    assert gen["routed_bytes"] == routed and (gen["experts"], gen["experts_per_token"]) == (8, 2)
+    h200 = accelerator("H200")
+    for batch, reached in ((1, 2.0), (8, 8 * (1 - 0.75 ** 8)), (64, 8.0)):
+        # the rest, less the embedding table but the row the counted step (batch 1) looked up (a batch's own rows,
+        # b x 8 KiB, are left out), and the rotary embedding's 64 frequencies
+        others = gen["weights_bytes"] - routed - 32000 * 4096 * 2 + 4096 * 2 + 64 * 4
+        read = others + routed * reached / 8
+        row = at_batch(Generation(**gen), Serving(h200, "bfloat16"), batch)
+        assert row.decode_bound == "memory"
+        assert row.tpot_s == pytest.approx((read + batch * gen["kv_bytes_per_token"] * 65) / h200.bandwidth, rel=1e-6)
+    assert 25.5e9 < gen["weights_bytes"] - routed * 6 / 8 < 26e9
+    assert "8 routed experts a layer, 2 a token, 90.2 GB of them" in out.stdout
+    skewed = run_main(main, "serve", "--model", "mixtral_8x7b", "--prompt-tokens", "64", "--new-tokens", "2",
+                      "--gpu", "H200", "--batch", "8", "--expert-skew", "1", "--no-log", cwd=tmp_path)
+    assert "a Zipf law of exponent 1" in skewed.stdout
+    dense = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "64", "--new-tokens", "2",
+                     "--gpu", "H200", "--expert-skew", "1", "--no-log", cwd=tmp_path)
+    assert dense.returncode == 2 and dense.stderr.count("\n") == 1 and "expert-skew" in dense.stderr

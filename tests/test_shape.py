@@ -139,3 +139,29 @@ def test_the_store_logs_the_shape_of_old_and_new_results(tmp_path):
         run = store.client.get_run(store.log_job(result, folder, {}, None))
         assert (run.data.metrics[M.CONFIG_WIDTH], run.data.metrics[M.CONFIG_LAYERS],
                 run.data.metrics[M.CONFIG_HEADS]) == (width, layers, heads)
+
+
+def test_the_experts_a_batch_reaches_are_what_uniform_routing_gives_by_sampling():
+    """E·(1 − (1 − k/E)^T) against routing sampled at random: T tokens, each to k distinct experts of E, uniformly."""
+    import random
+
+    from flopsweep.core.shape import experts_touched
+
+    rng = random.Random(0)
+    for experts, k, tokens in ((8, 2, 1), (8, 2, 3), (64, 6, 4), (256, 8, 16)):
+        trials = [len({e for _ in range(tokens) for e in rng.sample(range(experts), k)}) for _ in range(4000)]
+        assert experts_touched(experts, k, tokens) == pytest.approx(sum(trials) / len(trials), rel=0.02)
+    assert experts_touched(8, 2, 1) == pytest.approx(2) and experts_touched(8, 2, 0) == 0
+    assert experts_touched(8, 2, 604) == pytest.approx(8)  # every expert, at a large batch
+
+
+def test_skewed_routing_reaches_fewer_experts_and_the_same_k_a_token():
+    from flopsweep.core.shape import experts_touched
+
+    assert experts_touched(64, 8, 1, skew=0.5) == pytest.approx(8)  # one token still goes to k experts
+    assert experts_touched(64, 8, 1, skew=2.0) < 8  # ... less where the first expert would take over one pick each
+    uniform, skewed = experts_touched(64, 8, 16), experts_touched(64, 8, 16, skew=1.0)
+    assert skewed < uniform < 64
+    assert experts_touched(64, 8, 10**6, skew=1.0) == pytest.approx(64)  # every expert, eventually
+    with pytest.raises(ValueError):
+        experts_touched(8, 9, 1)

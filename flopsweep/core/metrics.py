@@ -52,6 +52,7 @@ FLOPS_GENERATION = "flops/generation"                  # prefill + decode, the w
 KV_CACHE_BYTES = "size/kv_cache_bytes"                 # the cache at the last context, the whole batch
 KV_CACHE_BYTES_PER_TOKEN = "size/kv_cache_bytes_per_token"
 DECODE_WEIGHTS_READ_BYTES = "size/decode_weights_read_bytes"  # the weights one decode step reads
+ROUTED_EXPERT_BYTES = "size/routed_expert_bytes"       # a mixture of experts: every routed expert's weights
 TIME_TTFT = "time/ttft_s"                              # time to first token: the prefill
 TIME_TPOT = "time/tpot_s"                              # time per output token (a decode step), first contexts
 TIME_TPOT_SPREAD = "time/tpot_iqr_s"

@@ -97,3 +97,17 @@ def shape_of(result: Result) -> ModelShape:
         return ModelShape.from_dict(recorded)
     model = result.config.get("model")
     return from_config(model if isinstance(model, Mapping) else {})
+
+
+def experts_touched(experts: int, per_token: int, tokens: float, skew: float = 0.0) -> float:
+    """The expected number of distinct routed experts of one mixture-of-experts layer that ``tokens`` tokens go to,
+    each token to ``per_token`` of the ``experts``. Uniform routing (``skew`` 0): E·(1 − (1 − k/E)^T). With a skew s > 0
+    the experts are chosen as a Zipf law would have it: a token picks expert i (from 1) with probability
+    q_i = min(1, k·p_i), p_i ∝ i^−s, so the expected count is Σ 1 − (1 − q_i)^T (s = 0 gives the uniform formula)."""
+    if experts < 1 or not 1 <= per_token <= experts or tokens < 0 or skew < 0:
+        raise ValueError(f"experts_touched: experts={experts}, per_token={per_token}, tokens={tokens}, skew={skew}")
+    if skew == 0:
+        return experts * (1.0 - (1.0 - per_token / experts) ** tokens)
+    weights = [i ** -skew for i in range(1, experts + 1)]
+    total = sum(weights)
+    return sum(1.0 - (1.0 - min(1.0, per_token * w / total)) ** tokens for w in weights)

@@ -60,6 +60,8 @@ class GenerationCount:
     method: str                          # how the decode steps were counted
     kv_cache_bytes: int                  # the cache at the last context, by its tensors' storages
     weights_read_bytes: Optional[int]    # the parameters and buffers one decode step reads
+    routed_bytes: int = 0                # a mixture of experts: every routed expert's weights (0: none)
+    routed_read_bytes: int = 0           # ... of them, those the counted decode step read (on meta: every expert)
 
     @property
     def steps(self) -> int:
@@ -72,8 +74,10 @@ class GenerationCount:
 
 
 def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, *,
-                     causal_half: bool = False, context: Callable[[], Any] = None) -> GenerationCount:
-    """Count a generation (see the module's docstring); ``tokens(n)`` makes a batch of n token ids."""
+                     causal_half: bool = False, context: Callable[[], Any] = None,
+                     experts: Optional[int] = None) -> GenerationCount:
+    """Count a generation (see the module's docstring); ``tokens(n)`` makes a batch of n token ids; ``experts``: the
+    routed experts of a mixture of experts' layers (their weights found by :func:`routed_experts`)."""
     def count(run: Callable[[], Any]) -> tuple[PhaseCount, Any]:
         counted, out = count_call(model, run, causal_half=causal_half, context=context)
         return counted.forward, out
@@ -132,8 +136,25 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     else:
         method = (f"{len(pieces)} pieces, each on the line through its first two steps and checked at its last "
                   f"(the cost bends: a sliding window stops growing); {len(known)} steps counted")
+    routed = routed_experts(model, experts) if experts else {}
     return GenerationCount(batch, prompt, new_tokens, prefill, first, at(hi), matmul, elementwise, method,
-                           cache_bytes(last_cache[0]), reads.bytes)
+                           cache_bytes(last_cache[0]), reads.bytes, sum(routed.values()),
+                           sum(routed[key] for key in reads.read if key in routed))
+
+
+def routed_experts(model: nn.Module, experts: int) -> dict[int, int]:
+    """The storages (id -> bytes) of the routed experts' weights of a model with ``experts`` experts a layer: the
+    parameters of a module list ``experts`` (``mlp.experts.3.w1.weight``, as Mixtral had them), or stacked, a tensor
+    of ``experts`` leading rows under a module ``experts`` (``mlp.experts.gate_up_proj``, as Hugging Face stacks them
+    now) or of three or more dimensions (ResNet-BK's ``moe.w1``). Shared experts (``shared_experts``) are not routed."""
+    found = {}
+    for name, p in model.named_parameters():
+        path = name.split(".")
+        listed = any(a == "experts" and b.isdigit() for a, b in zip(path, path[1:]))
+        stacked = p.dim() >= 2 and p.shape[0] == experts and ("experts" in path[:-1] or p.dim() >= 3)
+        if listed or stacked:
+            found[storage_id(p)] = p.untyped_storage().nbytes()
+    return found
 
 
 class Reads(EagerDispatchMode):

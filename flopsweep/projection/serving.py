@@ -14,7 +14,10 @@ and an MLA cache (one latent shared by every head) sits whole on every GPU. Each
 its MLP's output over the tp GPUs (Megatron-LM's layout, vLLM's), on the critical path: two all-reduces a layer of
 the phase's tokens' activations (16-bit; float32 where the dtype is), timed on the part's interconnect
 (:mod:`flopsweep.core.comm`: a ring, the tp group on the scale-up domain where it fits, else the scale-out network)
-and added to each phase; latency-bound at decode.
+and added to each phase; latency-bound at decode. A mixture of experts reads, of its routed experts, those its
+phase's tokens reach: E·(1 − (1 − k/E)^T) of E a layer for T tokens each routed to k (uniform routing; a Zipf skew
+as an option, :func:`~flopsweep.core.shape.experts_touched`), so a decode step at a small batch reads a fraction of
+the experts that every prefill of a long prompt reads whole.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from flopsweep.core.comm import Network
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.result import Result
-from flopsweep.core.shape import shape_of
+from flopsweep.core.shape import experts_touched, shape_of
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,14 @@ class Generation:
     decode_last_flops: float      # ... at prompt + new_tokens - 1
     kv_bytes_per_token: float
     weights_bytes: float          # every weight
-    weights_read_bytes: float     # what a decode step reads
+    weights_read_bytes: float     # what a decode step reads besides the routed experts (a dense model: all it reads)
     dtype: str
     kv_heads: Optional[int] = None  # the heads the cache is split by under tp (None: not known, split evenly)
     width: Optional[int] = None     # the residual stream a tensor-parallel all-reduce carries (None: not known)
     layers: Optional[int] = None
+    routed_bytes: float = 0.0       # a mixture of experts: every routed expert's weights (0: dense, or not known)
+    experts: Optional[int] = None   # ... routed experts a layer, and how many a token goes to
+    experts_per_token: Optional[int] = None
 
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
@@ -59,10 +65,15 @@ class Generation:
         first = m.get(M.FLOPS_DECODE_TOKEN_FIRST)
         dtype = ((result.config.get("dtype") or {}).get("params")) or "bfloat16"
         shape = shape_of(result)
+        read = m.get(M.DECODE_WEIGHTS_READ_BYTES) or m[M.WEIGHTS_BYTES]
+        routed = m.get(M.ROUTED_EXPERT_BYTES) or 0.0
+        experts = (shape.experts, shape.experts_per_token) if routed and shape.experts_per_token else (None, None)
+        if experts[0]:  # the run's figure is its batch's expected experts: kept here is what every batch reads
+            read -= routed * experts_touched(*experts, batch) / experts[0]
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
-                   m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), m.get(M.DECODE_WEIGHTS_READ_BYTES) or
-                   m[M.WEIGHTS_BYTES], dtype, shape.cache_heads, shape.width, shape.layers)
+                   m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,
+                   shape.layers, routed if experts[0] else 0.0, *experts)
 
     @property
     def steps(self) -> int:
@@ -72,6 +83,21 @@ class Generation:
         """The share of the whole KV cache one of ``tp`` GPUs holds: its heads' (``ceil(kv_heads / tp)`` of them:
         one where tp is more than the heads), ``1 / tp`` where the heads are not known."""
         return -(-self.kv_heads // tp) / self.kv_heads if self.kv_heads else 1.0 / tp
+
+    def experts_read(self, tokens: int, skew: float = 0.0) -> Optional[float]:
+        """The routed experts a layer that ``tokens`` tokens reach (None for a dense model)."""
+        return experts_touched(self.experts, self.experts_per_token, tokens, skew) if self.experts else None
+
+    def decode_read_bytes(self, batch: int, skew: float = 0.0) -> float:
+        """The weights a decode step of ``batch`` sequences reads: of a mixture of experts, the routed experts its
+        ``batch`` tokens reach."""
+        touched = self.experts_read(batch, skew)
+        return self.weights_read_bytes + (self.routed_bytes * touched / self.experts if touched is not None else 0.0)
+
+    def prefill_read_bytes(self, tokens: int, skew: float = 0.0) -> float:
+        """The weights a prefill of ``tokens`` tokens moves: every one, but the routed experts no token reaches."""
+        touched = self.experts_read(tokens, skew)
+        return self.weights_bytes - (self.routed_bytes * (1 - touched / self.experts) if touched is not None else 0.0)
 
     def decode_flops(self, contexts: np.ndarray) -> np.ndarray:
         """A decode step's FLOPs per sequence at each context (the line through the counted ends)."""
@@ -92,6 +118,7 @@ class Serving:
     price_per_gpu_hour: Optional[float] = None
     watts_per_gpu: Optional[float] = None
     gpus: Optional[int] = None    # the whole fleet: gpus / tp replicas, each serving its own batches
+    expert_skew: float = 0.0      # a mixture of experts' routing: 0 uniform, s > 0 a Zipf law of exponent s
 
     def __post_init__(self) -> None:
         require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
@@ -99,6 +126,8 @@ class Serving:
         require(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "must be an integer >= 1")
         require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.tp and self.gpus % self.tp == 0),
                 "gpus", self.gpus, f"must be a multiple of --tp={self.tp} (each replica holds tp GPUs)")
+        require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
+                self.expert_skew, "must be a finite number >= 0 (0: uniform routing)")
         for key in ("compute_efficiency", "memory_efficiency", "memory_share"):
             value = getattr(self, key)
             require(0 < value <= 1, key.replace("_", "-"), value, "must be in (0, 1]")
@@ -159,11 +188,12 @@ def _phase(flops: np.ndarray, moved: np.ndarray, serving: Serving) -> tuple[np.n
 def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     """A batch of ``batch`` requests, all prefilled together then decoded in step."""
     kv, tp = gen.kv_bytes_per_token * gen.kv_share(serving.tp), serving.tp  # one GPU's cache bytes a token
+    weights = gen.prefill_read_bytes(batch * gen.prompt, serving.expert_skew) / tp
     prefill, prefill_compute = _phase(np.array([batch * gen.prefill_flops]),
-                                      np.array([gen.weights_bytes / tp + batch * gen.prompt * kv]), serving)
+                                      np.array([weights + batch * gen.prompt * kv]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
-    steps, compute = _phase(batch * gen.decode_flops(contexts), gen.weights_read_bytes / tp + batch * kv * contexts,
-                            serving)
+    steps, compute = _phase(batch * gen.decode_flops(contexts),
+                            gen.decode_read_bytes(batch, serving.expert_skew) / tp + batch * kv * contexts, serving)
     step_all_reduce = serving.all_reduce_s(gen, batch)
     ttft = float(prefill[0]) + serving.all_reduce_s(gen, batch * gen.prompt)
     decode = float(steps.sum()) + len(contexts) * step_all_reduce
@@ -213,6 +243,7 @@ class ServingPlan:
                  + (f"; {g.kv_heads} KV heads on tp={s.tp}: each GPU holds {g.kv_share(s.tp):.3g} of the cache"
                     if g.kv_heads and s.tp > 1 and g.kv_share(s.tp) * s.tp > 1 else ""),
                  *([self._all_reduce_words()] if s.tp > 1 else []),
+                 *([self._experts_words()] if g.experts else []),
                  f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
                  f"{s.memory_share:.0%} of memory)", ""]
         fleet = [f"tokens/s on {s.gpus:,}"] if s.gpus else []
@@ -229,6 +260,15 @@ class ServingPlan:
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
         return "\n".join(lines)
 
+
+    def _experts_words(self) -> str:
+        g, s = self.generation, self.serving
+        routing = f"a Zipf law of exponent {s.expert_skew:g}" if s.expert_skew else "uniform routing"
+        reached = ", ".join(f"{g.experts_read(r.batch, s.expert_skew):.3g} at batch {r.batch:,}"
+                            for r in (self.rows[0], self.rows[-1]))
+        return (f"mixture of experts: {g.experts} routed experts a layer, {g.experts_per_token} a token, "
+                f"{g.routed_bytes / 1e9:,.1f} GB of them; a decode step reads those its batch reaches ({routing}): "
+                f"{reached}")
 
     def _all_reduce_words(self) -> str:
         g, s, network = self.generation, self.serving, self.serving.network()

@@ -11,6 +11,7 @@ import torch
 from flopsweep.build.model import Built
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
+from flopsweep.core.shape import ModelShape, experts_touched
 from flopsweep.measure.generate import (GenerationCount, GenerationTiming, Generator, Tokens, count_generation,
                                         simulate_generation, time_generation)
 from flopsweep.measure.meta import MetaLikeCPU
@@ -24,15 +25,22 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
     gen, tokens = generator(spec, built, spec.batch.size)
     size, prompt, new_tokens = spec.batch.size, spec.batch.seq_len, spec.generate.new_tokens
     on_meta = spec.device.is_meta
+    shape = spec.family.shape(spec.model)
     counted = None
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
         if spec.measure.count:
             progress.phase = "count"
             counted = count_generation(built.model, gen, tokens, prompt, new_tokens,
-                                       causal_half=spec.measure.causal_attention == "half", context=built.autocast)
+                                       causal_half=spec.measure.causal_attention == "half", context=built.autocast,
+                                       experts=shape.experts)
             progress.count = counted.prefill
             progress.notes["generation"] = {"decode_steps": counted.steps, "last_context": counted.last_context,
                                             "counted": counted.method}
+            if counted.routed_bytes and shape.experts_per_token:
+                touched = experts_touched(shape.experts, shape.experts_per_token, size)
+                progress.notes["generation"]["experts_read"] = (
+                    f"a decode step reads the {touched:.3g} of {shape.experts} routed experts a layer that a batch of "
+                    f"{size} tokens is expected to reach, each to {shape.experts_per_token}, under uniform routing")
         progress.phase = "size"
         progress.size = measure_size(built.model, built.inputs, None, built.autocast,
                                      int8=spec.dtype.int8, training=False)
@@ -46,7 +54,7 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
             torch.cuda.reset_peak_memory_stats(str(spec.device))
         timing = time_generation(gen, tokens, prompt, new_tokens, str(spec.device), warmup=spec.measure.warmup,
                                  repeats=spec.measure.repeats, context=built.autocast)
-    progress.metrics.update(generation_metrics(size, new_tokens, counted, timing))
+    progress.metrics.update(generation_metrics(size, new_tokens, counted, timing, shape))
 
 
 def generator(spec: JobSpec, built: Built, size: int) -> tuple[Generator, Tokens]:
@@ -60,7 +68,7 @@ def generator(spec: JobSpec, built: Built, size: int) -> tuple[Generator, Tokens
 
 
 def generation_metrics(batch: int, new_tokens: int, counted: Optional[GenerationCount],
-                       timing: Optional[GenerationTiming]) -> dict[str, Optional[float]]:
+                       timing: Optional[GenerationTiming], shape: ModelShape) -> dict[str, Optional[float]]:
     m: dict[str, Optional[float]] = {M.NEW_TOKENS: new_tokens}
     if counted is not None:
         prefill = counted.prefill.forward.matmul
@@ -68,7 +76,9 @@ def generation_metrics(batch: int, new_tokens: int, counted: Optional[Generation
                   M.FLOPS_GENERATION: prefill + counted.decode_matmul, M.FLOPS_STEP: prefill + counted.decode_matmul,
                   M.KV_CACHE_BYTES: counted.kv_cache_bytes,
                   M.KV_CACHE_BYTES_PER_TOKEN: counted.kv_cache_bytes / (batch * counted.last_context),
-                  M.DECODE_WEIGHTS_READ_BYTES: counted.weights_read_bytes})
+                  M.DECODE_WEIGHTS_READ_BYTES: decode_weights_read(counted, shape)})
+        if counted.routed_bytes:
+            m[M.ROUTED_EXPERT_BYTES] = counted.routed_bytes
         if counted.decode_first is not None:
             m[M.FLOPS_DECODE_TOKEN_FIRST] = _per_sequence(counted.decode_first.matmul, batch)
             m[M.FLOPS_DECODE_TOKEN_LAST] = _per_sequence(counted.decode_last.matmul, batch)
@@ -80,6 +90,16 @@ def generation_metrics(batch: int, new_tokens: int, counted: Optional[Generation
                   M.TIME_TPOT_LAST: last, M.TIME_GENERATION: timing.ttft.median + (new_tokens - 1) * mean,
                   M.OUTPUT_TOKENS_PER_S: batch / mean})
     return m
+
+
+def decode_weights_read(counted: GenerationCount, shape: ModelShape) -> Optional[float]:
+    """The weights a decode step of the counted batch reads: as counted, but of a mixture of experts' routed experts
+    only those the batch's tokens are expected to reach (uniform routing, :func:`experts_touched`), not every one
+    that the counted step read (on meta a grouped matmul reads its whole stacked weights)."""
+    if counted.weights_read_bytes is None or not (counted.routed_bytes and shape.experts_per_token):
+        return counted.weights_read_bytes
+    share = experts_touched(shape.experts, shape.experts_per_token, counted.batch) / shape.experts
+    return counted.weights_read_bytes - counted.routed_read_bytes + counted.routed_bytes * share
 
 
 def _per_sequence(flops: int, batch: int) -> float:

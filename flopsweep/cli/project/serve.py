@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                       "(default 1: the roofline's bound)")
     plan.add_argument("--memory-efficiency", type=float, default=1.0, help="share of the bandwidth reached "
                       "(default 1)")
+    plan.add_argument("--expert-skew", type=float, help="a mixture of experts' routing: the exponent of a Zipf law "
+                      "over its experts (default 0: uniform, the fewest tokens an expert)")
     A.add_output(p, logged=True)
     p.set_defaults(command=command)
 
@@ -62,8 +64,11 @@ def command(args: argparse.Namespace) -> int:
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
     serving = S.Serving(serving_part(args), args.dtype, args.tp or 1, args.compute_efficiency,
                         args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
-                        gpus=args.gpus)
-    plan = S.plan(S.Generation.from_result(result, source), serving, int(args.batch) if args.batch else None)
+                        gpus=args.gpus, expert_skew=args.expert_skew or 0.0)
+    generation = S.Generation.from_result(result, source)
+    require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
+            f"is for a mixture of experts: {source} has no routed experts counted")
+    plan = S.plan(generation, serving, int(args.batch) if args.batch else None)
     print(plan.table())
     write_json(args.json, plan.to_dict())
     log_projection(args, serving_record(plan), result)
