@@ -73,3 +73,54 @@ def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
     # a third run of the whole sweep measures nothing
     third = run_app(*SWEEP, "skip_existing=true", cwd=tmp_path)
     assert third.returncode == 0 and third.stdout.count("skipped: run ") == 6, third.stderr
+
+
+@pytest.mark.slow
+def test_two_resumes_started_at_once_measure_each_configuration_once(tmp_path):
+    """Two resumes of the same sweep at once: each job claims its fingerprint before it looks for a finished run, so a
+    configuration is measured by one of them and left (skipped) by the other."""
+    from tests.helpers import child_env, local_store
+
+    local_store(tmp_path / "outputs")
+    procs = [subprocess.Popen([*FLOPSWEEP, *SWEEP, "skip_existing=true", f"hydra.sweep.dir=sweeps/{name}"],
+                              cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    done = [r for name in ("a", "b") for r in results(tmp_path / "sweeps" / name).values()]
+    assert Counter(r["status"] for r in done) == {"ok": 6, "skipped": 6}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("resume")
+    finished = client.search_runs([experiment.experiment_id],
+                                  filter_string="tags.`flopsweep.kind` = 'job' and attributes.status = 'FINISHED'")
+    assert sorted(Counter(r.data.tags["flopsweep.fingerprint"] for r in finished).values()) == [1] * 6
+    assert len(client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'")) == 6
+
+
+def test_a_job_another_resume_measures_is_left_to_it_and_taken_over_once_that_process_is_gone(tmp_path):
+    import sys
+
+    from tests.helpers import child_env
+
+    job = ["model=gpt2_small", "model.n_layer=1", "device=meta", "tracking.experiment=claims"]
+    first = run_app(*job, "tracking=none", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (result,) = (json.loads(p.read_text()) for p in tmp_path.glob("outputs/runs/**/result.json"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom flopsweep.sinks.claims import claim\n"
+         "from flopsweep.sinks.target import target_at\n"
+         f"held = claim(target_at(None, 'outputs', 'claims', environment=False), {result['info']['fingerprint']!r})\n"
+         "print(type(held).__name__, flush=True)\ntime.sleep(600)"],
+        cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "Claim"
+        left = run_app(*job, "skip_existing=true", cwd=tmp_path)
+        assert left.returncode == 0, left.stderr
+        assert f"skipped: another resume of the sweep is measuring it (pid {holder.pid} on " in left.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = run_app(*job, "skip_existing=true", cwd=tmp_path)  # the claim died with its process
+    assert taken.returncode == 0 and "skipped" not in taken.stdout, taken.stdout
+    again = run_app(*job, "skip_existing=true", cwd=tmp_path)
+    assert "skipped: run " in again.stdout and "already measured this" in again.stdout

@@ -29,6 +29,7 @@ from flopsweep.core.errors import ConfigError, masked, one_line
 from flopsweep.core.result import FAILURES, Result
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, short_name
+from flopsweep.sinks.claims import Claim
 from flopsweep.sinks.jobdir import write_job_folder
 from flopsweep.sinks.target import Target
 from flopsweep.measure.timing import TICK
@@ -53,14 +54,14 @@ def run_one(cfg: DictConfig) -> Result:
             config = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         result = Result("failed", str(err), config)
         result.info["fingerprint"] = fingerprint(config, None, None)
-        tracking = _failed_job_target(cfg, err)
+        tracking, claimed = _failed_job_target(cfg, err), None
     else:
         say(progress_line(job_num, config))
         started = time.time()
         ticking = TICK.set(Ticker())
         tracking = spec.tracking
         try:
-            result = _skip_or_run(spec, config)
+            result, claimed = _skip_or_run(spec, config)
             result.info["job"] = {"start": started, "end": time.time()}  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
                 raise state.Interrupted(state.current().signalled)
@@ -72,8 +73,12 @@ def run_one(cfg: DictConfig) -> Result:
             raise
         finally:
             TICK.reset(ticking)
-    with state.interrupts_deferred():
-        _record(tracking, hydra_cfg, result, job_num)
+    try:
+        with state.interrupts_deferred():
+            _record(tracking, hydra_cfg, result, job_num)
+    finally:
+        if claimed is not None:  # held until the run is logged: a resume that takes it next finds the run finished
+            claimed.release()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _freeze_long_lived_objects()
     return result
@@ -130,14 +135,24 @@ def _freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> Result:
-    """Measure the job, unless ``skip_existing`` and the store already has a finished run of it."""
+def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optional[Claim]]:
+    """Measure the job, unless ``skip_existing`` and the store already has a finished run of it, or another resume
+    of the sweep measures it now (its claim held: :mod:`flopsweep.sinks.claims`); the job's claim, if it took one,
+    to release once its run is logged."""
     from flopsweep.run.job import run_job
+    from flopsweep.sinks.claims import claim
     from flopsweep.sinks.health import down_reason
     from flopsweep.sinks.store import failed, finished_run
 
     fp = fingerprint(config, str(spec.device), spec.device.name)
     target = spec.tracking if spec.skip_existing else None
+    claimed = claim(target, fp) if target is not None else None
+    if isinstance(claimed, str):
+        return Result("skipped", None, config, info={
+            "fingerprint": fp, "device": str(spec.device),
+            "skipped": f"another resume of the sweep is measuring it ({claimed}); if it does not finish, run the "
+                       "same command with skip_existing=true again",
+            "tracking": {"logged": False, "elsewhere": claimed}}), None
     if target is not None and down_reason(target.uri) is None:  # a store found unusable: the sweep said so
         started = time.monotonic()
         try:
@@ -152,10 +167,10 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> Result:
                     "fingerprint": fp, "device": str(spec.device),
                     "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
                     "tracking": {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
-                                 "run_id": existing, "existing": True}})
+                                 "run_id": existing, "existing": True}}), claimed
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
-    return result
+    return result, claimed
 
 
 def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any]) -> bool:
@@ -164,7 +179,8 @@ def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, jo
     store)."""
     from flopsweep.sinks.store import log_job
 
-    if (result.info.get("tracking") or {}).get("existing"):  # skip_existing: its run is already in the store
+    recorded = result.info.get("tracking") or {}
+    if recorded.get("existing") or recorded.get("elsewhere"):  # its run is in the store, or another resume's to log
         return False
     if isinstance(tracking, ConfigError):
         result.info["tracking"] = {"logged": False, "error": str(tracking)}
