@@ -124,3 +124,60 @@ def test_a_job_another_resume_measures_is_left_to_it_and_taken_over_once_that_pr
     assert taken.returncode == 0 and "skipped" not in taken.stdout, taken.stdout
     again = run_app(*job, "skip_existing=true", cwd=tmp_path)
     assert "skipped: run " in again.stdout and "already measured this" in again.stdout
+
+
+def _resumed(tmp_path, *job):
+    out = run_app(*job, "device=meta", "skip_existing=true", "tracking.experiment=edits", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    newest = max(tmp_path.glob("outputs/runs/**/result.json"), key=lambda p: p.stat().st_mtime_ns)
+    return out.stdout, json.loads(newest.read_text())
+
+
+def test_an_edited_config_file_is_a_new_configuration_and_an_unchanged_one_is_skipped(tmp_path):
+    """A Hugging Face config.json and a generic model's JSON file: skip_existing=true skips the file as it was and
+    measures it again once edited; result.json records the architecture's fields it was built from."""
+    hf = tmp_path / "tiny" / "config.json"
+    hf.parent.mkdir()
+    fields = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 100, "max_position_embeddings": 64}
+    hf.write_text(json.dumps(fields))
+    generic = tmp_path / "generic.json"
+    generic.write_text(json.dumps({"num_encoder_blocks": 1, "embed_dim": 64, "num_heads": 2}))
+    for job in (["model=hf", f"model.config={hf.parent}", "batch.seq_len=16"],
+                ["model=generic", f"model.json_file={generic}"]):
+        first_out, first = _resumed(tmp_path, *job)
+        assert "skipped" not in first_out
+        again_out, again = _resumed(tmp_path, *job)
+        assert "already measured this" in again_out
+        path = hf if "model=hf" in job else generic
+        edited = json.loads(path.read_text())
+        edited["num_hidden_layers" if "model=hf" in job else "num_encoder_blocks"] = 2
+        path.write_text(json.dumps(edited))
+        edited_out, measured = _resumed(tmp_path, *job)
+        assert "skipped" not in edited_out, edited_out
+        assert measured["info"]["fingerprint"] != first["info"]["fingerprint"]
+        assert measured["metrics"]["size/params"] > first["metrics"]["size/params"]
+        if "model=hf" in job:  # what it was built from, for a reader to tell the two runs apart
+            assert measured["info"]["model_source"]["file"] == str(hf)
+            assert measured["info"]["model_source"]["fields"]["num_hidden_layers"] == 2
+            assert first["info"]["model_source"]["fields"]["num_hidden_layers"] == 1
+        else:  # the file's fields are the model's, recorded in its config
+            assert measured["config"]["model"]["num_encoder_blocks"] == 2
+
+
+@pytest.mark.slow
+def test_an_edited_custom_model_module_is_a_new_configuration(tmp_path):
+    from tests.helpers import run_cli
+
+    module = tmp_path / "mynet.py"
+    source = ("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.proj = torch.nn.Linear(8, {width})\n\n    def forward(self, x):\n"
+              "        return self.proj(x).mean()\n")
+    job = ["model=custom", "model._target_=mynet.Net", "model.inputs=[{name:x,shape:[batch,8]}]", "device=meta",
+           "skip_existing=true"]
+    module.write_text(source.format(width=4))
+    assert "skipped" not in run_cli(*job, cwd=tmp_path).stdout
+    assert "already measured this" in run_cli(*job, cwd=tmp_path).stdout
+    module.write_text(source.format(width=16))
+    edited = run_cli(*job, cwd=tmp_path)
+    assert edited.returncode == 0 and "skipped" not in edited.stdout, edited.stderr

@@ -4,7 +4,7 @@ makes it from a composed config. Nothing below the config reads the Hydra config
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -78,6 +78,7 @@ class JobSpec:
     parallel: Optional[ParallelConf] = None  # set: the layout counted rank by rank (run/parallel.py)
     tracking: Optional[Target] = None        # where the run is logged; None: tracking=none
     skip_existing: bool = False              # a finished run of the same fingerprint in the store: not measured again
+    model_source: Optional[dict[str, Any]] = None  # a file defining the model beyond its fields (ModelConfig.source)
 
     @property
     def generates(self) -> bool:

@@ -48,7 +48,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train,
                    max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
-                   skip_existing=cfg.skip_existing)
+                   skip_existing=cfg.skip_existing, model_source=_source(model))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -60,6 +60,14 @@ def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
             name, "must be a non-empty name without / (it names the job's folder)")
     family = family_of(fields["family"])
     return family, family.config(fields)
+
+
+def _source(model: ModelConfig) -> Optional[dict[str, Any]]:
+    """The file that defines the model beyond its fields, read once for the job's fingerprint and result."""
+    try:
+        return model.source()
+    except (OSError, ValueError) as err:  # the build reads it too, and says so by key
+        raise ConfigError("model", None, f"its defining file cannot be read: {one_line(err, 200)}") from None
 
 
 def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
@@ -50,6 +51,12 @@ class ModelConfig:
 
     def validate(self, batch: BatchShape) -> None:  # overridden by families with constraints
         pass
+
+    def source(self) -> Optional[dict[str, Any]]:
+        """A file that defines the model beyond its fields (a Hugging Face ``config.json``, a custom model's module):
+        ``{"file", "sha256"}`` and what a reader needs to tell two runs apart; None where the fields say it all.
+        Its digest is part of the job's fingerprint, so an edited file is a new configuration."""
+        return None
 
     def validate_common(self) -> None:
         """What every family's fields of the same name mean: a feed-forward width is a whole number >= 1 where it is
@@ -136,3 +143,10 @@ class Family:
 
 
 FAMILIES: Registry[Family] = Registry("model.family")
+
+
+def file_source(path: Path) -> dict[str, Any]:
+    """A file as :meth:`ModelConfig.source` records it: its path and the SHA-256 of its bytes."""
+    import hashlib
+
+    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

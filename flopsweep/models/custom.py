@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.shape import ModelShape
-from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32, "bool": torch.bool}
@@ -40,6 +41,11 @@ class Config(ModelConfig):
     inputs: list[dict[str, Any]] = field(default_factory=list)
     loss: str = "output"
     default_seq_len: Optional[int] = None
+
+    def source(self) -> Optional[dict[str, Any]]:
+        """The module ``_target_`` lives in: a change to its code is a new configuration."""
+        path = module_file(self.target) if self.target else None
+        return file_source(path) if path is not None else None
 
     def validate(self, batch: BatchShape) -> None:
         require(bool(self.target), "model._target_", None, "missing: the class or function that builds the model")
@@ -59,6 +65,24 @@ class Config(ModelConfig):
             if "seq_len" in spec["shape"]:
                 require(batch.seq_len is not None, "batch.seq_len", None,
                         "needed by model.inputs (or set model.default_seq_len)")
+
+
+def module_file(target: str) -> Optional[Path]:
+    """The source file of the module ``_target_`` lives in (``mymodel.Net``: ``./mymodel.py``), found without running
+    it where it was not imported yet; None for a built-in or a target that names no module."""
+    import importlib.util
+
+    if os.getcwd() not in sys.path:  # as the model is built: a module beside where flopsweep runs
+        sys.path.append(os.getcwd())
+    parts = target.split(".")
+    for end in range(len(parts) - 1, 0, -1):  # mymodel.Net, pkg.mod.Outer.Inner: the longest prefix that is a module
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:end]))
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None:
+            return Path(spec.origin) if spec.origin and Path(spec.origin).is_file() else None
+    return None
 
 
 def load(fields: dict[str, Any]) -> Config:

@@ -30,7 +30,7 @@ from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.shape import ModelShape, from_fields
-from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig
+from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
@@ -61,7 +61,15 @@ class Config(ModelConfig):
     default_seq_len: Optional[int] = None
 
     def hf_config(self) -> Any:
-        return _hf_config(self.model_type, self.config, json.dumps(self.fields, sort_keys=True))
+        return _hf_config(self.model_type, self.config, json.dumps(self.fields, sort_keys=True), _stamp(self.config))
+
+    def source(self) -> Optional[dict[str, Any]]:
+        """A ``model.config`` file: its digest, and the architecture's fields it gave (what was built, beside the
+        fields overridden)."""
+        if not self.config:
+            return None
+        path = config_file(self.config)
+        return {**file_source(path), "fields": json.loads(path.read_text())}
 
     def resolved_task(self) -> str:
         return _task(self.task, self.hf_config())
@@ -100,16 +108,34 @@ def load(fields: dict[str, Any]) -> Config:
     return config
 
 
+def config_file(path: str) -> Path:
+    """``model.config``: a config.json, or the folder that holds one."""
+    file = Path(path).expanduser()
+    return file / "config.json" if file.is_dir() else file
+
+
+def _stamp(path: Optional[str]) -> Optional[str]:
+    """A config file's digest: an edited file is read again, not taken from the cache (its modification time can
+    stay the same over two writes close together)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(config_file(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=64)
-def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str) -> Any:
+def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
+               stamp: Optional[str] = None) -> Any:
     """The Hugging Face config: the file's (or the type's defaults), its fields overridden; one line naming the key
-    for a type transformers does not know, a file it cannot read, or a field it refuses."""
+    for a type transformers does not know, a file it cannot read, or a field it refuses. ``stamp``: the file's, so
+    that the cache never serves an edited file's old fields."""
     transformers = transformers_module()
     fields = json.loads(fields_json)
     base: dict[str, Any] = {}
     if path:
-        file = Path(path).expanduser()
-        file = file / "config.json" if file.is_dir() else file
+        file = config_file(path)
         try:
             base = json.loads(file.read_text())
         except (OSError, ValueError) as err:

@@ -181,6 +181,8 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
         "host": platform.node(), "device": str(spec.device),
         "shape": spec.family.shape(spec.model).to_dict(),  # what readers know of the model (core/shape.py)
     }
+    if spec.model_source is not None:
+        info["model_source"] = spec.model_source
     if spec.dtype.int8:
         info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"
     if timing is not None:

@@ -107,8 +107,8 @@ def _skipped(spec: JobSpec, config: dict[str, Any], reason: str, size: SizeRecor
     """Not run, for lack of memory: the sizes estimated on meta are kept (they are what a run would report)."""
     metrics = collect_metrics(spec.batch, None, size, None, training=spec.training,
                               dtype=spec.dtype.compute)
-    return with_step_memory(Result("skipped", reason, config, metrics, info={"skipped": reason, "device": str(spec.device),
-                                                                             "sizes_from": "meta", **info}), size.step)
+    info = {"skipped": reason, "device": str(spec.device), "sizes_from": "meta", **info}
+    return with_step_memory(Result("skipped", reason, config, metrics, info=info), size.step)
 
 
 def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:

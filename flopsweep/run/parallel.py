@@ -84,7 +84,8 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
     if cal is None or part is None or part.interconnect is None:
         why = origin if cal is None else f"{cal.part} has no interconnect in the hardware table (core/hardware.py)"
         return None, {"error": f"not predicted: {why}"}
-    predictions = [predict(r.trace, cal, fused=bool(spec.predict.fused), autocast=spec.dtype.autocast) for r in count.ranks]
+    predictions = [predict(r.trace, cal, fused=bool(spec.predict.fused), autocast=spec.dtype.autocast)
+                   for r in count.ranks]
     network = Network(part.interconnect, _sizes(count.layout), spec.parallel.gpus_per_node or part.interconnect.domain)
     step = step_time(count, predictions, network)
     dtype = spec.dtype.compute

@@ -22,12 +22,17 @@ from flopsweep.core.result import Result
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
 
-def fingerprint(config: dict[str, Any], device: Optional[str], device_name: Optional[str]) -> str:
+def fingerprint(config: dict[str, Any], device: Optional[str], device_name: Optional[str],
+                source: Optional[str] = None) -> str:
     """Identifies a run before it is measured: the resolved config (less where it is logged), the code version,
-    and the device with its name (``cuda:0`` on an H100 is not ``cuda:0`` on an A100; None on meta)."""
+    the device with its name (``cuda:0`` on an H100 is not ``cuda:0`` on an A100; None on meta), and the digest of
+    the file that defines the model beyond its config, where one does (an edited ``config.json`` or custom model's
+    module is a new configuration)."""
     identity = {"config": {k: v for k, v in config.items() if k not in NOT_IDENTITY}, "flopsweep": __version__,
                 "git": git_commit(), "device": device,
                 "device_name": device_name if device and device != "meta" else None}
+    if source is not None:  # absent, not None, where there is none: the fingerprints of runs before it stay
+        identity["source"] = source
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -36,7 +41,8 @@ def fingerprint_of(result: Result) -> str:
     recorded = result.info.get("fingerprint")
     if recorded:
         return recorded
-    return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"))
+    return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"),
+                       (result.info.get("model_source") or {}).get("sha256"))
 
 
 GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",

@@ -144,12 +144,13 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
     from flopsweep.sinks.health import down_reason
     from flopsweep.sinks.store import failed, finished_run
 
-    fp = fingerprint(config, str(spec.device), spec.device.name)
+    source = spec.model_source
+    fp = fingerprint(config, str(spec.device), spec.device.name, source["sha256"] if source else None)
     target = spec.tracking if spec.skip_existing else None
     claimed = claim(target, fp) if target is not None else None
     if isinstance(claimed, str):
         return Result("skipped", None, config, info={
-            "fingerprint": fp, "device": str(spec.device),
+            "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
             "skipped": f"another resume of the sweep is measuring it ({claimed}); if it does not finish, run the "
                        "same command with skip_existing=true again",
             "tracking": {"logged": False, "elsewhere": claimed}}), None
@@ -164,7 +165,7 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
         else:
             if existing is not None:
                 return Result("skipped", None, config, info={
-                    "fingerprint": fp, "device": str(spec.device),
+                    "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
                     "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
                     "tracking": {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
                                  "run_id": existing, "existing": True}}), claimed
