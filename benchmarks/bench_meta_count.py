@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from flopsweep.sweep.app import _room_for_deep_graphs
+from flopsweep.cli.flopsweep import _room_for_deep_graphs
 
 
 def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tuple[list[float], list[float]]:

@@ -115,10 +115,10 @@ def _keep_our_sweepers_base() -> None:
 
 def run_app(*args: str, cwd: Path, env: Optional[dict[str, Optional[str]]] = None,
             store: bool = True) -> subprocess.CompletedProcess:
-    """The ``flopsweep`` command run in this process (:func:`flopsweep.sweep.app.main`): result, status and MLflow
+    """The ``flopsweep`` command run in this process (:func:`flopsweep.cli.flopsweep.main`): result, status and MLflow
     contracts without a new interpreter each time. A command that logs to the default local store finds it made
     (:func:`local_store`) unless ``store`` is false."""
-    from flopsweep.sweep.app import main
+    from flopsweep.cli.flopsweep import main
 
     tracking = [a for a in args if a.startswith(("tracking=", "tracking.dir=", "tracking.uri="))]
     default = tracking in ([], ["tracking=local"]) and "MLFLOW_TRACKING_URI" not in {**os.environ, **(env or {})}

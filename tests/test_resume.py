@@ -133,6 +133,7 @@ def _resumed(tmp_path, *job):
     return out.stdout, json.loads(newest.read_text())
 
 
+@pytest.mark.slow
 def test_an_edited_config_file_is_a_new_configuration_and_an_unchanged_one_is_skipped(tmp_path):
     """A Hugging Face config.json and a generic model's JSON file: skip_existing=true skips the file as it was and
     measures it again once edited; result.json records the architecture's fields it was built from."""

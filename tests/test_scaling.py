@@ -36,6 +36,7 @@ def test_more_tokens_per_parameter_gives_a_smaller_model_for_the_same_budget():
     assert over.loss > optimum(5.88e23, "hoffmann").loss  # off the fitted optimum, the predicted loss is higher
 
 
+@pytest.mark.slow
 def test_a_budget_ranks_our_presets_and_the_hugging_face_ones_by_predicted_loss(tmp_path):
     import json
 

@@ -165,6 +165,8 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     MLFLOW_TRACKING_URI, or says in one line to give it."""
     port = silent_server.rsplit(":", 1)[1]
     uri = f"{scheme}://flopsweep:s3cr3t@127.0.0.1:{port}/mlflow"
+    from flopsweep.sinks.target import SECRETS_ENV
+
     proc = run_app(*SWEEP, "tracking=server", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 0, proc.stderr
     start, end = said(proc.stderr)
@@ -172,14 +174,18 @@ def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its
     assert f"the store {hidden} cannot be used: 127.0.0.1:{port} accepts connections but did not answer within 5 s" \
         in start, start
     assert "2 of 2 jobs not logged" in end
-    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "[HYDRA]" not in line]
-    assert not any("s3cr3t" in line for line in ours)
+    assert "s3cr3t" not in proc.stdout + proc.stderr
     jobs = results(tmp_path / "outputs")
     assert all(r["info"]["tracking"]["uri"] == hidden for r in jobs)
-    # flopsweep-sync goes back to the store the job recorded: the real URI is the job's config's (made from the
-    # environment), the one that shows as the recorded one
-    again = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
+    assert not [p for p in (tmp_path / "outputs").rglob("result.json") if b"s3cr3t" in p.read_bytes()]
+    # flopsweep-sync goes back to the store the job recorded: with its password from the environment (or --uri),
+    # and says so in one line without it
+    again = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert again.returncode == 1 and "did not answer within 5 s" in again.stderr and "s3cr3t" not in again.stderr
+    blind = run_main(sync_main, "outputs", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None, SECRETS_ENV: None})
+    lines = blind.stderr.strip().splitlines()  # one a job
+    assert blind.returncode != 0 and len(lines) == 2, blind.stderr
+    assert all(line.endswith("was recorded without its password: give --uri or MLFLOW_TRACKING_URI") for line in lines)
     from flopsweep.core.errors import masked
     from flopsweep.sinks.target import unmasked
 

@@ -46,6 +46,7 @@ def test_every_swept_value_resolves(name):
             resolve(compose_preset(name, f"{key}={value}", *others))
 
 
+@pytest.mark.slow
 def test_seq_len_scaling_runs(tmp_path):
     proc = run_app("+sweep=seq_len_scaling", "batch.seq_len=128,512", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -181,7 +181,7 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
 def test_help_and_config_printing_do_not_import_mlflow(tmp_path):
     """``--help`` and ``--cfg job``, one after the other in a new interpreter: neither imports MLflow or makes a
     store (both print, and the second prints the config, so both really ran)."""
-    code = ("import sys\nfrom flopsweep.sweep.app import main\n"
+    code = ("import sys\nfrom flopsweep.cli.flopsweep import main\n"
             "for args in (['--help'], ['--cfg', 'job', 'model=bert_base']):\n"
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
             "    print('mlflow imported:', 'mlflow' in sys.modules)")
@@ -301,3 +301,21 @@ def test_a_views_columns_are_the_options_that_vary_not_every_key_they_change():
     jobs = [job("a", 2, 128), job("b", 4, 128), job("a", 2, 256), job("b", 4, 256), job("c", 8, 64, "failed")]
     assert varying_params(jobs) == ["model.name", "batch.seq_len"]
     assert varying_params([job("a", 2, 128), job("a", 4, 128)]) == ["model.n_layer"]
+
+
+def test_a_password_is_masked_whatever_it_holds_and_the_address_found_again_by_its_masked_form(monkeypatch):
+    from flopsweep.core.errors import ConfigError, masked
+    from flopsweep.sinks.target import SECRETS_ENV, hide_passwords, revealed
+
+    assert masked("http://u:p@ss:w%40rd@h:9/x") == "http://u:***@h:9/x"       # an @ and a : of its own
+    assert masked("tracking.uri=http\\://u\\:s3cr3t@h\\:9/") == "tracking.uri=http\\://u\\:***@h\\:9/"  # Hydra's
+    assert masked("http://h:5000/a@b and sqlite:///x.db") == "http://h:5000/a@b and sqlite:///x.db"
+    monkeypatch.setenv(SECRETS_ENV, "[]")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["model=gpt2_small", "tracking.uri=http\\://me\\:p@ss@h1\\:9/,http://me:q@h2/"]
+    assert hide_passwords(args) == ["model=gpt2_small", "tracking.uri=http\\://me\\:***@h1\\:9/,http://me:***@h2/"]
+    assert revealed("http://me:***@h1:9/") == "http://me:p@ss@h1:9/" and revealed("http://me:***@h2/") == \
+        "http://me:q@h2/"
+    assert revealed("http://h3:5000") == "http://h3:5000"  # no password: itself
+    with pytest.raises(ConfigError, match="tracking.uri='http://me:\\*\\*\\*@h4/': has its password masked"):
+        revealed("http://me:***@h4/")

@@ -1,15 +1,117 @@
-"""``flopsweep``: measure one configuration, or sweep many (``-m``, ``+sweep=NAME``): Hydra's command line, run by
-:func:`flopsweep.sweep.app.main`."""
+"""``flopsweep``: measure one configuration, or sweep many (``-m``, ``+sweep=NAME``). The process around the Hydra
+app (:mod:`flopsweep.sweep.app`): the stack's room, SIGINT and SIGTERM turned into a clean end, a store's password
+kept from Hydra, and Hydra's errors said in one line with the exit status."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from typing import Optional, Sequence
+
+from omegaconf.errors import OmegaConfBaseException
+
 from flopsweep.core.console import exit_command
+from flopsweep.sinks.target import hide_passwords
+from flopsweep.sweep import state
+from flopsweep.sweep.app import app
 
 
 def entry() -> None:
-    from flopsweep.sweep.app import main
-
     exit_command(main())
+
+
+def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
+    """Let the stack grow to 256 MiB (address space; pages are used only as needed). Freeing a long autograd
+    chain recurses once per node: ResNet-BK's O(N) recurrence at N >= 3500 overflows the default 8 MiB and
+    the process dies of a segfault, taking the rest of the sweep with it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        resource.setrlimit(resource.RLIMIT_STACK, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``flopsweep`` command with ``argv`` (default: this process's arguments) and return its exit status:
+    0, 1 when a job failed, 2 for a config Hydra cannot compose (said in one line)."""
+    from hydra.errors import HydraException
+
+    _room_for_deep_graphs()
+    # Hydra prints a composition error over many lines (a missing option lists every file of the group): have it
+    # raise instead, and say it in one line; HYDRA_FULL_ERROR=1 set by the user still gives the whole story
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    sweep = state.begin(full_errors=asked == "1")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    saved_argv = sys.argv
+    # a store's password never reaches Hydra: not its launcher's lines nor the files it writes (the address is kept
+    # in this process's environment, sinks/target.py)
+    sys.argv = [saved_argv[0] if saved_argv else "flopsweep",
+                *hide_passwords(saved_argv[1:] if argv is None else list(argv))]
+    handlers = {signum: signal.signal(signum, state.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as err:
+        if sweep.full_errors:
+            raise
+        disk = state.disk_error(err)  # the sweep's or the run's folder cannot be made
+        if disk is not None:
+            print(f"flopsweep: error: {state.Unwritable(None, disk)}; nothing was measured", file=sys.stderr)
+            return 1
+        print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
+        return 2
+    except state.Unwritable as err:
+        then = (f"the sweep stopped; what finished is in {sweep.sweep_dir}: make room and run the same command with "
+                "skip_existing=true to measure the rest" if sweep.sweep_dir else
+                "the job's numbers are above" if sweep.unwritten else "nothing was measured")
+        print(f"flopsweep: error: {err}; {then}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as err:
+        signum = state.signal_of(err)
+        then = (f"what finished is in {sweep.sweep_dir}; run the same command with skip_existing=true to measure "
+                "the rest" if sweep.sweep_dir else "the job was not measured")
+        print(f"flopsweep: interrupted by {signal.Signals(signum).name}: {then}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        sys.argv = saved_argv
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
+    return 1 if sweep.failed else 0
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
+    in the message), the options of a group that has no such option listed after it (less the internal ``_``
+    ones; not the search path), and the OmegaConf error that caused it."""
+    def lines_of(text: str) -> tuple[list[str], list[str]]:
+        kept, options, listing = [], [], False
+        for line in (raw.strip() for raw in text.splitlines()):
+            if line.startswith("Config search path"):
+                break
+            if not line or line.startswith(("full_key:", "object_type=", "reference_type=")):
+                continue
+            if line.startswith("Available options in"):
+                listing = True
+            elif listing:
+                options += [line] if not line.startswith("_") else []
+            else:
+                kept.append(line)
+        return kept, options
+
+    kept, options = lines_of(str(err))
+    message = " ".join(kept).replace("In 'config': ", "")
+    if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
+        message = f"{err.override}: {message}"
+    if options:
+        message += f" (options: {', '.join(options)})"
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        cause = " ".join(lines_of(str(err.__cause__))[0])
+        message += f": {cause}" if cause and cause not in message else ""
+    return message
 
 
 if __name__ == "__main__":

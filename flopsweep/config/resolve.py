@@ -15,7 +15,7 @@ from flopsweep.build.spec import MAX_BATCH, JobSpec, MaxBatch, Precision
 from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.device import Device
-from flopsweep.core.errors import ConfigError, is_number, one_line, require, require_int
+from flopsweep.core.errors import ConfigError, is_number, masked, one_line, require, require_int
 from flopsweep.core.hardware import accelerator, names as hardware_names
 from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.layout import ParallelConf
@@ -258,7 +258,7 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     model's default)."""
     import dataclasses
 
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config = recorded(cfg)
     config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
     config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
     if spec.max_batch is not None:  # the policy, until the run stage records the batch it chose
@@ -273,3 +273,16 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     if spec.parallel is None:
         config.pop("parallel", None)
     return config
+
+
+def recorded(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """A composed config as a job records it (``result.json``, MLflow): plain values, the password of any address in
+    it masked (``MLFLOW_TRACKING_URI`` resolved into ``tracking.uri``)."""
+    def hidden(value: Any) -> Any:
+        if isinstance(value, str):
+            return masked(value)
+        if isinstance(value, dict):
+            return {k: hidden(v) for k, v in value.items()}
+        return [hidden(v) for v in value] if isinstance(value, list) else value
+
+    return hidden(OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True))

@@ -30,8 +30,9 @@ def require_int(value: object, key: str, minimum: int = 1) -> None:
             f"must be an integer >= {minimum}")
 
 
-# a password in an address, as written (scheme://user:secret@) or as Hydra escapes it (scheme\://user\:secret@)
-_SECRET = re.compile(r"([a-z][a-z0-9+.-]*\\?://[^\s/@:\\]*\\?:)[^\s@/]+@", re.IGNORECASE)
+# a password in an address, as written (scheme://user:secret@) or as Hydra escapes it (scheme\://user\:secret@): up
+# to the authority's last @ (a password may hold an @ or a : of its own, as written or as %40)
+_SECRET = re.compile(r"([a-z][a-z0-9+.-]*\\?://[^\s/@:\\]*\\?:)[^\s/]*@", re.IGNORECASE)
 
 
 def masked(text: str) -> str:

@@ -3,10 +3,12 @@ experiment), and the checks that refuse a target that can never work. Nothing he
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 from flopsweep.core.errors import masked, require
@@ -58,14 +60,14 @@ def masked_text(path: Path) -> Optional[str]:
 
 def unmasked(recorded: str, *candidates: Optional[str]) -> Optional[str]:
     """The URI that ``recorded`` (as :func:`~flopsweep.core.errors.masked` wrote it) stands for: itself where no
-    password was masked, else the one of ``candidates`` (the job's config, the environment) that masks as it; None
-    where none does."""
+    password was masked, else the one of ``candidates`` (the environment, a job's config recorded before configs
+    were masked) that masks as it and is not masked itself; None where none does."""
     try:
         if urlsplit(recorded).password != "***":
             return recorded
     except ValueError:
         return recorded
-    return next((c for c in candidates if c and masked(c) == recorded), None)
+    return next((c for c in candidates if c and c != recorded and masked(c) == recorded), None)
 
 
 def _mlflow_script() -> str:
@@ -83,6 +85,34 @@ def _mlflow_script() -> str:
 
 
 URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own: where runs go when nothing else says
+# the store addresses a command line gave with their passwords: kept in the process's environment (the sweep's
+# workers inherit it) while Hydra, its launcher lines and its files see them masked
+SECRETS_ENV = "FLOPSWEEP_STORE_ADDRESSES"
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*\\?://\S+?(?=,[a-z][a-z0-9+.-]*\\?://|$)", re.IGNORECASE)
+
+
+def hide_passwords(args: Sequence[str]) -> list[str]:
+    """``args`` (a command line's overrides) with the password of every address in them masked; the addresses kept
+    in :data:`SECRETS_ENV`, where :func:`target_of` finds an address again by its masked form."""
+    kept = json.loads(os.environ.get(SECRETS_ENV) or "[]")
+    hidden = []
+    for arg in args:
+        value = arg.split("=", 1)[1] if "=" in arg else arg
+        if masked(arg) != arg:  # Hydra's escapes (http\://u\:p@h) are not the address's
+            kept += [m.group(0).replace("\\", "") for m in _ADDRESS.finditer(value) if masked(m.group(0)) != m.group(0)]
+        hidden.append(masked(arg))
+    if kept:
+        os.environ[SECRETS_ENV] = json.dumps(sorted(set(kept)))
+    return hidden
+
+
+def revealed(uri: str) -> str:
+    """The address ``uri`` stands for where its password was masked (given on the command line, or by
+    ``MLFLOW_TRACKING_URI``); a ConfigError where none is known."""
+    real = unmasked(uri, *json.loads(os.environ.get(SECRETS_ENV) or "[]"), os.environ.get(URI_ENV))
+    require(real is not None, "tracking.uri", uri, "has its password masked (***): give the address itself, or the "
+            "password through MLFLOW_TRACKING_PASSWORD")
+    return real
 
 
 # the stores MLflow's client opens (a database through SQLAlchemy: postgresql+psycopg2, ...)
@@ -103,9 +133,9 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
         uri = tracking.uri or os.environ.get(URI_ENV)
         require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
         scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
-        require(scheme in STORE_SCHEMES, "tracking.uri", uri,
+        require(scheme in STORE_SCHEMES, "tracking.uri", masked(str(uri)),
                 f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}")
-        return Target(uri, None, tracking.experiment)
+        return Target(revealed(str(uri)), None, tracking.experiment)
     folder = project_dir / tracking.dir
     require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,
             "is not a folder: the store and its artifacts go in one")
