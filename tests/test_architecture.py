@@ -160,3 +160,19 @@ def test_a_module_over_300_lines_says_why_at_its_top(path):
     if len(lines) > MAX_LINES:
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert "Why one file" in doc, f"{len(lines)} lines and no 'Why one file' paragraph in the docstring"
+
+
+def test_the_api_the_docs_show_is_there_after_import_flopsweep(tmp_path):
+    """``import flopsweep`` then ``flopsweep.analysis.compare`` and ``flopsweep.projection.parallel.per_device``, in a
+    new interpreter (each was an AttributeError); every projection module reachable so."""
+    import subprocess
+    import sys
+
+    import flopsweep.projection as projection
+
+    code = ("import flopsweep\nprint(callable(flopsweep.analysis.compare), "
+            "callable(flopsweep.projection.parallel.per_device), callable(flopsweep.projection.serving.plan))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["True"] * 3, out.stderr
+    folder = Path(projection.__file__).parent
+    assert set(projection.MODULES) == {p.stem for p in folder.glob("*.py")} - {"__init__"}
