@@ -234,3 +234,20 @@ def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(tm
     dense = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "64", "--new-tokens", "2",
                      "--gpu", "H200", "--expert-skew", "1", "--no-log", cwd=tmp_path)
     assert dense.returncode == 2 and dense.stderr.count("\n") == 1 and "expert-skew" in dense.stderr
+
+
+def test_weights_and_cache_served_in_their_own_dtypes_move_and_hold_their_bytes(tmp_path):
+    """16 GB of bf16 weights served in int4 are 4 GB, the 128 KiB a token of bf16 cache 64 KiB in fp8: a memory-bound
+    decode step reads those, and the largest batch fits them; the FLOPs and the compute dtype's peak stay."""
+    one = Generation(**{**GEN.__dict__, "new_tokens": 2})
+    served = Serving(H100, "bfloat16", weights_dtype="int4", kv_dtype="fp8")
+    p = plan(one, served, 1)
+    assert p.rows[0].tpot_s == pytest.approx((16e9 / 4 + 65536 * 4097) / 3350e9)
+    assert p.rows[0].ttft_s == at_batch(one, Serving(H100, "bfloat16"), 1).ttft_s  # the prefill: compute-bound
+    b = plan(GEN, served).largest
+    assert 4e9 + b * 65536 * (4096 + 255) <= 0.9 * 80e9 < 4e9 + (b + 1) * 65536 * (4096 + 255)
+    assert "weights in int4, KV cache in fp8, scaled from bfloat16" in p.table()
+    out = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
+                   "H100", "--weights-dtype", "fp4", "--no-log", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "flopsweep-project: error: weights-dtype='fp4': must be one of float32, bfloat16, float16, fp8, int8, int4"

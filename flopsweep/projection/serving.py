@@ -22,7 +22,7 @@ the experts that every prefill of a long prompt reads whole.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -33,6 +33,11 @@ from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.result import Result
 from flopsweep.core.shape import experts_touched, shape_of
+
+
+# bytes an element, as weights and KV caches are served (int4: two weights a byte; quantisation scales left out)
+SERVED_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+KV_DTYPES = ("float32", "bfloat16", "float16", "fp8")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,17 @@ class Generation:
         one where tp is more than the heads), ``1 / tp`` where the heads are not known."""
         return -(-self.kv_heads // tp) / self.kv_heads if self.kv_heads else 1.0 / tp
 
+    def served(self, weights_dtype: Optional[str] = None, kv_dtype: Optional[str] = None) -> "Generation":
+        """This generation with its weights (every one: embeddings and norms too) served in ``weights_dtype`` and its
+        KV cache in ``kv_dtype``, their bytes scaled from the counted dtype's; the FLOPs stay."""
+        counted = SERVED_BYTES.get(self.dtype)
+        require(counted is not None, "run", self.source, f"was counted with {self.dtype} weights: their bytes cannot be "
+                "rescaled")
+        w = SERVED_BYTES[weights_dtype] / counted if weights_dtype else 1.0
+        kv = SERVED_BYTES[kv_dtype] / counted if kv_dtype else 1.0
+        return replace(self, weights_bytes=self.weights_bytes * w, weights_read_bytes=self.weights_read_bytes * w,
+                       routed_bytes=self.routed_bytes * w, kv_bytes_per_token=self.kv_bytes_per_token * kv)
+
     def experts_read(self, tokens: int, skew: float = 0.0) -> Optional[float]:
         """The routed experts a layer that ``tokens`` tokens reach (None for a dense model)."""
         return experts_touched(self.experts, self.experts_per_token, tokens, skew) if self.experts else None
@@ -119,6 +135,8 @@ class Serving:
     watts_per_gpu: Optional[float] = None
     gpus: Optional[int] = None    # the whole fleet: gpus / tp replicas, each serving its own batches
     expert_skew: float = 0.0      # a mixture of experts' routing: 0 uniform, s > 0 a Zipf law of exponent s
+    weights_dtype: Optional[str] = None  # the weights as served (fp8, int8, int4, ...); None: as counted
+    kv_dtype: Optional[str] = None       # the KV cache as served; None: as counted
 
     def __post_init__(self) -> None:
         require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
@@ -128,6 +146,10 @@ class Serving:
                 "gpus", self.gpus, f"must be a multiple of --tp={self.tp} (each replica holds tp GPUs)")
         require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
                 self.expert_skew, "must be a finite number >= 0 (0: uniform routing)")
+        require(self.weights_dtype is None or self.weights_dtype in SERVED_BYTES, "weights-dtype", self.weights_dtype,
+                f"must be one of {', '.join(SERVED_BYTES)}")
+        require(self.kv_dtype is None or self.kv_dtype in KV_DTYPES, "kv-dtype", self.kv_dtype,
+                f"must be one of {', '.join(KV_DTYPES)}")
         for key in ("compute_efficiency", "memory_efficiency", "memory_share"):
             value = getattr(self, key)
             require(0 < value <= 1, key.replace("_", "-"), value, "must be in (0, 1]")
@@ -233,9 +255,12 @@ class ServingPlan:
 
     def table(self) -> str:
         g, s = self.generation, self.serving
+        served = [f"weights in {s.weights_dtype}"] * bool(s.weights_dtype) + [f"KV cache in {s.kv_dtype}"] * \
+            bool(s.kv_dtype)
         lines = [f"serving {g.source}: a prompt of {g.prompt:,} tokens, {g.new_tokens:,} generated; "
                  f"{g.weights_bytes / 1e9:,.1f} GB of weights, {g.kv_bytes_per_token / 1e3:,.1f} KB of KV cache "
-                 "a token",
+                 "a token" + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
+                              "scales left out)" if served else ""),
                  f"on {s.tp} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
                  f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
@@ -290,7 +315,9 @@ def _money(value: Optional[float]) -> str:
 
 
 def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> ServingPlan:
-    """The roofline at each batch of :func:`batches` up to the largest that fits (or at ``batch`` alone)."""
+    """The roofline at each batch of :func:`batches` up to the largest that fits (or at ``batch`` alone), the weights
+    and the cache in the dtypes they are served in."""
+    gen = gen.served(serving.weights_dtype, serving.kv_dtype)
     largest = largest_batch(gen, serving)
     require(largest >= 1 or batch is not None, "gpu", serving.gpu.name, f"cannot hold the weights "
             f"({gen.weights_bytes / 1e9:,.1f} GB) and one sequence's KV cache in {serving.memory_share:.0%} of "

@@ -40,6 +40,10 @@ def register(subparsers) -> None:
                       "(default 1: the roofline's bound)")
     plan.add_argument("--memory-efficiency", type=float, default=1.0, help="share of the bandwidth reached "
                       "(default 1)")
+    plan.add_argument("--weights-dtype", help="the weights as served: float32, bfloat16, float16, fp8, int8 or int4 "
+                      "(default: as counted; --dtype stays the compute's, for the peak)")
+    plan.add_argument("--kv-dtype", help="the KV cache as served: float32, bfloat16, float16 or fp8 (default: as "
+                      "counted)")
     plan.add_argument("--expert-skew", type=float, help="a mixture of experts' routing: the exponent of a Zipf law "
                       "over its experts (default 0: uniform, the fewest tokens an expert)")
     A.add_output(p, logged=True)
@@ -64,7 +68,8 @@ def command(args: argparse.Namespace) -> int:
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
     serving = S.Serving(serving_part(args), args.dtype, args.tp or 1, args.compute_efficiency,
                         args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
-                        gpus=args.gpus, expert_skew=args.expert_skew or 0.0)
+                        gpus=args.gpus, expert_skew=args.expert_skew or 0.0, weights_dtype=args.weights_dtype,
+                        kv_dtype=args.kv_dtype)
     generation = S.Generation.from_result(result, source)
     require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
             f"is for a mixture of experts: {source} has no routed experts counted")
