@@ -86,7 +86,20 @@ def test_serving_a_measured_generation_run(tmp_path):
       "--memory-efficiency", "1.5"], "memory-efficiency"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "2", "--gpus", "3"],
      "gpus"),                                               # replicas of 2 GPUs each
-
+    # as strictly as the training projection: tp at least 1 (0 was taken as 1) and dividing the heads, no negative
+    # price or power
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "0"], "tp=0: must be"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "5"],
+     "tp=5: does not divide the model's 12 attention heads"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--price", "-1"], "price=-1.0"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--watts", "-700"], "watts"),
+    (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--tokens-per-param", "1e9"],
+     "tokens-per-param=1000000000.0: must be > 0 and at most 100,000"),
+    (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--inference-tokens", "-5"],
+     "inference-tokens=-5.0: must be >= 0"),
+    (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--peak-tflops", "-1"], "peak-tflops"),
+    (["train", "--model", "gpt2_small", "--tokens", "1e9", "--mfu", "0.4", "--hardware", "nowhere.yaml",
+      "--no-log"], "hardware='nowhere.yaml': cannot be read"),
 ])
 def test_bad_serving_input_is_one_line_naming_it(args, key, tmp_path):
     out = run_main(main, *args, cwd=tmp_path)
@@ -104,6 +117,16 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
+    # every mode that takes a part takes it from the file: its name, and its peak for a training run's hours
+    train = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1e12", "--mfu", "0.5", "--hardware",
+                     "gpu.yaml", "--json", "train.json", "--no-log", cwd=tmp_path)
+    assert train.returncode == 0 and "1 × my-asic at 400 TFLOP/s peak" in train.stdout, train.stderr
+    rows = {r["method"]: r for r in json.loads((tmp_path / "train.json").read_text())["rows"]}
+    assert rows["counted"]["gpu_hours"] == pytest.approx(rows["counted"]["flops"] / (400e12 * 0.5 * 3600))
+    budget = run_main(main, "budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.5", "--hardware",
+                      "gpu.yaml", cwd=tmp_path)
+    assert budget.returncode == 0 and f"= {100 * 3600 * 400e12 * 0.5:.3e} FLOPs on 1 × my-asic" in budget.stdout, \
+        budget.stdout
 
 
 def test_a_serving_plan_is_logged_to_mlflow_with_its_figures_over_the_batch_and_its_plot(tmp_path):

@@ -50,6 +50,9 @@ class Optimum:
     loss: Optional[float]         # the fitted law's prediction (None for the rule)
 
 
+MAX_TOKENS_PER_PARAM = 100_000
+
+
 def optimum(flops: float, method: str = "rule", tokens_per_param: float = 20.0) -> Optimum:
     """The compute-optimal parameters and tokens of a budget of training ``flops``: ``method`` is ``rule``, a rule of
     ``tokens_per_param`` tokens a parameter (``D = k·N``, so ``N = sqrt(C / 6k)``), or a name of :data:`FITS`; the
@@ -60,7 +63,10 @@ def optimum(flops: float, method: str = "rule", tokens_per_param: float = 20.0) 
         params, tokens = fit.optimum(flops)
         return Optimum(method, params, tokens, fit.loss(params, tokens))
     require(method == "rule", "fit", method, f"must be rule or one of {', '.join(FITS)}")
-    require(tokens_per_param > 0, "tokens-per-param", tokens_per_param, "must be > 0")
+    # Chinchilla's 20; over-trained models far more (Llama 3 8B: about 1,900), none near 100,000
+    require(0 < tokens_per_param <= MAX_TOKENS_PER_PARAM, "tokens-per-param", tokens_per_param,
+            f"must be > 0 and at most {MAX_TOKENS_PER_PARAM:,} (Chinchilla's rule is 20; Llama 3 8B was trained at "
+            "about 1,900)")
     params = (flops / (6.0 * tokens_per_param)) ** 0.5
     tokens = tokens_per_param * params
     return Optimum(f"{tokens_per_param:g} tokens/param", params, tokens, FITS["hoffmann"].loss(params, tokens))

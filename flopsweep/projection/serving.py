@@ -57,6 +57,7 @@ class Generation:
     kv_heads: Optional[int] = None  # the heads the cache is split by under tp (None: not known, split evenly)
     width: Optional[int] = None     # the residual stream a tensor-parallel all-reduce carries (None: not known)
     layers: Optional[int] = None
+    heads: Optional[int] = None     # the attention heads tensor parallelism splits (None: not known)
     routed_bytes: float = 0.0       # a mixture of experts: every routed expert's weights (0: dense, or not known)
     experts: Optional[int] = None   # ... routed experts a layer, and how many a token goes to
     experts_per_token: Optional[int] = None
@@ -78,7 +79,7 @@ class Generation:
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,
-                   shape.layers, routed if experts[0] else 0.0, *experts)
+                   shape.layers, shape.heads, routed if experts[0] else 0.0, *experts)
 
     @property
     def steps(self) -> int:
@@ -93,8 +94,8 @@ class Generation:
         """This generation with its weights (every one: embeddings and norms too) served in ``weights_dtype`` and its
         KV cache in ``kv_dtype``, their bytes scaled from the counted dtype's; the FLOPs stay."""
         counted = SERVED_BYTES.get(self.dtype)
-        require(counted is not None, "run", self.source, f"was counted with {self.dtype} weights: their bytes cannot be "
-                "rescaled")
+        require(counted is not None, "run", self.source,
+                f"was counted with {self.dtype} weights: their bytes cannot be rescaled")
         w = SERVED_BYTES[weights_dtype] / counted if weights_dtype else 1.0
         kv = SERVED_BYTES[kv_dtype] / counted if kv_dtype else 1.0
         return replace(self, weights_bytes=self.weights_bytes * w, weights_read_bytes=self.weights_read_bytes * w,
@@ -142,6 +143,8 @@ class Serving:
         require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
                 "the table: give --peak-tflops")
         require(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "must be an integer >= 1")
+        for key, value in (("price", self.price_per_gpu_hour), ("watts", self.watts_per_gpu)):
+            require(value is None or value >= 0, key, value, "must be >= 0")
         require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.tp and self.gpus % self.tp == 0),
                 "gpus", self.gpus, f"must be a multiple of --tp={self.tp} (each replica holds tp GPUs)")
         require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
@@ -317,6 +320,8 @@ def _money(value: Optional[float]) -> str:
 def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> ServingPlan:
     """The roofline at each batch of :func:`batches` up to the largest that fits (or at ``batch`` alone), the weights
     and the cache in the dtypes they are served in."""
+    require(not gen.heads or gen.heads % serving.tp == 0, "tp", serving.tp, f"does not divide the model's {gen.heads} "
+            "attention heads (tensor parallelism splits them)")
     gen = gen.served(serving.weights_dtype, serving.kv_dtype)
     largest = largest_batch(gen, serving)
     require(largest >= 1 or batch is not None, "gpu", serving.gpu.name, f"cannot hold the weights "

@@ -61,6 +61,7 @@ def _counts_layout(args: argparse.Namespace, split: Optional[Parallelism]) -> bo
 
     part = accelerator(args.gpu)
     return (split is not None and args.model is not None and not args.inference and args.mfu is None
+            and args.hardware is None  # a part of the user's file: no interconnect a layout's step is predicted on
             and args.mfu_from is None and getattr(args, "batch", None) is not None and part is not None
             and part.interconnect is not None)
 
@@ -94,8 +95,17 @@ def _training_peak(args: argparse.Namespace, by_layout: bool = False) -> float:
     from flopsweep.core.hardware import DTYPES, peak_flops
 
     require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
-    peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
-    require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
+    require(args.peak_tflops is None or (math.isfinite(args.peak_tflops) and args.peak_tflops > 0), "peak-tflops",
+            args.peak_tflops, "must be a number > 0")
+    part = hardware_file(args)
+    if part is not None:  # the part is the file's: named by it, its peak unless --peak-tflops
+        args.gpu = part.name
+        peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else part.peak(args.dtype)
+        require(peak is not None, "hardware", str(args.hardware), f"has no {args.dtype} peak: give it, or --peak-tflops")
+        args.gpu_memory = args.gpu_memory if args.gpu_memory is not None else part.memory_bytes / 2**30
+    else:
+        peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
+        require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
     require(args.model is None or by_layout or args.mfu is not None or args.mfu_from is not None, "mfu", None,
             f"{NO_MFU}; a preset counted here has none outside a layout counted rank by rank (train's --dp --tp "
@@ -158,20 +168,28 @@ def same_part(name: str, gpu: str) -> bool:
     return gpu.lower() in name.lower() or (row is not None and row is accelerator(gpu))
 
 
+def hardware_file(args: argparse.Namespace):
+    """The part ``--hardware FILE`` describes (checked as the shipped table is), or None without one."""
+    from flopsweep.core import hardware
+
+    if args.hardware is None:
+        return None
+    import yaml
+
+    try:
+        fields = yaml.safe_load(args.hardware.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError("hardware", str(args.hardware), f"cannot be read: {one_line(err, 200)}") from None
+    return hardware.from_fields(fields, str(args.hardware))
+
+
 def serving_part(args: argparse.Namespace):
     """The part to serve on: --hardware FILE, else --gpu from the table; --peak-tflops, --bandwidth and
     --gpu-memory override its figures."""
     from flopsweep.core import hardware
 
-    if args.hardware is not None:
-        import yaml
-
-        try:
-            fields = yaml.safe_load(args.hardware.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError("hardware", str(args.hardware), f"cannot be read: {one_line(err, 200)}") from None
-        acc = hardware.from_fields(fields, str(args.hardware))
-    else:
+    acc = hardware_file(args)
+    if acc is None:
         acc = hardware.accelerator(args.gpu)
         require(acc is not None, "gpu", args.gpu, f"is not in the table ({', '.join(hardware.names())}): give "
                 "--hardware FILE, or --peak-tflops, --bandwidth and --gpu-memory with a --gpu of the table")

@@ -61,6 +61,8 @@ def add_hardware(p: argparse.ArgumentParser, dtype_help: str, gpus_help: str, me
     hw = p.add_argument_group("hardware")
     hw.add_argument("--gpu", default="H100", help="a part of the hardware table (docs/serving.md: V100, A10G, L4, "
                     "L40S, A100, H100, H200, B200, GB200, MI300X, TPU v5e, ...); default H100")
+    hw.add_argument("--hardware", type=Path, help="a YAML file describing your own part instead: name, peak_tflops "
+                    "(by dtype), memory_gb, bandwidth_gbs")
     hw.add_argument("--dtype", default="bfloat16", help=dtype_help)
     hw.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per GPU (overrides the table)")
     hw.add_argument("--gpus", type=int, help=gpus_help)

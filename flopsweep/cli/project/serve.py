@@ -10,7 +10,6 @@ batch up to the largest that fits, dollars and kWh per million tokens (docs/serv
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import serving_part
@@ -30,8 +29,6 @@ def register(subparsers) -> None:
     part = A.add_hardware(p, "the dtype of the peak, and of a preset's weights (default bfloat16)",
                           "GPUs in the fleet, a multiple of --tp: its tokens/s", "GiB per GPU (overrides the table's)")
     part.add_argument("--bandwidth", type=float, help="memory bandwidth, GB/s per GPU (overrides the table)")
-    part.add_argument("--hardware", type=Path, help="a YAML file describing your own part: name, peak_tflops (by "
-                                                    "dtype), memory_gb, bandwidth_gbs")
     plan = p.add_argument_group("the plan")
     plan.add_argument("--tp", type=int, help="tensor-parallel GPUs per replica (default 1)")
     plan.add_argument("--batch", type=A.amount, help="the batch per replica to report alone (default: each up to "
@@ -55,6 +52,11 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection.records import serving_record
 
     A.require_finite(args, "price", "watts")
+    # the part and the plan first: checked before a preset is counted
+    serving = S.Serving(serving_part(args), args.dtype, 1 if args.tp is None else args.tp, args.compute_efficiency,
+                        args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
+                        gpus=args.gpus, expert_skew=args.expert_skew or 0.0, weights_dtype=args.weights_dtype,
+                        kv_dtype=args.kv_dtype)
     require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
             "must be a whole number >= 1")
     extra, counted = [], ""
@@ -66,10 +68,6 @@ def command(args: argparse.Namespace) -> int:
         extra = ["train=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
         counted = f"{args.model} (counted on meta, {dtype} weights)"
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
-    serving = S.Serving(serving_part(args), args.dtype, args.tp or 1, args.compute_efficiency,
-                        args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
-                        gpus=args.gpus, expert_skew=args.expert_skew or 0.0, weights_dtype=args.weights_dtype,
-                        kv_dtype=args.kv_dtype)
     generation = S.Generation.from_result(result, source)
     require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
             f"is for a mixture of experts: {source} has no routed experts counted")
