@@ -54,6 +54,18 @@ BAD = [
     (["measure.timing=sometimes"], "measure.timing"),
     (["measure.causal_attention=quarter"], "measure.causal_attention"),
     (["skip_existing=true", "tracking=none"], "skip_existing"),  # nothing to look finished runs up in
+    # Hugging Face's strict config validation, one line naming the field (it was a 70-line traceback)
+    (["model=hf", "model.model_type=llama", "+model.hidden_size=65", "+model.num_attention_heads=4"],
+     "model: The hidden size (65) is not a multiple of the number of attention heads (4)"),
+    (["model=hf", "model.model_type=llama", "+model.hidden_size=abc"], "model.hidden_size='abc': Field 'hidden_size'"),
+    (["model=hf", "model.model_type=llama", "+model.hidden_size=null"], "model.hidden_size: Field 'hidden_size' "
+                                                                        "expected int, got NoneType"),
+    (["model=hf", "model.model_type=llama", "+model.num_hidden_layers=0"], "model.num_hidden_layers=0: must be"),
+    (["model=hf", "model.model_type=llama", "+model.max_position_embeddings=0"], "model.max_position_embeddings=0"),
+    # an architecture built as a part of itself without a word, now refused by the key
+    (["model=hf", "model.model_type=whisper"], "model.model_type='whisper': is a speech-to-text model"),
+    (["model=hf", "model.model_type=mllama"], "is an image-and-text model (MllamaForConditionalGeneration)"),
+    (["model=hf", "model.model_type=gemma3"], "its text model is model.model_type=gemma3_text"),
 ]
 
 

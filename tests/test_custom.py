@@ -46,3 +46,33 @@ def test_without_a_target_it_says_which_key_is_missing():
         assert str(err) == "model._target_: missing: the class or function that builds the model"
     else:
         raise AssertionError("model=custom without a _target_ was accepted")
+
+
+BAD_FORWARDS = (
+    "import sys\nimport torch\n\n\nclass Base(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.p = torch.nn.Linear(8, 8)\n\n\n"
+    "class Text(Base):\n    def forward(self, x):\n        return 'loss'\n\n\n"
+    "class Nothing(Base):\n    def forward(self, x):\n        self.p(x)\n\n\n"
+    "class Logits(Base):\n    def forward(self, x):\n        return {'logits': self.p(x)}\n\n\n"
+    "class Detached(Base):\n    def forward(self, x):\n        return self.p(x).detach().sum()\n\n\n"
+    "class Exits(Base):\n    def forward(self, x):\n        sys.exit(3)\n\n\n"
+    "class Fine(Base):\n    def forward(self, x):\n        return self.p(x).sum()\n")
+
+
+def test_a_forward_that_returns_no_usable_loss_or_exits_fails_its_own_job_in_one_line(tmp_path: Path):
+    """A string, None, a dict without a loss, a loss without a gradient: the job fails naming model._target_ and
+    what the forward must return; sys.exit in a forward fails its job, and the sweep goes on to the next."""
+    (tmp_path / "nets.py").write_text(BAD_FORWARDS)
+    job = ["model=custom", "model.inputs=[{name: x, shape: [batch, 8]}]", "device=meta", "tracking=none"]
+    for name, said in (("Text", "its forward returned no loss (str): it must return a loss tensor"),
+                       ("Nothing", "its forward returned no loss (NoneType)"),
+                       ("Logits", "its forward returned no loss (a dict of logits)"),
+                       ("Detached", "its forward returned a loss without a gradient")):
+        proc = run_app(*job, f"model._target_=nets.{name}", cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and f"model._target_='nets.{name}': {said}" in lines[0], \
+            proc.stderr
+    sweep = run_app("-m", *job, "model._target_=nets.Exits,nets.Fine", cwd=tmp_path)
+    assert sweep.returncode == 1, sweep.stderr
+    assert "model._target_='nets.Exits': its forward called sys.exit(3)" in sweep.stderr
+    assert "2 jobs: 1 ok, 1 failed" in sweep.stdout

@@ -92,22 +92,36 @@ def load(fields: dict[str, Any]) -> Config:
                   loss=fields.get("loss", "output"), default_seq_len=fields.get("default_seq_len"))
 
 
+RETURNS = ("a loss tensor (its mean is taken), an object with a .loss tensor (Hugging Face's outputs), a dict with a "
+           "'loss' tensor, or a tuple whose first item is the loss; or set model.loss=mse")
+
+
 class OutputLoss(nn.Module):
-    def __init__(self, kind: str):
+    """The loss a custom model's output gives (``model.loss``): ``output``, what the forward returns, or ``mse``, the
+    mean square of its first output; anything else is refused by ``model._target_``, saying what it must return."""
+
+    def __init__(self, kind: str, target: str = ""):
         super().__init__()
-        self.kind = kind
+        self.kind, self.target = kind, target
+        self.training_params = True  # set by Model: whether any parameter trains (an inference build's loss has none)
 
     def forward(self, out: Any) -> torch.Tensor:
         if self.kind == "mse":
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            out = out[0] if isinstance(out, (tuple, list)) and out else out
+            self._require(isinstance(out, torch.Tensor) and out.is_floating_point(), out, "has no floating output")
             return out.float().pow(2).mean()
-        if isinstance(out, torch.Tensor):
-            return out if out.dim() == 0 else out.mean()
-        if hasattr(out, "loss"):
-            return out.loss
-        if isinstance(out, dict) and "loss" in out:
-            return out["loss"]
-        return out[0]
+        loss = out.loss if hasattr(out, "loss") and not isinstance(out, torch.Tensor) else \
+            out.get("loss") if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) and out else out
+        self._require(isinstance(loss, torch.Tensor) and loss.is_floating_point(), out, "returned no loss")
+        if torch.is_grad_enabled() and self.training_params and not loss.requires_grad:
+            raise ConfigError("model._target_", self.target, "its forward returned a loss without a gradient (it does "
+                              "not depend on the trainable parameters: detached, or computed under no_grad)")
+        return loss if loss.dim() == 0 else loss.mean()
+
+    def _require(self, ok: bool, out: Any, problem: str) -> None:
+        if not ok:
+            what = type(out).__name__ if not isinstance(out, dict) else f"a dict of {', '.join(map(str, out)) or 'nothing'}"
+            raise ConfigError("model._target_", self.target, f"its forward {problem} ({what}): it must return {RETURNS}")
 
 
 class Model(nn.Module):
@@ -119,6 +133,9 @@ class Model(nn.Module):
             sys.path.append(os.getcwd())
         try:
             self.net = instantiate({"_target_": cfg.target, **cfg.kwargs})
+        except SystemExit as err:  # its own job fails; the sweep goes on
+            raise ConfigError("model._target_", cfg.target, f"could not be built: it called sys.exit({err.code})") \
+                from None
         except Exception as err:  # noqa: BLE001 - report which key, not a Hydra traceback
             cause = err.__cause__ or err  # Hydra's error wraps the model's own
             reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
@@ -127,7 +144,7 @@ class Model(nn.Module):
                 f"built a {type(self.net).__module__}.{type(self.net).__qualname__}, not a torch.nn.Module")
         self.names = [spec.get("name", f"input{i}") for i, spec in enumerate(cfg.inputs)]
         self.by_name = _takes_names(self.net, self.names)
-        self.loss = OutputLoss(cfg.loss)
+        self.loss = OutputLoss(cfg.loss, cfg.target)
         self.inputs_key = ("model.inputs[0].shape", list(cfg.inputs[0]["shape"])) if len(cfg.inputs) == 1 else \
             ("model.inputs", [list(spec["shape"]) for spec in cfg.inputs])
         self.accepted = False  # the model ran on its inputs once: a later error is not theirs
@@ -135,12 +152,15 @@ class Model(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         try:
             out = self.net(**inputs) if self.by_name else self.net(*(inputs[name] for name in self.names))
+        except SystemExit as err:  # a BaseException: it would end the sweep, not the job
+            raise ConfigError("model._target_", self.loss.target, f"its forward called sys.exit({err.code})") from None
         except Exception as err:
             if self.accepted or "memory" in str(err).lower():  # out of memory is a result, not a bad input
                 raise
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
             raise ConfigError(*self.inputs_key, f"the model refused its inputs: {reason}") from None
         self.accepted = True
+        self.loss.training_params = any(p.requires_grad for p in self.net.parameters())
         return self.loss(out)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -29,7 +30,7 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, require
-from flopsweep.core.shape import ModelShape, from_fields
+from flopsweep.core.shape import LAYERS, ModelShape, from_fields
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 from flopsweep.models.layers import DECODING
 
@@ -85,6 +86,10 @@ class Config(ModelConfig):
         require(self.task is None or self.task in TASKS, "model.task", self.task, f"must be one of {', '.join(TASKS)}")
         self.task = self.resolved_task()  # recorded with the job: what was built, and what the projection reads
         hf = self.hf_config()
+        for name in (*LAYERS, "max_position_embeddings", "n_positions"):  # as our families refuse them
+            value = getattr(hf, name, None)
+            require(not (isinstance(value, int) and not isinstance(value, bool) and value < 1), f"model.{name}", value,
+                    "must be an integer >= 1")
         if self.resolved_task() == "image-classification":
             made = getattr(hf, "image_size", None)
             require(not isinstance(made, int) or batch.image_size == made, "batch.image_size", batch.image_size,
@@ -143,12 +148,11 @@ def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
         require(isinstance(base, dict), "model.config", path, "is not a config.json (a JSON object)")
     kind = model_type or base.get("model_type")
     require(bool(kind), "model.model_type", None, f"missing: {path} names no model_type")
+    given = {k: v for k, v in {**base, **fields}.items() if k != "model_type"}
     try:
-        config = transformers.AutoConfig.for_model(kind, **{k: v for k, v in {**base, **fields}.items()
-                                                            if k != "model_type"})
-    except (ValueError, TypeError) as err:
-        key, value = ("model.model_type", kind) if "Unrecognized" in str(err) else ("model", None)
-        raise ConfigError(key, value, " ".join(str(err).split())[:300]) from None
+        config = transformers.AutoConfig.for_model(kind, **given)
+    except Exception as err:  # noqa: BLE001 - ValueError, TypeError, huggingface_hub's strict validation errors
+        raise _refused(err, kind, given) from None
     if getattr(config, "is_encoder_decoder", False):  # labels become decoder inputs by a shift that needs these
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
@@ -157,33 +161,65 @@ def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
     return config
 
 
+# what transformers builds a model type as that flopsweep does not (yet): its whole model, for what it takes in
+OTHER_MODALITIES = {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES": "a speech-to-text model",
+                    "MODEL_FOR_CTC_MAPPING_NAMES": "a speech model",
+                    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES": "an image-and-text model",
+                    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model"}
+
+
+def _refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
+    """transformers' refusal of a config as one line naming the key: the field its strict validation names (a value of
+    the wrong type, a null width), else the model type it does not know, else ``model`` (heads that do not divide the
+    width, checked across fields)."""
+    named = re.match(r"Validation error for field '(\w+)'", str(err))  # huggingface_hub's strict dataclasses
+    field = named.group(1) if named else None
+    cause = err.__cause__ or err
+    words = " ".join(str(cause).split())[:300]
+    if field is not None:
+        return ConfigError(f"model.{field}", given.get(field), words)
+    if "Unrecognized" in str(err):
+        return ConfigError("model.model_type", kind, words)
+    return ConfigError("model", None, words)
+
+
 def _task(task: Optional[str], hf: Any) -> str:
     if task is not None:
         return task
     from transformers.models.auto import modeling_auto
 
-    for arch in getattr(hf, "architectures", None) or []:
-        for name, (_, mapping) in TASKS.items():
-            if arch in getattr(modeling_auto, mapping).values():
-                return name
     kind = hf.model_type
+    named = [(name, arch) for arch in getattr(hf, "architectures", None) or [] for name, (_, mapping) in TASKS.items()
+             if arch in getattr(modeling_auto, mapping).values()]
     known = {name: kind in getattr(modeling_auto, mapping) for name, (_, mapping) in TASKS.items()}
-    if getattr(hf, "is_encoder_decoder", False) and known["seq2seq"]:
-        return "seq2seq"
-    if known["masked-lm"] and not getattr(hf, "is_decoder", False):
-        return "masked-lm"
-    for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq"):
-        if known[name]:
-            return name
-    raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
-                                          f"{', '.join(TASKS)}")
+    if named:  # the config's own architecture
+        chosen, built = named[0]
+    else:
+        chosen = "seq2seq" if getattr(hf, "is_encoder_decoder", False) and known["seq2seq"] else \
+            "masked-lm" if known["masked-lm"] and not getattr(hf, "is_decoder", False) else \
+            next((name for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq") if known[name]), None)
+        built = getattr(modeling_auto, TASKS[chosen][1])[kind] if chosen else None
+    text = f"{kind}_text" if f"{kind}_text" in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
+    for mapping, what in OTHER_MODALITIES.items():  # fed text alone, or a part built as if it were the whole: said
+        whole = getattr(modeling_auto, mapping, {}).get(kind)
+        if whole is not None:
+            part = (f"; its {built} alone is model.task={chosen}" if built and built != whole else "") + \
+                (f"; its text model is model.model_type={text}" if text else "")
+            raise ConfigError("model.model_type", kind, f"is {what} ({whole}), which flopsweep does not build yet"
+                              f"{part}")
+    if chosen is None:
+        raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
+                                              f"{', '.join(TASKS)}")
+    return chosen
 
 
 def max_positions(hf: Any) -> Optional[int]:
-    for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(hf, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
+    """The longest sequence the config allows, its text model's where it has one (a multimodal ``text_config``)."""
+    for config in (hf, getattr(hf, "text_config", None)):
+        for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
     return None
 
 
