@@ -319,3 +319,20 @@ def test_a_password_is_masked_whatever_it_holds_and_the_address_found_again_by_i
     assert revealed("http://h3:5000") == "http://h3:5000"  # no password: itself
     with pytest.raises(ConfigError, match="tracking.uri='http://me:\\*\\*\\*@h4/': has its password masked"):
         revealed("http://me:***@h4/")
+
+
+def test_sync_refuses_a_result_that_holds_no_measurement(tmp_path):
+    """A result.json written by hand or cut down to its status: one line naming it, and no empty finished run."""
+    from tests.helpers import local_store
+
+    local_store(tmp_path / "outputs")
+    for name, data in (("empty", {"status": "ok", "error": None, "config": {}}),
+                       ("odd", {"status": "done", "config": {}, "metrics": {"flops/step": 1}})):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "result.json").write_text(json.dumps(data))
+    out = run_main(sync_main, "runs", "--store-dir", "outputs", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and len(lines) == 2, out.stderr
+    assert "holds no measurement (status ok, no metrics)" in out.stderr and "status 'done' is none of" in out.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -40,6 +40,11 @@ class Result:
             raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             raise ValueError(f"{path}: not a flopsweep result (no status)")
+        if data["status"] not in STATUSES:
+            raise ValueError(f"{path}: not a flopsweep result (status {data['status']!r} is none of "
+                             f"{', '.join(STATUSES)})")
+        if data["status"] == "ok" and not data.get("metrics"):  # logged, it would be an empty finished run
+            raise ValueError(f"{path}: holds no measurement (status ok, no metrics)")
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
 
