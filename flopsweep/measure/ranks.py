@@ -12,6 +12,7 @@ PyTorch's memory tracker. The conventions are in docs/parallel.md.
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import warnings
 from collections import defaultdict
@@ -130,7 +131,8 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
     layout.check()
     layout.check_counted(mixed_precision=work.compute_dtype not in (None, work.dtype))
     with torch.device("meta"):
-        layers = layers_of(build())
+        template = build().to(work.dtype)  # built once: each rank counted copies the stage it holds
+    layers = layers_of(template)
     require(layout.pp * layout.vpp <= len(layers), "parallel.pp", layout.pp,
             f"leaves a pipeline stage without a layer: the model has {len(layers)}")
     ranks = []
@@ -140,11 +142,12 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
         rank = None
         if plan is not None:
             small, large, more = plan
-            counted = [_in_own_thread(_count_rank, build, layout, stage, part, work, optimizer) for part in (small, large)]
+            counted = [_in_own_thread(_count_rank, template, layout, stage, part, work, optimizer)
+                       for part in (small, large)]
             rank = grown(*counted, more)
             if rank is not None:
                 rank.sampled = (len(small[0]), len(large[0]))
-        ranks.append(rank or _in_own_thread(_count_rank, build, layout, stage, chunks, work, optimizer))
+        ranks.append(rank or _in_own_thread(_count_rank, template, layout, stage, chunks, work, optimizer))
     return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
 
 
@@ -179,19 +182,17 @@ def fake_world(layout: Layout, rank: int) -> Iterator[Any]:
         dist.destroy_process_group()
 
 
-def _count_rank(build: Callable[[], nn.Module], layout: Layout, stage: int, chunks: list[list[int]], work: Workload,
+def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[list[int]], work: Workload,
                 optimizer: Callable[[Any], torch.optim.Optimizer]) -> RankCount:
-    """Pipeline stage ``stage``'s first rank counted holding the layers ``chunks`` (lists of layer indices)."""
+    """Pipeline stage ``stage``'s first rank counted holding the layers ``chunks`` (lists of layer indices), a copy
+    of them (and of the embedding, norm and head it holds) taken from ``template``, the model built on meta."""
     rank = stage * (layout.world_size // layout.pp)
     with fake_world(layout, rank) as mesh:
         groups = {mesh.get_group(dim).group_name: (dim, getattr(layout, dim)) for dim in MESH_DIMS}
         counter = RankCounter(groups, CountOptions(causal_half=work.causal_half))
-        with torch.device("meta"):
-            model = build()
-        model.to(work.dtype)
-        layers = len(layers_of(model))
-        part = make_stage(model, chunks, first=stage == 0, last=stage == layout.pp - 1)
-        del model
+        layers = len(layers_of(template))
+        # a deep copy keeps tied parameters tied; the template's other layers are never copied
+        part = copy.deepcopy(make_stage(template, chunks, first=stage == 0, last=stage == layout.pp - 1))
         saved = LocalSavedActivations(part)
         _parallelize(part, layout, mesh, counter, saved, work)
         with fake_tensor_mode():
