@@ -5,7 +5,6 @@ around it (signals, Hydra's errors as one line, the stack's room) is the command
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import os
 import signal
@@ -40,6 +39,7 @@ from flopsweep.sweep.state import SWEPT_ENV
 
 def run_one(cfg: DictConfig) -> Result:
     """Validate and measure one composed config; always returns a Result and writes the job folder."""
+    began = time.monotonic()
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
     try:
@@ -80,7 +80,7 @@ def run_one(cfg: DictConfig) -> Result:
         if claimed is not None:  # held until the run is logged: a resume that takes it next finds the run finished
             claimed.release()
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        _freeze_long_lived_objects()
+        _freeze_what_stays(time.monotonic() - began)
     return result
 
 
@@ -124,13 +124,22 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     _track(tracking, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
-@functools.lru_cache(maxsize=None)
-def _freeze_long_lived_objects() -> None:
-    """Once per sweep process, after its first job: what the imports made (torch, Hydra, MLflow, SQLAlchemy: some
-    300k objects, alive until the process ends) leaves the garbage collector's view, so that a full collection looks
-    at the later jobs' objects only. joblib's workers collect after every task that ends over a second after the
-    last collection: 0.4 s each on 2 cores, more than a meta job takes; about 20 ms once frozen. Objects are still freed
-    by reference count as usual; the collection just before leaves none of the first job's cyclic garbage frozen."""
+_frozen_once = False
+
+
+def _freeze_what_stays(seconds: float) -> None:
+    """After a sweep process's first job, and after every job that took over a second: a full collection, then what
+    is left leaves the garbage collector's view (``gc.freeze``), so that later collections look at later jobs'
+    objects only. What the imports made (torch, Hydra, MLflow, SQLAlchemy: some 300k objects) lives as long as the
+    process; so do some 17k objects a rank-by-rank layout count leaves held (PyTorch's fake-tensor and DTensor state,
+    4 MiB a job). joblib's workers collect after every task that ends over a second after the last collection: 0.4 s
+    on 2 cores with the imports in view, a second more by the end of a 312-layout search with the layouts' objects in
+    view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
+    cyclic garbage frozen. A job under a second skips it (joblib does not collect after it either)."""
+    global _frozen_once
+    if _frozen_once and seconds < 1.0:
+        return
+    _frozen_once = True
     gc.collect()
     gc.freeze()
 
