@@ -40,13 +40,20 @@ class Result:
             raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             raise ValueError(f"{path}: not a flopsweep result (no status)")
-        if data["status"] not in STATUSES:
-            raise ValueError(f"{path}: not a flopsweep result (status {data['status']!r} is none of "
-                             f"{', '.join(STATUSES)})")
-        if data["status"] == "ok" and not data.get("metrics"):  # logged, it would be an empty finished run
-            raise ValueError(f"{path}: holds no measurement (status ok, no metrics)")
         return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
                    data.get("breakdown") or {}, data.get("info") or {})
+
+    @classmethod
+    def read_measured(cls, path: Path) -> "Result":
+        """:meth:`read`, and a ValueError for a result that holds no measurement to log (status ok without metrics,
+        a status none of :data:`STATUSES`): logged, it would be an empty finished run."""
+        result = cls.read(path)
+        if result.status not in STATUSES:
+            raise ValueError(f"{path}: not a flopsweep result (status {result.status!r} is none of "
+                             f"{', '.join(STATUSES)})")
+        if result.status == "ok" and not result.metrics:
+            raise ValueError(f"{path}: holds no measurement (status ok, no metrics)")
+        return result
 
     @classmethod
     def read_or_none(cls, path: Path) -> Optional["Result"]:

@@ -2,7 +2,7 @@
 budget buys (:mod:`~flopsweep.projection.training`), and what one device holds and computes under a parallel layout
 (:mod:`~flopsweep.projection.parallel`)."""
 
-MODULES = ("budget", "parallel", "records", "scaling", "serving", "training")
+MODULES = ("budget", "generation", "parallel", "records", "scaling", "serving", "training")
 
 
 def __getattr__(name: str):

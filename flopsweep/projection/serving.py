@@ -22,106 +22,15 @@ the experts that every prefill of a long prompt reads whole.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-from flopsweep.core import metrics as M
 from flopsweep.core.comm import Network
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
-from flopsweep.core.result import Result
-from flopsweep.core.shape import experts_touched, shape_of
-
-
-# bytes an element, as weights and KV caches are served (int4: two weights a byte; quantisation scales left out)
-SERVED_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-KV_DTYPES = ("float32", "bfloat16", "float16", "fp8")
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A generation's counted figures, per sequence: a prompt of ``prompt`` tokens, ``new_tokens`` generated."""
-
-    source: str
-    prompt: int
-    new_tokens: int
-    prefill_flops: float          # one prompt's prefill
-    decode_first_flops: float     # a decode step at context prompt + 1
-    decode_last_flops: float      # ... at prompt + new_tokens - 1
-    kv_bytes_per_token: float
-    weights_bytes: float          # every weight
-    weights_read_bytes: float     # what a decode step reads besides the routed experts (a dense model: all it reads)
-    dtype: str
-    kv_heads: Optional[int] = None  # the heads the cache is split by under tp (None: not known, split evenly)
-    width: Optional[int] = None     # the residual stream a tensor-parallel all-reduce carries (None: not known)
-    layers: Optional[int] = None
-    heads: Optional[int] = None     # the attention heads tensor parallelism splits (None: not known)
-    routed_bytes: float = 0.0       # a mixture of experts: every routed expert's weights (0: dense, or not known)
-    experts: Optional[int] = None   # ... routed experts a layer, and how many a token goes to
-    experts_per_token: Optional[int] = None
-
-    @classmethod
-    def from_result(cls, result: Result, source: str) -> "Generation":
-        m = result.metrics
-        require(m.get(M.FLOPS_PREFILL) is not None, "run", source, "is not a counted train=generate run (no "
-                f"{M.FLOPS_PREFILL}): measure one with train=generate, or give --model")
-        batch, new_tokens = int(m[M.BATCH_SIZE]), int(m[M.NEW_TOKENS])
-        first = m.get(M.FLOPS_DECODE_TOKEN_FIRST)
-        dtype = ((result.config.get("dtype") or {}).get("params")) or "bfloat16"
-        shape = shape_of(result)
-        read = m.get(M.DECODE_WEIGHTS_READ_BYTES) or m[M.WEIGHTS_BYTES]
-        routed = m.get(M.ROUTED_EXPERT_BYTES) or 0.0
-        experts = (shape.experts, shape.experts_per_token) if routed and shape.experts_per_token else (None, None)
-        if experts[0]:  # the run's figure is its batch's expected experts: kept here is what every batch reads
-            read -= routed * experts_touched(*experts, batch) / experts[0]
-        return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
-                   first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
-                   m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,
-                   shape.layers, shape.heads, routed if experts[0] else 0.0, *experts)
-
-    @property
-    def steps(self) -> int:
-        return self.new_tokens - 1
-
-    def kv_share(self, tp: int) -> float:
-        """The share of the whole KV cache one of ``tp`` GPUs holds: its heads' (``ceil(kv_heads / tp)`` of them:
-        one where tp is more than the heads), ``1 / tp`` where the heads are not known."""
-        return -(-self.kv_heads // tp) / self.kv_heads if self.kv_heads else 1.0 / tp
-
-    def served(self, weights_dtype: Optional[str] = None, kv_dtype: Optional[str] = None) -> "Generation":
-        """This generation with its weights (every one: embeddings and norms too) served in ``weights_dtype`` and its
-        KV cache in ``kv_dtype``, their bytes scaled from the counted dtype's; the FLOPs stay."""
-        counted = SERVED_BYTES.get(self.dtype)
-        require(counted is not None, "run", self.source,
-                f"was counted with {self.dtype} weights: their bytes cannot be rescaled")
-        w = SERVED_BYTES[weights_dtype] / counted if weights_dtype else 1.0
-        kv = SERVED_BYTES[kv_dtype] / counted if kv_dtype else 1.0
-        return replace(self, weights_bytes=self.weights_bytes * w, weights_read_bytes=self.weights_read_bytes * w,
-                       routed_bytes=self.routed_bytes * w, kv_bytes_per_token=self.kv_bytes_per_token * kv)
-
-    def experts_read(self, tokens: int, skew: float = 0.0) -> Optional[float]:
-        """The routed experts a layer that ``tokens`` tokens reach (None for a dense model)."""
-        return experts_touched(self.experts, self.experts_per_token, tokens, skew) if self.experts else None
-
-    def decode_read_bytes(self, batch: int, skew: float = 0.0) -> float:
-        """The weights a decode step of ``batch`` sequences reads: of a mixture of experts, the routed experts its
-        ``batch`` tokens reach."""
-        touched = self.experts_read(batch, skew)
-        return self.weights_read_bytes + (self.routed_bytes * touched / self.experts if touched is not None else 0.0)
-
-    def prefill_read_bytes(self, tokens: int, skew: float = 0.0) -> float:
-        """The weights a prefill of ``tokens`` tokens moves: every one, but the routed experts no token reaches."""
-        touched = self.experts_read(tokens, skew)
-        return self.weights_bytes - (self.routed_bytes * (1 - touched / self.experts) if touched is not None else 0.0)
-
-    def decode_flops(self, contexts: np.ndarray) -> np.ndarray:
-        """A decode step's FLOPs per sequence at each context (the line through the counted ends)."""
-        if self.steps <= 1:
-            return np.full(contexts.shape, self.decode_first_flops, dtype=float)
-        slope = (self.decode_last_flops - self.decode_first_flops) / (self.steps - 1)
-        return self.decode_first_flops + slope * (contexts - (self.prompt + 1))
+from flopsweep.projection.generation import KV_DTYPES, SERVED_BYTES, Generation
 
 
 @dataclass(frozen=True)

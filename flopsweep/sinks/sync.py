@@ -82,7 +82,7 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
     targets: set[Target] = set()
     for folder in folders:
         try:
-            result = Result.read(folder / "result.json")
+            result = Result.read_measured(folder / "result.json")
         except (OSError, ValueError) as err:
             done.failed += 1
             on_failure(folder, one_line(err, kind=False))
