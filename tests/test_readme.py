@@ -69,7 +69,7 @@ def test_the_readme_spells_each_project_command_as_a_subcommand():
     assert all(c[0] in NAMES for c in commands)
 
 
-@pytest.mark.parametrize("args", [pytest.param(a, marks=[pytest.mark.slow] if "budget" in a else [])  # 9 s: every preset
+@pytest.mark.parametrize("args", [pytest.param(a, marks=[pytest.mark.slow] if "budget" in a else [])  # 9 s
                                   for a in readme_commands("flopsweep-project") if "--model" in a], ids=" ".join)
 def test_a_readme_project_command_runs(args, tmp_path):
     out = run_main(project, *args, *(["--no-log"] if args[0] != "budget" else []), cwd=tmp_path)

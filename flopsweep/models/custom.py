@@ -120,8 +120,9 @@ class OutputLoss(nn.Module):
 
     def _require(self, ok: bool, out: Any, problem: str) -> None:
         if not ok:
-            what = type(out).__name__ if not isinstance(out, dict) else f"a dict of {', '.join(map(str, out)) or 'nothing'}"
-            raise ConfigError("model._target_", self.target, f"its forward {problem} ({what}): it must return {RETURNS}")
+            what = f"a dict of {', '.join(map(str, out)) or 'nothing'}" if isinstance(out, dict) else type(out).__name__
+            raise ConfigError("model._target_", self.target,
+                              f"its forward {problem} ({what}): it must return {RETURNS}")
 
 
 class Model(nn.Module):

@@ -124,9 +124,6 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     _track(tracking, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
 
 
-_frozen_once = False
-
-
 def _freeze_what_stays(seconds: float) -> None:
     """After a sweep process's first job, and after every job that took over a second: a full collection, then what
     is left leaves the garbage collector's view (``gc.freeze``), so that later collections look at later jobs'
@@ -136,10 +133,8 @@ def _freeze_what_stays(seconds: float) -> None:
     on 2 cores with the imports in view, a second more by the end of a 312-layout search with the layouts' objects in
     view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
     cyclic garbage frozen. A job under a second skips it (joblib does not collect after it either)."""
-    global _frozen_once
-    if _frozen_once and seconds < 1.0:
+    if gc.get_freeze_count() and seconds < 1.0:
         return
-    _frozen_once = True
     gc.collect()
     gc.freeze()
 
@@ -189,8 +184,8 @@ def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, jo
     store)."""
     from flopsweep.sinks.store import log_job
 
-    recorded = result.info.get("tracking") or {}
-    if recorded.get("existing") or recorded.get("elsewhere"):  # its run is in the store, or another resume's to log
+    noted = result.info.get("tracking") or {}
+    if noted.get("existing") or noted.get("elsewhere"):  # its run is in the store, or another resume's to log
         return False
     if isinstance(tracking, ConfigError):
         result.info["tracking"] = {"logged": False, "error": str(tracking)}

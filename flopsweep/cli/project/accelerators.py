@@ -101,7 +101,8 @@ def _training_peak(args: argparse.Namespace, by_layout: bool = False) -> float:
     if part is not None:  # the part is the file's: named by it, its peak unless --peak-tflops
         args.gpu = part.name
         peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else part.peak(args.dtype)
-        require(peak is not None, "hardware", str(args.hardware), f"has no {args.dtype} peak: give it, or --peak-tflops")
+        require(peak is not None, "hardware", str(args.hardware),
+                f"has no {args.dtype} peak: give it, or --peak-tflops")
         args.gpu_memory = args.gpu_memory if args.gpu_memory is not None else part.memory_bytes / 2**30
     else:
         peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
