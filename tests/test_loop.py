@@ -94,6 +94,7 @@ def test_inference_step_and_errors():
     assert "size/grads_bytes" not in m and "time/step_s" not in m
 
 
+@pytest.mark.slow  # 8 s: a new interpreter that trains and logs
 def test_example_script_logs_to_mlflow(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "examples" / "train_loop.py"), "--steps", "6",
                           "--profile-step", "3", "--log"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

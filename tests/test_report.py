@@ -5,6 +5,7 @@ import csv
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from flopsweep.cli.report import main as report
@@ -92,6 +93,7 @@ def test_memory_bars_that_span_decades_get_a_panel_per_scale():
     assert len(_by_scale([1, 100, 10_000, 1_000_000, 100_000_000])) == 3  # at most three panels
 
 
+@pytest.mark.slow  # 6 s: a sweep of every family, profiled
 def test_every_family_gets_its_module_panel_and_a_batch_plot_needs_two_batches(tmp_path):
     """Four families counted on meta: module_flops.png has a panel for each (a second row of panels, not the
     first three only); timed at one batch size, step_time_vs_batch.png is not drawn, and the report says why."""
