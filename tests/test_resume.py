@@ -97,6 +97,7 @@ def test_two_resumes_started_at_once_measure_each_configuration_once(tmp_path):
     assert len(client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'")) == 6
 
 
+@pytest.mark.slow
 def test_a_job_another_resume_measures_is_left_to_it_and_taken_over_once_that_process_is_gone(tmp_path):
     import sys
 

@@ -123,6 +123,12 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     assert train.returncode == 0 and "1 × my-asic at 400 TFLOP/s peak" in train.stdout, train.stderr
     rows = {r["method"]: r for r in json.loads((tmp_path / "train.json").read_text())["rows"]}
     assert rows["counted"]["gpu_hours"] == pytest.approx(rows["counted"]["flops"] / (400e12 * 0.5 * 3600))
+
+
+@pytest.mark.slow  # 8 s: a budget ranks every preset, counted
+def test_a_budget_takes_its_part_from_a_yaml_file(tmp_path):
+    (tmp_path / "gpu.yaml").write_text("name: my-asic\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\n"
+                                       "bandwidth_gbs: 2000\n")
     budget = run_main(main, "budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.5", "--hardware",
                       "gpu.yaml", cwd=tmp_path)
     assert budget.returncode == 0 and f"= {100 * 3600 * 400e12 * 0.5:.3e} FLOPs on 1 × my-asic" in budget.stdout, \

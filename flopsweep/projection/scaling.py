@@ -53,6 +53,14 @@ class Optimum:
 MAX_TOKENS_PER_PARAM = 100_000
 
 
+def check_tokens_per_param(tokens_per_param: float) -> None:
+    """A rule of thumb's tokens a parameter: Chinchilla's 20; over-trained models far more (Llama 3 8B: about 1,900),
+    none near 100,000."""
+    require(0 < tokens_per_param <= MAX_TOKENS_PER_PARAM, "tokens-per-param", tokens_per_param,
+            f"must be > 0 and at most {MAX_TOKENS_PER_PARAM:,} (Chinchilla's rule is 20; Llama 3 8B was trained at "
+            "about 1,900)")
+
+
 def optimum(flops: float, method: str = "rule", tokens_per_param: float = 20.0) -> Optimum:
     """The compute-optimal parameters and tokens of a budget of training ``flops``: ``method`` is ``rule``, a rule of
     ``tokens_per_param`` tokens a parameter (``D = k·N``, so ``N = sqrt(C / 6k)``), or a name of :data:`FITS`; the
@@ -63,10 +71,7 @@ def optimum(flops: float, method: str = "rule", tokens_per_param: float = 20.0) 
         params, tokens = fit.optimum(flops)
         return Optimum(method, params, tokens, fit.loss(params, tokens))
     require(method == "rule", "fit", method, f"must be rule or one of {', '.join(FITS)}")
-    # Chinchilla's 20; over-trained models far more (Llama 3 8B: about 1,900), none near 100,000
-    require(0 < tokens_per_param <= MAX_TOKENS_PER_PARAM, "tokens-per-param", tokens_per_param,
-            f"must be > 0 and at most {MAX_TOKENS_PER_PARAM:,} (Chinchilla's rule is 20; Llama 3 8B was trained at "
-            "about 1,900)")
+    check_tokens_per_param(tokens_per_param)
     params = (flops / (6.0 * tokens_per_param)) ** 0.5
     tokens = tokens_per_param * params
     return Optimum(f"{tokens_per_param:g} tokens/param", params, tokens, FITS["hoffmann"].loss(params, tokens))

@@ -44,10 +44,12 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection import budget as B
     from flopsweep.projection import training as P
     from flopsweep.projection.parallel import per_device
+    from flopsweep.projection.scaling import check_tokens_per_param
 
     A.require_finite(args, *BUDGETS, "price", "watts", "inference_tokens", "tokens_per_param")
     require(args.inference_tokens is None or args.inference_tokens >= 0, "inference-tokens", args.inference_tokens,
             "must be >= 0 (the tokens the model serves in its life)")
+    check_tokens_per_param(args.tokens_per_param)  # before anything is counted
     given = {kind: value for kind in BUDGETS if (value := getattr(args, kind)) is not None}
     require(len(given) == 1, "budget", "+".join(given) or None,
             "give exactly one of --flops, --gpu-hours, --days or --usd")
