@@ -186,3 +186,14 @@ def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(ba
     others = m["size/weights_bytes"] - routed - V * D * 4 + batch * D * 4 + D // HEADS // 2 * 4
     assert m["size/decode_weights_read_bytes"] == pytest.approx(others + routed * experts_touched(8, 2, batch) / 8)
     assert "uniform routing" in result.info["generation"]["experts_read"]
+
+
+def test_a_presets_generation_runs_with_its_defaults_its_prompt_cut_to_leave_room_for_the_new_tokens():
+    """GPT-2's 1,024 positions: train=generate with no prompt length given prompts 897 tokens before its 128 new ones
+    (it asked for a context of 1,151 and failed); a prompt given is the user's, refused as before."""
+    spec = resolve(compose_config("model=gpt2_small", "train=generate", "device=meta", "tracking=none"))
+    assert spec.batch.seq_len == 1024 - 128 + 1 and spec.generate.new_tokens == 128
+    with pytest.raises(ConfigError, match="generate.new_tokens=128: with batch.seq_len=1024 makes a context of 1151"):
+        resolve(compose_config("model=gpt2_small", "train=generate", "batch.seq_len=1024", "device=meta"))
+    roomy = resolve(compose_config("model=llama3_1_8b", "train=generate", "device=meta", "tracking=none"))
+    assert roomy.batch.seq_len == 8192  # its default prompt fits its 131,072 positions: left as it is

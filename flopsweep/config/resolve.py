@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -37,7 +38,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
     train = _train(cfg.train, family, dtype.params)
-    generate = _generate(cfg.generate, train, family, model, batch)
+    generate, batch = _generate(cfg.generate, train, family, model, batch, prompt_given=cfg.batch.seq_len is not None)
     measure = _measure(cfg.measure)
     require(not (measure.compile and TRAIN_MODES[train.mode].generates), "measure.compile", True,
             "times a training step: a generation (train=generate) is timed eagerly")
@@ -129,21 +130,25 @@ def _train(node: DictConfig, family: Family, params_dtype: str) -> TrainConf:
     return train
 
 
-def _generate(node: DictConfig, train: TrainConf, family: Family, model: ModelConfig,
-              batch: BatchShape) -> GenerateConf:
+def _generate(node: DictConfig, train: TrainConf, family: Family, model: ModelConfig, batch: BatchShape,
+              prompt_given: bool) -> tuple[GenerateConf, BatchShape]:
+    """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
+    to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new)."""
     generate = GenerateConf(**OmegaConf.to_container(node))
     if not TRAIN_MODES[train.mode].generates:
-        return generate
+        return generate, batch
     require_int(generate.new_tokens, "generate.new_tokens")
     require(family.generator is not None and family.generator(model) is not None, "train.mode", train.mode,
             f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
             f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
     longest = family.longest(model) if family.longest is not None else None
+    if not prompt_given and longest is not None and batch.seq_len + generate.new_tokens - 1 > longest:
+        batch = dataclasses.replace(batch, seq_len=max(1, longest - generate.new_tokens + 1))
     context = batch.seq_len + generate.new_tokens - 1
     require(longest is None or context <= longest, "generate.new_tokens", generate.new_tokens,
             f"with batch.seq_len={batch.seq_len} makes a context of {context} tokens, over the model's {longest} "
             "positions")
-    return generate
+    return generate, batch
 
 
 def _task_of(model: ModelConfig) -> str:
@@ -255,9 +260,7 @@ def _tracking(cfg: DictConfig) -> Optional[Target]:
 def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     """The job's config as recorded: resolved, with the model and batch as built (a JSON file, batch.image_size
     (ViT) or batch.seq_len (ResNet-BK) can change the model, and a batch.seq_len or image_size left out is the
-    model's default)."""
-    import dataclasses
-
+    model's default; a generation's prompt, as cut to leave room for its new tokens)."""
     config = recorded(cfg)
     config["model"] = {**config["model"], **dataclasses.asdict(spec.model)}
     config["batch"] = {**config["batch"], **dataclasses.asdict(spec.batch)}
