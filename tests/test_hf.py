@@ -271,3 +271,15 @@ def test_the_projection_of_an_hf_decoder_has_palms_attention_term():
     deepseek = measured("model=deepseek_v3", "++model.num_hidden_layers=1", "++model.first_k_dense_replace=1",
                         "batch.seq_len=16")
     assert PerToken.from_result(deepseek).attention is None  # MLA: scores and values of different widths
+
+
+def test_a_config_without_a_sequence_length_runs_at_a_stated_default_not_its_whole_context():
+    """Qwen3's config gives 32,768 positions and no sequence length: the job runs 2,048 tokens and says so; a
+    sequence given, or a preset's own default, is taken as it is and nothing is said."""
+    spec = resolve(compose_config("model=hf", "model.model_type=qwen3", "device=meta", "tracking=none"))
+    assert spec.batch.seq_len == 2048
+    assert spec.notes == ("batch.seq_len not given: 2,048 tokens, flopsweep's default for a Hugging Face config (the "
+                          "model allows 32,768; set batch.seq_len or model.default_seq_len)",)
+    given = resolve(compose_config("model=hf", "model.model_type=qwen3", "batch.seq_len=512", "device=meta"))
+    preset = resolve(compose_config("model=llama3_2_1b", "device=meta"))
+    assert (given.batch.seq_len, given.notes, preset.batch.seq_len, preset.notes) == (512, (), 8192, ())

@@ -79,6 +79,7 @@ class JobSpec:
     tracking: Optional[Target] = None        # where the run is logged; None: tracking=none
     skip_existing: bool = False              # a finished run of the same fingerprint in the store: not measured again
     model_source: Optional[dict[str, Any]] = None  # a file defining the model beyond its fields (ModelConfig.source)
+    notes: tuple[str, ...] = ()              # what flopsweep chose that was not given, said before the job
 
     @property
     def generates(self) -> bool:

@@ -49,7 +49,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train,
                    max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
-                   skip_existing=cfg.skip_existing, model_source=_source(model))
+                   skip_existing=cfg.skip_existing, model_source=_source(model),
+                   notes=tuple(n for n in [model.chosen(batch, cfg.batch.seq_len is not None)] if n))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:

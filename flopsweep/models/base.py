@@ -52,6 +52,11 @@ class ModelConfig:
     def validate(self, batch: BatchShape) -> None:  # overridden by families with constraints
         pass
 
+    def chosen(self, batch: BatchShape, seq_len_given: bool) -> Optional[str]:
+        """What flopsweep chose for this model that neither the user nor the model's config gave (said on the console
+        before the job); None where nothing was."""
+        return None
+
     def source(self) -> Optional[dict[str, Any]]:
         """A file that defines the model beyond its fields (a Hugging Face ``config.json``, a custom model's module):
         ``{"file", "sha256"}`` and what a reader needs to tell two runs apart; None where the fields say it all.

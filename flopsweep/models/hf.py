@@ -42,6 +42,7 @@ TASKS = {  # model.task -> (transformers' auto class, its mapping of model types
     "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
 }
 DEFAULT_IMAGE_SIZE = 224
+DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
 
 
 def transformers_module() -> Any:
@@ -79,8 +80,17 @@ class Config(ModelConfig):
         if self.resolved_task() == "image-classification":
             made = getattr(self.hf_config(), "image_size", None)
             return BatchShape(size, None, image_size or (made if isinstance(made, int) else DEFAULT_IMAGE_SIZE))
-        default = self.default_seq_len or max_positions(self.hf_config())
+        longest = max_positions(self.hf_config())
+        default = self.default_seq_len or (min(DEFAULT_SEQ_LEN, longest) if longest else None)
         return BatchShape(size, seq_len if seq_len is not None else default)
+
+    def chosen(self, batch: BatchShape, seq_len_given: bool) -> Optional[str]:
+        """A text model's sequence length where neither ``batch.seq_len`` nor ``model.default_seq_len`` gives one."""
+        if seq_len_given or self.default_seq_len or batch.seq_len is None:
+            return None
+        longest = max_positions(self.hf_config())
+        return (f"batch.seq_len not given: {batch.seq_len:,} tokens, flopsweep's default for a Hugging Face config "
+                f"(the model allows {longest:,}; set batch.seq_len or model.default_seq_len)")
 
     def validate(self, batch: BatchShape) -> None:
         require(self.task is None or self.task in TASKS, "model.task", self.task, f"must be one of {', '.join(TASKS)}")

@@ -56,7 +56,7 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
-        say(progress_line(job_num, config))
+        say("\n".join([progress_line(job_num, config), *(f"note: {n}" for n in spec.notes)]))
         started = time.time()
         ticking = TICK.set(Ticker())
         tracking = spec.tracking
