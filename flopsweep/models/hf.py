@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -32,15 +31,10 @@ from torch.nn.attention import sdpa_kernel
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.shape import LAYERS, ModelShape, from_fields
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
+from flopsweep.models.hf_kinds import TASKS, refused, task_of
 from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
-TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
-    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
-    "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
-}
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
 
@@ -74,7 +68,7 @@ class Config(ModelConfig):
         return {**file_source(path), "fields": json.loads(path.read_text())}
 
     def resolved_task(self) -> str:
-        return _task(self.task, self.hf_config())
+        return task_of(self.task, self.hf_config())
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
         if self.resolved_task() == "image-classification":
@@ -162,65 +156,13 @@ def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
     try:
         config = transformers.AutoConfig.for_model(kind, **given)
     except Exception as err:  # noqa: BLE001 - ValueError, TypeError, huggingface_hub's strict validation errors
-        raise _refused(err, kind, given) from None
+        raise refused(err, kind, given) from None
     if getattr(config, "is_encoder_decoder", False):  # labels become decoder inputs by a shift that needs these
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
         if getattr(config, "decoder_start_token_id", None) is None:
             config.decoder_start_token_id = config.pad_token_id
     return config
-
-
-# what transformers builds a model type as that flopsweep does not (yet): its whole model, for what it takes in
-OTHER_MODALITIES = {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES": "a speech-to-text model",
-                    "MODEL_FOR_CTC_MAPPING_NAMES": "a speech model",
-                    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES": "an image-and-text model",
-                    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model"}
-
-
-def _refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
-    """transformers' refusal of a config as one line naming the key: the field its strict validation names (a value of
-    the wrong type, a null width), else the model type it does not know, else ``model`` (heads that do not divide the
-    width, checked across fields)."""
-    named = re.match(r"Validation error for field '(\w+)'", str(err))  # huggingface_hub's strict dataclasses
-    field = named.group(1) if named else None
-    cause = err.__cause__ or err
-    words = " ".join(str(cause).split())[:300]
-    if field is not None:
-        return ConfigError(f"model.{field}", given.get(field), words)
-    if "Unrecognized" in str(err):
-        return ConfigError("model.model_type", kind, words)
-    return ConfigError("model", None, words)
-
-
-def _task(task: Optional[str], hf: Any) -> str:
-    if task is not None:
-        return task
-    from transformers.models.auto import modeling_auto
-
-    kind = hf.model_type
-    named = [(name, arch) for arch in getattr(hf, "architectures", None) or [] for name, (_, mapping) in TASKS.items()
-             if arch in getattr(modeling_auto, mapping).values()]
-    known = {name: kind in getattr(modeling_auto, mapping) for name, (_, mapping) in TASKS.items()}
-    if named:  # the config's own architecture
-        chosen, built = named[0]
-    else:
-        chosen = "seq2seq" if getattr(hf, "is_encoder_decoder", False) and known["seq2seq"] else \
-            "masked-lm" if known["masked-lm"] and not getattr(hf, "is_decoder", False) else \
-            next((name for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq") if known[name]), None)
-        built = getattr(modeling_auto, TASKS[chosen][1])[kind] if chosen else None
-    text = f"{kind}_text" if f"{kind}_text" in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
-    for mapping, what in OTHER_MODALITIES.items():  # fed text alone, or a part built as if it were the whole: said
-        whole = getattr(modeling_auto, mapping, {}).get(kind)
-        if whole is not None:
-            part = (f"; its {built} alone is model.task={chosen}" if built and built != whole else "") + \
-                (f"; its text model is model.model_type={text}" if text else "")
-            raise ConfigError("model.model_type", kind, f"is {what} ({whole}), which flopsweep does not build yet"
-                              f"{part}")
-    if chosen is None:
-        raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
-                                              f"{', '.join(TASKS)}")
-    return chosen
 
 
 def max_positions(hf: Any) -> Optional[int]:

@@ -1,0 +1,68 @@
+"""What a Hugging Face config is to flopsweep (:mod:`flopsweep.models.hf`): the head it trains with (its task), the
+model types flopsweep does not build yet (speech, image-and-text: refused rather than built as a part of themselves),
+and transformers' refusal of a config as one line naming the key."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from flopsweep.core.errors import ConfigError
+
+TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
+    "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+}
+
+# what transformers builds a model type as that flopsweep does not (yet): its whole model, for what it takes in
+OTHER_MODALITIES = {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES": "a speech-to-text model",
+                    "MODEL_FOR_CTC_MAPPING_NAMES": "a speech model",
+                    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES": "an image-and-text model",
+                    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model"}
+
+
+def refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
+    """transformers' refusal of a config as one line naming the key: the field its strict validation names (a value of
+    the wrong type, a null width), else the model type it does not know, else ``model`` (heads that do not divide the
+    width, checked across fields)."""
+    named = re.match(r"Validation error for field '(\w+)'", str(err))  # huggingface_hub's strict dataclasses
+    field = named.group(1) if named else None
+    cause = err.__cause__ or err
+    words = " ".join(str(cause).split())[:300]
+    if field is not None:
+        return ConfigError(f"model.{field}", given.get(field), words)
+    if "Unrecognized" in str(err):
+        return ConfigError("model.model_type", kind, words)
+    return ConfigError("model", None, words)
+
+
+def task_of(task: Optional[str], hf: Any) -> str:
+    if task is not None:
+        return task
+    from transformers.models.auto import modeling_auto
+
+    kind = hf.model_type
+    named = [(name, arch) for arch in getattr(hf, "architectures", None) or [] for name, (_, mapping) in TASKS.items()
+             if arch in getattr(modeling_auto, mapping).values()]
+    known = {name: kind in getattr(modeling_auto, mapping) for name, (_, mapping) in TASKS.items()}
+    if named:  # the config's own architecture
+        chosen, built = named[0]
+    else:
+        chosen = "seq2seq" if getattr(hf, "is_encoder_decoder", False) and known["seq2seq"] else \
+            "masked-lm" if known["masked-lm"] and not getattr(hf, "is_decoder", False) else \
+            next((name for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq") if known[name]), None)
+        built = getattr(modeling_auto, TASKS[chosen][1])[kind] if chosen else None
+    text = f"{kind}_text" if f"{kind}_text" in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
+    for mapping, what in OTHER_MODALITIES.items():  # fed text alone, or a part built as if it were the whole: said
+        whole = getattr(modeling_auto, mapping, {}).get(kind)
+        if whole is not None:
+            part = (f"; its {built} alone is model.task={chosen}" if built and built != whole else "") + \
+                (f"; its text model is model.model_type={text}" if text else "")
+            raise ConfigError("model.model_type", kind, f"is {what} ({whole}), which flopsweep does not build yet"
+                              f"{part}")
+    if chosen is None:
+        raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
+                                              f"{', '.join(TASKS)}")
+    return chosen
