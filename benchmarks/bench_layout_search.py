@@ -2,7 +2,8 @@
 layout costs to count from samples of its stages' layers against counting every layer.
 
     .venv/bin/python benchmarks/bench_layout_search.py jobs              # a few layouts, sampled and whole: ~2 min
-    .venv/bin/python benchmarks/bench_layout_search.py search [-- overrides...]   # the README's search: ~11 min
+    .venv/bin/python benchmarks/bench_layout_search.py search [-- overrides...]   # the README's search: ~8 min
+    .venv/bin/python benchmarks/bench_layout_search.py leftovers         # what each count leaves held: ~1 min
 
 ``jobs`` counts each layout twice in one warm process (after one warm-up job), as a ``parallel.*`` job on meta and
 with ``count_layout(sample=False)``, and checks that both give the same figures. ``search`` runs the README's
@@ -13,6 +14,8 @@ and 10 minutes of the command, and when the last one did. Nothing else should ru
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
 import time
@@ -65,15 +68,55 @@ def search(overrides: list[str]) -> None:
         sys.exit(f"the search failed ({done.returncode}): {done.stderr[-2000:]}")
     times = sorted(p.stat().st_mtime - start for p in Path(folder).glob("*/result.json"))
     print(f"{len(times)} layouts in {folder}: {sum(t <= 300 for t in times)} done in 5 min, "
-          f"{sum(t <= 600 for t in times)} in 10 min, the last at {times[-1]:.0f} s; the command {wall:.0f} s")
+          f"{sum(t <= 600 for t in times)} in 10 min, the last at {times[-1]:.0f} s; the command {wall:.0f} s; "
+          f"a worker's wait between jobs {waits(Path(folder)):.2f} s (median)")
+
+
+def waits(folder: Path) -> float:
+    """The median time a worker spent between the end of one job (``info.job``: what run_one timed) and the start of
+    its next: each job's start matched to the latest end before it of a worker free then."""
+    spans = sorted((r["info"]["job"]["start"], r["info"]["job"]["end"])
+                   for r in map(json.loads, (p.read_text() for p in folder.glob("*/result.json"))))
+    free, gaps = [], []
+    for begin, end in spans:
+        ready = [e for e in free if e <= begin]
+        if ready:
+            gaps.append(begin - max(ready))
+            free.remove(max(ready))
+        free.append(end)
+    return statistics.median(gaps)
+
+
+def leftovers(runs: int = 12) -> None:
+    """What rank-by-rank layout counts leave held in one process, job after job: the objects the garbage collector
+    tracks (after a collection, the first job's frozen as a sweep's worker does) and the resident memory."""
+    import gc
+
+    from flopsweep.config.compose import compose_config
+    from flopsweep.config.resolve import job_config, resolve
+    from flopsweep.run.job import run_job
+
+    layouts = [["parallel.dp=16", "parallel.zero=3", "parallel.recompute=full"],
+               ["parallel.dp=8", "parallel.tp=2", "parallel.zero=3"]]
+    print("| job | objects tracked | RSS (MiB) |")
+    print("|---:|---:|---:|")
+    for i in range(runs):
+        cfg = compose_config(*MODEL, *layouts[i % 2], "device=meta", "tracking=none", "predict.hardware=H100")
+        spec = resolve(cfg)
+        assert run_job(spec, job_config(cfg, spec)).status == "ok"
+        gc.collect()
+        if i == 0:
+            gc.freeze()
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+        print(f"| {i + 1} | {len(gc.get_objects()):,} | {rss:.0f} |", flush=True)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("jobs", "search"))
+    parser.add_argument("what", choices=("jobs", "search", "leftovers"))
     parser.add_argument("overrides", nargs="*", help="search: more overrides (hydra.sweeper.zero=[1,2,3])")
     args = parser.parse_args(argv)
-    jobs() if args.what == "jobs" else search(args.overrides)
+    {"jobs": jobs, "leftovers": leftovers}.get(args.what, lambda: search(args.overrides))()
     return 0
 
 

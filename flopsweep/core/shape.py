@@ -32,6 +32,12 @@ class ModelShape:
         """A stack of attention blocks: as many KV heads as heads and heads of ``width / heads`` unless said."""
         return cls(width, layers, heads, kv_heads or heads, head_dim or width // heads, **rest)
 
+    def experts_reached(self, tokens: float) -> Optional[float]:
+        """The routed experts a layer that ``tokens`` tokens are expected to reach under uniform routing
+        (:func:`experts_touched`); None for a model without routed experts."""
+        return experts_touched(self.experts, self.experts_per_token, tokens) if self.experts and \
+            self.experts_per_token else None
+
     @property
     def cache_heads(self) -> Optional[int]:
         """The heads a KV cache is split by under tensor parallelism: its KV heads; 1 for an MLA latent."""

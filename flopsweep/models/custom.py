@@ -67,13 +67,18 @@ class Config(ModelConfig):
                         "needed by model.inputs (or set model.default_seq_len)")
 
 
+def _beside_the_command() -> None:
+    """A module beside where flopsweep runs (``./mymodel.py``: ``mymodel.Net``) found as an installed one is."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def module_file(target: str) -> Optional[Path]:
     """The source file of the module ``_target_`` lives in (``mymodel.Net``: ``./mymodel.py``), found without running
     it where it was not imported yet; None for a built-in or a target that names no module."""
     import importlib.util
 
-    if os.getcwd() not in sys.path:  # as the model is built: a module beside where flopsweep runs
-        sys.path.append(os.getcwd())
+    _beside_the_command()
     parts = target.split(".")
     for end in range(len(parts) - 1, 0, -1):  # mymodel.Net, pkg.mod.Outer.Inner: the longest prefix that is a module
         try:
@@ -130,8 +135,7 @@ class Model(nn.Module):
         super().__init__()
         from hydra.utils import instantiate
 
-        if os.getcwd() not in sys.path:  # a module beside where flopsweep runs (./mymodel.py: mymodel.Net)
-            sys.path.append(os.getcwd())
+        _beside_the_command()
         try:
             self.net = instantiate({"_target_": cfg.target, **cfg.kwargs})
         except SystemExit as err:  # its own job fails; the sweep goes on

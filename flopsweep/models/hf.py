@@ -126,10 +126,8 @@ def config_file(path: str) -> Path:
 def _stamp(path: Optional[str]) -> Optional[str]:
     """A config file's digest: an edited file is read again, not taken from the cache (its modification time can
     stay the same over two writes close together)."""
-    import hashlib
-
     try:
-        return hashlib.sha256(config_file(path).read_bytes()).hexdigest() if path else None
+        return file_source(config_file(path))["sha256"] if path else None
     except OSError:
         return None
 

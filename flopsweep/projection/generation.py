@@ -52,9 +52,10 @@ class Generation:
         shape = shape_of(result)
         read = m.get(M.DECODE_WEIGHTS_READ_BYTES) or m[M.WEIGHTS_BYTES]
         routed = m.get(M.ROUTED_EXPERT_BYTES) or 0.0
-        experts = (shape.experts, shape.experts_per_token) if routed and shape.experts_per_token else (None, None)
-        if experts[0]:  # the run's figure is its batch's expected experts: kept here is what every batch reads
-            read -= routed * experts_touched(*experts, batch) / experts[0]
+        reached = shape.experts_reached(batch) if routed else None
+        experts = (shape.experts, shape.experts_per_token) if reached is not None else (None, None)
+        if reached is not None:  # the run's figure is its batch's expected experts: kept here is what every batch reads
+            read -= routed * reached / shape.experts
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,

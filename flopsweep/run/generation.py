@@ -11,7 +11,7 @@ import torch
 from flopsweep.build.model import Built
 from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
-from flopsweep.core.shape import ModelShape, experts_touched
+from flopsweep.core.shape import ModelShape
 from flopsweep.measure.generate import (GenerationCount, GenerationTiming, Generator, Tokens, count_generation,
                                         simulate_generation, time_generation)
 from flopsweep.measure.meta import MetaLikeCPU
@@ -36,8 +36,8 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.count = counted.prefill
             progress.notes["generation"] = {"decode_steps": counted.steps, "last_context": counted.last_context,
                                             "counted": counted.method}
-            if counted.routed_bytes and shape.experts_per_token:
-                touched = experts_touched(shape.experts, shape.experts_per_token, size)
+            touched = shape.experts_reached(size)
+            if counted.routed_bytes and touched is not None:
                 progress.notes["generation"]["experts_read"] = (
                     f"a decode step reads the {touched:.3g} of {shape.experts} routed experts a layer that a batch of "
                     f"{size} tokens is expected to reach, each to {shape.experts_per_token}, under uniform routing")
@@ -96,10 +96,10 @@ def decode_weights_read(counted: GenerationCount, shape: ModelShape) -> Optional
     """The weights a decode step of the counted batch reads: as counted, but of a mixture of experts' routed experts
     only those the batch's tokens are expected to reach (uniform routing, :func:`experts_touched`), not every one
     that the counted step read (on meta a grouped matmul reads its whole stacked weights)."""
-    if counted.weights_read_bytes is None or not (counted.routed_bytes and shape.experts_per_token):
+    touched = shape.experts_reached(counted.batch)
+    if counted.weights_read_bytes is None or not counted.routed_bytes or touched is None:
         return counted.weights_read_bytes
-    share = experts_touched(shape.experts, shape.experts_per_token, counted.batch) / shape.experts
-    return counted.weights_read_bytes - counted.routed_read_bytes + counted.routed_bytes * share
+    return counted.weights_read_bytes - counted.routed_read_bytes + counted.routed_bytes * touched / shape.experts
 
 
 def _per_sequence(flops: int, batch: int) -> float:

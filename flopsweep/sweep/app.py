@@ -129,7 +129,7 @@ def _freeze_what_stays(seconds: float) -> None:
     is left leaves the garbage collector's view (``gc.freeze``), so that later collections look at later jobs'
     objects only. What the imports made (torch, Hydra, MLflow, SQLAlchemy: some 300k objects) lives as long as the
     process; so do some 17k objects a rank-by-rank layout count leaves held (PyTorch's fake-tensor and DTensor state,
-    4 MiB a job). joblib's workers collect after every task that ends over a second after the last collection: 0.4 s
+    about 3.5 MiB a job: ``benchmarks/bench_layout_search.py leftovers``). joblib's workers collect after every task that ends over a second after the last collection: 0.4 s
     on 2 cores with the imports in view, a second more by the end of a 312-layout search with the layouts' objects in
     view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
     cyclic garbage frozen. A job under a second skips it (joblib does not collect after it either)."""
@@ -150,14 +150,18 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
 
     source = spec.model_source
     fp = fingerprint(config, str(spec.device), spec.device.name, source["sha256"] if source else None)
+
+    def skipped(reason: str, tracking: dict[str, Any]) -> Result:
+        """Not measured here: its run is in the store, or another resume's to log."""
+        return Result("skipped", None, config, info={
+            "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
+            "skipped": reason, "tracking": tracking})
+
     target = spec.tracking if spec.skip_existing else None
     claimed = claim(target, fp) if target is not None else None
     if isinstance(claimed, str):
-        return Result("skipped", None, config, info={
-            "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
-            "skipped": f"another resume of the sweep is measuring it ({claimed}); if it does not finish, run the "
-                       "same command with skip_existing=true again",
-            "tracking": {"logged": False, "elsewhere": claimed}}), None
+        return skipped(f"another resume of the sweep is measuring it ({claimed}); if it does not finish, run the "
+                       "same command with skip_existing=true again", {"logged": False, "elsewhere": claimed}), None
     if target is not None and down_reason(target.uri) is None:  # a store found unusable: the sweep said so
         started = time.monotonic()
         try:
@@ -168,11 +172,9 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
                   file=sys.stderr)
         else:
             if existing is not None:
-                return Result("skipped", None, config, info={
-                    "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
-                    "skipped": f"run {existing} of experiment {target.experiment!r} already measured this",
-                    "tracking": {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
-                                 "run_id": existing, "existing": True}}), claimed
+                return skipped(f"run {existing} of experiment {target.experiment!r} already measured this",
+                               {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
+                                "run_id": existing, "existing": True}), claimed
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result, claimed

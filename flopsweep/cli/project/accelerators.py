@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from flopsweep.cli.project.arguments import layout
+from flopsweep.cli.project.arguments import layout, require_positive
 from flopsweep.cli.project.common import load_run, measured_or_counted
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.result import Result
@@ -39,7 +38,7 @@ def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
 
     split = layout(args)
     by_layout = _counts_layout(args, split)
-    peak = _training_peak(args, by_layout)
+    part = _training_part(args, by_layout)
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
@@ -48,7 +47,7 @@ def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
             f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
     counted = _layout_counted(args, split, batch) if by_layout else None
     mfu_from, mfu_source = (counted, f"{args.model} counted as {_words(split)}") if counted else (result, source)
-    hardware = _training_hardware(args, peak, split, mfu_from, mfu_source)
+    hardware = _training_hardware(args, part, split, mfu_from, mfu_source)
     if counted is not None:
         hardware = dataclasses.replace(hardware, mfu_of_layout=True)
     return TrainingInputs(result, source, cost, hardware, split, counted)
@@ -89,46 +88,53 @@ def _words(split: Parallelism) -> str:
     return f"d{split.dp} t{split.tp} p{split.pp} (ZeRO {split.zero}, {batches}) on a fake process group"
 
 
-def _training_peak(args: argparse.Namespace, by_layout: bool = False) -> float:
-    """The peak FLOP/s per GPU in the training dtype, checked before anything is counted, with the MFU where no run
-    can predict one (``--model`` outside a layout counted rank by rank, ``by_layout``)."""
+class TrainingPart(NamedTuple):
+    """The part a training projection runs on: ``--hardware FILE``'s, else ``--gpu``'s row of the table."""
+
+    name: str
+    peak: float                     # FLOP/s per GPU in the training dtype
+    memory_bytes: Optional[float]   # per GPU, where known: a parallel layout warns above it
+
+
+def _training_part(args: argparse.Namespace, by_layout: bool = False) -> TrainingPart:
+    """The part, its peak in the training dtype and its memory, checked before anything is counted, with the MFU
+    where no run can predict one (``--model`` outside a layout counted rank by rank, ``by_layout``)."""
     from flopsweep.core.hardware import DTYPES, peak_flops
 
     require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
-    require(args.peak_tflops is None or (math.isfinite(args.peak_tflops) and args.peak_tflops > 0), "peak-tflops",
-            args.peak_tflops, "must be a number > 0")
-    part = hardware_file(args)
-    if part is not None:  # the part is the file's: named by it, its peak unless --peak-tflops
-        args.gpu = part.name
-        peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else part.peak(args.dtype)
+    require_positive(args, "peak_tflops", "gpu_memory")
+    memory = args.gpu_memory * 2**30 if args.gpu_memory is not None else None
+    file = hardware_file(args)
+    if file is not None:  # the part is the file's: named by it, its peak unless --peak-tflops, its memory unless given
+        peak = args.peak_tflops * 1e12 if args.peak_tflops is not None else file.peak(args.dtype)
         require(peak is not None, "hardware", str(args.hardware),
                 f"has no {args.dtype} peak: give it, or --peak-tflops")
-        args.gpu_memory = args.gpu_memory if args.gpu_memory is not None else part.memory_bytes / 2**30
+        part = TrainingPart(file.name, peak, memory if memory is not None else file.memory_bytes)
     else:
         peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
         require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
+        part = TrainingPart(args.gpu, peak, memory)
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
     require(args.model is None or by_layout or args.mfu is not None or args.mfu_from is not None, "mfu", None,
             f"{NO_MFU}; a preset counted here has none outside a layout counted rank by rank (train's --dp --tp "
             "--pp --zero with --batch, on a --gpu with an interconnect in the table)")
-    return peak
+    return part
 
 
-def _training_hardware(args: argparse.Namespace, peak: float, split: Optional[Parallelism], result: Result,
+def _training_hardware(args: argparse.Namespace, part: TrainingPart, split: Optional[Parallelism], result: Result,
                        source: str) -> Hardware:
     """The GPUs a training projection runs on (``split``: the parallel layout, or None)."""
     from flopsweep.projection.training import Hardware
 
-    mfu, mfu_source = _mfu(args, result, source)
+    mfu, mfu_source = _mfu(args, part.name, result, source)
     require(args.gpus is None or args.gpus >= 1, "gpus", args.gpus, "must be >= 1")
     gpus = args.gpus or (split.devices if split else 1)
-    require(args.gpu_memory is None or args.gpu_memory > 0, "gpu_memory", args.gpu_memory, "must be > 0 (GiB)")
-    memory = args.gpu_memory * 2**30 if args.gpu_memory is not None else None
-    return Hardware(args.gpu, gpus, peak, mfu, args.price, args.watts, mfu_source, memory)
+    return Hardware(part.name, gpus, part.peak, mfu, args.price, args.watts, mfu_source, part.memory_bytes)
 
 
-def _mfu(args: argparse.Namespace, result: Result, source: str) -> tuple[float, str]:
-    """MFU and what it is: ``--mfu``; else measured in ``--mfu-from``; else predicted in the run projected."""
+def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str) -> tuple[float, str]:
+    """MFU and what it is on the part ``gpu``: ``--mfu``; else measured in ``--mfu-from``; else predicted in the run
+    projected."""
     from flopsweep.core.metrics import MFU, MFU_PREDICTED
 
     if args.mfu is not None:
@@ -137,13 +143,13 @@ def _mfu(args: argparse.Namespace, result: Result, source: str) -> tuple[float, 
         measured = load_run(args.mfu_from, args)
         device = (measured.info.get("timing") or {}).get("device_name") or ""
         require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from, "has no measured MFU")
-        require(same_part(device, args.gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {args.gpu}")
+        require(same_part(device, gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {gpu}")
         return measured.metrics[MFU], f"measured in {args.mfu_from}"
     predicted = result.metrics.get(MFU_PREDICTED)
     require(predicted is not None, "mfu", None, f"{NO_MFU}; {source} has none")
     part = predicted_for(result)
-    require(part is None or same_part(part, args.gpu), "mfu", None, f"{source}'s MFU was predicted for {part}, "
-            f"not for a {args.gpu}: give --gpu {part}, or --mfu")
+    require(part is None or same_part(part, gpu), "mfu", None, f"{source}'s MFU was predicted for {part}, "
+            f"not for a {gpu}: give --gpu {part}, or --mfu")
     return predicted, "predicted" + (f" for {part}" if part else "") + f" from {source}"
 
 
@@ -194,9 +200,7 @@ def serving_part(args: argparse.Namespace):
         acc = hardware.accelerator(args.gpu)
         require(acc is not None, "gpu", args.gpu, f"is not in the table ({', '.join(hardware.names())}): give "
                 "--hardware FILE, or --peak-tflops, --bandwidth and --gpu-memory with a --gpu of the table")
-    for key, value in (("peak-tflops", args.peak_tflops), ("bandwidth", args.bandwidth),
-                       ("gpu-memory", args.gpu_memory)):
-        require(value is None or (math.isfinite(value) and value > 0), key, value, "must be a number > 0")
+    require_positive(args, "peak_tflops", "bandwidth", "gpu_memory")
     if args.peak_tflops is not None:
         acc = dataclasses.replace(acc, peak_tflops={**acc.peak_tflops, args.dtype: args.peak_tflops})
     if args.bandwidth is not None:

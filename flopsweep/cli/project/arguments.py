@@ -105,6 +105,14 @@ def require_finite(args: argparse.Namespace, *keys: str) -> None:
         require(value is None or math.isfinite(value), key.replace("_", "-"), value, "must be a finite number")
 
 
+def require_positive(args: argparse.Namespace, *keys: str) -> None:
+    """A part's figures (``--peak-tflops``, ``--bandwidth``, ``--gpu-memory``): finite numbers > 0 where given."""
+    for key in keys:
+        value = getattr(args, key)
+        require(value is None or (math.isfinite(value) and value > 0), key.replace("_", "-"), value,
+                "must be a number > 0")
+
+
 def layout(args: argparse.Namespace):
     """The parallel layout when any of --dp --tp --pp --zero --micro-batches is given, else None."""
     from flopsweep.projection.parallel import Parallelism
