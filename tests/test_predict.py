@@ -251,9 +251,15 @@ def test_a_compiled_steps_counts_equal_the_eager_steps_and_its_compile_is_timed_
     assert compiled.status == "ok", compiled.error
     for key in ("flops/forward", "flops/backward", "flops/optimizer", "flops/forward_elementwise"):
         assert compiled.metrics[key] == eager.metrics[key], key
-    assert compiled.metrics["time/compile_s"] > compiled.metrics["time/step_s"]
+    assert compiled.metrics["time/compile_s"] > 0
     again = run_job(resolve(compose_config(*base, "batch.size=2", "measure.compile=true")), {})
-    assert again.metrics["time/compile_s"] > again.metrics["time/step_s"]  # compiled anew, not a left graph reused
+    assert again.status == "ok" and again.metrics["time/compile_s"] > 0
+    # compiled anew for its own batch: no dimension dynamo made dynamic after seeing the first job's batch
+    # (wall times are no test of it: a loaded CI machine's step took as long as a cached compile)
+    from torch._dynamo import pgo
+    dims = [size for state in pgo.get_code_state().values() for entry in state.automatic_dynamic.values()
+            for size in (entry.size if isinstance(entry.size, tuple) else ())]
+    assert dims and not any(isinstance(d, pgo.AutoDynamic) for d in dims)
 
 
 def test_a_compiled_step_is_predicted_fused_unless_told():
