@@ -67,6 +67,30 @@ def test_a_model_without_heads_is_refused_naming_parallel():
     assert err.value.key == "parallel"
 
 
+def tiny_hf(model_type: str, *overrides: str):
+    fields = dict(gpt2=["+model.n_embd=64", "+model.n_head=4", "+model.n_layer=2", "+model.n_positions=32"],
+                  opt=["+model.hidden_size=64", "+model.num_attention_heads=4", "+model.num_hidden_layers=2",
+                       "+model.ffn_dim=256", "+model.word_embed_proj_dim=64"])[model_type]
+    return compose_config("model=hf", f"model.model_type={model_type}", *fields, "+model.vocab_size=128",
+                          "device=meta", "batch.size=2", "batch.seq_len=32", "tracking=none", *overrides)
+
+
+def test_a_hugging_face_gpt2_is_checked_by_its_heads_and_counted_and_one_without_a_plan_fails_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        resolve(tiny_hf("gpt2", "parallel.tp=3"))                         # 4 heads
+    assert err.value.key == "parallel.tp"
+    cfg = tiny_hf("gpt2", "parallel.tp=2")
+    spec = resolve(cfg)
+    counted = run_job(spec, job_config(cfg, spec))
+    assert counted.status == "ok", counted.error
+    assert counted.metrics[M.PARALLEL_GPUS] == 2
+    cfg = tiny_hf("opt", "parallel.tp=2")                                 # OPT: model.decoder.layers, no plan
+    spec = resolve(cfg)
+    refused = run_job(spec, job_config(cfg, spec))
+    assert refused.status == "failed" and refused.error.startswith("parallel: no tensor- and pipeline-parallel plan "
+                                                                   "for OPTForCausalLM") and "\n" not in refused.error
+
+
 def test_no_parallel_key_runs_the_job_as_before():
     cfg = small(2)
     spec = resolve(cfg)

@@ -118,6 +118,43 @@ def test_a_hugging_face_llama_is_split_by_tp_with_grouped_query_heads():
     assert runs[2].flops["backward"].matmul * 2 == runs[1].flops["backward"].matmul
 
 
+def hf_decoder(model_type: str, layers: int = 2, **fields):
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type=model_type, vocab_size=VOCAB, **fields,
+                             **({"n_embd": H, "n_head": HEADS, "n_layer": layers, "n_positions": SEQ}
+                                if model_type == "gpt2" else
+                                {"hidden_size": H, "num_attention_heads": HEADS, "num_hidden_layers": layers,
+                                 "intermediate_size": 4 * H, "max_position_embeddings": SEQ})))
+    return lambda: family.Model(cfg)
+
+
+@pytest.mark.parametrize("model_type, fields", [
+    ("gpt2", {}),                                                      # Conv1D linears, learned positions, tied head
+    ("gpt_neox", dict(rotary_pct=0.25, use_parallel_residual=True)),   # GPT-NeoX-20B's partial rotary, parallel MLP
+])
+@pytest.mark.parametrize("tp, sp", [(1, False), (2, False), (2, True)])
+def test_a_hugging_face_gpt2_or_gpt_neox_is_split_as_flopsweeps_decoder_of_its_shape(model_type, fields, tp, sp):
+    """Both are GPT layers (fused qkv 3h^2, out h^2, a GELU MLP of 4h, biases, two layer norms): under tensor and
+    sequence parallelism a rank computes and communicates what flopsweep's decoder of that shape does (whose plan
+    the tests above hold to Megatron-LM's closed forms); GPT-2 is that decoder, parameter for parameter. GPT-NeoX has
+    no learned positions and its own head: the vocabulary's table twice."""
+    layout = Layout(tp=tp, sequence_parallel=sp, micro_batch_size=MICRO)
+    theirs = count_layout(hf_decoder(model_type, **fields), layout, Workload(MICRO, SEQ)).ranks[0]
+    ours = count_layout(decoder(2), layout, Workload(MICRO, SEQ)).ranks[0]
+    assert {k: v.matmul for k, v in theirs.flops.items()} == {k: v.matmul for k, v in ours.flops.items()}
+    assert theirs.flops["forward"].matmul * tp == megatron_forward(2, MICRO * SEQ, SEQ)
+    calls = lambda rank: {(k.op, k.phase): (t.calls, t.bytes) for k, t in rank.collectives.items()}  # noqa: E731
+    if model_type == "gpt2":
+        assert calls(theirs) == calls(ours) and theirs.params == ours.params
+        assert theirs.params == decoder_params(2) if tp == 1 else theirs.params < decoder_params(2)
+    else:  # the positions' gradient is not gathered under sequence parallelism: they have none
+        assert {k: v for k, v in calls(theirs).items() if k != ("all_gather", "backward")} == \
+            {k: v for k, v in calls(ours).items() if k != ("all_gather", "backward")}
+        if tp == 1:
+            assert theirs.params == decoder_params(2) - SEQ * H + VOCAB * H
+    assert not theirs.uncounted
+
+
 def test_recomputation_is_counted_where_it_runs():
     plain = counted(tp=1).ranks[0].flops
     selective = counted(recompute="selective").ranks[0].flops

@@ -2,16 +2,23 @@
 with PyTorch's own styles (``parallelize_module``: column- and row-wise linears, sequence-parallel norms, a
 vocabulary-parallel embedding and head with ``loss_parallel``), as Megatron-LM lays a transformer out.
 
-Two kinds of model are known, by their modules' names (measurement imports no model family):
+The kinds of model known, by their modules' names (measurement imports no model family):
 
 - flopsweep's decoder: ``tok_embedding`` (and ``pos_embedding``), ``blocks`` of ``norm1``, ``attn.qkv`` (q, k and v
   fused), ``attn.out``, ``norm2``, ``mlp.gate``/``mlp.up``/``mlp.down``; ``norm``, ``lm_head``;
 - Hugging Face Llama-style decoders (Llama, Mistral, Qwen2, ...): ``model.embed_tokens``, ``model.layers`` of
   ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``;
-  ``model.norm``, ``model.rotary_emb``, ``lm_head``.
+  ``model.norm``, ``model.rotary_emb``, ``lm_head``;
+- Hugging Face GPT-NeoX (Pythia, GPT-NeoX-20B): ``gpt_neox.embed_in``, ``gpt_neox.layers`` of ``input_layernorm``,
+  ``attention.query_key_value`` (fused), ``attention.dense``, ``post_attention_layernorm``,
+  ``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``; ``gpt_neox.final_layer_norm``, ``gpt_neox.rotary_emb``, ``lm_head``;
+- Hugging Face GPT-2: ``transformer.wte`` and ``transformer.wpe``, ``transformer.h`` of ``ln_1``, ``attn.c_attn``
+  (fused), ``attn.c_proj``, ``ln_2``, ``mlp.c_fc``/``mlp.c_proj``; ``transformer.ln_f``, ``lm_head``. Its linears are
+  ``Conv1D`` (a transposed ``nn.Linear``, which PyTorch's styles do not split): under tensor parallelism each becomes
+  the ``nn.Linear`` of its shape, the same matrix products.
 
-A column-parallel ``qkv`` splits the fused rows in ``tp`` contiguous pieces; Megatron-LM stores them interleaved by
-head group so that each piece is whole heads. The shapes, so the counts, are the same either way (the values are
+A column-parallel fused ``qkv`` splits the fused rows in ``tp`` contiguous pieces; Megatron-LM stores them interleaved
+by head group so that each piece is whole heads. The shapes, so the counts, are the same either way (the values are
 fake). Tied embeddings stay tied on a stage that holds both ends; across stages the head keeps its own copy.
 """
 
@@ -38,6 +45,8 @@ class Stage(nn.Module):
         super().__init__()
         self.chunks = nn.ModuleList(nn.ModuleList(layers[i] for i in chunk) for chunk in chunks)
         self.first, self.last, self.hidden_size = first, last, hidden_size
+        self.embedding: Optional[nn.Module] = None  # the first stage's (and its learned positions, if any)
+        self.positions: Optional[nn.Module] = None
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor, pipe: Any) -> list[tuple[Any, torch.Tensor]]:
         """One micro-batch through the chunks in turn: the first chunk of the model embeds ``tokens``, any other
@@ -60,7 +69,11 @@ class Stage(nn.Module):
         return runs
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The first stage's tokens embedded (``self.embedding``), learned positions added (``self.positions``)."""
+        x = self.embedding(tokens)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(tokens.shape[1], device=tokens.device))
+        return x
 
     def begin(self, seq_len: int) -> None:
         """Called before a micro-batch of ``seq_len`` tokens a sequence runs (what every layer needs: rotary angles)."""
@@ -73,7 +86,7 @@ class Stage(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        raise NotImplementedError
+        return (self.embedding if self.first else self.lm_head).weight.shape[0]
 
     def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
         """Apply tensor parallelism over ``tp_mesh`` in place."""
@@ -81,11 +94,14 @@ class Stage(nn.Module):
 
     def _plan_ends(self, tp_mesh: Any, sequence_parallel: bool, embedding: Optional[nn.Module]) -> None:
         """The embedding split by vocabulary rows, its output summed (or scattered by sequence under sequence
-        parallelism); the final norm on the sequence's shards under it; the head split by vocabulary columns, its
+        parallelism), learned positions replicated; the final norm on the sequence's shards under it; the head split by vocabulary columns, its
         logits left split for ``loss_parallel`` (Megatron-LM's vocabulary-parallel cross-entropy)."""
         seq = Shard(1) if sequence_parallel else Replicate()
         if embedding is not None:
             parallelize_module(embedding, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=seq))
+            if self.positions is not None:
+                distribute_module(self.positions, tp_mesh, input_fn=_replicated_input,
+                                  output_fn=_positions_output(sequence_parallel))
         if self.last:
             if sequence_parallel:
                 parallelize_module(self.norm, tp_mesh, SequenceParallel())
@@ -124,23 +140,16 @@ class DecoderStage(Stage):
         super().__init__(list(model.blocks), chunks, first, last, model.tok_embedding.embedding_dim)
         self.tied = getattr(model.lm_head, "weight", None) is getattr(model.tok_embedding, "weight", None)
         if first:
-            self.tok_embedding = model.tok_embedding
-            self.pos_embedding = getattr(model, "pos_embedding", None)
+            self.embedding, self.positions = model.tok_embedding, getattr(model, "pos_embedding", None)
         if last:
             self.norm, self.lm_head, self.loss_fn = model.norm, model.lm_head, model.loss
-
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.tok_embedding(tokens)
-        if self.pos_embedding is not None:
-            x = x + self.pos_embedding(torch.arange(tokens.shape[1], device=tokens.device))
-        return x
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self.lm_head(self.norm(x)).flatten(0, 1), targets.flatten())
 
-    @property
-    def vocab_size(self) -> int:
-        return (self.tok_embedding if self.first else self.lm_head).weight.shape[0]
+    @staticmethod
+    def layers(model: nn.Module) -> list[nn.Module]:
+        return list(model.blocks)
 
     def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
         tp = tp_mesh.size()
@@ -152,10 +161,7 @@ class DecoderStage(Stage):
                                                                attn_args=(None, None, None)))
                 block.attn.n_head //= tp      # the heads this rank computes: the views it makes follow them
                 block.attn.n_kv_head //= tp
-        self._plan_ends(tp_mesh, sequence_parallel, self.tok_embedding if self.first else None)
-        if self.first and self.pos_embedding is not None:
-            distribute_module(self.pos_embedding, tp_mesh, input_fn=_replicated_input,
-                              output_fn=_positions_output(sequence_parallel))
+        self._plan_ends(tp_mesh, sequence_parallel, self.embedding if self.first else None)
 
 
 def _replicated_input(module: nn.Module, inputs: Any, mesh: Any) -> Any:
@@ -171,47 +177,104 @@ def _positions_output(sequence_parallel: bool) -> Callable[[nn.Module, Any, Any]
     return output
 
 
-class LlamaStage(Stage):
-    """A pipeline rank of a Hugging Face Llama-style decoder (``LlamaForCausalLM`` and kin: the ``net`` of
-    ``models/hf.py``'s model). The loss is Hugging Face's: logits in float32, cross-entropy over the next tokens."""
+class HFStage(Stage):
+    """A pipeline rank of a Hugging Face decoder (the ``net`` of ``models/hf.py``'s model), its modules found by the
+    names of its kind: ``BODY`` (the base model), its ``EMBED``, ``POSITIONS`` (learned, or none), ``LAYERS`` and
+    ``NORM``, the ``HEAD``, and ``PLAN``, the roles of :func:`_layer_plan` in a layer. The loss is Hugging Face's:
+    logits in float32, cross-entropy over the next tokens."""
+
+    BODY, EMBED, POSITIONS, LAYERS, NORM, HEAD = "model", "embed_tokens", None, "layers", "norm", "lm_head"
+    PLAN: dict[str, str] = {}
+    ATTN_ARGS: Optional[tuple] = None  # the attention's positional inputs, where it takes no ``hidden_states=``
 
     def __init__(self, net: nn.Module, chunks: list[list[int]], first: bool, last: bool):
-        super().__init__(list(net.model.layers), chunks, first, last, net.model.embed_tokens.embedding_dim)
-        self.rotary_emb = net.model.rotary_emb
-        self.tied = net.lm_head.weight is net.model.embed_tokens.weight
+        body = getattr(net, self.BODY)
+        embedding, head = getattr(body, self.EMBED), getattr(net, self.HEAD)
+        super().__init__(self.layers(net), chunks, first, last, embedding.embedding_dim)
+        self.rotary_emb = getattr(body, "rotary_emb", None)
+        self.tied = head.weight is embedding.weight
         if first:
-            self.embed_tokens = net.model.embed_tokens
+            self.embedding = embedding
+            self.positions = getattr(body, self.POSITIONS) if self.POSITIONS else None
         if last:
-            self.norm, self.lm_head = net.model.norm, net.lm_head
+            self.norm, self.lm_head = getattr(body, self.NORM), head
         self._angles: Any = None
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(tokens)
+    @classmethod
+    def layers(cls, net: nn.Module) -> list[nn.Module]:
+        return list(getattr(getattr(net, cls.BODY), cls.LAYERS))
+
+    @classmethod
+    def fits(cls, net: nn.Module) -> bool:
+        layer = f"{cls.BODY}.{cls.LAYERS}.0"
+        return _has(net, f"{cls.BODY}.{cls.EMBED}", f"{cls.BODY}.{cls.NORM}", cls.HEAD,
+                    *(f"{layer}.{name}" for role in ("col", "row") for name in cls.PLAN[role].split(",")))
 
     def begin(self, seq_len: int) -> None:
-        positions = torch.arange(seq_len)[None]
-        self._angles = (positions, self.rotary_emb(torch.empty(0, dtype=self.rotary_emb.inv_freq.dtype), positions))
+        if self.rotary_emb is not None:
+            positions = torch.arange(seq_len)[None]
+            self._angles = dict(position_ids=positions, position_embeddings=self.rotary_emb(
+                torch.empty(0, dtype=self.rotary_emb.inv_freq.dtype), positions))
 
     def run_layer(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        positions, angles = self._angles
-        out = layer(x, attention_mask=None, position_ids=positions, position_embeddings=angles)
+        out = layer(x, attention_mask=None, **(self._angles or {}))
         return out[0] if isinstance(out, tuple) else out
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.lm_head(self.norm(x)).float().flatten(0, 1), targets.flatten())
 
-    @property
-    def vocab_size(self) -> int:
-        return (self.embed_tokens if self.first else self.lm_head).weight.shape[0]
-
     def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
-        names = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.gate_proj,mlp.up_proj",
-                     row="self_attn.o_proj,mlp.down_proj", norm="input_layernorm,post_attention_layernorm",
-                     attn="self_attn", mlp="mlp")
         for chunk in self.chunks:
             for layer in chunk:
-                parallelize_module(layer, tp_mesh, _layer_plan(names, sequence_parallel, attn_kwarg="hidden_states"))
-        self._plan_ends(tp_mesh, sequence_parallel, self.embed_tokens if self.first else None)
+                self.shard_layer(layer, tp_mesh, sequence_parallel)
+        self._plan_ends(tp_mesh, sequence_parallel, self.embedding if self.first else None)
+
+    def shard_layer(self, layer: nn.Module, tp_mesh: Any, sequence_parallel: bool) -> None:
+        kwarg = None if self.ATTN_ARGS else "hidden_states"
+        parallelize_module(layer, tp_mesh, _layer_plan(self.PLAN, sequence_parallel, self.ATTN_ARGS, kwarg))
+
+
+class LlamaStage(HFStage):
+    """Llama-style decoders (``LlamaForCausalLM`` and kin)."""
+
+    PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.gate_proj,mlp.up_proj",
+                row="self_attn.o_proj,mlp.down_proj", norm="input_layernorm,post_attention_layernorm",
+                attn="self_attn", mlp="mlp")
+
+
+class NeoXStage(HFStage):
+    """GPT-NeoX (``GPTNeoXForCausalLM``): fused ``query_key_value`` whose view follows the heads of its shard,
+    partial rotary angles, and, where ``use_parallel_residual``, attention and MLP reading the same input."""
+
+    BODY, EMBED, NORM = "gpt_neox", "embed_in", "final_layer_norm"
+    PLAN = dict(col="attention.query_key_value,mlp.dense_h_to_4h", row="attention.dense,mlp.dense_4h_to_h",
+                norm="input_layernorm,post_attention_layernorm", attn="attention", mlp="mlp")
+    ATTN_ARGS = (None,)
+
+
+class GPT2Stage(HFStage):
+    """GPT-2 (``GPT2LMHeadModel``): learned positions, a tied head, ``Conv1D`` linears."""
+
+    BODY, EMBED, POSITIONS, LAYERS, NORM = "transformer", "wte", "wpe", "h", "ln_f"
+    PLAN = dict(col="attn.c_attn,mlp.c_fc", row="attn.c_proj,mlp.c_proj", norm="ln_1,ln_2", attn="attn", mlp="mlp")
+    ATTN_ARGS = (None,)
+
+    def shard_layer(self, layer: nn.Module, tp_mesh: Any, sequence_parallel: bool) -> None:
+        for role in ("col", "row"):
+            for name in self.PLAN[role].split(","):
+                owner, _, attr = name.rpartition(".")
+                conv = layer.get_submodule(name)
+                setattr(layer.get_submodule(owner), attr, _linear_of(conv))
+        layer.attn.split_size //= tp_mesh.size()  # where the fused output is cut into q, k and v
+        super().shard_layer(layer, tp_mesh, sequence_parallel)
+
+
+def _linear_of(conv: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that computes what a Hugging Face ``Conv1D`` (weight ``(in, out)``) does, on its device and
+    in its dtype (the values are fake: only the shapes count)."""
+    weight = conv.weight
+    return nn.Linear(weight.shape[0], weight.shape[1], bias=conv.bias is not None, device=weight.device,
+                     dtype=weight.dtype)
 
 
 def _has(module: nn.Module, *names: str) -> bool:
@@ -229,15 +292,18 @@ def make_stage(model: nn.Module, chunks: list[list[int]], first: bool, last: boo
 def layers_of(model: nn.Module) -> list[nn.Module]:
     """The transformer layers of a model :func:`make_stage` knows (the same ``ConfigError`` for one it does not)."""
     kind, net = _kind(model)
-    return list(net.blocks if kind is DecoderStage else net.model.layers)
+    return kind.layers(net)
+
+
+HF_KINDS: tuple[type[HFStage], ...] = (LlamaStage, NeoXStage, GPT2Stage)
 
 
 def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
     net = getattr(model, "net", model)
     if _has(model, "tok_embedding", "blocks.0.attn.qkv", "blocks.0.mlp.down", "lm_head", "norm"):
         return DecoderStage, model
-    if _has(net, "model.embed_tokens", "model.layers.0.self_attn.q_proj", "model.layers.0.mlp.gate_proj",
-            "model.norm", "model.rotary_emb", "lm_head"):
-        return LlamaStage, net
+    for kind in HF_KINDS:
+        if kind.fits(net):
+            return kind, net
     raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
-                                        "decoder and Hugging Face Llama-style decoders have one")
+                                        "decoder and Hugging Face Llama-style, GPT-NeoX and GPT-2 decoders have one")
