@@ -20,6 +20,10 @@ The kinds of model known, by their modules' names (measurement imports no model 
 A column-parallel fused ``qkv`` splits the fused rows in ``tp`` contiguous pieces; Megatron-LM stores them interleaved
 by head group so that each piece is whole heads. The shapes, so the counts, are the same either way (the values are
 fake). Tied embeddings stay tied on a stage that holds both ends; across stages the head keeps its own copy.
+
+Why one file: a kind is a few names on the one layer plan (:func:`_layer_plan`) and the stage it shares with the
+others; whoever adds a kind reads every other kind's names beside it, and the lookup (:func:`_kind`) that tells them
+apart.
 """
 
 from __future__ import annotations
@@ -94,8 +98,9 @@ class Stage(nn.Module):
 
     def _plan_ends(self, tp_mesh: Any, sequence_parallel: bool, embedding: Optional[nn.Module]) -> None:
         """The embedding split by vocabulary rows, its output summed (or scattered by sequence under sequence
-        parallelism), learned positions replicated; the final norm on the sequence's shards under it; the head split by vocabulary columns, its
-        logits left split for ``loss_parallel`` (Megatron-LM's vocabulary-parallel cross-entropy)."""
+        parallelism), learned positions replicated; the final norm on the sequence's shards under it; the head split
+        by vocabulary columns, its logits left split for ``loss_parallel`` (Megatron-LM's vocabulary-parallel
+        cross-entropy)."""
         seq = Shard(1) if sequence_parallel else Replicate()
         if embedding is not None:
             parallelize_module(embedding, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=seq))
