@@ -169,3 +169,57 @@ def test_flopsweeps_dispatch_modes_opt_out_of_pytorchs_dynamo_wrapper():
     assert hasattr(Plain.__dict__["__torch_dispatch__"], "__wrapped__")
     for mode in (Counter, _KernelCache, LiveBytes):
         assert not hasattr(mode.__dict__["__torch_dispatch__"], "__wrapped__"), mode.__name__
+
+
+# ---- FP8 matmuls, as torchao's float8 training runs them ----
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+def _col_major(t):
+    return t.t().contiguous().t()
+
+
+class _FP8Matmul(torch.autograd.Function):
+    """x W^T with x and W cast to float8 (e4m3) and the gradient to e5m2: three ``torch._scaled_mm`` a linear layer
+    (forward, input gradient, weight gradient), the recipe torchao's Float8Linear follows (scales of one here)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        one = torch.ones((), device=x.device)
+        return torch._scaled_mm(x.to(E4M3), _col_major(w.t().to(E4M3)), one, one, out_dtype=torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        one, g = torch.ones((), device=x.device), grad.to(E5M2)
+        grad_x = torch._scaled_mm(g, _col_major(w.to(E4M3)), one, one, out_dtype=torch.bfloat16)
+        grad_w = torch._scaled_mm(g.t().contiguous(), _col_major(x.to(E4M3)), one, one, out_dtype=torch.bfloat16)
+        return grad_x, grad_w
+
+
+class FP8Linear(torch.nn.Module):
+    def __init__(self, k: int, n: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n, k, dtype=torch.bfloat16))
+
+    def forward(self, x):
+        return _FP8Matmul.apply(x.flatten(0, -2), self.weight).float().sum()
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_fp8_matmuls_count_their_products_and_run_as_fp8(device):
+    from flopsweep.measure.ops import MATMUL
+
+    m, k, n = 2 * 16, 64, 48
+    with torch.device(device):
+        model, x = FP8Linear(k, n), torch.randn(2, 16, k, dtype=torch.bfloat16)
+    with MetaLikeCPU() if device == "meta" else contextlib.nullcontext():
+        step = count_step(model, {"x": x}, None)
+    assert step.uncounted == {}
+    assert step.forward.by_op["aten._scaled_mm"].matmul == step.forward.matmul == 2 * m * k * n
+    assert step.backward.by_op["aten._scaled_mm"].calls == 2 and step.backward.matmul == 2 * 2 * m * k * n
+    fp8 = [s for s in step.trace.sigs if s.kind == MATMUL]
+    assert [s.dims for s in fp8] == [(1, m, k, n), (1, m, n, k), (1, n, m, k)]
+    assert {s.dtype for s in fp8} == {"fp8"}  # priced on the part's FP8 curve and peak

@@ -153,10 +153,19 @@ def _baddbmm(self, batch1, batch2, **_) -> OpCost:
     return OpCost(matmul=2 * b * m * k * batch2.shape[-1], elementwise=b * m * batch2.shape[-1])
 
 
-@formula(aten._grouped_mm)
+@formula(aten._scaled_mm, aten._scaled_mm_v2)
+def _scaled_mm(self, mat2, bias=None, **_) -> OpCost:
+    """A scaled low-precision matmul (FP8: torchao's float8 training, Transformer Engine-style recipes; MX formats):
+    the product's 2 M K N, as PyTorch's counter has it; the scales are applied in the kernel's epilogue and not
+    counted; a bias adds M N, as ``addmm``'s does."""
+    (m, k), n = self.shape, mat2.shape[-1]
+    return OpCost(matmul=2 * m * k * n, elementwise=m * n if bias is not None else 0)
+
+
+@formula(aten._grouped_mm, aten._scaled_grouped_mm)
 def _grouped_mm(self, mat2, **_) -> OpCost:
-    """Mixture-of-experts matmuls (transformers' experts): each group of rows (``offs``) times its own matrix. The
-    offsets only split the rows, so the count holds whatever the routing, and on meta."""
+    """Mixture-of-experts matmuls (transformers' experts; the scaled one: FP8 experts): each group of rows (``offs``)
+    times its own matrix. The offsets only split the rows, so the count holds whatever the routing, and on meta."""
     a, b = self.shape, mat2.shape
     if len(a) == 2 and len(b) == 3:  # tokens [T, K] x experts [G, K, N] -> [T, N]
         return OpCost(matmul=2 * a[0] * a[1] * b[2])

@@ -114,8 +114,10 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 aten = torch.ops.aten
-MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten._grouped_mm, aten.convolution, aten._convolution,
-              aten.convolution_backward, aten._linalg_svd}
+SCALED_MM_OPS = {aten._scaled_mm, aten._scaled_mm_v2}  # low-precision (FP8) matmuls: A [M, K] B [K, N], scaled
+GROUPED_MM_OPS = {aten._grouped_mm, aten._scaled_grouped_mm}
+MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten._convolution,
+              aten.convolution_backward, aten._linalg_svd, *SCALED_MM_OPS, *GROUPED_MM_OPS}
 ATTENTION_OPS = {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
                  aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention}
 ATTENTION_BACKWARD_OPS = {getattr(aten, f"{op.__name__}_backward") for op in ATTENTION_OPS}
@@ -130,7 +132,7 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
     packet = func.overloadpacket
     matmul, elementwise = (cost.matmul, cost.elementwise) if cost is not None else (0, 0)
     ins, outs = _tensors(args) + _tensors(kwargs.values()), _tensors((out,))
-    dtype = str((ins or outs or [torch.empty(0)])[0].dtype).removeprefix("torch.")
+    dtype = _dtype_name((ins or outs or [torch.empty(0)])[0].dtype)
     name = str(packet)
     if packet in MATMUL_OPS:
         return OpSig(name, MATMUL, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype,
@@ -157,6 +159,13 @@ def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpC
     inplace = _mutates(func)
     return OpSig(name, MEMORY, matmul, elementwise, moved, dtype, (), tensors, inplace,
                  0 if inplace else sum(map(_bytes, outs)))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """An op's dtype as the calibration names it: ``bfloat16``, ...; every 8-bit float (``float8_e4m3fn``,
+    ``float8_e5m2``, their ``fnuz`` kin) is ``fp8``, the hardware table's and the profiles' name for their peak."""
+    name = str(dtype).removeprefix("torch.")
+    return "fp8" if name.startswith("float8_") else name
 
 
 def _rows_aligned(t: torch.Tensor) -> bool:
@@ -186,7 +195,7 @@ def _is_view(func: Any) -> bool:
 
 def _matmul_dims(packet: Any, args: tuple, out: Any) -> tuple:
     """(groups, M, K, N) of one call, as a GEMM; a convolution as its implicit GEMM."""
-    if packet is aten.mm:
+    if packet is aten.mm or packet in SCALED_MM_OPS:
         (m, k), n = args[0].shape, args[1].shape[-1]
         return (1, m, k, n)
     if packet is aten.addmm:
@@ -195,7 +204,7 @@ def _matmul_dims(packet: Any, args: tuple, out: Any) -> tuple:
     if packet in (aten.bmm, aten.baddbmm):
         a, b = (args[0], args[1]) if packet is aten.bmm else (args[1], args[2])
         return (a.shape[0], a.shape[1], a.shape[2], b.shape[-1])
-    if packet is aten._grouped_mm:
+    if packet in GROUPED_MM_OPS:
         a, b = args[0].shape, args[1].shape
         return (1, a[-2], a[-1], b[-1])
     if packet in (aten.convolution, aten._convolution, aten.convolution_backward):

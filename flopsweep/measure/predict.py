@@ -74,19 +74,29 @@ class TimeModel:
         self.cal, self.autocast, self.fused = cal, autocast, fused
         self.memory = cal.memory_curve()
         self.notes: set[str] = set()
-        self._dtype_of: dict[str, str] = {}
+        self._dtype_of: dict[str, tuple[Optional[str], float]] = {}
 
-    def dtype(self, dtype: str) -> Optional[str]:
-        """The calibrated dtype a matmul of ``dtype`` is predicted with: under autocast, a float32 one in the autocast
-        dtype (a count on meta runs without autocast); itself, else float32, else any."""
+    def dtype(self, dtype: str) -> tuple[Optional[str], float]:
+        """The calibrated dtype a matmul of ``dtype`` is predicted with, and how many times faster than that curve it
+        runs: under autocast, a float32 one in the autocast dtype (a count on meta runs without autocast); itself;
+        an 8-bit one (``fp8``, ``int8``) the profile did not measure, at the bfloat16 curve's share of its own peak
+        (a part's low-precision tensor cores reach the fraction of their peak its 16-bit ones do); else float32,
+        else any."""
         if self.autocast is not None and dtype == "float32":
             dtype = self.autocast
         if dtype not in self._dtype_of:
-            have = self.cal.dtypes()
-            chosen = dtype if dtype in have else ("float32" if "float32" in have else (have[0] if have else None))
-            if chosen != dtype and dtype in ("float32", "bfloat16", "float16"):
-                self.notes.add(f"no {dtype} matmuls in the profile of {self.cal.part}: predicted as {chosen}")
-            self._dtype_of[dtype] = chosen
+            have, peak = self.cal.dtypes(), self.cal.peak
+            chosen, speed = dtype, 1.0
+            if dtype not in have and dtype in ("fp8", "int8") and "bfloat16" in have and \
+                    peak.get(dtype) and peak.get("bfloat16"):
+                chosen, speed = "bfloat16", peak[dtype] / peak["bfloat16"]
+                self.notes.add(f"no {dtype} matmuls in the profile of {self.cal.part}: predicted at its bfloat16 "
+                               f"curve's share of the {dtype} peak ({speed:g}x bfloat16's)")
+            elif dtype not in have:
+                chosen = "float32" if "float32" in have else (have[0] if have else None)
+                if dtype in ("float32", "bfloat16", "float16", "fp8", "int8"):
+                    self.notes.add(f"no {dtype} matmuls in the profile of {self.cal.part}: predicted as {chosen}")
+            self._dtype_of[dtype] = (chosen, speed)
         return self._dtype_of[dtype]
 
     def body(self, sig: OpSig) -> tuple[float, float]:
@@ -95,13 +105,13 @@ class TimeModel:
             memory = self.cal.memory_time(sig.bytes, sig.allocated, sig.inplace)
             return 0.0, memory * self.cal.memory_factors.get(sig.op, 1.0)
         memory = self.memory(sig.bytes) if sig.bytes else 0.0
-        dtype = self.dtype(sig.dtype)
+        dtype, speed = self.dtype(sig.dtype)
         if sig.kind == MATMUL:
             groups, m, k, n = sig.dims
             curve = self.cal.matmul_curve(dtype) if dtype else None
             if not self.fused and dtype in self.cal.matmul_unaligned and not sig.aligned:
                 curve = self.cal.matmul_curve(dtype, aligned=False) or curve
-            return (sig.matmul / curve(groups * m, k, n) if curve else 0.0), memory
+            return (sig.matmul / (speed * curve(groups * m, k, n)) if curve else 0.0), memory
         bh, sq, sk, d, causal = sig.dims
         backward = sig.kind == ATTENTION_BACKWARD
         flops = 4 * bh * sq * sk * d * (2 if backward else 1)  # the curves' convention: the full Sq x Sk, whatever
