@@ -1,26 +1,172 @@
-"""The one record a job produces, as written to ``result.json``."""
+"""The one record a job produces, as written to ``result.json``: its :class:`Status`, the config it ran, its metrics
+and breakdown, and ``info``, whose parts that several layers read are types here (:class:`Tracking`,
+:class:`TimingInfo`, :class:`JobTimes`), kept in the JSON as the dicts they always were."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core.files import write_whole
 
-STATUSES = ("ok", "failed", "skipped", "oom", "lost")  # lost: a sweep job that died before writing result.json
-FAILURES = ("failed", "oom", "lost")  # statuses that fail a sweep (its exit status, its parent run)
+
+class Status(str, Enum):
+    """A job's outcome; compares equal to its name as a string (``result.status == "ok"``), as the JSON holds it."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    OOM = "oom"
+    LOST = "lost"        # a sweep job that died before writing result.json
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @property
+    def failed(self) -> bool:
+        """Whether it fails a sweep (its exit status, its parent run)."""
+        return self in (Status.FAILED, Status.OOM, Status.LOST)
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+def _of(cls: type, data: Any) -> Any:
+    """A record of ``cls`` from its dict in ``info`` (keys it does not know left out: a newer writer's), or None
+    where there is none or it lacks a field the record needs (a file edited by hand)."""
+    if not isinstance(data, dict) or any(f.name not in data for f in fields(cls)
+                                         if f.default is MISSING and f.default_factory is MISSING):
+        return None
+    return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def _dict(record: Any) -> dict[str, Any]:
+    """A record as its dict in ``info``: its fields without a default, and those that differ from theirs."""
+    return {f.name: getattr(record, f.name) for f in fields(record)
+            if f.default is MISSING or getattr(record, f.name) != f.default}
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a job's run was logged (``uri``, always without its password; ``experiment``, ``run_id``), or why not
+    (``error``; ``known``: the sweep had found the store unusable and said so once); a skipped job's: ``existing``,
+    the store's finished run of it, or ``elsewhere``, the resume that holds its claim."""
+
+    logged: bool
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    run_id: Optional[str] = None
+    error: Optional[str] = None
+    known: bool = False
+    existing: bool = False
+    elsewhere: Optional[str] = None
+    synced: bool = False    # logged by flopsweep-sync, after the job
+
+
+@dataclass(frozen=True)
+class TimingInfo:
+    """How a job's step was timed: ``method`` (``full``, ``per_block``, ``loop``), repeats after ``warmup``, CPU
+    threads, the device's name, and the extremes of the steps' times."""
+
+    method: Optional[str] = None
+    repeats: Optional[int] = None
+    threads: Optional[int] = None
+    device_name: Optional[str] = None
+    warmup: Optional[int] = None
+    step_min_s: Optional[float] = None
+    step_max_s: Optional[float] = None
+    blocks: Optional[dict[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class PredictedBy:
+    """The profile a job's step was predicted with: its part and digest (the ``flopsweep.calibration`` tag)."""
+
+    part: Optional[str] = None
+    digest: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class JobTimes:
+    """When a sweep's job started and ended (seconds since the epoch): its run's real duration."""
+
+    start: float
+    end: float
 
 
 @dataclass
 class Result:
-    status: str
+    """A job's status, error, config, metrics, breakdown and info, as ``result.json`` holds them."""
+
+    status: Status
     error: Optional[str]
     config: dict[str, Any]
     metrics: dict[str, Optional[float]] = field(default_factory=dict)
     breakdown: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # conventions, device name, versions, timing method
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"not a flopsweep result (status {self.status!r} is none of {', '.join(STATUSES)})")
+        self.status = Status(self.status)
+
+    @property
+    def tracking(self) -> Optional[Tracking]:
+        """Where its run was logged or why not; None before it was tried (or with ``tracking=none``)."""
+        return _of(Tracking, self.info.get("tracking"))
+
+    @tracking.setter
+    def tracking(self, record: Tracking) -> None:
+        self.info["tracking"] = _dict(record)
+
+    @property
+    def timing(self) -> Optional[TimingInfo]:
+        """How its step was timed; None for a job that timed nothing (on meta)."""
+        return _of(TimingInfo, self.info.get("timing"))
+
+    @timing.setter
+    def timing(self, record: TimingInfo) -> None:
+        self.info["timing"] = _dict(record)
+
+    @property
+    def job_times(self) -> Optional[JobTimes]:
+        return _of(JobTimes, self.info.get("job"))
+
+    @job_times.setter
+    def job_times(self, record: JobTimes) -> None:
+        self.info["job"] = _dict(record)
+
+    @property
+    def predicted_by(self) -> Optional[PredictedBy]:
+        return _of(PredictedBy, self.info.get("prediction"))
+
+    @property
+    def bottleneck(self) -> Optional[str]:
+        """A parallel layout's bottleneck, in words; None for a job that is not one."""
+        return (self.info.get("parallel") or {}).get("bottleneck")
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """A parallel job's layout (``dp``, ``tp``, ...); empty for a job that is not one."""
+        return (self.info.get("parallel") or {}).get("layout") or {}
+
+    @property
+    def source_digest(self) -> Optional[str]:
+        """The digest of the file that defines its model (a Hugging Face config, a custom model's module)."""
+        return (self.info.get("model_source") or {}).get("sha256")
+
+    @property
+    def device_name(self) -> Optional[str]:
+        """The GPU's or CPU's name its step was timed on; None where it was not timed."""
+        timing = self.timing
+        return timing.device_name if timing is not None else None
+
+    @property
+    def model_name(self) -> str:
+        return str((self.config.get("model") or {}).get("name", "?"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,17 +186,17 @@ class Result:
             raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             raise ValueError(f"{path}: not a flopsweep result (no status)")
-        return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
-                   data.get("breakdown") or {}, data.get("info") or {})
+        try:
+            return cls(data["status"], data.get("error"), data.get("config") or {}, data.get("metrics") or {},
+                       data.get("breakdown") or {}, data.get("info") or {})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     @classmethod
     def read_measured(cls, path: Path) -> "Result":
-        """:meth:`read`, and a ValueError for a result that holds no measurement to log (status ok without metrics,
-        a status none of :data:`STATUSES`): logged, it would be an empty finished run."""
+        """:meth:`read`, and a ValueError for a result that holds no measurement to log (status ok without metrics):
+        logged, it would be an empty finished run."""
         result = cls.read(path)
-        if result.status not in STATUSES:
-            raise ValueError(f"{path}: not a flopsweep result (status {result.status!r} is none of "
-                             f"{', '.join(STATUSES)})")
         if result.status == "ok" and not result.metrics:
             raise ValueError(f"{path}: holds no measurement (status ok, no metrics)")
         return result
@@ -65,7 +211,7 @@ class Result:
 
 
 def any_failed(results: list[tuple[str, Result]]) -> bool:
-    return any(r.status in FAILURES for _, r in results)
+    return any(r.status.failed for _, r in results)
 
 
 def status_counts(results: list[tuple[str, Result]]) -> dict[str, int]:

@@ -77,9 +77,9 @@ def job_lines(result: Result) -> list[str]:
     search = result.info.get("batch_search") or {}
     if search.get("chosen"):
         lines.append(f"batch.size=max chose {search['chosen']} ({search.get('confirmed') or 'estimated on meta'})")
-    timing = result.info.get("timing") or {}
-    if timing.get("method") == "per_block":
-        blocks = ", ".join(f"{name} x{n}" for name, n in (timing.get("blocks") or {}).items())
+    timing = result.timing
+    if timing is not None and timing.method == "per_block":
+        blocks = ", ".join(f"{name} x{n}" for name, n in (timing.blocks or {}).items())
         lines.append(f"times extrapolated (measure.timing=per_block): the first block of each stack timed, times "
                      f"its length ({blocks}); embeddings, head and loss left out")
     prediction = predicted_line(result)
@@ -104,7 +104,7 @@ def predicted_line(result: Result) -> Optional[str]:
     against = f", x{ratio:.2f} the measured" if ratio is not None else ""
     bound = " / ".join(f"{what} {m[key]:.0%}" for what, key in (
         ("compute", M.PREDICTED_SHARE_COMPUTE), ("memory", M.PREDICTED_SHARE_MEMORY),
-        ("launch", M.PREDICTED_SHARE_LAUNCH)) if key in m) or (result.info.get("parallel") or {}).get("bottleneck", "")
+        ("launch", M.PREDICTED_SHARE_LAUNCH)) if key in m) or result.bottleneck or ""
     origin = "default curves" if info.get("default") else "calibrated"
     return (f"predicted step: {seconds(m[M.TIME_STEP_PREDICTED])} on {info.get('part', '?')} ({origin}"
             f"{', fused' if info.get('fused') else ''}){against}; {bound}")
@@ -113,7 +113,8 @@ def predicted_line(result: Result) -> Optional[str]:
 def unhooked_forward(result: Result) -> Optional[float]:
     """The job's forward time from step timings that ran without the profile's hooks (a sweep job timed whole);
     None where they ran with them (your own loop's meter) or were extrapolated (per_block)."""
-    return result.metrics.get(M.TIME_FORWARD) if (result.info.get("timing") or {}).get("method") == "full" else None
+    timing = result.timing
+    return result.metrics.get(M.TIME_FORWARD) if timing is not None and timing.method == "full" else None
 
 
 def hooks_line(hooked: float, plain: Optional[float]) -> str:

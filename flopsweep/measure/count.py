@@ -47,6 +47,8 @@ class PhaseCount:
 
 @dataclass
 class StepCount:
+    """One step's count: each phase's FLOPs by op and by module, the ops no formula covers, and the op trace."""
+
     forward: PhaseCount
     backward: Optional[PhaseCount]
     optimizer: Optional[PhaseCount]

@@ -4,7 +4,7 @@ the family's closed forms, the simulated step's memory, and what the result reco
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -14,7 +14,7 @@ from flopsweep.build.train_modes import TRAIN_MODES
 from flopsweep.core import __version__
 from flopsweep.core import metrics as M
 from flopsweep.core.hardware import peak_flops
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, TimingInfo
 from flopsweep.measure.count import StepCount
 from flopsweep.measure.predict import Prediction
 from flopsweep.measure.profile import module_rows
@@ -186,8 +186,6 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
     if spec.dtype.int8:
         info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"
     if timing is not None:
-        info["timing"] = {"method": timing.method, "warmup": timing.warmup, "repeats": timing.repeats,
-                          "threads": timing.threads, "device_name": timing.device_name,
-                          "step_min_s": timing.step.minimum, "step_max_s": timing.step.maximum,
-                          "blocks": timing.blocks}
+        info["timing"] = asdict(TimingInfo(timing.method, timing.repeats, timing.threads, timing.device_name,
+                                           timing.warmup, timing.step.minimum, timing.step.maximum, timing.blocks))
     return info

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from flopsweep.core import metrics as M
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, TimingInfo
 from flopsweep.measure._torch import at_backward_end, node_sequence_nr, tree_leaves
 from flopsweep.measure.count import Counter, StepCount
 from flopsweep.measure.formulas import CountOptions
@@ -172,10 +172,10 @@ class Meter:
                   "source": "flopsweep.meter"}
         info: dict[str, Any] = {"device": self.device, "causal_attention": "half" if self.causal_half else "full",
                                 "flops_convention": FLOPS_CONVENTION}
+        result = Result("ok", None, config, metrics, breakdown, info)
         if timing is not None:
-            info["timing"] = {"method": timing.method, "repeats": timing.repeats, "threads": timing.threads,
-                              "device_name": timing.device_name}
-        return Result("ok", None, config, metrics, breakdown, info)
+            result.timing = TimingInfo(timing.method, timing.repeats, timing.threads, timing.device_name)
+        return result
 
     def _timing(self, training: bool) -> Optional[TimingRecord]:
         steps = self.samples["step"]
@@ -198,14 +198,13 @@ class Meter:
         from flopsweep.sinks.target import target_at
 
         result = self.result()
-        timing = result.info.get("timing") or {}
-        result.info["fingerprint"] = fingerprint(result.config, self.device, timing.get("device_name"))
+        result.info["fingerprint"] = fingerprint(result.config, self.device, result.device_name)
         folder = folder or Path("outputs") / "loop" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{self.name or 'model'}"
         write_job_folder(result, folder)
         logged = log_job(target_at(uri, "outputs", experiment), result, folder, {"source": "flopsweep.meter"})
-        result.info["tracking"] = logged
+        result.tracking = logged
         result.write(folder / "result.json")
-        if not logged["logged"]:
-            raise RuntimeError(f"flopsweep.meter: not logged to MLflow ({logged['error']}); the result is in {folder}")
-        return logged["run_id"]
+        if not logged.logged:
+            raise RuntimeError(f"flopsweep.meter: not logged to MLflow ({logged.error}); the result is in {folder}")
+        return logged.run_id
 

@@ -41,8 +41,8 @@ def fingerprint_of(result: Result) -> str:
     recorded = result.info.get("fingerprint")
     if recorded:
         return recorded
-    return fingerprint(result.config, result.info.get("device"), (result.info.get("timing") or {}).get("device_name"),
-                       (result.info.get("model_source") or {}).get("sha256"))
+    return fingerprint(result.config, result.info.get("device"), result.device_name,
+                       result.source_digest)
 
 
 GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import is_number, masked, one_line
-from flopsweep.core.result import Result, any_failed, status_counts
+from flopsweep.core.result import PredictedBy, Result, Tracking, any_failed, status_counts
 from flopsweep.core.shape import shape_of
 from flopsweep.sinks import health
 from flopsweep.sinks.identity import (common_tags, experiment_description, fingerprint_of, flatten, run_name,
@@ -42,6 +42,8 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # the U
 
 
 class Store:
+    """One MLflow store and experiment (a :class:`Target`): the runs a sweep logs, finds and closes there."""
+
     def __init__(self, target: Target):
         self.target = target
         self._experiment_id: Optional[str] = None
@@ -150,15 +152,15 @@ class Store:
     def log_job(self, result: Result, folder: Path, job: dict[str, Any], parent_id: Optional[str]) -> str:
         from mlflow.entities import Metric, Param
 
-        config = result.config or {}
+        config, predicted_by = result.config or {}, result.predicted_by or PredictedBy()
         tags = {"status": result.status, "error": (result.error or "")[:5000], "flopsweep.kind": "job",
                 FINGERPRINT_TAG: fingerprint_of(result),
                 "flopsweep.job_folder": str(folder), **common_tags(),
                 **{f"flopsweep.{k}": str(v) for k, v in job.items()},
-                "device_name": (result.info.get("timing") or {}).get("device_name") or "",
+                "device_name": result.device_name or "",
                 # the calibration profile that predicted its step (its run in experiment 'calibration' has this digest)
-                "flopsweep.calibration": (result.info.get("prediction") or {}).get("digest") or "",
-                "flopsweep.predicted_for": (result.info.get("prediction") or {}).get("part") or "",
+                "flopsweep.calibration": predicted_by.digest or "",
+                "flopsweep.predicted_for": predicted_by.part or "",
                 "flopsweep.name": run_name(config),  # the whole name; the run's own may be the sweep's short one
                 "mlflow.parentRunId": parent_id or "",
                 NOTE_TAG: job_note(result)}
@@ -191,9 +193,10 @@ class Store:
 
 def _job_times(result: Result) -> tuple[Optional[int], Optional[int]]:
     """The job's own start and end (ms), as it recorded them: a run logged after the job shows its real duration."""
-    job = result.info.get("job") or {}
-    start, end = job.get("start"), job.get("end")
-    return (int(start * 1000) if is_number(start) else None, int(end * 1000) if is_number(end) else None)
+    job = result.job_times
+    if job is None:
+        return None, None
+    return (int(job.start * 1000) if is_number(job.start) else None, int(job.end * 1000) if is_number(job.end) else None)
 
 
 def mlflow_client(uri: str, write: bool = True):
@@ -224,20 +227,20 @@ def _store(target: Target) -> Store:
     return Store(target)
 
 
-def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Log one job; never raises. Returns what to record under ``info.tracking`` in ``result.json``. A store found
-    unusable in this sweep is not tried again (``known`` in what is returned: the sweep said why, once)."""
-    tracking = {"logged": False, "uri": masked(target.uri), "experiment": target.experiment}  # no password
+def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> Tracking:
+    """Log one job; never raises. Returns where it went, or why not, for ``result.tracking``. A store found unusable
+    in this sweep is not tried again (``known``: the sweep said why, once)."""
+    where = dict(uri=masked(target.uri), experiment=target.experiment)  # no password
     known = health.down_reason(target.uri)
     if known is not None:
-        return {**tracking, "error": f"the store {masked(target.uri)} cannot be used: {known}", "known": True}
+        return Tracking(False, **where, error=f"the store {masked(target.uri)} cannot be used: {known}", known=True)
     started = time.monotonic()
     try:
         run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
-        return {**tracking, "logged": True, "run_id": run_id}
+        return Tracking(True, **where, run_id=run_id)
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
         failed(target.uri, err, started)
-        return {**tracking, "error": one_line(err, 500, kind=not isinstance(err, health.StoreUnusable))}
+        return Tracking(False, **where, error=one_line(err, 500, kind=not isinstance(err, health.StoreUnusable)))
 
 
 def failed(uri: str, err: Exception, started: float) -> None:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional
 
 from flopsweep.core.errors import ConfigError, masked, one_line, require
 from flopsweep.core.files import locked
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, Tracking
 from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
 from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Store, failed, store
@@ -110,7 +110,7 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             existing = runs.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
             if existing:
                 done.present += 1
-                if not (result.info.get("tracking") or {}).get("logged"):  # logged by an earlier sync elsewhere
+                if not (result.tracking and result.tracking.logged):  # logged by an earlier sync elsewhere
                     _record_logged(result, folder, target, existing)
                 continue
             runs.delete_unfinished(fp)
@@ -200,7 +200,7 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
     sweep's to its own store, wherever this runs."""
     if uri or store_dir:
         return target_at(uri, store_dir or "outputs", experiment, environment=False)
-    recorded = (result.info.get("tracking") or {}).get("uri")
+    recorded = result.tracking.uri if result.tracking else None
     if recorded:  # recorded with its password masked: the job's config or the environment gives it back
         real = unmasked(recorded, (result.config.get("tracking") or {}).get("uri"), os.environ.get(URI_ENV))
         require(real is not None, "uri", recorded, f"was recorded without its password: give --uri or {URI_ENV}")
@@ -209,6 +209,5 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
 
 
 def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:
-    result.info["tracking"] = {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
-                               "run_id": run_id, "synced": True}
+    result.tracking = Tracking(True, masked(target.uri), target.experiment, run_id, synced=True)
     result.write(folder / "result.json")

@@ -85,9 +85,9 @@ def sweep_view(parent_id: str, name: str, results: list[Result]) -> tuple[str, s
 def jobs_filter(parent_id: str, results: list[Result], most: int = 300) -> str:
     """The runs search that finds a sweep's jobs: its children; in a resumed sweep, whose skipped jobs' runs are an
     earlier sweep's, every job's run by its id (``most`` of them at most: the view is a tag of 20,000 characters)."""
-    tracking = [r.info.get("tracking") or {} for r in results]
-    ids = [t["run_id"] for t in tracking if t.get("run_id")]
-    if any(t.get("existing") for t in tracking) and len(ids) <= most:
+    tracking = [r.tracking for r in results if r.tracking is not None]
+    ids = [t.run_id for t in tracking if t.run_id]
+    if any(t.existing for t in tracking) and len(ids) <= most:
         return "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
     return f"tags.`mlflow.parentRunId` = '{parent_id}'"
 

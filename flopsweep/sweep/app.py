@@ -25,7 +25,7 @@ from flopsweep.config.resolve import job_config, recorded, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.console import say
 from flopsweep.core.errors import ConfigError, masked, one_line
-from flopsweep.core.result import FAILURES, Result
+from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, short_name
 from flopsweep.sinks.claims import Claim
@@ -62,7 +62,7 @@ def run_one(cfg: DictConfig) -> Result:
         tracking = spec.tracking
         try:
             result, claimed = _skip_or_run(spec, config)
-            result.info["job"] = {"start": started, "end": time.time()}  # the run shows the job's real duration
+            result.job_times = JobTimes(started, time.time())  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
                 raise state.Interrupted(state.current().signalled)
         except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
@@ -100,7 +100,7 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     """The job's folder, its lines on the console and its run in the store."""
     folder = Path(hydra_cfg.runtime.output_dir)
     lines = []
-    if result.status in FAILURES:
+    if result.status.failed:
         state.current().failed = True
         say(f"flopsweep: error: {result.error}", sys.stderr)
     elif result.status == "skipped":
@@ -116,8 +116,8 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
     except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
         state.current().unwritten[folder.name] = result
-        if _log(tracking, result, folder, job) and result.info["tracking"]["logged"]:  # a resume finds it there
-            lines.append(f"logged to MLflow (run {result.info['tracking']['run_id']}) with the files it has")
+        if _log(tracking, result, folder, job) and result.tracking.logged:  # a resume finds it there
+            lines.append(f"logged to MLflow (run {result.tracking.run_id}) with the files it has")
         say("\n".join(lines))
         raise state.Unwritable(folder, err) from None
     say("\n".join([*lines, f"results: {folder}"]))
@@ -151,17 +151,19 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
     source = spec.model_source
     fp = fingerprint(config, str(spec.device), spec.device.name, source["sha256"] if source else None)
 
-    def skipped(reason: str, tracking: dict[str, Any]) -> Result:
+    def skipped(reason: str, tracking: Tracking) -> Result:
         """Not measured here: its run is in the store, or another resume's to log."""
-        return Result("skipped", None, config, info={
+        result = Result("skipped", None, config, info={
             "fingerprint": fp, "device": str(spec.device), **({"model_source": source} if source else {}),
-            "skipped": reason, "tracking": tracking})
+            "skipped": reason})
+        result.tracking = tracking
+        return result
 
     target = spec.tracking if spec.skip_existing else None
     claimed = claim(target, fp) if target is not None else None
     if isinstance(claimed, str):
         return skipped(f"another resume of the sweep is measuring it ({claimed}); if it does not finish, run the "
-                       "same command with skip_existing=true again", {"logged": False, "elsewhere": claimed}), None
+                       "same command with skip_existing=true again", Tracking(False, elsewhere=claimed)), None
     if target is not None and down_reason(target.uri) is None:  # a store found unusable: the sweep said so
         started = time.monotonic()
         try:
@@ -173,28 +175,28 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
         else:
             if existing is not None:
                 return skipped(f"run {existing} of experiment {target.experiment!r} already measured this",
-                               {"logged": True, "uri": masked(target.uri), "experiment": target.experiment,
-                                "run_id": existing, "existing": True}), claimed
+                               Tracking(True, masked(target.uri), target.experiment, existing, existing=True)), \
+                    claimed
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result, claimed
 
 
 def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any]) -> bool:
-    """Log the job's run to ``tracking`` and record where, or why not, in ``result.info["tracking"]``; False where
+    """Log the job's run to ``tracking`` and record where, or why not, in ``result.tracking``; False where
     there is nothing to log to (tracking=none, a job refused for where it logs, or skip_existing's run already in the
     store)."""
     from flopsweep.sinks.store import log_job
 
-    noted = result.info.get("tracking") or {}
-    if noted.get("existing") or noted.get("elsewhere"):  # its run is in the store, or another resume's to log
+    noted = result.tracking
+    if noted is not None and (noted.existing or noted.elsewhere):  # in the store, or another resume's to log
         return False
     if isinstance(tracking, ConfigError):
-        result.info["tracking"] = {"logged": False, "error": str(tracking)}
+        result.tracking = Tracking(False, error=str(tracking))
         return True
     if tracking is None:
         return False
-    result.info["tracking"] = log_job(tracking, result, folder, job)
+    result.tracking = log_job(tracking, result, folder, job)
     return True
 
 
@@ -208,8 +210,9 @@ def _track(tracking: Target | ConfigError | None, result: Result, folder: Path, 
         result.write(folder / "result.json")
     except OSError as err:  # the result.json before (without where it was logged) stays whole
         raise state.Unwritable(folder, err) from None
-    if not result.info["tracking"]["logged"] and not (in_sweep and result.info["tracking"].get("known")):
-        print(f"flopsweep: warning: not logged to MLflow ({result.info['tracking']['error']}); the result is in "
+    logged = result.tracking
+    if not logged.logged and not (in_sweep and logged.known):
+        print(f"flopsweep: warning: not logged to MLflow ({logged.error}); the result is in "
               f"{folder}: `flopsweep-sync {folder}` logs it later", file=sys.stderr)
 
 

@@ -32,6 +32,8 @@ from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV, SWEPT_ENV
 
 
 class SweepSummary(Callback):
+    """Hydra's callback around a sweep: refuses what cannot run, opens its parent run, and ends with its table."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = state.current()
         plan = SweepPlan.of(config)
@@ -112,10 +114,10 @@ def _store_down(sweep: state.SweepState) -> bool:
 
 def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sweep_dir: Path) -> None:
     """One line for the jobs that are not in their store, and how to log them."""
-    unlogged = [r for _, r in results if (r.info.get("tracking") or {}).get("logged") is False]
+    unlogged = [r.tracking for _, r in results if r.tracking is not None and not r.tracking.logged]
     if not unlogged:
         return
-    errors = {r.info["tracking"].get("error") for r in unlogged}
+    errors = {t.error for t in unlogged}
     why = (f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
            errors.pop() if len(errors) == 1 else "see above")
     print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "

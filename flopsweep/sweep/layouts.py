@@ -176,14 +176,13 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     best = found[:top]
     rows = []
     for place, (job, r) in enumerate(best, 1):
-        parallel = r.info.get("parallel") or {}
-        lay = parallel.get("layout") or {}
+        lay = r.layout
         rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}",
                      str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
                      format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
                      format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),
                      format_metric(M.PARALLEL_MEMORY_PER_GPU, r.metrics.get(M.PARALLEL_MEMORY_PER_GPU)),
-                     str(parallel.get("bottleneck", "-"))])
+                     r.bottleneck or "-"])
     over = sum(not _fits(r) for _, r in found)
     title = f"The {len(best)} fastest of {len(found)} layouts predicted (tokens/s a GPU)" + \
         (f"; {over} do not fit the part's memory, ranked after those that do:" if over else ":")

@@ -159,7 +159,7 @@ class RecoveringLauncher:
 def _recorded_runs(sweep_dir: Path) -> set[str]:
     """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
     results = (Result.read_or_none(path) for path in sweep_dir.glob("*/result.json"))  # none: its job runs again
-    return {r.info["tracking"].get("run_id") for r in results if r is not None and r.info.get("tracking")} - {None}
+    return {r.tracking.run_id for r in results if r is not None and r.tracking is not None} - {None}
 
 
 def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
@@ -197,7 +197,7 @@ def _finished(path: Path) -> bool:
     result = Result.read_or_none(path)  # none, or cut off mid-write
     if result is None:
         return False
-    return "tracking" in result.info or (result.config.get("tracking") or {}).get("kind") == "none"
+    return result.tracking is not None or (result.config.get("tracking") or {}).get("kind") == "none"
 
 
 def _is_hydra(override: str) -> bool:

@@ -141,7 +141,7 @@ def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str) -> tup
         return args.mfu, "assumed"
     if args.mfu_from is not None:
         measured = load_run(args.mfu_from, args)
-        device = (measured.info.get("timing") or {}).get("device_name") or ""
+        device = measured.device_name or ""
         require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(same_part(device, gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {gpu}")
         return measured.metrics[MFU], f"measured in {args.mfu_from}"
@@ -156,14 +156,14 @@ def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str) -> tup
 def predicted_for(result: Result) -> Optional[str]:
     """The part a run's MFU was predicted for: what the prediction records (``info.prediction.part``), else
     ``predict.hardware`` where it names a part of the table, else the device that timed the job."""
-    recorded = (result.info.get("prediction") or {}).get("part")
+    recorded = result.predicted_by.part if result.predicted_by else None
     if recorded:
         return str(recorded)
     predict = result.config.get("predict")
     part = predict.get("hardware") if isinstance(predict, dict) else None
     if part is not None:
         return None if str(part).endswith(".json") else str(part)
-    return (result.info.get("timing") or {}).get("device_name") or None
+    return result.device_name or None
 
 
 def same_part(name: str, gpu: str) -> bool:

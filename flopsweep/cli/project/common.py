@@ -63,7 +63,7 @@ def log_projection(args: argparse.Namespace, record: dict, result: Result) -> No
 
 
 def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
-    run_id = (result.info.get("tracking") or {}).get("run_id")
+    run_id = result.tracking.run_id if result.tracking else None
     return run_id or (ref if ref and not Path(ref).exists() else None)
 
 
@@ -72,7 +72,7 @@ def layout_line(counted: Result) -> str:
     from flopsweep.core import metrics as M
     from flopsweep.core.text import format_metric
 
-    m, parallel = counted.metrics, counted.info.get("parallel") or {}
+    m = counted.metrics
     figures = ", ".join(f"{what} {format_metric(key, m.get(key))}" for what, key in (
         ("step", M.TIME_STEP_PREDICTED), ("MFU", M.MFU_PREDICTED), ("memory a GPU", M.PARALLEL_MEMORY_PER_GPU)))
-    return f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {parallel.get('bottleneck', '-')}"
+    return f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"
