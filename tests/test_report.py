@@ -16,6 +16,7 @@ PLOTS = ["flops_vs_seq_len.png", "step_time_vs_batch.png", "memory_breakdown.png
          "predicted_vs_measured.png"]
 
 
+@pytest.mark.slow
 def test_report_of_a_timed_sweep(tmp_path):
     from flopsweep.measure.calibrate import calibrate
 

@@ -257,6 +257,7 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_every_file_on_it_i
     assert not list(disk.glob("**/*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_job_measured_when_the_disk_filled_is_logged_to_a_store_with_room(tmp_path, tmpfs):
     """The job folders on a disk that fills (a 128 KiB tmpfs), the store on another: the job whose folder could not be
     written is logged all the same, and a resume (elsewhere, skip_existing=true) measures only what never was."""
