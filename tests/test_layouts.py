@@ -41,6 +41,16 @@ def test_every_layout_has_the_world_size_and_the_invalid_ones_are_absent():
     assert len(found) == len(set(found))
 
 
+def test_context_parallel_sizes_searched_split_the_gpus_and_each_sequence():
+    found = enumerate_layouts(8, TINY, cps=(1, 2, 4))
+    assert {l.cp for l in found} == {1, 2, 4} and all(l.dp * l.tp * l.pp * l.cp == 8 for l in found)
+    assert all(32 % l.cp == 0 for l in found)  # cp divides the sequence
+    assert Layout(cp=2, tp=2, pp=2, micro_batch_size=1) in found
+    assert any(l.dp == 1 and l.cp == 2 and l.zero == 3 for l in found)  # ZeRO shards over dp x cp: 2 ranks here
+    assert [l for l in enumerate_layouts(8, TINY, cps=(3,))] == []  # 3 divides no 8 GPUs
+    assert states_lower_bound(Layout(dp=2, cp=4, zero=3), TINY) == states_lower_bound(Layout(dp=8, zero=3), TINY)
+
+
 def test_mixed_precision_leaves_only_sharded_layouts():
     found = enumerate_layouts(4, SearchModel(**{**TINY.__dict__, "mixed_precision": True}))
     assert found and all(l.zero >= 1 and l.dp > 1 for l in found)

@@ -54,11 +54,25 @@ def job(layers: int, *overrides: str) -> Result:
     (["parallel.tp=2", "predict.hardware=H100", "parallel.gpus_per_node=16"], "parallel.gpus_per_node"),
     (["parallel.tp=2", "optimizer=none"], "optimizer.name"),
     (["parallel.dp=2", "batch.size=2", "train=lora"], "train.mode"),
+    (["parallel.cp=2", "measure.causal_attention=half"], "measure.causal_attention"),  # a rank's share not counted
 ])
 def test_a_bad_layout_is_refused_by_key_before_anything_is_built(overrides, key):
     with pytest.raises(ConfigError) as err:
         resolve(small(4, *overrides))
     assert err.value.key == key and "\n" not in str(err.value)
+
+
+def test_a_context_parallel_steps_gathers_are_on_its_critical_path_and_its_speeds_the_whole_models():
+    result = job(2, "batch.size=8", "parallel.cp=2", "parallel.dp=2", "parallel.zero=3", "predict.hardware=H100")
+    m, step = result.metrics, result.info["parallel"]["step"]
+    assert m[M.PARALLEL_GPUS] == 4 and step["context-parallel gathers"] > 0
+    assert sum(step[p] for p in ("compute", "tensor-parallel collectives", "context-parallel gathers",
+                                 "pipeline sends", "data-parallel gathers and reductions", "pipeline bubble")) == \
+        pytest.approx(m[M.TIME_STEP_PREDICTED])
+    seconds, gpus = m[M.TIME_STEP_PREDICTED], m[M.PARALLEL_GPUS]
+    assert m[M.TFLOPS_PER_GPU_PREDICTED] * 1e12 * seconds * gpus == pytest.approx(
+        3 * megatron_forward(2, 8 * SEQ, SEQ))  # every token of the batch once, for all its cp ranks together
+    assert m[M.TOKENS_PER_S_PER_GPU_PREDICTED] * seconds * gpus == pytest.approx(8 * SEQ)
 
 
 def test_a_model_without_heads_is_refused_naming_parallel():
@@ -159,7 +173,7 @@ def test_the_bubble_is_narayanans(vpp, micro_batches):
     sections 2.2.1 and 2.2.2); the ideal step: m micro-batches of the slowest stage."""
     result = job(8, f"batch.size={micro_batches}", "parallel.pp=4", f"parallel.vpp={vpp}", "predict.hardware=H100")
     step = result.info["parallel"]["step"]
-    slowest = max(r["compute_s"] + r["tp_s"] + r["pp_s"] for r in step["ranks"])
+    slowest = max(r["compute_s"] + r["tp_s"] + r["cp_s"] + r["pp_s"] for r in step["ranks"])
     assert result.metrics[M.TIME_BUBBLE] / (micro_batches * slowest) == pytest.approx(3 / (vpp * micro_batches))
 
 

@@ -65,6 +65,7 @@ def collective(count, op: str, phase: str, dim: str, rank: int = 0) -> tuple[int
     (dict(recompute="some"), {}, "parallel.recompute"),
     (dict(vpp=2), {}, "parallel.vpp"),                                 # no pipeline to interleave
     (dict(cp=3), {}, "parallel.cp"),                                   # sequence of 32
+    (dict(cp=2, tp=4, sequence_parallel=True), dict(seq_len=36), "parallel.sequence_parallel"),  # 18 a cp rank
     (dict(tp=4, sequence_parallel=True), dict(seq_len=6), "parallel.sequence_parallel"),
     (dict(dp=0), {}, "parallel.dp"),
 ])
@@ -218,6 +219,40 @@ def test_sequence_parallelism_turns_each_all_reduce_into_an_all_gather_and_a_red
     for phase in ("forward", "backward"):
         assert per_layer("all_gather", phase, "tp", tp=2, sequence_parallel=True) == (2, 2 * ACTIVATION)
         assert per_layer("reduce_scatter", phase, "tp", tp=2, sequence_parallel=True) == (2, 2 * ACTIVATION)
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_context_parallelism_splits_each_sequence_and_gathers_every_key_and_value(tp):
+    """cp=2: each rank computes its half of every sequence against all of its keys (Llama 3's all-gather context
+    parallelism): Narayanan et al.'s forward for half the tokens at the whole sequence's attention length, over tp;
+    a layer all-gathers the whole sequence's keys and values (b s h each, over tp) in forward and reduce-scatters
+    their gradients in backward; the gradients are reduced over the dp x cp ranks that hold the same weights."""
+    split = counted(cp=2, tp=tp)
+    forward = split.ranks[0].flops["forward"].matmul
+    assert forward * tp == megatron_forward(2, MICRO * SEQ // 2, SEQ)
+    assert split.ranks[0].flops["backward"].matmul == 2 * forward
+    assert split.global_flops() == counted(tp=1).global_flops()  # the model's work, split, not changed
+    assert per_layer("all_gather", "forward", "cp", cp=2, tp=tp) == (2, 2 * ACTIVATION // tp)
+    assert per_layer("reduce_scatter", "backward", "cp", cp=2, tp=tp) == (2, 2 * ACTIVATION // tp)
+    assert collective(split, "all_gather", "backward", "cp") == (0, 0)
+    gradients = collective(split, "all_reduce", "backward", "dp_cp")
+    assert collective(split, "all_reduce", "backward", "dp") == (0, 0)
+    if tp == 1:
+        assert gradients[1] == 4 * decoder_params(2)  # every weight's gradient, float32
+    assert not split.ranks[0].uncounted
+
+
+def test_context_parallelism_reruns_its_gathers_only_where_a_whole_layer_is_recomputed():
+    selective, full = counted(cp=2, recompute="selective"), counted(cp=2, recompute="full")
+    assert collective(selective, "all_gather", "recompute", "cp") == (0, 0)  # attention's core only: keys kept
+    assert collective(full, "all_gather", "recompute", "cp") == collective(full, "all_gather", "forward", "cp")
+    assert selective.ranks[0].flops["recompute"].matmul == 2 * 4 * MICRO * (SEQ // 2) * SEQ * H
+
+
+@pytest.mark.slow
+def test_a_context_parallel_stage_is_counted_alike_from_samples():
+    layout = Layout(dp=2, cp=2, zero=3, recompute="full", micro_batch_size=MICRO)
+    assert_counted_alike(*both_ways(decoder(8), layout, Workload(8 * MICRO * 2, SEQ)))
 
 
 def test_fsdp_gathers_and_reduces_the_parameters_bytes():

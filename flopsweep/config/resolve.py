@@ -202,7 +202,8 @@ def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchS
     layout = node.layout()
     layout.check_model(heads=shape.heads, kv_heads=shape.kv_heads, layers=shape.layers, batch_size=batch.size,
                        seq_len=batch.seq_len, experts=shape.experts)
-    layout.check_counted(mixed_precision=dtype.autocast is not None)
+    layout.check_counted(mixed_precision=dtype.autocast is not None,
+                         causal_half=cfg.measure.causal_attention == "half")
     if node.gpus is not None:
         require_int(node.gpus, "parallel.gpus")
         require(layout.world_size == node.gpus, "parallel.gpus", node.gpus, "is the world size a layout search targets "

@@ -20,6 +20,7 @@ RING_FACTORS = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_gather": lambda n:
                 "reduce_scatter": lambda n: (n - 1) / n, "all_to_all": lambda n: (n - 1) / n,
                 "broadcast": lambda n: 1.0, "send": lambda n: 1.0, "recv": lambda n: 1.0}
 PLACEMENT = ("tp", "cp", "dp", "pp")  # innermost first; ep's groups are dp's innermost ranks (within dp x cp)
+_WITHIN = {"ep": "dp", "dp_cp": "cp"}  # a group that is not a dimension of its own: the dimension it starts at
 
 
 def collective_seconds(op: str, nbytes: float, n: int, link: Link, bandwidth_gbs: Optional[float] = None,
@@ -42,8 +43,9 @@ class Network:
     domain: int
 
     def stride(self, dim: str) -> int:
-        """Ranks between two neighbours of a ``dim`` group (ep's are dp's innermost)."""
-        inner = PLACEMENT[:PLACEMENT.index("dp" if dim == "ep" else dim)]
+        """Ranks between two neighbours of a ``dim`` group (ep's are dp's innermost; ``dp_cp``, the data-parallel
+        group under context parallelism, is the cp and dp dimensions flattened: cp's neighbours, cp x dp of them)."""
+        inner = PLACEMENT[:PLACEMENT.index(_WITHIN.get(dim, dim))]
         return math.prod(self.sizes.get(d, 1) for d in inner)
 
     def within_domain(self, dim: str) -> bool:

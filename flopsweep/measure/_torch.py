@@ -108,6 +108,25 @@ def fake_store() -> Any:
     return FakeStore()
 
 
+def all_gather_autograd(t: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+    """``t`` all-gathered over ``group`` along ``dim``, its backward a reduce-scatter of the gradient (context
+    parallelism's keys and values)."""
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+    return all_gather_single_autograd(t, dim, group)
+
+
+def flatten_mesh(mesh: Any, name: str) -> Any:
+    """A device mesh of several dimensions as one (``DeviceMesh._flatten``), derived from the same root."""
+    return mesh._flatten(name)
+
+
+def function_mode_active(mode: Any) -> bool:
+    """Whether ``mode`` (a ``TorchFunctionMode``) is on this thread's stack: the autograd engine reruns a checkpointed
+    call without the modes its forward ran under."""
+    from torch.overrides import _get_current_function_mode_stack
+    return mode in _get_current_function_mode_stack()
+
+
 def process_group_of(obj: Any) -> Any:
     """The ``ProcessGroup`` a c10d op received as a script object (``c10d._allgather_base_``'s ``process_group``)."""
     from torch._C._distributed_c10d import ProcessGroup

@@ -11,6 +11,7 @@ from flopsweep.core.errors import require, require_int
 
 RECOMPUTE = ("none", "selective", "full")
 MESH_DIMS = ("pp", "dp", "cp", "tp")  # outermost first: tp varies fastest (within a node), pp slowest
+DATA_DIM = "dp_cp"  # under context parallelism, the dp x cp ranks that hold the same weights: FSDP's and DDP's group
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,21 @@ class Layout:
         require(self.vpp == 1 or micro % self.pp == 0, "parallel.vpp", self.vpp,
                 f"the interleaved schedule needs the micro-batches ({micro}) to be a multiple of parallel.pp={self.pp}")
 
-    def check_counted(self, mixed_precision: bool = False) -> None:
+    def check_counted(self, mixed_precision: bool = False, causal_half: bool = False) -> None:
         """What the rank counter cannot count yet; ``mixed_precision``: a compute dtype beside the weights', which is
-        FSDP's ``MixedPrecisionPolicy`` here."""
-        require(self.cp == 1, "parallel.cp", self.cp, "context parallelism is not counted yet")
+        FSDP's ``MixedPrecisionPolicy`` here; ``causal_half``: causal attention counted by the pairs its mask keeps."""
         require(self.ep == 1, "parallel.ep", self.ep, "expert parallelism is not counted yet")
-        require(not mixed_precision or (self.zero >= 1 and self.dp > 1), "parallel.zero", self.zero,
+        require(not (causal_half and self.cp > 1), "measure.causal_attention", "half", "is not counted under "
+                "parallel.cp > 1 (a rank's share of the causal pairs): count the full square (the MFU convention)")
+        require(not mixed_precision or (self.zero >= 1 and self.data_parallel > 1), "parallel.zero", self.zero,
                 "a compute dtype beside the weights' (dtype.autocast) is FSDP's mixed precision: it needs zero >= 1 "
-                "and dp > 1 (or weights in the compute dtype: dtype=bfloat16)")
+                "and dp * cp > 1 (or weights in the compute dtype: dtype=bfloat16)")
+
+    @property
+    def data_parallel(self) -> int:
+        """The ranks that hold the same weights and see different tokens, whose gradients are reduced together:
+        dp, times cp (each of a context-parallel group's ranks sees its own part of every sequence)."""
+        return self.dp * self.cp
 
     def micro_batches(self, batch_size: int) -> int:
         """Micro-batches each data-parallel rank runs in one optimizer step."""

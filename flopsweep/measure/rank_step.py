@@ -1,10 +1,11 @@
 """One micro-batch of one rank's training step, as PyTorch runs it: forward through the stage's chunks with the
 pipeline's receives and sends between them, backward in reverse, the gradients finished (partial sums all-reduced;
-without ZeRO, all-reduced over dp), the optimizer's step; and the wrappers that recompute in backward."""
+without ZeRO, all-reduced over dp), the optimizer's step; the wrappers that recompute in backward; and context
+parallelism's attention."""
 
 from __future__ import annotations
 
-import contextlib
+from contextlib import nullcontext
 from typing import Any, Callable, Optional
 
 import torch
@@ -15,38 +16,58 @@ from torch.distributed.tensor import DTensor, Partial, Replicate
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
-from flopsweep.measure.layout import Layout
+from flopsweep.measure._torch import all_gather_autograd, flatten_mesh, function_mode_active
+from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.rank_count import LocalSavedActivations, RankCounter
 from flopsweep.measure.tp_plans import Stage
 
 
 class Recomputed(nn.Module):
-    """A layer whose forward ``torch.utils.checkpoint`` reruns in backward (``parallel.recompute=full``)."""
+    """A layer whose forward ``torch.utils.checkpoint`` reruns in backward (``parallel.recompute=full``), its
+    attention as in forward (``attention``, set by :func:`run_step`: the autograd engine runs the rerun without the
+    step's function modes)."""
 
     def __init__(self, layer: nn.Module, counter: RankCounter, saved: LocalSavedActivations):
         super().__init__()
         self.layer, self._counter, self._saved = layer, counter, saved
+        self.attention: Optional[TorchFunctionMode] = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._saved.keep(args)  # what checkpointing keeps: the layer's input
         return checkpoint(self._run, *args, use_reentrant=False, **kwargs)
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
-        with self._counter.recomputable():
+        rerun = self.attention is not None and not function_mode_active(self.attention)
+        with self._counter.recomputable(), (self.attention if rerun else nullcontext()):
             return self.layer(*args, **kwargs)
 
 
-class RecomputedAttention(TorchFunctionMode):
-    """While entered, attention's core (``F.scaled_dot_product_attention``) runs under ``torch.utils.checkpoint``:
-    its scores and softmax are recomputed in backward (``parallel.recompute=selective``, Korthikanti et al.)."""
+class Attention(TorchFunctionMode):
+    """While entered, attention (``F.scaled_dot_product_attention``) runs as the layout has it.
 
-    def __init__(self, counter: RankCounter, saved: LocalSavedActivations):
+    - Context parallelism (``cp_group``): on this rank's part of each sequence against every key and value of it, the
+      keys and values all-gathered over the context-parallel group (its backward reduce-scatters their gradients),
+      as Llama 3 trained (Dubey et al. 2024, section 3.3.2) and torchtitan's ``allgather`` rotation does. A causal
+      mask is kept as the call gave it: the counted pairs are the full Sq x Sk (the MFU convention), the kernel priced
+      on its causal curve (load-balanced chunks leave each rank about half of them, as a square causal kernel does).
+    - Selective recomputation (``selective``): attention's core under ``torch.utils.checkpoint``, its scores and
+      softmax recomputed in backward (Korthikanti et al.); the gathered keys and values are kept, not gathered again.
+
+    A layer that full recomputation reruns in backward enters it again (:class:`Recomputed`)."""
+
+    def __init__(self, counter: RankCounter, saved: LocalSavedActivations, selective: bool, cp_group: Any = None):
         super().__init__()
-        self.counter, self.saved = counter, saved
+        self.counter, self.saved, self.selective, self.cp_group = counter, saved, selective, cp_group
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and torch.is_grad_enabled():
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        if self.cp_group is not None:
+            query, key, value, *rest = args
+            key, value = (all_gather_autograd(t, t.dim() - 2, self.cp_group) for t in (key, value))
+            args = (query, key, value, *rest)
+        if self.selective and torch.is_grad_enabled():
             self.saved.keep(args[:3])
 
             def core(*a: Any, **k: Any) -> Any:
@@ -54,6 +75,19 @@ class RecomputedAttention(TorchFunctionMode):
                     return func(*a, **k)
             return checkpoint(core, *args, use_reentrant=False, **kwargs)
         return func(*args, **kwargs)
+
+
+def data_mesh(mesh: Any, layout: Layout) -> Any:
+    """The mesh of the ranks whose gradients are reduced together (FSDP shards over them): dp's, and under context
+    parallelism dp x cp's flattened (``layout.DATA_DIM``; from the same root as tp's, as FSDP needs to shard
+    tensor-parallel weights)."""
+    return mesh["dp"] if layout.cp == 1 else flatten_mesh(mesh["dp", "cp"], DATA_DIM)
+
+
+def context_group(mesh: Any) -> Any:
+    """The context-parallel ranks' group for attention's gathers, a group of its own: with dp = 1 the flattened
+    data-parallel group is the mesh's cp group, and the count tells the two kinds of traffic apart by group."""
+    return dist.new_group(mesh["cp"].mesh.flatten().tolist())
 
 
 def prime(opt: torch.optim.Optimizer, part: nn.Module) -> None:
@@ -65,22 +99,22 @@ def prime(opt: torch.optim.Optimizer, part: nn.Module) -> None:
 
 
 def sharded(layout: Layout) -> bool:
-    """Whether FSDP shards this layout's model over dp (ZeRO 1 to 3 with more than one dp rank)."""
-    return layout.zero >= 1 and layout.dp > 1
+    """Whether FSDP shards this layout's model over dp (x cp) (ZeRO 1 to 3 with more than one such rank)."""
+    return layout.zero >= 1 and layout.data_parallel > 1
 
 
-def _finish_gradients(part: Stage, layout: Layout, mesh: Any) -> None:
+def _finish_gradients(part: Stage, layout: Layout, data: Any) -> None:
     """What follows backward besides FSDP: gradients that are partial sums over tp (the norms' under sequence
     parallelism) all-reduced once, as Megatron-LM does (DTensor would otherwise all-reduce them at each read by the
-    optimizer); without ZeRO, every gradient all-reduced over dp (DDP buckets them: the bytes are the same)."""
+    optimizer); without ZeRO, every gradient all-reduced over dp x cp (DDP buckets them: the bytes are the same)."""
     for p in part.parameters():
         if isinstance(p.grad, DTensor) and any(isinstance(pl, Partial) for pl in p.grad.placements):
             p.grad = p.grad.redistribute(placements=[Replicate() if isinstance(pl, Partial) else pl
                                                      for pl in p.grad.placements])
-    if layout.dp > 1 and not sharded(layout):
+    if layout.data_parallel > 1 and not sharded(layout):
         for p in part.parameters():
             if p.grad is not None:
-                dist.all_reduce(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad, group=mesh.get_group("dp"))
+                dist.all_reduce(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad, group=data.get_group())
 
 
 class Pipe:
@@ -119,8 +153,8 @@ class Pipe:
             dist.send(received.grad, group=self.group, group_dst=self.before)
 
 
-def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.Tensor, targets: torch.Tensor,
-             counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
+def run_step(part: Stage, layout: Layout, mesh: Any, data: Any, cp_group: Any, stage: int, tokens: torch.Tensor,
+             targets: torch.Tensor, counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
              dtype: torch.dtype, ended: Callable[[str], None] = lambda phase: None) -> None:
     """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer;
     ``ended(phase)`` called as each ends: ``forward``, each segment of the backward (the loss's, then each layer's:
@@ -128,15 +162,18 @@ def run_step(part: Stage, layout: Layout, mesh: Any, stage: int, tokens: torch.T
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
     pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype, ended)
     counter.phase = "forward"
-    selective = RecomputedAttention(counter, saved) if layout.recompute == "selective" else contextlib.nullcontext()
-    with saved, selective:
+    attention = Attention(counter, saved, layout.recompute == "selective", cp_group)
+    for module in part.modules():
+        if isinstance(module, Recomputed):
+            module.attention = attention
+    with saved, attention:
         part.begin(tokens.shape[1])
         runs = part(tokens, targets, pipe)
     ended("forward")
     counter.phase = "backward"
     for received, out in reversed(runs):
         pipe.backward(received, out)
-    _finish_gradients(part, layout, mesh)
+    _finish_gradients(part, layout, data)
     ended("backward")
     counter.phase = "optimizer"
     opt.step()

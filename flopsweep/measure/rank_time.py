@@ -2,7 +2,8 @@
 (its traced ops on a part's profile, :func:`~flopsweep.measure.predict.predict`), the part of its communication that
 compute does not hide (:class:`~flopsweep.core.comm.Network`), and the pipeline's bubble.
 
-- Tensor- and context-parallel collectives and the pipeline's sends are on the critical path, each micro-batch.
+- Tensor- and context-parallel collectives (attention's gathered keys and values) and the pipeline's sends are on
+  the critical path, each micro-batch.
 - Data-parallel traffic overlaps compute one unit (an FSDP layer, a gradient) at a time: the first gather and the
   last reduction are exposed, the rest hidden up to what the window's other units compute. ZeRO-3 gathers and
   reduces every micro-batch, its forward gathers under the forward, its backward gathers and reductions under the
@@ -18,18 +19,19 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from flopsweep.core.comm import Network
-from flopsweep.measure.layout import Layout
+from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.predict import Prediction
 from flopsweep.measure.rank_count import CollectiveKey
 from flopsweep.measure.ranks import LayoutCount, RankCount
 
 BACKWARD_PHASES = ("backward", "recompute")
+DATA_DIMS = ("dp", DATA_DIM)  # the data-parallel group: dp's, or dp x cp's under context parallelism
 
 
 def times_a_step(key: CollectiveKey, layout: Layout, micro_batches: int) -> int:
     """How often a counted micro-batch's collective runs in a step: the optimizer's and, below ZeRO-3, the
     data-parallel gathers and reductions once; everything else every micro-batch."""
-    if key.phase == "optimizer" or (key.mesh_dim == "dp" and layout.zero < 3):
+    if key.phase == "optimizer" or (key.mesh_dim in DATA_DIMS and layout.zero < 3):
         return 1
     return micro_batches
 
@@ -44,7 +46,7 @@ def step_bytes(rank: RankCount, layout: Layout, micro_batches: int) -> dict[str,
 
 @dataclass(frozen=True)
 class RankTime:
-    """One rank's step: per micro-batch its compute (forward, backward, recomputation), tensor/context-parallel
+    """One rank's step: per micro-batch its compute (forward, backward, recomputation), tensor- and context-parallel
     collectives and pipeline sends; once a step its optimizer (and any collective in it) and data-parallel traffic,
     all of it (``dp_s``) and what is exposed."""
 
@@ -55,10 +57,11 @@ class RankTime:
     optimizer_s: float
     dp_s: float
     dp_exposed_s: float
+    cp_s: float = 0.0
 
     @property
     def micro_batch_s(self) -> float:
-        return self.compute_s + self.tp_s + self.pp_s
+        return self.compute_s + self.tp_s + self.cp_s + self.pp_s
 
     def step_s(self, micro_batches: int) -> float:
         return micro_batches * self.micro_batch_s + self.optimizer_s + self.dp_exposed_s
@@ -74,13 +77,15 @@ class StepTime:
 
     @property
     def comm_exposed_s(self) -> float:
-        return self.micro_batches * (self.critical.tp_s + self.critical.pp_s) + self.critical.dp_exposed_s
+        r = self.critical
+        return self.micro_batches * (r.tp_s + r.cp_s + r.pp_s) + r.dp_exposed_s
 
     def parts(self) -> dict[str, float]:
         """The step's seconds by what spends them (adding up to the step)."""
         r, m = self.critical, self.micro_batches
         return {"compute": m * r.compute_s + r.optimizer_s, "tensor-parallel collectives": m * r.tp_s,
-                "pipeline sends": m * r.pp_s, "data-parallel gathers and reductions": r.dp_exposed_s,
+                "context-parallel gathers": m * r.cp_s, "pipeline sends": m * r.pp_s,
+                "data-parallel gathers and reductions": r.dp_exposed_s,
                 "pipeline bubble": self.bubble_s}
 
     def bottleneck(self, compute_bound: str = "") -> str:
@@ -108,13 +113,13 @@ def _data_parallel(rank: RankCount, layout: Layout, network: Network, m: int, fo
     gathers = {"forward": [0.0, 0, 0.0], "backward": [0.0, 0, 0.0]}   # seconds, calls, one unit's seconds
     reductions = [0.0, 0, 0.0]
     for key, tally in rank.collectives.items():
-        if key.mesh_dim != "dp" or not tally.calls:
+        if key.mesh_dim not in DATA_DIMS or not tally.calls:
             continue
         target = reductions if key.op in ("reduce_scatter", "all_reduce") else \
             gathers["backward" if key.phase in BACKWARD_PHASES else "forward"]
-        target[0] += network.seconds(key.op, "dp", tally.bytes, tally.calls)
+        target[0] += network.seconds(key.op, key.mesh_dim, tally.bytes, tally.calls)
         target[1] += tally.calls
-        target[2] = max(target[2], network.seconds(key.op, "dp", tally.bytes / tally.calls))
+        target[2] = max(target[2], network.seconds(key.op, key.mesh_dim, tally.bytes / tally.calls))
     forward_gathers = _exposed(gathers["forward"][0], gathers["forward"][1], gathers["forward"][2], forward)
     late = [gathers["backward"][0] + reductions[0], gathers["backward"][1] + reductions[1],
             max(gathers["backward"][2], reductions[2])]
@@ -128,19 +133,18 @@ def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: 
     phases = {name: phase.seconds for name, phase in prediction.phases.items()}
     forward, optimizer = phases.get("forward", 0.0), phases.get("optimizer", 0.0)
     backward = sum(phases.get(p, 0.0) for p in BACKWARD_PHASES)
-    tp = pp = 0.0
+    on_path = {"tp": 0.0, "cp": 0.0, "pp": 0.0}
     for key, tally in rank.collectives.items():
-        if key.mesh_dim == "dp" or key.op == "recv":  # a receive is the peer's send
+        if key.mesh_dim in DATA_DIMS or key.op == "recv":  # a receive is the peer's send
             continue
         seconds = network.seconds(key.op, key.mesh_dim, tally.bytes, tally.calls)
         if key.phase == "optimizer":
             optimizer += seconds
-        elif key.mesh_dim == "pp":
-            pp += seconds
         else:
-            tp += seconds
+            on_path[key.mesh_dim] += seconds
     dp, dp_exposed = _data_parallel(rank, layout, network, m, forward, backward)
-    return RankTime(rank.stage, forward + backward, tp, pp, optimizer, dp, dp_exposed)
+    return RankTime(rank.stage, forward + backward, on_path["tp"], on_path["pp"], optimizer, dp, dp_exposed,
+                    on_path["cp"])
 
 
 def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network) -> StepTime:

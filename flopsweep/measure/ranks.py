@@ -31,12 +31,12 @@ from flopsweep.core.errors import require
 from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_tracker, peak_since
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions
-from flopsweep.measure.layout import MESH_DIMS, Layout
+from flopsweep.measure.layout import DATA_DIM, MESH_DIMS, Layout
 from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
 from flopsweep.measure.rank_memory import RankMemory
 from flopsweep.measure.rank_sample import alike, grown, samples
-from flopsweep.measure.rank_step import Recomputed, prime, run_step, sharded
+from flopsweep.measure.rank_step import Recomputed, context_group, data_mesh, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
 
 
@@ -79,14 +79,14 @@ class LayoutCount:
     def global_flops(self, hardware: bool = False) -> int:
         """Matmul FLOPs of one step over every GPU (recomputation too if ``hardware``): the counted stages', a
         middle stage's layers at the first stage's rate a layer (its embedding is a look-up), times tp, dp and the
-        micro-batches."""
+        micro-batches (and cp: each of its ranks computes its part of every sequence)."""
         first, last = self.ranks[0], self.ranks[-1]
         per_micro = [r.step_flops(1, hardware) for r in self.ranks]
         total = sum(per_micro)
         middle = first.model_layers - first.layers - (last.layers if len(self.ranks) > 1 else 0)
         if middle > 0:
             total += per_micro[0] * middle // first.layers
-        return total * self.layout.tp * self.layout.dp * self.micro_batches
+        return total * self.layout.tp * self.layout.data_parallel * self.micro_batches
 
     @property
     def busiest(self) -> RankCount:
@@ -129,7 +129,7 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
     position counted) training ``work``. ``sample``: a stage of identical layers counted from two small samples of
     its layers (:mod:`~flopsweep.measure.rank_sample`), as it counts whole."""
     layout.check()
-    layout.check_counted(mixed_precision=work.compute_dtype not in (None, work.dtype))
+    layout.check_counted(mixed_precision=work.compute_dtype not in (None, work.dtype), causal_half=work.causal_half)
     with torch.device("meta"):
         template = build().to(work.dtype)  # built once: each rank counted copies the stage it holds
     layers = layers_of(template)
@@ -189,17 +189,22 @@ def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[li
     rank = stage * (layout.world_size // layout.pp)
     with fake_world(layout, rank) as mesh:
         groups = {mesh.get_group(dim).group_name: (dim, getattr(layout, dim)) for dim in MESH_DIMS}
+        data = data_mesh(mesh, layout)
+        cp_group = context_group(mesh) if layout.cp > 1 else None
+        if layout.cp > 1:  # with dp = 1 the data-parallel group is the mesh's cp group: named for what it carries
+            groups[data.get_group().group_name] = (DATA_DIM, layout.data_parallel)
+            groups[cp_group.group_name] = ("cp", layout.cp)
         counter = RankCounter(groups, CountOptions(causal_half=work.causal_half))
         layers = len(layers_of(template))
         # a deep copy keeps tied parameters tied; the template's other layers are never copied
         part = copy.deepcopy(make_stage(template, chunks, first=stage == 0, last=stage == layout.pp - 1))
         saved = LocalSavedActivations(part)
-        _parallelize(part, layout, mesh, counter, saved, work)
+        _parallelize(part, layout, mesh, data, counter, saved, work)
         with fake_tensor_mode():
             _materialize(part)
             opt = optimizer(part.parameters())
             prime(opt, part)
-            shape = (layout.micro_batch_size, work.seq_len)
+            shape = (layout.micro_batch_size, work.seq_len // layout.cp)  # cp: its part of each sequence
             tokens = torch.randint(0, part.vocab_size, shape)
             targets = torch.randint(0, part.vocab_size, shape)
             tracker = memory_tracker(part, opt, fsdp=sharded(layout))
@@ -209,8 +214,8 @@ def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[li
                 # its module tracker warns of a module called inside one of the same name (a hub kernel's wrapper
                 # in transformers); its per-module figures may suffer, the peak it records does not
                 warnings.filterwarnings("ignore", message="The module hierarchy tracking maybe")
-                run_step(part, layout, mesh, stage, tokens, targets, counter, saved, opt, work.activation_dtype,
-                         lambda phase: segments.append((phase, peak_since(tracker))))
+                run_step(part, layout, mesh, data, cp_group, stage, tokens, targets, counter, saved, opt,
+                         work.activation_dtype, lambda phase: segments.append((phase, peak_since(tracker))))
         params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in part.parameters())
     memory = RankMemory.of_segments(segments, saved.bytes, layout.in_flight(work.batch_size, stage))
     return RankCount(stage, rank, sum(len(c) for c in chunks), params, counter.flops, dict(counter.collectives),
@@ -231,8 +236,8 @@ def _materialize(part: nn.Module) -> None:
                 setattr(module, other, getattr(owner, name))
 
 
-def _parallelize(part: Stage, layout: Layout, mesh: Any, counter: RankCounter, saved: LocalSavedActivations,
-                 work: Workload) -> None:
+def _parallelize(part: Stage, layout: Layout, mesh: Any, data: Any, counter: RankCounter,
+                 saved: LocalSavedActivations, work: Workload) -> None:
     """Tensor parallelism, then recomputation, then FSDP (each layer, then the stage): the order torchtitan uses."""
     if layout.tp > 1:
         part.plan(mesh["tp"], layout.sequence_parallel)
@@ -244,7 +249,7 @@ def _parallelize(part: Stage, layout: Layout, mesh: Any, counter: RankCounter, s
         # ZeRO-3 frees the gathered parameters after forward and gathers them again in backward; FSDP2 has no
         # ZeRO-1: 1 and 2 keep them gathered until backward (docs/parallel.md)
         policy = MixedPrecisionPolicy(param_dtype=work.compute_dtype, reduce_dtype=work.dtype)
-        options = dict(mesh=mesh["dp"], reshard_after_forward=layout.zero == 3, mp_policy=policy)
+        options = dict(mesh=data, reshard_after_forward=layout.zero == 3, mp_policy=policy)
         for chunk in part.chunks:
             for layer in chunk:
                 fully_shard(layer, **options)

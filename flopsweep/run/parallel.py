@@ -14,7 +14,7 @@ from flopsweep.core.comm import PLACEMENT, Network
 from flopsweep.core.hardware import Accelerator, accelerator
 from flopsweep.core.result import Result
 from flopsweep.measure.defaults import profile_for
-from flopsweep.measure.layout import Layout
+from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.predict import predict
 from flopsweep.measure.rank_time import StepTime, step_bytes, step_time
 from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, param_groups
@@ -100,7 +100,7 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
 
 
 def _sizes(layout: Layout) -> dict[str, int]:
-    return {**layout.mesh_sizes(), "ep": layout.ep}
+    return {**layout.mesh_sizes(), "ep": layout.ep, DATA_DIM: layout.data_parallel}
 
 
 def _tier_words(network: Network, dim: str) -> str:

@@ -50,16 +50,17 @@ def factorizations(n: int) -> Iterator[tuple[int, int, int]]:
 
 def enumerate_layouts(gpus: int, model: SearchModel, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8),
                       recompute: Sequence[str] = RECOMPUTE, zeros: Sequence[int] = (0, 1, 2, 3),
-                      sequence_parallel: bool = False) -> list[Layout]:
-    """Every layout of ``gpus`` GPUs that a job accepts (:meth:`Layout.check_model`, :meth:`Layout.check_counted`):
-    cp and ep stay 1 (not counted yet), vpp 1; ZeRO above 0 only where dp > 1 (with one data-parallel rank there is
-    nothing to shard: the same layout again); ``sequence_parallel`` only where tp > 1."""
+                      sequence_parallel: bool = False, cps: Sequence[int] = (1,)) -> list[Layout]:
+    """Every layout of ``gpus`` GPUs that a job accepts (:meth:`Layout.check_model`, :meth:`Layout.check_counted`),
+    at each context-parallel size of ``cps`` that divides them: ep stays 1 (not counted yet), vpp 1; ZeRO above 0
+    only where dp x cp > 1 (with one data-parallel rank there is nothing to shard: the same layout again);
+    ``sequence_parallel`` only where tp > 1."""
     found = []
-    for dp, tp, pp in factorizations(gpus):
+    for cp, (dp, tp, pp) in ((cp, f) for cp in cps if gpus % cp == 0 for f in factorizations(gpus // cp)):
         for mbs in micro_batch_sizes:
             for how in recompute:
-                for zero in (z for z in zeros if z == 0 or dp > 1):
-                    layout = Layout(dp=dp, tp=tp, pp=pp, zero=zero, recompute=how, micro_batch_size=mbs,
+                for zero in (z for z in zeros if z == 0 or dp * cp > 1):
+                    layout = Layout(dp=dp, tp=tp, pp=pp, cp=cp, zero=zero, recompute=how, micro_batch_size=mbs,
                                     sequence_parallel=sequence_parallel and tp > 1)
                     try:
                         layout.check_model(heads=model.heads, kv_heads=model.kv_heads, layers=model.layers,
@@ -75,15 +76,15 @@ def states_lower_bound(layout: Layout, model: SearchModel) -> float:
     """Bytes the busiest GPU holds at least when the optimizer steps: its weights, their gradients (the same shards
     and dtype) and the optimizer's state. A tensor-parallel rank holds at least ``1/tp`` of the parameters (norms are
     replicated, not split), the busiest pipeline stage at least ``1/pp`` (the average), and ZeRO >= 1 (FSDP2) shards
-    all three over dp (padding only adds). Activations, gathered weights and buffers are left out: never more than
-    what a job counts, so a layout over the part's memory by this bound cannot fit."""
-    share = model.params / (layout.tp * layout.pp) / (layout.dp if layout.zero >= 1 else 1)
+    all three over dp x cp (padding only adds). Activations, gathered weights and buffers are left out: never more
+    than what a job counts, so a layout over the part's memory by this bound cannot fit."""
+    share = model.params / (layout.tp * layout.pp) / (layout.data_parallel if layout.zero >= 1 else 1)
     return share * model.weight_bytes * (2 + model.optimizer_states)
 
 
 def search_overrides(layout: Layout) -> list[str]:
     """A layout as a job's overrides."""
-    keys = ("dp", "tp", "pp", "micro_batch_size", "recompute", "zero", "sequence_parallel")
+    keys = ("dp", "tp", "pp", "cp", "micro_batch_size", "recompute", "zero", "sequence_parallel")
     return [f"parallel.{key}={str(getattr(layout, key)).lower()}" for key in keys]
 
 
@@ -112,13 +113,14 @@ def search_model(cfg: Any) -> SearchModel:
 
 class LayoutSweeper(RecoveringSweeper):
     """flopsweep's sweeper whose jobs are, for each job the sweep's values give, every layout of ``parallel.gpus``
-    GPUs that can fit ``predict.hardware``'s memory (``conf/hydra/sweeper/layouts.yaml``)."""
+    GPUs that can fit ``predict.hardware``'s memory (``sweeps/layouts.yaml``)."""
 
     def __init__(self, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8), recompute: Sequence[str] = RECOMPUTE,
-                 zero: Sequence[int] = (0, 2, 3), top: int = 10, **rest: Any) -> None:
+                 zero: Sequence[int] = (0, 2, 3), cp: Sequence[int] = (1,), top: int = 10, **rest: Any) -> None:
         super().__init__(**rest)
         self.micro_batch_sizes, self.recompute, self.zeros, self.top = list(micro_batch_sizes), list(recompute), \
             list(zero), top
+        self.cps = list(cp)
 
     def split_arguments(self, overrides: Any, max_batch_size: Optional[int]) -> list[list[list[str]]]:
         jobs = [job for chunk in BasicSweeper.split_arguments(overrides, None) for job in chunk]
@@ -141,7 +143,7 @@ class LayoutSweeper(RecoveringSweeper):
                 "a layout search needs a part of the hardware table to fit its memory and predict its step")
         model = search_model(cfg)
         valid = enumerate_layouts(gpus, model, self.micro_batch_sizes, self.recompute, self.zeros,
-                                  bool(cfg.parallel.sequence_parallel))
+                                  bool(cfg.parallel.sequence_parallel), self.cps)
         memory = accelerator(hardware).memory_bytes
         kept = [layout for layout in valid if states_lower_bound(layout, model) <= memory]
         print(f"flopsweep: {len(valid)} valid layouts of {gpus} GPUs ({' '.join(job) or 'the command'}); "
@@ -177,7 +179,8 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     rows = []
     for place, (job, r) in enumerate(best, 1):
         lay = r.layout
-        rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}",
+        context = f" c{lay['cp']}" if (lay.get("cp") or 1) > 1 else ""
+        rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}{context}",
                      str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
                      format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
                      format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),
