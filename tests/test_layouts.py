@@ -51,6 +51,16 @@ def test_context_parallel_sizes_searched_split_the_gpus_and_each_sequence():
     assert states_lower_bound(Layout(dp=2, cp=4, zero=3), TINY) == states_lower_bound(Layout(dp=8, zero=3), TINY)
 
 
+def test_expert_parallel_sizes_searched_split_a_mixture_of_experts_within_its_data_parallel_ranks():
+    moe = SearchModel(**{**TINY.__dict__, "experts": 4, "expert_params": 600})
+    found = enumerate_layouts(8, moe, eps=(1, 2, 4))
+    assert {l.ep for l in found} == {1, 2, 4} and all(l.tp == 1 for l in found)  # no tensor-parallel plan for it
+    assert all((l.dp * l.cp) % l.ep == 0 for l in found)
+    # 16 bytes a parameter: the 400 dense ones whole without ZeRO, the 600 experts' ep-th
+    assert states_lower_bound(Layout(dp=4, ep=2), moe) == 4 * (2 + 2) * (400 + 600 / 2)
+    assert states_lower_bound(Layout(dp=4, ep=2, zero=3), moe) == 4 * (2 + 2) * 1000 / 4
+
+
 def test_mixed_precision_leaves_only_sharded_layouts():
     found = enumerate_layouts(4, SearchModel(**{**TINY.__dict__, "mixed_precision": True}))
     assert found and all(l.zero >= 1 and l.dp > 1 for l in found)

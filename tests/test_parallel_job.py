@@ -84,7 +84,10 @@ def test_a_model_without_heads_is_refused_naming_parallel():
 def tiny_hf(model_type: str, *overrides: str):
     fields = dict(gpt2=["+model.n_embd=64", "+model.n_head=4", "+model.n_layer=2", "+model.n_positions=32"],
                   opt=["+model.hidden_size=64", "+model.num_attention_heads=4", "+model.num_hidden_layers=2",
-                       "+model.ffn_dim=256", "+model.word_embed_proj_dim=64"])[model_type]
+                       "+model.ffn_dim=256", "+model.word_embed_proj_dim=64"],
+                  mixtral=["+model.hidden_size=64", "+model.num_attention_heads=4", "+model.num_hidden_layers=2",
+                           "+model.num_key_value_heads=2", "+model.intermediate_size=128",
+                           "+model.num_local_experts=4", "+model.num_experts_per_tok=2"])[model_type]
     return compose_config("model=hf", f"model.model_type={model_type}", *fields, "+model.vocab_size=128",
                           "device=meta", "batch.size=2", "batch.seq_len=32", "tracking=none", *overrides)
 
@@ -103,6 +106,20 @@ def test_a_hugging_face_gpt2_is_checked_by_its_heads_and_counted_and_one_without
     refused = run_job(spec, job_config(cfg, spec))
     assert refused.status == "failed" and refused.error.startswith("parallel: no tensor- and pipeline-parallel plan "
                                                                    "for OPTForCausalLM") and "\n" not in refused.error
+
+
+def test_an_expert_parallel_jobs_all_to_alls_are_on_its_critical_path_and_float32_experts_are_refused():
+    with pytest.raises(ConfigError) as err:
+        resolve(tiny_hf("mixtral", "parallel.dp=2", "parallel.ep=2"))   # float32: no grouped matmul kernel for it
+    assert err.value.key == "dtype.name"
+    cfg = tiny_hf("mixtral", "dtype=bfloat16", "parallel.dp=2", "parallel.ep=2", "predict.hardware=H100")
+    spec = resolve(cfg)
+    result = run_job(spec, job_config(cfg, spec))
+    assert result.status == "ok", result.error
+    step = result.info["parallel"]["step"]
+    assert step["expert-parallel all-to-alls"] > 0 and "expert-parallel all-to-alls" in result.bottleneck
+    assert sum(v for k, v in step.items() if k not in ("seconds", "ranks")) == \
+        pytest.approx(result.metrics[M.TIME_STEP_PREDICTED])
 
 
 def test_no_parallel_key_runs_the_job_as_before():

@@ -61,6 +61,7 @@ def collective(count, op: str, phase: str, dim: str, rank: int = 0) -> tuple[int
     (dict(dp=2, micro_batch_size=8), {}, "parallel.dp"),
     (dict(ep=2, dp=2), {}, "parallel.ep"),                             # a dense model
     (dict(ep=2, dp=2), dict(experts=3), "parallel.ep"),
+    (dict(ep=2, dp=2, tp=2), dict(experts=4), "parallel.tp"),        # a mixture of experts: no tensor-parallel plan
     (dict(zero=4), {}, "parallel.zero"),
     (dict(recompute="some"), {}, "parallel.recompute"),
     (dict(vpp=2), {}, "parallel.vpp"),                                 # no pipeline to interleave
@@ -253,6 +254,68 @@ def test_context_parallelism_reruns_its_gathers_only_where_a_whole_layer_is_reco
 def test_a_context_parallel_stage_is_counted_alike_from_samples():
     layout = Layout(dp=2, cp=2, zero=3, recompute="full", micro_batch_size=MICRO)
     assert_counted_alike(*both_ways(decoder(8), layout, Workload(8 * MICRO * 2, SEQ)))
+
+
+# ---- a mixture of experts, its experts split over ep ----
+
+EXPERTS, TOP_K, FFN = 4, 2, 128
+
+
+def mixtral(layers: int = 2):
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type="mixtral", hidden_size=H, intermediate_size=FFN,
+                             num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=2,
+                             vocab_size=VOCAB, max_position_embeddings=SEQ, num_local_experts=EXPERTS,
+                             num_experts_per_tok=TOP_K))
+    return lambda: family.Model(cfg)
+
+
+@lru_cache(maxsize=None)
+def moe_counted(**layout) -> LayoutCount:
+    """The tiny Mixtral in bfloat16 (grouped matmuls run in it), 2 micro-batches of MICRO a data-parallel rank."""
+    lay = Layout(micro_batch_size=MICRO, **layout)
+    return count_layout(mixtral(), lay, Workload(2 * MICRO * lay.dp, SEQ, torch.bfloat16))
+
+
+@pytest.mark.parametrize("layout", [dict(dp=2, ep=2), dict(dp=4, ep=2, zero=3)])
+def test_expert_parallelism_splits_the_experts_and_sends_each_tokens_rows_to_them_and_back(layout):
+    """Per layer: attention's projections (q and o h^2, k and v h^2/2: 2 of 4 heads), its scores 4 T s h, the router
+    2 T h E, and each token's k experts, 2 T k 3 F h: on the rank's own tokens whatever ep (routing taken as
+    uniform). The experts' weights split over ep; each token's k rows (bfloat16) and routing weights (float32) sent
+    to the experts' ranks, the outputs sent back: three all-to-alls a layer each way."""
+    tokens, experts_bytes = MICRO * SEQ, 2 * EXPERTS * 3 * FFN * H * 2  # two layers' experts, bfloat16
+    layer = 2 * tokens * 3 * H * H + 4 * tokens * SEQ * H + 2 * tokens * H * EXPERTS + 2 * tokens * TOP_K * 3 * FFN * H
+    whole, split = moe_counted(), moe_counted(**layout)
+    assert whole.ranks[0].flops["forward"].matmul == 2 * layer + 2 * tokens * H * VOCAB
+    assert split.ranks[0].flops["forward"].matmul == whole.ranks[0].flops["forward"].matmul
+    assert split.ranks[0].flops["backward"].matmul == whole.ranks[0].flops["backward"].matmul
+    assert split.global_flops() == whole.global_flops() * layout["dp"]  # dp x the batch
+    rows = tokens * TOP_K * H * 2 + tokens * TOP_K * 4 + tokens * TOP_K * H * 2
+    for phase in ("forward", "backward"):
+        assert collective(split, "all_to_all", phase, "ep") == (2 * 3, 2 * rows)
+    ep, data = layout["ep"], layout["dp"]
+    if layout.get("zero", 0) == 0:
+        assert split.ranks[0].params == whole.ranks[0].params - experts_bytes // 2 * (ep - 1) // ep
+        assert collective(split, "all_reduce", "backward", "edp") == ((2 * 2, experts_bytes // ep) if data > ep
+                                                                       else (0, 0))
+    else:  # FSDP shards the experts over the ranks that hold them, the rest over dp
+        assert collective(split, "all_gather", "forward", "edp")[1] == experts_bytes // ep
+    assert not split.ranks[0].uncounted
+
+
+def test_a_mixture_of_experts_is_refused_a_tensor_parallel_plan():
+    with pytest.raises(ConfigError) as err:
+        Layout(tp=2).check_model(heads=4, kv_heads=2, layers=2, batch_size=8, seq_len=32, experts=EXPERTS)
+    assert err.value.key == "parallel.tp"
+    with pytest.raises(ConfigError) as err:
+        count_layout(mixtral(), Layout(tp=2, micro_batch_size=MICRO), Workload(2 * MICRO, SEQ, torch.bfloat16))
+    assert err.value.key == "parallel.tp"
+
+
+@pytest.mark.slow
+def test_an_expert_parallel_stage_is_counted_alike_from_samples():
+    layout = Layout(dp=4, ep=2, zero=3, recompute="full", micro_batch_size=MICRO)
+    assert_counted_alike(*both_ways(mixtral(8), layout, Workload(4 * MICRO * 4, SEQ, torch.bfloat16)))
 
 
 def test_fsdp_gathers_and_reduces_the_parameters_bytes():

@@ -199,6 +199,8 @@ def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchS
     shape = family.shape(model)
     require(bool(shape.heads and shape.layers), "parallel", None, f"counts transformer decoders: "
             f"{model.name or family.name} has no attention heads")
+    require(not shape.experts or dtype.compute == "bfloat16", "dtype.name", cfg.dtype.name, "a mixture of experts' "
+            "grouped matmuls run in bfloat16 (the kernels GPUs have): use dtype=bfloat16 or mixed_bf16")
     layout = node.layout()
     layout.check_model(heads=shape.heads, kv_heads=shape.kv_heads, layers=shape.layers, batch_size=batch.size,
                        seq_len=batch.seq_len, experts=shape.experts)

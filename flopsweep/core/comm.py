@@ -45,6 +45,8 @@ class Network:
     def stride(self, dim: str) -> int:
         """Ranks between two neighbours of a ``dim`` group (ep's are dp's innermost; ``dp_cp``, the data-parallel
         group under context parallelism, is the cp and dp dimensions flattened: cp's neighbours, cp x dp of them)."""
+        if dim == "edp":  # the ranks that hold the same experts: every ep-th of the data-parallel ones
+            return self.stride("ep") * self.sizes.get("ep", 1)
         inner = PLACEMENT[:PLACEMENT.index(_WITHIN.get(dim, dim))]
         return math.prod(self.sizes.get(d, 1) for d in inner)
 

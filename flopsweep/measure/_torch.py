@@ -115,9 +115,22 @@ def all_gather_autograd(t: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
     return all_gather_single_autograd(t, dim, group)
 
 
+def all_to_all_autograd(t: torch.Tensor, group: Any) -> torch.Tensor:
+    """``t``'s rows split evenly over ``group`` and exchanged (each rank gets its share of every rank's rows), its
+    backward the same exchange of the gradient (expert parallelism's dispatch and combine)."""
+    from torch.distributed._functional_collectives import all_to_all_single_autograd
+    return all_to_all_single_autograd(t, None, None, group)
+
+
 def flatten_mesh(mesh: Any, name: str) -> Any:
     """A device mesh of several dimensions as one (``DeviceMesh._flatten``), derived from the same root."""
     return mesh._flatten(name)
+
+
+def mesh_of_group(group: Any, ranks: list[int], name: str) -> Any:
+    """A one-dimensional device mesh over ``group`` (its ``ranks``), named ``name``."""
+    from torch.distributed.device_mesh import DeviceMesh
+    return DeviceMesh.from_group(group, "cpu", mesh=torch.tensor(ranks), mesh_dim_names=(name,))
 
 
 def function_mode_active(mode: Any) -> bool:

@@ -74,6 +74,8 @@ class Layout:
                 f"batch.seq_len / cp = {seq_len // self.cp}")
         if experts:
             require(experts % self.ep == 0, "parallel.ep", self.ep, f"must divide the model's {experts} experts")
+            require(self.tp == 1, "parallel.tp", self.tp, "splits attention heads and MLPs: a mixture of experts' "
+                    "tensor-parallel plan is not counted yet (use dp, ep, pp, cp)")
         else:
             require(self.ep == 1, "parallel.ep", self.ep, "splits experts: this model has none")
         micro = self.micro_batches(batch_size)
@@ -83,7 +85,6 @@ class Layout:
     def check_counted(self, mixed_precision: bool = False, causal_half: bool = False) -> None:
         """What the rank counter cannot count yet; ``mixed_precision``: a compute dtype beside the weights', which is
         FSDP's ``MixedPrecisionPolicy`` here; ``causal_half``: causal attention counted by the pairs its mask keeps."""
-        require(self.ep == 1, "parallel.ep", self.ep, "expert parallelism is not counted yet")
         require(not (causal_half and self.cp > 1), "measure.causal_attention", "half", "is not counted under "
                 "parallel.cp > 1 (a rank's share of the causal pairs): count the full square (the MFU convention)")
         require(not mixed_precision or (self.zero >= 1 and self.data_parallel > 1), "parallel.zero", self.zero,

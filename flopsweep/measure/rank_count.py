@@ -145,6 +145,8 @@ class RankCounter(EagerDispatchMode):
         if group_name not in self.groups:
             raise RuntimeError(f"a collective ({name}) over a process group that no mesh dimension names")
         dim, size = self.groups[group_name]
+        if size == 1:  # a group of one (FSDP over the one rank that holds some experts) moves nothing
+            return
         key = CollectiveKey(op, phase, dim, size)
         tally = self.collectives[key]
         tally.calls += 1

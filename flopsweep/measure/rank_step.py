@@ -6,6 +6,7 @@ parallelism's attention."""
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -16,7 +17,8 @@ from torch.distributed.tensor import DTensor, Partial, Replicate
 from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint
 
-from flopsweep.measure._torch import all_gather_autograd, flatten_mesh, function_mode_active
+from flopsweep.measure._torch import all_gather_autograd, flatten_mesh, function_mode_active, mesh_of_group
+from flopsweep.measure.experts import EXPERT_DATA_DIM, expert_parameters
 from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.rank_count import LocalSavedActivations, RankCounter
 from flopsweep.measure.tp_plans import Stage
@@ -77,17 +79,43 @@ class Attention(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def data_mesh(mesh: Any, layout: Layout) -> Any:
-    """The mesh of the ranks whose gradients are reduced together (FSDP shards over them): dp's, and under context
-    parallelism dp x cp's flattened (``layout.DATA_DIM``; from the same root as tp's, as FSDP needs to shard
-    tensor-parallel weights)."""
-    return mesh["dp"] if layout.cp == 1 else flatten_mesh(mesh["dp", "cp"], DATA_DIM)
+@dataclass
+class RankGroups:
+    """The groups a rank's step uses besides the mesh's tp and pp: ``data``, the mesh of the ranks whose gradients
+    are reduced together (FSDP shards over them): dp's, or under context parallelism dp x cp's flattened
+    (``layout.DATA_DIM``, from the same root as tp's, as FSDP needs to shard tensor-parallel weights); ``cp``,
+    attention's gathers (a group of its own: with dp = 1 the flattened data group is the mesh's cp group, and the
+    count tells traffic apart by group); ``ep``, the expert-parallel all-to-alls, the first ``ep`` of the data
+    ranks; ``edp``, the mesh of the data ranks that hold the same experts (of one rank where ep = dp x cp: FSDP
+    still casts them for mixed precision, and a group of one moves nothing)."""
 
+    data: Any
+    cp: Any = None
+    ep: Any = None
+    edp: Any = None
 
-def context_group(mesh: Any) -> Any:
-    """The context-parallel ranks' group for attention's gathers, a group of its own: with dp = 1 the flattened
-    data-parallel group is the mesh's cp group, and the count tells the two kinds of traffic apart by group."""
-    return dist.new_group(mesh["cp"].mesh.flatten().tolist())
+    @classmethod
+    def of(cls, mesh: Any, layout: Layout) -> "RankGroups":
+        data = mesh["dp"] if layout.cp == 1 else flatten_mesh(mesh["dp", "cp"], DATA_DIM)
+        cp = dist.new_group(mesh["cp"].mesh.flatten().tolist()) if layout.cp > 1 else None
+        ep = edp = None
+        if layout.ep > 1:
+            ranks = data.mesh.flatten().tolist()
+            ep = dist.new_group(ranks[:layout.ep])
+            edp = mesh_of_group(dist.new_group(ranks[::layout.ep]), ranks[::layout.ep], EXPERT_DATA_DIM)
+        return cls(data, cp, ep, edp)
+
+    def names(self, layout: Layout) -> dict[str, tuple[str, int]]:
+        """Each group's name and what it is (mesh dimension, size), for the rank counter: over the mesh's own
+        (the data group may be the mesh's cp or dp group: named for what it carries)."""
+        named = {self.data.get_group().group_name: (DATA_DIM if layout.cp > 1 else "dp", layout.data_parallel)}
+        if self.cp is not None:
+            named[self.cp.group_name] = ("cp", layout.cp)
+        if self.ep is not None:
+            named[self.ep.group_name] = ("ep", layout.ep)
+        if self.edp is not None:
+            named[self.edp.get_group().group_name] = (EXPERT_DATA_DIM, layout.data_parallel // layout.ep)
+        return named
 
 
 def prime(opt: torch.optim.Optimizer, part: nn.Module) -> None:
@@ -103,18 +131,21 @@ def sharded(layout: Layout) -> bool:
     return layout.zero >= 1 and layout.data_parallel > 1
 
 
-def _finish_gradients(part: Stage, layout: Layout, data: Any) -> None:
+def _finish_gradients(part: Stage, layout: Layout, groups: RankGroups) -> None:
     """What follows backward besides FSDP: gradients that are partial sums over tp (the norms' under sequence
     parallelism) all-reduced once, as Megatron-LM does (DTensor would otherwise all-reduce them at each read by the
-    optimizer); without ZeRO, every gradient all-reduced over dp x cp (DDP buckets them: the bytes are the same)."""
+    optimizer); without ZeRO, every gradient all-reduced over dp x cp (DDP buckets them: the bytes are the same), a
+    routed expert's over the ranks that hold it."""
     for p in part.parameters():
         if isinstance(p.grad, DTensor) and any(isinstance(pl, Partial) for pl in p.grad.placements):
             p.grad = p.grad.redistribute(placements=[Replicate() if isinstance(pl, Partial) else pl
                                                      for pl in p.grad.placements])
     if layout.data_parallel > 1 and not sharded(layout):
+        experts = expert_parameters(part)
         for p in part.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad, group=data.get_group())
+            group = (groups.edp if id(p) in experts else groups.data).get_group()
+            if p.grad is not None and group.size() > 1:
+                dist.all_reduce(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad, group=group)
 
 
 class Pipe:
@@ -153,7 +184,7 @@ class Pipe:
             dist.send(received.grad, group=self.group, group_dst=self.before)
 
 
-def run_step(part: Stage, layout: Layout, mesh: Any, data: Any, cp_group: Any, stage: int, tokens: torch.Tensor,
+def run_step(part: Stage, layout: Layout, mesh: Any, groups: RankGroups, stage: int, tokens: torch.Tensor,
              targets: torch.Tensor, counter: RankCounter, saved: LocalSavedActivations, opt: torch.optim.Optimizer,
              dtype: torch.dtype, ended: Callable[[str], None] = lambda phase: None) -> None:
     """One micro-batch through the stage's chunks, its backward in reverse, what follows backward, the optimizer;
@@ -162,7 +193,7 @@ def run_step(part: Stage, layout: Layout, mesh: Any, data: Any, cp_group: Any, s
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
     pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype, ended)
     counter.phase = "forward"
-    attention = Attention(counter, saved, layout.recompute == "selective", cp_group)
+    attention = Attention(counter, saved, layout.recompute == "selective", groups.cp)
     for module in part.modules():
         if isinstance(module, Recomputed):
             module.attention = attention
@@ -173,7 +204,7 @@ def run_step(part: Stage, layout: Layout, mesh: Any, data: Any, cp_group: Any, s
     counter.phase = "backward"
     for received, out in reversed(runs):
         pipe.backward(received, out)
-    _finish_gradients(part, layout, data)
+    _finish_gradients(part, layout, groups)
     ended("backward")
     counter.phase = "optimizer"
     opt.step()

@@ -2,8 +2,8 @@
 (its traced ops on a part's profile, :func:`~flopsweep.measure.predict.predict`), the part of its communication that
 compute does not hide (:class:`~flopsweep.core.comm.Network`), and the pipeline's bubble.
 
-- Tensor- and context-parallel collectives (attention's gathered keys and values) and the pipeline's sends are on
-  the critical path, each micro-batch.
+- Tensor-, context- and expert-parallel collectives (attention's gathered keys and values, the experts' all-to-all
+  dispatch and combine) and the pipeline's sends are on the critical path, each micro-batch.
 - Data-parallel traffic overlaps compute one unit (an FSDP layer, a gradient) at a time: the first gather and the
   last reduction are exposed, the rest hidden up to what the window's other units compute. ZeRO-3 gathers and
   reduces every micro-batch, its forward gathers under the forward, its backward gathers and reductions under the
@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from flopsweep.core.comm import Network
+from flopsweep.measure.experts import EXPERT_DATA_DIM
 from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.predict import Prediction
 from flopsweep.measure.rank_count import CollectiveKey
 from flopsweep.measure.ranks import LayoutCount, RankCount
 
 BACKWARD_PHASES = ("backward", "recompute")
-DATA_DIMS = ("dp", DATA_DIM)  # the data-parallel group: dp's, or dp x cp's under context parallelism
+DATA_DIMS = ("dp", DATA_DIM, EXPERT_DATA_DIM)  # data-parallel groups: dp's, dp x cp's, the experts' replicas
 
 
 def times_a_step(key: CollectiveKey, layout: Layout, micro_batches: int) -> int:
@@ -58,10 +59,11 @@ class RankTime:
     dp_s: float
     dp_exposed_s: float
     cp_s: float = 0.0
+    ep_s: float = 0.0
 
     @property
     def micro_batch_s(self) -> float:
-        return self.compute_s + self.tp_s + self.cp_s + self.pp_s
+        return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.pp_s
 
     def step_s(self, micro_batches: int) -> float:
         return micro_batches * self.micro_batch_s + self.optimizer_s + self.dp_exposed_s
@@ -78,13 +80,14 @@ class StepTime:
     @property
     def comm_exposed_s(self) -> float:
         r = self.critical
-        return self.micro_batches * (r.tp_s + r.cp_s + r.pp_s) + r.dp_exposed_s
+        return self.micro_batches * (r.tp_s + r.cp_s + r.ep_s + r.pp_s) + r.dp_exposed_s
 
     def parts(self) -> dict[str, float]:
         """The step's seconds by what spends them (adding up to the step)."""
         r, m = self.critical, self.micro_batches
         return {"compute": m * r.compute_s + r.optimizer_s, "tensor-parallel collectives": m * r.tp_s,
-                "context-parallel gathers": m * r.cp_s, "pipeline sends": m * r.pp_s,
+                "context-parallel gathers": m * r.cp_s, "expert-parallel all-to-alls": m * r.ep_s,
+                "pipeline sends": m * r.pp_s,
                 "data-parallel gathers and reductions": r.dp_exposed_s,
                 "pipeline bubble": self.bubble_s}
 
@@ -133,7 +136,7 @@ def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: 
     phases = {name: phase.seconds for name, phase in prediction.phases.items()}
     forward, optimizer = phases.get("forward", 0.0), phases.get("optimizer", 0.0)
     backward = sum(phases.get(p, 0.0) for p in BACKWARD_PHASES)
-    on_path = {"tp": 0.0, "cp": 0.0, "pp": 0.0}
+    on_path = {"tp": 0.0, "cp": 0.0, "ep": 0.0, "pp": 0.0}
     for key, tally in rank.collectives.items():
         if key.mesh_dim in DATA_DIMS or key.op == "recv":  # a receive is the peer's send
             continue
@@ -144,7 +147,7 @@ def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: 
             on_path[key.mesh_dim] += seconds
     dp, dp_exposed = _data_parallel(rank, layout, network, m, forward, backward)
     return RankTime(rank.stage, forward + backward, on_path["tp"], on_path["pp"], optimizer, dp, dp_exposed,
-                    on_path["cp"])
+                    on_path["cp"], on_path["ep"])
 
 
 def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network) -> StepTime:

@@ -31,12 +31,13 @@ from flopsweep.core.errors import require
 from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_tracker, peak_since
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions
-from flopsweep.measure.layout import DATA_DIM, MESH_DIMS, Layout
+from flopsweep.measure.layout import MESH_DIMS, Layout
 from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
 from flopsweep.measure.rank_memory import RankMemory
 from flopsweep.measure.rank_sample import alike, grown, samples
-from flopsweep.measure.rank_step import Recomputed, context_group, data_mesh, prime, run_step, sharded
+from flopsweep.measure.experts import ExpertsShard
+from flopsweep.measure.rank_step import RankGroups, Recomputed, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
 
 
@@ -189,17 +190,14 @@ def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[li
     rank = stage * (layout.world_size // layout.pp)
     with fake_world(layout, rank) as mesh:
         groups = {mesh.get_group(dim).group_name: (dim, getattr(layout, dim)) for dim in MESH_DIMS}
-        data = data_mesh(mesh, layout)
-        cp_group = context_group(mesh) if layout.cp > 1 else None
-        if layout.cp > 1:  # with dp = 1 the data-parallel group is the mesh's cp group: named for what it carries
-            groups[data.get_group().group_name] = (DATA_DIM, layout.data_parallel)
-            groups[cp_group.group_name] = ("cp", layout.cp)
+        rank_groups = RankGroups.of(mesh, layout)
+        groups.update(rank_groups.names(layout))
         counter = RankCounter(groups, CountOptions(causal_half=work.causal_half))
         layers = len(layers_of(template))
         # a deep copy keeps tied parameters tied; the template's other layers are never copied
         part = copy.deepcopy(make_stage(template, chunks, first=stage == 0, last=stage == layout.pp - 1))
         saved = LocalSavedActivations(part)
-        _parallelize(part, layout, mesh, data, counter, saved, work)
+        _parallelize(part, layout, mesh, rank_groups, counter, saved, work)
         with fake_tensor_mode():
             _materialize(part)
             opt = optimizer(part.parameters())
@@ -214,7 +212,7 @@ def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[li
                 # its module tracker warns of a module called inside one of the same name (a hub kernel's wrapper
                 # in transformers); its per-module figures may suffer, the peak it records does not
                 warnings.filterwarnings("ignore", message="The module hierarchy tracking maybe")
-                run_step(part, layout, mesh, data, cp_group, stage, tokens, targets, counter, saved, opt,
+                run_step(part, layout, mesh, rank_groups, stage, tokens, targets, counter, saved, opt,
                          work.activation_dtype, lambda phase: segments.append((phase, peak_since(tracker))))
         params = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in part.parameters())
     memory = RankMemory.of_segments(segments, saved.bytes, layout.in_flight(work.batch_size, stage))
@@ -236,11 +234,14 @@ def _materialize(part: nn.Module) -> None:
                 setattr(module, other, getattr(owner, name))
 
 
-def _parallelize(part: Stage, layout: Layout, mesh: Any, data: Any, counter: RankCounter,
+def _parallelize(part: Stage, layout: Layout, mesh: Any, groups: RankGroups, counter: RankCounter,
                  saved: LocalSavedActivations, work: Workload) -> None:
-    """Tensor parallelism, then recomputation, then FSDP (each layer, then the stage): the order torchtitan uses."""
+    """Tensor and expert parallelism, then recomputation, then FSDP (a layer's experts over the ranks that hold
+    them, each layer, then the stage): the order torchtitan uses."""
     if layout.tp > 1:
         part.plan(mesh["tp"], layout.sequence_parallel)
+    if layout.ep > 1:
+        part.shard_experts(layout.ep, groups.ep)
     if layout.recompute == "full":
         for chunk in part.chunks:
             for i, layer in enumerate(chunk):
@@ -249,10 +250,12 @@ def _parallelize(part: Stage, layout: Layout, mesh: Any, data: Any, counter: Ran
         # ZeRO-3 frees the gathered parameters after forward and gathers them again in backward; FSDP2 has no
         # ZeRO-1: 1 and 2 keep them gathered until backward (docs/parallel.md)
         policy = MixedPrecisionPolicy(param_dtype=work.compute_dtype, reduce_dtype=work.dtype)
-        options = dict(mesh=data, reshard_after_forward=layout.zero == 3, mp_policy=policy)
+        options = dict(reshard_after_forward=layout.zero == 3, mp_policy=policy)
+        for experts in (m for m in part.modules() if isinstance(m, ExpertsShard)):
+            fully_shard(experts, mesh=groups.edp, **options)  # over the ranks that hold them (maybe this one only)
         for chunk in part.chunks:
             for layer in chunk:
-                fully_shard(layer, **options)
-        fully_shard(part, **options)
+                fully_shard(layer, mesh=groups.data, **options)
+        fully_shard(part, mesh=groups.data, **options)
 
 

@@ -9,6 +9,9 @@ The kinds of model known, by their modules' names (measurement imports no model 
 - Hugging Face Llama-style decoders (Llama, Mistral, Qwen2, ...): ``model.embed_tokens``, ``model.layers`` of
   ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``;
   ``model.norm``, ``model.rotary_emb``, ``lm_head``;
+- Hugging Face mixtures of experts with Llama-style attention (Mixtral, Qwen2-MoE, Qwen3-MoE): ``mlp.gate`` (the
+  router) and ``mlp.experts`` (stacked weights) in place of the MLP; no tensor-parallel plan, their experts split over
+  ``ep`` (:mod:`~flopsweep.measure.experts`);
 - Hugging Face GPT-NeoX (Pythia, GPT-NeoX-20B): ``gpt_neox.embed_in``, ``gpt_neox.layers`` of ``input_layernorm``,
   ``attention.query_key_value`` (fused), ``attention.dense``, ``post_attention_layernorm``,
   ``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``; ``gpt_neox.final_layer_norm``, ``gpt_neox.rotary_emb``, ``lm_head``;
@@ -38,6 +41,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                SequenceParallel, parallelize_module)
 
 from flopsweep.core.errors import ConfigError
+from flopsweep.measure.experts import ExpertsShard
 
 
 class Stage(nn.Module):
@@ -95,6 +99,10 @@ class Stage(nn.Module):
     def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
         """Apply tensor parallelism over ``tp_mesh`` in place."""
         raise NotImplementedError
+
+    def shard_experts(self, ep: int, group: Any) -> None:
+        """Split the routed experts over the ``ep`` ranks of ``group`` (:mod:`~flopsweep.measure.experts`)."""
+        raise ConfigError("parallel.ep", ep, f"splits a mixture of experts' experts: {type(self).__name__} has none")
 
     def _plan_ends(self, tp_mesh: Any, sequence_parallel: bool, embedding: Optional[nn.Module]) -> None:
         """The embedding split by vocabulary rows, its output summed (or scattered by sequence under sequence
@@ -247,6 +255,26 @@ class LlamaStage(HFStage):
                 attn="self_attn", mlp="mlp")
 
 
+class MoEStage(HFStage):
+    """Llama-style attention over a mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, ...): ``mlp.gate``, the
+    router, and ``mlp.experts``, the routed experts' weights stacked (``gate_up_proj``, ``down_proj``: Hugging Face's
+    grouped-matmul experts). Counted without tensor parallelism (refused at the count, naming ``parallel.tp``)."""
+
+    PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.experts",
+                row="self_attn.o_proj,mlp.gate", norm="input_layernorm,post_attention_layernorm",
+                attn="self_attn", mlp="mlp")  # the names it is known by; the plan itself is refused
+
+    def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
+        raise ConfigError("parallel.tp", tp_mesh.size(), "splits attention heads and MLPs: a mixture of experts' "
+                          "tensor-parallel plan is not counted yet (use dp, ep, pp, cp)")
+
+    def shard_experts(self, ep: int, group: Any) -> None:
+        for chunk in self.chunks:
+            for layer in chunk:
+                if hasattr(layer.get_submodule("mlp"), "experts"):  # a dense layer among them has none
+                    layer.mlp.experts = ExpertsShard(layer.mlp.experts, ep, group)
+
+
 class NeoXStage(HFStage):
     """GPT-NeoX (``GPTNeoXForCausalLM``): fused ``query_key_value`` whose view follows the heads of its shard,
     partial rotary angles, and, where ``use_parallel_residual``, attention and MLP reading the same input."""
@@ -300,7 +328,7 @@ def layers_of(model: nn.Module) -> list[nn.Module]:
     return kind.layers(net)
 
 
-HF_KINDS: tuple[type[HFStage], ...] = (LlamaStage, NeoXStage, GPT2Stage)
+HF_KINDS: tuple[type[HFStage], ...] = (LlamaStage, MoEStage, NeoXStage, GPT2Stage)
 
 
 def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
@@ -311,4 +339,4 @@ def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
         if kind.fits(net):
             return kind, net
     raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
-                                        "decoder and Hugging Face Llama-style, GPT-NeoX and GPT-2 decoders have one")
+                      "decoder and Hugging Face Llama-style, mixture-of-experts, GPT-NeoX and GPT-2 decoders have one")

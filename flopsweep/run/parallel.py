@@ -14,6 +14,7 @@ from flopsweep.core.comm import PLACEMENT, Network
 from flopsweep.core.hardware import Accelerator, accelerator
 from flopsweep.core.result import Result
 from flopsweep.measure.defaults import profile_for
+from flopsweep.measure.experts import EXPERT_DATA_DIM
 from flopsweep.measure.layout import DATA_DIM, Layout
 from flopsweep.measure.predict import predict
 from flopsweep.measure.rank_time import StepTime, step_bytes, step_time
@@ -100,7 +101,8 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
 
 
 def _sizes(layout: Layout) -> dict[str, int]:
-    return {**layout.mesh_sizes(), "ep": layout.ep, DATA_DIM: layout.data_parallel}
+    return {**layout.mesh_sizes(), "ep": layout.ep, DATA_DIM: layout.data_parallel,
+            EXPERT_DATA_DIM: layout.data_parallel // layout.ep}
 
 
 def _tier_words(network: Network, dim: str) -> str:

@@ -5,6 +5,7 @@ runs (:func:`states_lower_bound`), the rest launched as jobs by :class:`LayoutSw
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class SearchModel:
     optimizer_states: int         # optimizer state tensors per parameter
     mixed_precision: bool = False
     experts: Optional[int] = None
+    expert_params: int = 0        # of ``params``, the routed experts' (split over ep)
 
 
 def factorizations(n: int) -> Iterator[tuple[int, int, int]]:
@@ -50,25 +52,25 @@ def factorizations(n: int) -> Iterator[tuple[int, int, int]]:
 
 def enumerate_layouts(gpus: int, model: SearchModel, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8),
                       recompute: Sequence[str] = RECOMPUTE, zeros: Sequence[int] = (0, 1, 2, 3),
-                      sequence_parallel: bool = False, cps: Sequence[int] = (1,)) -> list[Layout]:
+                      sequence_parallel: bool = False, cps: Sequence[int] = (1,),
+                      eps: Sequence[int] = (1,)) -> list[Layout]:
     """Every layout of ``gpus`` GPUs that a job accepts (:meth:`Layout.check_model`, :meth:`Layout.check_counted`),
-    at each context-parallel size of ``cps`` that divides them: ep stays 1 (not counted yet), vpp 1; ZeRO above 0
-    only where dp x cp > 1 (with one data-parallel rank there is nothing to shard: the same layout again);
-    ``sequence_parallel`` only where tp > 1."""
+    at each context-parallel size of ``cps`` that divides them and each expert-parallel size of ``eps`` (a mixture
+    of experts': it splits the experts within dp x cp); vpp 1; ZeRO above 0 only where dp x cp > 1 (with one
+    data-parallel rank there is nothing to shard: the same layout again); ``sequence_parallel`` only where tp > 1."""
     found = []
-    for cp, (dp, tp, pp) in ((cp, f) for cp in cps if gpus % cp == 0 for f in factorizations(gpus // cp)):
-        for mbs in micro_batch_sizes:
-            for how in recompute:
-                for zero in (z for z in zeros if z == 0 or dp * cp > 1):
-                    layout = Layout(dp=dp, tp=tp, pp=pp, cp=cp, zero=zero, recompute=how, micro_batch_size=mbs,
-                                    sequence_parallel=sequence_parallel and tp > 1)
-                    try:
-                        layout.check_model(heads=model.heads, kv_heads=model.kv_heads, layers=model.layers,
-                                           batch_size=model.batch_size, seq_len=model.seq_len, experts=model.experts)
-                        layout.check_counted(model.mixed_precision)
-                    except ConfigError:
-                        continue
-                    found.append(layout)
+    meshes = ((dp, tp, pp, cp) for cp in cps if gpus % cp == 0 for dp, tp, pp in factorizations(gpus // cp))
+    for (dp, tp, pp, cp), ep, mbs, how in itertools.product(meshes, eps, micro_batch_sizes, recompute):
+        for zero in (z for z in zeros if z == 0 or dp * cp > 1):
+            layout = Layout(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, zero=zero, recompute=how, micro_batch_size=mbs,
+                            sequence_parallel=sequence_parallel and tp > 1)
+            try:
+                layout.check_model(heads=model.heads, kv_heads=model.kv_heads, layers=model.layers,
+                                   batch_size=model.batch_size, seq_len=model.seq_len, experts=model.experts)
+                layout.check_counted(model.mixed_precision)
+            except ConfigError:
+                continue
+            found.append(layout)
     return found
 
 
@@ -76,15 +78,18 @@ def states_lower_bound(layout: Layout, model: SearchModel) -> float:
     """Bytes the busiest GPU holds at least when the optimizer steps: its weights, their gradients (the same shards
     and dtype) and the optimizer's state. A tensor-parallel rank holds at least ``1/tp`` of the parameters (norms are
     replicated, not split), the busiest pipeline stage at least ``1/pp`` (the average), and ZeRO >= 1 (FSDP2) shards
-    all three over dp x cp (padding only adds). Activations, gathered weights and buffers are left out: never more
-    than what a job counts, so a layout over the part's memory by this bound cannot fit."""
-    share = model.params / (layout.tp * layout.pp) / (layout.data_parallel if layout.zero >= 1 else 1)
-    return share * model.weight_bytes * (2 + model.optimizer_states)
+    all three over dp x cp (padding only adds); of a mixture of experts, a rank holds ``1/ep`` of the routed experts,
+    sharded over the ``dp x cp / ep`` ranks that hold the same ones. Activations, gathered weights and buffers are
+    left out: never more than what a job counts, so a layout over the part's memory by this bound cannot fit."""
+    sharded = layout.zero >= 1
+    dense = (model.params - model.expert_params) / (layout.data_parallel if sharded else 1)
+    experts = model.expert_params / (layout.data_parallel if sharded else layout.ep)
+    return (dense + experts) / (layout.tp * layout.pp) * model.weight_bytes * (2 + model.optimizer_states)
 
 
 def search_overrides(layout: Layout) -> list[str]:
     """A layout as a job's overrides."""
-    keys = ("dp", "tp", "pp", "cp", "micro_batch_size", "recompute", "zero", "sequence_parallel")
+    keys = ("dp", "tp", "pp", "cp", "ep", "micro_batch_size", "recompute", "zero", "sequence_parallel")
     return [f"parallel.{key}={str(getattr(layout, key)).lower()}" for key in keys]
 
 
@@ -105,10 +110,12 @@ def search_model(cfg: Any) -> SearchModel:
     require(bool(shape.heads and shape.layers), "parallel.gpus", None,
             f"searches the layouts of transformer decoders: {spec.model.name or spec.family.name} has no heads")
     with torch.device("meta"):
-        params = sum(p.numel() for p in spec.family.Model(spec.model).parameters())
-    return SearchModel(shape.heads, shape.kv_heads, shape.layers, params, spec.batch.size, spec.batch.seq_len,
-                       BYTES.get(spec.dtype.params, 1), OPTIMIZER_STATES.get(spec.optimizer.name, 0),
-                       spec.dtype.autocast is not None, shape.experts)
+        named = dict(spec.family.Model(spec.model).named_parameters())
+    experts = sum(p.numel() for name, p in named.items() if ".experts." in f".{name}")  # HF's stacked experts
+    return SearchModel(shape.heads, shape.kv_heads, shape.layers, sum(p.numel() for p in named.values()),
+                       spec.batch.size, spec.batch.seq_len, BYTES.get(spec.dtype.params, 1),
+                       OPTIMIZER_STATES.get(spec.optimizer.name, 0), spec.dtype.autocast is not None, shape.experts,
+                       experts)
 
 
 class LayoutSweeper(RecoveringSweeper):
@@ -116,11 +123,12 @@ class LayoutSweeper(RecoveringSweeper):
     GPUs that can fit ``predict.hardware``'s memory (``sweeps/layouts.yaml``)."""
 
     def __init__(self, micro_batch_sizes: Sequence[int] = (1, 2, 4, 8), recompute: Sequence[str] = RECOMPUTE,
-                 zero: Sequence[int] = (0, 2, 3), cp: Sequence[int] = (1,), top: int = 10, **rest: Any) -> None:
+                 zero: Sequence[int] = (0, 2, 3), cp: Sequence[int] = (1,), ep: Sequence[int] = (1,), top: int = 10,
+                 **rest: Any) -> None:
         super().__init__(**rest)
         self.micro_batch_sizes, self.recompute, self.zeros, self.top = list(micro_batch_sizes), list(recompute), \
             list(zero), top
-        self.cps = list(cp)
+        self.cps, self.eps = list(cp), list(ep)
 
     def split_arguments(self, overrides: Any, max_batch_size: Optional[int]) -> list[list[list[str]]]:
         jobs = [job for chunk in BasicSweeper.split_arguments(overrides, None) for job in chunk]
@@ -143,7 +151,7 @@ class LayoutSweeper(RecoveringSweeper):
                 "a layout search needs a part of the hardware table to fit its memory and predict its step")
         model = search_model(cfg)
         valid = enumerate_layouts(gpus, model, self.micro_batch_sizes, self.recompute, self.zeros,
-                                  bool(cfg.parallel.sequence_parallel), self.cps)
+                                  bool(cfg.parallel.sequence_parallel), self.cps, self.eps)
         memory = accelerator(hardware).memory_bytes
         kept = [layout for layout in valid if states_lower_bound(layout, model) <= memory]
         print(f"flopsweep: {len(valid)} valid layouts of {gpus} GPUs ({' '.join(job) or 'the command'}); "
@@ -179,7 +187,7 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     rows = []
     for place, (job, r) in enumerate(best, 1):
         lay = r.layout
-        context = f" c{lay['cp']}" if (lay.get("cp") or 1) > 1 else ""
+        context = "".join(f" {short}{lay[key]}" for key, short in (("cp", "c"), ("ep", "e")) if (lay.get(key) or 1) > 1)
         rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}{context}",
                      str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
                      format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
