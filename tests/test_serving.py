@@ -280,3 +280,60 @@ def test_weights_and_cache_served_in_their_own_dtypes_move_and_hold_their_bytes(
                    "H100", "--weights-dtype", "fp4", "--no-log", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == \
         "flopsweep-project: error: weights-dtype='fp4': must be one of float32, bfloat16, float16, fp8, int8, int4"
+
+
+# a Mixtral-like mixture of experts by hand: 90 GB of routed experts (8 a layer, 2 a token) beside 3 GB of the rest
+MOE = Generation("moe", prompt=1024, new_tokens=2, prefill_flops=2 * 12.9e9 * 1024, decode_first_flops=2 * 12.9e9,
+                 decode_last_flops=2 * 12.9e9, kv_bytes_per_token=131072, weights_bytes=93e9, weights_read_bytes=3e9,
+                 dtype="bfloat16", kv_heads=8, width=4096, layers=32, heads=32, routed_bytes=90e9, experts=8,
+                 experts_per_token=2, counted_routed_bytes=90e9)
+
+
+def test_expert_parallel_serving_holds_and_reads_a_gpus_own_experts_and_exchanges_each_tokens_rows():
+    """ep=8 on 8 H100s: a GPU holds 1 of the 8 experts a layer (90/8 GB) beside the rest (3 GB), attention runs on 8
+    groups of one GPU (tp=1), each its share of the batch; a decode step at batch 8 (one sequence a GPU) reads the
+    rest and its expert where the batch's 8 tokens reach it (8(1 - (6/8)^8) of 8 experts: each GPU its eighth), and
+    sends each token's 2 rows of 4,096 bf16 values to their experts and back: 2 all-to-alls a layer."""
+    serving = Serving(H100, "bfloat16", ep=8)
+    assert (serving.replica, serving.groups, serving.experts_split) == (8, 8, 8)
+    room = 0.9 * H100.memory_bytes - (3e9 + 90e9 / 8)
+    assert largest_batch(MOE, serving) == int(8 * room // (131072 * 1025))
+    row = at_batch(MOE, serving, 8)
+    reached = 8 * (1 - 0.75 ** 8)
+    read = 3e9 + 90e9 * reached / 8 / 8 + 1 * 131072 * 1025
+    exchange = collective_seconds("all_to_all", 64 * 2 * 4096 * 2, 8, H100.interconnect.scale_up, calls=64)
+    assert row.tpot_all_to_all_s == pytest.approx(exchange)
+    assert row.tpot_s == pytest.approx(read / H100.bandwidth + exchange, rel=1e-6)
+    assert row.output_tokens_per_s_per_gpu == pytest.approx(8 * 2 / row.request_s / 8)
+    # a long prefill is compute-bound: a GPU's share of attention and the rest for its 1 sequence (12.9 - 11.25
+    # GFLOPs a token), and its experts' eighth of every token's 2 x 45e9 x 2/8 expert FLOPs
+    prefill = at_batch(MOE, serving, 8)
+    expert = 2 * 45e9 * 2 / 8
+    flops = 1 * (2 * 12.9e9 - expert) * 1024 + 8 * expert * 1024 / 8
+    assert prefill.prefill_bound == "compute"
+    exchange_prefill = collective_seconds("all_to_all", 64 * 1024 * 2 * 4096 * 2, 8, H100.interconnect.scale_up,
+                                          calls=64)
+    assert prefill.ttft_s == pytest.approx(flops / H100.peak("bfloat16") + exchange_prefill, rel=1e-6)
+    # without ep, the same 8 GPUs as tp=8 read every weight's eighth and exchange nothing
+    assert at_batch(MOE, Serving(H100, "bfloat16", tp=8), 8).tpot_all_to_all_s == 0
+
+
+@pytest.mark.parametrize("serving, generation, message", [
+    (dict(ep=3, tp=2), MOE, "a multiple of --tp=2"),
+    (dict(ep=3), MOE, "has 8, which it does not divide"),
+    (dict(ep=2), GEN, "has none counted"),
+])
+def test_expert_parallelism_is_refused_in_one_line_where_it_cannot_split_the_experts(serving, generation, message):
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        plan(generation, Serving(H100, "bfloat16", **serving))
+    assert err.value.key == "ep" and message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_presets_serving_plan_on_ep_exchanges_its_experts_rows(tmp_path):
+    out = run_main(main, "serve", "--model", "mixtral_8x7b", "--prompt-tokens", "64", "--new-tokens", "8",
+                   "--gpu", "H100", "--tp", "2", "--ep", "8", "--batch", "16", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "on 8 × H100" in out.stdout and "1 routed experts a GPU of ep=8" in out.stdout
+    assert "4 group(s) of tp=2" in out.stdout and "all-to-all/TPOT" in out.stdout

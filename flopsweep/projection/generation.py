@@ -40,6 +40,7 @@ class Generation:
     routed_bytes: float = 0.0       # a mixture of experts: every routed expert's weights (0: dense, or not known)
     experts: Optional[int] = None   # ... routed experts a layer, and how many a token goes to
     experts_per_token: Optional[int] = None
+    counted_routed_bytes: float = 0.0  # ``routed_bytes`` as counted, whatever dtype they are served in
 
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
@@ -59,7 +60,8 @@ class Generation:
         return cls(source, int(m[M.SEQ_LEN]), new_tokens, m[M.FLOPS_PREFILL] / batch,
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,
-                   shape.layers, shape.heads, routed if experts[0] else 0.0, *experts)
+                   shape.layers, shape.heads, routed if experts[0] else 0.0, *experts,
+                   routed if experts[0] else 0.0)
 
     @property
     def steps(self) -> int:
@@ -84,6 +86,19 @@ class Generation:
     def experts_read(self, tokens: int, skew: float = 0.0) -> Optional[float]:
         """The routed experts a layer that ``tokens`` tokens reach (None for a dense model)."""
         return experts_touched(self.experts, self.experts_per_token, tokens, skew) if self.experts else None
+
+    def routed_read(self, tokens: int, skew: float = 0.0) -> float:
+        """Bytes of the routed experts ``tokens`` tokens reach (0 for a dense model)."""
+        touched = self.experts_read(tokens, skew)
+        return self.routed_bytes * touched / self.experts if touched is not None else 0.0
+
+    @property
+    def expert_flops_per_token(self) -> float:
+        """A token's FLOPs in its routed experts: a multiply-add for each weight of the ``k`` of ``E`` it goes to,
+        the weights counted in the run's dtype (0 for a dense model)."""
+        if not self.experts or not self.routed_bytes or self.dtype not in SERVED_BYTES:
+            return 0.0
+        return 2 * self.counted_routed_bytes / SERVED_BYTES[self.dtype] * self.experts_per_token / self.experts
 
     def decode_read_bytes(self, batch: int, skew: float = 0.0) -> float:
         """The weights a decode step of ``batch`` sequences reads: of a mixture of experts, the routed experts its

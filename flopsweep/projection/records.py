@@ -42,7 +42,7 @@ def serving_record(plan: ServingPlan) -> dict[str, Any]:
               **{f"serving.{k}": v for k, v in asdict(s).items() if k != "gpu"},
               **{f"hardware.{k}": v for k, v in asdict(s.gpu).items()}}
     series = {M.serving_metric(q): [(r.batch, getattr(r, q)) for r in plan.rows] for q in M.SERVING_QUANTITIES}
-    return {"name": f"{g.source.split(' ')[0]}|serve {g.prompt}+{g.new_tokens}|{s.tp}x{s.gpu.name}",
+    return {"name": f"{g.source.split(' ')[0]}|serve {g.prompt}+{g.new_tokens}|{s.replica}x{s.gpu.name}",
             "source": g.source, "params": params, "metrics": {M.SERVING_LARGEST_BATCH: plan.largest},
             "series": series, "artifacts": {"serving.json": json.dumps(plan.to_dict(), indent=2, default=str) + "\n",
                                             "serving.txt": plan.table() + "\n", "serving.png": serving_png(plan)}}
@@ -66,7 +66,7 @@ def serving_png(plan: ServingPlan) -> bytes:
     other.plot(batches, [r.tpot_s * 1e3 for r in plan.rows], marker="s", color="tab:orange")
     other.set_ylabel("time per output token (ms)", color="tab:orange")
     g, s = plan.generation, plan.serving
-    ax.set_title(f"{g.source.split(' ')[0]}: {g.prompt:,} + {g.new_tokens:,} tokens on {s.tp} × {s.gpu.name}")
+    ax.set_title(f"{g.source.split(' ')[0]}: {g.prompt:,} + {g.new_tokens:,} tokens on {s.replica} × {s.gpu.name}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

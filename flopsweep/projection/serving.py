@@ -17,7 +17,12 @@ the phase's tokens' activations (16-bit; float32 where the dtype is), timed on t
 and added to each phase; latency-bound at decode. A mixture of experts reads, of its routed experts, those its
 phase's tokens reach: E·(1 − (1 − k/E)^T) of E a layer for T tokens each routed to k (uniform routing; a Zipf skew
 as an option, :func:`~flopsweep.core.shape.experts_touched`), so a decode step at a small batch reads a fraction of
-the experts that every prefill of a long prompt reads whole.
+the experts that every prefill of a long prompt reads whole. With expert parallelism (``ep``, a multiple of tp) a
+replica is ``ep`` GPUs: each holds ``E / ep`` whole routed experts and runs attention for its tp group's share of
+the batch (``ep / tp`` groups, data-parallel attention beside tensor-parallel attention within a group: DeepSeek's
+and vLLM's deployment); each GPU reads the touched experts it holds, computes its experts' share of every token's
+expert FLOPs, and each MoE layer sends its tokens' rows to their experts and back (two all-to-alls a layer, on the
+critical path, timed on the part's interconnect over the ep GPUs).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Serving:
     expert_skew: float = 0.0      # a mixture of experts' routing: 0 uniform, s > 0 a Zipf law of exponent s
     weights_dtype: Optional[str] = None  # the weights as served (fp8, int8, int4, ...); None: as counted
     kv_dtype: Optional[str] = None       # the KV cache as served; None: as counted
+    ep: int = 1                   # expert parallelism: a replica of ep GPUs, each holding E / ep routed experts
 
     def __post_init__(self) -> None:
         require(self.gpu.peak(self.dtype) is not None, "dtype", self.dtype, f"has no peak for the {self.gpu.name} in "
@@ -54,8 +60,11 @@ class Serving:
         require(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "must be an integer >= 1")
         for key, value in (("price", self.price_per_gpu_hour), ("watts", self.watts_per_gpu)):
             require(value is None or value >= 0, key, value, "must be >= 0")
-        require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.tp and self.gpus % self.tp == 0),
-                "gpus", self.gpus, f"must be a multiple of --tp={self.tp} (each replica holds tp GPUs)")
+        require(isinstance(self.ep, int) and self.ep >= 1 and (self.ep == 1 or self.ep % self.tp == 0), "ep", self.ep,
+                f"must be an integer >= 1, a multiple of --tp={self.tp} (a replica of ep GPUs, tp to an attention "
+                "group)")
+        require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus % self.replica == 0), "gpus",
+                self.gpus, f"must be a multiple of the {self.replica} GPUs a replica holds (--tp, --ep)")
         require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
                 self.expert_skew, "must be a finite number >= 0 (0: uniform routing)")
         require(self.weights_dtype is None or self.weights_dtype in SERVED_BYTES, "weights-dtype", self.weights_dtype,
@@ -65,6 +74,21 @@ class Serving:
         for key in ("compute_efficiency", "memory_efficiency", "memory_share"):
             value = getattr(self, key)
             require(0 < value <= 1, key.replace("_", "-"), value, "must be in (0, 1]")
+
+    @property
+    def replica(self) -> int:
+        """GPUs a replica holds: tp, or ep under expert parallelism."""
+        return max(self.tp, self.ep)
+
+    @property
+    def groups(self) -> int:
+        """Attention groups of a replica (tp GPUs each), each serving its share of the batch."""
+        return self.replica // self.tp
+
+    @property
+    def experts_split(self) -> int:
+        """How many ways the routed experts are split: over ep GPUs whole, else over tp with every weight."""
+        return self.ep if self.ep > 1 else self.tp
 
     @property
     def flops_per_s(self) -> float:
@@ -79,7 +103,18 @@ class Serving:
         link = self.gpu.interconnect
         return Network(link, {"tp": self.tp}, link.domain) if link is not None and self.tp > 1 else None
 
-    def all_reduce_s(self, gen: "Generation", tokens: int) -> float:
+    def all_to_all_s(self, gen: "Generation", tokens: float) -> float:
+        """Seconds of a phase's expert-parallel all-to-alls on one GPU: each MoE layer sends its ``tokens`` tokens'
+        rows (one for each of their k experts; tp GPUs of a group split them) to the experts' GPUs and back (0
+        without ep, an interconnect or the model's width)."""
+        link = self.gpu.interconnect
+        if self.ep == 1 or link is None or not gen.width or not gen.layers or not gen.experts_per_token:
+            return 0.0
+        calls = 2 * gen.layers
+        each = tokens / self.tp * gen.experts_per_token * gen.width * (4 if self.dtype == "float32" else 2)
+        return Network(link, {"ep": self.ep}, link.domain).seconds("all_to_all", "ep", calls * each, calls)
+
+    def all_reduce_s(self, gen: "Generation", tokens: float) -> float:
         """Seconds of a phase's tensor-parallel all-reduces, two a layer of ``tokens`` tokens' activations (0 where
         there is no tp, no interconnect, or the model's width or layers are not known)."""
         network = self.network()
@@ -97,6 +132,7 @@ class BatchRow:
     prefill_bound: str
     tpot_s: float                 # the mean decode step
     tpot_all_reduce_s: float      # of it, the tensor-parallel all-reduces
+    tpot_all_to_all_s: float      # ... and the expert-parallel all-to-alls
     decode_bound: str             # at the first and the last context: "memory", "compute", or "memory→compute"
     request_s: float              # TTFT + every decode step
     output_tokens_per_s_per_gpu: float
@@ -106,43 +142,65 @@ class BatchRow:
     kwh_per_m_output: Optional[float]
 
 
+def weights_per_gpu(gen: Generation, serving: Serving) -> float:
+    """Bytes of weights one GPU holds: the routed experts' share (whole experts over ep, or every weight over tp),
+    the rest's over tp."""
+    return (gen.weights_bytes - gen.routed_bytes) / serving.tp + gen.routed_bytes / serving.experts_split
+
+
 def largest_batch(gen: Generation, serving: Serving) -> int:
-    """The most sequences whose weights and KV cache at the last context fit in ``memory_share`` of each GPU."""
-    room = serving.memory_share * serving.gpu.memory_bytes - gen.weights_bytes / serving.tp
+    """The most sequences a replica serves whose weights and KV cache at the last context fit in ``memory_share``
+    of each GPU (an attention group's GPUs hold its share of the sequences)."""
+    room = serving.memory_share * serving.gpu.memory_bytes - weights_per_gpu(gen, serving)
     per_sequence = gen.kv_bytes_per_token * (gen.prompt + gen.steps) * gen.kv_share(serving.tp)
-    return max(0, int(room // per_sequence)) if per_sequence > 0 else 0
+    return max(0, int(serving.groups * room // per_sequence)) if per_sequence > 0 else 0
 
 
 def _phase(flops: np.ndarray, moved: np.ndarray, serving: Serving) -> tuple[np.ndarray, np.ndarray]:
-    """The time of a phase on one GPU: its share of the FLOPs, and ``moved``, the bytes one GPU moves."""
-    compute, memory = flops / serving.tp / serving.flops_per_s, moved / serving.bytes_per_s
+    """The time of a phase on one GPU: ``flops`` and ``moved``, what one GPU computes and moves."""
+    compute, memory = flops / serving.flops_per_s, moved / serving.bytes_per_s
     return np.maximum(compute, memory), compute >= memory
 
 
+def _per_gpu(flops: Any, tokens: float, batch: int, gen: Generation, serving: Serving) -> Any:
+    """One GPU's FLOPs of a phase whose ``flops`` (a sequence's) run on each of an attention group's sequences
+    (``tokens`` tokens each): the group's share over its tp GPUs, but the routed experts' work of the whole batch
+    over the GPUs that split them."""
+    group = batch / serving.groups
+    experts = gen.expert_flops_per_token * tokens
+    return group * (flops - experts) / serving.tp + batch * experts / serving.experts_split
+
+
 def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
-    """A batch of ``batch`` requests, all prefilled together then decoded in step."""
-    kv, tp = gen.kv_bytes_per_token * gen.kv_share(serving.tp), serving.tp  # one GPU's cache bytes a token
-    weights = gen.prefill_read_bytes(batch * gen.prompt, serving.expert_skew) / tp
-    prefill, prefill_compute = _phase(np.array([batch * gen.prefill_flops]),
-                                      np.array([weights + batch * gen.prompt * kv]), serving)
+    """A batch of ``batch`` requests on a replica, all prefilled together then decoded in step."""
+    kv = gen.kv_bytes_per_token * gen.kv_share(serving.tp)  # one GPU's cache bytes a token
+    group, split = batch / serving.groups, serving.experts_split  # an attention group's sequences
+    dense = (gen.weights_bytes - gen.routed_bytes) / serving.tp
+    weights = dense + gen.routed_read(batch * gen.prompt, serving.expert_skew) / split
+    prefill, prefill_compute = _phase(np.array([_per_gpu(gen.prefill_flops, gen.prompt, batch, gen, serving)]),
+                                      np.array([weights + group * gen.prompt * kv]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
-    steps, compute = _phase(batch * gen.decode_flops(contexts),
-                            gen.decode_read_bytes(batch, serving.expert_skew) / tp + batch * kv * contexts, serving)
-    step_all_reduce = serving.all_reduce_s(gen, batch)
-    ttft = float(prefill[0]) + serving.all_reduce_s(gen, batch * gen.prompt)
-    decode = float(steps.sum()) + len(contexts) * step_all_reduce
+    read = (gen.decode_read_bytes(batch, serving.expert_skew) - gen.routed_read(batch, serving.expert_skew)) / \
+        serving.tp + gen.routed_read(batch, serving.expert_skew) / split
+    steps, compute = _phase(_per_gpu(gen.decode_flops(contexts), 1, batch, gen, serving),
+                            read + group * kv * contexts, serving)
+    step_reduce, step_exchange = serving.all_reduce_s(gen, group), serving.all_to_all_s(gen, group)
+    ttft = float(prefill[0]) + serving.all_reduce_s(gen, group * gen.prompt) + \
+        serving.all_to_all_s(gen, group * gen.prompt)
+    decode = float(steps.sum()) + len(contexts) * (step_reduce + step_exchange)
     tpot = decode / len(contexts) if len(contexts) else 0.0
     bound = "-" if not len(contexts) else "compute" if compute.all() else "memory" if not compute.any() else \
         ("memory→compute" if compute[-1] else "compute→memory")
-    request = ttft + decode
-    gpu_hours = serving.tp * request / 3600.0
+    request, gpus = ttft + decode, serving.replica
+    gpu_hours = gpus * request / 3600.0
     per_m_out = 1e6 / (batch * gen.new_tokens)
     price, watts = serving.price_per_gpu_hour, serving.watts_per_gpu
+    stepped = bool(len(contexts))
     return BatchRow(batch, ttft, "compute" if prefill_compute[0] else "memory", tpot,
-                    step_all_reduce if len(contexts) else 0.0, bound, request,
-                    batch * gen.new_tokens / request / serving.tp, serving.tp * decode / 3600.0 * per_m_out,
-                    price * serving.tp * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
-                    price * serving.tp * decode / 3600.0 * per_m_out if price is not None else None,
+                    step_reduce if stepped else 0.0, step_exchange if stepped else 0.0, bound, request,
+                    batch * gen.new_tokens / request / gpus, gpus * decode / 3600.0 * per_m_out,
+                    price * gpus * ttft / 3600.0 * 1e6 / (batch * gen.prompt) if price is not None else None,
+                    price * gpus * decode / 3600.0 * per_m_out if price is not None else None,
                     watts * gpu_hours / 1000.0 * per_m_out if watts is not None else None)
 
 
@@ -173,22 +231,24 @@ class ServingPlan:
                  f"{g.weights_bytes / 1e9:,.1f} GB of weights, {g.kv_bytes_per_token / 1e3:,.1f} KB of KV cache "
                  "a token" + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
                               "scales left out)" if served else ""),
-                 f"on {s.tp} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
+                 f"on {s.replica} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
                  f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
-                 + (f"; {s.gpus:,} GPUs: {s.gpus // s.tp:,} replicas" if s.gpus else "")
+                 + (f"; {s.gpus:,} GPUs: {s.gpus // s.replica:,} replicas" if s.gpus else "")
                  + (f"; {g.kv_heads} KV heads on tp={s.tp}: each GPU holds {g.kv_share(s.tp):.3g} of the cache"
                     if g.kv_heads and s.tp > 1 and g.kv_share(s.tp) * s.tp > 1 else ""),
                  *([self._all_reduce_words()] if s.tp > 1 else []),
+                 *([self._all_to_all_words()] if s.ep > 1 else []),
                  *([self._experts_words()] if g.experts else []),
                  f"largest batch: {self.largest:,} sequences (weights + KV cache at {g.prompt + g.steps:,} tokens in "
                  f"{s.memory_share:.0%} of memory)", ""]
         fleet = [f"tokens/s on {s.gpus:,}"] if s.gpus else []
-        reduce = ["all-reduce/TPOT"] if s.tp > 1 else []
+        reduce = ["all-reduce/TPOT"] * (s.tp > 1) + ["all-to-all/TPOT"] * (s.ep > 1)
         header = ["batch", "TTFT", "prefill", "TPOT", *reduce, "decode", "request", "tokens/s/GPU", *fleet,
                   "GPU-h/M out", "$/M in", "$/M out", "kWh/M out"]
         body = [[f"{r.batch:,}", _seconds(r.ttft_s), r.prefill_bound, _seconds(r.tpot_s),
-                 *([f"{r.tpot_all_reduce_s / r.tpot_s:.0%}" if r.tpot_s else "-"] if reduce else []), r.decode_bound,
+                 *[f"{share / r.tpot_s:.0%}" if r.tpot_s else "-" for share, shown in (
+                     (r.tpot_all_reduce_s, s.tp > 1), (r.tpot_all_to_all_s, s.ep > 1)) if shown], r.decode_bound,
                  _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}",
                  *([f"{r.output_tokens_per_s_per_gpu * s.gpus:,.0f}"] if s.gpus else []),
                  f"{r.gpu_hours_per_m_output:,.3g}", _money(r.usd_per_m_input), _money(r.usd_per_m_output),
@@ -206,6 +266,16 @@ class ServingPlan:
         return (f"mixture of experts: {g.experts} routed experts a layer, {g.experts_per_token} a token, "
                 f"{g.routed_bytes / 1e9:,.1f} GB of them; a decode step reads those its batch reaches ({routing}): "
                 f"{reached}")
+
+    def _all_to_all_words(self) -> str:
+        g, s = self.generation, self.serving
+        if s.gpu.interconnect is None or not g.width or not g.layers:
+            why = "no interconnect in the table for the part" if s.gpu.interconnect is None else \
+                "the model's shape not known"
+            return f"expert-parallel all-to-alls left out ({why})"
+        return (f"expert parallelism: {g.experts // s.ep} routed experts a GPU of ep={s.ep}, attention on "
+                f"{s.groups} group(s) of tp={s.tp} each serving its share of the batch; 2 all-to-alls a layer x "
+                f"{g.layers} layers of each token's {g.experts_per_token} rows (routing uniform unless skewed)")
 
     def _all_reduce_words(self) -> str:
         g, s, network = self.generation, self.serving, self.serving.network()
@@ -231,10 +301,13 @@ def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> Serv
     and the cache in the dtypes they are served in."""
     require(not gen.heads or gen.heads % serving.tp == 0, "tp", serving.tp, f"does not divide the model's {gen.heads} "
             "attention heads (tensor parallelism splits them)")
+    require(serving.ep == 1 or (gen.experts is not None and gen.experts % serving.ep == 0), "ep", serving.ep,
+            f"splits a mixture of experts' routed experts: {gen.source} has "
+            + (f"{gen.experts}, which it does not divide" if gen.experts else "none counted"))
     gen = gen.served(serving.weights_dtype, serving.kv_dtype)
     largest = largest_batch(gen, serving)
     require(largest >= 1 or batch is not None, "gpu", serving.gpu.name, f"cannot hold the weights "
             f"({gen.weights_bytes / 1e9:,.1f} GB) and one sequence's KV cache in {serving.memory_share:.0%} of "
-            f"{serving.tp} × {serving.gpu.memory_gb:g} GB: give --tp")
+            f"{serving.replica} × {serving.gpu.memory_gb:g} GB: give --tp (or --ep)")
     sizes = [batch] if batch is not None else batches(largest)
     return ServingPlan(gen, serving, largest, [at_batch(gen, serving, b) for b in sizes])

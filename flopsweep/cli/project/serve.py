@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     part.add_argument("--bandwidth", type=float, help="memory bandwidth, GB/s per GPU (overrides the table)")
     plan = p.add_argument_group("the plan")
     plan.add_argument("--tp", type=int, help="tensor-parallel GPUs per replica (default 1)")
+    plan.add_argument("--ep", type=int, help="a mixture of experts: expert-parallel GPUs per replica, each holding "
+                      "experts/ep whole experts; a multiple of --tp, attention data-parallel over ep/tp groups "
+                      "(default 1)")
     plan.add_argument("--batch", type=A.amount, help="the batch per replica to report alone (default: each up to "
                       "the largest that fits)")
     plan.add_argument("--compute-efficiency", type=float, default=1.0, help="share of the peak FLOP/s reached "
@@ -56,7 +59,7 @@ def command(args: argparse.Namespace) -> int:
     serving = S.Serving(serving_part(args), args.dtype, 1 if args.tp is None else args.tp, args.compute_efficiency,
                         args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
                         gpus=args.gpus, expert_skew=args.expert_skew or 0.0, weights_dtype=args.weights_dtype,
-                        kv_dtype=args.kv_dtype)
+                        kv_dtype=args.kv_dtype, ep=1 if args.ep is None else args.ep)
     require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
             "must be a whole number >= 1")
     extra, counted = [], ""
