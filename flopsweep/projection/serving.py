@@ -23,6 +23,10 @@ the batch (``ep / tp`` groups, data-parallel attention beside tensor-parallel at
 and vLLM's deployment); each GPU reads the touched experts it holds, computes its experts' share of every token's
 expert FLOPs, and each MoE layer sends its tokens' rows to their experts and back (two all-to-alls a layer, on the
 critical path, timed on the part's interconnect over the ep GPUs).
+
+Why one file: the part and plan (:class:`Serving`), the roofline at a batch and the table that shows it read the same
+few fields of each other (the replica's GPUs, groups and splits); the words of the table are the assumptions of the
+arithmetic just above them.
 """
 
 from __future__ import annotations
