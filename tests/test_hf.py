@@ -140,6 +140,7 @@ def test_every_preset_counts_every_op_of_its_step(name):
     assert result.metrics["flops/backward"] > result.metrics["flops/forward"] > 0
 
 
+@pytest.mark.slow
 def test_a_sweep_mixes_hf_custom_and_our_models_and_logs_them(tmp_path):
     """An HF decoder and CNN preset, an HF encoder of the user's own (a config beside the command), a custom model and
     one of our presets, in one sweep."""

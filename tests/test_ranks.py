@@ -134,7 +134,8 @@ def hf_decoder(model_type: str, layers: int = 2, **fields):
     ("gpt2", {}),                                                      # Conv1D linears, learned positions, tied head
     ("gpt_neox", dict(rotary_pct=0.25, use_parallel_residual=True)),   # GPT-NeoX-20B's partial rotary, parallel MLP
 ])
-@pytest.mark.parametrize("tp, sp", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("tp, sp", [pytest.param(1, False, marks=pytest.mark.slow),
+                                     pytest.param(2, False, marks=pytest.mark.slow), (2, True)])
 def test_a_hugging_face_gpt2_or_gpt_neox_is_split_as_flopsweeps_decoder_of_its_shape(model_type, fields, tp, sp):
     """Both are GPT layers (fused qkv 3h^2, out h^2, a GELU MLP of 4h, biases, two layer norms): under tensor and
     sequence parallelism a rank computes and communicates what flopsweep's decoder of that shape does (whose plan
@@ -425,6 +426,7 @@ def test_a_pipeline_rank_of_a_decoder_under_every_kind_of_parallelism_is_counted
     assert_counted_alike(*both_ways(decoder(12), layout, Workload(8 * MICRO * 2, SEQ)))
 
 
+@pytest.mark.slow
 def test_a_hugging_face_llama_with_weight_decay_adamw_is_counted_alike_from_samples():
     """The job's optimizer (weight decay: an op a parameter besides the _foreach ops over each group), FSDP's
     mixed precision, sequence parallelism and selective recomputation."""
@@ -453,6 +455,7 @@ def test_every_layout_of_a_decoder_is_counted_alike_from_samples(layout):
             assert predict(s.trace, cal, fused=fused).seconds == pytest.approx(seconds, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_an_interleaved_stage_is_counted_whole():
     count = count_layout(decoder(20), Layout(pp=2, vpp=2, micro_batch_size=MICRO), Workload(8 * MICRO, SEQ))
     assert [r.sampled for r in count.ranks] == [None, None]

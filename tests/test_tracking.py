@@ -152,6 +152,7 @@ def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
     assert all(run.info.artifact_uri.startswith((store_dir / "mlartifacts").as_uri()) for run in jobs)
 
 
+@pytest.mark.slow
 def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_path):
     # tracking=none: nothing logged; one ok job and one failed job (7 heads do not divide 768 channels)
     proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
