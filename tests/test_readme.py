@@ -13,7 +13,7 @@ from flopsweep.cli.project import NAMES, main as project
 from flopsweep.config.resolve import resolve
 from tests.helpers import REPO, compose_config, run_main
 
-SKIP = ("device=cuda", "slurm", "<")  # a GPU, a cluster, a placeholder for a folder made by an earlier command
+SKIP = ("device=cuda", "slurm", "<", "path/to/")  # a GPU, a cluster, placeholders (a folder made earlier, a file of yours)
 
 
 def readme_commands(tool: str) -> list[list[str]]:
@@ -24,20 +24,23 @@ def readme_commands(tool: str) -> list[list[str]]:
 
 
 def jobs_of(args: list[str]) -> list[list[str]]:
-    """The jobs a command runs, each as its overrides: the sweep preset's values and the comma lists, crossed."""
+    """The jobs a command runs, each as its overrides: the sweep preset's values and the command's sweeps (comma
+    lists, ``range(...)``, as Hydra's own override parser reads them), crossed."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from flopsweep.config.compose import register_configs
     from flopsweep.config.schema import CONF_DIR
 
     overrides = [a for a in args if a != "-m" and not a.startswith(("hydra/", "hydra."))]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {text: o for text, o in zip(overrides, parsed) if o.is_sweep_override()}
+    fixed = [o for o in overrides if o not in swept]
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        swept = [o for o in overrides if "," in o]
-        cfg = compose("config", overrides=[o for o in overrides if o not in swept], return_hydra_config=True)
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
-    params.update(o.split("=", 1) for o in swept)
-    fixed = [o for o in overrides if o not in swept]
+    params.update((text.split("=", 1)[0], ",".join(o.sweep_string_iterator())) for text, o in swept.items())
     if cfg.hydra.sweeper.get("_target_", "").endswith("LayoutSweeper"):  # its jobs: the layouts it enumerates
         from flopsweep.sweep.layouts import enumerate_layouts, search_model, search_overrides
 

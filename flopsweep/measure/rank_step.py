@@ -1,7 +1,8 @@
 """One micro-batch of one rank's training step, as PyTorch runs it: forward through the stage's chunks with the
 pipeline's receives and sends between them, backward in reverse, the gradients finished (partial sums all-reduced;
-without ZeRO, all-reduced over dp), the optimizer's step; the wrappers that recompute in backward; and context
-parallelism's attention."""
+without ZeRO, all-reduced over dp), the optimizer's step; the wrappers that recompute in backward; context
+parallelism's attention; and the process groups beyond the mesh's own that data, context and expert parallelism
+use (:class:`RankGroups`)."""
 
 from __future__ import annotations
 
