@@ -62,6 +62,13 @@ def test_the_hardware_table_matches_device_names():
     assert accelerator("NVIDIA L40S").name == "L40S" and accelerator("NVIDIA GB200").name == "GB200"
     assert peak_flops("NVIDIA H200", "bfloat16") == 989.4e12 and accelerator("H200").bandwidth_gbs == 4800
     assert accelerator("NVIDIA GeForce GT 710") is None
+    # 2025-26 parts: a B300 (its name holds no earlier part's), AMD's CDNA 4 pair (fp8 twice bf16), each with a network
+    assert accelerator("NVIDIA B300 SXM6 AC").name == "B300" and accelerator("B300").memory_gb == 288
+    for name in ("AMD Instinct MI355X", "AMD Instinct MI350X", "NVIDIA B300 SXM6 AC"):
+        part = accelerator(name)
+        assert part.peak("fp8") == pytest.approx(2 * part.peak("bfloat16"), rel=1e-4) and part.interconnect, name
+    assert accelerator("MI355X").peak("bfloat16") > accelerator("MI350X").peak("bfloat16") > \
+        accelerator("MI325X").peak("bfloat16")
 
 
 def test_serving_a_measured_generation_run(tmp_path):

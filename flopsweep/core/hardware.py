@@ -77,12 +77,21 @@ ACCELERATORS: list[Accelerator] = [
             "(72 GPUs: 180 PFLOP/s bf16, 13.4 TB HBM3e, 576 TB/s)"),
     _nvidia("B200", None, 1100.0, 2250.0, 4500.0, 4500.0, 180, 8000, "NVIDIA DGX B200 datasheet, per GPU "
             "(1,440 GB and 64 TB/s for 8)"),
+    _nvidia("B300", 75.0, 1125.0, 2250.0, 4500.0, None, 288, 8000, "NVIDIA HGX B300 datasheet, per GPU of 8: dense "
+            "half its sparse figures (36 PFLOP/s bf16, 72 fp8, 18 tf32 for 8), 600 TFLOP/s fp32 and 2.3 TB of HBM3e "
+            "for 8; int8 cut to 2 POP/s for 8 (left out); 8 TB/s HBM3e", ("Blackwell Ultra",)),
     Accelerator("MI250X", {"float32": 95.7, "bfloat16": 383.0, "float16": 383.0, "int8": 383.0}, 128, 3277,
                 "AMD Instinct MI250X datasheet (matrix fp32)"),
     Accelerator("MI300X", {"float32": 163.4, "tf32": 653.7, "bfloat16": 1307.4, "float16": 1307.4, "fp8": 2614.9,
                            "int8": 2614.9}, 192, 5300, "AMD Instinct MI300X datasheet (matrix fp32)"),
     Accelerator("MI325X", {"float32": 163.4, "tf32": 653.7, "bfloat16": 1307.4, "float16": 1307.4, "fp8": 2614.9,
                            "int8": 2614.9}, 256, 6000, "AMD Instinct MI325X datasheet (matrix fp32)"),
+    # CDNA 4 (AMD at ISSCC 2026: 256 compute units of 8,192 dense fp8 FLOPs a clock; Hot Chips 2025: 2.4 GHz for the
+    # MI355X, 2.2 for the MI350X): 5.03 and 4.61 PFLOP/s fp8, half that in bf16; 288 GB of HBM3E at 8 TB/s
+    Accelerator("MI355X", {"bfloat16": 2516.6, "float16": 2516.6, "fp8": 5033.2}, 288, 8000,
+                "AMD Instinct MI355X: 256 CUs x 8,192 fp8 FLOPs a clock x 2.4 GHz (ISSCC 2026, Hot Chips 2025)"),
+    Accelerator("MI350X", {"bfloat16": 2306.9, "float16": 2306.9, "fp8": 4613.7}, 288, 8000,
+                "AMD Instinct MI350X: 256 CUs x 8,192 fp8 FLOPs a clock x 2.2 GHz (ISSCC 2026, Hot Chips 2025)"),
     Accelerator("TPU v4", {"bfloat16": 275.0, "int8": 275.0}, 32, 1200, "Google Cloud TPU v4 documentation"),
     Accelerator("TPU v5e", {"bfloat16": 197.0, "int8": 394.0}, 16, 819, "Google Cloud TPU v5e documentation"),
     Accelerator("TPU v5p", {"bfloat16": 459.0, "int8": 918.0}, 95, 2765, "Google Cloud TPU v5p documentation"),
@@ -133,6 +142,9 @@ _DGX_H100 = _system(450, 8, 50, "H100/H200 datasheets: NVLink 900 GB/s (both way
                     "NVSwitch", "DGX H100/H200 datasheets: 8 x 400 Gb/s ConnectX-7, one per GPU")
 _MI300 = _system(448, 8, 50, "MI300X/MI325X datasheets: 7 Infinity Fabric links of 128 GB/s (both ways) to the other 7 "
                  "GPUs of a platform of 8", "assumed: one 400 Gb/s NIC per GPU", full_mesh=True)
+_MI350 = _system(448, 8, 50, "assumed as the MI300X's platform (7 Infinity Fabric links of 128 GB/s both ways to the "
+                 "other 7 of 8 GPUs): AMD gives no per-link figure for the MI350 series", "assumed: one 400 Gb/s NIC "
+                 "per GPU", full_mesh=True)
 _PCIE4 = "PCIe Gen4 x16: 64 GB/s (both ways) through the host, no NVLink"
 
 INTERCONNECTS: dict[str, Interconnect] = {
@@ -151,8 +163,12 @@ INTERCONNECTS: dict[str, Interconnect] = {
                      "GB200 NVL72 reference design: one 400 Gb/s ConnectX-7 per GPU"),
     "B200": _system(900, 8, 50, "DGX B200 datasheet: NVLink 1.8 TB/s (both ways) per GPU, 8 GPUs on NVSwitch",
                     "DGX B200 datasheet: 8 x 400 Gb/s ConnectX-7, one per GPU"),
+    "B300": _system(900, 8, 100, "HGX B300 datasheet: NVLink 1.8 TB/s (both ways) per GPU, 8 GPUs on NVSwitch",
+                    "HGX B300 datasheet: 1.6 TB/s of networking (both ways) for 8 GPUs: 800 Gb/s ConnectX-8 each"),
     "MI300X": _MI300,
     "MI325X": _MI300,
+    "MI350X": _MI350,
+    "MI355X": _MI350,
     "TPU v4": _system(300, 4096, 6.25, "TPU v4 paper (Jouppi et al. 2023): 6 ICI links of 400 Gb/s each way, a 3D torus "
                       "of 4,096 chips", "assumed: v5p's 50 Gb/s per chip"),
     "TPU v5e": _system(200, 256, 3.125, "Cloud TPU v5e documentation: ICI 400 GB/s (both ways), 256 chips a pod",
