@@ -257,6 +257,25 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_every_file_on_it_i
     assert not list(disk.glob("**/*.tmp"))
 
 
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "single"])
+def test_a_disk_full_before_anything_is_written_is_one_line_naming_the_folder(tmp_path, tmpfs, launcher):
+    """Nothing fits: the store cannot be made, nor Hydra's own multirun.yaml (it was Hydra's traceback under both
+    launchers), nor a single run's folder. One warning for the store (no SQL statement in it), one error naming the
+    folder, exit status 1; no run left open anywhere."""
+    disk = tmpfs(tmp_path / "outputs", size="64k")
+    (disk / "filler").write_bytes(b"\0" * 60 * 1024)
+    args = [a.replace("16,32", "16") for a in SWEEP if a != "-m"] if launcher == "single" else \
+        [*SWEEP, *(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else [])]
+    proc = run_app(*args, cwd=tmp_path, store=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = said(proc.stderr)
+    assert all("[SQL:" not in line for line in lines)
+    (error,) = [line for line in lines if line.startswith("flopsweep: error:")]
+    where = "outputs/sweeps/" if launcher != "single" else "the output folder"
+    assert error.startswith(f"flopsweep: error: {where}") and "(No space left on device); nothing was measured" in error
+    assert not list(disk.glob("**/result.json"))
+
+
 @pytest.mark.slow
 def test_a_job_measured_when_the_disk_filled_is_logged_to_a_store_with_room(tmp_path, tmpfs):
     """The job folders on a disk that fills (a 128 KiB tmpfs), the store on another: the job whose folder could not be

@@ -32,6 +32,14 @@ def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
         resource.setrlimit(resource.RLIMIT_STACK, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
 
 
+def _what_is_left(sweep: state.SweepState) -> str:
+    """After a disk that cannot be written stopped the command: what finished, and how to go on."""
+    if sweep.sweep_dir and any(sweep.sweep_dir.glob("*/result.json")):
+        return (f"the sweep stopped; what finished is in {sweep.sweep_dir}: make room and run the same command with "
+                "skip_existing=true to measure the rest")
+    return "the job's numbers are above" if sweep.unwritten else "nothing was measured"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``flopsweep`` command with ``argv`` (default: this process's arguments) and return its exit status:
     0, 1 when a job failed, 2 for a config Hydra cannot compose (said in one line)."""
@@ -61,10 +69,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
     except state.Unwritable as err:
-        then = (f"the sweep stopped; what finished is in {sweep.sweep_dir}: make room and run the same command with "
-                "skip_existing=true to measure the rest" if sweep.sweep_dir else
-                "the job's numbers are above" if sweep.unwritten else "nothing was measured")
-        print(f"flopsweep: error: {err}; {then}", file=sys.stderr)
+        print(f"flopsweep: error: {err}; {_what_is_left(sweep)}", file=sys.stderr)
+        return 1
+    except OSError as err:  # Hydra's own files (the sweep's multirun.yaml) on a disk that is full before any job
+        disk = state.disk_error(err)
+        if disk is None or sweep.full_errors:
+            raise
+        print(f"flopsweep: error: {state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         signum = state.signal_of(err)

@@ -41,10 +41,14 @@ def masked(text: str) -> str:
     return _SECRET.sub(r"\1***@", text)
 
 
+_SQL_TAIL = re.compile(r"\s*\[SQL: .*", flags=re.S)  # "[SQL: CREATE TABLE ...] [parameters: ...] (Background ...)"
+
+
 def one_line(err: BaseException, limit: int = 300, kind: bool = True) -> str:
     """``err`` as one line of at most ``limit`` characters of its message, its white space folded, after its type
-    (``ValueError: ...``) unless ``kind`` is false; the type alone where it has no message; passwords masked."""
-    text = masked(" ".join(str(err).split()))[:limit]
+    (``ValueError: ...``) unless ``kind`` is false; the type alone where it has no message; passwords masked; the
+    statement and the link a database error (SQLAlchemy's) appends left out."""
+    text = masked(" ".join(_SQL_TAIL.sub("", str(err)).split()))[:limit]
     if not kind:
         return text
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

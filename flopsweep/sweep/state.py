@@ -46,7 +46,8 @@ class Unwritable(BaseException):
 
     def __init__(self, path: Optional[Path], err: OSError) -> None:
         self.path, self.error = (Path(err.filename) if err.filename else path), err
-        super().__init__(f"{self.path}: cannot be written ({err.strerror or err})")
+        where = self.path if self.path is not None else "the output folder"
+        super().__init__(f"{where}: cannot be written ({err.strerror or err})")
 
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
