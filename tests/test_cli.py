@@ -132,3 +132,37 @@ def test_the_command_gives_deep_autograd_graphs_a_256_mib_stack(tmp_path):
         resource.setrlimit(resource.RLIMIT_STACK, before)
     wanted = 256 << 20 if hard == unlimited else min(256 << 20, hard)
     assert soft == unlimited or soft >= wanted, (soft, hard)
+
+
+def test_flopsweep_help_says_what_it_does_its_public_options_and_the_other_commands(tmp_path):
+    from flopsweep.config.compose import public_options
+    from tests.helpers import compose_config
+
+    out = run_app("--help", cwd=tmp_path)
+    assert out.returncode == 0 and out.stderr == ""
+    text = out.stdout
+    assert text.startswith("usage: flopsweep") and "Measures models' FLOPs" in text
+    assert "gpt2_small" in text and " _decoder" not in text and " _bert" not in text  # not the families' templates
+    assert "+sweep=gpt3_family" in text and "Every GPT-3 size" in text
+    for command in ("flopsweep-project", "flopsweep-sync", "flopsweep-report", "flopsweep-calibrate",
+                    "flopsweep-server"):
+        assert f"  {command} " in text
+    assert all(len(line) <= 120 for line in text.splitlines())
+    for group, options in public_options().items():  # every option it lists composes
+        if group not in ("sweep", "batch"):
+            for name, _ in options:
+                compose_config(f"{group}={name}")
+
+
+@pytest.mark.parametrize("command", [["flopsweep-project"], ["flopsweep-project", "serve"], ["flopsweep-sync"],
+                                     ["flopsweep-report"], ["flopsweep-calibrate"]], ids=" ".join)
+def test_each_commands_help_renders_without_rest_markup(command, tmp_path):
+    import importlib
+
+    module = {"flopsweep-project": "flopsweep.cli.project", "flopsweep-sync": "flopsweep.cli.sync",
+              "flopsweep-report": "flopsweep.cli.report", "flopsweep-calibrate": "flopsweep.cli.calibrate"}
+    from tests.helpers import run_main
+
+    out = run_main(importlib.import_module(module[command[0]]).main, *command[1:], "--help", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("usage:")
+    assert "``" not in out.stdout and ":func:" not in out.stdout and ":class:" not in out.stdout

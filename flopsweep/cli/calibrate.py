@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 from flopsweep.core.console import exit_command
+from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-calibrate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="flopsweep-calibrate", description=plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")

@@ -17,8 +17,58 @@ from flopsweep.sweep import state
 from flopsweep.sweep.app import app
 
 
+HELP = """usage: flopsweep [group=option ...] [key=value ...]      one configuration
+       flopsweep -m key=a,b key=c,d ...                     a sweep: every combination
+       flopsweep +sweep=NAME [key=value ...]                a preset sweep
+
+Measures models' FLOPs (forward, backward, optimizer step, decode steps; counted at PyTorch's dispatcher, exact),
+parameters, memory and step times, on a CPU, a CUDA GPU or on meta (counts and sizes only: any size, no memory),
+for one configuration or a sweep; each job's folder under outputs/, its run in MLflow.
+
+    flopsweep model=llama3_1_8b device=meta                  count a preset on meta
+    flopsweep model=gpt2_small device=cpu batch.size=8       count and time it on the CPU
+    flopsweep +sweep=gpt3_family                             the GPT-3 sizes, side by side
+    flopsweep model=gpt3_175b device=meta dtype=mixed_bf16 batch.size=1536 parallel.tp=8 parallel.pp=8 \\
+        parallel.dp=16 parallel.zero=1 predict.hardware=H100  a parallel layout, counted rank by rank, its step
+                                                              predicted
+
+groups (group=option):
+{groups}
+
+keys of their own: batch.size (a number, or max), batch.seq_len; measure.* (repeats, timing, compile, ...);
+predict.hardware (a part of the hardware table, or a profile); parallel.* (dp, tp, pp, cp, ep, zero, recompute,
+micro_batch_size, ...); generate.new_tokens; skip_existing=true (a resume: measures only what is missing).
+flopsweep --cfg job [overrides] prints the composed config; --hydra-help, Hydra's own help.
+
+the other commands (each with --help):
+  flopsweep-project    what training, a compute budget or serving costs (train, budget, serve)
+  flopsweep-sync       log to MLflow the jobs a store missed
+  flopsweep-report     a sweep's plots and tables
+  flopsweep-calibrate  measure this machine's part, for predicted step times
+  flopsweep-server     a shared MLflow tracking server (start, run, stop, status)
+README.md and docs/ say more."""
+
+
 def entry() -> None:
     exit_command(main())
+
+
+def help_text() -> str:
+    """``flopsweep --help``: what it does, each config group's options (the sweep presets with what they run), its
+    own keys and the other commands."""
+    import textwrap
+
+    from flopsweep.config.compose import public_options
+
+    lines = []
+    for group, options in public_options().items():
+        if group == "sweep":
+            lines += [f"  +sweep={name:<17} {textwrap.shorten(about, 118 - 27, placeholder=' ...')}"
+                      for name, about in options]
+        elif len(options) > 1:  # batch's one option is its defaults
+            lines += textwrap.wrap(", ".join(name for name, _ in options), width=118, initial_indent=f"  {group}: ",
+                                   subsequent_indent=" " * (len(group) + 4))
+    return HELP.format(groups="\n".join(lines))
 
 
 def _room_for_deep_graphs(limit: int = 256 << 20) -> None:
@@ -46,6 +96,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from hydra.errors import HydraException
 
     _room_for_deep_graphs()
+    if {"--help", "-h"} & set(sys.argv[1:] if argv is None else argv):
+        print(help_text())
+        return 0
     # Hydra prints a composition error over many lines (a missing option lists every file of the group): have it
     # raise instead, and say it in one line; HYDRA_FULL_ERROR=1 set by the user still gives the whole story
     asked = os.environ.get("HYDRA_FULL_ERROR")

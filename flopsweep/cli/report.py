@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Optional
 
 from flopsweep.core.console import exit_command
+from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.sinks.health import StoreUnusable
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flopsweep-report", description=plain(__doc__))
     parser.add_argument("experiment", nargs="?",
                         help="the MLflow experiment (a sweep preset's name, or tracking.experiment)")
     parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "

@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from flopsweep.core.console import exit_command
+from flopsweep.core.text import plain
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-sync", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flopsweep-sync", description=plain(__doc__))
     parser.add_argument("path", type=Path, help="a run or sweep folder, or a folder holding many")
     parser.add_argument("--uri", help="tracking URI (default: the store each job recorded, else MLFLOW_TRACKING_URI, "
                                       "else the local store under outputs/)")

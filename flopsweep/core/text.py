@@ -3,11 +3,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Optional
 
 from flopsweep.core import metrics as M
 from flopsweep.core.profile import by_depth
 from flopsweep.core.result import Result
+
+
+_ROLE = re.compile(r":\w+:`(~?)([^`]*)`")  # :func:`name`, :class:`~package.module.Name`
+
+
+def plain(doc: str) -> str:
+    """A docstring as a command's ``--help`` shows it: reST's markup left out (double backquotes, ``:role:`name```
+    as the name, ``~`` as its last part)."""
+    doc = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), doc)
+    return doc.replace("``", "")
 
 
 def human(value: Optional[float], unit: str = "") -> str:

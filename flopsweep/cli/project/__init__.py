@@ -21,6 +21,7 @@ from flopsweep.cli.project import budget, serve, train
 from flopsweep.cli.project.arguments import OneLineParser
 from flopsweep.core.console import exit_command
 from flopsweep.core.errors import ConfigError
+from flopsweep.core.text import plain
 
 SUBCOMMANDS = (train, budget, serve)  # each module: register(subparsers) and command(args); layout joins here
 NAMES = tuple(module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS)
@@ -28,7 +29,7 @@ NAMES = tuple(module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS)
 
 def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command's parser, and each subcommand's by name."""
-    p = OneLineParser(prog="flopsweep-project", description=__doc__,
+    p = OneLineParser(prog="flopsweep-project", description=plain(__doc__),
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = p.add_subparsers(title="subcommands", dest="subcommand", metavar="SUBCOMMAND")
     for module in SUBCOMMANDS:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from flopsweep.core.errors import require
+from flopsweep.core.text import plain
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
 PARALLEL = ("dp", "tp", "pp", "zero", "micro_batches")
@@ -36,7 +37,7 @@ class OneLineParser(argparse.ArgumentParser):
 def add_subcommand(subparsers, name: str, doc: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand's parser: ``doc`` (its module's docstring, examples kept as written) for ``--help``, ``summary``
     for the command's list."""
-    return subparsers.add_parser(name, description=doc, help=summary,
+    return subparsers.add_parser(name, description=plain(doc), help=summary,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
