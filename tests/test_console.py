@@ -2,6 +2,7 @@
 signs of life while a long job times."""
 
 import contextlib
+import re
 
 import torch
 
@@ -49,12 +50,32 @@ def test_a_noisy_timing_is_said_with_what_to_do():
     assert not any(line.startswith("warning") for line in job_lines(steady))
 
 
-def test_the_summary_table_has_a_memory_column_for_meta_jobs_and_output_tokens_for_a_generation():
+def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
     meta, generation = job(), job("device=cpu", "train=generate", "generate.new_tokens=4", "measure.repeats=2")
-    table = summary_table([("0", meta), ("1", generation)])
-    header, _, first, second = table.splitlines()
-    assert "memory" in header and format_metric("size/step_peak_bytes", meta.metrics["size/step_peak_bytes"]) in first
-    assert second.split()[-2] != "-"  # tokens/s: the generation's output tokens per second
+    mixed = summary_table([("0", meta), ("1", generation)]).splitlines()
+    header = re.split(r"\s{2,}", mixed[0])
+    # the peak the memory pre-check and batch.size=max use, labelled as estimated; training's columns
+    assert "est. peak" in header and "step FLOPs" in header and "TTFT" not in header
+    first, second = (re.split(r"\s{2,}", line) for line in mixed[2:4])
+    peak = meta.metrics["size/step_peak_bytes"]
+    assert first[header.index("est. peak")] == format_metric("size/step_peak_bytes", peak)
+    assert second[header.index("tokens/s")] != "-"  # the generation's output tokens per second
+    # a meta sweep: no timing columns it has no figure for
+    alone = re.split(r"\s{2,}", summary_table([("0", meta)]).splitlines()[0])
+    assert not {"step time", "tokens/s", "MFU", "measured peak"} & set(alone)
+    # a generation sweep: its own columns, not training's
+    gen = re.split(r"\s{2,}", summary_table([("1", generation)]).splitlines()[0])
+    assert {"prefill FLOPs", "FLOPs/token", "KV/token", "TTFT", "TPOT", "out tokens/s"} <= set(gen)
+    assert "step FLOPs" not in gen and "MFU" not in gen
+
+
+def test_a_mixture_of_experts_shows_its_active_parameters_in_the_summary():
+    dense = Result("ok", None, {"model": {"name": "d"}}, {"size/params": 8e9, "size/params_active": 8e9})
+    moe = Result("ok", None, {"model": {"name": "m"}}, {"size/params": 46.7e9, "size/params_active": 12.9e9})
+    assert "active" not in summary_table([("0", dense)]).splitlines()[0]
+    lines = summary_table([("0", dense), ("1", moe)]).splitlines()
+    header = re.split(r"\s{2,}", lines[0])
+    assert re.split(r"\s{2,}", lines[3])[header.index("active")] == format_metric("size/params_active", 12.9e9)
 
 
 def test_a_long_timing_says_how_far_it_is(capsys):

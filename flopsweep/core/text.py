@@ -162,13 +162,19 @@ def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> l
     return [f"{key:<{width}}  {format_metric(key, value)}" for key, value in shown.items()]
 
 
-SUMMARY_COLUMNS = [("job", None), ("model", None), ("batch", None), ("seq", None), ("dtype", None),
-                   ("device", None), ("status", None), ("params", M.PARAMS), ("fwd FLOPs", M.FLOPS_FORWARD),
-                   ("step FLOPs", M.FLOPS_STEP), ("memory", M.MEASURED_PEAK_BYTES), ("step time", M.TIME_STEP),
-                   ("predicted", M.TIME_STEP_PREDICTED), ("tokens/s", M.TOKENS_PER_S), ("MFU", M.MFU)]
-# a column's figure where the job has no such: the memory a meta job estimated; a generation's per output token
-SUMMARY_FALLBACKS = {M.MEASURED_PEAK_BYTES: (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES), M.TIME_STEP: (M.TIME_TPOT,),
-                     M.TOKENS_PER_S: (M.OUTPUT_TOKENS_PER_S,)}
+# the summary's columns, by what a sweep's jobs are: (header, metric, fallbacks where a job has no such, always shown)
+_BASE = ["job", "model", "batch", "seq", "dtype", "device", "status"]
+_PEAKS = [("est. peak", M.STEP_PEAK_BYTES, (M.TRAIN_PEAK_BYTES,), True),  # what the pre-check and batch=max use
+          ("measured peak", M.MEASURED_PEAK_BYTES, (), False)]
+TRAINING_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE, (), False),
+                    ("fwd FLOPs", M.FLOPS_FORWARD, (), True), ("step FLOPs", M.FLOPS_STEP, (), True), *_PEAKS,
+                    ("step time", M.TIME_STEP, (M.TIME_TPOT,), False), ("predicted", M.TIME_STEP_PREDICTED, (), False),
+                    ("tokens/s", M.TOKENS_PER_S, (M.OUTPUT_TOKENS_PER_S,), False), ("MFU", M.MFU, (), False)]
+GENERATION_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE, (), False),
+                      ("prefill FLOPs", M.FLOPS_PREFILL, (), True),
+                      ("FLOPs/token", M.FLOPS_DECODE_TOKEN_FIRST, (), True),
+                      ("KV/token", M.KV_CACHE_BYTES_PER_TOKEN, (), True), *_PEAKS, ("TTFT", M.TIME_TTFT, (), False),
+                      ("TPOT", M.TIME_TPOT, (), False), ("out tokens/s", M.OUTPUT_TOKENS_PER_S, (), False)]
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:
@@ -178,28 +184,40 @@ def table(header: list[str], rows: Iterable[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def summary_row(job: str, result: Result) -> list[str]:
+def summary_columns(results: list[Result]) -> list[tuple[str, str]]:
+    """The summary's metric columns for ``results``, each ``(header, metric)``: a generation sweep's (prefill and
+    per-token FLOPs, the KV cache, TTFT, TPOT) where every measured job is a generation, else training's (a mixed
+    sweep's generations show their TPOT and output tokens/s there); a column no job has a figure for is left out,
+    and ``active`` parameters only where a mixture of experts has fewer than all."""
+    measured = [r for r in results if r.metrics]
+    generation = bool(measured) and all(M.FLOPS_PREFILL in r.metrics for r in measured)
+    columns = []
+    for header, key, fallbacks, always in GENERATION_COLUMNS if generation else TRAINING_COLUMNS:
+        found = next((k for k in (key, *fallbacks) if any(r.metrics.get(k) is not None for r in measured)), None)
+        if key == M.PARAMS_ACTIVE and not any(r.metrics.get(key) not in (None, r.metrics.get(M.PARAMS))
+                                              for r in measured):
+            continue
+        if found is not None or always:
+            columns.append((header, found or key))
+    return columns
+
+
+def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> list[str]:
     cfg = result.config or {}
-    model = (cfg.get("model") or {}).get("name", "?")
     batch = cfg.get("batch") or {}
-    cells = [job, model, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
+    cells = [job, result.model_name, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
-    for _, key in SUMMARY_COLUMNS[len(cells):]:
-        key = column_metric(key, [result]) or key
-        cells.append(format_metric(key, result.metrics.get(key)))
+    fallbacks = {key: fb for _, key, fb, _ in TRAINING_COLUMNS + GENERATION_COLUMNS}
+    for _, key in columns:  # a job without the column's metric shows its fallback's (a generation's TPOT)
+        found = next((k for k in (key, *fallbacks.get(key, ())) if result.metrics.get(k) is not None), key)
+        cells.append(format_metric(found, result.metrics.get(found)))
     return cells
 
 
-def column_metric(key: str, results: list[Result]) -> Optional[str]:
-    """The metric a summary column shows for ``results``: ``key`` where any of them has it, else the first of its
-    fallbacks that one has (a meta job's estimated memory, a generation's per token figures); None if none has."""
-    return next((k for k in (key, *SUMMARY_FALLBACKS.get(key, ()))
-                 if any(r.metrics.get(k) is not None for r in results)), None)
-
-
 def summary_table(results: list[tuple[str, Result]]) -> str:
-    return table([name for name, _ in SUMMARY_COLUMNS], [summary_row(job, r) for job, r in results])
+    columns = summary_columns([r for _, r in results])
+    return table(_BASE + [header for header, _ in columns], [summary_row(job, r, columns) for job, r in results])
 
 
 def _share(part: Optional[float], whole: Optional[float]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from flopsweep.core import metrics as M
 from flopsweep.core.result import Result
-from flopsweep.core.text import SUMMARY_COLUMNS, column_metric, job_lines, summary_table
+from flopsweep.core.text import job_lines, summary_columns, summary_table
 from flopsweep.sinks.identity import GROUP_NAMES, flatten, run_name
 
 VIEW_TAG = "mlflow.sharedViewState."
@@ -36,10 +36,9 @@ def view_key(parent_id: str) -> str:
 
 
 def shown_metrics(results: list[Result]) -> list[str]:
-    """The metric of each of the console summary's figure columns that any of ``results`` has (its fallback, a
-    meta job's estimated memory or a generation's per token figure, where none has the column's own)."""
-    found = [column_metric(key, results) for _, key in SUMMARY_COLUMNS if key is not None]
-    return [key for key in found if key is not None]
+    """The metric of each of the console summary's figure columns (:func:`~flopsweep.core.text.summary_columns`:
+    a generation sweep's own, those some job has a figure for) that any of ``results`` has."""
+    return [key for _, key in summary_columns(results) if any(r.metrics.get(key) is not None for r in results)]
 
 
 def varying_params(results: list[Result], most: int = 8) -> list[str]:
