@@ -129,6 +129,7 @@ HF_GEMMA2_WINDOW = ["model=hf", "model.model_type=gemma2", "+model.hidden_size=6
                     "+model.sliding_window=6"]
 
 
+@pytest.mark.slow
 def test_a_sliding_window_bends_the_cost_and_the_pieces_add_up_to_every_step_counted():
     pytest.importorskip("transformers")
     from flopsweep.build.model import build

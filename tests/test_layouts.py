@@ -93,6 +93,7 @@ def test_the_bound_never_exceeds_what_a_job_counts(overrides):
         assert bound >= 0.9 * result.metrics[M.PARALLEL_STATES_PER_GPU]
 
 
+@pytest.mark.slow
 def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
     """Four layouts of a tiny decoder on 2 GPUs, each a child run; the console's top list and the MLflow view put the
     fastest first (by the jobs' own results)."""

@@ -148,6 +148,7 @@ def test_a_profile_read_back_equals_what_was_written(tmp_path, monkeypatch):
         find_profile(cal.part)
 
 
+@pytest.mark.slow
 def test_flopsweep_calibrate_writes_a_profile_jobs_find_and_logs_it_with_its_digest(tmp_path):
     profiles = tmp_path / "profiles"
     done = run_main(calibrate_main, "--device", "cpu", "--quick", cwd=tmp_path,

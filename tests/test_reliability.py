@@ -26,6 +26,7 @@ def sweeps(cwd: Path, experiment: str = "rs") -> list:
                               order_by=["attributes.start_time ASC"])
 
 
+@pytest.mark.slow
 def test_a_resume_whose_first_job_is_skipped_writes_every_jobs_row_and_closes_its_run(tmp_path):
     """The summary's columns came from the first job: a skipped one (every skip_existing rerun) has no measured
     metrics, the measured job after it did not fit, the summary was cut short and the sweep's run left RUNNING."""

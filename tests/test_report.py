@@ -63,6 +63,7 @@ def test_report_of_an_unknown_experiment_is_one_line(tmp_path):
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "'nothing_here'" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_report_is_of_one_sweep_the_latest_unless_told(tmp_path):
     tiny = ["model=gpt2_small", "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.vocab_size=500",
             "device=meta", "tracking.experiment=two"]

@@ -123,6 +123,7 @@ def test_the_attention_term_reads_the_shape_of_old_and_new_results():
     assert of_preset("bert", 10, 128, encoder).attention is None
 
 
+@pytest.mark.slow
 def test_the_store_logs_the_shape_of_old_and_new_results(tmp_path):
     from flopsweep.sinks.store import Store
     from flopsweep.sinks.target import target_at

@@ -97,6 +97,7 @@ def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tm
     assert run.data.tags["flopsweep.kind"] == "sweep" and run.info.status == "FAILED"  # not left RUNNING
 
 
+@pytest.mark.slow
 def test_a_combination_that_cannot_be_composed_fails_alone_and_the_rest_run(tmp_path):
     """Each value composes with some model (the check passes), but ViT's d_ff cannot be null: that one job is
     recorded failed with Hydra's reason, the job after it still runs, and the sweep's run and exit say failed."""

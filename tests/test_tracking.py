@@ -102,6 +102,7 @@ def test_tracking_none_writes_no_store(tmp_path):
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_sync_logs_what_a_down_store_missed_once(tmp_path):
     proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
                    "tracking=server", "tracking.uri=http://127.0.0.1:9", cwd=tmp_path, env=NO_RETRIES)
@@ -127,6 +128,7 @@ def test_sync_logs_what_a_down_store_missed_once(tmp_path):
         assert info["fingerprint"] in {r.data.tags["flopsweep.fingerprint"] for r in jobs}
 
 
+@pytest.mark.slow
 def test_sync_sends_each_job_to_the_store_it_recorded(tmp_path):
     """Jobs whose store could not be opened (a file stood where its folder goes) are synced, from another folder and
     with no option, into that store: not into a local store under the folder sync runs in."""
