@@ -172,7 +172,8 @@ def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, m
 
     from flopsweep.core.result import Result
     from flopsweep.sweep.sweeper import RecoveringLauncher
-    from flopsweep.sinks.store import PARENT_ENV, Store
+    from flopsweep.sinks.store import Store
+    from flopsweep.sweep.state import PARENT_ENV
     from flopsweep.sinks.target import target_of
 
     cfg = compose_cfg("tracking.experiment=cleanup")

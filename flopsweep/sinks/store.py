@@ -31,7 +31,6 @@ UNFINISHED = "attributes.status = 'RUNNING'"
 # a job's MLflow status: skipped for lack of memory is KILLED, not FINISHED, so that skip_existing=true runs it
 # again (when there is room) instead of taking it for measured; its tag `status` says skipped, `error` why
 RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED"}
-PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by jobs (any launcher)
 SWEEP_TAG = "flopsweep.sweep"
 PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
@@ -227,16 +226,18 @@ def _store(target: Target) -> Store:
     return Store(target)
 
 
-def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any]) -> Tracking:
-    """Log one job; never raises. Returns where it went, or why not, for ``result.tracking``. A store found unusable
-    in this sweep is not tried again (``known``: the sweep said why, once)."""
+def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any],
+            parent_id: Optional[str] = None) -> Tracking:
+    """Log one job, a child of the run ``parent_id`` (its sweep's) if given; never raises. Returns where it went, or
+    why not, for ``result.tracking``. A store found unusable in this sweep is not tried again (``known``: the sweep
+    said why, once)."""
     where = dict(uri=masked(target.uri), experiment=target.experiment)  # no password
     known = health.down_reason(target.uri)
     if known is not None:
         return Tracking(False, **where, error=f"the store {masked(target.uri)} cannot be used: {known}", known=True)
     started = time.monotonic()
     try:
-        run_id = store(target).log_job(result, folder, job, os.environ.get(PARENT_ENV))
+        run_id = store(target).log_job(result, folder, job, parent_id)
         return Tracking(True, **where, run_id=run_id)
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
         failed(target.uri, err, started)

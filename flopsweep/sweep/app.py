@@ -196,7 +196,7 @@ def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, jo
         return True
     if tracking is None:
         return False
-    result.tracking = log_job(tracking, result, folder, job)
+    result.tracking = log_job(tracking, result, folder, job, os.environ.get(state.PARENT_ENV))
     return True
 
 

@@ -22,7 +22,7 @@ from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
-from flopsweep.sinks.store import PARENT_ENV, failed, store
+from flopsweep.sinks.store import failed, store
 from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sync import close_dead_sweeps
 from flopsweep.sweep import state
@@ -62,7 +62,7 @@ class SweepSummary(Callback):
             if sweep.target is not None:
                 sweep.parent = store(sweep.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
                                                                 list(config.hydra.overrides.task))
-                os.environ[PARENT_ENV] = sweep.parent
+                os.environ[state.PARENT_ENV] = sweep.parent
                 close_dead_sweeps(sweep.target)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             if sweep.target is not None:
@@ -90,7 +90,7 @@ class SweepSummary(Callback):
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
         _say_unlogged(sweep, results, sweep_dir)
         if sweep.parent is not None:
-            os.environ.pop(PARENT_ENV, None)
+            os.environ.pop(state.PARENT_ENV, None)
             if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
                 view = None
                 try:
@@ -165,7 +165,7 @@ def abandon_sweep(why: BaseException) -> None:
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
     if sweep.parent is not None:
-        os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(state.PARENT_ENV, None)
         try:
             if not _store_down(sweep):
                 runs = store(sweep.target)

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 from flopsweep.sinks.target import Target
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the jobs' progress line
+PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # the sweep's MLflow run: set by the sweep callback, read by jobs (any launcher)
 SWEPT_ENV = "FLOPSWEEP_SWEPT"  # the keys that tell a sweep's jobs apart, comma-separated: their runs' short names
 
 

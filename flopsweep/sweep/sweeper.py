@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result
-from flopsweep.sinks.store import PARENT_ENV, store
+from flopsweep.sinks.store import store
 from flopsweep.sinks.target import target_of
 from flopsweep.sweep import state
 from flopsweep.sweep._hydra import BasicSweeper
@@ -146,7 +146,7 @@ class RecoveringLauncher:
         """Delete the sweep's job runs that no job's ``result.json`` names: no job of the sweep runs now, so those
         are the runs of jobs killed while logging, or after logging and before recording their run id, and
         each of these jobs logs itself again whole when it runs again."""
-        parent = os.environ.get(PARENT_ENV)
+        parent = os.environ.get(state.PARENT_ENV)
         try:
             target = target_of(self.config.tracking, Path.cwd())
             if parent and target is not None:
