@@ -16,7 +16,8 @@ from flopsweep.core.files import locked
 from flopsweep.core.result import Result, Tracking
 from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
-from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, PID_TAG, SWEEP_TAG, UNFINISHED, Store, failed, store
+from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, failed, store
+from flopsweep.sinks.sweep_run import SweepRun, job_folders
 from flopsweep.sinks.target import URI_ENV, Target, target_at, target_of_uri, unmasked
 
 
@@ -29,12 +30,6 @@ class Synced:
     failed: int = 0
     uris: set[str] = field(default_factory=set)
     down: dict[str, str] = field(default_factory=dict)  # the stores that cannot be used now, and why
-
-
-def job_folders(path: Path) -> list[Path]:
-    """The job folders at or under ``path`` (those with a ``result.json``), not the copies MLflow keeps."""
-    found = [path] if (path / "result.json").exists() else [p.parent for p in path.rglob("result.json")]
-    return sorted(p for p in found if "mlartifacts" not in p.parts)
 
 
 def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None, experiment: Optional[str] = None,
@@ -78,7 +73,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 
 def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str], experiment: Optional[str],
                 on_failure: Callable[[Path, str], None], done: Synced) -> None:
-    parents: dict[tuple[str, str, Path], str] = {}
+    parents: dict[tuple[str, str, Path], SweepRun] = {}
     targets: set[Target] = set()
     for folder in folders:
         try:
@@ -119,8 +114,8 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             if sweep_dir is not None:
                 key = (target.uri, name, sweep_dir)
                 if key not in parents:
-                    parents[key] = (runs.sweep_run(sweep_dir) or runs.start_parent(sweep_dir, []))
-                parent = parents[key]
+                    parents[key] = SweepRun.of_folder(runs, sweep_dir)
+                parent = parents[key].run_id
             run_id = runs.log_job(result, folder, {"synced": True}, parent)
         except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
             failed(target.uri, err, started)
@@ -130,68 +125,12 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         _record_logged(result, folder, target, run_id)
         done.logged += 1
     try:
-        for (run_uri, name, sweep_dir), parent in parents.items():
-            _close_parent(store(target_of_uri(run_uri, name)), parent, sweep_dir)
+        for parent in parents.values():
+            parent.close_if_done()
         for target in targets:
-            close_dead_sweeps(target)
+            SweepRun.close_dead(store(target))
     except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
         on_failure(folders[0].parent, f"could not close the runs of sweeps that ended: {one_line(err)}")
-
-
-def _close_parent(runs: Store, parent: str, sweep_dir: Path) -> None:
-    """Close the sweep's run if this sync opened it, or if its sweep's process is gone, with the counts of what the
-    folder holds."""
-    run = runs.client.get_run(parent)
-    pid = int(run.data.tags.get(PID_TAG) or 0)
-    opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
-    if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):  # a sweep that runs closes its own
-        runs.finish_parent(parent, _folder_results(sweep_dir), sweep_dir / "summary.csv",
-                           status=None if opened_here else _ended_status(sweep_dir))
-
-
-def close_dead_sweeps(target: Target) -> int:
-    """Close each sweep run of the target's experiment left RUNNING by a process of this host that is gone (SIGKILL
-    leaves no chance to close it), with the counts of what its folder holds: KILLED, or as its jobs say where the sweep
-    reached its end; how many were closed."""
-    import socket
-
-    runs = store(target)
-    here = socket.gethostname()
-    dead = [(run.info.run_id, Path(run.data.tags[SWEEP_TAG])) for run in runs.client.search_runs(
-                [runs.experiment_id()], f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}", max_results=1000)
-            if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
-            and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
-    for run_id, sweep_dir in dead:
-        runs.finish_parent(run_id, _folder_results(sweep_dir), sweep_dir / "summary.csv",
-                           status=_ended_status(sweep_dir))
-    return len(dead)
-
-
-def _folder_results(sweep_dir: Path) -> list[tuple[str, Result]]:
-    """The readable results of a sweep folder's jobs (none if the folder is gone; unreadable ones are reported where
-    their jobs are synced), for the counts its run is closed with."""
-    return [(f.name, r) for f in (job_folders(sweep_dir) if sweep_dir.is_dir() else [])
-            if (r := Result.read_or_none(f / "result.json")) is not None]
-
-
-def _ended_status(sweep_dir: Path) -> Optional[str]:
-    """How a sweep whose process is gone ended: it wrote its summary at its end (it finished, but could not close its
-    run: the store was down), else it was killed (SIGKILL, a crash) before."""
-    return None if (sweep_dir / "summary.csv").exists() else "KILLED"
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host. This process, a pid in use by another, or none recorded (an older
-    sweep's run) count as alive: closing nothing is the safe side."""
-    if pid <= 0 or pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experiment: str) -> Target:

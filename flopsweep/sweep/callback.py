@@ -24,7 +24,7 @@ from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
 from flopsweep.sinks.target import target_of
-from flopsweep.sinks.sync import close_dead_sweeps
+from flopsweep.sinks.sweep_run import SweepRun
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
@@ -60,10 +60,11 @@ class SweepSummary(Callback):
         try:
             sweep.target = target_of(config.tracking, Path.cwd())
             if sweep.target is not None:
-                sweep.parent = store(sweep.target).start_parent(Path(config.hydra.sweep.dir).resolve(),
-                                                                list(config.hydra.overrides.task))
+                runs = store(sweep.target)
+                sweep.parent = SweepRun.open(runs, Path(config.hydra.sweep.dir).resolve(),
+                                             list(config.hydra.overrides.task)).run_id
                 os.environ[state.PARENT_ENV] = sweep.parent
-                close_dead_sweeps(sweep.target)  # a sweep SIGKILLed before could not close its run
+                SweepRun.close_dead(runs)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             if sweep.target is not None:
                 failed(sweep.target.uri, err, started)
@@ -94,8 +95,7 @@ class SweepSummary(Callback):
             if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
                 view = None
                 try:
-                    view = store(sweep.target).finish_parent(sweep.parent, results, sweep_dir / "summary.csv",
-                                                             failed=sweep.failed)
+                    view = SweepRun(store(sweep.target), sweep.parent, sweep_dir).finish(results, failed=sweep.failed)
                 except Exception as err:  # noqa: BLE001
                     print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}",
                           file=sys.stderr)
@@ -168,11 +168,7 @@ def abandon_sweep(why: BaseException) -> None:
         os.environ.pop(state.PARENT_ENV, None)
         try:
             if not _store_down(sweep):
-                runs = store(sweep.target)
-                if results:
-                    runs.finish_parent(sweep.parent, results, sweep.sweep_dir / "summary.csv", status=status)
-                else:
-                    runs.end_parent(sweep.parent, status)
+                SweepRun(store(sweep.target), sweep.parent, Path(sweep.sweep_dir or ".")).abandon(status, results)
         except Exception as err:  # noqa: BLE001
             print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}", file=sys.stderr)
         sweep.parent = None

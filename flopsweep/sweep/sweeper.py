@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result
 from flopsweep.sinks.store import store
+from flopsweep.sinks.sweep_run import SweepRun
 from flopsweep.sinks.target import target_of
 from flopsweep.sweep import state
 from flopsweep.sweep._hydra import BasicSweeper
@@ -150,7 +151,8 @@ class RecoveringLauncher:
         try:
             target = target_of(self.config.tracking, Path.cwd())
             if parent and target is not None:
-                store(target).delete_children_except(parent, _recorded_runs(self._sweep_dir()))
+                SweepRun(store(target), parent, self._sweep_dir()).forget_children_except(
+                    _recorded_runs(self._sweep_dir()))
         except Exception as err:  # noqa: BLE001 - an extra run is untidy, not a lost result
             print(f"flopsweep: warning: could not delete the runs the dead worker left unrecorded: {one_line(err)}",
                   file=sys.stderr)

@@ -1,0 +1,109 @@
+"""A sweep's MLflow run, its jobs' parent, through its life: opened by the sweep (or by a sync, for a sweep whose run
+could not be opened), finished with its jobs' counts, summary and view, abandoned (killed, out of disk), its runs of
+jobs cut off while logging forgotten, and closed by a later sweep or sync where the process that opened it is gone.
+One class for the sweep callback, the sweeper and flopsweep-sync."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from flopsweep.core.result import Result
+from flopsweep.sinks.store import PID_TAG, SWEEP_TAG, UNFINISHED, Store
+
+
+def job_folders(path: Path) -> list[Path]:
+    """The job folders at or under ``path`` (those with a ``result.json``), not the copies MLflow keeps."""
+    found = [path] if (path / "result.json").exists() else [p.parent for p in path.rglob("result.json")]
+    return sorted(p for p in found if "mlartifacts" not in p.parts)
+
+
+def folder_results(sweep_dir: Path) -> list[tuple[str, Result]]:
+    """The readable results of a sweep folder's jobs (none if the folder is gone; unreadable ones are reported where
+    their jobs are synced), for the counts its run is closed with."""
+    return [(f.name, r) for f in (job_folders(sweep_dir) if sweep_dir.is_dir() else [])
+            if (r := Result.read_or_none(f / "result.json")) is not None]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """The run ``run_id`` in ``store`` of the sweep whose folder is ``sweep_dir``."""
+
+    store: Store
+    run_id: str
+    sweep_dir: Path
+
+    @classmethod
+    def open(cls, store: Store, sweep_dir: Path, overrides: list[str]) -> "SweepRun":
+        """A new run for the sweep (tagged with its folder and this process)."""
+        return cls(store, store.start_parent(sweep_dir, overrides), sweep_dir)
+
+    @classmethod
+    def of_folder(cls, store: Store, sweep_dir: Path) -> "SweepRun":
+        """The sweep's run, or a new one where its sweep could open none (its store was down)."""
+        return cls(store, store.sweep_run(sweep_dir) or store.start_parent(sweep_dir, []), sweep_dir)
+
+    def finish(self, results: Optional[list[tuple[str, Result]]] = None, failed: bool = False,
+               status: Optional[str] = None) -> Optional[str]:
+        """End the run with its jobs' counts, summary and view (``results``: read from the folder where not given),
+        as :meth:`Store.finish_parent` says; the view's key, None where no job left a result."""
+        results = folder_results(self.sweep_dir) if results is None else results
+        return self.store.finish_parent(self.run_id, results, self.sweep_dir / "summary.csv", failed, status)
+
+    def abandon(self, status: str, results: list[tuple[str, Result]]) -> None:
+        """End the run of a sweep that stopped before its end (``status``: KILLED or FAILED), with what finished, or
+        with nothing where nothing did."""
+        if results:
+            self.finish(results, status=status)
+        else:
+            self.store.end_parent(self.run_id, status)
+
+    def forget_children_except(self, keep: set[str]) -> int:
+        """Delete the sweep's job runs that no job's folder names (:meth:`Store.delete_children_except`)."""
+        return self.store.delete_children_except(self.run_id, keep)
+
+    def close_if_done(self) -> None:
+        """Close the run if this process opened it (a sync), or if the sweep's process is gone, with the counts of
+        what the folder holds; a sweep that runs closes its own."""
+        run = self.store.client.get_run(self.run_id)
+        pid = int(run.data.tags.get(PID_TAG) or 0)
+        opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
+        if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):
+            self.finish(status=None if opened_here else _ended_status(self.sweep_dir))
+
+    @classmethod
+    def close_dead(cls, store: Store) -> int:
+        """Close each sweep run of the store's experiment left RUNNING by a process of this host that is gone
+        (SIGKILL leaves no chance to close it), with the counts of what its folder holds: KILLED, or as its jobs say
+        where the sweep reached its end; how many were closed."""
+        here = socket.gethostname()
+        dead = [cls(store, run.info.run_id, Path(run.data.tags[SWEEP_TAG])) for run in store.client.search_runs(
+                    [store.experiment_id()], f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}", max_results=1000)
+                if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
+                and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
+        for run in dead:
+            run.finish(status=_ended_status(run.sweep_dir))
+        return len(dead)
+
+
+def _ended_status(sweep_dir: Path) -> Optional[str]:
+    """How a sweep whose process is gone ended: it wrote its summary at its end (it finished, but could not close its
+    run: the store was down), else it was killed (SIGKILL, a crash) before."""
+    return None if (sweep_dir / "summary.csv").exists() else "KILLED"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host. This process, a pid in use by another, or none recorded (an older
+    sweep's run) count as alive: closing nothing is the safe side."""
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
