@@ -88,3 +88,37 @@ def test_a_long_timing_says_how_far_it_is(capsys):
         TICK.reset(token)
     lines = [line for line in capsys.readouterr().out.splitlines() if "timing: run" in line]
     assert [line.split("run ")[1].split(" (")[0] for line in lines] == ["1 of 4", "2 of 4", "3 of 4", "4 of 4"]
+
+
+def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys):
+    import time
+
+    from flopsweep.core import progress
+
+    seen = []
+    token = progress.LISTENER.set(seen.append)
+    try:
+        job("device=cpu", "measure.repeats=1")
+        job("device=meta")
+    finally:
+        progress.LISTENER.reset(token)
+    cpu, meta = seen[:seen.index("build", 2)], seen[seen.index("build", 2):]
+    assert cpu == ["memory check", "build", "count", "size", "time"]  # a real device is pre-checked on meta first
+    assert meta == ["build", "count", "size"]
+    ticker = Ticker(every=0.2)
+    try:
+        ticker.entered("count")
+        time.sleep(0.9)
+        ticker.entered("time")  # the timing loop says how far it is itself
+        capsys.readouterr()
+        time.sleep(0.6)
+    finally:
+        ticker.close()
+    assert capsys.readouterr().out == ""
+    ticker = Ticker(every=0.2)
+    try:
+        ticker.entered("build")
+        time.sleep(0.7)
+    finally:
+        ticker.close()
+    assert "  ... building the model, 0 s into the job" in capsys.readouterr().out

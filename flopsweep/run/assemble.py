@@ -14,6 +14,7 @@ from flopsweep.build.train_modes import TRAIN_MODES
 from flopsweep.core import __version__
 from flopsweep.core import metrics as M
 from flopsweep.core.hardware import peak_flops
+from flopsweep.core.progress import entered
 from flopsweep.core.result import Result, TimingInfo
 from flopsweep.measure.count import StepCount
 from flopsweep.measure.predict import Prediction
@@ -39,6 +40,11 @@ class Progress:
     metrics: dict[str, Optional[float]] = field(default_factory=dict)  # a mode's own (generation), over the rest
     prediction: Optional[Prediction] = None  # the step's time predicted from its counted ops
     prediction_info: dict[str, Any] = field(default_factory=dict)  # its profile, or why there is none
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "phase":  # said where a phase runs long (core/progress.py)
+            entered(value)
 
 
 def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status: str = "ok",

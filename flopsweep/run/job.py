@@ -17,6 +17,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
 from flopsweep.core.device import Device
 from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.progress import entered
 from flopsweep.core.result import Result
 from flopsweep.core.text import size_bytes
 from flopsweep.measure.count import count_step
@@ -88,6 +89,7 @@ def _precheck(spec: JobSpec, config: dict[str, Any]) -> tuple[Optional[Result], 
     """Estimate the job's training peak on meta; a ``skipped`` result if it exceeds ``measure.memory_share`` of
     the memory available, else None; what to record under ``info.memory_check`` either way; and the simulated
     step on meta, if one ran."""
+    entered("memory check")
     try:
         estimate = MetaEstimate(spec)
         check = check_memory(spec, estimate, available_memory(spec.device))

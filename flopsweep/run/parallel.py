@@ -12,6 +12,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.core import metrics as M
 from flopsweep.core.comm import PLACEMENT, Network
 from flopsweep.core.hardware import Accelerator, accelerator
+from flopsweep.core.progress import entered
 from flopsweep.core.result import Result
 from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.experts import EXPERT_DATA_DIM
@@ -27,6 +28,7 @@ def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
     layout = spec.parallel.layout()
     work = Workload(spec.batch.size, spec.batch.seq_len, spec.dtype.weights, spec.dtype.autocast_dtype,
                     spec.measure.causal_attention == "half")
+    entered("count ranks")
     count = count_layout(lambda: spec.family.Model(spec.model), layout, work,
                          lambda params: make_optimizer(spec.optimizer, param_groups(params)))
     metrics = layout_metrics(count)

@@ -31,6 +31,7 @@ from flopsweep.sinks.identity import fingerprint, short_name
 from flopsweep.sinks.claims import Claim
 from flopsweep.sinks.jobdir import write_job_folder
 from flopsweep.sinks.target import Target
+from flopsweep.core import progress as phases
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
 from flopsweep.sweep.progress import Ticker, progress_line
@@ -58,7 +59,8 @@ def run_one(cfg: DictConfig) -> Result:
     else:
         say("\n".join([progress_line(job_num, config), *(f"note: {n}" for n in spec.notes)]))
         started = time.time()
-        ticking = TICK.set(Ticker())
+        ticker = Ticker()
+        ticking, listening = TICK.set(ticker), phases.LISTENER.set(ticker.entered)
         tracking = spec.tracking
         try:
             result, claimed = _skip_or_run(spec, config)
@@ -73,6 +75,8 @@ def run_one(cfg: DictConfig) -> Result:
             raise
         finally:
             TICK.reset(ticking)
+            phases.LISTENER.reset(listening)
+            ticker.close()
     try:
         with state.interrupts_deferred():
             _record(tracking, hydra_cfg, result, job_num)

@@ -4,6 +4,7 @@ job."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Optional
 
@@ -24,13 +25,23 @@ def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
     return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
 
 
+PHASES = {"memory check": "the memory pre-check on meta", "build": "building the model", "count": "counting its ops",
+          "size": "sizing its memory", "compile": "compiling (torch.compile)", "profile": "profiling its modules",
+          "count ranks": "counting the layout rank by rank"}  # "time": the timing loop says how far it is itself
+
+
 class Ticker:
-    """A sign of life in a long job: once the job has run ``every`` seconds, and then every ``every`` seconds, a line
-    saying how far its timing loop is (the loop calls it after each timed run: ``measure.timing.TICK``)."""
+    """Signs of life in a long job: once the job has run ``every`` seconds, and then every ``every`` seconds, a line
+    saying what it is doing: how far its timing loop is (the loop calls it after each timed run:
+    ``measure.timing.TICK``), or which phase it is in (the job announces them, ``core.progress``; a watcher thread
+    says one that runs long). :meth:`close` stops the watcher."""
 
     def __init__(self, every: float = 15.0):
         self.started = self.last = time.monotonic()
         self.every = every
+        self.phase: Optional[str] = None
+        self._stop = threading.Event()
+        self._watcher: Optional[threading.Thread] = None  # started at the first phase
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -38,6 +49,22 @@ class Ticker:
             self.last = now
             say(f"  ... timing: run {done} of {total} (warm-up included), {_duration(now - self.started)} into the "
                 "job")
+
+    def entered(self, phase: str) -> None:
+        self.phase = phase
+        if self._watcher is None and not self._stop.is_set():
+            self._watcher = threading.Thread(target=self._watch, name="flopsweep-ticker", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(max(0.1, min(1.0, self.every))):  # a glance a second at most, never a spin
+            now, words = time.monotonic(), PHASES.get(self.phase or "")
+            if words is not None and now - self.last >= self.every:
+                self.last = now
+                say(f"  ... {words}, {_duration(now - self.started)} into the job")
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _duration(seconds: float) -> str:
