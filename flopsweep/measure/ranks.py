@@ -30,13 +30,13 @@ from torch.distributed.tensor.parallel import loss_parallel
 from flopsweep.core.errors import require
 from flopsweep.measure._torch import fake_store, fake_tensor_mode, memory_tracker, peak_since
 from flopsweep.measure.count import PhaseCount
+from flopsweep.measure.experts import ExpertsShard
 from flopsweep.measure.formulas import CountOptions
 from flopsweep.measure.layout import MESH_DIMS, Layout
 from flopsweep.measure.ops import OpTrace
 from flopsweep.measure.rank_count import CollectiveKey, CollectiveTally, LocalSavedActivations, RankCounter
 from flopsweep.measure.rank_memory import RankMemory
 from flopsweep.measure.rank_sample import alike, grown, samples
-from flopsweep.measure.experts import ExpertsShard
 from flopsweep.measure.rank_step import RankGroups, Recomputed, prime, run_step, sharded
 from flopsweep.measure.tp_plans import Stage, layers_of, make_stage
 
