@@ -78,6 +78,7 @@ def test_a_sweep_goes_on_after_an_oom(tmp_path):
     assert "1 ok" in out.stdout and "1 oom" in out.stdout
 
 
+@pytest.mark.slow
 def test_a_job_skipped_for_memory_is_logged_and_not_taken_for_measured(tmp_path):
     """A real sweep: the job that would not fit is logged like any other (its reason, the sizes estimated on meta),
     as KILLED, not FINISHED: the same command with skip_existing=true tries it again rather than skip it as done."""

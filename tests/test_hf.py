@@ -111,6 +111,7 @@ MIXTRAL = ["model=mixtral_8x7b", "++model.hidden_size=64", "++model.intermediate
            "batch.seq_len=16", "batch.size=3"]
 
 
+@pytest.mark.slow
 def test_a_small_mixtral_counts_its_closed_form_and_cpu_equals_meta():
     """Attention, the router and the top-2 of 8 experts per token (three matmuls each), the head: whatever the
     routing (meta routes nothing, the CPU routes real tokens), the same count."""

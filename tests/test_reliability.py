@@ -269,6 +269,7 @@ def test_a_signal_during_a_jobs_recording_is_raised_once_the_record_is_whole():
         signal.signal(signal.SIGTERM, before)
 
 
+@pytest.mark.slow
 def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     """A sweep run left RUNNING by a process of this host that no longer exists (SIGKILL) is closed by the next sync
     into its experiment: KILLED, with the counts of what its folder holds. One whose process runs stays open."""

@@ -241,6 +241,7 @@ def test_a_presets_serving_plan_on_tp_all_reduces_its_own_layers(tmp_path):
     assert 0 < row["tpot_all_reduce_s"] < row["tpot_s"]
 
 
+@pytest.mark.slow
 def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(tmp_path):
     """Mixtral 8x7B counted on meta, served on one H200 (141 GB holds its 93 GB): its 32 layers x 8 experts x 3
     matrices of 4,096 x 14,336 in bf16 are routed weights; a memory-bound decode step at batch b reads the other weights
