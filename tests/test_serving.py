@@ -334,6 +334,10 @@ def test_expert_parallel_serving_holds_and_reads_a_gpus_own_experts_and_exchange
 def test_expert_parallelism_is_refused_in_one_line_where_it_cannot_split_the_experts(serving, generation, message):
     from flopsweep.core.errors import ConfigError
 
+    with pytest.raises(ConfigError) as zero:  # a fleet of no GPUs is none of a replica's multiples
+        Serving(H100, "bfloat16", ep=8, gpus=0)
+    assert zero.value.key == "gpus"
+
     with pytest.raises(ConfigError) as err:
         plan(generation, Serving(H100, "bfloat16", **serving))
     assert err.value.key == "ep" and message in str(err.value) and "\n" not in str(err.value)

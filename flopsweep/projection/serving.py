@@ -67,7 +67,8 @@ class Serving:
         require(isinstance(self.ep, int) and self.ep >= 1 and (self.ep == 1 or self.ep % self.tp == 0), "ep", self.ep,
                 f"must be an integer >= 1, a multiple of --tp={self.tp} (a replica of ep GPUs, tp to an attention "
                 "group)")
-        require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus % self.replica == 0), "gpus",
+        require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.replica
+                                      and self.gpus % self.replica == 0), "gpus",
                 self.gpus, f"must be a multiple of the {self.replica} GPUs a replica holds (--tp, --ep)")
         require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
                 self.expert_skew, "must be a finite number >= 0 (0: uniform routing)")
