@@ -71,6 +71,16 @@ def test_a_docs_flopsweep_command_resolves_its_jobs(args):
         resolve(compose_config(*job))
 
 
+def test_every_documented_flopsweep_command_says_its_device():
+    """A command that only counts says device=meta (the default, cpu, times a 2,048-token model for minutes); one
+    that times says device=cpu or cuda; a sweep preset sets its own."""
+    for where, body in SHELL:
+        for line in body.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith(".venv/bin/flopsweep ") and "--help" not in line:
+                assert "device=" in line or "+sweep=" in line, f"{where}: {line}"
+
+
 PYTHON = blocks("python")
 
 
