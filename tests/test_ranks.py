@@ -304,6 +304,22 @@ def test_expert_parallelism_splits_the_experts_and_sends_each_tokens_rows_to_the
     assert not split.ranks[0].uncounted
 
 
+@pytest.mark.slow
+def test_a_mixture_of_experts_whose_first_layer_is_dense_is_found_and_split_where_it_has_experts():
+    """Qwen2-MoE with ``mlp_only_layers=[0]``: layer 0 is a Llama-style MLP, layer 1 routes to 4 experts of width 32
+    (their gate, up and down: 3 x 32 x 64 each) beside a shared expert; ep=2 splits layer 1's only."""
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type="qwen2_moe", hidden_size=H, intermediate_size=FFN,
+                             num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2,
+                             vocab_size=VOCAB, max_position_embeddings=SEQ, num_experts=4, num_experts_per_tok=2,
+                             moe_intermediate_size=32, shared_expert_intermediate_size=32, mlp_only_layers=[0]))
+    counts = {ep: count_layout(lambda: family.Model(cfg), Layout(dp=2, ep=ep, micro_batch_size=MICRO),
+                               Workload(4 * MICRO, SEQ, torch.bfloat16)).ranks[0] for ep in (1, 2)}
+    assert counts[1].params - counts[2].params == 4 * 3 * 32 * H // 2
+    assert collective(LayoutCount(Layout(dp=2, ep=2), 4 * MICRO, SEQ, [counts[2]]), "all_to_all", "forward", "ep")[0] \
+        == 3  # one MoE layer's rows, weights and outputs
+
+
 def test_a_mixture_of_experts_is_refused_a_tensor_parallel_plan():
     with pytest.raises(ConfigError) as err:
         Layout(tp=2).check_model(heads=4, kv_heads=2, layers=2, batch_size=8, seq_len=32, experts=EXPERTS)

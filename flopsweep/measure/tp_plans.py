@@ -248,11 +248,15 @@ class HFStage(Stage):
 
 
 class LlamaStage(HFStage):
-    """Llama-style decoders (``LlamaForCausalLM`` and kin)."""
+    """Llama-style decoders (``LlamaForCausalLM`` and kin), no layer of which has routed experts."""
 
     PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.gate_proj,mlp.up_proj",
                 row="self_attn.o_proj,mlp.down_proj", norm="input_layernorm,post_attention_layernorm",
                 attn="self_attn", mlp="mlp")
+
+    @classmethod
+    def fits(cls, net: nn.Module) -> bool:
+        return super().fits(net) and not MoEStage.routed(net)
 
 
 class MoEStage(HFStage):
@@ -260,9 +264,18 @@ class MoEStage(HFStage):
     router, and ``mlp.experts``, the routed experts' weights stacked (``gate_up_proj``, ``down_proj``: Hugging Face's
     grouped-matmul experts). Counted without tensor parallelism (refused at the count, naming ``parallel.tp``)."""
 
-    PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,mlp.experts",
-                row="self_attn.o_proj,mlp.gate", norm="input_layernorm,post_attention_layernorm",
-                attn="self_attn", mlp="mlp")  # the names it is known by; the plan itself is refused
+    PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj", row="self_attn.o_proj",
+                norm="input_layernorm,post_attention_layernorm", attn="self_attn", mlp="mlp")  # attention's
+
+    @classmethod
+    def routed(cls, net: nn.Module) -> bool:
+        """Whether any layer has routed experts (dense layers may come first: Qwen2-MoE's ``mlp_only_layers``)."""
+        layers = getattr(getattr(net, cls.BODY, None), cls.LAYERS, None) or []
+        return any(hasattr(getattr(layer, "mlp", None), "experts") for layer in layers)
+
+    @classmethod
+    def fits(cls, net: nn.Module) -> bool:
+        return super().fits(net) and cls.routed(net)
 
     def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
         raise ConfigError("parallel.tp", tp_mesh.size(), "splits attention heads and MLPs: a mixture of experts' "
