@@ -54,3 +54,19 @@ def test_a_record_a_hand_or_a_newer_version_wrote_reads_as_far_as_it_goes(tmp_pa
     assert result.device_name == "NVIDIA A100-SXM4-80GB" and result.timing.method is None
     assert (result.predicted_by.part, result.predicted_by.digest) == ("A100", "abc")
     assert result.bottleneck is None and result.layout == {} and result.source_digest is None
+
+
+@pytest.mark.parametrize("model, label", [
+    ({"name": "gpt2_small", "family": "decoder"}, "gpt2_small"),                  # a preset: its name
+    ({"name": "hf", "config": "models/Llama-3.1-8B/config.json"}, "hf:Llama-3.1-8B"),  # a config.json: its folder
+    ({"name": "hf", "config": "configs/qwen3.json"}, "hf:qwen3"),                 # another file: its name
+    ({"name": "hf", "model_type": "mixtral"}, "hf:mixtral"),                      # fields: the type
+    ({"name": "custom", "_target_": "mypkg.models.Net"}, "custom:Net"),           # your own model: its class
+    ({"name": "custom_example", "_target_": "examples.custom_model.TinyNet"}, "custom_example"),  # a preset of it
+])
+def test_a_model_is_named_by_what_it_is(model, label):
+    from flopsweep.core.result import model_label
+    from flopsweep.sinks.identity import run_name
+
+    assert model_label(model) == label == Result("ok", None, {"model": model}).model_name
+    assert run_name({"model": model, "batch": {"size": 8}}).startswith(f"{label}|b8|")

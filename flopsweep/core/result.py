@@ -166,7 +166,8 @@ class Result:
 
     @property
     def model_name(self) -> str:
-        return str((self.config.get("model") or {}).get("name", "?"))
+        """What its model is, by name (:func:`model_label`)."""
+        return model_label(self.config.get("model") or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +209,22 @@ class Result:
             return cls.read(path)
         except (OSError, ValueError):
             return None
+
+
+def model_label(model: dict[str, Any]) -> str:
+    """A model's name as people tell it: a preset's or family's name; a Hugging Face config by its file (the folder
+    of a ``config.json``) or its ``model_type`` (``hf:Llama-3.1-8B``, ``hf:llama``); your own model by its class
+    (``custom:Net``)."""
+    name = str(model.get("name", "?"))
+    if name == "hf":
+        source = model.get("config")
+        if source:
+            path = Path(str(source))
+            return f"hf:{path.parent.name if path.name == 'config.json' else path.stem}"
+        return f"hf:{model['model_type']}" if model.get("model_type") else name
+    if name == "custom" and model.get("_target_"):
+        return f"custom:{str(model['_target_']).rsplit('.', 1)[-1]}"
+    return name
 
 
 def any_failed(results: list[tuple[str, Result]]) -> bool:

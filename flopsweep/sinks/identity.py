@@ -17,7 +17,7 @@ from typing import Any, Optional
 from flopsweep.core import __version__
 from flopsweep.core.errors import masked
 from flopsweep.core.hardware import cpu_model
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, model_label
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
@@ -53,7 +53,7 @@ _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
 def run_name(config: dict[str, Any]) -> str:
     """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
-    parts = [str(model.get("name", "?")), f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
+    parts = [model_label(model), f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
     parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
     return "|".join(parts)
@@ -65,7 +65,9 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     names short; the full name is :func:`run_name`."""
     flat, parts = flatten(config), []
     for key in keys:
-        if key in GROUP_NAMES:
+        if key == "model":
+            parts.append(model_label(config.get("model") or {}))
+        elif key in GROUP_NAMES:
             parts.append(str((config.get(key) or {}).get(GROUP_NAMES[key], "?")))
         elif key in _SHORT:
             parts.append(f"{_SHORT[key]}{flat.get(key, '?')}")
