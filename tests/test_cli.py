@@ -166,3 +166,16 @@ def test_each_commands_help_renders_without_rest_markup(command, tmp_path):
     out = run_main(importlib.import_module(module[command[0]]).main, *command[1:], "--help", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("usage:")
     assert "``" not in out.stdout and ":func:" not in out.stdout and ":class:" not in out.stdout
+
+
+def test_a_sweeps_lines_and_table_show_the_keys_it_varies(tmp_path):
+    out = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=16", "device=meta",
+                  "optimizer=adamw,sgd", "train=full,lora", "tracking=none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines if line.startswith("[job ")] == [
+        "[job 1/4] gpt2_small: adamw|full", "[job 2/4] gpt2_small: adamw|lora", "[job 3/4] gpt2_small: sgd|full",
+        "[job 4/4] gpt2_small: sgd|lora"]
+    header = next(line for line in lines if line.startswith("job "))
+    assert header.split()[:9] == ["job", "model", "batch", "seq", "dtype", "device", "status", "optimizer", "train"]
+    assert any(line.split()[7:9] == ["sgd", "lora"] for line in lines if line.startswith("3_"))

@@ -55,7 +55,7 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
     assert most_at_once(sweep_dir) >= 2, "the jobs should have run side by side"
     # each job's progress line is whole and numbered out of the sweep's size, which the workers got with their jobs
-    progress = [int(n) for n in re.findall(r"^\[job (\d+)/16\] gpt2_small\|b\d+\|", proc.stdout, re.MULTILINE)]
+    progress = [int(n) for n in re.findall(r"^\[job (\d+)/16\] gpt2_small: b\d+ ", proc.stdout, re.MULTILINE)]
     assert sorted(progress) == list(range(1, 17))
 
     (parent,), jobs = store(tmp_path, "eight")

@@ -215,9 +215,30 @@ def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> lis
     return cells
 
 
-def summary_table(results: list[tuple[str, Result]]) -> str:
+_SHOWN = ("model", "model.name", "batch.size", "batch.seq_len", "dtype", "dtype.name", "device", "device.type")
+
+
+def summary_table(results: list[tuple[str, Result]], varying: tuple[str, ...] = ()) -> str:
+    """The sweep's table: each job's row; ``varying``, the config keys the sweep varies, each a column of its own
+    where the base columns do not show it already (``optimizer``, ``train.rank``, ...)."""
     columns = summary_columns([r for _, r in results])
-    return table(_BASE + [header for header, _ in columns], [summary_row(job, r, columns) for job, r in results])
+    swept = [key for key in varying if key not in _SHOWN]
+    rows = [summary_row(job, r, columns) for job, r in results]
+    rows = [row[:len(_BASE)] + [_config_value(r.config, key) for key in swept] + row[len(_BASE):]
+            for row, (_, r) in zip(rows, results)]
+    named = [key.partition(".")[0] if key.count(".") == 1 and key.endswith((".name", ".mode", ".type", ".kind"))
+             else key for key in swept]  # a group's option by the group: optimizer, train
+    return table(_BASE + named + [header for header, _ in columns], rows)
+
+
+def _config_value(config: dict[str, Any], key: str) -> str:
+    """A config value by its dotted key (a group by the field that names it: ``optimizer`` is its name)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):  # a config group: its option's name
+        node = next((node[f] for f in ("name", "mode", "type", "kind") if f in node), None)
+    return "-" if node is None else str(node)
 
 
 def _share(part: Optional[float], whole: Optional[float]) -> str:

@@ -102,4 +102,10 @@ def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40
     """A sweep run's description: the command's overrides and the console's table of its jobs (``most`` of them: a
     tag holds 8,000 characters; the rest are in summary.csv beside it)."""
     more = f"\n... {len(results) - most} more jobs: summary.csv" if len(results) > most else ""
-    return f"`flopsweep {overrides}`\n\n```\n{summary_table(results[:most])}{more}\n```"
+    table = summary_table(results[:most], swept_keys([r for _, r in results]))
+    return f"`flopsweep {overrides}`\n\n```\n{table}{more}\n```"
+
+
+def swept_keys(results: list[Result]) -> tuple[str, ...]:
+    """The config keys a sweep's table shows as columns of their own: those its jobs differ in."""
+    return tuple(varying_params(results))
