@@ -1,5 +1,8 @@
 """Formatting for people, in one place: numbers with their units, aligned tables, a job's metrics and its
-``stats.txt``, a sweep's summary table and the module profile as text."""
+``stats.txt``, a sweep's summary table and the module profile as text.
+
+Why one file: every figure the console, ``stats.txt`` and MLflow's notes show goes through the same few helpers
+(``format_metric``, ``table``, ``human``); the summary's columns and a job's lines are their two main readers."""
 
 from __future__ import annotations
 

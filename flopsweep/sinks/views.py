@@ -107,5 +107,5 @@ def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40
 
 
 def swept_keys(results: list[Result]) -> tuple[str, ...]:
-    """The config keys a sweep's table shows as columns of their own: those its jobs differ in."""
-    return tuple(varying_params(results))
+    """The config keys a sweep's table shows as columns of their own: those its jobs differ in (none without jobs)."""
+    return tuple(varying_params(results)) if results else ()
