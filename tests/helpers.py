@@ -331,3 +331,9 @@ class SwallowsTheInterrupt(nn.Module):
         except KeyboardInterrupt:
             raise RuntimeError("the library's own error") from None
         return x.sum()
+
+
+def shell_commands(body: str) -> list[str]:
+    """A shell block's commands as a paste runs them: continued lines joined, trailing comments cut."""
+    lines = (line.split("  #")[0].strip() for line in body.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]

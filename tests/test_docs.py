@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from flopsweep.config.resolve import resolve
-from tests.helpers import REPO, compose_config
+from tests.helpers import REPO, compose_config, shell_commands
 from tests.test_readme import SKIP, jobs_of
 
 FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -39,8 +39,7 @@ def test_the_docs_have_shell_blocks_to_check():
 def test_a_shell_block_is_valid_bash_with_nothing_a_paste_would_trip_on(body):
     parsed = subprocess.run(["bash", "-n"], input=body, text=True, capture_output=True)
     assert parsed.returncode == 0, parsed.stderr  # an unquoted range(1,11) fails here
-    commands = [line.split("  #")[0].strip() for line in body.replace("\\\n", " ").splitlines()]
-    for command in (c for c in commands if c and not c.startswith("#")):
+    for command in shell_commands(body):
         words = shlex.split(command, comments=True)
         assert "..." not in words, command
         assert not words or words[0] not in ("pip", "python", "python3", "flopsweep", "pytest"), \
@@ -52,8 +51,7 @@ def docs_commands() -> list[tuple[str, list[str]]]:
     for where, body in SHELL:
         if where.startswith("README"):
             continue
-        for line in body.replace("\\\n", " ").splitlines():
-            line = line.split("  #")[0].strip()
+        for line in shell_commands(body):
             if line.startswith(".venv/bin/flopsweep ") and not any(s in line for s in SKIP):
                 found.append((where, shlex.split(line)[1:]))
     return found
@@ -75,8 +73,7 @@ def test_every_documented_flopsweep_command_says_its_device():
     """A command that only counts says device=meta (the default, cpu, times a 2,048-token model for minutes); one
     that times says device=cpu or cuda; a sweep preset sets its own."""
     for where, body in SHELL:
-        for line in body.replace("\\\n", " ").splitlines():
-            line = line.split("  #")[0].strip()
+        for line in shell_commands(body):
             if line.startswith(".venv/bin/flopsweep ") and "--help" not in line:
                 assert "device=" in line or "+sweep=" in line, f"{where}: {line}"
 

@@ -11,14 +11,15 @@ from omegaconf import OmegaConf
 
 from flopsweep.cli.project import NAMES, main as project
 from flopsweep.config.resolve import resolve
-from tests.helpers import REPO, compose_config, run_main
+from tests.helpers import REPO, compose_config, run_main, shell_commands
 
-SKIP = ("device=cuda", "slurm", "<", "path/to/")  # a GPU, a cluster, placeholders (a folder made earlier, a file of yours)
+# a GPU, a cluster, placeholders (a folder an earlier command made, a file of yours)
+SKIP = ("device=cuda", "slurm", "<", "path/to/")
 
 
 def readme_commands(tool: str) -> list[list[str]]:
     blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
-    lines = [line.split("  #")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    lines = [line for block in blocks for line in shell_commands(block)]
     return [shlex.split(line)[1:] for line in lines
             if line.startswith(f".venv/bin/{tool} ") and not any(s in line for s in SKIP)]
 

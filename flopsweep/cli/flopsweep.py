@@ -112,23 +112,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handlers = {signum: signal.signal(signum, state.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         app()
-    except (HydraException, OmegaConfBaseException) as err:
-        if sweep.full_errors:
-            raise
-        disk = state.disk_error(err)  # the sweep's or the run's folder cannot be made
+    except (HydraException, OmegaConfBaseException, OSError) as err:
+        # a disk that cannot be written: the sweep's or the run's folder not made, or Hydra's own files (the sweep's
+        # multirun.yaml) on a disk full before any job
+        disk = state.disk_error(err)
+        if sweep.full_errors or (disk is None and not isinstance(err, (HydraException, OmegaConfBaseException))):
+            raise  # an OSError of another kind (Hydra's missing config is one and is said below)
         if disk is not None:
-            print(f"flopsweep: error: {state.Unwritable(None, disk)}; nothing was measured", file=sys.stderr)
+            print(f"flopsweep: error: {state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}",
+                  file=sys.stderr)
             return 1
         print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
         return 2
     except state.Unwritable as err:
         print(f"flopsweep: error: {err}; {_what_is_left(sweep)}", file=sys.stderr)
-        return 1
-    except OSError as err:  # Hydra's own files (the sweep's multirun.yaml) on a disk that is full before any job
-        disk = state.disk_error(err)
-        if disk is None or sweep.full_errors:
-            raise
-        print(f"flopsweep: error: {state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         signum = state.signal_of(err)

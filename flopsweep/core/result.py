@@ -97,6 +97,22 @@ class JobTimes:
     end: float
 
 
+class _InfoRecord:
+    """A part of ``Result.info`` read as a record of ``cls`` (:func:`_of`: None where there is none) and, unless not
+    ``settable``, set from one (:func:`_dict`)."""
+
+    def __init__(self, cls: type, key: str, settable: bool = True):
+        self.cls, self.key, self.settable = cls, key, settable
+
+    def __get__(self, result: Optional["Result"], owner: type) -> Any:
+        return self if result is None else _of(self.cls, result.info.get(self.key))
+
+    def __set__(self, result: "Result", record: Any) -> None:
+        if not self.settable:
+            raise AttributeError(f"info.{self.key} is written where it is made, not as a record")
+        result.info[self.key] = _dict(record)
+
+
 @dataclass
 class Result:
     """A job's status, error, config, metrics, breakdown and info, as ``result.json`` holds them."""
@@ -113,35 +129,11 @@ class Result:
             raise ValueError(f"not a flopsweep result (status {self.status!r} is none of {', '.join(STATUSES)})")
         self.status = Status(self.status)
 
-    @property
-    def tracking(self) -> Optional[Tracking]:
-        """Where its run was logged or why not; None before it was tried (or with ``tracking=none``)."""
-        return _of(Tracking, self.info.get("tracking"))
-
-    @tracking.setter
-    def tracking(self, record: Tracking) -> None:
-        self.info["tracking"] = _dict(record)
-
-    @property
-    def timing(self) -> Optional[TimingInfo]:
-        """How its step was timed; None for a job that timed nothing (on meta)."""
-        return _of(TimingInfo, self.info.get("timing"))
-
-    @timing.setter
-    def timing(self, record: TimingInfo) -> None:
-        self.info["timing"] = _dict(record)
-
-    @property
-    def job_times(self) -> Optional[JobTimes]:
-        return _of(JobTimes, self.info.get("job"))
-
-    @job_times.setter
-    def job_times(self, record: JobTimes) -> None:
-        self.info["job"] = _dict(record)
-
-    @property
-    def predicted_by(self) -> Optional[PredictedBy]:
-        return _of(PredictedBy, self.info.get("prediction"))
+    # the parts of ``info`` that several layers read, as records; set from records, kept as the dicts they were
+    tracking = _InfoRecord(Tracking, "tracking")    # where its run was logged or why not; None before it was tried
+    timing = _InfoRecord(TimingInfo, "timing")      # how its step was timed; None for a job that timed nothing
+    job_times = _InfoRecord(JobTimes, "job")        # a sweep job's start and end
+    predicted_by = _InfoRecord(PredictedBy, "prediction", settable=False)
 
     @property
     def bottleneck(self) -> Optional[str]:

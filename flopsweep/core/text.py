@@ -235,12 +235,10 @@ def summary_table(results: list[tuple[str, Result]], varying: tuple[str, ...] = 
 
 
 def _config_value(config: dict[str, Any], key: str) -> str:
-    """A config value by its dotted key (a group by the field that names it: ``optimizer`` is its name)."""
+    """A config value by its dotted key (``optimizer.name``), ``-`` where the job has none."""
     node: Any = config
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, dict):  # a config group: its option's name
-        node = next((node[f] for f in ("name", "mode", "type", "kind") if f in node), None)
     return "-" if node is None else str(node)
 
 

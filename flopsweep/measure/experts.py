@@ -26,12 +26,6 @@ from flopsweep.measure._torch import all_to_all_autograd
 EXPERT_DATA_DIM = "edp"  # the ranks holding the same experts: dp x cp / ep of them
 
 
-def stacked_experts(layer: nn.Module) -> nn.Module:
-    """A layer's routed experts (``mlp.experts`` of a Hugging Face mixture of experts: stacked weights, a leading
-    dimension of ``num_experts``)."""
-    return layer.get_submodule("mlp.experts")
-
-
 class ExpertsShard(nn.Module):
     """The ``E / ep`` experts of ``experts`` (a Hugging Face experts module, its stacked weights cut to them) that one
     rank of the expert-parallel ``group`` holds, called as the module was: ``(hidden_states [T, H], top_k_index

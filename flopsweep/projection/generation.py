@@ -100,17 +100,6 @@ class Generation:
             return 0.0
         return 2 * self.counted_routed_bytes / SERVED_BYTES[self.dtype] * self.experts_per_token / self.experts
 
-    def decode_read_bytes(self, batch: int, skew: float = 0.0) -> float:
-        """The weights a decode step of ``batch`` sequences reads: of a mixture of experts, the routed experts its
-        ``batch`` tokens reach."""
-        touched = self.experts_read(batch, skew)
-        return self.weights_read_bytes + (self.routed_bytes * touched / self.experts if touched is not None else 0.0)
-
-    def prefill_read_bytes(self, tokens: int, skew: float = 0.0) -> float:
-        """The weights a prefill of ``tokens`` tokens moves: every one, but the routed experts no token reaches."""
-        touched = self.experts_read(tokens, skew)
-        return self.weights_bytes - (self.routed_bytes * (1 - touched / self.experts) if touched is not None else 0.0)
-
     def decode_flops(self, contexts: np.ndarray) -> np.ndarray:
         """A decode step's FLOPs per sequence at each context (the line through the counted ends)."""
         if self.steps <= 1:

@@ -147,10 +147,11 @@ class BatchRow:
     kwh_per_m_output: Optional[float]
 
 
-def weights_per_gpu(gen: Generation, serving: Serving) -> float:
-    """Bytes of weights one GPU holds: the routed experts' share (whole experts over ep, or every weight over tp),
-    the rest's over tp."""
-    return (gen.weights_bytes - gen.routed_bytes) / serving.tp + gen.routed_bytes / serving.experts_split
+def weights_per_gpu(gen: Generation, serving: Serving, routed: Optional[float] = None) -> float:
+    """Bytes of weights one GPU holds (or moves): its share of the routed experts' ``routed`` bytes (all of them
+    unless given: whole experts over ep, or every weight over tp), and of the rest's over tp."""
+    routed = gen.routed_bytes if routed is None else routed
+    return (gen.weights_bytes - gen.routed_bytes) / serving.tp + routed / serving.experts_split
 
 
 def largest_batch(gen: Generation, serving: Serving) -> int:
@@ -179,14 +180,13 @@ def _per_gpu(flops: Any, tokens: float, batch: int, gen: Generation, serving: Se
 def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     """A batch of ``batch`` requests on a replica, all prefilled together then decoded in step."""
     kv = gen.kv_bytes_per_token * gen.kv_share(serving.tp)  # one GPU's cache bytes a token
-    group, split = batch / serving.groups, serving.experts_split  # an attention group's sequences
-    dense = (gen.weights_bytes - gen.routed_bytes) / serving.tp
-    weights = dense + gen.routed_read(batch * gen.prompt, serving.expert_skew) / split
+    group = batch / serving.groups  # an attention group's sequences
+    weights = weights_per_gpu(gen, serving, gen.routed_read(batch * gen.prompt, serving.expert_skew))
     prefill, prefill_compute = _phase(np.array([_per_gpu(gen.prefill_flops, gen.prompt, batch, gen, serving)]),
                                       np.array([weights + group * gen.prompt * kv]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
-    read = (gen.decode_read_bytes(batch, serving.expert_skew) - gen.routed_read(batch, serving.expert_skew)) / \
-        serving.tp + gen.routed_read(batch, serving.expert_skew) / split
+    # a step reads the weights besides the routed experts over tp, and its share of the experts its batch reaches
+    read = gen.weights_read_bytes / serving.tp + gen.routed_read(batch, serving.expert_skew) / serving.experts_split
     steps, compute = _phase(_per_gpu(gen.decode_flops(contexts), 1, batch, gen, serving),
                             read + group * kv * contexts, serving)
     step_reduce, step_exchange = serving.all_reduce_s(gen, group), serving.all_to_all_s(gen, group)

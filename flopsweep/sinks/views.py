@@ -43,8 +43,11 @@ def shown_metrics(results: list[Result]) -> list[str]:
 
 def varying_params(results: list[Result], most: int = 8) -> list[str]:
     """The config keys whose values differ between the measured ``results`` (all of them if none was): a config
-    group's option where it varies (``model.name``, not every key of every model), else the group's keys that do."""
+    group's option where it varies (``model.name``, not every key of every model), else the group's keys that do;
+    none without results."""
     ok = [r for r in results if r.status in ("ok", "skipped")] or results  # skipped: measured by an earlier sweep
+    if not ok:
+        return []
     flat = [flatten(r.config or {}) for r in ok]
     keys = [k for k in flat[0] if all(k in f for f in flat) and len({str(f[k]) for f in flat}) > 1]
     options = [k for k in keys if k in OPTIONS]
@@ -102,10 +105,5 @@ def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40
     """A sweep run's description: the command's overrides and the console's table of its jobs (``most`` of them: a
     tag holds 8,000 characters; the rest are in summary.csv beside it)."""
     more = f"\n... {len(results) - most} more jobs: summary.csv" if len(results) > most else ""
-    table = summary_table(results[:most], swept_keys([r for _, r in results]))
+    table = summary_table(results[:most], tuple(varying_params([r for _, r in results])))
     return f"`flopsweep {overrides}`\n\n```\n{table}{more}\n```"
-
-
-def swept_keys(results: list[Result]) -> tuple[str, ...]:
-    """The config keys a sweep's table shows as columns of their own: those its jobs differ in (none without jobs)."""
-    return tuple(varying_params(results)) if results else ()

@@ -25,7 +25,7 @@ from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
 from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sweep_run import SweepRun
-from flopsweep.sinks.views import swept_keys
+from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
@@ -135,7 +135,7 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
                for folder in sorted(folders, key=lambda p: _job_number(p.name))]
     print()
-    print(summary_table(results, swept_keys([r for _, r in results])))
+    print(summary_table(results, tuple(varying_params([r for _, r in results]))))
     counts = status_counts(results)
     print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
           f"  |  results: {sweep_dir}")
