@@ -337,3 +337,19 @@ def shell_commands(body: str) -> list[str]:
     """A shell block's commands as a paste runs them: continued lines joined, trailing comments cut."""
     lines = (line.split("  #")[0].strip() for line in body.replace("\\\n", " ").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+class Slow(nn.Module):
+    """A model whose forward takes ``seconds`` (a sleep a signal can cut): a job that is still running when a test
+    interrupts, preempts or times it out."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return self.linear(x)

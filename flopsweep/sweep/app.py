@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -66,10 +65,10 @@ def run_one(cfg: DictConfig) -> Result:
             result, claimed = _skip_or_run(spec, config)
             result.job_times = JobTimes(started, time.time())  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
-                raise state.Interrupted(state.current().signalled)
+                raise state.again()
         except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
-            name = signal.Signals(state.signal_of(err)).name
-            result = Result("failed", f"interrupted by {name} before the job finished", config)
+            cause = err.cause if isinstance(err, state.Interrupted) else "interrupted by SIGINT"
+            result = Result("failed", f"{cause} before the job finished", config)
             with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
                 write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
             raise
@@ -133,9 +132,9 @@ def _freeze_what_stays(seconds: float) -> None:
     is left leaves the garbage collector's view (``gc.freeze``), so that later collections look at later jobs'
     objects only. What the imports made (torch, Hydra, MLflow, SQLAlchemy: some 300k objects) lives as long as the
     process; so do some 17k objects a rank-by-rank layout count leaves held (PyTorch's fake-tensor and DTensor state,
-    about 3.5 MiB a job: ``benchmarks/bench_layout_search.py leftovers``). joblib's workers collect after every task that ends over a second after the last collection: 0.4 s
-    on 2 cores with the imports in view, a second more by the end of a 312-layout search with the layouts' objects in
-    view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
+    about 3.5 MiB a job: ``benchmarks/bench_layout_search.py leftovers``). joblib's workers collect after every task
+    that ends over a second after the last collection: 0.4 s on 2 cores with the imports in view, a second more by
+    the end of a 312-layout search with the layouts' objects in view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
     cyclic garbage frozen. A job under a second skips it (joblib does not collect after it either)."""
     if gc.get_freeze_count() and seconds < 1.0:
         return

@@ -29,15 +29,17 @@ class SweepState:
     deferring: int = 0                   # inside what a signal must not cut in half (see interrupts_deferred)
     pending: Optional[int] = None        # a signal that arrived meanwhile
     signalled: Optional[int] = None      # the last SIGINT or SIGTERM received, whatever became of its interrupt
+    cause: Optional[str] = None          # what that signal meant, where not an interrupt from a user (a time limit)
     unwritten: dict[str, Any] = field(default_factory=dict)  # job folder -> its Result, measured, not written
 
 
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM (what Ctrl-C, ``kill``, ``timeout`` and Slurm's preemption send): the sweep ends cleanly."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, cause: Optional[str] = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.cause = cause or f"interrupted by {signal.Signals(signum).name}"  # said of the job it cut
 
 
 class Unwritable(BaseException):
@@ -68,14 +70,24 @@ def disk_error(err: BaseException) -> Optional[OSError]:
 
 
 def on_signal(signum: int, _frame: Any) -> None:
-    """The sweep's handler of SIGINT and SIGTERM: an :class:`Interrupted` now, or once what must not be cut in half
-    is done. The signal is remembered too: raised inside a library, the interrupt can come out as another error (a
-    ``finally`` that reads a name the interrupt kept from being set), and the sweep must still end as interrupted."""
-    _state.signalled = signum
+    """The sweep's handler of SIGINT and SIGTERM: :func:`interrupt`."""
+    interrupt(signum)
+
+
+def interrupt(signum: int, cause: Optional[str] = None) -> None:
+    """An :class:`Interrupted` now, or once what must not be cut in half is done. The signal is remembered too:
+    raised inside a library, the interrupt can come out as another error (a ``finally`` that reads a name the
+    interrupt kept from being set), and the sweep must still end as interrupted (:func:`again`)."""
+    _state.signalled, _state.cause = signum, cause
     if _state.deferring:
         _state.pending = signum
         return
-    raise Interrupted(signum)
+    raise Interrupted(signum, cause)
+
+
+def again() -> Interrupted:
+    """The interrupt of the signal this process received, to raise where a library turned it into another error."""
+    return Interrupted(_state.signalled, _state.cause)
 
 
 @contextlib.contextmanager
@@ -90,7 +102,7 @@ def interrupts_deferred() -> Iterator[None]:
         sweep.deferring -= 1
         if not sweep.deferring and sweep.pending is not None:
             signum, sweep.pending = sweep.pending, None
-            raise Interrupted(signum)
+            raise Interrupted(signum, sweep.cause)
 
 
 def signal_of(err: KeyboardInterrupt) -> int:

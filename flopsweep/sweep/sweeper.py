@@ -36,8 +36,10 @@ from flopsweep.sinks.target import target_of
 from flopsweep.sweep import state
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep.callback import abandon_sweep
+from flopsweep.sweep.jobdirs import job_states, record_uncomposable
 from flopsweep.sweep.joblib_fast import launch_joblib, workers_started
 from flopsweep.sweep.plan import covering_jobs, launcher_class
+from flopsweep.sweep.slurm import SlurmRefused, launch_slurm
 
 
 class RecoveringSweeper(BasicSweeper):
@@ -75,9 +77,12 @@ class RecoveringLauncher:
         workers_started()
         try:
             self._launch(job_overrides, initial_job_idx, returns)
+        except SlurmRefused as err:  # what the cluster cannot run, before or as it is submitted: nothing to list
+            state.current().failed = True
+            print(f"flopsweep: error: {err}", file=sys.stderr)
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
             if state.current().signalled is not None:  # an interrupt a library turned into another error
-                raise state.Interrupted(state.current().signalled) from err
+                raise state.again() from err
             if state.current().full_errors:
                 raise
             disk = state.disk_error(err)  # Hydra could not write a job's folder: the sweep stops
@@ -128,8 +133,14 @@ class RecoveringLauncher:
             todo = waiting + todo[len(run):]
 
     def _run(self, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
-        if launcher_class(self.config.hydra.launcher) == "JoblibLauncher":
+        kind = launcher_class(self.config.hydra.launcher)
+        if kind == "JoblibLauncher":
             return launch_joblib(self.launcher, batch, first)
+        if kind == "SlurmLauncher":
+            returns, requeued = launch_slurm(self.launcher, batch, first)
+            if requeued:  # a job preempted while it logged left a run that its second attempt logged again
+                self._forget_cut_off_runs()
+            return returns
         return list(self.launcher.launch(batch, initial_job_idx=first))
 
     def _composition_error(self, overrides: Sequence[str]) -> Optional[str]:
@@ -162,48 +173,6 @@ def _recorded_runs(sweep_dir: Path) -> set[str]:
     """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
     results = (Result.read_or_none(path) for path in sweep_dir.glob("*/result.json"))  # none: its job runs again
     return {r.tracking.run_id for r in results if r is not None and r.tracking is not None} - {None}
-
-
-def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
-    """A job folder with a ``failed`` result for a job that Hydra could not compose: the sweep's summary, exit status
-    and MLflow run count it, with the overrides to fix."""
-    error = f"cannot be composed: {why}"
-    print(f"flopsweep: error: job {job} ({' '.join(overrides)}) {error}", file=sys.stderr)
-    model = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "job")
-    folder = sweep_dir / f"{job}_{model}"
-    folder.mkdir(parents=True, exist_ok=True)
-    Result("failed", error, {"model": {"name": model}, "overrides": list(overrides)}).write(folder / "result.json")
-
-
-def job_states(sweep_dir: Path, batch: Sequence[Sequence[str]]) -> list[str]:
-    """For each job: ``done`` (its folder has its result, logged unless tracking=none), ``started`` (Hydra made its
-    folder: the job was running, or was killed while logging) or ``waiting``. Jobs are matched to folders by the
-    overrides Hydra saved in ``.hydra/``."""
-    import yaml
-
-    folders: dict[tuple[str, ...], list[Path]] = {}
-    for saved in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        key = tuple(yaml.safe_load(saved.read_text()) or [])
-        folders.setdefault(key, []).append(saved.parent.parent)
-    states = []
-    for overrides in batch:
-        found = folders.get(tuple(o for o in overrides if not _is_hydra(o)))
-        if not found:
-            states.append("waiting")
-        else:
-            states.append("done" if _finished(found.pop(0) / "result.json") else "started")
-    return states
-
-
-def _finished(path: Path) -> bool:
-    result = Result.read_or_none(path)  # none, or cut off mid-write
-    if result is None:
-        return False
-    return result.tracking is not None or (result.config.get("tracking") or {}).get("kind") == "none"
-
-
-def _is_hydra(override: str) -> bool:
-    return re.match(r"[+~]*hydra[./]", override) is not None
 
 
 def _give_up(reason: str) -> None:

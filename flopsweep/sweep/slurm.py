@@ -1,0 +1,328 @@
+"""``hydra/launcher=slurm``'s jobs (and ``submitit_slurm``'s): submitted as Hydra's submitit launcher submits them,
+one job array with the launcher's settings and Hydra's ``run_job`` in each task, then watched by the sweep so that
+nothing is waited on forever and nothing is left behind:
+
+- the request is checked against the partition's nodes before anything is submitted: CPUs, memory, GPUs, nodes
+  and the time limit that no node or the partition allows are one line naming the launcher key (the slurm preset's
+  defaults of 8 CPUs and a GPU a job included), and so is a submission Slurm refuses;
+- a job that Slurm keeps pending for a reason that never clears by itself (a partition's limit, an invalid
+  account or QOS) is cancelled within seconds, with Slurm's reason and the keys to change;
+- an interrupted sweep (SIGINT, SIGTERM) cancels the jobs it submitted: none is left queued or running;
+- a job that reaches its time limit records itself as cut by it (on Slurm's warning, ``signal_delay_s`` before the
+  limit), naming ``hydra.launcher.timeout_min``; a job that Slurm ended before it recorded anything (its time limit,
+  its memory, a node that failed, a cancel) is recorded by the sweep with Slurm's state;
+- a preempted job runs again when Slurm requeues it and is measured once: its first attempt was killed before it
+  logged anything, or the run it left is deleted once the sweep's jobs have ended.
+
+Why one file: it is one path, from the partition's nodes read before submitting to the last job's end, and its
+parts share what they read of Slurm (the partition's record, the queue's states and reasons, the keys each names).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus
+
+from flopsweep.core.errors import one_line
+from flopsweep.core.result import Result
+from flopsweep.sweep import state
+from flopsweep.sweep.jobdirs import job_folders, model_of, record_failed
+
+POLL_S = 2.0  # how often the queue is asked; a result file is looked for every tenth of that
+
+# Reasons for which Slurm keeps a job pending until someone changes it or the cluster, and the keys that change it
+NEVER_CLEARS = {
+    "PartitionConfig": "hydra.launcher.cpus_per_task, tasks_per_node or partition",
+    "PartitionTimeLimit": "hydra.launcher.timeout_min",
+    "PartitionNodeLimit": "hydra.launcher.nodes or exclude",
+    "BadConstraints": "hydra.launcher.constraint",
+    "InvalidAccount": "hydra.launcher.account",
+    "InvalidQOS": "hydra.launcher.qos",
+    "QOSMaxWallDurationPerJobLimit": "hydra.launcher.timeout_min",
+    "AssocMaxWallDurationPerJobLimit": "hydra.launcher.timeout_min",
+    "QOSMaxCpuPerJobLimit": "hydra.launcher.cpus_per_task",
+    "QOSMaxMemoryPerJob": "hydra.launcher.mem_gb",
+    "QOSMaxGRESPerJob": "hydra.launcher.gpus_per_node",
+}
+
+
+PRESET = ("hydra.launcher.cpus_per_task=8", "hydra.launcher.gpus_per_node=1")  # conf/hydra/launcher/slurm.yaml
+
+
+# What sbatch says when it refuses a submission, and the keys that change it
+REFUSED = {
+    "Requested node configuration is not available": "hydra.launcher.exclude, constraint, nodes, cpus_per_task or "
+                                                     "mem_gb",
+    "Invalid feature specification": "hydra.launcher.constraint",
+    "Invalid generic resource (gres) specification": "hydra.launcher.gpus_per_node or gres",
+    "Memory specification can not be satisfied": "hydra.launcher.mem_gb",
+    "Invalid account": "hydra.launcher.account",
+    "Invalid qos": "hydra.launcher.qos",
+    "invalid partition": "hydra.launcher.partition",
+}
+
+
+class SlurmRefused(RuntimeError):
+    """The cluster cannot run the sweep's jobs as asked: one line naming the launcher key."""
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """What the largest node of a partition has, and the partition's time limit (None: unlimited)."""
+    partition: str
+    count: int
+    cpus: int
+    memory_mb: int
+    gpus: int
+    time_limit_min: Optional[int]
+
+
+def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> tuple[list[JobReturn], bool]:
+    """Run the batch as Hydra's submitit launcher would (its settings, its log lines, one job array), checked before
+    it is submitted and watched until every job has ended; the submitted jobs are cancelled if this stops. Hydra's
+    job returns, and whether Slurm requeued a job that had started (its first attempt may have left a run)."""
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides, setup_globals
+
+    from flopsweep.sweep._hydra import submitit_parameters
+
+    setup_globals()
+    params = launcher.params
+    refused = refusal(params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
+    if refused is not None:
+        raise SlurmRefused(refused)
+    init, settings = submitit_parameters(params)
+    executor = submitit.AutoExecutor(cluster="slurm", **init)
+    executor.update_parameters(**settings)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    log = logging.getLogger(__name__)
+    log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+    for i, overrides in enumerate(batch):
+        log.info(f"\t#{first + i} : {' '.join(filter_overrides(overrides))}")
+    calls = [(list(overrides), "hydra.sweep.dir", first + i, f"job_id_for_{first + i}", Singleton.get_state())
+             for i, overrides in enumerate(batch)]
+    try:
+        jobs = executor.map_array(Task(launcher), *zip(*calls))
+    except Exception as err:  # noqa: BLE001 - sbatch's refusal, in its own words
+        words = _slurm_words(err)
+        keys = [key for said, key in REFUSED.items() if said.lower() in words.lower()]
+        raise SlurmRefused(f"hydra/launcher=slurm: Slurm refused the jobs: {words}" +
+                           (f" ({'; '.join(keys)})" if keys else "")) from None
+    try:
+        return _watch(jobs, batch, first, sweep_dir, params)
+    except BaseException:
+        cancel(jobs)
+        raise
+
+
+def partition_nodes(partition: Optional[str]) -> Nodes:
+    """The largest node of ``partition`` (None: the cluster's default), from ``sinfo``."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        raise SlurmRefused("hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are not on this machine's PATH; "
+                           "run the sweep on a Slurm login node, or choose another hydra/launcher")
+    rows = _run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l", *(["-p", partition] if partition else [])])
+    found: list[tuple[str, int, int, int, Optional[int]]] = []
+    for row in rows.splitlines():
+        name, cpus, memory, gres, limit = row.split("|")
+        if partition is None and not name.endswith("*"):
+            continue
+        found.append((name.rstrip("*"), _number(cpus), _number(memory), _gpus(gres), _minutes(limit)))
+    if not found:
+        where = f"hydra.launcher.partition={partition}: no such partition" if partition else \
+            "hydra.launcher.partition: the cluster has no default partition; name one"
+        raise SlurmRefused(f"{where} (sinfo lists them)")
+    return Nodes(found[0][0], len(found), max(f[1] for f in found), max(f[2] for f in found),
+                 max(f[3] for f in found), found[0][4])
+
+
+def refusal(params: dict[str, Any], nodes: Nodes) -> Optional[str]:
+    """What in the launcher's request no node of the partition can give, in one line naming the keys; None if
+    a node can run a job as asked."""
+    tasks = params.get("tasks_per_node") or 1
+    asked = {
+        "cpus_per_task": ((params.get("cpus_per_task") or 1) * tasks, nodes.cpus, f"{nodes.cpus} CPUs"),
+        "mem_gb": (round((params.get("mem_gb") or 0) * 1024), nodes.memory_mb, f"{nodes.memory_mb / 1024:.1f} GB"),
+        "gpus_per_node": (params.get("gpus_per_node") or 0, nodes.gpus,
+                          f"{nodes.gpus} GPUs" if nodes.gpus else "no GPU"),
+        "nodes": (params.get("nodes") or 1, nodes.count, f"{nodes.count} nodes"),
+        "timeout_min": (params.get("timeout_min") or 0, nodes.time_limit_min or float("inf"),
+                        f"a time limit of {nodes.time_limit_min} minutes"),
+    }
+    over = [f"hydra.launcher.{key}={params.get(key)}" + (f" (x{tasks} tasks)" if key == "cpus_per_task" and tasks > 1
+                                                          else "")
+            for key, (want, have, _) in asked.items() if want > have]
+    if not over:
+        return None
+    has = ", ".join(said for key, (want, have, said) in asked.items() if want > have)
+    preset = " (the slurm preset's defaults: 8 CPUs and a GPU a job)" if any(
+        o.startswith(default) for o in over for default in PRESET) else ""
+    where = "its nodes" if nodes.count > 1 else "its node"
+    return (f"{', '.join(over)}: partition {nodes.partition} cannot run the jobs, {where} and limits give at most "
+            f"{has}{preset}; lower {'them' if len(over) > 1 else 'it'} or choose another hydra.launcher.partition")
+
+
+class Task:
+    """What each Slurm task runs: Hydra's launcher's job, with Slurm's warning before the time limit (submitit's
+    ``--signal``) turned into the job's own record of being cut by it. The same warning on a preemption (well before
+    the limit) is left alone: Slurm requeues the job and it runs again."""
+
+    def __init__(self, launcher: Any) -> None:
+        self.launcher = launcher
+
+    def __call__(self, *args: Any) -> JobReturn:
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        params, started = self.launcher.params, time.monotonic()
+        limit_s, warned_s = 60 * (params.get("timeout_min") or 0), params.get("signal_delay_s") or 0
+        cause = time_limit(params)
+
+        def on_warning(signum: int, _frame: Any) -> None:
+            if time.monotonic() - started >= limit_s - warned_s - 2 * 60:  # Slurm warns within a minute or so
+                state.interrupt(signum, cause)
+
+        signal.signal(signal.Signals[f"SIG{SlurmJobEnvironment.USR_SIG}"], on_warning)
+        try:
+            return self.launcher(*args)
+        except state.Interrupted as err:
+            if err.cause != cause:
+                raise
+            return JobReturn(overrides=list(args[0]), status=JobStatus.COMPLETED)  # its folder says what cut it
+
+
+def time_limit(params: dict[str, Any]) -> str:
+    """What a job cut by its time limit is recorded as, naming the key that sets it."""
+    return f"cut by Slurm's time limit (hydra.launcher.timeout_min={params.get('timeout_min')})"
+
+
+def cancel(jobs: Sequence[Any]) -> None:
+    """Cancel the jobs of a batch (its job array): whatever is queued or running of it ends."""
+    arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    if arrays:
+        subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
+
+
+def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, sweep_dir: Path,
+           params: dict[str, Any]) -> tuple[list[JobReturn], bool]:
+    """Wait until each job has its result or has left the queue: Hydra's job returns, and whether a job that had
+    started was requeued; a job pending for a reason that never clears stops the batch (:class:`SlurmRefused`)."""
+    waiting = dict(enumerate(jobs))
+    started: set[int] = set()
+    requeued = False
+    returns: dict[int, JobReturn] = {}
+    gone: dict[int, int] = {}  # jobs not in the queue without a result: polls since (its result may be on its way)
+    asked = 0.0
+    while waiting:
+        for i, job in list(waiting.items()):
+            if job.paths.result_pickle.exists():
+                returns[i] = job.results()[0]
+                del waiting[i]
+                _say_failure(sweep_dir, first + i, batch[i])
+        if waiting and time.monotonic() - asked >= POLL_S:
+            asked = time.monotonic()
+            queue = _queue([job.job_id for job in waiting.values()])
+            for i, job in list(waiting.items()):
+                if job.job_id in queue:
+                    gone.pop(i, None)
+                    status, reason = queue[job.job_id]
+                    if status == "RUNNING":
+                        started.add(i)
+                    requeued |= i in started and status in ("PENDING", "REQUEUED", "REQUEUE_HOLD")
+                    if status == "PENDING" and reason in NEVER_CLEARS:
+                        raise SlurmRefused(f"{NEVER_CLEARS[reason]}: Slurm will never start job {first + i} "
+                                           f"(Slurm job {job.job_id}) as asked, it is pending for {reason} "
+                                           "(squeue's reason); its jobs were cancelled")
+                    continue
+                gone[i] = gone.get(i, 0) + 1
+                if gone[i] >= 3:
+                    returns[i] = _ended(job, batch[i], first + i, sweep_dir, params)
+                    del waiting[i]
+        time.sleep(POLL_S / 10)
+    return [returns[i] for i in range(len(jobs))], requeued
+
+
+def _ended(job: Any, overrides: Sequence[str], number: int, sweep_dir: Path, params: dict[str, Any]) -> JobReturn:
+    """A job that left Slurm's queue without a result: its own record of why where it wrote one (a time limit it was
+    warned of), else one written here with Slurm's state."""
+    (folder,) = job_folders(sweep_dir, [overrides])
+    recorded = folder is not None and (folder / "result.json").exists()
+    if not recorded:
+        fields = dict(pair.split("=", 1) for pair in _run(["scontrol", "-o", "show", "job", str(job.job_id)],
+                                                            check=False).split() if "=" in pair)
+        status, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+        why = {"TIMEOUT": time_limit(params),
+               "OUT_OF_MEMORY": "killed by Slurm for its memory (hydra.launcher.mem_gb)"}.get(
+                   status, f"ended on Slurm as {status}" + (f" ({reason})" if reason != "None" else ""))
+        record_failed(folder or sweep_dir / f"{number}_{model_of(overrides)}", number, overrides,
+                      f"{why} before it recorded a result (Slurm job {job.job_id}; its log: {job.paths.stderr})")
+    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+
+def _say_failure(sweep_dir: Path, number: int, overrides: Sequence[str]) -> None:
+    """A failed job's error on the sweep's console: a Slurm job's own lines go to its log, not to the terminal."""
+    (folder,) = job_folders(sweep_dir, [overrides])
+    result = Result.read_or_none(folder / "result.json") if folder is not None else None
+    if result is not None and result.status.failed:
+        print(f"flopsweep: error: job {number} ({' '.join(overrides)}) {result.error}", file=sys.stderr)
+
+
+def _queue(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """The jobs of ``ids`` that are in Slurm's queue (an array's tasks one by one): their state and reason."""
+    arrays = sorted({str(i).split("_")[0] for i in ids})
+    rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], check=False)
+    queue = {}
+    for row in rows.splitlines():
+        parts = row.strip().split("|")
+        if len(parts) == 3:
+            queue[parts[0]] = (parts[1], parts[2])
+    return queue
+
+
+def _run(command: list[str], check: bool = True) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        raise SlurmRefused(f"hydra/launcher=slurm: `{' '.join(command)}` failed: {_slurm_words(done.stderr)}")
+    return done.stdout
+
+
+def _slurm_words(err: Any) -> str:
+    """Slurm's own error lines (``sbatch: error: ...``) out of a command's output or an error, in one line."""
+    text = str(err)
+    said = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
+    return "; ".join(dict.fromkeys(said)) if said else one_line(text)
+
+
+def _number(text: str) -> int:
+    digits = "".join(c for c in text if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a node's GRES (``gpu:8``, ``gpu:h100:8(S:0-1)``, ``(null)``)."""
+    total = 0
+    for item in gres.split(","):
+        kind, *rest = item.split(":")
+        if kind == "gpu" and rest:
+            total += _number(rest[-1].split("(")[0])
+    return total
+
+
+def _minutes(limit: str) -> Optional[int]:
+    """A partition's time limit in minutes from sinfo's ``[days-][hours:]minutes:seconds``; None if unlimited."""
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days, _, clock = limit.rpartition("-")
+    hours, minutes, seconds = ([0, 0, 0] + [int(p) for p in clock.split(":")])[-3:]
+    return int(days or 0) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
