@@ -14,7 +14,11 @@ interconnect), beside what its source measured.
 - Llama 3's long-context stage (Dubey et al. 2024, table 4; Balaji, SC'24): Llama 3.1 405B on 16,384 H100, TP 8,
   CP 16, PP 16, DP 4, sequences of 131,072 tokens, 16M tokens a batch: 380 TFLOP/s a GPU, 38 % MFU (its pipeline
   schedule and recomputation are not given: here interleaved over 2 chunks a stage, full recomputation);
-- GPT-3 175B on 1,024 H100 (t8 p8 d16, docs/parallel.md's worked example): no published figure, the whole job's time.
+- GPT-3 175B on 1,024 H100 (t8 p8 d16, docs/parallel.md's worked example): no published figure, the whole job's time;
+- DeepSeek-V3's pre-training (DeepSeek-AI 2024, sections 3.2 and 5.1 and table 1): 2,048 H800 (the H100's compute,
+  400 GB/s NVLink), PP 16, EP 64 over 8 nodes, ZeRO-1 data parallelism, sequences of 4,096, batches of 15,360 at the
+  end; 14.8T tokens in 2.664M GPU hours: 1,543 tokens/s a GPU. Its FP8 matmuls and DualPipe's overlap of the
+  all-to-alls with compute are not modelled (bfloat16, 1F1B, the all-to-alls on the critical path).
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ CASES = {  # name -> (overrides, what the source reports, the metric compared)
                                             "parallel.zero=1", "parallel.sequence_parallel=true",
                                             "parallel.recompute=selective", "predict.fused=true"], None,
                                            M.MFU_PREDICTED),
+    "DeepSeek-V3, 2,048 H800 (p16 e64 d128)": (["model=deepseek_v3", "dtype=mixed_bf16", "batch.size=15360",
+                                                "batch.seq_len=4096", "parallel.pp=16", "parallel.ep=64",
+                                                "parallel.dp=128", "parallel.zero=1"], 1543,
+                                               M.TOKENS_PER_S_PER_GPU_PREDICTED),
 }
 
 

@@ -320,6 +320,40 @@ def test_a_mixture_of_experts_whose_first_layer_is_dense_is_found_and_split_wher
     assert exchanges == [3]  # one MoE layer's rows, weights and outputs
 
 
+def deepseek():
+    """A tiny DeepSeek-V3: latent attention (queries through a rank-32 latent, keys and values through a rank-16 one
+    plus an 8-wide shared rotary key; heads of 16 + 8 for queries and keys, 16 for values), a dense first layer,
+    then 4 routed experts of width 32 (2 a token) beside one shared expert of the same width."""
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type="deepseek_v3", hidden_size=H, intermediate_size=FFN,
+                             num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+                             vocab_size=VOCAB, max_position_embeddings=SEQ, q_lora_rank=32, kv_lora_rank=16,
+                             qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, first_k_dense_replace=1,
+                             n_routed_experts=EXPERTS, num_experts_per_tok=TOP_K, n_shared_experts=1,
+                             moe_intermediate_size=32, n_group=1, topk_group=1))
+    return lambda: family.Model(cfg)
+
+
+def test_deepseeks_latent_attention_and_experts_are_counted_rank_by_rank():
+    """Per layer: the query's down and up projections (2 T h 32, 2 T 32 4(16 + 8)), the keys' and values' latent and
+    shared rotary key (2 T h (16 + 8)) and their up projection (2 T 16 4(16 + 16)), the scores of 24-wide queries and
+    keys against 16-wide values (2 B 4 s^2 (24 + 16), through the memory-efficient kernel: no flash kernel takes
+    unequal heads), the output (2 T 64 h); then layer 0's dense MLP (2 T 3 FFN h), layer 1's router (2 T h E), its
+    k experts and its shared one (2 T (k + 1) 3 32 h); the head. The same at ep = 2, the routed experts split."""
+    tokens = MICRO * SEQ
+    attention = (2 * tokens * H * 32 + 2 * tokens * 32 * HEADS * 24 + 2 * tokens * H * 24 + 2 * tokens * 16 * HEADS * 32
+                 + 2 * MICRO * HEADS * SEQ * SEQ * (24 + 16) + 2 * tokens * HEADS * 16 * H)
+    moe = 2 * tokens * H * EXPERTS + 2 * tokens * (TOP_K + 1) * 3 * 32 * H
+    counts = {ep: count_layout(deepseek(), Layout(dp=2, ep=ep, micro_batch_size=MICRO),
+                               Workload(4 * MICRO, SEQ, torch.bfloat16)).ranks[0] for ep in (1, 2)}
+    for count in counts.values():
+        assert count.flops["forward"].matmul == 2 * attention + 2 * tokens * 3 * FFN * H + moe + 2 * tokens * H * VOCAB
+        kernels = {sig.op for sig in count.trace.sigs if sig.kind == "attention"}
+        assert kernels == {"aten._scaled_dot_product_efficient_attention"}, kernels
+        assert not count.uncounted
+    assert counts[1].params - counts[2].params == EXPERTS * 3 * 32 * H // 2
+
+
 def test_a_mixture_of_experts_is_refused_a_tensor_parallel_plan():
     with pytest.raises(ConfigError) as err:
         Layout(tp=2).check_model(heads=4, kv_heads=2, layers=2, batch_size=8, seq_len=32, experts=EXPERTS)

@@ -56,6 +56,10 @@ class Attention(TorchFunctionMode):
     - Selective recomputation (``selective``): attention's core under ``torch.utils.checkpoint``, its scores and
       softmax recomputed in backward (Korthikanti et al.); the gathered keys and values are kept, not gathered again.
 
+    - A value head unlike the query's (multi-head latent attention: DeepSeek's 192-wide queries and keys, 128-wide
+      values): no flash kernel takes it, and a GPU runs the memory-efficient one (PyTorch's choice on CUDA), not the
+      CPU's decomposition that would keep every score; its cost is the same formula's.
+
     A layer that full recomputation reruns in backward enters it again (:class:`Recomputed`)."""
 
     def __init__(self, counter: RankCounter, saved: LocalSavedActivations, selective: bool, cp_group: Any = None):
@@ -70,6 +74,8 @@ class Attention(TorchFunctionMode):
             query, key, value, *rest = args
             key, value = (all_gather_autograd(t, t.dim() - 2, self.cp_group) for t in (key, value))
             args = (query, key, value, *rest)
+        if args[2].shape[-1] != args[0].shape[-1]:
+            func = _efficient_attention
         if self.selective and torch.is_grad_enabled():
             self.saved.keep(args[:3])
 
@@ -78,6 +84,18 @@ class Attention(TorchFunctionMode):
                     return func(*a, **k)
             return checkpoint(core, *args, use_reentrant=False, **kwargs)
         return func(*args, **kwargs)
+
+
+def _efficient_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+                         dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
+                         enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` through the memory-efficient kernel (what CUDA runs where the value's head
+    is not the query's); fewer key and value heads are repeated first, as SDPA's ``enable_gqa`` does."""
+    if enable_gqa and key.shape[-3] != query.shape[-3]:
+        key, value = (t.repeat_interleave(query.shape[-3] // t.shape[-3], dim=-3) for t in (key, value))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, attn_mask, grad, dropout_p,
+                                                                  is_causal, scale=scale)[0]
 
 
 @dataclass

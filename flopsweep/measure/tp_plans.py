@@ -12,6 +12,9 @@ The kinds of model known, by their modules' names (measurement imports no model 
 - Hugging Face mixtures of experts with Llama-style attention (Mixtral, Qwen2-MoE, Qwen3-MoE): ``mlp.gate`` (the
   router) and ``mlp.experts`` (stacked weights) in place of the MLP; no tensor-parallel plan, their experts split over
   ``ep`` (:mod:`~flopsweep.measure.experts`);
+- Hugging Face mixtures of experts with multi-head latent attention (DeepSeek-V2/V3, Kimi K2): ``self_attn``'s
+  ``kv_a_proj_with_mqa``, ``kv_b_proj`` and ``o_proj``, ``mlp.shared_experts`` beside the routed ones; as the others,
+  experts split over ``ep``, no tensor-parallel plan;
 - Hugging Face GPT-NeoX (Pythia, GPT-NeoX-20B): ``gpt_neox.embed_in``, ``gpt_neox.layers`` of ``input_layernorm``,
   ``attention.query_key_value`` (fused), ``attention.dense``, ``post_attention_layernorm``,
   ``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``; ``gpt_neox.final_layer_norm``, ``gpt_neox.rotary_emb``, ``lm_head``;
@@ -288,6 +291,16 @@ class MoEStage(HFStage):
                     layer.mlp.experts = ExpertsShard(layer.mlp.experts, ep, group)
 
 
+class MLAStage(MoEStage):
+    """Multi-head latent attention over a mixture of experts (DeepSeek-V2 and V3, Kimi K2): the attention's
+    ``kv_a_proj_with_mqa`` and ``kv_b_proj`` (and ``q_a_proj``/``q_b_proj``, or ``q_proj``) in place of Llama's; its
+    first layers may be dense MLPs; each routed layer has shared experts beside the routed ones (``mlp.shared_experts``,
+    run on every token, as any dense weights). Counted without tensor parallelism, as :class:`MoEStage`."""
+
+    PLAN = dict(col="self_attn.kv_a_proj_with_mqa,self_attn.kv_b_proj", row="self_attn.o_proj",
+                norm="input_layernorm,post_attention_layernorm", attn="self_attn", mlp="mlp")
+
+
 class NeoXStage(HFStage):
     """GPT-NeoX (``GPTNeoXForCausalLM``): fused ``query_key_value`` whose view follows the heads of its shard,
     partial rotary angles, and, where ``use_parallel_residual``, attention and MLP reading the same input."""
@@ -341,7 +354,7 @@ def layers_of(model: nn.Module) -> list[nn.Module]:
     return kind.layers(net)
 
 
-HF_KINDS: tuple[type[HFStage], ...] = (LlamaStage, MoEStage, NeoXStage, GPT2Stage)
+HF_KINDS: tuple[type[HFStage], ...] = (LlamaStage, MoEStage, MLAStage, NeoXStage, GPT2Stage)
 
 
 def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
@@ -352,4 +365,5 @@ def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
         if kind.fits(net):
             return kind, net
     raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
-                      "decoder and Hugging Face Llama-style, mixture-of-experts, GPT-NeoX and GPT-2 decoders have one")
+                      "decoder and Hugging Face Llama-style, mixture-of-experts (Llama-style or latent attention), GPT-NeoX and "
+                      "GPT-2 decoders have one")
