@@ -54,7 +54,8 @@ def test_context_parallel_sizes_searched_split_the_gpus_and_each_sequence():
 def test_expert_parallel_sizes_searched_split_a_mixture_of_experts_within_its_data_parallel_ranks():
     moe = SearchModel(**{**TINY.__dict__, "experts": 4, "expert_params": 600})
     found = enumerate_layouts(8, moe, eps=(1, 2, 4))
-    assert {l.ep for l in found} == {1, 2, 4} and all(l.tp == 1 for l in found)  # no tensor-parallel plan for it
+    assert {l.ep for l in found} == {1, 2, 4} and {l.tp for l in found} == {1, 2}  # tp: 4 heads, 8 GPUs
+    assert (2, 2, 2) in {(l.dp, l.tp, l.ep) for l in found}  # experts split over ep and each over tp
     assert all((l.dp * l.cp) % l.ep == 0 for l in found)
     # 16 bytes a parameter: the 400 dense ones whole without ZeRO, the 600 experts' ep-th
     assert states_lower_bound(Layout(dp=4, ep=2), moe) == 4 * (2 + 2) * (400 + 600 / 2)

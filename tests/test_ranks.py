@@ -61,7 +61,6 @@ def collective(count, op: str, phase: str, dim: str, rank: int = 0) -> tuple[int
     (dict(dp=2, micro_batch_size=8), {}, "parallel.dp"),
     (dict(ep=2, dp=2), {}, "parallel.ep"),                             # a dense model
     (dict(ep=2, dp=2), dict(experts=3), "parallel.ep"),
-    (dict(ep=2, dp=2, tp=2), dict(experts=4), "parallel.tp"),        # a mixture of experts: no tensor-parallel plan
     (dict(zero=4), {}, "parallel.zero"),
     (dict(recompute="some"), {}, "parallel.recompute"),
     (dict(vpp=2), {}, "parallel.vpp"),                                 # no pipeline to interleave
@@ -262,9 +261,9 @@ def test_a_context_parallel_stage_is_counted_alike_from_samples():
 EXPERTS, TOP_K, FFN = 4, 2, 128
 
 
-def mixtral(layers: int = 2):
+def mixtral(layers: int = 2, ffn: int = FFN):
     family = FAMILIES["hf"]
-    cfg = family.config(dict(family="hf", name="tiny", model_type="mixtral", hidden_size=H, intermediate_size=FFN,
+    cfg = family.config(dict(family="hf", name="tiny", model_type="mixtral", hidden_size=H, intermediate_size=ffn,
                              num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=2,
                              vocab_size=VOCAB, max_position_embeddings=SEQ, num_local_experts=EXPERTS,
                              num_experts_per_tok=TOP_K))
@@ -352,15 +351,43 @@ def test_deepseeks_latent_attention_and_experts_are_counted_rank_by_rank():
         assert kernels == {"aten._scaled_dot_product_efficient_attention"}, kernels
         assert not count.uncounted
     assert counts[1].params - counts[2].params == EXPERTS * 3 * 32 * H // 2
+    # tp = 2: the down-projections to the latents (2 T h 32 and 2 T h 24) and the router run whole on each rank
+    whole = 2 * tokens * H * 32 + 2 * tokens * H * 24
+    split = count_layout(deepseek(), Layout(dp=2, tp=2, sequence_parallel=True, micro_batch_size=MICRO),
+                         Workload(4 * MICRO, SEQ, torch.bfloat16)).ranks[0]
+    router = 2 * tokens * H * EXPERTS
+    assert split.flops["forward"].matmul == (2 * ((attention - whole) // 2 + whole) + tokens * 3 * FFN * H
+                                             + (moe - router) // 2 + router + tokens * H * VOCAB)
+    assert not split.uncounted
 
 
-def test_a_mixture_of_experts_is_refused_a_tensor_parallel_plan():
-    with pytest.raises(ConfigError) as err:
-        Layout(tp=2).check_model(heads=4, kv_heads=2, layers=2, batch_size=8, seq_len=32, experts=EXPERTS)
-    assert err.value.key == "parallel.tp"
-    with pytest.raises(ConfigError) as err:
-        count_layout(mixtral(), Layout(tp=2, micro_batch_size=MICRO), Workload(2 * MICRO, SEQ, torch.bfloat16))
-    assert err.value.key == "parallel.tp"
+def test_tensor_parallelism_splits_each_expert_and_sums_the_blocks_output_over_tp():
+    """At tp = 2 everything of a layer halves but the router, whole on each rank (2 T h E): attention as Llama's,
+    each expert's gate and up rows and down columns. Forward, each layer all-reduces attention's output and the
+    expert block's (T h, bfloat16), as the embedding does once and the vocabulary-parallel loss three times (T
+    floats); backward, attention's input gradient, the block's and the routing weights' (T k, float32) each layer,
+    and the head's input gradient. Under sequence parallelism each layer's two all-reduces become an all-gather
+    of its input and a reduce-scatter of its output, the same bytes, and the experts split over ep as well."""
+    tokens = MICRO * SEQ
+    router = 2 * tokens * H * EXPERTS
+    layer = 2 * tokens * 3 * H * H + 4 * tokens * SEQ * H + router + 2 * tokens * TOP_K * 3 * FFN * H
+    split = moe_counted(dp=2, tp=2)
+    assert split.ranks[0].flops["forward"].matmul == 2 * ((layer - router) // 2 + router) + tokens * H * VOCAB
+    hidden = tokens * H * 2
+    assert collective(split, "all_reduce", "forward", "tp") == (2 * 2 + 1 + 3, 2 * 2 * hidden + hidden + 3 * tokens * 4)
+    assert collective(split, "all_reduce", "backward", "tp") == (2 * 3 + 1, 2 * (2 * hidden + tokens * TOP_K * 4)
+                                                                 + hidden)
+    both = moe_counted(dp=2, tp=2, ep=2, sequence_parallel=True)
+    assert both.ranks[0].flops["forward"].matmul == split.ranks[0].flops["forward"].matmul
+    for phase in ("forward", "backward"):
+        assert collective(both, "all_gather", phase, "tp") == collective(both, "reduce_scatter", phase, "tp") == \
+            (2 * 2 + 1, 5 * hidden)
+    experts = 2 * EXPERTS * 3 * FFN * H  # two layers' stacked experts
+    assert split.ranks[0].params - both.ranks[0].params == experts // 2 // 2
+    assert not split.ranks[0].uncounted and not both.ranks[0].uncounted
+    with pytest.raises(ConfigError) as err:  # experts 125 wide: tp = 2 cannot split them
+        count_layout(mixtral(ffn=125), Layout(tp=2, micro_batch_size=MICRO), Workload(MICRO, SEQ, torch.bfloat16))
+    assert err.value.key == "parallel.tp" and "experts' width" in str(err.value)
 
 
 @pytest.mark.slow

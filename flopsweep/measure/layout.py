@@ -74,8 +74,6 @@ class Layout:
                 f"batch.seq_len / cp = {seq_len // self.cp}")
         if experts:
             require(experts % self.ep == 0, "parallel.ep", self.ep, f"must divide the model's {experts} experts")
-            require(self.tp == 1, "parallel.tp", self.tp, "splits attention heads and MLPs: a mixture of experts' "
-                    "tensor-parallel plan is not counted yet (use dp, ep, pp, cp)")
         else:
             require(self.ep == 1, "parallel.ep", self.ep, "splits experts: this model has none")
         micro = self.micro_batches(batch_size)

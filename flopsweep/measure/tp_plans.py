@@ -10,11 +10,10 @@ The kinds of model known, by their modules' names (measurement imports no model 
   ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``, ``mlp.{gate,up,down}_proj``;
   ``model.norm``, ``model.rotary_emb``, ``lm_head``;
 - Hugging Face mixtures of experts with Llama-style attention (Mixtral, Qwen2-MoE, Qwen3-MoE): ``mlp.gate`` (the
-  router) and ``mlp.experts`` (stacked weights) in place of the MLP; no tensor-parallel plan, their experts split over
-  ``ep`` (:mod:`~flopsweep.measure.experts`);
+  router) and ``mlp.experts`` (stacked weights) in place of the MLP, their experts split over ``ep`` and each expert
+  over ``tp`` (:mod:`~flopsweep.measure.experts`);
 - Hugging Face mixtures of experts with multi-head latent attention (DeepSeek-V2/V3, Kimi K2): ``self_attn``'s
-  ``kv_a_proj_with_mqa``, ``kv_b_proj`` and ``o_proj``, ``mlp.shared_experts`` beside the routed ones; as the others,
-  experts split over ``ep``, no tensor-parallel plan;
+  ``kv_a_proj_with_mqa``, ``kv_b_proj`` and ``o_proj``, ``mlp.shared_experts`` beside the routed ones; as the others;
 - Hugging Face GPT-NeoX (Pythia, GPT-NeoX-20B): ``gpt_neox.embed_in``, ``gpt_neox.layers`` of ``input_layernorm``,
   ``attention.query_key_value`` (fused), ``attention.dense``, ``post_attention_layernorm``,
   ``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``; ``gpt_neox.final_layer_norm``, ``gpt_neox.rotary_emb``, ``lm_head``;
@@ -44,7 +43,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                SequenceParallel, parallelize_module)
 
 from flopsweep.core.errors import ConfigError
-from flopsweep.measure.experts import ExpertsShard
+from flopsweep.measure.experts import ExpertsShard, tensor_parallel_moe
 
 
 class Stage(nn.Module):
@@ -128,12 +127,14 @@ class Stage(nn.Module):
 
 
 def _layer_plan(names: dict[str, str], sequence_parallel: bool, attn_args: Optional[tuple] = None,
-                attn_kwarg: Optional[str] = None) -> dict[str, Any]:
+                attn_kwarg: Optional[str] = None, local_attention_input: bool = False) -> dict[str, Any]:
     """A transformer layer's plan: ``names`` maps ``col``/``row``/``norm``/``attn``/``mlp`` roles to module names
     (``col``, ``row`` and ``norm`` comma-separated). The attention and the MLP take their input as one DTensor
     (``PrepareModuleInput``), so that their column-parallel linears share it: one all-gather under sequence
     parallelism (the norms then run on the sequence's shards and the row-parallel outputs are reduce-scattered), one
-    all-reduce of its gradient in backward without it (Megatron-LM's f and g operators)."""
+    all-reduce of its gradient in backward without it (Megatron-LM's f and g operators). ``local_attention_input``:
+    the attention takes it as a plain tensor, for attentions whose replicated linears run before the split ones
+    (latent attention's down-projections): each split linear's input then has its gradient all-reduced itself."""
     seq = Shard(1) if sequence_parallel else Replicate()
     plan: dict[str, Any] = {name: ColwiseParallel() for name in names["col"].split(",")}
     plan.update({name: RowwiseParallel(output_layouts=seq) for name in names["row"].split(",")})
@@ -145,7 +146,8 @@ def _layer_plan(names: dict[str, str], sequence_parallel: bool, attn_args: Optio
                                                  desired_input_layouts=(Replicate(), *attn_args[1:]))
     else:
         plan[names["attn"]] = PrepareModuleInput(input_kwarg_layouts={attn_kwarg: seq},
-                                                 desired_input_kwarg_layouts={attn_kwarg: Replicate()})
+                                                 desired_input_kwarg_layouts={attn_kwarg: Replicate()},
+                                                 use_local_output=local_attention_input)
     return plan
 
 
@@ -265,10 +267,13 @@ class LlamaStage(HFStage):
 class MoEStage(HFStage):
     """Llama-style attention over a mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, ...): ``mlp.gate``, the
     router, and ``mlp.experts``, the routed experts' weights stacked (``gate_up_proj``, ``down_proj``: Hugging Face's
-    grouped-matmul experts). Counted without tensor parallelism (refused at the count, naming ``parallel.tp``)."""
+    grouped-matmul experts). Under tensor parallelism the attention is split as Llama's, a dense layer's MLP too
+    (``DENSE``), and each mixture-of-experts block by :func:`~flopsweep.measure.experts.tensor_parallel_moe`."""
 
     PLAN = dict(col="self_attn.q_proj,self_attn.k_proj,self_attn.v_proj", row="self_attn.o_proj",
                 norm="input_layernorm,post_attention_layernorm", attn="self_attn", mlp="mlp")  # attention's
+    DENSE = dict(col="mlp.gate_proj,mlp.up_proj", row="mlp.down_proj")  # a layer without experts: its MLP's
+    LOCAL_ATTENTION_INPUT = False
 
     @classmethod
     def routed(cls, net: nn.Module) -> bool:
@@ -280,9 +285,20 @@ class MoEStage(HFStage):
     def fits(cls, net: nn.Module) -> bool:
         return super().fits(net) and cls.routed(net)
 
-    def plan(self, tp_mesh: Any, sequence_parallel: bool) -> None:
-        raise ConfigError("parallel.tp", tp_mesh.size(), "splits attention heads and MLPs: a mixture of experts' "
-                          "tensor-parallel plan is not counted yet (use dp, ep, pp, cp)")
+    def attention_names(self, layer: nn.Module) -> dict[str, str]:
+        return self.PLAN
+
+    def shard_layer(self, layer: nn.Module, tp_mesh: Any, sequence_parallel: bool) -> None:
+        routed = hasattr(layer.get_submodule("mlp"), "experts")
+        names = self.attention_names(layer)
+        if not routed:
+            names = {**names, **{role: f"{names[role]},{self.DENSE[role]}" for role in self.DENSE}}
+        plan = _layer_plan(names, sequence_parallel, attn_kwarg="hidden_states",
+                           local_attention_input=self.LOCAL_ATTENTION_INPUT)
+        if routed:
+            del plan[names["mlp"]]
+            tensor_parallel_moe(layer.mlp, tp_mesh, sequence_parallel)
+        parallelize_module(layer, tp_mesh, plan)
 
     def shard_experts(self, ep: int, group: Any) -> None:
         for chunk in self.chunks:
@@ -295,10 +311,22 @@ class MLAStage(MoEStage):
     """Multi-head latent attention over a mixture of experts (DeepSeek-V2 and V3, Kimi K2): the attention's
     ``kv_a_proj_with_mqa`` and ``kv_b_proj`` (and ``q_a_proj``/``q_b_proj``, or ``q_proj``) in place of Llama's; its
     first layers may be dense MLPs; each routed layer has shared experts beside the routed ones (``mlp.shared_experts``,
-    run on every token, as any dense weights). Counted without tensor parallelism, as :class:`MoEStage`."""
+    run on every token, as any dense weights). Under tensor parallelism the query's and the keys' and values'
+    up-projections are split by heads and the output projection by its input; their down-projections (to the
+    latents), the latents' norms and the shared rotary key run whole on every rank, as torchtitan's DeepSeek plan has
+    them."""
 
-    PLAN = dict(col="self_attn.kv_a_proj_with_mqa,self_attn.kv_b_proj", row="self_attn.o_proj",
-                norm="input_layernorm,post_attention_layernorm", attn="self_attn", mlp="mlp")
+    PLAN = dict(col="self_attn.kv_b_proj", row="self_attn.o_proj", norm="input_layernorm,post_attention_layernorm",
+                attn="self_attn", mlp="mlp")
+    LOCAL_ATTENTION_INPUT = True  # its down-projections and their norms run whole on every rank
+
+    @classmethod
+    def fits(cls, net: nn.Module) -> bool:
+        return super().fits(net) and _has(net, f"{cls.BODY}.{cls.LAYERS}.0.self_attn.kv_a_proj_with_mqa")
+
+    def attention_names(self, layer: nn.Module) -> dict[str, str]:
+        query = "self_attn.q_b_proj" if _has(layer, "self_attn.q_b_proj") else "self_attn.q_proj"  # low-rank or not
+        return {**self.PLAN, "col": f"{query},{self.PLAN['col']}"}
 
 
 class NeoXStage(HFStage):
