@@ -393,5 +393,5 @@ def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
         if kind.fits(net):
             return kind, net
     raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
-                      "decoder and Hugging Face Llama-style, mixture-of-experts (Llama-style or latent attention), GPT-NeoX and "
-                      "GPT-2 decoders have one")
+                      "decoder and Hugging Face Llama-style, mixture-of-experts (Llama-style or latent attention), "
+                      "GPT-NeoX and GPT-2 decoders have one")
