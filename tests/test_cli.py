@@ -168,6 +168,21 @@ def test_each_commands_help_renders_without_rest_markup(command, tmp_path):
     assert "``" not in out.stdout and ":func:" not in out.stdout and ":class:" not in out.stdout
 
 
+def test_a_single_run_of_a_preset_with_fields_of_its_own_is_named_with_them(tmp_path):
+    from mlflow import MlflowClient
+
+    out = run_app("model=gpt2_small", "model.n_layer=1", "++model.n_head=4", "batch.seq_len=16", "device=meta",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    name = "gpt2_small(n_layer=1,n_head=4)|b1|s16|float32|meta"
+    assert f"[job] {name}" in out.stdout.splitlines()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("flopsweep").experiment_id])
+    assert run.info.run_name == name
+    plain = run_app("model=gpt2_small", "batch.seq_len=16", "device=meta", "tracking=none", cwd=tmp_path)
+    assert "[job] gpt2_small|b1|s16|float32|meta" in plain.stdout.splitlines()
+
+
 def test_a_sweeps_lines_and_table_show_the_keys_it_varies(tmp_path):
     out = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=16", "device=meta",
                   "optimizer=adamw,sgd", "train=full,lora", "tracking=none", cwd=tmp_path)

@@ -12,7 +12,7 @@ import socket
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from flopsweep.core import __version__
 from flopsweep.core.errors import masked
@@ -48,12 +48,17 @@ def fingerprint_of(result: Result) -> str:
 GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
                "tracking": "kind"}  # a config group's option, by the field that names it
 _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
+LABELLED = ("model.name", "model.config", "model.model_type", "model._target_")  # in the model's name already
 
 
-def run_name(config: dict[str, Any]) -> str:
-    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``."""
+def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``; ``changed``, the model's fields the command
+    set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...``."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
-    parts = [model_label(model), f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
+    flat = flatten(model, "model.")
+    fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED]
+    label = model_label(model) + (f"({','.join(fields)})" if fields else "")
+    parts = [label, f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
     parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
     return "|".join(parts)

@@ -26,7 +26,7 @@ from flopsweep.core.console import say
 from flopsweep.core.errors import ConfigError, masked, one_line
 from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
-from flopsweep.sinks.identity import fingerprint, short_name
+from flopsweep.sinks.identity import fingerprint, run_name, short_name
 from flopsweep.sinks.claims import Claim
 from flopsweep.sinks.jobdir import write_job_folder
 from flopsweep.sinks.target import Target
@@ -56,13 +56,16 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
-        say("\n".join([progress_line(job_num, config), *(f"note: {n}" for n in spec.notes)]))
+        changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else changed_model_fields(hydra_cfg)
+        say("\n".join([progress_line(job_num, config, changed), *(f"note: {n}" for n in spec.notes)]))
         started = time.time()
         ticker = Ticker()
         ticking, listening = TICK.set(ticker), phases.LISTENER.set(ticker.entered)
         tracking = spec.tracking
         try:
             result, claimed = _skip_or_run(spec, config)
+            if changed:  # a preset with fields of its own: its run is named with them
+                result.info["run_name"] = run_name(config, changed)
             result.job_times = JobTimes(started, time.time())  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
                 raise state.again()
@@ -85,6 +88,12 @@ def run_one(cfg: DictConfig) -> Result:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         _freeze_what_stays(time.monotonic() - began)
     return result
+
+
+def changed_model_fields(hydra_cfg: DictConfig) -> list[str]:
+    """The model's fields that a single run's command line sets (``model.n_layer=2``: ``model.n_layer``)."""
+    keys = (override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task)
+    return [key for key in keys if key.startswith("model.")]
 
 
 def _failed_job_target(cfg: DictConfig, refused: ConfigError) -> Target | ConfigError | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from flopsweep.core.console import say
 from flopsweep.core.result import model_label
@@ -14,13 +14,13 @@ from flopsweep.sinks.identity import run_name, short_name
 from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV, SWEPT_ENV
 
 
-def progress_line(job_num: Optional[int], config: dict[str, Any]) -> str:
+def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     """``[job 3/48] gpt3_13b|s2048  elapsed 12 s, about 3 min left``: the job's number in the sweep, what tells it
     apart from the sweep's other jobs (the values of the keys the sweep varies, as its run is named; the whole name
-    outside a sweep) and an ETA from the sweep's pace so far (the sweep callback leaves its start, size and varied
-    keys in the env)."""
+    outside a sweep, with the model's ``changed`` fields) and an ETA from the sweep's pace so far (the sweep callback
+    leaves its start, size and varied keys in the env)."""
     swept = [key for key in os.environ.get(SWEPT_ENV, "").split(",") if key]
-    name = run_name(config)
+    name = run_name(config, changed)
     if swept and job_num is not None:  # the model's name before, where the sweep does not vary it
         name = ("" if "model" in swept else f"{model_label(config.get('model') or {})}: ") + short_name(config, swept)
     total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
