@@ -432,6 +432,20 @@ def test_a_pipeline_sends_activations_forward_and_gradients_back():
     assert first.params + last.params == decoder_params(2) + VOCAB * H  # the head keeps its own copy of the table
 
 
+@pytest.mark.parametrize("layout, shards", [(dict(pp=2), 1), (dict(pp=2, tp=2), 2), (dict(pp=2, dp=2, zero=1), 2)])
+def test_a_tied_table_split_over_stages_has_its_copies_gradients_summed_once_a_step(layout, shards):
+    """The first stage's table and the last's head are copies of one tied table: their gradients (float32, the
+    rank's shard of it under tp or ZeRO) are all-reduced between the two before the optimizer steps (Megatron-LM's
+    embedding group); nothing where one stage holds both, nor for an untied head."""
+    piped = counted(layers=2, **layout)
+    for rank in (0, 1):
+        assert collective(piped, "all_reduce", "optimizer", "embedding", rank) == (1, VOCAB * H * 4 // shards)
+    assert collective(counted(layers=2), "all_reduce", "optimizer", "embedding") == (0, 0)
+    untied = count_layout(decoder(2, tie_embeddings=False), Layout(pp=2, micro_batch_size=MICRO),
+                          Workload(8 * MICRO, SEQ))
+    assert collective(untied, "all_reduce", "optimizer", "embedding", 1) == (0, 0)
+
+
 # ---- activations: Korthikanti et al. 2022, bytes a layer at 16-bit ----
 
 S, B, HK, A = 128, 2, 256, 4  # h = 256, a = 4: 5as/h = 10

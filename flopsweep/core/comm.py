@@ -54,7 +54,9 @@ class Network:
         return self.stride(dim) * self.sizes.get(dim, 1) <= self.domain
 
     def tier(self, dim: str) -> tuple[Link, float]:
-        """The link a ``dim`` group's collectives take and the bandwidth each GPU gets on it (GB/s each way)."""
+        """The link a ``dim`` group's collectives take and the bandwidth each GPU gets on it (GB/s each way); the
+        ``embedding`` group, the first and last stages' ranks, takes the pipeline's."""
+        dim = "pp" if dim == "embedding" else dim
         if not self.within_domain(dim):
             return self.interconnect.scale_out, self.interconnect.scale_out.bandwidth_gbs
         up = self.interconnect.scale_up

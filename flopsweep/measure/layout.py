@@ -12,6 +12,7 @@ from flopsweep.core.errors import require, require_int
 RECOMPUTE = ("none", "selective", "full")
 MESH_DIMS = ("pp", "dp", "cp", "tp")  # outermost first: tp varies fastest (within a node), pp slowest
 DATA_DIM = "dp_cp"  # under context parallelism, the dp x cp ranks that hold the same weights: FSDP's and DDP's group
+EMBEDDING_DIM = "embedding"  # under a pipeline, the first and the last stage's ranks: a tied table's two copies
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from flopsweep.measure._torch import all_gather_autograd, flatten_mesh, function_mode_active, mesh_of_group
 from flopsweep.measure.experts import EXPERT_DATA_DIM, expert_parameters
-from flopsweep.measure.layout import DATA_DIM, Layout
+from flopsweep.measure.layout import DATA_DIM, EMBEDDING_DIM, Layout
 from flopsweep.measure.rank_count import LocalSavedActivations, RankCounter
 from flopsweep.measure.tp_plans import Stage
 
@@ -106,12 +106,14 @@ class RankGroups:
     attention's gathers (a group of its own: with dp = 1 the flattened data group is the mesh's cp group, and the
     count tells traffic apart by group); ``ep``, the expert-parallel all-to-alls, the first ``ep`` of the data
     ranks; ``edp``, the mesh of the data ranks that hold the same experts (of one rank where ep = dp x cp: FSDP
-    still casts them for mixed precision, and a group of one moves nothing)."""
+    still casts them for mixed precision, and a group of one moves nothing); ``embedding``, under a pipeline, the
+    first stage's rank and the last's, which hold the two copies of a tied table (Megatron-LM's embedding group)."""
 
     data: Any
     cp: Any = None
     ep: Any = None
     edp: Any = None
+    embedding: Any = None
 
     @classmethod
     def of(cls, mesh: Any, layout: Layout) -> "RankGroups":
@@ -122,7 +124,11 @@ class RankGroups:
             ranks = data.mesh.flatten().tolist()
             ep = dist.new_group(ranks[:layout.ep])
             edp = mesh_of_group(dist.new_group(ranks[::layout.ep]), ranks[::layout.ep], EXPERT_DATA_DIM)
-        return cls(data, cp, ep, edp)
+        embedding = None
+        if layout.pp > 1:  # the first stage's and the last's: a tied table's two copies
+            stages = mesh["pp"].mesh.flatten().tolist()
+            embedding = dist.new_group([stages[0], stages[-1]])
+        return cls(data, cp, ep, edp, embedding)
 
     def names(self, layout: Layout) -> dict[str, tuple[str, int]]:
         """Each group's name and what it is (mesh dimension, size), for the rank counter: over the mesh's own
@@ -134,6 +140,8 @@ class RankGroups:
             named[self.ep.group_name] = ("ep", layout.ep)
         if self.edp is not None:
             named[self.edp.get_group().group_name] = (EXPERT_DATA_DIM, layout.data_parallel // layout.ep)
+        if self.embedding is not None:
+            named[self.embedding.group_name] = (EMBEDDING_DIM, 2)
         return named
 
 
@@ -165,6 +173,20 @@ def _finish_gradients(part: Stage, layout: Layout, groups: RankGroups) -> None:
             group = (groups.edp if id(p) in experts else groups.data).get_group()
             if p.grad is not None and group.size() > 1:
                 dist.all_reduce(p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad, group=group)
+
+
+def _sum_tied_tables(part: Stage, groups: RankGroups) -> None:
+    """A tied embedding split over pipeline stages (the table on the first, the head on the last, each a copy): their
+    gradients summed between the two before the optimizer steps, so that the copies stay equal (Megatron-LM's
+    all-reduce over its embedding group, once a step, on the critical path)."""
+    if groups.embedding is None or not part.tied or (part.first and part.last):
+        return
+    weight = part.embedding.weight if part.first else part.lm_head.weight
+    grad = weight.grad
+    if isinstance(grad, DTensor):  # the rank's shard of it, as the optimizer reads it (DTensor's embedding backward
+        grad = grad.redistribute(placements=weight.placements).to_local()  # leaves it whole: a local slice)
+    if grad is not None:
+        dist.all_reduce(grad, group=groups.embedding)
 
 
 class Pipe:
@@ -226,5 +248,6 @@ def run_step(part: Stage, layout: Layout, mesh: Any, groups: RankGroups, stage: 
     _finish_gradients(part, layout, groups)
     ended("backward")
     counter.phase = "optimizer"
+    _sum_tied_tables(part, groups)
     opt.step()
     ended("optimizer")

@@ -16,7 +16,7 @@ from flopsweep.core.progress import entered
 from flopsweep.core.result import Result
 from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.experts import EXPERT_DATA_DIM
-from flopsweep.measure.layout import DATA_DIM, Layout
+from flopsweep.measure.layout import DATA_DIM, EMBEDDING_DIM, Layout
 from flopsweep.measure.predict import predict
 from flopsweep.measure.rank_time import StepTime, step_bytes, step_time
 from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, param_groups
@@ -104,7 +104,7 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
 
 def _sizes(layout: Layout) -> dict[str, int]:
     return {**layout.mesh_sizes(), "ep": layout.ep, DATA_DIM: layout.data_parallel,
-            EXPERT_DATA_DIM: layout.data_parallel // layout.ep}
+            EXPERT_DATA_DIM: layout.data_parallel // layout.ep, EMBEDDING_DIM: 2 if layout.pp > 1 else 1}
 
 
 def _tier_words(network: Network, dim: str) -> str:
