@@ -223,3 +223,25 @@ def test_fp8_matmuls_count_their_products_and_run_as_fp8(device):
     fp8 = [s for s in step.trace.sigs if s.kind == MATMUL]
     assert [s.dims for s in fp8] == [(1, m, k, n), (1, m, n, k), (1, n, m, k)]
     assert {s.dtype for s in fp8} == {"fp8"}  # priced on the part's FP8 curve and peak
+
+
+class Softplus(torch.nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.x = torch.nn.Parameter(torch.zeros(n))
+
+    def forward(self, scale):
+        return torch.nn.functional.softplus(self.x * scale).sum()
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_softplus_and_its_backward_cost_five_a_element(device):
+    """Mamba's time steps: ``log(1 + exp(b x)) / b`` forward, ``sigmoid(b x)`` times the gradient backward."""
+    n = 1000
+    with torch.device(device):
+        model, scale = Softplus(n), torch.ones(())
+    with MetaLikeCPU() if device == "meta" else contextlib.nullcontext():
+        step = count_step(model, {"scale": scale}, None)
+    assert step.uncounted == {}
+    assert step.forward.by_op["aten.softplus"].elementwise == 5 * n
+    assert step.backward.by_op["aten.softplus_backward"].elementwise == 5 * n

@@ -22,6 +22,7 @@ PUBLISHED = {
     "gemma2_27b": 27_227_128_320, "qwen2_5_1_5b": 1_543_714_304, "qwen2_5_3b": 3_085_938_688,
     "qwen2_5_14b": 14_770_033_664, "qwen2_5_32b": 32_763_876_352, "qwen2_5_72b": 72_706_203_648,
     "qwen3_30b_a3b": 30_532_122_624, "gpt_neox_20b": 20_554_567_680,
+    "mamba_codestral_7b": 7_285_403_648,  # its model card's "Number of parameters"
     # DeepSeek-V3 without its multi-token-prediction module (transformers builds none): the checkpoint's 671.03 G
     # also stores each MoE layer's router bias (256 values x 58 layers), which transformers keeps as a buffer
     "deepseek_v3": 671_026_419_200 - 58 * 256,

@@ -26,6 +26,8 @@ any op tagged ``pointwise`` not below   1     add, mul, div, exp, rsqrt, where, 
 ``gelu`` (erf) / ``gelu`` (tanh)        5 / 8 ``x/2 * (1 + erf(x/sqrt 2))``; the tanh form has a cubic
 ``gelu_backward``                       8/12  the derivative has both the CDF and the density
 ``silu`` / ``silu_backward``            2 / 5 ``x * sigmoid(x)``
+``softplus`` / ``softplus_backward``    5 / 5 ``log(1 + exp(b x)) / b``; its derivative ``sigmoid(b x)``, times the
+                                              gradient (Mamba's time steps)
 layer norm forward / backward           5/10  mean, centre, variance, normalise, affine (per element)
 batch norm forward / backward           5/10  the same, over the batch instead of the features
 max pool / its backward                 k-1/1 a max of k values per output / a gradient added per output
@@ -296,7 +298,7 @@ def _gelu_backward(grad_output, self, *, result, approximate="none", **_) -> OpC
 ELEMENTWISE_PER_OUTPUT = {  # in place too: torch's single-tensor optimizers update with lerp_, addcmul_, addcdiv_
     aten.addcmul: 2, aten.addcdiv: 2, aten.lerp: 3, aten.addcmul_: 2, aten.addcdiv_: 2, aten.lerp_: 3,
     aten.silu_: 2,
-    aten.silu: 2, aten.silu_backward: 5,
+    aten.silu: 2, aten.silu_backward: 5, aten.softplus: 5, aten.softplus_backward: 5,
     aten.native_layer_norm: 5,
     aten._softmax: 5, aten._log_softmax: 5, aten._safe_softmax: 5,
     aten._softmax_backward_data: 4, aten._log_softmax_backward_data: 3,
