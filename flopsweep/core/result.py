@@ -157,6 +157,12 @@ class Result:
         return timing.device_name if timing is not None else None
 
     @property
+    def system_metrics(self) -> list[tuple[int, dict[str, float]]]:
+        """What the machine did while its step was timed: ``(unix time in ms, {MLflow system metric: value})``
+        samples; none for a job that timed nothing."""
+        return [(int(t), dict(values)) for t, values in self.info.get("system_metrics") or []]
+
+    @property
     def model_name(self) -> str:
         """What its model is, by name (:func:`model_label`)."""
         return model_label(self.config.get("model") or {})

@@ -40,6 +40,7 @@ class Progress:
     metrics: dict[str, Optional[float]] = field(default_factory=dict)  # a mode's own (generation), over the rest
     prediction: Optional[Prediction] = None  # the step's time predicted from its counted ops
     prediction_info: dict[str, Any] = field(default_factory=dict)  # its profile, or why there is none
+    system: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # the machine while it was timed
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -75,6 +76,8 @@ def job_result(spec: JobSpec, config: dict[str, Any], progress: Progress, status
     info = {**job_info(spec, progress.timing), **progress.notes}
     if progress.prediction_info:
         info["prediction"] = progress.prediction_info
+    if progress.system:
+        info["system_metrics"] = [list(sample) for sample in progress.system]
     return with_step_memory(Result(status, error, config, metrics, breakdown, info=info),
                             size.step if size is not None else None)
 

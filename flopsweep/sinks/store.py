@@ -174,6 +174,8 @@ class Store:
         shape = shape_of(result).to_dict()
         metrics += [Metric(name, float(shape[field]), now, 0) for name, field in SHAPE_METRICS.items()
                     if shape[field] is not None]
+        metrics += [Metric(name, float(value), at, step)  # MLflow's system metrics view: a point each sample
+                    for step, (at, values) in enumerate(result.system_metrics) for name, value in values.items()]
         params = [Param(k, masked(str(v))[:6000]) for k, v in flat.items()  # a store's password masked
                   if "=" not in k and "," not in k and v is not None and v != ""]  # no 'None' literals
         for start in range(0, max(len(params), len(metrics), 1), 100):  # MLflow's batch limits
