@@ -70,6 +70,32 @@ def test_kv_cache_bytes_per_token_are_2_l_kv_heads_head_dim_bytes(overrides, kv_
     assert m["size/kv_cache_bytes"] == per_token * B * (P + 4)
 
 
+MAMBA2 = ["model=hf", "model.model_type=mamba2", f"+model.hidden_size={D}", f"+model.num_hidden_layers={L}",
+          "+model.num_heads=8", "+model.head_dim=16", "+model.n_groups=2", "+model.state_size=16",
+          "+model.conv_kernel=4", f"+model.vocab_size={V}", "model.default_seq_len=64"]
+
+
+def test_a_state_space_models_cache_is_a_state_of_fixed_size_not_a_cache_a_token():
+    """Mamba-2 keeps, a layer and a sequence, its scan's state (8 heads x 16 x a state of 16, float32 as
+    transformers keeps it) and its convolution's last 4 inputs (the inner 2 x 64 wide, and the 2 groups' B and C of
+    16, float32 here), and beside them a layer's count of tokens seen (an int64 for the batch): the same after 5 new
+    tokens as after 1. The serving projection holds it once a sequence."""
+    pytest.importorskip("transformers")
+    from flopsweep.core.result import Result
+    from flopsweep.projection.generation import Generation
+
+    result = generate(*MAMBA2, "dtype=float32", new_tokens=6)
+    m = result.metrics
+    whole = B * L * (8 * 16 * 16 * 4 + (2 * D + 2 * 2 * 16) * 4 * 4) + L * 8
+    state = whole / B
+    assert m["size/kv_cache_bytes_per_token"] == 0 and m["size/cache_state_bytes_per_sequence"] == state
+    assert m["size/kv_cache_bytes"] == whole
+    gen = Generation.from_result(Result("ok", None, {"model": {"family": "hf"}}, m), "mamba2")
+    assert gen.cache_bytes(10) == gen.cache_bytes(10_000) == state
+    transformer = generate(*GPT, new_tokens=5).metrics  # a transformer's: all of it by the token, nothing fixed
+    assert transformer["size/cache_state_bytes_per_sequence"] == 0
+
+
 def test_a_decode_step_reads_every_weight_once_and_of_the_embedding_only_its_rows():
     m = generate(*LLAMA_GQA, new_tokens=3).metrics  # untied: the head reads its matrix, the embedding B rows
     weights = m["size/weights_bytes"]

@@ -23,6 +23,7 @@ PUBLISHED = {
     "qwen2_5_14b": 14_770_033_664, "qwen2_5_32b": 32_763_876_352, "qwen2_5_72b": 72_706_203_648,
     "qwen3_30b_a3b": 30_532_122_624, "gpt_neox_20b": 20_554_567_680,
     "mamba_codestral_7b": 7_285_403_648,  # its model card's "Number of parameters"
+    "qwen2_vl_7b": 8_291_375_616,  # the vision tower and the language model (Qwen/Qwen2-VL-7B-Instruct)
     # DeepSeek-V3 without its multi-token-prediction module (transformers builds none): the checkpoint's 671.03 G
     # also stores each MoE layer's router bias (256 values x 58 layers), which transformers keeps as a buffer
     "deepseek_v3": 671_026_419_200 - 58 * 256,
@@ -286,3 +287,39 @@ def test_a_config_without_a_sequence_length_runs_at_a_stated_default_not_its_who
     given = resolve(compose_config("model=hf", "model.model_type=qwen3", "batch.seq_len=512", "device=meta"))
     preset = resolve(compose_config("model=llama3_2_1b", "device=meta"))
     assert (given.batch.seq_len, given.notes, preset.batch.seq_len, preset.notes) == (512, (), 8192, ())
+
+
+TEXT, IMAGE, VISION = 64, 56, 32  # a tiny Qwen2-VL: text width 64; 56-pixel images (4 x 4 patches); tower width 32
+QWEN2_VL = ["model=hf", "model.model_type=qwen2_vl", "+model.text_config={hidden_size:64,intermediate_size:128,"
+            "num_hidden_layers:2,num_attention_heads:4,num_key_value_heads:2,vocab_size:128,"
+            "rope_scaling:{type:mrope,mrope_section:[2,3,3]}}",
+            "+model.vision_config={depth:2,embed_dim:32,hidden_size:64,mlp_ratio:4,num_heads:2}",
+            "+model.image_token_id=127", "+model.vision_start_token_id=126", "+model.vision_end_token_id=125",
+            "batch.size=2", "batch.seq_len=8", f"batch.image_size={IMAGE}"]
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_an_image_and_text_model_counts_its_vision_tower_and_its_image_tokens(device):
+    """Per image, 16 patches of 3 x 2 x 14 x 14 values: the patch embedding (2 x 16 x 1176 x 32), each tower block's
+    q, k, v and output (2 x 16 x 4 x 32^2), attention within the image (4 x 16^2 x 32) and MLP (2 x 16 x 8 x 32^2),
+    the merger of 4 patches into a token (2 x 4 x 128^2, 2 x 4 x 128 x 64); then 4 image and 8 text tokens through
+    the language model: q and o 64^2 each, k and v 64 x 32 each (2 of 4 heads), attention 4 x 12^2 x 64, MLP 3 x 64 x
+    128, head 64 x 128. Two samples; the same on meta and on the CPU."""
+    patches, tokens = 16, 4 + 8
+    tower = (2 * patches * 1176 * VISION + 2 * (2 * patches * 4 * VISION ** 2 + 4 * patches ** 2 * VISION
+                                                 + 2 * patches * 8 * VISION ** 2)
+             + 2 * 4 * 128 * 128 + 2 * 4 * 128 * TEXT)
+    language = (2 * (2 * tokens * 3 * TEXT * TEXT + 4 * tokens ** 2 * TEXT + 2 * tokens * 3 * TEXT * 128)
+                + 2 * tokens * TEXT * 128)
+    result = measured(*QWEN2_VL, "measure.time=false", device=device)
+    assert result.metrics["flops/forward"] == 2 * (tower + language)  # matmul FLOPs
+    assert result.config["model"]["task"] == "image-text-to-text"
+    assert not result.breakdown["uncounted_ops"]
+
+
+def test_an_image_size_that_is_no_multiple_of_the_merged_patches_is_refused_naming_it():
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*QWEN2_VL[:-1], "batch.image_size=50", "device=meta"))
+    assert err.value.key == "batch.image_size" and "multiple of 28" in str(err.value)

@@ -30,7 +30,7 @@ def meta_spec(preset: str, *overrides: str):
 # over 30 B parameters: a second or more each to count on meta (make test-all)
 LARGE = {"deepseek_v3", "llama3_1_405b", "gpt3_175b", "mixtral_8x22b", "qwen2_5_72b", "llama3_70b", "llama3_1_70b",
          "qwen2_5_32b", "qwen3_30b_a3b",
-         "mamba_codestral_7b"}  # and transformers' reference SSD path: 5 s to count
+         "mamba_codestral_7b", "qwen2_vl_7b"}  # and transformers' reference SSD path, an 8B VLM: 5 s each
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in LARGE else p

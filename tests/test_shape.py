@@ -36,11 +36,13 @@ PUBLISHED = {
     "gemma2_2b": (2304, 26, 8, 4, 256), "gemma2_9b": (3584, 42, 16, 8, 256), "gemma2_27b": (4608, 46, 32, 16, 128),
     "gpt_neox_20b": (6144, 44, 64, 64, 96),
     "deepseek_v3": (7168, 61, 128, 128, 192),  # MLA: queries and keys of 128 + 64 rotary
+    "qwen2_vl_7b": (3584, 28, 28, 4, 128),  # its language model's (the vision tower's are its own)
+    "mamba_codestral_7b": (4096, 64, None, None, None),  # no attention: its 128 heads are the scan's
     "resnet_bk_baseline": (64, 4, None, None, None), "resnet_bk_full": (64, 4, None, None, None),  # no attention
 }
 EXPERTS = {"mixtral_8x7b": (8, 2), "mixtral_8x22b": (8, 2), "qwen3_30b_a3b": (128, 8), "deepseek_v3": (256, 8),
            "resnet_bk_baseline": (4, 1), "resnet_bk_full": (4, 1)}  # routed experts, of which a token uses
-CAUSAL_LMS = ("gpt", "llama", "mistral", "mixtral", "qwen", "gemma", "deepseek")
+CAUSAL_LMS = ("gpt", "llama", "mistral", "mixtral", "qwen", "gemma", "deepseek", "mamba")
 NO_SHAPE = {"convnext_tiny", "efficientnet_b0", "mobilenet_v2", "resnet18", "resnet50",  # CNNs
             "custom_example"}  # a user's module: its arguments name nothing known
 TEMPLATES = {"hf", "custom"}  # they build what the user names

@@ -51,6 +51,7 @@ FLOPS_DECODE = "flops/decode"                          # every decode step, the 
 FLOPS_GENERATION = "flops/generation"                  # prefill + decode, the whole batch
 KV_CACHE_BYTES = "size/kv_cache_bytes"                 # the cache at the last context, the whole batch
 KV_CACHE_BYTES_PER_TOKEN = "size/kv_cache_bytes_per_token"
+CACHE_STATE_BYTES = "size/cache_state_bytes_per_sequence"  # what a sequence's cache holds whatever its tokens
 DECODE_WEIGHTS_READ_BYTES = "size/decode_weights_read_bytes"  # the weights one decode step reads
 ROUTED_EXPERT_BYTES = "size/routed_expert_bytes"       # a mixture of experts: every routed expert's weights
 TIME_TTFT = "time/ttft_s"                              # time to first token: the prefill

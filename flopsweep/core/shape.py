@@ -58,6 +58,8 @@ LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_encoder
 HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 KV_HEADS = ("num_key_value_heads", "n_kv_head", "n_head_kv", "num_kv_heads", "n_kv_heads")
 HEAD_DIM = ("head_dim", "d_kv")
+ATTENTION_FREE = ("mamba", "mamba2")  # state-space models: their ``num_heads`` are the scan's, not attention's
+LANGUAGE_TASKS = ("causal-lm", "image-text-to-text")  # Hugging Face tasks that train on next tokens
 EXPERTS = ("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts")
 EXPERTS_PER_TOKEN = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k")
 
@@ -76,6 +78,8 @@ def from_fields(config: Mapping[str, Any], causal_lm: bool = False, vision: bool
     heads, experts, latent = first(HEADS), first(EXPERTS), first(("kv_lora_rank",))
     if vision and heads is None:
         return ModelShape(causal_lm=causal_lm)
+    if found.get("model_type") in ATTENTION_FREE:  # no attention: no heads, no key/value cache
+        return ModelShape(first(WIDTH), first(LAYERS), causal_lm=causal_lm)
     nope, rope = first(("qk_nope_head_dim",)), first(("qk_rope_head_dim",))  # MLA's query/key parts (its
     head_dim = nope + rope if nope and rope else first(HEAD_DIM)                # head_dim: the rotary part's alone)
     width = first(WIDTH)
@@ -92,7 +96,8 @@ def from_config(model: Mapping[str, Any]) -> ModelShape:
         return ModelShape()
     if family == "hf":
         task = model.get("task")
-        return from_fields(model.get("fields") or {}, task == "causal-lm", task == "image-classification")
+        fields = {**(model.get("fields") or {}), "model_type": model.get("model_type")}
+        return from_fields(fields, task in LANGUAGE_TASKS, task == "image-classification")
     return from_fields(model, causal_lm=family == "decoder")
 
 

@@ -62,6 +62,19 @@ class GenerationCount:
     weights_read_bytes: Optional[int]    # the parameters and buffers one decode step reads
     routed_bytes: int = 0                # a mixture of experts: every routed expert's weights (0: none)
     routed_read_bytes: int = 0           # ... of them, those the counted decode step read (on meta: every expert)
+    first_cache_bytes: Optional[int] = None  # the cache after the first decode step (context prompt + 1)
+
+    def cache_line(self) -> tuple[float, float]:
+        """A sequence's cache as a line in its tokens: (bytes a token, bytes whatever the tokens), through the cache
+        after the first decode step and at the last context. A transformer's grows by the token and holds nothing
+        else; a state-space model's is a state of fixed size (its scan's and its convolutions'); a sliding window's
+        stops growing at the window (its full part is then the fixed one). With fewer than two decode steps, the
+        last cache over its tokens."""
+        span = self.last_context - (self.prompt + 1)
+        if self.first_cache_bytes is None or span <= 0:
+            return self.kv_cache_bytes / (self.batch * self.last_context), 0.0
+        per_token = max(0.0, (self.kv_cache_bytes - self.first_cache_bytes) / (self.batch * span))
+        return per_token, max(0.0, self.first_cache_bytes / self.batch - per_token * (self.prompt + 1))
 
     @property
     def steps(self) -> int:
@@ -92,6 +105,7 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     weights = {storage_id(t): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())}
     with Reads(weights) as reads:
         first, cache = count(lambda: gen.decode(tokens(1), cache))
+    first_cache = cache_bytes(cache)
     lo, hi = prompt + 1, prompt + steps  # the contexts of the first and the last decode steps
     known = {lo: first}
     if steps >= 2:
@@ -139,7 +153,7 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     routed = routed_experts(model, experts) if experts else {}
     return GenerationCount(batch, prompt, new_tokens, prefill, first, at(hi), matmul, elementwise, method,
                            cache_bytes(last_cache[0]), reads.bytes, sum(routed.values()),
-                           sum(routed[key] for key in reads.read if key in routed))
+                           sum(routed[key] for key in reads.read if key in routed), first_cache)
 
 
 def routed_experts(model: nn.Module, experts: int) -> dict[int, int]:

@@ -11,12 +11,14 @@ an encoder-decoder trains as ``seq2seq``, a model that has a masked-LM head and 
 a language model as ``causal-lm``, a vision model as ``image-classification``; ``model.task`` chooses another.
 The inputs come from the config: token ids and labels for text (labels shifted inside the model, as HF trains; no
 attention mask: a full batch's is all ones, which Hugging Face drops); pixel values at ``batch.image_size`` (224
-unless set) and class labels for images. Mixture-of-experts layers run through ``torch._grouped_mm``, counted
-whatever the routing. transformers is an optional extra: ``pip install 'flopsweep[hf]'``.
+unless set) and class labels for images; an image (448 pixels unless set) and text a sample for an image-and-text
+model (:mod:`~flopsweep.models.hf_vision_language`). Mixture-of-experts layers run through ``torch._grouped_mm``,
+counted whatever the routing. transformers is an optional extra: ``pip install 'flopsweep[hf]'``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -29,8 +31,9 @@ from torch import nn
 from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, require
-from flopsweep.core.shape import LAYERS, ModelShape, from_fields
+from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
+from flopsweep.models import hf_vision_language as vl
 from flopsweep.models.hf_kinds import TASKS, refused, task_of
 from flopsweep.models.layers import DECODING
 
@@ -71,9 +74,14 @@ class Config(ModelConfig):
         return task_of(self.task, self.hf_config())
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
+        if self.resolved_task() == "image-text-to-text":
+            return dataclasses.replace(self._text_batch(size, seq_len), image_size=image_size or vl.DEFAULT_IMAGE_SIZE)
         if self.resolved_task() == "image-classification":
             made = getattr(self.hf_config(), "image_size", None)
             return BatchShape(size, None, image_size or (made if isinstance(made, int) else DEFAULT_IMAGE_SIZE))
+        return self._text_batch(size, seq_len)
+
+    def _text_batch(self, size: int, seq_len: Optional[int]) -> BatchShape:
         longest = max_positions(self.hf_config())
         default = self.default_seq_len or (min(DEFAULT_SEQ_LEN, longest) if longest else None)
         return BatchShape(size, seq_len if seq_len is not None else default)
@@ -100,11 +108,13 @@ class Config(ModelConfig):
                     f"this model's config is built for image_size={made}: set model.image_size instead")
             return
         require(batch.seq_len is not None, "batch.seq_len", None, "missing: set it or model.default_seq_len")
+        images = vl.image_tokens(hf, batch.image_size) if self.resolved_task() == "image-text-to-text" else 0
         longest = max_positions(hf)
         if longest is not None:
-            require(1 <= batch.seq_len <= longest, "batch.seq_len", batch.seq_len,
-                    f"must be between 1 and the model's max_position_embeddings={longest}")
-        require(isinstance(getattr(hf, "vocab_size", None), int), "model.vocab_size", None,
+            require(1 <= batch.seq_len <= longest - images, "batch.seq_len", batch.seq_len,
+                    f"must be between 1 and the model's max_position_embeddings={longest}" +
+                    (f" less its {images} image tokens" if images else ""))
+        require(isinstance(getattr(hf.get_text_config(), "vocab_size", None), int), "model.vocab_size", None,
                 "missing: a text model's config needs a vocab_size")
 
 
@@ -185,8 +195,11 @@ class Model(nn.Module):
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError("model", cfg.name, f"transformers cannot build it: {' '.join(str(err).split())[:300]}") \
                 from None
+        self.images_and_text = cfg.resolved_task() == "image-text-to-text"
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if self.images_and_text:
+            return vl.loss(self.net, **inputs)
         return self.net(**inputs).loss
 
 
@@ -227,6 +240,8 @@ def generator(cfg: Config) -> Optional[Callable[[Model], Steps]]:
 
 def example_inputs(cfg: Config, batch: BatchShape, device) -> dict[str, torch.Tensor]:
     hf = cfg.hf_config()
+    if cfg.resolved_task() == "image-text-to-text":
+        return vl.example_inputs(hf, batch, device)
     if cfg.resolved_task() == "image-classification":
         channels = getattr(hf, "num_channels", 3)
         labels = max(int(getattr(hf, "num_labels", 2)), 1)
@@ -241,7 +256,7 @@ def shape(cfg: Config) -> ModelShape:
     """From the Hugging Face config, its defaults included: ``num_key_value_heads``, ``head_dim``, the experts
     (``num_local_experts``, ``n_routed_experts``, ...), MLA's ``kv_lora_rank``, a ``text_config``'s."""
     task = cfg.resolved_task()
-    return from_fields(cfg.hf_config().to_dict(), task == "causal-lm", task == "image-classification")
+    return from_fields(cfg.hf_config().to_dict(), task in LANGUAGE_TASKS, task == "image-classification")
 
 
 FAMILIES.add("hf", Family("hf", Config, Model, example_inputs, shape, load=load, generator=generator,

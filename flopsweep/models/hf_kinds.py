@@ -1,5 +1,6 @@
 """What a Hugging Face config is to flopsweep (:mod:`flopsweep.models.hf`): the head it trains with (its task), the
-model types flopsweep does not build yet (speech, image-and-text: refused rather than built as a part of themselves),
+model types flopsweep does not build yet (speech, most image-and-text ones: refused rather than built as a part of
+themselves),
 and transformers' refusal of a config as one line naming the key."""
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ import re
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError
+from flopsweep.models.hf_vision_language import VISION_LANGUAGE
 
 TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
     "causal-lm": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
     "masked-lm": ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
     "seq2seq": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
     "image-classification": ("AutoModelForImageClassification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+    "image-text-to-text": ("AutoModelForImageTextToText", "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES"),
 }
 
 # what transformers builds a model type as that flopsweep does not (yet): its whole model, for what it takes in
@@ -39,6 +42,8 @@ def refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
 
 
 def task_of(task: Optional[str], hf: Any) -> str:
+    if task == "image-text-to-text" and hf.model_type not in VISION_LANGUAGE:
+        raise ConfigError("model.task", task, f"builds {', '.join(VISION_LANGUAGE)} whole, not {hf.model_type}")
     if task is not None:
         return task
     from transformers.models.auto import modeling_auto
@@ -54,6 +59,8 @@ def task_of(task: Optional[str], hf: Any) -> str:
             "masked-lm" if known["masked-lm"] and not getattr(hf, "is_decoder", False) else \
             next((name for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq") if known[name]), None)
         built = getattr(modeling_auto, TASKS[chosen][1])[kind] if chosen else None
+    if kind in VISION_LANGUAGE and chosen in (None, "image-text-to-text"):  # built whole: image and text
+        return "image-text-to-text"
     text = f"{kind}_text" if f"{kind}_text" in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
     for mapping, what in OTHER_MODALITIES.items():  # fed text alone, or a part built as if it were the whole: said
         whole = getattr(modeling_auto, mapping, {}).get(kind)

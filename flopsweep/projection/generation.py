@@ -5,7 +5,7 @@ are served in, and of a mixture of experts' routed experts those a phase's token
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class Generation:
     experts: Optional[int] = None   # ... routed experts a layer, and how many a token goes to
     experts_per_token: Optional[int] = None
     counted_routed_bytes: float = 0.0  # ``routed_bytes`` as counted, whatever dtype they are served in
+    state_bytes: float = 0.0        # a sequence's cache whatever its tokens (a state-space model's state)
 
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
@@ -61,11 +62,15 @@ class Generation:
                    first or 0.0, m.get(M.FLOPS_DECODE_TOKEN_LAST) or 0.0, m[M.KV_CACHE_BYTES_PER_TOKEN],
                    m[M.WEIGHTS_BYTES] + (m.get(M.BUFFERS_BYTES) or 0), read, dtype, shape.cache_heads, shape.width,
                    shape.layers, shape.heads, routed if experts[0] else 0.0, *experts,
-                   routed if experts[0] else 0.0)
+                   routed if experts[0] else 0.0, m.get(M.CACHE_STATE_BYTES) or 0.0)
 
     @property
     def steps(self) -> int:
         return self.new_tokens - 1
+
+    def cache_bytes(self, tokens: Any) -> Any:
+        """A sequence's cache at ``tokens`` tokens (a number or an array of them)."""
+        return self.kv_bytes_per_token * tokens + self.state_bytes
 
     def kv_share(self, tp: int) -> float:
         """The share of the whole KV cache one of ``tp`` GPUs holds: its heads' (``ceil(kv_heads / tp)`` of them:
@@ -81,7 +86,8 @@ class Generation:
         w = SERVED_BYTES[weights_dtype] / counted if weights_dtype else 1.0
         kv = SERVED_BYTES[kv_dtype] / counted if kv_dtype else 1.0
         return replace(self, weights_bytes=self.weights_bytes * w, weights_read_bytes=self.weights_read_bytes * w,
-                       routed_bytes=self.routed_bytes * w, kv_bytes_per_token=self.kv_bytes_per_token * kv)
+                       routed_bytes=self.routed_bytes * w, kv_bytes_per_token=self.kv_bytes_per_token * kv,
+                       state_bytes=self.state_bytes * kv)
 
     def experts_read(self, tokens: int, skew: float = 0.0) -> Optional[float]:
         """The routed experts a layer that ``tokens`` tokens reach (None for a dense model)."""

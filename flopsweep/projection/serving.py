@@ -158,7 +158,7 @@ def largest_batch(gen: Generation, serving: Serving) -> int:
     """The most sequences a replica serves whose weights and KV cache at the last context fit in ``memory_share``
     of each GPU (an attention group's GPUs hold its share of the sequences)."""
     room = serving.memory_share * serving.gpu.memory_bytes - weights_per_gpu(gen, serving)
-    per_sequence = gen.kv_bytes_per_token * (gen.prompt + gen.steps) * gen.kv_share(serving.tp)
+    per_sequence = gen.cache_bytes(gen.prompt + gen.steps) * gen.kv_share(serving.tp)
     return max(0, int(serving.groups * room // per_sequence)) if per_sequence > 0 else 0
 
 
@@ -179,16 +179,16 @@ def _per_gpu(flops: Any, tokens: float, batch: int, gen: Generation, serving: Se
 
 def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
     """A batch of ``batch`` requests on a replica, all prefilled together then decoded in step."""
-    kv = gen.kv_bytes_per_token * gen.kv_share(serving.tp)  # one GPU's cache bytes a token
+    share = gen.kv_share(serving.tp)  # of a sequence's cache, on one GPU
     group = batch / serving.groups  # an attention group's sequences
     weights = weights_per_gpu(gen, serving, gen.routed_read(batch * gen.prompt, serving.expert_skew))
     prefill, prefill_compute = _phase(np.array([_per_gpu(gen.prefill_flops, gen.prompt, batch, gen, serving)]),
-                                      np.array([weights + group * gen.prompt * kv]), serving)
+                                      np.array([weights + group * gen.cache_bytes(gen.prompt) * share]), serving)
     contexts = np.arange(gen.prompt + 1, gen.prompt + gen.new_tokens, dtype=float)
     # a step reads the weights besides the routed experts over tp, and its share of the experts its batch reaches
     read = gen.weights_read_bytes / serving.tp + gen.routed_read(batch, serving.expert_skew) / serving.experts_split
     steps, compute = _phase(_per_gpu(gen.decode_flops(contexts), 1, batch, gen, serving),
-                            read + group * kv * contexts, serving)
+                            read + group * gen.cache_bytes(contexts) * share, serving)
     step_reduce, step_exchange = serving.all_reduce_s(gen, group), serving.all_to_all_s(gen, group)
     ttft = float(prefill[0]) + serving.all_reduce_s(gen, group * gen.prompt) + \
         serving.all_to_all_s(gen, group * gen.prompt)
@@ -234,7 +234,8 @@ class ServingPlan:
             bool(s.kv_dtype)
         lines = [f"serving {g.source}: a prompt of {g.prompt:,} tokens, {g.new_tokens:,} generated; "
                  f"{g.weights_bytes / 1e9:,.1f} GB of weights, {g.kv_bytes_per_token / 1e3:,.1f} KB of KV cache "
-                 "a token" + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
+                 "a token" + (f" and {g.state_bytes / 1e6:,.1f} MB of state a sequence" if g.state_bytes else "")
+                 + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
                               "scales left out)" if served else ""),
                  f"on {s.replica} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "

@@ -72,10 +72,11 @@ def generation_metrics(batch: int, new_tokens: int, counted: Optional[Generation
     m: dict[str, Optional[float]] = {M.NEW_TOKENS: new_tokens}
     if counted is not None:
         prefill = counted.prefill.forward.matmul
+        per_token, state = counted.cache_line()
         m.update({M.FLOPS_PREFILL: prefill, M.FLOPS_DECODE: counted.decode_matmul,
                   M.FLOPS_GENERATION: prefill + counted.decode_matmul, M.FLOPS_STEP: prefill + counted.decode_matmul,
                   M.KV_CACHE_BYTES: counted.kv_cache_bytes,
-                  M.KV_CACHE_BYTES_PER_TOKEN: counted.kv_cache_bytes / (batch * counted.last_context),
+                  M.KV_CACHE_BYTES_PER_TOKEN: per_token, M.CACHE_STATE_BYTES: state,
                   M.DECODE_WEIGHTS_READ_BYTES: decode_weights_read(counted, shape)})
         if counted.routed_bytes:
             m[M.ROUTED_EXPERT_BYTES] = counted.routed_bytes
