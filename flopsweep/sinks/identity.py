@@ -49,14 +49,17 @@ GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "
                "tracking": "kind"}  # a config group's option, by the field that names it
 _SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
 LABELLED = ("model.name", "model.config", "model.model_type", "model._target_")  # in the model's name already
+TEMPLATES = ("hf", "custom")  # no preset: every field is the user's, and the name says what was built
 
 
 def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``; ``changed``, the model's fields the command
-    set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...``."""
+    set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for
+    ``model=hf`` or ``model=custom``, which are named by what they build)."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
     flat = flatten(model, "model.")
-    fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED]
+    fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED
+              and model.get("name") not in TEMPLATES]
     label = model_label(model) + (f"({','.join(fields)})" if fields else "")
     parts = [label, f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]

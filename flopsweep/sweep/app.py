@@ -64,8 +64,9 @@ def run_one(cfg: DictConfig) -> Result:
         tracking = spec.tracking
         try:
             result, claimed = _skip_or_run(spec, config)
-            if changed:  # a preset with fields of its own: its run is named with them
-                result.info["run_name"] = run_name(config, changed)
+            named = run_name(result.config or config, changed)
+            if named != run_name(result.config or config):  # a preset with fields of its own: named with them
+                result.info["run_name"] = named
             result.job_times = JobTimes(started, time.time())  # the run shows the job's real duration
             if state.current().signalled is not None:  # an interrupt that came out of the job as its failure
                 raise state.again()
