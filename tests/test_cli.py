@@ -168,6 +168,7 @@ def test_each_commands_help_renders_without_rest_markup(command, tmp_path):
     assert "``" not in out.stdout and ":func:" not in out.stdout and ":class:" not in out.stdout
 
 
+@pytest.mark.slow
 def test_a_single_run_of_a_preset_with_fields_of_its_own_is_named_with_them(tmp_path):
     from mlflow import MlflowClient
 

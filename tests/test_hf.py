@@ -298,7 +298,7 @@ QWEN2_VL = ["model=hf", "model.model_type=qwen2_vl", "+model.text_config={hidden
             "batch.size=2", "batch.seq_len=8", f"batch.image_size={IMAGE}"]
 
 
-@pytest.mark.parametrize("device", ["meta", "cpu"])
+@pytest.mark.parametrize("device", ["meta", pytest.param("cpu", marks=pytest.mark.slow)])
 def test_an_image_and_text_model_counts_its_vision_tower_and_its_image_tokens(device):
     """Per image, 16 patches of 3 x 2 x 14 x 14 values: the patch embedding (2 x 16 x 1176 x 32), each tower block's
     q, k, v and output (2 x 16 x 4 x 32^2), attention within the image (4 x 16^2 x 32) and MLP (2 x 16 x 8 x 32^2),

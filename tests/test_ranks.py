@@ -333,6 +333,7 @@ def deepseek():
     return lambda: family.Model(cfg)
 
 
+@pytest.mark.slow
 def test_deepseeks_latent_attention_and_experts_are_counted_rank_by_rank():
     """Per layer: the query's down and up projections (2 T h 32, 2 T 32 4(16 + 8)), the keys' and values' latent and
     shared rotary key (2 T h (16 + 8)) and their up projection (2 T 16 4(16 + 16)), the scores of 24-wide queries and
@@ -432,7 +433,8 @@ def test_a_pipeline_sends_activations_forward_and_gradients_back():
     assert first.params + last.params == decoder_params(2) + VOCAB * H  # the head keeps its own copy of the table
 
 
-@pytest.mark.parametrize("layout, shards", [(dict(pp=2), 1), (dict(pp=2, tp=2), 2), (dict(pp=2, dp=2, zero=1), 2)])
+@pytest.mark.parametrize("layout, shards", [(dict(pp=2), 1), pytest.param(dict(pp=2, tp=2), 2, marks=pytest.mark.slow),
+                                            pytest.param(dict(pp=2, dp=2, zero=1), 2, marks=pytest.mark.slow)])
 def test_a_tied_table_split_over_stages_has_its_copies_gradients_summed_once_a_step(layout, shards):
     """The first stage's table and the last's head are copies of one tied table: their gradients (float32, the
     rank's shard of it under tp or ZeRO) are all-reduced between the two before the optimizer steps (Megatron-LM's

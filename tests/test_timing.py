@@ -70,6 +70,7 @@ def test_the_machine_is_sampled_while_a_step_is_timed_and_once_at_its_end():
     assert max(values[CPU] for _, values in machine.samples) > 0
 
 
+@pytest.mark.slow
 def test_a_timed_jobs_run_carries_what_the_machine_did_as_mlflows_system_metrics(tmp_path):
     from mlflow import MlflowClient
 
