@@ -323,3 +323,13 @@ def test_an_image_size_that_is_no_multiple_of_the_merged_patches_is_refused_nami
     with pytest.raises(ConfigError) as err:
         resolve(compose_config(*QWEN2_VL[:-1], "batch.image_size=50", "device=meta"))
     assert err.value.key == "batch.image_size" and "multiple of 28" in str(err.value)
+
+
+def test_hugging_faces_eager_attention_counts_the_same_products_as_its_fused_kernel():
+    """``model.attn_implementation=eager``: Q K^T and the weighted values as two batched matmuls, the softmax apart;
+    the same matmul FLOPs as SDPA's fused kernel (the full pairs, by the MFU convention), more elementwise ones."""
+    fused = measured(*HF_LLAMA, "batch.seq_len=16", "batch.size=2")
+    eager = measured(*HF_LLAMA, "batch.seq_len=16", "batch.size=2", "+model.attn_implementation=eager")
+    assert eager.metrics["flops/forward"] == fused.metrics["flops/forward"]
+    assert eager.metrics["flops/backward"] == fused.metrics["flops/backward"]
+    assert "aten.bmm" in {row["op"] for row in eager.breakdown["ops"]} - {row["op"] for row in fused.breakdown["ops"]}
