@@ -353,3 +353,38 @@ def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_swe
     assert line.startswith("flopsweep: interrupted by SIGTERM")
     (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
     assert row["status"] == "failed" and "interrupted by SIGTERM" in row["error"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_path):
+    """A worker that a terminal's Ctrl-C cuts while it logs its job leaves a RUNNING run under the sweep that no job
+    folder names (made here by hand, as the cut leaves it). The sweep, interrupted, deletes it once its workers are
+    stopped: the resume logs that job whole, once."""
+    import signal
+    import sys
+    import time
+
+    from tests.helpers import child_env
+
+    sweep = ["-m", "model=custom", "model._target_=tests.helpers.Slow", "model.inputs=[{name:x,shape:[batch,4]}]",
+             "model.loss=output", "+model.seconds=60", "device=meta", "batch.size=1,2", "tracking.experiment=cut"]
+    proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *sweep], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    deadline, parent = time.time() + 120, None
+    while parent is None and time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            found = sweeps(tmp_path, "cut")
+        except Exception:  # noqa: BLE001 - the store or the experiment is not made yet
+            continue
+        parent = found[0] if found else None
+    while not list(tmp_path.glob("outputs/sweeps/*/*/*/.hydra")) and time.time() < deadline:
+        time.sleep(0.2)  # the first job runs (its forward sleeps)
+    cut = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
+                                                              "flopsweep.kind": "job"})
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"

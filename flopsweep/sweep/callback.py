@@ -169,7 +169,10 @@ def abandon_sweep(why: BaseException) -> None:
         os.environ.pop(state.PARENT_ENV, None)
         try:
             if not _store_down(sweep):
-                SweepRun(store(sweep.target), sweep.parent, Path(sweep.sweep_dir or ".")).abandon(status, results)
+                run = SweepRun(store(sweep.target), sweep.parent, Path(sweep.sweep_dir or "."))
+                if isinstance(why, KeyboardInterrupt) and sweep.sweep_dir is not None:  # the workers are stopped:
+                    run.forget_unrecorded()  # a run no folder records was cut while logging (not so a full disk's)
+                run.abandon(status, results)
         except Exception as err:  # noqa: BLE001
             print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}", file=sys.stderr)
         sweep.parent = None

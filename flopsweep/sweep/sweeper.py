@@ -29,7 +29,6 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from flopsweep.core.errors import one_line
-from flopsweep.core.result import Result
 from flopsweep.sinks.store import store
 from flopsweep.sinks.sweep_run import SweepRun
 from flopsweep.sinks.target import target_of
@@ -155,24 +154,16 @@ class RecoveringLauncher:
         return Path(str(self.config.hydra.sweep.dir))
 
     def _forget_cut_off_runs(self) -> None:
-        """Delete the sweep's job runs that no job's ``result.json`` names: no job of the sweep runs now, so those
-        are the runs of jobs killed while logging, or after logging and before recording their run id, and
-        each of these jobs logs itself again whole when it runs again."""
+        """Delete the sweep's job runs that no job's ``result.json`` names (:meth:`SweepRun.forget_unrecorded`): no
+        job of the sweep runs now."""
         parent = os.environ.get(state.PARENT_ENV)
         try:
             target = target_of(self.config.tracking, Path.cwd())
             if parent and target is not None:
-                SweepRun(store(target), parent, self._sweep_dir()).forget_children_except(
-                    _recorded_runs(self._sweep_dir()))
+                SweepRun(store(target), parent, self._sweep_dir()).forget_unrecorded()
         except Exception as err:  # noqa: BLE001 - an extra run is untidy, not a lost result
             print(f"flopsweep: warning: could not delete the runs the dead worker left unrecorded: {one_line(err)}",
                   file=sys.stderr)
-
-
-def _recorded_runs(sweep_dir: Path) -> set[str]:
-    """The MLflow run ids that the sweep's job folders record in their ``result.json``."""
-    results = (Result.read_or_none(path) for path in sweep_dir.glob("*/result.json"))  # none: its job runs again
-    return {r.tracking.run_id for r in results if r is not None and r.tracking is not None} - {None}
 
 
 def _give_up(reason: str) -> None:
