@@ -173,7 +173,7 @@ def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, m
     from flopsweep.core.result import Result
     from flopsweep.sweep.sweeper import RecoveringLauncher
     from flopsweep.sinks.store import Store
-    from flopsweep.sweep.state import PARENT_ENV
+    from flopsweep.sweep.state import CONTEXT_ENV, SweepContext
     from flopsweep.sinks.target import target_of
 
     cfg = compose_cfg("tracking.experiment=cleanup")
@@ -193,7 +193,8 @@ def test_after_a_worker_dies_only_the_runs_its_job_folders_name_stay(tmp_path, m
         Result("ok", None, {}, info=info).write(tmp_path / "sweep" / name / "result.json")
     (tmp_path / "sweep" / "2_job").mkdir()
     (tmp_path / "sweep" / "2_job" / "result.json").write_text('{"status": "o')  # cut off mid-write
-    monkeypatch.setenv(PARENT_ENV, parent)
+    monkeypatch.setenv(CONTEXT_ENV, "")
+    SweepContext(parent=parent).publish()  # monkeypatch restores the variable
 
     RecoveringLauncher(None, config, None)._forget_cut_off_runs()
     active = {r.info.run_id for r in db.client.search_runs([exp])}

@@ -370,17 +370,11 @@ def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_
              "model.loss=output", "+model.seconds=60", "device=meta", "batch.size=1,2", "tracking.experiment=cut"]
     proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *sweep], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    deadline, parent = time.time() + 120, None
-    while parent is None and time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            found = sweeps(tmp_path, "cut")
-        except Exception:  # noqa: BLE001 - the store or the experiment is not made yet
-            continue
-        parent = found[0] if found else None
+    deadline = time.time() + 240
     while not list(tmp_path.glob("outputs/sweeps/*/*/*/.hydra")) and time.time() < deadline:
-        time.sleep(0.2)  # the first job runs (its forward sleeps)
+        time.sleep(0.2)  # the first job runs (its forward sleeps), so the sweep's run is open: the store is made
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    (parent,) = sweeps(tmp_path, "cut")
     cut = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
                                                               "flopsweep.kind": "job"})
     os.killpg(proc.pid, signal.SIGINT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ from flopsweep.core import progress as phases
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
 from flopsweep.sweep.progress import Ticker, progress_line
-from flopsweep.sweep.state import SWEPT_ENV
 
 
 def run_one(cfg: DictConfig) -> Result:
@@ -120,7 +118,7 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = job_lines(result)
-    swept = [key for key in os.environ.get(SWEPT_ENV, "").split(",") if key]
+    swept = list(state.SweepContext.current().swept)
     if swept and hydra_cfg.mode == RunMode.MULTIRUN:  # what tells it apart from the sweep's other runs, first
         result.info["run_name"] = short_name(result.config or {}, swept)
     overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
@@ -209,7 +207,7 @@ def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, jo
         return True
     if tracking is None:
         return False
-    result.tracking = log_job(tracking, result, folder, job, os.environ.get(state.PARENT_ENV))
+    result.tracking = log_job(tracking, result, folder, job, state.SweepContext.current().parent)
     return True
 
 

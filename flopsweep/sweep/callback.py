@@ -7,7 +7,6 @@ through :func:`abandon_sweep`."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
-from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV, SWEPT_ENV
+from flopsweep.sweep.state import SweepContext
 
 
 class SweepSummary(Callback):
@@ -52,9 +51,6 @@ class SweepSummary(Callback):
             if disk is None:
                 raise
             raise state.Unwritable(None, disk) from None
-        if plan.size is not None:
-            os.environ[SWEEP_TOTAL_ENV] = str(plan.size)
-        os.environ[SWEPT_ENV] = ",".join(plan.varying)  # before the workers start: they name the jobs' runs
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
         health.forget()
         started = time.monotonic()
@@ -64,7 +60,6 @@ class SweepSummary(Callback):
                 runs = store(sweep.target)
                 sweep.parent = SweepRun.open(runs, Path(config.hydra.sweep.dir).resolve(),
                                              list(config.hydra.overrides.task)).run_id
-                os.environ[state.PARENT_ENV] = sweep.parent
                 SweepRun.close_dead(runs)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
             if sweep.target is not None:
@@ -73,7 +68,8 @@ class SweepSummary(Callback):
             print(f"flopsweep: warning: could not open the sweep's MLflow run ({said}); the jobs are measured "
                   f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: `flopsweep-sync "
                   f"{sweep.sweep_dir}` logs what is missing later", file=sys.stderr)
-        os.environ[SWEEP_START_ENV] = str(time.time())  # after the store: its one-off set-up is no job's pace
+        SweepContext(sweep.parent, plan.size, time.time(),  # its start after the store's one-off set-up
+                     tuple(plan.varying)).publish()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """The table of every job, printed and written to ``summary.csv``, then the sweep's run closed. Whatever
@@ -91,8 +87,8 @@ class SweepSummary(Callback):
             sweep.failed = True
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
         _say_unlogged(sweep, results, sweep_dir)
+        SweepContext.withdraw()
         if sweep.parent is not None:
-            os.environ.pop(state.PARENT_ENV, None)
             if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
                 view = None
                 try:
@@ -165,8 +161,8 @@ def abandon_sweep(why: BaseException) -> None:
             results = _summarize(sweep.sweep_dir, sweep.unwritten, write=not isinstance(why, state.Unwritable))
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
+    SweepContext.withdraw()
     if sweep.parent is not None:
-        os.environ.pop(state.PARENT_ENV, None)
         try:
             if not _store_down(sweep):
                 run = SweepRun(store(sweep.target), sweep.parent, Path(sweep.sweep_dir or "."))

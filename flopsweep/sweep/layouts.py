@@ -6,8 +6,7 @@ runs (:func:`states_lower_bound`), the rest launched as jobs by :class:`LayoutSw
 from __future__ import annotations
 
 import itertools
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -19,7 +18,7 @@ from flopsweep.core.text import format_metric, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep.plan import SweepPlan
-from flopsweep.sweep.state import SWEEP_TOTAL_ENV, SWEPT_ENV
+from flopsweep.sweep.state import SweepContext
 from flopsweep.sweep.sweeper import RecoveringSweeper
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -138,8 +137,8 @@ class LayoutSweeper(RecoveringSweeper):
             from hydra.errors import HydraException
 
             raise HydraException(str(err)) from None
-        os.environ[SWEEP_TOTAL_ENV] = str(len(expanded))  # the jobs' progress lines and run names (joblib passes them)
-        os.environ[SWEPT_ENV] = ",".join(SweepPlan(self.config, expanded).varying)
+        replace(SweepContext.current(), total=len(expanded),  # the jobs' progress lines and run names
+                swept=tuple(SweepPlan(self.config, expanded).varying)).publish()
         size = max_batch_size or max(len(expanded), 1)
         return [expanded[i:i + size] for i in range(0, len(expanded), size)]
 

@@ -3,7 +3,6 @@ job."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -11,7 +10,7 @@ from typing import Any, Optional, Sequence
 from flopsweep.core.console import say
 from flopsweep.core.result import model_label
 from flopsweep.sinks.identity import run_name, short_name
-from flopsweep.sweep.state import SWEEP_START_ENV, SWEEP_TOTAL_ENV, SWEPT_ENV
+from flopsweep.sweep.state import SweepContext
 
 
 def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Sequence[str] = ()) -> str:
@@ -19,14 +18,15 @@ def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Seque
     apart from the sweep's other jobs (the values of the keys the sweep varies, as its run is named; the whole name
     outside a sweep, with the model's ``changed`` fields) and an ETA from the sweep's pace so far (the sweep callback
     leaves its start, size and varied keys in the env)."""
-    swept = [key for key in os.environ.get(SWEPT_ENV, "").split(",") if key]
+    context = SweepContext.current()
+    swept = list(context.swept)
     name = run_name(config, changed)
     if swept and job_num is not None:  # the model's name before, where the sweep does not vary it
         name = ("" if "model" in swept else f"{model_label(config.get('model') or {})}: ") + short_name(config, swept)
-    total, start = os.environ.get(SWEEP_TOTAL_ENV), os.environ.get(SWEEP_START_ENV)
+    total, start = context.total, context.start
     if job_num is None or not total or not start:
         return f"[job] {name}"
-    done, total_n, elapsed = int(job_num), int(total), time.time() - float(start)
+    done, total_n, elapsed = int(job_num), total, time.time() - start
     eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
     return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
 

@@ -1,22 +1,53 @@
 """What a sweep's process knows of the sweep, in one object that the app, its callback and the sweeper share:
 whether anything failed (the exit status), the sweep's open MLflow run and folder, whether the user asked for
 Hydra's whole errors, and a signal waiting for a job's record to be whole. A job in another process (a joblib or
-Slurm worker) learns the sweep's run, size and start from the environment instead."""
+Slurm worker) learns the sweep's run, size and start from the environment instead (:class:`SweepContext`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from flopsweep.sinks.target import Target
 
-SWEEP_TOTAL_ENV, SWEEP_START_ENV = "FLOPSWEEP_SWEEP_JOBS", "FLOPSWEEP_SWEEP_START"  # for the jobs' progress line
-PARENT_ENV = "FLOPSWEEP_PARENT_RUN_ID"  # the sweep's MLflow run: set by the sweep callback, read by jobs (any launcher)
-SWEPT_ENV = "FLOPSWEEP_SWEPT"  # the keys that tell a sweep's jobs apart, comma-separated: their runs' short names
+CONTEXT_ENV = "FLOPSWEEP_SWEEP"  # the sweep's context for its jobs (:class:`SweepContext`, as JSON)
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a sweep's jobs learn of it, in whatever process they run (this one, joblib's workers, Slurm's nodes): its
+    MLflow run (``parent``: their runs' parent), its size and start (their progress lines) and the keys that tell
+    its jobs apart (their runs' short names). The sweep callback publishes it once the sweep's run is open (the
+    layout search again once it knows its layouts); jobs read it from the environment, which every launcher passes
+    on."""
+
+    parent: Optional[str] = None
+    total: Optional[int] = None
+    start: Optional[float] = None
+    swept: tuple[str, ...] = ()
+
+    def publish(self) -> None:
+        os.environ[CONTEXT_ENV] = json.dumps(asdict(self))
+
+    @classmethod
+    def current(cls) -> "SweepContext":
+        """The published context; an empty one outside a sweep."""
+        text = os.environ.get(CONTEXT_ENV)
+        if not text:
+            return cls()
+        fields = json.loads(text)
+        return cls(**{**fields, "swept": tuple(fields.get("swept") or ())})
+
+    @staticmethod
+    def withdraw() -> None:
+        """The sweep has ended: a later command in this process is in no sweep."""
+        os.environ.pop(CONTEXT_ENV, None)
 
 
 @dataclass

@@ -17,7 +17,6 @@ cartesian product and the presets' ``hydra.sweeper.params``, made for parallel l
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from concurrent.futures import BrokenExecutor
@@ -156,7 +155,7 @@ class RecoveringLauncher:
     def _forget_cut_off_runs(self) -> None:
         """Delete the sweep's job runs that no job's ``result.json`` names (:meth:`SweepRun.forget_unrecorded`): no
         job of the sweep runs now."""
-        parent = os.environ.get(state.PARENT_ENV)
+        parent = state.SweepContext.current().parent
         try:
             target = target_of(self.config.tracking, Path.cwd())
             if parent and target is not None:
