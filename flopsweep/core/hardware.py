@@ -73,8 +73,9 @@ ACCELERATORS: list[Accelerator] = [
     _nvidia("H100", 67.0, 494.7, 989.4, 1978.9, 1978.9, 80, 3350, "NVIDIA H100 datasheet (SXM)",
             ("H100 SXM", "H100 80GB HBM3")),
     _nvidia("H200", 67.0, 494.7, 989.4, 1978.9, 1978.9, 141, 4800, "NVIDIA H200 datasheet (SXM)"),
-    _nvidia("H20", 44.0, 74.0, 148.0, 296.0, 296.0, 96, 4000, "NVIDIA HGX H20 specifications as reported (SemiAnalysis, "
-            "2023; NVIDIA publishes no datasheet): dense 148 TFLOP/s bf16, 296 fp8 and int8; 96 GB HBM3 at 4.0 TB/s"),
+    _nvidia("H20", 44.0, 74.0, 148.0, 296.0, 296.0, 96, 4000, "NVIDIA HGX H20 specifications as reported "
+            "(SemiAnalysis, 2023; NVIDIA publishes no datasheet): dense 148 TFLOP/s bf16, 296 fp8 and int8; 96 GB "
+            "HBM3 at 4.0 TB/s"),
     _nvidia("GB200", None, 1250.0, 2500.0, 5000.0, 5000.0, 186, 8000, "NVIDIA GB200 NVL72 datasheet, per GPU "
             "(72 GPUs: 180 PFLOP/s bf16, 13.4 TB HBM3e, 576 TB/s)"),
     _nvidia("B200", None, 1100.0, 2250.0, 4500.0, 4500.0, 180, 8000, "NVIDIA DGX B200 datasheet, per GPU "

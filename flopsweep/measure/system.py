@@ -79,7 +79,8 @@ def _gpu_values(index: int, handle: Any) -> dict[str, float]:
                   f"{prefix}utilization_percentage": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)}
         watts = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000
         values[f"{prefix}power_usage_watts"] = watts
-        values[f"{prefix}power_usage_percentage"] = 100 * watts / (pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000)
+        limit = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+        values[f"{prefix}power_usage_percentage"] = 100 * watts / limit
         return values
     except Exception:  # noqa: BLE001 - a reading the driver refuses: left out
         return {}

@@ -62,10 +62,10 @@ class SweepRun:
             self.store.end_parent(self.run_id, status)
 
     def forget_unrecorded(self) -> int:
-        """Delete the sweep's job runs that no job folder's ``result.json`` names (:meth:`Store.delete_children_except`).
-        Only where none of its jobs runs: those are the runs of jobs cut while logging (a killed worker, a terminal's
-        Ctrl-C), or after logging and before recording their run id; each such job logs itself again whole when it
-        runs again."""
+        """Delete the sweep's job runs that no job folder's ``result.json`` names
+        (:meth:`Store.delete_children_except`). Only where none of its jobs runs: those are the runs of jobs cut
+        while logging (a killed worker, a terminal's Ctrl-C), or after logging and before recording their run id;
+        each such job logs itself again whole when it runs again."""
         results = (Result.read_or_none(path) for path in self.sweep_dir.glob("*/result.json"))  # none: runs again
         keep = {r.tracking.run_id for r in results if r is not None and r.tracking is not None} - {None}
         return self.store.delete_children_except(self.run_id, keep)

@@ -142,8 +142,9 @@ def _freeze_what_stays(seconds: float) -> None:
     process; so do some 17k objects a rank-by-rank layout count leaves held (PyTorch's fake-tensor and DTensor state,
     about 3.5 MiB a job: ``benchmarks/bench_layout_search.py leftovers``). joblib's workers collect after every task
     that ends over a second after the last collection: 0.4 s on 2 cores with the imports in view, a second more by
-    the end of a 312-layout search with the layouts' objects in view; a few ms frozen. Objects are still freed by reference count as usual; the collection just before leaves no
-    cyclic garbage frozen. A job under a second skips it (joblib does not collect after it either)."""
+    the end of a 312-layout search with the layouts' objects in view; a few ms frozen. Objects are still freed by
+    reference count as usual; the collection just before leaves no cyclic garbage frozen. A job under a second skips
+    it (joblib does not collect after it either)."""
     if gc.get_freeze_count() and seconds < 1.0:
         return
     gc.collect()

@@ -20,6 +20,7 @@ parts share what they read of Slurm (the partition's record, the queue's states 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -106,8 +107,6 @@ def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> t
     executor.update_parameters(**settings)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    import logging
-
     log = logging.getLogger(__name__)
     log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
     for i, overrides in enumerate(batch):
