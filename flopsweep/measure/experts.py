@@ -70,7 +70,7 @@ def tensor_parallel_moe(block: nn.Module, tp_mesh: Any, sequence_parallel: bool)
     tp = tp_mesh.size()
     experts = block.get_submodule("experts")
     for name, p in list(experts.named_parameters(recurse=False)):
-        if p.dim() < 2:
+        if p.dim() < (3 if "down" in name else 2):  # a down bias [E, H] stays whole, as a row-parallel bias does
             continue
         dim = p.dim() - 1 if "down" in name else 1  # [E, H, F]: its columns; [E, 2F, H] and biases [E, 2F]: rows
         if p.shape[dim] % (tp if "down" in name else 2 * tp):

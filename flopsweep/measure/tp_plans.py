@@ -13,7 +13,8 @@ The kinds of model known, by their modules' names (measurement imports no model 
   router) and ``mlp.experts`` (stacked weights) in place of the MLP, their experts split over ``ep`` and each expert
   over ``tp`` (:mod:`~flopsweep.measure.experts`);
 - Hugging Face mixtures of experts with multi-head latent attention (DeepSeek-V2/V3, Kimi K2): ``self_attn``'s
-  ``kv_a_proj_with_mqa``, ``kv_b_proj`` and ``o_proj``, ``mlp.shared_experts`` beside the routed ones; as the others;
+  ``kv_a_proj_with_mqa``, ``kv_b_proj`` and ``o_proj``, ``mlp.shared_experts`` beside the routed ones, split as the
+  others;
 - Hugging Face GPT-NeoX (Pythia, GPT-NeoX-20B): ``gpt_neox.embed_in``, ``gpt_neox.layers`` of ``input_layernorm``,
   ``attention.query_key_value`` (fused), ``attention.dense``, ``post_attention_layernorm``,
   ``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``; ``gpt_neox.final_layer_norm``, ``gpt_neox.rotary_emb``, ``lm_head``;
