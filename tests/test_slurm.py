@@ -201,6 +201,27 @@ def test_a_slurm_sweep_logs_every_job_once_under_the_sweeps_run(cluster, tmp_pat
     assert cluster.drained() == []
 
 
+def test_a_queue_that_cannot_answer_for_a_while_is_asked_again_not_taken_for_ended_jobs(cluster, tmp_path):
+    """slurmctld busy or restarting: squeue fails (here its first 8 calls, as Slurm says it) while the jobs run.
+    The sweep asks again; its jobs are not taken for ended, and all of them finish."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    calls = tmp_path / "calls"
+    (shim / "squeue").write_text(f"""#!/bin/sh
+echo x >> {calls}
+if [ $(wc -l < {calls}) -le 8 ]; then
+  echo "squeue: error: slurm_load_jobs error: Socket timed out on send/recv operation" >&2; exit 1
+fi
+exec {shutil.which("squeue") or "/usr/bin/squeue"} "$@"
+""")
+    (shim / "squeue").chmod(0o755)
+    env = {**cluster.env, "PATH": f"{shim}{os.pathsep}{cluster.env['PATH']}"}
+    done = subprocess.run([*FLOPSWEEP, "-m", *slow(3), *FITS, "batch.size=1,2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 jobs: 2 ok" in done.stdout and len(calls.read_text().split()) > 8
+
+
 def test_what_no_node_can_give_is_refused_before_anything_is_queued_naming_the_keys(cluster, tmp_path):
     started = time.monotonic()
     preset = cluster.flopsweep(*TINY, "hydra/launcher=slurm", "hydra.launcher.timeout_min=5", "batch.size=1,2",

@@ -39,6 +39,8 @@ from flopsweep.sweep import state
 from flopsweep.sweep.jobdirs import job_folders, model_of, record_failed
 
 POLL_S = 2.0  # how often the queue is asked; a result file is looked for every tenth of that
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
+          "STOPPED", "SIGNALING", "STAGE_OUT")  # states of a job that has not ended
 
 # Reasons for which Slurm keeps a job pending until someone changes it or the cluster, and the keys that change it
 NEVER_CLEARS = {
@@ -232,7 +234,7 @@ def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, swee
         if waiting and time.monotonic() - asked >= POLL_S:
             asked = time.monotonic()
             queue = _queue([job.job_id for job in waiting.values()])
-            for i, job in list(waiting.items()):
+            for i, job in list(waiting.items()) if queue is not None else ():
                 if job.job_id in queue:
                     gone.pop(i, None)
                     status, reason = queue[job.job_id]
@@ -246,21 +248,30 @@ def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, swee
                     continue
                 gone[i] = gone.get(i, 0) + 1
                 if gone[i] >= 3:
-                    returns[i] = _ended(job, batch[i], first + i, sweep_dir, params)
+                    status, reason = _state(job.job_id)
+                    if status in ACTIVE:  # squeue missed it (a busy controller): it has not ended
+                        gone[i] = 0
+                        continue
+                    returns[i] = _ended(job, batch[i], first + i, sweep_dir, params, status, reason)
                     del waiting[i]
         time.sleep(POLL_S / 10)
     return [returns[i] for i in range(len(jobs))], requeued
 
 
-def _ended(job: Any, overrides: Sequence[str], number: int, sweep_dir: Path, params: dict[str, Any]) -> JobReturn:
+def _state(job_id: str) -> tuple[str, str]:
+    """A job's state and reason as slurmctld has them (``UNKNOWN`` once it has forgotten the job)."""
+    done = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True, timeout=60)
+    fields = dict(pair.split("=", 1) for pair in done.stdout.split() if "=" in pair)
+    return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+
+
+def _ended(job: Any, overrides: Sequence[str], number: int, sweep_dir: Path, params: dict[str, Any], status: str,
+           reason: str) -> JobReturn:
     """A job that left Slurm's queue without a result: its own record of why where it wrote one (a time limit it was
-    warned of), else one written here with Slurm's state."""
+    warned of), else one written here with Slurm's ``status`` and ``reason``."""
     (folder,) = job_folders(sweep_dir, [overrides])
     recorded = folder is not None and (folder / "result.json").exists()
     if not recorded:
-        fields = dict(pair.split("=", 1) for pair in _run(["scontrol", "-o", "show", "job", str(job.job_id)],
-                                                            check=False).split() if "=" in pair)
-        status, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
         why = {"TIMEOUT": time_limit(params),
                "OUT_OF_MEMORY": "killed by Slurm for its memory (hydra.launcher.mem_gb)"}.get(
                    status, f"ended on Slurm as {status}" + (f" ({reason})" if reason != "None" else ""))
@@ -277,21 +288,26 @@ def _say_failure(sweep_dir: Path, number: int, overrides: Sequence[str]) -> None
         print(f"flopsweep: error: job {number} ({' '.join(overrides)}) {result.error}", file=sys.stderr)
 
 
-def _queue(ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """The jobs of ``ids`` that are in Slurm's queue (an array's tasks one by one): their state and reason."""
+def _queue(ids: Sequence[str]) -> Optional[dict[str, tuple[str, str]]]:
+    """The jobs of ``ids`` that are in Slurm's queue (an array's tasks one by one): their state and reason; None
+    where squeue could not say (slurmctld busy or restarting: ask again), empty where Slurm has forgotten them (jobs
+    that ended long ago)."""
     arrays = sorted({str(i).split("_")[0] for i in ids})
-    rows = _run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], check=False)
+    done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        return {} if "Invalid job id" in done.stderr else None
     queue = {}
-    for row in rows.splitlines():
+    for row in done.stdout.splitlines():
         parts = row.strip().split("|")
         if len(parts) == 3:
             queue[parts[0]] = (parts[1], parts[2])
     return queue
 
 
-def _run(command: list[str], check: bool = True) -> str:
+def _run(command: list[str]) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    if check and done.returncode != 0:
+    if done.returncode != 0:
         raise SlurmRefused(f"hydra/launcher=slurm: `{' '.join(command)}` failed: {_slurm_words(done.stderr)}")
     return done.stdout
 
