@@ -222,6 +222,19 @@ exec {shutil.which("squeue") or "/usr/bin/squeue"} "$@"
     assert "2 jobs: 2 ok" in done.stdout and len(calls.read_text().split()) > 8
 
 
+def test_a_combination_that_cannot_be_composed_fails_alone_and_the_other_jobs_run(cluster, tmp_path):
+    """ViT's d_ff cannot be null: that Slurm task fails before its job runs; it is recorded failed with Hydra's
+    reason and the sweep goes on (it cancelled every job)."""
+    done = cluster.flopsweep("model=gpt2_small,vit_b16", "model.d_ff=null,128", "model.n_layer=1", "device=meta",
+                             "tracking.experiment=slurm", *FITS, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    (line,) = errors(done.stderr)
+    assert line.startswith("flopsweep: error: job 2 (model=vit_b16 model.d_ff=null ") and \
+        "ConfigCompositionException" in line and "Traceback" not in line, line
+    assert "4 jobs: 3 ok, 1 failed" in done.stdout
+    assert cluster.drained() == []
+
+
 def test_what_no_node_can_give_is_refused_before_anything_is_queued_naming_the_keys(cluster, tmp_path):
     started = time.monotonic()
     preset = cluster.flopsweep(*TINY, "hydra/launcher=slurm", "hydra.launcher.timeout_min=5", "batch.size=1,2",

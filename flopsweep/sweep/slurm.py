@@ -228,9 +228,13 @@ def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, swee
     while waiting:
         for i, job in list(waiting.items()):
             if job.paths.result_pickle.exists():
-                returns[i] = job.results()[0]
+                try:
+                    returns[i] = job.results()[0]
+                except Exception as err:  # noqa: BLE001 - the task failed outside its job (a job's failure is
+                    returns[i] = _task_failed(batch[i], first + i, sweep_dir, err)  # its result): the rest go on
+                else:
+                    _say_failure(sweep_dir, first + i, batch[i])
                 del waiting[i]
-                _say_failure(sweep_dir, first + i, batch[i])
         if waiting and time.monotonic() - asked >= POLL_S:
             asked = time.monotonic()
             queue = _queue([job.job_id for job in waiting.values()])
@@ -277,6 +281,16 @@ def _ended(job: Any, overrides: Sequence[str], number: int, sweep_dir: Path, par
                    status, f"ended on Slurm as {status}" + (f" ({reason})" if reason != "None" else ""))
         record_failed(folder or sweep_dir / f"{number}_{model_of(overrides)}", number, overrides,
                       f"{why} before it recorded a result (Slurm job {job.job_id}; its log: {job.paths.stderr})")
+    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+
+def _task_failed(overrides: Sequence[str], number: int, sweep_dir: Path, err: Exception) -> JobReturn:
+    """A Slurm task whose job never ran (Hydra could not compose its combination of values): recorded failed with
+    the error's last line, as the other launchers record it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = next((line for line in reversed(lines) if ": " in line and not line.startswith("File ")), one_line(err))
+    (folder,) = job_folders(sweep_dir, [overrides])
+    record_failed(folder or sweep_dir / f"{number}_{model_of(overrides)}", number, overrides, f"failed: {said}")
     return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
 
 
