@@ -16,8 +16,8 @@ from flopsweep.sweep.state import SweepContext
 def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     """``[job 3/48] gpt3_13b|s2048  elapsed 12 s, about 3 min left``: the job's number in the sweep, what tells it
     apart from the sweep's other jobs (the values of the keys the sweep varies, as its run is named; the whole name
-    outside a sweep, with the model's ``changed`` fields) and an ETA from the sweep's pace so far (the sweep callback
-    leaves its start, size and varied keys in the env)."""
+    outside a sweep, with the model's ``changed`` fields) and an ETA from the sweep's pace so far (its start, size and
+    varied keys: the sweep's :class:`~flopsweep.sweep.state.SweepContext`)."""
     context = SweepContext.current()
     swept = list(context.swept)
     name = run_name(config, changed)
