@@ -87,6 +87,12 @@ def test_each_help_renders(subcommand, tmp_path):
     expected = {"": ["train", "budget", "serve"], "train": ["--tokens", "--mfu", "--dp"],
                 "budget": ["--usd", "--tokens-per-param", "--mfu"], "serve": ["--prompt-tokens", "--bandwidth"]}
     assert all(word in out.stdout for word in expected[subcommand])
+    if subcommand:  # --gpu's parts are the hardware table's, every one of them
+        from flopsweep.core.hardware import ACCELERATORS
+
+        flat = " ".join(out.stdout.split())
+        assert all(f" {part.name}," in flat or f" {part.name};" in flat or f"({part.name}," in flat
+                   for part in ACCELERATORS), flat
 
 
 def test_without_mfu_a_run_is_projected_at_the_mfu_it_predicted(tmp_path):

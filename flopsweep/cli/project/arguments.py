@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from flopsweep.core.errors import require
+from flopsweep.core.hardware import names as hardware_names
 from flopsweep.core.text import plain
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -60,8 +61,8 @@ def add_training_source(p: argparse.ArgumentParser) -> None:
 def add_hardware(p: argparse.ArgumentParser, dtype_help: str, gpus_help: str, memory_help: str):
     """The part, how many, their price and power; returns the group, for a subcommand's own flags of the part."""
     hw = p.add_argument_group("hardware")
-    hw.add_argument("--gpu", default="H100", help="a part of the hardware table (docs/serving.md: V100, A10G, L4, "
-                    "L40S, A100, H100, H200, B200, GB200, MI300X, TPU v5e, ...); default H100")
+    hw.add_argument("--gpu", default="H100", help=f"a part of the hardware table ({', '.join(hardware_names())}; "
+                    "docs/serving.md gives their figures and sources); default H100")
     hw.add_argument("--hardware", type=Path, help="a YAML file describing your own part instead: name, peak_tflops "
                     "(by dtype), memory_gb, bandwidth_gbs")
     hw.add_argument("--dtype", default="bfloat16", help=dtype_help)
