@@ -161,3 +161,18 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     bare = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--dp", "2", "--gpu", "H100",
                     "--no-log", cwd=tmp_path)
     assert bare.returncode == 2 and "--batch" in bare.stderr and len(bare.stderr.strip().splitlines()) == 1
+
+
+def test_number_formats_take_their_usual_spellings(tmp_path):
+    """``--dtype float8`` is ``fp8`` (it had no peak in the table), ``--weights-dtype E4M3`` too, ``bf16`` is
+    ``bfloat16``; a format nobody spells so is refused naming the flag and the names it takes."""
+    base = ["serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8", "--gpu", "H100"]
+    spelled = run_main(main, *base, "--dtype", "float8", "--weights-dtype", "E4M3", "--kv-dtype", "bf16",
+                       cwd=tmp_path)
+    named = run_main(main, *base, "--dtype", "fp8", "--weights-dtype", "fp8", "--kv-dtype", "bfloat16", cwd=tmp_path)
+    assert spelled.returncode == named.returncode == 0, spelled.stderr
+    assert spelled.stdout.splitlines()[:3] == named.stdout.splitlines()[:3]
+    assert "1,979 TFLOP/s fp8" in spelled.stdout
+    refused = run_main(main, *base, "--weights-dtype", "int3", cwd=tmp_path)
+    assert refused.returncode != 0 and refused.stderr.strip() == (
+        "flopsweep-project: error: weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, int4")

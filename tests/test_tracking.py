@@ -339,3 +339,21 @@ def test_sync_refuses_a_result_that_holds_no_measurement(tmp_path):
     assert "holds no measurement (status ok, no metrics)" in out.stderr and "status 'done' is none of" in out.stderr
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_load_runs_says_which_store_it_read_and_which_experiments_it_has(tmp_path):
+    import flopsweep
+
+    with pytest.raises(LookupError) as err:  # run from another folder: no store there
+        flopsweep.load_runs(experiment="test_sweep", store_dir=tmp_path / "elsewhere")
+    assert str(err.value) == f"load_runs: no MLflow store at {tmp_path / 'elsewhere' / 'mlflow.db'} to read " \
+        "experiment 'test_sweep' from (this folder's outputs/ unless store_dir= or uri= says where, or " \
+        "MLFLOW_TRACKING_URI)"
+    ran = run_app("model=gpt2_small", "model.n_layer=1", "batch.seq_len=8", "device=meta",
+                  "tracking.experiment=named", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    with pytest.raises(LookupError) as err:
+        flopsweep.load_runs(experiment="nmaed", store_dir=tmp_path / "outputs")
+    assert str(err.value).startswith("load_runs: experiment 'nmaed' is not in the store sqlite:///")
+    assert str(err.value).endswith("; it has 'named'")
+    assert len(flopsweep.load_runs(experiment="named", store_dir=tmp_path / "outputs")) == 1

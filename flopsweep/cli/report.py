@@ -71,7 +71,11 @@ def _experiment(args: argparse.Namespace, target) -> int:
     from flopsweep.sinks.store import log_to_sweep_run
     from flopsweep.core.errors import masked
 
-    df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=target.uri)
+    try:
+        df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=target.uri)
+    except LookupError as err:
+        print(f"flopsweep-report: error: {str(err).removeprefix('load_runs: ')}", file=sys.stderr)
+        return 2
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""
         print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})",

@@ -47,7 +47,9 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     ``status``, ``error``, ``sweep``, every metric (floats) and every config param (numbers as numbers).
 
     ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
-    ``uri`` defaults to ``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``::
+    ``uri`` defaults to ``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``. A store that is not
+    there, or an experiment it does not have, is a ``LookupError`` in one line saying which store was read and
+    which experiments it has (an experiment without job runs, or a sweep without, is an empty frame)::
 
         df = flopsweep.load_runs(experiment="gpt3_family")
         df.pivot_table(index="model.name", values="flops/step")
@@ -55,12 +57,15 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     import pandas as pd
 
     uri = target_at(uri, store_dir, experiment).uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return pd.DataFrame()  # no store here: nothing to read, and nothing to create
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # nothing to read, or to create
+        raise LookupError(f"load_runs: no MLflow store at {uri[len('sqlite:///'):]} to read experiment {experiment!r} "
+                          "from (this folder's outputs/ unless store_dir= or uri= says where, or MLFLOW_TRACKING_URI)")
     client = mlflow_client(uri, write=False)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return pd.DataFrame()
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise LookupError(f"load_runs: experiment {experiment!r} is not in the store {masked(uri)}; it has "
+                          f"{', '.join(repr(n) for n in names) if names else 'none'}")
     runs = client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
                               max_results=50000)
     sweeps = {r.info.run_id: r.data.tags.get(SWEEP_TAG, "") for r in runs}

@@ -58,6 +58,19 @@ def add_training_source(p: argparse.ArgumentParser) -> None:
                         " a measured inference run is projected so by itself")
 
 
+# the usual spellings of a number format, as the hardware table and the serving bytes name it
+DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
+                   "float8": "fp8", "e4m3": "fp8", "e5m2": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
+                   "fp8_e4m3": "fp8", "int4": "int4", "uint4": "int4", "nf4": "int4"}
+
+
+def dtype_name(text: str) -> str:
+    """A flag's number format by its usual spellings (``bf16``, ``float8``, ``e4m3``, any case): the table's name; an
+    unknown one as given, for the flag's own check to refuse with the names it takes."""
+    key = text.strip().lower()
+    return DTYPE_SPELLINGS.get(key, key)
+
+
 def add_hardware(p: argparse.ArgumentParser, dtype_help: str, gpus_help: str, memory_help: str):
     """The part, how many, their price and power; returns the group, for a subcommand's own flags of the part."""
     hw = p.add_argument_group("hardware")
@@ -65,7 +78,7 @@ def add_hardware(p: argparse.ArgumentParser, dtype_help: str, gpus_help: str, me
                     "docs/serving.md gives their figures and sources); default H100")
     hw.add_argument("--hardware", type=Path, help="a YAML file describing your own part instead: name, peak_tflops "
                     "(by dtype), memory_gb, bandwidth_gbs")
-    hw.add_argument("--dtype", default="bfloat16", help=dtype_help)
+    hw.add_argument("--dtype", default="bfloat16", type=dtype_name, help=dtype_help)
     hw.add_argument("--peak-tflops", type=float, help="peak dense TFLOP/s per GPU (overrides the table)")
     hw.add_argument("--gpus", type=int, help=gpus_help)
     hw.add_argument("--gpu-memory", type=float, help=memory_help)
