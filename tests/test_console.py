@@ -50,6 +50,23 @@ def test_a_noisy_timing_is_said_with_what_to_do():
     assert not any(line.startswith("warning") for line in job_lines(steady))
 
 
+def test_a_timing_taken_on_a_loaded_machine_is_said_so():
+    """Issue 30 item 10: a load average over the cores as the timing began (other work beside the job) is said,
+    however steady the timing looked; a timed job records both."""
+    from flopsweep.core.result import TimingInfo
+
+    steady = {"time/step_s": 1.0, "time/step_iqr_s": 0.05}
+    loaded, quiet = (Result("ok", None, {}, dict(steady)) for _ in range(2))
+    loaded.timing = TimingInfo("full", 10, 2, "cpu", load_average=3.4, cores=2)
+    quiet.timing = TimingInfo("full", 10, 2, "cpu", load_average=1.2, cores=2)
+    assert spread_warning(loaded) == ("the machine was loaded when this job timed its step (load average 3.4 over 2 "
+                                      "cores): its times are likely slower than the model's; time it on a quieter "
+                                      "machine")
+    assert spread_warning(quiet) is None and job_lines(loaded)[-1] == f"warning: {spread_warning(loaded)}"
+    timed = job("device=cpu", "measure.repeats=2")
+    assert timed.timing.load_average >= 0 and timed.timing.cores == __import__("os").cpu_count()
+
+
 def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
     meta, generation = job(), job("device=cpu", "train=generate", "generate.new_tokens=4", "measure.repeats=2")
     mixed = summary_table([("0", meta), ("1", generation)]).splitlines()

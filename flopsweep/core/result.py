@@ -79,6 +79,8 @@ class TimingInfo:
     step_min_s: Optional[float] = None
     step_max_s: Optional[float] = None
     blocks: Optional[dict[str, Any]] = None
+    load_average: Optional[float] = None  # the machine's over the minute before the timing, and its cores
+    cores: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,14 @@ def hooks_line(hooked: float, plain: Optional[float]) -> str:
 
 
 def spread_warning(result: Result) -> Optional[str]:
-    """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median), else None."""
+    """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median), or when the
+    machine was loaded as it began (its load average over the minute before above its cores: other work ran beside
+    it), else None."""
+    timing = result.timing
+    if timing is not None and timing.load_average is not None and timing.cores and \
+            timing.load_average > timing.cores:
+        return (f"the machine was loaded when this job timed its step (load average {timing.load_average:.1f} over "
+                f"{timing.cores} cores): its times are likely slower than the model's; time it on a quieter machine")
     m = result.metrics
     for median, spread, what in ((M.TIME_STEP, M.TIME_STEP_SPREAD, "step time"),
                                  (M.TIME_TPOT, M.TIME_TPOT_SPREAD, "time per output token")):

@@ -50,6 +50,8 @@ class TimingRecord:
     device_name: str
     device: str                # the device timed: cpu, cuda:0
     blocks: dict[str, int] = field(default_factory=dict)  # per_block: the block kinds timed and their counts
+    load_average: Optional[float] = None  # the machine's over the minute before the timing (None: not known here)
+    cores: Optional[int] = None
 
 
 class Clock:

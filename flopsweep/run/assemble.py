@@ -196,5 +196,6 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
         info["int8"] = "weight-only int8 storage (per-row float32 scales); arithmetic in float32; inference only"
     if timing is not None:
         info["timing"] = asdict(TimingInfo(timing.method, timing.repeats, timing.threads, timing.device_name,
-                                           timing.warmup, timing.step.minimum, timing.step.maximum, timing.blocks))
+                                           timing.warmup, timing.step.minimum, timing.step.maximum, timing.blocks,
+                                           timing.load_average, timing.cores))
     return info

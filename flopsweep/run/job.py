@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
 import traceback
 from typing import Any, Optional
 
@@ -272,10 +273,12 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.phase = "time"
         if spec.device.is_cuda:  # the steps' peak, not the build's
             torch.cuda.reset_peak_memory_stats(str(spec.device))
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before this job's own timing load
         with SystemSampler(gpus=spec.device.is_cuda) as machine:
             progress.timing = timer(model, built.inputs, built.optimizer, built.autocast, str(spec.device),
                                     warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
         progress.system = machine.samples
+        progress.timing = dataclasses.replace(progress.timing, load_average=load, cores=os.cpu_count())
     progress.prediction, progress.prediction_info = predict_step(spec, progress.count, progress.timing)
 
 
