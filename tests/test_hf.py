@@ -333,3 +333,15 @@ def test_hugging_faces_eager_attention_counts_the_same_products_as_its_fused_ker
     assert eager.metrics["flops/forward"] == fused.metrics["flops/forward"]
     assert eager.metrics["flops/backward"] == fused.metrics["flops/backward"]
     assert "aten.bmm" in {row["op"] for row in eager.breakdown["ops"]} - {row["op"] for row in fused.breakdown["ops"]}
+
+
+def test_a_hugging_face_models_module_table_reaches_its_blocks_attention_and_mlp():
+    """Issue 30 item 7: at the default depth (3, counted from the block stack), an HF decoder's table has each
+    layer's self_attn and mlp (a mixture's experts too), as our families' have their blocks' attn and mlp."""
+    dense = measured(*HF_LLAMA, "batch.seq_len=16", "batch.size=1")
+    paths = {row["module"] for row in dense.breakdown["modules"]}
+    assert {"net.model.layers.0.self_attn", "net.model.layers.1.mlp"} <= paths
+    assert not any(path.startswith("net.model.layers.0.self_attn.") for path in paths)  # no deeper than that
+    ours = measured("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=2", "batch.seq_len=16",
+                    "batch.size=1")
+    assert max(row["depth"] for row in ours.breakdown["modules"]) == 3  # unchanged: blocks.0.attn

@@ -96,12 +96,24 @@ def optimizer_mean(count: Optional[StepCount], periodic_ops: dict[str, int]) -> 
 def step_breakdown(count: StepCount, module_depth: int, model: Optional[torch.nn.Module], profile: bool = False,
                    latency: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """The per-module (with each module's parameters) and per-op tables of a counted step, and the module profile
-    if ``profile``."""
-    breakdown: dict[str, Any] = {"modules": count.module_table(module_depth, model), "ops": count.op_table(),
+    if ``profile``. ``module_depth`` counts from the model's block stack (:func:`stack_offset`): 3 reaches each
+    block's attention and MLP, in our families and in a Hugging Face decoder alike."""
+    depth = module_depth + stack_offset(model)
+    breakdown: dict[str, Any] = {"modules": count.module_table(depth, model), "ops": count.op_table(),
                                  "uncounted_ops": count.uncounted}
     if profile and model is not None:
         breakdown["profile"] = module_rows(model, count, latency)
     return breakdown
+
+
+def stack_offset(model: Optional[torch.nn.Module]) -> int:
+    """How much deeper than our families' ``blocks`` a model's block stack sits (its largest module list of two or
+    more): 0 for theirs, 2 for a Hugging Face decoder's ``net.model.layers``; 0 for a model without one."""
+    if model is None:
+        return 0
+    stacks = [(sum(p.numel() for p in module.parameters()), name) for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and len(module) >= 2]
+    return max(stacks)[1].count(".") if stacks else 0
 
 
 def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
