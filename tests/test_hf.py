@@ -345,3 +345,22 @@ def test_a_hugging_face_models_module_table_reaches_its_blocks_attention_and_mlp
     ours = measured("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=2", "batch.seq_len=16",
                     "batch.size=1")
     assert max(row["depth"] for row in ours.breakdown["modules"]) == 3  # unchanged: blocks.0.attn
+
+
+@pytest.mark.slow
+def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
+    """A torchvision wheel built for another torch raises as it is imported; transformers imports it wherever it is
+    installed, and every HF model then failed with an import error that named neither."""
+    from tests.helpers import child_env, run_cli
+
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    env = child_env()
+    env["PYTHONPATH"] = f"{tmp_path / 'site'}:{env['PYTHONPATH']}"
+    out = run_cli("model=resnet18", "device=meta", "tracking=none", cwd=tmp_path, env=env)
+    assert out.returncode == 1
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("flopsweep:")]
+    assert line.startswith("flopsweep: error: model.family='hf': transformers cannot build models while the "
+                           "installed torchvision does not load (operator torchvision::nms does not exist)"), line
+    assert "pip uninstall torchvision" in line and "Traceback" not in out.stderr

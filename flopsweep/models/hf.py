@@ -48,7 +48,26 @@ def transformers_module() -> Any:
         import transformers
     except ImportError:
         raise ConfigError("model.family", "hf", "needs transformers: pip install 'flopsweep[hf]'") from None
+    broken = _broken_torchvision()
+    if broken is not None:  # transformers imports it where installed, and then builds nothing
+        raise ConfigError("model.family", "hf", f"transformers cannot build models while the installed torchvision "
+                          f"does not load ({broken}): install the torchvision built for torch {torch.__version__} "
+                          "(docs/models.md, 'torchvision'), or pip uninstall torchvision")
     return transformers
+
+
+@functools.lru_cache(maxsize=1)
+def _broken_torchvision() -> Optional[str]:
+    """Why an installed torchvision does not import (a wheel built for another torch), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    try:
+        import torchvision  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - RuntimeError (operator torchvision::nms does not exist), ImportError
+        return " ".join(str(err).split())[:200]
+    return None
 
 
 @dataclass
