@@ -57,9 +57,8 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for
     ``model=hf`` or ``model=custom``, which are named by what they build)."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
-    flat = flatten(model, "model.")
-    fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED
-              and model.get("name") not in TEMPLATES]
+    flat = flatten(model, "model.") if model.get("name") not in TEMPLATES else {}
+    fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED]
     label = model_label(model) + (f"({','.join(fields)})" if fields else "")
     parts = [label, f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]

@@ -14,19 +14,21 @@ from flopsweep.core.result import Result
 def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why: str) -> None:
     """A job folder with a ``failed`` result for a job that Hydra could not compose: the sweep's summary, exit status
     and MLflow run count it, with the overrides to fix."""
-    record_failed(sweep_dir / f"{job}_{model_of(overrides)}", job, overrides, f"cannot be composed: {why}")
+    record_failed(sweep_dir, job, overrides, f"cannot be composed: {why}")
 
 
-def record_failed(folder: Path, job: int, overrides: Sequence[str], error: str) -> None:
-    """A ``failed`` result in ``folder`` for a job that could not record itself: said, and counted by the sweep's
-    summary and exit status."""
+def record_failed(sweep_dir: Path, job: int, overrides: Sequence[str], error: str) -> None:
+    """A ``failed`` result for a job that could not record itself, in its folder (``{job}_{model}`` where Hydra made
+    none): said, and counted by the sweep's summary and exit status."""
     print(f"flopsweep: error: job {job} ({' '.join(overrides)}) {error}", file=sys.stderr)
+    (folder,) = job_folders(sweep_dir, [overrides])
+    folder = folder or sweep_dir / f"{job}_{_model_of(overrides)}"
     folder.mkdir(parents=True, exist_ok=True)
-    Result("failed", error, {"model": {"name": model_of(overrides)}, "overrides": list(overrides)}).write(
+    Result("failed", error, {"model": {"name": _model_of(overrides)}, "overrides": list(overrides)}).write(
         folder / "result.json")
 
 
-def model_of(overrides: Sequence[str]) -> str:
+def _model_of(overrides: Sequence[str]) -> str:
     """The model a job's overrides choose, for its folder's name (``job`` where they choose none)."""
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "job")
 

@@ -36,7 +36,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result
 from flopsweep.sweep import state
-from flopsweep.sweep.jobdirs import job_folders, model_of, record_failed
+from flopsweep.sweep.jobdirs import job_folders, record_failed
 
 POLL_S = 2.0  # how often the queue is asked; a result file is looked for every tenth of that
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
@@ -200,7 +200,7 @@ class Task:
         except state.Interrupted as err:
             if err.cause != cause:
                 raise
-            return JobReturn(overrides=list(args[0]), status=JobStatus.COMPLETED)  # its folder says what cut it
+            return _recorded(args[0])  # its folder says what cut it
 
 
 def time_limit(params: dict[str, Any]) -> str:
@@ -279,8 +279,14 @@ def _ended(job: Any, overrides: Sequence[str], number: int, sweep_dir: Path, par
         why = {"TIMEOUT": time_limit(params),
                "OUT_OF_MEMORY": "killed by Slurm for its memory (hydra.launcher.mem_gb)"}.get(
                    status, f"ended on Slurm as {status}" + (f" ({reason})" if reason != "None" else ""))
-        record_failed(folder or sweep_dir / f"{number}_{model_of(overrides)}", number, overrides,
+        record_failed(sweep_dir, number, overrides,
                       f"{why} before it recorded a result (Slurm job {job.job_id}; its log: {job.paths.stderr})")
+    return _recorded(overrides)
+
+
+def _recorded(overrides: Sequence[str]) -> JobReturn:
+    """Hydra's return for a job whose folder holds its record, whatever became of its task: the sweep's summary reads
+    the folders, and Hydra goes on to the next batch."""
     return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
 
 
@@ -289,9 +295,8 @@ def _task_failed(overrides: Sequence[str], number: int, sweep_dir: Path, err: Ex
     the error's last line, as the other launchers record it."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     said = next((line for line in reversed(lines) if ": " in line and not line.startswith("File ")), one_line(err))
-    (folder,) = job_folders(sweep_dir, [overrides])
-    record_failed(folder or sweep_dir / f"{number}_{model_of(overrides)}", number, overrides, f"failed: {said}")
-    return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+    record_failed(sweep_dir, number, overrides, f"failed: {said}")
+    return _recorded(overrides)
 
 
 def _say_failure(sweep_dir: Path, number: int, overrides: Sequence[str]) -> None:
