@@ -253,6 +253,11 @@ def test_what_no_node_can_give_is_refused_before_anything_is_queued_naming_the_k
     nowhere = cluster.flopsweep(*TINY, *FITS, "hydra.launcher.partition=nowhere", "batch.size=1", cwd=tmp_path)
     assert errors(nowhere.stderr) == ["flopsweep: error: hydra.launcher.partition=nowhere: no such partition (sinfo "
                                       "lists them)"], nowhere.stderr
+    warned = cluster.flopsweep(*TINY, *FITS, "hydra.launcher.timeout_min=1", "batch.size=1", cwd=tmp_path)
+    assert errors(warned.stderr) == [  # the default warning, 120 s before a one-minute limit: as the job starts
+        "flopsweep: error: hydra.launcher.signal_delay_s=120, hydra.launcher.timeout_min=1: Slurm warns a job 120 s "
+        "before its time limit (or up to 60 s earlier), as it starts with a limit of 60 s; raise timeout_min"
+    ], warned.stderr
     assert not list(tmp_path.glob("outputs/sweeps/*/*/.submitit")) and cluster.queue() == []  # nothing submitted
 
 
@@ -296,13 +301,13 @@ def test_an_interrupted_sweep_leaves_none_of_its_jobs_queued_or_running(cluster,
 
 
 def test_a_job_cut_by_its_time_limit_is_recorded_as_such(cluster, tmp_path):
-    """A one-minute limit with Slurm's warning 120 s before it (the launcher's signal_delay_s): the job is warned at
-    once and records itself; the sweep says so and goes on."""
-    done = cluster.flopsweep(*slow(600), *FITS, "hydra.launcher.timeout_min=1", "batch.size=1", cwd=tmp_path,
-                             timeout=240)
+    """A two-minute limit with Slurm's warning 30 s before it (the launcher's signal_delay_s; Slurm may send it up to
+    a minute earlier): the job, running by then, records itself; the sweep says so and goes on."""
+    done = cluster.flopsweep(*slow(600), *FITS, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+                             "batch.size=1", cwd=tmp_path, timeout=300)
     assert done.returncode == 1, done.stderr
     (line,) = errors(done.stderr)
-    assert line.endswith("cut by Slurm's time limit (hydra.launcher.timeout_min=1) before the job finished"), line
+    assert line.endswith("cut by Slurm's time limit (hydra.launcher.timeout_min=2) before the job finished"), line
     assert "1 jobs: 1 failed" in done.stdout
     assert cluster.drained() == []
 

@@ -101,7 +101,8 @@ def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> t
 
     setup_globals()
     params = launcher.params
-    refused = refusal(params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
+    refused = warned_at_start(params) or refusal(
+        params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
     if refused is not None:
         raise SlurmRefused(refused)
     init, settings = submitit_parameters(params)
@@ -147,6 +148,19 @@ def partition_nodes(partition: Optional[str]) -> Nodes:
         raise SlurmRefused(f"{where} (sinfo lists them)")
     return Nodes(found[0][0], len(found), max(f[1] for f in found), max(f[2] for f in found),
                  max(f[3] for f in found), found[0][4])
+
+
+def warned_at_start(params: dict[str, Any]) -> Optional[str]:
+    """One line naming the keys if Slurm may send the warning before the time limit (``signal_delay_s`` before it,
+    or up to a minute earlier: sbatch's ``--signal``) as a job starts, before it can take the warning: the job would
+    die of it, not record itself as cut; None otherwise."""
+    limit_s, warned_s = 60 * (params.get("timeout_min") or 0), params.get("signal_delay_s") or 0
+    if not limit_s or warned_s + 60 < limit_s:
+        return None
+    return (f"hydra.launcher.signal_delay_s={warned_s}, hydra.launcher.timeout_min={params.get('timeout_min')}: Slurm "
+            f"warns a job {warned_s} s before its time limit (or up to 60 s earlier), as it starts with a limit of "
+            f"{limit_s} s; raise timeout_min" + (f" or lower signal_delay_s below {limit_s - 60}" if limit_s > 60
+                                                 else ""))
 
 
 def refusal(params: dict[str, Any], nodes: Nodes) -> Optional[str]:
