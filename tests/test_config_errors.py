@@ -66,8 +66,10 @@ BAD = [
     (["model=hf", "model.model_type=whisper"], "model.model_type='whisper': is a speech-to-text model"),
     (["model=hf", "model.model_type=mllama"], "is an image-and-text model (MllamaForConditionalGeneration)"),
     (["model=hf", "model.model_type=gemma3"], "its text model is model.model_type=gemma3_text"),
-    (["model=hf", "model.model_type=llama", "+model.attn_implementation=flex_attention"],
-     "model.attn_implementation='flex_attention': counted are sdpa and eager"),
+    (["model=hf", "model.model_type=llama", "+model.attn_implementation=flash_attention_2"],
+     "model.attn_implementation='flash_attention_2': counted are sdpa, eager and flex_attention"),
+    (["model=hf", "model.model_type=llama", "+model.attn_implementation=flex_attention", "device=cpu"],
+     "device.type='cpu': model.attn_implementation=flex_attention has no backward on the CPU in PyTorch"),
     (["model=hf", "model.model_type=gemma3", "model.task=image-text-to-text"],
      "model.task='image-text-to-text': builds qwen2_vl whole, not gemma3"),
 ]

@@ -44,6 +44,10 @@ def resolve(cfg: DictConfig) -> JobSpec:
             "times a training step: a generation (train=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
     max_batch = _max_batch(cfg.batch, device, trains(dtype.params, train.mode))
+    require(not (device.kind == "cpu" and trains(dtype.params, train.mode) and
+                 OmegaConf.select(cfg, "model.attn_implementation") == "flex_attention"), "device.type", "cpu",
+            "model.attn_implementation=flex_attention has no backward on the CPU in PyTorch: count the training step "
+            "on device=meta (its FLOPs and memory), or time train=inference on the CPU")
     parallel = _parallel(cfg, family, model, batch, device, dtype, train, predict)
     tracking = _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,

@@ -3,8 +3,13 @@ moves one of them breaks here, not in nine places.
 
 The dispatch-mode base class and pytree helper (``torch.utils._python_dispatch``, ``torch.utils._pytree``), the
 autograd sequence numbers that tie a backward node to the forward call that made it, a storage's identity, an op's
-schema, the fused-attention choice the CPU would make, the autograd engine's end-of-backward callback, and the module
-a job's first optimizer imports lazily.
+schema, the fused-attention choice the CPU would make, the autograd engine's end-of-backward callback, the module
+a job's first optimizer imports lazily, FlexAttention's higher-order ops and the checks of its front end that a count
+lifts, and what counting ranks on a fake process group reaches into (DTensor's shape propagation, functional
+collectives, device meshes, memory trackers).
+
+Why one file (over 300 lines): the project keeps each library's private symbols in one file, so that what a PyTorch
+release moves is found in one place, behind the one version check above it.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["EagerDispatchMode", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage",
-           "is_op_packet", "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+__all__ = ["EagerDispatchMode", "FLEX_ATTENTION", "FLEX_ATTENTION_BACKWARD", "is_higher_order", "noop_mask",
+           "no_modes", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage", "is_op_packet", "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
 
@@ -39,11 +44,81 @@ class EagerDispatchMode(TorchDispatchMode):
     """A dispatch mode that sees every op of an eager step. PyTorch wraps each mode's ``__torch_dispatch__`` in
     ``torch._disable_dynamo`` so that ``torch.compile`` does not trace into it: three Python calls around every op,
     for every mode (8 % of counting ResNet-BK's 660k ops). flopsweep's modes run eager steps only, so they opt out,
-    through the class hook PyTorch documents for that (``_should_skip_dynamo``)."""
+    through the class hook PyTorch documents for that (``_should_skip_dynamo``).
+
+    Higher-order ops reach the mode too (``supports_higher_order_operators``): ``flex_attention`` and its backward,
+    each seen as the one fused kernel it is on a GPU (its unfused reference runs unseen under the mode, on any device:
+    :func:`_eager_everywhere`, while a mode is entered, lets it run on ``meta`` and in a CPU training step).
+    Another higher-order op is refused in one line (:meth:`higher_order`): its inner ops would go unseen."""
+
+    supports_higher_order_operators = True
+    _entered = 0  # modes entered now, on any thread's stack: the flex_attention front end is let through meanwhile
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         return False
+
+    def __enter__(self) -> Any:
+        if EagerDispatchMode._entered == 0:
+            _eager_everywhere(True)
+        EagerDispatchMode._entered += 1
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        EagerDispatchMode._entered -= 1
+        if EagerDispatchMode._entered == 0:
+            _eager_everywhere(False)
+
+    @staticmethod
+    def higher_order(func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run a higher-order op this mode sees whole (its inputs and outputs, not its inner ops)."""
+        if func not in FLEX_ATTENTION_OPS:
+            raise NotImplementedError(f"the higher-order op {func.name()} is not counted: flopsweep counts "
+                                      "flex_attention's, and would miss the ops inside this one")
+        return func(*args, **kwargs)
+
+
+FLEX_ATTENTION_OPS = (torch.ops.higher_order.flex_attention, torch.ops.higher_order.flex_attention_backward)
+FLEX_ATTENTION, FLEX_ATTENTION_BACKWARD = FLEX_ATTENTION_OPS
+
+
+def is_higher_order(func: Any) -> bool:
+    return isinstance(func, torch._ops.HigherOrderOperator)
+
+
+_eager_state: dict[str, Any] = {}
+
+
+def _eager_everywhere(on: bool) -> None:
+    """While a mode is entered (``on``), run what the model compiles eagerly (``torch.compiler.set_stance``'s
+    ``force_eager``: a count sees eager ops, and Hugging Face compiles ``flex_attention`` and its block masks), and let
+    ``flex_attention``'s front end run its reference kernel on ``meta`` and in a CPU training step (it refuses both,
+    where its compiled kernels do not run); ``on=False`` puts both back as they were."""
+    import torch.nn.attention.flex_attention as flex
+
+    if on:
+        stance = torch.compiler.set_stance("force_eager")
+        _eager_state.update(stance=stance, validate=flex._validate_device,
+                            debug=flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG)
+        flex._validate_device = lambda *_: None
+        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+    elif _eager_state:
+        flex._validate_device = _eager_state.pop("validate")
+        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = _eager_state.pop("debug")
+        _eager_state.pop("stance").__exit__(None, None, None)
+
+
+def no_modes() -> Any:
+    """A context in which no dispatch mode sees the ops run (a counter's own arithmetic on a block mask)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    return _disable_current_modes()
+
+
+def noop_mask() -> Any:
+    """The mask a ``BlockMask`` made without one has (every pair kept)."""
+    from torch.nn.attention.flex_attention import noop_mask as noop
+    return noop
 
 
 def sequence_nr() -> int:

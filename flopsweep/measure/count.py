@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from flopsweep.core.profile import OPTIMIZER, ROOT
-from flopsweep.measure._torch import EagerDispatchMode
+from flopsweep.measure._torch import EagerDispatchMode, is_higher_order
 from flopsweep.measure.formulas import CountOptions, cost_of
-from flopsweep.measure.ops import OpTrace
+from flopsweep.measure.ops import OpTrace, op_name
 from flopsweep.measure.tracker import ModuleTracker
 
 PHASES = ("forward", "backward", "optimizer")
@@ -110,10 +110,11 @@ _names: dict[Any, str] = {}
 
 
 def _name(func: Any) -> str:
-    """``aten.mm``: the op's name without its overload, as the tables show it (made once per overload)."""
+    """``aten.mm``: the op's name without its overload, as the tables show it (made once per overload);
+    ``higher_order.flex_attention`` for a higher-order op."""
     name = _names.get(func)
     if name is None:
-        name = _names[func] = str(func.overloadpacket)
+        name = _names[func] = op_name(func)
     return name
 
 
@@ -122,15 +123,18 @@ class Counter(EagerDispatchMode):
 
     def __init__(self, tracker: ModuleTracker, opts: CountOptions, phase_of: Optional[Callable[[], str]] = None):
         super().__init__()
-        self.tracker, self.opts, self.phase_of = tracker, opts, phase_of
+        self.uncounted: dict[str, int] = defaultdict(int)  # also what a formula could only approximate
+        self.tracker, self.opts, self.phase_of = tracker, replace(opts, said=self._said), phase_of
         self.phase = "forward"
         self.counts: dict[str, PhaseCount] = {}
-        self.uncounted: dict[str, int] = defaultdict(int)
         self.trace = OpTrace()
+
+    def _said(self, what: str) -> None:
+        self.uncounted[what] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self.higher_order(func, args, kwargs) if is_higher_order(func) else func(*args, **kwargs)
         cost = cost_of(func, args, kwargs, out, self.opts)
         phase = self.phase_of() if self.phase_of else self.phase
         self.trace.add(phase, func, args, kwargs, out, cost)

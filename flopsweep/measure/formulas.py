@@ -57,7 +57,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from flopsweep.measure._torch import is_op_packet, op_schema
+from flopsweep.measure import flex
+from flopsweep.measure._torch import (FLEX_ATTENTION, FLEX_ATTENTION_BACKWARD, is_higher_order, is_op_packet,
+                                       op_schema)
 
 aten = torch.ops.aten
 
@@ -73,6 +75,7 @@ class OpCost:
 @dataclass(frozen=True)
 class CountOptions:
     causal_half: bool = False  # count only the unmasked half of causal attention
+    said: Optional[Callable[[str], None]] = None  # told what a formula could only approximate (once a call)
 
 
 Rule = Callable[[tuple, dict, Any, CountOptions], Optional[OpCost]]  # (args, kwargs, output, options) of one call
@@ -89,7 +92,7 @@ _rules: dict[Any, Rule] = {}      # overload -> its rule, found once per overloa
 
 
 def _add(op: Any, entry: _Entry) -> None:
-    if not is_op_packet(op):
+    if not (is_op_packet(op) or is_higher_order(op)):
         raise TypeError(f"{op!r} is not an op's packet: give torch.ops.<namespace>.<op> (torch.ops.aten.mm), whose "
                         "every overload a count looks up; a name or a single overload would never be matched")
     if op in FORMULAS:
@@ -208,14 +211,37 @@ def _attention_pairs(sq: int, sk: int, causal: bool, opts: CountOptions) -> int:
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, masked: bool, backward: bool,
                opts: CountOptions) -> OpCost:
-    *batch, sq, d_qk = q.shape
-    sk, d_v = k.shape[-2], v.shape[-1]
-    heads = _numel(batch)
-    pairs = heads * _attention_pairs(sq, sk, causal, opts)
-    matmul = 2 * pairs * (d_qk + d_v)
+    *batch, sq, _ = q.shape
+    return _attention_cost(_numel(batch) * _attention_pairs(sq, k.shape[-2], causal, opts), q, v, masked, backward)
+
+
+def _attention_cost(pairs: int, q: torch.Tensor, v: torch.Tensor, masked: bool, backward: bool) -> OpCost:
+    """What an attention kernel costs for the (query, key) pairs it computes over all its heads."""
+    matmul = 2 * pairs * (q.shape[-1] + v.shape[-1])
     if backward:
         return OpCost(matmul=2 * matmul, elementwise=8 * pairs)
     return OpCost(matmul=matmul, elementwise=(6 if masked else 5) * pairs)
+
+
+def _flex(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block: tuple, backward: bool,
+          opts: CountOptions) -> OpCost:
+    """FlexAttention's fused kernel: the pairs of the tiles its block mask computes (:mod:`flopsweep.measure.flex`),
+    at fused attention's cost a pair; its ``score_mod`` and ``mask_mod`` inside the tiles are not counted."""
+    return _attention_cost(flex.pairs(query, key, block, opts.said), query, value, False, backward)
+
+
+def _flex_forward(args: tuple, kwargs: dict, out: Any, opts: CountOptions) -> OpCost:
+    query, key, value, _score_mod, block = args[:5]
+    return _flex(query, key, value, block, False, opts)
+
+
+def _flex_backward(args: tuple, kwargs: dict, out: Any, opts: CountOptions) -> OpCost:
+    query, key, value = args[:3]
+    return _flex(query, key, value, args[9], True, opts)
+
+
+_add(FLEX_ATTENTION, _Entry(_flex_forward, named=False))
+_add(FLEX_ATTENTION_BACKWARD, _Entry(_flex_backward, named=False))
 
 
 @formula(aten._scaled_dot_product_flash_attention_for_cpu)
@@ -397,8 +423,11 @@ _FREE = OpCost()
 
 
 def _rule_of(func: Any) -> Rule:
+    if is_higher_order(func):
+        entry = FORMULAS.get(func)
+        return entry.fn if entry is not None else lambda *_: None
     packet = func.overloadpacket
-    if func.namespace == "profiler" or (packet not in FORMULAS and packet in FREE_OPS):
+    if func.namespace in ("profiler", "prim") or (packet not in FORMULAS and packet in FREE_OPS):
         return lambda *_: _FREE
     entry = FORMULAS.get(packet)
     if entry is not None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
-from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, is_inplace, op_schema
+from flopsweep.measure._torch import EagerDispatchMode, fused_sdp_choice, is_higher_order, is_inplace, op_schema
 
 _FLASH = SDPBackend.FLASH_ATTENTION.value
 _GROUPED_MM = tuple(f for f in (getattr(F, "grouped_mm", None), getattr(torch, "_grouped_mm", None)) if f is not None)
@@ -160,6 +160,8 @@ def _kind(func) -> Optional[str]:
 class _KernelCache(EagerDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if is_higher_order(func):
+            return self.higher_order(func, args, kwargs)
         kind, key = _kind(func), None
         if kind is not None:
             try:

@@ -10,7 +10,8 @@ Classes (what bounds an op's time, :mod:`flopsweep.measure.predict`):
 
 - ``matmul``: mm, addmm, bmm, baddbmm, grouped and convolution matmuls (a convolution as its implicit GEMM: M = output
   positions x batch, K = input channels per group x kernel, N = output channels per group), the SVD;
-- ``attention`` and ``attention_backward``: the fused scaled-dot-product kernels;
+- ``attention`` and ``attention_backward``: the fused scaled-dot-product kernels, and FlexAttention's (its shape the
+  keys each query computes on average, over its block mask's tiles);
 - ``memory``: every other op that touches its tensors' bytes (elementwise, reductions, copies, gathers, the optimizer's
   updates, fills);
 - ``view``: ops that make a view or only allocate (``empty``): dispatched, no bytes moved.
@@ -25,7 +26,7 @@ from typing import Any, Optional
 
 import torch
 
-from flopsweep.measure._torch import op_schema
+from flopsweep.measure._torch import FLEX_ATTENTION, FLEX_ATTENTION_BACKWARD, is_higher_order, op_schema
 from flopsweep.measure.formulas import OpCost
 
 MATMUL, ATTENTION, ATTENTION_BACKWARD, MEMORY, VIEW = "matmul", "attention", "attention_backward", "memory", "view"
@@ -61,7 +62,7 @@ class OpTrace:
 
     def add(self, phase: str, func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpCost]) -> None:
         key = (func, cost, _shapes(args), _shapes(kwargs.values()), _shapes((out,)),
-               _flags(args, kwargs) if func.overloadpacket in ATTENTION_ALL else None)
+               _flags(args, kwargs) if getattr(func, "overloadpacket", None) in ATTENTION_ALL else None)
         index = self._index.get(key)
         if index is None:
             index = self._index[key] = len(self.sigs)
@@ -122,18 +123,31 @@ ATTENTION_OPS = {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_
                  aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention}
 ATTENTION_BACKWARD_OPS = {getattr(aten, f"{op.__name__}_backward") for op in ATTENTION_OPS}
 ATTENTION_ALL = ATTENTION_OPS | ATTENTION_BACKWARD_OPS
+FLEX_OPS = (FLEX_ATTENTION, FLEX_ATTENTION_BACKWARD)  # higher-order: one fused kernel each, on their block mask's tiles
 VIEW_OPS = {aten._unsafe_view, aten._reshape_alias, aten.lift_fresh, aten.empty, aten.empty_like, aten.empty_strided,
             aten.new_empty, aten.new_empty_strided, aten._local_scalar_dense, aten.detach, aten.alias,
             aten._fused_sdp_choice}
 GATHER_OPS = {aten.embedding, aten.index_select, aten.gather, aten.index, aten.nll_loss_forward}  # read only the rows they return
 
 
+def op_name(func: Any) -> str:
+    """``aten.mm``: an op's name without its overload; ``higher_order.flex_attention`` for a higher-order op."""
+    return f"higher_order.{func.name()}" if is_higher_order(func) else str(func.overloadpacket)
+
+
 def signature(func: Any, args: tuple, kwargs: dict, out: Any, cost: Optional[OpCost]) -> OpSig:
-    packet = func.overloadpacket
     matmul, elementwise = (cost.matmul, cost.elementwise) if cost is not None else (0, 0)
     ins, outs = _tensors(args) + _tensors(kwargs.values()), _tensors((out,))
     dtype = _dtype_name((ins or outs or [torch.empty(0)])[0].dtype)
-    name = str(packet)
+    name = op_name(func)
+    if func in FLEX_OPS:  # as the dense kernel over the keys each query computes on average (its tiles' density)
+        kind = ATTENTION if func is FLEX_ATTENTION else ATTENTION_BACKWARD
+        q, v = args[0], args[2]
+        heads, sq = math.prod(q.shape[:-2]), q.shape[-2]
+        keys = matmul / ((2 if kind == ATTENTION_BACKWARD else 1) * 2 * heads * sq * (q.shape[-1] + v.shape[-1]))
+        return OpSig(name, kind, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype,
+                     (heads, sq, keys, q.shape[-1], 0))
+    packet = func.overloadpacket
     if packet in MATMUL_OPS:
         return OpSig(name, MATMUL, matmul, elementwise, sum(map(_bytes, ins + outs)), dtype,
                      _matmul_dims(packet, args, out), aligned=all(_rows_aligned(t) for t in ins + outs))

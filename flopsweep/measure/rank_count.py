@@ -20,11 +20,11 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.distributed.tensor import DTensor
 
-from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, local_storage,
-                                      process_group_of, storage_id, tree_leaves)
+from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, is_higher_order,
+                                      local_storage, process_group_of, storage_id, tree_leaves)
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions, cost_of
-from flopsweep.measure.ops import OpTrace
+from flopsweep.measure.ops import OpTrace, op_name
 
 RANK_PHASES = ("forward", "backward", "recompute", "optimizer")
 
@@ -100,7 +100,7 @@ class RankCounter(EagerDispatchMode):
         if any(issubclass(t, DTensor) for t in types):
             return NotImplemented
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self.higher_order(func, args, kwargs) if is_higher_order(func) else func(*args, **kwargs)
         if DTensorPropagation.running():
             return out
         phase = "recompute" if self.phase == "backward" and self._recomputing else self.phase
@@ -116,12 +116,12 @@ class RankCounter(EagerDispatchMode):
         cost = cost_of(func, args, kwargs, out, self.opts)
         self.trace.add(phase, func, args, kwargs, out, cost)
         if cost is None:
-            self.uncounted[str(func.overloadpacket)] += 1
+            self.uncounted[op_name(func)] += 1
         elif cost.matmul or cost.elementwise:
             count = self.flops[phase]
             count.matmul += cost.matmul
             count.elementwise += cost.elementwise
-            tally = count.by_op[str(func.overloadpacket)]
+            tally = count.by_op[op_name(func)]
             tally.calls += 1
             tally.matmul += cost.matmul
             tally.elementwise += cost.elementwise

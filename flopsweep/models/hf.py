@@ -39,7 +39,7 @@ from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
 DEFAULT_IMAGE_SIZE = 224
-ATTENTION_KERNELS = ("sdpa", "eager")  # model.attn_implementation: those whose ops are counted
+ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention")  # model.attn_implementation: those whose ops are counted
 DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
 
 
@@ -119,8 +119,8 @@ class Config(ModelConfig):
         self.task = self.resolved_task()  # recorded with the job: what was built, and what the projection reads
         chosen = self.fields.get("attn_implementation")
         require(chosen in (None, *ATTENTION_KERNELS), "model.attn_implementation", chosen,
-                f"counted are {' and '.join(ATTENTION_KERNELS)} (PyTorch's fused kernels, the default, and the "
-                "decomposed matmuls and softmax); flex_attention (a higher-order op) and flash-attn's kernels are not "
+                "counted are sdpa, eager and flex_attention (PyTorch's fused kernels, the default; the decomposed "
+                "matmuls and softmax; FlexAttention over its block mask's tiles); flash-attn's kernels are not "
                 "counted yet")
         hf = self.hf_config()
         for name in (*LAYERS, "max_position_embeddings", "n_positions"):  # as our families refuse them
