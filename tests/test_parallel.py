@@ -133,7 +133,8 @@ def test_bad_layouts_are_one_line_errors_naming_the_option():
             Parallelism(**kwargs)
     for layout, message in ((Parallelism(dp=5), "^dp=5: does not divide the measured batch of 64 sequences"),
                             (Parallelism(dp=4, micro_batches=3), "^micro_batches=3: does not divide the 16 "),
-                            (Parallelism(pp=3), "^pp=3: does not divide the 64 sequences .*give micro_batches")):
+                            (Parallelism(pp=3),
+                             "^pp=3: does not divide the 64 sequences .*give a number of micro-batches that divides")):
         with pytest.raises(ConfigError, match=message) as err:
             per_device(measured(), layout)
         assert "\n" not in str(err.value)

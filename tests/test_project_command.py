@@ -1,5 +1,7 @@
 """``flopsweep-project`` as subcommands: old spellings mapped onto them with a note, flags of another subcommand
-refused in one line, each help readable, and the MFU a run predicted used where none is given."""
+refused in one line, each help readable, and the MFU a run predicted used where none is given (a FLOPs budget's a
+default else); a skipped job followed to the run that measured it, a bad layout named by its flag, and where each
+projection was logged said."""
 
 import json
 
@@ -175,4 +177,120 @@ def test_number_formats_take_their_usual_spellings(tmp_path):
     assert "1,979 TFLOP/s fp8" in spelled.stdout
     refused = run_main(main, *base, "--weights-dtype", "int3", cwd=tmp_path)
     assert refused.returncode != 0 and refused.stderr.strip() == (
-        "flopsweep-project: error: weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, int4")
+        "flopsweep-project: error: --weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, int4")
+
+
+TINY_GPT = ("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=1000",
+            "batch.size=2", "batch.seq_len=32", "device=meta")
+
+
+@pytest.fixture(scope="module")
+def measured_and_skipped(tmp_path_factory):
+    """A tiny GPT measured on meta (logged to the folder's local store), then the same configuration in a sweep with
+    skip_existing=true, whose job is skipped pointing to that run: the folder, the two job folders and the run id."""
+    from tests.helpers import run_app
+
+    folder = tmp_path_factory.mktemp("skipped")
+    job = run_app(*TINY_GPT, cwd=folder)
+    assert job.returncode == 0, job.stderr
+    measured = next(folder.glob("outputs/runs/*/*/result.json")).parent
+    sweep = run_app("-m", *TINY_GPT, "skip_existing=true", "hydra.sweep.dir=sweep", cwd=folder)
+    assert sweep.returncode == 0, sweep.stderr
+    skipped = folder / "sweep" / "0_gpt2_small"
+    assert json.loads((skipped / "result.json").read_text())["status"] == "skipped"
+    run_id = json.loads((measured / "result.json").read_text())["info"]["tracking"]["run_id"]
+    return folder, measured, skipped, run_id
+
+
+def test_a_skipped_job_is_followed_to_the_run_that_measured_it(measured_and_skipped):
+    """The folder of a job skip_existing=true skipped (or its result.json) projects as the run it found measured:
+    the same figures as that run's own folder, the header naming the run, the projection's MLflow run tagged with
+    it; a job skipped for another reason (no room) is refused in one line giving the reason."""
+    from mlflow.tracking import MlflowClient
+
+    folder, measured, skipped, run_id = measured_and_skipped
+    plan = ["--tokens", "1B", "--gpu", "A100", "--mfu", "0.5"]
+    direct = run_main(main, "train", str(measured), *plan, "--json", "direct.json", "--no-log", cwd=folder)
+    assert direct.returncode == 0, direct.stderr
+    for ref in (skipped, skipped / "result.json"):
+        out = run_main(main, "train", str(ref), *plan, "--json", "followed.json", cwd=folder)
+        assert out.returncode == 0, out.stderr
+        assert f"from {ref} (skipped: measured by run {run_id})" in out.stdout
+        followed = json.loads((folder / "followed.json").read_text())
+        assert followed["rows"] == json.loads((folder / "direct.json").read_text())["rows"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'outputs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("projections").experiment_id])
+    assert [r.data.tags["flopsweep.measured_run"] for r in runs] == [run_id, run_id]
+    no_room = hand_run(folder / "no_room")
+    record = json.loads((folder / "no_room" / "result.json").read_text())
+    record.update(status="skipped", info={"skipped": "its estimated peak exceeds measure.memory_share"})
+    (folder / "no_room" / "result.json").write_text(json.dumps(record))
+    out = run_main(main, "train", no_room, *plan, "--no-log", cwd=folder)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "was skipped, not measured (its estimated peak exceeds measure.memory_share)" in out.stderr
+
+
+def test_a_layout_the_model_does_not_take_is_refused_naming_the_flag(measured_and_skipped):
+    """--tp that does not divide the heads names --tp, whether the measured run is split (projection) or a preset is
+    counted in the layout (the config's parallel.tp underneath); --pp and --seq-len alike, each in one line."""
+    folder, measured, _, _ = measured_and_skipped
+    for args, message in (
+            ([str(measured), "--tp", "3", "--mfu", "0.5"], "error: --tp=3: does not divide the model's 4 attention"),
+            (["--model", "gpt2_small", "--tp", "5", "--batch", "8"], "error: --tp=5: must divide the model's 12"),
+            ([str(measured), "--pp", "3", "--mfu", "0.5"], "error: --pp=3: does not divide the 2 sequences"),
+            (["--model", "gpt2_small", "--seq-len", "5000", "--mfu", "0.5"], "error: --seq-len=5000: must be"),
+            (["--model", "gpt2_small", "--seq-len", "0", "--mfu", "0.5"], "error: --seq-len=0: must be >= 1"),
+            ([str(measured), "--seq-len", "64", "--mfu", "0.5"], f"error: --seq-len=64: differs from the 32 that "
+                                                                 f"{measured} was measured at")):
+        out = run_main(main, "train", *args, "--tokens", "1B", "--gpu", "H100", "--no-log", cwd=folder)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and "parallel." not in out.stderr
+        assert "micro_batches" not in out.stderr
+
+
+def test_a_flops_budget_takes_the_predicted_or_a_default_mfu_and_says_which(tmp_path):
+    """A FLOPs budget buys the same tokens whatever the MFU, which only says how long the FLOPs take: without --mfu
+    it is the run's predicted one, else a default, each named; a budget in time or money still needs one."""
+    none = hand_run(tmp_path / "none", training=False)
+    predicted = hand_run(tmp_path / "predicted", 0.43, training=False, predict={"hardware": "A100"})
+
+    def budget(*args):
+        out = run_main(main, "budget", *args, "--gpu", "A100", "--json", "b.json", cwd=tmp_path)
+        return out, (json.loads((tmp_path / "b.json").read_text()) if out.returncode == 0 else None)
+
+    default, by_default = budget(none, "--flops", "1e21")
+    assert default.returncode == 0, default.stderr
+    assert "(a default: no --mfu, and none predicted in none)" in default.stdout.splitlines()[0]
+    assumed, by_assumed = budget(none, "--flops", "1e21", "--mfu", "0.9")
+    assert by_default["tokens"] == by_assumed["tokens"]
+    out, by_prediction = budget(predicted, "--flops", "1e21")
+    assert out.returncode == 0 and "MFU 43.0% (predicted for A100 from predicted)" in out.stdout, out.stderr
+    assert by_prediction["budget"]["gpu_hours"] == pytest.approx(1e21 / (A100_BF16 * 0.43 * 3600))
+    assert by_prediction["budget"]["mfu_source"] == "predicted for A100 from predicted"
+    old = run_main(main, none, "--budget-flops", "1e21", "--gpu", "A100", cwd=tmp_path)
+    assert old.returncode == 0 and old.stdout.splitlines()[0] == default.stdout.splitlines()[0], old.stderr
+    hours, _ = budget(none, "--gpu-hours", "1000")
+    assert hours.returncode == 2 and "error: --mfu: give --mfu" in hours.stderr
+    assert len(hours.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("subcommand", ["train", "serve"])
+def test_a_projection_says_where_it_was_logged(subcommand, tmp_path):
+    """Its last line names the MLflow run, its experiment and the store, where that run is; a store that cannot be
+    used is a warning naming it, the projection printed all the same."""
+    from mlflow.tracking import MlflowClient
+
+    args = {"train": [hand_run(tmp_path / "run"), "--tokens", "1B", "--mfu", "0.4"],
+            "serve": ["--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "2"]}[subcommand]
+    out = run_main(main, subcommand, *args, "--store-dir", "store", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("MLflow: run ") and last.endswith(f" in experiment 'projections' ({store})"), last
+    run_id = last.split()[2]
+    assert MlflowClient(tracking_uri=store).get_run(run_id).data.tags["flopsweep.kind"] == "projection"
+    (tmp_path / "file").write_text("")
+    out = run_main(main, subcommand, *args, "--store-dir", "file/store", cwd=tmp_path)
+    assert out.returncode == 0 and "MLflow: run" not in out.stdout, out.stderr
+    warning, = out.stderr.strip().splitlines()
+    assert warning.startswith("flopsweep-project: warning: not logged to MLflow") and str(tmp_path / "file") in warning

@@ -287,7 +287,7 @@ def test_weights_and_cache_served_in_their_own_dtypes_move_and_hold_their_bytes(
     out = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
                    "H100", "--weights-dtype", "fp4", "--no-log", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == \
-        "flopsweep-project: error: weights-dtype='fp4': must be one of float32, bfloat16, float16, fp8, int8, int4"
+        "flopsweep-project: error: --weights-dtype='fp4': must be one of float32, bfloat16, float16, fp8, int8, int4"
 
 
 # a Mixtral-like mixture of experts by hand: 90 GB of routed experts (8 a layer, 2 a token) beside 3 GB of the rest

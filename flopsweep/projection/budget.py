@@ -10,10 +10,13 @@ from flopsweep.core.errors import ConfigError, require
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.scaling import FITS, optimum
 from flopsweep.projection.parallel import table as per_device_table
-from flopsweep.projection.training import TOKENS_PER_PARAM, Hardware, PerToken, Plan, total_flops
+from flopsweep.projection.training import TOKENS_PER_PARAM, Hardware, PerToken, Plan, cost_row, total_flops
 
 
 BUDGET_KINDS = ("flops", "gpu_hours", "days", "usd")
+# the MFU of a FLOPs budget where none is given or predicted: the tokens it buys do not depend on it, only the hours
+# the FLOPs take; 40%, what well-tuned large dense training reaches (PaLM 46%, Megatron-LM's GPT-3 runs 40-50%)
+DEFAULT_MFU = 0.4
 
 
 def budget_flops(kind: str, value: float, hw: Hardware, bubble: float = 0.0) -> float:
@@ -75,9 +78,12 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
     compute-optimally: the text to print (``text``) and the same as data."""
     tokens = tokens_within(flops, cost, recompute)
     fits = compute_optimal_fits(flops, presets, recompute) if cost.training else []
-    lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs on {hardware.gpus:,} × {hardware.gpu}"
-             f" at MFU {hardware.mfu:.1%}" + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""),
-             ""]
+    bubble = devices.bubble if devices else 0.0
+    takes = cost_row("budget", flops, hardware, bubble) if kind == "flops" else None  # the others are time already
+    lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs"
+             + (f", {takes.gpu_hours:,.4g} GPU-hours ({takes.days:,.4g} days)" if takes else "")
+             + f" on {hardware.gpus:,} × {hardware.gpu} at MFU {hardware.mfu:.1%} ({hardware.mfu_source})"
+             + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""), ""]
     if devices:
         lines += [per_device_table(devices, hardware.memory_bytes), ""]
     lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
@@ -103,7 +109,9 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
                   f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit':12s}  "
                   f"budget: {f.bought / f.params:9,.1f} tokens/param, loss {f.loss:.3f}"
                   + ("  <- lowest" if f is best else "") for f in fits]
-    return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops},
+    return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops, "mfu": hardware.mfu,
+                                                 "mfu_source": hardware.mfu_source,
+                                                 "gpu_hours": takes.gpu_hours if takes else None},
             "tokens": tokens, "compute_optimal": [f.__dict__ for f in fits],
             "optimum": [{**o.__dict__, "with_inference_flops": flops + 2 * o.params * inference_tokens
                          if inference_tokens else None} for o in optima],

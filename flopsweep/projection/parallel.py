@@ -124,7 +124,7 @@ def per_device(result: Result, layout: Parallelism, source: str = "") -> PerDevi
     """Split a measured training step (``result``, status ``ok``) over ``layout``."""
     m = result.metrics
     name = source or (result.config.get("model") or {}).get("name", "?")
-    require(result.status == "ok", "run", name, f"has status {result.status!r}, not 'ok'")
+    require(result.status == "ok", "run", name, f"has status {str(result.status)!r}, not 'ok'")
     require(m.get(M.FLOPS_BACKWARD) is not None and m.get(M.ACTIVATIONS_BYTES) is not None, "run", name,
             "measured no training step with counting: nothing to split over devices")
     batch = int(m[M.BATCH_SIZE])
@@ -133,7 +133,8 @@ def per_device(result: Result, layout: Parallelism, source: str = "") -> PerDevi
             "(measure the global batch)")
     require((batch // layout.dp) % layout.m == 0, "micro_batches" if layout.micro_batches else "pp", layout.m,
             f"does not divide the {batch // layout.dp} sequences per data-parallel replica"
-            + ("" if layout.micro_batches else " (micro-batches default to pp: give micro_batches)"))
+            + ("" if layout.micro_batches else
+               " (micro-batches default to pp: give a number of micro-batches that divides them)"))
     shape = shape_of(result)
     for heads, what in ((shape.heads, "attention heads"), (shape.kv_heads, "KV heads")):
         require(not heads or heads % layout.tp == 0, "tp", layout.tp,

@@ -60,7 +60,7 @@ class PerToken:
         inference build (``train=inference``, int8 weights), at a sequence length."""
         m, model = result.metrics, result.config.get("model") or {}
         name = model.get("name", "?")
-        require(result.status == "ok", "run", source or name, f"has status {result.status!r}, not 'ok'")
+        require(result.status == "ok", "run", source or name, f"has status {str(result.status)!r}, not 'ok'")
         seq, batch = m.get(M.SEQ_LEN), m.get(M.BATCH_SIZE)  # as run: a left-out seq_len is the model's default
         require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
         require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,

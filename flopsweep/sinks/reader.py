@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, masked, one_line, require
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, Tracking
 from flopsweep.sinks.store import SWEEP_TAG, mlflow_client
 from flopsweep.sinks.target import target_at
 
@@ -32,6 +32,33 @@ def load_result(ref: str, uri: str) -> Result:
             raise ConfigError("run", ref, f"no result.json in {masked(uri)}: {one_line(err, 200, kind=False)}") \
                 from None
         return _read_result(Path(local), ref)
+
+
+def load_measured(ref: str, uri: str) -> tuple[Result, Optional[str]]:
+    """A measured job's result from its folder, its ``result.json`` or its MLflow run id, as :func:`load_result`; a
+    job that ``skip_existing=true`` skipped (its configuration measured already) followed to the run it found, read
+    from the store its record names, else from ``uri``. Returns the result and the run it was followed to (None when
+    ``ref`` was measured itself); a job skipped for another reason (no room, another resume measuring it) is refused,
+    with the reason."""
+    result = load_result(ref, uri)
+    if result.status != "skipped":
+        return result, None
+    found = result.tracking
+    if found is None or not found.existing or not found.run_id:
+        raise ConfigError("run", ref, f"was skipped, not measured ({result.info.get('skipped') or 'no reason'})")
+    stores = [found.uri] if found.uri and "***@" not in found.uri else []  # recorded masked: no password to use
+    error = None
+    for store in dict.fromkeys([*stores, uri]):  # where the sweep found it, then where this command reads
+        try:
+            measured = load_result(found.run_id, store)
+        except ConfigError as err:
+            error = err
+            continue
+        if measured.tracking is None:  # its result.json was logged before its run's id was known: the run read
+            measured.tracking = Tracking(True, masked(store), found.experiment, found.run_id)
+        return measured, found.run_id
+    raise ConfigError("run", ref, f"was skipped: run {found.run_id} measured it, which cannot be read "
+                      f"({error.problem if error else 'no store'})")
 
 
 def _read_result(path: Path, ref: str) -> Result:

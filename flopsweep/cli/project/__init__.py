@@ -6,7 +6,8 @@
     flopsweep-project serve --model llama3_1_8b --prompt-tokens 1024 --new-tokens 256 --gpu H100
                                                                                 a generation's roofline
 
-RUN is a measured job's folder or its MLflow run id; --model PRESET counts a preset on meta instead.
+RUN is a measured job's folder or its MLflow run id (a job skip_existing=true skipped: the run it found measured);
+--model PRESET counts a preset on meta instead.
 flopsweep-project SUBCOMMAND --help lists each one's flags.
 """
 
@@ -53,8 +54,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.command(args)
     except ConfigError as err:
-        print(f"flopsweep-project: error: {err}", file=sys.stderr)
+        print(f"flopsweep-project: error: {_naming_the_flag(err, subcommands[args.subcommand])}", file=sys.stderr)
         return 2
+
+
+# config keys a preset is counted with (--model), as the flags that set them
+CONFIG_FLAGS = {"batch.seq_len": "seq_len", "batch.size": "batch", "parallel.dp": "dp", "parallel.tp": "tp",
+                "parallel.pp": "pp", "parallel.zero": "zero"}
+
+
+def _naming_the_flag(err: ConfigError, parser: argparse.ArgumentParser) -> str:
+    """``err`` in one line naming the flag its key stands for, as typed (``tp=3`` and a counted preset's
+    ``parallel.tp=3`` are ``--tp=3``, ``inference=True`` is ``--inference``), where ``parser`` takes that flag;
+    else as it is (``run=...``, a plan, a file's field)."""
+    flag = "--" + CONFIG_FLAGS.get(err.key, err.key).replace("_", "-")
+    if not _takes(parser, flag):
+        return str(err)
+    return f"{flag}: {err.problem}" if err.value is None or isinstance(err.value, bool) else \
+        f"{flag}={err.value!r}: {err.problem}"
+
+
+def _takes(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether ``parser``'s usage line lists ``flag``: ``[--flag VALUE]`` or ``[--flag]``."""
+    return re.search(rf"\[{re.escape(flag)}[\] ]", parser.format_usage()) is not None
 
 
 def _refuse(subcommands: dict[str, argparse.ArgumentParser], subcommand: str, extra: list[str]) -> None:
@@ -63,8 +85,7 @@ def _refuse(subcommands: dict[str, argparse.ArgumentParser], subcommand: str, ex
     flag = next((token.split("=", 1)[0] for token in extra if token.startswith("-")), None)
     if flag is None:
         chosen.error(f"unexpected {' '.join(extra)}")
-    taken = re.compile(rf"\[{re.escape(flag)}[\] ]")  # as a usage line lists it: [--flag VALUE] or [--flag]
-    owners = [name for name, sub in subcommands.items() if taken.search(sub.format_usage())]
+    owners = [name for name, sub in subcommands.items() if _takes(sub, flag)]
     chosen.error(f"{flag} does not apply to {subcommand}" + (f": it is a flag of {' and '.join(owners)}" if owners
                                                               else ""))
 

@@ -30,24 +30,25 @@ class TrainingInputs(NamedTuple):
     counted_layout: Optional[Result] = None  # the layout counted rank by rank, where its MFU is the projection's
 
 
-def training_inputs(args: argparse.Namespace, batch: int = 1) -> TrainingInputs:
+def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optional[float] = None) -> TrainingInputs:
     """What ``train`` and ``budget`` project: the part (checked before anything is counted), the parallel layout,
     and the run's cost a token; ``--model`` counted at ``batch`` sequences of ``--seq-len``, a forward only with
-    ``--inference``."""
+    ``--inference``; the MFU ``default_mfu`` where none is given or predicted (a FLOPs budget's), if not None."""
     from flopsweep.projection.training import PerToken
 
     split = layout(args)
     by_layout = _counts_layout(args, split)
-    part = _training_part(args, by_layout)
+    part = _training_part(args, by_layout or default_mfu is not None)
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
+    require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
     cost = PerToken.from_result(result, source)
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
-            f"differs from the {cost.seq_len} that {args.run} was measured at: measure it at {args.seq_len}")
+            f"differs from the {cost.seq_len} that {source} was measured at: measure it at {args.seq_len}")
     counted = _layout_counted(args, split, batch) if by_layout else None
     mfu_from, mfu_source = (counted, f"{args.model} counted as {_words(split)}") if counted else (result, source)
-    hardware = _training_hardware(args, part, split, mfu_from, mfu_source)
+    hardware = _training_hardware(args, part, split, mfu_from, mfu_source, default_mfu)
     if counted is not None:
         hardware = dataclasses.replace(hardware, mfu_of_layout=True)
     return TrainingInputs(result, source, cost, hardware, split, counted)
@@ -96,9 +97,10 @@ class TrainingPart(NamedTuple):
     memory_bytes: Optional[float]   # per GPU, where known: a parallel layout warns above it
 
 
-def _training_part(args: argparse.Namespace, by_layout: bool = False) -> TrainingPart:
+def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> TrainingPart:
     """The part, its peak in the training dtype and its memory, checked before anything is counted, with the MFU
-    where no run can predict one (``--model`` outside a layout counted rank by rank, ``by_layout``)."""
+    where no run can predict one (``--model`` outside a layout counted rank by rank) and none comes later
+    (``mfu_later``: the layout's, or a default)."""
     from flopsweep.core.hardware import DTYPES, peak_flops
 
     require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
@@ -115,37 +117,40 @@ def _training_part(args: argparse.Namespace, by_layout: bool = False) -> Trainin
         require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
         part = TrainingPart(args.gpu, peak, memory)
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
-    require(args.model is None or by_layout or args.mfu is not None or args.mfu_from is not None, "mfu", None,
+    require(args.model is None or mfu_later or args.mfu is not None or args.mfu_from is not None, "mfu", None,
             f"{NO_MFU}; a preset counted here has none outside a layout counted rank by rank (train's --dp --tp "
             "--pp --zero with --batch, on a --gpu with an interconnect in the table)")
     return part
 
 
 def _training_hardware(args: argparse.Namespace, part: TrainingPart, split: Optional[Parallelism], result: Result,
-                       source: str) -> Hardware:
+                       source: str, default_mfu: Optional[float] = None) -> Hardware:
     """The GPUs a training projection runs on (``split``: the parallel layout, or None)."""
     from flopsweep.projection.training import Hardware
 
-    mfu, mfu_source = _mfu(args, part.name, result, source)
+    mfu, mfu_source = _mfu(args, part.name, result, source, default_mfu)
     require(args.gpus is None or args.gpus >= 1, "gpus", args.gpus, "must be >= 1")
     gpus = args.gpus or (split.devices if split else 1)
     return Hardware(part.name, gpus, part.peak, mfu, args.price, args.watts, mfu_source, part.memory_bytes)
 
 
-def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str) -> tuple[float, str]:
+def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str,
+         default_mfu: Optional[float] = None) -> tuple[float, str]:
     """MFU and what it is on the part ``gpu``: ``--mfu``; else measured in ``--mfu-from``; else predicted in the run
-    projected."""
+    projected; else ``default_mfu``, where not None."""
     from flopsweep.core.metrics import MFU, MFU_PREDICTED
 
     if args.mfu is not None:
         return args.mfu, "assumed"
     if args.mfu_from is not None:
-        measured = load_run(args.mfu_from, args)
+        measured, named = load_run(args.mfu_from, args)
         device = measured.device_name or ""
         require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from, "has no measured MFU")
         require(same_part(device, gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {gpu}")
-        return measured.metrics[MFU], f"measured in {args.mfu_from}"
+        return measured.metrics[MFU], f"measured in {named}"
     predicted = result.metrics.get(MFU_PREDICTED)
+    if predicted is None and default_mfu is not None:
+        return default_mfu, f"a default: no --mfu, and none predicted in {source}"
     require(predicted is not None, "mfu", None, f"{NO_MFU}; {source} has none")
     part = predicted_for(result)
     require(part is None or same_part(part, gpu), "mfu", None, f"{source}'s MFU was predicted for {part}, "

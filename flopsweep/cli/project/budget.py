@@ -6,7 +6,8 @@ run, the tokens it processes), by method, and which presets it trains compute-op
     flopsweep-project budget --model gpt2_small --flops 5.88e23 --mfu 0.4 --inference-tokens 1T
 
 Give one budget: --flops, --gpu-hours, --days (wall-clock, on all --gpus) or --usd (with --price). Amounts take
-K, M, B/G, T, P. Without --mfu or --mfu-from, the MFU is the run's predicted one (speed/mfu_predicted).
+K, M, B/G, T, P. Without --mfu or --mfu-from, the MFU is the run's predicted one (speed/mfu_predicted); a --flops
+budget, whose tokens do not depend on it (only the hours it prints do), takes 40% where the run predicted none.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def command(args: argparse.Namespace) -> int:
             "give exactly one of --flops, --gpu-hours, --days or --usd")
     (kind, value), = given.items()
     require(value > 0, kind.replace("_", "-"), value, "must be > 0")
-    result, source, cost, hardware, split, _ = training_inputs(args)
+    result, source, cost, hardware, split, _ = training_inputs(args, default_mfu=B.DEFAULT_MFU if kind == "flops"
+                                                               else None)
     devices = per_device(result, split, source) if split else None
     flops = B.budget_flops(kind, value, hardware, devices.bubble if devices else 0.0)
     presets = []

@@ -14,12 +14,14 @@ from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.result import Result
 
 
-def load_run(ref: str, args: argparse.Namespace) -> Result:
-    """A measured job's result from its folder or its MLflow run id in the store ``--uri``/``--store-dir`` name."""
-    from flopsweep.sinks.reader import load_result
+def load_run(ref: str, args: argparse.Namespace) -> tuple[Result, str]:
+    """A measured job's result from its folder or its MLflow run id in the store ``--uri``/``--store-dir`` name (a
+    skipped job's folder followed to the run that measured it), and what the projection calls it."""
+    from flopsweep.sinks.reader import load_measured
     from flopsweep.sinks.target import target_at
 
-    return load_result(ref, target_at(args.uri, args.store_dir, EXPERIMENT).uri)
+    result, followed = load_measured(ref, target_at(args.uri, args.store_dir, EXPERIMENT).uri)
+    return result, ref if followed is None else f"{ref} (skipped: measured by run {followed})"
 
 
 def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch: int = 1, inference: bool = False,
@@ -30,7 +32,7 @@ def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch:
     require((args.run is None) != (args.model is None), "run", args.run or args.model,
             "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
     if args.run is not None:
-        return load_run(args.run, args), args.run
+        return load_run(args.run, args)
     from flopsweep.run.presets import measure_preset
 
     return measure_preset(args.model, seq_len, batch, inference, extra), counted
