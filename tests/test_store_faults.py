@@ -18,7 +18,7 @@ import pytest
 
 from flopsweep.cli.report import main as report_main
 from flopsweep.cli.sync import main as sync_main
-from tests.helpers import run_app, run_main
+from tests.helpers import run_app, run_cli, run_main
 
 SWEEP = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32", "tracking.experiment=sf"]
 
@@ -255,6 +255,40 @@ def test_a_disk_that_fills_mid_sweep_stops_it_in_one_line_and_every_file_on_it_i
     found = list(disk.glob("**/result.json"))
     assert found and all(json.loads(p.read_text())["status"] == "ok" for p in found)  # each whole
     assert not list(disk.glob("**/*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_under_a_joblib_sweep_with_its_store_leaves_nothing_running_after_a_sync_or_resume(
+        tmp_path, tmpfs):
+    """Issue 28 item 6: the store and the sweep on one disk that fills as the sweep starts its jobs (its run opened,
+    nothing recorded yet). One warning and one error, no MLflow traceback (it logged one for the full database); once
+    there is room again, flopsweep-sync closes the sweep's run left RUNNING (it looked only where jobs had results),
+    and a resume measures every job once with nothing left RUNNING."""
+    disk = tmpfs(tmp_path / "outputs", size="8m")
+    sweep = ["-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32,64,128,256,512",
+             "tracking.experiment=sf", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert run_app(*sweep[:-2], "batch.seq_len=16", cwd=tmp_path).returncode == 0  # the store, its WAL grown
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * (free - 90 * 1024))
+    proc = run_cli(*sweep, cwd=tmp_path)  # a process of its own, which ends: its run is a dead sweep's
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    warning, error = said(proc.stderr)
+    assert warning.startswith("flopsweep: warning: could not close the sweep's MLflow run") and \
+        "database or disk is full" in warning and "`flopsweep-sync outputs/sweeps/" in warning, warning
+    assert error.startswith("flopsweep: error: ") and "(No space left on device)" in error, error
+    parents, _ = job_runs(tmp_path)
+    (left,) = [r for r in parents.values() if r["status"] == "RUNNING"]  # opened before the disk filled
+    (disk / "filler").unlink()
+    synced = run_main(sync_main, left["flopsweep.sweep"], cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    parents, _ = job_runs(tmp_path)
+    assert parents[left["id"]]["status"] == "KILLED"
+    resume = run_app(*sweep, "skip_existing=true", cwd=tmp_path)
+    assert resume.returncode == 0, resume.stderr
+    with sqlite3.connect(tmp_path / "outputs" / "mlflow.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'").fetchone() == (0,)
+    _, jobs = job_runs(tmp_path)  # the first run's job (seq 16, which the resume skips), then the sweep's others once
+    assert len(jobs) == len({r["flopsweep.fingerprint"] for r in jobs}) == 6, jobs
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "single"])

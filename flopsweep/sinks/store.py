@@ -209,6 +209,8 @@ def mlflow_client(uri: str, write: bool = True):
 
     for name in ("mlflow", "alembic"):  # schema creation talks at INFO; keep the console for results (set after
         logging.getLogger(name).setLevel(logging.WARNING)  # importing mlflow, which sets its own level)
+    # a database error (a full disk) is logged with its traceback before MLflow raises it: flopsweep says it in a line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(health.CHECK_SECONDS)))

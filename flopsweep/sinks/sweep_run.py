@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from flopsweep.core.result import Result
-from flopsweep.sinks.store import PID_TAG, SWEEP_TAG, UNFINISHED, Store
+from flopsweep.sinks.store import PID_TAG, SWEEP_TAG, UNFINISHED, Store, store
+from flopsweep.sinks.target import Target
 
 
 def job_folders(path: Path) -> list[Path]:
@@ -84,14 +85,38 @@ class SweepRun:
         """Close each sweep run of the store's experiment left RUNNING by a process of this host that is gone
         (SIGKILL leaves no chance to close it), with the counts of what its folder holds: KILLED, or as its jobs say
         where the sweep reached its end; how many were closed."""
-        here = socket.gethostname()
-        dead = [cls(store, run.info.run_id, Path(run.data.tags[SWEEP_TAG])) for run in store.client.search_runs(
-                    [store.experiment_id()], f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}", max_results=1000)
-                if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
-                and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
+        dead = [cls(store, run.info.run_id, Path(run.data.tags[SWEEP_TAG]))
+                for run in _dead(store.client.search_runs([store.experiment_id()], DEAD, max_results=1000))]
         for run in dead:
             run.finish(status=_ended_status(run.sweep_dir))
         return len(dead)
+
+    @classmethod
+    def close_dead_under(cls, target: Target, folder: Path) -> int:
+        """As :meth:`close_dead`, in any experiment of ``target``'s store, for the sweeps whose folder is ``folder`` or
+        lies under it: a sweep whose disk filled before any job recorded a result has no job folder to name its
+        experiment. How many were closed."""
+        client = store(target).client
+        experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+        runs = _dead(client.search_runs(experiments, DEAD, max_results=1000)) if experiments else []
+        closed = 0
+        for run in runs:
+            sweep_dir = Path(run.data.tags[SWEEP_TAG])
+            if sweep_dir == folder or folder in sweep_dir.parents:
+                owner = store(replace(target, experiment=client.get_experiment(run.info.experiment_id).name))
+                cls(owner, run.info.run_id, sweep_dir).finish(status=_ended_status(sweep_dir))
+                closed += 1
+        return closed
+
+
+DEAD = f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}"  # the runs :func:`_dead` looks among
+
+
+def _dead(runs: list) -> list:
+    """The sweep runs among ``runs`` whose process, on this host, is gone."""
+    here = socket.gethostname()
+    return [run for run in runs if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
+            and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
 
 
 def _ended_status(sweep_dir: Path) -> Optional[str]:

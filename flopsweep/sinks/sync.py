@@ -42,8 +42,15 @@ def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None,
     for group, folders in _by_sweep(job_folders(path.resolve())).items():  # parents are tagged with absolute paths
         with _folder_lock(group):
             _sync_group(folders, uri, store_dir, experiment, on_failure, done)
-    if not done.uris:
-        done.uris.add(target_at(uri, store_dir or "outputs", "").uri)
+    if not done.uris:  # no job recorded a result: a sweep cut before any did may have left its run open
+        target = target_at(uri, store_dir or "outputs", "")
+        done.uris.add(target.uri)
+        if target.uri.startswith("sqlite:///") and not Path(target.uri[len("sqlite:///"):]).exists():
+            return done  # no store to look in: none is made
+        try:
+            SweepRun.close_dead_under(target, path.resolve())
+        except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
+            on_failure(path, f"could not close the runs of sweeps that ended: {one_line(err)}")
     return done
 
 

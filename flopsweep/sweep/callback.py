@@ -94,8 +94,8 @@ class SweepSummary(Callback):
                 try:
                     view = SweepRun(store(sweep.target), sweep.parent, sweep_dir).finish(results, failed=sweep.failed)
                 except Exception as err:  # noqa: BLE001
-                    print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}",
-                          file=sys.stderr)
+                    print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}; "
+                          f"`flopsweep-sync {sweep_dir}` closes it later", file=sys.stderr)
                 page = None
                 with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
                     page = store(sweep.target).experiment_id()
@@ -170,7 +170,9 @@ def abandon_sweep(why: BaseException) -> None:
                     run.forget_unrecorded()  # a run no folder records was cut while logging (not so a full disk's)
                 run.abandon(status, results)
         except Exception as err:  # noqa: BLE001
-            print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}", file=sys.stderr)
+            later = f"; `flopsweep-sync {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
+            print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}{later}",
+                  file=sys.stderr)
         sweep.parent = None
 
 
