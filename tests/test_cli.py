@@ -195,3 +195,29 @@ def test_a_sweeps_lines_and_table_show_the_keys_it_varies(tmp_path):
     header = next(line for line in lines if line.startswith("job "))
     assert header.split()[:9] == ["job", "model", "batch", "seq", "dtype", "device", "status", "optimizer", "train"]
     assert any(line.split()[7:9] == ["sgd", "lora"] for line in lines if line.startswith("3_"))
+
+
+def test_output_piped_into_head_ends_quietly_and_a_sweep_still_measures_every_job(tmp_path):
+    """``| head -1``: the reader leaves after a line. A projection ends with no BrokenPipeError traceback; a sweep's
+    later lines go nowhere while it measures and records every job (it died on its next line)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    def piped(*command: str) -> str:
+        line = " ".join(map(shlex.quote, command))
+        done = subprocess.run(["bash", "-c", f"{line} 2>err.txt | head -1"], cwd=tmp_path, env=child_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.count("\n") == 1, done
+        return (tmp_path / "err.txt").read_text()
+
+    err = piped(sys.executable, "-m", "flopsweep.cli.project", "train", "--model", "gpt2_small", "--gpu", "H100",
+                "--tokens", "1e9", "--mfu", "0.4", "--no-log")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    err = piped(sys.executable, "-m", "flopsweep", "-m", "model=gpt2_small", "device=meta", "model.n_layer=1",
+                "batch.seq_len=16,32,64", "tracking=none")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    statuses = [json.loads(p.read_text())["status"] for p in (tmp_path / "outputs" / "sweeps").rglob("result.json")]
+    assert statuses == ["ok"] * 3

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.console import exit_command
+from flopsweep.core.console import run_command
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
@@ -82,7 +82,7 @@ def _device(text: str) -> str:
 
 
 def entry() -> None:
-    exit_command(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
-from flopsweep.core.console import exit_command
+from flopsweep.core.console import run_command
 from flopsweep.sinks.target import hide_passwords
 from flopsweep.sweep import state
 from flopsweep.sweep.app import app
@@ -50,7 +50,7 @@ README.md and docs/ say more."""
 
 
 def entry() -> None:
-    exit_command(main())
+    run_command(main)
 
 
 def help_text() -> str:

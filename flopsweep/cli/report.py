@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.console import exit_command
+from flopsweep.core.console import run_command
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.sinks.health import StoreUnusable
@@ -113,7 +113,7 @@ def _when(sweep: str) -> str:
 
 
 def entry() -> None:
-    exit_command(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flopsweep.core.console import exit_command
+from flopsweep.core.console import run_command
 from flopsweep.core.text import plain
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    exit_command(main())
+    run_command(main)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Optional
 
 from flopsweep.cli.project import budget, serve, train
 from flopsweep.cli.project.arguments import OneLineParser
-from flopsweep.core.console import exit_command
+from flopsweep.core.console import run_command
 from flopsweep.core.errors import ConfigError
 from flopsweep.core.text import plain
 
@@ -91,4 +91,4 @@ def _refuse(subcommands: dict[str, argparse.ArgumentParser], subcommand: str, ex
 
 
 def entry() -> None:
-    exit_command(main())
+    run_command(main)
