@@ -17,8 +17,9 @@ interconnect), beside what its source measured.
 - GPT-3 175B on 1,024 H100 (t8 p8 d16, docs/parallel.md's worked example): no published figure, the whole job's time;
 - DeepSeek-V3's pre-training (DeepSeek-AI 2024, sections 3.2 and 5.1 and table 1): 2,048 H800 (the H100's compute,
   400 GB/s NVLink), PP 16, EP 64 over 8 nodes, ZeRO-1 data parallelism, sequences of 4,096, batches of 15,360 at the
-  end; 14.8T tokens in 2.664M GPU hours: 1,543 tokens/s a GPU. Its FP8 matmuls and DualPipe's overlap of the
-  all-to-alls with compute are not modelled (bfloat16, 1F1B, the all-to-alls on the critical path).
+  end; 14.8T tokens in 2.664M GPU hours: 1,543 tokens/s a GPU. Under 1F1B (the all-to-alls on the critical path) and
+  under its own DualPipe (``parallel.schedule=dualpipe``: the all-to-alls and sends under the chunk beside them, its
+  bubble); its FP8 matmuls are not modelled (bfloat16).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ CASES = {  # name -> (overrides, what the source reports, the metric compared)
                                                 "batch.seq_len=4096", "parallel.pp=16", "parallel.ep=64",
                                                 "parallel.dp=128", "parallel.zero=1"], 1543,
                                                M.TOKENS_PER_S_PER_GPU_PREDICTED),
+    "DeepSeek-V3, 2,048 H800 (p16 e64 d128), DualPipe": (
+        ["model=deepseek_v3", "dtype=mixed_bf16", "batch.size=15360", "batch.seq_len=4096", "parallel.pp=16",
+         "parallel.ep=64", "parallel.dp=128", "parallel.zero=1", "parallel.schedule=dualpipe"], 1543,
+        M.TOKENS_PER_S_PER_GPU_PREDICTED),
 }
 
 

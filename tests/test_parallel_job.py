@@ -55,6 +55,9 @@ def job(layers: int, *overrides: str) -> Result:
     (["parallel.tp=2", "optimizer=none"], "optimizer.name"),
     (["parallel.dp=2", "batch.size=2", "train=lora"], "train.mode"),
     (["parallel.cp=2", "measure.causal_attention=half"], "measure.causal_attention"),  # a rank's share not counted
+    (["parallel.schedule=zb"], "parallel.schedule"),
+    (["parallel.schedule=dualpipe", "parallel.pp=1"], "parallel.schedule"),           # two directions: pp even
+    (["parallel.schedule=dualpipe", "parallel.pp=2", "batch.size=3"], "parallel.schedule"),  # micro-batches even
 ])
 def test_a_bad_layout_is_refused_by_key_before_anything_is_built(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -192,6 +195,47 @@ def test_the_bubble_is_narayanans(vpp, micro_batches):
     step = result.info["parallel"]["step"]
     slowest = max(r["compute_s"] + r["tp_s"] + r["cp_s"] + r["pp_s"] for r in step["ranks"])
     assert result.metrics[M.TIME_BUBBLE] / (micro_batches * slowest) == pytest.approx(3 / (vpp * micro_batches))
+
+
+def test_dualpipe_idles_its_published_bubble_and_holds_two_stages():
+    """DeepSeek-V3's DualPipe (DeepSeek-AI 2024, table 2): a bubble of (p/2 - 1)(F&B + B - 3W) chunk times, F&B a
+    forward and a backward chunk run together (F + B of compute), W the weights' gradients (half of B): at p = 4, one
+    (F + B/2), where 1F1B idles 3 (F + B); each rank holds stage i and p - 1 - i, so the first stage's rank holds the
+    last stage's weights, gradients and AdamW moments too (16 bytes a parameter), and p + 1 micro-batches' activations
+    (1F1B's first stage: p)."""
+    overrides = ("batch.size=8", "parallel.pp=4", "predict.hardware=H100")
+    dual, plain = job(8, *overrides, "parallel.schedule=dualpipe"), job(8, *overrides)
+    (device,) = dual.info["parallel"]["step"]["ranks"]
+    forward, backward = device["forward_s"], device["compute_s"] - device["forward_s"]
+    assert dual.metrics[M.TIME_BUBBLE] == pytest.approx(forward + backward / 2)
+    assert dual.metrics[M.TIME_BUBBLE] < plain.metrics[M.TIME_BUBBLE] / 3
+    last_stage = 2 * (12 * H * H + 13 * H) + 2 * H + VOCAB * H  # 2 layers, the final norm, the tied head's copy
+    assert dual.metrics[M.PARALLEL_MEMORY_PER_GPU] - plain.metrics[M.PARALLEL_MEMORY_PER_GPU] >= 16 * last_stage
+    assert [r["in_flight"] for r in dual.info["parallel"]["ranks"]] == [5, 5]
+    assert dual.metrics[M.TIME_STEP_PREDICTED] == pytest.approx(sum(
+        v for k, v in dual.info["parallel"]["step"].items() if k not in ("seconds", "ranks")))
+
+
+def test_dualpipe_hides_the_all_to_alls_and_sends_under_the_chunk_beside_them():
+    """A micro-batch's all-to-alls and sends run under the compute of the chunk beside it: exposed only where they
+    exceed it. Literal seconds: 1.0 of compute hides 0.6 + 0.2 of them whole, and 1.0 of 1.5 + 0.5."""
+    from flopsweep.measure.rank_time import RankTime
+
+    hidden = RankTime(0, 1.0, 0.1, 0.2, 0.0, 0.0, 0.0, ep_s=0.6, overlapped=True)
+    assert hidden.micro_batch_s == pytest.approx(1.1) and hidden.exposed(hidden.ep_s) == 0
+    over = RankTime(0, 1.0, 0.0, 0.5, 0.0, 0.0, 0.0, ep_s=1.5, overlapped=True)
+    assert over.micro_batch_s == pytest.approx(2.0)
+    assert over.exposed(over.ep_s) + over.exposed(over.pp_s) == pytest.approx(1.0)
+    assert RankTime(0, 1.0, 0.0, 0.2, 0.0, 0.0, 0.0, ep_s=0.6).micro_batch_s == pytest.approx(1.8)  # 1F1B
+    cfg = tiny_hf("mixtral", "dtype=bfloat16", "parallel.dp=2", "parallel.ep=2", "parallel.pp=2",
+                  "parallel.schedule=dualpipe", "predict.hardware=H100", "batch.size=4")
+    spec = resolve(cfg)
+    result = run_job(spec, job_config(cfg, spec))
+    assert result.status == "ok", result.error
+    (device,) = result.info["parallel"]["step"]["ranks"]
+    assert 0 < device["ep_s"] + device["pp_s"] < device["compute_s"]  # what this tiny model sends: hidden whole
+    assert result.info["parallel"]["step"]["expert-parallel all-to-alls"] == 0
+    assert result.info["parallel"]["step"]["pipeline sends"] == 0
 
 
 def network(gbs: float, latency: float = 0.0) -> Network:

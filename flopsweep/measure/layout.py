@@ -10,6 +10,7 @@ from typing import Optional
 from flopsweep.core.errors import require, require_int
 
 RECOMPUTE = ("none", "selective", "full")
+SCHEDULES = ("1f1b", "dualpipe")  # the pipeline's: 1F1B (interleaved where vpp > 1), DeepSeek-V3's DualPipe
 MESH_DIMS = ("pp", "dp", "cp", "tp")  # outermost first: tp varies fastest (within a node), pp slowest
 DATA_DIM = "dp_cp"  # under context parallelism, the dp x cp ranks that hold the same weights: FSDP's and DDP's group
 EMBEDDING_DIM = "embedding"  # under a pipeline, the first and the last stage's ranks: a tied table's two copies
@@ -20,7 +21,10 @@ class Layout:
     """``dp * tp * pp * cp`` ranks (``ep`` splits the experts within ``dp * cp``, as Megatron-LM does). ``zero``: 0
     replicates the model over dp (gradients all-reduced), 1 and 2 shard gradients and optimizer state and keep the
     gathered parameters from forward to backward, 3 shards the parameters too (FSDP's full sharding). ``vpp``: the
-    model chunks a pipeline rank holds (the interleaved schedule). ``micro_batch_size``: sequences per micro-batch."""
+    model chunks a pipeline rank holds (the interleaved schedule). ``micro_batch_size``: sequences per micro-batch.
+    ``schedule``: ``dualpipe`` feeds micro-batches from both ends of the pipeline, each rank holding stage ``i`` and
+    stage ``pp - 1 - i``, and overlaps a forward chunk with another micro-batch's backward chunk, so that their
+    all-to-alls and sends run under the other's compute (DeepSeek-AI 2024, section 3.2.1)."""
 
     dp: int = 1
     tp: int = 1
@@ -32,6 +36,11 @@ class Layout:
     recompute: str = "none"
     micro_batch_size: int = 1
     vpp: int = 1
+    schedule: str = "1f1b"
+
+    @property
+    def dualpipe(self) -> bool:
+        return self.schedule == "dualpipe"
 
     @property
     def world_size(self) -> int:
@@ -53,7 +62,12 @@ class Layout:
         require(self.recompute in RECOMPUTE, "parallel.recompute", self.recompute, f"must be {', '.join(RECOMPUTE)}")
         require(isinstance(self.sequence_parallel, bool), "parallel.sequence_parallel", self.sequence_parallel,
                 "must be true or false")
-        require(self.vpp == 1 or self.pp > 1, "parallel.vpp", self.vpp, "interleaves pipeline stages: needs parallel.pp > 1")
+        require(self.vpp == 1 or self.pp > 1, "parallel.vpp", self.vpp,
+                "interleaves pipeline stages: needs parallel.pp > 1")
+        require(self.schedule in SCHEDULES, "parallel.schedule", self.schedule, f"must be {' or '.join(SCHEDULES)}")
+        require(not self.dualpipe or (self.pp >= 2 and self.pp % 2 == 0 and self.vpp == 1), "parallel.schedule",
+                self.schedule, f"runs an even number of pipeline stages, one chunk each: needs parallel.pp even "
+                f"(not {self.pp}) and parallel.vpp=1 (not {self.vpp})")
         require(self.ep <= self.dp * self.cp and (self.dp * self.cp) % self.ep == 0, "parallel.ep", self.ep,
                 f"must divide parallel.dp * parallel.cp = {self.dp * self.cp} (experts are split within them)")
 
@@ -80,6 +94,9 @@ class Layout:
         micro = self.micro_batches(batch_size)
         require(self.vpp == 1 or micro % self.pp == 0, "parallel.vpp", self.vpp,
                 f"the interleaved schedule needs the micro-batches ({micro}) to be a multiple of parallel.pp={self.pp}")
+        require(not self.dualpipe or micro % 2 == 0, "parallel.schedule", self.schedule,
+                f"feeds half the micro-batches from each end: it needs an even number of them, not {micro} "
+                "(batch.size / (parallel.dp x parallel.micro_batch_size))")
 
     def check_counted(self, mixed_precision: bool = False, causal_half: bool = False) -> None:
         """What the rank counter cannot count yet; ``mixed_precision``: a compute dtype beside the weights', which is
@@ -103,7 +120,10 @@ class Layout:
     def in_flight(self, batch_size: int, stage: int) -> float:
         """Micro-batches whose activations pipeline stage ``stage`` holds at once under 1F1B: ``min(m, pp - stage)``
         (the first stage ``min(m, pp)``), times ``1 + (pp - 1) / (pp * vpp)`` on the first stage when interleaved
-        (Korthikanti et al. 2022, section 4.2.3)."""
+        (Korthikanti et al. 2022, section 4.2.3); under DualPipe ``pp + 1`` chunks' on every rank (DeepSeek-AI 2024,
+        table 2), at most ``m``."""
+        if self.dualpipe:
+            return float(min(self.micro_batches(batch_size), self.pp + 1))
         held = min(self.micro_batches(batch_size), self.pp - stage)
         if self.vpp > 1 and stage == 0:
             return held * (1 + (self.pp - 1) / (self.pp * self.vpp))
@@ -137,6 +157,7 @@ class ParallelConf:
     sequence_parallel: Optional[bool] = None
     recompute: Optional[str] = None
     micro_batch_size: Optional[int] = None
+    schedule: Optional[str] = None
     gpus_per_node: Optional[int] = None
     gpus: Optional[int] = None
 

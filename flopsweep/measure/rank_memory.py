@@ -28,6 +28,7 @@ class RankMemory:
     peaks: dict[str, dict[str, int]]
     activations_bytes: int
     in_flight: float
+    partner_states: int = 0  # under DualPipe, the states of the other stage the rank holds (:attr:`states_bytes`)
 
     @classmethod
     def of_segments(cls, segments: list[tuple[str, dict[str, int]]], activations_bytes: int,
@@ -47,8 +48,15 @@ class RankMemory:
 
     @property
     def peak_in_flight_bytes(self) -> int:
-        """The peak with every micro-batch in flight holding its activations (the others add theirs)."""
-        return self.peak_bytes + round((self.in_flight - 1) * self.activations_bytes)
+        """The peak with every micro-batch in flight holding its activations (the others add theirs), and the states
+        of a second stage where the rank holds one."""
+        return self.peak_bytes + round((self.in_flight - 1) * self.activations_bytes) + self.partner_states
+
+    @property
+    def states_bytes(self) -> int:
+        """Weights, buffers, gradients and optimizer state as the optimizer's step holds them."""
+        held = self.peaks["optimizer"]
+        return sum(held.get(name, 0) for name in ("weights", "buffers", "gradients", "optimizer_state"))
 
 
 def _peaks(segments: list[tuple[str, dict[str, int]]]) -> dict[str, dict[str, int]]:

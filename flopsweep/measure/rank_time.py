@@ -11,6 +11,13 @@ compute does not hide (:class:`~flopsweep.core.comm.Network`), and the pipeline'
   and gather the weights once, under the first micro-batch's forward (Megatron-LM's distributed optimizer).
 - The bubble: 1F1B idles ``(p - 1)`` micro-batch times of the slowest stage, the interleaved schedule ``(p - 1) / v``
   (Narayanan et al. 2021: ``(p - 1) / m`` and ``(p - 1) / (v m)`` of the ideal step).
+- DualPipe (DeepSeek-AI 2024, section 3.2.1 and table 2): a rank holds stages ``i`` and ``p - 1 - i`` and runs half
+  the micro-batches through each, so its step is the two counted ranks' (the first and the last stage) each over
+  ``m / 2`` micro-batches, with both optimizers and both stages' data-parallel traffic. A forward chunk runs beside
+  another micro-batch's backward chunk: their expert-parallel all-to-alls and pipeline sends are hidden under the
+  pair's compute, exposed only where they exceed it. Its bubble is ``(p/2 - 1)(F&B + B - 3W)`` chunk times: with
+  ``F&B`` a forward and a backward chunk run together (their compute, ``F + B``) and ``W`` the weights' gradients
+  (taken as half of ``B``), ``(p/2 - 1)(F + B/2)``.
 """
 
 from __future__ import annotations
@@ -60,10 +67,22 @@ class RankTime:
     dp_exposed_s: float
     cp_s: float = 0.0
     ep_s: float = 0.0
+    forward_s: float = 0.0   # of compute_s: the forward's (the rest is the backward's, recomputation included)
+    overlapped: bool = False  # DualPipe: the all-to-alls and sends run under the compute of the chunk beside
+
+    @property
+    def hidden_s(self) -> float:
+        """Seconds of all-to-alls and sends that run under compute, a micro-batch."""
+        return min(self.ep_s + self.pp_s, self.compute_s) if self.overlapped else 0.0
 
     @property
     def micro_batch_s(self) -> float:
-        return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.pp_s
+        return self.compute_s + self.tp_s + self.cp_s + self.ep_s + self.pp_s - self.hidden_s
+
+    def exposed(self, seconds: float) -> float:
+        """What of ``seconds`` of all-to-alls or sends (a share of ``ep_s + pp_s``) the compute does not hide."""
+        both = self.ep_s + self.pp_s
+        return seconds * (1 - self.hidden_s / both) if both else 0.0
 
     def step_s(self, micro_batches: int) -> float:
         return micro_batches * self.micro_batch_s + self.optimizer_s + self.dp_exposed_s
@@ -80,14 +99,14 @@ class StepTime:
     @property
     def comm_exposed_s(self) -> float:
         r = self.critical
-        return self.micro_batches * (r.tp_s + r.cp_s + r.ep_s + r.pp_s) + r.dp_exposed_s
+        return self.micro_batches * (r.tp_s + r.cp_s + r.exposed(r.ep_s) + r.exposed(r.pp_s)) + r.dp_exposed_s
 
     def parts(self) -> dict[str, float]:
         """The step's seconds by what spends them (adding up to the step)."""
         r, m = self.critical, self.micro_batches
         return {"compute": m * r.compute_s + r.optimizer_s, "tensor-parallel collectives": m * r.tp_s,
-                "context-parallel gathers": m * r.cp_s, "expert-parallel all-to-alls": m * r.ep_s,
-                "pipeline sends": m * r.pp_s,
+                "context-parallel gathers": m * r.cp_s, "expert-parallel all-to-alls": m * r.exposed(r.ep_s),
+                "pipeline sends": m * r.exposed(r.pp_s),
                 "data-parallel gathers and reductions": r.dp_exposed_s,
                 "pipeline bubble": self.bubble_s}
 
@@ -145,15 +164,34 @@ def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: 
             optimizer += seconds
         else:
             on_path[key.mesh_dim] += seconds
-    dp, dp_exposed = _data_parallel(rank, layout, network, m, forward, backward)
+    dp, dp_exposed = _data_parallel(rank, layout, network, m // 2 if layout.dualpipe else m, forward, backward)
     return RankTime(rank.stage, forward + backward, on_path["tp"], on_path["pp"], optimizer, dp, dp_exposed,
-                    on_path["cp"], on_path["ep"])
+                    on_path["cp"], on_path["ep"], forward, layout.dualpipe)
 
 
 def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network) -> StepTime:
     """The step of ``count``'s layout, each counted rank timed by its prediction (in the same order)."""
     m, layout = count.micro_batches, count.layout
     ranks = tuple(rank_time(r, p, layout, network, m) for r, p in zip(count.ranks, predictions))
+    if layout.dualpipe:
+        return _dualpipe(ranks, layout.pp, m)
     bubble = (layout.pp - 1) / layout.vpp * max(r.micro_batch_s for r in ranks)
     critical = max(ranks, key=lambda r: r.step_s(m))
     return StepTime(critical.step_s(m) + bubble, bubble, critical, m, ranks)
+
+
+def _dualpipe(ranks: tuple[RankTime, ...], pp: int, m: int) -> StepTime:
+    """DualPipe's step: the rank holding the first and the last stage (the counted two), each over half the
+    micro-batches, as one rank of their mean micro-batch and both optimizers and data-parallel traffic; its bubble
+    ``(p/2 - 1)(F + B/2)`` of that mean."""
+    first, last = ranks
+
+    def mean(name: str) -> float:
+        return (getattr(first, name) + getattr(last, name)) / 2
+
+    device = RankTime(0, mean("compute_s"), mean("tp_s"), mean("pp_s"), first.optimizer_s + last.optimizer_s,
+                      first.dp_s + last.dp_s, first.dp_exposed_s + last.dp_exposed_s, mean("cp_s"), mean("ep_s"),
+                      mean("forward_s"), overlapped=True)
+    backward = device.compute_s - device.forward_s
+    bubble = (pp / 2 - 1) * (device.forward_s + backward / 2)
+    return StepTime(device.step_s(m) + bubble, bubble, device, m, (device,))

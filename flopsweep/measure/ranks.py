@@ -16,7 +16,7 @@ import copy
 import threading
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -149,6 +149,10 @@ def count_layout(build: Callable[[], nn.Module], layout: Layout, work: Workload,
             if rank is not None:
                 rank.sampled = (len(small[0]), len(large[0]))
         ranks.append(rank or _in_own_thread(_count_rank, template, layout, stage, chunks, work, optimizer))
+    if layout.dualpipe:  # each rank holds stage i and pp - 1 - i: the first and the last stage, the counted ranks
+        first, last = ranks
+        first.memory, last.memory = (replace(first.memory, partner_states=last.memory.states_bytes),
+                                     replace(last.memory, partner_states=first.memory.states_bytes))
     return LayoutCount(layout, work.batch_size, work.seq_len, ranks)
 
 
