@@ -31,8 +31,8 @@ from flopsweep.run.assemble import Progress, collect_metrics, job_result, with_s
 from flopsweep.run.generation import measure_generation
 from flopsweep.run.parallel import run_parallel
 from flopsweep.run.prediction import predict_step
-from flopsweep.run.fit import (MetaEstimate, available_memory, check_memory, find_max_batch, memory_limit,
-                               with_batch_size)
+from flopsweep.run.fit import (Available, BatchSearch, MetaEstimate, available_memory, check_memory, find_max_batch,
+                               memory_limit, with_batch_size)
 
 
 def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
@@ -75,11 +75,14 @@ def release_memory(device: Device) -> None:
         torch.cuda.empty_cache()
 
 
-def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
-    """The job, after the memory pre-check on a real device (``measure.memory_check``)."""
+def _run_checked(spec: JobSpec, config: dict[str, Any], estimate: Optional[MetaEstimate] = None,
+                 available: Optional[Available] = None) -> Result:
+    """The job, after the memory pre-check on a real device (``measure.memory_check``); ``estimate`` and
+    ``available``, where the caller has them (``batch.size=max``'s), are the check's: the model is not built on meta
+    again, nor the memory read again."""
     if spec.device.is_meta or not spec.measure.memory_check:
         return _run(spec, config)
-    skipped, check_info, step = _precheck(spec, config)
+    skipped, check_info, step = _precheck(spec, config, estimate, available)
     if skipped is not None:
         return skipped
     result = with_step_memory(_run(spec, config), step)
@@ -87,14 +90,15 @@ def _run_checked(spec: JobSpec, config: dict[str, Any]) -> Result:
     return result
 
 
-def _precheck(spec: JobSpec, config: dict[str, Any]) -> tuple[Optional[Result], dict[str, Any], Optional[StepMemory]]:
+def _precheck(spec: JobSpec, config: dict[str, Any], estimate: Optional[MetaEstimate],
+              available: Optional[Available]) -> tuple[Optional[Result], dict[str, Any], Optional[StepMemory]]:
     """Estimate the job's training peak on meta; a ``skipped`` result if it exceeds ``measure.memory_share`` of
     the memory available, else None; what to record under ``info.memory_check`` either way; and the simulated
     step on meta, if one ran."""
     entered("memory check")
     try:
-        estimate = MetaEstimate(spec)
-        check = check_memory(spec, estimate, available_memory(spec.device))
+        estimate = estimate or MetaEstimate(spec)
+        check = check_memory(spec, estimate, available or available_memory(spec.device))
     except ConfigError:
         raise  # the job itself would fail the same way
     except Exception as err:  # noqa: BLE001 - a model that cannot run on meta is still measured
@@ -116,10 +120,37 @@ def _skipped(spec: JobSpec, config: dict[str, Any], reason: str, size: SizeRecor
 
 
 def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
-    """``batch.size=max``: the largest batch whose meta-estimated training peak fits the budget, then the job at that
-    batch. On a real device that run is the confirmation: if it runs out of memory, step down and run again."""
+    """``batch.size=max``: choose the batch, then the job's checked run at it, with the estimate the choice made. On
+    a real device that run is the confirmation: if it runs out of memory, step down and run again."""
     estimate = MetaEstimate(spec)
     available = None if spec.device.is_meta else available_memory(spec.device)
+    search = _choose_batch(spec, config, estimate, available)
+    if isinstance(search, Result):
+        return search
+    size, attempts = search.chosen, []
+    while True:
+        result = _run_checked(with_batch_size(spec, size), _config_at_batch(config, size), estimate, available)
+        attempts.append({"batch": size, "status": result.status, "error": result.error})
+        if result.status != "oom" or size == 1 or len(attempts) == MAX_ATTEMPTS:
+            break
+        size = step_down(size)
+    info = result.info["batch_search"] = search.info()
+    if spec.device.is_meta:
+        info["confirmed"] = "no: device=meta runs nothing, the batch is the estimate's"
+    elif result.status != "skipped":  # a batch the pre-check stopped ran nothing
+        info["attempts"] = attempts
+        info["confirmed"] = (f"yes: batch {size} ran on {spec.device}" if result.status == "ok" else
+                             f"no: {len(attempts)} runs on {spec.device}, from batch {search.chosen} down, failed")
+    if not spec.device.is_meta and not spec.measure.memory_check:  # sized on meta all the same
+        with_step_memory(result, estimate.size(size).step)
+    return result
+
+
+def _choose_batch(spec: JobSpec, config: dict[str, Any], estimate: MetaEstimate,
+                  available: Optional[Available]) -> BatchSearch | Result:
+    """The largest batch whose estimated peak fits the budget (``batch.memory_budget_gib``, else
+    ``measure.memory_share`` of the memory available), and how it was found; a skipped result where not even batch 1
+    fits."""
     if spec.max_batch.budget_bytes is not None:
         budget = spec.max_batch.budget_bytes
         source = f"batch.memory_budget_gib={budget / 2**30:g}"
@@ -133,35 +164,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
         reason = (f"batch.size=max: even batch 1 needs an estimated {size_bytes(estimate.peak(1))}, over the budget "
                   f"of {size_bytes(budget)} ({source})")
         return _skipped(with_batch_size(spec, 1), config, reason, estimate.size(1), {"batch_search": search.info()})
-    size, check = search.chosen, None
-    if not spec.device.is_meta and spec.measure.memory_check:  # an explicit budget may exceed what is there
-        check = check_memory(with_batch_size(spec, size), estimate, available)
-        if check is not None and not check.fits:
-            return _skipped(with_batch_size(spec, size), _config_at_batch(config, size), check.reason(),
-                            estimate.size(size), {"memory_check": check.info(), "batch_search": search.info()})
-    steps = {b: estimate.size(b).step for b in estimate.estimates}  # the simulated steps, for the batch run at last
-    del estimate  # the meta model: it holds no memory, but nothing needs it now
-    attempts: list[dict[str, Any]] = []
-    while True:
-        sized, chosen_config = with_batch_size(spec, size), _config_at_batch(config, size)
-        result = _run(sized, chosen_config)
-        attempts.append({"batch": size, "status": result.status, "error": result.error})
-        if result.status != "oom" or size == 1 or len(attempts) == MAX_ATTEMPTS:
-            break
-        size = step_down(size)
-    info = search.info()
-    if spec.device.is_meta:
-        info["confirmed"] = "no: device=meta runs nothing, the batch is the estimate's"
-    else:
-        info["attempts"] = attempts
-        info["confirmed"] = (f"yes: batch {size} ran on {spec.device}" if result.status == "ok" else
-                             f"no: {len(attempts)} runs on {spec.device}, from batch {search.chosen} down, failed")
-    result.info["batch_search"] = info
-    if not spec.device.is_meta:  # a meta job simulated its own step
-        with_step_memory(result, steps.get(size))
-    if check is not None:
-        result.info["memory_check"] = check.info()
-    return result
+    return search
 
 
 def _config_at_batch(config: dict[str, Any], size: int) -> dict[str, Any]:

@@ -1,17 +1,16 @@
-"""The Hydra app behind the ``flopsweep`` command: each job's config resolved, measured (or skipped: already
-measured, measured by another resume, or too big), written to its job folder first and then logged. The process
-around it (signals, Hydra's errors as one line, the stack's room) is the command's: :mod:`flopsweep.cli.flopsweep`."""
+"""The job task behind the ``flopsweep`` command: each job's config resolved, measured (or skipped: already measured,
+measured by another resume, or too big), written to its job folder first and then logged. The process around it (the
+Hydra app that calls it, signals, Hydra's errors as one line, the stack's room, what a sweep's process freezes) is the
+command's: :mod:`flopsweep.cli.flopsweep`."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +19,6 @@ from omegaconf.errors import OmegaConfBaseException
 from flopsweep.build.spec import JobSpec
 from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, recorded, resolve
-from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.console import say
 from flopsweep.core.errors import ConfigError, masked, one_line
 from flopsweep.core.result import JobTimes, Result, Tracking
@@ -37,7 +35,6 @@ from flopsweep.sweep.progress import Ticker, progress_line
 
 def run_one(cfg: DictConfig) -> Result:
     """Validate and measure one composed config; always returns a Result and writes the job folder."""
-    began = time.monotonic()
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
     try:
@@ -84,8 +81,6 @@ def run_one(cfg: DictConfig) -> Result:
     finally:
         if claimed is not None:  # held until the run is logged: a resume that takes it next finds the run finished
             claimed.release()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        _freeze_what_stays(time.monotonic() - began)
     return result
 
 
@@ -133,22 +128,6 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         raise state.Unwritable(folder, err) from None
     say("\n".join([*lines, f"results: {folder}"]))
     _track(tracking, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
-
-
-def _freeze_what_stays(seconds: float) -> None:
-    """After a sweep process's first job, and after every job that took over a second: a full collection, then what
-    is left leaves the garbage collector's view (``gc.freeze``), so that later collections look at later jobs'
-    objects only. What the imports made (torch, Hydra, MLflow, SQLAlchemy: some 300k objects) lives as long as the
-    process; so do some 17k objects a rank-by-rank layout count leaves held (PyTorch's fake-tensor and DTensor state,
-    about 3.5 MiB a job: ``benchmarks/bench_layout_search.py leftovers``). joblib's workers collect after every task
-    that ends over a second after the last collection: 0.4 s on 2 cores with the imports in view, a second more by
-    the end of a 312-layout search with the layouts' objects in view; a few ms frozen. Objects are still freed by
-    reference count as usual; the collection just before leaves no cyclic garbage frozen. A job under a second skips
-    it (joblib does not collect after it either)."""
-    if gc.get_freeze_count() and seconds < 1.0:
-        return
-    gc.collect()
-    gc.freeze()
 
 
 def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optional[Claim]]:
@@ -228,10 +207,4 @@ def _track(tracking: Target | ConfigError | None, result: Result, folder: Path, 
               f"{folder}: `flopsweep-sync {folder}` logs it later", file=sys.stderr)
 
 
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def app(cfg: DictConfig) -> None:
-    """One job a call (a multirun's launcher calls it for each); run by :func:`flopsweep.cli.flopsweep.main`."""
-    run_one(cfg)
+register_configs()  # wherever a job is composed: a sweep's workers import this module, not the command's
