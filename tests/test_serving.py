@@ -132,6 +132,28 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     assert rows["counted"]["gpu_hours"] == pytest.approx(rows["counted"]["flops"] / (400e12 * 0.5 * 3600))
 
 
+def test_your_own_part_brings_its_interconnect_checked_as_the_shipped_tables_parts_are(tmp_path):
+    """Issue 29 item 7: the table is shipped data read by the same checks as a user's file, so a user's part may give
+    its interconnect too (the table's latency and efficiency where its links give none): ``serve --tp`` then waits on
+    its all-reduces over that link; a bad interconnect field is one line naming it."""
+    part = ("name: my-asic\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\nbandwidth_gbs: 2000\n"
+            "interconnect:\n  scale_up: {bandwidth_gbs: %s, source: my board}\n  domain: %s\n"
+            "  scale_out: {bandwidth_gbs: 25, source: my network}\n")
+    serve = ["serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8", "--hardware", "gpu.yaml",
+             "--batch", "4", "--tp", "2", "--json", "out.json", "--no-log"]
+    tpot = {}
+    for gbs in (50, 500):
+        (tmp_path / "gpu.yaml").write_text(part % (gbs, 8))
+        out = run_main(main, *serve, cwd=tmp_path)
+        assert out.returncode == 0 and "all-reduces left out" not in out.stdout, out.stdout + out.stderr
+        tpot[gbs] = json.loads((tmp_path / "out.json").read_text())["rows"][0]["tpot_all_reduce_s"]
+    assert tpot[50] > tpot[500] > 0  # a slower link waits longer
+    (tmp_path / "gpu.yaml").write_text(part % (50, 0))
+    bad = run_main(main, *serve, cwd=tmp_path)
+    assert bad.returncode == 2 and "hardware.interconnect.domain=0" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.slow  # 8 s: a budget ranks every preset, counted
 def test_a_budget_takes_its_part_from_a_yaml_file(tmp_path):
     (tmp_path / "gpu.yaml").write_text("name: my-asic\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\n"
