@@ -30,9 +30,42 @@ def _reader_gone(stream: Any) -> None:
         pass
 
 
+class ForgivingStream:
+    """A process's stdout that outlives its reader: once the reader has left (``| head``), what is written goes to the
+    null device instead of raising BrokenPipeError in whatever wrote it (a print, a logging handler: Hydra's sends
+    its job lines there, and logging would print a traceback of its own)."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _reader_gone(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _reader_gone(self._stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def forgive_stdout() -> None:
+    """Make this process's stdout a :class:`ForgivingStream` (a command's, a sweep worker's)."""
+    if not isinstance(sys.stdout, ForgivingStream) and sys.stdout is not None:
+        sys.stdout = ForgivingStream(sys.stdout)
+
+
 def run_command(main: Callable[[], int]) -> NoReturn:
-    """Run a command's ``main`` and end with its status (:func:`exit_command`); output whose reader left (``| head``)
-    ends it quietly with status 1, as Python's docs advise, not with a BrokenPipeError traceback."""
+    """Run a command's ``main`` and end with its status (:func:`exit_command`), its stdout forgiving
+    (:class:`ForgivingStream`); output whose reader left ends it quietly with status 1 where something still raised,
+    as Python's docs advise, not with a BrokenPipeError traceback."""
+    forgive_stdout()
     try:
         code = main()
     except BrokenPipeError:

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional, Sequence
 from hydra.core.utils import JobReturn
 from omegaconf import DictConfig, OmegaConf
 
+from flopsweep.core.console import forgive_stdout
 from flopsweep.measure._torch import LAZY_MODULES
 from flopsweep.sweep import _loky
 from flopsweep.sweep._hydra import JOBLIB_CORE, process_joblib_cfg
@@ -193,6 +194,7 @@ def _worker_modules(uri: Optional[str]) -> list[str]:
 def _prepare_worker(uri: Optional[str]) -> None:
     import importlib
 
+    forgive_stdout()  # a sweep piped into head: the worker's job lines and Hydra's log go nowhere once it left
     for module in _worker_modules(uri):
         importlib.import_module(module)
 
