@@ -299,6 +299,34 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+def test_a_sync_closes_the_run_of_a_sweep_on_another_host_whose_heartbeat_stopped(tmp_path):
+    """Issue 28 item 8: a sweep that ran on another host (a compute node; its folder shared) cannot be asked for its
+    process: its heartbeat, ``.flopsweep-alive`` in its folder, touched every 30 s while it runs, tells. One older than
+    five minutes is a sweep that stopped: the sync closes its run, KILLED; one touched now stays open."""
+    import time
+
+    from flopsweep.cli.sync import main as sync
+    from tests.helpers import local_store, run_main
+
+    for name in ("stopped", "running"):
+        made = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16",
+                       "batch.size=1,2", "tracking=none", f"hydra.sweep.dir={name}", cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        assert (tmp_path / name / ".flopsweep-alive").exists()  # the sweep's own heartbeat
+        (tmp_path / name / "summary.csv").unlink()  # cut before its end
+    old = time.time() - 600
+    os.utime(tmp_path / "stopped" / ".flopsweep-alive", (old, old))
+    client = MlflowClient(tracking_uri=f"sqlite:///{local_store(tmp_path / 'outputs')}")
+    experiment_id = client.create_experiment("rs")
+    runs = {name: client.create_run(experiment_id, tags={
+        "flopsweep.kind": "sweep", "host": "a-compute-node", "flopsweep.pid": "1",  # a pid of another machine
+        "flopsweep.sweep": str(tmp_path / name)}).info.run_id for name in ("stopped", "running")}
+    synced = run_main(sync, ".", "--store-dir", "outputs", "--experiment", "rs", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    assert client.get_run(runs["stopped"]).info.status == "KILLED"
+    assert client.get_run(runs["running"]).info.status == "RUNNING"
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cleanly(tmp_path):
     """A terminal's Ctrl-C sends SIGINT to the whole process group: the sweep and joblib's workers at once. The jobs

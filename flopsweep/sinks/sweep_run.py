@@ -1,12 +1,19 @@
 """A sweep's MLflow run, its jobs' parent, through its life: opened by the sweep (or by a sync, for a sweep whose run
 could not be opened), finished with its jobs' counts, summary and view, abandoned (killed, out of disk), its runs of
 jobs cut off while logging forgotten, and closed by a later sweep or sync where the process that opened it is gone.
-One class for the sweep callback, the sweeper and flopsweep-sync."""
+One class for the sweep callback, the sweeper and flopsweep-sync.
+
+A sweep's process is known gone on its own host by its pid; on another (a login node's sync of a sweep that ran on a
+compute node, its folder shared) by its heartbeat: a running sweep touches ``.flopsweep-alive`` in its folder every
+:data:`HEARTBEAT_S` (:class:`Heartbeat`), so one whose file is older than :data:`STALE_S` has stopped. Where the file
+cannot be seen (a folder not shared, an older sweep), the run is taken as alive: closing nothing is the safe side."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -110,13 +117,49 @@ class SweepRun:
 
 
 DEAD = f"tags.`flopsweep.kind` = 'sweep' and {UNFINISHED}"  # the runs :func:`_dead` looks among
+ALIVE = ".flopsweep-alive"  # in a sweep's folder: touched while the sweep runs
+HEARTBEAT_S = 30.0          # how often
+STALE_S = 300.0             # a heartbeat older than this (ten beats: clocks of shared folders drift) has stopped
 
 
 def _dead(runs: list) -> list:
-    """The sweep runs among ``runs`` whose process, on this host, is gone."""
+    """The sweep runs among ``runs`` whose process is gone: on this host, by its pid; on another, by its heartbeat."""
     here = socket.gethostname()
-    return [run for run in runs if run.data.tags.get("host") == here and SWEEP_TAG in run.data.tags
-            and not _alive(int(run.data.tags.get(PID_TAG) or 0))]
+    return [run for run in runs if SWEEP_TAG in run.data.tags and (
+        not _alive(int(run.data.tags.get(PID_TAG) or 0)) if run.data.tags.get("host") == here
+        else _stopped(Path(run.data.tags[SWEEP_TAG])))]
+
+
+def _stopped(sweep_dir: Path) -> bool:
+    """Whether the heartbeat in ``sweep_dir`` stopped :data:`STALE_S` ago; False where it cannot be seen."""
+    try:
+        return time.time() - (sweep_dir / ALIVE).stat().st_mtime > STALE_S
+    except OSError:
+        return False
+
+
+class Heartbeat:
+    """While a sweep runs, ``.flopsweep-alive`` in its folder touched every :data:`HEARTBEAT_S` from a thread of its
+    own (a folder that cannot be written is left alone: the disk's fault is said elsewhere)."""
+
+    def __init__(self, sweep_dir: Path):
+        self.path, self._stop = sweep_dir / ALIVE, threading.Event()
+        self._beat()
+        threading.Thread(target=self._run, name="flopsweep-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # Hydra makes it with its first job
+            self.path.touch()
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def _ended_status(sweep_dir: Path) -> Optional[str]:

@@ -23,7 +23,7 @@ from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
 from flopsweep.sinks.target import target_of
-from flopsweep.sinks.sweep_run import SweepRun
+from flopsweep.sinks.sweep_run import Heartbeat, SweepRun
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
@@ -51,6 +51,7 @@ class SweepSummary(Callback):
             if disk is None:
                 raise
             raise state.Unwritable(None, disk) from None
+        sweep.heartbeat = Heartbeat(Path(config.hydra.sweep.dir).resolve())  # a sync on another host tells its end
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
         health.forget()
         started = time.monotonic()
@@ -87,7 +88,7 @@ class SweepSummary(Callback):
             sweep.failed = True
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
         _say_unlogged(sweep, results, sweep_dir)
-        SweepContext.withdraw()
+        _ended(sweep)
         if sweep.parent is not None:
             if not _store_down(sweep):  # else the next sweep or sync closes it, from this folder
                 view = None
@@ -145,6 +146,14 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     return results
 
 
+def _ended(sweep: state.SweepState) -> None:
+    """The sweep's jobs are over: a later command in this process is in no sweep, and its heartbeat stops."""
+    SweepContext.withdraw()
+    if sweep.heartbeat is not None:
+        sweep.heartbeat.stop()
+        sweep.heartbeat = None
+
+
 def abandon_sweep(why: BaseException) -> None:
     """The sweep stops before its end, for ``why`` (a swept value that cannot be composed, a signal, a full disk):
     end its workers, and mark its MLflow run KILLED (a signal) or FAILED rather than leave it RUNNING. Interrupted or
@@ -161,7 +170,7 @@ def abandon_sweep(why: BaseException) -> None:
             results = _summarize(sweep.sweep_dir, sweep.unwritten, write=not isinstance(why, state.Unwritable))
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
             print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
-    SweepContext.withdraw()
+    _ended(sweep)
     if sweep.parent is not None:
         try:
             if not _store_down(sweep):
