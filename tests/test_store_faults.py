@@ -153,6 +153,13 @@ def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_
         out = run_main(main, *args, cwd=tmp_path)
         assert out.returncode != 0 and "Traceback" not in out.stderr
         assert "did not answer within 5 s" in out.stderr.strip().splitlines()[0], out.stderr
+    from flopsweep.cli.project import main as project_main  # a projection is made, its logging said in a line
+
+    out = run_main(project_main, "train", "--model", "gpt2_small", "--gpu", "H100", "--tokens", "1e9", "--mfu", "0.4",
+                   "--uri", silent_server, cwd=tmp_path)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("flopsweep-project: warning: not logged to MLflow") and "did not answer within 5 s" in line
 
 
 @pytest.mark.slow
