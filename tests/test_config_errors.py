@@ -64,14 +64,14 @@ BAD = [
     (["model=hf", "model.model_type=llama", "+model.max_position_embeddings=0"], "model.max_position_embeddings=0"),
     # an architecture built as a part of itself without a word, now refused by the key
     (["model=hf", "model.model_type=whisper"], "model.model_type='whisper': is a speech-to-text model"),
-    (["model=hf", "model.model_type=mllama"], "is an image-and-text model (MllamaForConditionalGeneration)"),
-    (["model=hf", "model.model_type=gemma3"], "its text model is model.model_type=gemma3_text"),
+    (["model=hf", "model.model_type=llava"], "is an image-and-text model (LlavaForConditionalGeneration)"),
+    (["model=hf", "model.model_type=gemma3n"], "its text model is model.model_type=gemma3n_text"),
     (["model=hf", "model.model_type=llama", "+model.attn_implementation=flash_attention_2"],
      "model.attn_implementation='flash_attention_2': counted are sdpa, eager and flex_attention"),
     (["model=hf", "model.model_type=llama", "+model.attn_implementation=flex_attention", "device=cpu"],
      "device.type='cpu': model.attn_implementation=flex_attention has no backward on the CPU in PyTorch"),
-    (["model=hf", "model.model_type=gemma3", "model.task=image-text-to-text"],
-     "model.task='image-text-to-text': builds qwen2_vl whole, not gemma3"),
+    (["model=hf", "model.model_type=llava", "model.task=image-text-to-text"],
+     "model.task='image-text-to-text': builds qwen2_vl, gemma3, mllama whole, not llava"),
 ]
 
 

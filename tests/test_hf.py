@@ -24,6 +24,10 @@ PUBLISHED = {
     "qwen3_30b_a3b": 30_532_122_624, "gpt_neox_20b": 20_554_567_680,
     "mamba_codestral_7b": 7_285_403_648,  # its model card's "Number of parameters"
     "qwen2_vl_7b": 8_291_375_616,  # the vision tower and the language model (Qwen/Qwen2-VL-7B-Instruct)
+    "gemma3_4b": 4_300_079_472,  # google/gemma-3-4b-it's safetensors metadata as Hugging Face shows it (tied head once)
+    # NVIDIA's model card of Llama-3.2-11B-Vision-Instruct (build.nvidia.com/meta/llama-3.2-11b-vision-instruct,
+    # "Parameters: 10,670,220,835"): the base checkpoint's config is the same architecture
+    "llama3_2_11b_vision": 10_670_220_835,
     # DeepSeek-V3 without its multi-token-prediction module (transformers builds none): the checkpoint's 671.03 G
     # also stores each MoE layer's router bias (256 values x 58 layers), which transformers keeps as a buffer
     "deepseek_v3": 671_026_419_200 - 58 * 256,
@@ -323,6 +327,121 @@ def test_an_image_size_that_is_no_multiple_of_the_merged_patches_is_refused_nami
     with pytest.raises(ConfigError) as err:
         resolve(compose_config(*QWEN2_VL[:-1], "batch.image_size=50", "device=meta"))
     assert err.value.key == "batch.image_size" and "multiple of 28" in str(err.value)
+
+
+# A tiny Gemma 3: a SigLIP tower of width 32 over a 56-pixel image (4 x 4 patches of 14), pooled 2 x 2 to 4 image
+# tokens of the text width 64; text: 4 heads of 16 (2 KV heads), MLP 128, vocabulary 128, 2 layers
+GEMMA3 = ["model=hf", "model.model_type=gemma3", "+model.mm_tokens_per_image=4",
+          "+model.text_config={hidden_size:64,intermediate_size:128,num_hidden_layers:2,num_attention_heads:4,"
+          "num_key_value_heads:2,head_dim:16,query_pre_attn_scalar:16,vocab_size:128,sliding_window:8}",
+          "+model.vision_config={hidden_size:32,intermediate_size:64,num_hidden_layers:2,num_attention_heads:2,"
+          "image_size:56,patch_size:14,vision_use_head:false}",
+          "batch.size=2", "batch.seq_len=8"]
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cpu", marks=pytest.mark.slow)])
+def test_gemma3_counts_its_siglip_tower_its_pooled_projection_and_its_image_tokens(device):
+    """Per image, 16 patches of 3 x 14 x 14 values: the patch embedding (2 x 16 x 588 x 32), each tower block's q, k,
+    v and output (4 x 2 x 16 x 32^2), attention over the image (4 x 16^2 x 32) and MLP (2 x 2 x 16 x 32 x 64); the
+    projector pools the 4 x 4 patches to mm_tokens_per_image=4 tokens (no matmul) and projects them (2 x 4 x 32 x 64);
+    then 4 image and 8 text tokens through the language model: q and o 64^2 each, k and v 64 x 32 each, attention
+    4 x 12^2 x 64 (every pair: the sliding window of 8 and the causal mask are masks, not fewer products), MLP
+    3 x 64 x 128, head 64 x 128. Two samples; the same on meta and on the CPU; 4 image tokens by default (its tower's
+    56 pixels), not batch.image_size's default of another model."""
+    patches, tokens, width, vision = 16, 4 + 8, 64, 32
+    tower = (2 * patches * 588 * vision + 2 * (4 * 2 * patches * vision ** 2 + 4 * patches ** 2 * vision
+                                                + 2 * 2 * patches * vision * 64)
+             + 2 * 4 * vision * width)
+    language = (2 * (2 * tokens * (2 * width * width + 2 * width * 32) + 4 * tokens ** 2 * width
+                     + 3 * 2 * tokens * width * 128)
+                + 2 * tokens * width * 128)
+    result = measured(*GEMMA3, "measure.time=false", device=device)
+    assert result.metrics["flops/forward"] == 2 * (tower + language)  # matmul FLOPs
+    assert result.config["model"]["task"] == "image-text-to-text"
+    assert result.config["batch"]["image_size"] == 56
+    assert not result.breakdown["uncounted_ops"]
+
+
+def test_gemma3_refuses_an_image_its_tower_was_not_built_for_and_tokens_it_cannot_pool():
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*GEMMA3, "batch.image_size=112", "device=meta"))
+    assert err.value.key == "batch.image_size" and "model.vision_config.image_size" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*GEMMA3, "model.mm_tokens_per_image=9", "device=meta"))  # 3 a side of 4 patches
+    assert err.value.key == "model.mm_tokens_per_image" and "\n" not in str(err.value)
+
+
+# A tiny Llama 3.2 Vision: 28-pixel tiles (2 x 2 patches of 14, and a class token: 5, padded to 8), 4 tiles an image,
+# a tower of width 32 (2 local blocks, 1 global), its layer 0's output beside its last (64 wide) projected to the text
+# width 64; text: 3 layers, the second a cross-attention layer, 4 heads of 16 (2 KV heads), MLP 128, vocabulary 120
+MLLAMA = ["model=hf", "model.model_type=mllama",
+          "+model.text_config={hidden_size:64,intermediate_size:128,num_hidden_layers:3,num_attention_heads:4,"
+          "num_key_value_heads:2,vocab_size:120,cross_attention_layers:[1],pad_token_id:0,bos_token_id:1,"
+          "eos_token_id:2}",
+          "+model.vision_config={hidden_size:32,intermediate_size:64,num_hidden_layers:2,num_global_layers:1,"
+          "attention_heads:2,image_size:28,patch_size:14,max_num_tiles:4,intermediate_layers_indices:[0],"
+          "vision_output_dim:64}",
+          "batch.size=2", "batch.seq_len=8"]
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cpu", marks=pytest.mark.slow)])
+def test_llama_3_2_vision_counts_every_tile_and_the_text_cross_attending_to_them(device):
+    """Per image, 4 tiles (padded to 4 as its processor pads them, whatever the image) of 4 patches: the patch
+    embedding (2 x 16 x 588 x 32); 4 x (4 + 1 class, padded to 8) = 32 tokens through 3 blocks (2 local, 1 global):
+    q, k, v, output (4 x 2 x 32 x 32^2), attention (4 x 32^2 x 32), MLP (2 x 2 x 32 x 32 x 64), and the tiles' mask
+    made by an outer product (2 x 32^2 x 1); the projector (2 x 20 x 64 x 64) on the 4 x 5 unpadded tokens; the text's
+    8 tokens: 2 self-attention layers (q, o 64^2; k, v 64 x 32; attention 4 x 8^2 x 64; MLP 3 x 64 x 128) and one
+    cross-attention layer (q and o from the text, k and v from the image's 20 tokens, attention 4 x 8 x 20 x 64, MLP),
+    head 64 x 120. Two samples; the same on meta and on the CPU; no image token in the text's sequence."""
+    text, tiles_tokens, image, vision, width = 8, 32, 20, 32, 64
+    block = 4 * 2 * tiles_tokens * vision ** 2 + 4 * tiles_tokens ** 2 * vision + 2 * 2 * tiles_tokens * vision * 64
+    tower = 2 * 16 * 588 * vision + 3 * block + 2 * tiles_tokens ** 2 + 2 * image * 64 * width
+    mlp = 3 * 2 * text * width * 128
+    self_layer = 2 * text * (2 * width * width + 2 * width * 32) + 4 * text ** 2 * width + mlp
+    cross_layer = 2 * text * 2 * width * width + 2 * image * 2 * width * 32 + 4 * text * image * width + mlp
+    language = 2 * self_layer + cross_layer + 2 * text * width * 120
+    result = measured(*MLLAMA, "measure.time=false", device=device)
+    assert result.metrics["flops/forward"] == 2 * (tower + language)  # matmul FLOPs
+    assert result.config["model"]["task"] == "image-text-to-text"
+    assert not result.breakdown["uncounted_ops"]
+    bigger = measured(*MLLAMA, "measure.time=false", "batch.image_size=56", device=device)  # 2 x 2 tiles of 4
+    assert bigger.metrics["flops/forward"] == result.metrics["flops/forward"]
+
+
+@pytest.mark.parametrize("model,linears", [
+    # (in, out) of every q_proj and v_proj: the towers' and the language models'
+    (GEMMA3, 2 * [(32, 32), (32, 32)] + 2 * [(64, 64), (64, 32)]),
+    (MLLAMA, 3 * [(32, 32), (32, 32)] + 3 * [(64, 64), (64, 32)]),
+], ids=["gemma3", "mllama"])
+def test_an_image_and_text_model_trains_low_rank_adapters_in_both_towers(model, linears):
+    """train=lora adapts the tower's attention as the language model's (every linear layer of those names); the
+    trainable parameters are the adapters', r (in + out) each, and the same on meta and on the CPU."""
+    r = 2
+    lora = ["train=lora", f"train.rank={r}", "train.targets=[q_proj,v_proj]", "measure.time=false"]
+    meta = measured(*model, *lora)
+    assert meta.metrics["size/params_trainable"] == sum(r * (i + o) for i, o in linears)
+    full = measured(*model, "measure.time=false")
+    assert meta.metrics["size/params"] == full.metrics["size/params"] + meta.metrics["size/params_trainable"]
+    assert meta.metrics["flops/backward"] < full.metrics["flops/backward"]  # no weight gradients for frozen ones
+    cpu = measured(*model, *lora, device="cpu")
+    keys = ["flops/forward", "flops/backward", "size/params_trainable"]
+    if model is MLLAMA:  # Gemma 3's masks are boolean: the CPU counts SDPA's conversion of them (aten.where), meta
+        keys += ["flops/forward_elementwise", "flops/backward_elementwise"]  # not, as for gemma3_text alone
+    for key in keys:
+        assert cpu.metrics[key] == meta.metrics[key], key
+
+
+def test_a_config_that_torch_refuses_as_it_is_built_is_one_line_naming_the_model():
+    """Llama 3.2 Vision's default pad token (128004) outside a 120-token vocabulary: torch's embedding asserts it, as
+    transformers builds the model (it was a traceback)."""
+    from flopsweep.core.errors import ConfigError
+
+    small = [o.replace(",pad_token_id:0,bos_token_id:1,eos_token_id:2", "") for o in MLLAMA]
+    with pytest.raises(ConfigError) as err:
+        build(resolve(compose_config(*small, "device=meta")))
+    assert err.value.key == "model" and "Padding_idx must be within num_embeddings" in str(err.value)
 
 
 def test_hugging_faces_eager_attention_counts_the_same_products_as_its_fused_kernel():

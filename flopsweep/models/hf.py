@@ -11,9 +11,9 @@ an encoder-decoder trains as ``seq2seq``, a model that has a masked-LM head and 
 a language model as ``causal-lm``, a vision model as ``image-classification``; ``model.task`` chooses another.
 The inputs come from the config: token ids and labels for text (labels shifted inside the model, as HF trains; no
 attention mask: a full batch's is all ones, which Hugging Face drops); pixel values at ``batch.image_size`` (224
-unless set) and class labels for images; an image (448 pixels unless set) and text a sample for an image-and-text
-model (:mod:`~flopsweep.models.hf_vision_language`). Mixture-of-experts layers run through ``torch._grouped_mm``,
-counted whatever the routing. transformers is an optional extra: ``pip install 'flopsweep[hf]'``.
+unless set) and class labels for images; an image and text a sample for an image-and-text model (Qwen2-VL, Gemma 3,
+Llama 3.2 Vision: :mod:`~flopsweep.models.hf_vision_language`). Mixture-of-experts layers run through
+``torch._grouped_mm``, counted whatever the routing. transformers is an optional extra: ``pip install 'flopsweep[hf]'``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ class Config(ModelConfig):
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
         if self.resolved_task() == "image-text-to-text":
-            return dataclasses.replace(self._text_batch(size, seq_len), image_size=image_size or vl.DEFAULT_IMAGE_SIZE)
+            return dataclasses.replace(self._text_batch(size, seq_len),
+                                       image_size=image_size or vl.default_image_size(self.hf_config()))
         if self.resolved_task() == "image-classification":
             made = getattr(self.hf_config(), "image_size", None)
             return BatchShape(size, None, image_size or (made if isinstance(made, int) else DEFAULT_IMAGE_SIZE))
@@ -217,7 +218,7 @@ class Model(nn.Module):
         auto = getattr(transformers, TASKS[cfg.resolved_task()][0])
         try:
             self.net = auto.from_config(cfg.hf_config())
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, AssertionError) as err:  # AssertionError: torch's own checks
             raise ConfigError("model", cfg.name, f"transformers cannot build it: {' '.join(str(err).split())[:300]}") \
                 from None
         self.images_and_text = cfg.resolved_task() == "image-text-to-text"

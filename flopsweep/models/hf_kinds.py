@@ -1,7 +1,7 @@
 """What a Hugging Face config is to flopsweep (:mod:`flopsweep.models.hf`): the head it trains with (its task), the
-model types flopsweep does not build yet (speech, most image-and-text ones: refused rather than built as a part of
-themselves),
-and transformers' refusal of a config as one line naming the key."""
+model types flopsweep does not build yet (speech, the image-and-text ones beside Qwen2-VL, Gemma 3 and Llama 3.2
+Vision: refused rather than built as a part of themselves), and transformers' refusal of a config as one line naming
+the key."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ def task_of(task: Optional[str], hf: Any) -> str:
             "masked-lm" if known["masked-lm"] and not getattr(hf, "is_decoder", False) else \
             next((name for name in ("causal-lm", "image-classification", "masked-lm", "seq2seq") if known[name]), None)
         built = getattr(modeling_auto, TASKS[chosen][1])[kind] if chosen else None
-    if kind in VISION_LANGUAGE and chosen in (None, "image-text-to-text"):  # built whole: image and text
-        return "image-text-to-text"
+    both = modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(kind)
+    if kind in VISION_LANGUAGE and (not named or built == both):  # built whole: image and text (Gemma 3's class is
+        return "image-text-to-text"                                   # transformers' causal LM of its type too)
     text = f"{kind}_text" if f"{kind}_text" in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
     for mapping, what in OTHER_MODALITIES.items():  # fed text alone, or a part built as if it were the whole: said
         whole = getattr(modeling_auto, mapping, {}).get(kind)
