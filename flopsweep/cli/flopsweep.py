@@ -144,6 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = [saved_argv[0] if saved_argv else "flopsweep",
                 *hide_passwords(saved_argv[1:] if argv is None else list(argv))]
     handlers = {signum: signal.signal(signum, state.on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    unraisable = sys.unraisablehook
+    state.keep_swallowed_interrupts()
     try:
         app()
     except (HydraException, OmegaConfBaseException, OSError) as err:
@@ -170,6 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = unraisable
         sys.argv = saved_argv
         if asked is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -18,7 +18,7 @@ from flopsweep.measure._torch import LAZY_MODULES
 from flopsweep.sweep import _loky
 from flopsweep.sweep._hydra import JOBLIB_CORE, process_joblib_cfg
 from flopsweep.sweep.plan import FORCE_KEY, SweepPlan, jobs_at_once, launcher_class
-from flopsweep.sweep.state import Unwritable
+from flopsweep.sweep.state import Unwritable, keep_swallowed_interrupts
 
 
 def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
@@ -195,6 +195,7 @@ def _prepare_worker(uri: Optional[str]) -> None:
     import importlib
 
     forgive_stdout()  # a sweep piped into head: the worker's job lines and Hydra's log go nowhere once it left
+    keep_swallowed_interrupts()  # a terminal's Ctrl-C inside a weak-reference callback: delivered again
     for module in _worker_modules(uri):
         importlib.import_module(module)
 

@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import signal
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -115,6 +117,28 @@ def interrupt(signum: int, cause: Optional[str] = None) -> None:
         _state.pending = signum
         return
     raise Interrupted(signum, cause)
+
+
+def keep_swallowed_interrupts() -> None:
+    """Install :func:`_unraisable` as ``sys.unraisablehook`` in this process (a sweep's, a worker's)."""
+    if sys.unraisablehook is not _unraisable:
+        _unraisable.default = sys.unraisablehook  # type: ignore[attr-defined]
+        sys.unraisablehook = _unraisable
+
+
+def _unraisable(unraisable: Any) -> None:
+    """An interrupt raised where Python can only print it (a weak-reference callback, a finalizer: "Exception
+    ignored in ...", and the interrupt lost, the sweep going on) is delivered again as its signal, a moment later,
+    until it lands in code that can raise it; anything else goes to Python's own hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        again_in = threading.Timer(0.05, os.kill, (os.getpid(), signal_of(unraisable.exc_value)))
+        again_in.daemon = True
+        again_in.start()
+        return
+    _unraisable.default(unraisable)  # type: ignore[attr-defined]
+
+
+_unraisable.default = sys.unraisablehook  # type: ignore[attr-defined]
 
 
 def again() -> Interrupted:
