@@ -245,3 +245,16 @@ def test_softplus_and_its_backward_cost_five_a_element(device):
     assert step.uncounted == {}
     assert step.forward.by_op["aten.softplus"].elementwise == 5 * n
     assert step.backward.by_op["aten.softplus_backward"].elementwise == 5 * n
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_any_and_all_cost_one_a_input_element_as_every_reduction(device):
+    """A mask's rows tested for any key kept (transformers' cross-attention masks): a reduction, counted, not
+    listed as uncounted."""
+    from flopsweep.measure.count import count_call
+
+    mask = torch.ones(3, 7, 11, dtype=torch.bool, device=device)
+    step, _ = count_call(torch.nn.Identity(), lambda: (mask.any(dim=-1), mask.all(), mask.any()))
+    assert step.uncounted == {}
+    assert step.forward.by_op["aten.any"].elementwise == 2 * 3 * 7 * 11 and step.forward.by_op["aten.any"].calls == 2
+    assert step.forward.by_op["aten.all"].elementwise == 3 * 7 * 11

@@ -36,7 +36,7 @@ avg pool / its backward                 k/1   k - 1 adds and a divide per output
 ``index_put`` (accumulating)            1     per value added (placing values is free)
 softmax / log-softmax forward           5     max, subtract, exp, sum, divide (or log)
 softmax / log-softmax backward          4/3
-sum, mean, amax and other reductions    1     per *input* element
+sum, mean, amax, any and other reductions 1   per *input* element
 embedding backward                      1     one add per gradient element scattered
 fused attention                         5     per score: scale, max, exp, sum, divide (+1 with a mask)
 fused attention backward                8     per score, besides its matmuls
@@ -375,7 +375,7 @@ def _index_put(self, indices, values, accumulate=False, **_) -> OpCost:
 ELEMENTWISE_PER_INPUT = {
     aten.sum: 1, aten.mean: 1, aten.amax: 1, aten.amin: 1, aten.max: 1, aten.min: 1, aten.prod: 1,
     aten.var: 2, aten.std: 2, aten.var_mean: 2, aten.norm: 2, aten.linalg_vector_norm: 2, aten.logsumexp: 3,
-    aten.embedding_dense_backward: 1, aten.cumsum: 1, aten.cumprod: 1,
+    aten.embedding_dense_backward: 1, aten.cumsum: 1, aten.cumprod: 1, aten.any: 1, aten.all: 1,
     aten.nll_loss_forward: 0, aten.nll_loss_backward: 0,  # a gather and a scatter; the cost is in log_softmax
     aten.mse_loss: 3, aten.mse_loss_backward: 3, aten.histc: 1,
 }
