@@ -37,6 +37,8 @@ PUBLISHED = {
     "gpt_neox_20b": (6144, 44, 64, 64, 96),
     "deepseek_v3": (7168, 61, 128, 128, 192),  # MLA: queries and keys of 128 + 64 rotary
     "qwen2_vl_7b": (3584, 28, 28, 4, 128),  # its language model's (the vision tower's are its own)
+    "gemma3_4b": (2560, 34, 8, 4, 256),  # google/gemma-3-4b-it's text_config
+    "llama3_2_11b_vision": (4096, 40, 32, 8, 128),  # its text model's 40 layers: 32 self- and 8 cross-attention
     "mamba_codestral_7b": (4096, 64, None, None, None),  # no attention: its 128 heads are the scan's
     "resnet_bk_baseline": (64, 4, None, None, None), "resnet_bk_full": (64, 4, None, None, None),  # no attention
 }
