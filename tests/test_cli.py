@@ -197,6 +197,7 @@ def test_a_sweeps_lines_and_table_show_the_keys_it_varies(tmp_path):
     assert any(line.split()[7:9] == ["sgd", "lora"] for line in lines if line.startswith("3_"))
 
 
+@pytest.mark.slow  # 10 s: four commands through bash pipes, two sweeps
 def test_output_piped_into_head_ends_quietly_and_a_sweep_still_measures_every_job(tmp_path):
     """``| head -1``: the reader leaves after a line. A projection ends with no BrokenPipeError traceback; a sweep's
     later lines go nowhere while it measures and records every job (it died on its next line)."""

@@ -352,6 +352,7 @@ except KeyboardInterrupt as err:
 """
 
 
+@pytest.mark.slow  # real signals
 def test_an_interrupt_that_lands_in_a_weak_reference_callback_is_not_lost():
     """Issue 28 item 6: Python can only print an exception raised in a weak-reference callback ("Exception ignored
     in ...", the line seen in the Ctrl-C test on a loaded machine), and the interrupt was lost: the sweep went on.
