@@ -319,6 +319,25 @@ def test_a_mixture_of_experts_whose_first_layer_is_dense_is_found_and_split_wher
     assert exchanges == [3]  # one MoE layer's rows, weights and outputs
 
 
+def test_qwen2_moes_shared_expert_gate_gets_its_whole_gradient_under_tp():
+    """Qwen2-MoE scales its shared expert's output by a one-wide gate: under tp that output is a partial sum, so
+    the gate's output's gradient is all-reduced (T values, bfloat16) as the routing weights' are, and the gate's
+    weight gets its whole gradient on every rank. Backward at tp = 2: layer 0 (dense) all-reduces attention's and
+    its MLP's input gradients, layer 1 attention's, the block's, the routing weights' (T k, bfloat16 here) and the
+    gate's, then the head's input gradient: 7 calls."""
+    family = FAMILIES["hf"]
+    cfg = family.config(dict(family="hf", name="tiny", model_type="qwen2_moe", hidden_size=H, intermediate_size=FFN,
+                             num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2,
+                             vocab_size=VOCAB, max_position_embeddings=SEQ, num_experts=4, num_experts_per_tok=2,
+                             moe_intermediate_size=32, shared_expert_intermediate_size=32, mlp_only_layers=[0]))
+    count = count_layout(lambda: family.Model(cfg), Layout(tp=2, micro_batch_size=MICRO),
+                         Workload(MICRO, SEQ, torch.bfloat16))
+    tokens = MICRO * SEQ
+    hidden = tokens * H * 2
+    assert collective(count, "all_reduce", "backward", "tp") == (7, 5 * hidden + tokens * 2 * 2 + tokens * 1 * 2)
+    assert not count.ranks[0].uncounted
+
+
 def deepseek():
     """A tiny DeepSeek-V3: latent attention (queries through a rank-32 latent, keys and values through a rank-16 one
     plus an 8-wide shared rotary key; heads of 16 + 8 for queries and keys, 16 for values), a dense first layer,

@@ -66,7 +66,8 @@ def tensor_parallel_moe(block: nn.Module, tp_mesh: Any, sequence_parallel: bool)
     rows and down columns are split tp ways (so are a shared expert's), and the block's output, a partial sum on each
     rank, is all-reduced (reduce-scattered back to the shards under sequence parallelism). In backward the input's
     gradient, partial on each rank, is all-reduced (reduce-scattered), and so is the routing weights' (their products
-    with partial outputs); Qwen2-MoE's one-wide shared-expert gate's weight gradient is left partial."""
+    with partial outputs), and so is Qwen2-MoE's one-wide shared-expert gate's output's (it scales the shared expert's
+    partial output: its weight's gradient is then whole on every rank)."""
     tp = tp_mesh.size()
     experts = block.get_submodule("experts")
     for name, p in list(experts.named_parameters(recurse=False)):
@@ -97,9 +98,15 @@ def tensor_parallel_moe(block: nn.Module, tp_mesh: Any, sequence_parallel: bool)
         weights = DTensor.from_local(weights, tp_mesh, [Replicate()]).to_local(grad_placements=[Partial()])
         return (hidden, index, weights, *args[3:])
 
+    def summed_gate(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return DTensor.from_local(out, tp_mesh, [Replicate()]).to_local(grad_placements=[Partial()])
+
     block.register_forward_pre_hook(whole_input)
     block.register_forward_hook(summed_output)
     experts.register_forward_pre_hook(summed_weights)
+    gate = getattr(block, "shared_expert_gate", None)
+    if isinstance(gate, nn.Linear):
+        gate.register_forward_hook(summed_gate)
 
 
 def _has_mlp(module: nn.Module) -> bool:
