@@ -22,7 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = ["EagerDispatchMode", "FLEX_ATTENTION", "FLEX_ATTENTION_BACKWARD", "is_higher_order", "noop_mask",
-           "no_modes", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage", "is_op_packet", "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
+           "no_modes", "tree_leaves", "sequence_nr", "node_sequence_nr", "storage_id", "local_storage", "is_op_packet",
+           "op_schema", "is_inplace", "fused_sdp_choice", "at_backward_end", "LAZY_MODULES"]
 
 TESTED = ((2, 13), (2, 14))  # torch releases these were written against: from the first, below the second
 
