@@ -12,12 +12,11 @@ predicts for any part with ``predict.hardware=<part or profile.json>``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.console import run_command
+from flopsweep.core.console import error, run_command
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
@@ -41,7 +40,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.threads is not None and args.threads < 1:
             raise ConfigError("threads", args.threads, "must be >= 1")
     except ConfigError as err:
-        print(f"flopsweep-calibrate: error: {err}", file=sys.stderr)
+        error(str(err), "flopsweep-calibrate")
         return 2
     import torch
 

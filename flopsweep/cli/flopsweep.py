@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from flopsweep.config.schema import CONF_DIR
-from flopsweep.core.console import run_command
+from flopsweep.core.console import error, run_command
 from flopsweep.sinks.target import hide_passwords
 from flopsweep.sweep import state
 from flopsweep.sweep.app import run_one
@@ -155,13 +155,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if sweep.full_errors or (disk is None and not isinstance(err, (HydraException, OmegaConfBaseException))):
             raise  # an OSError of another kind (Hydra's missing config is one and is said below)
         if disk is not None:
-            print(f"flopsweep: error: {state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}",
-                  file=sys.stderr)
+            error(f"{state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}")
             return 1
-        print(f"flopsweep: error: {hydra_error_line(err)}", file=sys.stderr)
+        error(hydra_error_line(err))
         return 2
     except state.Unwritable as err:
-        print(f"flopsweep: error: {err}; {_what_is_left(sweep)}", file=sys.stderr)
+        error(f"{err}; {_what_is_left(sweep)}")
         return 1
     except KeyboardInterrupt as err:
         signum = state.signal_of(err)

@@ -10,11 +10,10 @@ the FLOPs shares of the costliest run's modules, and MFU by dtype and device.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.console import run_command
+from flopsweep.core.console import error, run_command
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.sinks.health import StoreUnusable
@@ -44,15 +43,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         require(args.top >= 1, "top", args.top, "must be >= 1")
         return _profile(args, target.uri) if args.profile else _experiment(args, target)
     except (ConfigError, StoreUnusable) as err:
-        print(f"flopsweep-report: error: {err}", file=sys.stderr)
+        error(str(err), "flopsweep-report")
     except OSError as err:  # a folder that cannot be made or written (--out)
-        print(f"flopsweep-report: error: {err.filename or args.out}: cannot be written ({err.strerror or err})",
-              file=sys.stderr)
+        error(f"{err.filename or args.out}: cannot be written ({err.strerror or err})", "flopsweep-report")
     except Exception as err:  # noqa: BLE001 - the store's own errors (MLflow's), in one line; others are bugs
         if not type(err).__module__.startswith("mlflow"):  # no mlflow import for a job folder's --profile
             raise
-        print(f"flopsweep-report: error: the store {masked(target.uri)} cannot be read: {one_line(err, kind=False)}",
-              file=sys.stderr)
+        error(f"the store {masked(target.uri)} cannot be read: {one_line(err, kind=False)}", "flopsweep-report")
     return 2
 
 
@@ -74,12 +71,11 @@ def _experiment(args: argparse.Namespace, target) -> int:
     try:
         df = load_runs(experiment=args.experiment, sweep=args.sweep, uri=target.uri)
     except LookupError as err:
-        print(f"flopsweep-report: error: {str(err).removeprefix('load_runs: ')}", file=sys.stderr)
+        error(str(err).removeprefix('load_runs: '), "flopsweep-report")
         return 2
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""
-        print(f"flopsweep-report: error: no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})",
-              file=sys.stderr)
+        error(f"no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})", "flopsweep-report")
         return 2
     sweeps = sorted(df["sweep"].dropna().unique(), key=_when)
     chosen = args.sweep

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flopsweep.core.console import run_command
+from flopsweep.core.console import error, run_command
 from flopsweep.core.text import plain
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", help="experiment (default: each job's tracking.experiment)")
     args = parser.parse_args(argv)
     if not args.path.is_dir():
-        print(f"flopsweep-sync: error: {args.path}: not a folder", file=sys.stderr)
+        error(f"{args.path}: not a folder", "flopsweep-sync")
         return 2
     from flopsweep.sinks.sync import sync
     from flopsweep.core.errors import masked

@@ -1,5 +1,6 @@
-"""How commands write and end: a line written whole, output whose reader left (``| head``) dropped rather than a
-traceback, and an exit that skips the interpreter's long collection."""
+"""How commands write and end: a line written whole (:func:`say`; a warning and an error the same way for every
+command), output whose reader left (``| head``) dropped rather than a traceback, and an exit that skips the
+interpreter's long collection."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ def say(text: str, stream: Any = None) -> None:
         stream.flush()
     except BrokenPipeError:
         _reader_gone(stream)
+
+
+def warning(text: str, command: str = "flopsweep") -> None:
+    """``COMMAND: warning: TEXT`` on stderr, one line written whole: every command's warnings."""
+    say(f"{command}: warning: {text}", sys.stderr)
+
+
+def error(text: str, command: str = "flopsweep") -> None:
+    """``COMMAND: error: TEXT`` on stderr, one line written whole: every command's errors."""
+    say(f"{command}: error: {text}", sys.stderr)
 
 
 def _reader_gone(stream: Any) -> None:

@@ -6,7 +6,6 @@ command's: :mod:`flopsweep.cli.flopsweep`."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flopsweep.build.spec import JobSpec
 from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, recorded, resolve
-from flopsweep.core.console import say
+from flopsweep.core.console import error, say, warning
 from flopsweep.core.errors import ConfigError, masked, one_line
 from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
@@ -108,7 +107,7 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     lines = []
     if result.status.failed:
         state.current().failed = True
-        say(f"flopsweep: error: {result.error}", sys.stderr)
+        error(result.error)
     elif result.status == "skipped":
         lines = [f"skipped: {result.info['skipped']}"]
     else:
@@ -161,8 +160,7 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
             existing = finished_run(target, fp)
         except Exception as err:  # noqa: BLE001 - a store we cannot ask means measuring again, not losing the job
             failed(target.uri, err, started)
-            print(f"flopsweep: warning: could not look for a finished run ({one_line(err)}); measuring",
-                  file=sys.stderr)
+            warning(f"could not look for a finished run ({one_line(err)}); measuring")
         else:
             if existing is not None:
                 return skipped(f"run {existing} of experiment {target.experiment!r} already measured this",
@@ -203,8 +201,8 @@ def _track(tracking: Target | ConfigError | None, result: Result, folder: Path, 
         raise state.Unwritable(folder, err) from None
     logged = result.tracking
     if not logged.logged and not (in_sweep and logged.known):
-        print(f"flopsweep: warning: not logged to MLflow ({logged.error}); the result is in "
-              f"{folder}: `flopsweep-sync {folder}` logs it later", file=sys.stderr)
+        warning(f"not logged to MLflow ({logged.error}); the result is in "
+                f"{folder}: `flopsweep-sync {folder}` logs it later")
 
 
 register_configs()  # wherever a job is composed: a sweep's workers import this module, not the command's

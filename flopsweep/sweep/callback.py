@@ -7,7 +7,6 @@ through :func:`abandon_sweep`."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from flopsweep.core.console import error, warning
 from flopsweep.core.errors import masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
@@ -42,7 +42,7 @@ class SweepSummary(Callback):
         except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
             refusal = None
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store
-            print(f"flopsweep: error: {refusal}", file=sys.stderr)
+            error(refusal)
             raise SystemExit(2)
         try:
             sweep.sweep_dir = Path(config.hydra.sweep.dir)  # made now (a new folder): not for a refused sweep
@@ -66,9 +66,9 @@ class SweepSummary(Callback):
             if sweep.target is not None:
                 failed(sweep.target.uri, err, started)
             said = one_line(err, kind=not isinstance(err, health.StoreUnusable))
-            print(f"flopsweep: warning: could not open the sweep's MLflow run ({said}); the jobs are measured "
-                  f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: `flopsweep-sync "
-                  f"{sweep.sweep_dir}` logs what is missing later", file=sys.stderr)
+            warning(f"could not open the sweep's MLflow run ({said}); the jobs are measured "
+                    f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: `flopsweep-sync "
+                    f"{sweep.sweep_dir}` logs what is missing later")
         SweepContext(sweep.parent, plan.size, time.time(),  # its start after the store's one-off set-up
                      tuple(plan.varying)).publish()
 
@@ -86,7 +86,7 @@ class SweepSummary(Callback):
                 sweep.failed = True
         except Exception as err:  # noqa: BLE001 - said in one line; the parent run is closed below
             sweep.failed = True
-            print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
+            error(f"the sweep's summary: {one_line(err)}")
         _say_unlogged(sweep, results, sweep_dir)
         _ended(sweep)
         if sweep.parent is not None:
@@ -95,8 +95,8 @@ class SweepSummary(Callback):
                 try:
                     view = SweepRun(store(sweep.target), sweep.parent, sweep_dir).finish(results, failed=sweep.failed)
                 except Exception as err:  # noqa: BLE001
-                    print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}; "
-                          f"`flopsweep-sync {sweep_dir}` closes it later", file=sys.stderr)
+                    warning(f"could not close the sweep's MLflow run: {one_line(err)}; "
+                            f"`flopsweep-sync {sweep_dir}` closes it later")
                 page = None
                 with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
                     page = store(sweep.target).experiment_id()
@@ -118,8 +118,8 @@ def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sw
     errors = {t.error for t in unlogged}
     why = (f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
            errors.pop() if len(errors) == 1 else "see above")
-    print(f"flopsweep: warning: {len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
-          f"`flopsweep-sync {sweep_dir}` logs them once the store works", file=sys.stderr)
+    warning(f"{len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
+            f"`flopsweep-sync {sweep_dir}` logs them once the store works")
 
 
 def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
@@ -169,7 +169,7 @@ def abandon_sweep(why: BaseException) -> None:
         try:
             results = _summarize(sweep.sweep_dir, sweep.unwritten, write=not isinstance(why, state.Unwritable))
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
-            print(f"flopsweep: error: the sweep's summary: {one_line(err)}", file=sys.stderr)
+            error(f"the sweep's summary: {one_line(err)}")
     _ended(sweep)
     if sweep.parent is not None:
         try:
@@ -180,8 +180,7 @@ def abandon_sweep(why: BaseException) -> None:
                 run.abandon(status, results)
         except Exception as err:  # noqa: BLE001
             later = f"; `flopsweep-sync {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
-            print(f"flopsweep: warning: could not close the sweep's MLflow run: {one_line(err)}{later}",
-                  file=sys.stderr)
+            warning(f"could not close the sweep's MLflow run: {one_line(err)}{later}")
         sweep.parent = None
 
 

@@ -4,10 +4,10 @@ in, and a ``failed`` result for a job that could not record its own (it could no
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from flopsweep.core.console import error
 from flopsweep.core.result import Result
 
 
@@ -17,14 +17,14 @@ def record_uncomposable(sweep_dir: Path, job: int, overrides: Sequence[str], why
     record_failed(sweep_dir, job, overrides, f"cannot be composed: {why}")
 
 
-def record_failed(sweep_dir: Path, job: int, overrides: Sequence[str], error: str) -> None:
+def record_failed(sweep_dir: Path, job: int, overrides: Sequence[str], reason: str) -> None:
     """A ``failed`` result for a job that could not record itself, in its folder (``{job}_{model}`` where Hydra made
     none): said, and counted by the sweep's summary and exit status."""
-    print(f"flopsweep: error: job {job} ({' '.join(overrides)}) {error}", file=sys.stderr)
+    error(f"job {job} ({' '.join(overrides)}) {reason}")
     (folder,) = job_folders(sweep_dir, [overrides])
     folder = folder or sweep_dir / f"{job}_{_model_of(overrides)}"
     folder.mkdir(parents=True, exist_ok=True)
-    Result("failed", error, {"model": {"name": _model_of(overrides)}, "overrides": list(overrides)}).write(
+    Result("failed", reason, {"model": {"name": _model_of(overrides)}, "overrides": list(overrides)}).write(
         folder / "result.json")
 
 

@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 
+from flopsweep.core.console import error
 from flopsweep.core.errors import one_line
 from flopsweep.core.result import Result
 from flopsweep.sweep import state
@@ -318,7 +318,7 @@ def _say_failure(sweep_dir: Path, number: int, overrides: Sequence[str]) -> None
     (folder,) = job_folders(sweep_dir, [overrides])
     result = Result.read_or_none(folder / "result.json") if folder is not None else None
     if result is not None and result.status.failed:
-        print(f"flopsweep: error: job {number} ({' '.join(overrides)}) {result.error}", file=sys.stderr)
+        error(f"job {number} ({' '.join(overrides)}) {result.error}")
 
 
 def _queue(ids: Sequence[str]) -> Optional[dict[str, tuple[str, str]]]:

@@ -18,7 +18,6 @@ cartesian product and the presets' ``hydra.sweeper.params``, made for parallel l
 from __future__ import annotations
 
 import re
-import sys
 from concurrent.futures import BrokenExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -27,6 +26,7 @@ from hydra.core.utils import JobReturn
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
+from flopsweep.core.console import error, warning
 from flopsweep.core.errors import one_line
 from flopsweep.sinks.store import store
 from flopsweep.sinks.sweep_run import SweepRun
@@ -77,7 +77,7 @@ class RecoveringLauncher:
             self._launch(job_overrides, initial_job_idx, returns)
         except SlurmRefused as err:  # what the cluster cannot run, before or as it is submitted: nothing to list
             state.current().failed = True
-            print(f"flopsweep: error: {err}", file=sys.stderr)
+            error(str(err))
         except Exception as err:  # noqa: BLE001 - the jobs that finished are on disk; the summary lists the rest
             if state.current().signalled is not None:  # an interrupt a library turned into another error
                 raise state.again() from err
@@ -118,16 +118,16 @@ class RecoveringLauncher:
                 waiting = [i for i, s in zip(run, state) if s == "waiting"]
                 if not in_flight and len(waiting) == len(run):
                     raise  # nothing started: the workers cannot run at all
-                print(f"flopsweep: warning: a worker process died ({_death(err)}); the pool's "
-                      f"{_jobs(len(in_flight))} in progress will run again, one at a time", file=sys.stderr)
+                warning(f"a worker process died ({_death(err)}); the pool's "
+                        f"{_jobs(len(in_flight))} in progress will run again, one at a time")
             self._forget_cut_off_runs()
             for i in in_flight:
                 try:
                     returns += self._run([batch[i]], first + i)
                 except BrokenExecutor:
                     self._forget_cut_off_runs()
-                    print(f"flopsweep: error: job {first + i} ({' '.join(batch[i])}) is lost: its worker process "
-                          "died again when it ran alone", file=sys.stderr)
+                    error(f"job {first + i} ({' '.join(batch[i])}) is lost: its worker process "
+                          "died again when it ran alone")
             todo = waiting + todo[len(run):]
 
     def _run(self, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
@@ -161,14 +161,12 @@ class RecoveringLauncher:
             if parent and target is not None:
                 SweepRun(store(target), parent, self._sweep_dir()).forget_unrecorded()
         except Exception as err:  # noqa: BLE001 - an extra run is untidy, not a lost result
-            print(f"flopsweep: warning: could not delete the runs the dead worker left unrecorded: {one_line(err)}",
-                  file=sys.stderr)
+            warning(f"could not delete the runs the dead worker left unrecorded: {one_line(err)}")
 
 
 def _give_up(reason: str) -> None:
     state.current().failed = True
-    print(f"flopsweep: error: {reason}; the jobs that started and have no result are listed as lost below",
-          file=sys.stderr)
+    error(f"{reason}; the jobs that started and have no result are listed as lost below")
 
 
 def _death(err: BaseException) -> str:

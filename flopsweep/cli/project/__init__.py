@@ -20,7 +20,7 @@ from typing import Optional
 
 from flopsweep.cli.project import budget, serve, train
 from flopsweep.cli.project.arguments import OneLineParser
-from flopsweep.core.console import run_command
+from flopsweep.core.console import error, run_command
 from flopsweep.core.errors import ConfigError
 from flopsweep.core.text import plain
 
@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.command(args)
     except ConfigError as err:
-        print(f"flopsweep-project: error: {_naming_the_flag(err, subcommands[args.subcommand])}", file=sys.stderr)
+        error(_naming_the_flag(err, subcommands[args.subcommand]), "flopsweep-project")
         return 2
 
 

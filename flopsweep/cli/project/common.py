@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from flopsweep.cli.project.arguments import EXPERIMENT
+from flopsweep.core.console import warning
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.result import Result
 
@@ -61,7 +61,7 @@ def log_projection(args: argparse.Namespace, record: dict, result: Result) -> No
     if logged.startswith("run "):
         print(f"\nMLflow: {logged}")
     else:
-        print(f"\nflopsweep-project: warning: {logged}", file=sys.stderr)
+        warning(logged, "flopsweep-project")
 
 
 def _measured_run_id(result: Result, ref: Optional[str]) -> Optional[str]:
