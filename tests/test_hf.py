@@ -23,6 +23,9 @@ PUBLISHED = {
     "qwen2_5_14b": 14_770_033_664, "qwen2_5_32b": 32_763_876_352, "qwen2_5_72b": 72_706_203_648,
     "qwen3_30b_a3b": 30_532_122_624, "gpt_neox_20b": 20_554_567_680,
     "mamba_codestral_7b": 7_285_403_648,  # its model card's "Number of parameters"
+    # tiiuae/Falcon-H1R-7B's model.safetensors.index.json: total_size 15,171,297,472 bytes, every tensor bf16 (2 bytes);
+    # the reasoning model trained from Falcon-H1-7B-Base, the architecture of the preset
+    "falcon_h1_7b": 15_171_297_472 // 2,
     "qwen2_vl_7b": 8_291_375_616,  # the vision tower and the language model (Qwen/Qwen2-VL-7B-Instruct)
     "gemma3_4b": 4_300_079_472,  # google/gemma-3-4b-it's safetensors metadata as Hugging Face shows it (tied head once)
     # NVIDIA's model card of Llama-3.2-11B-Vision-Instruct (build.nvidia.com/meta/llama-3.2-11b-vision-instruct,
@@ -483,3 +486,85 @@ def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
     assert line.startswith("flopsweep: error: model.family='hf': transformers cannot build models while the "
                            "installed torchvision does not load (operator torchvision::nms does not exist)"), line
     assert "pip uninstall torchvision" in line and "Traceback" not in out.stderr
+
+
+# A tiny Falcon-H1: 2 layers of width 64, each attention (4 heads of 16, 2 KV heads) beside a Mamba-2 mixer (8 SSD
+# heads of 16, one group, a state of 16, chunks of 8, a causal convolution of 4 over its 128 + 2 x 16 channels),
+# their outputs summed, then an MLP of 128; vocabulary 100, untied head
+FALCON_H1 = ["model=hf", "model.model_type=falcon_h1", "+model.hidden_size=64", "+model.intermediate_size=128",
+             "+model.num_hidden_layers=2", "+model.num_attention_heads=4", "+model.num_key_value_heads=2",
+             "+model.vocab_size=100", "+model.mamba_d_ssm=128", "+model.mamba_n_heads=8", "+model.mamba_d_head=16",
+             "+model.mamba_n_groups=1", "+model.mamba_d_state=16", "+model.mamba_chunk_size=8",
+             "+model.max_position_embeddings=64"]
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_falcon_h1_counts_its_attention_and_its_ssd_scan_side_by_side_in_every_layer(device):
+    """Per sample of 16 tokens and per layer: the mixer's in_proj to its gate, x, B, C and 8 time steps (64 x (128 +
+    160 + 8)), the depthwise convolution over 160 channels (16 + 3 padded outputs x 4 taps), the SSD scan's five
+    einsums over 2 chunks of 8 (C B^T and its mix of x within a chunk, 8 x 8 x 8 heads x 16; each chunk's state, 8 x
+    8 x 16 x 16; the states passed over 2 + 1 chunk boundaries, 3 x 3 x 8 x 16 x 16; C against them), out_proj (128 x
+    64); beside it attention's q and o (64^2), k and v (64 x 32), its scores and mix (4 x 16^2 x 64); the MLP (3 x 64
+    x 128); then the head (64 x 100). Two samples; every op counted, the same on meta and on the CPU."""
+    d, tokens, ff, vocab, layers = 64, 16, 128, 100, 2
+    heads, head_dim, state, chunk, chunks, conv = 8, 16, 16, 8, 2, 128 + 2 * 16
+    mixer = (2 * tokens * d * (128 + conv + heads) + 2 * conv * (tokens + 3) * 4
+             + 2 * chunks * chunk * chunk * heads * (state + head_dim)              # C B^T, then the mix of x
+             + 2 * chunks * chunk * heads * head_dim * state * 2                   # chunk states; C against states
+             + 2 * (chunks + 1) ** 2 * heads * head_dim * state                    # across chunk boundaries
+             + 2 * tokens * 128 * d)
+    attention = 2 * tokens * (2 * d * d + 2 * d * 32) + 4 * tokens ** 2 * d
+    mlp = 3 * 2 * tokens * d * ff
+    result = measured(*FALCON_H1, "batch.size=2", "batch.seq_len=16", "measure.time=false", device=device)
+    assert result.metrics["flops/forward"] == 2 * (layers * (mixer + attention + mlp) + 2 * tokens * d * vocab)
+    assert not result.breakdown["uncounted_ops"]
+    layer = (d * (128 + conv + heads) + conv * 4 + conv + 3 * heads + 128 * d  # in_proj, conv and bias, dt A D, out
+             + 2 * d * d + 2 * d * 32 + 3 * d * ff + 2 * d)                    # attention, MLP, two norms
+    assert result.metrics["size/params"] == layers * layer + 2 * vocab * d + d
+    shape = result.info["shape"]  # attention's heads, not the scan's
+    assert (shape["heads"], shape["kv_heads"], shape["head_dim"], shape["layers"]) == (4, 2, 16, 2)
+    if device == "cpu":
+        meta = measured(*FALCON_H1, "batch.size=2", "batch.seq_len=16", "measure.time=false")
+        for key in ("flops/backward", "flops/forward_elementwise", "flops/backward_elementwise", "flops/optimizer"):
+            assert result.metrics[key] == meta.metrics[key], key
+
+
+def test_falcon_h1_trains_low_rank_adapters_on_its_mixer_and_its_attention():
+    """train=lora on the mixer's in_proj and out_proj and attention's q_proj and v_proj: r (in + out) each, 2 layers;
+    the same on meta and on the CPU."""
+    r = 4
+    lora = ["train=lora", f"train.rank={r}", "train.targets=[in_proj,out_proj,q_proj,v_proj]", "measure.time=false",
+            "batch.size=2", "batch.seq_len=16"]
+    meta = measured(*FALCON_H1, *lora)
+    assert meta.metrics["size/params_trainable"] == 2 * r * ((64 + 296) + (128 + 64) + (64 + 64) + (64 + 32))
+    full = measured(*FALCON_H1, "measure.time=false", "batch.size=2", "batch.seq_len=16")
+    assert meta.metrics["size/params"] == full.metrics["size/params"] + meta.metrics["size/params_trainable"]
+    assert meta.metrics["size/grads_bytes"] == 4 * meta.metrics["size/params_trainable"]  # float32 gradients
+    assert meta.metrics["flops/backward"] < full.metrics["flops/backward"]
+    cpu = measured(*FALCON_H1, *lora, device="cpu")
+    for key in ("flops/forward", "flops/backward", "size/params_trainable"):
+        assert cpu.metrics[key] == meta.metrics[key], key
+
+
+@pytest.mark.parametrize("device", ["meta", "cpu"])
+def test_falcon_h1_generates_with_a_kv_cache_a_token_and_a_fixed_ssm_state(device):
+    """Its cache holds, a layer and a sequence, the attention's keys and values (2 KV heads of 16, float32: 256 bytes a
+    token a layer) and the mixer's state (8 heads x 16 x a state of 16) and the convolution's last 4 inputs (160
+    channels), float32, with a layer's count of tokens seen (an int64 for the batch). A decode step grows by its
+    attention alone: 4 x 64 FLOPs a layer for each token more of context."""
+    from flopsweep.config.resolve import resolve
+    from flopsweep.run.job import run_job
+
+    batch, prompt, new, layers = 2, 8, 6, 2
+    cfg = compose_config(*FALCON_H1, f"batch.size={batch}", f"batch.seq_len={prompt}", "train=generate",
+                         f"generate.new_tokens={new}", "dtype=float32", f"device={device}", "tracking=none",
+                         "measure.warmup=1", "measure.repeats=2")
+    result = run_job(resolve(cfg), {})
+    assert result.status == "ok", result.error
+    m = result.metrics
+    state = layers * (8 * 16 * 16 * 4 + 160 * 4 * 4) + layers * 8 / batch
+    assert m["size/kv_cache_bytes_per_token"] == layers * 2 * 2 * 16 * 4
+    assert m["size/cache_state_bytes_per_sequence"] == state
+    last = prompt + new - 1
+    assert m["size/kv_cache_bytes"] == batch * (state + last * layers * 2 * 2 * 16 * 4)
+    assert m["flops/decode_token_last"] - m["flops/decode_token_first"] == layers * 4 * 64 * (last - (prompt + 1))

@@ -57,7 +57,7 @@ WIDTH = ("hidden_size", "n_embd", "d_model", "dim", "embed_dim")
 LAYERS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_encoder_blocks", "num_decoder_blocks")
 HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 KV_HEADS = ("num_key_value_heads", "n_kv_head", "n_head_kv", "num_kv_heads", "n_kv_heads")
-HEAD_DIM = ("head_dim", "d_kv")
+HEAD_DIM = ("head_dim", "d_kv", "attention_head_dim")  # attention_head_dim: diffusers' (DiT)
 ATTENTION_FREE = ("mamba", "mamba2")  # state-space models: their ``num_heads`` are the scan's, not attention's
 LANGUAGE_TASKS = ("causal-lm", "image-text-to-text")  # Hugging Face tasks that train on next tokens
 EXPERTS = ("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts")
@@ -82,7 +82,7 @@ def from_fields(config: Mapping[str, Any], causal_lm: bool = False, vision: bool
         return ModelShape(first(WIDTH), first(LAYERS), causal_lm=causal_lm)
     nope, rope = first(("qk_nope_head_dim",)), first(("qk_rope_head_dim",))  # MLA's query/key parts (its
     head_dim = nope + rope if nope and rope else first(HEAD_DIM)                # head_dim: the rotary part's alone)
-    width = first(WIDTH)
+    width = first(WIDTH) or (heads * head_dim if heads and head_dim else None)  # DiT's config gives no width
     return ModelShape(width, first(LAYERS), heads, first(KV_HEADS) or heads,
                       head_dim or (width // heads if width and heads else None), experts,
                       first(EXPERTS_PER_TOKEN) if experts else None, latent, causal_lm)

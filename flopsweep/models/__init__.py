@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flopsweep.models import bert, custom, decoder, generic, hf, resnet_bk, seq2seq, vit  # noqa: F401 - they register
+from flopsweep.models import (  # noqa: F401 - they register
+    bert, custom, decoder, dit, generic, hf, resnet_bk, seq2seq, vit)
 from flopsweep.models.base import FAMILIES, Family
 
 
