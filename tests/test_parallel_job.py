@@ -58,6 +58,8 @@ def job(layers: int, *overrides: str) -> Result:
     (["parallel.schedule=zb"], "parallel.schedule"),
     (["parallel.schedule=dualpipe", "parallel.pp=1"], "parallel.schedule"),           # two directions: pp even
     (["parallel.schedule=dualpipe", "parallel.pp=2", "batch.size=3"], "parallel.schedule"),  # micro-batches even
+    (["parallel.dp=2", "batch.size=2", "parallel.expert_load=1.2"], "parallel.expert_load"),  # no ep
+    (["parallel.dp=2", "batch.size=2", "parallel.expert_load=0.8"], "parallel.expert_load"),  # below an even share
 ])
 def test_a_bad_layout_is_refused_by_key_before_anything_is_built(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -214,6 +216,28 @@ def test_dualpipe_idles_its_published_bubble_and_holds_two_stages():
     assert [r["in_flight"] for r in dual.info["parallel"]["ranks"]] == [5, 5]
     assert dual.metrics[M.TIME_STEP_PREDICTED] == pytest.approx(sum(
         v for k, v in dual.info["parallel"]["step"].items() if k not in ("seconds", "ranks")))
+
+
+def test_the_busiest_expert_rank_sets_the_step_with_its_rows_beyond_an_even_share():
+    """``parallel.expert_load=1.5``: the busiest expert-parallel rank receives half again an even share of the routed
+    rows: its routed experts' matmuls take 1.5 times their counted time and its all-to-alls 1.5 times theirs, all else
+    as at 1; the step's model FLOPs are the even ones, so its speed falls."""
+    def run(load: str) -> Result:
+        cfg = tiny_hf("mixtral", "dtype=bfloat16", "parallel.dp=2", "parallel.ep=2", "predict.hardware=H100",
+                      f"parallel.expert_load={load}")
+        spec = resolve(cfg)
+        result = run_job(spec, job_config(cfg, spec))
+        assert result.status == "ok", result.error
+        return result
+
+    even, loaded = run("1"), run("1.5")
+    (a,), (b,) = ([r for r in x.info["parallel"]["step"]["ranks"]] for x in (even, loaded))
+    assert a["experts_s"] > 0 and b["experts_s"] == pytest.approx(1.5 * a["experts_s"])
+    assert b["compute_s"] - a["compute_s"] == pytest.approx(0.5 * a["experts_s"])
+    assert b["ep_s"] == pytest.approx(1.5 * a["ep_s"]) and b["tp_s"] == a["tp_s"] and b["dp_s"] == a["dp_s"]
+    assert loaded.metrics[M.TIME_STEP_PREDICTED] > even.metrics[M.TIME_STEP_PREDICTED]
+    assert loaded.metrics[M.TFLOPS_PER_GPU_PREDICTED] * loaded.metrics[M.TIME_STEP_PREDICTED] == pytest.approx(
+        even.metrics[M.TFLOPS_PER_GPU_PREDICTED] * even.metrics[M.TIME_STEP_PREDICTED])  # the same model FLOPs
 
 
 def test_dualpipe_hides_the_all_to_alls_and_sends_under_the_chunk_beside_them():

@@ -4,10 +4,11 @@ stage, recomputation and the micro-batch; its checks against a model's shape and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from flopsweep.core.errors import require, require_int
+from flopsweep.core.errors import is_number, require, require_int
 
 RECOMPUTE = ("none", "selective", "full")
 SCHEDULES = ("1f1b", "dualpipe")  # the pipeline's: 1F1B (interleaved where vpp > 1), DeepSeek-V3's DualPipe
@@ -24,7 +25,9 @@ class Layout:
     model chunks a pipeline rank holds (the interleaved schedule). ``micro_batch_size``: sequences per micro-batch.
     ``schedule``: ``dualpipe`` feeds micro-batches from both ends of the pipeline, each rank holding stage ``i`` and
     stage ``pp - 1 - i``, and overlaps a forward chunk with another micro-batch's backward chunk, so that their
-    all-to-alls and sends run under the other's compute (DeepSeek-AI 2024, section 3.2.1)."""
+    all-to-alls and sends run under the other's compute (DeepSeek-AI 2024, section 3.2.1). ``expert_load``: the
+    routed rows the busiest expert-parallel rank receives over an even share (1: routing as uniform as a balanced
+    router keeps it on average; 1.3: that rank gets 30 % more, and every rank waits for it at the all-to-all)."""
 
     dp: int = 1
     tp: int = 1
@@ -37,6 +40,7 @@ class Layout:
     micro_batch_size: int = 1
     vpp: int = 1
     schedule: str = "1f1b"
+    expert_load: float = 1.0
 
     @property
     def dualpipe(self) -> bool:
@@ -65,6 +69,11 @@ class Layout:
         require(self.vpp == 1 or self.pp > 1, "parallel.vpp", self.vpp,
                 "interleaves pipeline stages: needs parallel.pp > 1")
         require(self.schedule in SCHEDULES, "parallel.schedule", self.schedule, f"must be {' or '.join(SCHEDULES)}")
+        require(is_number(self.expert_load) and 1 <= self.expert_load < math.inf, "parallel.expert_load",
+                self.expert_load, "must be a number >= 1: the busiest expert-parallel rank's routed rows over an even "
+                "share")
+        require(self.expert_load == 1 or self.ep > 1, "parallel.expert_load", self.expert_load,
+                "is the imbalance between expert-parallel ranks: it needs parallel.ep > 1")
         require(not self.dualpipe or (self.pp >= 2 and self.pp % 2 == 0 and self.vpp == 1), "parallel.schedule",
                 self.schedule, f"runs an even number of pipeline stages, one chunk each: needs parallel.pp even "
                 f"(not {self.pp}) and parallel.vpp=1 (not {self.vpp})")
@@ -158,6 +167,7 @@ class ParallelConf:
     recompute: Optional[str] = None
     micro_batch_size: Optional[int] = None
     schedule: Optional[str] = None
+    expert_load: Optional[float] = None
     gpus_per_node: Optional[int] = None
     gpus: Optional[int] = None
 

@@ -122,6 +122,14 @@ class TimeModel:
         self.notes.add(f"no attention kernels in the profile of {self.cal.part}: predicted as matmuls")
         return (flops / curve(bh * sq, d, sk) if curve else 0.0), memory
 
+def body_seconds(trace: OpTrace, cal: Calibration, ops: set[str], *, autocast: Optional[str] = None) -> float:
+    """Seconds of the bodies of the calls of ``ops`` (names: ``aten._grouped_mm``) in every phase of ``trace`` but
+    the optimizer's, each the longer of its compute and its memory time: a part of the step to scale apart."""
+    model = TimeModel(cal, autocast)
+    return sum(max(model.body(trace.sigs[i])) for phase, calls in trace.phases.items() if phase != "optimizer"
+               for i in calls if trace.sigs[i].op in ops)
+
+
 def predict(trace: OpTrace, cal: Calibration, *, fused: bool = False, autocast: Optional[str] = None) -> Prediction:
     """The step's time on ``cal``'s part; ``autocast``: the dtype float32 matmuls run in (mixed precision)."""
     model = TimeModel(cal, autocast, fused)

@@ -11,6 +11,9 @@ compute does not hide (:class:`~flopsweep.core.comm.Network`), and the pipeline'
   and gather the weights once, under the first micro-batch's forward (Megatron-LM's distributed optimizer).
 - The bubble: 1F1B idles ``(p - 1)`` micro-batch times of the slowest stage, the interleaved schedule ``(p - 1) / v``
   (Narayanan et al. 2021: ``(p - 1) / m`` and ``(p - 1) / (v m)`` of the ideal step).
+- Routing imbalance (``parallel.expert_load`` L): the busiest expert-parallel rank receives L times an even share of
+  the routed rows, and every rank waits for it at the all-to-all: its routed experts' matmuls take L times their
+  counted time and its all-to-alls L times their bytes (the step's model FLOPs stay the even ones).
 - DualPipe (DeepSeek-AI 2024, section 3.2.1 and table 2): a rank holds stages ``i`` and ``p - 1 - i`` and runs half
   the micro-batches through each, so its step is the two counted ranks' (the first and the last stage) each over
   ``m / 2`` micro-batches, with both optimizers and both stages' data-parallel traffic. A forward chunk runs beside
@@ -69,6 +72,7 @@ class RankTime:
     ep_s: float = 0.0
     forward_s: float = 0.0   # of compute_s: the forward's (the rest is the backward's, recomputation included)
     overlapped: bool = False  # DualPipe: the all-to-alls and sends run under the compute of the chunk beside
+    experts_s: float = 0.0   # of compute_s: the routed experts' matmuls (their share of the rows as routed)
 
     @property
     def hidden_s(self) -> float:
@@ -151,7 +155,10 @@ def _data_parallel(rank: RankCount, layout: Layout, network: Network, m: int, fo
     return runs * whole, runs * (forward_gathers + late_exposed)
 
 
-def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: Network, m: int) -> RankTime:
+def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: Network, m: int,
+              experts_s: float = 0.0) -> RankTime:
+    """``rank``'s micro-batch and step parts; ``experts_s``: its routed experts' matmuls' seconds as counted (an even
+    share of the rows), scaled by ``layout.expert_load`` as its all-to-alls are."""
     phases = {name: phase.seconds for name, phase in prediction.phases.items()}
     forward, optimizer = phases.get("forward", 0.0), phases.get("optimizer", 0.0)
     backward = sum(phases.get(p, 0.0) for p in BACKWARD_PHASES)
@@ -165,14 +172,21 @@ def rank_time(rank: RankCount, prediction: Prediction, layout: Layout, network: 
         else:
             on_path[key.mesh_dim] += seconds
     dp, dp_exposed = _data_parallel(rank, layout, network, m // 2 if layout.dualpipe else m, forward, backward)
-    return RankTime(rank.stage, forward + backward, on_path["tp"], on_path["pp"], optimizer, dp, dp_exposed,
-                    on_path["cp"], on_path["ep"], forward, layout.dualpipe)
+    surplus = (layout.expert_load - 1) * experts_s  # the busiest rank's rows beyond an even share
+    computed = forward + backward
+    return RankTime(rank.stage, computed + surplus, on_path["tp"], on_path["pp"], optimizer, dp, dp_exposed,
+                    on_path["cp"], on_path["ep"] * layout.expert_load,
+                    forward * (1 + surplus / computed) if computed else forward,  # the surplus split as the rest
+                    layout.dualpipe, layout.expert_load * experts_s)
 
 
-def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network) -> StepTime:
-    """The step of ``count``'s layout, each counted rank timed by its prediction (in the same order)."""
+def step_time(count: LayoutCount, predictions: Sequence[Prediction], network: Network,
+              experts_s: Sequence[float] = ()) -> StepTime:
+    """The step of ``count``'s layout, each counted rank timed by its prediction (in the same order; ``experts_s``
+    its routed experts' matmuls' seconds, for ``parallel.expert_load``)."""
     m, layout = count.micro_batches, count.layout
-    ranks = tuple(rank_time(r, p, layout, network, m) for r, p in zip(count.ranks, predictions))
+    experts_s = tuple(experts_s) or (0.0,) * len(count.ranks)
+    ranks = tuple(rank_time(r, p, layout, network, m, e) for r, p, e in zip(count.ranks, predictions, experts_s))
     if layout.dualpipe:
         return _dualpipe(ranks, layout.pp, m)
     bubble = (layout.pp - 1) / layout.vpp * max(r.micro_batch_s for r in ranks)
