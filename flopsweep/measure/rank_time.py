@@ -205,7 +205,7 @@ def _dualpipe(ranks: tuple[RankTime, ...], pp: int, m: int) -> StepTime:
 
     device = RankTime(0, mean("compute_s"), mean("tp_s"), mean("pp_s"), first.optimizer_s + last.optimizer_s,
                       first.dp_s + last.dp_s, first.dp_exposed_s + last.dp_exposed_s, mean("cp_s"), mean("ep_s"),
-                      mean("forward_s"), overlapped=True)
+                      mean("forward_s"), overlapped=True, experts_s=mean("experts_s"))
     backward = device.compute_s - device.forward_s
     bubble = (pp / 2 - 1) * (device.forward_s + backward / 2)
     return StepTime(device.step_s(m) + bubble, bubble, device, m, (device,))
