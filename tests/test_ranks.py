@@ -594,3 +594,28 @@ def test_the_fake_process_group_is_torn_down_and_never_taken_over():
         with pytest.raises(RuntimeError, match="exists already"):
             counted(tp=2, dp=2)
     assert not dist.is_initialized()
+
+
+def test_a_count_leaves_its_step_and_memory_tracker_to_the_garbage_collector():
+    """Issue 27: each count left some 4 MiB held (a layout search counts hundreds in one worker). The backward-segment
+    hooks on the layers' inputs kept the step's pipe, and through it the memory tracker and the rank's model, alive
+    after the step; the step removes them at its end."""
+    import gc
+    import weakref
+
+    from flopsweep.measure import rank_step
+
+    made = []
+    init = rank_step.Pipe.__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    rank_step.Pipe.__init__ = remember
+    try:
+        count_layout(decoder(2), Layout(dp=2, tp=2, zero=3, micro_batch_size=MICRO), Workload(4 * MICRO, SEQ))
+    finally:
+        rank_step.Pipe.__init__ = init
+    gc.collect()
+    assert made and all(ref() is None for ref in made)

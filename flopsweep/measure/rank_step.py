@@ -199,12 +199,22 @@ class Pipe:
         self.group, self.shape, self.dtype = mesh.get_group("pp"), shape, dtype
         self.before, self.after = (stage - 1) % layout.pp, (stage + 1) % layout.pp
         self.ended = ended
+        self._hooks: list[Any] = []
 
     def mark(self, x: torch.Tensor) -> None:
         """A layer's input (or the loss's): its gradient's arrival in backward ends a segment of the backward, one
         layer's (``ended("backward_segment")``)."""
         if x.requires_grad:
-            x.register_hook(lambda grad: self.ended("backward_segment"))
+            self._hooks.append(x.register_hook(lambda grad: self.ended("backward_segment")))
+
+    def close(self) -> None:
+        """The step is over: its hooks go. A tensor that outlives the step (held where PyTorch keeps it) would
+        otherwise keep this pipe, its ``ended`` and what that holds (the memory tracker, the rank's model): some 4 MiB
+        a count, over a layout search's hundreds of counts in one worker."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self.ended = lambda phase: None
 
     def receive(self) -> torch.Tensor:
         x = torch.empty(self.shape, dtype=self.dtype)
@@ -233,21 +243,24 @@ def run_step(part: Stage, layout: Layout, mesh: Any, groups: RankGroups, stage: 
     ``backward_segment``), the ``backward``, ``optimizer``."""
     width = tokens.shape[1] // (layout.tp if layout.sequence_parallel and layout.tp > 1 else 1)
     pipe = Pipe(layout, mesh, stage, (tokens.shape[0], width, part.hidden_size), dtype, ended)
-    counter.phase = "forward"
-    attention = Attention(counter, saved, layout.recompute == "selective", groups.cp)
-    for module in part.modules():
-        if isinstance(module, Recomputed):
-            module.attention = attention
-    with saved, attention:
-        part.begin(tokens.shape[1])
-        runs = part(tokens, targets, pipe)
-    ended("forward")
-    counter.phase = "backward"
-    for received, out in reversed(runs):
-        pipe.backward(received, out)
-    _finish_gradients(part, layout, groups)
-    ended("backward")
-    counter.phase = "optimizer"
-    _sum_tied_tables(part, groups)
-    opt.step()
-    ended("optimizer")
+    try:
+        counter.phase = "forward"
+        attention = Attention(counter, saved, layout.recompute == "selective", groups.cp)
+        for module in part.modules():
+            if isinstance(module, Recomputed):
+                module.attention = attention
+        with saved, attention:
+            part.begin(tokens.shape[1])
+            runs = part(tokens, targets, pipe)
+        ended("forward")
+        counter.phase = "backward"
+        for received, out in reversed(runs):
+            pipe.backward(received, out)
+        _finish_gradients(part, layout, groups)
+        ended("backward")
+        counter.phase = "optimizer"
+        _sum_tied_tables(part, groups)
+        opt.step()
+        ended("optimizer")
+    finally:
+        pipe.close()  # whatever the step did: nothing it made stays held by its hooks
