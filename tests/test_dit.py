@@ -103,4 +103,5 @@ def test_without_diffusers_model_dit_is_one_line_saying_how_to_install_it(monkey
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers raises ImportError
     with pytest.raises(ConfigError) as err:
         resolve(compose_config("model=dit_xl_2", "device=meta"))
-    assert str(err.value) == "model.family='dit': needs diffusers: pip install 'flopsweep[diffusion]'"
+    assert str(err.value) == ("model.family='dit': needs diffusers: "
+                              f"{sys.executable} -m pip install 'flopsweep[diffusion]'")

@@ -206,7 +206,7 @@ def test_without_transformers_model_hf_is_one_line_saying_how_to_install_it(monk
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
     with pytest.raises(ConfigError) as err:
         resolve(compose_config("model=hf", "model.model_type=llama", "+model.hidden_size=48", "device=meta"))
-    assert str(err.value) == "model.family='hf': needs transformers: pip install 'flopsweep[hf]'"
+    assert str(err.value) == f"model.family='hf': needs transformers: {sys.executable} -m pip install 'flopsweep[hf]'"
 
 
 def test_a_cnn_presets_module_profile_shows_its_convolutions_norms_and_pools():
@@ -485,7 +485,15 @@ def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
     (line,) = [line for line in out.stderr.splitlines() if line.startswith("flopsweep:")]
     assert line.startswith("flopsweep: error: model.family='hf': transformers cannot build models while the "
                            "installed torchvision does not load (operator torchvision::nms does not exist)"), line
-    assert "pip uninstall torchvision" in line and "Traceback" not in out.stderr
+    assert "-m pip uninstall torchvision" in line and "Traceback" not in out.stderr
+    # the same torchvision behind a custom model's _target_: its package fails as the target is looked for
+    custom = run_cli("model=custom", "model._target_=torchvision.models.resnet50",
+                     "model.inputs=[{name: x, shape: [batch, 3, 224, 224]}]", "model.loss=mse", "device=meta",
+                     "tracking=none", cwd=tmp_path, env=env)
+    assert custom.returncode == 1 and "Traceback" not in custom.stderr, custom.stderr
+    (line,) = [line for line in custom.stderr.splitlines() if line.startswith("flopsweep:")]
+    assert line.startswith("flopsweep: error: model._target_='torchvision.models.resnet50': its package torchvision "
+                           "fails as it is imported (RuntimeError: operator torchvision::nms does not exist)"), line
 
 
 # A tiny Falcon-H1: 2 layers of width 64, each attention (4 heads of 16, 2 KV heads) beside a Mamba-2 mixer (8 SSD

@@ -12,11 +12,12 @@ predicts for any part with ``predict.hardware=<part or profile.json>``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.console import error, run_command
+from flopsweep.core.console import error, run_command, warning
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
@@ -49,6 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    busy = _load() if device == "cpu" else None  # other work on the cores it measures: before, then after
     start = time.perf_counter()
     cal = calibrate(device, quick=args.quick,
                     tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
@@ -59,6 +61,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, value in figures.items():
         print(f"  {name:34} {value:10.2f}")
     print(f"profile: {path} (digest {cal.digest()})")
+    busy = max(filter(None, (busy, _load() if device == "cpu" else None)), default=None)
+    if busy is not None and busy > (os.cpu_count() or 1) / 2:
+        warning(f"the machine was busy as it calibrated (load average {busy:.1f} over {os.cpu_count()} cores): the "
+                "profile's figures may be low, and every prediction made with it slow; calibrate again when it is "
+                "idle", "flopsweep-calibrate")
     if not args.no_log:
         from flopsweep.sinks.calibration import log_calibration
         from flopsweep.sinks.target import target_at
@@ -66,6 +73,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = target_at(args.uri, args.store_dir, args.experiment)
         print("logged:", log_calibration(target, path, cal.to_dict(), cal.digest(), figures))
     return 0
+
+
+def _load() -> Optional[float]:
+    """The load average over the last minute, where the system gives one."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _device(text: str) -> str:

@@ -72,6 +72,8 @@ def _source(model: ModelConfig) -> Optional[dict[str, Any]]:
     """The file that defines the model beyond its fields, read once for the job's fingerprint and result."""
     try:
         return model.source()
+    except ConfigError:
+        raise  # named by its key already
     except (OSError, ValueError) as err:  # the build reads it too, and says so by key
         raise ConfigError("model", None, f"its defining file cannot be read: {one_line(err, 200)}") from None
 

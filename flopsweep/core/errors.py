@@ -19,6 +19,14 @@ def require(condition: bool, key: str, value: object, problem: str) -> None:
         raise ConfigError(key, value, problem)
 
 
+def pip(command: str) -> str:
+    """A pip command for the environment flopsweep runs in (its interpreter's pip, not whichever ``pip`` is first on
+    the PATH): ``pip("install 'flopsweep[hf]'")``."""
+    import sys
+
+    return f"{sys.executable} -m pip {command}"
+
+
 def is_number(value: object) -> bool:
     """An int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 
@@ -85,6 +85,9 @@ def module_file(target: str) -> Optional[Path]:
             spec = importlib.util.find_spec(".".join(parts[:end]))
         except (ImportError, ValueError):
             spec = None
+        except Exception as err:  # noqa: BLE001 - a package failing as it runs (torchvision built for another torch)
+            raise ConfigError("model._target_", target,
+                              f"its package {parts[0]} fails as it is imported ({one_line(err, 200)})") from None
         if spec is not None:
             return Path(spec.origin) if spec.origin and Path(spec.origin).is_file() else None
     return None

@@ -33,18 +33,21 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.errors import ConfigError, pip, require
 from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive
 
 BETAS = (1e-4, 0.02)  # the paper's linear schedule (its code's, from DDPM)
 
 
+INSTALL = "install 'flopsweep[diffusion]'"
+
+
 def diffusers_module() -> Any:
     try:
         import diffusers
     except ImportError:
-        raise ConfigError("model.family", "dit", "needs diffusers: pip install 'flopsweep[diffusion]'") from None
+        raise ConfigError("model.family", "dit", f"needs diffusers: {pip(INSTALL)}") from None
     return diffusers
 
 

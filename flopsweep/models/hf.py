@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
-from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.errors import ConfigError, pip, require
 from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 from flopsweep.models import hf_vision_language as vl
@@ -38,6 +38,7 @@ from flopsweep.models.hf_kinds import TASKS, refused, task_of
 from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
+INSTALL = "install 'flopsweep[hf]'"  # the extra it needs, with torch kept as installed (flopsweep pins its release)
 DEFAULT_IMAGE_SIZE = 224
 ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention")  # model.attn_implementation: those whose ops are counted
 DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
@@ -47,12 +48,12 @@ def transformers_module() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConfigError("model.family", "hf", "needs transformers: pip install 'flopsweep[hf]'") from None
+        raise ConfigError("model.family", "hf", f"needs transformers: {pip(INSTALL)}") from None
     broken = _broken_torchvision()
     if broken is not None:  # transformers imports it where installed, and then builds nothing
         raise ConfigError("model.family", "hf", f"transformers cannot build models while the installed torchvision "
                           f"does not load ({broken}): install the torchvision built for torch {torch.__version__} "
-                          "(docs/models.md, 'torchvision'), or pip uninstall torchvision")
+                          f"(docs/models.md, 'torchvision'), or {pip('uninstall torchvision')}")
     return transformers
 
 
