@@ -31,6 +31,13 @@ def said(result):
 def test_each_mode_shows_the_figure_that_matters():
     full, lora = said(job()), said(job("train=lora"))
     assert "size/params_trainable" not in full and "size/params_trainable" in lora   # LoRA: what trains
+    assert "size/params_active" not in full  # a dense model's are all of them
+    moe = said(run_job(resolve(compose_config(
+        "model=hf", "model.model_type=mixtral", "+model.hidden_size=64", "+model.num_attention_heads=4",
+        "+model.num_hidden_layers=2", "+model.num_key_value_heads=2", "+model.intermediate_size=128",
+        "+model.num_local_experts=4", "+model.num_experts_per_tok=2", "+model.vocab_size=128", "batch.seq_len=16",
+        "batch.size=1", "device=meta", "tracking=none")), {}))
+    assert "size/params_active" in moe  # a mixture of experts: what a token uses, beside all it has
     assert "size/step_peak_bytes" in full                                             # meta: the memory it needs
     assert "flops/optimizer_mean" in said(job("optimizer=galore_adamw", "optimizer.rank=4"))  # not the SVD step
     generation = said(job("train=generate", "generate.new_tokens=8"))

@@ -69,24 +69,26 @@ def format_metric(key: str, value: Any) -> str:
 
 
 JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_OPTIMIZER_MEAN, M.FLOPS_STEP,
-               M.FLOPS_FORWARD_ANALYTIC, M.PARAMS, M.PARAMS_TRAINABLE, M.WEIGHTS_BYTES, M.TRAIN_PEAK_BYTES,
-               M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU, M.TIME_STEP_PREDICTED,
-               M.MFU_PREDICTED]
+               M.FLOPS_FORWARD_ANALYTIC, M.PARAMS, M.PARAMS_ACTIVE, M.PARAMS_TRAINABLE, M.WEIGHTS_BYTES,
+               M.TRAIN_PEAK_BYTES, M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU,
+               M.TIME_STEP_PREDICTED, M.MFU_PREDICTED]
 GENERATION_METRICS = [M.FLOPS_PREFILL, M.FLOPS_DECODE_TOKEN_FIRST, M.FLOPS_DECODE_TOKEN_LAST, M.FLOPS_GENERATION,
-                      M.PARAMS, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN, M.STEP_PEAK_BYTES,
-                      M.MEASURED_PEAK_BYTES, M.TIME_TTFT, M.TIME_TPOT, M.TIME_TPOT_LAST, M.OUTPUT_TOKENS_PER_S]
+                      M.PARAMS, M.PARAMS_ACTIVE, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN,
+                      M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_TTFT, M.TIME_TPOT, M.TIME_TPOT_LAST,
+                      M.OUTPUT_TOKENS_PER_S]
 SPREAD_WARNING = 0.25  # a timing whose spread (IQR) is this share of its median or more is said to be noisy
 
 
 def job_lines(result: Result) -> list[str]:
     """What the console says of a finished job: the figures that matter for its mode (a generation's, a LoRA job's
-    trainable parameters beside all of them, a GaLore job's mean optimizer step, the memory a meta job would need),
+    trainable parameters and a mixture of experts' active ones beside all of them, a GaLore job's mean optimizer step, the memory a meta job would need),
     and how they were made where it is not plain (the batch batch.size=max chose, times extrapolated per block, a
     timing too noisy to trust without a second look)."""
     m = result.metrics
     keys = GENERATION_METRICS if M.FLOPS_PREFILL in m else JOB_METRICS
-    if m.get(M.PARAMS_TRAINABLE) == m.get(M.PARAMS):
-        keys = [k for k in keys if k != M.PARAMS_TRAINABLE]
+    for same in (M.PARAMS_TRAINABLE, M.PARAMS_ACTIVE):  # said where they differ: a LoRA job's, a mixture's
+        if m.get(same) == m.get(M.PARAMS):
+            keys = [k for k in keys if k != same]
     lines = metric_lines(m, keys)
     search = result.info.get("batch_search") or {}
     if search.get("chosen"):
