@@ -106,3 +106,17 @@ def test_the_projection_docs_pandas_block_runs_as_written_after_its_sweep_ran_tw
             exec(compile(body, "docs/projection.md", "exec"), {})
     finally:
         os.chdir(before)
+
+
+def test_the_readmes_training_loop_block_runs_as_written():
+    """README's own-loop example, pasted into Python: a model, a step, the meter around it (a newcomer found the
+    block's names undefined and a literal ``...``)."""
+    import contextlib
+    import io
+
+    ((_, body),) = [(w, b) for w, b in PYTHON if w.startswith("README") and "flopsweep.meter" in b]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(body, "README.md", "exec"), {})
+    flops, seconds = out.getvalue().split()
+    assert int(float(flops)) == 2 * 8 * (512 * 2048 + 2048 * 512) and float(seconds) > 0  # two linears' products
