@@ -230,6 +230,17 @@ def test_a_skipped_job_is_followed_to_the_run_that_measured_it(measured_and_skip
     assert "was skipped, not measured (its estimated peak exceeds measure.memory_share)" in out.stderr
 
 
+def test_bottlenecks_of_a_skipped_job_are_those_of_the_run_it_found(measured_and_skipped, monkeypatch):
+    """flopsweep.analysis.bottlenecks on the folder of a job skip_existing=true skipped follows it, as
+    flopsweep-project does (it said the run had no per-module breakdown)."""
+    from flopsweep import analysis
+
+    folder, measured, skipped, _ = measured_and_skipped
+    monkeypatch.chdir(folder)  # the store the sweep logged to: outputs/ here
+    direct, followed = analysis.bottlenecks(measured), analysis.bottlenecks(skipped)
+    assert not direct.empty and followed.equals(direct)
+
+
 def test_a_layout_the_model_does_not_take_is_refused_naming_the_flag(measured_and_skipped):
     """--tp that does not divide the heads names --tp, whether the measured run is split (projection) or a preset is
     counted in the layout (the config's parallel.tp underneath); --pp and --seq-len alike, each in one line."""

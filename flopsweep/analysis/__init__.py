@@ -79,10 +79,10 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     ``time_share``: the share of the forward pass's latency (backward time is not measured per module)."""
     import re
 
-    from flopsweep.sinks.reader import load_result
+    from flopsweep.sinks.reader import load_measured
     from flopsweep.sinks.target import target_at
 
-    result = load_result(str(run), target_at(uri, "outputs", "").uri)
+    result, _ = load_measured(str(run), target_at(uri, "outputs", "").uri)  # a skipped job: the run it found
     breakdown = result.breakdown or {}
     records = breakdown.get("profile") or breakdown.get("modules") or []
     modules = pd.DataFrame(records)
