@@ -38,6 +38,9 @@ def test_each_mode_shows_the_figure_that_matters():
         "+model.num_local_experts=4", "+model.num_experts_per_tok=2", "+model.vocab_size=128", "batch.seq_len=16",
         "batch.size=1", "device=meta", "tracking=none")), {}))
     assert "size/params_active" in moe  # a mixture of experts: what a token uses, beside all it has
+    layout = said(job("parallel.tp=2", "predict.hardware=H100"))  # a layout: a GPU's share and its step
+    assert "parallel/memory_per_gpu_bytes" in layout and "speed/tokens_per_s_per_gpu_predicted" in layout
+    assert "flops/backward" not in layout  # the whole model's, on one device: not what a layout is asked for
     assert "size/step_peak_bytes" in full                                             # meta: the memory it needs
     assert "flops/optimizer_mean" in said(job("optimizer=galore_adamw", "optimizer.rank=4"))  # not the SVD step
     generation = said(job("train=generate", "generate.new_tokens=8"))

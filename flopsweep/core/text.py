@@ -76,6 +76,9 @@ GENERATION_METRICS = [M.FLOPS_PREFILL, M.FLOPS_DECODE_TOKEN_FIRST, M.FLOPS_DECOD
                       M.PARAMS, M.PARAMS_ACTIVE, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN,
                       M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_TTFT, M.TIME_TPOT, M.TIME_TPOT_LAST,
                       M.OUTPUT_TOKENS_PER_S]
+PARALLEL_METRICS = [M.PARALLEL_GPUS, M.PARALLEL_MICRO_BATCHES, M.FLOPS_STEP_PER_GPU, M.PARALLEL_MEMORY_PER_GPU,
+                    M.PARALLEL_STATES_PER_GPU, M.PARALLEL_ACTIVATIONS_PER_GPU, M.TIME_STEP_PREDICTED,
+                    M.TIME_COMM_EXPOSED, M.TIME_BUBBLE, M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED]
 SPREAD_WARNING = 0.25  # a timing whose spread (IQR) is this share of its median or more is said to be noisy
 
 
@@ -85,7 +88,7 @@ def job_lines(result: Result) -> list[str]:
     and how they were made where it is not plain (the batch batch.size=max chose, times extrapolated per block, a
     timing too noisy to trust without a second look)."""
     m = result.metrics
-    keys = GENERATION_METRICS if M.FLOPS_PREFILL in m else JOB_METRICS
+    keys = GENERATION_METRICS if M.FLOPS_PREFILL in m else PARALLEL_METRICS if M.PARALLEL_GPUS in m else JOB_METRICS
     for same in (M.PARAMS_TRAINABLE, M.PARAMS_ACTIVE):  # said where they differ: a LoRA job's, a mixture's
         if m.get(same) == m.get(M.PARAMS):
             keys = [k for k in keys if k != same]
