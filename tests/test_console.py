@@ -94,6 +94,13 @@ def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
     gen = re.split(r"\s{2,}", summary_table([("1", generation)]).splitlines()[0])
     assert {"prefill FLOPs", "FLOPs/token", "KV/token", "TTFT", "TPOT", "out tokens/s"} <= set(gen)
     assert "step FLOPs" not in gen and "MFU" not in gen
+    # a sweep of layouts: a GPU's figures (it showed "-" under the whole model's)
+    layout = job("parallel.tp=2", "predict.hardware=H100")
+    lines = summary_table([("0", layout)]).splitlines()
+    header, row = (re.split(r"\s{2,}", line) for line in (lines[0], lines[2]))
+    assert {"GPUs", "step FLOPs/GPU", "memory/GPU", "tokens/s/GPU", "MFU"} <= set(header) and "params" not in header
+    assert row[header.index("memory/GPU")] == format_metric("parallel/memory_per_gpu_bytes",
+                                                             layout.metrics["parallel/memory_per_gpu_bytes"])
 
 
 def test_a_mixture_of_experts_shows_its_active_parameters_in_the_summary():

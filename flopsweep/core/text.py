@@ -190,6 +190,10 @@ GENERATION_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE
                       ("FLOPs/token", M.FLOPS_DECODE_TOKEN_FIRST, (), True),
                       ("KV/token", M.KV_CACHE_BYTES_PER_TOKEN, (), True), *_PEAKS, ("TTFT", M.TIME_TTFT, (), False),
                       ("TPOT", M.TIME_TPOT, (), False), ("out tokens/s", M.OUTPUT_TOKENS_PER_S, (), False)]
+PARALLEL_COLUMNS = [("GPUs", M.PARALLEL_GPUS, (), True), ("step FLOPs/GPU", M.FLOPS_STEP_PER_GPU, (), True),
+                    ("memory/GPU", M.PARALLEL_MEMORY_PER_GPU, (), True),
+                    ("predicted", M.TIME_STEP_PREDICTED, (), False),
+                    ("tokens/s/GPU", M.TOKENS_PER_S_PER_GPU_PREDICTED, (), False), ("MFU", M.MFU_PREDICTED, (), False)]
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:
@@ -202,12 +206,15 @@ def table(header: list[str], rows: Iterable[list[str]]) -> str:
 def summary_columns(results: list[Result]) -> list[tuple[str, str]]:
     """The summary's metric columns for ``results``, each ``(header, metric)``: a generation sweep's (prefill and
     per-token FLOPs, the KV cache, TTFT, TPOT) where every measured job is a generation, else training's (a mixed
-    sweep's generations show their TPOT and output tokens/s there); a column no job has a figure for is left out,
-    and ``active`` parameters only where a mixture of experts has fewer than all."""
+    sweep's generations show their TPOT and output tokens/s there), a GPU's where every one is a parallel layout;
+    a column no job has a figure for is left out, and ``active`` parameters only where a mixture of experts has fewer
+    than all."""
     measured = [r for r in results if r.metrics]
     generation = bool(measured) and all(M.FLOPS_PREFILL in r.metrics for r in measured)
+    parallel = bool(measured) and all(M.PARALLEL_GPUS in r.metrics for r in measured)
     columns = []
-    for header, key, fallbacks, always in GENERATION_COLUMNS if generation else TRAINING_COLUMNS:
+    kinds = GENERATION_COLUMNS if generation else PARALLEL_COLUMNS if parallel else TRAINING_COLUMNS
+    for header, key, fallbacks, always in kinds:
         found = next((k for k in (key, *fallbacks) if any(r.metrics.get(k) is not None for r in measured)), None)
         if key == M.PARAMS_ACTIVE and not any(r.metrics.get(key) not in (None, r.metrics.get(M.PARAMS))
                                               for r in measured):
@@ -223,7 +230,7 @@ def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> lis
     cells = [job, result.model_name, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
-    fallbacks = {key: fb for _, key, fb, _ in TRAINING_COLUMNS + GENERATION_COLUMNS}
+    fallbacks = {key: fb for _, key, fb, _ in TRAINING_COLUMNS + GENERATION_COLUMNS + PARALLEL_COLUMNS}
     for _, key in columns:  # a job without the column's metric shows its fallback's (a generation's TPOT)
         found = next((k for k in (key, *fallbacks.get(key, ())) if result.metrics.get(k) is not None), key)
         cells.append(format_metric(found, result.metrics.get(found)))
