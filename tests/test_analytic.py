@@ -38,9 +38,10 @@ GRID = [
 ]
 
 
-@pytest.mark.parametrize("device", ["meta", "cpu"])
 @pytest.mark.parametrize("preset,overrides", GRID, ids=[f"{p}-{i}" for i, (p, _) in enumerate(GRID)])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch,device", [(1, "meta"), (3, "meta"), (1, "cpu"),
+                                          pytest.param(3, "cpu", marks=pytest.mark.slow)],  # the CPU: batch 1 fast
+                         ids=["1-meta", "3-meta", "1-cpu", "3-cpu"])
 def test_closed_form_equals_count(preset, overrides, device, batch):
     spec = resolve(compose_config(f"model={preset}", f"device={device}", f"batch.size={batch}", *overrides))
     built = build(spec)

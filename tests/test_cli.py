@@ -45,6 +45,7 @@ def test_single_meta_run_writes_the_contract(tmp_path):
     assert "flops/forward" in proc.stdout
 
 
+@pytest.mark.slow  # a new interpreter timing a step (tests/test_timing.py times steps in-process, fast)
 def test_single_cpu_run_times_the_step(tmp_path):
     proc = run_app("model=gpt2_small", "device=cpu", "batch.size=1", *TINY, "measure.warmup=1",
                    "measure.repeats=2", cwd=tmp_path)
@@ -90,6 +91,7 @@ def test_causal_half_option_is_recorded(tmp_path):
     assert result["metrics"]["flops/forward"] < result["metrics"]["flops/forward_analytic"]
 
 
+@pytest.mark.slow  # a sweep of three families, each built
 def test_a_sweep_can_mix_text_and_image_models(tmp_path):
     # batch.seq_len applies to the text model, batch.image_size to the image model
     proc = run_app("-m", "model=gpt2_small,vit_b16", "device=meta", "model.n_layer=1", "batch.seq_len=64",

@@ -2,9 +2,12 @@
 against the paper's table 4 (Peebles & Xie 2023: 675M parameters, 118.6 Gflops a forward at 256 x 256), a tiny DiT
 against a closed form on meta and on the CPU, low-rank adapters, and bad input named in one line."""
 
+import importlib.util
+
 import pytest
 
-pytest.importorskip("diffusers")
+if importlib.util.find_spec("diffusers") is None:  # looked for, not imported: importing it costs every worker 3 s
+    pytest.skip("needs diffusers (the diffusion extra)", allow_module_level=True)
 
 from flopsweep.build.model import build  # noqa: E402
 from flopsweep.config.resolve import job_config, resolve  # noqa: E402

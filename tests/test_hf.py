@@ -11,6 +11,7 @@ from flopsweep.build.model import build  # noqa: E402
 from flopsweep.config.resolve import resolve  # noqa: E402
 from flopsweep.run.job import run_job  # noqa: E402
 from tests.helpers import compose_config, model_presets, run_app  # noqa: E402
+from tests.test_presets import LARGE  # noqa: E402
 
 # The parameter counts Hugging Face shows for the published checkpoints (safetensors totals), and torchvision's tables
 # for the CNNs: not computed by flopsweep nor by transformers here.
@@ -138,9 +139,14 @@ def test_a_small_mixtral_counts_its_closed_form_and_cpu_equals_meta():
     assert not meta.breakdown["uncounted_ops"] and not cpu.breakdown["uncounted_ops"]
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+VISION = {"qwen2_vl_7b", "gemma3_4b", "llama3_2_11b_vision"}  # 1.5-2 s even cut: their tiny closed forms run fast
+
+
+@pytest.mark.parametrize("name", [n if n in LARGE and n not in VISION else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PUBLISHED)])  # the others are counted whole in test_presets.py
 def test_every_preset_counts_every_op_of_its_step(name):
-    """Each preset, cut to a layer or two, a short sequence: no op of forward, backward or AdamW is uncounted."""
+    """Each preset, cut to a layer or two, a short sequence, as a job runs it: no op of forward, backward or AdamW is
+    uncounted. The fast lane runs the presets too large to count whole there (test_presets.py counts the others)."""
     text = preset(name).get("default_seq_len") is not None
     few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
     if name == "deepseek_v3":
@@ -413,6 +419,7 @@ def test_llama_3_2_vision_counts_every_tile_and_the_text_cross_attending_to_them
     assert bigger.metrics["flops/forward"] == result.metrics["flops/forward"]
 
 
+@pytest.mark.slow  # the family's count is tested fast; LoRA on it in the slow lane
 @pytest.mark.parametrize("model,linears", [
     # (in, out) of every q_proj and v_proj: the towers' and the language models'
     (GEMMA3, 2 * [(32, 32), (32, 32)] + 2 * [(64, 64), (64, 32)]),
@@ -537,6 +544,7 @@ def test_falcon_h1_counts_its_attention_and_its_ssd_scan_side_by_side_in_every_l
             assert result.metrics[key] == meta.metrics[key], key
 
 
+@pytest.mark.slow  # the family's count is tested fast; LoRA on it in the slow lane
 def test_falcon_h1_trains_low_rank_adapters_on_its_mixer_and_its_attention():
     """train=lora on the mixer's in_proj and out_proj and attention's q_proj and v_proj: r (in + out) each, 2 layers;
     the same on meta and on the CPU."""

@@ -52,7 +52,7 @@ def jobs_of(args: list[str]) -> list[list[str]]:
             for values in itertools.product(*(str(params[k]).split(",") for k in keys))]
 
 
-COMMANDS = readme_commands("flopsweep")
+COMMANDS = [list(c) for c in dict.fromkeys(map(tuple, readme_commands("flopsweep")))]  # each once
 
 
 def test_the_readme_has_commands_to_check():

@@ -299,6 +299,7 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
 
 
+@pytest.mark.slow  # two real sweeps
 def test_a_sync_closes_the_run_of_a_sweep_on_another_host_whose_heartbeat_stopped(tmp_path):
     """Issue 28 item 8: a sweep that ran on another host (a compute node; its folder shared) cannot be asked for its
     process: its heartbeat, ``.flopsweep-alive`` in its folder, touched every 30 s while it runs, tells. One older than

@@ -181,6 +181,7 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
     assert "0 logged, 2 already" in second.stdout, second.stderr  # the failed job's run counts as logged
 
 
+@pytest.mark.slow  # new interpreters
 def test_help_and_config_printing_do_not_import_mlflow(tmp_path):
     """``--help`` and ``--cfg job``, one after the other in a new interpreter: neither imports MLflow or makes a
     store (both print, and the second prints the config, so both really ran)."""

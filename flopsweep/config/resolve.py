@@ -1,5 +1,10 @@
 """A composed config to a checked :class:`~flopsweep.build.spec.JobSpec`, or a one-line
-:class:`~flopsweep.core.errors.ConfigError` naming the offending key: one small checker per group, nothing built."""
+:class:`~flopsweep.core.errors.ConfigError` naming the offending key: one small checker per group, nothing built.
+
+Why one file (over 300 lines): it is the one place a composed config is checked, in the order the checks depend on
+one another (the model before its batch, the batch before generation and the layout, the device before what may run
+on it); split by group, that order would live in no file.
+"""
 
 from __future__ import annotations
 
