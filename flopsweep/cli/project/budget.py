@@ -13,7 +13,6 @@ budget, whose tokens do not depend on it (only the hours it prints do), takes 40
 from __future__ import annotations
 
 import argparse
-import sys
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
@@ -66,8 +65,7 @@ def command(args: argparse.Namespace) -> int:
     if cost.training:
         from flopsweep.run.presets import language_model_presets
 
-        say("flopsweep-project: building every language-model preset on meta to rank them (some seconds)...",
-            sys.stderr)
+        say("building every language-model preset on meta to rank them (some seconds)...")
         presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in language_model_presets()]
     report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
                              args.tokens_per_param, args.inference_tokens)
