@@ -23,6 +23,7 @@ def job_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("result.json") if "mlartifacts" not in p.parts)
 
 
+@pytest.mark.slow  # a new interpreter (the process contract is kept fast by test_config_errors.py's first case)
 def test_single_meta_run_writes_the_contract(tmp_path):
     proc = run_cli("model=gpt2_small", "device=meta", "batch.size=2", *TINY, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

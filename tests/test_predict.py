@@ -224,6 +224,7 @@ def test_the_shipped_h100_profile_is_a_default_and_the_h200_has_more_bandwidth()
     assert h200.memory_curve()(big) == pytest.approx(h100.memory_curve()(big) * 3350 / 4800, rel=1e-6)
 
 
+@pytest.mark.slow  # a CPU job timed (benchmarks/bench_predict.py holds the 12 configurations' ratios)
 def test_a_timed_cpu_job_predicts_its_step_within_a_factor_of_three(tmp_path, monkeypatch):
     """Loose: CI's machines are shared (benchmarks/bench_predict.py holds the real figures); one thread for both the
     calibration and the job, so that another test's load slows them alike rather than stalling a thread pool."""

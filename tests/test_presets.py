@@ -36,7 +36,8 @@ LARGE = {"deepseek_v3", "llama3_1_405b", "gpt3_175b", "mixtral_8x22b", "qwen2_5_
          "falcon_h1_7b", "gemma2_27b", "mistral_7b", "qwen2_5_14b", "gemma2_9b", "mixtral_8x7b", "gpt_neox_20b",
          "llama3_1_8b", "llama3_8b",
          # image-and-text and diffusion presets, each 1.3-2 s: their families' closed forms are in the fast lane
-         "gemma3_4b", "llama3_2_11b_vision", "dit_xl_2"}
+         "gemma3_4b", "llama3_2_11b_vision", "dit_xl_2",
+         "qwen2_5_3b", "qwen2_5_1_5b", "gemma2_2b", "llama3_2_3b"}  # and the 1.5-3B ones: 0.5-0.7 s whole
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in LARGE else p
