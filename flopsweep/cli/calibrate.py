@@ -47,10 +47,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from flopsweep.measure.calibrate import calibrate
     from flopsweep.measure.calibration import profile_path
+    from flopsweep.measure.system import load_average
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    busy = _load() if device == "cpu" else None  # other work on the cores it measures: before, then after
+    busy = load_average() if device == "cpu" else None  # other work on the cores it measures: before, then after
     start = time.perf_counter()
     cal = calibrate(device, quick=args.quick,
                     tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
@@ -61,7 +62,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, value in figures.items():
         print(f"  {name:34} {value:10.2f}")
     print(f"profile: {path} (digest {cal.digest()})")
-    busy = max(filter(None, (busy, _load() if device == "cpu" else None)), default=None)
+    busy = max(filter(None, (busy, load_average() if device == "cpu" else None)), default=None)
     if busy is not None and busy > (os.cpu_count() or 1) / 2:
         warning(f"the machine was busy as it calibrated (load average {busy:.1f} over {os.cpu_count()} cores): the "
                 "profile's figures may be low, and every prediction made with it slow; calibrate again when it is "
@@ -73,11 +74,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = target_at(args.uri, args.store_dir, args.experiment)
         print("logged:", log_calibration(target, path, cal.to_dict(), cal.digest(), figures))
     return 0
-
-
-def _load() -> Optional[float]:
-    """The load average over the last minute, where the system gives one."""
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _device(text: str) -> str:

@@ -71,6 +71,10 @@ class EagerDispatchMode(TorchDispatchMode):
         if EagerDispatchMode._entered == 0:
             _eager_everywhere(False)
 
+    def run(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run what the mode sees: an op, or a higher-order op whole (:meth:`higher_order`)."""
+        return self.higher_order(func, args, kwargs) if is_higher_order(func) else func(*args, **kwargs)
+
     @staticmethod
     def higher_order(func: Any, args: tuple, kwargs: dict) -> Any:
         """Run a higher-order op this mode sees whole (its inputs and outputs, not its inner ops)."""

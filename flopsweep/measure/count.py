@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from flopsweep.core.profile import OPTIMIZER, ROOT
-from flopsweep.measure._torch import EagerDispatchMode, is_higher_order
+from flopsweep.measure._torch import EagerDispatchMode
 from flopsweep.measure.formulas import CountOptions, cost_of
 from flopsweep.measure.ops import OpTrace, op_name
 from flopsweep.measure.tracker import ModuleTracker
@@ -134,7 +134,7 @@ class Counter(EagerDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = self.higher_order(func, args, kwargs) if is_higher_order(func) else func(*args, **kwargs)
+        out = self.run(func, args, kwargs)
         cost = cost_of(func, args, kwargs, out, self.opts)
         phase = self.phase_of() if self.phase_of else self.phase
         self.trace.add(phase, func, args, kwargs, out, cost)

@@ -26,7 +26,6 @@ from flopsweep.core.errors import ConfigError
 from flopsweep.measure._torch import all_to_all_autograd
 
 EXPERT_DATA_DIM = "edp"  # the ranks holding the same experts: dp x cp / ep of them
-ROUTED_EXPERTS = {"aten._grouped_mm", "aten._scaled_grouped_mm"}  # the routed experts' matmuls in a trace (HF's)
 
 
 class ExpertsShard(nn.Module):

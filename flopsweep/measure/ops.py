@@ -117,6 +117,7 @@ def _bytes(t: torch.Tensor) -> int:
 aten = torch.ops.aten
 SCALED_MM_OPS = {aten._scaled_mm, aten._scaled_mm_v2}  # low-precision (FP8) matmuls: A [M, K] B [K, N], scaled
 GROUPED_MM_OPS = {aten._grouped_mm, aten._scaled_grouped_mm}
+GROUPED_MM_NAMES = frozenset(str(op) for op in GROUPED_MM_OPS)  # as a trace names them: HF's routed experts' matmuls
 MATMUL_OPS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.convolution, aten._convolution,
               aten.convolution_backward, aten._linalg_svd, *SCALED_MM_OPS, *GROUPED_MM_OPS}
 ATTENTION_OPS = {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,

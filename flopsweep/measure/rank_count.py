@@ -20,8 +20,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.distributed.tensor import DTensor
 
-from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, is_higher_order,
-                                      local_storage, process_group_of, storage_id, tree_leaves)
+from flopsweep.measure._torch import (DTensorPropagation, EagerDispatchMode, decomposes, local_storage,
+                                      process_group_of, storage_id, tree_leaves)
 from flopsweep.measure.count import PhaseCount
 from flopsweep.measure.formulas import CountOptions, cost_of
 from flopsweep.measure.ops import OpTrace, op_name
@@ -100,7 +100,7 @@ class RankCounter(EagerDispatchMode):
         if any(issubclass(t, DTensor) for t in types):
             return NotImplemented
         kwargs = kwargs or {}
-        out = self.higher_order(func, args, kwargs) if is_higher_order(func) else func(*args, **kwargs)
+        out = self.run(func, args, kwargs)
         if DTensorPropagation.running():
             return out
         phase = "recompute" if self.phase == "backward" and self._recomputing else self.phase

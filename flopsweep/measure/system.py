@@ -57,6 +57,14 @@ class SystemSampler:
         self.samples.append((int(time.time() * 1000), values))
 
 
+def load_average() -> Optional[float]:
+    """The load average over the last minute, where the system gives one (a timing's or a calibration's
+    conditions: other work on the cores they measure)."""
+    import os
+
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def _nvml_handles() -> list[tuple[int, Any]]:
     """Each GPU's NVML handle, or none where pynvml is absent or finds no driver."""
     try:

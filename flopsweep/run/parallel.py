@@ -15,8 +15,9 @@ from flopsweep.core.hardware import Accelerator, accelerator
 from flopsweep.core.progress import entered
 from flopsweep.core.result import Result
 from flopsweep.measure.defaults import profile_for
-from flopsweep.measure.experts import EXPERT_DATA_DIM, ROUTED_EXPERTS
+from flopsweep.measure.experts import EXPERT_DATA_DIM
 from flopsweep.measure.layout import DATA_DIM, EMBEDDING_DIM, Layout
+from flopsweep.measure.ops import GROUPED_MM_NAMES
 from flopsweep.measure.predict import body_seconds, predict
 from flopsweep.measure.rank_time import StepTime, step_bytes, step_time
 from flopsweep.measure.ranks import LayoutCount, Workload, count_layout, param_groups
@@ -91,7 +92,7 @@ def _predicted(spec: JobSpec, count: LayoutCount) -> tuple[Optional[StepTime], d
     predictions = [predict(r.trace, cal, fused=bool(spec.predict.fused), autocast=spec.dtype.autocast)
                    for r in count.ranks]
     network = Network(part.interconnect, _sizes(count.layout), spec.parallel.gpus_per_node or part.interconnect.domain)
-    experts = [body_seconds(r.trace, cal, ROUTED_EXPERTS, autocast=spec.dtype.autocast) for r in count.ranks]
+    experts = [body_seconds(r.trace, cal, GROUPED_MM_NAMES, autocast=spec.dtype.autocast) for r in count.ranks]
     step = step_time(count, predictions, network, experts)
     dtype = spec.dtype.compute
     info = {"part": cal.part, "profile": origin, "digest": cal.digest(), "default": cal.default,
