@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=31744)
     args = parser.parse_args()
     overrides = [f"model={args.model}", "device=meta", "dtype=bfloat16", "batch.size=1", f"batch.seq_len={args.prompt}",
-                 "train=generate", f"generate.new_tokens={args.new_tokens}", "tracking=none"]
+                 "workload=generate", f"generate.new_tokens={args.new_tokens}", "tracking=none"]
     counts, projections, result = [], [], None
     for _ in range(args.runs):
         start = time.perf_counter()

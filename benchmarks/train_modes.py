@@ -23,7 +23,7 @@ MODES = {"full": [], "frozen_backbone": ["train=frozen_backbone"],
          "lora r=8 (qkv, out)": ["train=lora"],
          "lora r=16 (all linears)": ["train=lora", "train.rank=16", "train.targets=[qkv,out,gate,up,down]"],
          "dora r=8 (qkv, out)": ["train=dora"],
-         "inference": ["train=inference"]}
+         "inference": ["workload=inference"]}
 LORA = {mode: overrides for mode, overrides in MODES.items() if mode.startswith("lora")}
 # the LLaMA-style decoder of tests/test_train.py: grouped-query heads (8 query, 2 KV), SwiGLU, untied head
 TINY_DECODER = ["model=llama2_7b", "model.d_model=64", "model.n_layer=2", "model.n_head=8", "model.n_kv_head=2",

@@ -147,7 +147,7 @@ def test_the_search_ends_at_the_last_batch_that_fits(shape):
     (["batch.size=max", "device=meta"], "batch.memory_budget_gib"),
     (["batch.size=max", "batch.memory_budget_gib=-1"], "batch.memory_budget_gib"),
     (["batch.size=max", "batch.memory_budget_gib=inf"], "batch.memory_budget_gib"),
-    (["batch.size=max", "train=inference"], "batch.size"),
+    (["batch.size=max", "workload=inference"], "batch.size"),
     (["batch.size=max", "dtype=int8"], "batch.size"),
     (["measure.memory_share=0"], "measure.memory_share"),
     (["measure.memory_share=1.5"], "measure.memory_share"),

@@ -43,7 +43,7 @@ def test_each_mode_shows_the_figure_that_matters():
     assert "flops/backward" not in layout  # the whole model's, on one device: not what a layout is asked for
     assert "size/step_peak_bytes" in full                                             # meta: the memory it needs
     assert "flops/optimizer_mean" in said(job("optimizer=galore_adamw", "optimizer.rank=4"))  # not the SVD step
-    generation = said(job("train=generate", "generate.new_tokens=8"))
+    generation = said(job("workload=generate", "generate.new_tokens=8"))
     assert "flops/prefill" in generation and "size/kv_cache_bytes" in generation and "flops/backward" not in generation
     chosen = job("batch.size=max", "batch.memory_budget_gib=0.01")
     assert f"batch.size=max chose {chosen.info['batch_search']['chosen']}" in said(chosen)
@@ -78,7 +78,7 @@ def test_a_timing_taken_on_a_loaded_machine_is_said_so():
 
 
 def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
-    meta, generation = job(), job("device=cpu", "train=generate", "generate.new_tokens=4", "measure.repeats=2")
+    meta, generation = job(), job("device=cpu", "workload=generate", "generate.new_tokens=4", "measure.repeats=2")
     mixed = summary_table([("0", meta), ("1", generation)]).splitlines()
     header = re.split(r"\s{2,}", mixed[0])
     # the peak the memory pre-check and batch.size=max use, labelled as estimated; training's columns

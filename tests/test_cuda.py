@@ -42,7 +42,7 @@ def test_cuda_job_has_timings_mfu_and_measured_peak():
 
 
 def test_a_generation_on_cuda_counts_as_on_meta_is_timed_and_fits_its_estimate():
-    base = ["model=llama2_7b", "model.n_layer=2", "batch.size=2", "batch.seq_len=64", "train=generate",
+    base = ["model=llama2_7b", "model.n_layer=2", "batch.size=2", "batch.seq_len=64", "workload=generate",
             "generate.new_tokens=16", "dtype=bfloat16", "tracking=none", "measure.warmup=1", "measure.repeats=3"]
     cuda, meta = (run_job(resolve(compose_config(*base, f"device={d}")), {}) for d in ("cuda", "meta"))
     assert cuda.status == "ok" and meta.status == "ok", (cuda.error, meta.error)

@@ -1,10 +1,11 @@
-"""train=generate: a prompt's prefill, then decode steps with a KV cache, counted at the dispatcher on cpu and meta,
+"""workload=generate: a prompt's prefill, then decode steps with a KV cache, counted at the dispatcher on cpu and meta,
 the cache's bytes from its real tensors, timed on cpu."""
 
 import pytest
 import torch
 
-from flopsweep.config.resolve import resolve
+from flopsweep.build.train_modes import Workload
+from flopsweep.config.resolve import job_config, resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.run.job import run_job
 from tests.helpers import compose_config
@@ -18,7 +19,7 @@ RUN = [f"batch.size={B}", f"batch.seq_len={P}", "tracking=none", "measure.warmup
 
 
 def generate(*overrides, device="meta", new_tokens=6):
-    result = run_job(resolve(compose_config(*overrides, *RUN, "train=generate", f"generate.new_tokens={new_tokens}",
+    result = run_job(resolve(compose_config(*overrides, *RUN, "workload=generate", f"generate.new_tokens={new_tokens}",
                                             f"device={device}")), {})
     assert result.status == "ok", result.error
     return result
@@ -47,7 +48,7 @@ def test_decode_flops_per_token_are_2n_plus_4_l_d_context(overrides, kv_heads, d
 
 
 def test_the_prefill_is_the_forward_pass_with_the_head_on_the_last_position_only():
-    forward = run_job(resolve(compose_config(*GPT, *RUN, "train=inference", "device=meta")), {}).metrics
+    forward = run_job(resolve(compose_config(*GPT, *RUN, "workload=inference", "device=meta")), {}).metrics
     prefill = generate(*GPT).metrics
     assert prefill["flops/prefill"] == forward["flops/forward"] - 2 * B * (P - 1) * D * V
 
@@ -138,15 +139,33 @@ def test_an_hf_decoder_generates_with_its_own_cache():
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["model=bert_base"], "train.mode='generate'"),          # an encoder has no KV cache to decode with
+    (["model=bert_base"], "workload='generate'"),          # an encoder has no KV cache to decode with
     (["batch.seq_len=8", "generate.new_tokens=0"], "generate.new_tokens"),
     (["batch.seq_len=60", "generate.new_tokens=10"], "generate.new_tokens=10"),  # 69 positions, the model has 64
 ])
 def test_what_cannot_generate_is_refused_by_key(overrides, key):
     base = GPT if overrides[0] != "model=bert_base" else []
     with pytest.raises(ConfigError) as err:
-        resolve(compose_config(*base, "train=generate", *overrides))
+        resolve(compose_config(*base, "workload=generate", *overrides))
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_old_spelling_train_generate_is_read_as_the_workload_with_a_notice_and_recorded_as_it():
+    common = [*GPT, *RUN, "device=meta", "generate.new_tokens=4"]
+    old_cfg, new_cfg = compose_config(*common, "train=generate"), compose_config(*common, "workload=generate")
+    old, new = resolve(old_cfg), resolve(new_cfg)
+    assert old.workload is Workload.generate and old.generates and not old.training and old.train == new.train
+    assert old.notes == ("train=generate is now workload=generate (the old spelling is read as it, for a while)",)
+    assert not new.notes
+    recorded = job_config(old_cfg, old)
+    assert recorded == job_config(new_cfg, new) and recorded["workload"] == "generate" and "train" not in recorded
+
+
+@pytest.mark.parametrize("overrides", [["train=generate", "workload=inference"], ["train=lora", "workload=generate"]])
+def test_a_train_mode_that_contradicts_the_workload_is_refused_by_key(overrides):
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*GPT, *RUN, "device=meta", *overrides))
+    assert str(err.value).startswith("train.mode=") and "workload=" in str(err.value) and "\n" not in str(err.value)
 
 
 HF_GEMMA2_WINDOW = ["model=hf", "model.model_type=gemma2", "+model.hidden_size=64", "+model.intermediate_size=128",
@@ -162,7 +181,7 @@ def test_a_sliding_window_bends_the_cost_and_the_pieces_add_up_to_every_step_cou
     from flopsweep.measure.count import count_call
 
     new_tokens = 24  # contexts 3 to 25: the window of 6 fills at the fourth
-    overrides = [*HF_GEMMA2_WINDOW, *RUN, "batch.seq_len=2", "train=generate", "device=cpu"]
+    overrides = [*HF_GEMMA2_WINDOW, *RUN, "batch.seq_len=2", "workload=generate", "device=cpu"]
     result = run_job(resolve(compose_config(*overrides, f"generate.new_tokens={new_tokens}")), {})
     assert result.status == "ok" and "pieces" in result.info["generation"]["counted"]
     # the same generation, every decode step counted one after another on the cache the steps before it made
@@ -186,7 +205,7 @@ def test_a_generation_is_sized_on_meta_with_its_kv_cache():
 
 
 def test_a_generation_that_would_not_fit_is_skipped_before_it_runs():
-    overrides = [*GPT, *RUN, "train=generate", "generate.new_tokens=20", "device=cpu", "measure.memory_share=1e-6"]
+    overrides = [*GPT, *RUN, "workload=generate", "generate.new_tokens=20", "device=cpu", "measure.memory_share=1e-6"]
     result = run_job(resolve(compose_config(*overrides)), {})
     assert result.status == "skipped" and "measure.memory_share" in result.error
     assert result.metrics["size/step_peak_bytes"] > result.metrics["size/weights_bytes"]
@@ -204,7 +223,7 @@ def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(ba
     from flopsweep.core.shape import experts_touched
 
     result = run_job(resolve(compose_config(*MOE, f"batch.size={batch}", f"batch.seq_len={P}", "tracking=none",
-                                            "train=generate", "generate.new_tokens=3", "device=meta")), {})
+                                            "workload=generate", "generate.new_tokens=3", "device=meta")), {})
     assert result.status == "ok", result.error
     m = result.metrics
     routed = L * 8 * 3 * D * 96 * 4
@@ -216,11 +235,11 @@ def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(ba
 
 
 def test_a_presets_generation_runs_with_its_defaults_its_prompt_cut_to_leave_room_for_the_new_tokens():
-    """GPT-2's 1,024 positions: train=generate with no prompt length given prompts 897 tokens before its 128 new ones
+    """GPT-2's 1,024 positions: workload=generate with no prompt length given prompts 897 tokens before its 128 new ones
     (it asked for a context of 1,151 and failed); a prompt given is the user's, refused as before."""
-    spec = resolve(compose_config("model=gpt2_small", "train=generate", "device=meta", "tracking=none"))
+    spec = resolve(compose_config("model=gpt2_small", "workload=generate", "device=meta", "tracking=none"))
     assert spec.batch.seq_len == 1024 - 128 + 1 and spec.generate.new_tokens == 128
     with pytest.raises(ConfigError, match="generate.new_tokens=128: with batch.seq_len=1024 makes a context of 1151"):
-        resolve(compose_config("model=gpt2_small", "train=generate", "batch.seq_len=1024", "device=meta"))
-    roomy = resolve(compose_config("model=llama3_1_8b", "train=generate", "device=meta", "tracking=none"))
+        resolve(compose_config("model=gpt2_small", "workload=generate", "batch.seq_len=1024", "device=meta"))
+    roomy = resolve(compose_config("model=llama3_1_8b", "workload=generate", "device=meta", "tracking=none"))
     assert roomy.batch.seq_len == 8192  # its default prompt fits its 131,072 positions: left as it is

@@ -572,7 +572,7 @@ def test_falcon_h1_generates_with_a_kv_cache_a_token_and_a_fixed_ssm_state(devic
     from flopsweep.run.job import run_job
 
     batch, prompt, new, layers = 2, 8, 6, 2
-    cfg = compose_config(*FALCON_H1, f"batch.size={batch}", f"batch.seq_len={prompt}", "train=generate",
+    cfg = compose_config(*FALCON_H1, f"batch.size={batch}", f"batch.seq_len={prompt}", "workload=generate",
                          f"generate.new_tokens={new}", "dtype=float32", f"device={device}", "tracking=none",
                          "measure.warmup=1", "measure.repeats=2")
     result = run_job(resolve(cfg), {})

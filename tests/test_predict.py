@@ -374,7 +374,7 @@ def test_the_compiled_fused_prediction_leaves_the_optimizer_eager():
     assert fused.phases["forward"].seconds < eager.phases["forward"].seconds
 
 
-@pytest.mark.parametrize("overrides", [["measure.timing=per_block"], ["train=generate", "generate.new_tokens=4"]])
+@pytest.mark.parametrize("overrides", [["measure.timing=per_block"], ["workload=generate", "generate.new_tokens=4"]])
 def test_measure_compile_is_refused_where_it_would_be_ignored(overrides):
     with pytest.raises(ConfigError, match="measure.compile"):
         resolve(compose_config("model=gpt2_small", "batch.seq_len=64", "device=meta", "measure.compile=true",

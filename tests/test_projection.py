@@ -115,7 +115,7 @@ def test_counted_equals_palm_less_what_does_no_matmul(compose_cfg):
 
 
 def test_an_inference_run_projects_the_tokens_it_processes(compose_cfg):
-    """train=inference counts a forward pass only: the projection is forward × tokens, 2ND and 2N + 4·L·d·T per
+    """workload=inference counts a forward pass only: the projection is forward × tokens, 2ND and 2N + 4·L·d·T per
     token (a third of training's closed forms), the same tokens trained on would cost the training figures, and
     what only training has (recomputation, compute-optimal data) is refused."""
     L, d, T = 2, 64, 32

@@ -6,7 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from flopsweep.build.optimizers import OPTIMIZERS
-from flopsweep.build.train_modes import TRAIN_MODES
+from flopsweep.build.train_modes import OLD_SPELLINGS, TRAIN_MODES, Workload
 from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.result import Result
@@ -33,7 +33,7 @@ def preset_family(name: str) -> str:
     return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml").family
 
 
-@pytest.mark.parametrize("group,registered", [("optimizer", OPTIMIZERS), ("train", TRAIN_MODES)])
+@pytest.mark.parametrize("group,registered", [("optimizer", OPTIMIZERS), ("train", [*TRAIN_MODES, *OLD_SPELLINGS])])
 def test_a_group_has_one_preset_per_registered_name(group, registered):
     assert sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) == sorted(registered)
 
@@ -60,18 +60,25 @@ def test_an_optimizer_is_built_counted_and_sized_on_meta(name):
 def test_a_train_mode_is_built_counted_and_sized_on_meta(name):
     mode = TRAIN_MODES[name]
     m = meta_job(*TINY, f"train={name}").metrics
-    assert m["flops/forward"] > 0
+    assert m["flops/forward"] > 0 and m["flops/backward"] > 0 and m["size/activations_bytes"] > 0
     assert m["size/weights_bytes"] == FLOAT32 * m["size/params"] and m["size/step_peak_bytes"] > 0
-    if mode.trains:
-        assert m["flops/backward"] > 0 and m["size/activations_bytes"] > 0
-        assert m["size/grads_bytes"] == FLOAT32 * m["size/params_trainable"] > 0
-        assert (m["size/params_trainable"] < m["size/params"]) == mode.freezes  # what it declares it freezes
-    else:  # a forward pass (or a generation) without gradients
-        assert not m.get("flops/backward") and not m.get("size/grads_bytes") and m["size/params_trainable"] == 0
-    if mode.generates:  # a prompt's prefill, then decoding with a KV cache
-        assert m["flops/decode"] > 0 and m["size/kv_cache_bytes"] > 0
+    assert m["size/grads_bytes"] == FLOAT32 * m["size/params_trainable"] > 0
+    assert (m["size/params_trainable"] < m["size/params"]) == mode.freezes  # what it declares it freezes
     if mode.adapter is not None:  # the adapters' parameters beside the model's own
         assert m["size/params"] > meta_job(*TINY).metrics["size/params"]
+
+
+@pytest.mark.parametrize("workload", list(Workload))
+def test_a_workload_is_built_counted_and_sized_on_meta(workload):
+    m = meta_job(*TINY, f"workload={workload.value}").metrics
+    assert m["flops/forward"] > 0
+    assert m["size/weights_bytes"] == FLOAT32 * m["size/params"] and m["size/step_peak_bytes"] > 0
+    if workload is Workload.train:
+        assert m["flops/backward"] > 0 and m["size/grads_bytes"] == FLOAT32 * m["size/params"]
+    else:  # a forward pass (or a generation) without gradients
+        assert not m.get("flops/backward") and not m.get("size/grads_bytes") and m["size/params_trainable"] == 0
+    # a prompt's prefill, then decoding with a KV cache: only a generation
+    assert (m.get("flops/decode", 0) > 0 and m.get("size/kv_cache_bytes", 0) > 0) == (workload is Workload.generate)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -72,7 +72,7 @@ def test_the_hardware_table_matches_device_names():
 
 
 def test_serving_a_measured_generation_run(tmp_path):
-    out = run_app("model=gpt2_small", "model.n_layer=2", "batch.seq_len=128", "train=generate",
+    out = run_app("model=gpt2_small", "model.n_layer=2", "batch.seq_len=128", "workload=generate",
                   "generate.new_tokens=32", "device=meta", "tracking=none", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     job = next(tmp_path.glob("outputs/runs/*/*"))

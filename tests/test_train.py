@@ -5,6 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from flopsweep.config.resolve import resolve
+from flopsweep.run.assemble import closed_forms
 from flopsweep.run.job import run_job
 
 # LLaMA-style, untied head, grouped-query heads: d=64, 8 heads of 8, 2 KV heads, SwiGLU d_ff=160, vocab 97
@@ -101,7 +102,7 @@ def test_dora_layer_is_the_papers_weight_and_starts_as_the_base():
 
 def test_inference_mode_counts_the_forward_only(compose_cfg):
     full = job(compose_cfg)
-    inference = job(compose_cfg, "train=inference")
+    inference = job(compose_cfg, "workload=inference")
     assert inference["flops/forward"] == full["flops/forward"]
     assert inference.get("flops/backward") is None and inference.get("flops/optimizer") is None
     assert inference["flops/step"] == inference["flops/forward"] and inference.get("size/grads_bytes") is None
@@ -117,7 +118,7 @@ def test_no_optimizer_counts_forward_and_backward_and_holds_no_state(compose_cfg
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, dora, inference"),
+    (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, dora"),
     (["train=lora", "train.rank=0"], "train.rank=0: must be an integer >= 1"),
     (["train=lora", "train.targets=[qkv,attn]"], "train.targets=['attn']: name no linear layer"),
     (["train=frozen_backbone", "train.trainable_layers=3"], "train.trainable_layers=3: the model has 2 blocks"),
@@ -184,5 +185,5 @@ def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
     full = resolve(compose_cfg(*TINY))
     assert decoder.analytic_backward_flops(full.model, full.batch, full.train) == \
         2 * decoder.analytic_forward_flops(full.model, full.batch, full.train)
-    inference = resolve(compose_cfg(*TINY, "train=inference"))
-    assert decoder.analytic_backward_flops(inference.model, inference.batch, inference.train) is None
+    inference = resolve(compose_cfg(*TINY, "workload=inference"))  # a forward pass: no backward's closed form
+    assert closed_forms(inference) == (decoder.analytic_forward_flops(full.model, full.batch, full.train), None)

@@ -6,7 +6,7 @@ command would run it (``run_job``: the memory pre-check, build, count, size, tim
 - the FLOPs counted on cuda against the same job counted on meta (they must be equal: same ops, same formulas);
 - the measured peak memory (``torch.cuda.max_memory_allocated``) against the estimates made on meta
   (``size/train_peak_bytes``: static sizes + saved activations; ``size/step_peak_bytes``: a simulated step);
-- and LLaMA-2 7B generating (``train=generate``, bf16): time to first token and per output token against the
+- and LLaMA-2 7B generating (``workload=generate``, bf16): time to first token and per output token against the
   roofline of its counted figures on this GPU (``flopsweep.projection.serving``), the counts against meta's.
 
     .venv/bin/python benchmarks/gpu/bench_gpu.py --out results/gpu.json   # also prints a Markdown table
@@ -146,7 +146,7 @@ def serve(overrides: list[str]) -> dict:
     from flopsweep.core.hardware import accelerator
     from flopsweep.projection.serving import Generation, Serving, at_batch
 
-    common = ["dtype=bfloat16", "train=generate", "tracking=none", "measure.warmup=3", "measure.repeats=10"]
+    common = ["dtype=bfloat16", "workload=generate", "tracking=none", "measure.warmup=3", "measure.repeats=10"]
     cuda = measure(overrides, "cuda", common)
     meta = measure(overrides, "meta", common)
     counts = (M.FLOPS_PREFILL, M.FLOPS_DECODE, M.KV_CACHE_BYTES)

@@ -22,7 +22,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("profile_decode: no CUDA GPU here", file=sys.stderr)
         return 2
-    spec = resolve(compose_config("model=llama2_7b", "batch.size=1", "batch.seq_len=512", "train=generate",
+    spec = resolve(compose_config("model=llama2_7b", "batch.size=1", "batch.seq_len=512", "workload=generate",
                                   "generate.new_tokens=128", "dtype=bfloat16", "device=cuda", "tracking=none"))
     built = build(spec)
     gen = spec.family.generator(spec.model)(built.model)

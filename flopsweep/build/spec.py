@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from flopsweep.build.optimizers import OptimizerConf
-from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.build.train_modes import TrainConf, Workload, trains
 from flopsweep.core.device import Device
 from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
@@ -71,6 +71,7 @@ class JobSpec:
     measure: MeasureConf
     peak_tflops: Optional[float]
     threads: Optional[int]
+    workload: Workload = Workload.train
     train: TrainConf = field(default_factory=TrainConf)
     max_batch: Optional[MaxBatch] = None
     generate: GenerateConf = field(default_factory=GenerateConf)
@@ -83,8 +84,8 @@ class JobSpec:
 
     @property
     def generates(self) -> bool:
-        return TRAIN_MODES[self.train.mode].generates
+        return self.workload is Workload.generate
 
     @property
     def training(self) -> bool:
-        return trains(self.dtype.params, self.train.mode)
+        return trains(self.dtype.params, self.workload)

@@ -1,9 +1,11 @@
-"""What trains (``train.mode``), one registry: the whole model, the head and the last blocks, low-rank adapters
-(LoRA, DoRA) beside frozen weights, or nothing (a forward pass, for inference; a generation with a KV cache)."""
+"""What a job runs (``workload``: a training step, a forward pass, a generation with a KV cache) and, for a training
+step, what trains (``train.mode``), one registry: the whole model, the head and the last blocks, or low-rank adapters
+(LoRA, DoRA) beside frozen weights."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable, Optional
 
 from torch import nn
@@ -12,6 +14,18 @@ from flopsweep.core.errors import require, require_int
 from flopsweep.core.registry import Registry
 from flopsweep.models.base import Family
 from flopsweep.models.layers import DoRALinear, LoRALinear
+
+
+class Workload(str, Enum):
+    """What a job runs (``workload=...``)."""
+
+    train = "train"            # a training step: forward, backward, the optimizer's step
+    inference = "inference"    # a forward pass without gradients
+    generate = "generate"      # a prompt's prefill, then token-by-token decoding with a KV cache (``generate.*``)
+
+
+# train=inference and train=generate: the spellings before the workload key, still read (with a notice)
+OLD_SPELLINGS = {"inference": Workload.inference, "generate": Workload.generate}
 
 
 @dataclass
@@ -27,13 +41,11 @@ class TrainConf:
 
 @dataclass(frozen=True)
 class TrainMode:
-    trains: bool = True                  # a training step; False: a forward pass without gradients
     freezes: bool = False                # chooses what trains (so it needs weights that train: not int8)
     adapter: Optional[type[LoRALinear]] = None  # added beside every targeted linear layer
     closed_form: bool = True             # a family's closed forms can follow it (none models DoRA's norms)
     check: Callable[[TrainConf, Family], None] = lambda train, family: None
     reads: tuple[str, ...] = ()          # the fields of the group it reads (recorded with a job)
-    generates: bool = False              # a prompt's prefill, then token-by-token decoding with a KV cache
 
 
 TRAIN_MODES: Registry[TrainMode] = Registry("train.mode")
@@ -57,13 +69,12 @@ TRAIN_MODES.add("frozen_backbone", TrainMode(freezes=True, check=_check_frozen, 
 TRAIN_MODES.add("lora", TrainMode(freezes=True, adapter=LoRALinear, check=_check_adapters, reads=ADAPTER_READS))
 TRAIN_MODES.add("dora", TrainMode(freezes=True, adapter=DoRALinear, closed_form=False, check=_check_adapters,
                                   reads=ADAPTER_READS))
-TRAIN_MODES.add("inference", TrainMode(trains=False))
-TRAIN_MODES.add("generate", TrainMode(trains=False, closed_form=False, generates=True))
 
 
-def trains(params_dtype: str, train_mode: str) -> bool:
-    """Whether a job takes a training step: not int8 weights (measured for inference only), not train=inference."""
-    return params_dtype != "int8" and TRAIN_MODES[train_mode].trains
+def trains(params_dtype: str, workload: Workload) -> bool:
+    """Whether a job takes a training step: ``workload=train`` with weights that train (int8's are measured forward
+    only)."""
+    return params_dtype != "int8" and workload is Workload.train
 
 
 def apply_train_mode(model: nn.Module, family: Family, train: TrainConf) -> None:

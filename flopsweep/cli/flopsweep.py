@@ -43,9 +43,10 @@ for one configuration or a sweep; each job's folder under outputs/, its run in M
 groups (group=option):
 {groups}
 
-keys of their own: batch.size (a number, or max), batch.seq_len; measure.* (repeats, timing, compile, ...);
-predict.hardware (a part of the hardware table, or a profile); parallel.* (dp, tp, pp, cp, ep, zero, recompute,
-micro_batch_size, ...); generate.new_tokens; skip_existing=true (a resume: measures only what is missing).
+keys of their own: workload=train|inference|generate (a training step, a forward pass, or a prompt then decoding
+with a KV cache: generate.new_tokens); batch.size (a number, or max), batch.seq_len; measure.* (repeats, timing,
+compile, ...); predict.hardware (a part of the hardware table, or a profile); parallel.* (dp, tp, pp, cp, ep, zero,
+recompute, micro_batch_size, ...); skip_existing=true (a resume: measures only what is missing).
 flopsweep --cfg job [overrides] prints the composed config; --hydra-help, Hydra's own help.
 
 the other commands (each with --help):

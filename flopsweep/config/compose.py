@@ -26,17 +26,21 @@ def new_folder(path: str) -> str:
             candidate = Path(f"{path}-{n}")
 
 
+OLD_SPELLING = "old spelling of"  # how the file of an option kept for old commands begins
+
+
 def public_options() -> dict[str, list[tuple[str, str]]]:
     """Each config group's options a user picks (``group=option``), with the first line of what its file says of it:
     the shipped ``conf/`` groups and the sweep presets (``+sweep=NAME``); the families' typed templates (``_bert``,
-    ``_decoder``, ...) are the presets' bases, not options."""
+    ``_decoder``, ...) are the presets' bases, and an old spelling's file (``train=generate``) is read, not offered."""
     def described(path: Path) -> str:
         lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines()[:3] if line.startswith("#")]
         return next((line for line in lines if line and not line.startswith("@package")), "")
 
     groups = {folder.name: folder for folder in sorted(CONF_DIR.iterdir())
               if folder.is_dir() and folder.name != "hydra"}
-    options = {name: [(p.stem, described(p)) for p in sorted(folder.glob("*.yaml")) if not p.stem.startswith("_")]
+    options = {name: [(p.stem, described(p)) for p in sorted(folder.glob("*.yaml"))
+                      if not p.stem.startswith("_") and not described(p).startswith(OLD_SPELLING)]
                for name, folder in groups.items()}
     options["sweep"] = [(p.stem, described(p)) for p in sorted(SWEEPS_DIR.glob("*.yaml"))]
     return options

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flopsweep.build import optimizers
 from flopsweep.build.spec import MAX_BATCH, JobSpec, MaxBatch, Precision
-from flopsweep.build.train_modes import TRAIN_MODES, TrainConf, trains
+from flopsweep.build.train_modes import OLD_SPELLINGS, TRAIN_MODES, TrainConf, Workload, trains
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.device import Device
 from flopsweep.core.errors import ConfigError, is_number, masked, one_line, require, require_int
@@ -42,24 +42,26 @@ def resolve(cfg: DictConfig) -> JobSpec:
     dtype = _dtype(cfg.dtype)
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
-    train = _train(cfg.train, family, dtype.params)
-    generate, batch = _generate(cfg.generate, train, family, model, batch, prompt_given=cfg.batch.seq_len is not None)
+    workload, train, old_spelling = _train(cfg, family, dtype.params)
+    generate, batch = _generate(cfg.generate, workload, family, model, batch,
+                                prompt_given=cfg.batch.seq_len is not None)
     measure = _measure(cfg.measure)
-    require(not (measure.compile and TRAIN_MODES[train.mode].generates), "measure.compile", True,
-            "times a training step: a generation (train=generate) is timed eagerly")
+    require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
+            "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
-    max_batch = _max_batch(cfg.batch, device, trains(dtype.params, train.mode))
-    require(not (device.kind == "cpu" and trains(dtype.params, train.mode) and
+    max_batch = _max_batch(cfg.batch, device, trains(dtype.params, workload))
+    require(not (device.kind == "cpu" and trains(dtype.params, workload) and
                  OmegaConf.select(cfg, "model.attn_implementation") == "flex_attention"), "device.type", "cpu",
             "model.attn_implementation=flex_attention has no backward on the CPU in PyTorch: count the training step "
-            "on device=meta (its FLOPs and memory), or time train=inference on the CPU")
-    parallel = _parallel(cfg, family, model, batch, device, dtype, train, predict)
+            "on device=meta (its FLOPs and memory), or time workload=inference on the CPU")
+    parallel = _parallel(cfg, family, model, batch, device, dtype, workload, train, predict)
     tracking = _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
-                   measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, train=train,
+                   measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
+                   train=train,
                    max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
                    skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in [model.chosen(batch, cfg.batch.seq_len is not None)] if n))
+                   notes=tuple(n for n in [old_spelling, model.chosen(batch, cfg.batch.seq_len is not None)] if n))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -133,24 +135,34 @@ def _dtype(dtype: DictConfig) -> Precision:
     return Precision(dtype.params, dtype.autocast)
 
 
-def _train(node: DictConfig, family: Family, params_dtype: str) -> TrainConf:
-    train = TrainConf(**OmegaConf.to_container(node, resolve=True))
+def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload, TrainConf, Optional[str]]:
+    """``workload`` and, for a training step, ``train.*`` (what trains); the old spellings ``train=inference`` and
+    ``train=generate`` are read as their workload, with a notice."""
+    workload, train, notice = Workload(cfg.workload), TrainConf(**OmegaConf.to_container(cfg.train, resolve=True)), None
+    if train.mode in OLD_SPELLINGS:
+        old = OLD_SPELLINGS[train.mode]
+        require(workload in (Workload.train, old), "train.mode", train.mode,
+                f"is the old spelling of workload={old.value}, which contradicts workload={workload.value}")
+        notice = f"train={train.mode} is now workload={old.value} (the old spelling is read as it, for a while)"
+        workload, train = old, TrainConf()
     mode = TRAIN_MODES[train.mode]
+    require(workload is Workload.train or train.mode == "full", "train.mode", train.mode,
+            f"chooses what trains: it needs workload=train, not workload={workload.value}")
     require(params_dtype != "int8" or not mode.freezes, "train.mode", train.mode,
             "int8 weights are an inference build: use dtype=float32 (or bfloat16) to train")
     mode.check(train, family)
-    return train
+    return workload, train, notice
 
 
-def _generate(node: DictConfig, train: TrainConf, family: Family, model: ModelConfig, batch: BatchShape,
+def _generate(node: DictConfig, workload: Workload, family: Family, model: ModelConfig, batch: BatchShape,
               prompt_given: bool) -> tuple[GenerateConf, BatchShape]:
     """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
     to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new)."""
     generate = GenerateConf(**OmegaConf.to_container(node))
-    if not TRAIN_MODES[train.mode].generates:
+    if workload is not Workload.generate:
         return generate, batch
     require_int(generate.new_tokens, "generate.new_tokens")
-    require(family.generator is not None and family.generator(model) is not None, "train.mode", train.mode,
+    require(family.generator is not None and family.generator(model) is not None, "workload", workload.value,
             f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
             f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
     longest = family.longest(model) if family.longest is not None else None
@@ -194,7 +206,7 @@ def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
 
 
 def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchShape, device: Device,
-              dtype: Precision, train: TrainConf, predict: PredictConf) -> Optional[ParallelConf]:
+              dtype: Precision, workload: Workload, train: TrainConf, predict: PredictConf) -> Optional[ParallelConf]:
     """``parallel.*``: None where no key is set; else the layout checked against the model's shape and the batch
     (measure/layout.py), and what the rank counter needs: a full training step of a transformer on meta."""
     node = ParallelConf(**OmegaConf.to_container(cfg.parallel))
@@ -206,6 +218,7 @@ def _parallel(cfg: DictConfig, family: Family, model: ModelConfig, batch: BatchS
             "number")
     require(train.mode == "full" and dtype.params in ("float32", "bfloat16", "float16"), "train.mode", train.mode,
             "parallel.* counts full training (train=full, weights in float32, bfloat16 or float16)")
+    require(workload is Workload.train, "workload", workload.value, "parallel.* counts a training step")
     require(cfg.optimizer.name != "none", "optimizer.name", "none", "parallel.* counts a step with its optimizer")
     shape = family.shape(model)
     require(bool(shape.heads and shape.layers), "parallel", None, f"counts transformer decoders: "
@@ -257,8 +270,8 @@ def _max_batch(batch: DictConfig, device: Device, training: bool) -> Optional[Ma
                 "must be a finite number of GiB > 0")
     if batch.size != MAX_BATCH:
         return None
-    require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs train.mode other than inference "
-            "and weights that train (not dtype=int8)")
+    require(training, "batch.size", MAX_BATCH, "sizes a training step: it needs workload=train and weights that "
+            "train (not dtype=int8)")
     require(gib is not None or not device.is_meta, "batch.memory_budget_gib", None,
             "missing: batch.size=max on device=meta needs a budget (meta has no memory of its own)")
     return MaxBatch(None if gib is None else int(gib * 2**30))
@@ -284,8 +297,12 @@ def job_config(cfg: DictConfig, spec: JobSpec) -> dict[str, Any]:
     # only what the chosen optimizer and train mode read: a full fine-tune records no LoRA rank, AdamW no GaLore gap
     kept = {"name", *optimizers.OPTIMIZERS[spec.optimizer.name].reads}
     config["optimizer"] = {k: v for k, v in config["optimizer"].items() if k in kept}
-    kept = {"mode", *TRAIN_MODES[spec.train.mode].reads}
-    config["train"] = {k: v for k, v in config["train"].items() if k in kept}
+    config["workload"] = spec.workload.value  # train=generate, the old spelling, recorded as what it means
+    if spec.workload is Workload.train:
+        kept = {"mode", *TRAIN_MODES[spec.train.mode].reads}
+        config["train"] = {k: v for k, v in config["train"].items() if k in kept}
+    else:  # nothing trains
+        config.pop("train", None)
     if not spec.generates:
         config.pop("generate", None)
     if spec.parallel is None:

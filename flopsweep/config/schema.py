@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from flopsweep.build.optimizers import OptimizerConf
-from flopsweep.build.train_modes import TrainConf
+from flopsweep.build.train_modes import TrainConf, Workload
 from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
 from flopsweep.sinks.target import TrackingConf
@@ -63,6 +63,7 @@ class BatchConf:
 @dataclass
 class Schema:
     model: Any = MISSING
+    workload: Workload = Workload.train  # train | inference | generate: what the job runs
     device: DeviceConf = field(default_factory=DeviceConf)
     dtype: DtypeConf = field(default_factory=DtypeConf)
     batch: BatchConf = field(default_factory=BatchConf)
@@ -70,7 +71,7 @@ class Schema:
     train: TrainConf = field(default_factory=TrainConf)
     measure: MeasureConf = field(default_factory=MeasureConf)
     predict: PredictConf = field(default_factory=PredictConf)
-    generate: GenerateConf = field(default_factory=GenerateConf)  # train=generate
+    generate: GenerateConf = field(default_factory=GenerateConf)  # workload=generate
     parallel: ParallelConf = field(default_factory=ParallelConf)  # a layout counted rank by rank (device=meta)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     skip_existing: bool = False          # skip a job whose fingerprint already has a FINISHED run (resume)

@@ -43,7 +43,7 @@ PREDICTED_SHARE_LAUNCH = "time/predicted_share_launch"    # ... and launches (ea
 MFU_PREDICTED = "speed/mfu_predicted"                     # model FLOPs / (predicted step x peak)
 TIME_COMPILE = "time/compile_s"                           # measure.compile=true: torch.compile's first step, apart
 
-# train=generate: a prompt's prefill, then decode steps with a KV cache (flops/forward is the prefill's)
+# workload=generate: a prompt's prefill, then decode steps with a KV cache (flops/forward is the prefill's)
 FLOPS_PREFILL = "flops/prefill"
 FLOPS_DECODE_TOKEN_FIRST = "flops/decode_token_first"  # a decode step per sequence, at the first context
 FLOPS_DECODE_TOKEN_LAST = "flops/decode_token_last"    # ... at the last context

@@ -1,5 +1,5 @@
-"""Generation with a KV cache (``train=generate``), counted and timed: a prompt's prefill, then one token per sequence
-per decode step, each step attending to every token before it.
+"""Generation with a KV cache (``workload=generate``), counted and timed: a prompt's prefill, then one token per
+sequence per decode step, each step attending to every token before it.
 
 A decode step's cost is affine in its context (the tokens it attends to): the weights' matmuls are the same at every
 step, attention's grow by one key and value per step. So two steps are counted (at the first and second contexts),
@@ -28,7 +28,7 @@ from flopsweep.measure.timing import Clock, Stats, repeat
 
 
 class Generator(Protocol):
-    """Token-by-token generation with a KV cache (``train=generate``). ``prefill(tokens)`` runs a prompt, token ids
+    """Token-by-token generation with a KV cache (``workload=generate``). ``prefill(tokens)`` runs a prompt, token ids
     (B, P), and returns the cache it filled; ``decode(tokens, cache)`` runs one new token per sequence (B, 1) against
     the cache and returns the cache with it appended. Both compute the logits of the last position only, as
     generation does; which token comes next is the caller's (the counts do not depend on it)."""

@@ -1,4 +1,4 @@
-"""How a job measures: the ``measure`` node of the config, and the ``generate`` node of ``train=generate``."""
+"""How a job measures: the ``measure`` node of the config, and the ``generate`` node of ``workload=generate``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,6 @@ class PredictConf:
 
 @dataclass
 class GenerateConf:
-    """The ``generate`` node: what ``train=generate`` generates after its prompt of ``batch.seq_len`` tokens."""
+    """The ``generate`` node: what ``workload=generate`` generates after its prompt of ``batch.seq_len`` tokens."""
 
     new_tokens: int = 128

@@ -138,7 +138,7 @@ class Family:
     forward_flops: Optional[Callable[..., int]] = None   # (cfg, batch): the forward pass's matmul FLOPs
     # (cfg, batch, train) -> (forward, backward or None): closed forms that follow train.mode (LoRA included)
     train_flops: Optional[Callable[[Any, BatchShape, TrainPlan], tuple[int, Optional[int]]]] = None
-    # cfg -> what makes the built model's generator (flopsweep.measure.generate.Generator: train=generate), or None
+    # cfg -> what makes the built model's generator (flopsweep.measure.generate.Generator: workload=generate), or None
     # where this config does not generate
     generator: Optional[Callable[[Any], Optional[Callable[[nn.Module], Any]]]] = None
     longest: Optional[Callable[[Any], Optional[int]]] = None  # cfg -> the most positions it takes (None: no limit)

@@ -147,10 +147,10 @@ def analytic_forward_flops(cfg: Config, batch: BatchShape, train: Optional[Train
     return base + (2 * tokens * lora_params(cfg, train) if train is not None and train.mode == "lora" else 0)
 
 
-def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> Optional[int]:
-    """Matmul FLOPs of one backward pass in closed form for ``train.mode`` full, frozen_backbone or lora (None for
-    inference), with the counter's conventions: multiply-add = 2, attention backward twice its forward
-    (dQ, dK, dV, dP over the full ``S^2``, whatever ``measure.causal_attention`` says).
+def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> int:
+    """Matmul FLOPs of one backward pass in closed form for ``train.mode`` full, frozen_backbone or lora, with the
+    counter's conventions: multiply-add = 2, attention backward twice its forward (dQ, dK, dV, dP over the full
+    ``S^2``, whatever ``measure.causal_attention`` says).
 
     A matmul runs in backward only where autograd needs it, so the layers are walked in forward order tracking
     whether the activation carries a gradient (``live``): a linear layer costs its weight gradient if its weight
@@ -161,8 +161,6 @@ def analytic_backward_flops(cfg: Config, batch: BatchShape, train: TrainPlan) ->
     ``lora`` nothing of the base trains: the stream turns live at the first adapter, so every frozen matmul
     before it (the first block's ``qkv`` input gradient, with ``qkv`` adapted) never runs backward, and every
     one after it does. ``full`` is exactly twice the forward."""
-    if train.mode == "inference":
-        return None
     tokens, s = batch.tokens, batch.seq_len
     first_training_block = {"full": 0, "frozen_backbone": cfg.n_layer - train.trainable_layers}.get(
         train.mode, cfg.n_layer)
@@ -204,7 +202,8 @@ def _linear_backward(tokens: int, d_in: int, d_out: int, live: bool, trains: boo
 
 
 def train_flops(cfg: Config, batch: BatchShape, train: TrainPlan) -> tuple[int, Optional[int]]:
-    """The closed forms for ``train.mode``: forward (LoRA's adapters included) and backward (None for inference)."""
+    """The closed forms for ``train.mode``: forward (LoRA's adapters included) and backward (the caller drops it for a
+    forward-only workload)."""
     return analytic_forward_flops(cfg, batch, train), analytic_backward_flops(cfg, batch, train)
 
 

@@ -46,8 +46,8 @@ class Generation:
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
         m = result.metrics
-        require(m.get(M.FLOPS_PREFILL) is not None, "run", source, "is not a counted train=generate run (no "
-                f"{M.FLOPS_PREFILL}): measure one with train=generate, or give --model")
+        require(m.get(M.FLOPS_PREFILL) is not None, "run", source, "is not a counted workload=generate run (no "
+                f"{M.FLOPS_PREFILL}): measure one with workload=generate, or give --model")
         batch, new_tokens = int(m[M.BATCH_SIZE]), int(m[M.NEW_TOKENS])
         first = m.get(M.FLOPS_DECODE_TOKEN_FIRST)
         dtype = ((result.config.get("dtype") or {}).get("params")) or "bfloat16"

@@ -1,4 +1,4 @@
-"""What serving a model costs: a roofline over the counted generation (``train=generate``) on a part of the hardware
+"""What serving a model costs: a roofline over the counted generation (``workload=generate``) on a part of the hardware
 table, at each batch up to the largest whose weights and KV cache fit.
 
 Each phase takes the longer of its FLOPs at ``peak × compute efficiency`` and its bytes at ``bandwidth × memory

@@ -11,7 +11,7 @@ The three totals (multiply-add = 2, matmul class only, as every ``flops/*`` metr
   length), for decoder-only models; attention over the full T×T square, the MFU convention.
 
 Activation recomputation adds one forward pass per step: counted + one measured forward, 8ND, and
-``8·N + 16·L·H·Q·T``. An inference job (``train=inference``: forward only) projects the tokens it processes:
+``8·N + 16·L·H·Q·T``. An inference job (``workload=inference``: forward only) projects the tokens it processes:
 counted forward × tokens, ``2ND`` and ``2·N + 4·L·H·Q·T``. Time = FLOPs / (GPUs × peak × MFU), divided by
 (1 − pipeline bubble) when a parallel layout (:mod:`flopsweep.projection.parallel`) is given; it also sets the
 GPU count and adds the per-device figures.
@@ -57,7 +57,7 @@ class PerToken:
     @classmethod
     def from_result(cls, result: Result, source: str = "") -> "PerToken":
         """From a job's result: it must be ``ok`` and have counted a training step, or a forward pass of an
-        inference build (``train=inference``, int8 weights), at a sequence length."""
+        inference build (``workload=inference``, int8 weights), at a sequence length."""
         m, model = result.metrics, result.config.get("model") or {}
         name = model.get("name", "?")
         require(result.status == "ok", "run", source or name, f"has status {str(result.status)!r}, not 'ok'")

@@ -117,11 +117,11 @@ def stack_offset(model: Optional[torch.nn.Module]) -> int:
 
 
 def closed_forms(spec: JobSpec) -> tuple[Optional[int], Optional[int]]:
-    """The family's closed-form forward FLOPs and, for training jobs, backward FLOPs. A family whose closed forms
-    follow the train mode (the decoder's) gives both; the others' forward is the base model's, which adapters
-    change, so they give none under LoRA; no family models DoRA's norms."""
+    """The family's closed-form forward FLOPs and, for training jobs, backward FLOPs (none for a generation). A family
+    whose closed forms follow the train mode (the decoder's) gives both; the others' forward is the base model's,
+    which adapters change, so they give none under LoRA; no family models DoRA's norms."""
     mode, family = TRAIN_MODES[spec.train.mode], spec.family
-    if not mode.closed_form:
+    if spec.generates or not mode.closed_form:
         return None, None
     if family.train_flops is not None:
         forward, backward = family.train_flops(spec.model, spec.batch, spec.train)

@@ -1,4 +1,4 @@
-"""A ``train=generate`` job: its generation counted (on any device) and timed (on cpu and cuda), as metrics."""
+"""A ``workload=generate`` job: its generation counted (on any device) and timed (on cpu and cuda), as metrics."""
 
 from __future__ import annotations
 

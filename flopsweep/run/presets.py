@@ -26,7 +26,7 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
 
     overrides = [f"model={model}", "device=meta", f"batch.size={batch}", "tracking=none", *extra]
     if inference:
-        overrides.append("train=inference")
+        overrides.append("workload=inference")
     if seq_len:
         overrides.append(f"batch.seq_len={seq_len}")
     try:

@@ -53,9 +53,10 @@ TEMPLATES = ("hf", "custom")  # no preset: every field is the user's, and the na
 
 
 def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
-    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu``; ``changed``, the model's fields the command
-    set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for
-    ``model=hf`` or ``model=custom``, which are named by what they build)."""
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu`` (``...|cpu|generate`` for a workload other than
+    a training step); ``changed``, the model's fields the command set beside its preset (dotted keys), after the
+    model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for ``model=hf`` or ``model=custom``, which are named by what
+    they build)."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
     flat = flatten(model, "model.") if model.get("name") not in TEMPLATES else {}
     fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED]
@@ -63,6 +64,8 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     parts = [label, f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
     parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
+    if config.get("workload", "train") != "train":  # a forward pass or a generation (a training step says nothing)
+        parts.append(str(config["workload"]))
     return "|".join(parts)
 
 
@@ -74,6 +77,8 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     for key in keys:
         if key == "model":
             parts.append(model_label(config.get("model") or {}))
+        elif key == "train" and config.get("workload", "train") != "train":  # train=generate, the old spelling
+            parts.append(str(config["workload"]))
         elif key in GROUP_NAMES:
             parts.append(str((config.get(key) or {}).get(GROUP_NAMES[key], "?")))
         elif key in _SHORT:

@@ -54,7 +54,7 @@ def add_training_source(p: argparse.ArgumentParser) -> None:
     add_source(p, "a measured job")
     p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default: the preset's)")
     p.add_argument("--inference", action="store_true",
-                   help="with --model: count a forward pass only (train=inference) and project the tokens processed;"
+                   help="with --model: count a forward pass only (workload=inference) and project the tokens processed;"
                         " a measured inference run is projected so by itself")
 
 

@@ -1,4 +1,4 @@
-"""flopsweep-project serve: the roofline of a counted generation (a train=generate run, or a preset counted on
+"""flopsweep-project serve: the roofline of a counted generation (a workload=generate run, or a preset counted on
 meta here) on a part of the hardware table: time to first token, time per output token, tokens/s per GPU at each
 batch up to the largest that fits, dollars and kWh per million tokens (docs/serving.md).
 
@@ -22,7 +22,7 @@ WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # a preset's weights as coun
 def register(subparsers) -> None:
     p = A.add_subcommand(subparsers, "serve", __doc__,
                          "a generation's roofline: latency, throughput, cost per million tokens")
-    A.add_source(p, "a measured train=generate job")
+    A.add_source(p, "a measured workload=generate job")
     gen = p.add_argument_group("the generation (with --model)")
     gen.add_argument("--prompt-tokens", type=int, help="the prompt's tokens")
     gen.add_argument("--new-tokens", type=int, help="the tokens generated")
@@ -68,7 +68,7 @@ def command(args: argparse.Namespace) -> int:
             value = getattr(args, key)
             require(value is not None and value >= 1, key.replace("_", "-"), value, "must be given, >= 1, with --model")
         dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
-        extra = ["train=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
+        extra = ["workload=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
         counted = f"{args.model} (counted on meta, {dtype} weights)"
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
     generation = S.Generation.from_result(result, source)
