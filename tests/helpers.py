@@ -333,6 +333,27 @@ class SwallowsTheInterrupt(nn.Module):
         return x.sum()
 
 
+class InterruptedWhenTimed(nn.Module):
+    """A model whose second forward on the CPU (the first the timing runs, after the counted one) is cut by SIGINT,
+    as Ctrl-C in a terminal cuts a long timing."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import signal
+        import time
+
+        if x.device.type == "cpu":
+            self.calls += 1
+            if self.calls == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        return self.linear(x).sum()
+
+
 def shell_commands(body: str) -> list[str]:
     """A shell block's commands as a paste runs them: continued lines joined, trailing comments cut."""
     lines = (line.split("  #")[0].strip() for line in body.replace("\\\n", " ").splitlines())

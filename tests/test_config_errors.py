@@ -147,6 +147,9 @@ def test_cli_error_is_one_line_and_has_no_traceback(tmp_path, args, key):
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()  # Hydra's own errors too: they are several lines as Hydra prints them
     assert line.startswith("flopsweep: error: ") and key in line, proc.stderr
+    if "-m" not in flags:  # one command refused: nothing to keep, no folder, no run
+        assert "results:" not in proc.stdout and not list(tmp_path.glob("outputs/runs/*/*")), proc.stdout
+        assert not list(tmp_path.glob("outputs/mlartifacts/*")) and not list(tmp_path.glob("outputs/mlruns/*"))
 
 
 def test_a_custom_model_that_refuses_its_arguments_gives_its_own_reason():

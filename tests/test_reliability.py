@@ -233,7 +233,7 @@ def test_a_signal_ends_the_sweep_with_its_summary_its_run_killed_and_a_resume_li
         rows = list(csv.DictReader(handle))
     assert 2 <= len(rows) < 6 and "jobs:" in out
     for row in rows:  # measured, or the job the signal stopped, recorded as such
-        assert row["status"] == "ok" or (row["status"] == "failed" and "interrupted by" in row["error"]), row
+        assert row["status"] == "ok" or (row["status"] == "interrupted" and "interrupted by" in row["error"]), row
     (parent,) = sweeps(tmp_path, "signals")
     assert parent.info.status == "KILLED"
     assert parent.data.metrics["jobs/ok"] == sum(r["status"] == "ok" for r in rows)
@@ -415,6 +415,18 @@ def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cle
         Counter((str(b), str(s)) for b in (1, 2, 4, 8) for s in (128, 256))
 
 
+def test_a_job_interrupted_while_timed_is_recorded_interrupted_with_what_it_counted(tmp_path):
+    from tests.helpers import custom_model
+
+    proc = run_app("-m", *custom_model("tests.helpers.InterruptedWhenTimed", "[{name:x,shape:[batch,4]}]"),
+                   "device=cpu", "batch.size=3", "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "1 jobs: 1 interrupted" in proc.stdout
+    (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
+    assert row["status"] == "interrupted" and row["error"] == "interrupted by SIGINT before the job finished"
+    assert float(row["flops/forward"]) == 2 * 3 * 4 * 4 and not row.get("time/step_median_s")  # counted, not timed
+
+
 def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_sweep(tmp_path):
     """It ended as "the launcher stopped (UnboundLocalError: ...)", exit status 1, once in some twenty SIGTERMs."""
     from tests.helpers import custom_model
@@ -425,7 +437,7 @@ def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_swe
     (line,) = [e for e in proc.stderr.splitlines() if e.startswith("flopsweep")]
     assert line.startswith("flopsweep: interrupted by SIGTERM")
     (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
-    assert row["status"] == "failed" and "interrupted by SIGTERM" in row["error"]
+    assert row["status"] == "interrupted" and "interrupted by SIGTERM" in row["error"]
 
 
 @pytest.mark.slow

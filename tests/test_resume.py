@@ -28,6 +28,22 @@ def logged(sweep_root):
             if (r.get("info", {}).get("tracking") or {}).get("logged")]
 
 
+def test_a_skipped_jobs_row_shows_the_figures_of_the_run_that_measured_it(tmp_path):
+    sweep = ["-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=64", "batch.size=1,2", "device=meta",
+             "tracking.experiment=resume", "skip_existing=true"]
+    first = run_app(*sweep, cwd=tmp_path)
+    again = run_app(*sweep, cwd=tmp_path)
+    assert first.returncode == 0 and again.returncode == 0, again.stderr
+    first_dir, again_dir = sorted(d for d in (tmp_path / "outputs" / "sweeps").glob("*/*") if d.is_dir())
+    measured, skipped = results(first_dir), results(again_dir)
+    assert {r["status"] for r in skipped.values()} == {"skipped"}
+    for job, result in skipped.items():  # the figures logged by the first sweep, whole numbers as they were
+        assert result["metrics"]["flops/forward"] == measured[job]["metrics"]["flops/forward"] > 0
+        assert result["metrics"]["config/seq_len"] == 64 and isinstance(result["metrics"]["config/seq_len"], int)
+    rows = [line.split() for line in again.stdout.splitlines() if line.startswith(("0_", "1_"))]
+    assert [row[6] for row in rows] == ["skipped", "skipped"] and all(row[3] == "64" and row[7] != "-" for row in rows)
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_to_one_finished_run_per_config(tmp_path):
     sweeps = tmp_path / "outputs" / "sweeps"

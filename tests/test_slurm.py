@@ -308,7 +308,7 @@ def test_a_job_cut_by_its_time_limit_is_recorded_as_such(cluster, tmp_path):
     assert done.returncode == 1, done.stderr
     (line,) = errors(done.stderr)
     assert line.endswith("cut by Slurm's time limit (hydra.launcher.timeout_min=2) before the job finished"), line
-    assert "1 jobs: 1 failed" in done.stdout
+    assert "1 jobs: 1 interrupted" in done.stdout
     assert cluster.drained() == []
 
 

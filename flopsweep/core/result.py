@@ -21,6 +21,7 @@ class Status(str, Enum):
     SKIPPED = "skipped"
     OOM = "oom"
     LOST = "lost"        # a sweep job that died before writing result.json
+    INTERRUPTED = "interrupted"  # stopped by a signal (Ctrl-C, Slurm's warning), with what it measured before
 
     __str__ = str.__str__
     __format__ = str.__format__
@@ -28,7 +29,7 @@ class Status(str, Enum):
     @property
     def failed(self) -> bool:
         """Whether it fails a sweep (its exit status, its parent run)."""
-        return self in (Status.FAILED, Status.OOM, Status.LOST)
+        return self in (Status.FAILED, Status.OOM, Status.LOST, Status.INTERRUPTED)
 
 
 STATUSES = tuple(s.value for s in Status)

@@ -189,6 +189,11 @@ def _run(spec: JobSpec, config: dict[str, Any]) -> Result:
     progress = Progress()
     try:
         result = _measure(spec, config, progress)
+    except KeyboardInterrupt as err:  # a signal: what was measured before it goes up with it, for the job's record
+        with contextlib.suppress(Exception):
+            err.measured = job_result(spec, config, progress, status="interrupted",  # type: ignore[attr-defined]
+                                      error="interrupted before the job finished")
+        raise
     except DidNotCompile as err:  # a failed job that keeps its count and sizes
         return job_result(spec, config, progress, status="failed", error=str(err))
     except Exception as err:

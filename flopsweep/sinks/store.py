@@ -30,7 +30,7 @@ LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINIS
 UNFINISHED = "attributes.status = 'RUNNING'"
 # a job's MLflow status: skipped for lack of memory is KILLED, not FINISHED, so that skip_existing=true runs it
 # again (when there is room) instead of taking it for measured; its tag `status` says skipped, `error` why
-RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED"}
+RUN_STATUS = {"ok": "FINISHED", "skipped": "KILLED", "interrupted": "KILLED"}
 SWEEP_TAG = "flopsweep.sweep"
 PID_TAG = "flopsweep.pid"  # the sweep's process, to tell a sweep that died from one that runs
 FINGERPRINT_TAG = "flopsweep.fingerprint"
@@ -263,6 +263,12 @@ def failed(uri: str, err: Exception, started: float) -> None:
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
     """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
     return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
+
+
+def run_metrics(target: Target, run_id: str) -> dict[str, float]:
+    """A run's metrics, as last logged (a skipped job's row shows the figures of the run that measured it)."""
+    metrics = store(target).client.get_run(run_id).data.metrics  # floats: whole numbers read back as they were
+    return {key: int(value) if float(value).is_integer() else value for key, value in metrics.items()}
 
 
 def log_to_sweep_run(target: Target, sweep: str, folder: Path, artifact_path: str) -> Optional[str]:

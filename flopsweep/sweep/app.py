@@ -47,7 +47,12 @@ def run_one(cfg: DictConfig) -> Result:
         except OmegaConfBaseException:
             config = recorded(cfg, resolve=False)
         result = Result("failed", str(err), config)
-        result.info["fingerprint"] = fingerprint(config, None, None)
+        if hydra_cfg.mode != RunMode.MULTIRUN:  # a single command refused: said, with nothing to keep or log
+            state.current().failed = True
+            error(result.error)
+            _remove_if_only_hydras(Path(hydra_cfg.runtime.output_dir))
+            return result
+        result.info["fingerprint"] = fingerprint(config, None, None)  # a sweep's refused job: a row and a run
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
         changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else changed_model_fields(hydra_cfg)
@@ -66,7 +71,8 @@ def run_one(cfg: DictConfig) -> Result:
                 raise state.again()
         except KeyboardInterrupt as err:  # the job is recorded as interrupted, then the sweep ends
             cause = err.cause if isinstance(err, state.Interrupted) else "interrupted by SIGINT"
-            result = Result("failed", f"{cause} before the job finished", config)
+            result = getattr(err, "measured", None) or Result("interrupted", None, config)  # run_job's, if it began
+            result.error = f"{cause} before the job finished"
             with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
                 write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
             raise
@@ -87,6 +93,19 @@ def changed_model_fields(hydra_cfg: DictConfig) -> list[str]:
     """The model's fields that a single run's command line sets (``model.n_layer=2``: ``model.n_layer``)."""
     keys = (override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task)
     return [key for key in keys if key.startswith("model.")]
+
+
+def _remove_if_only_hydras(folder: Path) -> None:
+    """The folder Hydra made for a job refused before it ran, unless something else was written there (Hydra's
+    ``.hydra`` config and an empty log are all it holds)."""
+    import shutil
+
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= ours and \
+            all(p.is_dir() or p.stat().st_size == 0 for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the day's folder, if this was its only run
+            folder.parent.rmdir()
 
 
 def _failed_job_target(cfg: DictConfig, refused: ConfigError) -> Target | ConfigError | None:
@@ -136,7 +155,7 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
     from flopsweep.run.job import run_job
     from flopsweep.sinks.claims import claim
     from flopsweep.sinks.health import down_reason
-    from flopsweep.sinks.store import failed, finished_run
+    from flopsweep.sinks.store import failed, finished_run, run_metrics
 
     source = spec.model_source
     fp = fingerprint(config, str(spec.device), spec.device.name, source["sha256"] if source else None)
@@ -163,9 +182,11 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
             warning(f"could not look for a finished run ({one_line(err)}); measuring")
         else:
             if existing is not None:
-                return skipped(f"run {existing} of experiment {target.experiment!r} already measured this",
-                               Tracking(True, masked(target.uri), target.experiment, existing, existing=True)), \
-                    claimed
+                result = skipped(f"run {existing} of experiment {target.experiment!r} already measured this",
+                                 Tracking(True, masked(target.uri), target.experiment, existing, existing=True))
+                with contextlib.suppress(Exception):  # its figures for the sweep's table: a nicety, not the record
+                    result.metrics = run_metrics(target, existing)
+                return result, claimed
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result, claimed
