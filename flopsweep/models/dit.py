@@ -1,5 +1,6 @@
-"""A diffusion transformer (DiT, Peebles & Xie 2023) built by diffusers (``DiTTransformer2DModel``), trained as its
-paper trains it: one denoising step on a batch of latents::
+"""Diffusion transformers built by diffusers: DiT (Peebles & Xie 2023, ``DiTTransformer2DModel``, ``model.family=dit``)
+and the MMDiT of Stable Diffusion 3 (Esser et al. 2024, ``SD3Transformer2DModel``, ``model.family=mmdit``), each
+trained as its paper trains it: one denoising step on a batch of latents::
 
     model=dit_xl_2                                  # DiT-XL/2: 28 blocks of 1152, patches of 2, 1,000 classes
     model=dit_xl_2 batch.image_size=64              # the latent's side: 64 x 64 x 4 latents (a 512-pixel image)
@@ -23,11 +24,26 @@ checkpoint copies the same weights into all 28), which would count 27 more embed
 and their FLOPs. Its fixed sine-cosine position table is a buffer here, as in diffusers (the paper's code keeps it as a
 frozen parameter: 294,912 more for DiT-XL/2, in neither count of 675M's precision). diffusers is an optional extra:
 ``pip install 'flopsweep[diffusion]'``.
+
+The MMDiT (``model=sd3_medium``: Stable Diffusion 3 Medium's transformer) is conditioned on text: the text encoders'
+hidden states (``batch.seq_len`` tokens of ``model.joint_attention_dim``, 333 unless set: CLIP's 77 and T5's 256, as
+SD3's pipeline makes them) and their pooled projection (``model.pooled_projection_dim``) are inputs of the step, as
+the VAE's latents are (the encoders are frozen and not part of it). Each block has two streams of weights, the
+latent's patches and the text's tokens, each with its own adaLN-Zero modulation, q, k, v, out and MLP, and one
+attention over both streams' tokens together; the last block keeps only the image stream's output. The step is the
+paper's rectified flow: a time t a sample from the logit-normal law (its best, lognorm(0, 1)), the latent moved
+toward the noise (``(1 - t) x + t noise``), the velocity ``noise - x`` predicted (t x 1000 as diffusers' timestep)
+and its mean square taken. ``batch.image_size`` is the latent's side (128 unless set: a 1,024-pixel image through
+SD3's VAE, 16 channels), at most ``model.pos_embed_max_size`` patches a side.
+
+Why one file: the two families share what makes a diffusers model a flopsweep family (the optional import and its
+one-line error, building under a ConfigError naming the model, the latent's side as ``batch.image_size``), and each
+is a short config, a loss around diffusers' class and a closed form; apart they would be two halves of one recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -43,11 +59,11 @@ BETAS = (1e-4, 0.02)  # the paper's linear schedule (its code's, from DDPM)
 INSTALL = "install 'flopsweep[diffusion]'"
 
 
-def diffusers_module() -> Any:
+def diffusers_module(family: str = "dit") -> Any:
     try:
         import diffusers
     except ImportError:
-        raise ConfigError("model.family", "dit", f"needs diffusers: {pip(INSTALL)}") from None
+        raise ConfigError("model.family", family, f"needs diffusers: {pip(INSTALL)}") from None
     return diffusers
 
 
@@ -172,3 +188,120 @@ def shape(cfg: Config) -> ModelShape:
 
 FAMILIES.add("dit", Family("dit", Config, Model, example_inputs, shape, head=("net.proj_out_1", "net.proj_out_2"),
                            blocks="net.transformer_blocks", forward_flops=analytic_forward_flops))
+
+
+# --- MMDiT: Stable Diffusion 3's transformer -------------------------------------------------------------------------
+
+
+@dataclass
+class MMDiTConfig(ModelConfig):
+    family: str = "mmdit"
+    sample_size: int = 128             # the latent's side (batch.image_size)
+    patch_size: int = 2
+    in_channels: int = 16
+    out_channels: int = 16
+    num_layers: int = 24
+    num_attention_heads: int = 24
+    attention_head_dim: int = 64
+    joint_attention_dim: int = 4096    # the text encoders' hidden states (T5-XXL's width)
+    caption_projection_dim: int = 1536  # the text stream's width: the image stream's (heads x head_dim)
+    pooled_projection_dim: int = 2048  # CLIP-L's and CLIP-G's pooled outputs side by side
+    pos_embed_max_size: int = 192      # patches a side the position table holds
+    dual_attention_layers: list[int] = field(default_factory=list)  # SD3.5's blocks with a second, image-only attention
+    qk_norm: Optional[str] = None      # SD3.5's "rms_norm" on queries and keys (no matmul)
+    default_seq_len: int = 333         # text tokens: CLIP's 77 and T5's 256
+
+    @property
+    def width(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
+        if image_size is not None:
+            self.sample_size = image_size
+        return BatchShape(size, seq_len if seq_len is not None else self.default_seq_len, self.sample_size)
+
+    def validate(self, batch: BatchShape) -> None:
+        check_positive(self, "sample_size", "patch_size", "in_channels", "out_channels", "num_layers",
+                       "num_attention_heads", "attention_head_dim", "joint_attention_dim", "caption_projection_dim",
+                       "pooled_projection_dim", "pos_embed_max_size", "default_seq_len")
+        require(batch.seq_len is not None and batch.seq_len >= 1, "batch.seq_len", batch.seq_len,
+                "must be at least one text token")
+        require(self.sample_size % self.patch_size == 0, "batch.image_size", self.sample_size,
+                f"the latent's side must be a multiple of model.patch_size={self.patch_size}")
+        require(self.sample_size // self.patch_size <= self.pos_embed_max_size, "batch.image_size", self.sample_size,
+                f"at most model.pos_embed_max_size={self.pos_embed_max_size} patches of {self.patch_size} a side")
+        require(self.caption_projection_dim == self.width, "model.caption_projection_dim", self.caption_projection_dim,
+                f"the text stream's width must be the image stream's: model.num_attention_heads x "
+                f"model.attention_head_dim = {self.width}")
+        layers = list(self.dual_attention_layers)
+        require(all(isinstance(i, int) and 0 <= i < self.num_layers for i in layers), "model.dual_attention_layers",
+                layers, f"must be block indices below model.num_layers={self.num_layers}")
+        require(self.qk_norm in (None, "rms_norm", "layer_norm"), "model.qk_norm", self.qk_norm,
+                "must be null, rms_norm or layer_norm")
+        diffusers_module("mmdit")
+
+
+class MMDiT(nn.Module):
+    """diffusers' SD3 transformer; ``forward`` returns the rectified-flow loss."""
+
+    def __init__(self, cfg: MMDiTConfig):
+        super().__init__()
+        diffusers = diffusers_module("mmdit")
+        try:
+            self.net = diffusers.SD3Transformer2DModel(
+                sample_size=cfg.sample_size, patch_size=cfg.patch_size, in_channels=cfg.in_channels,
+                num_layers=cfg.num_layers, attention_head_dim=cfg.attention_head_dim,
+                num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.joint_attention_dim,
+                caption_projection_dim=cfg.caption_projection_dim, pooled_projection_dim=cfg.pooled_projection_dim,
+                out_channels=cfg.out_channels, pos_embed_max_size=cfg.pos_embed_max_size,
+                dual_attention_layers=tuple(cfg.dual_attention_layers), qk_norm=cfg.qk_norm)
+        except (ValueError, TypeError, NotImplementedError) as err:
+            raise ConfigError("model", cfg.name, f"diffusers cannot build it: {' '.join(str(err).split())[:300]}") \
+                from None
+        self.loss = nn.MSELoss()
+
+    def forward(self, latents: torch.Tensor, noise: torch.Tensor, times: torch.Tensor, text: torch.Tensor,
+                pooled: torch.Tensor) -> torch.Tensor:
+        t = times.to(latents.dtype).view(-1, 1, 1, 1)
+        noisy = (1 - t) * latents + t * noise
+        velocity = self.net(noisy, encoder_hidden_states=text, pooled_projections=pooled, timestep=times * 1000).sample
+        return self.loss(velocity, noise - latents)
+
+
+def mmdit_inputs(cfg: MMDiTConfig, batch: BatchShape, device: torch.device | str) -> dict[str, torch.Tensor]:
+    side = (batch.size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    return {"latents": torch.randn(side, device=device), "noise": torch.randn(side, device=device),
+            "times": torch.sigmoid(torch.randn(batch.size, device=device)),  # logit-normal
+            "text": torch.randn(batch.size, batch.seq_len, cfg.joint_attention_dim, device=device),
+            "pooled": torch.randn(batch.size, cfg.pooled_projection_dim, device=device)}
+
+
+def mmdit_forward_flops(cfg: MMDiTConfig, batch: BatchShape) -> int:
+    """The matmul FLOPs of one forward (multiply-adds x 2). Per sample, with N = (side / patch)^2 image tokens, L text
+    tokens and width d: the patch embedding (N x C p^2 x d), the conditioning (the timestep's 256 frequencies through
+    256 x d and d x d; the pooled text through P x d and d x d), the text's projection (L x J x d); per block both
+    streams' adaLN-Zero modulations (2 x d x 6d), q, k, v and out of both streams (4 (N + L) d^2), attention over the
+    N + L tokens together (2 (N + L)^2 d) and both MLPs (8 (N + L) d^2); the last block modulates the text by d x 2d,
+    projects its q, k, v but no out and runs no text MLP; a dual-attention block (SD3.5) modulates by d x 9d and
+    attends a second time over the image alone (4 N d^2 + 2 N^2 d). The final modulation (d x 2d) and the projection
+    to the patches' values (N x d x p^2 O)."""
+    d, p = cfg.width, cfg.patch_size
+    n, text = (cfg.sample_size // p) ** 2, batch.seq_len
+    both = n + text
+    embed = n * cfg.in_channels * p * p * d + 256 * d + d * d + cfg.pooled_projection_dim * d + d * d
+    embed += text * cfg.joint_attention_dim * d
+    block = 12 * d * d + 12 * both * d * d + 2 * both * both * d
+    last = 8 * d * d + 3 * both * d * d + 2 * both * both * d + n * d * d + 8 * n * d * d
+    dual = 3 * d * d + 4 * n * d * d + 2 * n * n * d
+    blocks = (cfg.num_layers - 1) * block + last + len(set(cfg.dual_attention_layers)) * dual
+    final = 2 * d * d + n * d * p * p * cfg.out_channels
+    return 2 * batch.size * (embed + blocks + final)
+
+
+def mmdit_shape(cfg: MMDiTConfig) -> ModelShape:
+    return ModelShape.transformer(cfg.width, cfg.num_layers, cfg.num_attention_heads, head_dim=cfg.attention_head_dim)
+
+
+FAMILIES.add("mmdit", Family("mmdit", MMDiTConfig, MMDiT, mmdit_inputs, mmdit_shape,
+                             head=("net.norm_out", "net.proj_out"), blocks="net.transformer_blocks",
+                             forward_flops=mmdit_forward_flops))
