@@ -16,6 +16,7 @@ from tests.test_presets import LARGE  # noqa: E402
 # The parameter counts Hugging Face shows for the published checkpoints (safetensors totals), and torchvision's tables
 # for the CNNs: not computed by flopsweep nor by transformers here.
 PUBLISHED = {
+    "jamba_1_5_mini": 103_140_646_656 // 2,  # its safetensors index's total_size, bf16
     "llama3_8b": 8_030_261_248, "llama3_70b": 70_553_706_496, "llama3_1_8b": 8_030_261_248,
     "llama3_1_70b": 70_553_706_496, "llama3_1_405b": 405_853_388_800, "llama3_2_1b": 1_235_814_400,
     "llama3_2_3b": 3_212_749_824, "mistral_7b": 7_241_732_096, "mixtral_8x7b": 46_702_792_704,
@@ -151,6 +152,8 @@ def test_every_preset_counts_every_op_of_its_step(name):
     few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
     if name == "deepseek_v3":
         few = ["++model.num_hidden_layers=2", "++model.first_k_dense_replace=1", "batch.seq_len=16"]
+    if name == "jamba_1_5_mini":  # its first attention layer is its fifth (experts in every second)
+        few = ["++model.num_hidden_layers=5", "batch.seq_len=16"]
     result = measured(f"model={name}", *few, "batch.size=1")
     assert not result.breakdown["uncounted_ops"], result.breakdown["uncounted_ops"]
     assert result.metrics["flops/backward"] > result.metrics["flops/forward"] > 0

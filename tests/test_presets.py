@@ -31,6 +31,7 @@ def meta_spec(preset: str, *overrides: str):
 LARGE = {"deepseek_v3", "llama3_1_405b", "gpt3_175b", "mixtral_8x22b", "qwen2_5_72b", "llama3_70b", "llama3_1_70b",
          "qwen2_5_32b", "qwen3_30b_a3b",
          "mamba_codestral_7b", "qwen2_vl_7b",  # and transformers' reference SSD path, an 8B VLM: 5 s each
+         "jamba_1_5_mini", "sd3_medium",  # transformers' token-by-token Mamba scan (34 s); a 2B MMDiT (4 s)
          # Hugging Face's 7B and up: 0.5-1.9 s each counted whole; the fast lane counts them cut to two layers
          # (tests/test_hf.py::test_every_preset_counts_every_op_of_its_step)
          "falcon_h1_7b", "gemma2_27b", "mistral_7b", "qwen2_5_14b", "gemma2_9b", "mixtral_8x7b", "gpt_neox_20b",

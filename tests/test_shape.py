@@ -42,11 +42,13 @@ PUBLISHED = {
     "mamba_codestral_7b": (4096, 64, None, None, None),  # no attention: its 128 heads are the scan's
     "falcon_h1_7b": (3072, 44, 12, 2, 128),  # its attention's, beside each layer's 24 SSD heads (tiiuae's config.json)
     "dit_xl_2": (1152, 28, 16, 16, 72),  # Peebles & Xie 2023, table 4 (XL: 28 layers, 1152 wide, 16 heads)
+    "sd3_medium": (1536, 24, 24, 24, 64),  # SD3 Medium's transformer config (24 joint blocks of 24 heads of 64)
+    "jamba_1_5_mini": (4096, 32, 32, 8, 128),  # its config.json: 32 layers, of which 4 attend (one in 8)
     "resnet_bk_baseline": (64, 4, None, None, None), "resnet_bk_full": (64, 4, None, None, None),  # no attention
 }
 EXPERTS = {"mixtral_8x7b": (8, 2), "mixtral_8x22b": (8, 2), "qwen3_30b_a3b": (128, 8), "deepseek_v3": (256, 8),
-           "resnet_bk_baseline": (4, 1), "resnet_bk_full": (4, 1)}  # routed experts, of which a token uses
-CAUSAL_LMS = ("gpt", "llama", "mistral", "mixtral", "qwen", "gemma", "deepseek", "mamba", "falcon")
+           "jamba_1_5_mini": (16, 2), "resnet_bk_baseline": (4, 1), "resnet_bk_full": (4, 1)}  # routed experts, of which a token uses
+CAUSAL_LMS = ("gpt", "llama", "mistral", "mixtral", "qwen", "gemma", "deepseek", "mamba", "falcon", "jamba")
 NO_SHAPE = {"convnext_tiny", "efficientnet_b0", "mobilenet_v2", "resnet18", "resnet50",  # CNNs
             "custom_example"}  # a user's module: its arguments name nothing known
 TEMPLATES = {"hf", "custom"}  # they build what the user names
