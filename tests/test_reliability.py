@@ -38,7 +38,9 @@ def test_a_resume_whose_first_job_is_skipped_writes_every_jobs_row_and_closes_it
     with (tmp_path / "resumed" / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["job"], r["status"]) for r in rows] == [("0_gpt2_small", "skipped"), ("1_gpt2_small", "ok")]
-    assert rows[0]["flops/forward"] == "" and float(rows[1]["flops/forward"]) > 0
+    (first_result,) = tmp_path.glob("outputs/sweeps/*/*/0_gpt2_small/result.json")  # a skipped row: its run's figures
+    assert float(rows[0]["flops/forward"]) == json.loads(first_result.read_text())["metrics"]["flops/forward"]
+    assert float(rows[1]["flops/forward"]) > 0
     measured = json.loads((tmp_path / "resumed" / "1_gpt2_small" / "result.json").read_text())["metrics"]
     assert set(measured) <= set(rows[1])  # every metric of the measured job has its column
     assert [run.info.status for run in sweeps(tmp_path)] == ["FINISHED", "FINISHED"]

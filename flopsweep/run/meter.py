@@ -193,17 +193,13 @@ class Meter:
         """Write the job folder (``folder``, default ``outputs/loop/<time>_<name>``) and log it to MLflow (``uri``,
         default ``MLFLOW_TRACKING_URI`` or the local store under ``outputs/``). Returns the run id."""
         from flopsweep.sinks.identity import fingerprint
-        from flopsweep.sinks.jobdir import write_job_folder
-        from flopsweep.sinks.store import log_job
+        from flopsweep.sinks.record import record
         from flopsweep.sinks.target import target_at
 
         result = self.result()
         result.info["fingerprint"] = fingerprint(result.config, self.device, result.device_name)
         folder = folder or Path("outputs") / "loop" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{self.name or 'model'}"
-        write_job_folder(result, folder)
-        logged = log_job(target_at(uri, "outputs", experiment), result, folder, {"source": "flopsweep.meter"})
-        result.tracking = logged
-        result.write(folder / "result.json")
+        logged = record(result, folder, target_at(uri, "outputs", experiment), {"source": "flopsweep.meter"})
         if not logged.logged:
             raise RuntimeError(f"flopsweep.meter: not logged to MLflow ({logged.error}); the result is in {folder}")
         return logged.run_id

@@ -16,6 +16,7 @@ from flopsweep.core.files import locked
 from flopsweep.core.result import Result, Tracking
 from flopsweep.sinks.health import StoreUnusable
 from flopsweep.sinks.identity import fingerprint_of
+from flopsweep.sinks.record import record
 from flopsweep.sinks.store import FINGERPRINT_TAG, LOGGED, failed, store
 from flopsweep.sinks.sweep_run import SweepRun, job_folders
 from flopsweep.sinks.target import URI_ENV, Target, target_at, target_of_uri, unmasked
@@ -123,13 +124,21 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
                 if key not in parents:
                     parents[key] = SweepRun.of_folder(runs, sweep_dir)
                 parent = parents[key].run_id
-            run_id = runs.log_job(result, folder, {"synced": True}, parent)
         except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
             failed(target.uri, err, started)
             done.failed += 1
             on_failure(folder, one_line(err, kind=False))
             continue
-        _record_logged(result, folder, target, run_id)
+        try:
+            logged = record(result, folder, target, {"synced": True}, parent, folder_written=True)
+        except OSError as err:  # the next sync finds its run, and says so in its result.json
+            done.logged += 1
+            on_failure(folder, f"logged, but its result.json cannot say so: {one_line(err)}")
+            continue
+        if not logged.logged:
+            done.failed += 1
+            on_failure(folder, logged.error or "not logged")
+            continue
         done.logged += 1
     try:
         for parent in parents.values():
@@ -155,5 +164,6 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
 
 
 def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:
+    """A job found in its store (logged by an earlier sync elsewhere): its ``result.json`` says where."""
     result.tracking = Tracking(True, masked(target.uri), target.experiment, run_id, synced=True)
     result.write(folder / "result.json")

@@ -121,7 +121,9 @@ def _failed_job_target(cfg: DictConfig, refused: ConfigError) -> Target | Config
 
 def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result: Result,
             job_num: Optional[int]) -> None:
-    """The job's folder, its lines on the console and its run in the store."""
+    """The job's folder, its lines on the console and its run in the store (:func:`flopsweep.sinks.record.record`)."""
+    from flopsweep.sinks.record import record
+
     folder = Path(hydra_cfg.runtime.output_dir)
     lines = []
     if result.status.failed:
@@ -131,21 +133,44 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = job_lines(result)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     swept = list(state.SweepContext.current().swept)
-    if swept and hydra_cfg.mode == RunMode.MULTIRUN:  # what tells it apart from the sweep's other runs, first
+    if swept and in_sweep:  # what tells it apart from the sweep's other runs, first
         result.info["run_name"] = short_name(result.config or {}, swept)
     overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
     job = {"job_num": job_num, "overrides": overrides}
+    said = []
+
+    def results_line() -> None:  # said before the run is logged: a slow store does not hold the numbers back
+        say("\n".join([*lines, f"results: {folder}"]))
+        said.append(True)
+
     try:
-        write_job_folder(result, folder)  # always first: nothing measured is lost whatever the store does
+        record(result, folder, _logged_to(tracking, result), job, state.SweepContext.current().parent,
+               written=results_line)
     except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
-        state.current().unwritten[folder.name] = result
-        if _log(tracking, result, folder, job) and result.tracking.logged:  # a resume finds it there
-            lines.append(f"logged to MLflow (run {result.tracking.run_id}) with the files it has")
-        say("\n".join(lines))
+        if not said:  # its folder could not be written
+            state.current().unwritten[folder.name] = result
+            if result.tracking is not None and result.tracking.logged:  # a resume finds it there
+                lines.append(f"logged to MLflow (run {result.tracking.run_id}) with the files it has")
+            say("\n".join(lines))
         raise state.Unwritable(folder, err) from None
-    say("\n".join([*lines, f"results: {folder}"]))
-    _track(tracking, result, folder, job, hydra_cfg.mode == RunMode.MULTIRUN)
+    noted = result.tracking
+    if noted is not None and not (noted.logged or noted.elsewhere or (in_sweep and noted.known)):
+        warning(f"not logged to MLflow ({noted.error}); the result is in "
+                f"{folder}: `flopsweep-sync {folder}` logs it later")
+
+
+def _logged_to(tracking: Target | ConfigError | None, result: Result) -> Optional[Target]:
+    """Where the job's run is logged: nowhere for tracking=none or a skipped job whose run is in the store or another
+    resume's to log; a target that can never work is noted as why not (said by the caller), and not tried."""
+    noted = result.tracking
+    if noted is not None and (noted.existing or noted.elsewhere):
+        return None
+    if isinstance(tracking, ConfigError):
+        result.tracking = Tracking(False, error=str(tracking))
+        return None
+    return tracking
 
 
 def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optional[Claim]]:
@@ -190,40 +215,6 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
     result = run_job(spec, config)
     result.info["fingerprint"] = fp
     return result, claimed
-
-
-def _log(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any]) -> bool:
-    """Log the job's run to ``tracking`` and record where, or why not, in ``result.tracking``; False where
-    there is nothing to log to (tracking=none, a job refused for where it logs, or skip_existing's run already in the
-    store)."""
-    from flopsweep.sinks.store import log_job
-
-    noted = result.tracking
-    if noted is not None and (noted.existing or noted.elsewhere):  # in the store, or another resume's to log
-        return False
-    if isinstance(tracking, ConfigError):
-        result.tracking = Tracking(False, error=str(tracking))
-        return True
-    if tracking is None:
-        return False
-    result.tracking = log_job(tracking, result, folder, job, state.SweepContext.current().parent)
-    return True
-
-
-def _track(tracking: Target | ConfigError | None, result: Result, folder: Path, job: dict[str, Any],
-           in_sweep: bool) -> None:
-    """Log the job's run, and record in its ``result.json`` where, or why not: said here unless the store is known
-    to be down in a sweep (said once, by the sweep or the first job that found it)."""
-    if not _log(tracking, result, folder, job):
-        return
-    try:
-        result.write(folder / "result.json")
-    except OSError as err:  # the result.json before (without where it was logged) stays whole
-        raise state.Unwritable(folder, err) from None
-    logged = result.tracking
-    if not logged.logged and not (in_sweep and logged.known):
-        warning(f"not logged to MLflow ({logged.error}); the result is in "
-                f"{folder}: `flopsweep-sync {folder}` logs it later")
 
 
 register_configs()  # wherever a job is composed: a sweep's workers import this module, not the command's
