@@ -54,9 +54,11 @@ class RankMemory:
 
     @property
     def states_bytes(self) -> int:
-        """Weights, buffers, gradients and optimizer state as the optimizer's step holds them."""
-        held = self.peaks["optimizer"]
-        return sum(held.get(name, 0) for name in ("weights", "buffers", "gradients", "optimizer_state"))
+        """What the rank holds from step to step: its weights, their gradients (the weights' shards and dtype),
+        buffers and the optimizer's state, as the forward holds them (the optimizer's own peak adds its update's
+        temporaries to the state's category: AdamW's, a third float32 copy)."""
+        held = self.peaks["forward"]
+        return 2 * held.get("weights", 0) + held.get("buffers", 0) + held.get("optimizer_state", 0)
 
 
 def _peaks(segments: list[tuple[str, dict[str, int]]]) -> dict[str, dict[str, int]]:

@@ -54,9 +54,7 @@ def run_parallel(spec: JobSpec, config: dict[str, Any]) -> Result:
 
 def layout_metrics(count: LayoutCount) -> dict[str, float]:
     layout, m, busiest = count.layout, count.micro_batches, count.busiest
-    held = busiest.memory.at_peak
-    states = 2 * held.get("weights", 0) + held.get("optimizer_state", 0)  # gradients: the weights' shards and dtype
-    states += busiest.memory.partner_states  # DualPipe: the other stage's
+    states = busiest.memory.states_bytes + busiest.memory.partner_states  # DualPipe: the other stage's too
     metrics = {M.BATCH_SIZE: count.batch_size, M.SEQ_LEN: count.seq_len, M.PARALLEL_GPUS: layout.world_size,
                M.PARALLEL_MICRO_BATCHES: m, M.PARALLEL_MEMORY_PER_GPU: busiest.memory.peak_in_flight_bytes,
                M.PARALLEL_STATES_PER_GPU: states,
