@@ -50,10 +50,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
     max_batch = _max_batch(cfg.batch, device, trains(dtype.params, workload))
-    require(not (device.kind == "cpu" and trains(dtype.params, workload) and
-                 OmegaConf.select(cfg, "model.attn_implementation") == "flex_attention"), "device.type", "cpu",
-            "model.attn_implementation=flex_attention has no backward on the CPU in PyTorch: count the training step "
-            "on device=meta (its FLOPs and memory), or time workload=inference on the CPU")
+    model.validate_run(device.kind, trains(dtype.params, workload))
     parallel = _parallel(cfg, family, model, batch, device, dtype, workload, train, predict)
     tracking = _tracking(cfg)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,

@@ -52,6 +52,10 @@ class ModelConfig:
     def validate(self, batch: BatchShape) -> None:  # overridden by families with constraints
         pass
 
+    def validate_run(self, device: str, training: bool) -> None:
+        """Refuse, by key, a device (``cpu``, ``cuda``, ``meta``) this model cannot run its step on; overridden by
+        families with such a limit."""
+
     def chosen(self, batch: BatchShape, seq_len_given: bool) -> Optional[str]:
         """What flopsweep chose for this model that neither the user nor the model's config gave (said on the console
         before the job); None where nothing was."""

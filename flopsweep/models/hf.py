@@ -116,6 +116,12 @@ class Config(ModelConfig):
         return (f"batch.seq_len not given: {batch.seq_len:,} tokens, flopsweep's default for a Hugging Face config "
                 f"(the model allows {longest:,}; set batch.seq_len or model.default_seq_len)")
 
+    def validate_run(self, device: str, training: bool) -> None:
+        require(not (device == "cpu" and training and self.fields.get("attn_implementation") == "flex_attention"),
+                "device.type", "cpu", "model.attn_implementation=flex_attention has no backward on the CPU in "
+                "PyTorch: count the training step on device=meta (its FLOPs and memory), or time workload=inference on "
+                "the CPU")
+
     def validate(self, batch: BatchShape) -> None:
         require(self.task is None or self.task in TASKS, "model.task", self.task, f"must be one of {', '.join(TASKS)}")
         self.task = self.resolved_task()  # recorded with the job: what was built, and what the projection reads
