@@ -176,8 +176,12 @@ def test_number_formats_take_their_usual_spellings(tmp_path):
     assert spelled.stdout.splitlines()[:3] == named.stdout.splitlines()[:3]
     assert "1,979 TFLOP/s fp8" in spelled.stdout
     refused = run_main(main, *base, "--weights-dtype", "int3", cwd=tmp_path)
-    assert refused.returncode != 0 and refused.stderr.strip() == (
-        "flopsweep-project: error: --weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, int4")
+    assert refused.returncode != 0 and refused.stderr.strip() == ("flopsweep-project: error: --weights-dtype='int3': "
+                                                                  "must be one of float32, bfloat16, float16, fp8, "
+                                                                  "int8, int4, fp4")
+    nvfp4 = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8", "--gpu",
+                     "B200", "--dtype", "NVFP4", "--weights-dtype", "mxfp4", cwd=tmp_path)  # Blackwell's 4-bit
+    assert nvfp4.returncode == 0 and "9,000 TFLOP/s fp4" in nvfp4.stdout, nvfp4.stderr
 
 
 TINY_GPT = ("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=1000",

@@ -69,6 +69,10 @@ def test_the_hardware_table_matches_device_names():
         assert part.peak("fp8") == pytest.approx(2 * part.peak("bfloat16"), rel=1e-4) and part.interconnect, name
     assert accelerator("MI355X").peak("bfloat16") > accelerator("MI350X").peak("bfloat16") > \
         accelerator("MI325X").peak("bfloat16")
+    # fp4 where the vendor gives it: twice fp8 on Blackwell and CDNA 4 (dense), none on Hopper
+    for name in ("B200", "GB200", "MI355X", "MI350X", "RTX PRO 6000 Blackwell"):
+        assert accelerator(name).peak("fp4") == pytest.approx(2 * accelerator(name).peak("fp8"), rel=1e-4), name
+    assert "fp4" not in accelerator("H100").peak_tflops
 
 
 def test_serving_a_measured_generation_run(tmp_path):
@@ -306,10 +310,12 @@ def test_weights_and_cache_served_in_their_own_dtypes_move_and_hold_their_bytes(
     b = plan(GEN, served).largest
     assert 4e9 + b * 65536 * (4096 + 255) <= 0.9 * 80e9 < 4e9 + (b + 1) * 65536 * (4096 + 255)
     assert "weights in int4, KV cache in fp8, scaled from bfloat16" in p.table()
+    assert plan(one, Serving(H100, "bfloat16", weights_dtype="fp4", kv_dtype="fp8"), 1).rows[0].tpot_s == \
+        p.rows[0].tpot_s  # fp4 weights: two a byte, as int4's
     out = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
-                   "H100", "--weights-dtype", "fp4", "--no-log", cwd=tmp_path)
-    assert out.returncode == 2 and out.stderr.strip() == \
-        "flopsweep-project: error: --weights-dtype='fp4': must be one of float32, bfloat16, float16, fp8, int8, int4"
+                   "H100", "--weights-dtype", "fp2", "--no-log", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == "flopsweep-project: error: --weights-dtype='fp2': must be " \
+        "one of float32, bfloat16, float16, fp8, int8, int4, fp4"
 
 
 # a Mixtral-like mixture of experts by hand: 90 GB of routed experts (8 a layer, 2 a token) beside 3 GB of the rest

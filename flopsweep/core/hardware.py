@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, is_number, require
 
-DTYPES = ("float32", "tf32", "bfloat16", "float16", "fp8", "int8")
+DTYPES = ("float32", "tf32", "bfloat16", "float16", "fp8", "int8", "fp4")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from flopsweep.core.errors import require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import experts_touched, shape_of
 
-# bytes an element, as weights and KV caches are served (int4: two weights a byte; quantisation scales left out)
-SERVED_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+# bytes an element, as weights and KV caches are served (int4, fp4: two weights a byte; scales left out)
+SERVED_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
 KV_DTYPES = ("float32", "bfloat16", "float16", "fp8")
 
 
