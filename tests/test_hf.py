@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 from flopsweep.build.model import build  # noqa: E402
 from flopsweep.config.resolve import resolve  # noqa: E402
 from flopsweep.run.job import run_job  # noqa: E402
-from tests.helpers import compose_config, model_presets, run_app  # noqa: E402
+from tests.helpers import compose_config, model_presets, run_app, run_cli  # noqa: E402
 from tests.test_presets import LARGE  # noqa: E402
 
 # The parameter counts Hugging Face shows for the published checkpoints (safetensors totals), and torchvision's tables
@@ -504,6 +504,20 @@ def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
     (line,) = [line for line in custom.stderr.splitlines() if line.startswith("flopsweep:")]
     assert line.startswith("flopsweep: error: model._target_='torchvision.models.resnet50': its package torchvision "
                            "fails as it is imported (RuntimeError: operator torchvision::nms does not exist)"), line
+
+
+@pytest.mark.slow
+def test_transformers_note_that_a_fused_kernel_is_missing_is_not_a_warning_of_a_count(tmp_path):
+    """A Jamba (Mamba-1 mixers) counts transformers' reference scan, as docs/models.md says; its "falling back to
+    its reference PyTorch implementation ... much slower" was a warning on every such count."""
+    tiny = ["model=hf", "model.model_type=jamba", "+model.hidden_size=64", "+model.intermediate_size=128",
+            "+model.num_hidden_layers=2", "+model.num_attention_heads=4", "+model.num_key_value_heads=2",
+            "+model.num_experts=4", "+model.num_experts_per_tok=2", "+model.vocab_size=100", "+model.mamba_d_state=8",
+            "+model.attn_layer_offset=1", "+model.attn_layer_period=2", "+model.expert_layer_offset=1",
+            "+model.expert_layer_period=2"]
+    proc = run_cli(*tiny, "batch.seq_len=8", "device=meta", "tracking=none", cwd=tmp_path)  # its own logging
+    assert proc.returncode == 0 and "flops/backward" in proc.stdout, proc.stderr
+    assert "falling back" not in proc.stderr and "transformers" not in proc.stderr, proc.stderr
 
 
 # A tiny Falcon-H1: 2 layers of width 64, each attention (4 heads of 16, 2 KV heads) beside a Mamba-2 mixer (8 SSD
