@@ -185,6 +185,16 @@ def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, m
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("flopsweep-calibrate: warning: the machine was busy as it calibrated (load average "
                            f"{4.0 * (os.cpu_count() or 1):.1f} over {os.cpu_count()} cores)"), line
+    # the profile jobs find, calibrated before on a quiet machine, is not replaced by a busy one: it goes beside it
+    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path).returncode == 0
+    (quiet,) = (tmp_path / "profiles").glob("*.json")
+    before = quiet.read_bytes()
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
+    busy = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path)
+    assert busy.returncode == 0 and quiet.read_bytes() == before
+    assert quiet.with_suffix(".busy.json").is_file() and f"{quiet} (the profile jobs use) is kept" in busy.stderr, busy.stderr
 
 
 def test_a_meta_job_predicts_for_a_part_of_the_table():

@@ -56,17 +56,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     cal = calibrate(device, quick=args.quick,
                     tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
                                             flush=True))
-    path = cal.save(args.out or profile_path(cal.part))
+    busy = max(filter(None, (busy, load_average() if device == "cpu" else None)), default=None)
+    busy = busy if busy is not None and busy > (os.cpu_count() or 1) / 2 else None
+    path = args.out or profile_path(cal.part)
+    kept = busy is not None and args.out is None and path.is_file()
+    if kept:  # the profile jobs find stays: a busy machine's figures go beside it
+        path = path.with_suffix(".busy.json")
+    path = cal.save(path)
     figures = cal.figures()
     print(f"{cal.part}: calibrated in {time.perf_counter() - start:.0f} s")
     for name, value in figures.items():
         print(f"  {name:34} {value:10.2f}")
     print(f"profile: {path} (digest {cal.digest()})")
-    busy = max(filter(None, (busy, load_average() if device == "cpu" else None)), default=None)
-    if busy is not None and busy > (os.cpu_count() or 1) / 2:
+    if busy is not None:
         warning(f"the machine was busy as it calibrated (load average {busy:.1f} over {os.cpu_count()} cores): the "
-                "profile's figures may be low, and every prediction made with it slow; calibrate again when it is "
-                "idle", "flopsweep-calibrate")
+                "profile's figures may be low, and every prediction made with it slow; " +
+                (f"{profile_path(cal.part)} (the profile jobs use) is kept, this one beside it (move it there, or "
+                 "give --out, to use it)" if kept else "calibrate again when it is idle"), "flopsweep-calibrate")
     if not args.no_log:
         from flopsweep.sinks.calibration import log_calibration
         from flopsweep.sinks.target import target_at
