@@ -59,7 +59,7 @@ def format_metric(key: str, value: Any) -> str:
         return "-"
     if key.startswith("time/"):
         return seconds(value) if key.endswith("_s") else f"{value:.3g}"
-    if key.endswith(("_bytes", "_bytes_per_gpu")):
+    if key.endswith(("_bytes", "_bytes_per_gpu", "_bytes_per_token")):
         return size_bytes(value)
     if key in (M.MFU, M.MFU_PREDICTED):
         return f"{100 * value:.1f} %"
@@ -179,7 +179,8 @@ def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> l
 
 # the summary's columns, by what a sweep's jobs are: (header, metric, fallbacks where a job has no such, always shown)
 _BASE = ["job", "model", "batch", "seq", "dtype", "device", "status"]
-_PEAKS = [("est. peak", M.STEP_PEAK_BYTES, (M.TRAIN_PEAK_BYTES,), True),  # what the pre-check and batch=max use
+# est. peak: the larger of the simulated step's and the training peak's estimates, as the pre-check and batch=max
+_PEAKS = [("est. peak", M.STEP_PEAK_BYTES, (M.TRAIN_PEAK_BYTES,), True),
           ("measured peak", M.MEASURED_PEAK_BYTES, (), False)]
 TRAINING_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE, (), False),
                     ("fwd FLOPs", M.FLOPS_FORWARD, (), True), ("step FLOPs", M.FLOPS_STEP, (), True), *_PEAKS,
@@ -227,11 +228,16 @@ def summary_columns(results: list[Result]) -> list[tuple[str, str]]:
 def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> list[str]:
     cfg = result.config or {}
     batch = cfg.get("batch") or {}
-    cells = [job, result.model_name, str(batch.get("size", "-")), str(result.metrics.get(M.SEQ_LEN) or "-"),
+    seq = result.metrics.get(M.SEQ_LEN) or batch.get("seq_len")  # as run, else as asked (a job cut short)
+    cells = [job, result.model_name, str(batch.get("size", "-")), str(seq or "-"),
              (cfg.get("dtype") or {}).get("name", "-"), str((cfg.get("device") or {}).get("type", "-")),
              result.status]
     fallbacks = {key: fb for _, key, fb, _ in TRAINING_COLUMNS + GENERATION_COLUMNS + PARALLEL_COLUMNS}
     for _, key in columns:  # a job without the column's metric shows its fallback's (a generation's TPOT)
+        if key == M.STEP_PEAK_BYTES:  # the larger estimate, the one the checks use (run/fit.py's peak_bytes)
+            estimates = [result.metrics.get(k) for k in (key, *fallbacks[key])]
+            cells.append(format_metric(key, max((e for e in estimates if e is not None), default=None)))
+            continue
         found = next((k for k in (key, *fallbacks.get(key, ())) if result.metrics.get(k) is not None), key)
         cells.append(format_metric(found, result.metrics.get(found)))
     return cells
