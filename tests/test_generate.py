@@ -243,3 +243,9 @@ def test_a_presets_generation_runs_with_its_defaults_its_prompt_cut_to_leave_roo
         resolve(compose_config("model=gpt2_small", "workload=generate", "batch.seq_len=1024", "device=meta"))
     roomy = resolve(compose_config("model=llama3_1_8b", "workload=generate", "device=meta", "tracking=none"))
     assert roomy.batch.seq_len == 8192  # its default prompt fits its 131,072 positions: left as it is
+    # the prompt chosen is said before the job, cut or not; one given is not
+    assert spec.notes == ("batch.seq_len not given: a prompt of 897 tokens, leaving room in the model's 1,024 "
+                          "positions for generate.new_tokens=128",)
+    assert roomy.notes == ("batch.seq_len not given: a prompt of 8,192 tokens (the model's default)",)
+    assert not resolve(compose_config("model=gpt2_small", "workload=generate", "batch.seq_len=64", "device=meta",
+                                      "tracking=none")).notes

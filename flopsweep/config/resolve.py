@@ -43,8 +43,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
     workload, train, old_spelling = _train(cfg, family, dtype.params)
-    generate, batch = _generate(cfg.generate, workload, family, model, batch,
-                                prompt_given=cfg.batch.seq_len is not None)
+    generate, batch, prompt_chosen = _generate(cfg.generate, workload, family, model, batch,
+                                               prompt_given=cfg.batch.seq_len is not None)
     measure = _measure(cfg.measure)
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
@@ -58,7 +58,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
                    train=train,
                    max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
                    skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in [old_spelling, model.chosen(batch, cfg.batch.seq_len is not None)] if n))
+                   notes=tuple(n for n in [old_spelling, prompt_chosen or model.chosen(batch, cfg.batch.seq_len is not None)]
+                               if n))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -152,24 +153,31 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
 
 
 def _generate(node: DictConfig, workload: Workload, family: Family, model: ModelConfig, batch: BatchShape,
-              prompt_given: bool) -> tuple[GenerateConf, BatchShape]:
+              prompt_given: bool) -> tuple[GenerateConf, BatchShape, Optional[str]]:
     """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
-    to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new)."""
+    to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new),
+    and said (the note)."""
     generate = GenerateConf(**OmegaConf.to_container(node))
     if workload is not Workload.generate:
-        return generate, batch
+        return generate, batch, None
     require_int(generate.new_tokens, "generate.new_tokens")
     require(family.generator is not None and family.generator(model) is not None, "workload", workload.value,
             f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
             f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
     longest = family.longest(model) if family.longest is not None else None
-    if not prompt_given and longest is not None and batch.seq_len + generate.new_tokens - 1 > longest:
-        batch = dataclasses.replace(batch, seq_len=max(1, longest - generate.new_tokens + 1))
+    note = None
+    if not prompt_given:
+        note = model.chosen(batch, False) or f"batch.seq_len not given: a prompt of {batch.seq_len:,} tokens (the " \
+            "model's default)"
+        if longest is not None and batch.seq_len + generate.new_tokens - 1 > longest:
+            batch = dataclasses.replace(batch, seq_len=max(1, longest - generate.new_tokens + 1))
+            note = (f"batch.seq_len not given: a prompt of {batch.seq_len:,} tokens, leaving room in the model's "
+                    f"{longest:,} positions for generate.new_tokens={generate.new_tokens}")
     context = batch.seq_len + generate.new_tokens - 1
     require(longest is None or context <= longest, "generate.new_tokens", generate.new_tokens,
             f"with batch.seq_len={batch.seq_len} makes a context of {context} tokens, over the model's {longest} "
             "positions")
-    return generate, batch
+    return generate, batch, note
 
 
 def _task_of(model: ModelConfig) -> str:
