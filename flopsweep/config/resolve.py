@@ -53,13 +53,12 @@ def resolve(cfg: DictConfig) -> JobSpec:
     model.validate_run(device.kind, trains(dtype.params, workload))
     parallel = _parallel(cfg, family, model, batch, device, dtype, workload, train, predict)
     tracking = _tracking(cfg)
+    chosen = prompt_chosen or model.chosen(batch, cfg.batch.seq_len is not None)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
-                   train=train,
-                   max_batch=max_batch, generate=generate, predict=predict, parallel=parallel, tracking=tracking,
-                   skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in [old_spelling, prompt_chosen or model.chosen(batch, cfg.batch.seq_len is not None)]
-                               if n))
+                   train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
+                   tracking=tracking, skip_existing=cfg.skip_existing, model_source=_source(model),
+                   notes=tuple(n for n in (old_spelling, chosen) if n))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
