@@ -309,3 +309,19 @@ def test_a_projection_says_where_it_was_logged(subcommand, tmp_path):
     assert out.returncode == 0 and "MLflow: run" not in out.stdout, out.stderr
     warning, = out.stderr.strip().splitlines()
     assert warning.startswith("flopsweep-project: warning: not logged to MLflow") and str(tmp_path / "file") in warning
+
+
+def test_a_part_or_preset_that_does_not_exist_is_named_with_the_nearest_one(tmp_path):
+    """``--gpu H101`` said 'has no bfloat16 peak in the table'; ``--model gpt2_smal`` gave Hydra's list cut at 200
+    characters, the families' templates first."""
+    train = ["train", "--tokens", "1B", "--mfu", "0.4", "--no-log"]
+    gpu = run_main(main, *train, "--model", "gpt2_small", "--gpu", "H101", cwd=tmp_path)
+    assert gpu.returncode == 2 and gpu.stderr.startswith("flopsweep-project: error: --gpu='H101': is not in the "
+                                                         "hardware table (did you mean H100?); its parts: V100, ")
+    serve = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
+                     "H101", "--no-log", cwd=tmp_path)
+    assert serve.returncode == 2 and "(did you mean H100?)" in serve.stderr and serve.stderr.count("\n") == 1
+    model = run_main(main, *train, "--model", "gpt2_smal", "--gpu", "H100", cwd=tmp_path)
+    assert model.returncode == 2 and model.stderr.startswith("flopsweep-project: error: --model='gpt2_smal': is not "
+                                                             "a preset (did you mean gpt2_small?); the presets: ")
+    assert "_decoder" not in model.stderr and "gpt3_175b" in model.stderr and model.stderr.count("\n") == 1

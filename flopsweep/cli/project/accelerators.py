@@ -97,11 +97,22 @@ class TrainingPart(NamedTuple):
     memory_bytes: Optional[float]   # per GPU, where known: a parallel layout warns above it
 
 
+def unknown_part(gpu: str) -> str:
+    """Why ``--gpu`` names no part: the nearest names of the table first, then all of them."""
+    import difflib
+
+    from flopsweep.core.hardware import names
+
+    near = difflib.get_close_matches(gpu, names(), n=3, cutoff=0.5)
+    return (f"is not in the hardware table{f' (did you mean {near[0]}?)' if near else ''}; its parts: "
+            f"{', '.join(names())}")
+
+
 def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> TrainingPart:
     """The part, its peak in the training dtype and its memory, checked before anything is counted, with the MFU
     where no run can predict one (``--model`` outside a layout counted rank by rank) and none comes later
     (``mfu_later``: the layout's, or a default)."""
-    from flopsweep.core.hardware import DTYPES, peak_flops
+    from flopsweep.core.hardware import DTYPES, accelerator, peak_flops
 
     require(args.dtype in DTYPES, "dtype", args.dtype, f"must be one of {', '.join(DTYPES)}")
     require_positive(args, "peak_tflops", "gpu_memory")
@@ -114,6 +125,8 @@ def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> Trainin
         part = TrainingPart(file.name, peak, memory if memory is not None else file.memory_bytes)
     else:
         peak = peak_flops(args.gpu, args.dtype, args.peak_tflops)
+        require(peak is not None or accelerator(args.gpu) is not None, "gpu", args.gpu,
+                unknown_part(args.gpu) + ": give a part of the table, or --hardware FILE, or --peak-tflops")
         require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
         part = TrainingPart(args.gpu, peak, memory)
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
@@ -203,8 +216,8 @@ def serving_part(args: argparse.Namespace):
     acc = hardware_file(args)
     if acc is None:
         acc = hardware.accelerator(args.gpu)
-        require(acc is not None, "gpu", args.gpu, f"is not in the table ({', '.join(hardware.names())}): give "
-                "--hardware FILE, or --peak-tflops, --bandwidth and --gpu-memory with a --gpu of the table")
+        require(acc is not None, "gpu", args.gpu, unknown_part(args.gpu) + ": give --hardware FILE, or "
+                "--peak-tflops, --bandwidth and --gpu-memory with a --gpu of the table")
     require_positive(args, "peak_tflops", "bandwidth", "gpu_memory")
     if args.peak_tflops is not None:
         acc = dataclasses.replace(acc, peak_tflops={**acc.peak_tflops, args.dtype: args.peak_tflops})
