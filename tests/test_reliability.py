@@ -427,6 +427,13 @@ def test_a_job_interrupted_while_timed_is_recorded_interrupted_with_what_it_coun
     (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
     assert row["status"] == "interrupted" and row["error"] == "interrupted by SIGINT before the job finished"
     assert float(row["flops/forward"]) == 2 * 3 * 4 * 4 and not row.get("time/step_median_s")  # counted, not timed
+    single = run_app(*custom_model("tests.helpers.InterruptedWhenTimed", "[{name:x,shape:[batch,4]}]"),
+                     "device=cpu", "batch.size=3", "tracking=none", cwd=tmp_path)
+    (line,) = [e for e in single.stderr.splitlines() if e.startswith("flopsweep:")]
+    (folder,) = tmp_path.glob("outputs/runs/*/*")
+    assert single.returncode == 130 and line == f"flopsweep: interrupted by SIGINT: what the job measured before it " \
+        f"is in {folder.resolve()}", single.stderr
+    assert json.loads((folder / "result.json").read_text())["metrics"]["flops/forward"] == 2 * 3 * 4 * 4
 
 
 def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_sweep(tmp_path):

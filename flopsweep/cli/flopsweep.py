@@ -166,7 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as err:
         signum = state.signal_of(err)
         then = (f"what finished is in {sweep.sweep_dir}; run the same command with skip_existing=true to measure "
-                "the rest" if sweep.sweep_dir else "the job was not measured")
+                "the rest" if sweep.sweep_dir else f"what the job measured before it is in {sweep.cut}" if sweep.cut
+                else "the job was not measured")
         print(f"flopsweep: interrupted by {signal.Signals(signum).name}: {then}", file=sys.stderr)
         return 128 + signum
     finally:

@@ -75,6 +75,8 @@ def run_one(cfg: DictConfig) -> Result:
             result.error = f"{cause} before the job finished"
             with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
                 write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
+                if result.metrics:
+                    state.current().cut = Path(hydra_cfg.runtime.output_dir)
             raise
         finally:
             TICK.reset(ticking)

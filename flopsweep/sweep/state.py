@@ -64,6 +64,7 @@ class SweepState:
     signalled: Optional[int] = None      # the last SIGINT or SIGTERM received, whatever became of its interrupt
     cause: Optional[str] = None          # what that signal meant, where not an interrupt from a user (a time limit)
     unwritten: dict[str, Any] = field(default_factory=dict)  # job folder -> its Result, measured, not written
+    cut: Optional[Path] = None           # the folder of a job a signal cut, holding what it measured before
     heartbeat: Any = None                # the sweep's Heartbeat (sinks.sweep_run), while it runs
 
 
