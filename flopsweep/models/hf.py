@@ -42,7 +42,6 @@ _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
 INSTALL = "install 'flopsweep[hf]'"  # the extra it needs, with torch kept as installed (flopsweep pins its release)
 DEFAULT_IMAGE_SIZE = 224
 ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention")  # model.attn_implementation: those whose ops are counted
-KERNEL_FALLBACK_LOGGER = "transformers.integrations.hub_kernels"
 DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
 
 
@@ -58,7 +57,7 @@ def transformers_module() -> Any:
                           f"(docs/models.md, 'torchvision'), or {pip('uninstall torchvision')}")
     # its note that a fused kernel (mamba_ssm, causal_conv1d) is missing and the reference path runs: the path
     # counted on meta and the CPU, which docs/models.md says; not a warning for a count
-    logging.getLogger(KERNEL_FALLBACK_LOGGER).setLevel(logging.ERROR)
+    logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
     return transformers
 
 
