@@ -120,8 +120,25 @@ def test_a_long_timing_says_how_far_it_is(capsys):
                   training=False)
     finally:
         TICK.reset(token)
-    lines = [line for line in capsys.readouterr().out.splitlines() if "timing: run" in line]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "timing the step: run" in line]
     assert [line.split("run ")[1].split(" (")[0] for line in lines] == ["1 of 4", "2 of 4", "3 of 4", "4 of 4"]
+
+
+def test_a_timing_of_several_loops_says_which_it_is_in(capsys):
+    """measure.timing=per_block times the first block of each stack, then the optimizer's step: the count of runs
+    started again without saying why (a newcomer read it as the job restarting)."""
+    from flopsweep.measure.timing import time_per_block
+
+    model = torch.nn.Sequential(torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)]))
+    model.forward = lambda x: model[0][1](model[0][0](x)).sum()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    token = TICK.set(Ticker(every=0.0))
+    try:
+        time_per_block(model, {"x": torch.randn(2, 8)}, optimizer, contextlib.nullcontext, "cpu", warmup=0, repeats=2)
+    finally:
+        TICK.reset(token)
+    said = [line.split(": run")[0] for line in capsys.readouterr().out.splitlines() if ": run " in line]
+    assert said == ["  ... timing the first block of 0"] * 2 + ["  ... timing the optimizer's step"] * 2
 
 
 def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys):

@@ -281,7 +281,7 @@ def time_generation(gen: Generator, tokens: Tokens, prompt: int, new_tokens: int
             gen.prefill(prompt_tokens)
             return [t0, clock.mark()]
 
-        ttft = Stats.of([run[0] for run in repeat(clock, warmup, repeats, prefill)])
+        ttft = Stats.of([run[0] for run in repeat(clock, warmup, repeats, prefill, what="the prefill")])
 
         def decoding(cache: Any) -> Stats:
             state = [cache]
@@ -291,7 +291,7 @@ def time_generation(gen: Generator, tokens: Tokens, prompt: int, new_tokens: int
                 state[0] = gen.decode(one, state[0])
                 return [t0, clock.mark()]
 
-            return Stats.of([run[0] for run in repeat(clock, warmup, repeats, decode)])
+            return Stats.of([run[0] for run in repeat(clock, warmup, repeats, decode, what="a decode step")])
 
         first = decoding(gen.prefill(prompt_tokens))
         last_start = prompt + new_tokens - 1 - (warmup + repeats)

@@ -39,7 +39,7 @@ def forward_latency(model: nn.Module, inputs: dict[str, torch.Tensor], autocast:
         losses.clear()
 
     with ModuleTracker(model, clock) as tracker:
-        repeat(clock, warmup, repeats, forward, after)
+        repeat(clock, warmup, repeats, forward, after, what="the forward, module by module")
     return tracker.means()
 
 

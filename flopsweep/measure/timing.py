@@ -76,15 +76,15 @@ class Clock:
 
 
 # who hears of each timed run (the command's progress line): (runs done, runs in all); measurement never prints
-TICK: ContextVar[Optional[Callable[[int, int], None]]] = ContextVar("flopsweep_timing_tick", default=None)
+TICK: ContextVar[Optional[Callable[[int, int, str], None]]] = ContextVar("flopsweep_timing_tick", default=None)
 
 
 def repeat(clock: Clock, warmup: int, repeats: int, run: Callable[[], Sequence[Any]],
-           after: Optional[Callable[[bool, Sequence[Any]], None]] = None) -> list[list[float]]:
+           after: Optional[Callable[[bool, Sequence[Any]], None]] = None, what: str = "the step") -> list[list[float]]:
     """The one timing loop: ``run`` ``warmup + repeats`` times, each between two syncs of the device. ``run`` returns
     the clock's marks at the boundaries of its phases (n + 1 marks for n phases); ``after(kept, marks)`` is called
-    after each run (``kept``: not a warm-up), and :data:`TICK`'s listener, if one is set. Returns, for each kept
-    run, its phases' seconds."""
+    after each run (``kept``: not a warm-up), and :data:`TICK`'s listener, if one is set, with ``what`` is timed (a
+    job with several loops says which). Returns, for each kept run, its phases' seconds."""
     kept_runs = []
     tick = TICK.get()
     for i in range(warmup + repeats):
@@ -92,7 +92,7 @@ def repeat(clock: Clock, warmup: int, repeats: int, run: Callable[[], Sequence[A
         marks = run()
         clock.sync()
         if tick is not None:
-            tick(i + 1, warmup + repeats)
+            tick(i + 1, warmup + repeats, what)
         if after is not None:
             after(i >= warmup, marks)
         if i >= warmup:
@@ -224,7 +224,7 @@ def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer:
             out.backward(torch.ones_like(out))
             return [t0, t1, clock.mark()]
 
-        for i, (f, b) in enumerate(repeat(clock, warmup, repeats, block)):
+        for i, (f, b) in enumerate(repeat(clock, warmup, repeats, block, what=f"the first block of {name}")):
             forward[i] += len(stack) * f
             backward[i] += len(stack) * b
     optimizer_s: list[float] = []
@@ -238,7 +238,8 @@ def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer:
             optimizer.step()
             return [t0, clock.mark()]
 
-        optimizer_s = [run[0] for run in repeat(clock, warmup, repeats, optimizer_step)]
+        optimizer_s = [run[0] for run in repeat(clock, warmup, repeats, optimizer_step,
+                                                what="the optimizer's step")]
         optimizer.zero_grad(set_to_none=True)
     steps = [f + (b if training else 0.0) + (optimizer_s[i] if optimizer_s else 0.0)
              for i, (f, b) in enumerate(zip(forward, backward))]

@@ -49,12 +49,12 @@ class Ticker:
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None  # started at the first phase
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, what: str = "the step") -> None:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            say(f"  ... timing: run {done} of {total} (warm-up included), {_duration(now - self.started)} into the "
-                "job")
+            say(f"  ... timing {what}: run {done} of {total} (warm-up included), {_duration(now - self.started)} "
+                "into the job")
 
     def entered(self, phase: str) -> None:
         self.phase = phase
