@@ -9,6 +9,8 @@ from flopsweep.core.errors import ConfigError
 
 from tests.helpers import run_app
 
+pytestmark = pytest.mark.slow  # nine jobs on meta up to 16,384 tokens, read back: 14 s of the fast lane's one worker
+
 SEQ = [16, 64, 256, 1024, 4096, 16384]
 TINY_GPT = ["model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.vocab_size=1000",
             "model.max_positions=16384"]

@@ -59,6 +59,7 @@ def test_single_cpu_run_times_the_step(tmp_path):
     assert m["speed/mfu"] is None  # no peak is known for this CPU and none was given
 
 
+@pytest.mark.slow
 def test_multirun_goes_on_after_a_failed_job_and_exits_nonzero(tmp_path):
     proc = run_app("-m", "model=gpt2_small", "device=meta", *TINY, "model.n_head=4,7", cwd=tmp_path)
     assert proc.returncode == 1

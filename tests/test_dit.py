@@ -25,6 +25,7 @@ def measured(*overrides: str, device: str = "meta"):
     return result
 
 
+@pytest.mark.slow
 def test_dit_xl_2_has_the_papers_675m_parameters_and_its_conditioning_embedder_once():
     """Table 4 states 675M (to the million): counted, 674,834,720 rounds to it. diffusers' class gives each of the 28
     blocks its own embedder (the timestep's 256 -> 1152 -> 1152 MLP and the 1,001-row class table, one of them for

@@ -417,6 +417,7 @@ def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cle
         Counter((str(b), str(s)) for b in (1, 2, 4, 8) for s in (128, 256))
 
 
+@pytest.mark.slow
 def test_a_job_interrupted_while_timed_is_recorded_interrupted_with_what_it_counted(tmp_path):
     from tests.helpers import custom_model
 

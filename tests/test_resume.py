@@ -28,6 +28,7 @@ def logged(sweep_root):
             if (r.get("info", {}).get("tracking") or {}).get("logged")]
 
 
+@pytest.mark.slow
 def test_a_skipped_jobs_row_shows_the_figures_of_the_run_that_measured_it(tmp_path):
     sweep = ["-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=64", "batch.size=1,2", "device=meta",
              "tracking.experiment=resume", "skip_existing=true"]
