@@ -227,3 +227,18 @@ def test_output_piped_into_head_ends_quietly_and_a_sweep_still_measures_every_jo
         assert "Traceback" not in err and "BrokenPipe" not in err and "Logging error" not in err, err
     results = (tmp_path / "outputs" / "sweeps").rglob("result.json")
     assert [json.loads(p.read_text())["status"] for p in results] == ["ok"] * 6
+
+
+def test_a_hint_names_a_command_as_it_can_be_typed_where_the_user_is(tmp_path, monkeypatch):
+    """'`flopsweep-sync DIR` logs it later' named a command that is not on the PATH until the venv is activated."""
+    import sys
+    from pathlib import Path
+
+    from flopsweep.core.errors import command
+
+    monkeypatch.chdir(Path(sys.executable).parent.parent.parent)  # beside the environment, as README's user is
+    here = command("flopsweep-sync")
+    assert not Path(here).is_absolute() and here.endswith("bin/flopsweep-sync") and Path(here).is_file()
+    monkeypatch.chdir(tmp_path)  # elsewhere: the whole path
+    assert Path(command("flopsweep-sync")).is_absolute() and Path(command("flopsweep-sync")).is_file()
+    assert command("no-such-command") == "no-such-command"

@@ -282,7 +282,7 @@ def test_a_disk_that_fills_under_a_joblib_sweep_with_its_store_leaves_nothing_ru
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     warning, error = said(proc.stderr)
     assert warning.startswith("flopsweep: warning: could not close the sweep's MLflow run") and \
-        "database or disk is full" in warning and "`flopsweep-sync outputs/sweeps/" in warning, warning
+        "database or disk is full" in warning and "bin/flopsweep-sync outputs/sweeps/" in warning, warning
     assert error.startswith("flopsweep: error: ") and "(No space left on device)" in error, error
     parents, _ = job_runs(tmp_path)
     (left,) = [r for r in parents.values() if r["status"] == "RUNNING"]  # opened before the disk filled

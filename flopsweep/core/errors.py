@@ -27,6 +27,20 @@ def pip(command: str) -> str:
     return f"{sys.executable} -m pip {command}"
 
 
+def command(name: str) -> str:
+    """A command of flopsweep's environment as a user can type it here: ``.venv/bin/flopsweep-sync`` where the
+    environment is under the working folder, its full path elsewhere, the bare name where it is not a script there."""
+    import os
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    inside = Path(os.path.abspath(path)).is_relative_to(Path.cwd())
+    return os.path.relpath(path) if inside else str(path)
+
+
 def is_number(value: object) -> bool:
     """An int or float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -19,7 +19,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, recorded, resolve
 from flopsweep.core.console import error, say, warning
-from flopsweep.core.errors import ConfigError, masked, one_line
+from flopsweep.core.errors import ConfigError, command, masked, one_line
 from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, run_name, short_name
@@ -160,7 +160,7 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     noted = result.tracking
     if noted is not None and not (noted.logged or noted.elsewhere or (in_sweep and noted.known)):
         warning(f"not logged to MLflow ({noted.error}); the result is in "
-                f"{folder}: `flopsweep-sync {folder}` logs it later")
+                f"{folder}: `{command('flopsweep-sync')} {folder}` logs it later")
 
 
 def _logged_to(tracking: Target | ConfigError | None, result: Result) -> Optional[Target]:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flopsweep.core.console import error, warning
-from flopsweep.core.errors import masked, one_line
+from flopsweep.core.errors import command, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.jobdir import write_csv
@@ -67,8 +67,8 @@ class SweepSummary(Callback):
                 failed(sweep.target.uri, err, started)
             said = one_line(err, kind=not isinstance(err, health.StoreUnusable))
             warning(f"could not open the sweep's MLflow run ({said}); the jobs are measured "
-                    f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: `flopsweep-sync "
-                    f"{sweep.sweep_dir}` logs what is missing later")
+                    f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: "
+                    f"`{command('flopsweep-sync')} {sweep.sweep_dir}` logs what is missing later")
         SweepContext(sweep.parent, plan.size, time.time(),  # its start after the store's one-off set-up
                      tuple(plan.varying)).publish()
 
@@ -96,7 +96,7 @@ class SweepSummary(Callback):
                     view = SweepRun(store(sweep.target), sweep.parent, sweep_dir).finish(results, failed=sweep.failed)
                 except Exception as err:  # noqa: BLE001
                     warning(f"could not close the sweep's MLflow run: {one_line(err)}; "
-                            f"`flopsweep-sync {sweep_dir}` closes it later")
+                            f"`{command('flopsweep-sync')} {sweep_dir}` closes it later")
                 page = None
                 with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
                     page = store(sweep.target).experiment_id()
@@ -119,7 +119,7 @@ def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sw
     why = (f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
            errors.pop() if len(errors) == 1 else "see above")
     warning(f"{len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
-            f"`flopsweep-sync {sweep_dir}` logs them once the store works")
+            f"`{command('flopsweep-sync')} {sweep_dir}` logs them once the store works")
 
 
 def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
@@ -179,7 +179,7 @@ def abandon_sweep(why: BaseException) -> None:
                     run.forget_unrecorded()  # a run no folder records was cut while logging (not so a full disk's)
                 run.abandon(status, results)
         except Exception as err:  # noqa: BLE001
-            later = f"; `flopsweep-sync {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
+            later = f"; `{command('flopsweep-sync')} {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
             warning(f"could not close the sweep's MLflow run: {one_line(err)}{later}")
         sweep.parent = None
 
