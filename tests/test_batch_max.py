@@ -166,7 +166,7 @@ def test_the_command_line_records_and_logs_the_chosen_batch(tmp_path):
                   "tracking.experiment=batch_max", "hydra.run.dir=job", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert out.returncode == 0, out.stderr[-3000:]
     chosen = largest_by_hand(MIB)
-    assert "[job] custom:Linear|bmax|float32|meta" in out.stdout
+    assert "[job] custom:Linear|bmax|float32|meta|sgd" in out.stdout
     result = json.loads((tmp_path / "job" / "result.json").read_text())
     assert result["config"]["batch"]["size"] == chosen and result["metrics"]["config/batch_size"] == chosen
     assert result["info"]["tracking"]["logged"], result["info"]["tracking"]
@@ -176,7 +176,7 @@ def test_the_command_line_records_and_logs_the_chosen_batch(tmp_path):
     runs = load_runs(experiment="batch_max", store_dir=tmp_path / "outputs")
     assert len(runs) == 1
     run = runs.iloc[0]
-    assert run["run_name"] == f"custom:Linear|b{chosen}|float32|meta"
+    assert run["run_name"] == f"custom:Linear|b{chosen}|float32|meta|sgd"  # its optimizer, not AdamW
     assert run["batch.size"] == chosen and run["config/batch_size"] == chosen
     assert run["batch.memory_budget_gib"] == pytest.approx(1 / 1024)
 

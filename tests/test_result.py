@@ -70,3 +70,17 @@ def test_a_model_is_named_by_what_it_is(model, label):
 
     assert model_label(model) == label == Result("ok", None, {"model": model}).model_name
     assert run_name({"model": model, "batch": {"size": 8}}).startswith(f"{label}|b8|")
+
+
+def test_a_runs_name_says_what_differs_from_the_plain_training_step_of_its_model():
+    """A LoRA fine-tune, an SGD step, a compiled step and a 1,024-GPU layout were all named like the plain run."""
+    from flopsweep.sinks.identity import run_name
+
+    base = {"model": {"name": "gpt3_175b"}, "batch": {"size": 8, "seq_len": 2048}, "dtype": {"name": "bfloat16"},
+            "device": {"type": "meta"}, "train": {"mode": "full"}, "optimizer": {"name": "adamw"}}
+    assert run_name(base) == "gpt3_175b|b8|s2048|bfloat16|meta"
+    assert run_name({**base, "train": {"mode": "lora", "rank": 8}}).endswith("|meta|lora")
+    assert run_name({**base, "optimizer": {"name": "sgd"}, "measure": {"compile": True}}).endswith("|meta|sgd|compiled")
+    assert run_name({**base, "parallel": {"dp": 16, "tp": 8, "pp": 8, "zero": 1, "cp": None}}).endswith(
+        "|meta|dp16tp8pp8zero1")
+    assert run_name({**base, "workload": "generate"}).endswith("|meta|generate")  # AdamW or not: nothing steps

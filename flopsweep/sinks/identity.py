@@ -53,10 +53,10 @@ TEMPLATES = ("hf", "custom")  # no preset: every field is the user's, and the na
 
 
 def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
-    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu`` (``...|cpu|generate`` for a workload other than
-    a training step); ``changed``, the model's fields the command set beside its preset (dotted keys), after the
-    model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for ``model=hf`` or ``model=custom``, which are named by what
-    they build)."""
+    """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu`` (then what differs from a plain training step:
+    ``|generate``, ``|lora``, ``|sgd``, ``|compiled``, ``|tp8pp8dp16zero1``); ``changed``, the model's fields the
+    command set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for
+    ``model=hf`` or ``model=custom``, which are named by what they build)."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
     flat = flatten(model, "model.") if model.get("name") not in TEMPLATES else {}
     fields = [f"{key.rsplit('.', 1)[-1]}={flat[key]}" for key in changed if key in flat and key not in LABELLED]
@@ -64,9 +64,31 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     parts = [label, f"{_SHORT['batch.size']}{batch.get('size', '?')}"]
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
     parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
-    if config.get("workload", "train") != "train":  # a forward pass or a generation (a training step says nothing)
+    return "|".join(parts + _beyond_defaults(config))
+
+
+_LAYOUT = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: tp8pp8dp16zero1
+
+
+def _beyond_defaults(config: dict[str, Any]) -> list[str]:
+    """What tells a run apart from the plain training step of its model beyond batch, dtype and device: a workload
+    other than train, a train mode other than full, an optimizer other than AdamW, a compiled step, a parallel
+    layout."""
+    parts = []
+    if config.get("workload", "train") != "train":
         parts.append(str(config["workload"]))
-    return "|".join(parts)
+    mode = (config.get("train") or {}).get("mode", "full")
+    if mode != "full":
+        parts.append(str(mode))
+    optimizer = (config.get("optimizer") or {}).get("name", "adamw")
+    if optimizer != "adamw" and config.get("workload", "train") == "train":
+        parts.append(str(optimizer))
+    if (config.get("measure") or {}).get("compile"):
+        parts.append("compiled")
+    layout = config.get("parallel") or {}
+    if any(layout.get(key) for key in _LAYOUT):
+        parts.append("".join(f"{key}{layout[key]}" for key in _LAYOUT if layout.get(key)))
+    return parts
 
 
 def short_name(config: dict[str, Any], keys: list[str]) -> str:
