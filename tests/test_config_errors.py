@@ -129,7 +129,11 @@ def test_a_device_is_one_of_its_kinds():
 @pytest.mark.parametrize("args,key", [
     (["batch.size=-1"], "batch.size"),
     (["model.n_head=7"], "model.n_head"),
-    (["batch.sizee=8"], "batch.sizee"),       # a typo: rejected by Hydra's struct mode at compose time
+    # a typo: rejected by Hydra's struct mode at compose time, with the key meant (Hydra advised appending it with +)
+    (["batch.sizee=8"], "batch.sizee: no such key (did you mean batch.size? +batch.sizee=... adds one)"),
+    (["devce=meta"], "devce: no such key (did you mean device?"),
+    (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
+    (["model=gpt2_smal"], "Could not find 'model/gpt2_smal' (did you mean model=gpt2_small?) (options: "),
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job

@@ -186,6 +186,11 @@ def hydra_error_line(err: BaseException) -> str:
     """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
     in the message), the options of a group that has no such option listed after it (less the internal ``_``
     ones; not the search path), and the OmegaConf error that caused it."""
+    import difflib
+    import re
+
+    from flopsweep.config.compose import known_keys
+
     def lines_of(text: str) -> tuple[list[str], list[str]]:
         kept, options, listing = [], [], False
         for line in (raw.strip() for raw in text.splitlines()):
@@ -203,6 +208,17 @@ def hydra_error_line(err: BaseException) -> str:
 
     kept, options = lines_of(str(err))
     message = " ".join(kept).replace("In 'config': ", "")
+    unknown = re.match(r"Could not override '([^']+)'\. To append to your config use \+", message)
+    if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
+        key = unknown.group(1)
+        parent, _, name = key.rpartition(".")
+        near = difflib.get_close_matches(name, known_keys(parent), n=1, cutoff=0.8)
+        suggestion = f"did you mean {f'{parent}.' if parent else ''}{near[0]}? " if near else ""
+        return f"{key}: no such key ({suggestion}+{key}=... adds one)"
+    wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
+    near = difflib.get_close_matches(wanted.group(2), options, n=1, cutoff=0.6) if wanted and options else []
+    if near:
+        message += f" (did you mean {wanted.group(1)}={near[0]}?)"
     if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
         message = f"{err.override}: {message}"
     if options:

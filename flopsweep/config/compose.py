@@ -29,6 +29,21 @@ def new_folder(path: str) -> str:
 OLD_SPELLING = "old spelling of"  # how the file of an option kept for old commands begins
 
 
+def known_keys(parent: str) -> list[str]:
+    """The keys a node of the config takes, by its dotted path (``""``: the top, ``batch``, ``model``: any family's
+    fields), for the nearest one to a key mistyped on the command line; none for a node not known here."""
+    import dataclasses
+    import typing
+
+    if parent == "model":
+        return sorted({f.name for _, family in FAMILIES.items() for f in dataclasses.fields(family.Config)})
+    node: object = Schema
+    for part in filter(None, parent.split(".")):
+        types = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        node = types.get(part)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
 def public_options() -> dict[str, list[tuple[str, str]]]:
     """Each config group's options a user picks (``group=option``), with the first line of what its file says of it:
     the shipped ``conf/`` groups and the sweep presets (``+sweep=NAME``); the families' typed templates (``_bert``,
