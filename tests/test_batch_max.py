@@ -39,6 +39,7 @@ def test_the_batch_of_a_linear_model_worked_by_hand():
     assert result.metrics["config/batch_size"] == chosen and result.config["batch"]["size"] == chosen
     search = result.info["batch_search"]
     assert search["chosen"] == chosen and search["budget_bytes"] == budget
+    assert search["confirmed"] == "estimated on meta, not run: device=meta runs nothing"  # no 'no: ...'
     assert search["estimated_peak_bytes"] == sgd_peak(chosen) <= budget < sgd_peak(chosen + 1)
     assert search["next_estimated_peak_bytes"] == sgd_peak(chosen + 1)
     assert dict(map(tuple, search["estimates"])) == {b: sgd_peak(b) for b, _ in search["estimates"]}

@@ -136,7 +136,7 @@ def _run_max_batch(spec: JobSpec, config: dict[str, Any]) -> Result:
         size = step_down(size)
     info = result.info["batch_search"] = search.info()
     if spec.device.is_meta:
-        info["confirmed"] = "no: device=meta runs nothing, the batch is the estimate's"
+        info["confirmed"] = "estimated on meta, not run: device=meta runs nothing"
     elif result.status != "skipped":  # a batch the pre-check stopped ran nothing
         info["attempts"] = attempts
         info["confirmed"] = (f"yes: batch {size} ran on {spec.device}" if result.status == "ok" else
