@@ -71,9 +71,13 @@ def test_multirun_goes_on_after_a_failed_job_and_exits_nonzero(tmp_path):
                   if json.loads((f / "result.json").read_text())["status"] == "failed")
     assert "model.n_head" in failed["error"]
     assert "Traceback" not in proc.stderr
-    # the summary table lists both jobs
+    # the summary table lists both jobs, under the key the sweep varies (it was left out with one job measured), and
+    # the refused job has its progress line too
     assert "2 jobs: 1 ok, 1 failed" in proc.stdout
-    assert proc.stdout.count("gpt2_small") >= 2
+    assert "[job 1/2] gpt2_small: n_head=4" in proc.stdout and "[job 2/2] gpt2_small: n_head=7" in proc.stdout
+    header, _, *rows = [line.split() for line in proc.stdout.split("\n\njob ")[1].splitlines()[:4] if line.strip()]
+    column = ["job", *header].index("model.n_head")
+    assert [row[column] for row in rows] == ["4", "7"] and [row[6] for row in rows] == ["ok", "failed"]
 
 
 def test_sweep_preset_runs_as_multirun(tmp_path):

@@ -52,7 +52,8 @@ def run_one(cfg: DictConfig) -> Result:
             error(result.error)
             _remove_if_only_hydras(Path(hydra_cfg.runtime.output_dir))
             return result
-        result.info["fingerprint"] = fingerprint(config, None, None)  # a sweep's refused job: a row and a run
+        say(progress_line(job_num, config))  # a sweep's refused job: its line, then a row and a run
+        result.info["fingerprint"] = fingerprint(config, None, None)
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
         changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else changed_model_fields(hydra_cfg)

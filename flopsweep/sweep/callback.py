@@ -19,6 +19,7 @@ from flopsweep.core.console import error, warning
 from flopsweep.core.errors import command, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
+from flopsweep.sinks.identity import GROUP_NAMES
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
@@ -132,7 +133,8 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
                for folder in sorted(folders, key=lambda p: _job_number(p.name))]
     print()
-    print(summary_table(results, tuple(varying_params([r for _, r in results]))))
+    swept = [f"{key}.{GROUP_NAMES[key]}" if key in GROUP_NAMES else key for key in SweepContext.current().swept]
+    print(summary_table(results, tuple(swept or varying_params([r for _, r in results]))))  # the keys it varies
     counts = status_counts(results)
     print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
           f"  |  results: {sweep_dir}")
