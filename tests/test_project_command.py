@@ -325,3 +325,22 @@ def test_a_part_or_preset_that_does_not_exist_is_named_with_the_nearest_one(tmp_
     assert model.returncode == 2 and model.stderr.startswith("flopsweep-project: error: --model='gpt2_smal': is not "
                                                              "a preset (did you mean gpt2_small?); the presets: ")
     assert "_decoder" not in model.stderr and "gpt3_175b" in model.stderr and model.stderr.count("\n") == 1
+
+
+def test_tokens_with_a_batch_count_the_optimizers_step_once_a_step(tmp_path):
+    """--tokens 1B with --batch 8 at 1,024 tokens: 1e9 / 8,192 steps, each with its AdamW step (it said 'the plan
+    gives no tokens per step' and left the optimizer out though --batch gave them)."""
+    import json
+
+    common = ["train", "--model", "gpt2_small", "--tokens", "1B", "--gpu", "H100", "--mfu", "0.4", "--no-log"]
+    batched = run_main(main, *common, "--batch", "8", "--json", "b.json", cwd=tmp_path)
+    alone = run_main(main, *common, "--json", "a.json", cwd=tmp_path)
+    assert batched.returncode == alone.returncode == 0, batched.stderr
+    assert "gives no tokens per step" in alone.stdout and "gives no tokens per step" not in batched.stdout
+    b, a = (json.loads((tmp_path / name).read_text()) for name in ("b.json", "a.json"))
+    assert b["plan"]["steps"] == 1e9 / (8 * 1024) and a["plan"]["steps"] is None
+    optimizer = b["model"]["optimizer_step"]
+    assert optimizer > 0
+    counted = {row["method"]: row["flops"] for row in b["rows"]}["counted"]
+    alone_counted = {row["method"]: row["flops"] for row in a["rows"]}["counted"]
+    assert counted == pytest.approx(alone_counted + 1e9 / (8 * 1024) * optimizer, rel=1e-12)

@@ -174,7 +174,7 @@ def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
         share = getattr(split, key)
         rows.append([label, size_bytes(share.whole), size_bytes(share.device)])
     lines = [f"parallel {split.layout.describe()}: pipeline bubble {split.bubble:.1%}", "",
-             text_table(["", "whole model", "per device"], rows)]
+             text_table(["", "whole model", "per device (split evenly)"], rows)]
     if memory_bytes is not None and split.memory_bytes.device > memory_bytes:
         lines.append(f"warning: a device needs {size_bytes(split.memory_bytes.device)}, more than the "
                      f"{size_bytes(memory_bytes)} of one GPU")

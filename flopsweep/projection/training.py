@@ -109,9 +109,10 @@ class Plan:
     seq_len: Optional[int] = None       # when the plan names one, it must be the measured one
 
     @classmethod
-    def of_tokens(cls, tokens: float, recompute: bool = False) -> "Plan":
+    def of_tokens(cls, tokens: float, recompute: bool = False, tokens_per_step: Optional[float] = None) -> "Plan":
+        """``tokens``; ``tokens_per_step`` where the step's batch is known (``--batch``), for the optimizer's share."""
         require(tokens > 0, "tokens", tokens, "must be > 0")
-        return cls(float(tokens), None, recompute, f"{tokens:.3g} tokens")
+        return cls(float(tokens), tokens_per_step, recompute, f"{tokens:.3g} tokens")
 
     @classmethod
     def of_steps(cls, steps: int, batch: int, seq_len: int, recompute: bool = False) -> "Plan":

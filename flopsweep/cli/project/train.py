@@ -57,8 +57,9 @@ def command(args: argparse.Namespace) -> int:
     require(args.steps is None or args.batch is not None, "batch", None,
             "--steps needs --batch (tokens = steps x batch x sequence length)")
     result, source, cost, hardware, split, counted = training_inputs(args, int(args.batch) if args.batch else 1)
-    if args.tokens is not None:
-        plan = P.Plan.of_tokens(args.tokens, recompute=args.recompute)
+    per_step = float(args.batch) * (args.seq_len or cost.seq_len) if args.batch and cost.seq_len else None
+    if args.tokens is not None:  # with --batch, the step is known: its optimizer's FLOPs count once a step
+        plan = P.Plan.of_tokens(args.tokens, recompute=args.recompute, tokens_per_step=per_step)
     elif args.steps is not None:
         plan = P.Plan.of_steps(int(args.steps), int(args.batch), args.seq_len or cost.seq_len, args.recompute)
     else:
