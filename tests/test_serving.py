@@ -73,6 +73,9 @@ def test_the_hardware_table_matches_device_names():
     for name in ("B200", "GB200", "MI355X", "MI350X", "RTX PRO 6000 Blackwell"):
         assert accelerator(name).peak("fp4") == pytest.approx(2 * accelerator(name).peak("fp8"), rel=1e-4), name
     assert "fp4" not in accelerator("H100").peak_tflops
+    # Blackwell Ultra's rack part: fp4 three times fp8 (1.5x Blackwell's), its name holding the B300's
+    assert accelerator("NVIDIA GB300").name == "GB300" and accelerator("GB300").peak("fp4") == 3 * 5000e12
+    assert accelerator("GB300").interconnect.domain == 72 and accelerator("NVIDIA B300 SXM6 AC").name == "B300"
 
 
 def test_serving_a_measured_generation_run(tmp_path):
