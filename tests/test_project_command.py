@@ -344,3 +344,20 @@ def test_tokens_with_a_batch_count_the_optimizers_step_once_a_step(tmp_path):
     counted = {row["method"]: row["flops"] for row in b["rows"]}["counted"]
     alone_counted = {row["method"]: row["flops"] for row in a["rows"]}["counted"]
     assert counted == pytest.approx(alone_counted + 1e9 / (8 * 1024) * optimizer, rel=1e-12)
+
+
+@pytest.mark.slow  # every preset built on meta: some 20 s
+def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
+    """'building every language-model preset ... (some seconds)' was then silent for 20 s: the build says how far it
+    is, every few seconds (every time here), naming the preset."""
+    from flopsweep.cli.project import budget
+    from flopsweep.config.schema import CONF_DIR
+
+    pace = budget.Pace
+    monkeypatch.setattr(budget, "Pace", lambda every: pace(0.0))
+    out = run_main(main, "budget", "--model", "gpt2_small", "--gpu-hours", "10", "--gpu", "H100", "--mfu", "0.4",
+                   cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("  ... ") and "presets read" in line]
+    models = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    assert len(lines) == len(models) and lines[0] == f"  ... 0 of {len(models)} presets read ({models[0]})"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from flopsweep.build.model import build
 from flopsweep.config.compose import compose_config, public_options
@@ -57,11 +57,13 @@ class PresetSize:
     shape: ModelShape
 
 
-def language_model_presets() -> list[PresetSize]:
+def language_model_presets(each: Callable[[int, int, str], None] = lambda done, total, name: None) -> list[PresetSize]:
     """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (nothing is
-    counted)."""
+    counted); ``each(done, total, name)`` after each preset file read, for whoever says how far it is."""
     sizes = []
-    for file in sorted((CONF_DIR / "model").glob("*.yaml")):
+    files = sorted((CONF_DIR / "model").glob("*.yaml"))
+    for done, file in enumerate(files):
+        each(done, len(files), file.stem)
         cfg = compose_config(f"model={file.stem}", "device=meta", "tracking=none")
         if cfg.model.get("family") not in ("decoder", "hf"):
             continue

@@ -13,6 +13,7 @@ budget, whose tokens do not depend on it (only the hours it prints do), takes 40
 from __future__ import annotations
 
 import argparse
+import time
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
@@ -42,6 +43,18 @@ def register(subparsers) -> None:
     p.set_defaults(command=command)
 
 
+class Pace:
+    """Says how far the presets' build is, every ``every`` seconds (it was silent for some 20 s)."""
+
+    def __init__(self, every: float):
+        self.every, self.last = every, time.monotonic()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            say(f"  ... {done} of {total} presets read ({name})")
+
+
 def command(args: argparse.Namespace) -> int:
     from flopsweep.projection import budget as B
     from flopsweep.projection import training as P
@@ -66,7 +79,7 @@ def command(args: argparse.Namespace) -> int:
         from flopsweep.run.presets import language_model_presets
 
         say("building every language-model preset on meta to rank them (some seconds)...")
-        presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in language_model_presets()]
+        presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in language_model_presets(Pace(5.0))]
     report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
                              args.tokens_per_param, args.inference_tokens)
     print(report["text"])
