@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from flopsweep.cli.project.arguments import EXPERIMENT
-from flopsweep.core.console import warning
+from flopsweep.core.console import say, warning
 from flopsweep.core.errors import ConfigError, require
 from flopsweep.core.result import Result
 
@@ -35,6 +35,7 @@ def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch:
         return load_run(args.run, args)
     from flopsweep.run.presets import measure_preset
 
+    say(f"counting {args.model} on meta (some seconds)...")  # a 70B preset's count is silent for some 10 s else
     return measure_preset(args.model, seq_len, batch, inference, extra), counted
 
 
