@@ -186,10 +186,10 @@ def hydra_error_line(err: BaseException) -> str:
     """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
     in the message), the options of a group that has no such option listed after it (less the internal ``_``
     ones; not the search path), and the OmegaConf error that caused it."""
-    import difflib
     import re
 
     from flopsweep.config.compose import known_keys
+    from flopsweep.core.errors import nearest
 
     def lines_of(text: str) -> tuple[list[str], list[str]]:
         kept, options, listing = [], [], False
@@ -212,13 +212,13 @@ def hydra_error_line(err: BaseException) -> str:
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
         parent, _, name = key.rpartition(".")
-        near = difflib.get_close_matches(name, known_keys(parent), n=1, cutoff=0.8)
-        suggestion = f"did you mean {f'{parent}.' if parent else ''}{near[0]}? " if near else ""
+        near = nearest(name, known_keys(parent), cutoff=0.8)
+        suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
         return f"{key}: no such key ({suggestion}+{key}=... adds one)"
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
-    near = difflib.get_close_matches(wanted.group(2), options, n=1, cutoff=0.6) if wanted and options else []
+    near = nearest(wanted.group(2), options) if wanted else None
     if near:
-        message += f" (did you mean {wanted.group(1)}={near[0]}?)"
+        message += f" (did you mean {wanted.group(1)}={near}?)"
     if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
         message = f"{err.override}: {message}"
     if options:

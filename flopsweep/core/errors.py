@@ -4,6 +4,7 @@ raise it, and :func:`one_line`, the one way any error is shortened for a person.
 from __future__ import annotations
 
 import re
+from typing import Iterable, Optional
 
 
 class ConfigError(ValueError):
@@ -25,6 +26,15 @@ def pip(command: str) -> str:
     import sys
 
     return f"{sys.executable} -m pip {command}"
+
+
+def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional[str]:
+    """The choice nearest a mistyped ``value`` (``gpt2_smal``: ``gpt2_small``), for a "did you mean"; None where
+    none is near enough."""
+    import difflib
+
+    near = difflib.get_close_matches(value, list(choices), n=1, cutoff=cutoff)
+    return near[0] if near else None
 
 
 def command(name: str) -> str:

@@ -4,7 +4,6 @@ decoder-only preset (built on meta, not counted: its parameters and shapes are a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -12,7 +11,7 @@ from flopsweep.build.model import build
 from flopsweep.config.compose import compose_config, public_options
 from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
-from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.errors import ConfigError, nearest, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape
 from flopsweep.measure.size import active_parameters
@@ -32,8 +31,8 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
         overrides.append(f"batch.seq_len={seq_len}")
     presets = [name for name, _ in public_options()["model"]]
     if model not in presets:  # Hydra's list starts with the families' templates and is cut at 200 characters
-        near = difflib.get_close_matches(model, presets, n=1, cutoff=0.6)
-        raise ConfigError("model", model, f"is not a preset{f' (did you mean {near[0]}?)' if near else ''}; the "
+        near = nearest(model, presets)
+        raise ConfigError("model", model, f"is not a preset{f' (did you mean {near}?)' if near else ''}; the "
                           f"presets: {', '.join(presets)}")
     try:
         cfg = compose_config(*overrides)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from flopsweep.cli.project.arguments import layout, require_positive
 from flopsweep.cli.project.common import load_run, measured_or_counted
-from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.errors import ConfigError, nearest, one_line, require
 from flopsweep.core.result import Result
 
 if TYPE_CHECKING:  # imported where used: --help stays fast
@@ -99,13 +99,10 @@ class TrainingPart(NamedTuple):
 
 def unknown_part(gpu: str) -> str:
     """Why ``--gpu`` names no part: the nearest names of the table first, then all of them."""
-    import difflib
-
     from flopsweep.core.hardware import names
 
-    near = difflib.get_close_matches(gpu, names(), n=3, cutoff=0.5)
-    return (f"is not in the hardware table{f' (did you mean {near[0]}?)' if near else ''}; its parts: "
-            f"{', '.join(names())}")
+    near = nearest(gpu, names(), cutoff=0.5)
+    return f"is not in the hardware table{f' (did you mean {near}?)' if near else ''}; its parts: {', '.join(names())}"
 
 
 def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> TrainingPart:
