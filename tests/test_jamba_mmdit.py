@@ -1,7 +1,8 @@
 """Jamba 1.5 Mini (``model=jamba_1_5_mini``, transformers' ``jamba``: Mamba-1 and attention layers, a mixture of
-experts every other layer): its safetensors index's parameter count, the card's active parameters, its experts in its
-shape, and a small one's active parameters as a job records them. Stable Diffusion 3 Medium's MMDiT, the other preset
-of this pair, is tested beside DiT in tests/test_dit.py."""
+experts every other layer): its safetensors index's parameter count, the card's active parameters, and a small one's
+active parameters and experts as a job records them (its shape is checked beside every preset's in
+tests/test_shape.py). Stable Diffusion 3 Medium's MMDiT, the other preset of this pair, is tested beside DiT in
+tests/test_dit.py."""
 
 import pytest
 
@@ -26,13 +27,6 @@ def test_jamba_1_5_mini_has_its_safetensors_parameter_count_and_its_cards_12b_ac
     routed = 16 * 16 * 3 * 4096 * 14336
     assert active_parameters(model) == PUBLISHED - routed + routed * 2 // 16
     assert round(active_parameters(model) / 1e9) == 12
-
-
-def test_jamba_1_5_mini_says_its_shape_its_experts_and_the_experts_a_token_uses():
-    spec = resolve(compose_config("model=jamba_1_5_mini", "device=meta", "batch.size=1"))
-    shape = spec.family.shape(spec.model)
-    assert (shape.width, shape.layers, shape.heads, shape.kv_heads, shape.head_dim) == (4096, 32, 32, 8, 128)
-    assert (shape.experts, shape.experts_per_token, shape.causal_lm) == (16, 2, True)
 
 
 # Jamba cut small, its periods kept: 8 layers of 64, attention in layer 4 (4 heads, 2 KV heads), experts in the odd
