@@ -6,7 +6,7 @@ import pytest
 
 from flopsweep.cli.project import main
 from flopsweep.core.comm import collective_seconds
-from flopsweep.core.hardware import accelerator, peak_flops
+from flopsweep.core.hardware import accelerator, names, peak_flops
 from flopsweep.projection.serving import Generation, Serving, at_batch, largest_batch, plan
 from tests.helpers import run_app, run_main
 
@@ -380,3 +380,28 @@ def test_a_presets_serving_plan_on_ep_exchanges_its_experts_rows(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "on 8 × H100" in out.stdout and "1 routed experts a GPU of ep=8" in out.stdout
     assert "4 group(s) of tp=2" in out.stdout and "all-to-all/TPOT" in out.stdout
+
+
+def test_docs_hardware_table_is_the_shipped_tables_figures():
+    """docs/serving.md's table of parts is read by people choosing --gpu: each row's bf16, fp8 and int8 peaks (as
+    rounded there), memory and bandwidth are the shipped table's (flopsweep/core/data/hardware.yaml), '–' where the
+    part has none."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "docs" / "serving.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| part | bf16 TFLOP/s |")) + 2
+    rows = [line.split("|")[1:-1] for line in lines[start:start + 60] if line.startswith("| ")]
+    rows = rows[:next((i for i, r in enumerate(rows) if len(r) != 7), len(rows))]
+    assert len(rows) == len(names())  # every part of the table, once
+    for cells in rows:
+        name, *figures = (c.strip() for c in cells[:6])
+        part = accelerator(name.split(" (")[0])
+        assert part is not None, name
+        for dtype, cell in zip(("bfloat16", "fp8", "int8"), figures):
+            if cell.startswith("("):  # V100's bf16: its fp16, said so
+                continue
+            assert (cell == "–") == (dtype not in part.peak_tflops), (name, dtype, cell)
+            if cell != "–":
+                assert float(cell.replace(",", "")) == pytest.approx(part.peak_tflops[dtype], rel=5e-3), (name, dtype)
+        memory, bandwidth = (float(c.replace(",", "")) for c in figures[3:])
+        assert (memory, bandwidth) == (part.memory_gb, part.bandwidth_gbs), name
