@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flopsweep.config.compose import compose_config
 from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.run.fit import MetaEstimate, largest_fitting_batch
 from flopsweep.run.job import run_job
 
-from tests.helpers import BUILT_ON, F, custom_model, pretend_gpu, run_app, sgd_peak
+from tests.helpers import BUILT_ON, F, compose_config, custom_model, pretend_gpu, run_app, sgd_peak
 
 MIB = 2**20
 LINEAR = [*custom_model("torch.nn.Linear", f"[{{name:input,shape:[batch,{F}]}}]", in_features=F, out_features=F),

@@ -13,10 +13,9 @@ import json
 import pytest
 import torch
 
-from flopsweep.config.compose import compose_config
 from flopsweep.config.resolve import resolve
 from flopsweep.run.job import run_job
-from tests.helpers import ALIVE, BUILT_ON, F, custom_model, pretend_gpu, run_app, sgd_peak
+from tests.helpers import ALIVE, BUILT_ON, F, compose_config, custom_model, pretend_gpu, run_app, sgd_peak
 
 MIB = 2**20
 

@@ -11,7 +11,6 @@ from flopsweep.build.model import build  # noqa: E402
 from flopsweep.config.resolve import resolve  # noqa: E402
 from flopsweep.run.job import run_job  # noqa: E402
 from tests.helpers import compose_config, model_presets, run_app, run_cli  # noqa: E402
-from tests.test_presets import LARGE  # noqa: E402
 
 # The parameter counts Hugging Face shows for the published checkpoints (safetensors totals), and torchvision's tables
 # for the CNNs: not computed by flopsweep nor by transformers here.
@@ -143,11 +142,12 @@ def test_a_small_mixtral_counts_its_closed_form_and_cpu_equals_meta():
 VISION = {"qwen2_vl_7b", "gemma3_4b", "llama3_2_11b_vision"}  # 1.5-2 s even cut: their tiny closed forms run fast
 
 
-@pytest.mark.parametrize("name", [n if n in LARGE and n not in VISION else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(PUBLISHED)])  # the others are counted whole in test_presets.py
+@pytest.mark.parametrize("name", [n if n not in VISION else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(PUBLISHED)])  # make test-all counts them whole (test_presets.py)
 def test_every_preset_counts_every_op_of_its_step(name):
     """Each preset, cut to a layer or two, a short sequence, as a job runs it: no op of forward, backward or AdamW is
-    uncounted. The fast lane runs the presets too large to count whole there (test_presets.py counts the others)."""
+    uncounted (the fast lane's check of every Hugging Face preset; tests/test_presets.py counts each whole in make
+    test-all)."""
     text = preset(name).get("default_seq_len") is not None
     few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
     if name == "deepseek_v3":

@@ -145,7 +145,7 @@ def test_layouts_that_do_not_fit_rank_after_those_that_do_however_fast():
     """A tiny decoder's layout fits an H100; Llama 3.1 70B on one GPU (no parallelism: 140 GB of bfloat16 weights
     alone) does not, and says so by its metric and first in its bottleneck. Ranked, a faster layout that does not fit
     comes after a slower one that does."""
-    from flopsweep.config.compose import compose_config
+    from tests.helpers import compose_config
     from flopsweep.config.resolve import job_config, resolve
     from flopsweep.run.job import run_job
     from flopsweep.sweep.layouts import ranked, ranked_table

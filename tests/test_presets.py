@@ -27,22 +27,10 @@ def meta_spec(preset: str, *overrides: str):
     return resolve(compose_config(f"model={preset}", "device=meta", "batch.size=1", *overrides))
 
 
-# over 30 B parameters: a second or more each to count on meta (make test-all)
-LARGE = {"deepseek_v3", "llama3_1_405b", "gpt3_175b", "mixtral_8x22b", "qwen2_5_72b", "llama3_70b", "llama3_1_70b",
-         "qwen2_5_32b", "qwen3_30b_a3b",
-         "mamba_codestral_7b", "qwen2_vl_7b",  # and transformers' reference SSD path, an 8B VLM: 5 s each
-         "jamba_1_5_mini", "sd3_medium",  # transformers' token-by-token Mamba scan (34 s); a 2B MMDiT (4 s)
-         # Hugging Face's 7B and up: 0.5-1.9 s each counted whole; the fast lane counts them cut to two layers
-         # (tests/test_hf.py::test_every_preset_counts_every_op_of_its_step)
-         "falcon_h1_7b", "gemma2_27b", "mistral_7b", "qwen2_5_14b", "gemma2_9b", "mixtral_8x7b", "gpt_neox_20b",
-         "llama3_1_8b", "llama3_8b",
-         # image-and-text and diffusion presets, each 1.3-2 s: their families' closed forms are in the fast lane
-         "gemma3_4b", "llama3_2_11b_vision", "dit_xl_2",
-         "qwen2_5_3b", "qwen2_5_1_5b", "gemma2_2b", "llama3_2_3b"}  # and the 1.5-3B ones: 0.5-0.7 s whole
-
-
-@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in LARGE else p
-                                    for p in model_presets() if p not in ("hf", "custom")])  # the templates: what
+# every preset is counted here in make test-all; the fast lane counts each family's first preset, as a job, in
+# tests/test_registries.py (some 0.5 s a preset, most of it meta's kernels meeting a new model's shapes)
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [p for p in model_presets() if p not in ("hf", "custom")])  # the templates: what
 def test_preset_builds_counts_and_sizes_on_meta(preset):          # they build (a model type, a _target_) is the user's
     spec = meta_spec(preset)
     built = build(spec)

@@ -134,7 +134,7 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     """--model with a layout and a global batch, no --mfu: the layout is counted as a parallel.* job would count it,
     and the projection takes that job's predicted MFU (its communication and bubble in it) and prints its memory a
     GPU; the hours follow from it and the H100's peak."""
-    from flopsweep.config.compose import compose_config
+    from tests.helpers import compose_config
     from flopsweep.config.resolve import job_config, resolve
     from flopsweep.core import metrics as M
     from flopsweep.run.job import run_job
