@@ -133,6 +133,7 @@ def test_a_device_is_one_of_its_kinds():
     (["batch.sizee=8"], "batch.sizee: no such key (did you mean batch.size? +batch.sizee=... adds one)"),
     (["devce=meta"], "devce: no such key (did you mean device?"),
     (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
+    (["model=custom", "model.target=x"], "model.target: no such key (did you mean model._target_?"),  # not itself
     (["model=gpt2_smal"], "Could not find 'model/gpt2_smal' (did you mean model=gpt2_small?) (options: "),
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check

@@ -437,6 +437,23 @@ def test_a_job_interrupted_while_timed_is_recorded_interrupted_with_what_it_coun
     assert json.loads((folder / "result.json").read_text())["metrics"]["flops/forward"] == 2 * 3 * 4 * 4
 
 
+def test_a_sweeps_job_cut_by_a_signal_is_logged_killed_and_the_jobs_never_started_are_counted(tmp_path):
+    """The cut job's run is in the store as it is cut (KILLED, with what it counted), not left to a later sync; the
+    summary counts the jobs the signal kept from starting."""
+    from tests.helpers import custom_model
+
+    proc = run_app("-m", *custom_model("tests.helpers.InterruptedWhenTimed", "[{name:x,shape:[batch,4]}]"),
+                   "device=cpu", "batch.size=3,4,5", "tracking=local", "tracking.experiment=cut", cwd=tmp_path)
+    assert proc.returncode == 130, proc.stderr
+    assert "3 jobs: 1 interrupted, 2 not started" in proc.stdout, proc.stdout
+    (folder,) = [p.parent for p in tmp_path.glob("outputs/sweeps/*/*/*/result.json")]
+    noted = json.loads((folder / "result.json").read_text())["info"]["tracking"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    run = client.get_run(noted["run_id"])
+    assert noted["logged"] and run.info.status == "KILLED"
+    assert run.data.metrics["flops/forward"] == 2 * 3 * 4 * 4 and "time/step_median_s" not in run.data.metrics
+
+
 def test_an_interrupt_that_a_library_turns_into_another_error_still_ends_the_sweep(tmp_path):
     """It ended as "the launcher stopped (UnboundLocalError: ...)", exit status 1, once in some twenty SIGTERMs."""
     from tests.helpers import custom_model

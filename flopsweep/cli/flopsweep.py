@@ -212,7 +212,7 @@ def hydra_error_line(err: BaseException) -> str:
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
         parent, _, name = key.rpartition(".")
-        near = nearest(name, known_keys(parent), cutoff=0.8)
+        near = nearest(name, [k for k in known_keys(parent) if k != name], cutoff=0.8)  # not itself: refused here
         suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
         return f"{key}: no such key ({suggestion}+{key}=... adds one)"
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)

@@ -36,8 +36,9 @@ def known_keys(parent: str) -> list[str]:
     import dataclasses
     import typing
 
-    if parent == "model":
-        return sorted({f.name for _, family in FAMILIES.items() for f in dataclasses.fields(family.Config)})
+    if parent == "model":  # as a preset spells them: a custom model's class is its _target_ (the field target)
+        fields = {f.name for _, family in FAMILIES.items() for f in dataclasses.fields(family.Config)}
+        return sorted(fields - {"target"} | {"_target_"})
     node: object = Schema
     for part in filter(None, parent.split(".")):
         types = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}

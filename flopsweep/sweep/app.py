@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -24,7 +24,6 @@ from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, run_name, short_name
 from flopsweep.sinks.claims import Claim
-from flopsweep.sinks.jobdir import write_job_folder
 from flopsweep.sinks.target import Target
 from flopsweep.core import progress as phases
 from flopsweep.measure.timing import TICK
@@ -74,8 +73,8 @@ def run_one(cfg: DictConfig) -> Result:
             cause = err.cause if isinstance(err, state.Interrupted) else "interrupted by SIGINT"
             result = getattr(err, "measured", None) or Result("interrupted", None, config)  # run_job's, if it began
             result.error = f"{cause} before the job finished"
-            with contextlib.suppress(OSError):  # a full disk: the signal is what the sweep says
-                write_job_folder(result, Path(hydra_cfg.runtime.output_dir))
+            with contextlib.suppress(OSError), state.interrupts_deferred():  # a full disk: the signal is said
+                _log(tracking, hydra_cfg, result, job_num)  # its folder and its run (KILLED), not left to a sync
                 if result.metrics:
                     state.current().cut = Path(hydra_cfg.runtime.output_dir)
             raise
@@ -124,9 +123,7 @@ def _failed_job_target(cfg: DictConfig, refused: ConfigError) -> Target | Config
 
 def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result: Result,
             job_num: Optional[int]) -> None:
-    """The job's folder, its lines on the console and its run in the store (:func:`flopsweep.sinks.record.record`)."""
-    from flopsweep.sinks.record import record
-
+    """The job's folder, its lines on the console and its run in the store (:func:`_log`)."""
     folder = Path(hydra_cfg.runtime.output_dir)
     lines = []
     if result.status.failed:
@@ -136,12 +133,6 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = job_lines(result)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    swept = list(state.SweepContext.current().swept)
-    if swept and in_sweep:  # what tells it apart from the sweep's other runs, first
-        result.info["run_name"] = short_name(result.config or {}, swept)
-    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
-    job = {"job_num": job_num, "overrides": overrides}
     said = []
 
     def results_line() -> None:  # said before the run is logged: a slow store does not hold the numbers back
@@ -149,8 +140,7 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         said.append(True)
 
     try:
-        record(result, folder, _logged_to(tracking, result), job, state.SweepContext.current().parent,
-               written=results_line)
+        _log(tracking, hydra_cfg, result, job_num, results_line)
     except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
         if not said:  # its folder could not be written
             state.current().unwritten[folder.name] = result
@@ -158,10 +148,24 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
                 lines.append(f"logged to MLflow (run {result.tracking.run_id}) with the files it has")
             say("\n".join(lines))
         raise state.Unwritable(folder, err) from None
-    noted = result.tracking
+    noted, in_sweep = result.tracking, hydra_cfg.mode == RunMode.MULTIRUN
     if noted is not None and not (noted.logged or noted.elsewhere or (in_sweep and noted.known)):
         warning(f"not logged to MLflow ({noted.error}); the result is in "
                 f"{folder}: `{command('flopsweep-sync')} {folder}` logs it later")
+
+
+def _log(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result: Result, job_num: Optional[int],
+         written: Optional[Callable[[], None]] = None) -> None:
+    """The job's folder written and its run logged (:func:`flopsweep.sinks.record.record`), named in a sweep by what
+    tells it apart from the sweep's other runs; ``written`` is called between the two."""
+    from flopsweep.sinks.record import record
+
+    swept = list(state.SweepContext.current().swept)
+    if swept and hydra_cfg.mode == RunMode.MULTIRUN:
+        result.info["run_name"] = short_name(result.config or {}, swept)
+    overrides = OmegaConf.select(hydra_cfg.job, "override_dirname", default="", throw_on_resolution_failure=False)
+    record(result, Path(hydra_cfg.runtime.output_dir), _logged_to(tracking, result),
+           {"job_num": job_num, "overrides": overrides}, state.SweepContext.current().parent, written=written)
 
 
 def _logged_to(tracking: Target | ConfigError | None, result: Result) -> Optional[Target]:

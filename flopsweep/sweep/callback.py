@@ -136,7 +136,9 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     swept = [f"{key}.{GROUP_NAMES[key]}" if key in GROUP_NAMES else key for key in SweepContext.current().swept]
     print(summary_table(results, tuple(swept or varying_params([r for _, r in results]))))  # the keys it varies
     counts = status_counts(results)
-    print(f"\n{len(results)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) +
+    total = SweepContext.current().total or 0
+    unstarted = [f"{total - len(results)} not started"] if total > len(results) else []  # cut by a signal, a disk
+    print(f"\n{max(total, len(results))} jobs: " + ", ".join([*(f"{n} {s}" for s, n in counts.items() if n), *unstarted]) +
           f"  |  results: {sweep_dir}")
     if counts["lost"]:
         print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
