@@ -49,6 +49,16 @@ def test_each_zero_stage_by_hand(zero, weights, grads, state):
     assert split.bubble == pytest.approx(1 / 3)                # (pp - 1) / (m + pp - 1) = 1 / 3
 
 
+def test_the_table_says_what_a_device_holds_of_the_parameters_it_computes_with_under_zero_3():
+    """ZeRO-3 keeps 1/dp of a device's 250M parameters (the tp·pp shard of 1e9) and gathers them to compute."""
+    from flopsweep.projection.parallel import table
+
+    rows = {zero: next(line for line in table(per_device(measured(), Parallelism(dp=4, tp=2, pp=2, zero=zero)))
+                       .splitlines() if line.startswith("parameters")) for zero in (2, 3)}
+    assert rows[3].split() == ["parameters", "(computed", "with;", "it", "holds", "62.5M)", "1G", "250M"]
+    assert rows[2].split() == ["parameters", "1G", "250M"]
+
+
 LAYOUTS = [(1, 1, 1, None), (8, 1, 1, None), (1, 4, 1, None), (1, 1, 4, None), (2, 2, 2, None), (4, 8, 2, None),
            (2, 1, 4, 8), (2, 2, 4, 2), (1, 1, 8, 32), (16, 1, 1, 4)]
 

@@ -166,7 +166,9 @@ def _split(whole: float, parts: int) -> Share:
 
 def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
     """The per-device table, with a warning line when a device needs more than ``memory_bytes``."""
-    rows = [["parameters", human(split.params.whole), human(split.params.device)],
+    held = split.layout.zero_shards(3)  # ZeRO-3: a device keeps 1/dp of its shard's weights, gathers them to compute
+    rows = [["parameters" + (f" (computed with; it holds {human(split.params.device / held)})" if held > 1 else ""),
+             human(split.params.whole), human(split.params.device)],
             ["FLOPs per step", human(split.flops.whole), human(split.flops.device)]]
     for label, key in (("weights", "weights_bytes"), ("buffers", "buffers_bytes"), ("gradients", "grads_bytes"),
                        ("optimizer state", "optimizer_state_bytes"), ("activations", "activations_bytes"),
