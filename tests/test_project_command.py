@@ -40,7 +40,7 @@ def hand_run(folder, predicted=None, training=True, **config) -> str:
     (["--model", "m", "--serve", "--prompt-tokens", "8", "--mfu", "0.4", "--tp", "2", "--dp=2"],
      ["serve", "--model", "m", "--prompt-tokens", "8", "--tp", "2"], ["--mfu", "--dp"]),
     (["--model", "m", "--budget-usd=1M", "--no-log", "--price", "2", "--experiment", "e", "--tokens", "1T"],
-     ["budget", "--model", "m", "--usd=1M", "--price", "2", "--tokens", "1T"], ["--no-log", "--experiment"]),
+     ["budget", "--model", "m", "--usd=1M", "--no-log", "--price", "2", "--experiment", "e", "--tokens", "1T"], []),
 ])
 def test_an_old_spelling_becomes_the_subcommand_it_meant(old, new, dropped):
     """What the one parser read in a mode is kept (a plan beside a budget too: it was refused, and is); what it took
@@ -68,8 +68,8 @@ def test_an_old_invocation_projects_as_the_new_one_with_a_note(tmp_path):
      "--bandwidth does not apply to train: it is a flag of serve"),
     (["serve", "--model", "m", "--prompt-tokens", "8", "--new-tokens", "8", "--mfu=0.4"],
      "--mfu does not apply to serve: it is a flag of train and budget"),
-    (["budget", "--model", "m", "--flops", "1e20", "--mfu", "0.4", "--no-log"],
-     "--no-log does not apply to budget: it is a flag of train and serve"),
+    (["budget", "--model", "m", "--flops", "1e20", "--mfu", "0.4", "--new-tokens", "8"],
+     "--new-tokens does not apply to budget: it is a flag of serve"),
     (["budget", "--model", "m", "--flops", "1e20", "--tokens", "1T"], "--tokens does not apply to budget"),
     (["train", "RUN", "OTHER", "--tokens", "1T"], "unexpected OTHER"),
     ([], "choose a subcommand: train, budget, serve"),
@@ -289,21 +289,27 @@ def test_a_flops_budget_takes_the_predicted_or_a_default_mfu_and_says_which(tmp_
     assert len(hours.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("subcommand", ["train", "serve"])
+@pytest.mark.parametrize("subcommand", ["train", "serve", "budget"])
 def test_a_projection_says_where_it_was_logged(subcommand, tmp_path):
     """Its last line names the MLflow run, its experiment and the store, where that run is; a store that cannot be
-    used is a warning naming it, the projection printed all the same."""
+    used is a warning naming it, the projection printed all the same. A budget (it printed no such line) records
+    what it buys: for a forward-only run, 1e21 FLOPs over its forward's FLOPs a token."""
     from mlflow.tracking import MlflowClient
 
-    args = {"train": [hand_run(tmp_path / "run"), "--tokens", "1B", "--mfu", "0.4"],
-            "serve": ["--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "2"]}[subcommand]
+    args = {"train": lambda: [hand_run(tmp_path / "run"), "--tokens", "1B", "--mfu", "0.4"],
+            "serve": lambda: ["--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "2"],
+            "budget": lambda: [hand_run(tmp_path / "run", training=False), "--flops", "1e21", "--gpu", "A100"]
+            }[subcommand]()
     out = run_main(main, subcommand, *args, "--store-dir", "store", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("MLflow: run ") and last.endswith(f" in experiment 'projections' ({store})"), last
-    run_id = last.split()[2]
-    assert MlflowClient(tracking_uri=store).get_run(run_id).data.tags["flopsweep.kind"] == "projection"
+    run = MlflowClient(tracking_uri=store).get_run(last.split()[2])
+    assert run.data.tags["flopsweep.kind"] == "projection"
+    if subcommand == "budget":
+        assert run.data.metrics["budget/flops"] == 1e21
+        assert run.data.metrics["budget/tokens/counted"] == pytest.approx(1e21 / (FORWARD / (B * T)))
     (tmp_path / "file").write_text("")
     out = run_main(main, subcommand, *args, "--store-dir", "file/store", cwd=tmp_path)
     assert out.returncode == 0 and "MLflow: run" not in out.stdout, out.stderr

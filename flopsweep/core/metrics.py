@@ -97,6 +97,21 @@ def per_device_metric(quantity: str) -> str:
     return f"projection/per_device/{quantity}"
 
 
+# what a budget buys (flopsweep-project budget): its FLOPs, the tokens each method says they train (or process) the
+# model on, and each scaling rule's compute-optimal parameters and tokens
+BUDGET_FLOPS = "budget/flops"
+BUDGET_GPU_HOURS = "budget/gpu_hours"  # a FLOPs budget's time at the MFU; the others are time or money already
+
+
+def budget_tokens_metric(method: str) -> str:
+    return f"budget/tokens/{PROJECTION_METHODS[method]}"
+
+
+def budget_optimum_metric(rule: str, quantity: str) -> str:
+    """``rule``: the scaling rule or fit (``rule``, ``hoffmann``, ...); ``quantity``: params, tokens or loss."""
+    return f"budget/optimum/{rule}/{quantity}"
+
+
 # serving projections (flopsweep-project --serve): each over the batch (the MLflow metric's step)
 SERVING_QUANTITIES = ("ttft_s", "tpot_s", "request_s", "output_tokens_per_s_per_gpu", "gpu_hours_per_m_output",
                       "usd_per_m_input", "usd_per_m_output", "kwh_per_m_output")

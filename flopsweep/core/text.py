@@ -6,6 +6,7 @@ Why one file: every figure the console, ``stats.txt`` and MLflow's notes show go
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable, Optional
 
@@ -37,6 +38,13 @@ def _three(value: float) -> str:
     """Three significant digits, without the exponent that ``.3g`` gives from 999.5 up (``1000``, not ``1e+03``)."""
     text = f"{value:.3g}"
     return f"{value:.0f}" if "e" in text and abs(value) >= 1 else text
+
+
+def whole(value: Optional[float]) -> str:
+    """Whole numbers from 100 up (``12,345``), three significant digits below (``0.562``): hours, days, dollars."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def seconds(value: Optional[float]) -> str:
@@ -84,7 +92,8 @@ SPREAD_WARNING = 0.25  # a timing whose spread (IQR) is this share of its median
 
 def job_lines(result: Result) -> list[str]:
     """What the console says of a finished job: the figures that matter for its mode (a generation's, a LoRA job's
-    trainable parameters and a mixture of experts' active ones beside all of them, a GaLore job's mean optimizer step, the memory a meta job would need),
+    trainable parameters and a mixture of experts' active ones beside all of them, a GaLore job's mean optimizer step,
+    the memory a meta job would need),
     and how they were made where it is not plain (the batch batch.size=max chose, times extrapolated per block, a
     timing too noisy to trust without a second look)."""
     m = result.metrics

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, require
+from flopsweep.core.text import whole
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.scaling import FITS, optimum
 from flopsweep.projection.parallel import table as per_device_table
@@ -70,6 +71,13 @@ def compute_optimal_fits(flops: float, costs: list[PerToken], recompute: bool = 
     return sorted(out, key=lambda f: f.flops)
 
 
+def _amount(kind: str, value: float, flops: float) -> str:
+    """The budget as given, then its FLOPs (counts in B, FLOPs as 1.234e+23, as every line after it)."""
+    given = {"usd": f"${value:,.0f}", "gpu_hours": f"{value:,.0f} GPU-hours",
+             "days": f"{value:,.4g} days on all GPUs"}.get(kind)
+    return f"{given} = {flops:.3e} FLOPs" if given else f"{flops:.3e} FLOPs"
+
+
 def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardware: Hardware, presets: list[PerToken],
                   recompute: bool = False, devices: Optional[PerDevice] = None,
                   tokens_per_param: float = TOKENS_PER_PARAM, inference_tokens: Optional[float] = None
@@ -80,15 +88,15 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
     fits = compute_optimal_fits(flops, presets, recompute) if cost.training else []
     bubble = devices.bubble if devices else 0.0
     takes = cost_row("budget", flops, hardware, bubble) if kind == "flops" else None  # the others are time already
-    lines = [f"budget {value:,.4g} {kind.replace('_', '-')} = {flops:.3e} FLOPs"
-             + (f", {takes.gpu_hours:,.4g} GPU-hours ({takes.days:,.4g} days)" if takes else "")
+    lines = [f"budget {_amount(kind, value, flops)}"
+             + (f", {whole(takes.gpu_hours)} GPU-hours ({whole(takes.days)} days)" if takes else "")
              + f" on {hardware.gpus:,} × {hardware.gpu} at MFU {hardware.mfu:.1%} ({hardware.mfu_source})"
              + (f", less a pipeline bubble of {devices.bubble:.1%}" if devices else ""), ""]
     if devices:
         lines += [per_device_table(devices, hardware.memory_bytes), ""]
     lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
               + ", by method:"]
-    lines += [f"  {m:14s} {t:.3e} tokens ({t / cost.params:.1f} per parameter)" if t else f"  {m:14s} n/a"
+    lines += [f"  {m:14s} {t / 1e9:,.1f} B tokens ({t / cost.params:,.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
     optima = [optimum(flops, "rule", tokens_per_param), *(optimum(flops, name) for name in FITS)] \
         if cost.training else []
@@ -96,7 +104,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += ["", "what the budget is best spent on (C = 6ND; the loss predicted by the fit, Hoffmann's for "
                   "a rule):"]
         lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f} B  D {o.tokens / 1e9:12,.1f} B tokens  "
-                  f"predicted loss {o.loss:.3f}" + (f"  + serving {inference_tokens:.3g} tokens (2N each): "
+                  f"predicted loss {o.loss:.3f}" + (f"  + serving {inference_tokens / 1e9:,.1f} B tokens (2N each): "
                                                     f"{flops + 2 * o.params * inference_tokens:.3e} FLOPs in all"
                                                     if inference_tokens else "") for o in optima]
     if fits:
@@ -105,7 +113,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
                   "Hoffmann et al.'s fit predicts for it trained on the whole budget:"]
         width = max(len(f.model) for f in fits)
         best = min(fits, key=lambda f: f.loss)
-        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.2e} FLOPs  "
+        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.3e} FLOPs  "
                   f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit':12s}  "
                   f"budget: {f.bought / f.params:9,.1f} tokens/param, loss {f.loss:.3f}"
                   + ("  <- lowest" if f is best else "") for f in fits]

@@ -9,8 +9,9 @@ from dataclasses import asdict
 from typing import Any
 
 from flopsweep.core import metrics as M
+from flopsweep.projection.scaling import FITS
 from flopsweep.projection.serving import ServingPlan
-from flopsweep.projection.training import Projection
+from flopsweep.projection.training import Hardware, PerToken, Projection
 
 
 def training_record(projection: Projection) -> dict[str, Any]:
@@ -32,6 +33,27 @@ def training_record(projection: Projection) -> dict[str, Any]:
             "artifacts": {"projection.json": json.dumps(data, indent=2, default=str) + "\n",
                           "projection.txt": projection.table() + "\n"}}
 
+
+
+def budget_record(report: dict[str, Any], cost: PerToken, hardware: Hardware) -> dict[str, Any]:
+    """What a budget buys (:func:`flopsweep.projection.budget.budget_report`): the budget and hardware as params, the
+    tokens by method and each rule's optimum as metrics, the text and the data (the presets' ranking in it) as
+    files."""
+    b = report["budget"]
+    params = {"budget.kind": b["kind"], "budget.value": b["value"], "budget.mfu_source": b["mfu_source"],
+              **{f"hardware.{k}": v for k, v in asdict(hardware).items()},
+              "model.name": cost.model, "model.params": cost.params, "model.seq_len": cost.seq_len}
+    metrics = {M.BUDGET_FLOPS: b["flops"], M.BUDGET_GPU_HOURS: b["gpu_hours"],
+               **{M.budget_tokens_metric(method): tokens for method, tokens in report["tokens"].items()},
+               **{M.budget_optimum_metric(o["method"] if o["method"] in FITS else "rule", q): o[q]
+                  for o in report["optimum"] for q in ("params", "tokens", "loss")}}  # the rule: k tokens/param
+    if report["parallel"]:
+        metrics.update({M.per_device_metric(q): report["parallel"][q]["device"] for q in M.PER_DEVICE_QUANTITIES})
+    data = {k: v for k, v in report.items() if k != "text"}
+    return {"name": f"{cost.model}|budget {b['flops']:.3g} FLOPs|{hardware.gpus}x{hardware.gpu}",
+            "source": cost.source, "params": params, "metrics": metrics,
+            "artifacts": {"budget.json": json.dumps(data, indent=2, default=str) + "\n",
+                          "budget.txt": report["text"] + "\n"}}
 
 
 def serving_record(plan: ServingPlan) -> dict[str, Any]:

@@ -19,7 +19,6 @@ GPU count and adds the per-device figures.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -27,7 +26,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape, from_config, shape_of
-from flopsweep.core.text import table
+from flopsweep.core.text import table, whole
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.parallel import table as per_device_table
 
@@ -218,8 +217,8 @@ class Projection:
                 f"({hw.mfu_source})"]
         rows = []
         for r in self.rows:
-            rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", _num(r.gpu_hours),
-                         _num(r.days), "n/a" if r.cost is None else "$" + _num(r.cost), _num(r.energy_kwh)])
+            rows.append([r.method, "n/a" if r.flops is None else f"{r.flops:.3e}", whole(r.gpu_hours),
+                         whole(r.days), "n/a" if r.cost is None else "$" + whole(r.cost), whole(r.energy_kwh)])
         body = table(["method", "FLOPs", "GPU-hours", "days", "cost", "energy (kWh)"], rows)
         if self.devices:
             body += "\n\n" + per_device_table(self.devices, hw.memory_bytes)
@@ -275,10 +274,3 @@ def parallel_notes(devices: PerDevice, recompute: bool = False, mfu_of_layout: b
     if recompute:
         notes.append("per-device activations are those measured, without recomputation: an upper bound here.")
     return notes
-
-
-def _num(value: Optional[float]) -> str:
-    """Whole numbers from 100 up (``12,345``), three significant digits below (``0.562``)."""
-    if value is None or math.isnan(value):
-        return "n/a"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

@@ -138,8 +138,8 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     counts = status_counts(results)
     total = SweepContext.current().total or 0
     unstarted = [f"{total - len(results)} not started"] if total > len(results) else []  # cut by a signal, a disk
-    print(f"\n{max(total, len(results))} jobs: " + ", ".join([*(f"{n} {s}" for s, n in counts.items() if n), *unstarted]) +
-          f"  |  results: {sweep_dir}")
+    said = [*(f"{n} {s}" for s, n in counts.items() if n), *unstarted]
+    print(f"\n{max(total, len(results))} jobs: {', '.join(said)}  |  results: {sweep_dir}")
     if counts["lost"]:
         print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
               "measure only what is missing")

@@ -104,15 +104,14 @@ def add_training_part(p: argparse.ArgumentParser) -> None:
     par.add_argument("--micro-batches", type=int, help="micro-batches per replica, 1F1B schedule (default pp)")
 
 
-def add_output(p: argparse.ArgumentParser, logged: bool) -> None:
-    """``--json`` and where runs are read from; with ``logged``, where the projection's own run goes."""
+def add_output(p: argparse.ArgumentParser) -> None:
+    """``--json``, where runs are read from, and where the projection's own run goes."""
     out = p.add_argument_group("output and tracking")
     out.add_argument("--json", type=Path, help="also write the projection as JSON here")
     out.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     out.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
-    if logged:
-        out.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default: {EXPERIMENT})")
-        out.add_argument("--no-log", action="store_true", help="do not log the projection to MLflow")
+    out.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default: {EXPERIMENT})")
+    out.add_argument("--no-log", action="store_true", help="do not log the projection to MLflow")
 
 
 def require_finite(args: argparse.Namespace, *keys: str) -> None:

@@ -17,7 +17,7 @@ import time
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
-from flopsweep.cli.project.common import write_json
+from flopsweep.cli.project.common import log_projection, write_json
 from flopsweep.core.console import say
 from flopsweep.core.errors import require
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                        "added to each compute-optimal answer at 2N FLOPs a token")
     rules.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
     A.add_training_part(p)
-    A.add_output(p, logged=False)
+    A.add_output(p)
     p.set_defaults(command=command)
 
 
@@ -59,6 +59,7 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection import budget as B
     from flopsweep.projection import training as P
     from flopsweep.projection.parallel import per_device
+    from flopsweep.projection.records import budget_record
     from flopsweep.projection.scaling import check_tokens_per_param
 
     A.require_finite(args, *BUDGETS, "price", "watts", "inference_tokens", "tokens_per_param")
@@ -84,4 +85,5 @@ def command(args: argparse.Namespace) -> int:
                              args.tokens_per_param, args.inference_tokens)
     print(report["text"])
     write_json(args.json, {k: v for k, v in report.items() if k != "text"})
+    log_projection(args, budget_record(report, cost, hardware), result)
     return 0

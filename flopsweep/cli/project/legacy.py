@@ -12,7 +12,7 @@ SERVE_ONLY = ("--prompt-tokens", "--new-tokens", "--compute-efficiency", "--memo
 BUDGETS = ("--budget-flops", "--budget-gpu-hours", "--budget-days", "--budget-usd")
 IGNORED = {  # by mode: what the one parser accepted there and never read
     "train": (*SERVE_ONLY, "--tokens-per-param", "--inference-tokens"),
-    "budget": (*SERVE_ONLY, "--no-log", "--experiment"),
+    "budget": SERVE_ONLY,  # --no-log and --experiment: a budget is logged now, as the others are
     "serve": ("--seq-len", "--inference", "--tokens", "--steps", "--compute-optimal", "--recompute",
               "--tokens-per-param", "--inference-tokens", "--mfu", "--mfu-from", "--dp", "--pp", "--zero",
               "--micro-batches", *BUDGETS),

@@ -40,13 +40,13 @@ def register(subparsers) -> None:
                       "(default 1: the roofline's bound)")
     plan.add_argument("--memory-efficiency", type=float, default=1.0, help="share of the bandwidth reached "
                       "(default 1)")
-    plan.add_argument("--weights-dtype", type=A.dtype_name, help="the weights as served: float32, bfloat16, float16, fp8, int8 or int4 "
-                      "(default: as counted; --dtype stays the compute's, for the peak)")
-    plan.add_argument("--kv-dtype", type=A.dtype_name, help="the KV cache as served: float32, bfloat16, float16 or fp8 (default: as "
-                      "counted)")
+    plan.add_argument("--weights-dtype", type=A.dtype_name, help="the weights as served: float32, bfloat16, "
+                      "float16, fp8, int8 or int4 (default: as counted; --dtype stays the compute's, for the peak)")
+    plan.add_argument("--kv-dtype", type=A.dtype_name, help="the KV cache as served: float32, bfloat16, float16 or "
+                      "fp8 (default: as counted)")
     plan.add_argument("--expert-skew", type=float, help="a mixture of experts' routing: the exponent of a Zipf law "
                       "over its experts (default 0: uniform, the fewest tokens an expert)")
-    A.add_output(p, logged=True)
+    A.add_output(p)
     p.set_defaults(command=command)
 
 

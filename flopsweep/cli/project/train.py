@@ -37,7 +37,7 @@ def register(subparsers) -> None:
     plan.add_argument("--compute-optimal", action="store_true", help="20 tokens per parameter (Chinchilla)")
     plan.add_argument("--recompute", action="store_true", help="full activation recomputation (one more forward)")
     A.add_training_part(p)
-    A.add_output(p, logged=True)
+    A.add_output(p)
     p.set_defaults(command=command)
 
 
