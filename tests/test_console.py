@@ -156,16 +156,21 @@ def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys)
     cpu, meta = seen[:seen.index("build", 2)], seen[seen.index("build", 2):]
     assert cpu == ["memory check", "build", "count", "size", "time"]  # a real device is pre-checked on meta first
     assert meta == ["build", "count", "size"]
-    ticker = Ticker(every=0.2)
+    ticker = Ticker(every=0.3)
     try:
         ticker.entered("count")
         time.sleep(0.9)
-        ticker.entered("time")  # the timing loop says how far it is itself
+        ticker.entered("time")  # the timing loop says how far it is itself; the watcher only where it has not
         capsys.readouterr()
-        time.sleep(0.6)
+        for run in range(1, 7):
+            time.sleep(0.1)
+            ticker(run, 12)
+        said = capsys.readouterr().out.splitlines()
+        time.sleep(0.7)  # a timed run that takes long (a warm-up)
     finally:
         ticker.close()
-    assert capsys.readouterr().out == ""
+    assert said and all(line.startswith("  ... timing the step: run ") for line in said), said
+    assert capsys.readouterr().out.startswith("  ... timing the step, ")  # no run number: it is the watcher's
     ticker = Ticker(every=0.2)
     try:
         ticker.entered("build")
@@ -173,6 +178,13 @@ def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys)
     finally:
         ticker.close()
     assert "  ... building the model, 0 s into the job" in capsys.readouterr().out
+    ticker = Ticker(every=60.0, first=0.2)  # the first sign of life comes sooner than the next ones
+    try:
+        ticker.entered("count")
+        time.sleep(0.7)
+    finally:
+        ticker.close()
+    assert capsys.readouterr().out.splitlines() == ["  ... counting its ops, 0 s into the job"]
 
 
 def test_the_summarys_estimated_peak_is_the_larger_estimate_as_the_memory_checks_use_it():

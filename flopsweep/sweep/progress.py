@@ -33,39 +33,44 @@ def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Seque
 
 PHASES = {"memory check": "the memory pre-check on meta", "build": "building the model", "count": "counting its ops",
           "size": "sizing its memory", "compile": "compiling (torch.compile)", "profile": "profiling its modules",
-          "count ranks": "counting the layout rank by rank"}  # "time": the timing loop says how far it is itself
+          "count ranks": "counting the layout rank by rank",
+          "time": "timing the step"}  # said only where the timing loop has said nothing for as long (a slow warm-up)
 
 
 class Ticker:
-    """Signs of life in a long job: once the job has run ``every`` seconds, and then every ``every`` seconds, a line
+    """Signs of life in a long job: once the job has run ``first`` seconds, and then every ``every`` seconds, a line
     saying what it is doing: how far its timing loop is (the loop calls it after each timed run:
     ``measure.timing.TICK``), or which phase it is in (the job announces them, ``core.progress``; a watcher thread
     says one that runs long). :meth:`close` stops the watcher."""
 
-    def __init__(self, every: float = 15.0):
-        self.started = self.last = time.monotonic()
-        self.every = every
+    def __init__(self, every: float = 15.0, first: float = 5.0):
+        self.started = time.monotonic()
+        self.every, self.first = every, min(first, every)
+        self.last = self.started - every + self.first  # the first line after ``first`` (a CPU ResNet-50's pre-check,
+        self.glance = max(0.1, min(1.0, self.first))   # count and warm-up were 15 s of silence); a glance a second
+        self.heard = self.started  # the timing loop's last call: while it goes on, the loop says how far it is
         self.phase: Optional[str] = None
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None  # started at the first phase
 
     def __call__(self, done: int, total: int, what: str = "the step") -> None:
-        now = time.monotonic()
+        now = self.heard = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
             say(f"  ... timing {what}: run {done} of {total} (warm-up included), {_duration(now - self.started)} "
                 "into the job")
 
     def entered(self, phase: str) -> None:
-        self.phase = phase
+        self.phase, self.heard = phase, time.monotonic()
         if self._watcher is None and not self._stop.is_set():
             self._watcher = threading.Thread(target=self._watch, name="flopsweep-ticker", daemon=True)
             self._watcher.start()
 
     def _watch(self) -> None:
-        while not self._stop.wait(max(0.1, min(1.0, self.every))):  # a glance a second at most, never a spin
+        while not self._stop.wait(self.glance):
             now, words = time.monotonic(), PHASES.get(self.phase or "")
-            if words is not None and now - self.last >= self.every:
+            quiet = now - self.last >= self.every and (self.phase != "time" or now - self.heard >= self.first)
+            if words is not None and quiet:
                 self.last = now
                 say(f"  ... {words}, {_duration(now - self.started)} into the job")
 
