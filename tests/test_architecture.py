@@ -84,6 +84,28 @@ def test_private_symbols_of_each_library_are_imported_in_one_file():
     assert any(lib == "hydra" for lib, _ in private_uses(REPO / PRIVATE_HOME["hydra"]))
 
 
+# a library whose public API is its top level: a module below it is its internals (transformers.models.gemma3...)
+TOP_LEVEL_API = {"transformers": "flopsweep/models/_transformers.py", "diffusers": None}
+
+
+def submodule_imports(path: Path) -> set[str]:
+    """Every module below the top level of a :data:`TOP_LEVEL_API` library that ``path`` imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        found |= {n for n in names if n.split(".")[0] in TOP_LEVEL_API and "." in n}
+    return found
+
+
+def test_a_library_whose_api_is_its_top_level_is_reached_below_it_in_one_file():
+    misplaced = {rel: sorted(found) for path in SOURCES
+                 if (found := submodule_imports(path)) and
+                 (rel := path.relative_to(REPO).as_posix()) not in TOP_LEVEL_API.values()}
+    assert not misplaced, f"a library's internals outside their one file ({TOP_LEVEL_API}): {misplaced}"
+    assert "transformers.vision_utils" in submodule_imports(REPO / TOP_LEVEL_API["transformers"])
+
+
 def test_the_private_symbol_check_sees_attributes_and_aliases(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import torch\nimport torch.nn as nn\nfrom torch.utils import _pytree as pt\n"

@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +32,7 @@ from torch.nn.attention import sdpa_kernel
 
 from flopsweep.core.errors import ConfigError, pip, require
 from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
+from flopsweep.models._transformers import quiet_hub_kernels
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 from flopsweep.models import hf_vision_language as vl
 from flopsweep.models.hf_kinds import TASKS, refused, task_of
@@ -55,9 +55,7 @@ def transformers_module() -> Any:
         raise ConfigError("model.family", "hf", f"transformers cannot build models while the installed torchvision "
                           f"does not load ({broken}): install the torchvision built for torch {torch.__version__} "
                           f"(docs/models.md, 'torchvision'), or {pip('uninstall torchvision')}")
-    # its note that a fused kernel (mamba_ssm, causal_conv1d) is missing and the reference path runs: the path
-    # counted on meta and the CPU, which docs/models.md says; not a warning for a count
-    logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
+    quiet_hub_kernels()
     return transformers
 
 

@@ -9,6 +9,7 @@ import re
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError
+from flopsweep.models._transformers import auto_mappings
 from flopsweep.models.hf_vision_language import VISION_LANGUAGE
 
 TASKS = {  # model.task -> (transformers' auto class, its mapping of model types to classes)
@@ -46,8 +47,7 @@ def task_of(task: Optional[str], hf: Any) -> str:
         raise ConfigError("model.task", task, f"builds {', '.join(VISION_LANGUAGE)} whole, not {hf.model_type}")
     if task is not None:
         return task
-    from transformers.models.auto import modeling_auto
-
+    modeling_auto = auto_mappings()
     kind = hf.model_type
     named = [(name, arch) for arch in getattr(hf, "architectures", None) or [] for name, (_, mapping) in TASKS.items()
              if arch in getattr(modeling_auto, mapping).values()]

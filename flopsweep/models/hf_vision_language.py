@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from flopsweep.core.errors import ConfigError, require
+from flopsweep.models._transformers import gemma3_masks, vision_grid
 
 VISION_LANGUAGE = ("qwen2_vl", "gemma3", "mllama")  # model types built whole, image and text
 DEFAULT_IMAGE_SIZE = 448  # Qwen2-VL's pixels: 1,024 patches, 256 image tokens (it takes any multiple of 28)
@@ -135,9 +136,6 @@ def loss(net: Any, **inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _gemma3_loss(net: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    from transformers.models.gemma3.modeling_gemma3 import create_masks_for_vision_model, \
-        get_block_sequence_ids_for_mask
-
     model = net.model
     images = model.get_image_features(pixel_values, return_dict=True).pooler_output
     text = model.get_input_embeddings()(input_ids)  # scaled by the square root of the width, as Gemma embeds
@@ -145,9 +143,7 @@ def _gemma3_loss(net: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor, 
     samples, shown = input_ids.shape[0], images.shape[1]
     kinds = torch.cat([torch.ones(samples, shown, dtype=torch.long, device=text.device),
                        torch.zeros_like(input_ids)], dim=1)  # token_type_ids: 1 for the image's
-    masks = create_masks_for_vision_model(config=net.config.get_text_config(), inputs_embeds=embeds,
-                                          attention_mask=None, cache=None, position_ids=None,
-                                          block_sequence_ids=get_block_sequence_ids_for_mask(kinds, text.device))
+    masks = gemma3_masks(net.config.get_text_config(), embeds, kinds)
     hidden = model.language_model(inputs_embeds=embeds, attention_mask=masks).last_hidden_state
     logits = net.lm_head(hidden)
     return net.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1])
@@ -172,14 +168,11 @@ def _mllama_loss(net: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor, 
 
 def _qwen2_vl_loss(net: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                    labels: torch.Tensor) -> torch.Tensor:
-    from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
-
     model, samples = net.model, input_ids.shape[0]
     side = round((pixel_values.shape[0] // samples) ** 0.5)
     grid = torch.tensor([[1, side, side]] * samples)  # on the CPU: the tower reads its values
     merge = model.visual.spatial_merge_size
-    cu_seqlens = get_vision_cu_seqlens(grid)
-    positions = get_vision_position_ids(grid, merge)
+    cu_seqlens, positions = vision_grid(grid, merge)
     device, pixel_values = pixel_values.device, pixel_values.type(model.visual.dtype)  # as transformers feeds it
     vision = model.visual(pixel_values, grid_thw=grid, position_ids=positions.to(device),
                           cu_seqlens=cu_seqlens if device.type == "meta" else cu_seqlens.to(device))
