@@ -25,7 +25,7 @@ MODES = {"full": [], "frozen_backbone": ["train=frozen_backbone"],
          "dora r=8 (qkv, out)": ["train=dora"],
          "inference": ["workload=inference"]}
 LORA = {mode: overrides for mode, overrides in MODES.items() if mode.startswith("lora")}
-# the LLaMA-style decoder of tests/test_train.py: grouped-query heads (8 query, 2 KV), SwiGLU, untied head
+# the LLaMA-style decoder of tests/build/test_train.py: grouped-query heads (8 query, 2 KV), SwiGLU, untied head
 TINY_DECODER = ["model=llama2_7b", "model.d_model=64", "model.n_layer=2", "model.n_head=8", "model.n_kv_head=2",
                 "model.d_ff=160", "model.vocab_size=97"]
 

@@ -11,7 +11,7 @@ import pytest
 from flopsweep.core.comm import Network, collective_seconds
 from flopsweep.core.hardware import ACCELERATORS, accelerator
 
-PUBLISHED = json.loads((Path(__file__).parents[1] / "flopsweep/measure/data/published.json").read_text())["parts"]
+PUBLISHED = json.loads((Path(__file__).parents[2] / "flopsweep/measure/data/published.json").read_text())["parts"]
 A100 = PUBLISHED["A100"]
 MIB64 = 64 * 2**20
 

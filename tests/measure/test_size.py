@@ -185,7 +185,7 @@ def test_a_step_that_cannot_be_simulated_loses_nothing_counted():
 
     from flopsweep.run.job import run_job
 
-    cfg = compose_config("model=custom", "model._target_=tests.test_size._ForwardOnce", "+model.in_features=8",
+    cfg = compose_config("model=custom", "model._target_=tests.measure.test_size._ForwardOnce", "+model.in_features=8",
                          "+model.out_features=4", "model.inputs=[{name: x, shape: [batch, 8]}]", "device=meta",
                          "tracking=none")
     result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))

@@ -1,7 +1,7 @@
 """The docs' commands cannot rot (issue 30): every fenced shell block of README.md and docs/*.md is valid bash as
 written, with no placeholder a paste would run (a literal ``...``) and no bare ``pip``/``python`` where the project's
 environment is meant; every ``flopsweep`` command in docs/ composes and resolves its first and last job (nothing is
-measured); every Python block compiles. README's commands are checked job by job in tests/test_readme.py."""
+measured); every Python block compiles. README's commands are checked job by job in tests/package/test_readme.py."""
 
 import re
 import shlex
@@ -11,7 +11,7 @@ import pytest
 
 from flopsweep.config.resolve import resolve
 from tests.helpers import REPO, compose_config, shell_commands
-from tests.test_readme import SKIP, jobs_of
+from tests.package.test_readme import SKIP, jobs_of
 
 FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 

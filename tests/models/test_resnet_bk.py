@@ -9,7 +9,7 @@ import torch
 from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import resnet_bk as rb
-from tests import resnet_bk_reference as ref
+from tests.models import resnet_bk_reference as ref
 from flopsweep.models.base import BatchShape, language_model_inputs
 from tests.helpers import MatmulFlops, compose_config
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from flopsweep.measure.count import count_step
-from tests.test_hf import HF_LLAMA, measured
+from tests.models.test_hf import HF_LLAMA, measured
 
 B, H, D = 2, 4, 16
 

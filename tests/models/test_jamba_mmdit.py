@@ -1,8 +1,8 @@
 """Jamba 1.5 Mini (``model=jamba_1_5_mini``, transformers' ``jamba``: Mamba-1 and attention layers, a mixture of
 experts every other layer): its safetensors index's parameter count, the card's active parameters, and a small one's
 active parameters and experts as a job records them (its shape is checked beside every preset's in
-tests/test_shape.py). Stable Diffusion 3 Medium's MMDiT, the other preset of this pair, is tested beside DiT in
-tests/test_dit.py."""
+tests/models/test_shape.py). Stable Diffusion 3 Medium's MMDiT, the other preset of this pair, is tested beside DiT in
+tests/models/test_dit.py."""
 
 import pytest
 
@@ -12,7 +12,7 @@ from flopsweep.build.model import build  # noqa: E402
 from flopsweep.config.resolve import resolve  # noqa: E402
 from flopsweep.measure.size import active_parameters  # noqa: E402
 from tests.helpers import compose_config  # noqa: E402
-from tests.test_hf import measured  # noqa: E402
+from tests.models.test_hf import measured  # noqa: E402
 
 # ai21labs/AI21-Jamba-1.5-Mini's model.safetensors.index.json: total_size 103,140,646,656 bytes, every tensor bf16
 PUBLISHED = 103_140_646_656 // 2

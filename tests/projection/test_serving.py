@@ -241,7 +241,7 @@ def test_tensor_parallel_decode_waits_on_two_all_reduces_a_layer_latency_bound_a
     unshaped = Generation(**{**GEN.__dict__, "new_tokens": 2})
     shaped = Generation(**{**unshaped.__dict__, "width": 4096, "layers": 32})
     link = H100.interconnect.scale_up
-    ring = lambda nbytes: collective_seconds("all_reduce", nbytes, 4, link)  # noqa: E731 (tests/test_comm.py: Vidur's)
+    ring = lambda nbytes: collective_seconds("all_reduce", nbytes, 4, link)  # noqa: E731 (tests/core/test_comm.py: Vidur's)
     split, alone = (at_batch(gen, Serving(H100, "bfloat16", tp=4), 1) for gen in (shaped, unshaped))
     assert split.tpot_all_reduce_s == pytest.approx(64 * ring(4096 * 2))
     assert split.tpot_all_reduce_s == pytest.approx(64 * link.latency_s, rel=0.05)  # latency-bound
@@ -388,7 +388,7 @@ def test_docs_hardware_table_is_the_shipped_tables_figures():
     part has none."""
     from pathlib import Path
 
-    lines = (Path(__file__).parents[1] / "docs" / "serving.md").read_text().splitlines()
+    lines = (Path(__file__).parents[2] / "docs" / "serving.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| part | bf16 TFLOP/s |")) + 2
     rows = [line.split("|")[1:-1] for line in lines[start:start + 60] if line.startswith("| ")]
     rows = rows[:next((i for i, r in enumerate(rows) if len(r) != 7), len(rows))]

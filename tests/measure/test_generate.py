@@ -219,7 +219,7 @@ MOE = ["model=mixtral_8x7b", f"++model.hidden_size={D}", "++model.intermediate_s
 def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(batch):
     """A small Mixtral (8 experts, 2 a token): every expert's three matrices are routed weights, and a decode step
     reads the others (less the embedding table's unread rows) and, of them, the experts its tokens reach under
-    uniform routing (core.shape.experts_touched, checked against sampling in tests/test_shape.py): not all 8."""
+    uniform routing (core.shape.experts_touched, checked against sampling in tests/models/test_shape.py): not all 8."""
     from flopsweep.core.shape import experts_touched
 
     result = run_job(resolve(compose_config(*MOE, f"batch.size={batch}", f"batch.seq_len={P}", "tracking=none",

@@ -1,6 +1,6 @@
 """Registry contracts: every optimizer, train mode and model family registered is a job that builds, counts and sizes
 on meta, parametrized over the registries themselves (a new entry is tested without a line here), and each has its
-preset under conf/. Every model preset is built, counted and sized by tests/test_presets.py."""
+preset under conf/. Every model preset is built, counted and sized by tests/models/test_presets.py."""
 
 import pytest
 from omegaconf import OmegaConf

@@ -28,7 +28,7 @@ def meta_spec(preset: str, *overrides: str):
 
 
 # every preset is counted here in make test-all; the fast lane counts each family's first preset, as a job, in
-# tests/test_registries.py (some 0.5 s a preset, most of it meta's kernels meeting a new model's shapes)
+# tests/build/test_registries.py (some 0.5 s a preset, most of it meta's kernels meeting a new model's shapes)
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", [p for p in model_presets() if p not in ("hf", "custom")])  # the templates: what
 def test_preset_builds_counts_and_sizes_on_meta(preset):          # they build (a model type, a _target_) is the user's

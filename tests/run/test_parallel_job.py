@@ -21,7 +21,7 @@ from flopsweep.measure.rank_time import rank_time
 from flopsweep.measure.ranks import Workload, count_layout
 from flopsweep.run.job import run_job
 from tests.helpers import compose_config
-from tests.test_ranks import H, SEQ, VOCAB, decoder, decoder_params, flat_profile, megatron_forward
+from tests.measure.test_ranks import H, SEQ, VOCAB, decoder, decoder_params, flat_profile, megatron_forward
 
 SMALL = ["model=gpt2_small", f"model.d_model={H}", "model.n_head=4", f"model.vocab_size={VOCAB}",
          f"model.max_positions={SEQ}", f"batch.seq_len={SEQ}", "device=meta", "tracking=none"]

@@ -13,8 +13,8 @@ from flopsweep.core.result import Result
 from flopsweep.measure.layout import Layout
 from flopsweep.sweep.layouts import SearchModel, enumerate_layouts, factorizations, states_lower_bound
 from tests.helpers import run_app
-from tests.test_parallel_job import SMALL, job
-from tests.test_ranks import decoder_params
+from tests.run.test_parallel_job import SMALL, job
+from tests.measure.test_ranks import decoder_params
 
 TINY = SearchModel(heads=4, kv_heads=2, layers=3, params=1000, batch_size=8, seq_len=32, weight_bytes=4,
                    optimizer_states=2)
@@ -132,7 +132,7 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
 def test_a_job_whose_layout_misses_the_searched_world_size_is_refused_by_key():
     from flopsweep.config.resolve import resolve
     from flopsweep.core.errors import ConfigError
-    from tests.test_parallel_job import small
+    from tests.run.test_parallel_job import small
 
     with pytest.raises(ConfigError) as err:
         resolve(small(2, "batch.size=4", "parallel.dp=2", "parallel.gpus=4"))

@@ -46,7 +46,7 @@ def test_single_meta_run_writes_the_contract(tmp_path):
     assert "flops/forward" in proc.stdout
 
 
-@pytest.mark.slow  # a new interpreter timing a step (tests/test_timing.py times steps in-process, fast)
+@pytest.mark.slow  # a new interpreter timing a step (tests/measure/test_timing.py times steps in-process, fast)
 def test_single_cpu_run_times_the_step(tmp_path):
     proc = run_app("model=gpt2_small", "device=cpu", "batch.size=1", *TINY, "measure.warmup=1",
                    "measure.repeats=2", cwd=tmp_path)

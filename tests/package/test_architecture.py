@@ -9,7 +9,7 @@ from typing import Optional
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("flopsweep", "flopsweep_server")
 SOURCES = sorted(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
 
