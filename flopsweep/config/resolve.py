@@ -22,7 +22,7 @@ from flopsweep.build.train_modes import OLD_SPELLINGS, TRAIN_MODES, TrainConf, W
 from flopsweep.config.schema import DeviceType
 from flopsweep.core.device import Device
 from flopsweep.core.errors import ConfigError, is_number, masked, one_line, require, require_int
-from flopsweep.core.hardware import accelerator, names as hardware_names
+from flopsweep.core.hardware import accelerator, unknown_part
 from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.layout import ParallelConf
 from flopsweep.measure.settings import GenerateConf, MeasureConf, PredictConf
@@ -195,7 +195,7 @@ def _predict(node: DictConfig, measure: MeasureConf) -> PredictConf:
         require(not is_file or Path(hardware).is_file(), "predict.hardware", hardware,
                 "no such calibration profile (flopsweep-calibrate writes one)")
         require(is_file or accelerator(hardware) is not None, "predict.hardware", hardware,
-                f"is not a part of the hardware table ({', '.join(hardware_names())}) nor a profile file (.json)")
+                f"{unknown_part(hardware)}; or a profile file (.json)")
         if is_file:
             try:
                 Calibration.load(Path(hardware))

@@ -11,13 +11,14 @@ it; memory in GB (10^9 bytes) and bandwidth in GB/s as published.
 
 from __future__ import annotations
 
+import re
 import functools
 import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.core.errors import ConfigError, is_number, require
+from flopsweep.core.errors import ConfigError, is_number, nearest, require
 
 DTYPES = ("float32", "tf32", "bfloat16", "float16", "fp8", "int8", "fp4")
 
@@ -74,21 +75,36 @@ def _key(name: str) -> str:
     return "".join(name.lower().split()).replace("-", "")
 
 
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[\s\-_]+", name.lower()) if w]
+
+
+def _within(part: list[str], words: list[str]) -> bool:
+    return any(words[i:i + len(part)] == part for i in range(len(words) - len(part) + 1))
+
+
 def accelerator(name: str) -> Optional[Accelerator]:
     """The part ``name`` names exactly (``--gpu H100``, case, spaces and dashes aside), else the most specific one
-    whose name or alias is inside it (a device name: ``NVIDIA H100 80GB HBM3``); None for an unknown part."""
-    key = _key(name)
+    whose name or alias is among its words (a device name: ``NVIDIA H100 80GB HBM3``, ``NVIDIA A100-SXM4-80GB``);
+    None for an unknown part: ``H1000`` or an ``RTX A1000`` is not an H100 or an A100."""
+    key, words = _key(name), _words(name)
     for acc in ACCELERATORS:
         if key in {_key(n) for n in (acc.name, *acc.aliases)}:
             return acc
     for acc in ACCELERATORS:
-        if any(_key(n) in key for n in (acc.name, *acc.aliases)):
+        if any(_within(_words(n), words) for n in (acc.name, *acc.aliases)):
             return acc
     return None
 
 
 def names() -> list[str]:
     return [acc.name for acc in ACCELERATORS]
+
+
+def unknown_part(name: str) -> str:
+    """Why ``name`` (``--gpu``, ``predict.hardware``) is no part: the nearest of the table first, then all of them."""
+    near = nearest(name, names(), cutoff=0.5)
+    return f"is not in the hardware table{f' (did you mean {near}?)' if near else ''}; its parts: {', '.join(names())}"
 
 
 

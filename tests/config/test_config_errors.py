@@ -72,6 +72,9 @@ BAD = [
      "device.type='cpu': model.attn_implementation=flex_attention has no backward on the CPU in PyTorch"),
     (["model=hf", "model.model_type=llava", "model.task=image-text-to-text"],
      "model.task='image-text-to-text': builds qwen2_vl, gemma3, mllama whole, not llava"),
+    # a name that holds a part's: it predicted an H100's step as an H1000's
+    (["device=meta", "predict.hardware=H1000"], "predict.hardware='H1000': is not in the hardware table (did you "
+                                                 "mean H100?)"),
 ]
 
 

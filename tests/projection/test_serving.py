@@ -62,6 +62,10 @@ def test_the_hardware_table_matches_device_names():
     assert accelerator("NVIDIA L40S").name == "L40S" and accelerator("NVIDIA GB200").name == "GB200"
     assert peak_flops("NVIDIA H200", "bfloat16") == 989.4e12 and accelerator("H200").bandwidth_gbs == 4800
     assert accelerator("NVIDIA GeForce GT 710") is None
+    # a name that holds a part's without being it is no part (H1000 was taken for an H100, an RTX A1000 for an A100)
+    for other in ("H1000", "A1000", "NVIDIA RTX A1000", "B2000", "MI3000X"):
+        assert accelerator(other) is None, other
+    assert accelerator("NVIDIA A100-SXM4-80GB").name == "A100" and accelerator("Tesla V100-SXM2-16GB").name == "V100"
     # 2025-26 parts: a B300 (its name holds no earlier part's), AMD's CDNA 4 pair (fp8 twice bf16), each with a network
     assert accelerator("NVIDIA B300 SXM6 AC").name == "B300" and accelerator("B300").memory_gb == 288
     for name in ("AMD Instinct MI355X", "AMD Instinct MI350X", "NVIDIA B300 SXM6 AC"):

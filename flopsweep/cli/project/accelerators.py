@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from flopsweep.cli.project.arguments import layout, require_positive
 from flopsweep.cli.project.common import load_run, measured_or_counted
-from flopsweep.core.errors import ConfigError, nearest, one_line, require
+from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.hardware import unknown_part
 from flopsweep.core.result import Result
 
 if TYPE_CHECKING:  # imported where used: --help stays fast
@@ -95,14 +96,6 @@ class TrainingPart(NamedTuple):
     name: str
     peak: float                     # FLOP/s per GPU in the training dtype
     memory_bytes: Optional[float]   # per GPU, where known: a parallel layout warns above it
-
-
-def unknown_part(gpu: str) -> str:
-    """Why ``--gpu`` names no part: the nearest names of the table first, then all of them."""
-    from flopsweep.core.hardware import names
-
-    near = nearest(gpu, names(), cutoff=0.5)
-    return f"is not in the hardware table{f' (did you mean {near}?)' if near else ''}; its parts: {', '.join(names())}"
 
 
 def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> TrainingPart:
