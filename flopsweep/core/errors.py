@@ -22,10 +22,32 @@ def require(condition: bool, key: str, value: object, problem: str) -> None:
 
 def pip(command: str) -> str:
     """A pip command for the environment flopsweep runs in (its interpreter's pip, not whichever ``pip`` is first on
-    the PATH): ``pip("install 'flopsweep[hf]'")``."""
+    the PATH, as typed here: ``.venv/bin/python -m pip ...`` in the checkout): ``pip("uninstall torchvision")``."""
+    import os
     import sys
+    from pathlib import Path
 
-    return f"{sys.executable} -m pip {command}"
+    python = Path(os.path.abspath(sys.executable))
+    return f"{os.path.relpath(python) if python.is_relative_to(Path.cwd()) else python} -m pip {command}"
+
+
+def install_extra(extra: str) -> str:
+    """The pip command that adds flopsweep's optional ``extra`` (``hf``, ``diffusion``) to the environment it runs
+    in: torch kept at the version installed (an unpinned one is resolved again: several GB of CUDA wheels), and
+    flopsweep from where it is installed (the checkout, editable, as ``make`` installs it; else the package)."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    try:
+        torch = f"'torch=={version('torch').split('+')[0]}' "
+    except PackageNotFoundError:
+        torch = ""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():
+        where = "." if checkout == Path.cwd().resolve() else str(checkout)
+        return pip(f"install {torch}-e '{where}[{extra}]'")
+    return pip(f"install {torch}'flopsweep[{extra}]'")
 
 
 def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional[str]:

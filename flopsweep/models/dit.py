@@ -49,21 +49,21 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, pip, require
+from flopsweep.core.errors import ConfigError, install_extra, require
 from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive
 
 BETAS = (1e-4, 0.02)  # the paper's linear schedule (its code's, from DDPM)
 
 
-INSTALL = "install 'flopsweep[diffusion]'"
+EXTRA = "diffusion"
 
 
 def diffusers_module(family: str = "dit") -> Any:
     try:
         import diffusers
     except ImportError:
-        raise ConfigError("model.family", family, f"needs diffusers: {pip(INSTALL)}") from None
+        raise ConfigError("model.family", family, f"needs diffusers: {install_extra(EXTRA)}") from None
     return diffusers
 
 

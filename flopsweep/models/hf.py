@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
-from flopsweep.core.errors import ConfigError, pip, require
+from flopsweep.core.errors import ConfigError, install_extra, pip, require
 from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
 from flopsweep.models._transformers import quiet_hub_kernels
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
@@ -39,7 +39,7 @@ from flopsweep.models.hf_kinds import TASKS, refused, task_of
 from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
-INSTALL = "install 'flopsweep[hf]'"  # the extra it needs, with torch kept as installed (flopsweep pins its release)
+EXTRA = "hf"  # the extra it needs
 DEFAULT_IMAGE_SIZE = 224
 ATTENTION_KERNELS = ("sdpa", "eager", "flex_attention")  # model.attn_implementation: those whose ops are counted
 DEFAULT_SEQ_LEN = 2048  # a text model's sequence where its config gives only its positions (Qwen3: 40,960)
@@ -49,7 +49,7 @@ def transformers_module() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConfigError("model.family", "hf", f"needs transformers: {pip(INSTALL)}") from None
+        raise ConfigError("model.family", "hf", f"needs transformers: {install_extra(EXTRA)}") from None
     broken = _broken_torchvision()
     if broken is not None:  # transformers imports it where installed, and then builds nothing
         raise ConfigError("model.family", "hf", f"transformers cannot build models while the installed torchvision "

@@ -186,10 +186,20 @@ def test_a_bad_diffusion_transformer_value_names_its_key_in_one_line(preset, ove
 
 @pytest.mark.parametrize("preset,family", [("dit_xl_2", "dit"), ("sd3_medium", "mmdit")])
 def test_without_diffusers_a_diffusion_transformer_is_one_line_saying_how_to_install_it(monkeypatch, preset, family):
+    """As the checkout's make installs it: torch pinned as installed (pip resolved it again), flopsweep editable."""
+    import os
     import sys
+    from pathlib import Path
+
+    import torch
+
+    from tests.helpers import REPO
+
+    monkeypatch.chdir(REPO.parent)  # the checkout named by its path from elsewhere
 
     monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers raises ImportError
     with pytest.raises(ConfigError) as err:
         resolve(compose_config(f"model={preset}", "device=meta"))
-    assert str(err.value) == (f"model.family='{family}': needs diffusers: "
-                              f"{sys.executable} -m pip install 'flopsweep[diffusion]'")
+    python = os.path.relpath(sys.executable) if Path(sys.executable).is_relative_to(Path.cwd()) else sys.executable
+    assert str(err.value) == (f"model.family='{family}': needs diffusers: {python} -m pip install "
+                              f"'torch=={torch.__version__.split('+')[0]}' -e '{REPO}[diffusion]'")  # the checkout's
