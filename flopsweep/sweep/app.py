@@ -152,6 +152,8 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     if noted is not None and not (noted.logged or noted.elsewhere or (in_sweep and noted.known)):
         warning(f"not logged to MLflow ({noted.error}); the result is in "
                 f"{folder}: `{command('flopsweep-sync')} {folder}` logs it later")
+    elif noted is not None and noted.logged and not noted.existing and not in_sweep:  # a sweep's line ends it
+        say(f"MLflow: run {noted.run_id} in experiment {noted.experiment!r} ({noted.uri})")
 
 
 def _log(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result: Result, job_num: Optional[int],

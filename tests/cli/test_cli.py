@@ -188,6 +188,9 @@ def test_a_single_run_of_a_preset_with_fields_of_its_own_is_named_with_them(tmp_
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("flopsweep").experiment_id])
     assert run.info.run_name == name
+    # its last line says where it was logged (a single job said nothing of it)
+    assert out.stdout.strip().splitlines()[-1] == \
+        f"MLflow: run {run.info.run_id} in experiment 'flopsweep' (sqlite:///{tmp_path / 'outputs' / 'mlflow.db'})"
     plain = run_app("model=gpt2_small", "batch.seq_len=16", "device=meta", "tracking=none", cwd=tmp_path)
     assert "[job] gpt2_small|b1|s16|float32|meta" in plain.stdout.splitlines()
 
