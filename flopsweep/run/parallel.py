@@ -118,7 +118,7 @@ def _bottleneck(count: LayoutCount, step: StepTime, part: Accelerator, bound: st
     words = step.bottleneck(bound)
     if not fits:
         return f"does not fit: {count.busiest.memory.peak_in_flight_bytes / 2**30:.1f} GiB a GPU at the peak, over " \
-               f"the {part.name}'s {part.memory_gb:g} GB; {words}"
+               f"the {part.name}'s {part.memory_bytes / 2**30:.1f} GiB ({part.memory_gb:g} GB); {words}"  # one unit
     return words
 
 

@@ -165,6 +165,19 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     assert bare.returncode == 2 and "--batch" in bare.stderr and len(bare.stderr.strip().splitlines()) == 1
 
 
+def test_a_counted_layout_that_does_not_fit_is_a_warning_line_below_the_plan():
+    """The README's layout projected a full cost table with 'does not fit' only inside its last line."""
+    from flopsweep.cli.project.common import layout_line
+    from flopsweep.core.result import Result
+
+    words = "does not fit: 74.7 GiB a GPU at the peak, over the H100's 74.5 GiB (80 GB); compute: 99% of the step"
+    over = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": words}}))
+    assert over.splitlines()[-1] == "warning: the layout does not fit: 74.7 GiB a GPU at the peak, over the H100's " \
+                                    "74.5 GiB (80 GB): more GPUs, more sharding, or a smaller batch"
+    fits = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": "compute: 99% of the step"}}))
+    assert "warning" not in fits
+
+
 def test_number_formats_take_their_usual_spellings(tmp_path):
     """``--dtype float8`` is ``fp8`` (it had no peak in the table), ``--weights-dtype E4M3`` too, ``bf16`` is
     ``bfloat16``; a format nobody spells so is refused naming the flag and the names it takes."""
