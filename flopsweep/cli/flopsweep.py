@@ -208,13 +208,21 @@ def hydra_error_line(err: BaseException) -> str:
 
     kept, options = lines_of(str(err))
     message = " ".join(kept).replace("In 'config': ", "")
+    if message.startswith("Error merging override") and isinstance(err.__cause__, OmegaConfBaseException):
+        message += ": " + " ".join(lines_of(str(err.__cause__))[0])  # the override and why, read as one
     unknown = re.match(r"Could not override '([^']+)'\. To append to your config use \+", message)
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
         parent, _, name = key.rpartition(".")
-        near = nearest(name, [k for k in known_keys(parent) if k != name], cutoff=0.8)  # not itself: refused here
+        near = nearest(name, [k for k in known_keys(parent) if k != name], cutoff=0.7)  # not itself: refused here
         suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
         return f"{key}: no such key ({suggestion}+{key}=... adds one)"
+    enum = re.match(r"Error merging override ([\w.]+)=(\S*): Invalid value '[^']*', expected one of \[([^\]]*)\]",
+                    message)
+    if enum:  # a closed set's key (workload=infer): as the schema's other refusals read
+        key, value, names = enum.group(1), enum.group(2), [n.strip() for n in enum.group(3).split(",")]
+        near = nearest(value, names)
+        return f"{key}={value!r}: must be one of {', '.join(names)}" + (f" (did you mean {near}?)" if near else "")
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     near = nearest(wanted.group(2), options) if wanted else None
     if near:

@@ -18,6 +18,16 @@ from flopsweep.measure.size import active_parameters
 from flopsweep.run.job import run_job
 
 
+def check_preset(model: str) -> None:
+    """``model`` names a preset, or the one line that says so, with the nearest one (Hydra's list starts with the
+    families' templates and is cut at 200 characters)."""
+    presets = [name for name, _ in public_options()["model"]]
+    if model not in presets:
+        near = nearest(model, presets)
+        raise ConfigError("model", model, f"is not a preset{f' (did you mean {near}?)' if near else ''}; the "
+                          f"presets: {', '.join(presets)}")
+
+
 def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False,
                    extra: Sequence[str] = ()) -> Result:
     """The preset ``model`` counted and sized on meta at ``batch`` and ``seq_len`` (None: the preset's), one
@@ -29,11 +39,7 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
         overrides.append("workload=inference")
     if seq_len:
         overrides.append(f"batch.seq_len={seq_len}")
-    presets = [name for name, _ in public_options()["model"]]
-    if model not in presets:  # Hydra's list starts with the families' templates and is cut at 200 characters
-        near = nearest(model, presets)
-        raise ConfigError("model", model, f"is not a preset{f' (did you mean {near}?)' if near else ''}; the "
-                          f"presets: {', '.join(presets)}")
+    check_preset(model)
     try:
         cfg = compose_config(*overrides)
     except HydraException as err:

@@ -71,6 +71,7 @@ def test_an_old_invocation_projects_as_the_new_one_with_a_note(tmp_path):
     (["budget", "--model", "m", "--flops", "1e20", "--mfu", "0.4", "--new-tokens", "8"],
      "--new-tokens does not apply to budget: it is a flag of serve"),
     (["budget", "--model", "m", "--flops", "1e20", "--tokens", "1T"], "--tokens does not apply to budget"),
+    (["train", "--model", "m", "--token", "1T"], "--token is not a flag of train (did you mean --tokens?)"),
     (["train", "RUN", "OTHER", "--tokens", "1T"], "unexpected OTHER"),
     ([], "choose a subcommand: train, budget, serve"),
 ])
@@ -344,6 +345,10 @@ def test_a_part_or_preset_that_does_not_exist_is_named_with_the_nearest_one(tmp_
     assert model.returncode == 2 and model.stderr.startswith("flopsweep-project: error: --model='gpt2_smal': is not "
                                                              "a preset (did you mean gpt2_small?); the presets: ")
     assert "_decoder" not in model.stderr and "gpt3_175b" in model.stderr and model.stderr.count("\n") == 1
+    assert model.stdout == ""  # it said it was counting the preset first
+    percent = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--mfu", "40", "--no-log",
+                       cwd=tmp_path)  # refused before the count, not after it
+    assert percent.returncode == 2 and percent.stdout == "" and "--mfu=40.0: must be in (0, 1]" in percent.stderr
 
 
 def test_tokens_with_a_batch_count_the_optimizers_step_once_a_step(tmp_path):

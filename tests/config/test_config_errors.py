@@ -135,6 +135,8 @@ def test_a_device_is_one_of_its_kinds():
     # a typo: rejected by Hydra's struct mode at compose time, with the key meant (Hydra advised appending it with +)
     (["batch.sizee=8"], "batch.sizee: no such key (did you mean batch.size? +batch.sizee=... adds one)"),
     (["devce=meta"], "devce: no such key (did you mean device?"),
+    (["batch.sise=8"], "batch.sise: no such key (did you mean batch.size?"),  # a letter off: no suggestion before
+    (["workload=infer"], "workload='infer': must be one of train, inference, generate (did you mean inference?)"),
     (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
     (["model=custom", "model.target=x"], "model.target: no such key (did you mean model._target_?"),  # not itself
     (["model=gpt2_smal"], "Could not find 'model/gpt2_smal' (did you mean model=gpt2_small?) (options: "),

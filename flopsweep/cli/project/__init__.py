@@ -21,7 +21,7 @@ from typing import Optional
 from flopsweep.cli.project import budget, serve, train
 from flopsweep.cli.project.arguments import OneLineParser
 from flopsweep.core.console import error, run_command
-from flopsweep.core.errors import ConfigError
+from flopsweep.core.errors import ConfigError, nearest
 from flopsweep.core.text import plain
 
 SUBCOMMANDS = (train, budget, serve)  # each module: register(subparsers) and command(args); layout joins here
@@ -86,8 +86,10 @@ def _refuse(subcommands: dict[str, argparse.ArgumentParser], subcommand: str, ex
     if flag is None:
         chosen.error(f"unexpected {' '.join(extra)}")
     owners = [name for name, sub in subcommands.items() if _takes(sub, flag)]
-    chosen.error(f"{flag} does not apply to {subcommand}" + (f": it is a flag of {' and '.join(owners)}" if owners
-                                                              else ""))
+    if owners:
+        chosen.error(f"{flag} does not apply to {subcommand}: it is a flag of {' and '.join(owners)}")
+    near = nearest(flag, re.findall(r"\[(--[\w-]+)", chosen.format_usage()))  # a typo: --token for --tokens
+    chosen.error(f"{flag} is not a flag of {subcommand}" + (f" (did you mean {near}?)" if near else ""))
 
 
 def entry() -> None:

@@ -43,6 +43,7 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
+    require(args.mfu is None or 0 < args.mfu <= 1, "mfu", args.mfu, "must be in (0, 1]: a fraction (0.4 for 40%)")
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
     cost = PerToken.from_result(result, source)
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,

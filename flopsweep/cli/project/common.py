@@ -33,8 +33,9 @@ def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch:
             "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
     if args.run is not None:
         return load_run(args.run, args)
-    from flopsweep.run.presets import measure_preset
+    from flopsweep.run.presets import check_preset, measure_preset
 
+    check_preset(args.model)  # before it is said to be counted
     say(f"counting {args.model} on meta (some seconds)...")  # a 70B preset's count is silent for some 10 s else
     return measure_preset(args.model, seq_len, batch, inference, extra), counted
 
