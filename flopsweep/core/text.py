@@ -47,6 +47,11 @@ def whole(value: Optional[float]) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def billions(value: float) -> str:
+    """Tokens and parameters of a plan or a budget, in billions with commas: ``1,000.0 B`` for 1e12."""
+    return f"{value / 1e9:,.1f} B"
+
+
 def seconds(value: Optional[float]) -> str:
     if value is None:
         return "-"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, require
-from flopsweep.core.text import whole
+from flopsweep.core.text import billions, whole
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.scaling import FITS, optimum
 from flopsweep.projection.parallel import table as per_device_table
@@ -96,7 +96,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += [per_device_table(devices, hardware.memory_bytes), ""]
     lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
               + ", by method:"]
-    lines += [f"  {m:14s} {t / 1e9:,.1f} B tokens ({t / cost.params:,.1f} per parameter)" if t else f"  {m:14s} n/a"
+    lines += [f"  {m:14s} {billions(t)} tokens ({t / cost.params:,.1f} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
     optima = [optimum(flops, "rule", tokens_per_param), *(optimum(flops, name) for name in FITS)] \
         if cost.training else []
@@ -104,7 +104,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += ["", "what the budget is best spent on (C = 6ND; the loss predicted by the fit, Hoffmann's for "
                   "a rule):"]
         lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f} B  D {o.tokens / 1e9:12,.1f} B tokens  "
-                  f"predicted loss {o.loss:.3f}" + (f"  + serving {inference_tokens / 1e9:,.1f} B tokens (2N each): "
+                  f"predicted loss {o.loss:.3f}" + (f"  + serving {billions(inference_tokens)} tokens (2N each): "
                                                     f"{flops + 2 * o.params * inference_tokens:.3e} FLOPs in all"
                                                     if inference_tokens else "") for o in optima]
     if fits:

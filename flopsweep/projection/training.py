@@ -26,7 +26,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape, from_config, shape_of
-from flopsweep.core.text import table, whole
+from flopsweep.core.text import billions, table, whole
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.parallel import table as per_device_table
 
@@ -111,22 +111,21 @@ class Plan:
     def of_tokens(cls, tokens: float, recompute: bool = False, tokens_per_step: Optional[float] = None) -> "Plan":
         """``tokens``; ``tokens_per_step`` where the step's batch is known (``--batch``), for the optimizer's share."""
         require(tokens > 0, "tokens", tokens, "must be > 0")
-        return cls(float(tokens), tokens_per_step, recompute, f"{tokens:.3g} tokens")
+        return cls(float(tokens), tokens_per_step, recompute, f"{billions(tokens)} tokens")
 
     @classmethod
     def of_steps(cls, steps: int, batch: int, seq_len: int, recompute: bool = False) -> "Plan":
         for key, value in (("steps", steps), ("batch", batch), ("seq_len", seq_len)):
             require(value > 0, key, value, "must be > 0")
         per_step = float(batch * seq_len)
-        return cls(steps * per_step, per_step, recompute,
-                   f"{steps:,} steps × {batch:,} sequences × {seq_len:,} tokens = {steps * per_step:.3g} tokens",
-                   seq_len)
+        words = f"{steps:,} steps × {batch:,} sequences × {seq_len:,} tokens = {billions(steps * per_step)} tokens"
+        return cls(steps * per_step, per_step, recompute, words, seq_len)
 
     @classmethod
     def compute_optimal(cls, params: int, recompute: bool = False) -> "Plan":
         tokens = float(TOKENS_PER_PARAM * params)
-        return cls(tokens, None, recompute,
-                   f"compute-optimal: {TOKENS_PER_PARAM} tokens per parameter × {params:.3g} = {tokens:.3g} tokens")
+        words = f"compute-optimal: {TOKENS_PER_PARAM} tokens per parameter × {params:,} = {billions(tokens)} tokens"
+        return cls(tokens, None, recompute, words)
 
     @property
     def steps(self) -> Optional[float]:
@@ -246,6 +245,11 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     if plan.steps is None and cost.counted is not None and cost.training:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
+    missing = [(what, flag) for what, flag, given in (("cost", "--price (dollars a GPU-hour)", hardware.price_per_gpu_hour),
+                                                ("energy", "--watts (a GPU's power)", hardware.watts_per_gpu))
+               if given is None]
+    if missing:
+        notes.append(f"{' and '.join(w for w, _ in missing)}: n/a without {' and '.join(f for _, f in missing)}.")
     notes += parallel_notes(devices, plan.recompute, hardware.mfu_of_layout) if devices else []
     bubble = devices.bubble if devices and not hardware.mfu_of_layout else 0.0
     return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in cost.methods], notes,

@@ -69,7 +69,7 @@ def command(args: argparse.Namespace) -> int:
             require(value is not None and value >= 1, key.replace("_", "-"), value, "must be given, >= 1, with --model")
         dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
         extra = ["workload=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
-        counted = f"{args.model} (counted on meta, {dtype} weights)"
+        counted = f"{args.model} (counted on meta in {dtype})"
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
     generation = S.Generation.from_result(result, source)
     require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
