@@ -138,7 +138,7 @@ def predicted_line(result: Result) -> Optional[str]:
     bound = " / ".join(f"{what} {m[key]:.0%}" for what, key in (
         ("compute", M.PREDICTED_SHARE_COMPUTE), ("memory", M.PREDICTED_SHARE_MEMORY),
         ("launch", M.PREDICTED_SHARE_LAUNCH)) if key in m) or result.bottleneck or ""
-    origin = "default curves" if info.get("default") else "calibrated"
+    origin = info.get("profile") or "default curves" if info.get("default") else "calibrated"  # which default
     return (f"predicted step: {seconds(m[M.TIME_STEP_PREDICTED])} on {info.get('part', '?')} ({origin}"
             f"{', fused' if info.get('fused') else ''}){against}; {bound}")
 

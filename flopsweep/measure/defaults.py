@@ -94,7 +94,9 @@ def profile_for(hardware: Optional[str], device_name: Optional[str], gpu: bool) 
     if found is not None:
         return found, f"calibrated on this machine ({profile_dir()})"
     if acc is not None:
-        return default_profile(acc), "default curves (not calibrated here)"
+        cal = default_profile(acc)  # a profile shipped for its part, or the table's row: said which
+        return cal, f"{cal.sources.get('default', 'default curves from the table and published efficiencies')}; " \
+                    "not calibrated here"
     return None, f"{name} is not calibrated here: run flopsweep-calibrate --device {'cuda' if gpu else 'cpu'}"
 
 

@@ -234,6 +234,17 @@ def test_the_shipped_h100_profile_is_a_default_and_the_h200_has_more_bandwidth()
     assert h200.memory_curve()(big) == pytest.approx(h100.memory_curve()(big) * 3350 / 4800, rel=1e-6)
 
 
+def test_a_prediction_on_a_part_not_calibrated_here_says_which_default_it_took(tmp_path, monkeypatch):
+    """The H100's shipped measurement was called 'default curves', as the A100's table row shaped by published
+    efficiencies is."""
+    from flopsweep.measure.defaults import profile_for
+
+    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path))  # nothing calibrated here
+    assert profile_for("H100", None, False)[1] == "measured on an H100 for flopsweep, shipped; not calibrated here"
+    assert profile_for("A100", None, False)[1] == \
+        "default curves from the table and published efficiencies; not calibrated here"
+
+
 @pytest.mark.slow  # a CPU job timed (benchmarks/bench_predict.py holds the 12 configurations' ratios)
 def test_a_timed_cpu_job_predicts_its_step_within_a_factor_of_three(tmp_path, monkeypatch):
     """Loose: CI's machines are shared (benchmarks/bench_predict.py holds the real figures); one thread for both the
