@@ -72,8 +72,9 @@ def help_text() -> str:
     lines = []
     for group, options in public_options().items():
         if group == "sweep":
-            lines += [f"  +sweep={name:<17} {textwrap.shorten(about, 118 - 27, placeholder=' ...')}"
-                      for name, about in options]
+            for name, about in options:  # each whole, wrapped under itself (cut at 91 characters, it lost words)
+                lines += textwrap.wrap(about.replace("`", ""), width=118, initial_indent=f"  +sweep={name:<17} ",
+                                       subsequent_indent=" " * 27)
         elif len(options) > 1:  # batch's one option is its defaults
             lines += textwrap.wrap(", ".join(name for name, _ in options), width=118, initial_indent=f"  {group}: ",
                                    subsequent_indent=" " * (len(group) + 4))

@@ -50,9 +50,17 @@ def public_options() -> dict[str, list[tuple[str, str]]]:
     """Each config group's options a user picks (``group=option``), with the first line of what its file says of it:
     the shipped ``conf/`` groups and the sweep presets (``+sweep=NAME``); the families' typed templates (``_bert``,
     ``_decoder``, ...) are the presets' bases, and an old spelling's file (``train=generate``) is read, not offered."""
-    def described(path: Path) -> str:
-        lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines()[:3] if line.startswith("#")]
-        return next((line for line in lines if line and not line.startswith("@package")), "")
+    def described(path: Path) -> str:  # its first sentence: the comment lines up to one that ends with a period
+        said = []
+        for line in path.read_text().splitlines()[:8]:
+            text = line.lstrip("# ").strip()
+            if not line.startswith("#") or line.startswith("#  ") or not text:  # code, an example, a blank
+                break
+            if not text.startswith("@package"):
+                said.append(text)
+                if text.endswith("."):
+                    break
+        return " ".join(said)
 
     groups = {folder.name: folder for folder in sorted(CONF_DIR.iterdir())
               if folder.is_dir() and folder.name != "hydra"}

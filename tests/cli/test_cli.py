@@ -156,6 +156,9 @@ def test_flopsweep_help_says_what_it_does_its_public_options_and_the_other_comma
                     "flopsweep-server"):
         assert f"  {command} " in text
     assert all(len(line) <= 120 for line in text.splitlines())
+    # each sweep preset said whole (cut at 91 characters, the layouts' lost its half), no markdown backticks
+    assert "`" not in text and " ..." not in text.split("+sweep=")[-1].split("\n\n")[0]
+    assert "are left out first" in " ".join(text.split())
     for group, options in public_options().items():  # every option it lists composes (models: test_presets.py)
         if group not in ("sweep", "batch", "model"):
             for name, _ in options:
