@@ -102,11 +102,14 @@ def calibrate(device: str = "cpu", *, quick: bool = False,
     for dtype, (dims, cap) in list(MATMUL_GRID[kind].items())[:1 if quick else None]:
         say(f"matmuls, {dtype}")
         grid = dims[::2] if quick else dims
-        cal.matmul[dtype] = _matmuls(device, getattr(torch, dtype), grid, cap // (64 if quick else 1), timer)
+        cal.matmul[dtype] = _matmuls(device, getattr(torch, dtype), grid, cap // (64 if quick else 1), timer,
+                                     paced(say, f"matmuls, {dtype}"))
         if kind == "cuda" and dtype in UNALIGNED_DTYPES:  # tensor cores want dimensions a multiple of 8
-            cal.matmul_unaligned[dtype] = _matmuls(device, getattr(torch, dtype), grid[2:], cap, timer, odd=True)
+            cal.matmul_unaligned[dtype] = _matmuls(device, getattr(torch, dtype), grid[2:], cap, timer,
+                                                   paced(say, f"odd-width matmuls, {dtype}"), odd=True)
         say(f"attention, {dtype}")
-        cal.attention[dtype] = _attention(device, getattr(torch, dtype), ATTENTION_GRID[kind], quick, timer)
+        cal.attention[dtype] = _attention(device, getattr(torch, dtype), ATTENTION_GRID[kind], quick, timer,
+                                          paced(say, f"attention, {dtype}"))
     cal.sources["measured"] = f"flopsweep-calibrate on {name} ({kind}), torch {torch.__version__}"
     return cal
 
@@ -219,28 +222,41 @@ def _op_factors(device: str, cal: Calibration, timer: _Timer, shrink: int = 1) -
     return factors
 
 
+def paced(say: Callable[[str], None], what: str, every: float = 5.0) -> Callable[[int, int], None]:
+    """``tick(done, total)`` that says how far ``what`` is, every ``every`` seconds at most (a phase of a CPU's
+    calibration ran 20 s without a word)."""
+    last = [time.perf_counter()]
+
+    def tick(done: int, total: int) -> None:
+        if time.perf_counter() - last[0] >= every:
+            last[0] = time.perf_counter()
+            say(f"{what}: {done} of {total} shapes")
+    return tick
+
+
 def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer,
-             odd: bool = False) -> list[list[float]]:
+             tick: Callable[[int, int], None], odd: bool = False) -> list[list[float]]:
     """The grid's GEMMs; ``odd``: N one more (an odd width, as GPT-2's 50257-word head)."""
     rows = []
-    for m, k, n in itertools.product(dims, repeat=3):
-        n += int(odd)
-        if 2 * m * k * n > cap:
-            continue
+    shapes = [(m, k, n + int(odd)) for m, k, n in itertools.product(dims, repeat=3) if 2 * m * k * (n + odd) <= cap]
+    for done, (m, k, n) in enumerate(shapes, 1):
+        tick(done, len(shapes))
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
         rows.append([m, k, n, timer(lambda: torch.mm(a, b))])
         del a, b
     return rows
 
 
-def _attention(device: str, dtype: torch.dtype, grid: tuple, quick: bool, timer: _Timer) -> list[list[float]]:
+def _attention(device: str, dtype: torch.dtype, grid: tuple, quick: bool, timer: _Timer,
+               tick: Callable[[int, int], None]) -> list[list[float]]:
     heads, lengths, dims, cap = grid
     if quick:
         heads, lengths, dims = heads[:2], lengths[:2], dims[:1]
     rows = []
-    for bh, s, d, causal in itertools.product(heads, lengths, dims, (0, 1)):
-        if 4 * bh * s * s * d > cap:
-            continue
+    shapes = [shape for shape in itertools.product(heads, lengths, dims, (0, 1))
+              if 4 * shape[0] * shape[1] ** 2 * shape[2] <= cap]
+    for done, (bh, s, d, causal) in enumerate(shapes, 1):
+        tick(done, len(shapes))
         q, k, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         forward = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal)), capture=False)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))

@@ -148,6 +148,23 @@ def test_a_profile_read_back_equals_what_was_written(tmp_path, monkeypatch):
         find_profile(cal.part)
 
 
+def test_a_calibrations_long_phase_says_how_far_it_is(monkeypatch):
+    """Its float32 matmuls and attention ran some 20 s each without a word on this CPU."""
+    import flopsweep.measure.calibrate as C
+
+    said, paced = [], C.paced
+    monkeypatch.setattr(C, "paced", lambda say, what, every=5.0: paced(say, what, 0.0))  # every shape, not every 5 s
+    cal = C.calibrate("cpu", quick=True, tick=said.append)
+    matmuls = [line for line in said if line.startswith("matmuls, float32: ")]
+    assert matmuls[-1] == f"matmuls, float32: {len(cal.matmul['float32'])} of {len(cal.matmul['float32'])} shapes"
+    assert said.index("attention, float32") < said.index(f"attention, float32: 1 of {len(cal.attention['float32'])} "
+                                                         "shapes")
+    quiet = []
+    tick = paced(quiet.append, "x", 60.0)
+    tick(1, 10)
+    assert quiet == []  # every five seconds at most
+
+
 @pytest.mark.slow
 def test_flopsweep_calibrate_writes_a_profile_jobs_find_and_logs_it_with_its_digest(tmp_path):
     profiles = tmp_path / "profiles"
