@@ -211,7 +211,8 @@ def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, m
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
     busy = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path)
     assert busy.returncode == 0 and quiet.read_bytes() == before
-    assert quiet.with_suffix(".busy.json").is_file() and f"{quiet} (the profile jobs use) is kept" in busy.stderr, busy.stderr
+    assert quiet.with_suffix(".busy.json").is_file(), busy.stderr
+    assert f"{quiet} (the profile jobs use) is kept" in busy.stderr, busy.stderr
 
 
 def test_a_meta_job_predicts_for_a_part_of_the_table():
