@@ -79,8 +79,12 @@ class Ticker:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
+    """``45 s``, ``1 min 38 s`` (it said 2 min at 98 s, after 80 s), ``12 min``, ``1.5 h``."""
+    whole = round(seconds)
+    if whole < 90:
+        return f"{whole} s"
+    if whole < 600:
+        return f"{whole // 60} min {whole % 60} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

@@ -11,7 +11,7 @@ from flopsweep.core.result import Result
 from flopsweep.core.text import format_metric, job_lines, spread_warning, summary_table
 from flopsweep.measure.timing import TICK, time_step
 from flopsweep.run.job import run_job
-from flopsweep.sweep.progress import Ticker
+from flopsweep.sweep.progress import Ticker, _duration
 from tests.helpers import compose_config
 
 TINY = ["model=gpt2_small", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.vocab_size=97",
@@ -202,3 +202,9 @@ def test_the_summarys_estimated_peak_is_the_larger_estimate_as_the_memory_checks
             .splitlines()[2:]]
     assert [" ".join(row[-2:]) for row in rows[:2]] == ["77 GiB", "5 GiB"] and rows[2][3] == "64"
     assert format_metric("size/kv_cache_bytes_per_token", 131072) == "128 KiB"
+
+
+def test_a_duration_under_ten_minutes_keeps_its_seconds():
+    """It said '2 min' at 98 s, after '80 s'."""
+    assert [_duration(t) for t in (45, 89.4, 98, 119.7, 600, 7200)] == \
+        ["45 s", "89 s", "1 min 38 s", "2 min 0 s", "10 min", "2.0 h"]
