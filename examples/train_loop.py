@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import flopsweep
-from flopsweep.core.text import metric_lines, profile_text
+from flopsweep.core.text import metric_lines, profile_text, spread_warning
 
 
 class TinyLM(nn.Module):
@@ -58,6 +58,9 @@ def main() -> None:
 
     result = meter.result()
     print("\n".join(metric_lines(result.metrics)))
+    noisy = spread_warning(result)  # as the flopsweep command says it of a job whose timing is noisy
+    if noisy:
+        print(f"warning: {noisy}")
     print()
     print(profile_text(result.breakdown["profile"], "tiny_lm, step " + str(args.profile_step)), end="")
     if args.log:
