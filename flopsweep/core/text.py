@@ -83,7 +83,8 @@ def format_metric(key: str, value: Any) -> str:
 
 JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_OPTIMIZER_MEAN, M.FLOPS_STEP,
                M.FLOPS_FORWARD_ANALYTIC, M.PARAMS, M.PARAMS_ACTIVE, M.PARAMS_TRAINABLE, M.WEIGHTS_BYTES,
-               M.TRAIN_PEAK_BYTES, M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S, M.MFU,
+               M.TRAIN_PEAK_BYTES, M.STEP_PEAK_BYTES, M.MEASURED_PEAK_BYTES, M.TIME_STEP, M.TOKENS_PER_S,
+               M.SAMPLES_PER_S, M.MFU,
                M.TIME_STEP_PREDICTED, M.MFU_PREDICTED]
 GENERATION_METRICS = [M.FLOPS_PREFILL, M.FLOPS_DECODE_TOKEN_FIRST, M.FLOPS_DECODE_TOKEN_LAST, M.FLOPS_GENERATION,
                       M.PARAMS, M.PARAMS_ACTIVE, M.WEIGHTS_BYTES, M.KV_CACHE_BYTES, M.KV_CACHE_BYTES_PER_TOKEN,
@@ -106,6 +107,8 @@ def job_lines(result: Result) -> list[str]:
     for same in (M.PARAMS_TRAINABLE, M.PARAMS_ACTIVE):  # said where they differ: a LoRA job's, a mixture's
         if m.get(same) == m.get(M.PARAMS):
             keys = [k for k in keys if k != same]
+    if M.TOKENS_PER_S in m:  # samples a second where a sample is no sequence of tokens (an image)
+        keys = [k for k in keys if k != M.SAMPLES_PER_S]
     lines = metric_lines(m, keys)
     search = result.info.get("batch_search") or {}
     if search.get("chosen"):
@@ -199,7 +202,8 @@ _PEAKS = [("est. peak", M.STEP_PEAK_BYTES, (M.TRAIN_PEAK_BYTES,), True),
 TRAINING_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE, (), False),
                     ("fwd FLOPs", M.FLOPS_FORWARD, (), True), ("step FLOPs", M.FLOPS_STEP, (), True), *_PEAKS,
                     ("step time", M.TIME_STEP, (M.TIME_TPOT,), False), ("predicted", M.TIME_STEP_PREDICTED, (), False),
-                    ("tokens/s", M.TOKENS_PER_S, (M.OUTPUT_TOKENS_PER_S,), False), ("MFU", M.MFU, (), False)]
+                    ("tokens/s", M.TOKENS_PER_S, (M.OUTPUT_TOKENS_PER_S,), False),
+                    ("samples/s", M.SAMPLES_PER_S, (), False), ("MFU", M.MFU, (), False)]
 GENERATION_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE, (), False),
                       ("prefill FLOPs", M.FLOPS_PREFILL, (), True),
                       ("FLOPs/token", M.FLOPS_DECODE_TOKEN_FIRST, (), True),
@@ -233,6 +237,9 @@ def summary_columns(results: list[Result]) -> list[tuple[str, str]]:
         found = next((k for k in (key, *fallbacks) if any(r.metrics.get(k) is not None for r in measured)), None)
         if key == M.PARAMS_ACTIVE and not any(r.metrics.get(key) not in (None, r.metrics.get(M.PARAMS))
                                               for r in measured):
+            continue
+        if key == M.SAMPLES_PER_S and all(r.metrics.get(M.TOKENS_PER_S) is not None for r in measured
+                                          if r.metrics.get(key) is not None):  # only where a job has no tokens/s
             continue
         if found is not None or always:
             columns.append((header, found or key))

@@ -208,3 +208,17 @@ def test_a_duration_under_ten_minutes_keeps_its_seconds():
     """It said '2 min' at 98 s, after '80 s'."""
     assert [_duration(t) for t in (45, 89.4, 98, 119.7, 600, 7200)] == \
         ["45 s", "89 s", "1 min 38 s", "2 min 0 s", "10 min", "2.0 h"]
+
+
+def test_an_image_models_speed_is_said_in_samples_a_second():
+    """A ViT's or a ResNet's job said no speed at all (tokens/s is a language model's)."""
+    from flopsweep.core.result import Result
+    from flopsweep.core.text import job_lines, summary_columns
+
+    image = Result("ok", None, {}, {"size/params": 1e6, "time/step_s": 0.5, "speed/samples_per_s": 16.0})
+    text = Result("ok", None, {}, {"size/params": 1e6, "time/step_s": 0.5, "speed/samples_per_s": 16.0,
+                                   "speed/tokens_per_s": 2048.0})
+    assert "speed/samples_per_s  16" in job_lines(image)
+    assert not any(line.startswith("speed/samples_per_s") for line in job_lines(text))
+    assert ("samples/s", "speed/samples_per_s") in summary_columns([image, text])
+    assert "samples/s" not in dict(summary_columns([text]))
