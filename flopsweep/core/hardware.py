@@ -107,7 +107,6 @@ def unknown_part(name: str) -> str:
     return f"is not in the hardware table{f' (did you mean {near}?)' if near else ''}; its parts: {', '.join(names())}"
 
 
-
 def peak_flops(device_name: str, compute_dtype: str, override_tflops: Optional[float] = None) -> Optional[float]:
     """Peak FLOP/s for the device and the dtype the matmuls run in; None when unknown (then no MFU)."""
     if override_tflops is not None:
@@ -128,10 +127,12 @@ def from_fields(fields: Any, origin: str, links: Optional[dict[str, Any]] = None
     default the shipped table's (Calculon's A100 system). A bad field is named with ``origin``."""
     require(isinstance(fields, dict), "hardware", origin, "must be a mapping of name, peak_tflops, memory_gb, "
             "bandwidth_gbs")
+    unknown = sorted(set(fields) - set(FIELDS))  # first: a misspelt field was said to be the right one, missing
+    near = nearest(unknown[0], FIELDS) if unknown else None
+    require(not unknown, f"hardware.{unknown[0] if unknown else ''}", None,
+            f"unknown field in {origin}" + (f" (did you mean {near}?)" if near else ""))
     missing = [k for k in ("name", "peak_tflops", "memory_gb", "bandwidth_gbs") if k not in fields]
     require(not missing, f"hardware.{missing[0] if missing else ''}", None, f"missing in {origin}")
-    unknown = sorted(set(fields) - set(FIELDS))
-    require(not unknown, f"hardware.{unknown[0] if unknown else ''}", None, f"unknown field in {origin}")
     peaks = fields["peak_tflops"]
     require(isinstance(peaks, dict) and peaks, "hardware.peak_tflops", peaks, f"must map dtypes ({', '.join(DTYPES)}) "
             "to TFLOP/s")

@@ -135,6 +135,8 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
     assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
+    # a misspelt field is named as misspelt, with the field meant (it was 'hardware.bandwidth_gbs: missing')
+    assert "hardware.bandwidth: unknown field in bad.yaml (did you mean bandwidth_gbs?)" in bad.stderr, bad.stderr
     # every mode that takes a part takes it from the file: its name, and its peak for a training run's hours
     train = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1e12", "--mfu", "0.5", "--hardware",
                      "gpu.yaml", "--json", "train.json", "--no-log", cwd=tmp_path)
