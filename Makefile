@@ -13,11 +13,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(PY)
+	@echo "installing $(TORCH) and flopsweep into $(VENV) (pip is quiet: a minute or two)"
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q "$(TORCH)" -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	@echo "installing the test tools and the optional extras (hf, server) into $(VENV)"
 	$(PY) -m pip install -q "$(TORCH)" -e ".[test,hf,server]"
 	touch $@
 
