@@ -37,8 +37,8 @@ class Saturating:
         return value
 
 
-# parts calibrated on a GPU lent to this project (benchmarks/gpu/run.sh), shipped as data; a part beside one of them with
-# the same compute and another memory is that profile with its memory scaled by the bandwidths of the table
+# parts calibrated on a GPU lent to this project (benchmarks/gpu/run.sh), shipped as data; a part beside one of them
+# with the same compute and another memory is that profile with its memory scaled by the bandwidths of the table
 MEASURED = {"H100": "nvidia-h100-80gb-hbm3.json"}
 SAME_COMPUTE = {"H200": "H100"}
 DATA = Path(__file__).with_name("data")

@@ -245,9 +245,9 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     if plan.steps is None and cost.counted is not None and cost.training:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
-    missing = [(what, flag) for what, flag, given in (("cost", "--price (dollars a GPU-hour)", hardware.price_per_gpu_hour),
-                                                ("energy", "--watts (a GPU's power)", hardware.watts_per_gpu))
-               if given is None]
+    flags = (("cost", "--price (dollars a GPU-hour)", hardware.price_per_gpu_hour),
+             ("energy", "--watts (a GPU's power)", hardware.watts_per_gpu))
+    missing = [(what, flag) for what, flag, given in flags if given is None]
     if missing:
         notes.append(f"{' and '.join(w for w, _ in missing)}: n/a without {' and '.join(f for _, f in missing)}.")
     notes += parallel_notes(devices, plan.recompute, hardware.mfu_of_layout) if devices else []

@@ -19,7 +19,8 @@ MIB64 = 64 * 2**20
 def test_the_a100_rows_are_calculons_network():
     """The figures typed into the table are the ones read from Calculon's a100_80g.json."""
     system = accelerator("A100").interconnect
-    for ours, theirs in ((system.scale_up, A100["network"]["scale_up"]), (system.scale_out, A100["network"]["scale_out"])):
+    published = A100["network"]
+    for ours, theirs in ((system.scale_up, published["scale_up"]), (system.scale_out, published["scale_out"])):
         assert (ours.bandwidth_gbs, ours.efficiency, ours.latency_s) == \
             (theirs["bandwidth_gbs"], theirs["efficiency"], theirs["latency_s"])
     assert system.domain == A100["network"]["scale_up"]["domain"]

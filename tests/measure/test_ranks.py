@@ -168,7 +168,8 @@ def test_recomputation_is_counted_where_it_runs():
     # output nothing saves, is not run again
     assert full["recompute"].matmul == 2 * (2 * MICRO * SEQ * 8 * H * H + attention)
     for flops in (selective, full):  # the model's FLOPs are the same: recomputation is hardware work on top
-        assert (flops["forward"].matmul, flops["backward"].matmul) == (plain["forward"].matmul, plain["backward"].matmul)
+        assert (flops["forward"].matmul, flops["backward"].matmul) == \
+            (plain["forward"].matmul, plain["backward"].matmul)
 
 
 def flat_profile(flops_per_s: float = 1e12) -> Calibration:

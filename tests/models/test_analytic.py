@@ -11,7 +11,8 @@ from flopsweep.measure.meta import MetaLikeCPU
 from tests.helpers import compose_config
 
 GRID = [
-    ("gpt2_small", ["model.d_model=96", "model.n_head=3", "model.n_layer=2", "model.vocab_size=300", "batch.seq_len=40"]),
+    ("gpt2_small", ["model.d_model=96", "model.n_head=3", "model.n_layer=2", "model.vocab_size=300",
+                    "batch.seq_len=40"]),
     ("gpt2_small", ["model.d_model=128", "model.n_head=8", "model.n_layer=1", "model.d_ff=200", "batch.seq_len=7"]),
     ("llama2_7b", ["model.d_model=128", "model.n_head=8", "model.n_kv_head=2", "model.n_layer=2", "model.d_ff=344",
                    "model.vocab_size=500", "batch.seq_len=33"]),

@@ -1,5 +1,5 @@
-"""``model=dit`` and ``model=mmdit``: diffusion transformers built by diffusers, trained one denoising step on a batch of
-latents. DiT-XL/2 against the paper's table 4 (Peebles & Xie 2023: 675M parameters, 118.6 Gflops a forward at 256 x
+"""``model=dit`` and ``model=mmdit``: diffusion transformers built by diffusers, trained one denoising step on a batch
+of latents. DiT-XL/2 against the paper's table 4 (Peebles & Xie 2023: 675M parameters, 118.6 Gflops a forward at 256 x
 256), Stable Diffusion 3 Medium's MMDiT against its published parameter count, a tiny one of each against a closed form
 written from its shapes on meta and on the CPU, low-rank adapters, and bad input named in one line."""
 

@@ -146,8 +146,8 @@ VISION = {"qwen2_vl_7b", "gemma3_4b", "llama3_2_11b_vision"}  # 1.5-2 s even cut
                                   for n in sorted(PUBLISHED)])  # make test-all counts them whole (test_presets.py)
 def test_every_preset_counts_every_op_of_its_step(name):
     """Each preset, cut to a layer or two, a short sequence, as a job runs it: no op of forward, backward or AdamW is
-    uncounted (the fast lane's check of every Hugging Face preset; tests/models/test_presets.py counts each whole in make
-    test-all)."""
+    uncounted (the fast lane's check of every Hugging Face preset; tests/models/test_presets.py counts each whole in
+    make test-all)."""
     text = preset(name).get("default_seq_len") is not None
     few = ["++model.num_hidden_layers=2", "batch.seq_len=16"] if text else []
     if name == "deepseek_v3":

@@ -47,7 +47,8 @@ PUBLISHED = {
     "resnet_bk_baseline": (64, 4, None, None, None), "resnet_bk_full": (64, 4, None, None, None),  # no attention
 }
 EXPERTS = {"mixtral_8x7b": (8, 2), "mixtral_8x22b": (8, 2), "qwen3_30b_a3b": (128, 8), "deepseek_v3": (256, 8),
-           "jamba_1_5_mini": (16, 2), "resnet_bk_baseline": (4, 1), "resnet_bk_full": (4, 1)}  # routed experts, of which a token uses
+           "jamba_1_5_mini": (16, 2), "resnet_bk_baseline": (4, 1),
+           "resnet_bk_full": (4, 1)}  # routed experts, of which a token uses
 CAUSAL_LMS = ("gpt", "llama", "mistral", "mixtral", "qwen", "gemma", "deepseek", "mamba", "falcon", "jamba")
 NO_SHAPE = {"convnext_tiny", "efficientnet_b0", "mobilenet_v2", "resnet18", "resnet50",  # CNNs
             "custom_example"}  # a user's module: its arguments name nothing known
@@ -105,7 +106,8 @@ def test_the_parallel_layout_checks_a_hugging_face_models_heads_and_kv_heads():
     assert per_device(old, Parallelism(tp=8, pp=4)).layout.devices == 32
     for layout, message in ((Parallelism(tp=16), "^tp=16: does not divide the model's 8 KV heads"),
                             (Parallelism(tp=64), "^tp=64: does not divide the model's 32 attention heads"),
-                            (Parallelism(pp=64, micro_batches=64), "^pp=64: is more pipeline stages than the model's 32")):
+                            (Parallelism(pp=64, micro_batches=64),
+                             "^pp=64: is more pipeline stages than the model's 32")):
         with pytest.raises(ConfigError, match=message):
             per_device(old, layout)
     # the recorded shape is what counts, whatever the config's keys say

@@ -247,7 +247,7 @@ def test_tensor_parallel_decode_waits_on_two_all_reduces_a_layer_latency_bound_a
     unshaped = Generation(**{**GEN.__dict__, "new_tokens": 2})
     shaped = Generation(**{**unshaped.__dict__, "width": 4096, "layers": 32})
     link = H100.interconnect.scale_up
-    ring = lambda nbytes: collective_seconds("all_reduce", nbytes, 4, link)  # noqa: E731 (tests/core/test_comm.py: Vidur's)
+    ring = lambda nbytes: collective_seconds("all_reduce", nbytes, 4, link)  # noqa: E731 (Vidur's: test_comm.py)
     split, alone = (at_batch(gen, Serving(H100, "bfloat16", tp=4), 1) for gen in (shaped, unshaped))
     assert split.tpot_all_reduce_s == pytest.approx(64 * ring(4096 * 2))
     assert split.tpot_all_reduce_s == pytest.approx(64 * link.latency_s, rel=0.05)  # latency-bound

@@ -77,7 +77,8 @@ def test_sweep_size_counts_preset_and_command_line_sweeps():
 def test_the_sweeper_checks_every_swept_value_with_few_compositions():
     from flopsweep.sweep.plan import covering_jobs
 
-    product = [["model=gpt2_small", f"model.n_layer={n}", f"batch.size={b}"] for n in range(1, 11) for b in range(1, 21)]
+    product = [["model=gpt2_small", f"model.n_layer={n}", f"batch.size={b}"]
+               for n in range(1, 11) for b in range(1, 21)]
     chosen = covering_jobs(product)
     assert set().union(*map(set, chosen)) == set().union(*map(set, product))  # every value, in some job
     assert len(chosen) == 20  # the longest axis: one composition per batch size, the layers along the way

@@ -83,5 +83,6 @@ def layout_line(counted: Result) -> str:
                          f"memory a GPU {format_metric(M.PARALLEL_MEMORY_PER_GPU, m.get(M.PARALLEL_MEMORY_PER_GPU))}"])
     line = f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"
     if (counted.bottleneck or "").startswith("does not fit"):  # the plan above cannot run as laid out: said apart
-        line += "\nwarning: the layout " + counted.bottleneck.split(";")[0] + ": more GPUs, more sharding, or a smaller batch"
+        why = counted.bottleneck.split(";")[0]
+        line += f"\nwarning: the layout {why}: more GPUs, more sharding, or a smaller batch"
     return line
