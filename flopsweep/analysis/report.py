@@ -24,7 +24,8 @@ GIB = 2**30
 MODULE_AXIS = "module (* = every layer; (own) = in it, not in a child)"
 MEMORY = ((M.WEIGHTS_BYTES, "weights"), (M.GRADS_BYTES, "gradients"), (M.OPTIMIZER_STATE_BYTES, "optimizer state"),
           (M.ACTIVATIONS_BYTES, "activations"))
-TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, M.TRAIN_PEAK_BYTES, M.TIME_STEP,
+ESTIMATED_PEAK = "est. peak"  # the larger of the two estimates, as the console's summary and the memory checks read it
+TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, ESTIMATED_PEAK, M.TIME_STEP,
          M.TOKENS_PER_S, M.MFU)
 
 
@@ -254,10 +255,17 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
 def _markdown_table(df) -> str:
     import pandas as pd
 
-    columns = [c for c in TABLE if c in df.columns]
+    peaks = [c for c in (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES) if c in df.columns]
+    columns = [c for c in TABLE if c in df.columns or (c == ESTIMATED_PEAK and peaks)]
+
+    def cell(row, column: str) -> str:
+        if column in ("run_name", "status"):
+            return str(row[column]).replace("|", "\\|")
+        if column == ESTIMATED_PEAK:  # it showed the training peak where the console showed the larger one
+            found = [row[c] for c in peaks if not pd.isna(row[c])]
+            return format_metric(M.STEP_PEAK_BYTES, max(found) if found else None)
+        return format_metric(column, None if pd.isna(row[column]) else row[column])
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in df.iterrows():
-        cells = [str(row[c]).replace("|", "\\|") if c in ("run_name", "status")
-                 else format_metric(c, None if pd.isna(row[c]) else row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for _, row in df.iterrows()]
     return "\n".join(lines)

@@ -116,3 +116,20 @@ def test_every_family_gets_its_module_panel_and_a_batch_plot_needs_two_batches(t
     assert out.returncode == 0, out.stderr
     assert "step_time_vs_batch.png not drawn: no model was timed at two or more batch sizes" in out.stdout
     assert not (tmp_path / "one_batch" / "step_time_vs_batch.png").exists()
+
+
+def test_runs_md_shows_the_estimated_peak_the_console_shows():
+    """runs.md showed size/train_peak_bytes (2.04 GiB) where the sweep's table showed est. peak (2.32 GiB): the larger
+    of the two estimates, as the memory checks read them."""
+    import pandas as pd
+
+    from flopsweep.analysis.report import _markdown_table
+
+    gib = 2**30
+    df = pd.DataFrame([{"run_name": "a", "status": "ok", "size/train_peak_bytes": 2 * gib,
+                        "size/step_peak_bytes": 3 * gib},
+                       {"run_name": "b", "status": "ok", "size/train_peak_bytes": 5 * gib,
+                        "size/step_peak_bytes": 4 * gib}])
+    header, _, first, second = _markdown_table(df).splitlines()
+    assert header == "| run_name | status | est. peak |"
+    assert first == "| a | ok | 3 GiB |" and second == "| b | ok | 5 GiB |"
