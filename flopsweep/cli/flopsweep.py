@@ -180,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
-    return 1 if sweep.failed else 0
+    return 2 if sweep.refused else 1 if sweep.failed else 0
 
 
 def hydra_error_line(err: BaseException) -> str:

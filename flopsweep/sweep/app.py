@@ -47,7 +47,7 @@ def run_one(cfg: DictConfig) -> Result:
             config = recorded(cfg, resolve=False)
         result = Result("failed", str(err), config)
         if hydra_cfg.mode != RunMode.MULTIRUN:  # a single command refused: said, with nothing to keep or log
-            state.current().failed = True
+            state.current().refused = True  # a usage error, as Hydra's own refusals of a key or value are
             error(result.error)
             _remove_if_only_hydras(Path(hydra_cfg.runtime.output_dir))
             return result

@@ -55,6 +55,7 @@ class SweepContext:
 @dataclass
 class SweepState:
     failed: bool = False                 # a job failed, the sweeper gave up, or the summary found a failure
+    refused: bool = False                # a single command's config refused before anything ran: exit status 2
     full_errors: bool = False            # HYDRA_FULL_ERROR=1 from the user: raise, don't shorten
     parent: Optional[str] = None         # the sweep's MLflow run, while it is open
     target: Optional[Target] = None      # where that run is
