@@ -501,7 +501,7 @@ def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
     env = child_env()
     env["PYTHONPATH"] = f"{tmp_path / 'site'}:{env['PYTHONPATH']}"
     out = run_cli("model=resnet18", "device=meta", "tracking=none", cwd=tmp_path, env=env)
-    assert out.returncode == 1
+    assert out.returncode == 2  # refused by its config: a usage error
     (line,) = [line for line in out.stderr.splitlines() if line.startswith("flopsweep:")]
     assert line.startswith("flopsweep: error: model.family='hf': transformers cannot build models while the "
                            "installed torchvision does not load (operator torchvision::nms does not exist)"), line
@@ -510,7 +510,7 @@ def test_a_torchvision_that_does_not_load_is_named_in_one_line(tmp_path):
     custom = run_cli("model=custom", "model._target_=torchvision.models.resnet50",
                      "model.inputs=[{name: x, shape: [batch, 3, 224, 224]}]", "model.loss=mse", "device=meta",
                      "tracking=none", cwd=tmp_path, env=env)
-    assert custom.returncode == 1 and "Traceback" not in custom.stderr, custom.stderr
+    assert custom.returncode == 2 and "Traceback" not in custom.stderr, custom.stderr
     (line,) = [line for line in custom.stderr.splitlines() if line.startswith("flopsweep:")]
     assert line.startswith("flopsweep: error: model._target_='torchvision.models.resnet50': its package torchvision "
                            "fails as it is imported (RuntimeError: operator torchvision::nms does not exist)"), line
