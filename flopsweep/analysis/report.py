@@ -15,7 +15,7 @@ from typing import Optional
 from flopsweep.analysis import bottlenecks, scaling_fit
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
-from flopsweep.core.text import format_metric
+from flopsweep.core.text import estimated_peak, format_metric
 from flopsweep.sinks.identity import run_name
 from flopsweep.sinks.jobdir import write_profile
 from flopsweep.sinks.reader import load_result
@@ -255,15 +255,14 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
 def _markdown_table(df) -> str:
     import pandas as pd
 
-    peaks = [c for c in (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES) if c in df.columns]
-    columns = [c for c in TABLE if c in df.columns or (c == ESTIMATED_PEAK and peaks)]
+    estimated = any(estimated_peak(row) is not None for _, row in df.iterrows())
+    columns = [c for c in TABLE if c in df.columns or (c == ESTIMATED_PEAK and estimated)]
 
     def cell(row, column: str) -> str:
         if column in ("run_name", "status"):
             return str(row[column]).replace("|", "\\|")
         if column == ESTIMATED_PEAK:  # it showed the training peak where the console showed the larger one
-            found = [row[c] for c in peaks if not pd.isna(row[c])]
-            return format_metric(M.STEP_PEAK_BYTES, max(found) if found else None)
+            return format_metric(M.STEP_PEAK_BYTES, estimated_peak(row))
         return format_metric(column, None if pd.isna(row[column]) else row[column])
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

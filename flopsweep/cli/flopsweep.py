@@ -209,8 +209,13 @@ def hydra_error_line(err: BaseException) -> str:
 
     kept, options = lines_of(str(err))
     message = " ".join(kept).replace("In 'config': ", "")
-    if message.startswith("Error merging override") and isinstance(err.__cause__, OmegaConfBaseException):
-        message += ": " + " ".join(lines_of(str(err.__cause__))[0])  # the override and why, read as one
+    cause = " ".join(lines_of(str(err.__cause__))[0]) if isinstance(err.__cause__, OmegaConfBaseException) else ""
+    enum = re.match(r"Error merging override ([\w.]+)=(\S*)$", message)
+    choices = re.match(r"Invalid value '[^']*', expected one of \[([^\]]*)\]", cause)
+    if enum and choices:  # a closed set's key (workload=infer): as the schema's other refusals read
+        key, value, names = enum.group(1), enum.group(2), [n.strip() for n in choices.group(1).split(",")]
+        near = nearest(value, names)
+        return f"{key}={value!r}: must be one of {', '.join(names)}" + (f" (did you mean {near}?)" if near else "")
     unknown = re.match(r"Could not override '([^']+)'\. To append to your config use \+", message)
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
@@ -218,12 +223,6 @@ def hydra_error_line(err: BaseException) -> str:
         near = nearest(name, [k for k in known_keys(parent) if k != name], cutoff=0.7)  # not itself: refused here
         suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
         return f"{key}: no such key ({suggestion}+{key}=... adds one)"
-    enum = re.match(r"Error merging override ([\w.]+)=(\S*): Invalid value '[^']*', expected one of \[([^\]]*)\]",
-                    message)
-    if enum:  # a closed set's key (workload=infer): as the schema's other refusals read
-        key, value, names = enum.group(1), enum.group(2), [n.strip() for n in enum.group(3).split(",")]
-        near = nearest(value, names)
-        return f"{key}={value!r}: must be one of {', '.join(names)}" + (f" (did you mean {near}?)" if near else "")
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     near = nearest(wanted.group(2), options) if wanted else None
     if near:
@@ -232,10 +231,7 @@ def hydra_error_line(err: BaseException) -> str:
         message = f"{err.override}: {message}"
     if options:
         message += f" (options: {', '.join(options)})"
-    if isinstance(err.__cause__, OmegaConfBaseException):
-        cause = " ".join(lines_of(str(err.__cause__))[0])
-        message += f": {cause}" if cause and cause not in message else ""
-    return message
+    return message + (f": {cause}" if cause and cause not in message else "")
 
 
 if __name__ == "__main__":

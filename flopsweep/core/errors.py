@@ -20,15 +20,21 @@ def require(condition: bool, key: str, value: object, problem: str) -> None:
         raise ConfigError(key, value, problem)
 
 
+def _typed(path: "os.PathLike[str] | str") -> str:
+    """``path`` as a user types it here: relative under the working folder (``.venv/bin/...``), whole elsewhere."""
+    import os
+    from pathlib import Path
+
+    whole = Path(os.path.abspath(path))
+    return os.path.relpath(whole) if whole.is_relative_to(Path.cwd()) else str(whole)
+
+
 def pip(command: str) -> str:
     """A pip command for the environment flopsweep runs in (its interpreter's pip, not whichever ``pip`` is first on
     the PATH, as typed here: ``.venv/bin/python -m pip ...`` in the checkout): ``pip("uninstall torchvision")``."""
-    import os
     import sys
-    from pathlib import Path
 
-    python = Path(os.path.abspath(sys.executable))
-    return f"{os.path.relpath(python) if python.is_relative_to(Path.cwd()) else python} -m pip {command}"
+    return f"{_typed(sys.executable)} -m pip {command}"
 
 
 def install_extra(extra: str) -> str:
@@ -62,15 +68,11 @@ def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional
 def command(name: str) -> str:
     """A command of flopsweep's environment as a user can type it here: ``.venv/bin/flopsweep-sync`` where the
     environment is under the working folder, its full path elsewhere, the bare name where it is not a script there."""
-    import os
     import sys
     from pathlib import Path
 
     path = Path(sys.executable).parent / name
-    if not path.exists():
-        return name
-    inside = Path(os.path.abspath(path)).is_relative_to(Path.cwd())
-    return os.path.relpath(path) if inside else str(path)
+    return _typed(path) if path.exists() else name
 
 
 def is_number(value: object) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from flopsweep.core import metrics as M
 from flopsweep.core.profile import by_depth
@@ -246,6 +246,13 @@ def summary_columns(results: list[Result]) -> list[tuple[str, str]]:
     return columns
 
 
+def estimated_peak(metrics: Mapping[str, Any]) -> Optional[float]:
+    """A job's est. peak: the larger of its two memory estimates (the simulated step's, the training peak's), the one
+    the memory checks use (run/fit.py's peak_bytes); None where it has neither (a DataFrame's NaN is none)."""
+    found = [v for k in (M.STEP_PEAK_BYTES, M.TRAIN_PEAK_BYTES) if (v := metrics.get(k)) is not None and v == v]
+    return max(found, default=None)
+
+
 def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> list[str]:
     cfg = result.config or {}
     batch = cfg.get("batch") or {}
@@ -255,9 +262,8 @@ def summary_row(job: str, result: Result, columns: list[tuple[str, str]]) -> lis
              result.status]
     fallbacks = {key: fb for _, key, fb, _ in TRAINING_COLUMNS + GENERATION_COLUMNS + PARALLEL_COLUMNS}
     for _, key in columns:  # a job without the column's metric shows its fallback's (a generation's TPOT)
-        if key == M.STEP_PEAK_BYTES:  # the larger estimate, the one the checks use (run/fit.py's peak_bytes)
-            estimates = [result.metrics.get(k) for k in (key, *fallbacks[key])]
-            cells.append(format_metric(key, max((e for e in estimates if e is not None), default=None)))
+        if key == M.STEP_PEAK_BYTES:
+            cells.append(format_metric(key, estimated_peak(result.metrics)))
             continue
         found = next((k for k in (key, *fallbacks.get(key, ())) if result.metrics.get(k) is not None), key)
         cells.append(format_metric(found, result.metrics.get(found)))

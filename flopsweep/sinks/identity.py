@@ -54,7 +54,7 @@ TEMPLATES = ("hf", "custom")  # no preset: every field is the user's, and the na
 
 def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     """Readable and deterministic: ``bert_base|b8|s128|bfloat16|cpu`` (then what differs from a plain training step:
-    ``|generate``, ``|lora``, ``|sgd``, ``|compiled``, ``|tp8pp8dp16zero1``); ``changed``, the model's fields the
+    ``|generate``, ``|lora``, ``|sgd``, ``|compiled``, ``|dp16tp8pp8zero1``); ``changed``, the model's fields the
     command set beside its preset (dotted keys), after the model's name: ``gpt2_small(n_layer=2)|b8|...`` (not for
     ``model=hf`` or ``model=custom``, which are named by what they build)."""
     model, batch = config.get("model") or {}, config.get("batch") or {}
@@ -67,7 +67,7 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     return "|".join(parts + _beyond_defaults(config))
 
 
-_LAYOUT = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: tp8pp8dp16zero1
+_LAYOUT = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1
 
 
 def _beyond_defaults(config: dict[str, Any]) -> list[str]:

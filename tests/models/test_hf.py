@@ -210,22 +210,20 @@ def test_a_bad_hf_value_names_its_key(overrides, key):
 def test_without_transformers_model_hf_is_one_line_saying_how_to_install_it(monkeypatch):
     import os
     import sys
-    from pathlib import Path
 
     import torch
 
+    from flopsweep.core.errors import ConfigError
     from tests.helpers import REPO
 
     monkeypatch.chdir(REPO)
-
-    from flopsweep.core.errors import ConfigError
-
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
     with pytest.raises(ConfigError) as err:
         resolve(compose_config("model=hf", "model.model_type=llama", "+model.hidden_size=48", "device=meta"))
-    python = os.path.relpath(sys.executable) if Path(sys.executable).is_relative_to(Path.cwd()) else sys.executable
-    assert str(err.value) == (f"model.family='hf': needs transformers: {python} -m pip install "
-                              f"'torch=={torch.__version__.split('+')[0]}' -e '.[hf]'")  # in the checkout: as make does
+    said, python = str(err.value), str(err.value).split(": ")[-1].split(" -m pip ")[0]
+    assert os.path.samefile(python, sys.executable), said  # this environment's interpreter, as typed from here
+    assert said == (f"model.family='hf': needs transformers: {python} -m pip install "
+                    f"'torch=={torch.__version__.split('+')[0]}' -e '.[hf]'")  # in the checkout: as make does
 
 
 def test_a_cnn_presets_module_profile_shows_its_convolutions_norms_and_pools():
