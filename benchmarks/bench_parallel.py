@@ -7,12 +7,12 @@ interconnect), beside what its source measured.
 - Narayanan et al. 2021 (sections 2.2.1-2.2.2): the pipeline bubble, (p - 1) / m of the ideal step under 1F1B,
   (p - 1) / (v m) interleaved;
 - the Megatron-LM README (Training Speed and Scalability): GPT-3 175B strong-scaled on H100 from 96 GPUs, batch 1,152,
-  MFU 47 % at 96 (the README gives no layout in its text: t4 p8 d3, and t8 p12 d1 beside it; vocabulary 131,072
+  MFU 47% at 96 (the README gives no layout in its text: t4 p8 d3, and t8 p12 d1 beside it; vocabulary 131,072
   and sequence 4,096 as the README's GPT models; Transformer Engine's fused kernels, so predict.fused=true);
 - torchtitan's docs/performance.md, table 1: Llama 3.1 8B on 8 H100, FSDP, local batch 2, sequence 8,192, selective
   activation checkpointing: 5,762 tokens/s a GPU eager, 6,667 with torch.compile;
 - Llama 3's long-context stage (Dubey et al. 2024, table 4; Balaji, SC'24): Llama 3.1 405B on 16,384 H100, TP 8,
-  CP 16, PP 16, DP 4, sequences of 131,072 tokens, 16M tokens a batch: 380 TFLOP/s a GPU, 38 % MFU (its pipeline
+  CP 16, PP 16, DP 4, sequences of 131,072 tokens, 16M tokens a batch: 380 TFLOP/s a GPU, 38% MFU (its pipeline
   schedule and recomputation are not given: here interleaved over 2 chunks a stage, full recomputation);
 - GPT-3 175B on 1,024 H100 (t8 p8 d16, docs/parallel.md's worked example): no published figure, the whole job's time;
 - DeepSeek-V3's pre-training (DeepSeek-AI 2024, sections 3.2 and 5.1 and table 1): 2,048 H800 (the H100's compute,

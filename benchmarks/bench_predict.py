@@ -85,7 +85,7 @@ def main() -> int:
         shares = " / ".join(f"{v:.0%}" for v in r["shares"].values())
         print(f"| {name} | {r['measured_s'] * 1e3:.0f} ms ({r['iqr_s'] * 1e3:.0f}) | {r['predicted_s'] * 1e3:.0f} ms | "
               f"{r['ratio']:.2f} | {phases} | {shares} |")
-    print(f"\nwithin 25 %: {within} of {len(rows)}")
+    print(f"\nwithin 25%: {within} of {len(rows)}")
     return 0
 
 

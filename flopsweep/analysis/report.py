@@ -4,7 +4,7 @@ questions; and one run's module profile with its plot.
 Plots (each drawn when the runs have its data): FLOPs against sequence length on log-log axes with the fitted
 slope per model, step time against batch size per dtype, the training memory of each run as stacked bars,
 the FLOPs shares of the costliest run's modules, MFU by dtype and device, and each timed run's predicted step against
-its measured one (the diagonal, and ±25 %).
+its measured one (the diagonal, and ±25%).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _predicted(df, out: Path, label: str) -> str:
         ax.annotate(str(name), (row[M.TIME_STEP], row[M.TIME_STEP_PREDICTED]), fontsize=7, alpha=0.8)
     low = min(runs[M.TIME_STEP].min(), runs[M.TIME_STEP_PREDICTED].min()) / 1.5
     high = max(runs[M.TIME_STEP].max(), runs[M.TIME_STEP_PREDICTED].max()) * 1.5
-    for factor, style, what in ((1.0, "-", "predicted = measured"), (1.25, ":", "±25 %"), (0.75, ":", None)):
+    for factor, style, what in ((1.0, "-", "predicted = measured"), (1.25, ":", "±25%"), (0.75, ":", None)):
         ax.plot([low, high], [low * factor, high * factor], style, color="grey", label=what)
     ax.legend(loc="upper left")
     return _save(fig, out / "predicted_vs_measured.png")

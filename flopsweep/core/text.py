@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable, Mapping, Optional
 
 from flopsweep.core import metrics as M
+from flopsweep.core.hardware import Accelerator
 from flopsweep.core.profile import by_depth
 from flopsweep.core.result import Result
 
@@ -25,13 +26,25 @@ def plain(doc: str) -> str:
     return doc.replace("``", "")
 
 
-def human(value: Optional[float], unit: str = "") -> str:
+_SI = ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+_COUNT = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"))  # parameters and tokens: billions, as models are named
+
+
+def human(value: Optional[float], unit: str = "", prefixes: tuple[tuple[float, str], ...] = _SI) -> str:
+    """Three significant digits and a decimal prefix: FLOPs and rates in SI's (``22.3G``, ``1.13E``; with a unit
+    after a space, ``149 GFLOP/s``)."""
     if value is None:
         return "-"
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+    for factor, prefix in prefixes:
         if abs(value) >= factor:
-            return f"{_three(value / factor)}{prefix}{unit}"
-    return f"{_three(value)}{unit}"
+            return f"{_three(value / factor)}{' ' if unit else ''}{prefix}{unit}"
+    return f"{_three(value)}{' ' if unit else ''}{unit}"
+
+
+def count(value: Optional[float]) -> str:
+    """Parameters and tokens: three significant digits in thousands, millions, billions, trillions (``109M``,
+    ``175B``), as models and datasets are named; FLOPs keep SI's G."""
+    return human(value, prefixes=_COUNT)
 
 
 def _three(value: float) -> str:
@@ -67,6 +80,12 @@ def size_bytes(value: Optional[float]) -> str:
     return f"{value:.0f} B"
 
 
+def capacity(part: Accelerator) -> str:
+    """A part's memory in the binary unit every estimate is given in, and as its datasheet gives it: ``74.5 GiB
+    (80 GB)``."""
+    return f"{size_bytes(part.memory_bytes)} ({part.memory_gb:g} GB)"
+
+
 def format_metric(key: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -75,8 +94,10 @@ def format_metric(key: str, value: Any) -> str:
     if key.endswith(("_bytes", "_bytes_per_gpu", "_bytes_per_token")):
         return size_bytes(value)
     if key in (M.MFU, M.MFU_PREDICTED):
-        return f"{100 * value:.1f} %"
-    if key.startswith(("flops/", "macs/", "size/params", "speed/")):
+        return f"{value:.1%}"
+    if key.startswith("size/params"):
+        return count(value)
+    if key.startswith(("flops/", "macs/", "speed/")):
         return human(value)
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
@@ -295,7 +316,7 @@ def _config_value(config: dict[str, Any], key: str) -> str:
 
 
 def _share(part: Optional[float], whole: Optional[float]) -> str:
-    return f"{100 * part / whole:.1f} %" if part is not None and whole else "-"
+    return f"{part / whole:.1%}" if part is not None and whole else "-"
 
 
 def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3, timed_forward: Optional[float] = None) -> str:
@@ -304,22 +325,22 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3, timed_for
     model = rows[0]
     flops, latency = model["forward_flops"], model["forward_latency_s"]
     lines = [f"Module profile: {title}",
-             f"{model['type']}: {human(model['params'])} parameters, forward {human(flops)} FLOPs "
-             f"({human(model['macs'])} MACs), backward {human(model['backward_flops'])} FLOPs, forward latency "
+             f"{model['type']}: {count(model['params'])} parameters, forward {human(flops, 'FLOPs')} "
+             f"({human(model['macs'], 'MACs')}), backward {human(model['backward_flops'], 'FLOPs')}, forward latency "
              f"{seconds(latency) if latency is not None else 'not timed'}"
-             + (f", {human(flops / latency)}FLOP/s" if latency else ""),
+             + (f", {human(flops / latency, 'FLOP/s')}" if latency else ""),
              "FLOPs: matmul class, multiply-add = 2. Latency: "
              + (f"{hooks_line(latency, timed_forward)}." if latency else "not timed (meta, or measure.time=false)."),
              "",
              f"By depth: the top {top} modules by forward FLOPs at each depth, all of that depth, and the rest "
              "(work done directly in shallower modules)"]
     lines.append(table(["depth", "module", "type", "params", "fwd FLOPs", "FLOPs share", "fwd latency", "time share"],
-                       [[str(r["depth"]), r["module"], r["type"], human(r["params"]), human(r["forward_flops"]),
+                       [[str(r["depth"]), r["module"], r["type"], count(r["params"]), human(r["forward_flops"]),
                          _share(r["forward_flops"], flops), seconds(r["forward_latency_s"]),
                          _share(r["forward_latency_s"], latency)] for r in by_depth(rows, top)]))
     lines += ["", "Every module (inclusive: each with everything under it)"]
     lines.append(table(["module", "type", "params", "MACs", "fwd FLOPs", "bwd FLOPs", "fwd latency", "FLOP/s"],
-                       [["  " * r["depth"] + r["module"], r["type"], human(r["params"]) + (
+                       [["  " * r["depth"] + r["module"], r["type"], count(r["params"]) + (
                            f" (its weight is {r['tied_to']})" if r.get("tied_to") else ""), human(r["macs"]),
                          human(r["forward_flops"]), human(r["backward_flops"]), seconds(r["forward_latency_s"]),
                          human(r["forward_flops_per_s"])] for r in rows]))

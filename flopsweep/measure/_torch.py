@@ -44,7 +44,7 @@ LAZY_MODULES = ("torch._dynamo",)  # imported by a job's first optimizer, or ini
 class EagerDispatchMode(TorchDispatchMode):
     """A dispatch mode that sees every op of an eager step. PyTorch wraps each mode's ``__torch_dispatch__`` in
     ``torch._disable_dynamo`` so that ``torch.compile`` does not trace into it: three Python calls around every op,
-    for every mode (8 % of counting ResNet-BK's 660k ops). flopsweep's modes run eager steps only, so they opt out,
+    for every mode (8% of counting ResNet-BK's 660k ops). flopsweep's modes run eager steps only, so they opt out,
     through the class hook PyTorch documents for that (``_should_skip_dynamo``).
 
     Higher-order ops reach the mode too (``supports_higher_order_operators``): ``flex_attention`` and its backward,

@@ -10,8 +10,8 @@ from typing import Optional
 from flopsweep.core.hardware import Accelerator, accelerator
 from flopsweep.measure.calibration import Calibration, find_profile, profile_dir
 
-# A matmul's share of the dense peak, from LLMCompass's measured A100 GEMMs (M x 12288 x 12288: 92 % of peak at
-# M = 8192, 83 % at 1024, 33 % at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2 %.
+# A matmul's share of the dense peak, from LLMCompass's measured A100 GEMMs (M x 12288 x 12288: 92% of peak at
+# M = 8192, 83% at 1024, 33% at 64): peak share 0.93 and a knee of 115 in each dimension fit all three within 2%.
 MATMUL_SHARE, MATMUL_KNEE = 0.93, 115.0
 MEMORY_SHARE = 0.85             # of the datasheet's bandwidth, for large transfers (STREAM-like copies on HBM)
 DEFAULT_SOURCES = {

@@ -27,7 +27,7 @@ class Layout:
     stage ``pp - 1 - i``, and overlaps a forward chunk with another micro-batch's backward chunk, so that their
     all-to-alls and sends run under the other's compute (DeepSeek-AI 2024, section 3.2.1). ``expert_load``: the
     routed rows the busiest expert-parallel rank receives over an even share (1: routing as uniform as a balanced
-    router keeps it on average; 1.3: that rank gets 30 % more, and every rank waits for it at the all-to-all)."""
+    router keeps it on average; 1.3: that rank gets 30% more, and every rank waits for it at the all-to-all)."""
 
     dp: int = 1
     tp: int = 1

@@ -36,7 +36,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import require, require_int
 from flopsweep.core.result import Result
 from flopsweep.core.shape import shape_of
-from flopsweep.core.text import human, size_bytes
+from flopsweep.core.text import count, human, size_bytes
 from flopsweep.core.text import table as text_table
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -167,8 +167,8 @@ def _split(whole: float, parts: int) -> Share:
 def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
     """The per-device table, with a warning line when a device needs more than ``memory_bytes``."""
     held = split.layout.zero_shards(3)  # ZeRO-3: a device keeps 1/dp of its shard's weights, gathers them to compute
-    rows = [["parameters" + (f" (computed with; it holds {human(split.params.device / held)})" if held > 1 else ""),
-             human(split.params.whole), human(split.params.device)],
+    rows = [["parameters" + (f" (computed with; it holds {count(split.params.device / held)})" if held > 1 else ""),
+             count(split.params.whole), count(split.params.device)],
             ["FLOPs per step", human(split.flops.whole), human(split.flops.device)]]
     for label, key in (("weights", "weights_bytes"), ("buffers", "buffers_bytes"), ("gradients", "grads_bytes"),
                        ("optimizer state", "optimizer_state_bytes"), ("activations", "activations_bytes"),

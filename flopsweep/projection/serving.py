@@ -39,6 +39,7 @@ import numpy as np
 from flopsweep.core.comm import Network
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
+from flopsweep.core.text import capacity, size_bytes
 from flopsweep.projection.generation import KV_DTYPES, SERVED_BYTES, Generation
 
 
@@ -233,12 +234,12 @@ class ServingPlan:
         served = [f"weights in {s.weights_dtype}"] * bool(s.weights_dtype) + [f"KV cache in {s.kv_dtype}"] * \
             bool(s.kv_dtype)
         lines = [f"serving {g.source}: a prompt of {g.prompt:,} tokens, {g.new_tokens:,} generated; "
-                 f"{g.weights_bytes / 1e9:,.1f} GB of weights, {g.kv_bytes_per_token / 1e3:,.1f} KB of KV cache "
-                 "a token" + (f" and {g.state_bytes / 1e6:,.1f} MB of state a sequence" if g.state_bytes else "")
+                 f"{size_bytes(g.weights_bytes)} of weights, {size_bytes(g.kv_bytes_per_token)} of KV cache "
+                 "a token" + (f" and {size_bytes(g.state_bytes)} of state a sequence" if g.state_bytes else "")
                  + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
                               "scales left out)" if served else ""),
                  f"on {s.replica} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
-                 f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {s.gpu.memory_gb:g} GB; {s.gpu.source}), efficiency "
+                 f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {capacity(s.gpu)}; {s.gpu.source}), efficiency "
                  f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
                  + (f"; {s.gpus:,} GPUs: {s.gpus // s.replica:,} replicas" if s.gpus else "")
                  + (f"; {g.kv_heads} KV heads on tp={s.tp}: each GPU holds {g.kv_share(s.tp):.3g} of the cache"
@@ -270,7 +271,7 @@ class ServingPlan:
         reached = ", ".join(f"{g.experts_read(r.batch, s.expert_skew):.3g} at batch {r.batch:,}"
                             for r in (self.rows[0], self.rows[-1]))
         return (f"mixture of experts: {g.experts} routed experts a layer, {g.experts_per_token} a token, "
-                f"{g.routed_bytes / 1e9:,.1f} GB of them; a decode step reads those its batch reaches ({routing}): "
+                f"{size_bytes(g.routed_bytes)} of them; a decode step reads those its batch reaches ({routing}): "
                 f"{reached}")
 
     def _all_to_all_words(self) -> str:
@@ -313,7 +314,7 @@ def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> Serv
     gen = gen.served(serving.weights_dtype, serving.kv_dtype)
     largest = largest_batch(gen, serving)
     require(largest >= 1 or batch is not None, "gpu", serving.gpu.name, f"cannot hold the weights "
-            f"({gen.weights_bytes / 1e9:,.1f} GB) and one sequence's KV cache in {serving.memory_share:.0%} of "
-            f"{serving.replica} × {serving.gpu.memory_gb:g} GB: give --tp (or --ep)")
+            f"({size_bytes(gen.weights_bytes)}) and one sequence's KV cache in {serving.memory_share:.0%} of "
+            f"{serving.replica} × {capacity(serving.gpu)}: give --tp (or --ep)")
     sizes = [batch] if batch is not None else batches(largest)
     return ServingPlan(gen, serving, largest, [at_batch(gen, serving, b) for b in sizes])

@@ -14,6 +14,7 @@ from flopsweep.core.comm import PLACEMENT, Network
 from flopsweep.core.hardware import Accelerator, accelerator
 from flopsweep.core.progress import entered
 from flopsweep.core.result import Result
+from flopsweep.core.text import capacity, size_bytes
 from flopsweep.measure.defaults import profile_for
 from flopsweep.measure.experts import EXPERT_DATA_DIM
 from flopsweep.measure.layout import DATA_DIM, EMBEDDING_DIM, Layout
@@ -117,8 +118,8 @@ def _tier_words(network: Network, dim: str) -> str:
 def _bottleneck(count: LayoutCount, step: StepTime, part: Accelerator, bound: str, fits: bool) -> str:
     words = step.bottleneck(bound)
     if not fits:
-        return f"does not fit: {count.busiest.memory.peak_in_flight_bytes / 2**30:.1f} GiB a GPU at the peak, over " \
-               f"the {part.name}'s {part.memory_bytes / 2**30:.1f} GiB ({part.memory_gb:g} GB); {words}"  # one unit
+        return f"does not fit: {size_bytes(count.busiest.memory.peak_in_flight_bytes)} a GPU at the peak, over " \
+               f"the {part.name}'s {capacity(part)}; {words}"
     return words
 
 

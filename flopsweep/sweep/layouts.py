@@ -14,7 +14,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import ConfigError, require, require_int
 from flopsweep.core.hardware import accelerator
 from flopsweep.core.result import Result
-from flopsweep.core.text import format_metric, table
+from flopsweep.core.text import capacity, format_metric, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep.plan import SweepPlan
@@ -151,11 +151,11 @@ class LayoutSweeper(RecoveringSweeper):
         model = search_model(cfg)
         valid = enumerate_layouts(gpus, model, self.micro_batch_sizes, self.recompute, self.zeros,
                                   bool(cfg.parallel.sequence_parallel), self.cps, self.eps)
-        memory = accelerator(hardware).memory_bytes
-        kept = [layout for layout in valid if states_lower_bound(layout, model) <= memory]
+        part = accelerator(hardware)
+        kept = [layout for layout in valid if states_lower_bound(layout, model) <= part.memory_bytes]
         print(f"flopsweep: {len(valid)} valid layouts of {gpus} GPUs ({' '.join(job) or 'the command'}); "
               f"{len(valid) - len(kept)} left out whose weights, gradients and optimizer state alone exceed the "
-              f"{hardware}'s {memory / 1e9:g} GB; {len(kept)} to run", flush=True)
+              f"{hardware}'s {capacity(part)}; {len(kept)} to run", flush=True)
         require(bool(kept), "parallel.gpus", gpus, f"leaves no layout that can fit the {hardware}'s memory")
         return kept
 

@@ -130,7 +130,7 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     out = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "gpu.yaml", "--batch", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "my-asic (400 TFLOP/s bfloat16, 2,000 GB/s, 64 GB" in out.stdout
+    assert "my-asic (400 TFLOP/s bfloat16, 2,000 GB/s, 59.6 GiB (64 GB)" in out.stdout
     (tmp_path / "bad.yaml").write_text("name: x\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\nbandwidth: 2\n")
     bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
@@ -299,7 +299,7 @@ def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(tm
         assert row.decode_bound == "memory"
         assert row.tpot_s == pytest.approx((read + batch * gen["kv_bytes_per_token"] * 65) / h200.bandwidth, rel=1e-6)
     assert 25.5e9 < gen["weights_bytes"] - routed * 6 / 8 < 26e9
-    assert "8 routed experts a layer, 2 a token, 90.2 GB of them" in out.stdout
+    assert "8 routed experts a layer, 2 a token, 84 GiB of them" in out.stdout  # 32 x 8 x 3 x 4096 x 14336 x 2 B
     skewed = run_main(main, "serve", "--model", "mixtral_8x7b", "--prompt-tokens", "64", "--new-tokens", "2",
                       "--gpu", "H200", "--batch", "8", "--expert-skew", "1", "--no-log", cwd=tmp_path)
     assert "a Zipf law of exponent 1" in skewed.stdout

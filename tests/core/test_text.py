@@ -1,0 +1,51 @@
+"""Figures for people, one style a kind (docs/conventions.md, "Figures for people"): parameters and tokens in billions,
+FLOPs and rates in SI's prefixes up to Z, shares as ``54.6%``, memory in binary units beside a datasheet's GB."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flopsweep.core.hardware import accelerator
+from flopsweep.core.text import capacity, format_metric, human, profile_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("size/params", 175e9, "175B"),              # GPT-3 as it is named; it read 175G
+    ("size/params_active", 12.9e9, "12.9B"),
+    ("size/params", 124_439_808, "124M"),
+    ("flops/step", 3.386e18, "3.39E"),           # a GPT-3 step: it read 3386P
+    ("flops/forward", 2.2e22, "22Z"),
+    ("flops/forward", 22.3e9, "22.3G"),          # FLOPs keep SI's G
+    ("speed/mfu", 0.546, "54.6%"),                # as every other share the console prints; it read 54.6 %
+    ("size/weights_bytes", 16.06e9, "15 GiB"),
+])
+def test_each_kind_of_figure_has_one_form(key, value, shown):
+    assert format_metric(key, value) == shown
+
+
+def test_a_figure_with_its_unit_has_a_space_before_the_prefix():
+    assert human(149e9, "FLOP/s") == "149 GFLOP/s"  # it read 149GFLOP/s
+    assert human(32.2e9) == "32.2G"  # a table's cell stays compact
+
+
+def test_a_parts_memory_is_given_in_gib_beside_its_datasheets_gb():
+    assert capacity(accelerator("H100")) == "74.5 GiB (80 GB)"
+
+
+def test_the_profiles_header_names_its_units():
+    rows = [{"module": "(model)", "type": "Model", "depth": 0, "params": 124e6, "macs": 16.1e9,
+             "forward_flops": 32.2e9, "backward_flops": 64.5e9, "forward_latency_s": 0.379,
+             "forward_flops_per_s": 85e9, "tied_to": None}]
+    header = profile_text(rows, "t").splitlines()[1]
+    assert header == ("Model: 124M parameters, forward 32.2 GFLOPs (16.1 GMACs), backward 64.5 GFLOPs, forward "
+                      "latency 379 ms, 85 GFLOP/s")
+
+
+def test_the_docs_write_a_share_as_the_console_does():
+    """``40%``, not ``40 %``: the docs quote the console, and a reader should not meet two forms."""
+    spaced = [f"{path.name}:{n}" for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+              for n, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\d %", line)]
+    assert not spaced
