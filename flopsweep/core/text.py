@@ -131,6 +131,10 @@ def job_lines(result: Result) -> list[str]:
     if M.TOKENS_PER_S in m:  # samples a second where a sample is no sequence of tokens (an image)
         keys = [k for k in keys if k != M.SAMPLES_PER_S]
     lines = metric_lines(m, keys)
+    if M.STEP_PEAK_BYTES in m and M.TRAIN_PEAK_BYTES in m and M.STEP_PEAK_BYTES in keys:  # two estimates: which counts
+        which = "the simulated step's" if m[M.STEP_PEAK_BYTES] >= m[M.TRAIN_PEAK_BYTES] else "the static sum's"
+        lines.append(f"est. peak {size_bytes(estimated_peak(m))} ({which}, the larger): what the memory check and "
+                     "batch.size=max use")
     search = result.info.get("batch_search") or {}
     if search.get("chosen"):
         lines.append(f"batch.size=max chose {search['chosen']} ({search.get('confirmed') or 'estimated on meta'})")

@@ -112,6 +112,20 @@ def test_a_mixture_of_experts_shows_its_active_parameters_in_the_summary():
     assert re.split(r"\s{2,}", lines[3])[header.index("active")] == format_metric("size/params_active", 12.9e9)
 
 
+def test_a_job_says_which_of_its_two_peak_estimates_is_the_summarys_est_peak():
+    """Two memory metrics, neither always the larger: the job's lines say which one the summary's est. peak (and the
+    memory check) took, so the two consoles agree."""
+    for step, static, which in ((2.04 * 2**30, 1.7 * 2**30, "simulated step's"), (65.3 * 2**30, 77.4 * 2**30,
+                                                                                   "static sum's")):
+        result = Result("ok", None, {"model": {"name": "m"}}, {"size/step_peak_bytes": step,
+                                                               "size/train_peak_bytes": static})
+        line = next(line for line in job_lines(result) if line.startswith("est. peak"))
+        shown = format_metric("size/step_peak_bytes", max(step, static))
+        assert line.startswith(f"est. peak {shown} (the {which}, the larger)")
+        row = re.split(r"\s{2,}", summary_table([("0", result)]).splitlines()[2])
+        assert shown in row
+
+
 def test_a_long_timing_says_how_far_it_is(capsys):
     model = torch.nn.Linear(8, 8)
     token = TICK.set(Ticker(every=0.0))
