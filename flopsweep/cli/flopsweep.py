@@ -189,8 +189,8 @@ def hydra_error_line(err: BaseException) -> str:
     ones; not the search path), and the OmegaConf error that caused it."""
     import re
 
-    from flopsweep.config.compose import known_keys
-    from flopsweep.core.errors import nearest
+    from flopsweep.config.compose import LISTED_BY, known_keys
+    from flopsweep.core.errors import nearest, not_one_of
 
     def lines_of(text: str) -> tuple[list[str], list[str]]:
         kept, options, listing = [], [], False
@@ -224,9 +224,9 @@ def hydra_error_line(err: BaseException) -> str:
         suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
         return f"{key}: no such key ({suggestion}+{key}=... adds one)"
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
-    near = nearest(wanted.group(2), options) if wanted else None
-    if near:
-        message += f" (did you mean {wanted.group(1)}={near}?)"
+    if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
+        group, value = wanted.groups()
+        return f"{group}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=group)})"
     if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
         message = f"{err.override}: {message}"
     if options:

@@ -46,6 +46,9 @@ def known_keys(parent: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
 
 
+LISTED_BY = "flopsweep --help lists them"  # where an error too long to list a group's options sends the user
+
+
 def public_options() -> dict[str, list[tuple[str, str]]]:
     """Each config group's options a user picks (``group=option``), with the first line of what its file says of it:
     the shipped ``conf/`` groups and the sweep presets (``+sweep=NAME``); the families' typed templates (``_bert``,

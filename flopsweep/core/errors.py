@@ -65,6 +65,20 @@ def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional
     return near[0] if near else None
 
 
+LISTED = 30  # choices an error lists whole; more are named where they are listed (65 presets took 700 characters)
+
+
+def not_one_of(value: str, choices: Iterable[str], listed_in: str, cutoff: float = 0.6, key: str = "") -> str:
+    """How an error goes on where ``value`` is none of ``choices``: the nearest as a "did you mean" (``key=`` before
+    it where given, to paste; the list would bury it), else the choices where they are few, else how many and where
+    they are listed (``listed_in``)."""
+    choices = list(choices)
+    near = nearest(value, choices, cutoff)
+    if near:
+        return f"did you mean {key}{'=' if key else ''}{near}?"
+    return f"one of {', '.join(choices)}" if len(choices) <= LISTED else f"{len(choices)} of them: {listed_in}"
+
+
 def command(name: str) -> str:
     """A command of flopsweep's environment as a user can type it here: ``.venv/bin/flopsweep-sync`` where the
     environment is under the working folder, its full path elsewhere, the bare name where it is not a script there."""

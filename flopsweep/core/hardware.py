@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.core.errors import ConfigError, is_number, nearest, require
+from flopsweep.core.errors import ConfigError, is_number, nearest, not_one_of, require
 
 DTYPES = ("float32", "tf32", "bfloat16", "float16", "fp8", "int8", "fp4")
 
@@ -102,9 +102,8 @@ def names() -> list[str]:
 
 
 def unknown_part(name: str) -> str:
-    """Why ``name`` (``--gpu``, ``predict.hardware``) is no part: the nearest of the table first, then all of them."""
-    near = nearest(name, names(), cutoff=0.5)
-    return f"is not in the hardware table{f' (did you mean {near}?)' if near else ''}; its parts: {', '.join(names())}"
+    """Why ``name`` (``--gpu``, ``predict.hardware``) is no part: the nearest of the table, else all of them."""
+    return f"is not in the hardware table ({not_one_of(name, names(), 'docs/serving.md lists them', cutoff=0.5)})"
 
 
 def peak_flops(device_name: str, compute_dtype: str, override_tflops: Optional[float] = None) -> Optional[float]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from flopsweep.build.model import build
-from flopsweep.config.compose import compose_config, public_options
+from flopsweep.config.compose import LISTED_BY, compose_config, public_options
 from flopsweep.config.resolve import job_config, resolve
 from flopsweep.config.schema import CONF_DIR
-from flopsweep.core.errors import ConfigError, nearest, one_line, require
+from flopsweep.core.errors import ConfigError, not_one_of, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape
 from flopsweep.measure.size import active_parameters
@@ -23,9 +23,7 @@ def check_preset(model: str) -> None:
     families' templates and is cut at 200 characters)."""
     presets = [name for name, _ in public_options()["model"]]
     if model not in presets:
-        near = nearest(model, presets)
-        raise ConfigError("model", model, f"is not a preset{f' (did you mean {near}?)' if near else ''}; the "
-                          f"presets: {', '.join(presets)}")
+        raise ConfigError("model", model, f"is not a preset ({not_one_of(model, presets, LISTED_BY)})")
 
 
 def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference: bool = False,

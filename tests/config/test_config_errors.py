@@ -139,11 +139,12 @@ def test_a_device_is_one_of_its_kinds():
     (["workload=infer"], "workload='infer': must be one of train, inference, generate (did you mean inference?)"),
     (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
     (["model=custom", "model.target=x"], "model.target: no such key (did you mean model._target_?"),  # not itself
-    (["model=gpt2_smal"], "Could not find 'model/gpt2_smal' (did you mean model=gpt2_small?) (options: "),
+    (["model=gpt2_smal"], "model=gpt2_smal: no such option (did you mean model=gpt2_small?)"),  # not 65 presets
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
-    (["model=nope"], "Could not find 'model/nope' (options: bert_base, bert_large,"),  # not the internal _bert
+    (["model=nope"], "of them: flopsweep --help lists them)"),  # not 65 presets in 700 characters: where they are
+    (["dtype=fp9"], "dtype=fp9: no such option (one of bfloat16, float16, float32, int8, mixed_bf16, mixed_fp16)"),
     (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
     (["-m", "model=gpt2_small", "batch.seq_len=range(16,16)"], "batch.seq_len=range(16,16): sweeps no value"),
