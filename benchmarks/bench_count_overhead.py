@@ -18,6 +18,7 @@ from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.measure.count import count_step
+from progress import runs  # benchmarks/progress.py, beside this script
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
 
     plain(), counted()  # warm-up
     times: dict[str, list[float]] = {"plain": [], "counted": []}
-    for _ in range(args.rounds):
+    for _ in runs(args.rounds, "a plain step and a counted one"):
         for name, fn in (("plain", plain), ("counted", counted)):
             start = time.perf_counter()
             fn()

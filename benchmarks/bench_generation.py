@@ -17,8 +17,10 @@ from flopsweep.config.compose import compose_config
 from flopsweep.config.resolve import resolve
 from flopsweep.core.hardware import accelerator
 from flopsweep.core.result import Result
+from flopsweep.core.text import size_bytes
 from flopsweep.projection.serving import Generation, Serving, at_batch
 from flopsweep.run.job import run_job
+from progress import runs  # benchmarks/progress.py, beside this script
 
 
 def main() -> None:
@@ -31,7 +33,7 @@ def main() -> None:
     overrides = [f"model={args.model}", "device=meta", "dtype=bfloat16", "batch.size=1", f"batch.seq_len={args.prompt}",
                  "workload=generate", f"generate.new_tokens={args.new_tokens}", "tracking=none"]
     counts, projections, result = [], [], None
-    for _ in range(args.runs):
+    for _ in runs(args.runs, f"counting {args.model} and projecting it"):
         start = time.perf_counter()
         result = run_job(resolve(compose_config(*overrides)), {})
         counts.append(time.perf_counter() - start)
@@ -43,7 +45,7 @@ def main() -> None:
         projections.append(time.perf_counter() - start)
     m = result.metrics
     print(f"{args.model}: prompt {args.prompt:,} + {args.new_tokens:,} new tokens: {m['flops/generation']:.4e} FLOPs, "
-          f"{m['size/kv_cache_bytes'] / 1e9:.2f} GB of KV cache at the end; {result.info['generation']['counted']}")
+          f"{size_bytes(m['size/kv_cache_bytes'])} of KV cache at the end; {result.info['generation']['counted']}")
     for name, times in (("count on meta (whole job)", counts), ("serving projection, 12 batches", projections)):
         print(f"{name}: median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, "
               f"{len(times)} runs)")

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from progress import runs  # benchmarks/progress.py, beside this script
+
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
 EXPERIMENT = "bench_launchers"
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=range(1,11)", "model.d_model=64", "model.n_head=2",
@@ -93,7 +95,7 @@ def main() -> None:
         for cwd in dirs.values():
             cwd.mkdir()
             prepare(cwd)
-        for _ in range(args.rounds):
+        for _ in runs(args.rounds, "a sweep under each launcher"):
             for name in LAUNCHERS:
                 wall, phase = run_sweep(name, dirs[name])
                 walls[name].append(wall)

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import progress  # benchmarks/progress.py, beside this script
+
 MODEL = ["model=llama3_1_70b", "dtype=mixed_bf16", "batch.size=64", "batch.seq_len=4096"]
 SEARCH = [".venv/bin/flopsweep", "+sweep=layouts", *MODEL, "parallel.gpus=32", "predict.hardware=H100",
           "hydra/launcher=joblib"]
@@ -100,7 +102,7 @@ def leftovers(runs: int = 12) -> None:
                ["parallel.dp=8", "parallel.tp=2", "parallel.zero=3"]]
     print("| job | objects tracked | RSS (MiB) |")
     print("|---:|---:|---:|")
-    for i in range(runs):
+    for i in progress.runs(runs, "a layout job in this process"):
         cfg = compose_config(*MODEL, *layouts[i % 2], "device=meta", "tracking=none", "predict.hardware=H100")
         spec = resolve(cfg)
         assert run_job(spec, job_config(cfg, spec)).status == "ok"

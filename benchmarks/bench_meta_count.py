@@ -18,11 +18,12 @@ import tempfile
 import time
 
 from flopsweep.cli.flopsweep import _room_for_deep_graphs
+import progress  # benchmarks/progress.py, beside this script
 
 
 def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tuple[list[float], list[float]]:
     walls, rss = [], []
-    for _ in range(runs):
+    for _ in progress.runs(runs, f"flopsweep model={model} device=meta, a process"):
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli.flopsweep import entry; entry()",

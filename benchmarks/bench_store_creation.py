@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from flopsweep.sinks.store import mlflow_client
+from progress import runs  # benchmarks/progress.py, beside this script
 
 
 def cpu_of(uri: str) -> float:
@@ -27,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     cpu_of(f"sqlite:///{Path(tempfile.mkdtemp()) / 'warm.db'}")  # imports and MLflow's own set-up, once
     new, again = [], []
-    for _ in range(args.runs):
+    for _ in runs(args.runs, "a new MLflow store, then asked again"):
         uri = f"sqlite:///{Path(tempfile.mkdtemp()) / 'mlflow.db'}"
         new.append(cpu_of(uri))
         again.append(cpu_of(uri))

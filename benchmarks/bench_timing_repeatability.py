@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from progress import runs  # benchmarks/progress.py, beside this script
+
 DEFAULT = ["model=bert_base", "batch.size=8", "batch.seq_len=128", "device=cpu", "tracking=none", "measure.warmup=3",
            "measure.repeats=15"]
 
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", default=DEFAULT)
     args = parser.parse_args()
     medians = []
-    for _ in range(args.runs):
+    for _ in runs(args.runs, "flopsweep " + " ".join(args.overrides)):
         with tempfile.TemporaryDirectory() as cwd:
             proc = subprocess.run([sys.executable, "-m", "flopsweep", *args.overrides], cwd=cwd, capture_output=True,
                                   text=True)
@@ -35,7 +37,7 @@ def main() -> None:
     cv = statistics.stdev(medians) / statistics.fmean(medians)
     print(" ".join(args.overrides))
     print("median step time per invocation (s): " + ", ".join(f"{m:.4f}" for m in medians))
-    print(f"coefficient of variation across {args.runs} invocations: {100 * cv:.2f} %")
+    print(f"coefficient of variation across {args.runs} invocations: {cv:.2%}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from progress import runs  # benchmarks/progress.py, beside this script
+
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
 OVERHEAD_SWEEP = ["model=gpt2_small", "model.n_layer=1,2,3", "batch.size=1,2,3,4,5,6,7,8,9,10", "batch.seq_len=64",
                   "device=meta", "tracking.experiment=bench_overhead"]
@@ -46,7 +48,7 @@ def overhead(rounds: int) -> None:
         cwd = Path(tmp)
         timed([*FLOPSWEEP, "-m", *OVERHEAD_SWEEP], cwd)  # creates the store: the figure is for an existing one
         tracked, untracked = [], []
-        for _ in range(rounds):
+        for _ in runs(rounds, "a meta sweep tracked and untracked"):
             tracked.append(timed([*FLOPSWEEP, "-m", *OVERHEAD_SWEEP], cwd))
             untracked.append(timed([*FLOPSWEEP, "-m", *OVERHEAD_SWEEP, "tracking=none"], cwd))
     per_job = [(t - u) / jobs * 1e3 for t, u in zip(tracked, untracked)]
@@ -67,7 +69,7 @@ def sweep48(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         timed([*FLOPSWEEP, "model=gpt2_small", "device=meta", "tracking.experiment=bench_sweep48"], cwd)  # the store
-        multirun = [timed([*FLOPSWEEP, *sweep], cwd) for _ in range(rounds)]
+        multirun = [timed([*FLOPSWEEP, *sweep], cwd) for _ in runs(rounds, "the 48-job multirun")]
         separate = sum(timed([*FLOPSWEEP, f"model={m}", f"batch.seq_len={s}", "device=meta",
                               "tracking.experiment=bench_sweep48"], cwd) for m, s in configs)
     best = statistics.median(multirun)

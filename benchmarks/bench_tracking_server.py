@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from progress import runs  # benchmarks/progress.py, beside this script
+
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
 SERVER = [sys.executable, "-m", "flopsweep_server"]
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1,2,3", "batch.size=1,2,3,4,5,6,7,8,9,10", "batch.seq_len=64",
@@ -57,7 +59,7 @@ def measure(uri: str, rounds: int) -> None:
         cwd = Path(tmp)
         for extra in kinds.values():  # the store and the experiment exist before anything is counted
             timed([*FLOPSWEEP, *SWEEP, *extra], cwd)
-        for _ in range(rounds):
+        for _ in runs(rounds, "a meta sweep untracked, local and to the server"):
             for kind, extra in kinds.items():
                 walls[kind].append(timed([*FLOPSWEEP, *SWEEP, *extra], cwd))
     print(f"{JOBS}-job meta sweep, basic launcher, {rounds} rounds of none / local / server in turn; server {uri}")
