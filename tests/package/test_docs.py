@@ -120,3 +120,12 @@ def test_the_readmes_training_loop_block_runs_as_written():
         exec(compile(body, "README.md", "exec"), {})
     flops, seconds = out.getvalue().split()
     assert int(float(flops)) == 2 * 8 * (512 * 2048 + 2048 * 512) and float(seconds) > 0  # two linears' products
+
+
+def test_a_time_a_command_is_said_to_take_says_on_what():
+    """``# about 35 s``: a newcomer on a busy machine took twice as long and doubted the tool; every time quoted beside
+    a command says its machine (2 idle cores, an H100), as the figures in docs/benchmarks.md do."""
+    bare = [f"{where}: {line.strip()}" for where, body in SHELL for line in body.splitlines()
+            if "#" in line and re.search(r"#.*(?<!after )\b(\d+ ?(s|min)|a few minutes)\b", line)
+            and not re.search(r"idle cores|H100|H200", line.split("#", 1)[1])]
+    assert not bare
