@@ -248,6 +248,20 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def preset(name: str, *overrides: str, size: int = 1):
+    """A preset's resolved model config and batch shape, composed for meta with ``batch.size=size``."""
+    from flopsweep.config.resolve import resolve
+
+    spec = resolve(compose_config(f"model={name}", "device=meta", f"batch.size={size}", *overrides))
+    return spec.model, spec.batch
+
+
+def built(family, cfg, device: str) -> torch.nn.Module:
+    """A family module's ``Model(cfg)``, made on ``device``."""
+    with torch.device(device):
+        return family.Model(cfg)
+
+
 # --- a pretend GPU, for the fault tests ---------------------------------------------------------------------------
 
 F = 64  # PretendGPU's width: weights F*F + F floats, a batch of B samples is B*F floats

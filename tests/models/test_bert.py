@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import bert
 from flopsweep.models.base import BatchShape
-from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, built, params, preset
 
 PRESETS = ["bert_base", "bert_large"]
 
@@ -22,15 +23,7 @@ HF_SHAPES = {
     "bert_large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
 }
 
-
-def preset(name: str, *overrides: str, size: int = 1) -> tuple[bert.Config, BatchShape]:
-    spec = resolve(compose_config(f"model={name}", "device=meta", f"batch.size={size}", *overrides))
-    return spec.model, spec.batch
-
-
-def build(cfg: bert.Config, device: str) -> bert.Model:
-    with torch.device(device):
-        return bert.Model(cfg)
+build = functools.partial(built, bert)  # build(cfg, device)
 
 
 @pytest.mark.parametrize("name", PRESETS)

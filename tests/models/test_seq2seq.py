@@ -3,6 +3,7 @@ layers, training on meta and cpu, the closed form against the counted FLOPs, bad
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -10,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import seq2seq
 from flopsweep.models.base import BatchShape
 from flopsweep.models.seq2seq import relative_buckets
-from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, built, params, preset
 
 
 T5_PRESETS = ["t5_small", "t5_base", "t5_large"]
@@ -30,15 +30,7 @@ HF_SHAPES = {
     "t5_large": dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16),
 }
 
-
-def preset(name: str, *overrides: str, size: int = 1) -> tuple[seq2seq.Config, BatchShape]:
-    spec = resolve(compose_config(f"model={name}", "device=meta", f"batch.size={size}", *overrides))
-    return spec.model, spec.batch
-
-
-def build(cfg: seq2seq.Config, device: str) -> seq2seq.Model:
-    with torch.device(device):
-        return seq2seq.Model(cfg)
+build = functools.partial(built, seq2seq)  # build(cfg, device)
 
 
 def tiny(style: str, **fields) -> seq2seq.Config:

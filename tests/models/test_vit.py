@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 
 import pytest
 import torch
 
-from flopsweep.config.resolve import resolve
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import vit
 from flopsweep.models.base import BatchShape
-from tests.helpers import MatmulFlops, SdpaCalls, compose_config, params
+from tests.helpers import MatmulFlops, SdpaCalls, built, params, preset
 
 PRESETS = ["vit_b16", "vit_l16", "vit_h14"]
 
@@ -27,15 +27,7 @@ HF_SHAPES = {
                     intermediate_size=5120),
 }
 
-
-def preset(name: str, *overrides: str, size: int = 1) -> tuple[vit.Config, BatchShape]:
-    spec = resolve(compose_config(f"model={name}", "device=meta", f"batch.size={size}", *overrides))
-    return spec.model, spec.batch
-
-
-def build(cfg: vit.Config, device: str) -> vit.Model:
-    with torch.device(device):
-        return vit.Model(cfg)
+build = functools.partial(built, vit)  # build(cfg, device)
 
 
 @pytest.mark.parametrize("name", PRESETS)
