@@ -262,6 +262,17 @@ def built(family, cfg, device: str) -> torch.nn.Module:
         return family.Model(cfg)
 
 
+def assert_closed_form_is_the_count(family, cfg, batch) -> None:
+    """A family's closed form (``analytic_forward_flops``) equals its forward's matmul FLOPs counted on meta, every
+    attention of its ``n_layer`` layers through ``F.scaled_dot_product_attention``."""
+    cfg.validate(batch)
+    model = built(family, cfg, "meta")
+    with SdpaCalls() as sdpa, MatmulFlops() as counted:
+        model(**family.example_inputs(cfg, batch, "meta"))
+    assert sdpa.calls == cfg.n_layer
+    assert counted.flops == family.analytic_forward_flops(cfg, batch)
+
+
 # --- a pretend GPU, for the fault tests ---------------------------------------------------------------------------
 
 F = 64  # PretendGPU's width: weights F*F + F floats, a batch of B samples is B*F floats

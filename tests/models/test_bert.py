@@ -10,7 +10,7 @@ import torch
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import bert
 from flopsweep.models.base import BatchShape
-from tests.helpers import MatmulFlops, SdpaCalls, built, params, preset
+from tests.helpers import assert_closed_form_is_the_count, built, params, preset
 
 PRESETS = ["bert_base", "bert_large"]
 
@@ -66,14 +66,7 @@ def test_tiny_model_trains_on_cpu():
 ])
 def test_closed_form_equals_counted_forward(fields, size, seq_len):
     cfg = bert.Config(**fields)
-    batch = cfg.resolve_batch(size, seq_len, None)
-    cfg.validate(batch)
-    model = build(cfg, "meta")
-    inputs = bert.example_inputs(cfg, batch, "meta")
-    with SdpaCalls() as sdpa, MatmulFlops() as counted:
-        model(**inputs)
-    assert sdpa.calls == cfg.n_layer  # every attention goes through F.scaled_dot_product_attention
-    assert counted.flops == bert.analytic_forward_flops(cfg, batch)
+    assert_closed_form_is_the_count(bert, cfg, cfg.resolve_batch(size, seq_len, None))
 
 
 def test_image_size_does_not_apply():

@@ -10,7 +10,7 @@ import torch
 from flopsweep.core.errors import ConfigError
 from flopsweep.models import vit
 from flopsweep.models.base import BatchShape
-from tests.helpers import MatmulFlops, SdpaCalls, built, params, preset
+from tests.helpers import assert_closed_form_is_the_count, built, params, preset
 
 PRESETS = ["vit_b16", "vit_l16", "vit_h14"]
 
@@ -69,14 +69,7 @@ def test_tiny_model_trains_on_cpu():
 ])
 def test_closed_form_equals_counted_forward(fields, size, image_size):
     cfg = vit.Config(**fields)
-    batch = cfg.resolve_batch(size, None, image_size)
-    cfg.validate(batch)
-    model = build(cfg, "meta")
-    inputs = vit.example_inputs(cfg, batch, "meta")
-    with SdpaCalls() as sdpa, MatmulFlops() as counted:
-        model(**inputs)
-    assert sdpa.calls == cfg.n_layer  # every attention goes through F.scaled_dot_product_attention
-    assert counted.flops == vit.analytic_forward_flops(cfg, batch)
+    assert_closed_form_is_the_count(vit, cfg, cfg.resolve_batch(size, None, image_size))
 
 
 def test_image_size_sets_position_table():
