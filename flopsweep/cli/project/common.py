@@ -77,10 +77,8 @@ def layout_line(counted: Result) -> str:
     from flopsweep.core.text import format_metric
 
     m = counted.metrics
-    mfu = m.get(M.MFU_PREDICTED)
-    figures = ", ".join([f"step {format_metric(M.TIME_STEP_PREDICTED, m.get(M.TIME_STEP_PREDICTED))}",
-                         f"MFU {mfu:.1%}" if mfu is not None else "MFU -",  # as the table's header above says it
-                         f"memory a GPU {format_metric(M.PARALLEL_MEMORY_PER_GPU, m.get(M.PARALLEL_MEMORY_PER_GPU))}"])
+    figures = ", ".join(f"{what} {format_metric(key, m.get(key))}" for what, key in (
+        ("step", M.TIME_STEP_PREDICTED), ("MFU", M.MFU_PREDICTED), ("memory a GPU", M.PARALLEL_MEMORY_PER_GPU)))
     line = f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"
     if (counted.bottleneck or "").startswith("does not fit"):  # the plan above cannot run as laid out: said apart
         why = counted.bottleneck.split(";")[0]
