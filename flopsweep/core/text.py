@@ -93,8 +93,10 @@ def format_metric(key: str, value: Any) -> str:
         return seconds(value) if key.endswith("_s") else f"{value:.3g}"
     if key.endswith(("_bytes", "_bytes_per_gpu", "_bytes_per_token")):
         return size_bytes(value)
-    if key in (M.MFU, M.MFU_PREDICTED):
+    if key in (M.MFU, M.MFU_PREDICTED, M.HFU_PREDICTED):
         return f"{value:.1%}"
+    if key in (M.TOKENS_PER_S, M.SAMPLES_PER_S, M.OUTPUT_TOKENS_PER_S, M.TOKENS_PER_S_PER_GPU_PREDICTED):
+        return whole(value)  # as the serving table and the layout search give them: 1,512
     if key.startswith("size/params"):
         return count(value)
     if key.startswith(("flops/", "macs/", "speed/")):
