@@ -221,7 +221,9 @@ def model_label(model: dict[str, Any]) -> str:
         source = model.get("config")
         if source:
             path = Path(str(source))
-            return f"hf:{path.parent.name if path.name == 'config.json' else path.stem}"
+            if path.name == "config.json":
+                return f"hf:{path.parent.name}"
+            return f"hf:{path.stem if path.suffix == '.json' else path.name}"  # a folder: Llama-3.2-1B whole
         return f"hf:{model['model_type']}" if model.get("model_type") else name
     if name == "custom" and model.get("_target_"):
         return f"custom:{str(model['_target_']).rsplit('.', 1)[-1]}"

@@ -215,8 +215,8 @@ def spread_warning(result: Result) -> Optional[str]:
 
 
 def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:
-    """One aligned line per metric: all of them, or those of ``keys`` that the job has."""
-    shown = {k: metrics[k] for k in keys if k in metrics} if keys is not None else metrics
+    """One aligned line per metric: all of them, or those of ``keys`` that the job has a figure for."""
+    shown = {k: metrics[k] for k in keys if metrics.get(k) is not None} if keys is not None else metrics
     width = max((len(k) for k in shown), default=0)
     return [f"{key:<{width}}  {format_metric(key, value)}" for key, value in shown.items()]
 

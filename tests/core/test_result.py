@@ -60,6 +60,7 @@ def test_a_record_a_hand_or_a_newer_version_wrote_reads_as_far_as_it_goes(tmp_pa
     ({"name": "gpt2_small", "family": "decoder"}, "gpt2_small"),                  # a preset: its name
     ({"name": "hf", "config": "models/Llama-3.1-8B/config.json"}, "hf:Llama-3.1-8B"),  # a config.json: its folder
     ({"name": "hf", "config": "configs/qwen3.json"}, "hf:qwen3"),                 # another file: its name
+    ({"name": "hf", "config": "docs/examples/Llama-3.2-1B"}, "hf:Llama-3.2-1B"),  # a folder: whole (it read Llama-3)
     ({"name": "hf", "model_type": "mixtral"}, "hf:mixtral"),                      # fields: the type
     ({"name": "custom", "_target_": "mypkg.models.Net"}, "custom:Net"),           # your own model: its class
     ({"name": "custom_example", "_target_": "examples.custom_model.TinyNet"}, "custom_example"),  # a preset of it

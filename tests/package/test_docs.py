@@ -42,8 +42,16 @@ def test_a_shell_block_is_valid_bash_with_nothing_a_paste_would_trip_on(body):
     for command in shell_commands(body):
         words = shlex.split(command, comments=True)
         assert "..." not in words, command
+        assert not [w for w in words if re.search(r"path/to/|\bmypkg\b", w)], f"{command!r}: a placeholder"
         assert not words or words[0] not in ("pip", "python", "python3", "flopsweep", "pytest"), \
             f"{command!r}: the environment's own (.venv/bin/{words[0]}) is meant"
+
+
+def test_a_transcripts_command_pastes_as_the_shell_blocks_do():
+    """``$ flopsweep ...`` in a printed session: pasted, it is not found (127); the environment's own is meant."""
+    bare = [f"{path.name}:{n}" for path in FILES for n, line in enumerate(path.read_text().splitlines(), 1)
+            if re.match(r"\$ (pip|python3?|flopsweep[\w-]*|pytest) ", line)]
+    assert not bare
 
 
 def docs_commands() -> list[tuple[str, list[str]]]:
