@@ -126,6 +126,27 @@ def _what_is_left(sweep: state.SweepState) -> str:
     return "the job's numbers are above" if sweep.unwritten else "nothing was measured"
 
 
+_HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+                "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info"}
+
+
+def _not_a_flag(args: list[str]) -> Optional[str]:
+    """The line for a ``--name`` that is none of Hydra's flags (``--model gpt2_small``, ``--batch 4``): flopsweep
+    takes overrides, key=value, and the one meant where it is plain; None where every flag is Hydra's."""
+    from flopsweep.config.compose import public_options
+
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if not arg.startswith("--") or name in _HYDRA_FLAGS:
+            continue
+        key = name[2:].replace("-", "_")
+        value = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "")
+        options = dict(public_options()).get(key, [])
+        meant = f"did you mean {key}={value}?" if value in dict(options) else "model=gpt2_small, batch.size=8"
+        return f"{name}: not a flag of flopsweep, which takes overrides, key=value ({meant})"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``flopsweep`` command with ``argv`` (default: this process's arguments) and return its exit status:
     0, 1 when a job failed, 2 for a config Hydra cannot compose (said in one line)."""
@@ -135,6 +156,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if {"--help", "-h"} & set(sys.argv[1:] if argv is None else argv):
         print(help_text())
         return 0
+    flag = _not_a_flag(list(sys.argv[1:] if argv is None else argv))
+    if flag:  # argparse's usage lists Hydra's own flags, which a newcomer does not want
+        error(flag)
+        return 2
     # Hydra prints a composition error over many lines (a missing option lists every file of the group): have it
     # raise instead, and say it in one line; HYDRA_FULL_ERROR=1 set by the user still gives the whole story
     asked = os.environ.get("HYDRA_FULL_ERROR")
@@ -189,7 +214,7 @@ def hydra_error_line(err: BaseException) -> str:
     ones; not the search path), and the OmegaConf error that caused it."""
     import re
 
-    from flopsweep.config.compose import LISTED_BY, known_keys
+    from flopsweep.config.compose import LISTED_BY, known_keys, public_options
     from flopsweep.core.errors import nearest, not_one_of
 
     def lines_of(text: str) -> tuple[list[str], list[str]]:
@@ -227,8 +252,14 @@ def hydra_error_line(err: BaseException) -> str:
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
         group, value = wanted.groups()
         return f"{group}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=group)})"
-    if getattr(err, "override", None):  # a line Hydra's grammar cannot parse
-        message = f"{err.override}: {message}"
+    override = getattr(err, "override", None)  # a line Hydra's grammar cannot parse
+    if override and "missing EQUAL" in message:  # a bare word: what it names, as an override
+        named = [f"{group}={override}" if group != "sweep" else f"+sweep={override}"
+                 for group, options in public_options().items() if override in dict(options)]
+        return f"{override}: an override is key=value" + (f" (did you mean {named[0]}?)" if named else
+                                                            " (model=gpt2_small, batch.size=8)")
+    if override:
+        message = f"{override}: {message}"
     if options:
         message += f" (options: {', '.join(options)})"
     return message + (f": {cause}" if cause and cause not in message else "")

@@ -145,6 +145,11 @@ def test_a_device_is_one_of_its_kinds():
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
     (["model=nope"], "of them: flopsweep --help lists them)"),  # not 65 presets in 700 characters: where they are
     (["dtype=fp9"], "dtype=fp9: no such option (one of bfloat16, float16, float32, int8, mixed_bf16, mixed_fp16)"),
+    (["gpt2_small"], "gpt2_small: an override is key=value (did you mean model=gpt2_small?)"),  # Hydra's grammar
+    (["gpt3_family"], "(did you mean +sweep=gpt3_family?)"),
+    (["--model=gpt2_small"], "--model: not a flag of flopsweep, which takes overrides, key=value (did you mean "
+                             "model=gpt2_small?)"),  # argparse's usage of Hydra's flags before
+    (["--batch", "4"], "--batch: not a flag of flopsweep"),
     (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
     (["-m", "model=gpt2_small", "batch.seq_len=range(16,16)"], "batch.seq_len=range(16,16): sweeps no value"),
