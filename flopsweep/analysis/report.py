@@ -4,7 +4,8 @@ questions; and one run's module profile with its plot.
 Plots (each drawn when the runs have its data): FLOPs against sequence length on log-log axes with the fitted
 slope per model, step time against batch size per dtype, the training memory of each run as stacked bars,
 the FLOPs shares of the costliest run's modules, MFU by dtype and device, and each timed run's predicted step against
-its measured one (the diagonal, and ±25%).
+its measured one (the diagonal, and ±25%); a sweep of parallel layouts, its own table (a GPU's figures, whether each
+fits) and each layout's predicted speed against its memory a GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Optional
 from flopsweep.analysis import bottlenecks, scaling_fit
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
-from flopsweep.core.text import estimated_peak, format_metric
+from flopsweep.core.hardware import accelerator
+from flopsweep.core.text import capacity, estimated_peak, format_metric
 from flopsweep.sinks.identity import run_name
 from flopsweep.sinks.jobdir import write_profile
 from flopsweep.sinks.reader import load_result
@@ -27,6 +29,9 @@ MEMORY = ((M.WEIGHTS_BYTES, "weights"), (M.GRADS_BYTES, "gradients"), (M.OPTIMIZ
 ESTIMATED_PEAK = "est. peak"  # the larger of the two estimates, as the console's summary and the memory checks read it
 TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, ESTIMATED_PEAK, M.TIME_STEP,
          M.TOKENS_PER_S, M.MFU)
+# a sweep of parallel layouts: a GPU's figures, as the console's summary gives them
+LAYOUT_TABLE = ("run_name", "status", M.PARALLEL_GPUS, M.FLOPS_STEP_PER_GPU, M.PARALLEL_MEMORY_PER_GPU,
+                M.TIME_STEP_PREDICTED, M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_FITS)
 
 
 def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Optional[str] = None) -> dict[str, str]:
@@ -40,11 +45,16 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Op
     df = df.sort_values(order)  # models in size order, smallest first
     df.to_csv(out / "runs.csv", index=False)
     label = label or title
-    drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out, label),
-             "step_time_vs_batch.png": _time_vs_batch(df, out, label), "memory_breakdown.png": _memory(df, out, label),
-             "module_flops.png": _modules(df, out, label, uri), "mfu.png": _mfu(df, out, label),
-             "predicted_vs_measured.png": _predicted(df, out, label)}
-    lines = [f"# {title}", "", f"{len(df)} runs.", "", _markdown_table(df), "", "## Plots", ""]
+    layouts = M.PARALLEL_GPUS in df and df[M.PARALLEL_GPUS].notna().all()  # every run a layout, counted per GPU
+    if layouts:  # the whole-model plots have nothing to draw (it said "no counted runs" of 312 counted layouts)
+        drawn = {"layouts.png": _layouts(df, out, label)}
+    else:
+        drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out, label),
+                 "step_time_vs_batch.png": _time_vs_batch(df, out, label),
+                 "memory_breakdown.png": _memory(df, out, label), "module_flops.png": _modules(df, out, label, uri),
+                 "mfu.png": _mfu(df, out, label), "predicted_vs_measured.png": _predicted(df, out, label)}
+    lines = [f"# {title}", "", f"{len(df)} runs.", "", _markdown_table(df, LAYOUT_TABLE if layouts else TABLE), "",
+             "## Plots", ""]
     for name, what in drawn.items():
         lines.append(f"![{name}]({name})" if what == "drawn" else f"- `{name}` not drawn: {what}")
     (out / "runs.md").write_text("\n".join(lines) + "\n")
@@ -228,6 +238,31 @@ def _predicted(df, out: Path, label: str) -> str:
     return _save(fig, out / "predicted_vs_measured.png")
 
 
+def _layouts(df, out: Path, label: str) -> str:
+    """Each layout's predicted tokens/s a GPU against its memory a GPU, those that do not fit the part apart, the
+    fastest that fits named."""
+    keys = [M.PARALLEL_MEMORY_PER_GPU, M.TOKENS_PER_S_PER_GPU_PREDICTED]
+    runs = df.dropna(subset=[k for k in keys if k in df]) if all(k in df for k in keys) else df.iloc[:0]
+    if runs.empty:
+        return "no layout predicted for a part (predict.hardware)"
+    fits = runs[M.PARALLEL_FITS].fillna(1) >= 1 if M.PARALLEL_FITS in runs else runs[keys[0]] == runs[keys[0]]
+    fig, ax = _figure("Parallel layouts: predicted speed against memory a GPU", "memory a GPU (GiB)",
+                      "predicted tokens/s a GPU", label)
+    for kept, style, what in ((True, "o", "fits"), (False, "x", "does not fit the part's memory")):
+        part = runs[fits == kept]
+        if not part.empty:
+            ax.scatter(part[keys[0]] / GIB, part[keys[1]], marker=style, s=22, label=f"{what} ({len(part)})")
+    if fits.any():
+        best = runs[fits].loc[runs[fits][keys[1]].idxmax()]
+        ax.scatter([best[keys[0]] / GIB], [best[keys[1]]], marker="*", s=160, color="black",
+                   label=f"fastest that fits: {best['run_name']}")
+    parts = runs["predict.hardware"].dropna().unique() if "predict.hardware" in runs else []
+    if not fits.all() and len(parts) == 1 and (part := accelerator(str(parts[0]))) is not None:
+        ax.axvline(part.memory_bytes / GIB, color="grey", linestyle=":", label=f"the {part.name}'s {capacity(part)}")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "layouts.png")
+
+
 def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> Path:
     """The module profile of one run: ``profile.txt``, its CSVs and ``profile.png`` (FLOPs share against
     forward-time share of the costliest modules, every layer's copy together)."""
@@ -252,11 +287,11 @@ def write_profile_report(run: str, out: Optional[Path], uri: str, top: int) -> P
     return out
 
 
-def _markdown_table(df) -> str:
+def _markdown_table(df, table: tuple[str, ...]) -> str:
     import pandas as pd
 
     estimated = any(estimated_peak(row) is not None for _, row in df.iterrows())
-    columns = [c for c in TABLE if c in df.columns or (c == ESTIMATED_PEAK and estimated)]
+    columns = [c for c in table if c in df.columns or (c == ESTIMATED_PEAK and estimated)]
 
     def cell(row, column: str) -> str:
         if column in ("run_name", "status"):

@@ -93,8 +93,10 @@ def format_metric(key: str, value: Any) -> str:
         return seconds(value) if key.endswith("_s") else f"{value:.3g}"
     if key.endswith(("_bytes", "_bytes_per_gpu", "_bytes_per_token")):
         return size_bytes(value)
+    if key == M.PARALLEL_FITS:
+        return "yes" if value >= 1 else "no"
     if key in (M.MFU, M.MFU_PREDICTED, M.HFU_PREDICTED):
-        return f"{value:.1%}"
+        return f"{value:.1%}" if value >= 0.001 else f"{100 * value:.2g}%"  # a toy model's 0.04%, not 0.0%
     if key in (M.TOKENS_PER_S, M.SAMPLES_PER_S, M.OUTPUT_TOKENS_PER_S, M.TOKENS_PER_S_PER_GPU_PREDICTED):
         return whole(value)  # as the serving table and the layout search give them: 1,512
     if key.startswith("size/params"):
@@ -239,7 +241,8 @@ GENERATION_COLUMNS = [("params", M.PARAMS, (), True), ("active", M.PARAMS_ACTIVE
 PARALLEL_COLUMNS = [("GPUs", M.PARALLEL_GPUS, (), True), ("step FLOPs/GPU", M.FLOPS_STEP_PER_GPU, (), True),
                     ("memory/GPU", M.PARALLEL_MEMORY_PER_GPU, (), True),
                     ("predicted", M.TIME_STEP_PREDICTED, (), False),
-                    ("tokens/s/GPU", M.TOKENS_PER_S_PER_GPU_PREDICTED, (), False), ("MFU", M.MFU_PREDICTED, (), False)]
+                    ("tokens/s/GPU", M.TOKENS_PER_S_PER_GPU_PREDICTED, (), False), ("MFU", M.MFU_PREDICTED, (), False),
+                    ("fits", M.PARALLEL_FITS, (), False)]  # on the part predicted for: its peak in its memory
 
 
 def table(header: list[str], rows: Iterable[list[str]]) -> str:

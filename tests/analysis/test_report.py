@@ -123,13 +123,56 @@ def test_runs_md_shows_the_estimated_peak_the_console_shows():
     of the two estimates, as the memory checks read them."""
     import pandas as pd
 
-    from flopsweep.analysis.report import _markdown_table
+    from flopsweep.analysis.report import TABLE, _markdown_table
 
     gib = 2**30
     df = pd.DataFrame([{"run_name": "a", "status": "ok", "size/train_peak_bytes": 2 * gib,
                         "size/step_peak_bytes": 3 * gib},
                        {"run_name": "b", "status": "ok", "size/train_peak_bytes": 5 * gib,
                         "size/step_peak_bytes": 4 * gib}])
-    header, _, first, second = _markdown_table(df).splitlines()
+    header, _, first, second = _markdown_table(df, TABLE).splitlines()
     assert header == "| run_name | status | est. peak |"
     assert first == "| a | ok | 3 GiB |" and second == "| b | ok | 5 GiB |"
+
+
+def _layouts_report(tmp_path, df):
+    from flopsweep.analysis.report import write_report
+
+    drawn = write_report(df, tmp_path / "report", "layouts")
+    return drawn, (tmp_path / "report" / "runs.md").read_text()
+
+
+def test_a_sweep_of_layouts_reports_a_gpus_figures_and_whether_each_fits(tmp_path):
+    """flopsweep-report of 312 counted layouts said 'module_flops.png not drawn: no counted runs' and gave runs.md two
+    columns (run_name, status): a layout's figures are a GPU's."""
+    import pandas as pd
+
+    gib = 2**30
+    df = pd.DataFrame([{"run_name": f"d{d}", "status": "ok", "predict.hardware": "H100", "parallel/gpus": 8,
+                        "flops/step_per_gpu": 1e15 / d, "parallel/memory_per_gpu_bytes": memory * gib,
+                        "time/step_predicted_s": 1.0 / d, "speed/tokens_per_s_per_gpu_predicted": 1000.0 * d,
+                        "speed/mfu_predicted": 0.1 * d, "parallel/fits": float(memory < 74)}
+                       for d, memory in ((1, 40), (2, 60), (4, 90))])
+    drawn, markdown = _layouts_report(tmp_path, df)
+    assert drawn == {"layouts.png": "drawn"}  # the whole-model plots are not listed as missing
+    assert (tmp_path / "report" / "layouts.png").read_bytes().startswith(PNG)
+    header, _, *rows = markdown.split("\n\n")[2].splitlines()
+    assert header.split(" | ")[2:] == ["parallel/gpus", "flops/step_per_gpu", "parallel/memory_per_gpu_bytes",
+                                       "time/step_predicted_s", "speed/tokens_per_s_per_gpu_predicted",
+                                       "speed/mfu_predicted", "parallel/fits |"]
+    assert rows[2] == "| d4 | ok | 8 | 250T | 90 GiB | 250 ms | 4,000 | 40.0% | no |"
+    assert "not drawn" not in markdown
+
+
+@pytest.mark.slow
+def test_report_of_a_real_layouts_sweep(tmp_path):
+    sweep = run_app("+sweep=layouts", "model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=2",
+                    "model.vocab_size=500", "batch.size=2", "batch.seq_len=32", "parallel.gpus=2",
+                    "predict.hardware=H100", "tracking.experiment=lay", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr
+    out = run_main(report, "lay", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (folder,) = (tmp_path / "outputs" / "reports").iterdir()
+    assert (folder / "layouts.png").read_bytes().startswith(PNG)
+    markdown = (folder / "runs.md").read_text()
+    assert "not drawn" not in markdown and markdown.count("| yes |") >= 10  # every layout of a toy fits an H100

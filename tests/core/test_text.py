@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("flops/forward", 22.3e9, "22.3G"),          # FLOPs keep SI's G
     ("speed/mfu", 0.546, "54.6%"),                # as every other share the console prints; it read 54.6 %
     ("speed/hfu_predicted", 0.403, "40.3%"),       # it read 0.403
+    ("speed/mfu_predicted", 0.00042, "0.042%"),      # a toy model's: not 0.0%
+    ("parallel/fits", 0.0, "no"),
     ("speed/tokens_per_s", 1850.4, "1,850"),         # as the serving table gives tokens/s; it read 1.85K
     ("speed/samples_per_s", 4.624, "4.62"),
     ("size/weights_bytes", 16.06e9, "15 GiB"),

@@ -98,7 +98,8 @@ def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
     layout = job("parallel.tp=2", "predict.hardware=H100")
     lines = summary_table([("0", layout)]).splitlines()
     header, row = (re.split(r"\s{2,}", line) for line in (lines[0], lines[2]))
-    assert {"GPUs", "step FLOPs/GPU", "memory/GPU", "tokens/s/GPU", "MFU"} <= set(header) and "params" not in header
+    assert {"GPUs", "step FLOPs/GPU", "memory/GPU", "tokens/s/GPU", "MFU", "fits"} <= set(header)
+    assert "params" not in header and row[header.index("fits")] == "yes"  # the table said ok of 239 that did not fit
     assert row[header.index("memory/GPU")] == format_metric("parallel/memory_per_gpu_bytes",
                                                              layout.metrics["parallel/memory_per_gpu_bytes"])
 
