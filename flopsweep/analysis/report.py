@@ -6,6 +6,9 @@ slope per model, step time against batch size per dtype, the training memory of 
 the FLOPs shares of the costliest run's modules, MFU by dtype and device, and each timed run's predicted step against
 its measured one (the diagonal, and ±25%); a sweep of parallel layouts, its own table (a GPU's figures, whether each
 fits) and each layout's predicted speed against its memory a GPU.
+
+Why one file: each plot is a short function over the same DataFrame with the same figure and save helpers, and the
+report is the one reader of all of them; split by plot, every file would import the same three helpers for 20 lines.
 """
 
 from __future__ import annotations
