@@ -251,7 +251,8 @@ def hydra_error_line(err: BaseException) -> str:
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
         group, value = wanted.groups()
-        return f"{group}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=group)})"
+        key = "+sweep" if group == "sweep" else group  # a preset sweep is added to the defaults, not overridden
+        return f"{key}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=key)})"
     override = getattr(err, "override", None)  # a line Hydra's grammar cannot parse
     if override and "missing EQUAL" in message:  # a bare word: what it names, as an override
         named = [f"{group}={override}" if group != "sweep" else f"+sweep={override}"

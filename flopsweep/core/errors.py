@@ -65,6 +65,8 @@ def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional
     return near[0] if near else None
 
 
+# what people call a choice, where the spelling nearest it is another (gpu: cpu) or none
+_SAID = {"gpu": "cuda", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 LISTED = 30  # choices an error lists whole; more are named where they are listed (65 presets took 700 characters)
 
 
@@ -73,7 +75,9 @@ def not_one_of(value: str, choices: Iterable[str], listed_in: str, cutoff: float
     it where given, to paste; the list would bury it), else the choices where they are few, else how many and where
     they are listed (``listed_in``)."""
     choices = list(choices)
-    near = nearest(value, choices, cutoff)
+    cased = {choice.lower(): choice for choice in choices}
+    said = value.lower()
+    near = cased.get(_SAID.get(said, said)) or cased.get(nearest(said, list(cased), cutoff) or "")
     if near:
         return f"did you mean {key}{'=' if key else ''}{near}?"
     return f"one of {', '.join(choices)}" if len(choices) <= LISTED else f"{len(choices)} of them: {listed_in}"

@@ -145,6 +145,10 @@ def test_a_device_is_one_of_its_kinds():
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
     (["model=nope"], "of them: flopsweep --help lists them)"),  # not 65 presets in 700 characters: where they are
     (["dtype=fp9"], "dtype=fp9: no such option (one of bfloat16, float16, float32, int8, mixed_bf16, mixed_fp16)"),
+    (["device=gpu"], "device=gpu: no such option (did you mean device=cuda?)"),  # not the nearest spelling, cpu
+    (["optimizer=adamW"], "(did you mean optimizer=adamw?)"),  # not adam
+    (["dtype=BF16"], "(did you mean dtype=bfloat16?)"),
+    (["+sweep=gpt3_famly"], "+sweep=gpt3_famly: no such option (did you mean +sweep=gpt3_family?)"),  # sweep=...
     (["gpt2_small"], "gpt2_small: an override is key=value (did you mean model=gpt2_small?)"),  # Hydra's grammar
     (["gpt3_family"], "(did you mean +sweep=gpt3_family?)"),
     (["--model=gpt2_small"], "--model: not a flag of flopsweep, which takes overrides, key=value (did you mean "
