@@ -147,6 +147,18 @@ def test_an_inference_run_projects_the_tokens_it_processes(compose_cfg):
         total_flops(cost, Plan.of_tokens(D, recompute=True))
 
 
+def test_a_generation_is_no_run_to_project_for_training_or_inference_tokens(compose_cfg):
+    """A workload=generate run was taken as forward only (its prefill, 7% off the same model's inference count) under
+    the note that the model was measured forward only: serve is what projects it."""
+    cfg = compose_cfg("model=gpt2_small", "model.n_layer=2", "model.d_model=64", "model.n_head=4", "batch.seq_len=32",
+                      "workload=generate", "generate.new_tokens=4", "device=meta", "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    with pytest.raises(ConfigError, match="is a generation .* flopsweep-project serve projects") as err:
+        PerToken.from_result(result, "RUN")
+    assert err.value.key == "run"
+
+
 def test_project_command_projects_inference_and_refuses_training_plans_for_it(tmp_path):
     from flopsweep.cli.project import main
     from tests.helpers import run_main
