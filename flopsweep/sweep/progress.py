@@ -38,24 +38,28 @@ PHASES = {"memory check": "the memory pre-check on meta", "build": "building the
 
 
 class Ticker:
-    """Signs of life in a long job: once the job has run ``first`` seconds, and then every ``every`` seconds, a line
-    saying what it is doing: how far its timing loop is (the loop calls it after each timed run:
+    """Signs of life in a long job: once the job has run ``first`` seconds, and then after gaps of a third of the
+    time it has run (``first`` at least, ``every`` at most: 5 s apart in its first 15 s, 15 s apart from 45 s on), a
+    line saying what it is doing: how far its timing loop is (the loop calls it after each timed run:
     ``measure.timing.TICK``), or which phase it is in (the job announces them, ``core.progress``; a watcher thread
     says one that runs long). :meth:`close` stops the watcher."""
 
     def __init__(self, every: float = 15.0, first: float = 5.0):
         self.started = time.monotonic()
         self.every, self.first = every, min(first, every)
-        self.last = self.started - every + self.first  # the first line after ``first`` (a CPU ResNet-50's pre-check,
-        self.glance = max(0.1, min(1.0, self.first))   # count and warm-up were 15 s of silence); a glance a second
+        self.last = self.started  # the first line after ``first`` (a CPU ResNet-50's pre-check, count and warm-up
+        self.glance = max(0.1, min(1.0, self.first))  # were 15 s of silence, then 12 s more); a glance a second
         self.heard = self.started  # the timing loop's last call: while it goes on, the loop says how far it is
         self.phase: Optional[str] = None
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None  # started at the first phase
 
+    def _due(self, now: float) -> bool:
+        return now - self.last >= max(self.first, min(self.every, (now - self.started) / 3))
+
     def __call__(self, done: int, total: int, what: str = "the step") -> None:
         now = self.heard = time.monotonic()
-        if now - self.last >= self.every:
+        if self._due(now):
             self.last = now
             say(f"  ... timing {what}: run {done} of {total} (warm-up included), {_duration(now - self.started)} "
                 "into the job")
@@ -69,7 +73,7 @@ class Ticker:
     def _watch(self) -> None:
         while not self._stop.wait(self.glance):
             now, words = time.monotonic(), PHASES.get(self.phase or "")
-            quiet = now - self.last >= self.every and (self.phase != "time" or now - self.heard >= self.first)
+            quiet = self._due(now) and (self.phase != "time" or now - self.heard >= self.first)
             if words is not None and quiet:
                 self.last = now
                 say(f"  ... {words}, {_duration(now - self.started)} into the job")
