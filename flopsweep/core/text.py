@@ -199,21 +199,26 @@ def hooks_line(hooked: float, plain: Optional[float]) -> str:
 
 
 def spread_warning(result: Result) -> Optional[str]:
-    """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median), or when the
+    """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median) or when the
     machine was loaded as it began (its load average over the minute before above its cores: other work ran beside
-    it), else None."""
-    timing = result.timing
+    it), both where both hold (the load hid a spread of 108%), else None. Its advice is the job's own: a sweep job's
+    keys, or your loop's steps (``flopsweep.meter``)."""
+    timing, m, said = result.timing, result.metrics, []
     if timing is not None and timing.load_average is not None and timing.cores and \
             timing.load_average > timing.cores:
-        return (f"the machine was loaded when this job timed its step (load average {timing.load_average:.1f} over "
-                f"{timing.cores} cores): its times are likely slower than the model's; time it on a quieter machine")
-    m = result.metrics
+        said.append(f"the machine was loaded when this job timed its step (load average {timing.load_average:.1f} "
+                    f"over {timing.cores} cores): its times are likely slower than the model's; time it on a quieter "
+                    "machine")
+    steadier = ("time more steps inside the meter" if timing is not None and timing.method == "loop" else
+                "raise measure.repeats, set device.threads below the cores") + ", or use a quieter machine"
     for median, spread, what in ((M.TIME_STEP, M.TIME_STEP_SPREAD, "step time"),
                                  (M.TIME_TPOT, M.TIME_TPOT_SPREAD, "time per output token")):
         if m.get(median) and m.get(spread) is not None and m[spread] / m[median] >= SPREAD_WARNING:
-            return (f"{what} varies: its spread (IQR) is {m[spread] / m[median]:.0%} of its median; for steadier "
-                    f"figures raise measure.repeats, set device.threads below the cores, or use a quieter machine")
-    return None
+            said.append(f"{what} varies: its spread (IQR) is {m[spread] / m[median]:.0%} of its median; for steadier "
+                        f"figures {steadier}" if not said else f"its {what} varies by {m[spread] / m[median]:.0%} "
+                        "of its median (IQR)")
+            break
+    return "; ".join(said) or None
 
 
 def metric_lines(metrics: dict[str, Any], keys: Optional[list[str]] = None) -> list[str]:

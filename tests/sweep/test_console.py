@@ -73,6 +73,13 @@ def test_a_timing_taken_on_a_loaded_machine_is_said_so():
                                       "cores): its times are likely slower than the model's; time it on a quieter "
                                       "machine")
     assert spread_warning(quiet) is None and job_lines(loaded)[-1] == f"warning: {spread_warning(loaded)}"
+    noisy = Result("ok", None, {}, {"time/step_s": 1.0, "time/step_iqr_s": 1.08})  # a compiled step's, loaded
+    noisy.timing = loaded.timing
+    assert spread_warning(noisy).endswith("time it on a quieter machine; its step time varies by 108% of its median "
+                                          "(IQR)")  # the load hid it
+    noisy.timing = TimingInfo("loop", 10, 2, "cpu")  # your own loop's meter: no sweep keys to raise
+    assert spread_warning(noisy).endswith("for steadier figures time more steps inside the meter, or use a quieter "
+                                          "machine")
     timed = job("device=cpu", "measure.repeats=2")
     assert timed.timing.load_average >= 0 and timed.timing.cores == __import__("os").cpu_count()
 
