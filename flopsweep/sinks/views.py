@@ -101,9 +101,16 @@ def job_note(result: Result) -> str:
     return "```\n" + "\n".join([run_name(result.config or {}), *said]) + "\n```"
 
 
-def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40) -> str:
-    """A sweep run's description: the command's overrides and the console's table of its jobs (``most`` of them: a
-    tag holds 8,000 characters; the rest are in summary.csv beside it)."""
-    more = f"\n... {len(results) - most} more jobs: summary.csv" if len(results) > most else ""
-    table = summary_table(results[:most], tuple(varying_params([r for _, r in results])))
-    return f"`flopsweep {overrides}`\n\n```\n{table}{more}\n```"
+def sweep_note(overrides: str, results: list[tuple[str, Result]], most: int = 40, limit: int = 8000) -> str:
+    """A sweep run's description: the command's overrides and the console's table of its jobs (``most`` of them, as
+    many as a tag's ``limit`` of 8,000 characters holds: a layout search's wide rows made 10,000, which MLflow cut with
+    a warning; the rest are in summary.csv beside it)."""
+    table = summary_table(results[:most], tuple(varying_params([r for _, r in results]))).splitlines()
+    head = f"`flopsweep {overrides}`\n\n```\n"
+    shown = len(table) - 2  # the header and its rule, then a row a job
+    while True:
+        more = f"\n... {len(results) - shown} more jobs: summary.csv" if shown < len(results) else ""
+        note = head + "\n".join(table[:2 + shown]) + more + "\n```"
+        if len(note) <= limit or shown == 0:
+            return note[:limit]
+        shown -= 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -42,12 +43,18 @@ def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> 
     log = logging.getLogger(__name__)
     log.info(f"Joblib.Parallel({','.join(f'{k}={v}' for k, v in settings.items())}) is launching {len(batch)} jobs")
     log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
-    for idx, overrides in enumerate(batch):
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    if len(batch) <= LISTED_JOBS:  # a layout search's 312 lines of overrides came before its first job
+        for idx, overrides in enumerate(batch):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
     env = {key: value for key, value in os.environ.items() if key.startswith("FLOPSWEEP_")}
     state = _Once((launcher.hydra_context, config, launcher.task_function, Singleton.get_state(), env))
-    return list(Parallel(**settings)(delayed(_execute_job)(first + i, list(overrides), state)
-                                     for i, overrides in enumerate(batch)))
+    with warnings.catch_warnings():  # loky restarts a worker whose memory grew (a job's leftovers): it goes on
+        warnings.filterwarnings("ignore", "A worker stopped while some jobs were given to the executor")
+        return list(Parallel(**settings)(delayed(_execute_job)(first + i, list(overrides), state)
+                                         for i, overrides in enumerate(batch)))
+
+
+LISTED_JOBS = 20  # a sweep's overrides listed before it starts up to this many jobs; each job's [job N/M] line names it
 
 
 def joblib_settings(launcher: DictConfig) -> dict[str, Any]:

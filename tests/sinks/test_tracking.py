@@ -358,3 +358,22 @@ def test_load_runs_says_which_store_it_read_and_which_experiments_it_has(tmp_pat
     assert str(err.value).startswith("load_runs: experiment 'nmaed' is not in the store sqlite:///")
     assert str(err.value).endswith("; it has 'named'")
     assert len(flopsweep.load_runs(experiment="named", store_dir=tmp_path / "outputs")) == 1
+
+
+def test_a_sweeps_description_fits_a_tag_whatever_its_rows():
+    """A layout search's 40 wide rows made a 10,063-character description, which MLflow cut with a warning after the
+    sweep's summary: the note keeps the rows a tag holds and says where the rest are."""
+    from flopsweep.core.result import Result
+    from flopsweep.sinks.views import sweep_note
+
+    results = [(f"{i}_llama3_1_70b", Result("ok", None, {"model": {"name": "llama3_1_70b"}, "parallel": {
+        "dp": i, "tp": 8, "pp": 4, "micro_batch_size": i % 4 + 1, "recompute": "selective", "zero": i % 3,
+        "sequence_parallel": True}, "batch": {"size": 64, "seq_len": 4096}},
+        {"parallel/gpus": 32.0, "flops/step_per_gpu": 1e15 + i, "parallel/memory_per_gpu_bytes": 7e10,
+         "time/step_predicted_s": 9.5, "speed/tokens_per_s_per_gpu_predicted": 885.0, "speed/mfu_predicted": 0.4,
+         "parallel/fits": 1.0})) for i in range(1, 313)]
+    note = sweep_note("+sweep=layouts model=llama3_1_70b " + "x=1 " * 50, results)
+    assert 7000 < len(note) <= 8000
+    rows = [line for line in note.splitlines() if "_llama3_1_70b" in line]
+    assert note.endswith(f"\n... {312 - len(rows)} more jobs: summary.csv\n```") and 20 < len(rows) < 40
+    assert rows[0].startswith("1_llama3_1_70b") and len(rows[0]) > 150

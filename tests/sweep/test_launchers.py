@@ -45,29 +45,31 @@ def most_at_once(sweep_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
-    proc = run_cli("-m", *TINY, "batch.size=range(1,17)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
+    proc = run_cli("-m", *TINY, "batch.size=range(1,22)", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
                    "tracking.experiment=eight", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "database is locked" not in proc.stdout + proc.stderr
+    assert "\t#0 : " not in proc.stdout + proc.stderr  # 21 jobs: their [job N/M] lines name them, not a list first
+    assert "A worker stopped" not in proc.stderr
     results = sweep_results(tmp_path)
-    assert len(results) == 16 and {r["status"] for r in results.values()} == {"ok"}
+    assert len(results) == 21 and {r["status"] for r in results.values()} == {"ok"}
     assert all(r["info"]["tracking"]["logged"] for r in results.values())
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
     assert most_at_once(sweep_dir) >= 2, "the jobs should have run side by side"
     # each job's progress line is whole and numbered out of the sweep's size, which the workers got with their jobs
-    progress = [int(n) for n in re.findall(r"^\[job (\d+)/16\] gpt2_small: b\d+ ", proc.stdout, re.MULTILINE)]
-    assert sorted(progress) == list(range(1, 17))
+    progress = [int(n) for n in re.findall(r"^\[job (\d+)/21\] gpt2_small: b\d+ ", proc.stdout, re.MULTILINE)]
+    assert sorted(progress) == list(range(1, 22))
 
     (parent,), jobs = store(tmp_path, "eight")
-    assert len(jobs) == 16
-    assert sorted(int(r.data.params["batch.size"]) for r in jobs) == list(range(1, 17))  # each once
-    assert len({r.data.tags["flopsweep.fingerprint"] for r in jobs}) == 16
+    assert len(jobs) == 21
+    assert sorted(int(r.data.params["batch.size"]) for r in jobs) == list(range(1, 22))  # each once
+    assert len({r.data.tags["flopsweep.fingerprint"] for r in jobs}) == 21
     assert {r.info.status for r in jobs} == {"FINISHED"}
     # the workers found the parent run the sweep opened before them
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
     assert {r["info"]["tracking"]["run_id"] for r in results.values()} == {r.info.run_id for r in jobs}
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["jobs/ok"] == 16 and parent.data.metrics["jobs/failed"] == 0
+    assert parent.data.metrics["jobs/ok"] == 21 and parent.data.metrics["jobs/failed"] == 0
     assert parent.data.metrics["jobs/lost"] == 0
 
 
