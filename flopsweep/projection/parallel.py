@@ -167,7 +167,8 @@ def _split(whole: float, parts: int) -> Share:
 def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
     """The per-device table, with a warning line when a device needs more than ``memory_bytes``."""
     held = split.layout.zero_shards(3)  # ZeRO-3: a device keeps 1/dp of its shard's weights, gathers them to compute
-    rows = [["parameters" + (f" (computed with; it holds {count(split.params.device / held)})" if held > 1 else ""),
+    rows = [["parameters" + (f" (ZeRO-3: a device holds {count(split.params.device / held)}, gathers the rest)"
+                             if held > 1 else ""),
              count(split.params.whole), count(split.params.device)],
             ["FLOPs per step", human(split.flops.whole), human(split.flops.device)]]
     for label, key in (("weights", "weights_bytes"), ("buffers", "buffers_bytes"), ("gradients", "grads_bytes"),

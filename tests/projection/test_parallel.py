@@ -55,7 +55,8 @@ def test_the_table_says_what_a_device_holds_of_the_parameters_it_computes_with_u
 
     rows = {zero: next(line for line in table(per_device(measured(), Parallelism(dp=4, tp=2, pp=2, zero=zero)))
                        .splitlines() if line.startswith("parameters")) for zero in (2, 3)}
-    assert rows[3].split() == ["parameters", "(computed", "with;", "it", "holds", "62.5M)", "1B", "250M"]
+    assert rows[3].split() == ["parameters", "(ZeRO-3:", "a", "device", "holds", "62.5M,", "gathers", "the", "rest)",
+                               "1B", "250M"]
     assert rows[2].split() == ["parameters", "1B", "250M"]
 
 
