@@ -42,7 +42,12 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
         cfg = compose_config(*overrides)
     except HydraException as err:
         raise ConfigError("model", model, one_line(err, 200, kind=False)) from None
-    spec = resolve(cfg)
+    try:
+        spec = resolve(cfg)
+    except ConfigError as err:  # what the model cannot do (a generation of an encoder): said of the model asked for,
+        if err.key != "workload":  # not of a key the user never typed (workload='generate')
+            raise
+        raise ConfigError("model", model, err.problem) from None
     result = run_job(spec, job_config(cfg, spec))  # the config as built, as the flopsweep command records it
     require(result.status == "ok", "model", model, f"could not be counted: {result.error}")
     return result

@@ -390,3 +390,16 @@ def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
     lines = [line for line in out.stdout.splitlines() if line.startswith("  ... ") and "presets read" in line]
     models = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     assert len(lines) == len(models) and lines[0] == f"  ... 0 of {len(models)} presets read ({models[0]})"
+
+
+def test_a_preset_that_cannot_be_projected_is_said_of_its_model_flag(tmp_path):
+    """serve --model bert_base named workload='generate', a key the user never typed; train --model resnet50 named
+    run='the preset, counted on meta'."""
+    serve = run_main(main, "serve", "--model", "bert_base", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
+                     "H100", "--no-log", cwd=tmp_path)
+    assert serve.returncode == 2 and serve.stderr.startswith("flopsweep-project: error: --model='bert_base': needs a "
+                                                             "decoder with a KV cache")
+    train = run_main(main, "train", "--model", "resnet50", "--inference", "--tokens", "1B", "--mfu", "0.4", "--no-log",
+                     cwd=tmp_path)
+    assert train.returncode == 2 and train.stderr == ("flopsweep-project: error: --model='resnet50': has no "
+                                                      "batch.seq_len: not a token model\n")

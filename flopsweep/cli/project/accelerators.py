@@ -45,7 +45,12 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
     require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
     require(args.mfu is None or 0 < args.mfu <= 1, "mfu", args.mfu, "must be in (0, 1]: a fraction (0.4 for 40%)")
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
-    cost = PerToken.from_result(result, source)
+    try:
+        cost = PerToken.from_result(result, source)
+    except ConfigError as err:  # of the preset asked for: --model, not a run the user never gave
+        if args.model is None:
+            raise
+        raise ConfigError("model", args.model, err.problem) from None
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
             f"differs from the {cost.seq_len} that {source} was measured at: measure it at {args.seq_len}")
     counted = _layout_counted(args, split, batch) if by_layout else None
