@@ -191,9 +191,9 @@ def test_number_formats_take_their_usual_spellings(tmp_path):
     assert spelled.stdout.splitlines()[:3] == named.stdout.splitlines()[:3]
     assert "1,979 TFLOP/s fp8" in spelled.stdout
     refused = run_main(main, *base, "--weights-dtype", "int3", cwd=tmp_path)
-    assert refused.returncode != 0 and refused.stderr.strip() == ("flopsweep-project: error: --weights-dtype='int3': "
-                                                                  "must be one of float32, bfloat16, float16, fp8, "
-                                                                  "int8, int4, fp4")
+    assert refused.returncode != 0 and refused.stderr.strip() == (
+        "flopsweep-project serve: error: --weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, "
+        "int4, fp4")
     nvfp4 = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8", "--gpu",
                      "B200", "--dtype", "NVFP4", "--weights-dtype", "mxfp4", cwd=tmp_path)  # Blackwell's 4-bit
     assert nvfp4.returncode == 0 and "9,000 TFLOP/s fp4" in nvfp4.stdout, nvfp4.stderr
@@ -337,7 +337,7 @@ def test_a_part_or_preset_that_does_not_exist_is_named_with_the_nearest_one(tmp_
     characters, the families' templates first."""
     train = ["train", "--tokens", "1B", "--mfu", "0.4", "--no-log"]
     gpu = run_main(main, *train, "--model", "gpt2_small", "--gpu", "H101", cwd=tmp_path)
-    assert gpu.returncode == 2 and gpu.stderr.startswith("flopsweep-project: error: --gpu='H101': is not in the "
+    assert gpu.returncode == 2 and gpu.stderr.startswith("flopsweep-project train: error: --gpu='H101': is not in the "
                                                          "hardware table (did you mean H100?): give a part")
     far = run_main(main, *train, "--model", "gpt2_small", "--gpu", "XYZ9", cwd=tmp_path)  # none near: the table
     assert far.returncode == 2 and "hardware table (one of V100, A100 40GB, " in far.stderr
@@ -345,11 +345,11 @@ def test_a_part_or_preset_that_does_not_exist_is_named_with_the_nearest_one(tmp_
                      "H101", "--no-log", cwd=tmp_path)
     assert serve.returncode == 2 and "(did you mean H100?)" in serve.stderr and serve.stderr.count("\n") == 1
     model = run_main(main, *train, "--model", "gpt2_smal", "--gpu", "H100", cwd=tmp_path)
-    assert model.returncode == 2 and model.stderr == ("flopsweep-project: error: --model='gpt2_smal': is not a preset "
-                                                      "(did you mean gpt2_small?)\n")
+    assert model.returncode == 2 and model.stderr == ("flopsweep-project train: error: --model='gpt2_smal': is not a "
+                                                      "preset (did you mean gpt2_small?)\n")
     far = run_main(main, *train, "--model", "nope", "--gpu", "H100", cwd=tmp_path)  # where to see the 65, not them
-    assert re.fullmatch(r"flopsweep-project: error: --model='nope': is not a preset \(\d\d of them: flopsweep --help "
-                        r"lists them\)\n", far.stderr)
+    assert re.fullmatch(r"flopsweep-project train: error: --model='nope': is not a preset \(\d\d of them: flopsweep "
+                        r"--help lists them\)\n", far.stderr)
     assert model.stdout == ""  # it said it was counting the preset first
     percent = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--mfu", "40", "--no-log",
                        cwd=tmp_path)  # refused before the count, not after it
@@ -397,9 +397,9 @@ def test_a_preset_that_cannot_be_projected_is_said_of_its_model_flag(tmp_path):
     run='the preset, counted on meta'."""
     serve = run_main(main, "serve", "--model", "bert_base", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
                      "H100", "--no-log", cwd=tmp_path)
-    assert serve.returncode == 2 and serve.stderr.startswith("flopsweep-project: error: --model='bert_base': needs a "
-                                                             "decoder with a KV cache")
+    assert serve.returncode == 2 and serve.stderr.startswith("flopsweep-project serve: error: --model='bert_base': "
+                                                             "needs a decoder with a KV cache")
     train = run_main(main, "train", "--model", "resnet50", "--inference", "--tokens", "1B", "--mfu", "0.4", "--no-log",
                      cwd=tmp_path)
-    assert train.returncode == 2 and train.stderr == ("flopsweep-project: error: --model='resnet50': has no "
+    assert train.returncode == 2 and train.stderr == ("flopsweep-project train: error: --model='resnet50': has no "
                                                       "batch.seq_len: not a token model\n")

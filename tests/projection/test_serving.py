@@ -323,8 +323,8 @@ def test_weights_and_cache_served_in_their_own_dtypes_move_and_hold_their_bytes(
         p.rows[0].tpot_s  # fp4 weights: two a byte, as int4's
     out = run_main(main, "serve", "--model", "llama3_2_1b", "--prompt-tokens", "16", "--new-tokens", "2", "--gpu",
                    "H100", "--weights-dtype", "fp2", "--no-log", cwd=tmp_path)
-    assert out.returncode == 2 and out.stderr.strip() == "flopsweep-project: error: --weights-dtype='fp2': must be " \
-        "one of float32, bfloat16, float16, fp8, int8, int4, fp4"
+    assert out.returncode == 2 and out.stderr.strip() == "flopsweep-project serve: error: --weights-dtype='fp2': " \
+        "must be one of float32, bfloat16, float16, fp8, int8, int4, fp4"
 
 
 # a Mixtral-like mixture of experts by hand: 90 GB of routed experts (8 a layer, 2 a token) beside 3 GB of the rest

@@ -54,7 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.command(args)
     except ConfigError as err:
-        error(_naming_the_flag(err, subcommands[args.subcommand]), "flopsweep-project")
+        # prefixed as argparse's refusals of the subcommand's flags are (it said flopsweep-project: for these)
+        error(_naming_the_flag(err, subcommands[args.subcommand]), f"flopsweep-project {args.subcommand}")
         return 2
 
 
