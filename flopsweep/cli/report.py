@@ -75,7 +75,11 @@ def _experiment(args: argparse.Namespace, target) -> int:
         return 2
     if df.empty:
         where = f" sweep {args.sweep!r} of" if args.sweep else ""
-        error(f"no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})", "flopsweep-report")
+        known = sorted({_when(s) for s in load_runs(experiment=args.experiment, uri=target.uri)["sweep"].dropna()}) \
+            if args.sweep else []  # the sweeps it has, as --sweep takes them: the latest five
+        error(f"no runs in{where} experiment {args.experiment!r} ({masked(target.uri)})"
+              + (f"; its sweeps: {', '.join(known[-5:])}" + (f" (the latest 5 of {len(known)})" if len(known) > 5
+                                                               else "") if known else ""), "flopsweep-report")
         return 2
     sweeps = sorted(df["sweep"].dropna().unique(), key=_when)
     chosen = args.sweep

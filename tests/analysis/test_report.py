@@ -84,6 +84,9 @@ def test_a_report_is_of_one_sweep_the_latest_unless_told(tmp_path):
                                                                                               "report")
     every = run_main(report, "two", "--all", "--out", "all", cwd=tmp_path)
     assert every.returncode == 0 and "report of 5 runs of 'two'" in every.stdout, every.stderr
+    sweeps = sorted(str(p.relative_to(p.parents[1])) for p in (tmp_path / "outputs" / "sweeps").glob("*/*"))
+    wrong = run_main(report, "two", "--sweep", "2020-01-01/00-00-00", cwd=tmp_path)  # it named none of them
+    assert wrong.returncode == 2 and wrong.stderr.strip().endswith(f"; its sweeps: {', '.join(sweeps)}")
 
 
 def test_memory_bars_that_span_decades_get_a_panel_per_scale():
