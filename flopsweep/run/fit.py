@@ -200,6 +200,7 @@ class MemoryCheck:
     available: Available
     share: float
     seconds: float
+    batch: int = 0  # the job's batch.size: at 1 there is no smaller one to advise
 
     @property
     def limit_bytes(self) -> int:
@@ -212,8 +213,10 @@ class MemoryCheck:
     def reason(self) -> str:
         return (f"estimated training peak {size_bytes(self.estimated_bytes)} ({self.estimated_bytes} bytes, on meta) "
                 f"exceeds measure.memory_share={self.share} of the {size_bytes(self.available.bytes)} "
-                f"({self.available.bytes} bytes) available on {self.device} ({self.available.source}): use a smaller "
-                f"batch.size, raise measure.memory_share, or set measure.memory_check=false to run it anyway")
+                f"({self.available.bytes} bytes) available on {self.device} ({self.available.source}): "
+                + ("use a smaller batch.size, " if self.batch != 1 else "count it on device=meta (sizes, no time), "
+                   "use a shorter batch.seq_len, ")
+                + "raise measure.memory_share, or set measure.memory_check=false to run it anyway")
 
     def info(self) -> dict[str, Any]:
         return {"estimated_bytes": self.estimated_bytes, "available_bytes": self.available.bytes,
@@ -226,7 +229,7 @@ def check_memory(spec: JobSpec, estimate: MetaEstimate, available: Optional[Avai
     if available is None:
         return None
     peak = estimate.peak(spec.batch.size)
-    return MemoryCheck(spec.device, peak, available, spec.measure.memory_share, estimate.seconds)
+    return MemoryCheck(spec.device, peak, available, spec.measure.memory_share, estimate.seconds, spec.batch.size)
 
 
 @dataclass
