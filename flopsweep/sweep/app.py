@@ -28,7 +28,7 @@ from flopsweep.sinks.target import Target
 from flopsweep.core import progress as phases
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
-from flopsweep.sweep.progress import Ticker, progress_line
+from flopsweep.sweep.progress import Ticker, job_name, progress_line
 
 
 def run_one(cfg: DictConfig) -> Result:
@@ -133,6 +133,9 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
         lines = [f"skipped: {result.info['skipped']}"]
     else:
         lines = job_lines(result)
+    context = state.SweepContext.current()
+    if context.at_once > 1 and job_num is not None and lines:  # side by side: its figures come after others' lines
+        lines.insert(0, f"[job {int(job_num) + 1}/{context.total}] {job_name(result.config or {}, True)} done:")
     said = []
 
     def results_line() -> None:  # said before the run is logged: a slow store does not hold the numbers back

@@ -28,7 +28,7 @@ from flopsweep.sinks.sweep_run import Heartbeat, SweepRun
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
-from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once
 from flopsweep.sweep.state import SweepContext
 
 
@@ -71,7 +71,7 @@ class SweepSummary(Callback):
                     f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: "
                     f"`{command('flopsweep-sync')} {sweep.sweep_dir}` logs what is missing later")
         SweepContext(sweep.parent, plan.size, time.time(),  # its start after the store's one-off set-up
-                     tuple(plan.varying)).publish()
+                     tuple(plan.varying), jobs_at_once(config.hydra.launcher, plan.size) or 1).publish()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """The table of every job, printed and written to ``summary.csv``, then the sweep's run closed. Whatever

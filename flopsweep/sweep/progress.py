@@ -19,16 +19,22 @@ def progress_line(job_num: Optional[int], config: dict[str, Any], changed: Seque
     outside a sweep, with the model's ``changed`` fields) and an ETA from the sweep's pace so far (its start, size and
     varied keys: the sweep's :class:`~flopsweep.sweep.state.SweepContext`)."""
     context = SweepContext.current()
-    swept = list(context.swept)
-    name = run_name(config, changed)
-    if swept and job_num is not None:  # the model's name before, where the sweep does not vary it
-        name = ("" if "model" in swept else f"{model_label(config.get('model') or {})}: ") + short_name(config, swept)
+    name = job_name(config, job_num is not None, changed)
     total, start = context.total, context.start
     if job_num is None or not total or not start:
         return f"[job] {name}"
     done, total_n, elapsed = int(job_num), total, time.time() - start
     eta = f", about {_duration(elapsed / done * (total_n - done))} left" if done else ""
     return f"[job {done + 1}/{total_n}] {name}  elapsed {_duration(elapsed)}{eta}"
+
+
+def job_name(config: dict[str, Any], in_sweep: bool, changed: Sequence[str] = ()) -> str:
+    """What tells a job apart: in a sweep, the values of the keys it varies (``gpt2_small: b4|s128``, the model's
+    name before them where the sweep does not vary it); else its run's whole name."""
+    swept = list(SweepContext.current().swept)
+    if swept and in_sweep:
+        return ("" if "model" in swept else f"{model_label(config.get('model') or {})}: ") + short_name(config, swept)
+    return run_name(config, changed)
 
 
 PHASES = {"memory check": "the memory pre-check on meta", "build": "building the model", "count": "counting its ops",

@@ -33,6 +33,7 @@ class SweepContext:
     total: Optional[int] = None
     start: Optional[float] = None
     swept: tuple[str, ...] = ()
+    at_once: int = 1  # jobs the launcher runs side by side: above 1, a job's figures say whose they are
 
     def publish(self) -> None:
         os.environ[CONTEXT_ENV] = json.dumps(asdict(self))

@@ -57,8 +57,18 @@ def test_eight_joblib_workers_log_every_run_exactly_once(tmp_path):
     (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
     assert most_at_once(sweep_dir) >= 2, "the jobs should have run side by side"
     # each job's progress line is whole and numbered out of the sweep's size, which the workers got with their jobs
-    progress = [int(n) for n in re.findall(r"^\[job (\d+)/21\] gpt2_small: b\d+ ", proc.stdout, re.MULTILINE)]
+    progress = [int(n) for n in re.findall(r"^\[job (\d+)/21\] gpt2_small: b\d+  elapsed", proc.stdout, re.MULTILINE)]
     assert sorted(progress) == list(range(1, 22))
+    # side by side, a job's figures come after other jobs' lines: they say whose they are
+    from flopsweep.core.text import format_metric
+
+    results_by_size = {r["config"]["batch"]["size"]: format_metric("flops/forward", r["metrics"]["flops/forward"])
+                       for r in results.values()}
+    headed = re.findall(r"^\[job (\d+)/21\] gpt2_small: b(\d+) done:\nflops/forward +(\S+)$", proc.stdout,
+                        re.MULTILINE)
+    assert len(headed) == 21
+    for n, size, forward in headed:
+        assert int(n) == int(size) and forward == results_by_size[int(size)]
 
     (parent,), jobs = store(tmp_path, "eight")
     assert len(jobs) == 21
