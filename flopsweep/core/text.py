@@ -354,10 +354,11 @@ def profile_text(rows: list[dict[str, Any]], title: str, top: int = 3, timed_for
                          _share(r["forward_latency_s"], latency)] for r in by_depth(rows, top)]))
     lines += ["", "Every module (inclusive: each with everything under it)"]
     lines.append(table(["module", "type", "params", "MACs", "fwd FLOPs", "bwd FLOPs", "fwd latency", "FLOP/s"],
-                       [["  " * r["depth"] + r["module"], r["type"], count(r["params"]) + (
-                           f" (its weight is {r['tied_to']})" if r.get("tied_to") else ""), human(r["macs"]),
-                         human(r["forward_flops"]), human(r["backward_flops"]), seconds(r["forward_latency_s"]),
-                         human(r["forward_flops_per_s"])] for r in rows]))
+                       [["  " * r["depth"] + r["module"], r["type"], count(r["params"]) + (" (tied)" if r.get(
+                           "tied_to") else ""), human(r["macs"]), human(r["forward_flops"]), human(r["backward_flops"]),
+                         seconds(r["forward_latency_s"]), human(r["forward_flops_per_s"])] for r in rows]))
+    tied = [f"{r['module']}'s weight is {r['tied_to']} (counted there)" for r in rows if r.get("tied_to")]
+    lines += [f"tied: {'; '.join(tied)}"] if tied else []  # beside the table: in its cell it made the column 38 wide
     return "\n".join(lines) + "\n"
 
 

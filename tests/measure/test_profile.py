@@ -60,7 +60,8 @@ def test_per_module_figures_follow_the_layer_shapes(compose_cfg):
     assert rows["lm_head"]["tied_to"] == "tok_embedding.weight" and rows["blocks.0.attn.qkv"]["tied_to"] is None
     from flopsweep.core.text import profile_text
 
-    assert "(its weight is tok_embedding.weight)" in profile_text(result.breakdown["profile"], "tiny")  # not a bare 0
+    text = profile_text(result.breakdown["profile"], "tiny")
+    assert "0 (tied)" in text and "tied: lm_head's weight is tok_embedding.weight (counted there)" in text  # not 0
     assert rows["lm_head"]["forward_flops"] == 2 * tokens * D * V
     # a block: its parameters from the model itself, and attention's QK^T and PV inside attn
     block = model.get_submodule("blocks.1")
