@@ -70,6 +70,13 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
 _LAYOUT = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1
 
 
+def layout_name(layout: dict[str, Any], sep: str = "", keys: tuple[str, ...] = _LAYOUT) -> str:
+    """A parallel layout as every table and run names it: ``dp16tp8pp8zero1`` (``sep=" "``: ``dp16 tp8 pp8 zero1``);
+    dp, tp and pp as given, the others where they are not 1 (ZeRO where it is not 0)."""
+    return sep.join(f"{key}{layout[key]}" for key in keys
+                    if layout.get(key) and (key in ("dp", "tp", "pp", "zero") or layout[key] != 1))
+
+
 def _beyond_defaults(config: dict[str, Any]) -> list[str]:
     """What tells a run apart from the plain training step of its model beyond batch, dtype and device: a workload
     other than train, a train mode other than full, an optimizer other than AdamW, a compiled step, a parallel
@@ -87,7 +94,7 @@ def _beyond_defaults(config: dict[str, Any]) -> list[str]:
         parts.append("compiled")
     layout = config.get("parallel") or {}
     if any(layout.get(key) for key in _LAYOUT):
-        parts.append("".join(f"{key}{layout[key]}" for key in _LAYOUT if layout.get(key)))
+        parts.append(layout_name(layout))
     return parts
 
 

@@ -16,6 +16,7 @@ from flopsweep.core.hardware import accelerator
 from flopsweep.core.result import Result
 from flopsweep.core.text import capacity, format_metric, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
+from flopsweep.sinks.identity import layout_name
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep.plan import SweepPlan
 from flopsweep.sweep.state import SweepContext
@@ -186,8 +187,7 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     rows = []
     for place, (job, r) in enumerate(best, 1):
         lay = r.layout
-        context = "".join(f" {short}{lay[key]}" for key, short in (("cp", "c"), ("ep", "e")) if (lay.get(key) or 1) > 1)
-        rows.append([str(place), job, f"d{lay.get('dp')} t{lay.get('tp')} p{lay.get('pp')}{context}",
+        rows.append([str(place), job, layout_name(lay, " ", ("dp", "tp", "pp", "vpp", "cp", "ep")),
                      str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
                      format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
                      format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),

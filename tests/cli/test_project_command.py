@@ -153,7 +153,7 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     mfu = job.metrics[M.MFU_PREDICTED]
     assert 0 < mfu < 1
     assert f"MFU {mfu:.1%} (predicted for" in out.stdout
-    assert "counted as d2 t2 p2 (ZeRO 3, 2 micro-batches)" in out.stdout
+    assert "counted as dp2 tp2 pp2 zero3, 2 micro-batches, on a fake" in out.stdout
     assert "layout counted rank by rank" in out.stdout and "memory a GPU" in out.stdout
     payload = json.loads((tmp_path / "p.json").read_text())
     assert payload["hardware"]["mfu"] == pytest.approx(mfu)

@@ -116,7 +116,7 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
         found = list(tmp_path.glob(f"outputs/sweeps/*/*/{row[1]}/result.json"))
         speeds.append(Result.read(found[0]).metrics[M.TOKENS_PER_S_PER_GPU_PREDICTED])
     assert speeds == sorted(speeds, reverse=True)
-    assert {row[2] for row in rows} == {"d2 t1 p1", "d1 t2 p1", "d1 t1 p2"}
+    assert {row[2] for row in rows} == {"dp2 tp1 pp1", "dp1 tp2 pp1", "dp1 tp1 pp2"}
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("layouts")
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")

@@ -92,8 +92,11 @@ def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) ->
 
 
 def _words(split: Parallelism) -> str:
+    from flopsweep.sinks.identity import layout_name
+
     batches = f"{split.m} micro-batch" + ("es" if split.m != 1 else "")
-    return f"d{split.dp} t{split.tp} p{split.pp} (ZeRO {split.zero}, {batches}) on a fake process group"
+    shown = layout_name({"dp": split.dp, "tp": split.tp, "pp": split.pp, "zero": split.zero}, " ")
+    return f"{shown}, {batches}, on a fake process group"
 
 
 class TrainingPart(NamedTuple):
