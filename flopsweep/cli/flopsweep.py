@@ -126,6 +126,12 @@ def _what_is_left(sweep: state.SweepState) -> str:
     return "the job's numbers are above" if sweep.unwritten else "nothing was measured"
 
 
+def _group_key(group: str) -> str:
+    """How an option of ``group`` is given: ``model=NAME``; a preset sweep is added to the defaults, ``+sweep=NAME``
+    (``sweep=NAME`` fails)."""
+    return "+sweep" if group == "sweep" else group
+
+
 _HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
                 "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info"}
 
@@ -141,8 +147,8 @@ def _not_a_flag(args: list[str]) -> Optional[str]:
             continue
         key = name[2:].replace("-", "_")
         value = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "")
-        options = dict(public_options()).get(key, [])
-        meant = f"did you mean {key}={value}?" if value in dict(options) else "model=gpt2_small, batch.size=8"
+        options = dict(public_options().get(key, []))
+        meant = f"did you mean {_group_key(key)}={value}?" if value in options else "model=gpt2_small, batch.size=8"
         return f"{name}: not a flag of flopsweep, which takes overrides, key=value ({meant})"
     return None
 
@@ -251,12 +257,12 @@ def hydra_error_line(err: BaseException) -> str:
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
         group, value = wanted.groups()
-        key = "+sweep" if group == "sweep" else group  # a preset sweep is added to the defaults, not overridden
+        key = _group_key(group)
         return f"{key}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=key)})"
     override = getattr(err, "override", None)  # a line Hydra's grammar cannot parse
     if override and "missing EQUAL" in message:  # a bare word: what it names, as an override
-        named = [f"{group}={override}" if group != "sweep" else f"+sweep={override}"
-                 for group, options in public_options().items() if override in dict(options)]
+        named = [f"{_group_key(group)}={override}" for group, options in public_options().items()
+                 if override in dict(options)]
         return f"{override}: an override is key=value" + (f" (did you mean {named[0]}?)" if named else
                                                             " (model=gpt2_small, batch.size=8)")
     if override:
