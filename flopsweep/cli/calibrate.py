@@ -47,17 +47,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from flopsweep.measure.calibrate import calibrate
     from flopsweep.measure.calibration import profile_path
-    from flopsweep.measure.system import load_average
+    from flopsweep.measure.system import OtherWork
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    busy = load_average() if device == "cpu" else None  # other work on the cores it measures: before, then after
     start = time.perf_counter()
-    cal = calibrate(device, quick=args.quick,
-                    tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
-                                            flush=True))
-    busy = max(filter(None, (busy, load_average() if device == "cpu" else None)), default=None)
-    busy = busy if busy is not None and busy > (os.cpu_count() or 1) / 2 else None
+    with OtherWork() as others:  # the cores other processes kept busy while it measured (not its own threads)
+        cal = calibrate(device, quick=args.quick,
+                        tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
+                                                flush=True))
+    busy = others.cores if device == "cpu" and others.cores > (os.cpu_count() or 1) / 2 else None
     path = args.out or profile_path(cal.part)
     kept = busy is not None and args.out is None and path.is_file()
     if kept:  # the profile jobs find stays: a busy machine's figures go beside it
@@ -69,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  {name:34} {value:10.2f}")
     print(f"profile: {path} (digest {cal.digest()})")
     if busy is not None:
-        warning(f"the machine was busy as it calibrated (load average {busy:.1f} over {os.cpu_count()} cores): the "
+        warning(f"the machine was busy as it calibrated (other work kept {busy:.1f} of its {os.cpu_count()} cores "
+                "busy): the "
                 "profile's figures may be low, and every prediction made with it slow; " +
                 (f"{profile_path(cal.part)} (the profile jobs use) is kept, this one beside it (move it there, or "
                  "give --out, to use it)" if kept else "calibrate again when it is idle"), "flopsweep-calibrate")

@@ -65,6 +65,37 @@ def load_average() -> Optional[float]:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
+class OtherWork:
+    """While entered, how many cores other processes kept busy, on average: the machine's busy CPU time less this
+    process's own, over the wall time (a calibration's conditions; the load average counted the calibration's own
+    threads, and a minute of the command before it). :attr:`cores` is None until it has been exited."""
+
+    def __enter__(self) -> "OtherWork":
+        import psutil
+
+        self._process, self.cores = psutil.Process(), None
+        self._start = (time.perf_counter(), _busy(psutil.cpu_times()), self._own())
+        return self
+
+    def _own(self) -> float:
+        times = self._process.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def __exit__(self, *exc: Any) -> None:
+        import psutil
+
+        wall, busy, own = self._start
+        elapsed = time.perf_counter() - wall
+        others = (_busy(psutil.cpu_times()) - busy) - (self._own() - own)
+        self.cores = max(0.0, others / elapsed) if elapsed > 0 else 0.0
+
+
+def _busy(times: Any) -> float:
+    """CPU seconds the machine spent on anything but idling or waiting for I/O."""
+    return sum(value for name, value in times._asdict().items() if name not in ("idle", "iowait", "guest",
+                                                                                 "guest_nice"))
+
+
 def _nvml_handles() -> list[tuple[int, Any]]:
     """Each GPU's NVML handle, or none where pynvml is absent or finds no driver."""
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -191,28 +192,58 @@ def test_flopsweep_calibrate_writes_a_profile_jobs_find_and_logs_it_with_its_dig
 @pytest.mark.slow
 def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, monkeypatch):
     """A newcomer's profile measured beside other work came out 4-6x slow and every prediction with it: a CPU's
-    calibration on a machine whose load average exceeds half its cores says so (the load as the system reports it,
-    set here)."""
+    calibration while other processes keep over half its cores busy says so (processes that spin here). Its own
+    threads are not other work: the load average counted them, and warned on an idle machine."""
     import os
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
-    done = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", "--out", str(tmp_path / "p.json"),
-                    cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("flopsweep-calibrate: warning: the machine was busy as it calibrated (load average "
-                           f"{4.0 * (os.cpu_count() or 1):.1f} over {os.cpu_count()} cores)"), line
-    # the profile jobs find, calibrated before on a quiet machine, is not replaced by a busy one: it goes beside it
-    monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path / "profiles"))
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path).returncode == 0
-    (quiet,) = (tmp_path / "profiles").glob("*.json")
-    before = quiet.read_bytes()
-    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
-    busy = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path)
-    assert busy.returncode == 0 and quiet.read_bytes() == before
+    cores = os.cpu_count() or 1
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
+    try:
+        done = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", "--out", str(tmp_path / "p.json"),
+                        cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        said = re.match(r"flopsweep-calibrate: warning: the machine was busy as it calibrated \(other work kept "
+                        rf"([\d.]+) of its {cores} cores busy\)", line)
+        assert said and cores / 2 < float(said.group(1)) <= cores, line
+        # the profile jobs find, calibrated before on a quiet machine, is not replaced by a busy one: it goes beside it
+        monkeypatch.setenv("FLOPSWEEP_CALIBRATION_DIR", str(tmp_path / "profiles"))
+        quiet = profile_path(json.loads((tmp_path / "p.json").read_text())["part"])
+        quiet.parent.mkdir(parents=True)
+        quiet.write_bytes(b'{"part": "stands for a quiet profile"}')
+        busy = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert busy.returncode == 0 and quiet.read_bytes() == b'{"part": "stands for a quiet profile"}'
     assert quiet.with_suffix(".busy.json").is_file(), busy.stderr
     assert f"{quiet} (the profile jobs use) is kept" in busy.stderr, busy.stderr
+
+
+def test_a_calibrations_own_threads_are_not_other_work():
+    """What OtherWork counts: another process's spinning (about a core), not this process's own."""
+    import subprocess
+    import sys
+    import time
+
+    from flopsweep.measure.system import OtherWork
+
+    with OtherWork() as alone:
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:  # this process busy: not other work
+            pass
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: "
+                                "pass"])
+    try:
+        with OtherWork() as beside:
+            time.sleep(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert beside.cores - alone.cores > 0.5, (alone.cores, beside.cores)
 
 
 def test_a_meta_job_predicts_for_a_part_of_the_table():
