@@ -251,9 +251,17 @@ def hydra_error_line(err: BaseException) -> str:
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
         parent, _, name = key.rpartition(".")
-        near = nearest(name, [k for k in known_keys(parent) if k != name], cutoff=0.7)  # not itself: refused here
-        suggestion = f"did you mean {f'{parent}.' if parent else ''}{near}? " if near else ""
-        return f"{key}: no such key ({suggestion}+{key}=... adds one)"
+        keys = [k for k in known_keys(parent) if k != name]  # not itself: refused here
+        near = nearest(name, keys, cutoff=0.7)
+        meant = f"{parent}.{near}" if parent and near else near
+        group, _, field = name.partition("_")
+        if meant is None and not parent and field in known_keys(group):  # batch_size: a group's key, _ for its dot
+            meant = f"{group}.{field}"
+        said = [f"did you mean {meant}?"] if meant else [f"{parent or 'the config'}'s keys: {', '.join(keys)}"] \
+            if parent != "model" and keys else []
+        if key.startswith("model."):  # a model's fields are read where added (+model.hidden_act=...); others never
+            said.append(f"+{key}=... adds one")
+        return f"{key}: no such key" + (f" ({' '.join(said)})" if said else "")
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
         group, value = wanted.groups()

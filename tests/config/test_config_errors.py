@@ -133,7 +133,9 @@ def test_a_device_is_one_of_its_kinds():
     (["batch.size=-1"], "batch.size"),
     (["model.n_head=7"], "model.n_head"),
     # a typo: rejected by Hydra's struct mode at compose time, with the key meant (Hydra advised appending it with +)
-    (["batch.sizee=8"], "batch.sizee: no such key (did you mean batch.size? +batch.sizee=... adds one)"),
+    (["batch.sizee=8"], "batch.sizee: no such key (did you mean batch.size?)"),  # + added a key nothing reads
+    (["batch_size=4"], "batch_size: no such key (did you mean batch.size?)"),  # +batch_size=4 ran batch 1
+    (["batch.foo=1"], "batch.foo: no such key (batch's keys: size, seq_len, image_size, memory_budget_gib)"),
     (["devce=meta"], "devce: no such key (did you mean device?"),
     (["batch.sise=8"], "batch.sise: no such key (did you mean batch.size?"),  # a letter off: no suggestion before
     (["workload=infer"], "workload='infer': must be one of train, inference, generate (did you mean inference?)"),
