@@ -132,6 +132,18 @@ def _group_key(group: str) -> str:
     return "+sweep" if group == "sweep" else group
 
 
+def _dotted(name: str) -> Optional[str]:
+    """The key a top-level ``name`` that is none stands for: a group's key with ``_`` for its dot (``batch_size``:
+    ``batch.size``) or a group's key alone (``seq_len``: ``batch.seq_len``; not a model's field); None if neither."""
+    from flopsweep.config.compose import known_keys
+
+    group, _, field = name.partition("_")
+    if field in known_keys(group):
+        return f"{group}.{field}"
+    return next((f"{group}.{name}" for group in known_keys("") if group != "model" and name in known_keys(group)),
+                None)
+
+
 _HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
                 "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info"}
 
@@ -139,7 +151,7 @@ _HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", 
 def _not_a_flag(args: list[str]) -> Optional[str]:
     """The line for a ``--name`` that is none of Hydra's flags (``--model gpt2_small``, ``--batch 4``): flopsweep
     takes overrides, key=value, and the one meant where it is plain; None where every flag is Hydra's."""
-    from flopsweep.config.compose import public_options
+    from flopsweep.config.compose import known_keys, public_options
 
     for i, arg in enumerate(args):
         name, _, value = arg.partition("=")
@@ -148,7 +160,9 @@ def _not_a_flag(args: list[str]) -> Optional[str]:
         key = name[2:].replace("-", "_")
         value = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "")
         options = dict(public_options().get(key, []))
-        meant = f"did you mean {_group_key(key)}={value}?" if value in options else "model=gpt2_small, batch.size=8"
+        dotted = _dotted(key) or (f"{key}.size" if "size" in known_keys(key) else None)  # --batch: batch.size
+        meant = f"did you mean {_group_key(key)}={value}?" if value in options else \
+            f"did you mean {dotted}={value}?" if dotted and value else "model=gpt2_small, batch.size=8"
         return f"{name}: not a flag of flopsweep, which takes overrides, key=value ({meant})"
     return None
 
@@ -253,10 +267,7 @@ def hydra_error_line(err: BaseException) -> str:
         parent, _, name = key.rpartition(".")
         keys = [k for k in known_keys(parent) if k != name]  # not itself: refused here
         near = nearest(name, keys, cutoff=0.7)
-        meant = f"{parent}.{near}" if parent and near else near
-        group, _, field = name.partition("_")
-        if meant is None and not parent and field in known_keys(group):  # batch_size: a group's key, _ for its dot
-            meant = f"{group}.{field}"
+        meant = f"{parent}.{near}" if parent and near else near or (_dotted(name) if not parent else None)
         said = [f"did you mean {meant}?"] if meant else [f"{parent or 'the config'}'s keys: {', '.join(keys)}"] \
             if parent != "model" and keys else []
         if key.startswith("model."):  # a model's fields are read where added (+model.hidden_act=...); others never

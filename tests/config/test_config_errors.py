@@ -155,7 +155,11 @@ def test_a_device_is_one_of_its_kinds():
     (["gpt3_family"], "(did you mean +sweep=gpt3_family?)"),
     (["--model=gpt2_small"], "--model: not a flag of flopsweep, which takes overrides, key=value (did you mean "
                              "model=gpt2_small?)"),  # argparse's usage of Hydra's flags before
-    (["--batch", "4"], "--batch: not a flag of flopsweep"),
+    (["--batch=4"], "--batch: not a flag of flopsweep, which takes overrides, key=value (did you mean "
+                    "batch.size=4?)"),  # it gave one example for every flag
+    (["--seq-len=128"], "(did you mean batch.seq_len=128?)"),
+    (["--batch-size=8"], "(did you mean batch.size=8?)"),
+    (["--foo=3"], "--foo: not a flag of flopsweep, which takes overrides, key=value (model=gpt2_small, batch.size=8)"),
     (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
     (["-m", "model=gpt2_small", "batch.seq_len=range(16,16)"], "batch.seq_len=range(16,16): sweeps no value"),
