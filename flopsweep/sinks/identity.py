@@ -80,7 +80,7 @@ def layout_name(layout: dict[str, Any], sep: str = "", keys: tuple[str, ...] = _
 def _beyond_defaults(config: dict[str, Any]) -> list[str]:
     """What tells a run apart from the plain training step of its model beyond batch, dtype and device: a workload
     other than train, a train mode other than full, an optimizer other than AdamW, a compiled step, a parallel
-    layout."""
+    layout (with its micro-batch, sequence parallelism and recomputation), a prediction with fused kernels."""
     parts = []
     if config.get("workload", "train") != "train":
         parts.append(str(config["workload"]))
@@ -93,8 +93,13 @@ def _beyond_defaults(config: dict[str, Any]) -> list[str]:
     if (config.get("measure") or {}).get("compile"):
         parts.append("compiled")
     layout = config.get("parallel") or {}
-    if any(layout.get(key) for key in _LAYOUT):
+    if any(layout.get(key) for key in _LAYOUT):  # and what else makes two layouts' steps differ (they had one name)
         parts.append(layout_name(layout))
+        parts += [f"mb{layout['micro_batch_size']}"] * ((layout.get("micro_batch_size") or 1) > 1)
+        parts += ["seqpar"] * bool(layout.get("sequence_parallel"))
+        parts += [f"recompute={layout['recompute']}"] * (layout.get("recompute") not in (None, "none"))
+    if (config.get("predict") or {}).get("fused"):
+        parts.append("fused")
     return parts
 
 

@@ -82,6 +82,11 @@ def test_a_runs_name_says_what_differs_from_the_plain_training_step_of_its_model
     assert run_name(base) == "gpt3_175b|b8|s2048|bfloat16|meta"
     assert run_name({**base, "train": {"mode": "lora", "rank": 8}}).endswith("|meta|lora")
     assert run_name({**base, "optimizer": {"name": "sgd"}, "measure": {"compile": True}}).endswith("|meta|sgd|compiled")
-    assert run_name({**base, "parallel": {"dp": 16, "tp": 8, "pp": 8, "zero": 1, "cp": None}}).endswith(
-        "|meta|dp16tp8pp8zero1")
+    layout = {"dp": 16, "tp": 8, "pp": 8, "zero": 1, "cp": None, "micro_batch_size": 1, "recompute": "none",
+              "sequence_parallel": False}
+    assert run_name({**base, "parallel": layout}).endswith("|meta|dp16tp8pp8zero1")
+    # what else tells two layouts' steps apart: three of the docs' commands shared one name
+    other = {**layout, "micro_batch_size": 2, "recompute": "full", "sequence_parallel": True}
+    assert run_name({**base, "parallel": other, "predict": {"fused": True}}).endswith(
+        "|meta|dp16tp8pp8zero1|mb2|seqpar|recompute=full|fused")
     assert run_name({**base, "workload": "generate"}).endswith("|meta|generate")  # AdamW or not: nothing steps
