@@ -41,6 +41,7 @@ from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.text import capacity, size_bytes
 from flopsweep.projection.generation import KV_DTYPES, SERVED_BYTES, Generation
+from flopsweep.projection.training import not_given
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,8 @@ class ServingPlan:
                  "-" if r.kwh_per_m_output is None else f"{r.kwh_per_m_output:,.3g}"] for r in self.rows]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
-        return "\n".join(lines)
+        unpriced = not_given(s.price_per_gpu_hour, s.watts_per_gpu)  # its "-" columns said, as train says them
+        return "\n".join(lines + ([f"- {unpriced}"] if unpriced else []))
 
 
     def _experts_words(self) -> str:

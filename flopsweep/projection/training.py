@@ -170,6 +170,15 @@ class Row:
     energy_kwh: Optional[float]
 
 
+def not_given(price: Optional[float], watts: Optional[float]) -> Optional[str]:
+    """What a projection leaves out for want of a flag: ``cost and energy: n/a without --price (...) and --watts
+    (...).``; None where both are given (train's and serve's notes)."""
+    flags = (("cost", "--price (dollars a GPU-hour)", price), ("energy", "--watts (a GPU's power)", watts))
+    missing = [(what, flag) for what, flag, given in flags if given is None]
+    return f"{' and '.join(w for w, _ in missing)}: n/a without {' and '.join(f for _, f in missing)}." if missing \
+        else None
+
+
 def cost_row(method: str, flops: Optional[float], hw: Hardware, bubble: float = 0.0) -> Row:
     """Time, cost and energy of ``flops``; a pipeline ``bubble`` idles the GPUs that fraction of the time."""
     if flops is None:
@@ -247,11 +256,8 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
     if plan.steps is None and cost.counted is not None and cost.training:
         notes.append("the plan gives no tokens per step, so the optimizer step (per step, not per token) is left "
                      "out of counted; it is about 12·N FLOPs per step for AdamW.")
-    flags = (("cost", "--price (dollars a GPU-hour)", hardware.price_per_gpu_hour),
-             ("energy", "--watts (a GPU's power)", hardware.watts_per_gpu))
-    missing = [(what, flag) for what, flag, given in flags if given is None]
-    if missing:
-        notes.append(f"{' and '.join(w for w, _ in missing)}: n/a without {' and '.join(f for _, f in missing)}.")
+    unpriced = not_given(hardware.price_per_gpu_hour, hardware.watts_per_gpu)
+    notes += [unpriced] if unpriced else []
     notes += parallel_notes(devices, plan.recompute, hardware.mfu_of_layout) if devices else []
     bubble = devices.bubble if devices and not hardware.mfu_of_layout else 0.0
     return Projection(cost, plan, hardware, [cost_row(m, totals[m], hardware, bubble) for m in cost.methods], notes,

@@ -131,6 +131,7 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
                    "--hardware", "gpu.yaml", "--batch", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "my-asic (400 TFLOP/s bfloat16, 2,000 GB/s, 59.6 GiB (64 GB)" in out.stdout
+    assert "- cost and energy: n/a without --price (dollars a GPU-hour) and --watts (a GPU's power)." in out.stdout
     (tmp_path / "bad.yaml").write_text("name: x\npeak_tflops: {bfloat16: 400}\nmemory_gb: 64\nbandwidth: 2\n")
     bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
                    "--hardware", "bad.yaml", cwd=tmp_path)
