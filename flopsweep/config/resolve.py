@@ -173,9 +173,9 @@ def _generate(node: DictConfig, workload: Workload, family: Family, model: Model
             note = (f"batch.seq_len not given: a prompt of {batch.seq_len:,} tokens, leaving room in the model's "
                     f"{longest:,} positions for generate.new_tokens={generate.new_tokens}")
     context = batch.seq_len + generate.new_tokens - 1
-    require(longest is None or context <= longest, "generate.new_tokens", generate.new_tokens,
-            f"with batch.seq_len={batch.seq_len} makes a context of {context} tokens, over the model's {longest} "
-            "positions")
+    if longest is not None:  # (its line formatted only where there is a longest)
+        require(context <= longest, "generate.new_tokens", generate.new_tokens, f"with batch.seq_len={batch.seq_len} "
+                f"makes a context of {context:,} tokens, over the model's {longest:,} positions")
     return generate, batch, note
 
 

@@ -211,9 +211,9 @@ class MemoryCheck:
         return self.estimated_bytes <= self.limit_bytes
 
     def reason(self) -> str:
-        return (f"estimated training peak {size_bytes(self.estimated_bytes)} ({self.estimated_bytes} bytes, on meta) "
+        return (f"estimated training peak {size_bytes(self.estimated_bytes)} ({self.estimated_bytes:,} bytes, on meta) "
                 f"exceeds measure.memory_share={self.share} of the {size_bytes(self.available.bytes)} "
-                f"({self.available.bytes} bytes) available on {self.device} ({self.available.source}): "
+                f"({self.available.bytes:,} bytes) available on {self.device} ({self.available.source}): "
                 + ("use a smaller batch.size, " if self.batch != 1 else "count it on device=meta (sizes, no time), "
                    "use a shorter batch.seq_len, ")
                 + "raise measure.memory_share, or set measure.memory_check=false to run it anyway")

@@ -239,7 +239,7 @@ def test_a_presets_generation_runs_with_its_defaults_its_prompt_cut_to_leave_roo
     (it asked for a context of 1,151 and failed); a prompt given is the user's, refused as before."""
     spec = resolve(compose_config("model=gpt2_small", "workload=generate", "device=meta", "tracking=none"))
     assert spec.batch.seq_len == 1024 - 128 + 1 and spec.generate.new_tokens == 128
-    with pytest.raises(ConfigError, match="generate.new_tokens=128: with batch.seq_len=1024 makes a context of 1151"):
+    with pytest.raises(ConfigError, match="generate.new_tokens=128: with batch.seq_len=1024 makes a context of 1,151"):
         resolve(compose_config("model=gpt2_small", "workload=generate", "batch.seq_len=1024", "device=meta"))
     roomy = resolve(compose_config("model=llama3_1_8b", "workload=generate", "device=meta", "tracking=none"))
     assert roomy.batch.seq_len == 8192  # its default prompt fits its 131,072 positions: left as it is

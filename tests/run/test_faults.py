@@ -114,7 +114,7 @@ def test_a_job_that_would_not_fit_is_skipped_before_it_is_built():
     assert check["limit_bytes"] == int(share * check["available_bytes"]) < check["estimated_bytes"]
     reason = result.info["skipped"]
     assert reason == result.error and "\n" not in reason
-    for part in (f"{sgd_peak(64)} bytes", f"{check['available_bytes']} bytes", "measure.memory_share=1e-09",
+    for part in (f"{sgd_peak(64):,} bytes", f"{check['available_bytes']:,} bytes", "measure.memory_share=1e-09",
                  "measure.memory_check=false", "on cpu"):
         assert part in reason
     assert "use a smaller batch.size" in reason
