@@ -88,6 +88,9 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - said in one line; the parent run is closed below
             sweep.failed = True
             error(f"the sweep's summary: {one_line(err)}")
+        if sweep.coda:  # the answer last, where the eye lands
+            print(f"\n{sweep.coda}", flush=True)
+            sweep.coda = None
         _say_unlogged(sweep, results, sweep_dir)
         _ended(sweep)
         if sweep.parent is not None:

@@ -18,6 +18,7 @@ from flopsweep.core.text import capacity, format_metric, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
 from flopsweep.sinks.identity import layout_name
 from flopsweep.sweep._hydra import BasicSweeper
+from flopsweep.sweep import state
 from flopsweep.sweep.plan import SweepPlan
 from flopsweep.sweep.state import SweepContext
 from flopsweep.sweep.sweeper import RecoveringSweeper
@@ -164,7 +165,7 @@ class LayoutSweeper(RecoveringSweeper):
         returns = super().sweep(arguments)
         results = [(p.parent.name, r) for p in Path(str(self.config.hydra.sweep.dir)).glob("*/result.json")
                    if (r := Result.read_or_none(p)) is not None]
-        print(ranked_table(results, self.top), flush=True)
+        state.current().coda = ranked_table(results, self.top)  # said after the summary: above it, 312 rows hid it
         return returns
 
 

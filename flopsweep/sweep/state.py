@@ -68,6 +68,7 @@ class SweepState:
     unwritten: dict[str, Any] = field(default_factory=dict)  # job folder -> its Result, measured, not written
     cut: Optional[Path] = None           # the folder of a job a signal cut, holding what it measured before
     heartbeat: Any = None                # the sweep's Heartbeat (sinks.sweep_run), while it runs
+    coda: Optional[str] = None           # what the sweeper says after the summary (a layout search's fastest)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -108,6 +108,7 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
                    "hydra.sweeper.zero=[0,3]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "4 to run" in done.stdout  # d2 zero 0, d2 zero 3, t2, p2
+    assert done.stdout.index("4 jobs: 4 ok") < done.stdout.index("fastest")  # the answer after the summary's rows
     lines = done.stdout[done.stdout.index("fastest"):].splitlines()
     rows = [re.split(r"\s{2,}", line) for line in lines[3:7]]
     assert [r[0] for r in rows] == ["1", "2", "3", "4"]
