@@ -50,6 +50,8 @@ def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Op
     label = label or title
     layouts = M.PARALLEL_GPUS in df and df[M.PARALLEL_GPUS].notna().all()  # every run a layout, counted per GPU
     if layouts:  # the whole-model plots have nothing to draw (it said "no counted runs" of 312 counted layouts)
+        ranked = [k for k in (M.PARALLEL_FITS, M.TOKENS_PER_S_PER_GPU_PREDICTED) if k in df]
+        df = df.sort_values(ranked, ascending=False, na_position="last") if ranked else df  # as the console ranks
         drawn = {"layouts.png": _layouts(df, out, label)}
     else:
         drawn = {"flops_vs_seq_len.png": _flops_vs_seq_len(df, out, label),

@@ -163,6 +163,7 @@ def test_a_sweep_of_layouts_reports_a_gpus_figures_and_whether_each_fits(tmp_pat
     assert header.split(" | ")[2:] == ["parallel/gpus", "flops/step_per_gpu", "parallel/memory_per_gpu_bytes",
                                        "time/step_predicted_s", "speed/tokens_per_s_per_gpu_predicted",
                                        "speed/mfu_predicted", "parallel/fits |"]
+    assert [row.split(" | ")[0] for row in rows] == ["| d2", "| d1", "| d4"]  # those that fit first, fastest first
     assert rows[2] == "| d4 | ok | 8 | 250T | 90 GiB | 250 ms | 4,000 | 40.0% | no |"
     assert "not drawn" not in markdown
 
