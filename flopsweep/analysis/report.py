@@ -250,7 +250,7 @@ def _layouts(df, out: Path, label: str) -> str:
     runs = df.dropna(subset=[k for k in keys if k in df]) if all(k in df for k in keys) else df.iloc[:0]
     if runs.empty:
         return "no layout predicted for a part (predict.hardware)"
-    fits = runs[M.PARALLEL_FITS].fillna(1) >= 1 if M.PARALLEL_FITS in runs else runs[keys[0]] == runs[keys[0]]
+    fits = runs[M.PARALLEL_FITS].fillna(1) >= 1 if M.PARALLEL_FITS in runs else runs[keys[0]].notna()  # all
     fig, ax = _figure("Parallel layouts: predicted speed against memory a GPU", "memory a GPU (GiB)",
                       "predicted tokens/s a GPU", label)
     for kept, style, what in ((True, "o", "fits"), (False, "x", "does not fit the part's memory")):

@@ -22,6 +22,9 @@ from flopsweep.sweep.plan import FORCE_KEY, SweepPlan, jobs_at_once, launcher_cl
 from flopsweep.sweep.state import Unwritable, keep_swallowed_interrupts
 
 
+LISTED_JOBS = 20  # a sweep's overrides listed before it starts up to this many jobs; each job's [job N/M] line names it
+
+
 def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
     """Run ``hydra/launcher=joblib``'s jobs as Hydra's joblib launcher does (its settings, its log lines, Hydra's
     ``run_job`` in each worker), except that Hydra's state reaches a worker once rather than with every job. Hydra's
@@ -52,9 +55,6 @@ def launch_joblib(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> 
         warnings.filterwarnings("ignore", "A worker stopped while some jobs were given to the executor")
         return list(Parallel(**settings)(delayed(_execute_job)(first + i, list(overrides), state)
                                          for i, overrides in enumerate(batch)))
-
-
-LISTED_JOBS = 20  # a sweep's overrides listed before it starts up to this many jobs; each job's [job N/M] line names it
 
 
 def joblib_settings(launcher: DictConfig) -> dict[str, Any]:
