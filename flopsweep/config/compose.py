@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from flopsweep.core.result import model_label
 from flopsweep.config.schema import CONF_DIR, SWEEPS_DIR, Schema
 from flopsweep.models import FAMILIES
 
@@ -25,6 +26,14 @@ def new_folder(path: str) -> str:
         except FileExistsError:
             n += 1
             candidate = Path(f"{path}-{n}")
+
+
+def model_folder(name: str, config: str = "", target: str = "", model_type: str = "") -> str:
+    """A job folder's model part: the model as its run is named (``hf:Llama-3.2-1B``, ``custom:Net``), ``:`` as ``-``
+    (a folder named ``..._hf`` for every HF config could not be found by its model). The ``flopsweep.model_folder``
+    resolver of ``hydra.run.dir`` and ``hydra.sweep.subdir``."""
+    fields = {"name": name, "config": config, "_target_": target, "model_type": model_type}
+    return model_label({k: v for k, v in fields.items() if v and v != "???"}).replace(":", "-").replace("/", "-")
 
 
 OLD_SPELLING = "old spelling of"  # how the file of an option kept for old commands begins
@@ -82,6 +91,7 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     OmegaConf.register_new_resolver("flopsweep.new_folder", new_folder, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("flopsweep.model_folder", model_folder, replace=True)
 
     store = ConfigStore.instance()
     store.store(name="schema", node=Schema)

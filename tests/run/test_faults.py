@@ -71,7 +71,8 @@ def test_a_sweep_goes_on_after_an_oom(tmp_path):
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("flopsweep: error:")]
     assert errors == [errors[0]] and "out of memory at batch.size=8192 (count)" in errors[0]
-    results = [json.loads((tmp_path / "sweep" / f"{n}_custom" / "result.json").read_text()) for n in (0, 1)]
+    results = [json.loads((tmp_path / "sweep" / f"{n}_custom-PretendGPU" / "result.json").read_text())
+               for n in (0, 1)]  # a custom model's folder named by its class, as its run
     assert [r["status"] for r in results] == ["oom", "ok"]
     assert results[0]["info"]["batch_size"] == 8192 and results[1]["metrics"]["config/batch_size"] == 2
     assert "1 ok" in out.stdout and "1 oom" in out.stdout
@@ -89,7 +90,7 @@ def test_a_job_skipped_for_memory_is_logged_and_not_taken_for_measured(tmp_path)
         out = run_app(*command, *extra, f"hydra.sweep.dir=sweep{attempt}", cwd=tmp_path,
                       env={"MLFLOW_TRACKING_URI": None})
         assert out.returncode == 0, out.stderr[-3000:]  # skipping is not failing
-        results = [json.loads((tmp_path / f"sweep{attempt}" / f"{n}_custom" / "result.json").read_text())
+        results = [json.loads((tmp_path / f"sweep{attempt}" / f"{n}_custom-PretendGPU" / "result.json").read_text())
                    for n in (0, 1)]
         assert [r["status"] for r in results] == ["skipped", "skipped"]
         assert all("memory_check" in r["info"] and r["info"]["tracking"]["logged"] for r in results)
