@@ -28,12 +28,13 @@ def new_folder(path: str) -> str:
             candidate = Path(f"{path}-{n}")
 
 
-def model_folder(name: str, config: str = "", target: str = "", model_type: str = "") -> str:
+def model_folder(model: DictConfig) -> str:
     """A job folder's model part: the model as its run is named (``hf:Llama-3.2-1B``, ``custom:Net``), ``:`` as ``-``
     (a folder named ``..._hf`` for every HF config could not be found by its model). The ``flopsweep.model_folder``
-    resolver of ``hydra.run.dir`` and ``hydra.sweep.subdir``."""
-    fields = {"name": name, "config": config, "_target_": target, "model_type": model_type}
-    return model_label({k: v for k, v in fields.items() if v and v != "???"}).replace(":", "-").replace("/", "-")
+    resolver of ``hydra.run.dir`` and ``hydra.sweep.subdir``; a field not given yet (``???``) is left out."""
+    fields = OmegaConf.to_container(model, resolve=False) if isinstance(model, DictConfig) else {"name": str(model)}
+    given = {k: v for k, v in fields.items() if k in ("name", "config", "_target_", "model_type") and v and v != "???"}
+    return model_label(given).replace(":", "-").replace("/", "-")
 
 
 OLD_SPELLING = "old spelling of"  # how the file of an option kept for old commands begins
