@@ -236,6 +236,7 @@ def hydra_error_line(err: BaseException) -> str:
 
     from flopsweep.config.compose import LISTED_BY, known_keys, public_options
     from flopsweep.core.errors import nearest, not_one_of
+    from flopsweep.core.hardware import DTYPE_SPELLINGS
 
     def lines_of(text: str) -> tuple[list[str], list[str]]:
         kept, options, listing = [], [], False
@@ -277,7 +278,8 @@ def hydra_error_line(err: BaseException) -> str:
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets
         group, value = wanted.groups()
         key = _group_key(group)
-        return f"{key}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=key)})"
+        said = {"gpu": "cuda", **DTYPE_SPELLINGS}  # device=gpu meant cuda, not the nearest spelling (cpu)
+        return f"{key}={value}: no such option ({not_one_of(value, options, LISTED_BY, key=key, spellings=said)})"
     override = getattr(err, "override", None)  # a line Hydra's grammar cannot parse
     if override and "missing EQUAL" in message:  # a bare word: what it names, as an override
         named = [f"{_group_key(group)}={override}" for group, options in public_options().items()

@@ -4,7 +4,7 @@ raise it, and :func:`one_line`, the one way any error is shortened for a person.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 
 class ConfigError(ValueError):
@@ -65,19 +65,19 @@ def nearest(value: str, choices: Iterable[str], cutoff: float = 0.6) -> Optional
     return near[0] if near else None
 
 
-# what people call a choice, where the spelling nearest it is another (gpu: cpu) or none
-_SAID = {"gpu": "cuda", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 LISTED = 30  # choices an error lists whole; more are named where they are listed (65 presets took 700 characters)
 
 
-def not_one_of(value: str, choices: Iterable[str], listed_in: str, cutoff: float = 0.6, key: str = "") -> str:
+def not_one_of(value: str, choices: Iterable[str], listed_in: str, cutoff: float = 0.6, key: str = "",
+               spellings: Optional[Mapping[str, str]] = None) -> str:
     """How an error goes on where ``value`` is none of ``choices``: the nearest as a "did you mean" (``key=`` before
-    it where given, to paste; the list would bury it), else the choices where they are few, else how many and where
-    they are listed (``listed_in``)."""
+    it where given, to paste; the list would bury it; ``spellings``, what people call a choice where the nearest
+    spelling is another, gpu: cuda), else the choices where they are few, else how many and where they are listed
+    (``listed_in``)."""
     choices = list(choices)
     cased = {choice.lower(): choice for choice in choices}
     said = value.lower()
-    near = cased.get(_SAID.get(said, said)) or cased.get(nearest(said, list(cased), cutoff) or "")
+    near = cased.get((spellings or {}).get(said, said)) or cased.get(nearest(said, list(cased), cutoff) or "")
     if near:
         return f"did you mean {key}{'=' if key else ''}{near}?"
     return f"one of {', '.join(choices)}" if len(choices) <= LISTED else f"{len(choices)} of them: {listed_in}"

@@ -21,6 +21,11 @@ from typing import Any, Optional
 from flopsweep.core.errors import ConfigError, is_number, nearest, not_one_of, require
 
 DTYPES = ("float32", "tf32", "bfloat16", "float16", "fp8", "int8", "fp4")
+# the usual spellings of a number format, as the hardware table and the serving bytes name it
+DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
+                   "float8": "fp8", "e4m3": "fp8", "e5m2": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
+                   "fp8_e4m3": "fp8", "int4": "int4", "uint4": "int4", "nf4": "int4", "nvfp4": "fp4", "mxfp4": "fp4",
+                   "float4": "fp4", "e2m1": "fp4", "float4_e2m1fn_x2": "fp4"}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from flopsweep.core.errors import require
+from flopsweep.core.hardware import DTYPE_SPELLINGS
 from flopsweep.core.hardware import names as hardware_names
 from flopsweep.core.text import plain
 
@@ -56,13 +57,6 @@ def add_training_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference", action="store_true",
                    help="with --model: count a forward pass only (workload=inference) and project the tokens processed;"
                         " a measured inference run is projected so by itself")
-
-
-# the usual spellings of a number format, as the hardware table and the serving bytes name it
-DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
-                   "float8": "fp8", "e4m3": "fp8", "e5m2": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
-                   "fp8_e4m3": "fp8", "int4": "int4", "uint4": "int4", "nf4": "int4", "nvfp4": "fp4", "mxfp4": "fp4",
-                   "float4": "fp4", "e2m1": "fp4", "float4_e2m1fn_x2": "fp4"}
 
 
 def dtype_name(text: str) -> str:
