@@ -20,7 +20,7 @@ from flopsweep.analysis import bottlenecks, scaling_fit
 from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import accelerator
-from flopsweep.core.text import capacity, estimated_peak, format_metric
+from flopsweep.core.text import PARALLEL_COLUMNS, capacity, estimated_peak, format_metric
 from flopsweep.sinks.identity import run_name
 from flopsweep.sinks.jobdir import write_profile
 from flopsweep.sinks.reader import load_result
@@ -32,9 +32,8 @@ MEMORY = ((M.WEIGHTS_BYTES, "weights"), (M.GRADS_BYTES, "gradients"), (M.OPTIMIZ
 ESTIMATED_PEAK = "est. peak"  # the larger of the two estimates, as the console's summary and the memory checks read it
 TABLE = ("run_name", "status", M.PARAMS, M.FLOPS_STEP, M.FLOPS_FORWARD, ESTIMATED_PEAK, M.TIME_STEP,
          M.TOKENS_PER_S, M.MFU)
-# a sweep of parallel layouts: a GPU's figures, as the console's summary gives them
-LAYOUT_TABLE = ("run_name", "status", M.PARALLEL_GPUS, M.FLOPS_STEP_PER_GPU, M.PARALLEL_MEMORY_PER_GPU,
-                M.TIME_STEP_PREDICTED, M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_FITS)
+# a sweep of parallel layouts: a GPU's figures, the columns of the console's summary
+LAYOUT_TABLE = ("run_name", "status", *(key for _, key, _, _ in PARALLEL_COLUMNS))
 
 
 def write_report(df, out: Path, title: str, uri: Optional[str] = None, label: Optional[str] = None) -> dict[str, str]:
