@@ -151,12 +151,12 @@ _HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", 
 def _not_a_flag(args: list[str]) -> Optional[str]:
     """The line for a ``--name`` that is none of Hydra's flags (``--model gpt2_small``, ``--batch 4``): flopsweep
     takes overrides, key=value, and the one meant where it is plain; None where every flag is Hydra's."""
-    from flopsweep.config.compose import known_keys, public_options
-
     for i, arg in enumerate(args):
         name, _, value = arg.partition("=")
         if not arg.startswith("--") or name in _HYDRA_FLAGS:
             continue
+        from flopsweep.config.compose import known_keys, public_options  # (the families, torch: only for a flag)
+
         key = name[2:].replace("-", "_")
         value = value or (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else "")
         options = dict(public_options().get(key, []))
