@@ -61,8 +61,18 @@ def whole(value: Optional[float]) -> str:
 
 
 def billions(value: float) -> str:
-    """Tokens and parameters of a plan or a budget, in billions with commas: ``1,000.0 B`` for 1e12."""
-    return f"{value / 1e9:,.1f} B"
+    """Tokens and parameters of a plan or a budget, in billions with commas: ``1,000.0B`` for 1e12 (``175B``'s B)."""
+    return f"{value / 1e9:,.1f}B"
+
+
+LAYOUT_KEYS = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1
+
+
+def layout_name(layout: Mapping[str, Any], sep: str = "", keys: tuple[str, ...] = LAYOUT_KEYS) -> str:
+    """A parallel layout as every table and run names it: ``dp16tp8pp8zero1`` (``sep=" "``: ``dp16 tp8 pp8 zero1``);
+    dp, tp and pp as given, the others where they are not 1 (ZeRO where it is not 0)."""
+    return sep.join(f"{key}{layout[key]}" for key in keys
+                    if layout.get(key) and (key in ("dp", "tp", "pp", "zero") or layout[key] != 1))
 
 
 def seconds(value: Optional[float]) -> str:
@@ -312,16 +322,19 @@ def summary_table(results: list[tuple[str, Result]], varying: tuple[str, ...] = 
     """The sweep's table: each job's row; ``varying``, the config keys the sweep varies, each a column of its own
     where the base columns do not show it already (``optimizer``, ``train.rank``, ...)."""
     columns = summary_columns([r for _, r in results])
-    swept = [key for key in varying if key not in _SHOWN]
+    layout = tuple(key for key in LAYOUT_KEYS if f"parallel.{key}" in varying)  # one column, as runs name them
+    swept = [key for key in varying if key not in _SHOWN and key[len("parallel."):] not in layout]
+    swept[:0] = ["layout"] * bool(layout)
     rows = [summary_row(job, r, columns) for job, r in results]
-    rows = [row[:len(_BASE)] + [_config_value(r.config, key) for key in swept] + row[len(_BASE):]
+    rows = [row[:len(_BASE)] + [layout_name(r.config.get("parallel") or {}, " ", layout) if key == "layout"
+                                else _config_value(r.config, key) for key in swept] + row[len(_BASE):]
             for row, (_, r) in zip(rows, results)]
     named = [key.partition(".")[0] if key.count(".") == 1 and key.endswith((".name", ".mode", ".type", ".kind"))
              else key for key in swept]  # a group's option by the group: optimizer, train
     return table(_BASE + named + [header for header, _ in columns], rows)
 
 
-def _config_value(config: dict[str, Any], key: str) -> str:
+def _config_value(config: Mapping[str, Any], key: str) -> str:
     """A config value by its dotted key (``optimizer.name``), ``-`` where the job has none."""
     node: Any = config
     for part in key.split("."):

@@ -103,7 +103,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
     if optima:
         lines += ["", "what the budget is best spent on (C = 6ND; the loss predicted by the fit, Hoffmann's for "
                   "a rule):"]
-        lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f} B  D {o.tokens / 1e9:12,.1f} B tokens  "
+        lines += [f"  {o.method:16s} N {o.params / 1e9:10,.2f}B  D {o.tokens / 1e9:12,.1f}B tokens  "
                   f"predicted loss {o.loss:.3f}" + (f"  + serving {billions(inference_tokens)} tokens (2N each): "
                                                     f"{flops + 2 * o.params * inference_tokens:.3e} FLOPs in all"
                                                     if inference_tokens else "") for o in optima]
@@ -113,7 +113,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
                   "Hoffmann et al.'s fit predicts for it trained on the whole budget:"]
         width = max(len(f.model) for f in fits)
         best = min(fits, key=lambda f: f.loss)
-        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f} B  needs {f.flops:.3e} FLOPs  "
+        lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f}B  needs {f.flops:.3e} FLOPs  "
                   f"{f.share:8.1%} of the budget  {'fits' if f.fits else 'does not fit':12s}  "
                   f"budget: {f.bought / f.params:9,.1f} tokens/param, loss {f.loss:.3f}"
                   + ("  <- lowest" if f is best else "") for f in fits]

@@ -36,7 +36,7 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import require, require_int
 from flopsweep.core.result import Result
 from flopsweep.core.shape import shape_of
-from flopsweep.core.text import count, human, size_bytes
+from flopsweep.core.text import count, layout_name, size_bytes
 from flopsweep.core.text import table as text_table
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -81,8 +81,13 @@ class Parallelism:
         """Over how many devices ZeRO shards what its ``stage`` shards: dp from that stage on, else 1."""
         return self.dp if self.zero >= stage else 1
 
+    @property
+    def name(self) -> str:
+        """The layout as its run is named: ``dp16 tp8 pp8 zero1``."""
+        return layout_name({"dp": self.dp, "tp": self.tp, "pp": self.pp, "zero": self.zero}, " ")
+
     def describe(self) -> str:
-        return (f"dp {self.dp} × tp {self.tp} × pp {self.pp} = {self.devices:,} GPUs, ZeRO-{self.zero}, "
+        return (f"{self.name} = {self.devices:,} GPUs, "
                 f"{self.m} micro-batch{'es' if self.m > 1 else ''} per replica (1F1B)")
 
 
@@ -170,7 +175,7 @@ def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
     rows = [["parameters" + (f" (ZeRO-3: a device holds {count(split.params.device / held)}, gathers the rest)"
                              if held > 1 else ""),
              count(split.params.whole), count(split.params.device)],
-            ["FLOPs per step", human(split.flops.whole), human(split.flops.device)]]
+            ["FLOPs per step", f"{split.flops.whole:.3e}", f"{split.flops.device:.3e}"]]  # as the totals
     for label, key in (("weights", "weights_bytes"), ("buffers", "buffers_bytes"), ("gradients", "grads_bytes"),
                        ("optimizer state", "optimizer_state_bytes"), ("activations", "activations_bytes"),
                        ("memory", "memory_bytes")):

@@ -65,13 +65,15 @@ class PresetSize:
     shape: ModelShape
 
 
-def language_model_presets(each: Callable[[int, int, str], None] = lambda done, total, name: None) -> list[PresetSize]:
+def language_model_presets(each: Callable[[int, int, int], None] = lambda done, total, found: None
+                           ) -> list[PresetSize]:
     """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (nothing is
-    counted); ``each(done, total, name)`` after each preset file read, for whoever says how far it is."""
-    sizes = []
+    counted); ``each(done, total, found)`` before each preset file is read (``found`` language models so far), for
+    whoever says how far it is."""
+    sizes: list[PresetSize] = []
     files = sorted((CONF_DIR / "model").glob("*.yaml"))
     for done, file in enumerate(files):
-        each(done, len(files), file.stem)
+        each(done, len(files), len(sizes))
         cfg = compose_config(f"model={file.stem}", "device=meta", "tracking=none")
         if cfg.model.get("family") not in ("decoder", "hf"):
             continue

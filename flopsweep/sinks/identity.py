@@ -18,6 +18,8 @@ from flopsweep.core import __version__
 from flopsweep.core.errors import masked
 from flopsweep.core.hardware import cpu_model
 from flopsweep.core.result import Result, model_label
+from flopsweep.core.text import LAYOUT_KEYS as _LAYOUT
+from flopsweep.core.text import layout_name
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
@@ -47,7 +49,7 @@ def fingerprint_of(result: Result) -> str:
 
 GROUP_NAMES = {"model": "name", "dtype": "name", "optimizer": "name", "train": "mode", "device": "type",
                "tracking": "kind"}  # a config group's option, by the field that names it
-_SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i"}
+_SHORT = {"batch.size": "b", "batch.seq_len": "s", "batch.image_size": "i", "parallel.micro_batch_size": "mb"}
 LABELLED = ("model.name", "model.config", "model.model_type", "model._target_")  # in the model's name already
 TEMPLATES = ("hf", "custom")  # no preset: every field is the user's, and the name says what was built
 
@@ -65,16 +67,6 @@ def run_name(config: dict[str, Any], changed: Sequence[str] = ()) -> str:
     parts += [f"{_SHORT[f'batch.{key}']}{batch[key]}" for key in ("seq_len", "image_size") if batch.get(key)]
     parts += [str((config.get("dtype") or {}).get("name", "?")), str((config.get("device") or {}).get("type", "?"))]
     return "|".join(parts + _beyond_defaults(config))
-
-
-_LAYOUT = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1
-
-
-def layout_name(layout: dict[str, Any], sep: str = "", keys: tuple[str, ...] = _LAYOUT) -> str:
-    """A parallel layout as every table and run names it: ``dp16tp8pp8zero1`` (``sep=" "``: ``dp16 tp8 pp8 zero1``);
-    dp, tp and pp as given, the others where they are not 1 (ZeRO where it is not 0)."""
-    return sep.join(f"{key}{layout[key]}" for key in keys
-                    if layout.get(key) and (key in ("dp", "tp", "pp", "zero") or layout[key] != 1))
 
 
 def _beyond_defaults(config: dict[str, Any]) -> list[str]:
@@ -105,11 +97,16 @@ def _beyond_defaults(config: dict[str, Any]) -> list[str]:
 
 def short_name(config: dict[str, Any], keys: list[str]) -> str:
     """A run's name in a sweep: the values of the keys that tell the sweep's runs apart, in the sweep's order
-    (``gpt3_13b|s2048`` where model and batch.seq_len vary), so that what differs survives the runs table cutting
-    names short; the full name is :func:`run_name`."""
+    (``gpt3_13b|s2048`` where model and batch.seq_len vary; a layout's keys as one part, ``dp16tp2zero3``), so that
+    what differs survives the runs table cutting names short; the full name is :func:`run_name`."""
     flat, parts = flatten(config), []
+    layout = tuple(key for key in _LAYOUT if f"parallel.{key}" in keys)  # one part, as the run's name spells it
     for key in keys:
-        if key == "model":
+        if key.startswith("parallel.") and key[len("parallel."):] in _LAYOUT:
+            if layout:
+                parts.append(layout_name(config.get("parallel") or {}, keys=layout) or "-")
+                layout = ()
+        elif key == "model":
             parts.append(model_label(config.get("model") or {}))
         elif key == "train" and config.get("workload", "train") != "train":  # train=generate, the old spelling
             parts.append(str(config["workload"]))

@@ -14,9 +14,8 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import ConfigError, require, require_int
 from flopsweep.core.hardware import accelerator
 from flopsweep.core.result import Result
-from flopsweep.core.text import capacity, format_metric, table
+from flopsweep.core.text import capacity, format_metric, layout_name, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
-from flopsweep.sinks.identity import layout_name
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep import state
 from flopsweep.sweep.plan import SweepPlan

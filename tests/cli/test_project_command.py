@@ -378,7 +378,7 @@ def test_tokens_with_a_batch_count_the_optimizers_step_once_a_step(tmp_path):
 @pytest.mark.slow  # every preset built on meta: some 20 s
 def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
     """'building every language-model preset ... (some seconds)' was then silent for 20 s: the build says how far it
-    is, every few seconds (every time here), naming the preset."""
+    is, every few seconds (every time here), saying how many of them are language models (the table lists those)."""
     from flopsweep.cli.project import budget
     from flopsweep.config.schema import CONF_DIR
 
@@ -389,7 +389,11 @@ def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("  ... ") and "presets read" in line]
     models = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-    assert len(lines) == len(models) and lines[0] == f"  ... 0 of {len(models)} presets read ({models[0]})"
+    assert len(lines) == len(models) and lines[0] == f"  ... 0 of {len(models)} model presets read, 0 of them " \
+        "language models"
+    found = [int(line.split(", ")[1].split()[0]) for line in lines]  # it said 35 of 65 read, and listed 39
+    listed = sum(" needs " in line for line in out.stdout.splitlines())
+    assert found == sorted(found) and listed - 1 <= found[-1] <= listed and listed < len(models)
 
 
 def test_a_preset_that_cannot_be_projected_is_said_of_its_model_flag(tmp_path):

@@ -54,3 +54,10 @@ def test_the_docs_write_a_share_as_the_console_does():
     spaced = [f"{path.name}:{n}" for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
               for n, line in enumerate(path.read_text().splitlines(), 1) if re.search(r"\d %", line)]
     assert not spaced
+
+
+def test_a_plans_billions_carry_the_b_of_a_models_name():
+    from flopsweep.core.text import billions
+
+    assert billions(1.0589e12) == "1,058.9B"  # beside a preset's 175B; it read 1,058.9 B
+

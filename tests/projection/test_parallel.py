@@ -205,3 +205,16 @@ def test_project_command_splits_a_measured_job_over_devices(tmp_path):
         bad = run_main(project, *project_cmd, *args, "--no-log", cwd=tmp_path)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_table_gives_a_steps_flops_as_the_totals_and_the_layout_as_its_run_is_named():
+    """The per-device table's step FLOPs in exponent form, as the methods table's totals beside it (it read 3.00P
+    beside 3.230e+23), and the layout as the run's name spells it (it read dp 4 × tp 2 × pp 2, ZeRO-1)."""
+    from flopsweep.projection.parallel import table
+
+    lines = table(per_device(measured(), Parallelism(dp=4, tp=2, pp=2, zero=1))).splitlines()
+    assert lines[0] == "parallel dp4 tp2 pp2 zero1 = 16 GPUs, 2 micro-batches per replica (1F1B): pipeline bubble 33.3%"
+    flops, = (line.split()[3:] for line in lines if line.startswith("FLOPs per step"))
+    assert flops == ["3.000e+15", "1.875e+14"]  # 3e15 / 16 + 1.2e10 / 16 = 1.87500075e14
+    zero0 = table(per_device(measured(), Parallelism(dp=4, tp=2, pp=2))).splitlines()[0]
+    assert zero0.startswith("parallel dp4 tp2 pp2 = 16 GPUs")  # ZeRO-0 unnamed, as in a run's name

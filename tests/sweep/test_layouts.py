@@ -108,6 +108,13 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
                    "hydra.sweeper.zero=[0,3]", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "4 to run" in done.stdout  # d2 zero 0, d2 zero 3, t2, p2
+    named = [line.split("] ")[1].split("  ")[0] for line in done.stdout.splitlines() if line.startswith("[job ")]
+    assert sorted(named) == ["gpt2_small: dp1tp1pp2", "gpt2_small: dp1tp2pp1", "gpt2_small: dp2tp1pp1",
+                             "gpt2_small: dp2tp1pp1zero3"]  # its layout as its run names it; it read dp=2|tp=1|...
+    summary = done.stdout[:done.stdout.index("4 jobs: 4 ok")].splitlines()
+    header = next(line for line in summary if line.startswith("job "))
+    assert re.split(r"\s{2,}", header)[6:8] == ["status", "layout"]  # one column, not parallel.dp, parallel.tp, ...
+    assert any(re.split(r"\s{2,}", line)[7] == "dp2 tp1 pp1 zero3" for line in summary if line.startswith("1_"))
     assert done.stdout.index("4 jobs: 4 ok") < done.stdout.index("fastest")  # the answer after the summary's rows
     lines = done.stdout[done.stdout.index("fastest"):].splitlines()
     rows = [re.split(r"\s{2,}", line) for line in lines[3:7]]

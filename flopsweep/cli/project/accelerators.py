@@ -92,11 +92,8 @@ def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) ->
 
 
 def _words(split: Parallelism) -> str:
-    from flopsweep.sinks.identity import layout_name
-
     batches = f"{split.m} micro-batch" + ("es" if split.m != 1 else "")
-    shown = layout_name({"dp": split.dp, "tp": split.tp, "pp": split.pp, "zero": split.zero}, " ")
-    return f"{shown}, {batches}, on a fake process group"
+    return f"{split.name}, {batches}, on a fake process group"
 
 
 class TrainingPart(NamedTuple):

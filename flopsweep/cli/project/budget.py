@@ -49,10 +49,10 @@ class Pace:
     def __init__(self, every: float):
         self.every, self.last = every, time.monotonic()
 
-    def __call__(self, done: int, total: int, name: str) -> None:
+    def __call__(self, done: int, total: int, found: int) -> None:
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
-            say(f"  ... {done} of {total} presets read ({name})")
+            say(f"  ... {done} of {total} model presets read, {found} of them language models")
 
 
 def command(args: argparse.Namespace) -> int:
