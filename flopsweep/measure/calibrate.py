@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from flopsweep.core.hardware import accelerator as lookup_accelerator
+from flopsweep.core.progress import throttled
 from flopsweep.measure.calibration import Calibration
 from flopsweep.measure.timing import device_name
 
@@ -225,13 +226,8 @@ def _op_factors(device: str, cal: Calibration, timer: _Timer, shrink: int = 1) -
 def paced(say: Callable[[str], None], what: str, every: float = 5.0) -> Callable[[int, int], None]:
     """``tick(done, total)`` that says how far ``what`` is, every ``every`` seconds at most (a phase of a CPU's
     calibration ran 20 s without a word)."""
-    last = [time.perf_counter()]
-
-    def tick(done: int, total: int) -> None:
-        if time.perf_counter() - last[0] >= every:
-            last[0] = time.perf_counter()
-            say(f"{what}: {done} of {total} shapes")
-    return tick
+    line = throttled(say, every)
+    return lambda done, total: line(f"{what}: {done} of {total} shapes")
 
 
 def _matmuls(device: str, dtype: torch.dtype, dims: tuple[int, ...], cap: int, timer: _Timer,

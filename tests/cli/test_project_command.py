@@ -382,8 +382,7 @@ def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
     from flopsweep.cli.project import budget
     from flopsweep.config.schema import CONF_DIR
 
-    pace = budget.Pace
-    monkeypatch.setattr(budget, "Pace", lambda every: pace(0.0))
+    monkeypatch.setattr(budget, "PACE_S", 0.0)
     out = run_main(main, "budget", "--model", "gpt2_small", "--gpu-hours", "10", "--gpu", "H100", "--mfu", "0.4",
                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -13,13 +13,13 @@ budget, whose tokens do not depend on it (only the hours it prints do), takes 40
 from __future__ import annotations
 
 import argparse
-import time
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
 from flopsweep.cli.project.common import log_projection, write_json
 from flopsweep.core.console import say
 from flopsweep.core.errors import require
+from flopsweep.core.progress import throttled
 
 BUDGETS = {"flops": "FLOPs", "gpu_hours": "GPU-hours", "days": "wall-clock days on all GPUs",
            "usd": "dollars (needs --price)"}  # the keys are projection.budget's BUDGET_KINDS
@@ -43,16 +43,7 @@ def register(subparsers) -> None:
     p.set_defaults(command=command)
 
 
-class Pace:
-    """Says how far the presets' build is, every ``every`` seconds (it was silent for some 20 s)."""
-
-    def __init__(self, every: float):
-        self.every, self.last = every, time.monotonic()
-
-    def __call__(self, done: int, total: int, found: int) -> None:
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            say(f"  ... {done} of {total} model presets read, {found} of them language models")
+PACE_S = 5.0  # the presets' build says how far it is this often (it was silent for some 20 s)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -80,7 +71,10 @@ def command(args: argparse.Namespace) -> int:
         from flopsweep.run.presets import language_model_presets
 
         say("building every language-model preset on meta to rank them (some seconds)...")
-        presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in language_model_presets(Pace(5.0))]
+        line = throttled(say, PACE_S)
+        read = language_model_presets(lambda done, total, found: line(f"  ... {done} of {total} model presets read, "
+                                                                      f"{found} of them language models"))
+        presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in read]
     report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
                              args.tokens_per_param, args.inference_tokens)
     print(report["text"])
