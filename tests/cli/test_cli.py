@@ -174,9 +174,12 @@ def test_each_commands_help_renders_without_rest_markup(command, tmp_path):
               "flopsweep-report": "flopsweep.cli.report", "flopsweep-calibrate": "flopsweep.cli.calibrate"}
     from tests.helpers import run_main
 
-    out = run_main(importlib.import_module(module[command[0]]).main, *command[1:], "--help", cwd=tmp_path)
+    main = importlib.import_module(module[command[0]]).main
+    out = run_main(main, *command[1:], "--help", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("usage:")
     assert "``" not in out.stdout and ":func:" not in out.stdout and ":class:" not in out.stdout
+    wide = run_main(main, *command[1:], "--help", cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+    assert max(len(line) for line in wide.splitlines()) <= 120  # argparse filled a 160-column terminal's 158
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
+from flopsweep.cli.parser import Help
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import DTYPE_SPELLINGS
 from flopsweep.core.hardware import names as hardware_names
@@ -40,7 +41,7 @@ def add_subcommand(subparsers, name: str, doc: str, summary: str) -> argparse.Ar
     """A subcommand's parser: ``doc`` (its module's docstring, examples kept as written) for ``--help``, ``summary``
     for the command's list."""
     return subparsers.add_parser(name, description=plain(doc), help=summary,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=Help)
 
 
 def add_source(p: argparse.ArgumentParser, measured: str) -> None:
