@@ -48,7 +48,7 @@ class Ticker:
     time it has run (``first`` at least, ``every`` at most: 5 s apart in its first 15 s, 15 s apart from 45 s on), a
     line saying what it is doing: how far its timing loop is (the loop calls it after each timed run:
     ``measure.timing.TICK``), or which phase it is in (the job announces them, ``core.progress``; a watcher thread
-    says one that runs long). :meth:`close` stops the watcher."""
+    says one that runs long, and in the timing loop which run is under way). :meth:`close` stops the watcher."""
 
     def __init__(self, every: float = 15.0, first: float = 5.0):
         self.started = time.monotonic()
@@ -57,6 +57,7 @@ class Ticker:
         self.glance = max(0.1, min(1.0, self.first))  # were 15 s of silence, then 12 s more); a glance a second
         self.heard = self.started  # the timing loop's last call: while it goes on, the loop says how far it is
         self.phase: Optional[str] = None
+        self.run: Optional[tuple[int, int, str]] = None  # the timing loop's last run: done, in all, what
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None  # started at the first phase
 
@@ -65,13 +66,14 @@ class Ticker:
 
     def __call__(self, done: int, total: int, what: str = "the step") -> None:
         now = self.heard = time.monotonic()
+        self.run = (done, total, what)
         if self._due(now):
             self.last = now
             say(f"  ... timing {what}: run {done} of {total} (warm-up included), {_duration(now - self.started)} "
                 "into the job")
 
     def entered(self, phase: str) -> None:
-        self.phase, self.heard = phase, time.monotonic()
+        self.phase, self.heard, self.run = phase, time.monotonic(), None
         if self._watcher is None and not self._stop.is_set():
             self._watcher = threading.Thread(target=self._watch, name="flopsweep-ticker", daemon=True)
             self._watcher.start()
@@ -82,6 +84,9 @@ class Ticker:
             quiet = self._due(now) and (self.phase != "time" or now - self.heard >= self.first)
             if words is not None and quiet:
                 self.last = now
+                if self.phase == "time" and self.run and self.run[0] < self.run[1]:  # a run under way: which
+                    done, total, what = self.run
+                    words = f"timing {what}: run {done + 1} of {total} under way"
                 say(f"  ... {words}, {_duration(now - self.started)} into the job")
 
     def close(self) -> None:

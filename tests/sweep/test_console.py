@@ -192,7 +192,8 @@ def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys)
     finally:
         ticker.close()
     assert said and all(line.startswith("  ... timing the step: run ") for line in said), said
-    assert capsys.readouterr().out.startswith("  ... timing the step, ")  # no run number: it is the watcher's
+    # the watcher's, while run 7 takes long: which run (it said "timing the step" five times over a minute)
+    assert capsys.readouterr().out.startswith("  ... timing the step: run 7 of 12 under way, ")
     ticker = Ticker(every=0.2)
     try:
         ticker.entered("build")
