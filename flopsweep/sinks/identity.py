@@ -18,8 +18,7 @@ from flopsweep.core import __version__
 from flopsweep.core.errors import masked
 from flopsweep.core.hardware import cpu_model
 from flopsweep.core.result import Result, model_label
-from flopsweep.core.text import LAYOUT_KEYS as _LAYOUT
-from flopsweep.core.text import layout_name
+from flopsweep.core.text import LAYOUT_KEYS, layout_name
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
@@ -85,7 +84,7 @@ def _beyond_defaults(config: dict[str, Any]) -> list[str]:
     if (config.get("measure") or {}).get("compile"):
         parts.append("compiled")
     layout = config.get("parallel") or {}
-    if any(layout.get(key) for key in _LAYOUT):  # and what else makes two layouts' steps differ (they had one name)
+    if any(layout.get(key) for key in LAYOUT_KEYS):  # and what else makes two layouts' steps differ (they had one name)
         parts.append(layout_name(layout))
         parts += [f"mb{layout['micro_batch_size']}"] * ((layout.get("micro_batch_size") or 1) > 1)
         parts += ["seqpar"] * bool(layout.get("sequence_parallel"))
@@ -100,9 +99,9 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     (``gpt3_13b|s2048`` where model and batch.seq_len vary; a layout's keys as one part, ``dp16tp2zero3``), so that
     what differs survives the runs table cutting names short; the full name is :func:`run_name`."""
     flat, parts = flatten(config), []
-    layout = tuple(key for key in _LAYOUT if f"parallel.{key}" in keys)  # one part, as the run's name spells it
+    layout = tuple(key for key in LAYOUT_KEYS if f"parallel.{key}" in keys)  # one part, as the run's name spells it
     for key in keys:
-        if key.startswith("parallel.") and key[len("parallel."):] in _LAYOUT:
+        if key.startswith("parallel.") and key[len("parallel."):] in LAYOUT_KEYS:
             if layout:
                 parts.append(layout_name(config.get("parallel") or {}, keys=layout) or "-")
                 layout = ()
