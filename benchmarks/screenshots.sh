@@ -5,7 +5,9 @@
 # UI change done (issue 18).
 #
 #   bash benchmarks/screenshots.sh [STORE_DB] [OUT]   # defaults: outputs/mlflow.db, outputs/screenshots
+#   EXPERIMENT=quickstart: that experiment's latest job and sweep (default: the latest job's experiment)
 set -euo pipefail
+command -v chromium >/dev/null || { echo "screenshots.sh: needs chromium on the PATH (Debian: apt-get install chromium)" >&2; exit 1; }
 DB=$(realpath "${1:-outputs/mlflow.db}")
 OUT=${2:-outputs/screenshots}
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
@@ -15,17 +17,26 @@ mkdir -p "$OUT"
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/" >/dev/null && break; sleep 0.5; done
-read -r EXPERIMENT RUN VIEW < <("$PY" - "$DB" <<'PYEOF'
+read -r EXPERIMENT RUN VIEW < <("$PY" - "$DB" "${EXPERIMENT:-}" <<'PYEOF'
 import sys
 from mlflow.tracking import MlflowClient
 client = MlflowClient(f"sqlite:///{sys.argv[1]}")
-experiment = max(client.search_experiments(), key=lambda e: e.last_update_time or 0)
-run = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'job'", max_results=1)[0]
-sweep = client.search_runs([experiment.experiment_id], "tags.`flopsweep.kind` = 'sweep'", max_results=1)
+# EXPERIMENT's latest job, else the latest job's experiment (the latest experiment may hold none: a projection's, a
+# sweep that never started)
+ids = [e.experiment_id for e in client.search_experiments() if sys.argv[2] in ("", e.name)]
+runs = client.search_runs(ids, "tags.`flopsweep.kind` = 'job'", max_results=1,
+                          order_by=["attributes.start_time DESC"]) if ids else []
+if not runs:
+    sys.exit(f"screenshots.sh: no flopsweep job in {sys.argv[1]}" + (f"'s experiment {sys.argv[2]!r}" if sys.argv[2]
+             else "") + ": run make demo first")
+run = runs[0]
+sweep = client.search_runs([run.info.experiment_id], "tags.`flopsweep.kind` = 'sweep'", max_results=1,
+                           order_by=["attributes.start_time DESC"])
 view = f"flopsweep-{sweep[0].info.run_id}" if sweep else ""
-print(experiment.experiment_id, run.info.run_id, view)
+print(run.info.experiment_id, run.info.run_id, view)
 PYEOF
 )
+[ -n "${RUN:-}" ] || exit 1
 shot() {
   chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=${SIZE:-2400,1000} --virtual-time-budget=15000 \
     --screenshot="$OUT/$1" "http://127.0.0.1:$PORT/#/$2" >/dev/null 2>&1
