@@ -104,8 +104,9 @@ class SweepSummary(Callback):
                 page = None
                 with contextlib.suppress(Exception):  # the id is known by now; the line comes whatever the store does
                     page = store(sweep.target).experiment_id()
-                print(f"MLflow: {sweep.target.ui_command(page, view)}  (experiment {sweep.target.experiment!r}"
-                      + (", this sweep's jobs" if view else "") + ")")
+                if results:  # else nothing to look at: the sweep's run says it failed
+                    print(f"MLflow: {sweep.target.ui_command(page, view)}  (experiment {sweep.target.experiment!r}"
+                          + (", this sweep's jobs" if view else "") + ")")
             sweep.parent = None
 
 
@@ -135,9 +136,10 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     folders |= {sweep_dir / name for name in unwritten}
     results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
                for folder in sorted(folders, key=lambda p: _job_number(p.name))]
-    print()
     swept = [f"{key}.{GROUP_NAMES[key]}" if key in GROUP_NAMES else key for key in SweepContext.current().swept]
-    print(summary_table(results, tuple(swept or varying_params([r for _, r in results]))))  # the keys it varies
+    if results:  # none where the launcher refused them all (no Slurm here): no empty table under its error
+        print()
+        print(summary_table(results, tuple(swept or varying_params([r for _, r in results]))))  # the keys it varies
     counts = status_counts(results)
     total = SweepContext.current().total or 0
     unstarted = [f"{total - len(results)} not started"] if total > len(results) else []  # cut by a signal, a disk

@@ -340,3 +340,16 @@ def test_the_wheel_ships_the_launcher_preset_and_the_sweeper(tmp_path):
                       return_hydra_config=True)
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.flopsweep_sweeper.RecoveringSweeper"
+
+
+def test_a_slurm_sweep_without_slurm_is_its_error_line_alone(tmp_path):
+    """No Slurm on the PATH: the one line, then neither an empty table nor an MLflow link to a sweep with no job (a
+    newcomer got both under the error)."""
+    done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=8", "device=meta", "batch.size=1,2",
+                   "hydra/launcher=slurm", cwd=tmp_path, env={"PATH": str(tmp_path)})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["flopsweep: error: hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are "
+                                        "not on this machine's PATH; run the sweep on a Slurm login node, or choose "
+                                        "another hydra/launcher"]
+    assert "MLflow:" not in done.stdout and "job " not in done.stdout and "status" not in done.stdout
+    assert "2 jobs: 2 not started" in done.stdout
