@@ -252,3 +252,19 @@ def test_project_command_rejects_bad_input_in_one_line(tmp_path):
         assert out.returncode == 2, (args, out.stdout)
         assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_budgets_preset_rows_say_a_far_miss_as_a_multiple():
+    """``2141329.2% of the budget`` for Llama 3.1 405B under 1e21 FLOPs: from ten budgets on, a multiple with commas;
+    tokens a parameter as any whole figure (``0.0`` read as if the budget bought none)."""
+    from flopsweep.projection.budget import budget_report
+
+    small = PerToken("small", 100_000_000, 1024, None, None, None, None)
+    huge = PerToken("huge", 400_000_000_000, 1024, None, None, None, None)
+    text = budget_report(1.2e20, "flops", 1.2e20, ONE_B, HW, [small, huge])["text"]
+    rows = {line.split()[0]: " ".join(line.split()) for line in text.splitlines() if " needs " in line}
+    # small: 6 · 1e8 · 2e9 = 1.2e18, 1% of the budget, which buys it 1.2e20 / 6e8 = 2e11 tokens, 2,000 a parameter
+    assert "needs 1.200e+18 FLOPs 1.0% of the budget" in rows["small"] and " 2,000 tokens/param" in rows["small"]
+    # huge: 6 · 4e11 · 8e12 = 1.92e25, 160,000 budgets; the budget buys 5e7 tokens, 1.25e-4 a parameter
+    assert "needs 1.920e+25 FLOPs 160,000× the budget" in rows["huge"] and " 0.000125 tokens/param" in rows["huge"]
+    assert "N 0.10B" in rows["small"] and "N 400.00B" in rows["huge"]
