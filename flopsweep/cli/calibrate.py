@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.cli.parser import Help
+from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command, warning
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-calibrate", description=plain(__doc__),
-                                     formatter_class=Help)
+    parser = OneLineParser(prog="flopsweep-calibrate", description=plain(__doc__))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--quick", action="store_true", help="a coarse grid in seconds (a check, not a profile to "

@@ -262,6 +262,15 @@ def hydra_error_line(err: BaseException) -> str:
         key, value, names = enum.group(1), enum.group(2), [n.strip() for n in choices.group(1).split(",")]
         near = nearest(value, names)
         return f"{key}={value!r}: must be one of {', '.join(names)}" + (f" (did you mean {near}?)" if near else "")
+    typed = re.match(r"Value '.*' (?:of type '\w+' could not be converted to (Integer|Float)|is not a valid (bool))",
+                     cause)
+    if enum and typed:  # batch.seq_len=abc: as the schema's other refusals read, not OmegaConf's merge message
+        kind = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}[typed.group(1) or typed.group(2)]
+        return f"{enum.group(1)}={enum.group(2)!r}: must be {kind}"
+    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", message)
+    if ambiguous:  # model=a,b without -m: Hydra's three numbered choices; a sweep is what is meant
+        return (f"{ambiguous.group(1)}: values with commas run one job each only in a sweep: flopsweep -m "
+                f"{ambiguous.group(1)} ... (or key=[a,b] for a list, key='a,b' for a string)")
     unknown = re.match(r"Could not override '([^']+)'\. To append to your config use \+", message)
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)

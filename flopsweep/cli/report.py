@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.cli.parser import Help
+from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError, one_line, require
@@ -21,7 +21,7 @@ from flopsweep.sinks.health import StoreUnusable
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-report", description=plain(__doc__), formatter_class=Help)
+    parser = OneLineParser(prog="flopsweep-report", description=plain(__doc__))
     parser.add_argument("experiment", nargs="?",
                         help="the MLflow experiment (a sweep preset's name, or tracking.experiment)")
     parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "

@@ -9,13 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from flopsweep.cli.parser import Help
+from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command
 from flopsweep.core.text import plain
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flopsweep-sync", description=plain(__doc__), formatter_class=Help)
+    parser = OneLineParser(prog="flopsweep-sync", description=plain(__doc__))
     parser.add_argument("path", type=Path, help="a run or sweep folder, or a folder holding many")
     parser.add_argument("--uri", help="tracking URI (default: the store each job recorded, else MLFLOW_TRACKING_URI, "
                                       "else the local store under outputs/)")

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from flopsweep.core.errors import ConfigError, masked, one_line, require
+from flopsweep.core.errors import ConfigError, masked, nearest, one_line, require
 from flopsweep.core.result import Result, Tracking
 from flopsweep.sinks.store import SWEEP_TAG, mlflow_client
 from flopsweep.sinks.target import target_at
@@ -91,7 +91,9 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise LookupError(f"load_runs: experiment {experiment!r} is not in the store {masked(uri)}; it has "
+        near = nearest(experiment, names)
+        raise LookupError(f"load_runs: experiment {experiment!r} is not in the store {masked(uri)}"
+                          + (f" (did you mean {near!r}?)" if near else "") + "; it has "
                           f"{', '.join(repr(n) for n in names) if names else 'none'}")
     runs = client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'",
                               max_results=50000)

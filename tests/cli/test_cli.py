@@ -255,3 +255,18 @@ def test_a_hint_names_a_command_as_it_can_be_typed_where_the_user_is(tmp_path, m
     monkeypatch.chdir(tmp_path)  # elsewhere: the whole path
     assert Path(command("flopsweep-sync")).is_absolute() and Path(command("flopsweep-sync")).is_file()
     assert command("no-such-command") == "no-such-command"
+
+
+@pytest.mark.parametrize("module, args, said", [
+    ("flopsweep.cli.report", ["--sweep", "nosuch"], "flopsweep-report: error: give an EXPERIMENT, or --profile RUN"),
+    ("flopsweep.cli.sync", [], "flopsweep-sync: error: the following arguments are required: path"),
+    ("flopsweep.cli.calibrate", ["--bogus"], "flopsweep-calibrate: error: unrecognized arguments: --bogus"),
+])
+def test_every_commands_usage_error_is_one_line(module, args, said, tmp_path):
+    """flopsweep-report --sweep nosuch printed argparse's usage block above its error (flopsweep-project's did not)."""
+    import importlib
+
+    from tests.helpers import run_main
+
+    out = run_main(importlib.import_module(module).main, *args, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.splitlines() == [f"{said} (see {said.split(':')[0]} --help)"]

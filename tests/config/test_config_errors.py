@@ -144,6 +144,11 @@ def test_a_device_is_one_of_its_kinds():
     (["model=gpt2_smal"], "model=gpt2_smal: no such option (did you mean model=gpt2_small?)"),  # not 65 presets
     (["device=cdua"], "cdua"),                # an option that does not exist
     (["batch.size=abc"], "batch.size"),       # the schema's type check
+    (["batch.seq_len=abc"], "batch.seq_len='abc': must be an integer"),  # OmegaConf's merge message before
+    (["measure.profile=maybe"], "measure.profile='maybe': must be true or false"),
+    (["measure.memory_share=x"], "measure.memory_share='x': must be a number"),
+    (["model=gpt2_small,gpt2_medium"], "model=gpt2_small,gpt2_medium: values with commas run one job each only in a "
+                                       "sweep: flopsweep -m model=gpt2_small,gpt2_medium ..."),  # Hydra's 3 choices
     (["model.n_layer=${oops}"], "model.n_layer: Interpolation key 'oops' not found"),  # resolved in the job
     (["model=nope"], "of them: flopsweep --help lists them)"),  # not 65 presets in 700 characters: where they are
     (["dtype=fp9"], "dtype=fp9: no such option (one of bfloat16, float16, float32, int8, mixed_bf16, mixed_fp16)"),
@@ -160,7 +165,7 @@ def test_a_device_is_one_of_its_kinds():
     (["--seq-len=128"], "(did you mean batch.seq_len=128?)"),
     (["--batch-size=8"], "(did you mean batch.size=8?)"),
     (["--foo=3"], "--foo: not a flag of flopsweep, which takes overrides, key=value (model=gpt2_small, batch.size=8)"),
-    (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer=abc"),           # a sweep, before any job
+    (["-m", "model=gpt2_small", "model.n_layer=1,abc"], "model.n_layer='abc': must be an integer"),  # before any job
     (["tracking=server", "tracking.uri=ftp://example.com/x"], "tracking.uri='ftp://example.com/x'"),  # not measured
     (["-m", "model=gpt2_small", "batch.seq_len=range(16,16)"], "batch.seq_len=range(16,16): sweeps no value"),
     (["-m", "model=glob(nope*)"], "model=glob(nope*): sweeps no value"),  # it exited 0 with an empty table

@@ -356,7 +356,7 @@ def test_load_runs_says_which_store_it_read_and_which_experiments_it_has(tmp_pat
     with pytest.raises(LookupError) as err:
         flopsweep.load_runs(experiment="nmaed", store_dir=tmp_path / "outputs")
     assert str(err.value).startswith("load_runs: experiment 'nmaed' is not in the store sqlite:///")
-    assert str(err.value).endswith("; it has 'named'")
+    assert str(err.value).endswith(" (did you mean 'named'?); it has 'named'")  # a typo's nearest, as the CLI's
     assert len(flopsweep.load_runs(experiment="named", store_dir=tmp_path / "outputs")) == 1
 
 

@@ -18,9 +18,8 @@ import re
 import sys
 from typing import Optional
 
-from flopsweep.cli.parser import Help
+from flopsweep.cli.parser import OneLineParser
 from flopsweep.cli.project import budget, serve, train
-from flopsweep.cli.project.arguments import OneLineParser
 from flopsweep.core.console import error, run_command
 from flopsweep.core.errors import ConfigError, nearest
 from flopsweep.core.text import plain
@@ -31,8 +30,7 @@ NAMES = tuple(module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS)
 
 def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The command's parser, and each subcommand's by name."""
-    p = OneLineParser(prog="flopsweep-project", description=plain(__doc__),
-                      formatter_class=Help)
+    p = OneLineParser(prog="flopsweep-project", description=plain(__doc__))
     subparsers = p.add_subparsers(title="subcommands", dest="subcommand", metavar="SUBCOMMAND")
     for module in SUBCOMMANDS:
         module.register(subparsers)

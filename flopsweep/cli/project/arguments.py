@@ -7,7 +7,6 @@ import argparse
 import math
 from pathlib import Path
 
-from flopsweep.cli.parser import Help
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import DTYPE_SPELLINGS
 from flopsweep.core.hardware import names as hardware_names
@@ -28,20 +27,10 @@ def amount(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount (examples: 2e12, 300B, 1.5T)") from None
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # budget's --tokens is not its --tokens-per-param
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def add_subcommand(subparsers, name: str, doc: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand's parser: ``doc`` (its module's docstring, examples kept as written) for ``--help``, ``summary``
     for the command's list."""
-    return subparsers.add_parser(name, description=plain(doc), help=summary,
-                                 formatter_class=Help)
+    return subparsers.add_parser(name, description=plain(doc), help=summary)  # the command's OneLineParser
 
 
 def add_source(p: argparse.ArgumentParser, measured: str) -> None:
