@@ -152,6 +152,11 @@ class LayoutSweeper(RecoveringSweeper):
         model = search_model(cfg)
         valid = enumerate_layouts(gpus, model, self.micro_batch_sizes, self.recompute, self.zeros,
                                   bool(cfg.parallel.sequence_parallel), self.cps, self.eps)
+        require(bool(valid), "parallel.gpus", gpus,
+                f"has no layout the model and batch take: dp x micro-batch must divide batch.size={model.batch_size}, "
+                f"tp its {model.heads} attention heads" + (f" and {model.kv_heads} KV heads" if model.kv_heads else "")
+                + f", pp be at most its {model.layers} layers"
+                + (", and mixed precision needs ZeRO over dp x cp > 1" if model.mixed_precision else ""))
         part = accelerator(hardware)
         kept = [layout for layout in valid if states_lower_bound(layout, model) <= part.memory_bytes]
         print(f"flopsweep: {len(valid)} valid layouts of {gpus} GPUs ({' '.join(job) or 'the command'}); "

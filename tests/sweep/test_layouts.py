@@ -171,3 +171,15 @@ def test_layouts_that_do_not_fit_rank_after_those_that_do_however_fast():
     assert [name for name, _ in ranked([("fast", fast), ("tiny", tiny)])] == ["tiny", "fast"]
     assert "1 do not fit the part's memory, ranked after those that do" in ranked_table([("fast", fast),
                                                                                          ("tiny", tiny)])
+
+
+def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_path):
+    """7 GPUs for a 12-layer, 12-head model at batch 8 in mixed precision: no layout at all, which it said as one that
+    cannot fit the part's memory, under a line counting 0 valid layouts."""
+    done = run_app("+sweep=layouts", "model=gpt2_small", "dtype=mixed_bf16", "batch.size=8", "parallel.gpus=7",
+                   "predict.hardware=H100", "tracking=none", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "flopsweep: error: parallel.gpus=7: has no layout the model and batch take: dp x micro-batch must divide "
+        "batch.size=8, tp its 12 attention heads and 12 KV heads, pp be at most its 12 layers, and mixed precision "
+        "needs ZeRO over dp x cp > 1"]
