@@ -1,10 +1,13 @@
 """The benchmarks are never silent for long: each says on stderr which run starts (benchmarks/progress.py), its
 results alone on stdout to paste."""
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -25,3 +28,16 @@ def test_every_benchmark_that_repeats_runs_says_them():
     silent = [path.name for path in sorted(BENCHMARKS.glob("*.py"))
               if re.search(r"in range\((args\.)?(runs|rounds)\)", path.read_text())]
     assert not silent
+
+
+@pytest.mark.slow  # some 15 s: the script's every step, each refusing quickly without a GPU
+def test_the_prepared_gpu_check_finds_the_cuda_tests_wherever_they_live(tmp_path):
+    """It named tests/test_cuda.py after the tests moved to tests/measure/: on a lent GPU its first step would have run
+    none. Without a GPU here, they are collected and skip; the calibration and the benchmark refuse in one line."""
+    out = tmp_path / "gpu"
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu" / "run.sh")], cwd=BENCHMARKS.parent, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OUT": str(out), "SKIP_PROFILE": "1"})
+    tests = (out / "pytest_cuda.txt").read_text()
+    assert re.search(r"\b(\d+) skipped\b", tests) and int(re.search(r"(\d+) skipped", tests).group(1)) >= 9, tests
+    assert "not found" not in tests and "no tests ran" not in tests
+    assert proc.returncode == 1 and "pytest -m cuda: exit 0; calibrate: exit 2; bench_gpu: exit 2" in proc.stdout
