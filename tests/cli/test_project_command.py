@@ -82,6 +82,21 @@ def test_a_flag_another_subcommand_takes_is_refused_in_one_line(args, message, t
     assert len(out.stderr.strip().splitlines()) == 1 and not out.stdout
 
 
+@pytest.mark.parametrize("args,message", [
+    # a mistyped preset first: it was said only once the plan's flags were right
+    (["train", "--model", "gpt2_smal"], "train: error: --model='gpt2_smal': is not a preset (did you mean gpt2_small?)"),
+    (["serve"], "serve: error: RUN: give a measured run (its job folder or MLflow run id) or --model PRESET"),
+    # what --model needs, in one line (it took three tries, one flag each, the first naming an internal 'run')
+    (["serve", "--model", "llama3_1_8b"], "serve: error: --prompt-tokens and --new-tokens: must be given with --model"),
+    (["budget", "x", "--model", "gpt2_small", "--flops", "1e20"], "budget: error: RUN: give a measured run or "
+                                                                  "--model, not both (--model='gpt2_small')"),
+])
+def test_what_a_projection_projects_is_checked_first_and_whole(args, message, tmp_path):
+    out = run_main(main, *args, "--no-log", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith(f"flopsweep-project {message}"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not out.stdout
+
+
 @pytest.mark.parametrize("subcommand", ["", "train", "budget", "serve"])
 def test_each_help_renders(subcommand, tmp_path):
     out = run_main(main, *([subcommand] if subcommand else []), "--help", cwd=tmp_path)

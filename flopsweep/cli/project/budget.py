@@ -16,7 +16,7 @@ import argparse
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
-from flopsweep.cli.project.common import log_projection, write_json
+from flopsweep.cli.project.common import check_source, log_projection, write_json
 from flopsweep.core.console import say
 from flopsweep.core.errors import require
 from flopsweep.core.progress import throttled
@@ -53,6 +53,7 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection.records import budget_record
     from flopsweep.projection.scaling import check_tokens_per_param
 
+    check_source(args)
     A.require_finite(args, *BUDGETS, "price", "watts", "inference_tokens", "tokens_per_param")
     require(args.inference_tokens is None or args.inference_tokens >= 0, "inference-tokens", args.inference_tokens,
             "must be >= 0 (the tokens the model serves in its life)")

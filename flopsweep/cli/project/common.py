@@ -24,18 +24,27 @@ def load_run(ref: str, args: argparse.Namespace) -> tuple[Result, str]:
     return result, ref if followed is None else f"{ref} (skipped: measured by run {followed})"
 
 
+def check_source(args: argparse.Namespace) -> None:
+    """What a subcommand projects, first of all its flags: a measured run or ``--model``, and the preset's name (a
+    mistyped one was said only once the plan's flags were right)."""
+    require((args.run is None) != (args.model is None), "RUN", None,
+            f"give a measured run or --model, not both (--model={args.model!r})" if args.run else
+            "give a measured run (its job folder or MLflow run id) or --model PRESET")
+    if args.model is not None:
+        from flopsweep.run.presets import check_preset
+
+        check_preset(args.model)
+
+
 def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch: int = 1, inference: bool = False,
                         extra: Sequence[str] = (), counted: str = "the preset, counted on meta") -> tuple[Result, str]:
-    """The result to project and where it came from: ``args.run`` read back, or the preset ``args.model`` counted on
-    meta (``counted`` says so) at ``batch`` and ``seq_len`` (None: the preset's), a forward only with
+    """The result to project and where it came from (:func:`check_source` has checked which): ``args.run`` read
+    back, or the preset ``args.model`` counted on meta (``counted`` says so) at ``batch`` and ``seq_len`` (None: the preset's), a forward only with
     ``inference``, ``extra`` overrides (a generation)."""
-    require((args.run is None) != (args.model is None), "run", args.run or args.model,
-            "give either a measured run or --model, not both" if args.run else "give a measured run or --model")
     if args.run is not None:
         return load_run(args.run, args)
-    from flopsweep.run.presets import check_preset, measure_preset
+    from flopsweep.run.presets import measure_preset
 
-    check_preset(args.model)  # before it is said to be counted
     say(f"counting {args.model} on meta (some seconds)...")  # a 70B preset's count is silent for some 10 s else
     return measure_preset(args.model, seq_len, batch, inference, extra), counted
 

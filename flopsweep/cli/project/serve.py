@@ -13,7 +13,7 @@ import argparse
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import serving_part
-from flopsweep.cli.project.common import log_projection, measured_or_counted, write_json
+from flopsweep.cli.project.common import check_source, log_projection, measured_or_counted, write_json
 from flopsweep.core.errors import require
 
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # a preset's weights as counted; another --dtype: bfloat16
@@ -54,6 +54,10 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection import serving as S
     from flopsweep.projection.records import serving_record
 
+    check_source(args)
+    missing = [f"--{key.replace('_', '-')}" for key in ("prompt_tokens", "new_tokens") if getattr(args, key) is None]
+    require(args.model is None or not missing, " and ".join(missing), None, "must be given with --model (the "
+            "prompt's tokens and those generated after it)")
     A.require_finite(args, "price", "watts")
     # the part and the plan first: checked before a preset is counted
     serving = S.Serving(serving_part(args), args.dtype, 1 if args.tp is None else args.tp, args.compute_efficiency,
@@ -66,7 +70,7 @@ def command(args: argparse.Namespace) -> int:
     if args.model is not None:
         for key in ("prompt_tokens", "new_tokens"):
             value = getattr(args, key)
-            require(value is not None and value >= 1, key.replace("_", "-"), value, "must be given, >= 1, with --model")
+            require(value >= 1, key.replace("_", "-"), value, "must be >= 1")
         dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
         extra = ["workload=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
         counted = f"{args.model} (counted on meta in {dtype})"

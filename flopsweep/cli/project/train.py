@@ -22,7 +22,7 @@ import argparse
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
-from flopsweep.cli.project.common import layout_line, log_projection, write_json
+from flopsweep.cli.project.common import check_source, layout_line, log_projection, write_json
 from flopsweep.core.errors import require
 
 
@@ -46,6 +46,7 @@ def command(args: argparse.Namespace) -> int:
     from flopsweep.projection.parallel import per_device
     from flopsweep.projection.records import training_record
 
+    check_source(args)
     A.require_finite(args, "tokens", "steps", "batch", "price", "watts")
     for key in ("steps", "batch"):
         value = getattr(args, key)
