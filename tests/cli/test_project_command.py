@@ -84,7 +84,8 @@ def test_a_flag_another_subcommand_takes_is_refused_in_one_line(args, message, t
 
 @pytest.mark.parametrize("args,message", [
     # a mistyped preset first: it was said only once the plan's flags were right
-    (["train", "--model", "gpt2_smal"], "train: error: --model='gpt2_smal': is not a preset (did you mean gpt2_small?)"),
+    (["train", "--model", "gpt2_smal"],
+     "train: error: --model='gpt2_smal': is not a preset (did you mean gpt2_small?)"),
     (["serve"], "serve: error: RUN: give a measured run (its job folder or MLflow run id) or --model PRESET"),
     # what --model needs, in one line (it took three tries, one flag each, the first naming an internal 'run')
     (["serve", "--model", "llama3_1_8b"], "serve: error: --prompt-tokens and --new-tokens: must be given with --model"),

@@ -39,8 +39,8 @@ def check_source(args: argparse.Namespace) -> None:
 def measured_or_counted(args: argparse.Namespace, seq_len: Optional[int], batch: int = 1, inference: bool = False,
                         extra: Sequence[str] = (), counted: str = "the preset, counted on meta") -> tuple[Result, str]:
     """The result to project and where it came from (:func:`check_source` has checked which): ``args.run`` read
-    back, or the preset ``args.model`` counted on meta (``counted`` says so) at ``batch`` and ``seq_len`` (None: the preset's), a forward only with
-    ``inference``, ``extra`` overrides (a generation)."""
+    back, or the preset ``args.model`` counted on meta (``counted`` says so) at ``batch`` and ``seq_len`` (None: the
+    preset's), a forward only with ``inference``, ``extra`` overrides (a generation)."""
     if args.run is not None:
         return load_run(args.run, args)
     from flopsweep.run.presets import measure_preset
