@@ -44,7 +44,8 @@ def resolve(cfg: DictConfig) -> JobSpec:
     optimizers.check(opt)
     workload, train, old_spelling = _train(cfg, family, dtype.params)
     generate, batch, prompt_chosen = _generate(cfg.generate, workload, family, model, batch,
-                                               prompt_given=cfg.batch.seq_len is not None)
+                                               prompt_given=cfg.batch.seq_len is not None,
+                                               typed="train=generate" if old_spelling else "workload=generate")
     measure = _measure(cfg.measure)
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
@@ -114,7 +115,8 @@ def _device(device: DictConfig) -> Device:
         require(is_number(device.peak_tflops) and 0 < device.peak_tflops < math.inf, "device.peak_tflops",
                 device.peak_tflops, "must be a finite number > 0")
     if kind is DeviceType.cuda:
-        require(torch.cuda.is_available(), "device.type", "cuda", "no CUDA GPU is visible to PyTorch here")
+        require(torch.cuda.is_available(), "device", "cuda", "no CUDA GPU is visible to PyTorch here (device=cpu "
+                "times the step on the CPU, device=meta counts it without one)")
         require_int(device.index, "device.index", 0)
         require(device.index < torch.cuda.device_count(), "device.index", device.index,
                 f"only {torch.cuda.device_count()} CUDA device(s) visible")
@@ -152,7 +154,7 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
 
 
 def _generate(node: DictConfig, workload: Workload, family: Family, model: ModelConfig, batch: BatchShape,
-              prompt_given: bool) -> tuple[GenerateConf, BatchShape, Optional[str]]:
+              prompt_given: bool, typed: str = "workload=generate") -> tuple[GenerateConf, BatchShape, Optional[str]]:
     """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
     to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new),
     and said (the note)."""
@@ -160,7 +162,7 @@ def _generate(node: DictConfig, workload: Workload, family: Family, model: Model
     if workload is not Workload.generate:
         return generate, batch, None
     require_int(generate.new_tokens, "generate.new_tokens")
-    require(family.generator is not None and family.generator(model) is not None, "workload", workload.value,
+    require(family.generator is not None and family.generator(model) is not None, typed, None,  # as the user typed it
             f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
             f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
     longest = family.longest(model) if family.longest is not None else None

@@ -45,7 +45,7 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
     try:
         spec = resolve(cfg)
     except ConfigError as err:  # what the model cannot do (a generation of an encoder): said of the model asked for,
-        if err.key != "workload":  # not of a key the user never typed (workload='generate')
+        if err.key != "workload=generate":  # not of a key the user never typed (workload=generate)
             raise
         raise ConfigError("model", model, err.problem) from None
     result = run_job(spec, job_config(cfg, spec))  # the config as built, as the flopsweep command records it

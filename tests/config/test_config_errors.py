@@ -32,7 +32,7 @@ BAD = [
     (["model.norm_eps=-1"], "model.norm_eps"),
     (["model=generic", "model.num_heads=3"], "model.embed_dim"),                  # its width's own key
     (["+model.n_haed=12"], "model.n_haed"),                 # a typo added with +
-    (["device=cuda"], "device.type"),                       # no GPU on this machine
+    (["device=cuda"], "device='cuda': no CUDA GPU is visible to PyTorch here (device=cpu times"),  # no GPU here
     (["model=custom_example", "model.inputs=5"], "model.inputs=5"),
     (["model=custom_example", "model.inputs=[{name: src, shape: 7}]"], "model.inputs[0].shape=7"),
     (["device.threads=0"], "device.threads"),
@@ -139,6 +139,8 @@ def test_a_device_is_one_of_its_kinds():
     (["devce=meta"], "devce: no such key (did you mean device?"),
     (["batch.sise=8"], "batch.sise: no such key (did you mean batch.size?"),  # a letter off: no suggestion before
     (["workload=infer"], "workload='infer': must be one of train, inference, generate (did you mean inference?)"),
+    (["model=bert_base", "train=generate"], "train=generate: needs a decoder with a KV cache"),  # as typed: it
+    # named workload='generate', a key the user never typed
     (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
     (["model=custom", "model.target=x"], "model.target: no such key (did you mean model._target_?"),  # not itself
     (["model=gpt2_smal"], "model=gpt2_smal: no such option (did you mean model=gpt2_small?)"),  # not 65 presets

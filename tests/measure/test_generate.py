@@ -139,7 +139,7 @@ def test_an_hf_decoder_generates_with_its_own_cache():
 
 
 @pytest.mark.parametrize("overrides,key", [
-    (["model=bert_base"], "workload='generate'"),          # an encoder has no KV cache to decode with
+    (["model=bert_base"], "workload=generate: needs a decoder"),  # an encoder has no KV cache to decode with
     (["batch.seq_len=8", "generate.new_tokens=0"], "generate.new_tokens"),
     (["batch.seq_len=60", "generate.new_tokens=10"], "generate.new_tokens=10"),  # 69 positions, the model has 64
 ])
