@@ -244,7 +244,7 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
         check_layout(devices, plan, hardware)
     totals = total_flops(cost, plan)
     notes = [] if cost.training else [
-        "inference: the model was measured forward only; the plan's tokens are processed (forward), not trained on."]
+        "inference: a forward pass only (as measured, or counted); the plan's tokens are processed, not trained on."]
     notes += ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
              "N counts every parameter a token uses once, embeddings included (a mixture of experts: its shared "
              "parameters and top-k experts); attention counts the full T×T square (causal masks not halved).",
