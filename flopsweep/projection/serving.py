@@ -239,7 +239,7 @@ class ServingPlan:
                  "a token" + (f" and {size_bytes(g.state_bytes)} of state a sequence" if g.state_bytes else "")
                  + (f" ({', '.join(served)}, scaled from {g.dtype} as counted: every weight, quantisation "
                               "scales left out)" if served else ""),
-                 f"on {s.replica} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,.0f} TFLOP/s {s.dtype}, "
+                 f"on {s.replica} × {s.gpu.name} ({s.gpu.peak(s.dtype) / 1e12:,g} TFLOP/s {s.dtype}, "
                  f"{s.gpu.bandwidth_gbs:,.0f} GB/s, {capacity(s.gpu)}; {s.gpu.source}), efficiency "
                  f"{s.compute_efficiency:.0%} compute, {s.memory_efficiency:.0%} memory"
                  + (f"; {s.gpus:,} GPUs: {s.gpus // s.replica:,} replicas" if s.gpus else "")
@@ -259,11 +259,11 @@ class ServingPlan:
                      (r.tpot_all_reduce_s, s.tp > 1), (r.tpot_all_to_all_s, s.ep > 1)) if shown], r.decode_bound,
                  _seconds(r.request_s), f"{r.output_tokens_per_s_per_gpu:,.0f}",
                  *([f"{r.output_tokens_per_s_per_gpu * s.gpus:,.0f}"] if s.gpus else []),
-                 f"{r.gpu_hours_per_m_output:,.3g}", _money(r.usd_per_m_input), _money(r.usd_per_m_output),
-                 "-" if r.kwh_per_m_output is None else f"{r.kwh_per_m_output:,.3g}"] for r in self.rows]
+                 _money(r.gpu_hours_per_m_output), _money(r.usd_per_m_input), _money(r.usd_per_m_output),
+                 _money(r.kwh_per_m_output)] for r in self.rows]
         widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
         lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in [header, *body]]
-        unpriced = not_given(s.price_per_gpu_hour, s.watts_per_gpu)  # its "-" columns said, as train says them
+        unpriced = not_given(s.price_per_gpu_hour, s.watts_per_gpu)  # its n/a columns said, as train says them
         return "\n".join(lines + ([f"- {unpriced}"] if unpriced else []))
 
 
@@ -302,7 +302,11 @@ def _seconds(s: float) -> str:
 
 
 def _money(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:,.3g}"
+    """A cost or energy cell: three significant digits kept in a column (``0.0900`` above ``0.0512``, not ``0.09``),
+    whole from 100 up; ``n/a`` where no price or power was given, as the training table says it."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}".rstrip(".")
 
 
 def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> ServingPlan:

@@ -205,7 +205,7 @@ def test_number_formats_take_their_usual_spellings(tmp_path):
     named = run_main(main, *base, "--dtype", "fp8", "--weights-dtype", "fp8", "--kv-dtype", "bfloat16", cwd=tmp_path)
     assert spelled.returncode == named.returncode == 0, spelled.stderr
     assert spelled.stdout.splitlines()[:3] == named.stdout.splitlines()[:3]
-    assert "1,979 TFLOP/s fp8" in spelled.stdout
+    assert "1,978.9 TFLOP/s fp8" in spelled.stdout  # the table's peak as train gives it (serve said 1,979)
     refused = run_main(main, *base, "--weights-dtype", "int3", cwd=tmp_path)
     assert refused.returncode != 0 and refused.stderr.strip() == (
         "flopsweep-project serve: error: --weights-dtype='int3': must be one of float32, bfloat16, float16, fp8, int8, "
@@ -422,3 +422,17 @@ def test_a_preset_that_cannot_be_projected_is_said_of_its_model_flag(tmp_path):
                      cwd=tmp_path)
     assert train.returncode == 2 and train.stderr == ("flopsweep-project train: error: --model='resnet50': has no "
                                                       "batch.seq_len: not a token model\n")
+
+
+def test_a_serving_tables_costs_keep_three_figures_and_say_n_a_where_unpriced(tmp_path):
+    """``0.09`` above ``0.0512`` in one column, and ``-`` where train's table says ``n/a``."""
+    out = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8", "--gpu",
+                   "H100", "--price", "2.5", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("batch "))
+    rows = [line.split() for line in lines[header + 1:] if line.strip() and line.split()[0].replace(",", "").isdigit()]
+    assert rows and all(row[-1] == "n/a" for row in rows)  # kWh/M out: no --watts
+    for cell in (row[-2] for row in rows):  # $/M out: three significant digits, trailing zeros kept
+        digits = cell.replace(",", "").replace(".", "").lstrip("0")
+        assert len(digits) == 3 or float(cell.replace(",", "")) >= 100, cell
