@@ -19,6 +19,8 @@ import platform
 import subprocess
 import sys
 
+from progress import runs  # benchmarks/progress.py, beside this script
+
 JOB = ["model=gpt2_small", "model.n_layer=2", "batch.seq_len=64", "dtype=float32", "optimizer=adamw",
        "tracking=none"]
 MIB = 2**20
@@ -70,7 +72,8 @@ def main() -> None:
     estimate = MetaEstimate(resolve(compose_config(*JOB, "batch.size=1", "device=cpu")))
     print("| batch | `size/train_peak_bytes` | simulated step peak | resident memory growth |")
     print("|---:|---:|---:|---:|")
-    for batch in batches:
+    for i in runs(len(batches), f"batch {', '.join(map(str, batches))}: the estimate and the real job"):
+        batch = batches[i]  # each batch's real job some 20 to 90 s: said as it starts (it was silent for 94 s)
         at = estimate.at(batch)
         growth = real_growth(batch)
         print(f"| {batch} | {at.size.train_peak_bytes / MIB:.0f} MiB | {at.step_peak_bytes / MIB:.0f} MiB | "
