@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flopsweep-sync: {folder}: not logged: {why}", file=sys.stderr)
 
     done = sync(args.path, args.uri, args.store_dir, args.experiment, on_failure=failed)
+    if not (done.logged or done.present or done.failed):  # it said 0 logged, 0 already in the store, 0 failed
+        print(f"flopsweep-sync: no job folder (one with result.json) in {args.path}: nothing to log")
+        return 0
     print(f"flopsweep-sync: {done.logged} logged, {done.present} already in the store, {done.failed} failed  "
           f"({', '.join(sorted(masked(u) for u in done.uris))})")
     return 1 if done.failed else 0

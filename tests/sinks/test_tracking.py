@@ -377,3 +377,14 @@ def test_a_sweeps_description_fits_a_tag_whatever_its_rows():
     rows = [line for line in note.splitlines() if "_llama3_1_70b" in line]
     assert note.endswith(f"\n... {312 - len(rows)} more jobs: summary.csv\n```") and 20 < len(rows) < 40
     assert rows[0].startswith("1_llama3_1_70b") and len(rows[0]) > 140
+
+
+def test_sync_of_a_folder_with_no_job_says_so(tmp_path):
+    """A sweep Slurm refused leaves its folder and no job: sync said 0 logged, 0 already in the store, 0 failed."""
+    from flopsweep.cli.sync import main as sync_main
+    from tests.helpers import run_main
+
+    (tmp_path / "sweep" / ".hydra").mkdir(parents=True)
+    out = run_main(sync_main, str(tmp_path / "sweep"), cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.splitlines() == [
+        f"flopsweep-sync: no job folder (one with result.json) in {tmp_path / 'sweep'}: nothing to log"]
