@@ -224,7 +224,7 @@ def time_per_block(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer:
             out.backward(torch.ones_like(out))
             return [t0, t1, clock.mark()]
 
-        for i, (f, b) in enumerate(repeat(clock, warmup, repeats, block, what=f"the first block of {name}")):
+        for i, (f, b) in enumerate(repeat(clock, warmup, repeats, block, what=f"{name}.0 (one of {len(stack)} alike)")):
             forward[i] += len(stack) * f
             backward[i] += len(stack) * b
     optimizer_s: list[float] = []

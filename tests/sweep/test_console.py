@@ -160,7 +160,7 @@ def test_a_timing_of_several_loops_says_which_it_is_in(capsys):
     finally:
         TICK.reset(token)
     said = [line.split(": run")[0] for line in capsys.readouterr().out.splitlines() if ": run " in line]
-    assert said == ["  ... timing the first block of 0"] * 2 + ["  ... timing the optimizer's step"] * 2
+    assert said == ["  ... timing 0.0 (one of 2 alike)"] * 2 + ["  ... timing the optimizer's step"] * 2
 
 
 def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys):
