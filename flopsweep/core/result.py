@@ -82,6 +82,7 @@ class TimingInfo:
     blocks: Optional[dict[str, Any]] = None
     load_average: Optional[float] = None  # the machine's over the minute before the timing, and its cores
     cores: Optional[int] = None
+    other_cores: Optional[float] = None   # the cores other processes kept busy while it timed (what it warns of)
 
 
 @dataclass(frozen=True)

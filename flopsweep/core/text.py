@@ -210,12 +210,18 @@ def hooks_line(hooked: float, plain: Optional[float]) -> str:
 
 def spread_warning(result: Result) -> Optional[str]:
     """A line when the job's timing is noisy (spread at least :data:`SPREAD_WARNING` of the median) or when the
-    machine was loaded as it began (its load average over the minute before above its cores: other work ran beside
-    it), both where both hold (the load hid a spread of 108%), else None. Its advice is the job's own: a sweep job's
-    keys, or your loop's steps (``flopsweep.meter``)."""
+    machine was loaded while it timed (other processes kept more than half its cores busy; a result from before
+    that was recorded, its load average over the cores: that counted a sweep's previous job and a pip install just
+    before a demo, and warned on 4 of its 5 jobs), both where both hold (the load hid a spread of 108%), else None.
+    Its advice is the job's own: a sweep job's keys, or your loop's steps (``flopsweep.meter``)."""
     timing, m, said = result.timing, result.metrics, []
-    if timing is not None and timing.load_average is not None and timing.cores and \
-            timing.load_average > timing.cores:
+    if timing is not None and timing.cores and timing.other_cores is not None:  # what ran beside it, itself aside
+        if timing.other_cores > timing.cores / 2:
+            said.append(f"the machine was loaded when this job timed its step (other processes kept "
+                        f"{timing.other_cores:.1f} of its {timing.cores} cores busy): its times are likely slower than "
+                        "the model's; time it on a quieter machine")
+    elif timing is not None and timing.load_average is not None and timing.cores and \
+            timing.load_average > timing.cores:  # a result from before other_cores: its load average
         said.append(f"the machine was loaded when this job timed its step (load average {timing.load_average:.1f} "
                     f"over {timing.cores} cores): its times are likely slower than the model's; time it on a quieter "
                     "machine")

@@ -52,6 +52,7 @@ class TimingRecord:
     blocks: dict[str, int] = field(default_factory=dict)  # per_block: the block kinds timed and their counts
     load_average: Optional[float] = None  # the machine's over the minute before the timing (None: not known here)
     cores: Optional[int] = None
+    other_cores: Optional[float] = None   # the cores other processes kept busy while it timed, on average
 
 
 class Clock:

@@ -209,5 +209,5 @@ def job_info(spec: JobSpec, timing: Optional[TimingRecord]) -> dict[str, Any]:
     if timing is not None:
         info["timing"] = asdict(TimingInfo(timing.method, timing.repeats, timing.threads, timing.device_name,
                                            timing.warmup, timing.step.minimum, timing.step.maximum, timing.blocks,
-                                           timing.load_average, timing.cores))
+                                           timing.load_average, timing.cores, timing.other_cores))
     return info

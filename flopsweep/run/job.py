@@ -25,7 +25,7 @@ from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
 from flopsweep.measure.profile import forward_latency
 from flopsweep.measure.size import SavedActivations, SizeRecord, StepMemory, measure_size, simulate_step
-from flopsweep.measure.system import SystemSampler, load_average
+from flopsweep.measure.system import OtherWork, SystemSampler, load_average
 from flopsweep.measure.timing import compiled, time_per_block, time_step
 from flopsweep.run.assemble import Progress, collect_metrics, job_result, with_step_memory
 from flopsweep.run.generation import measure_generation
@@ -281,12 +281,13 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.phase = "time"
         if spec.device.is_cuda:  # the steps' peak, not the build's
             torch.cuda.reset_peak_memory_stats(str(spec.device))
-        load = load_average()  # before this job's own timing load
-        with SystemSampler(gpus=spec.device.is_cuda) as machine:
+        load = load_average()  # before this job's own timing load (a record: the previous job's own load is in it)
+        with SystemSampler(gpus=spec.device.is_cuda) as machine, OtherWork() as others:
             progress.timing = timer(model, built.inputs, built.optimizer, built.autocast, str(spec.device),
                                     warmup=spec.measure.warmup, repeats=spec.measure.repeats, training=spec.training)
         progress.system = machine.samples
-        progress.timing = dataclasses.replace(progress.timing, load_average=load, cores=os.cpu_count())
+        progress.timing = dataclasses.replace(progress.timing, load_average=load, cores=os.cpu_count(),
+                                              other_cores=others.cores)
     progress.prediction, progress.prediction_info = predict_step(spec, progress.count, progress.timing)
 
 

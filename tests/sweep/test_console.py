@@ -82,6 +82,17 @@ def test_a_timing_taken_on_a_loaded_machine_is_said_so():
                                           "machine")
     timed = job("device=cpu", "measure.repeats=2")
     assert timed.timing.load_average >= 0 and timed.timing.cores == __import__("os").cpu_count()
+    assert timed.timing.other_cores is not None and timed.timing.other_cores >= 0
+    # what other processes did while it timed decides, not the load average, which counts a sweep's previous job
+    # and the pip install before a demo (4 of its 5 jobs warned)
+    after_pip = Result("ok", None, {}, dict(steady))
+    after_pip.timing = TimingInfo("full", 10, 2, "cpu", load_average=2.6, cores=2, other_cores=0.1)
+    assert spread_warning(after_pip) is None
+    beside = Result("ok", None, {}, dict(steady))
+    beside.timing = TimingInfo("full", 10, 2, "cpu", load_average=0.4, cores=2, other_cores=1.3)
+    assert spread_warning(beside) == ("the machine was loaded when this job timed its step (other processes kept 1.3 "
+                                      "of its 2 cores busy): its times are likely slower than the model's; time it on "
+                                      "a quieter machine")
 
 
 def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
@@ -256,3 +267,22 @@ def test_an_image_models_speed_is_said_in_samples_a_second():
     assert not any(line.startswith("speed/samples_per_s") for line in job_lines(text))
     assert ("samples/s", "speed/samples_per_s") in summary_columns([image, text])
     assert "samples/s" not in dict(summary_columns([text]))
+
+
+def test_a_job_timed_beside_spinning_processes_says_the_machine_was_loaded():
+    """Real other work while the step is timed: processes that spin on every core."""
+    import os
+    import subprocess
+    import sys
+
+    cores = os.cpu_count() or 1
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
+    try:
+        loaded = job("device=cpu", "measure.repeats=5")
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert loaded.timing.other_cores > cores / 2, loaded.timing
+    assert spread_warning(loaded).startswith("the machine was loaded when this job timed its step (other processes "
+                                             f"kept {loaded.timing.other_cores:.1f} of its {cores} cores busy)")
