@@ -332,11 +332,12 @@ def summary_table(results: list[tuple[str, Result]], varying: tuple[str, ...] = 
     swept = [key for key in varying if key not in _SHOWN and key[len("parallel."):] not in layout]
     swept[:0] = ["layout"] * bool(layout)
     rows = [summary_row(job, r, columns) for job, r in results]
-    rows = [row[:len(_BASE)] + [layout_name(r.config.get("parallel") or {}, " ", layout) if key == "layout"
+    rows = [row[:len(_BASE)] + [layout_name(r.config.get("parallel") or {}, " ") if key == "layout"
                                 else _config_value(r.config, key) for key in swept] + row[len(_BASE):]
             for row, (_, r) in zip(rows, results)]
     named = [key.partition(".")[0] if key.count(".") == 1 and key.endswith((".name", ".mode", ".type", ".kind"))
-             else key for key in swept]  # a group's option by the group: optimizer, train
+             else key.removeprefix("parallel.") for key in swept]  # a group's option by the group: optimizer, train;
+    # a layout's other keys beside its column: micro_batch_size, recompute
     return table(_BASE + named + [header for header, _ in columns], rows)
 
 

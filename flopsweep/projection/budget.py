@@ -101,7 +101,7 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += [per_device_table(devices, hardware.memory_bytes), ""]
     lines += [f"{cost.model} (N = {cost.params:,}) " + ("trains on" if cost.training else "processes (forward only)")
               + ", by method:"]
-    lines += [f"  {m:14s} {billions(t)} tokens ({t / cost.params:,.1f} per parameter)" if t else f"  {m:14s} n/a"
+    lines += [f"  {m:14s} {billions(t)} tokens ({whole(t / cost.params)} per parameter)" if t else f"  {m:14s} n/a"
               for m, t in tokens.items()]
     optima = [optimum(flops, "rule", tokens_per_param), *(optimum(flops, name) for name in FITS)] \
         if cost.training else []

@@ -103,7 +103,7 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     for key in keys:
         if key.startswith("parallel.") and key[len("parallel."):] in LAYOUT_KEYS:
             if layout:
-                parts.append(layout_name(config.get("parallel") or {}, keys=layout) or "-")
+                parts.append(layout_name(config.get("parallel") or {}) or "-")  # whole: zero3 alone said no dp
                 layout = ()
         elif key == "model":
             parts.append(model_label(config.get("model") or {}))

@@ -192,8 +192,8 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     rows = []
     for place, (job, r) in enumerate(best, 1):
         lay = r.layout
-        rows.append([str(place), job, layout_name(lay, " ", ("dp", "tp", "pp", "vpp", "cp", "ep")),
-                     str(lay.get("micro_batch_size")), str(lay.get("recompute")), str(lay.get("zero")),
+        rows.append([str(place), job, layout_name(lay, " "),  # as the run and the summary name it, ZeRO in it
+                     str(lay.get("micro_batch_size")), str(lay.get("recompute")),
                      format_metric(M.TOKENS_PER_S_PER_GPU_PREDICTED, r.metrics.get(M.TOKENS_PER_S_PER_GPU_PREDICTED)),
                      format_metric(M.MFU_PREDICTED, r.metrics.get(M.MFU_PREDICTED)),
                      format_metric(M.PARALLEL_MEMORY_PER_GPU, r.metrics.get(M.PARALLEL_MEMORY_PER_GPU)),
@@ -201,5 +201,5 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
     over = sum(not _fits(r) for _, r in found)
     title = f"The {len(best)} fastest of {len(found)} layouts predicted (tokens/s a GPU)" + \
         (f"; {over} do not fit the part's memory, ranked after those that do:" if over else ":")
-    return title + "\n" + table(["rank", "job", "layout", "micro-batch", "recompute", "zero", "tokens/s/GPU", "MFU",
+    return title + "\n" + table(["rank", "job", "layout", "micro-batch", "recompute", "tokens/s/GPU", "MFU",
                                  "memory/GPU", "bottleneck"], rows)

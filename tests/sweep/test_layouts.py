@@ -124,7 +124,7 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
         found = list(tmp_path.glob(f"outputs/sweeps/*/*/{row[1]}/result.json"))
         speeds.append(Result.read(found[0]).metrics[M.TOKENS_PER_S_PER_GPU_PREDICTED])
     assert speeds == sorted(speeds, reverse=True)
-    assert {row[2] for row in rows} == {"dp2 tp1 pp1", "dp1 tp2 pp1", "dp1 tp1 pp2"}
+    assert {row[2] for row in rows} == {"dp2 tp1 pp1", "dp2 tp1 pp1 zero3", "dp1 tp2 pp1", "dp1 tp1 pp2"}  # as runs
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("layouts")
     (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.`flopsweep.kind` = 'sweep'")
@@ -183,3 +183,17 @@ def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_pa
         "flopsweep: error: parallel.gpus=7: has no layout the model and batch take: dp x micro-batch must divide "
         "batch.size=8, tp its 12 attention heads and 12 KV heads, pp be at most its 12 layers, and mixed precision "
         "needs ZeRO over dp x cp > 1"]
+
+
+def test_a_sweep_that_varies_only_zero_names_the_whole_layout():
+    """2 GPUs in mixed precision leave dp2 alone, its ZeRO stages varied: the progress lines said 'zero3' and the
+    table's layout column 'zero2', dp2 tp1 pp1 unsaid beside the ranking's 'dp2 tp1 pp1' and a zero column."""
+    from flopsweep.core.text import summary_table
+    from flopsweep.sinks.identity import short_name
+
+    results = [(f"{z}_m", Result("ok", None, {"model": {"name": "m"}, "parallel": {"dp": 2, "tp": 1, "pp": 1,
+                                                                                  "zero": z}}, {}))
+               for z in (2, 3)]
+    assert [short_name(r.config, ["parallel.zero"]) for _, r in results] == ["dp2tp1pp1zero2", "dp2tp1pp1zero3"]
+    rows = summary_table(results, ("parallel.zero",)).splitlines()
+    assert re.split(r"\s{2,}", rows[0])[7] == "layout" and re.split(r"\s{2,}", rows[3])[7] == "dp2 tp1 pp1 zero3"
