@@ -28,7 +28,8 @@ from flopsweep.sinks.sweep_run import Heartbeat, SweepRun
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
-from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once, launcher_class
+from flopsweep.sweep.slurm import not_here_error
 from flopsweep.sweep.state import SweepContext
 
 
@@ -39,7 +40,8 @@ class SweepSummary(Callback):
         sweep = state.current()
         plan = SweepPlan.of(config)
         try:
-            refusal = empty_sweep_error(plan) or concurrent_timing_error(plan)
+            refusal = empty_sweep_error(plan) or concurrent_timing_error(plan) or \
+                not_here_error(launcher_class(config.hydra.launcher))
         except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
             refusal = None
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store

@@ -130,11 +130,22 @@ def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> t
         raise
 
 
+NOT_HERE = ("hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are not on this machine's PATH; run the sweep on "
+            "a Slurm login node, or choose another hydra/launcher")
+
+
+def not_here_error(launcher_kind: str) -> Optional[str]:
+    """The refusal of a Slurm sweep on a machine without Slurm's commands, said before the sweep makes its folder and
+    its run (it left an empty folder and a FAILED run); None for another launcher, or where they are."""
+    if launcher_kind != "SlurmLauncher" or (shutil.which("sinfo") and shutil.which("sbatch")):
+        return None
+    return NOT_HERE
+
+
 def partition_nodes(partition: Optional[str]) -> Nodes:
     """The largest node of ``partition`` (None: the cluster's default), from ``sinfo``."""
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        raise SlurmRefused("hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are not on this machine's PATH; "
-                           "run the sweep on a Slurm login node, or choose another hydra/launcher")
+        raise SlurmRefused(NOT_HERE)
     rows = _run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l", *(["-p", partition] if partition else [])])
     found: list[tuple[str, int, int, int, Optional[int]]] = []
     for row in rows.splitlines():

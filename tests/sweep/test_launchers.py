@@ -343,13 +343,12 @@ def test_the_wheel_ships_the_launcher_preset_and_the_sweeper(tmp_path):
 
 
 def test_a_slurm_sweep_without_slurm_is_its_error_line_alone(tmp_path):
-    """No Slurm on the PATH: the one line, then neither an empty table nor an MLflow link to a sweep with no job (a
-    newcomer got both under the error)."""
+    """No Slurm on the PATH: the one line, before the sweep makes its folder and its run (a newcomer got an empty table,
+    an MLflow link to a FAILED run with no job, and a folder the README's "latest sweep" commands then picked)."""
     done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=8", "device=meta", "batch.size=1,2",
-                   "hydra/launcher=slurm", cwd=tmp_path, env={"PATH": str(tmp_path)})
-    assert done.returncode == 1
+                   "hydra/launcher=slurm", cwd=tmp_path, env={"PATH": str(tmp_path)}, store=False)
+    assert done.returncode == 2  # refused as the command line's other impossibilities are
     assert done.stderr.splitlines() == ["flopsweep: error: hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are "
                                         "not on this machine's PATH; run the sweep on a Slurm login node, or choose "
                                         "another hydra/launcher"]
-    assert "MLflow:" not in done.stdout and "job " not in done.stdout and "status" not in done.stdout
-    assert "2 jobs: 2 not started" in done.stdout
+    assert done.stdout == "" and not (tmp_path / "outputs").exists()  # no folder, no store, no run: refused first
