@@ -7,6 +7,10 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/gpu/results}
 mkdir -p "$OUT"
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+"$PY" -c "import pytest" 2>/dev/null || {  # make demo installs no test tools
+  echo "run.sh: needs the test tools: make test installs them (or $PY -m pip install 'torch==2.13.0' -e '.[test]')" >&2
+  exit 1
+}
 {
   echo "date: $(date -u +%FT%TZ)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"

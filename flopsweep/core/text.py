@@ -106,14 +106,22 @@ def format_metric(key: str, value: Any) -> str:
     if key == M.PARALLEL_FITS:
         return "yes" if value >= 1 else "no"
     if key in (M.MFU, M.MFU_PREDICTED, M.HFU_PREDICTED):
-        return f"{value:.1%}" if value >= 0.001 else f"{100 * value:.2g}%"  # a toy model's 0.04%, not 0.0%
+        return share(value)
     if key in (M.TOKENS_PER_S, M.SAMPLES_PER_S, M.OUTPUT_TOKENS_PER_S, M.TOKENS_PER_S_PER_GPU_PREDICTED):
         return whole(value)  # as the serving table and the layout search give them: 1,512
     if key.startswith("size/params"):
         return count(value)
     if key.startswith(("flops/", "macs/", "speed/")):
         return human(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return f"{int(value):,}"  # a count: parallel/gpus 1,024, as every other line gives it
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def share(value: float) -> str:
+    """A share with its sign: ``54.6%``, a small one with two significant digits (a toy model's ``0.042%``, a
+    budget's ``0.00038%``; not ``0.0%``)."""
+    return f"{value:.1%}" if value >= 0.001 else f"{100 * value:.2g}%"
 
 
 JOB_METRICS = [M.FLOPS_FORWARD, M.FLOPS_BACKWARD, M.FLOPS_OPTIMIZER, M.FLOPS_OPTIMIZER_MEAN, M.FLOPS_STEP,

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("speed/hfu_predicted", 0.403, "40.3%"),       # it read 0.403
     ("speed/mfu_predicted", 0.00042, "0.042%"),      # a toy model's: not 0.0%
     ("parallel/fits", 0.0, "no"),
+    ("parallel/gpus", 1024.0, "1,024"),          # a count, as 1,024 GPUs elsewhere; it read 1024
     ("speed/tokens_per_s", 1850.4, "1,850"),         # as the serving table gives tokens/s; it read 1.85K
     ("speed/samples_per_s", 4.624, "4.62"),
     ("size/weights_bytes", 16.06e9, "15 GiB"),

@@ -268,3 +268,5 @@ def test_a_budgets_preset_rows_say_a_far_miss_as_a_multiple():
     # huge: 6 · 4e11 · 8e12 = 1.92e25, 160,000 budgets; the budget buys 5e7 tokens, 1.25e-4 a parameter
     assert "needs 1.920e+25 FLOPs 160,000× the budget" in rows["huge"] and " 0.000125 tokens/param" in rows["huge"]
     assert "N 0.10B" in rows["small"] and "N 400.00B" in rows["huge"]
+    tiny = budget_report(1e23, "flops", 1e23, ONE_B, HW, [small])["text"]
+    assert "needs 1.200e+18 FLOPs 0.0012% of the budget" in " ".join(tiny.split())  # not 0.0%, as a toy's MFU
