@@ -11,7 +11,6 @@ predicts for any part with ``predict.hardware=<part or profile.json>``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Optional
 
 from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command, warning
+from flopsweep.core.result import loaded
 from flopsweep.core.text import plain
 from flopsweep.core.errors import ConfigError
 
@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cal = calibrate(device, quick=args.quick,
                         tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
                                                 flush=True))
-    busy = others.cores if device == "cpu" and others.cores > (os.cpu_count() or 1) / 2 else None
+    busy = others.cores if device == "cpu" and loaded(others.cores, os.cpu_count() or 1) else None
     path = args.out or profile_path(cal.part)
     kept = busy is not None and args.out is None and path.is_file()
     if kept:  # the profile jobs find stays: a busy machine's figures go beside it
@@ -69,8 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"profile: {path} (digest {cal.digest()})")
     if busy is not None:
         warning(f"the machine was busy as it calibrated (other work kept {busy:.1f} of its {os.cpu_count()} cores "
-                "busy): the "
-                "profile's figures may be low, and every prediction made with it slow; " +
+                "busy): the profile's figures may be low, and every prediction made with it slow; " +
                 (f"{profile_path(cal.part)} (the profile jobs use) is kept, this one beside it (move it there, or "
                  "give --out, to use it)" if kept else "calibrate again when it is idle"), "flopsweep-calibrate")
     if not args.no_log:

@@ -5,7 +5,6 @@ twice logs nothing the second time; a sweep's jobs go under one parent run for t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

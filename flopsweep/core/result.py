@@ -67,6 +67,12 @@ class Tracking:
     synced: bool = False    # logged by flopsweep-sync, after the job
 
 
+def loaded(other_cores: float, cores: int) -> bool:
+    """Whether other processes kept more than half of ``cores`` busy while something was measured: a timing's
+    (:class:`TimingInfo`), a calibration's (``flopsweep-calibrate``). Their own threads are not other work."""
+    return other_cores > cores / 2
+
+
 @dataclass(frozen=True)
 class TimingInfo:
     """How a job's step was timed: ``method`` (``full``, ``per_block``, ``loop``), repeats after ``warmup``, CPU

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 from flopsweep.core import metrics as M
 from flopsweep.core.hardware import Accelerator
 from flopsweep.core.profile import by_depth
-from flopsweep.core.result import Result
+from flopsweep.core.result import Result, loaded
 
 
 _ROLE = re.compile(r":\w+:`(~?)([^`]*)`")  # :func:`name`, :class:`~package.module.Name`
@@ -68,11 +68,17 @@ def billions(value: float) -> str:
 LAYOUT_KEYS = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1
 
 
-def layout_name(layout: Mapping[str, Any], sep: str = "", keys: tuple[str, ...] = LAYOUT_KEYS) -> str:
+def layout_name(layout: Mapping[str, Any], sep: str = "") -> str:
     """A parallel layout as every table and run names it: ``dp16tp8pp8zero1`` (``sep=" "``: ``dp16 tp8 pp8 zero1``);
     dp, tp and pp as given, the others where they are not 1 (ZeRO where it is not 0)."""
-    return sep.join(f"{key}{layout[key]}" for key in keys
+    return sep.join(f"{key}{layout[key]}" for key in LAYOUT_KEYS
                     if layout.get(key) and (key in ("dp", "tp", "pp", "zero") or layout[key] != 1))
+
+
+def is_layout_key(key: str) -> bool:
+    """Whether a config key is one a layout's name spells (``parallel.dp``, ``parallel.zero``): where a sweep varies
+    any of them, the layout is named whole, in one part of a name and one column of a table."""
+    return key.startswith("parallel.") and key[len("parallel."):] in LAYOUT_KEYS
 
 
 def seconds(value: Optional[float]) -> str:
@@ -224,7 +230,7 @@ def spread_warning(result: Result) -> Optional[str]:
     Its advice is the job's own: a sweep job's keys, or your loop's steps (``flopsweep.meter``)."""
     timing, m, said = result.timing, result.metrics, []
     if timing is not None and timing.cores and timing.other_cores is not None:  # what ran beside it, itself aside
-        if timing.other_cores > timing.cores / 2:
+        if loaded(timing.other_cores, timing.cores):
             said.append(f"the machine was loaded when this job timed its step (other processes kept "
                         f"{timing.other_cores:.1f} of its {timing.cores} cores busy): its times are likely slower than "
                         "the model's; time it on a quieter machine")
@@ -336,9 +342,8 @@ def summary_table(results: list[tuple[str, Result]], varying: tuple[str, ...] = 
     """The sweep's table: each job's row; ``varying``, the config keys the sweep varies, each a column of its own
     where the base columns do not show it already (``optimizer``, ``train.rank``, ...)."""
     columns = summary_columns([r for _, r in results])
-    layout = tuple(key for key in LAYOUT_KEYS if f"parallel.{key}" in varying)  # one column, as runs name them
-    swept = [key for key in varying if key not in _SHOWN and key[len("parallel."):] not in layout]
-    swept[:0] = ["layout"] * bool(layout)
+    swept = ["layout"] * any(map(is_layout_key, varying)) + [  # one layout column, as runs name them
+        key for key in varying if key not in _SHOWN and not is_layout_key(key)]
     rows = [summary_row(job, r, columns) for job, r in results]
     rows = [row[:len(_BASE)] + [layout_name(r.config.get("parallel") or {}, " ") if key == "layout"
                                 else _config_value(r.config, key) for key in swept] + row[len(_BASE):]

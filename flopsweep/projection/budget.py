@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from flopsweep.core.errors import ConfigError, require
-from flopsweep.core.text import billions, whole
-from flopsweep.core.text import share as percent  # beside budget_report's own share of the budget
+from flopsweep.core.text import billions, share, whole
 from flopsweep.projection.parallel import PerDevice
 from flopsweep.projection.scaling import FITS, optimum
 from flopsweep.projection.parallel import table as per_device_table
@@ -79,9 +78,9 @@ def _amount(kind: str, value: float, flops: float) -> str:
     return f"{given} = {flops:.3e} FLOPs" if given else f"{flops:.3e} FLOPs"
 
 
-def _share(share: float) -> str:
+def _of_budget(part: float) -> str:
     """What a preset needs of the budget: ``16.8% of``, and from ten budgets on ``21,413×`` (it read 2141329.2%)."""
-    return f"{percent(share)} of" if share < 10 else f"{share:,.0f}×"
+    return f"{share(part)} of" if part < 10 else f"{part:,.0f}×"
 
 
 def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardware: Hardware, presets: list[PerToken],
@@ -117,10 +116,10 @@ def budget_report(flops: float, kind: str, value: float, cost: PerToken, hardwar
         lines += ["", f"compute-optimal ({TOKENS_PER_PARAM} tokens per parameter, 6ND + attention) for each "
                   "language-model preset at its sequence length, N the parameters a token uses; and the loss "
                   "Hoffmann et al.'s fit predicts for it trained on the whole budget:"]
-        width, needs = max(len(f.model) for f in fits), max(len(_share(f.share)) for f in fits)
+        width, needs = max(len(f.model) for f in fits), max(len(_of_budget(f.share)) for f in fits)
         best = min(fits, key=lambda f: f.loss)
         lines += [f"  {f.model:{width}s}  N {f.params / 1e9:8.2f}B  needs {f.flops:.3e} FLOPs  "
-                  f"{_share(f.share):>{needs}s} the budget  {'fits' if f.fits else 'does not fit':12s}  "
+                  f"{_of_budget(f.share):>{needs}s} the budget  {'fits' if f.fits else 'does not fit':12s}  "
                   f"budget: {whole(f.bought / f.params):>9s} tokens/param, loss {f.loss:.3f}"
                   + ("  <- lowest" if f is best else "") for f in fits]
     return {"text": "\n".join(lines), "budget": {"kind": kind, "value": value, "flops": flops, "mfu": hardware.mfu,

@@ -39,7 +39,7 @@ import numpy as np
 from flopsweep.core.comm import Network
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import Accelerator
-from flopsweep.core.text import capacity, size_bytes
+from flopsweep.core.text import capacity, size_bytes, whole
 from flopsweep.projection.generation import KV_DTYPES, SERVED_BYTES, Generation
 from flopsweep.projection.training import not_given
 
@@ -306,7 +306,7 @@ def _money(value: Optional[float]) -> str:
     whole from 100 up; ``n/a`` where no price or power was given, as the training table says it."""
     if value is None:
         return "n/a"
-    return f"{value:,.0f}" if value >= 100 else f"{value:#.3g}".rstrip(".")
+    return whole(value) if value >= 100 else f"{value:#.3g}".rstrip(".")  # whole's digits, its zeros kept
 
 
 def plan(gen: Generation, serving: Serving, batch: Optional[int] = None) -> ServingPlan:

@@ -18,7 +18,7 @@ from flopsweep.core import __version__
 from flopsweep.core.errors import masked
 from flopsweep.core.hardware import cpu_model
 from flopsweep.core.result import Result, model_label
-from flopsweep.core.text import LAYOUT_KEYS, layout_name
+from flopsweep.core.text import LAYOUT_KEYS, is_layout_key, layout_name
 
 NOT_IDENTITY = ("tracking", "hydra", "skip_existing")  # where and how a run is logged, not what it measures
 
@@ -98,13 +98,10 @@ def short_name(config: dict[str, Any], keys: list[str]) -> str:
     """A run's name in a sweep: the values of the keys that tell the sweep's runs apart, in the sweep's order
     (``gpt3_13b|s2048`` where model and batch.seq_len vary; a layout's keys as one part, ``dp16tp2zero3``), so that
     what differs survives the runs table cutting names short; the full name is :func:`run_name`."""
-    flat, parts = flatten(config), []
-    layout = tuple(key for key in LAYOUT_KEYS if f"parallel.{key}" in keys)  # one part, as the run's name spells it
+    flat, parts, layout = flatten(config), [], layout_name(config.get("parallel") or {}) or "-"
     for key in keys:
-        if key.startswith("parallel.") and key[len("parallel."):] in LAYOUT_KEYS:
-            if layout:
-                parts.append(layout_name(config.get("parallel") or {}) or "-")  # whole: zero3 alone said no dp
-                layout = ()
+        if is_layout_key(key):  # the layout whole, once, as the run's name spells it (zero3 alone said no dp)
+            parts += [layout] * (layout not in parts)
         elif key == "model":
             parts.append(model_label(config.get("model") or {}))
         elif key == "train" and config.get("workload", "train") != "train":  # train=generate, the old spelling

@@ -134,17 +134,20 @@ NOT_HERE = ("hydra/launcher=slurm: Slurm's commands (sinfo, sbatch) are not on t
             "a Slurm login node, or choose another hydra/launcher")
 
 
+def _here() -> bool:
+    """Whether Slurm's commands are on this machine's PATH."""
+    return shutil.which("sinfo") is not None and shutil.which("sbatch") is not None
+
+
 def not_here_error(launcher_kind: str) -> Optional[str]:
     """The refusal of a Slurm sweep on a machine without Slurm's commands, said before the sweep makes its folder and
     its run (it left an empty folder and a FAILED run); None for another launcher, or where they are."""
-    if launcher_kind != "SlurmLauncher" or (shutil.which("sinfo") and shutil.which("sbatch")):
-        return None
-    return NOT_HERE
+    return NOT_HERE if launcher_kind == "SlurmLauncher" and not _here() else None
 
 
 def partition_nodes(partition: Optional[str]) -> Nodes:
     """The largest node of ``partition`` (None: the cluster's default), from ``sinfo``."""
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+    if not _here():
         raise SlurmRefused(NOT_HERE)
     rows = _run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l", *(["-p", partition] if partition else [])])
     found: list[tuple[str, int, int, int, Optional[int]]] = []
