@@ -195,12 +195,11 @@ def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, m
     calibration while other processes keep over half its cores busy says so (processes that spin here). Its own
     threads are not other work: the load average counted them, and warned on an idle machine."""
     import os
-    import subprocess
-    import sys
+
+    from tests.helpers import other_work
 
     cores = os.cpu_count() or 1
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
-    try:
+    with other_work(2 * cores):
         done = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", "--out", str(tmp_path / "p.json"),
                         cwd=tmp_path)
         assert done.returncode == 0, done.stderr
@@ -214,10 +213,6 @@ def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, m
         quiet.parent.mkdir(parents=True)
         quiet.write_bytes(b'{"part": "stands for a quiet profile"}')
         busy = run_main(calibrate_main, "--device", "cpu", "--quick", "--no-log", cwd=tmp_path)
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
     assert busy.returncode == 0 and quiet.read_bytes() == b'{"part": "stands for a quiet profile"}'
     assert quiet.with_suffix(".busy.json").is_file(), busy.stderr
     assert f"{quiet} (the profile jobs use) is kept" in busy.stderr, busy.stderr

@@ -272,17 +272,12 @@ def test_an_image_models_speed_is_said_in_samples_a_second():
 def test_a_job_timed_beside_spinning_processes_says_the_machine_was_loaded():
     """Real other work while the step is timed: processes that spin on every core."""
     import os
-    import subprocess
-    import sys
+
+    from tests.helpers import other_work
 
     cores = os.cpu_count() or 1
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cores)]
-    try:
+    with other_work(2 * cores):
         loaded = job("device=cpu", "measure.repeats=5")
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
     assert loaded.timing.other_cores > cores / 2, loaded.timing
     assert spread_warning(loaded).startswith("the machine was loaded when this job timed its step (other processes "
                                              f"kept {loaded.timing.other_cores:.1f} of its {cores} cores busy)")
