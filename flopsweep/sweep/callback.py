@@ -139,7 +139,7 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
                for folder in sorted(folders, key=lambda p: _job_number(p.name))]
     swept = [f"{key}.{GROUP_NAMES[key]}" if key in GROUP_NAMES else key for key in SweepContext.current().swept]
-    if results:  # none where the launcher refused them all (no Slurm here): no empty table under its error
+    if results:  # none where the launcher refused them all (a partition Slurm has not): no empty table under its error
         print()
         print(summary_table(results, tuple(swept or varying_params([r for _, r in results]))))  # the keys it varies
     counts = status_counts(results)
