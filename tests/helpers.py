@@ -371,15 +371,19 @@ def sgd_peak(batch: int, f: int = F) -> int:
 
 
 class SwallowsTheInterrupt(nn.Module):
-    """A model whose forward is cut by a SIGTERM and turns the interrupt into an error of its own, as library code
-    with a ``finally`` that reads an unset name does."""
+    """A model whose forward is cut by a signal (SIGTERM, or ``signal_name``) and turns the interrupt into an error of
+    its own, as library code with a ``finally`` that reads an unset name does."""
+
+    def __init__(self, signal_name: str = "SIGTERM"):
+        super().__init__()
+        self.signal_name = signal_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import signal
         import time
 
         try:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.Signals[self.signal_name])
             time.sleep(5)
         except KeyboardInterrupt:
             raise RuntimeError("the library's own error") from None
@@ -427,3 +431,32 @@ class Slow(nn.Module):
 
         time.sleep(self.seconds)
         return self.linear(x)
+
+
+class InterruptedInACallback(nn.Module):
+    """A model whose forward gets a SIGINT while Python runs a weak-reference callback (as measure/size.py's are when a
+    tensor is freed): Python can only print an interrupt raised there ("Exception ignored in ...")."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import signal
+        import weakref
+
+        def freed(_: object) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100_000):  # the signal's handler runs here, inside the callback
+                pass
+
+        class Freed:
+            pass
+
+        gone = Freed()
+        kept = weakref.ref(gone, freed)
+        del gone
+        assert kept() is None
+        for _ in range(2_000_000):  # where an interrupt delivered again can be raised
+            pass
+        return self.linear(x).sum()

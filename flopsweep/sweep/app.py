@@ -33,6 +33,7 @@ from flopsweep.sweep.progress import Ticker, job_name, progress_line
 
 def run_one(cfg: DictConfig) -> Result:
     """Validate and measure one composed config; always returns a Result and writes the job folder."""
+    state.in_a_job()
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
     try:

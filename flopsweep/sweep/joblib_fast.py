@@ -19,7 +19,7 @@ from flopsweep.measure._torch import LAZY_MODULES
 from flopsweep.sweep import _loky
 from flopsweep.sweep._hydra import JOBLIB_CORE, process_joblib_cfg
 from flopsweep.sweep.plan import FORCE_KEY, SweepPlan, jobs_at_once, launcher_class
-from flopsweep.sweep.state import Unwritable, keep_swallowed_interrupts
+from flopsweep.sweep.state import Unwritable
 
 
 LISTED_JOBS = 20  # a sweep's overrides listed before it starts up to this many jobs; each job's [job N/M] line names it
@@ -202,7 +202,6 @@ def _prepare_worker(uri: Optional[str]) -> None:
     import importlib
 
     forgive_stdout()  # a sweep piped into head: the worker's job lines and Hydra's log go nowhere once it left
-    keep_swallowed_interrupts()  # a terminal's Ctrl-C inside a weak-reference callback: delivered again
     for module in _worker_modules(uri):
         importlib.import_module(module)
 

@@ -79,6 +79,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.cause = cause or f"interrupted by {signal.Signals(signum).name}"  # said of the job it cut
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # a joblib worker's, sent to the sweep's process
+        return Interrupted, (self.signum, self.cause)
+
 
 class Unwritable(BaseException):
     """The sweep's output folder cannot be written (a full disk, a read-only one, no permission): the sweep stops,
@@ -121,6 +124,17 @@ def interrupt(signum: int, cause: Optional[str] = None) -> None:
         _state.pending = signum
         return
     raise Interrupted(signum, cause)
+
+
+def in_a_job() -> None:
+    """What a job's process needs, whichever launcher runs it (this process, a joblib worker forked from loky's
+    server, submitit's): an interrupt swallowed where Python can only print it is delivered again, and SIGINT (a
+    terminal's Ctrl-C reaches the workers too) raises the sweep's interrupt, remembered, so that one a library turns
+    into an error of its own still ends the job as interrupted, not failed. A handler someone set is left alone."""
+    keep_swallowed_interrupts()
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
 
 
 def keep_swallowed_interrupts() -> None:
