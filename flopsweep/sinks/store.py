@@ -132,6 +132,10 @@ class Store:
         """End the sweep's run as ``status`` (FINISHED, FAILED, KILLED), logging nothing more."""
         self.client.set_terminated(run_id, status)
 
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run (MLflow's deleted lifecycle, as the UI's delete)."""
+        self.client.delete_run(run_id)
+
     def delete_children_except(self, parent_id: str, keep: set[str]) -> int:
         """Delete the job runs of a sweep whose ids are not in ``keep`` (the runs its jobs' folders name): runs a
         killed worker left RUNNING, and runs it logged whole but was killed before it recorded them in the job's

@@ -1,6 +1,6 @@
 """A sweep's MLflow run, its jobs' parent, through its life: opened by the sweep (or by a sync, for a sweep whose run
-could not be opened), finished with its jobs' counts, summary and view, abandoned (killed, out of disk), its runs of
-jobs cut off while logging forgotten, and closed by a later sweep or sync where the process that opened it is gone.
+could not be opened), finished with its jobs' counts, summary and view, abandoned (killed, out of disk) or discarded
+(refused before any job, with its folder), its runs of jobs cut off while logging forgotten, and closed by a later sweep or sync where the process that opened it is gone.
 One class for the sweep callback, the sweeper and flopsweep-sync.
 
 A sweep's process is known gone on its own host by its pid; on another (a login node's sync of a sweep that ran on a
@@ -10,6 +10,7 @@ cannot be seen (a folder not shared, an older sweep), the run is taken as alive:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -68,6 +69,11 @@ class SweepRun:
             self.finish(results, status=status)
         else:
             self.store.end_parent(self.run_id, status)
+
+    def discard(self) -> None:
+        """End and delete the run of a sweep refused before any job started: it measured nothing."""
+        self.store.end_parent(self.run_id, "FAILED")
+        self.store.delete_run(self.run_id)
 
     def forget_unrecorded(self) -> int:
         """Delete the sweep's job runs that no job folder's ``result.json`` names
@@ -145,7 +151,8 @@ class Heartbeat:
     def __init__(self, sweep_dir: Path):
         self.path, self._stop = sweep_dir / ALIVE, threading.Event()
         self._beat()
-        threading.Thread(target=self._run, name="flopsweep-heartbeat", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="flopsweep-heartbeat", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -160,6 +167,20 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=5)  # a beat under way would make the folder again (a refused sweep's, removed)
+
+
+def remove_unstarted(sweep_dir: Path) -> bool:
+    """Remove the folder of a sweep refused before any job started, where it holds only what Hydra and the sweep
+    wrote before (``multirun.yaml``, the heartbeat), and its day's folder if that is left empty."""
+    import shutil
+
+    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", ALIVE}:
+        return False
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        sweep_dir.parent.rmdir()
+    return True
 
 
 def _ended_status(sweep_dir: Path) -> Optional[str]:

@@ -2,7 +2,7 @@
 sweep's MLflow run (so parallel workers never race to create the store: they find its id in the environment) and
 starts joblib's workers; after them, it prints and writes one table of every job, read back from their
 ``result.json`` (a job that has none is lost), and closes the run. A sweep that stops before its end closes its run
-through :func:`abandon_sweep`."""
+through :func:`abandon_sweep`, or deletes it with its folder where it was refused before any job."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,7 +25,7 @@ from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
 from flopsweep.sinks.target import target_of
-from flopsweep.sinks.sweep_run import Heartbeat, SweepRun
+from flopsweep.sinks.sweep_run import Heartbeat, SweepRun, remove_unstarted
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
@@ -173,6 +174,10 @@ def abandon_sweep(why: BaseException) -> None:
     keep their runs."""
     stop_workers()
     sweep = state.current()
+    if isinstance(why, (HydraException, OmegaConfBaseException)) and sweep.sweep_dir is not None \
+            and not any(p.is_dir() for p in _entries(sweep.sweep_dir)):
+        _discard(sweep)
+        return
     status = "KILLED" if isinstance(why, KeyboardInterrupt) else "FAILED"
     results: list[tuple[str, Result]] = []
     if isinstance(why, (KeyboardInterrupt, state.Unwritable)) and sweep.sweep_dir is not None \
@@ -193,6 +198,24 @@ def abandon_sweep(why: BaseException) -> None:
             later = f"; `{command('flopsweep-sync')} {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
             warning(f"could not close the sweep's MLflow run: {one_line(err)}{later}")
         sweep.parent = None
+
+
+def _entries(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def _discard(sweep: state.SweepState) -> None:
+    """A sweep refused before any job started (a swept value that cannot be composed, a layout search that finds no
+    layout): its run and folder go, as for a refusal before the sweep starts; the error says why."""
+    _ended(sweep)
+    if sweep.parent is not None and not _store_down(sweep):
+        try:
+            SweepRun(store(sweep.target), sweep.parent, Path(sweep.sweep_dir or ".")).discard()
+        except Exception as err:  # noqa: BLE001
+            warning(f"could not delete the refused sweep's MLflow run: {one_line(err)}")
+    sweep.parent = None
+    if sweep.sweep_dir is not None:
+        remove_unstarted(sweep.sweep_dir)
 
 
 def _job_result(folder: Path) -> Result:

@@ -175,14 +175,20 @@ def test_layouts_that_do_not_fit_rank_after_those_that_do_however_fast():
 
 def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_path):
     """7 GPUs for a 12-layer, 12-head model at batch 8 in mixed precision: no layout at all, which it said as one that
-    cannot fit the part's memory, under a line counting 0 valid layouts."""
+    cannot fit the part's memory, under a line counting 0 valid layouts. Refused, it leaves no sweep folder and no
+    sweep run (it left an empty folder and a FAILED run)."""
+    from mlflow import MlflowClient
+
     done = run_app("+sweep=layouts", "model=gpt2_small", "dtype=mixed_bf16", "batch.size=8", "parallel.gpus=7",
-                   "predict.hardware=H100", "tracking=none", cwd=tmp_path)
+                   "predict.hardware=H100", cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [
         "flopsweep: error: parallel.gpus=7: has no layout the model and batch take: dp x micro-batch must divide "
         "batch.size=8, tp its 12 attention heads and 12 KV heads, pp be at most its 12 layers, and mixed precision "
         "needs ZeRO over dp x cp > 1"]
+    assert not list(tmp_path.glob("outputs/sweeps/*/*"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert not [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
 
 
 def test_a_sweep_that_varies_only_zero_names_the_whole_layout():

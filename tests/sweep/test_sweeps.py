@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -91,11 +92,14 @@ def test_a_swept_value_that_cannot_be_composed_stops_the_sweep_before_any_job(tm
                    "tracking.experiment=bad_value", cwd=tmp_path)
     assert proc.returncode != 0
     assert "model.n_layer" in proc.stderr and "Traceback" not in proc.stderr
-    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").glob("*/*")
-    assert not [p for p in sweep_dir.iterdir() if p.is_dir()]  # no job started
+    # refused as Hydra's own refusals are: no job started, so no folder and no run is left (an empty folder and a
+    # FAILED run were, after a typo)
+    assert not list((tmp_path / "outputs" / "sweeps").glob("*/*"))
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("bad_value").experiment_id])
-    assert run.data.tags["flopsweep.kind"] == "sweep" and run.info.status == "FAILED"  # not left RUNNING
+    experiment = client.get_experiment_by_name("bad_value").experiment_id
+    assert client.search_runs([experiment]) == []
+    (gone,) = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
+    assert gone.data.tags["flopsweep.kind"] == "sweep" and gone.info.status == "FAILED"  # ended, then deleted
 
 
 @pytest.mark.slow
