@@ -153,6 +153,10 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
     return workload, train, notice
 
 
+class CannotGenerate(ConfigError):
+    """A generation asked of a model that cannot generate (an encoder, a CNN)."""
+
+
 def _generate(node: DictConfig, workload: Workload, family: Family, model: ModelConfig, batch: BatchShape,
               prompt_given: bool, typed: str = "workload=generate") -> tuple[GenerateConf, BatchShape, Optional[str]]:
     """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
@@ -162,9 +166,9 @@ def _generate(node: DictConfig, workload: Workload, family: Family, model: Model
     if workload is not Workload.generate:
         return generate, batch, None
     require_int(generate.new_tokens, "generate.new_tokens")
-    require(family.generator is not None and family.generator(model) is not None, typed, None,  # as the user typed it
-            f"needs a decoder with a KV cache (the decoder family, or model=hf as a causal-lm); "
-            f"{model.name or family.name} is a {family.name} model{_task_of(model)}")
+    if family.generator is None or family.generator(model) is None:  # said of the key as the user typed it
+        raise CannotGenerate(typed, None, "needs a decoder with a KV cache (the decoder family, or model=hf as a "
+                             f"causal-lm); {model.name or family.name} is a {family.name} model{_task_of(model)}")
     longest = family.longest(model) if family.longest is not None else None
     note = None
     if not prompt_given:

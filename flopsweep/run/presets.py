@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from flopsweep.build.model import build
 from flopsweep.config.compose import LISTED_BY, compose_config, public_options
-from flopsweep.config.resolve import job_config, resolve
+from flopsweep.config.resolve import CannotGenerate, job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.errors import ConfigError, not_one_of, one_line, require
 from flopsweep.core.result import Result
@@ -44,9 +44,7 @@ def measure_preset(model: str, seq_len: Optional[int], batch: int = 1, inference
         raise ConfigError("model", model, one_line(err, 200, kind=False)) from None
     try:
         spec = resolve(cfg)
-    except ConfigError as err:  # what the model cannot do (a generation of an encoder): said of the model asked for,
-        if err.key != "workload=generate":  # not of a key the user never typed (workload=generate)
-            raise
+    except CannotGenerate as err:  # said of the model asked for, not of a key the user never typed (workload=generate)
         raise ConfigError("model", model, err.problem) from None
     result = run_job(spec, job_config(cfg, spec))  # the config as built, as the flopsweep command records it
     require(result.status == "ok", "model", model, f"could not be counted: {result.error}")
