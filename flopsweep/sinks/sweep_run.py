@@ -1,7 +1,8 @@
 """A sweep's MLflow run, its jobs' parent, through its life: opened by the sweep (or by a sync, for a sweep whose run
 could not be opened), finished with its jobs' counts, summary and view, abandoned (killed, out of disk) or discarded
-(refused before any job, with its folder), its runs of jobs cut off while logging forgotten, and closed by a later sweep or sync where the process that opened it is gone.
-One class for the sweep callback, the sweeper and flopsweep-sync.
+(refused before any job, with its folder), its runs of jobs cut off while logging forgotten, and closed by a later
+sweep or sync where the process that opened it is gone. One class for the sweep callback, the sweeper and
+flopsweep-sync.
 
 A sweep's process is known gone on its own host by its pid; on another (a login node's sync of a sweep that ran on a
 compute node, its folder shared) by its heartbeat: a running sweep touches ``.flopsweep-alive`` in its folder every

@@ -175,7 +175,7 @@ def abandon_sweep(why: BaseException) -> None:
     stop_workers()
     sweep = state.current()
     if isinstance(why, (HydraException, OmegaConfBaseException)) and sweep.sweep_dir is not None \
-            and not any(p.is_dir() for p in _entries(sweep.sweep_dir)):
+            and not (sweep.sweep_dir.is_dir() and any(p.is_dir() for p in sweep.sweep_dir.iterdir())):
         _discard(sweep)
         return
     status = "KILLED" if isinstance(why, KeyboardInterrupt) else "FAILED"
@@ -198,10 +198,6 @@ def abandon_sweep(why: BaseException) -> None:
             later = f"; `{command('flopsweep-sync')} {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
             warning(f"could not close the sweep's MLflow run: {one_line(err)}{later}")
         sweep.parent = None
-
-
-def _entries(folder: Path) -> list[Path]:
-    return list(folder.iterdir()) if folder.is_dir() else []
 
 
 def _discard(sweep: state.SweepState) -> None:
