@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flopsweep.core.console import error, warning
-from flopsweep.core.errors import command, masked, one_line
+from flopsweep.core.errors import ConfigError, command, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import summary_table
 from flopsweep.sinks.identity import GROUP_NAMES
@@ -42,7 +42,7 @@ class SweepSummary(Callback):
         plan = SweepPlan.of(config)
         try:
             refusal = empty_sweep_error(plan) or concurrent_timing_error(plan) or \
-                not_here_error(launcher_class(config.hydra.launcher))
+                not_here_error(launcher_class(config.hydra.launcher), config.hydra.launcher) or _tracking_error(config)
         except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
             refusal = None
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store
@@ -198,6 +198,16 @@ def abandon_sweep(why: BaseException) -> None:
             later = f"; `{command('flopsweep-sync')} {sweep.sweep_dir}` closes it later" if sweep.sweep_dir else ""
             warning(f"could not close the sweep's MLflow run: {one_line(err)}{later}")
         sweep.parent = None
+
+
+def _tracking_error(config: DictConfig) -> Optional[str]:
+    """One line for a tracking target that can never work (``tracking.uri=127.0.0.1:5000``, no scheme): said before
+    the sweep starts, not as a store that could not be opened and then again by every job."""
+    try:
+        target_of(config.tracking, Path.cwd())
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 def _discard(sweep: state.SweepState) -> None:

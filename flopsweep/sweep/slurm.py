@@ -58,7 +58,7 @@ NEVER_CLEARS = {
 }
 
 
-PRESET = ("hydra.launcher.cpus_per_task=8", "hydra.launcher.gpus_per_node=1")  # conf/hydra/launcher/slurm.yaml
+PRESET = {"hydra.launcher.cpus_per_task=8": "8 CPUs", "hydra.launcher.gpus_per_node=1": "a GPU"}  # launcher/slurm.yaml
 
 
 # What sbatch says when it refuses a submission, and the keys that change it
@@ -139,10 +139,25 @@ def _here() -> bool:
     return shutil.which("sinfo") is not None and shutil.which("sbatch") is not None
 
 
-def not_here_error(launcher_kind: str) -> Optional[str]:
-    """The refusal of a Slurm sweep on a machine without Slurm's commands, said before the sweep makes its folder and
-    its run (it left an empty folder and a FAILED run); None for another launcher, or where they are."""
-    return NOT_HERE if launcher_kind == "SlurmLauncher" and not _here() else None
+def not_here_error(launcher_kind: str, launcher: Any = None) -> Optional[str]:
+    """The refusal of a Slurm sweep, said before the sweep makes its folder and its run (it left an empty folder and
+    a FAILED run): a machine without Slurm's commands, or a request (``launcher``, the ``hydra.launcher`` node) that
+    no node of its partition can run or whose time limit Slurm would warn of as a job starts; None for another
+    launcher, or a request the cluster can run. The launch checks the same again (:func:`launch_slurm`)."""
+    if launcher_kind != "SlurmLauncher":
+        return None
+    if not _here():
+        return NOT_HERE
+    if launcher is None:
+        return None
+    from omegaconf import OmegaConf
+
+    params = {key: OmegaConf.select(launcher, key) for key in launcher if key != "submitit_folder"}
+    try:
+        return warned_at_start(params) or refusal(
+            params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
+    except SlurmRefused as err:
+        return str(err)
 
 
 def partition_nodes(partition: Optional[str]) -> Nodes:
@@ -196,8 +211,9 @@ def refusal(params: dict[str, Any], nodes: Nodes) -> Optional[str]:
     if not over:
         return None
     has = ", ".join(said for key, (want, have, said) in asked.items() if want > have)
-    preset = " (the slurm preset's defaults: 8 CPUs and a GPU a job)" if any(
-        o.startswith(default) for o in over for default in PRESET) else ""
+    defaults = [said for key, said in PRESET.items() if any(o.split(" ")[0] == key for o in over)]  # those refused
+    preset = f" (the slurm preset's default{'s' if len(defaults) > 1 else ''}: {' and '.join(defaults)} a job)" \
+        if defaults else ""
     where = "its nodes" if nodes.count > 1 else "its node"
     return (f"{', '.join(over)}: partition {nodes.partition} cannot run the jobs, {where} and limits give at most "
             f"{has}{preset}; lower {'them' if len(over) > 1 else 'it'} or choose another hydra.launcher.partition")

@@ -388,3 +388,15 @@ def test_sync_of_a_folder_with_no_job_says_so(tmp_path):
     out = run_main(sync_main, str(tmp_path / "sweep"), cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.splitlines() == [
         f"flopsweep-sync: no job folder (one with result.json) in {tmp_path / 'sweep'}: nothing to log"]
+
+
+@pytest.mark.parametrize("uri", ["127.0.0.1:5000", "http//127.0.0.1:5000"])
+def test_a_sweep_to_a_tracking_uri_no_store_opens_is_refused_in_one_line_before_anything(tmp_path, uri):
+    """It warned that the sweep's run could not be opened and the jobs would be logged later by a sync (no sync can
+    mend the address), then every job failed on the same line, and a folder was left."""
+    proc = run_app("-m", "model=gpt2_small", "batch.size=1,2", "device=meta", "tracking=server",
+                   f"tracking.uri={uri}", cwd=tmp_path, store=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"flopsweep: error: tracking.uri='{uri}': not a store MLflow opens: the scheme "
+                                        "must be one of http, https, sqlite, postgresql, mysql, mssql, file, databricks"]
+    assert not (tmp_path / "outputs").exists()

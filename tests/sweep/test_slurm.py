@@ -239,12 +239,21 @@ def test_what_no_node_can_give_is_refused_before_anything_is_queued_naming_the_k
     started = time.monotonic()
     preset = cluster.flopsweep(*TINY, "hydra/launcher=slurm", "hydra.launcher.timeout_min=5", "batch.size=1,2",
                                cwd=tmp_path)
-    assert preset.returncode == 1 and time.monotonic() - started < 60
+    # refused before the sweep starts, as a usage error: no folder, no run (it left both, and said 2 jobs not started)
+    assert preset.returncode == 2 and time.monotonic() - started < 60 and preset.stdout == "", preset.stdout
     (line,) = errors(preset.stderr)  # the preset's defaults: 8 CPUs and a GPU, on a GPU-less node
     assert line.startswith("flopsweep: error: ") and "partition debug cannot run the jobs" in line, line
-    assert "hydra.launcher.gpus_per_node=1" in line and "no GPU" in line and "slurm preset's defaults" in line
-    assert ("hydra.launcher.cpus_per_task=8" in line) == (os.cpu_count() < 8), line
+    assert "hydra.launcher.gpus_per_node=1" in line and "no GPU" in line
+    assert ("hydra.launcher.cpus_per_task=8" in line) == ("defaults: 8 CPUs and a GPU a job" in line) == \
+        (os.cpu_count() < 8), line
     assert "Traceback" not in preset.stderr
+    assert not list(tmp_path.glob("outputs/sweeps/*/*")) and runs(tmp_path) == []
+    if os.cpu_count() < 8:  # without the GPU, the note names only the default still refused
+        cpus = cluster.flopsweep(*TINY, "hydra/launcher=slurm", "hydra.launcher.timeout_min=5",
+                                 "hydra.launcher.gpus_per_node=0", "batch.size=1,2", cwd=tmp_path)
+        (line,) = errors(cpus.stderr)
+        assert line.endswith("(the slurm preset's default: 8 CPUs a job); lower it or choose another "
+                             "hydra.launcher.partition"), line
     memory = cluster.flopsweep(*TINY, *FITS, "hydra.launcher.mem_gb=100000", "hydra.launcher.timeout_min=60",
                                "batch.size=1", cwd=tmp_path)
     (line,) = errors(memory.stderr)
