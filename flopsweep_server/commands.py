@@ -33,6 +33,11 @@ def start(layout: Layout, settings: Settings, foreground: bool = False) -> Optio
             running = stored_settings(layout)
         except ServerError:
             running = settings
+        asked = [key for key, value in asdict(settings).items() if value != getattr(running, key)]
+        if asked:  # options it would not take: said, not taken for done
+            raise ServerError(f"{', '.join(_flag(key) for key in asked)}: the server in {layout.root} already runs "
+                              f"(at {url_of(running)}) with other options; stop it first ({PROG} stop --dir "
+                              f"{layout.root})")
         print(f"{PROG}: already running: {url_of(running)}  (folder {layout.root}; stop it to change its options)")
         return None
     require_free("--port", settings.host, settings.port)  # before anything slow: a busy port fails at once
@@ -136,9 +141,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _flag(setting: str) -> str:
+    """How a setting is given on the command line: ``--db-port``, or ``--`` for mlflow server's own options."""
+    return "--" if setting == "mlflow_args" else f"--{setting.replace('_', '-')}"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
+    extra: Optional[list[str]] = None  # no --: the options start remembered
     if "--" in argv:  # what follows goes to ``mlflow server`` as it is
         extra = argv[argv.index("--") + 1:]
         argv = argv[:argv.index("--")]

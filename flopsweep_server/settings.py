@@ -84,11 +84,13 @@ def stored_settings(layout: Layout) -> Settings:
 
 
 def load_settings(layout: Layout, args: argparse.Namespace) -> Settings:
-    """The options given now, else those remembered from the last ``start``, else the defaults."""
+    """The options given now, else those remembered from the last ``start``, else the defaults. Options for ``mlflow
+    server`` given after ``--`` replace the remembered ones; ``--`` alone clears them (``args.mlflow_args``: None
+    where no ``--`` was given)."""
     settings = stored_settings(layout)
     for key in Settings.__dataclass_fields__:
         value = getattr(args, key, None)
-        if value is not None and value != []:
+        if value is not None:
             setattr(settings, key, value)
     for key in ("artifacts", "pg_bin"):  # a folder given relative to here, not to DIR (the servers' cwd)
         value = getattr(settings, key)

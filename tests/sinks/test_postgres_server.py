@@ -220,6 +220,18 @@ def test_a_real_postgresql_answers_the_stores_check(server):
     assert health.probe(f"postgresql://mlflow:x@127.0.0.1:{server.db_port}/mlflow") is None
 
 
+def test_a_start_with_other_options_than_the_running_servers_is_refused_not_taken_for_done(server):
+    """It said 'already running' and exited 0 with its options ignored: a script went on as if --host 0.0.0.0 held."""
+    again = server.command("start")  # nothing asked: as it runs
+    assert again.returncode == 0 and "already running: " + server.uri in again.stdout, again.stdout + again.stderr
+    line = one_line_error(subprocess.run([*SERVER, "start", "--dir", str(server.root), "--host", "0.0.0.0", "--",
+                                          "--allowed-hosts", "tracking-host"], capture_output=True, text=True,
+                                         timeout=120))
+    assert line == (f"flopsweep-server: error: --host, --: the server in {server.root.resolve()} already runs (at "
+                    f"{server.uri}) with other options; stop it first (flopsweep-server stop --dir "
+                    f"{server.root.resolve()})"), line
+
+
 def test_eight_workers_log_every_run_once_to_postgres(server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -399,6 +411,22 @@ def test_bad_settings_are_one_line(tmp_path):
     line = one_line_error(subprocess.run([*SERVER, "status", "--dir", str(tmp_path / "srv2")], capture_output=True,
                                          text=True, timeout=60))
     assert "server.json: unreadable" in line
+
+
+def test_options_after_a_double_dash_are_remembered_replaced_or_cleared(tmp_path):
+    """mlflow server's options (`-- --allowed-hosts ...`) stayed in server.json for good: neither another start
+    without them nor `start --` could clear them, and the server kept refusing the hosts they left out."""
+    import argparse
+
+    layout = settings.Layout(tmp_path)
+    layout.settings.write_text(json.dumps({"host": "0.0.0.0", "mlflow_args": ["--allowed-hosts", "tracking-host"]}))
+
+    def given(mlflow_args):
+        return settings.load_settings(layout, argparse.Namespace(host=None, mlflow_args=mlflow_args))
+
+    assert given(None).mlflow_args == ["--allowed-hosts", "tracking-host"]  # no --: as remembered
+    assert given(["--workers", "2"]).mlflow_args == ["--workers", "2"]
+    assert given([]).mlflow_args == [] and given([]).host == "0.0.0.0"  # -- alone: cleared, the rest kept
 
 
 def test_server_preset_defaults_to_the_recipe_url(compose_cfg, monkeypatch):
