@@ -53,6 +53,11 @@ def _three(value: float) -> str:
     return f"{value:.0f}" if "e" in text and abs(value) >= 1 else text
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and its noun, plural unless one: ``1 job``, ``2,048 jobs``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def whole(value: Optional[float]) -> str:
     """Whole numbers from 100 up (``12,345``), three significant digits below (``0.562``): hours, days, dollars."""
     if value is None or math.isnan(value):

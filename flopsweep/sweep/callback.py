@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flopsweep.core.console import error, warning
 from flopsweep.core.errors import ConfigError, command, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
-from flopsweep.core.text import summary_table
+from flopsweep.core.text import counted, summary_table
 from flopsweep.sinks.identity import GROUP_NAMES
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
@@ -147,7 +147,7 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     total = SweepContext.current().total or 0
     unstarted = [f"{total - len(results)} not started"] if total > len(results) else []  # cut by a signal, a disk
     said = [*(f"{n} {s}" for s, n in counts.items() if n), *unstarted]
-    print(f"\n{max(total, len(results))} jobs: {', '.join(said)}  |  results: {sweep_dir}")
+    print(f"\n{counted(max(total, len(results)), 'job')}: {', '.join(said)}  |  results: {sweep_dir}")
     if counts["lost"]:
         print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
               "measure only what is missing")

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from flopsweep.core.console import error, warning
 from flopsweep.core.errors import one_line
+from flopsweep.core.text import counted
 from flopsweep.sinks.store import store
 from flopsweep.sinks.sweep_run import SweepRun
 from flopsweep.sinks.target import target_of
@@ -89,7 +90,7 @@ class RecoveringLauncher:
             waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
                        if state == "waiting"]
             _give_up(f"the launcher stopped ({one_line(err)})" +
-                     (f"; {_jobs(len(waiting))} did not start (job {', '.join(map(str, waiting))})" if waiting else ""))
+                     (f"; {counted(len(waiting), 'job')} did not start (job {', '.join(map(str, waiting))})" if waiting else ""))
         return returns
 
     def _launch(self, batch: Sequence[Sequence[str]], first: int, returns: list[JobReturn]) -> None:
@@ -119,7 +120,7 @@ class RecoveringLauncher:
                 if not in_flight and len(waiting) == len(run):
                     raise  # nothing started: the workers cannot run at all
                 warning(f"a worker process died ({_death(err)}); the pool's "
-                        f"{_jobs(len(in_flight))} in progress will run again, one at a time")
+                        f"{counted(len(in_flight), 'job')} in progress will run again, one at a time")
             self._forget_cut_off_runs()
             for i in in_flight:
                 try:
@@ -173,7 +174,3 @@ def _death(err: BaseException) -> str:
     """``exit code {SIGKILL(-9)}`` from loky's TerminatedWorkerError, or the error in one line."""
     found = re.search(r"exit codes of the workers are (\{.*?\})", str(err))
     return f"exit code {found.group(1)}" if found else one_line(err)
-
-
-def _jobs(n: int) -> str:
-    return f"{n} job{'s' if n != 1 else ''}"

@@ -62,3 +62,10 @@ def test_a_plans_billions_carry_the_b_of_a_models_name():
 
     assert billions(1.0589e12) == "1,058.9B"  # beside a preset's 175B; it read 1,058.9 B
 
+
+
+def test_a_count_of_one_is_singular():
+    """A one-job sweep ended '1 jobs: 1 ok'."""
+    from flopsweep.core.text import counted
+
+    assert [counted(n, "job") for n in (0, 1, 2, 1024)] == ["0 jobs", "1 job", "2 jobs", "1,024 jobs"]

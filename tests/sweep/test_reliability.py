@@ -445,7 +445,7 @@ def test_a_job_interrupted_while_timed_is_recorded_interrupted_with_what_it_coun
     proc = run_app("-m", *custom_model("tests.helpers.InterruptedWhenTimed", "[{name:x,shape:[batch,4]}]"),
                    "device=cpu", "batch.size=3", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 130, proc.stderr
-    assert "1 jobs: 1 interrupted" in proc.stdout
+    assert "1 job: 1 interrupted" in proc.stdout
     (row,) = list(csv.DictReader((next(tmp_path.glob("outputs/sweeps/*/*")) / "summary.csv").open()))
     assert row["status"] == "interrupted" and row["error"] == "interrupted by SIGINT before the job finished"
     assert float(row["flops/forward"]) == 2 * 3 * 4 * 4 and not row.get("time/step_median_s")  # counted, not timed

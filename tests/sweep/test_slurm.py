@@ -317,7 +317,7 @@ def test_a_job_cut_by_its_time_limit_is_recorded_as_such(cluster, tmp_path):
     assert done.returncode == 1, done.stderr
     (line,) = errors(done.stderr)
     assert line.endswith("cut by Slurm's time limit (hydra.launcher.timeout_min=2) before the job finished"), line
-    assert "1 jobs: 1 interrupted" in done.stdout
+    assert "1 job: 1 interrupted" in done.stdout
     assert cluster.drained() == []
 
 
@@ -330,7 +330,7 @@ def test_a_preempted_and_requeued_job_is_measured_once(cluster, tmp_path):
     cluster.slurm("scontrol", "update", f"JobId={job}", "StartTime=now")  # Slurm holds a requeued job two minutes
     out, err = sweep.communicate(timeout=240)
     assert sweep.returncode == 0, err
-    assert "1 jobs: 1 ok" in out
+    assert "1 job: 1 ok" in out
     assert "Restarts=1" in cluster.slurm("scontrol", "-o", "show", "job", job)
     jobs = [r for r in runs(tmp_path) if r.data.tags["flopsweep.kind"] == "job"]
     assert [r.info.status for r in jobs] == ["FINISHED"]
