@@ -139,7 +139,7 @@ def _here() -> bool:
     return shutil.which("sinfo") is not None and shutil.which("sbatch") is not None
 
 
-def not_here_error(launcher_kind: str, launcher: Any = None) -> Optional[str]:
+def slurm_refusal(launcher_kind: str, launcher: Any = None) -> Optional[str]:
     """The refusal of a Slurm sweep, said before the sweep makes its folder and its run (it left an empty folder and
     a FAILED run): a machine without Slurm's commands, or a request (``launcher``, the ``hydra.launcher`` node) that
     no node of its partition can run or whose time limit Slurm would warn of as a job starts; None for another
