@@ -33,7 +33,8 @@ def _dotted(name: str) -> Optional[str]:
 
 
 _HYDRA_FLAGS = {"--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
-                "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun", "--info"}
+                "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun",
+                "--info"}
 
 
 def not_a_flag(args: list[str]) -> Optional[str]:

@@ -234,16 +234,16 @@ def spread_warning(result: Result) -> Optional[str]:
     before a demo, and warned on 4 of its 5 jobs), both where both hold (the load hid a spread of 108%), else None.
     Its advice is the job's own: a sweep job's keys, or your loop's steps (``flopsweep.meter``)."""
     timing, m, said = result.timing, result.metrics, []
+    busy = None
     if timing is not None and timing.cores and timing.other_cores is not None:  # what ran beside it, itself aside
         if loaded(timing.other_cores, timing.cores):
-            said.append(f"the machine was loaded when this job timed its step (other processes kept "
-                        f"{timing.other_cores:.1f} of its {timing.cores} cores busy): its times are likely slower than "
-                        "the model's; time it on a quieter machine")
+            busy = f"other processes kept {timing.other_cores:.1f} of its {timing.cores} cores busy"
     elif timing is not None and timing.load_average is not None and timing.cores and \
             timing.load_average > timing.cores:  # a result from before other_cores: its load average
-        said.append(f"the machine was loaded when this job timed its step (load average {timing.load_average:.1f} "
-                    f"over {timing.cores} cores): its times are likely slower than the model's; time it on a quieter "
-                    "machine")
+        busy = f"load average {timing.load_average:.1f} over {timing.cores} cores"
+    if busy:
+        said.append(f"the machine was loaded when this job timed its step ({busy}): its times are likely slower than "
+                    "the model's; time it on a quieter machine")
     steadier = ("time more steps inside the meter" if timing is not None and timing.method == "loop" else
                 "raise measure.repeats, set device.threads below the cores") + ", or use a quieter machine"
     for median, spread, what in ((M.TIME_STEP, M.TIME_STEP_SPREAD, "step time"),

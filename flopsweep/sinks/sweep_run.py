@@ -171,17 +171,15 @@ class Heartbeat:
         self._thread.join(timeout=5)  # a beat under way would make the folder again (a refused sweep's, removed)
 
 
-def remove_unstarted(sweep_dir: Path) -> bool:
+def remove_unstarted(sweep_dir: Path) -> None:
     """Remove the folder of a sweep refused before any job started, where it holds only what Hydra and the sweep
     wrote before (``multirun.yaml``, the heartbeat), and its day's folder if that is left empty."""
     import shutil
 
-    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", ALIVE}:
-        return False
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        sweep_dir.parent.rmdir()
-    return True
+    if sweep_dir.is_dir() and {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", ALIVE}:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            sweep_dir.parent.rmdir()
 
 
 def _ended_status(sweep_dir: Path) -> Optional[str]:

@@ -29,7 +29,7 @@ from flopsweep.sinks.sweep_run import Heartbeat, SweepRun, remove_unstarted
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
-from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once, launcher_class
+from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once
 from flopsweep.sweep.slurm import slurm_refusal
 from flopsweep.sweep.state import SweepContext
 
@@ -42,7 +42,7 @@ class SweepSummary(Callback):
         plan = SweepPlan.of(config)
         try:
             refusal = empty_sweep_error(plan) or concurrent_timing_error(plan) or \
-                slurm_refusal(launcher_class(config.hydra.launcher), config.hydra.launcher) or _tracking_error(config)
+                slurm_refusal(config.hydra.launcher) or _tracking_error(config)
         except Exception:  # noqa: BLE001 - a job that cannot be composed: the sweeper's check names it
             refusal = None
         if refusal:  # an exception would be only a warning from Hydra's callback runner: exit, before any store

@@ -101,8 +101,7 @@ def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> t
 
     setup_globals()
     params = launcher.params
-    refused = warned_at_start(params) or refusal(
-        params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
+    refused = _request_refusal(params)
     if refused is not None:
         raise SlurmRefused(refused)
     init, settings = submitit_parameters(params)
@@ -139,25 +138,30 @@ def _here() -> bool:
     return shutil.which("sinfo") is not None and shutil.which("sbatch") is not None
 
 
-def slurm_refusal(launcher_kind: str, launcher: Any = None) -> Optional[str]:
-    """The refusal of a Slurm sweep, said before the sweep makes its folder and its run (it left an empty folder and
-    a FAILED run): a machine without Slurm's commands, or a request (``launcher``, the ``hydra.launcher`` node) that
-    no node of its partition can run or whose time limit Slurm would warn of as a job starts; None for another
-    launcher, or a request the cluster can run. The launch checks the same again (:func:`launch_slurm`)."""
-    if launcher_kind != "SlurmLauncher":
+def slurm_refusal(launcher: Any) -> Optional[str]:
+    """The refusal of a Slurm sweep (``launcher``: the ``hydra.launcher`` node), said before the sweep makes its
+    folder and its run (it left an empty folder and a FAILED run): a machine without Slurm's commands, or a request
+    :func:`_request_refusal` refuses; None for another launcher, or a request the cluster can run. The launch checks
+    the request again (:func:`launch_slurm`)."""
+    from omegaconf import OmegaConf
+
+    from flopsweep.sweep.plan import launcher_class
+
+    if launcher_class(launcher) != "SlurmLauncher":
         return None
     if not _here():
         return NOT_HERE
-    if launcher is None:
-        return None
-    from omegaconf import OmegaConf
-
-    params = {key: OmegaConf.select(launcher, key) for key in launcher if key != "submitit_folder"}
     try:
-        return warned_at_start(params) or refusal(
-            params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
-    except SlurmRefused as err:
+        return _request_refusal({key: OmegaConf.select(launcher, key) for key in launcher if key != "submitit_folder"})
+    except SlurmRefused as err:  # no such partition, sinfo failing
         return str(err)
+
+
+def _request_refusal(params: dict[str, Any]) -> Optional[str]:
+    """What no node of the request's partition can run, or a time limit Slurm would warn of as a job starts (one
+    line naming the keys); None where the cluster can run the jobs as asked."""
+    return warned_at_start(params) or refusal(
+        params, partition_nodes(params.get("partition") or os.environ.get("SBATCH_PARTITION")))
 
 
 def partition_nodes(partition: Optional[str]) -> Nodes:

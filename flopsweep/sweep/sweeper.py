@@ -89,8 +89,9 @@ class RecoveringLauncher:
                 raise state.Unwritable(self._sweep_dir(), disk) from None
             waiting = [initial_job_idx + i for i, state in enumerate(job_states(self._sweep_dir(), job_overrides))
                        if state == "waiting"]
-            _give_up(f"the launcher stopped ({one_line(err)})" +
-                     (f"; {counted(len(waiting), 'job')} did not start (job {', '.join(map(str, waiting))})" if waiting else ""))
+            _give_up(f"the launcher stopped ({one_line(err)})" + (
+                f"; {counted(len(waiting), 'job')} did not start (job {', '.join(map(str, waiting))})" if waiting
+                else ""))
         return returns
 
     def _launch(self, batch: Sequence[Sequence[str]], first: int, returns: list[JobReturn]) -> None:

@@ -397,6 +397,7 @@ def test_a_sweep_to_a_tracking_uri_no_store_opens_is_refused_in_one_line_before_
     proc = run_app("-m", "model=gpt2_small", "batch.size=1,2", "device=meta", "tracking=server",
                    f"tracking.uri={uri}", cwd=tmp_path, store=False)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines() == [f"flopsweep: error: tracking.uri='{uri}': not a store MLflow opens: the scheme "
-                                        "must be one of http, https, sqlite, postgresql, mysql, mssql, file, databricks"]
+    assert proc.stderr.splitlines() == [
+        f"flopsweep: error: tracking.uri='{uri}': not a store MLflow opens: the scheme must be one of http, https, "
+        "sqlite, postgresql, mysql, mssql, file, databricks"]
     assert not (tmp_path / "outputs").exists()
