@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from flopsweep.core.errors import masked
+from flopsweep.core.errors import masked, one_line
 
 CHECK_SECONDS = 5.0
 DOWN_ENV = "FLOPSWEEP_STORES_DOWN"  # {uri: reason} of the stores this sweep found unusable
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# the drivers SQLAlchemy opens each database with, to name those installed where the one asked for is not
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg", "pg8000"), "mysql": ("pymysql", "mysqldb", "mysqlconnector"),
+            "mssql": ("pyodbc", "pymssql")}
 _usable: set[tuple[str, bool]] = set()
 
 
@@ -82,9 +85,37 @@ def probe(uri: str, write: bool = True, seconds: float = CHECK_SECONDS) -> Optio
     if scheme in ("http", "https"):
         return _probe_server(uri, seconds)
     if scheme in DB_PORTS:
+        missing = driver_missing(uri)
+        if missing is not None:
+            return missing
         parts = urlsplit(uri)
         if parts.hostname:
             return _probe_database(scheme, parts.hostname, parts.port or DB_PORTS[scheme], seconds)
+    return None
+
+
+def driver_missing(uri: str) -> Optional[str]:
+    """Why SQLAlchemy cannot open the database at ``uri`` in this Python (its driver is not installed, or there is
+    no such driver), naming the drivers of that database that are installed; None if it can, or ``uri`` is no
+    database's. MLflow finds it out only as it opens the store, as a ModuleNotFoundError."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    database = scheme.partition("+")[0]
+    why = _load_error(scheme) if database in _DRIVERS else None
+    if why is None:
+        return None
+    here = [f"{database}+{name}://" for name in _DRIVERS[database] if _load_error(f"{database}+{name}") is None]
+    instead = f"name an installed one: {', '.join(here)}" if here else f"install one ({', '.join(_DRIVERS[database])})"
+    return f"SQLAlchemy has no driver for {scheme}:// in this Python ({why}); {instead}"
+
+
+def _load_error(scheme: str) -> Optional[str]:
+    """Why SQLAlchemy's dialect for ``scheme`` cannot load its driver's module, or None."""
+    from sqlalchemy.engine import make_url  # the dialect's own import: the module that driver really needs
+
+    try:
+        make_url(f"{scheme}://").get_dialect().import_dbapi()
+    except Exception as err:  # noqa: BLE001 - no such dialect, or its module missing: either way it cannot open it
+        return one_line(err)
     return None
 
 

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 from flopsweep.core.errors import masked, require
+from flopsweep.sinks.health import driver_missing
 
 
 @dataclass
@@ -135,6 +136,8 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
         scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
         require(scheme in STORE_SCHEMES, "tracking.uri", masked(str(uri)),
                 f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}")
+        missing = driver_missing(str(uri))
+        require(missing is None, "tracking.uri", masked(str(uri)), str(missing))
         return Target(revealed(str(uri)), None, tracking.experiment)
     folder = project_dir / tracking.dir
     require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,

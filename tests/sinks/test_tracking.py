@@ -1,6 +1,7 @@
 """MLflow tracking with a real local store: a sweep's parent and child runs, what each carries, load_runs,
 and a store that is down."""
 
+import importlib.util
 import json
 import sqlite3
 import subprocess
@@ -401,3 +402,24 @@ def test_a_sweep_to_a_tracking_uri_no_store_opens_is_refused_in_one_line_before_
         f"flopsweep: error: tracking.uri='{uri}': not a store MLflow opens: the scheme must be one of http, https, "
         "sqlite, postgresql, mysql, mssql, file, databricks"]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg") is not None, reason="psycopg 3 is installed here")
+def test_a_database_uri_whose_driver_is_not_installed_is_refused_in_one_line_naming_one_that_is(tmp_path):
+    """SQLAlchemy 2.1 opens a bare postgresql:// with psycopg 3: each job warned ModuleNotFoundError (four
+    warnings), the sweep exited 0 and logged nothing. The test extras install psycopg2."""
+    proc = run_app("-m", "model=gpt2_small", "batch.size=1,2", "device=meta", "tracking=server",
+                   "tracking.uri=postgresql://me:secret@127.0.0.1:5999/mlflow", cwd=tmp_path, store=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "flopsweep: error: tracking.uri='postgresql://me:***@127.0.0.1:5999/mlflow': SQLAlchemy has no driver for "
+        "postgresql:// in this Python (ModuleNotFoundError: No module named 'psycopg'); name an installed one: "
+        "postgresql+psycopg2://"]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_driver_sqlalchemy_does_not_know_is_said_before_the_database_is_asked():
+    from flopsweep.sinks.health import StoreUnusable, check
+
+    with pytest.raises(StoreUnusable, match=r"no driver for mysql\+nosuch:// in this Python \(NoSuchModuleError"):
+        check("mysql+nosuch://me@127.0.0.1:1/mlflow")
