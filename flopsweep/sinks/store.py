@@ -248,20 +248,24 @@ def log_job(target: Target, result: Result, folder: Path, job: dict[str, Any],
         run_id = store(target).log_job(result, folder, job, parent_id)
         return Tracking(True, **where, run_id=run_id)
     except Exception as err:  # noqa: BLE001 - a store that fails must not fail the job
-        failed(target.uri, err, started)
-        return Tracking(False, **where, error=one_line(err, 500, kind=not isinstance(err, health.StoreUnusable)))
+        return Tracking(False, **where, error=failed(target.uri, err, started))
 
 
-def failed(uri: str, err: Exception, started: float) -> None:
+def failed(uri: str, err: Exception, started: float) -> str:
     """After ``err`` from the store at ``uri`` (asked at ``started``, monotonic): the store is taken as unusable for
     the rest of the sweep if it kept us waiting as long as a check may take, or if asking it again says so; an error
-    of one job's own (a value MLflow refuses) leaves it in use."""
+    of one job's own (a value MLflow refuses) leaves it in use. Returns the line to say: the store's reason where it
+    was found unusable (not the HTTP library's page of text for a server that went away), else ``err``'s."""
     if isinstance(err, health.StoreUnusable):
-        return  # already remembered by the check
+        return str(err)  # already remembered by the check
     if time.monotonic() - started >= health.CHECK_SECONDS:
-        health.mark_down(uri, f"it did not answer in time ({one_line(err, 200)})")
-    elif (reason := health.probe(uri)) is not None:
-        health.mark_down(uri, reason)
+        reason: Optional[str] = f"it did not answer in time ({one_line(err, 200)})"
+    else:
+        reason = health.probe(uri)
+    if reason is None:
+        return one_line(err, 500)
+    health.mark_down(uri, reason)
+    return f"the store {masked(uri)} cannot be used: {reason}"
 
 
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:

@@ -125,9 +125,8 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
                     parents[key] = SweepRun.of_folder(runs, sweep_dir)
                 parent = parents[key].run_id
         except Exception as err:  # noqa: BLE001 - report and go on with the other jobs
-            failed(target.uri, err, started)
             done.failed += 1
-            on_failure(folder, one_line(err, kind=False))
+            on_failure(folder, failed(target.uri, err, started))
             continue
         try:
             logged = record(result, folder, target, {"synced": True}, parent, folder_written=True)

@@ -216,8 +216,7 @@ def _skip_or_run(spec: JobSpec, config: dict[str, Any]) -> tuple[Result, Optiona
         try:
             existing = finished_run(target, fp)
         except Exception as err:  # noqa: BLE001 - a store we cannot ask means measuring again, not losing the job
-            failed(target.uri, err, started)
-            warning(f"could not look for a finished run ({one_line(err)}); measuring")
+            warning(f"could not look for a finished run ({failed(target.uri, err, started)}); measuring")
         else:
             if existing is not None:
                 result = skipped(f"run {existing} of experiment {target.experiment!r} already measured this",

@@ -67,9 +67,7 @@ class SweepSummary(Callback):
                                              list(config.hydra.overrides.task)).run_id
                 SweepRun.close_dead(runs)  # a sweep SIGKILLed before could not close its run
         except Exception as err:  # noqa: BLE001 - jobs still run and record that they were not logged
-            if sweep.target is not None:
-                failed(sweep.target.uri, err, started)
-            said = one_line(err, kind=not isinstance(err, health.StoreUnusable))
+            said = failed(sweep.target.uri, err, started) if sweep.target is not None else one_line(err)
             warning(f"could not open the sweep's MLflow run ({said}); the jobs are measured "
                     f"{'and not logged' if _store_down(sweep) else 'and logged if they can be'}: "
                     f"`{command('flopsweep-sync')} {sweep.sweep_dir}` logs what is missing later")

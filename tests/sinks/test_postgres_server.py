@@ -217,7 +217,7 @@ def test_a_real_postgresql_answers_the_stores_check(server):
     """The check asks PostgreSQL for its first word (an SSL request), without its driver: a real server answers."""
     from flopsweep.sinks import health
 
-    assert health.probe(f"postgresql://mlflow:x@127.0.0.1:{server.db_port}/mlflow") is None
+    assert health.probe(f"postgresql+psycopg2://mlflow:x@127.0.0.1:{server.db_port}/mlflow") is None
 
 
 def test_a_start_with_other_options_than_the_running_servers_is_refused_not_taken_for_done(server):

@@ -163,7 +163,7 @@ def test_a_server_that_never_answers_costs_one_check_said_once(tmp_path, silent_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg2", "mysql+pymysql"])  # drivers of the test extras
 def test_a_database_that_accepts_and_never_answers_is_found_by_one_check_and_its_password_never_shown(
         tmp_path, silent_server, scheme):
     """A PostgreSQL or MySQL store whose port accepts connections and says nothing (a hung server, a proxy with

@@ -206,6 +206,9 @@ def test_server_outage_mid_sweep_then_sync(tmp_path, server, start_sweep):
     assert [t["logged"] for t in tracking] == [True, True] + [False] * (JOBS - 2)
     assert all(t["error"] for t in tracking[2:])
     assert stderr.count("warning: not logged to MLflow") == 1  # the first job that met the outage; the others wait
+    # in the words of the check before a sweep, not urllib3's page (HTTPConnectionPool(...): Max retries exceeded...)
+    assert f"warning: not logged to MLflow (the store {server.uri} cannot be used: the server cannot be reached (" \
+        in stderr and "HTTPConnectionPool" not in stderr, stderr[-5000:]
     assert f"{JOBS - 2} of {JOBS} jobs not logged to MLflow" in stderr  # for no store found down, counted at the end
 
     server.start()
