@@ -117,15 +117,23 @@ def _store_down(sweep: state.SweepState) -> bool:
 
 
 def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sweep_dir: Path) -> None:
-    """One line for the jobs that are not in their store, and how to log them."""
-    unlogged = [r.tracking for _, r in results if r.tracking is not None and not r.tracking.logged]
-    if not unlogged:
+    """One line for the jobs that are not in their store, and how to log them: those that say why, and those measured
+    and stopped before they were logged (a Ctrl-C as a worker logged: its result.json says nothing of a run)."""
+    if sweep.target is None:
         return
-    errors = {t.error for t in unlogged}
-    why = (f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
-           errors.pop() if len(errors) == 1 else "see above")
-    warning(f"{len(unlogged)} of {len(results)} jobs not logged to MLflow ({why}); "
-            f"`{command('flopsweep-sync')} {sweep_dir}` logs them once the store works")
+    noted = [r.tracking for _, r in results if r.tracking is not None]
+    failed = [t for t in noted if not (t.logged or t.elsewhere)]
+    cut = [r for _, r in results if r.tracking is None and r.status != "lost"]
+    if not failed and not cut:
+        return
+    errors = {t.error for t in failed}
+    why = [f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
+           errors.pop() if len(errors) == 1 else "see above"] if failed else []
+    if cut:
+        they = "it was" if len(cut) == 1 else "they were"
+        why.append(f"{f'{len(cut)} ' if failed else ''}stopped before {they} logged")
+    warning(f"{len(failed) + len(cut)} of {len(results)} jobs not logged to MLflow ({'; '.join(why)}); "
+            f"`{command('flopsweep-sync')} {sweep_dir}` logs them" + (" once the store works" if failed else ""))
 
 
 def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
@@ -182,6 +190,7 @@ def abandon_sweep(why: BaseException) -> None:
             and sweep.sweep_dir.is_dir():
         try:
             results = _summarize(sweep.sweep_dir, sweep.unwritten, write=not isinstance(why, state.Unwritable))
+            _say_unlogged(sweep, results, sweep.sweep_dir)
         except Exception as err:  # noqa: BLE001 - said in one line; the run is closed below
             error(f"the sweep's summary: {one_line(err)}")
     _ended(sweep)

@@ -418,8 +418,14 @@ def test_ctrl_c_in_a_terminal_reaches_joblibs_workers_too_and_the_sweep_ends_cle
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     lines = [e for e in err.splitlines() if e.startswith("flopsweep")]
-    assert len(lines) == 1 and lines[0].startswith("flopsweep: interrupted by SIGINT: what finished is in "), err
+    assert lines[-1].startswith("flopsweep: interrupted by SIGINT: what finished is in "), err
     (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
+    # a worker cut after its job's result.json and before its run: said, with how to log it (the resume does too)
+    cut = [p for p in sweep_dir.glob("*/result.json") if "tracking" not in json.loads(p.read_text())["info"]]
+    if cut:
+        assert len(lines) == 2 and lines[0].startswith(f"flopsweep: warning: {len(cut)} of "), err
+    else:
+        assert len(lines) == 1, err
     with (sweep_dir / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert 3 <= len(rows) < 8
@@ -511,16 +517,21 @@ def test_a_workers_interrupt_that_a_library_turns_into_another_error_ends_its_jo
 @pytest.mark.slow
 def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_path):
     """A worker that a terminal's Ctrl-C cuts while it logs its job leaves a RUNNING run under the sweep that no job
-    folder names (made here by hand, as the cut leaves it). The sweep, interrupted, deletes it once its workers are
-    stopped: the resume logs that job whole, once."""
+    folder names, and the job's folder with its result.json, which names no run (both made here by hand, as the cut
+    leaves them). The sweep, interrupted, deletes the run once its workers are stopped (the resume logs that job
+    whole, once), and says the job is not logged: its summary counted it ok and nothing more."""
+    import shutil
     import signal
     import sys
     import time
 
     from tests.helpers import child_env
 
-    sweep = ["-m", "model=custom", "model._target_=tests.helpers.Slow", "model.inputs=[{name:x,shape:[batch,4]}]",
-             "model.loss=output", "+model.seconds=60", "device=meta", "batch.size=1,2", "tracking.experiment=cut"]
+    model = ["model=custom", "model._target_=tests.helpers.Slow", "model.inputs=[{name:x,shape:[batch,4]}]",
+             "model.loss=output", "device=meta"]
+    done = run_app(*model, "+model.seconds=0", "batch.size=2", "tracking=none", "hydra.run.dir=done", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    sweep = ["-m", *model, "+model.seconds=60", "batch.size=1,2", "tracking.experiment=cut"]
     proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *sweep], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
@@ -530,8 +541,14 @@ def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_
     (parent,) = sweeps(tmp_path, "cut")
     cut = client.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
                                                               "flopsweep.kind": "job"})
+    (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
+    shutil.copytree(tmp_path / "done", sweep_dir / "1_custom")
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert "2 jobs: 1 ok, 1 interrupted" in out, out
+    assert f"flopsweep: warning: 1 of 2 jobs not logged to MLflow (stopped before it was logged); " \
+        f"`{sys.executable.rsplit('/', 1)[0]}/flopsweep-sync {sweep_dir.relative_to(tmp_path)}` logs them" \
+        in err.splitlines(), err
     assert client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
     assert client.get_run(parent.info.run_id).info.status == "KILLED"
