@@ -421,14 +421,17 @@ class Slow(nn.Module):
     """A model whose forward takes ``seconds`` (a sleep a signal can cut): a job that is still running when a test
     interrupts, preempts or times it out."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, started: str = ""):
         super().__init__()
         self.seconds = seconds
+        self.started = started  # a folder where the forward, as it starts, leaves a file named by its batch size
         self.linear = nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import time
 
+        if self.started:
+            (Path(self.started) / str(x.shape[0])).touch()
         time.sleep(self.seconds)
         return self.linear(x)
 

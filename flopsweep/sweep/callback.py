@@ -123,7 +123,8 @@ def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sw
         return
     noted = [r.tracking for _, r in results if r.tracking is not None]
     failed = [t for t in noted if not (t.logged or t.elsewhere)]
-    cut = [r for _, r in results if r.tracking is None and r.status != "lost"]
+    cut = [r for _, r in results if r.tracking is None and r.status in ("ok", "oom", "interrupted")]  # measured:
+    # a job whose folder the sweep wrote (its task failed before it ran, Slurm ended it) has no run to log
     if not failed and not cut:
         return
     errors = {t.error for t in failed}

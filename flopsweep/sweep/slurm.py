@@ -7,7 +7,9 @@ nothing is waited on forever and nothing is left behind:
   defaults of 8 CPUs and a GPU a job included), and so is a submission Slurm refuses;
 - a job that Slurm keeps pending for a reason that never clears by itself (a partition's limit, an invalid
   account or QOS) is cancelled within seconds, with Slurm's reason and the keys to change;
-- an interrupted sweep (SIGINT, SIGTERM) cancels the jobs it submitted: none is left queued or running;
+- an interrupted sweep (SIGINT, SIGTERM) cancels the jobs it submitted: none is left queued or running; those
+  running get a SIGINT first, as joblib's workers get a terminal's Ctrl-C, and record themselves interrupted with
+  what they counted (their runs KILLED), rather than being killed and left lost;
 - a job that reaches its time limit records itself as cut by it (on Slurm's warning, ``signal_delay_s`` before the
   limit), naming ``hydra.launcher.timeout_min``; a job that Slurm ended before it recorded anything (its time limit,
   its memory, a node that failed, a cancel) is recorded by the sweep with Slurm's state;
@@ -39,6 +41,7 @@ from flopsweep.sweep import state
 from flopsweep.sweep.jobdirs import job_folders, record_failed
 
 POLL_S = 2.0  # how often the queue is asked; a result file is looked for every tenth of that
+GRACE_S = 30.0  # how long an interrupted sweep waits for its running jobs to record themselves before cancelling them
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
           "STOPPED", "SIGNALING", "STAGE_OUT")  # states of a job that has not ended
 
@@ -124,8 +127,8 @@ def launch_slurm(launcher: Any, batch: Sequence[Sequence[str]], first: int) -> t
                            (f" ({'; '.join(keys)})" if keys else "")) from None
     try:
         return _watch(jobs, batch, first, sweep_dir, params)
-    except BaseException:
-        cancel(jobs)
+    except BaseException as err:
+        cancel(jobs, interrupted=isinstance(err, KeyboardInterrupt))
         raise
 
 
@@ -256,10 +259,22 @@ def time_limit(params: dict[str, Any]) -> str:
     return f"cut by Slurm's time limit (hydra.launcher.timeout_min={params.get('timeout_min')})"
 
 
-def cancel(jobs: Sequence[Any]) -> None:
-    """Cancel the jobs of a batch (its job array): whatever is queued or running of it ends."""
+def cancel(jobs: Sequence[Any], interrupted: bool = False) -> None:
+    """Cancel the jobs of a batch (its job array): whatever is queued or running of it ends. ``interrupted`` (the
+    sweep was): those queued are cancelled, those running get SIGINT and up to :data:`GRACE_S` to record themselves
+    interrupted and end (a job whose measurement ends meanwhile records itself ok), then whatever is left is
+    cancelled."""
     arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
-    if arrays:
+    if not arrays:
+        return
+    try:
+        if interrupted:
+            subprocess.run(["scancel", "--state=PENDING", *arrays], capture_output=True, timeout=60)
+            subprocess.run(["scancel", "--signal=INT", *arrays], capture_output=True, timeout=60)
+            deadline = time.monotonic() + GRACE_S
+            while time.monotonic() < deadline and _queue([job.job_id for job in jobs]) != {}:
+                time.sleep(POLL_S / 4)
+    finally:
         subprocess.run(["scancel", *arrays], capture_output=True, timeout=60)
 
 

@@ -298,13 +298,24 @@ def test_a_submission_slurm_refuses_is_one_line_with_slurms_words_and_the_keys(c
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_sweep_leaves_none_of_its_jobs_queued_or_running(cluster, tmp_path, signum):
-    sweep = cluster.start_flopsweep(*slow(600), *FITS, "batch.size=1,2,3,4", cwd=tmp_path)
-    cluster.wait_for("RUNNING")
+    """The job running gets SIGINT, as joblib's workers get a terminal's Ctrl-C, and records itself interrupted (its
+    run KILLED): it was cancelled, killed after KillWait and summarised lost, with a line to rerun beside the
+    interrupt's own. The jobs queued behind it (the launcher's memory lets one run at a time here) are cancelled."""
+    (tmp_path / "started").mkdir()
+    sweep = cluster.start_flopsweep(*slow(600), f"+model.started={tmp_path / 'started'}", *FITS, "batch.size=1,2,3,4",
+                                    cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "started" / "1").exists():  # job 0 measures
+        assert time.monotonic() < deadline and sweep.poll() is None, "job 0 did not start measuring"
+        time.sleep(0.2)
     sweep.send_signal(signum)
-    _, err = sweep.communicate(timeout=120)
+    out, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert cluster.drained() == []
+    assert "4 jobs: 1 interrupted, 3 not started" in out and "lost" not in out, out
+    (job,) = [r for r in runs(tmp_path) if r.data.tags["flopsweep.kind"] == "job"]
+    assert job.info.status == "KILLED" and job.data.params["batch.size"] == "1"
     (parent,) = [r for r in runs(tmp_path) if r.data.tags["flopsweep.kind"] == "sweep"]
     assert parent.info.status == "KILLED"
 
