@@ -387,9 +387,19 @@ def _queue(ids: Sequence[str]) -> Optional[dict[str, tuple[str, str]]]:
     return queue
 
 
+NO_CLUSTER = ("hydra/launcher=slurm: this machine is in no Slurm cluster: Slurm's commands are here but find no "
+              "configuration (no slurm.conf, SLURM_CONF unset, no controller named in DNS); run the sweep on a Slurm "
+              "login node, set SLURM_CONF, or choose another hydra/launcher")
+
+
 def _run(command: list[str]) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise SlurmRefused(f"hydra/launcher=slurm: `{command[0]}` did not answer within 60 s") from None
     if done.returncode != 0:
+        if "Could not establish a configuration source" in done.stderr:  # after its DNS lookup's own lines
+            raise SlurmRefused(NO_CLUSTER)
         raise SlurmRefused(f"hydra/launcher=slurm: `{' '.join(command)}` failed: {_slurm_words(done.stderr)}")
     return done.stdout
 

@@ -5,6 +5,7 @@ status report and a rerun with skip_existing=true measures; timing jobs are refu
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -352,3 +353,18 @@ def test_a_slurm_sweep_without_slurm_is_its_error_line_alone(tmp_path):
                                         "not on this machine's PATH; run the sweep on a Slurm login node, or choose "
                                         "another hydra/launcher"]
     assert done.stdout == "" and not (tmp_path / "outputs").exists()  # no folder, no store, no run: refused first
+
+
+@pytest.mark.skipif(shutil.which("sinfo") is None or Path("/etc/slurm/slurm.conf").exists(),
+                    reason="needs Slurm's commands on a machine in no cluster")
+def test_a_slurm_sweep_on_a_machine_in_no_cluster_says_so_in_one_line(tmp_path):
+    """Slurm's commands installed and no slurm.conf: the line was sinfo's DNS lookup ("resolve_ctls_from_dns_srv:
+    res_nsearch error: Unknown host; fetch_config: DNS SRV lookup failed; ...")."""
+    done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=8", "device=meta", "batch.size=1,2",
+                   "hydra/launcher=slurm", cwd=tmp_path, env={"SLURM_CONF": None}, store=False)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "flopsweep: error: hydra/launcher=slurm: this machine is in no Slurm cluster: Slurm's commands are here but "
+        "find no configuration (no slurm.conf, SLURM_CONF unset, no controller named in DNS); run the sweep on a "
+        "Slurm login node, set SLURM_CONF, or choose another hydra/launcher"]
+    assert not (tmp_path / "outputs").exists()
