@@ -375,8 +375,11 @@ def _queue(ids: Sequence[str]) -> Optional[dict[str, tuple[str, str]]]:
     where squeue could not say (slurmctld busy or restarting: ask again), empty where Slurm has forgotten them (jobs
     that ended long ago)."""
     arrays = sorted({str(i).split("_")[0] for i in ids})
-    done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], capture_output=True,
-                          text=True, timeout=60)
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
     if done.returncode != 0:
         return {} if "Invalid job id" in done.stderr else None
     queue = {}
