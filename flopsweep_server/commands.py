@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def start(layout: Layout, settings: Settings, foreground: bool = False) -> Optio
     require_free("--port", settings.host, settings.port)  # before anything slow: a busy port fails at once
     if postgres_port(layout) is None:
         require_free("--db-port", "127.0.0.1", settings.db_port)
+    made = next((folder for folder in [*reversed(layout.root.parents), layout.root] if not folder.exists()), None)
     layout.root.mkdir(parents=True, exist_ok=True)
     if not (layout.pgdata / "PG_VERSION").exists():
         if layout.pgdata.exists() and any(layout.pgdata.iterdir()):
@@ -50,7 +52,12 @@ def start(layout: Layout, settings: Settings, foreground: bool = False) -> Optio
         if layout.pgdata.exists():
             layout.pgdata.rmdir()
         print(f"{PROG}: creating a PostgreSQL cluster in {layout.pgdata}")
-        init_cluster(layout, pg_bin, account)
+        try:
+            init_cluster(layout, pg_bin, account)
+        except BaseException:
+            if made is not None:  # a first start that failed leaves no folder behind (the next is a first start too)
+                shutil.rmtree(made, ignore_errors=True)
+            raise
     if not layout.pgpass.exists():
         raise ServerError(f"--dir {layout.root}: {layout.pgpass} is missing: the database password is lost")
     layout.settings.write_text(json.dumps(asdict(settings), indent=2) + "\n")

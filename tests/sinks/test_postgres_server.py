@@ -387,6 +387,22 @@ def test_a_busy_port_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "srv" / "postgres").exists()  # refused before creating anything
 
 
+def test_a_folder_postgresql_cannot_enter_is_one_line_and_leaves_no_folder():
+    """As root, PostgreSQL runs as its own account: a --dir under a folder that account cannot enter (root's home)
+    was refused in one line, and the folder the start had made was left, empty."""
+    reason = why_not_runnable()
+    if reason or os.geteuid() != 0:
+        pytest.skip(reason or "PostgreSQL runs as this user: any folder it can make, it can enter")
+    with tempfile.TemporaryDirectory() as top:  # pytest's own folders are closed to others: the one shut is ours
+        os.chmod(top, 0o755)
+        closed = Path(top) / "closed"
+        closed.mkdir(mode=0o700)
+        done = subprocess.run([*SERVER, "start", "--dir", str(closed / "new" / "srv"), "--port", str(free_port()),
+                               "--db-port", str(free_port())], capture_output=True, text=True, timeout=60)
+        assert f"cannot enter {closed}; choose a folder it can reach" in one_line_error(done)
+        assert list(closed.iterdir()) == []
+
+
 def test_missing_postgresql_says_how_to_install(tmp_path, monkeypatch):
     done = subprocess.run([*SERVER, "start", "--dir", str(tmp_path / "srv"), "--pg-bin", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
