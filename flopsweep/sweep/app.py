@@ -57,7 +57,8 @@ def run_one(cfg: DictConfig) -> Result:
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
         changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else changed_model_fields(hydra_cfg)
-        say("\n".join([progress_line(job_num, config, changed), *(f"note: {n}" for n in spec.notes)]))
+        folder = Path(hydra_cfg.runtime.output_dir)
+        say("\n".join([progress_line(job_num, config, changed, folder), *(f"note: {n}" for n in spec.notes)]))
         started = time.time()
         ticker = Ticker()
         ticking, listening = TICK.set(ticker), phases.LISTENER.set(ticker.entered)

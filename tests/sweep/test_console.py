@@ -250,9 +250,31 @@ def test_the_summarys_estimated_peak_is_the_larger_estimate_as_the_memory_checks
 
 
 def test_a_duration_under_ten_minutes_keeps_its_seconds():
-    """It said '2 min' at 98 s, after '80 s'."""
-    assert [_duration(t) for t in (45, 89.4, 98, 119.7, 600, 7200)] == \
-        ["45 s", "89 s", "1 min 38 s", "2 min 0 s", "10 min", "2.0 h"]
+    """It said '2 min' at 98 s, after '80 s'; then '82 s' after '1 min 31 s'."""
+    assert [_duration(t) for t in (45, 59.4, 82, 98, 119.7, 600, 7200)] == \
+        ["45 s", "59 s", "1 min 22 s", "1 min 38 s", "2 min 0 s", "10 min", "2.0 h"]
+
+
+def test_a_parallel_sweeps_eta_counts_the_jobs_over_and_its_pace_from_the_first_jobs_start(tmp_path, monkeypatch):
+    """Early in a joblib sweep it said 'about 9 min 43 s left' of a 38 s sweep: it took the job's number for the
+    jobs over (two run side by side) and the workers' start-up for the jobs' pace."""
+    import os
+    import time
+
+    from flopsweep.sweep.progress import progress_line
+    from flopsweep.sweep.state import CONTEXT_ENV, SweepContext
+
+    monkeypatch.delenv(CONTEXT_ENV, raising=False)
+    now = time.time()
+    SweepContext(total=10, start=now - 100, swept=("batch.size",), at_once=2).publish()
+    (tmp_path / "0_a" / ".hydra").mkdir(parents=True)
+    os.utime(tmp_path / "0_a" / ".hydra", (now - 20, now - 20))  # the first job started 80 s into the sweep
+    config = {"model": {"name": "gpt2_small"}, "batch": {"size": 4}}
+    second = progress_line(1, config, folder=tmp_path / "1_a")  # started beside job 0: no job is over yet
+    assert second.startswith("[job 2/10] ") and second.endswith("elapsed 1 min 40 s"), second
+    # job 3 starts as job 0 ends: 2 jobs over (0 and 1, side by side) in the 20 s since they started, 8 to go
+    assert progress_line(3, config, folder=tmp_path / "3_a").endswith("elapsed 1 min 40 s, about 1 min 20 s left")
+    assert progress_line(3, config).endswith("about 6 min 40 s left")  # no folder: the pace from the sweep's start
 
 
 def test_an_image_models_speed_is_said_in_samples_a_second():
