@@ -29,6 +29,8 @@ from pathlib import Path
 
 from progress import runs  # benchmarks/progress.py, beside this script
 
+from flopsweep.core.text import counted
+
 FLOPSWEEP = [sys.executable, "-m", "flopsweep"]
 SERVER = [sys.executable, "-m", "flopsweep_server"]
 SWEEP = ["-m", "model=gpt2_small", "model.n_layer=1,2,3", "batch.size=1,2,3,4,5,6,7,8,9,10", "batch.seq_len=64",
@@ -62,7 +64,8 @@ def measure(uri: str, rounds: int) -> None:
         for _ in runs(rounds, "a meta sweep untracked, local and to the server"):
             for kind, extra in kinds.items():
                 walls[kind].append(timed([*FLOPSWEEP, *SWEEP, *extra], cwd))
-    print(f"{JOBS}-job meta sweep, basic launcher, {rounds} rounds of none / local / server in turn; server {uri}")
+    print(f"{JOBS}-job meta sweep, basic launcher, {counted(rounds, 'round')} of none / local / server in turn; "
+          f"server {uri}")
     for kind, values in walls.items():
         print(f"  tracking={kind:<7} wall median {statistics.median(values):6.2f} s  (min {min(values):.2f}, "
               f"max {max(values):.2f})")
