@@ -27,9 +27,8 @@ def whole_process(model: str, runs: int, tracking: str, extra: list[str]) -> tup
         with tempfile.TemporaryDirectory() as cwd:
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", "from flopsweep.cli.flopsweep import entry; entry()",
-                                   f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}", *extra], cwd=cwd,
-                                  capture_output=True,
-                                  text=True)
+                                   f"model={model}", "device=meta", "batch.size=1", f"tracking={tracking}", *extra],
+                                  cwd=cwd, capture_output=True, text=True)
             walls.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr)
@@ -67,7 +66,8 @@ def in_process(model: str, extra: list[str]) -> dict[str, float]:
         with FlopCounterMode(display=False) as theirs:
             built.model(**built.inputs).backward()
         theirs_s = time.perf_counter() - start
-    return {"flopsweep fwd+bwd+AdamW, meta kernel cache off (s)": uncached_s, "flopsweep fwd+bwd+AdamW (s)": ours_s, "FlopCounterMode fwd+bwd (s)": theirs_s,
+    return {"flopsweep fwd+bwd+AdamW, meta kernel cache off (s)": uncached_s, "flopsweep fwd+bwd+AdamW (s)": ours_s,
+            "FlopCounterMode fwd+bwd (s)": theirs_s,
             "flopsweep fwd+bwd matmul FLOPs": ours.forward.matmul + ours.backward.matmul,
             "FlopCounterMode fwd+bwd FLOPs": theirs.get_total_flops()}
 

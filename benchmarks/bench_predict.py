@@ -81,7 +81,8 @@ def main() -> int:
             print(f"| {name} | {r.get('error') or 'no prediction'} | | | | |")
             continue
         within += abs(r["ratio"] - 1) <= 0.25
-        phases = " / ".join("n/a" if not (meas and pred) else f"{pred / meas:.2f}" for meas, pred in r["phases"].values())
+        phases = " / ".join("n/a" if not (meas and pred) else f"{pred / meas:.2f}"
+                            for meas, pred in r["phases"].values())
         shares = " / ".join(f"{v:.0%}" for v in r["shares"].values())
         print(f"| {name} | {r['measured_s'] * 1e3:.0f} ms ({r['iqr_s'] * 1e3:.0f}) | {r['predicted_s'] * 1e3:.0f} ms | "
               f"{r['ratio']:.2f} | {phases} | {shares} |")

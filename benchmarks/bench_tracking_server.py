@@ -55,7 +55,8 @@ def timed(args: list[str], cwd: Path) -> float:
 
 
 def measure(uri: str, rounds: int) -> None:
-    kinds = {"none": ["tracking=none"], "local": ["tracking=local"], "server": ["tracking=server", f"tracking.uri={uri}"]}
+    kinds = {"none": ["tracking=none"], "local": ["tracking=local"],
+             "server": ["tracking=server", f"tracking.uri={uri}"]}
     walls: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)

@@ -183,8 +183,8 @@ def build(llmcompass: Path, vidur: Path, calculon: Path) -> dict:
         "collectives.all_reduce": at("Vidur", VIDUR, VIDUR_NET.format("all_reduce")) + ": rows with devices_per_node "
         f"== num_workers (one DGX A100 node), the sizes nearest {NET_POINTS} log-spaced points per GPU count (of "
         "993), repeated sizes averaged; time_stats.all_reduce.median (ms, NCCL kernel time); plus, at 4 GPUs "
-        "below and above Vidur's 2 KiB-64 MiB range only, " + at("LLMCompass", LLMCOMPASS, LC_ALLREDUCE) + " (gpu_latency_list in "
-        "microseconds over size_list in bytes)",
+        "below and above Vidur's 2 KiB-64 MiB range only, " + at("LLMCompass", LLMCOMPASS, LC_ALLREDUCE)
+        + " (gpu_latency_list in microseconds over size_list in bytes)",
         "collectives.send_recv": at("Vidur", VIDUR, VIDUR_NET.format("send_recv")) + ": 2 GPUs in one node, subset "
         "as for all_reduce",
         "collectives.all_reduce_across_nodes": "the same file's rows with devices_per_node < num_workers "

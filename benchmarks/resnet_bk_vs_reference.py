@@ -57,7 +57,8 @@ def main() -> None:
           f"{loss.get('backward_elementwise', 0):>15,}")
     opt = count.optimizer.elementwise
     print(f"{'optimizer':<16} {ref.optimizer:>15,} {opt:>15,}")
-    print(f"{'total':<16} {ref.total:>15,} {count.forward.matmul + count.forward.elementwise + count.backward.matmul + count.backward.elementwise + opt:>15,}")
+    total = count.forward.matmul + count.forward.elementwise + count.backward.matmul + count.backward.elementwise + opt
+    print(f"{'total':<16} {ref.total:>15,} {total:>15,}")
     print(f"matmul-class only, counted: forward {count.forward.matmul:,}, backward {count.backward.matmul:,}")
     print()
     print("sequence-length scaling (batch 1): forward FLOPs per token")

@@ -94,15 +94,15 @@ def main() -> int:
         print(f"| {name} | {r['step_s'] * 1e3:.1f} ms | {r['tflop_per_s']:.1f} | {_pct(r['mfu'])} | "
               f"{r['tokens_per_s']:,.0f} | {equal} | {gib(r['measured_peak_bytes'])} | "
               f"{gib(r['train_peak_estimate_bytes'])} | {gib(r['step_peak_estimate_bytes'])} |")
-    print("\n| job | eager: measured | predicted (ratio) | bound | MFU | compiled: measured | predicted fused (ratio) | "
-          "MFU | compile | counts = eager |")
+    print("\n| job | eager: measured | predicted (ratio) | bound | MFU | compiled: measured | "
+          "predicted fused (ratio) | MFU | compile | counts = eager |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         p, c = r["predicted"], r["compiled"]
         print(f"| {name} | {r['step_s'] * 1e3:.1f} ms | {_ms(p.get('step_s_predicted'))} ({_ratio(p.get('ratio'))}) | "
-              f"{p.get('shares', '')} | {_pct(r['mfu'])} | {c['step_s'] * 1e3:.1f} ms | {_ms(c.get('step_s_predicted'))}"
-              f" ({_ratio(c.get('ratio'))}) | {_pct(c['mfu'])} | {c['compile_s'] or 0:.0f} s | "
-              f"{'yes' if c['counts_equal_eager'] else 'NO'} |")
+              f"{p.get('shares', '')} | {_pct(r['mfu'])} | {c['step_s'] * 1e3:.1f} ms | "
+              f"{_ms(c.get('step_s_predicted'))} ({_ratio(c.get('ratio'))}) | {_pct(c['mfu'])} | "
+              f"{c['compile_s'] or 0:.0f} s | {'yes' if c['counts_equal_eager'] else 'NO'} |")
     print("\n| generation (bf16) | TTFT | TPOT first / last | tokens/s | roofline TTFT | roofline TPOT | "
           "counts cuda = meta |")
     print("|---|---|---|---|---|---|---|")

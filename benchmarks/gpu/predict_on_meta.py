@@ -31,7 +31,8 @@ def main() -> int:
         rows = {}
         for fused in ("false", "true"):
             spec = resolve(compose_config(*overrides, "dtype=bfloat16", "optimizer=adamw", "device=meta",
-                                          "tracking=none", f"predict.hardware={args.profile}", f"predict.fused={fused}"))
+                                          "tracking=none", f"predict.hardware={args.profile}",
+                                          f"predict.fused={fused}"))
             rows[fused] = run_job(spec, {}).metrics
         eager, fused = rows["false"], rows["true"]
         shares = " / ".join(f"{eager[k]:.0%}" for k in (M.PREDICTED_SHARE_COMPUTE, M.PREDICTED_SHARE_MEMORY,

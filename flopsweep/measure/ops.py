@@ -128,7 +128,8 @@ FLEX_OPS = (FLEX_ATTENTION, FLEX_ATTENTION_BACKWARD)  # higher-order: one fused 
 VIEW_OPS = {aten._unsafe_view, aten._reshape_alias, aten.lift_fresh, aten.empty, aten.empty_like, aten.empty_strided,
             aten.new_empty, aten.new_empty_strided, aten._local_scalar_dense, aten.detach, aten.alias,
             aten._fused_sdp_choice}
-GATHER_OPS = {aten.embedding, aten.index_select, aten.gather, aten.index, aten.nll_loss_forward}  # read only the rows they return
+# read only the rows they return
+GATHER_OPS = {aten.embedding, aten.index_select, aten.gather, aten.index, aten.nll_loss_forward}
 
 
 def op_name(func: Any) -> str:

@@ -32,7 +32,8 @@ RANK_PHASES = ("forward", "backward", "recompute", "optimizer")
 _C10D = {"_allgather_base_": ("all_gather", 0), "allgather_": ("all_gather", 0),
          "allgather_into_tensor_coalesced_": ("all_gather", 0), "_reduce_scatter_base_": ("reduce_scatter", 1),
          "reduce_scatter_": ("reduce_scatter", 1), "reduce_scatter_tensor_coalesced_": ("reduce_scatter", 1),
-         "allreduce_": ("all_reduce", 0), "allreduce_coalesced_": ("all_reduce", 0), "alltoall_base_": ("all_to_all", 1),
+         "allreduce_": ("all_reduce", 0), "allreduce_coalesced_": ("all_reduce", 0),
+         "alltoall_base_": ("all_to_all", 1),
          "alltoall_": ("all_to_all", 1), "broadcast_": ("broadcast", 0), "send": ("send", 0), "recv_": ("recv", 0)}
 _FUNCTIONAL = {"all_gather_into_tensor": "all_gather", "all_gather_into_tensor_coalesced": "all_gather",
                "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",

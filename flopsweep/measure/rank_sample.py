@@ -1,12 +1,12 @@
 """A pipeline stage of many identical layers counted from two small samples of it.
 
 A rank's count grows by the same amount with each identical layer it holds: its FLOPs, collectives, parameters,
-saved activations and each memory peak (:class:`~flopsweep.measure.rank_memory.RankMemory`) by one layer's, its op trace by one layer's ops, in the same place.
-So a stage of ``k`` layers is counted twice, with ``a`` and ``a + 1`` of its layers (3 and 4), and the rest
-follows: ``count(k) = count(a) + (k - a) * (count(a + 1) - count(a))``. Three layers at least in the smaller sample: under ZeRO-3, FSDP's backward prefetches the next layer's
-gather, and the backward's peak takes its steady place from the third layer on. Each sample costs a few layers
-however many the stage holds, which is what makes a layout search of a 70B model a matter of minutes
-(docs/parallel.md, "What runs").
+saved activations and each memory peak (:class:`~flopsweep.measure.rank_memory.RankMemory`) by one layer's, its op
+trace by one layer's ops, in the same place. So a stage of ``k`` layers is counted twice, with ``a`` and ``a + 1``
+of its layers (3 and 4), and the rest follows: ``count(k) = count(a) + (k - a) * (count(a + 1) - count(a))``. Three
+layers at least in the smaller sample: under ZeRO-3, FSDP's backward prefetches the next layer's gather, and the
+backward's peak takes its steady place from the third layer on. Each sample costs a few layers however many the
+stage holds, which is what makes a layout search of a 70B model a matter of minutes (docs/parallel.md, "What runs").
 
 Layers count as identical when their modules, parameters, buffers and plain settings are (a layer's index aside):
 a model whose layers differ (sliding-window layers between global ones, dense layers before MoE ones) is counted

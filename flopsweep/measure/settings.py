@@ -26,8 +26,8 @@ class MeasureConf:
 class PredictConf:
     """The ``predict`` node: a step's time predicted from its counted ops and a calibration profile."""
 
-    hardware: Optional[str] = None       # a part (hardware table) or a profile file; None: the device timed, if calibrated
-    fused: Optional[bool] = None         # elementwise ops fused into kernels; None: as the step is timed (measure.compile)
+    hardware: Optional[str] = None  # a part (hardware table) or a profile file; None: the device timed, if calibrated
+    fused: Optional[bool] = None  # elementwise ops fused into kernels; None: as the step is timed (measure.compile)
 
 
 @dataclass

@@ -62,8 +62,9 @@ class PerToken:
         require(result.status == "ok", "run", source or name, f"has status {str(result.status)!r}, not 'ok'")
         seq, batch = m.get(M.SEQ_LEN), m.get(M.BATCH_SIZE)  # as run: a left-out seq_len is the model's default
         require(bool(seq) and bool(batch), "run", source or name, "has no batch.seq_len: not a token model")
-        require(M.FLOPS_PREFILL not in m, "run", source or name, "is a generation (workload=generate): flopsweep-project "
-                "serve projects its prefill and decode steps; train takes a training or a workload=inference run")
+        require(M.FLOPS_PREFILL not in m, "run", source or name, "is a generation (workload=generate): "
+                "flopsweep-project serve projects its prefill and decode steps; train takes a training or a "
+                "workload=inference run")
         require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,
                 "counted nothing (measure.count=false): nothing to project from")
         tokens, attention = int(batch) * int(seq), attention_per_token(shape_of(result), int(seq))

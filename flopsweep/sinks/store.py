@@ -201,7 +201,8 @@ def _job_times(result: Result) -> tuple[Optional[int], Optional[int]]:
     job = result.job_times
     if job is None:
         return None, None
-    return (int(job.start * 1000) if is_number(job.start) else None, int(job.end * 1000) if is_number(job.end) else None)
+    return (int(job.start * 1000) if is_number(job.start) else None,
+            int(job.end * 1000) if is_number(job.end) else None)
 
 
 def mlflow_client(uri: str, write: bool = True):

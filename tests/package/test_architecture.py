@@ -184,6 +184,14 @@ def test_a_module_over_300_lines_says_why_at_its_top(path):
         assert "Why one file" in doc, f"{len(lines)} lines and no 'Why one file' paragraph in the docstring"
 
 
+def test_no_line_is_wider_than_120_columns():
+    """The package, its tests and benchmarks (docs/architecture.md); lines of 122 to 174 columns had crept in."""
+    code = [*SOURCES, *sorted((REPO / "tests").rglob("*.py")), *sorted((REPO / "benchmarks").rglob("*.py"))]
+    wide = [f"{p.relative_to(REPO)}:{n}" for p in code for n, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > 120]
+    assert wide == []
+
+
 def test_the_api_the_docs_show_is_there_after_import_flopsweep(tmp_path):
     """``import flopsweep`` then ``flopsweep.analysis.compare`` and ``flopsweep.projection.parallel.per_device``, in a
     new interpreter (each was an AttributeError); every projection module reachable so."""
