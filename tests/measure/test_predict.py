@@ -219,26 +219,35 @@ def test_a_calibration_on_a_busy_machine_says_its_figures_may_be_low(tmp_path, m
 
 
 def test_a_calibrations_own_threads_are_not_other_work():
-    """What OtherWork counts: another process's spinning (about a core), not this process's own."""
+    """What OtherWork counts: another process's spinning (about a core), not this process's own. Tried up to three
+    times: on a loaded machine (the test lane's other worker) the spinner may find no free core in one window."""
     import subprocess
     import sys
     import time
 
     from flopsweep.measure.system import OtherWork
 
-    with OtherWork() as alone:
-        end = time.perf_counter() + 1.0
-        while time.perf_counter() < end:  # this process busy: not other work
-            pass
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: "
-                                "pass"])
-    try:
-        with OtherWork() as beside:
-            time.sleep(1.0)
-    finally:
-        spinner.kill()
-        spinner.wait()
-    assert beside.cores - alone.cores > 0.5, (alone.cores, beside.cores)
+    def pair() -> tuple[float, float]:
+        with OtherWork() as alone:
+            end = time.perf_counter() + 1.0
+            while time.perf_counter() < end:  # this process busy: not other work
+                pass
+        spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1.5\n"
+                                    "while time.time() < end: pass"])
+        try:
+            with OtherWork() as beside:
+                time.sleep(1.0)
+        finally:
+            spinner.kill()
+            spinner.wait()
+        return alone.cores, beside.cores
+
+    tries = []
+    for _ in range(3):
+        tries.append(pair())
+        if tries[-1][1] - tries[-1][0] > 0.5:
+            break
+    assert tries[-1][1] - tries[-1][0] > 0.5, tries
 
 
 def test_a_meta_job_predicts_for_a_part_of_the_table():
