@@ -19,7 +19,7 @@ from flopsweep.build.spec import JobSpec
 from flopsweep.config.compose import register_configs
 from flopsweep.config.resolve import job_config, recorded, resolve
 from flopsweep.core.console import error, say, warning
-from flopsweep.core.errors import ConfigError, command, masked, one_line
+from flopsweep.core.errors import ConfigError, command, masked
 from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, run_name, short_name

@@ -122,19 +122,19 @@ def _say_unlogged(sweep: state.SweepState, results: list[tuple[str, Result]], sw
     if sweep.target is None:
         return
     noted = [r.tracking for _, r in results if r.tracking is not None]
-    failed = [t for t in noted if not (t.logged or t.elsewhere)]
+    erred = [t for t in noted if not (t.logged or t.elsewhere)]
     cut = [r for _, r in results if r.tracking is None and r.status in ("ok", "oom", "interrupted")]  # measured:
     # a job whose folder the sweep wrote (its task failed before it ran, Slurm ended it) has no run to log
-    if not failed and not cut:
+    if not erred and not cut:
         return
-    errors = {t.error for t in failed}
+    errors = {t.error for t in erred}
     why = [f"the store {masked(sweep.target.uri)} cannot be used, as said above" if _store_down(sweep) else
-           errors.pop() if len(errors) == 1 else "see above"] if failed else []
+           errors.pop() if len(errors) == 1 else "see above"] if erred else []
     if cut:
         they = "it was" if len(cut) == 1 else "they were"
-        why.append(f"{f'{len(cut)} ' if failed else ''}stopped before {they} logged")
-    warning(f"{len(failed) + len(cut)} of {len(results)} jobs not logged to MLflow ({'; '.join(why)}); "
-            f"`{command('flopsweep-sync')} {sweep_dir}` logs them" + (" once the store works" if failed else ""))
+        why.append(f"{f'{len(cut)} ' if erred else ''}stopped before {they} logged")
+    warning(f"{len(erred) + len(cut)} of {len(results)} jobs not logged to MLflow ({'; '.join(why)}); "
+            f"`{command('flopsweep-sync')} {sweep_dir}` logs them" + (" once the store works" if erred else ""))
 
 
 def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
