@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import threading
 import warnings
 from collections import defaultdict
@@ -177,14 +178,18 @@ def _in_own_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 @contextlib.contextmanager
 def fake_world(layout: Layout, rank: int) -> Iterator[Any]:
-    """A fake process group of ``layout.world_size`` ranks seen as ``rank``, and its device mesh; torn down after."""
+    """A fake process group of ``layout.world_size`` ranks seen as ``rank``, and its device mesh; torn down after,
+    with the ``sys.excepthook`` each one wraps in its own ``[rankN]:`` prefix (a later traceback in the process had
+    18 of them a line)."""
     if dist.is_initialized():
         raise RuntimeError("a default process group exists already: ranks are counted in a process without one")
+    hook = sys.excepthook
     dist.init_process_group("fake", store=fake_store(), rank=rank, world_size=layout.world_size)
     try:
         yield init_device_mesh("cpu", layout.mesh_shape, mesh_dim_names=MESH_DIMS)
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
 
 
 def _count_rank(template: nn.Module, layout: Layout, stage: int, chunks: list[list[int]], work: Workload,

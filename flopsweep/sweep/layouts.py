@@ -126,13 +126,28 @@ class LayoutSweeper(RecoveringSweeper):
                  zero: Sequence[int] = (0, 2, 3), cp: Sequence[int] = (1,), ep: Sequence[int] = (1,), top: int = 10,
                  **rest: Any) -> None:
         super().__init__(**rest)
-        self.micro_batch_sizes, self.recompute, self.zeros, self.top = list(micro_batch_sizes), list(recompute), \
-            list(zero), top
-        self.cps, self.eps = list(cp), list(ep)
+        self.micro_batch_sizes, self.recompute, self.zeros, self.top = micro_batch_sizes, recompute, zero, top
+        self.cps, self.eps = cp, ep
+
+    def _check_settings(self) -> None:
+        """Its own keys, checked before any job (a ``top`` of ``abc`` failed after the whole sweep had run; a
+        ``recompute`` or ``zero`` value it does not know left out without a word, or blamed on parallel.gpus)."""
+        require_int(self.top, "hydra.sweeper.top")
+        allowed = {"micro_batch_sizes": None, "recompute": RECOMPUTE, "zero": (0, 1, 2, 3), "cp": None, "ep": None}
+        for key, values in zip(allowed, (self.micro_batch_sizes, self.recompute, self.zeros, self.cps, self.eps)):
+            name = f"hydra.sweeper.{key}"
+            require(values is not None and not isinstance(values, (str, int, float)) and len(values) > 0, name, values,
+                    "must be a non-empty list ([1, 2], as in sweeps/layouts.yaml)")
+            for value in values:
+                if allowed[key] is None:
+                    require_int(value, name)
+                else:
+                    require(value in allowed[key], name, value, f"must be one of {', '.join(map(str, allowed[key]))}")
 
     def split_arguments(self, overrides: Any, max_batch_size: Optional[int]) -> list[list[list[str]]]:
         jobs = [job for chunk in BasicSweeper.split_arguments(overrides, None) for job in chunk]
         try:
+            self._check_settings()
             expanded = [job + search_overrides(layout) for job in jobs for layout in self._search(job)]
         except ConfigError as err:
             from hydra.errors import HydraException

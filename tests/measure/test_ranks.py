@@ -587,8 +587,12 @@ def test_a_model_whose_layers_differ_is_counted_whole():
 # ---- the process group ----
 
 def test_the_fake_process_group_is_torn_down_and_never_taken_over():
+    import sys
+
+    hook = sys.excepthook
     counted(tp=2)
     assert not dist.is_initialized()
+    assert sys.excepthook is hook  # each group wrapped it: a later traceback had a [rankN]: prefix per group counted
     with pytest.raises(ConfigError):  # a refusal inside the count still tears the group down
         count_layout(decoder(2), Layout(pp=4), Workload(8, SEQ))
     assert not dist.is_initialized()

@@ -191,6 +191,23 @@ def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_pa
     assert not [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
 
 
+@pytest.mark.parametrize("setting, line", [
+    ("hydra.sweeper.top=abc", "hydra.sweeper.top='abc': must be an integer >= 1"),
+    ("hydra.sweeper.recompute=[full,selectve]", "hydra.sweeper.recompute='selectve': must be one of none, "
+                                                "selective, full"),
+    ("hydra.sweeper.zero=[3,7]", "hydra.sweeper.zero=7: must be one of 0, 1, 2, 3"),
+    ("hydra.sweeper.cp=3", "hydra.sweeper.cp=3: must be a non-empty list ([1, 2], as in sweeps/layouts.yaml)"),
+    ("hydra.sweeper.micro_batch_sizes=[0]", "hydra.sweeper.micro_batch_sizes=0: must be an integer >= 1"),
+])
+def test_the_searchs_own_settings_are_checked_before_any_job(tmp_path, setting, line):
+    """top=abc ran every job, then ended in a traceback; a recompute or zero value it does not know was left out
+    without a word, or blamed on parallel.gpus ("has no layout the model and batch take")."""
+    done = run_app("+sweep=layouts", "model=gpt2_small", "dtype=mixed_bf16", "batch.size=8", "parallel.gpus=2",
+                   "predict.hardware=H100", setting, cwd=tmp_path, store=False)
+    assert done.returncode == 2 and done.stderr.splitlines() == [f"flopsweep: error: {line}"], done.stderr
+    assert not list(tmp_path.glob("outputs/sweeps/*/*"))
+
+
 def test_a_sweep_that_varies_only_zero_names_the_whole_layout():
     """2 GPUs in mixed precision leave dp2 alone, its ZeRO stages varied: the progress lines said 'zero3' and the
     table's layout column 'zero2', dp2 tp1 pp1 unsaid beside the ranking's 'dp2 tp1 pp1' and a zero column."""
