@@ -19,7 +19,7 @@ GPU count and adds the per-device figures.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from flopsweep.core import metrics as M
@@ -243,14 +243,18 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
             f"differs from the {cost.seq_len} that {cost.model} was measured at: measure it at {plan.seq_len}")
     if devices is not None:
         check_layout(devices, plan, hardware)
-    totals = total_flops(cost, plan)
+    # a layout counted rank by rank with recomputation has it in its predicted step; its MFU is of the model's FLOPs
+    totals = total_flops(cost, replace(plan, recompute=False) if hardware.mfu_of_layout else plan)
     notes = [] if cost.training else [
         "inference: a forward pass only (as measured, or counted); the plan's tokens are processed, not trained on."]
     notes += ["FLOPs: multiply-add = 2, matmul class (matmuls, convolutions, attention); elementwise ops excluded.",
              "N counts every parameter a token uses once, embeddings included (a mixture of experts: its shared "
              "parameters and top-k experts); attention counts the full T×T square (causal masks not halved).",
              "time = FLOPs / (GPUs × peak × MFU); days are wall-clock on all GPUs."]
-    if plan.recompute:
+    if plan.recompute and hardware.mfu_of_layout:
+        notes.append("activation recomputation: in the layout's predicted step (counted with parallel.recompute=full),"
+                     " so in its MFU, which is of the model's FLOPs (counted, 6ND): the FLOPs leave its forward out.")
+    elif plan.recompute:
         notes.append("activation recomputation: one more forward per step (counted + forward, 8ND, 16·L·H·Q·T).")
     if cost.attention is None:
         notes.append(f"{cost.methods[2]} applies to decoder-only models (PaLM's formula): not given for this family.")
@@ -284,6 +288,6 @@ def parallel_notes(devices: PerDevice, recompute: bool = False, mfu_of_layout: b
              "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "
              "optimizer state and FLOPs evenly (replicated norms ignored); ZeRO-1/2/3 shard optimizer state / "
              "+ gradients / + parameters over dp; activations A·min(m, pp)/(dp·m·pp·tp), the first stage's (1F1B)."]
-    if recompute:
+    if recompute and not mfu_of_layout:
         notes.append("per-device activations are those measured, without recomputation: an upper bound here.")
     return notes

@@ -183,6 +183,34 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     assert bare.returncode == 2 and "--batch" in bare.stderr and len(bare.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_a_counted_layout_with_recomputation_costs_its_predicted_steps_and_fp8_is_refused(tmp_path):
+    """--recompute was left out of the layout's count (its step, memory and MFU without it) and then priced again as
+    one more forward at that MFU: 546 days where its steps said 410. --dtype fp8 took the layout's MFU, counted in
+    bfloat16, to the fp8 peak: half the GPU-hours of the same step."""
+    from tests.helpers import compose_config
+    from flopsweep.config.resolve import job_config, resolve
+    from flopsweep.core import metrics as M
+    from flopsweep.run.job import run_job
+
+    out = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--batch", "8", "--dp", "2", "--tp", "2",
+                   "--zero", "3", "--gpu", "H100", "--recompute", "--json", "p.json", "--no-log", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = compose_config("model=gpt2_small", "device=meta", "batch.size=8", "tracking=none", "parallel.dp=2",
+                         "parallel.tp=2", "parallel.zero=3", "parallel.micro_batch_size=4", "parallel.recompute=full",
+                         "predict.hardware=H100", "dtype=mixed_bf16")
+    spec = resolve(cfg)
+    step_s = run_job(spec, job_config(cfg, spec)).metrics[M.TIME_STEP_PREDICTED]
+    counted = next(r for r in json.loads((tmp_path / "p.json").read_text())["rows"] if r["method"] == "counted")
+    steps = 1e9 / (8 * 1024)
+    assert counted["gpu_hours"] == pytest.approx(steps * step_s * 4 / 3600, rel=1e-3)
+    fp8 = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--batch", "8", "--dp", "2", "--zero",
+                   "3", "--gpu", "H100", "--dtype", "fp8", "--no-log", cwd=tmp_path)
+    assert fp8.returncode == 2 and fp8.stderr.strip().splitlines()[-1] == (
+        "flopsweep-project train: error: --dtype='fp8': a layout counted rank by rank computes in float32, bfloat16 "
+        "or float16, and its predicted MFU is of that dtype's peak: give --mfu to project this one"), fp8.stderr
+
+
 def test_a_counted_layout_that_does_not_fit_is_a_warning_line_below_the_plan():
     """The README's layout projected a full cost table with 'does not fit' only inside its last line."""
     from flopsweep.cli.project.common import layout_line

@@ -82,11 +82,15 @@ def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) ->
     per_replica = batch // split.dp if batch % split.dp == 0 else 0
     require(per_replica and per_replica % split.m == 0, "batch", batch, f"must be a multiple of dp x micro-batches "
             f"= {split.dp * split.m} to count the layout (the global batch of one step: give --batch)")
-    dtype = args.dtype if args.dtype in ("float32", "bfloat16", "float16") else "bfloat16"
+    require(args.dtype in ("float32", "bfloat16", "float16"), "dtype", args.dtype, "a layout counted rank by rank "
+            "computes in float32, bfloat16 or float16, and its predicted MFU is of that dtype's peak: give --mfu to "
+            "project this one")
+    dtype = args.dtype
     if dtype != "float32" and split.zero >= 1 and split.dp > 1:  # FSDP's mixed precision: float32 weights and state
         dtype = {"bfloat16": "mixed_bf16", "float16": "mixed_fp16"}[dtype]
     extra = [f"parallel.dp={split.dp}", f"parallel.tp={split.tp}", f"parallel.pp={split.pp}",
              f"parallel.zero={split.zero}", f"parallel.micro_batch_size={per_replica // split.m}",
+             f"parallel.recompute={'full' if getattr(args, 'recompute', False) else 'none'}",  # its step and memory
              f"predict.hardware={args.gpu}", f"dtype={dtype}"]
     return measure_preset(args.model, args.seq_len, batch, extra=extra)
 
