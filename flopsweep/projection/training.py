@@ -65,6 +65,9 @@ class PerToken:
         require(M.FLOPS_PREFILL not in m, "run", source or name, "is a generation (workload=generate): "
                 "flopsweep-project serve projects its prefill and decode steps; train takes a training or a "
                 "workload=inference run")
+        require(not result.layout, "run", source or name, "is a layout counted rank by rank (parallel.*), which "
+                "counts a GPU's step, not the model's: project the model's own run (without parallel.*) with its "
+                "--dp --tp --pp --zero, or --model with them and --batch, which counts the layout here")
         require(m.get(M.FLOPS_FORWARD) is not None, "run", source or name,
                 "counted nothing (measure.count=false): nothing to project from")
         tokens, attention = int(batch) * int(seq), attention_per_token(shape_of(result), int(seq))

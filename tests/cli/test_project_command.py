@@ -134,7 +134,7 @@ def test_without_mfu_a_run_is_projected_at_the_mfu_it_predicted(tmp_path):
     forward = hand_run(tmp_path / "forward", 0.43, training=False, predict={"hardware": "A100"})
     budget = run_main(main, "budget", forward, "--gpu-hours", "1000", "--gpu", "A100", cwd=tmp_path)
     assert budget.returncode == 0 and "MFU 43.0%" in budget.stdout, budget.stderr
-    for args, message in ((["--gpu", "H100"], "MFU was predicted for A100, not for a H100"),
+    for args, message in ((["--gpu", "H100"], "MFU was predicted for A100, not for --gpu H100"),
                           (["--model", "gpt2_small"], "a preset counted here has none")):
         bad = project("train", *([] if "--model" in args else [run]), "--tokens", "1T", *args)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, \
@@ -145,6 +145,25 @@ def test_without_mfu_a_run_is_projected_at_the_mfu_it_predicted(tmp_path):
     none = project("train", hand_run(tmp_path / "none"), "--tokens", "1T")
     assert none.returncode == 2 and len(none.stderr.strip().splitlines()) == 1
     assert "--mfu" in none.stderr and "speed/mfu_predicted" in none.stderr and "none has none" in none.stderr
+
+
+def test_a_layout_job_is_not_projected_as_a_model_but_its_predicted_mfu_is_taken_by_mfu_from(tmp_path):
+    """A parallel.* job was refused as having 'counted nothing (measure.count=false)', and --mfu-from it said 'has no
+    measured MFU': it has its predicted one, for the part named in the table (not 'NVIDIA H100 80GB HBM3')."""
+    layout = hand_run(tmp_path / "layout", 0.2, predict={"hardware": "H100"},
+                      info={"parallel": {"layout": {"dp": 2, "zero": 3}}})
+    model = hand_run(tmp_path / "model")
+    refused = run_main(main, "train", layout, "--tokens", "1T", "--gpu", "H100", "--no-log", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "flopsweep-project train: error: run='layout': is a layout counted rank by rank (parallel.*), which counts a "
+        "GPU's step, not the model's: project the model's own run (without parallel.*) with its --dp --tp --pp "
+        "--zero, or --model with them and --batch, which counts the layout here"]
+    out = run_main(main, "train", model, "--tokens", "1T", "--gpu", "H100", "--mfu-from", layout, "--no-log",
+                   cwd=tmp_path)
+    assert out.returncode == 0 and "MFU 20.0% (predicted for H100 in layout)" in out.stdout, out.stderr
+    other = run_main(main, "train", model, "--tokens", "1T", "--gpu", "A100", "--mfu-from", layout, "--no-log",
+                     cwd=tmp_path)
+    assert other.returncode == 2 and "predicts its MFU for H100, not for --gpu A100: give --gpu H100" in other.stderr
 
 
 @pytest.mark.slow

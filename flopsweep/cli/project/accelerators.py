@@ -157,9 +157,15 @@ def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str,
         return args.mfu, "assumed"
     if args.mfu_from is not None:
         measured, named = load_run(args.mfu_from, args)
+        if measured.metrics.get(MFU) is None and measured.metrics.get(MFU_PREDICTED) is not None:  # a layout's, a
+            part = predicted_for(measured)  # meta job's with predict.hardware: its prediction, for its part
+            require(part is None or same_part(part, gpu), "mfu-from", args.mfu_from,
+                    f"predicts its MFU for {part}, not for --gpu {gpu}: give --gpu {part}, or --mfu")
+            return measured.metrics[MFU_PREDICTED], "predicted" + (f" for {part}" if part else "") + f" in {named}"
         device = measured.device_name or ""
-        require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from, "has no measured MFU")
-        require(same_part(device, gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on a {gpu}")
+        require(measured.metrics.get(MFU) is not None, "mfu-from", args.mfu_from,
+                "has no MFU, measured or predicted (time it on the GPU, or count it with predict.hardware=<part>)")
+        require(same_part(device, gpu), "mfu-from", args.mfu_from, f"ran on {device!r}, not on --gpu {gpu}")
         return measured.metrics[MFU], f"measured in {named}"
     predicted = result.metrics.get(MFU_PREDICTED)
     if predicted is None and default_mfu is not None:
@@ -167,16 +173,19 @@ def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str,
     require(predicted is not None, "mfu", None, f"{NO_MFU}; {source} has none")
     part = predicted_for(result)
     require(part is None or same_part(part, gpu), "mfu", None, f"{source}'s MFU was predicted for {part}, "
-            f"not for a {gpu}: give --gpu {part}, or --mfu")
+            f"not for --gpu {gpu}: give --gpu {part}, or --mfu")
     return predicted, "predicted" + (f" for {part}" if part else "") + f" from {source}"
 
 
 def predicted_for(result: Result) -> Optional[str]:
     """The part a run's MFU was predicted for: what the prediction records (``info.prediction.part``), else
     ``predict.hardware`` where it names a part of the table, else the device that timed the job."""
+    from flopsweep.core.hardware import accelerator
+
     recorded = result.predicted_by.part if result.predicted_by else None
-    if recorded:
-        return str(recorded)
+    if recorded:  # the device's name, as the job recorded it: the table's, as --gpu takes it
+        row = accelerator(str(recorded))
+        return row.name if row is not None else str(recorded)
     predict = result.config.get("predict")
     part = predict.get("hardware") if isinstance(predict, dict) else None
     if part is not None:
