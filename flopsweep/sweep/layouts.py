@@ -14,8 +14,9 @@ from flopsweep.core import metrics as M
 from flopsweep.core.errors import ConfigError, require, require_int
 from flopsweep.core.hardware import accelerator
 from flopsweep.core.result import Result
-from flopsweep.core.text import capacity, format_metric, layout_name, table
+from flopsweep.core.text import capacity, format_metric, is_layout_key, layout_name, table
 from flopsweep.measure.layout import RECOMPUTE, Layout
+from flopsweep.sinks.identity import short_name
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep import state
 from flopsweep.sweep.plan import SweepPlan
@@ -184,7 +185,14 @@ class LayoutSweeper(RecoveringSweeper):
         returns = super().sweep(arguments)
         results = [(p.parent.name, r) for p in Path(str(self.config.hydra.sweep.dir)).glob("*/result.json")
                    if (r := Result.read_or_none(p)) is not None]
-        state.current().coda = ranked_table(results, self.top)  # said after the summary: above it, 312 rows hid it
+        # said after the summary (above it, 312 rows hid it); one ranking for each model, batch, ... the sweep varies:
+        # tokens/s of different models are no ranking
+        apart = [key for key in SweepContext.current().swept if not is_layout_key(key)]
+        groups: dict[str, list[tuple[str, Result]]] = {}
+        for job, result in sorted(results, key=lambda jr: int(jr[0].split("_", 1)[0])):
+            groups.setdefault(short_name(result.config, apart) if apart else "", []).append((job, result))
+        state.current().coda = "\n\n".join((f"{name}: " if name else "") + ranked_table(found, self.top)
+                                             for name, found in groups.items())
         return returns
 
 
@@ -215,6 +223,7 @@ def ranked_table(results: list[tuple[str, Result]], top: int = 10) -> str:
                      r.bottleneck or "-"])
     over = sum(not _fits(r) for _, r in found)
     title = f"The {len(best)} fastest of {len(found)} layouts predicted (tokens/s a GPU)" + \
-        (f"; {over} do not fit the part's memory, ranked after those that do:" if over else ":")
+        ("; none fits the part's memory:" if over and over == len(found) else
+         f"; {over} do not fit the part's memory, ranked after those that do:" if over else ":")
     return title + "\n" + table(["rank", "job", "layout", "micro-batch", "recompute", "tokens/s/GPU", "MFU",
                                  "memory/GPU", "bottleneck"], rows)

@@ -137,6 +137,23 @@ def test_a_layout_sweep_ranks_its_jobs_by_predicted_tokens_per_gpu(tmp_path):
     assert metrics[:3] == [M.TOKENS_PER_S_PER_GPU_PREDICTED, M.MFU_PREDICTED, M.PARALLEL_MEMORY_PER_GPU]
 
 
+@pytest.mark.slow
+def test_a_search_over_two_models_ranks_each_models_layouts_apart(tmp_path):
+    """model=a,b ranked every layout of both by tokens/s a GPU in one table without a model column: the smaller
+    model's layouts took every place. Each value the sweep varies besides the layout gets its own ranking, named."""
+    done = run_app("+sweep=layouts", *SMALL, "model.n_layer=1,2", "batch.size=4", "parallel.gpus=2",
+                   "predict.hardware=H100", "hydra.sweeper.micro_batch_sizes=[2]", "hydra.sweeper.recompute=[none]",
+                   "hydra.sweeper.zero=[0]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rankings = done.stdout[done.stdout.index("5 jobs: 5 ok"):].split("\n\n")[1:]
+    assert [r.split(": The ")[0] for r in rankings] == ["n_layer=1", "n_layer=2"], done.stdout
+    for ranking, layers in zip(rankings, (1, 2)):
+        jobs = [line.split()[1] for line in ranking.splitlines()[3:]]
+        assert len(jobs) == (2 if layers == 1 else 3)  # pp=2 needs two layers
+        configs = [Result.read(next(tmp_path.glob(f"outputs/sweeps/*/*/{j}/result.json"))).config for j in jobs]
+        assert {c["model"]["n_layer"] for c in configs} == {layers}
+
+
 def test_a_job_whose_layout_misses_the_searched_world_size_is_refused_by_key():
     from flopsweep.config.resolve import resolve
     from flopsweep.core.errors import ConfigError
@@ -171,6 +188,8 @@ def test_layouts_that_do_not_fit_rank_after_those_that_do_however_fast():
     assert [name for name, _ in ranked([("fast", fast), ("tiny", tiny)])] == ["tiny", "fast"]
     assert "1 do not fit the part's memory, ranked after those that do" in ranked_table([("fast", fast),
                                                                                          ("tiny", tiny)])
+    assert ranked_table([("fast", fast)]).splitlines()[0] == \
+        "The 1 fastest of 1 layouts predicted (tokens/s a GPU); none fits the part's memory:"  # none ranked after
 
 
 def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_path):
