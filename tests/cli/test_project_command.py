@@ -53,6 +53,15 @@ def test_an_old_spelling_becomes_the_subcommand_it_meant(old, new, dropped):
     assert ("left out" in note) == bool(dropped)
 
 
+@pytest.mark.parametrize("typed, meant", [("trian", "train"), ("budegt", "budget"), ("serv", "serve")])
+def test_a_mistyped_subcommand_is_named_not_taken_for_an_old_spelling(typed, meant, tmp_path):
+    """'trian --model x' was taken for the old one-parser spelling of a run named trian: a note, then 'give a
+    measured run or --model, not both'; 'budegt --usd 1M' was a train with --usd."""
+    done = run_main(main, typed, "--model", "gpt2_small", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"flopsweep-project: error: {typed!r} is not a subcommand (did you mean {meant}?): train, budget, serve"]
+
+
 def test_an_old_invocation_projects_as_the_new_one_with_a_note(tmp_path):
     common = ["--model", "gpt2_small", "--seq-len", "64", "--tokens", "1T", "--mfu", "0.5", "--no-log"]
     old = run_main(main, *common, "--new-tokens", "3", "--json", "old.json", cwd=tmp_path)

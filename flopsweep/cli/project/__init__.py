@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Optional
 
 from flopsweep.cli.parser import OneLineParser
@@ -39,6 +40,10 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    meant = nearest(argv[0], NAMES) if argv and not argv[0].startswith("-") and not Path(argv[0]).exists() else None
+    if meant is not None and argv[0] != meant:  # a subcommand mistyped, not an old spelling's RUN
+        error(f"{argv[0]!r} is not a subcommand (did you mean {meant}?): {', '.join(NAMES)}", "flopsweep-project")
+        return 2
     if argv and argv[0] not in (*NAMES, "-h", "--help"):
         from flopsweep.cli.project.legacy import translate
 
