@@ -179,6 +179,8 @@ def job_lines(result: Result) -> list[str]:
     prediction = predicted_line(result)
     if prediction:
         lines.append(prediction)
+    lines += [f"note: {note}" for note in (result.info.get("prediction") or {}).get("notes") or []]  # how it was
+    # made where it was not as asked (no bfloat16 matmuls in the profile: as float32; tp across scale-up domains)
     profile = result.breakdown.get("profile") or []
     if profile and profile[0]["forward_latency_s"]:
         lines.append("profile: " + hooks_line(profile[0]["forward_latency_s"], unhooked_forward(result)))

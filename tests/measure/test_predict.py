@@ -266,6 +266,17 @@ def test_a_meta_job_predicts_for_a_part_of_the_table():
     assert "time/step_s" not in m and "time/step_predicted_ratio" not in m
 
 
+def test_how_a_prediction_was_made_where_not_as_asked_is_said_on_the_console():
+    """A V100 has no bfloat16 matmuls: its step is predicted as float32, which only result.json said (the console
+    printed a step time and no MFU, without a word why)."""
+    from flopsweep.core.text import job_lines
+
+    spec = resolve(compose_config("model=gpt2_small", "batch.size=2", "batch.seq_len=128", "dtype=bfloat16",
+                                  "device=meta", "predict.hardware=V100", "tracking=none"))
+    lines = job_lines(run_job(spec, {}))
+    assert "note: no bfloat16 matmuls in the profile of V100: predicted as float32" in lines, lines
+
+
 def test_a_faster_part_predicts_a_shorter_step_where_the_step_is_compute_bound():
     overrides = ["model=bert_base", "batch.size=32", "batch.seq_len=512", "dtype=bfloat16", "device=meta",
                  "tracking=none"]
