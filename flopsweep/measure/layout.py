@@ -74,9 +74,10 @@ class Layout:
                 "share")
         require(self.expert_load == 1 or self.ep > 1, "parallel.expert_load", self.expert_load,
                 "is the imbalance between expert-parallel ranks: it needs parallel.ep > 1")
-        require(not self.dualpipe or (self.pp >= 2 and self.pp % 2 == 0 and self.vpp == 1), "parallel.schedule",
-                self.schedule, f"runs an even number of pipeline stages, one chunk each: needs parallel.pp even "
-                f"(not {self.pp}) and parallel.vpp=1 (not {self.vpp})")
+        amiss = [f"parallel.pp even (not {self.pp})"] * (self.pp < 2 or self.pp % 2 == 1) + \
+            [f"parallel.vpp=1 (not {self.vpp})"] * (self.vpp != 1)
+        require(not self.dualpipe or not amiss, "parallel.schedule", self.schedule,
+                f"runs an even number of pipeline stages, one chunk each: needs {' and '.join(amiss)}")
         require(self.ep <= self.dp * self.cp and (self.dp * self.cp) % self.ep == 0, "parallel.ep", self.ep,
                 f"must divide parallel.dp * parallel.cp = {self.dp * self.cp} (experts are split within them)")
 

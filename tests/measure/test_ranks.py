@@ -625,3 +625,14 @@ def test_a_count_leaves_its_step_and_memory_tracker_to_the_garbage_collector():
         rank_step.Pipe.__init__ = init
     gc.collect()
     assert made and all(ref() is None for ref in made)
+
+
+@pytest.mark.parametrize("layout, needs", [
+    (dict(pp=4, vpp=2), "needs parallel.vpp=1 (not 2)"),        # it also said "parallel.pp even (not 4)"
+    (dict(pp=3), "needs parallel.pp even (not 3)"),             # and "parallel.vpp=1 (not 1)"
+    (dict(pp=3, vpp=2), "needs parallel.pp even (not 3) and parallel.vpp=1 (not 2)"),
+])
+def test_dualpipes_refusal_names_only_what_is_amiss(layout, needs):
+    with pytest.raises(ConfigError) as err:
+        Layout(schedule="dualpipe", **layout).check()
+    assert str(err.value).endswith(needs), str(err.value)
