@@ -393,6 +393,7 @@ def _kind(model: nn.Module) -> tuple[type[Stage], nn.Module]:
     for kind in HF_KINDS:
         if kind.fits(net):
             return kind, net
-    raise ConfigError("parallel", None, f"no tensor- and pipeline-parallel plan for {type(net).__name__}: flopsweep's "
-                      "decoder and Hugging Face Llama-style, mixture-of-experts (Llama-style or latent attention), "
-                      "GPT-NeoX and GPT-2 decoders have one")
+    raise ConfigError("parallel", None, f"no layout is counted rank by rank for {type(net).__module__}."
+                      f"{type(net).__qualname__}, data parallelism alone included: flopsweep's decoder and Hugging "
+                      "Face Llama-style, mixture-of-experts (Llama-style or latent attention), GPT-NeoX and GPT-2 "
+                      "decoders are")

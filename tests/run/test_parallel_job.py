@@ -109,8 +109,9 @@ def test_a_hugging_face_gpt2_is_checked_by_its_heads_and_counted_and_one_without
     cfg = tiny_hf("opt", "parallel.tp=2")                                 # OPT: model.decoder.layers, no plan
     spec = resolve(cfg)
     refused = run_job(spec, job_config(cfg, spec))
-    assert refused.status == "failed" and refused.error.startswith("parallel: no tensor- and pipeline-parallel plan "
-                                                                   "for OPTForCausalLM") and "\n" not in refused.error
+    assert refused.status == "failed" and refused.error.startswith(
+        "parallel: no layout is counted rank by rank for transformers.models.opt.modeling_opt.OPTForCausalLM, data "
+        "parallelism alone included") and "\n" not in refused.error
 
 
 def test_an_expert_parallel_jobs_all_to_alls_are_on_its_critical_path_and_float32_experts_are_refused():
