@@ -175,6 +175,23 @@ def test_a_layout_job_is_not_projected_as_a_model_but_its_predicted_mfu_is_taken
     assert other.returncode == 2 and "predicts its MFU for H100, not for --gpu A100: give --gpu H100" in other.stderr
 
 
+@pytest.mark.parametrize("args, why", [
+    (["train", "--tokens", "1T", "--inference", "--dp", "8", "--batch", "8", "--gpu", "H100"],
+     "an inference (--inference) is not counted rank by rank: only a training step's layout is"),
+    (["budget", "--gpu-hours", "1000", "--dp", "8", "--zero", "3", "--gpu", "H100"],
+     "budget counts no layout rank by rank (train does, with --batch)"),
+    (["train", "--tokens", "1T", "--dp", "8", "--gpu", "H100"],
+     "its layout is counted rank by rank at a global batch: give --batch"),
+    (["train", "--tokens", "1T", "--dp", "8", "--batch", "8", "--gpu", "MI250X"],
+     "--gpu MI250X has no interconnect in the hardware table to predict the layout's step on"),
+])
+def test_a_preset_without_an_mfu_is_refused_with_the_one_reason_that_holds(args, why, tmp_path):
+    """One line listed all four conditions of a layout counted rank by rank, asking for --dp and --batch of a user
+    who had given both (the cause: --inference), or for --batch of budget, which refuses it."""
+    done = run_main(main, *args, "--model", "llama2_7b", "--no-log", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(f"; {why}"), done.stderr
+
+
 @pytest.mark.slow
 def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projected(tmp_path):
     """--model with a layout and a global batch, no --mfu: the layout is counted as a parallel.* job would count it,

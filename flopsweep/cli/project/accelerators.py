@@ -39,7 +39,7 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
 
     split = layout(args)
     by_layout = _counts_layout(args, split)
-    part = _training_part(args, by_layout or default_mfu is not None)
+    part = _training_part(args, by_layout or default_mfu is not None, _not_counted(args, split))
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
@@ -71,6 +71,26 @@ def _counts_layout(args: argparse.Namespace, split: Optional[Parallelism]) -> bo
             and args.hardware is None  # a part of the user's file: no interconnect a layout's step is predicted on
             and args.mfu_from is None and getattr(args, "batch", None) is not None and part is not None
             and part.interconnect is not None)
+
+
+def _not_counted(args: argparse.Namespace, split: Optional[Parallelism]) -> str:
+    """Why ``--model``'s layout gives no MFU here (:func:`_counts_layout` said no), for the refusal that asks for one:
+    what to give or change, not the four conditions at once."""
+    from flopsweep.core.hardware import accelerator
+
+    part = accelerator(args.gpu) if args.gpu else None
+    if split is None:
+        return ("a preset counted here has none outside a layout counted rank by rank (train's --dp --tp --pp --zero "
+                "with --batch, on a --gpu with an interconnect in the table)")
+    if args.inference:
+        return "an inference (--inference) is not counted rank by rank: only a training step's layout is"
+    if not hasattr(args, "batch"):
+        return f"{args.subcommand} counts no layout rank by rank (train does, with --batch)"
+    if args.batch is None:
+        return "its layout is counted rank by rank at a global batch: give --batch"
+    if args.hardware is not None or part is None or part.interconnect is None:
+        return f"--gpu {args.gpu} has no interconnect in the hardware table to predict the layout's step on"
+    return "its layout is not counted rank by rank here"
 
 
 def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) -> Result:
@@ -108,9 +128,9 @@ class TrainingPart(NamedTuple):
     memory_bytes: Optional[float]   # per GPU, where known: a parallel layout warns above it
 
 
-def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> TrainingPart:
+def _training_part(args: argparse.Namespace, mfu_later: bool = False, why: str = "") -> TrainingPart:
     """The part, its peak in the training dtype and its memory, checked before anything is counted, with the MFU
-    where no run can predict one (``--model`` outside a layout counted rank by rank) and none comes later
+    where no run can predict one (``--model`` outside a layout counted rank by rank: ``why``) and none comes later
     (``mfu_later``: the layout's, or a default)."""
     from flopsweep.core.hardware import DTYPES, accelerator, peak_flops
 
@@ -131,8 +151,7 @@ def _training_part(args: argparse.Namespace, mfu_later: bool = False) -> Trainin
         part = TrainingPart(args.gpu, peak, memory)
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
     require(args.model is None or mfu_later or args.mfu is not None or args.mfu_from is not None, "mfu", None,
-            f"{NO_MFU}; a preset counted here has none outside a layout counted rank by rank (train's --dp --tp "
-            "--pp --zero with --batch, on a --gpu with an interconnect in the table)")
+            f"{NO_MFU}; {why}")
     return part
 
 
