@@ -192,6 +192,14 @@ def test_a_preset_without_an_mfu_is_refused_with_the_one_reason_that_holds(args,
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(f"; {why}"), done.stderr
 
 
+def test_a_split_over_the_gpus_memory_is_warned_of_from_the_table_without_gpu_memory(tmp_path):
+    """--gpu A10G says 24 GB: a device needing 1.25 TiB printed no warning unless --gpu-memory was given too."""
+    done = run_main(main, "train", "--model", "gpt2_xl", "--tokens", "1B", "--dp", "2", "--mfu", "0.4", "--gpu",
+                    "A10G", "--batch", "512", "--no-log", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "warning: a device needs 1.25 TiB, more than the 22.4 GiB of one GPU" in done.stdout.splitlines()
+
+
 @pytest.mark.slow
 def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projected(tmp_path):
     """--model with a layout and a global batch, no --mfu: the layout is counted as a parallel.* job would count it,

@@ -148,7 +148,8 @@ def _training_part(args: argparse.Namespace, mfu_later: bool = False, why: str =
         require(peak is not None or accelerator(args.gpu) is not None, "gpu", args.gpu,
                 unknown_part(args.gpu) + ": give a part of the table, or --hardware FILE, or --peak-tflops")
         require(peak is not None, "gpu", args.gpu, f"has no {args.dtype} peak in the table: give --peak-tflops")
-        part = TrainingPart(args.gpu, peak, memory)
+        row = accelerator(args.gpu)  # its memory, where --gpu-memory does not say: a layout over it is warned of
+        part = TrainingPart(args.gpu, peak, memory if memory is not None or row is None else row.memory_bytes)
     require(args.mfu is None or args.mfu_from is None, "mfu", args.mfu, "give --mfu or --mfu-from, not both")
     require(args.model is None or mfu_later or args.mfu is not None or args.mfu_from is not None, "mfu", None,
             f"{NO_MFU}; {why}")
