@@ -66,6 +66,8 @@ class Layout:
         require(self.recompute in RECOMPUTE, "parallel.recompute", self.recompute, f"must be {', '.join(RECOMPUTE)}")
         require(isinstance(self.sequence_parallel, bool), "parallel.sequence_parallel", self.sequence_parallel,
                 "must be true or false")
+        require(not self.sequence_parallel or self.tp > 1, "parallel.sequence_parallel", True,
+                "splits the norms' and dropout's activations over tensor-parallel ranks: it needs parallel.tp > 1")
         require(self.vpp == 1 or self.pp > 1, "parallel.vpp", self.vpp,
                 "interleaves pipeline stages: needs parallel.pp > 1")
         require(self.schedule in SCHEDULES, "parallel.schedule", self.schedule, f"must be {' or '.join(SCHEDULES)}")

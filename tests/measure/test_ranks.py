@@ -636,3 +636,10 @@ def test_dualpipes_refusal_names_only_what_is_amiss(layout, needs):
     with pytest.raises(ConfigError) as err:
         Layout(schedule="dualpipe", **layout).check()
     assert str(err.value).endswith(needs), str(err.value)
+
+
+def test_sequence_parallelism_without_tensor_parallelism_is_refused():
+    """tp=1 with sequence_parallel=true was counted as plain data parallelism and named 'seqpar'."""
+    with pytest.raises(ConfigError) as err:
+        Layout(sequence_parallel=True).check()
+    assert err.value.key == "parallel.sequence_parallel" and "needs parallel.tp > 1" in str(err.value)
