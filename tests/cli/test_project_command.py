@@ -275,6 +275,10 @@ def test_a_counted_layout_that_does_not_fit_is_a_warning_line_below_the_plan():
                                     "74.5 GiB (80 GB): more GPUs, more sharding, or a smaller batch"
     fits = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": "compute: 99% of the step"}}))
     assert "warning" not in fits
+    # a pipeline holds its micro-batches' activations: --micro-batches defaults to pp (2 of 8 sequences each for a
+    # 70B's 426 GiB a GPU, where 16 micro-batches fit in 71.5 GiB)
+    staged = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": words, "layout": {"pp": 2}}}))
+    assert staged.splitlines()[-1].endswith("or a smaller batch, or more, smaller micro-batches (--micro-batches)")
 
 
 def test_number_formats_take_their_usual_spellings(tmp_path):

@@ -91,5 +91,6 @@ def layout_line(counted: Result) -> str:
     line = f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"
     if (counted.bottleneck or "").startswith("does not fit"):  # the plan above cannot run as laid out: said apart
         why = counted.bottleneck.split(";")[0]
-        line += f"\nwarning: the layout {why}: more GPUs, more sharding, or a smaller batch"
+        smaller = ", or more, smaller micro-batches (--micro-batches)" if counted.layout.get("pp", 1) > 1 else ""
+        line += f"\nwarning: the layout {why}: more GPUs, more sharding, or a smaller batch{smaller}"
     return line
