@@ -84,6 +84,9 @@ class SweepSummary(Callback):
         results: list[tuple[str, Result]] = []
         try:
             results = _summarize(sweep_dir)
+            if any(r.status == "lost" for _, r in results):  # an interrupt's or a full disk's line says how to go on
+                print("lost: a job's process died before it finished; run the same command with skip_existing=true "
+                      "to measure only what is missing")
             if any_failed(results):
                 sweep.failed = True
         except Exception as err:  # noqa: BLE001 - said in one line; the parent run is closed below
@@ -155,9 +158,6 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     unstarted = [f"{total - len(results)} not started"] if total > len(results) else []  # cut by a signal, a disk
     said = [*(f"{n} {s}" for s, n in counts.items() if n), *unstarted]
     print(f"\n{counted(max(total, len(results)), 'job')}: {', '.join(said)}  |  results: {sweep_dir}")
-    if counts["lost"]:
-        print("lost: a job's process died before it finished; run the same command with skip_existing=true to "
-              "measure only what is missing")
     if results and write:
         write_csv(sweep_dir / "summary.csv", [{"job": job, "status": r.status, "error": r.error,
                                                "model": (r.config.get("model") or {}).get("name"), **r.metrics}

@@ -159,6 +159,8 @@ def test_a_killed_worker_loses_only_its_job_and_a_rerun_measures_it(tmp_path, mo
     (lost_row,) = [line for line in first.stdout.splitlines() if re.match(r"\d+_custom_example .* lost", line)]
     assert lost_row.startswith("3_custom_example")
     assert "6 jobs: 5 ok, 1 lost" in first.stdout
+    assert "lost: a job's process died before it finished; run the same command with skip_existing=true to measure " \
+        "only what is missing" in first.stdout
     (parent,), jobs = store(tmp_path, "killed")
     assert parent.info.status == "FAILED" and parent.data.metrics["jobs/lost"] == 1
     assert parent.data.metrics["jobs/ok"] == 5

@@ -532,7 +532,7 @@ def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_
              "model.loss=output", "device=meta"]
     done = run_app(*model, "+model.seconds=0", "batch.size=2", "tracking=none", "hydra.run.dir=done", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    sweep = ["-m", *model, "+model.seconds=60", "batch.size=1,2", "tracking.experiment=cut"]
+    sweep = ["-m", *model, "+model.seconds=60", "batch.size=1,2,3", "tracking.experiment=cut"]
     proc = subprocess.Popen([sys.executable, "-m", "flopsweep", *sweep], cwd=tmp_path, env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
@@ -544,11 +544,13 @@ def test_an_interrupted_sweep_leaves_no_run_that_a_worker_cut_while_logging(tmp_
                                                               "flopsweep.kind": "job"})
     (sweep_dir,) = tmp_path.glob("outputs/sweeps/*/*")
     shutil.copytree(tmp_path / "done", sweep_dir / "1_custom")
+    (sweep_dir / "2_custom" / ".hydra").mkdir(parents=True)  # and one cut as Hydra started it: lost
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "2 jobs: 1 ok, 1 interrupted" in out, out
-    assert f"flopsweep: warning: 1 of 2 jobs not logged to MLflow (stopped before it was logged); " \
+    assert "3 jobs: 1 ok, 1 lost, 1 interrupted" in out, out
+    assert "lost: a job's process died" not in out  # the interrupt's own line says how to go on: not twice
+    assert f"flopsweep: warning: 1 of 3 jobs not logged to MLflow (stopped before it was logged); " \
         f"`{sys.executable.rsplit('/', 1)[0]}/flopsweep-sync {sweep_dir.relative_to(tmp_path)}` logs them" \
         in err.splitlines(), err
     assert client.get_run(cut.info.run_id).info.lifecycle_stage == "deleted"
