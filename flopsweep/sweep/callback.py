@@ -28,6 +28,7 @@ from flopsweep.sinks.target import target_of
 from flopsweep.sinks.sweep_run import Heartbeat, SweepRun, remove_unstarted
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
+from flopsweep.sweep.jobdirs import job_number
 from flopsweep.sweep.joblib_fast import start_workers, stop_workers
 from flopsweep.sweep.plan import SweepPlan, concurrent_timing_error, empty_sweep_error, jobs_at_once
 from flopsweep.sweep.slurm import slurm_refusal
@@ -148,7 +149,7 @@ def _summarize(sweep_dir: Path, unwritten: Optional[dict[str, Result]] = None,
     folders = {p.parent for p in sweep_dir.glob("*/result.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
     folders |= {sweep_dir / name for name in unwritten}
     results = [(folder.name, unwritten.get(folder.name) or _job_result(folder))
-               for folder in sorted(folders, key=lambda p: _job_number(p.name))]
+               for folder in sorted(folders, key=lambda p: job_number(p.name))]
     swept = [f"{key}.{GROUP_NAMES[key]}" if key in GROUP_NAMES else key for key in SweepContext.current().swept]
     if results:  # none where the launcher refused them all (a partition Slurm has not): no empty table under its error
         print()
@@ -245,6 +246,3 @@ def _job_result(folder: Path) -> Result:
     return Result("lost", "no result.json: the job's process died before it finished", config)
 
 
-def _job_number(name: str) -> int:
-    head = name.split("_", 1)[0]
-    return int(head) if head.isdigit() else 1 << 30

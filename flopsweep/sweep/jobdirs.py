@@ -62,3 +62,9 @@ def _finished(path: Path) -> bool:
 
 def _is_hydra(override: str) -> bool:
     return re.match(r"[+~]*hydra[./]", override) is not None
+
+
+def job_number(name: str) -> int:
+    """A job folder's number in its sweep (``12_llama3_1_8b``: 12); a folder named otherwise sorts after them."""
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 1 << 30

@@ -19,6 +19,7 @@ from flopsweep.measure.layout import RECOMPUTE, Layout
 from flopsweep.sinks.identity import short_name
 from flopsweep.sweep._hydra import BasicSweeper
 from flopsweep.sweep import state
+from flopsweep.sweep.jobdirs import job_number
 from flopsweep.sweep.plan import SweepPlan
 from flopsweep.sweep.state import SweepContext
 from flopsweep.sweep.sweeper import RecoveringSweeper
@@ -138,7 +139,7 @@ class LayoutSweeper(RecoveringSweeper):
         for key, values in zip(allowed, (self.micro_batch_sizes, self.recompute, self.zeros, self.cps, self.eps)):
             name = f"hydra.sweeper.{key}"
             require(values is not None and not isinstance(values, (str, int, float)) and len(values) > 0, name, values,
-                    "must be a non-empty list ([1, 2], as in sweeps/layouts.yaml)")
+                    "must be a non-empty list, as in sweeps/layouts.yaml")
             for value in values:
                 if allowed[key] is None:
                     require_int(value, name)
@@ -189,7 +190,7 @@ class LayoutSweeper(RecoveringSweeper):
         # tokens/s of different models are no ranking
         apart = [key for key in SweepContext.current().swept if not is_layout_key(key)]
         groups: dict[str, list[tuple[str, Result]]] = {}
-        for job, result in sorted(results, key=lambda jr: int(jr[0].split("_", 1)[0])):
+        for job, result in sorted(results, key=lambda jr: job_number(jr[0])):
             groups.setdefault(short_name(result.config, apart) if apart else "", []).append((job, result))
         state.current().coda = "\n\n".join((f"{name}: " if name else "") + ranked_table(found, self.top)
                                              for name, found in groups.items())

@@ -215,7 +215,7 @@ def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_pa
     ("hydra.sweeper.recompute=[full,selectve]", "hydra.sweeper.recompute='selectve': must be one of none, "
                                                 "selective, full"),
     ("hydra.sweeper.zero=[3,7]", "hydra.sweeper.zero=7: must be one of 0, 1, 2, 3"),
-    ("hydra.sweeper.cp=3", "hydra.sweeper.cp=3: must be a non-empty list ([1, 2], as in sweeps/layouts.yaml)"),
+    ("hydra.sweeper.cp=3", "hydra.sweeper.cp=3: must be a non-empty list, as in sweeps/layouts.yaml"),
     ("hydra.sweeper.micro_batch_sizes=[0]", "hydra.sweeper.micro_batch_sizes=0: must be an integer >= 1"),
 ])
 def test_the_searchs_own_settings_are_checked_before_any_job(tmp_path, setting, line):

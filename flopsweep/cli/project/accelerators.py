@@ -177,8 +177,8 @@ def _mfu(args: argparse.Namespace, gpu: str, result: Result, source: str,
         return args.mfu, "assumed"
     if args.mfu_from is not None:
         measured, named = load_run(args.mfu_from, args)
-        if measured.metrics.get(MFU) is None and measured.metrics.get(MFU_PREDICTED) is not None:  # a layout's, a
-            part = predicted_for(measured)  # meta job's with predict.hardware: its prediction, for its part
+        if measured.metrics.get(MFU) is None and measured.metrics.get(MFU_PREDICTED) is not None:
+            part = predicted_for(measured)  # a layout's job, a meta job's with predict.hardware: for its part
             require(part is None or same_part(part, gpu), "mfu-from", args.mfu_from,
                     f"predicts its MFU for {part}, not for --gpu {gpu}: give --gpu {part}, or --mfu")
             return measured.metrics[MFU_PREDICTED], "predicted" + (f" for {part}" if part else "") + f" in {named}"
