@@ -198,6 +198,11 @@ def test_a_config_json_is_a_model(tmp_path):
     (["model=hf", "model.config=/nonexistent/config.json"], "model.config='/nonexistent/config.json'"),
     (["model=resnet18", "batch.image_size=100", "++model.image_size=224"], "batch.image_size=100"),
     (["model=llama3_8b", "batch.seq_len=100000"], "batch.seq_len=100000"),
+    # a misspelt field was taken as an attribute no model reads: the type's default sizes counted (6.74B parameters)
+    (["model=hf", "model.model_type=llama", "+model.hiden_size=1024"],
+     "model.hiden_size=1024: is no field of transformers' llama config: did you mean model.hidden_size?"),
+    (["model=llama3_2_1b", "+model.num_hiden_layers=2"], "model.num_hiden_layers=2: is no field of transformers' "
+                                                         "llama config: did you mean model.num_hidden_layers?"),
 ])
 def test_a_bad_hf_value_names_its_key(overrides, key):
     from flopsweep.core.errors import ConfigError
