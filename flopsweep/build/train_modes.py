@@ -99,6 +99,9 @@ def apply_train_mode(model: nn.Module, family: Family, train: TrainConf) -> None
             if isinstance(child, nn.Linear):
                 found.add(name)
                 if name in wanted:
+                    require(not isinstance(parent, nn.MultiheadAttention), "train.targets", sorted(wanted),
+                            f"{parent_name}.{name} is nn.MultiheadAttention's output projection, whose weight the "
+                            "attention reads itself (no adapter's forward runs): leave it out of the targets")
                     width = min(child.in_features, child.out_features)
                     require(train.rank <= width, "train.rank", train.rank,  # a larger rank adds parameters, not rank
                             f"must be at most the width of the layers it adapts ({width}: "

@@ -117,6 +117,18 @@ def test_no_optimizer_counts_forward_and_backward_and_holds_no_state(compose_cfg
     assert full["size/optimizer_state_bytes"] > 0
 
 
+@pytest.mark.parametrize("mode", ["lora", "dora"])
+def test_an_adapter_on_multihead_attentions_output_projection_is_refused_naming_it(compose_cfg, mode):
+    """nn.MultiheadAttention reads out_proj.weight itself: the adapter's forward never ran and the job failed as
+    'the model refused its inputs: AttributeError: 'LoRALinear' object has no attribute 'weight''."""
+    cfg = compose_cfg("model=custom_example", f"train={mode}", "train.targets=[out_proj,linear1]", "device=meta",
+                      "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.error == ("train.targets=['linear1', 'out_proj']: net.self_attn.out_proj is nn.MultiheadAttention's "
+                            "output projection, whose weight the attention reads itself (no adapter's forward runs): "
+                            "leave it out of the targets"), result.error
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["train.mode=half"], "train.mode='half': must be one of full, frozen_backbone, lora, dora"),
     (["train=lora", "train.rank=0"], "train.rank=0: must be an integer >= 1"),
