@@ -436,6 +436,18 @@ class Slow(nn.Module):
         return self.linear(x)
 
 
+class BugInForward(nn.Module):
+    """A model with a bug of its own in its forward, a line below its linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        raise RuntimeError(f"my own bug ({tuple(y.shape)})")
+
+
 class InterruptedInACallback(nn.Module):
     """A model whose forward gets a SIGINT while Python runs a weak-reference callback (as measure/size.py's are when a
     tensor is freed): Python can only print an interrupt raised there ("Exception ignored in ...")."""

@@ -104,6 +104,17 @@ RETURNS = ("a loss tensor (its mean is taken), an object with a .loss tensor (Hu
            "'loss' tensor, or a tuple whose first item is the loss; or set model.loss=mse")
 
 
+def _raised_at(err: BaseException) -> str:
+    """`` (raised at mymodel.py:12, in forward)``: the innermost frame of ``err`` in the user's own code (not
+    PyTorch's, not flopsweep's), so that a bug in a forward is found without a traceback; empty where there is none."""
+    import traceback
+
+    skip = [str(Path(module.__file__).parent) for module in (torch, sys.modules["flopsweep"])]
+    own = [frame for frame in traceback.extract_tb(err.__traceback__)
+           if not any(frame.filename.startswith(folder) for folder in skip)]
+    return f" (raised at {Path(own[-1].filename).name}:{own[-1].lineno}, in {own[-1].name})" if own else ""
+
+
 class OutputLoss(nn.Module):
     """The loss a custom model's output gives (``model.loss``): ``output``, what the forward returns, or ``mse``, the
     mean square of its first output; anything else is refused by ``model._target_``, saying what it must return."""
@@ -166,7 +177,7 @@ class Model(nn.Module):
             if self.accepted or "memory" in str(err).lower():  # out of memory is a result, not a bad input
                 raise
             reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-            raise ConfigError(*self.inputs_key, f"the model refused its inputs: {reason}") from None
+            raise ConfigError(*self.inputs_key, f"the model refused its inputs{_raised_at(err)}: {reason}") from None
         self.accepted = True
         self.loss.training_params = any(p.requires_grad for p in self.net.parameters())
         return self.loss(out)

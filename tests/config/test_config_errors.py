@@ -227,6 +227,22 @@ def test_a_value_found_bad_when_the_model_is_built_names_its_key(overrides, key)
     assert result.error.startswith(key) and "\n" not in result.error, result.error
 
 
+def test_a_bug_in_a_models_own_forward_says_where_it_was_raised():
+    """It read as bad inputs alone, and no file held a traceback: nothing to debug from."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from flopsweep.run.job import run_job
+    from tests.helpers import custom_model
+
+    cfg = compose_config(*custom_model("tests.helpers.BugInForward", "[{name:x,shape:[batch,4]}]"), "device=meta")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert re.fullmatch(r"model.inputs\[0\].shape=\['batch', 4\]: the model refused its inputs \(raised at "
+                        r"helpers.py:\d+, in forward\): RuntimeError: my own bug \(\(1, 4\)\)", result.error), \
+        result.error
+
+
 def test_an_adapter_as_wide_as_its_layer_is_allowed():
     from omegaconf import OmegaConf
 
