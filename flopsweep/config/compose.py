@@ -34,6 +34,8 @@ def model_folder(model: DictConfig) -> str:
     resolver of ``hydra.run.dir`` and ``hydra.sweep.subdir``; a field not given yet (``???``) is left out."""
     fields = OmegaConf.to_container(model, resolve=False) if isinstance(model, DictConfig) else {"name": str(model)}
     given = {k: v for k, v in fields.items() if k in ("name", "config", "_target_", "model_type") and v and v != "???"}
+    if "name" not in given and fields.get("family") not in (None, "???"):  # a user's model file names its family
+        given["name"] = fields["family"]  # alone (custom): named as its run is, custom-Net, not "?"
     return model_label(given).replace(":", "-").replace("/", "-")
 
 

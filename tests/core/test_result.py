@@ -95,3 +95,13 @@ def test_a_runs_name_says_what_differs_from_the_plain_training_step_of_its_model
     assert run_name({**base, "parallel": other, "predict": {"fused": True}}).endswith(
         "|meta|dp16tp8pp8zero1|mb2|seqpar|recompute=full|fused")
     assert run_name({**base, "workload": "generate"}).endswith("|meta|generate")  # AdamW or not: nothing steps
+
+
+def test_a_users_model_file_that_names_only_its_family_gets_a_folder_named_as_its_run():
+    """A --config-dir model file (family, _target_, inputs; no name, as models.md's recipe) got a folder ..._?,
+    its run and console custom:Net."""
+    from omegaconf import OmegaConf
+
+    from flopsweep.config.compose import model_folder
+
+    assert model_folder(OmegaConf.create({"family": "custom", "_target_": "mymodel.Net"})) == "custom-Net"
