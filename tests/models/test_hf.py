@@ -614,3 +614,16 @@ def test_falcon_h1_generates_with_a_kv_cache_a_token_and_a_fixed_ssm_state(devic
     last = prompt + new - 1
     assert m["size/kv_cache_bytes"] == batch * (state + last * layers * 2 * 2 * 16 * 4)
     assert m["flops/decode_token_last"] - m["flops/decode_token_first"] == layers * 4 * 64 * (last - (prompt + 1))
+
+
+def test_a_model_that_reads_a_tensors_value_on_meta_is_told_to_count_on_the_cpu():
+    """BART (mBART, Marian, Pegasus, DeBERTa-v2) calls Tensor.item() in its forward: the job said 'RuntimeError:
+    Tensor.item() cannot be called on meta tensors', naming nothing to change."""
+    fields = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                  encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64)
+    cfg = compose_config("model=hf", "model.model_type=bart", *(f"+model.{k}={v}" for k, v in fields.items()),
+                         "batch.seq_len=16", "device=meta", "tracking=none")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "failed" and result.error.startswith(
+        "device=meta: the model reads a tensor's value in its step, which meta tensors have none of; count it on "
+        "device=cpu (RuntimeError: "), result.error
