@@ -24,13 +24,14 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, one_line, require
+from flopsweep.core.errors import ConfigError, nearest, one_line, require
 from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
           "int32": torch.int32, "bool": torch.bool}
 _OWN = ("family", "name", "_target_", "inputs", "loss", "default_seq_len")
+INPUT_KEYS = ("name", "shape", "dtype", "high")  # an input spec's keys (high: an integer input's bound)
 
 
 @dataclass
@@ -54,6 +55,10 @@ class Config(ModelConfig):
                 "must be a list of {name, shape, dtype} entries")
         for i, spec in enumerate(self.inputs):
             require(isinstance(spec, dict) and "shape" in spec, f"model.inputs[{i}]", spec, "needs a shape")
+            for key in spec:  # a misspelt key was left out without a word (dtpye: the input stayed float32)
+                near = nearest(str(key), INPUT_KEYS)
+                require(key in INPUT_KEYS, f"model.inputs[{i}].{key}", spec[key], "no such key: an input takes "
+                        f"{', '.join(INPUT_KEYS)}" + (f" (did you mean {near}?)" if near else ""))
             require(isinstance(spec["shape"], list), f"model.inputs[{i}].shape", spec["shape"],
                     "must be a list such as [batch, seq_len, 256]")
             require(spec.get("dtype", "float32") in DTYPES, f"model.inputs[{i}].dtype", spec.get("dtype"),

@@ -227,6 +227,18 @@ def test_a_value_found_bad_when_the_model_is_built_names_its_key(overrides, key)
     assert result.error.startswith(key) and "\n" not in result.error, result.error
 
 
+def test_a_misspelt_key_of_a_custom_models_input_is_refused_naming_it():
+    """dtpye: int64 was left out without a word: the input stayed float32."""
+    from flopsweep.core.errors import ConfigError
+    from tests.helpers import custom_model
+
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(*custom_model("tests.helpers.BugInForward", "[{name:x,shape:[batch,4],dtpye:int64}]"),
+                               "device=meta"))
+    assert str(err.value) == ("model.inputs[0].dtpye='int64': no such key: an input takes name, shape, dtype, high "
+                              "(did you mean dtype?)")
+
+
 def test_a_bug_in_a_models_own_forward_says_where_it_was_raised():
     """It read as bad inputs alone, and no file held a traceback: nothing to debug from."""
     import re
