@@ -356,6 +356,17 @@ class LabelledNet(nn.Module):
         return {"loss": F_.cross_entropy(self.proj(x), labels), "logits": self.proj(x)}
 
 
+class LogitsOnly(nn.Module):
+    """A model that returns its logits in a dict, no loss: ``model.loss=mse`` takes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"ids": torch.zeros(x.shape[0], dtype=torch.long, device=x.device), "logits": self.proj(x)}
+
+
 def pretend_gpu(features: int = F, **kwargs) -> list[str]:
     return custom_model("tests.helpers.PretendGPU", f"[{{name:x,shape:[batch,{features}]}}]", features=features,
                         **kwargs)

@@ -130,9 +130,12 @@ class OutputLoss(nn.Module):
         self.training_params = True  # set by Model: whether any parameter trains (an inference build's loss has none)
 
     def forward(self, out: Any) -> torch.Tensor:
-        if self.kind == "mse":
-            out = out[0] if isinstance(out, (tuple, list)) and out else out
-            self._require(isinstance(out, torch.Tensor) and out.is_floating_point(), out, "has no floating output")
+        if self.kind == "mse":  # the first floating output: a tuple's first item, a dict's (logits, ...)
+            out = out[0] if isinstance(out, (tuple, list)) and out else \
+                next((v for v in out.values() if isinstance(v, torch.Tensor) and v.is_floating_point()), out) \
+                if isinstance(out, dict) else out
+            self._require(isinstance(out, torch.Tensor) and out.is_floating_point(), out, "has no floating output",
+                          "a floating tensor, a tuple whose first item is one, or a dict holding one")
             return out.float().pow(2).mean()
         loss = out.loss if hasattr(out, "loss") and not isinstance(out, torch.Tensor) else \
             out.get("loss") if isinstance(out, dict) else out[0] if isinstance(out, (tuple, list)) and out else out
@@ -142,11 +145,10 @@ class OutputLoss(nn.Module):
                               "not depend on the trainable parameters: detached, or computed under no_grad)")
         return loss if loss.dim() == 0 else loss.mean()
 
-    def _require(self, ok: bool, out: Any, problem: str) -> None:
+    def _require(self, ok: bool, out: Any, problem: str, returns: str = RETURNS) -> None:
         if not ok:
             what = f"a dict of {', '.join(map(str, out)) or 'nothing'}" if isinstance(out, dict) else type(out).__name__
-            raise ConfigError("model._target_", self.target,
-                              f"its forward {problem} ({what}): it must return {RETURNS}")
+            raise ConfigError("model._target_", self.target, f"its forward {problem} ({what}): it must return {returns}")
 
 
 class Model(nn.Module):

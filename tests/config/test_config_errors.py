@@ -239,6 +239,21 @@ def test_a_misspelt_key_of_a_custom_models_input_is_refused_naming_it():
                               "(did you mean dtype?)")
 
 
+def test_mse_takes_the_floating_output_of_a_dict():
+    """A forward returning {"logits": ...} with model.loss=mse was refused: 'has no floating output (a dict of
+    logits) ... or set model.loss=mse', which was set."""
+    from omegaconf import OmegaConf
+
+    from flopsweep.run.job import run_job
+    from tests.helpers import custom_model
+
+    cfg = compose_config(*custom_model("tests.helpers.LogitsOnly", "[{name:x,shape:[batch,4]}]", loss="mse"),
+                         "device=meta", "batch.size=2")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    assert result.metrics["flops/forward"] == 2 * 2 * 4 * 3  # the projection, the one matmul-class op
+
+
 def test_a_bug_in_a_models_own_forward_says_where_it_was_raised():
     """It read as bad inputs alone, and no file held a traceback: nothing to debug from."""
     import re
