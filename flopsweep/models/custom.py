@@ -148,7 +148,8 @@ class OutputLoss(nn.Module):
     def _require(self, ok: bool, out: Any, problem: str, returns: str = RETURNS) -> None:
         if not ok:
             what = f"a dict of {', '.join(map(str, out)) or 'nothing'}" if isinstance(out, dict) else type(out).__name__
-            raise ConfigError("model._target_", self.target, f"its forward {problem} ({what}): it must return {returns}")
+            raise ConfigError("model._target_", self.target,
+                              f"its forward {problem} ({what}): it must return {returns}")
 
 
 class Model(nn.Module):
