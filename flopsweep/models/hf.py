@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
-from flopsweep.core.errors import ConfigError, install_extra, nearest, pip, require
+from flopsweep.core.errors import ConfigError, install_extra, pip, require
 from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
 from flopsweep.models._transformers import quiet_hub_kernels
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
 from flopsweep.models import hf_vision_language as vl
-from flopsweep.models.hf_kinds import TASKS, refused, task_of
+from flopsweep.models.hf_kinds import TASKS, no_misspelt_field, refused, task_of
 from flopsweep.models.layers import DECODING
 
 _OWN = ("family", "name", "model_type", "config", "task", "default_seq_len")
@@ -200,25 +200,13 @@ def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
         config = transformers.AutoConfig.for_model(kind, **given)
     except Exception as err:  # noqa: BLE001 - ValueError, TypeError, huggingface_hub's strict validation errors
         raise refused(err, kind, given) from None
-    _no_misspelt_field(transformers, kind, fields)
+    no_misspelt_field(transformers, kind, fields)
     if getattr(config, "is_encoder_decoder", False):  # labels become decoder inputs by a shift that needs these
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
         if getattr(config, "decoder_start_token_id", None) is None:
             config.decoder_start_token_id = config.pad_token_id
     return config
-
-
-def _no_misspelt_field(transformers: Any, kind: str, fields: dict[str, Any]) -> None:
-    """A field the type's config does not have, next to one it has (``hiden_size``), is refused naming both: the
-    config takes any field as an attribute no model reads, and the job counted the type's default sizes (6.74B
-    parameters for a Llama with ``+model.hiden_size=1024``). A field with no near neighbour is left alone: a
-    model's code may read it with a default."""
-    known = set(transformers.AutoConfig.for_model(kind).to_dict())
-    for field, value in fields.items():
-        near = nearest(field, known, cutoff=0.85) if field not in known else None
-        require(near is None, f"model.{field}", value, f"is no field of transformers' {kind} config: did you mean "
-                f"model.{near}?")
 
 
 def max_positions(hf: Any) -> Optional[int]:

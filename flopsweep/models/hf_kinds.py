@@ -1,14 +1,14 @@
 """What a Hugging Face config is to flopsweep (:mod:`flopsweep.models.hf`): the head it trains with (its task), the
 model types flopsweep does not build yet (speech, the image-and-text ones beside Qwen2-VL, Gemma 3 and Llama 3.2
 Vision: refused rather than built as a part of themselves), and transformers' refusal of a config as one line naming
-the key."""
+the key, a misspelt field's included."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Optional
 
-from flopsweep.core.errors import ConfigError
+from flopsweep.core.errors import ConfigError, nearest, require
 from flopsweep.models._transformers import auto_mappings
 from flopsweep.models.hf_vision_language import VISION_LANGUAGE
 
@@ -74,3 +74,15 @@ def task_of(task: Optional[str], hf: Any) -> str:
         raise ConfigError("model.task", None, f"missing: transformers has no training head for {kind!r} among "
                                               f"{', '.join(TASKS)}")
     return chosen
+
+
+def no_misspelt_field(transformers: Any, kind: str, fields: dict[str, Any]) -> None:
+    """A field the type's config does not have, next to one it has (``hiden_size``), is refused naming both: the
+    config takes any field as an attribute no model reads, and the job counted the type's default sizes (6.74B
+    parameters for a Llama with ``+model.hiden_size=1024``). A field with no near neighbour is left alone: a
+    model's code may read it with a default."""
+    known = set(transformers.AutoConfig.for_model(kind).to_dict())
+    for field, value in fields.items():
+        near = nearest(field, known, cutoff=0.85) if field not in known else None
+        require(near is None, f"model.{field}", value, f"is no field of transformers' {kind} config: did you mean "
+                f"model.{near}?")
