@@ -50,7 +50,7 @@ def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
     except Exception as err:  # noqa: BLE001 - a failed measurement is a result, not a crash of the sweep
         said = one_line(err, 500)
         if spec.device.is_meta and "meta tensor" in str(err):  # Tensor.item() in a forward: bart, pegasus, deberta-v2
-            said = (f"device=meta: the model reads a tensor's value in its step, which meta tensors have none of; "
+            said = ("device=meta: the model reads a tensor's value in its step, which meta tensors have none of; "
                     f"count it on device=cpu ({said})")
         failed = Result("failed", said, config, info={"traceback": traceback.format_exc()})
     release_memory(spec.device)  # what the failed job held, now that its frames are gone
