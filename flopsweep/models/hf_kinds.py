@@ -37,8 +37,12 @@ def refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
     words = " ".join(str(cause).split())[:300]
     if field is not None:
         return ConfigError(f"model.{field}", given.get(field), words)
-    if "Unrecognized" in str(err):
-        return ConfigError("model.model_type", kind, words)
+    if "Unrecognized" in str(err):  # transformers' list of every type, cut mid-word: the one meant instead
+        import transformers
+
+        near = nearest(kind, transformers.CONFIG_MAPPING.keys())
+        return ConfigError("model.model_type", kind, f"transformers {transformers.__version__} has no such model type"
+                           + (f" (did you mean {near}?)" if near else ""))
     return ConfigError("model", None, words)
 
 

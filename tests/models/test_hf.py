@@ -616,6 +616,18 @@ def test_falcon_h1_generates_with_a_kv_cache_a_token_and_a_fixed_ssm_state(devic
     assert m["flops/decode_token_last"] - m["flops/decode_token_first"] == layers * 4 * 64 * (last - (prompt + 1))
 
 
+def test_a_misspelt_model_type_names_the_one_meant():
+    """It printed transformers' list of 800-odd types, cut mid-word at 300 characters, with no suggestion."""
+    import transformers
+
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config("model=hf", "model.model_type=lama", "device=meta"))
+    assert str(err.value) == (f"model.model_type='lama': transformers {transformers.__version__} has no such model "
+                              "type (did you mean llama?)")
+
+
 def test_a_model_that_reads_a_tensors_value_on_meta_is_told_to_count_on_the_cpu():
     """BART (mBART, Marian, Pegasus, DeBERTa-v2) calls Tensor.item() in its forward: the job said 'RuntimeError:
     Tensor.item() cannot be called on meta tensors', naming nothing to change."""
