@@ -199,7 +199,7 @@ def _hf_config(model_type: Optional[str], path: Optional[str], fields_json: str,
     try:
         config = transformers.AutoConfig.for_model(kind, **given)
     except Exception as err:  # noqa: BLE001 - ValueError, TypeError, huggingface_hub's strict validation errors
-        raise refused(err, kind, given) from None
+        raise refused(err, kind, given, transformers) from None
     no_misspelt_field(transformers, kind, fields)
     if getattr(config, "is_encoder_decoder", False):  # labels become decoder inputs by a shift that needs these
         if getattr(config, "pad_token_id", None) is None:

@@ -27,7 +27,7 @@ OTHER_MODALITIES = {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES": "a speech-to-tex
                     "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model"}
 
 
-def refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
+def refused(err: Exception, kind: str, given: dict[str, Any], transformers: Any) -> ConfigError:
     """transformers' refusal of a config as one line naming the key: the field its strict validation names (a value of
     the wrong type, a null width), else the model type it does not know, else ``model`` (heads that do not divide the
     width, checked across fields)."""
@@ -38,8 +38,6 @@ def refused(err: Exception, kind: str, given: dict[str, Any]) -> ConfigError:
     if field is not None:
         return ConfigError(f"model.{field}", given.get(field), words)
     if "Unrecognized" in str(err):  # transformers' list of every type, cut mid-word: the one meant instead
-        import transformers
-
         near = nearest(kind, transformers.CONFIG_MAPPING.keys())
         return ConfigError("model.model_type", kind, f"transformers {transformers.__version__} has no such model type"
                            + (f" (did you mean {near}?)" if near else ""))

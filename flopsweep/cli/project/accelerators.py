@@ -38,8 +38,9 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
     from flopsweep.projection.training import PerToken
 
     split = layout(args)
-    by_layout = _counts_layout(args, split)
-    part = _training_part(args, by_layout or default_mfu is not None, _not_counted(args, split))
+    why_not = _not_counted(args, split)  # the MFU is the counted layout's where a preset's is and none is given
+    by_layout = why_not is None and args.model is not None and args.mfu is None and args.mfu_from is None
+    part = _training_part(args, by_layout or default_mfu is not None, why_not or "")
     require(args.model is not None or not args.inference, "inference", True,
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
@@ -61,21 +62,10 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
     return TrainingInputs(result, source, cost, hardware, split, counted)
 
 
-def _counts_layout(args: argparse.Namespace, split: Optional[Parallelism]) -> bool:
-    """Whether the MFU is a layout counted rank by rank: a preset's, in a layout, at a global batch (``train``'s
-    ``--batch``), on a part with an interconnect in the table, no MFU given (docs/parallel.md)."""
-    from flopsweep.core.hardware import accelerator
-
-    part = accelerator(args.gpu)
-    return (split is not None and args.model is not None and not args.inference and args.mfu is None
-            and args.hardware is None  # a part of the user's file: no interconnect a layout's step is predicted on
-            and args.mfu_from is None and getattr(args, "batch", None) is not None and part is not None
-            and part.interconnect is not None)
-
-
-def _not_counted(args: argparse.Namespace, split: Optional[Parallelism]) -> str:
-    """Why ``--model``'s layout gives no MFU here (:func:`_counts_layout` said no), for the refusal that asks for one:
-    what to give or change, not the four conditions at once."""
+def _not_counted(args: argparse.Namespace, split: Optional[Parallelism]) -> Optional[str]:
+    """Why a preset's layout is not counted rank by rank here, in the words of the refusal that then asks for an MFU
+    (what to give or change); None where it is: a layout, at a global batch (``train``'s ``--batch``), on a part with
+    an interconnect in the table (docs/parallel.md)."""
     from flopsweep.core.hardware import accelerator
 
     part = accelerator(args.gpu) if args.gpu else None
@@ -88,9 +78,9 @@ def _not_counted(args: argparse.Namespace, split: Optional[Parallelism]) -> str:
         return f"{args.subcommand} counts no layout rank by rank (train does, with --batch)"
     if args.batch is None:
         return "its layout is counted rank by rank at a global batch: give --batch"
-    if args.hardware is not None or part is None or part.interconnect is None:
+    if args.hardware is not None or part is None or part.interconnect is None:  # a user's file: no interconnect
         return f"--gpu {args.gpu} has no interconnect in the hardware table to predict the layout's step on"
-    return "its layout is not counted rank by rank here"
+    return None
 
 
 def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) -> Result:
