@@ -26,7 +26,7 @@ from flopsweep.sinks.target import Target, masked_text
 from flopsweep.sinks.views import NOTE_TAG, job_note, sweep_note, sweep_view, view_key
 
 # a run logged whole is FINISHED (or FAILED: a failed job's run); one left RUNNING was cut off midway
-LOGGED, FINISHED = "attributes.status != 'RUNNING'", "attributes.status = 'FINISHED'"
+LOGGED = "attributes.status != 'RUNNING'"
 UNFINISHED = "attributes.status = 'RUNNING'"
 # a job's MLflow status: skipped for lack of memory is KILLED, not FINISHED, so that skip_existing=true runs it
 # again (when there is room) instead of taking it for measured; its tag `status` says skipped, `error` why
@@ -270,8 +270,18 @@ def failed(uri: str, err: Exception, started: float) -> str:
 
 
 def finished_run(target: Target, fingerprint_: str) -> Optional[str]:
-    """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one."""
-    return store(target).find_run(FINGERPRINT_TAG, fingerprint_, where=FINISHED)
+    """The id of a FINISHED run with this fingerprint in the target's experiment, if there is one. On the way, the
+    runs of it left RUNNING under a sweep's run that has ended are deleted: a job cut while it was logged (its sweep
+    stopped by a full disk, a kill) leaves one that no sweep will close, and a resume that measures the job again
+    logs it whole. A run whose sweep still runs may be logging now, and is left alone."""
+    runs = store(target)
+    found = runs.client.search_runs([runs.experiment_id()], f"tags.`{FINGERPRINT_TAG}` = '{fingerprint_}'",
+                                    max_results=1000)
+    for run in found:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if run.info.status == "RUNNING" and parent and runs.client.get_run(parent).info.status != "RUNNING":
+            runs.delete_run(run.info.run_id)
+    return next((run.info.run_id for run in found if run.info.status == "FINISHED"), None)
 
 
 def run_metrics(target: Target, run_id: str) -> dict[str, float]:
