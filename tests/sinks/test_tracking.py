@@ -165,7 +165,7 @@ def test_sync_replaces_a_half_logged_run_and_keeps_failed_jobs_logged_once(tmp_p
                for p in (tmp_path / "outputs" / "sweeps").rglob("result.json")}
     # a store that failed midway through logging the ok job left a RUNNING run with its fingerprint
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    experiment_id = client.create_experiment("flopsweep")
+    experiment_id = client.create_experiment("flopsweep", str(tmp_path / "outputs" / "mlartifacts"))
     orphan = client.create_run(experiment_id, tags={"flopsweep.kind": "job",
                                                     "flopsweep.fingerprint": results["ok"]["info"]["fingerprint"]})
     next((tmp_path / "outputs" / "sweeps").rglob("summary.csv")).unlink()  # as if the sweep was cut off before it

@@ -288,7 +288,7 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no process
     client = MlflowClient(tracking_uri=f"sqlite:///{local_store(tmp_path / 'outputs')}")
-    experiment_id = client.create_experiment("rs")
+    experiment_id = client.create_experiment("rs", str(tmp_path / "outputs" / "mlartifacts"))  # not ./mlruns
     tags = {"flopsweep.kind": "sweep", "host": socket.gethostname()}
     dead = client.create_run(experiment_id, tags={**tags, "flopsweep.sweep": str(tmp_path / "dead"),
                                                   "flopsweep.pid": str(gone.pid)})
@@ -320,7 +320,7 @@ def test_a_sync_closes_the_run_of_a_sweep_on_another_host_whose_heartbeat_stoppe
     old = time.time() - 600
     os.utime(tmp_path / "stopped" / ".flopsweep-alive", (old, old))
     client = MlflowClient(tracking_uri=f"sqlite:///{local_store(tmp_path / 'outputs')}")
-    experiment_id = client.create_experiment("rs")
+    experiment_id = client.create_experiment("rs", str(tmp_path / "outputs" / "mlartifacts"))  # not ./mlruns
     runs = {name: client.create_run(experiment_id, tags={
         "flopsweep.kind": "sweep", "host": "a-compute-node", "flopsweep.pid": "1",  # a pid of another machine
         "flopsweep.sweep": str(tmp_path / name)}).info.run_id for name in ("stopped", "running")}
