@@ -369,6 +369,8 @@ def test_a_layout_the_model_does_not_take_is_refused_naming_the_flag(measured_an
             ([str(measured), "--tp", "3", "--mfu", "0.5"], "error: --tp=3: does not divide the model's 4 attention"),
             (["--model", "gpt2_small", "--tp", "5", "--batch", "8"], "error: --tp=5: must divide the model's 12"),
             ([str(measured), "--pp", "3", "--mfu", "0.5"], "error: --pp=3: does not divide the 2 sequences"),
+            (["--model", "gpt2_small", "--pp", "13", "--batch", "8"],  # before the batch 13 micro-batches cannot split
+             "error: --pp=13: leaves a pipeline stage without a layer: gpt2_small has 12 layers"),
             (["--model", "gpt2_small", "--seq-len", "5000", "--mfu", "0.5"], "error: --seq-len=5000: must be"),
             (["--model", "gpt2_small", "--seq-len", "0", "--mfu", "0.5"], "error: --seq-len=0: must be >= 1"),
             ([str(measured), "--seq-len", "64", "--mfu", "0.5"], f"error: --seq-len=64: differs from the 32 that "

@@ -13,6 +13,7 @@ from flopsweep.cli.project.common import load_run, measured_or_counted
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.core.hardware import unknown_part
 from flopsweep.core.result import Result
+from flopsweep.core.shape import shape_of
 
 if TYPE_CHECKING:  # imported where used: --help stays fast
     from flopsweep.projection.parallel import Parallelism
@@ -54,7 +55,7 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
         raise ConfigError("model", args.model, err.problem) from None
     require(args.seq_len is None or args.seq_len == cost.seq_len, "seq_len", args.seq_len,
             f"differs from the {cost.seq_len} that {source} was measured at: measure it at {args.seq_len}")
-    counted = _layout_counted(args, split, batch) if by_layout else None
+    counted = _layout_counted(args, split, batch, shape_of(result).layers) if by_layout else None
     mfu_from, mfu_source = (counted, f"{args.model} counted as {_words(split)}") if counted else (result, source)
     hardware = _training_hardware(args, part, split, mfu_from, mfu_source, default_mfu)
     if counted is not None:
@@ -83,15 +84,17 @@ def _not_counted(args: argparse.Namespace, split: Optional[Parallelism]) -> Opti
     return None
 
 
-def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int) -> Result:
-    """``--model`` at the global batch ``batch`` counted in ``split`` rank by rank, its step predicted on ``--gpu``
-    (a ``parallel.*`` job on meta): computing in ``--dtype``, with float32 weights and optimizer state where ZeRO
-    shards them (FSDP's mixed precision), else all in ``--dtype``."""
+def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int, layers: Optional[int]) -> Result:
+    """``--model`` (of ``layers`` blocks, where known) at the global batch ``batch`` counted in ``split`` rank by
+    rank, its step predicted on ``--gpu`` (a ``parallel.*`` job on meta): computing in ``--dtype``, with float32
+    weights and optimizer state where ZeRO shards them (FSDP's mixed precision), else all in ``--dtype``."""
     from flopsweep.run.presets import measure_preset
 
+    require(layers is None or split.pp <= layers, "pp", split.pp,  # said before the batch it also sets
+            f"leaves a pipeline stage without a layer: {args.model} has {layers} layers")
     per_replica = batch // split.dp if batch % split.dp == 0 else 0
     require(per_replica and per_replica % split.m == 0, "batch", batch, f"must be a multiple of dp x micro-batches "
-            f"= {split.dp * split.m} to count the layout (the global batch of one step: give --batch)")
+            f"= {split.dp * split.m} to count the layout (--micro-batches sets how many, default --pp)")
     require(args.dtype in ("float32", "bfloat16", "float16"), "dtype", args.dtype, "a layout counted rank by rank "
             "computes in float32, bfloat16 or float16, and its predicted MFU is of that dtype's peak: give --mfu to "
             "project this one")
