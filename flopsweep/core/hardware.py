@@ -108,7 +108,9 @@ def names() -> list[str]:
 
 def unknown_part(name: str) -> str:
     """Why ``name`` (``--gpu``, ``predict.hardware``) is no part: the nearest of the table, else all of them."""
-    return f"is not in the hardware table ({not_one_of(name, names(), 'docs/serving.md lists them', cutoff=0.5)})"
+    zeroed = {name.lower(): name.lower().replace("o", "0")}  # A10O, H1OO: a letter O typed for a zero
+    near = not_one_of(name, names(), "docs/serving.md lists them", cutoff=0.5, spellings=zeroed)
+    return f"is not in the hardware table ({near})"
 
 
 def peak_flops(device_name: str, compute_dtype: str, override_tflops: Optional[float] = None) -> Optional[float]:

@@ -75,6 +75,9 @@ BAD = [
     # a name that holds a part's: it predicted an H100's step as an H1000's
     (["device=meta", "predict.hardware=H1000"], "predict.hardware='H1000': is not in the hardware table (did you "
                                                  "mean H100?)"),
+    # a letter O typed for a zero: A100, not A10G, one letter off too
+    (["device=meta", "predict.hardware=A10O"], "predict.hardware='A10O': is not in the hardware table (did you "
+                                                "mean A100?)"),
 ]
 
 
