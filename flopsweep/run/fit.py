@@ -216,7 +216,9 @@ class MemoryCheck:
                 f"({self.available.bytes:,} bytes) available on {self.device} ({self.available.source}): "
                 + ("use a smaller batch.size, " if self.batch != 1 else "count it on device=meta (sizes, no time), "
                    "use a shorter batch.seq_len, ")
-                + "raise measure.memory_share, or set measure.memory_check=false to run it anyway")
+                + ("raise measure.memory_share, " if self.estimated_bytes <= memory_limit(1.0, self.available)
+                   else "")  # not where even all of it is too little
+                + "or set measure.memory_check=false to run it anyway")
 
     def info(self) -> dict[str, Any]:
         return {"estimated_bytes": self.estimated_bytes, "available_bytes": self.available.bytes,

@@ -118,7 +118,10 @@ def test_a_job_that_would_not_fit_is_skipped_before_it_is_built():
     for part in (f"{sgd_peak(64):,} bytes", f"{check['available_bytes']:,} bytes", "measure.memory_share=1e-09",
                  "measure.memory_check=false", "on cpu"):
         assert part in reason
-    assert "use a smaller batch.size" in reason
+    assert "use a smaller batch.size" in reason and "raise measure.memory_share" in reason
+    huge = job(*pretend_gpu(), "optimizer=sgd", "batch.size=1000000000", "device=cpu")  # 512 GB: over all of it
+    assert huge.status == "skipped" and huge.info["memory_check"]["estimated_bytes"] == sgd_peak(10**9)
+    assert "measure.memory_share" in huge.info["skipped"] and "raise measure.memory_share" not in huge.info["skipped"]
     one = job(*pretend_gpu(), "optimizer=sgd", "batch.size=1", "device=cpu", f"measure.memory_share={share}")
     assert "batch.size" not in one.info["skipped"] and "device=meta" in one.info["skipped"]  # none smaller than 1
     # the sizes estimated on meta are kept, as a run would report them
