@@ -284,7 +284,7 @@ def _max_batch(batch: DictConfig, device: Device, training: bool) -> Optional[Ma
             "train (not dtype=int8)")
     require(gib is not None or not device.is_meta, "batch.memory_budget_gib", None,
             "missing: batch.size=max on device=meta needs a budget (meta has no memory of its own)")
-    return MaxBatch(None if gib is None else int(gib * 2**30))
+    return MaxBatch(None if gib is None else round(gib * 2**30))  # round: 0.001 GiB read back as 0.001
 
 
 def _tracking(cfg: DictConfig) -> Optional[Target]:

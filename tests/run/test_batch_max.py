@@ -29,6 +29,12 @@ def largest_by_hand(budget: int) -> int:
     return (budget // 4 - 2 * (F * F + F) - 2) // (2 * F)
 
 
+def test_a_budget_in_gib_is_read_to_the_nearest_byte_and_echoed_as_given():
+    result = job(*LINEAR, "device=meta", "batch.size=max", "batch.memory_budget_gib=0.001")
+    search = result.info["batch_search"]  # 1,073,741.824 bytes: truncated, it was echoed as 0.000999999
+    assert search["budget_bytes"] == 1_073_742 and search["budget_source"] == "batch.memory_budget_gib=0.001"
+
+
 def test_the_batch_of_a_linear_model_worked_by_hand():
     budget = MIB  # 1 MiB: (262144 - 8320 - 2) // 128 = 1982 samples
     result = job(*LINEAR, "device=meta", "batch.size=max", f"batch.memory_budget_gib={budget / 2**30}")
