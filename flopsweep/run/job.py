@@ -49,12 +49,18 @@ def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
         return Result("failed", str(err), config)
     except Exception as err:  # noqa: BLE001 - a failed measurement is a result, not a crash of the sweep
         said = one_line(err, 500)
-        if spec.device.is_meta and "meta tensor" in str(err):  # Tensor.item() in a forward: bart, pegasus, deberta-v2
-            said = ("device=meta: the model reads a tensor's value in its step, which meta tensors have none of; "
-                    f"count it on device=cpu ({said})")
+        why = next((why for words, why in META_FAILURES if words in str(err)), None) if spec.device.is_meta else None
+        if why:
+            said = f"device=meta: {why}; count it on device=cpu ({said})"
         failed = Result("failed", said, config, info={"traceback": traceback.format_exc()})
     release_memory(spec.device)  # what the failed job held, now that its frames are gone
     return failed
+
+
+# what PyTorch says where a model's step cannot run on meta, and why, in the user's words
+_ON_CPU = "the model makes tensors on the CPU in its step, whatever its inputs' device"  # xlnet's relative positions
+META_FAILURES = (("meta tensor", "the model reads a tensor's value in its step, which meta tensors have none of"),
+                 ("device meta is not on the expected device", _ON_CPU), ("found at least two devices", _ON_CPU))
 
 
 def out_of_memory(err: BaseException) -> Optional[BaseException]:

@@ -639,3 +639,19 @@ def test_a_model_that_reads_a_tensors_value_on_meta_is_told_to_count_on_the_cpu(
     assert result.status == "failed" and result.error.startswith(
         "device=meta: the model reads a tensor's value in its step, which meta tensors have none of; count it on "
         "device=cpu (RuntimeError: "), result.error
+
+
+def test_xlnet_is_not_refused_for_its_unlimited_positions_and_on_meta_is_told_to_count_on_the_cpu():
+    """XLNet's config gives max_position_embeddings=-1 (no limit): it was refused as if the user had set it. Its
+    relative positions are made on the CPU whatever the inputs' device: on meta, told to count it on the CPU."""
+    fields = dict(d_model=16, n_layer=1, n_head=2, d_inner=32, vocab_size=64)
+    overrides = ["model=hf", "model.model_type=xlnet", *(f"+model.{k}={v}" for k, v in fields.items()),
+                 "batch.seq_len=16", "tracking=none", "measure.warmup=0", "measure.repeats=1"]
+    on_meta = compose_config(*overrides, "device=meta")
+    result = run_job(resolve(on_meta), OmegaConf.to_container(on_meta, resolve=True))
+    assert result.status == "failed" and result.error.startswith(
+        "device=meta: the model makes tensors on the CPU in its step, whatever its inputs' device; count it on "
+        "device=cpu (RuntimeError: "), result.error
+    on_cpu = compose_config(*overrides, "device=cpu")
+    result = run_job(resolve(on_cpu), OmegaConf.to_container(on_cpu, resolve=True))
+    assert result.status == "ok" and result.metrics["flops/forward"] > 0, result.error
