@@ -24,7 +24,8 @@ TASKS = {  # model.task -> (transformers' auto class, its mapping of model types
 OTHER_MODALITIES = {"MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES": "a speech-to-text model",
                     "MODEL_FOR_CTC_MAPPING_NAMES": "a speech model",
                     "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES": "an image-and-text model",
-                    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model"}
+                    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES": "an image-to-text model",
+                    "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES": "an image-and-text contrastive model"}
 
 
 def refused(err: Exception, kind: str, given: dict[str, Any], transformers: Any) -> ConfigError:

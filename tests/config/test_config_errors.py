@@ -64,6 +64,10 @@ BAD = [
     (["model=hf", "model.model_type=llama", "+model.max_position_embeddings=0"], "model.max_position_embeddings=0"),
     # an architecture built as a part of itself without a word, now refused by the key
     (["model=hf", "model.model_type=whisper"], "model.model_type='whisper': is a speech-to-text model"),
+    # built as an image classifier on its vision tower alone (87.5M of CLIP's 151M), without a word
+    (["model=hf", "model.model_type=clip"], "model.model_type='clip': is an image-and-text contrastive model "
+                                            "(CLIPModel), which flopsweep does not build yet; its "
+                                            "CLIPForImageClassification alone is model.task=image-classification"),
     (["model=hf", "model.model_type=llava"], "is an image-and-text model (LlavaForConditionalGeneration)"),
     (["model=hf", "model.model_type=gemma3n"], "its text model is model.model_type=gemma3n_text"),
     (["model=hf", "model.model_type=llama", "+model.attn_implementation=flash_attention_2"],
