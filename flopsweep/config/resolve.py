@@ -42,10 +42,10 @@ def resolve(cfg: DictConfig) -> JobSpec:
     dtype = _dtype(cfg.dtype)
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
-    workload, train, old_spelling = _train(cfg, family, dtype.params)
+    workload, train, train_notes = _train(cfg, family, dtype.params)
+    typed = "train=generate" if cfg.train.mode == "generate" else "workload=generate"  # as the user spelt it
     generate, batch, prompt_chosen = _generate(cfg.generate, workload, family, model, batch,
-                                               prompt_given=cfg.batch.seq_len is not None,
-                                               typed="train=generate" if old_spelling else "workload=generate")
+                                               prompt_given=cfg.batch.seq_len is not None, typed=typed)
     measure = _measure(cfg.measure)
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
@@ -59,7 +59,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
                    train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
                    tracking=tracking, skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in (old_spelling, chosen) if n))
+                   notes=(*train_notes, *([chosen] if chosen else [])))
 
 
 def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
@@ -134,15 +134,16 @@ def _dtype(dtype: DictConfig) -> Precision:
     return Precision(dtype.params, dtype.autocast)
 
 
-def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload, TrainConf, Optional[str]]:
-    """``workload`` and, for a training step, ``train.*`` (what trains); the old spellings ``train=inference`` and
-    ``train=generate`` are read as their workload, with a notice."""
-    workload, train, notice = Workload(cfg.workload), TrainConf(**OmegaConf.to_container(cfg.train, resolve=True)), None
+def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload, TrainConf, list[str]]:
+    """``workload`` and, for a training step, ``train.*`` (what trains), with notes: the old spellings
+    ``train=inference`` and ``train=generate`` are read as their workload, and a key the mode does not read changes
+    nothing (``train.rank`` with ``train=full``)."""
+    workload, train, notes = Workload(cfg.workload), TrainConf(**OmegaConf.to_container(cfg.train, resolve=True)), []
     if train.mode in OLD_SPELLINGS:
         old = OLD_SPELLINGS[train.mode]
         require(workload in (Workload.train, old), "train.mode", train.mode,
                 f"is the old spelling of workload={old.value}, which contradicts workload={workload.value}")
-        notice = f"train={train.mode} is now workload={old.value} (the old spelling is read as it, for a while)"
+        notes.append(f"train={train.mode} is now workload={old.value} (the old spelling is read as it, for a while)")
         workload, train = old, TrainConf()
     mode = TRAIN_MODES[train.mode]
     require(workload is Workload.train or train.mode == "full", "train.mode", train.mode,
@@ -150,7 +151,13 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
     require(params_dtype != "int8" or not mode.freezes, "train.mode", train.mode,
             "int8 weights are an inference build: use dtype=float32 (or bfloat16) to train")
     mode.check(train, family)
-    return workload, train, notice
+    for key in (f.name for f in dataclasses.fields(TrainConf) if f.name != "mode" and f.name not in mode.reads):
+        if getattr(train, key) != getattr(TrainConf(), key):  # set, where the default is unread anyway
+            readers = [name for name, other in TRAIN_MODES.items() if key in other.reads]
+            chosen = f"train.mode={train.mode}" if workload is Workload.train else f"workload={workload.value}"
+            notes.append(f"train.{key}={getattr(train, key)} changes nothing with {chosen} ({' and '.join(readers)} "
+                         f"read{'s' if len(readers) == 1 else ''} it)")
+    return workload, train, notes
 
 
 class CannotGenerate(ConfigError):

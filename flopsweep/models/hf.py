@@ -133,9 +133,8 @@ class Config(ModelConfig):
                 "matmuls and softmax; FlexAttention over its block mask's tiles); flash-attn's kernels are not "
                 "counted yet")
         hf = self.hf_config()
-        # as our families refuse them; positions where the user set them (a type's own -1 is no limit: XLNet)
-        positions = [name for name in ("max_position_embeddings", "n_positions") if name in self.fields]
-        for name in (*LAYERS, *positions):
+        # zero layers, or positions the user set, as our families refuse them (XLNet's own -1 is no limit)
+        for name in (*LAYERS, *(n for n in ("max_position_embeddings", "n_positions") if n in self.fields)):
             value = getattr(hf, name, None)
             require(not (isinstance(value, int) and not isinstance(value, bool) and value < 1), f"model.{name}", value,
                     "must be an integer >= 1")

@@ -48,17 +48,15 @@ def run_job(spec: JobSpec, config: dict[str, Any]) -> Result:
     except ConfigError as err:
         return Result("failed", str(err), config)
     except Exception as err:  # noqa: BLE001 - a failed measurement is a result, not a crash of the sweep
-        said = one_line(err, 500)
         why = next((why for words, why in META_FAILURES if words in str(err)), None) if spec.device.is_meta else None
-        if why:
-            said = f"device=meta: {why}; count it on device=cpu ({said})"
+        said = f"device=meta: {why}; count it on device=cpu ({one_line(err, 500)})" if why else one_line(err, 500)
         failed = Result("failed", said, config, info={"traceback": traceback.format_exc()})
     release_memory(spec.device)  # what the failed job held, now that its frames are gone
     return failed
 
 
-# what PyTorch says where a model's step cannot run on meta, and why, in the user's words
-_ON_CPU = "the model makes tensors on the CPU in its step, whatever its inputs' device"  # xlnet's relative positions
+# why a step cannot run on meta, by what PyTorch says (bart, deberta-v2: Tensor.item(); xlnet: its positions)
+_ON_CPU = "the model makes tensors on the CPU in its step, whatever its inputs' device"
 META_FAILURES = (("meta tensor", "the model reads a tensor's value in its step, which meta tensors have none of"),
                  ("device meta is not on the expected device", _ON_CPU), ("found at least two devices", _ON_CPU))
 
@@ -123,8 +121,7 @@ def _precheck(spec: JobSpec, config: dict[str, Any], estimate: Optional[MetaEsti
 
 def _skipped(spec: JobSpec, config: dict[str, Any], reason: str, size: SizeRecord, info: dict[str, Any]) -> Result:
     """Not run, for lack of memory: the sizes estimated on meta are kept (they are what a run would report)."""
-    metrics = collect_metrics(spec.batch, None, size, None, training=spec.training,
-                              dtype=spec.dtype.compute)
+    metrics = collect_metrics(spec.batch, None, size, None, training=spec.training, dtype=spec.dtype.compute)
     info = {"skipped": reason, "device": str(spec.device), "sizes_from": "meta", **info}
     return with_step_memory(Result("skipped", reason, config, metrics, info=info), size.step)
 

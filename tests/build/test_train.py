@@ -199,3 +199,17 @@ def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
         2 * decoder.analytic_forward_flops(full.model, full.batch, full.train)
     inference = resolve(compose_cfg(*TINY, "workload=inference"))  # a forward pass: no backward's closed form
     assert closed_forms(inference) == (decoder.analytic_forward_flops(full.model, full.batch, full.train), None)
+
+
+@pytest.mark.parametrize("overrides,note", [
+    (["train=full", "train.rank=16"], "train.rank=16 changes nothing with train.mode=full (lora and dora read it)"),
+    (["train=lora", "train.trainable_layers=2"],
+     "train.trainable_layers=2 changes nothing with train.mode=lora (frozen_backbone reads it)"),
+    (["workload=inference", "train.alpha=4"], "train.alpha=4.0 changes nothing with workload=inference (lora and dora "
+                                              "read it)"),
+    (["train=lora", "train.rank=16"], None),
+])
+def test_a_train_key_the_mode_does_not_read_is_said_to_change_nothing(compose_cfg, overrides, note):
+    """A key of another mode was ignored without a word (train=full train.rank=16 counted a full step)."""
+    spec = resolve(compose_cfg(*TINY, "device=meta", *overrides))
+    assert spec.notes == ((note,) if note else ())
