@@ -107,7 +107,7 @@ class Config(ModelConfig):
 
     def _text_batch(self, size: int, seq_len: Optional[int]) -> BatchShape:
         longest = max_positions(self.hf_config())
-        default = self.default_seq_len or (min(DEFAULT_SEQ_LEN, longest) if longest else None)
+        default = self.default_seq_len or (min(DEFAULT_SEQ_LEN, longest) if longest else DEFAULT_SEQ_LEN)
         return BatchShape(size, seq_len if seq_len is not None else default)
 
     def chosen(self, batch: BatchShape, seq_len_given: bool) -> Optional[str]:
@@ -115,8 +115,9 @@ class Config(ModelConfig):
         if seq_len_given or self.default_seq_len or batch.seq_len is None:
             return None
         longest = max_positions(self.hf_config())
+        allows = f"the model allows {longest:,}" if longest else "its positions have no limit"
         return (f"batch.seq_len not given: {batch.seq_len:,} tokens, flopsweep's default for a Hugging Face config "
-                f"(the model allows {longest:,}; set batch.seq_len or model.default_seq_len)")
+                f"({allows}; set batch.seq_len or model.default_seq_len)")
 
     def validate_run(self, device: str, training: bool) -> None:
         require(not (device == "cpu" and training and self.fields.get("attn_implementation") == "flex_attention"),
@@ -143,7 +144,6 @@ class Config(ModelConfig):
             require(not isinstance(made, int) or batch.image_size == made, "batch.image_size", batch.image_size,
                     f"this model's config is built for image_size={made}: set model.image_size instead")
             return
-        require(batch.seq_len is not None, "batch.seq_len", None, "missing: set it or model.default_seq_len")
         images = vl.image_tokens(hf, batch.image_size) if self.resolved_task() == "image-text-to-text" else 0
         longest = max_positions(hf)
         if longest is not None:

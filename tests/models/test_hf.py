@@ -316,6 +316,10 @@ def test_a_config_without_a_sequence_length_runs_at_a_stated_default_not_its_who
     given = resolve(compose_config("model=hf", "model.model_type=qwen3", "batch.seq_len=512", "device=meta"))
     preset = resolve(compose_config("model=llama3_2_1b", "device=meta"))
     assert (given.batch.seq_len, given.notes, preset.batch.seq_len, preset.notes) == (512, (), 8192, ())
+    t5 = resolve(compose_config("model=hf", "model.model_type=t5", "device=meta"))  # relative positions: no limit
+    assert t5.batch.seq_len == 2048 and t5.notes == (  # it was refused, batch.seq_len missing
+        "batch.seq_len not given: 2,048 tokens, flopsweep's default for a Hugging Face config (its positions have no "
+        "limit; set batch.seq_len or model.default_seq_len)",)
 
 
 TEXT, IMAGE, VISION = 64, 56, 32  # a tiny Qwen2-VL: text width 64; 56-pixel images (4 x 4 patches); tower width 32
