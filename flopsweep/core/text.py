@@ -419,6 +419,8 @@ def stats_text(result: Result) -> str:
         f"Model Size (Bytes): {_plain(m.get(M.WEIGHTS_BYTES))}",
         f"Average Forward Time (s): {_plain(m.get(M.TIME_FORWARD))}",
         f"Average Backward Time (s): {_plain(m.get(M.TIME_BACKWARD))}",
+        *(["(n/a: a parallel layout is counted a GPU at a time, its step's FLOPs are flops/step_per_gpu below)"]
+          if M.FLOPS_STEP_PER_GPU in m and M.FLOPS_FORWARD not in m else []),
         "",
     ]
     lines += metric_lines(m)

@@ -153,6 +153,19 @@ def test_a_gpus_flops_and_states_are_the_closed_forms():
     assert m[M.PARALLEL_STATES_PER_GPU] == 16 * sharded // 2 + 4 * tensors
 
 
+def test_a_parallel_jobs_stats_txt_says_why_its_first_five_lines_are_n_a():
+    """The five lines of the profiler script users migrate from are a whole model's forward and backward: a layout is
+    counted a GPU at a time, and stats.txt said n/a five times without a word; a plain job says nothing of it."""
+    from flopsweep.core.text import stats_text
+
+    layout = stats_text(job(2, "batch.size=4", "parallel.tp=2", "parallel.dp=2")).splitlines()
+    assert layout[1:7] == ["Forward Flops: n/a", "Backward Flops: n/a", "Model Size (Bytes): n/a",
+                           "Average Forward Time (s): n/a", "Average Backward Time (s): n/a",
+                           "(n/a: a parallel layout is counted a GPU at a time, its step's FLOPs are "
+                           "flops/step_per_gpu below)"]
+    assert "a parallel layout" not in stats_text(job(2))
+
+
 def test_zero_3_gathers_every_micro_batch_and_zero_1_once_a_step():
     """FSDP gathers the weights' bytes (float32 here) before each forward and, at ZeRO-3, again before each
     backward; below ZeRO-3 the gradients accumulate over the step and the weights stay gathered."""
