@@ -43,6 +43,7 @@ from flopsweep.sweep.jobdirs import job_folders, record_failed
 
 POLL_S = 2.0  # how often the queue is asked; a result file is looked for every tenth of that
 GRACE_S = 30.0  # how long an interrupted sweep waits for its running jobs to record themselves before cancelling them
+ANSWER_S = 60.0  # how long a Slurm command may stay silent (a busy or restarting controller) before it is let be
 ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED",
           "STOPPED", "SIGNALING", "STAGE_OUT")  # states of a job that has not ended
 
@@ -280,10 +281,10 @@ def cancel(jobs: Sequence[Any], interrupted: bool = False) -> None:
 
 
 def _scancel(*args: str) -> None:
-    """``scancel ARGS``; a controller silent for 60 s is not waited on longer, nor raised over what stops the sweep
-    (it is asked again by the next cancel, and the jobs' time limits end them)."""
+    """``scancel ARGS``; a controller silent for :data:`ANSWER_S` is not waited on longer, nor raised over what stops
+    the sweep (it is asked again by the next cancel, and the jobs' time limits end them)."""
     with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(["scancel", *args], capture_output=True, timeout=60)
+        subprocess.run(["scancel", *args], capture_output=True, timeout=ANSWER_S)
 
 
 def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, sweep_dir: Path,
@@ -324,7 +325,7 @@ def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, swee
                 gone[i] = gone.get(i, 0) + 1
                 if gone[i] >= 3:
                     status, reason = _state(job.job_id)
-                    if status in ACTIVE:  # squeue missed it (a busy controller): it has not ended
+                    if status is None or status in ACTIVE:  # squeue missed it (a busy controller): not ended
                         gone[i] = 0
                         continue
                     returns[i] = _ended(job, batch[i], first + i, sweep_dir, params, status, reason)
@@ -333,9 +334,14 @@ def _watch(jobs: Sequence[Any], batch: Sequence[Sequence[str]], first: int, swee
     return [returns[i] for i in range(len(jobs))], requeued
 
 
-def _state(job_id: str) -> tuple[str, str]:
-    """A job's state and reason as slurmctld has them (``UNKNOWN`` once it has forgotten the job)."""
-    done = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True, timeout=60)
+def _state(job_id: str) -> tuple[Optional[str], str]:
+    """A job's state and reason as slurmctld has them (``UNKNOWN`` once it has forgotten the job; None where it did
+    not answer in :data:`ANSWER_S`: asked again later)."""
+    try:
+        done = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True,
+                              timeout=ANSWER_S)
+    except subprocess.TimeoutExpired:
+        return None, "None"
     fields = dict(pair.split("=", 1) for pair in done.stdout.split() if "=" in pair)
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
 
@@ -385,7 +391,7 @@ def _queue(ids: Sequence[str]) -> Optional[dict[str, tuple[str, str]]]:
     arrays = sorted({str(i).split("_")[0] for i in ids})
     try:
         done = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r", "-j", ",".join(arrays)], capture_output=True,
-                              text=True, timeout=60)
+                              text=True, timeout=ANSWER_S)
     except subprocess.TimeoutExpired:
         return None
     if done.returncode != 0:
@@ -405,9 +411,9 @@ NO_CLUSTER = ("hydra/launcher=slurm: this machine is in no Slurm cluster: Slurm'
 
 def _run(command: list[str]) -> str:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=ANSWER_S)
     except subprocess.TimeoutExpired:
-        raise SlurmRefused(f"hydra/launcher=slurm: `{command[0]}` did not answer within 60 s") from None
+        raise SlurmRefused(f"hydra/launcher=slurm: `{command[0]}` did not answer within {ANSWER_S:g} s") from None
     if done.returncode != 0:
         if "Could not establish a configuration source" in done.stderr:  # after its DNS lookup's own lines
             raise SlurmRefused(NO_CLUSTER)

@@ -370,3 +370,15 @@ def test_a_slurm_sweep_on_a_machine_in_no_cluster_says_so_in_one_line(tmp_path):
         "find no configuration (no slurm.conf, SLURM_CONF unset, no controller named in DNS); run the sweep on a "
         "Slurm login node, set SLURM_CONF, or choose another hydra/launcher"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_slurm_controller_silent_past_its_time_is_asked_again_not_raised(tmp_path, monkeypatch):
+    """scontrol, asked whether a job squeue no longer lists has ended, that says nothing for ANSWER_S: the job is
+    taken as not ended (asked again), where its TimeoutExpired went up through Hydra as a traceback."""
+    from flopsweep.sweep import slurm
+
+    (tmp_path / "scontrol").write_text("#!/bin/sh\nsleep 5\n")
+    (tmp_path / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(slurm, "ANSWER_S", 0.2)
+    assert slurm._state("123") == (None, "None")
