@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,9 +34,10 @@ PARAM_DTYPES = ("float32", "float16", "bfloat16", "int8")
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
-def resolve(cfg: DictConfig) -> JobSpec:
-    """Validate a composed config. Every check names the offending key; nothing is built here."""
-    family, model = _model(cfg.model)
+def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
+    """Validate a composed config, of which ``given`` keys (``model.embed_dim``) were set on the command line. Every
+    check names the offending key; nothing is built here."""
+    family, model = _model(cfg.model, frozenset(k[len("model."):] for k in given if k.startswith("model.")))
     batch = _batch(cfg.batch, model)
     device = _device(cfg.device)
     dtype = _dtype(cfg.dtype)
@@ -62,7 +63,7 @@ def resolve(cfg: DictConfig) -> JobSpec:
                    notes=(*train_notes, *([chosen] if chosen else [])))
 
 
-def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
+def _model(node: DictConfig, given: frozenset[str]) -> tuple[Family, ModelConfig]:
     fields = OmegaConf.to_container(node, resolve=True)
     require(isinstance(fields, dict) and "family" in fields, "model.family", None,
             "missing: choose a preset (model=gpt2_small) or set model.family")
@@ -70,7 +71,7 @@ def _model(node: DictConfig) -> tuple[Family, ModelConfig]:
     require(name is None or (isinstance(name, str) and name.strip() and not set(name) & set("/\\")), "model.name",
             name, "must be a non-empty name without / (it names the job's folder)")
     family = family_of(fields["family"])
-    return family, family.config(fields)
+    return family, family.config(fields, given)
 
 
 def _source(model: ModelConfig) -> Optional[dict[str, Any]]:

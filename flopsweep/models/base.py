@@ -137,6 +137,8 @@ class Family:
     example_inputs: Inputs
     shape: Callable[[Any], ModelShape]     # cfg -> its width, layers, heads, experts (recorded as info.shape)
     load: Optional[Callable[[dict[str, Any]], ModelConfig]] = None  # None: Config.from_dict
+    # fields -> the fields a file they name gives (model.json_file): over the preset's, under the command line's
+    file_fields: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
     head: tuple[str, ...] = ()             # frozen_backbone: the head, always trainable ...
     blocks: Optional[str] = None           # ... and the last train.trainable_layers blocks of this ModuleList
     forward_flops: Optional[Callable[..., int]] = None   # (cfg, batch): the forward pass's matmul FLOPs
@@ -147,7 +149,10 @@ class Family:
     generator: Optional[Callable[[Any], Optional[Callable[[nn.Module], Any]]]] = None
     longest: Optional[Callable[[Any], Optional[int]]] = None  # cfg -> the most positions it takes (None: no limit)
 
-    def config(self, fields: dict[str, Any]) -> ModelConfig:
+    def config(self, fields: dict[str, Any], given: frozenset[str] = frozenset()) -> ModelConfig:
+        """The config of composed ``fields``, of which ``given`` (names) were set on the command line."""
+        if self.file_fields is not None:
+            fields = {**fields, **{k: v for k, v in self.file_fields(fields).items() if k not in given}}
         return self.load(fields) if self.load is not None else self.Config.from_dict(fields)
 
 

@@ -1,6 +1,7 @@
 """A generic transformer described by the JSON fields of profiler scripts (``embed_dim``, ``num_heads``,
 ``ff_dim``, ``seq_len``, ``memory_seq_len``, ``num_encoder_blocks``, ``num_decoder_blocks``), as overrides or
-from a JSON file (``model.json_file=path``; the file's values replace the preset's).
+from a JSON file (``model.json_file=path``; the file's values replace the preset's, and the command line's replace
+the file's).
 
 Its input is continuous embeddings (no vocabulary); the loss is an MSE against a random target:
 
@@ -63,21 +64,19 @@ class Config(ModelConfig):
                     "must be >= 1 for an encoder-decoder (the encoder's input length)")
 
 
-def load(given: dict[str, Any]) -> Config:
-    """The config from composed fields, with a JSON file's fields applied over them."""
-    merged = dict(given)
+def json_fields(given: dict[str, Any]) -> dict[str, Any]:
+    """The fields of the JSON file ``model.json_file`` names, if it names one."""
     path = given.get("json_file")
-    if path:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError("model.json_file", path, f"cannot be read as JSON: {err}") from None
-        require(isinstance(data, dict), "model.json_file", path, "must hold a JSON object")
-        unknown = sorted(set(data) - set(PRIOR_FIELDS))
-        require(not unknown, "model.json_file", path,
-                f"has unknown keys {unknown} (known: {', '.join(PRIOR_FIELDS)})")
-        merged.update(data)
-    return Config.from_dict(merged)
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError("model.json_file", path, f"cannot be read as JSON: {err}") from None
+    require(isinstance(data, dict), "model.json_file", path, "must hold a JSON object")
+    unknown = sorted(set(data) - set(PRIOR_FIELDS))
+    require(not unknown, "model.json_file", path, f"has unknown keys {unknown} (known: {', '.join(PRIOR_FIELDS)})")
+    return data
 
 
 class Model(nn.Module):
@@ -131,5 +130,5 @@ def shape(cfg: Config) -> ModelShape:
     return ModelShape.transformer(cfg.embed_dim, cfg.num_encoder_blocks or cfg.num_decoder_blocks, cfg.num_heads)
 
 
-FAMILIES.add("generic", Family("generic", Config, Model, example_inputs, shape, load=load,
+FAMILIES.add("generic", Family("generic", Config, Model, example_inputs, shape, file_fields=json_fields,
                                forward_flops=analytic_forward_flops))

@@ -37,7 +37,7 @@ def run_one(cfg: DictConfig) -> Result:
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
     try:
-        spec = resolve(cfg)
+        spec = resolve(cfg, command_line_keys(hydra_cfg))
         config = job_config(cfg, spec)
     except (ConfigError, OmegaConfBaseException) as err:  # the latter: an interpolation that does not resolve
         if isinstance(err, OmegaConfBaseException):
@@ -56,7 +56,8 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
-        changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else changed_model_fields(hydra_cfg)
+        changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else \
+            [key for key in command_line_keys(hydra_cfg) if key.startswith("model.")]
         folder = Path(hydra_cfg.runtime.output_dir)
         say("\n".join([progress_line(job_num, config, changed, folder), *(f"note: {n}" for n in spec.notes)]))
         started = time.time()
@@ -93,10 +94,11 @@ def run_one(cfg: DictConfig) -> Result:
     return result
 
 
-def changed_model_fields(hydra_cfg: DictConfig) -> list[str]:
-    """The model's fields that a single run's command line sets (``model.n_layer=2``: ``model.n_layer``)."""
-    keys = (override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task)
-    return [key for key in keys if key.startswith("model.")]
+def command_line_keys(hydra_cfg: DictConfig) -> list[str]:
+    """The keys the job's command line sets (``model.n_layer=2``: ``model.n_layer``), read as typed (a value's
+    interpolation is the job's to resolve, and fail)."""
+    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    return [override.split("=", 1)[0].lstrip("+~") for override in typed]
 
 
 def _remove_if_only_hydras(folder: Path) -> None:
