@@ -184,6 +184,10 @@ def job_lines(result: Result) -> list[str]:
     profile = result.breakdown.get("profile") or []
     if profile and profile[0]["forward_latency_s"]:
         lines.append("profile: " + hooks_line(profile[0]["forward_latency_s"], unhooked_forward(result)))
+    uncounted = result.breakdown.get("uncounted_ops") or {}
+    if uncounted:  # else a count short of them reads as exact (a fused layer counted 0 FLOPs)
+        lines.append("warning: ops with arithmetic but no formula, not counted: " +
+                     ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items())))
     noisy = spread_warning(result)
     return [*lines, f"warning: {noisy}"] if noisy else lines
 

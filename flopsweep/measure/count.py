@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -199,7 +199,20 @@ def count_call(model: nn.Module, run: Callable[[], Any], *, causal_half: bool = 
     the count and what ``run`` returned."""
     tracker = ModuleTracker(model)
     counter = Counter(tracker, CountOptions(causal_half=causal_half))
-    with tracker, counter, torch.no_grad(), (context() if context else contextlib.nullcontext()):
+    with tracker, counter, torch.no_grad(), (context() if context else contextlib.nullcontext()), _unfused():
         out = run()
     counter.trace.module_calls["forward"] = tracker.module_calls
     return counter.result(backward=False, optimizer=False), out
+
+
+@contextlib.contextmanager
+def _unfused() -> Iterator[None]:
+    """PyTorch's own layers counted op by op: without gradients nn.TransformerEncoderLayer and nn.MultiheadAttention
+    run one fused op (``aten._transformer_encoder_layer_fwd``, ``aten._native_multi_head_attention``) that no formula
+    counts, and a forward pass counted 0 FLOPs on the CPU (on meta they never take it)."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)

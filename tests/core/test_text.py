@@ -69,3 +69,14 @@ def test_a_count_of_one_is_singular():
     from flopsweep.core.text import counted
 
     assert [counted(n, "job") for n in (0, 1, 2, 1024)] == ["0 jobs", "1 job", "2 jobs", "1,024 jobs"]
+
+
+def test_a_jobs_console_warns_of_ops_it_could_not_count():
+    """stats.txt listed them; the console said flops/forward 0 as if exact."""
+    from flopsweep.core.result import Result
+    from flopsweep.core.text import job_lines
+
+    result = Result("ok", None, {}, {"flops/forward": 0}, {"uncounted_ops": {"aten._transformer_encoder_layer_fwd": 2}})
+    assert "warning: ops with arithmetic but no formula, not counted: aten._transformer_encoder_layer_fwd x2" in \
+        job_lines(result)
+    assert not [line for line in job_lines(Result("ok", None, {}, {"flops/forward": 0})) if "warning" in line]

@@ -77,3 +77,17 @@ def test_a_forward_that_returns_no_usable_loss_or_exits_fails_its_own_job_in_one
     assert sweep.returncode == 1, sweep.stderr
     assert "model._target_='nets.Exits': its forward called sys.exit(3)" in sweep.stderr
     assert "2 jobs: 1 ok, 1 failed" in sweep.stdout
+
+
+def test_pytorchs_transformer_layer_is_counted_op_by_op_in_a_forward_pass_on_the_cpu_as_on_meta():
+    """Without gradients nn.TransformerEncoderLayer runs one fused op that no formula counts: a forward pass of
+    custom_example counted 0 FLOPs on the CPU (218M on meta), with no word on the console."""
+    flops = {}
+    for device in ("meta", "cpu"):
+        cfg = compose_config("model=custom_example", "workload=inference", f"device={device}", "tracking=none",
+                             "measure.warmup=0", "measure.repeats=1")
+        result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+        assert result.status == "ok" and not result.breakdown["uncounted_ops"], result.breakdown["uncounted_ops"]
+        flops[device] = result.metrics["flops/forward"]
+    d, ff, t = 256, 1024, 128  # the preset's d_model, dim_feedforward; 128 tokens: qkv, out, two linears, scores
+    assert flops["cpu"] == flops["meta"] == 2 * t * (4 * d * d + 2 * d * ff) + 2 * 2 * t * t * d  # and values
