@@ -19,7 +19,7 @@ from flopsweep.config.schema import CONF_DIR
 from flopsweep.measure.count import count_step
 from flopsweep.measure.meta import MetaLikeCPU
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
 import resnet_bk_reference as reference  # noqa: E402 - the reference's counter, re-implemented for the tests
 
 
