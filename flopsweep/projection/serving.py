@@ -212,10 +212,11 @@ def at_batch(gen: Generation, serving: Serving, batch: int) -> BatchRow:
 
 
 def batches(largest: int, count: int = 12) -> list[int]:
-    """Powers of two up to ``largest``, and ``largest`` itself: ``count`` at most, the largest kept."""
+    """Powers of two up to ``largest``, and ``largest`` itself: ``count`` at most, batch 1 (a lone request's latency)
+    and the largest kept, the smallest others left out."""
     sizes = sorted({2 ** k for k in range(0, max(largest, 1).bit_length()) if 2 ** k <= largest} | {largest})
     sizes = [b for b in sizes if b >= 1]
-    return sizes[-count:] if len(sizes) > count else sizes
+    return [sizes[0], *sizes[-(count - 1):]] if len(sizes) > count else sizes
 
 
 @dataclass(frozen=True)

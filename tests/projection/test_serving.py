@@ -55,6 +55,14 @@ def test_throughput_grows_with_the_batch_and_the_plan_stops_at_the_largest():
     assert speeds == sorted(speeds) and len(p.rows) <= 12
 
 
+def test_a_plan_of_many_batches_keeps_batch_1_and_the_largest():
+    """Twelve rows at most: the smallest batches were the ones left out, batch 1 (a lone request's latency) first."""
+    from flopsweep.projection.serving import batches
+
+    assert batches(3316) == [1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3316]  # 2 left out, not 1
+    assert batches(300) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300] and batches(1) == [1]
+
+
 def test_the_hardware_table_matches_device_names():
     assert accelerator("NVIDIA H100 80GB HBM3").name == "H100"
     assert accelerator("NVIDIA H100 PCIe").name == "H100 PCIe"
@@ -93,6 +101,14 @@ def test_serving_a_measured_generation_run(tmp_path):
     assert "largest batch" in served.stdout and "L4" in served.stdout
     payload = json.loads((tmp_path / "plan.json").read_text())
     assert payload["generation"]["new_tokens"] == 32 and payload["rows"][0]["usd_per_m_output"] > 0
+    # a batch over the largest: its row shown as asked, and a warning (it was a row like any other)
+    over = payload["largest_batch"] + 1
+    served = run_main(main, "serve", str(job), "--gpu", "L4", "--batch", str(over), "--no-log", cwd=tmp_path)
+    assert served.returncode == 0 and served.stderr == (
+        f"flopsweep-project: warning: --batch={over:,} does not fit: its weights and KV cache need more than 90% of the "
+        f"replica's memory, which holds {over - 1:,} sequences\n"), served.stderr
+    fits = run_main(main, "serve", str(job), "--gpu", "L4", "--batch", str(over - 1), "--no-log", cwd=tmp_path)
+    assert fits.returncode == 0 and not fits.stderr, fits.stderr
 
 
 @pytest.mark.parametrize("args,key", [

@@ -14,6 +14,7 @@ import argparse
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import serving_part
 from flopsweep.cli.project.common import check_source, log_projection, measured_or_counted, write_json
+from flopsweep.core.console import warning
 from flopsweep.core.errors import require
 
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")  # a preset's weights as counted; another --dtype: bfloat16
@@ -80,6 +81,10 @@ def command(args: argparse.Namespace) -> int:
             f"is for a mixture of experts: {source} has no routed experts counted")
     plan = S.plan(generation, serving, int(args.batch) if args.batch else None)
     print(plan.table())
+    if args.batch and args.batch > plan.largest:  # its row is a roofline's, for memory the replica does not have
+        warning(f"--batch={int(args.batch):,} does not fit: its weights and KV cache need more than "
+                f"{serving.memory_share:.0%} of the replica's memory, which holds {plan.largest:,} sequences",
+                "flopsweep-project")
     write_json(args.json, plan.to_dict())
     log_projection(args, serving_record(plan), result)
     return 0
