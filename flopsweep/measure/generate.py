@@ -197,7 +197,8 @@ class Reads(EagerDispatchMode):
     @property
     def bytes(self) -> int:
         return sum(self.weights[key] for key in self.read) + \
-            sum(rows for key, rows in self.rows.items() if key not in self.read)
+            sum(min(rows, self.weights[key]) for key, rows in self.rows.items() if key not in self.read)  # at most
+        # the whole table, however many tokens look it up (40,000 sequences read 13.54 GB of a 13.48 GB model)
 
 
 def cache_bytes(cache: Any) -> int:

@@ -101,6 +101,10 @@ def test_a_decode_step_reads_every_weight_once_and_of_the_embedding_only_its_row
     m = generate(*LLAMA_GQA, new_tokens=3).metrics  # untied: the head reads its matrix, the embedding B rows
     weights = m["size/weights_bytes"]
     assert m["size/decode_weights_read_bytes"] == weights - V * D * 4 + B * D * 4
+    many = run_job(resolve(compose_config(*LLAMA_GQA, *[r for r in RUN if not r.startswith("batch.size")],
+                                          "batch.size=200", "workload=generate", "generate.new_tokens=2",
+                                          "device=meta")), {}).metrics
+    assert many["size/decode_weights_read_bytes"] == weights  # 200 rows looked up of 97: the table, not 200 rows
     tied = generate(*GPT, new_tokens=3).metrics       # GPT-2's head is its embedding: read whole
     # ... and of its 64 learned positions the one a step is at
     assert tied["size/decode_weights_read_bytes"] == tied["size/weights_bytes"] - 64 * D * 4 + D * 4

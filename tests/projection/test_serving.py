@@ -297,7 +297,7 @@ def test_a_presets_serving_plan_on_tp_all_reduces_its_own_layers(tmp_path):
 def test_a_mixture_of_experts_decode_step_reads_the_experts_its_batch_reaches(tmp_path):
     """Mixtral 8x7B counted on meta, served on one H200 (141 GB holds its 93 GB): its 32 layers x 8 experts x 3
     matrices of 4,096 x 14,336 in bf16 are routed weights; a memory-bound decode step at batch b reads the other weights
-    and 8(1 - (6/8)^b) of the 8 experts a layer: about 25.7 GB at batch 1
+    and 8(1 - (6/8)^b) of the 8 experts a layer: about 25.5 GB at batch 1
     (every expert, as it was: 93 GB), 7.2 at batch 8, all 8 by batch 64."""
     out = run_main(main, "serve", "--model", "mixtral_8x7b", "--prompt-tokens", "64", "--new-tokens", "2",
                    "--gpu", "H200", "--json", "plan.json", "--no-log", cwd=tmp_path)
