@@ -66,8 +66,9 @@ def whole(value: Optional[float]) -> str:
 
 
 def billions(value: float) -> str:
-    """Tokens and parameters of a plan or a budget, in billions with commas: ``1,000.0B`` for 1e12 (``175B``'s B)."""
-    return f"{value / 1e9:,.1f}B"
+    """Tokens and parameters of a plan or a budget, in billions with commas: ``1,000.0B`` for 1e12 (``175B``'s B);
+    below a billion as :func:`count` gives them (``81.9M``, not ``0.1B``)."""
+    return f"{value / 1e9:,.1f}B" if abs(value) >= 1e9 else count(value)
 
 
 LAYOUT_KEYS = ("dp", "tp", "pp", "vpp", "cp", "ep", "zero")  # a parallel layout's name: dp16tp8pp8zero1

@@ -61,6 +61,8 @@ def test_a_plans_billions_carry_the_b_of_a_models_name():
     from flopsweep.core.text import billions
 
     assert billions(1.0589e12) == "1,058.9B"  # beside a preset's 175B; it read 1,058.9 B
+    # a short plan's tokens (1,000 steps x 32 sequences x 128 tokens) read 0.0B, and 10K x 64 x 128 read 0.1B
+    assert (billions(4_096_000), billions(81_920_000), billions(1.5e9)) == ("4.1M", "81.9M", "1.5B")
 
 
 
