@@ -45,7 +45,7 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     optimizers.check(opt)
     workload, train, train_notes = _train(cfg, family, dtype.params)
     typed = "train=generate" if cfg.train.mode == "generate" else "workload=generate"  # as the user spelt it
-    generate, batch, prompt_chosen = _generate(cfg.generate, workload, family, model, batch,
+    generate, batch, generate_note = _generate(cfg.generate, workload, family, model, batch,
                                                prompt_given=cfg.batch.seq_len is not None, typed=typed)
     measure = _measure(cfg.measure)
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
@@ -55,12 +55,13 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     model.validate_run(device.kind, trains(dtype.params, workload))
     parallel = _parallel(cfg, family, model, batch, device, dtype, workload, train, predict)
     tracking = _tracking(cfg)
-    chosen = prompt_chosen or model.chosen(batch, cfg.batch.seq_len is not None)
+    chosen = None if workload is Workload.generate else model.chosen(batch, cfg.batch.seq_len is not None)  # else
+    # the generation's note says the prompt it chose
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
                    train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
                    tracking=tracking, skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=(*train_notes, *([chosen] if chosen else [])))
+                   notes=tuple(n for n in (*train_notes, generate_note, chosen) if n))
 
 
 def _model(node: DictConfig, given: frozenset[str]) -> tuple[Family, ModelConfig]:
@@ -169,10 +170,13 @@ def _generate(node: DictConfig, workload: Workload, family: Family, model: Model
               prompt_given: bool, typed: str = "workload=generate") -> tuple[GenerateConf, BatchShape, Optional[str]]:
     """``generate.*`` checked, and the batch a generation runs: a prompt not given is the model's default length, cut
     to leave room in its positions for the new tokens (GPT-2's 1,024 positions: a prompt of 897 before 128 new),
-    and said (the note)."""
+    and said (the note); in another workload, a key set that it does not read is said."""
     generate = GenerateConf(**OmegaConf.to_container(node))
-    if workload is not Workload.generate:
-        return generate, batch, None
+    if workload is not Workload.generate:  # a key set for a generation changes nothing here: said
+        unread = [f"generate.{k}={v}" for k, v in dataclasses.asdict(generate).items()
+                  if v != getattr(GenerateConf(), k)]
+        return generate, batch, (f"{', '.join(unread)} changes nothing with workload={workload.value} (workload="
+                                 "generate reads it)") if unread else None
     require_int(generate.new_tokens, "generate.new_tokens")
     if family.generator is None or family.generator(model) is None:  # said of the key as the user typed it
         raise CannotGenerate(typed, None, "needs a decoder with a KV cache (the decoder family, or model=hf as a "

@@ -208,8 +208,11 @@ def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
     (["workload=inference", "train.alpha=4"], "train.alpha=4.0 changes nothing with workload=inference (lora and dora "
                                               "read it)"),
     (["train=lora", "train.rank=16"], None),
+    (["generate.new_tokens=5"], "generate.new_tokens=5 changes nothing with workload=train (workload=generate reads "
+                                "it)"),
 ])
 def test_a_train_key_the_mode_does_not_read_is_said_to_change_nothing(compose_cfg, overrides, note):
-    """A key of another mode was ignored without a word (train=full train.rank=16 counted a full step)."""
+    """A key of another mode, or of a generation, was ignored without a word (train=full train.rank=16 counted a
+    full step; generate.new_tokens=5 a training step)."""
     spec = resolve(compose_cfg(*TINY, "device=meta", *overrides))
     assert spec.notes == ((note,) if note else ())
