@@ -109,6 +109,13 @@ def test_serving_a_measured_generation_run(tmp_path):
         f"replica's memory, which holds {over - 1:,} sequences\n"), served.stderr
     fits = run_main(main, "serve", str(job), "--gpu", "L4", "--batch", str(over - 1), "--no-log", cwd=tmp_path)
     assert fits.returncode == 0 and not fits.stderr, fits.stderr
+    # a run is served as it was measured: another prompt was ignored without a word
+    other = run_main(main, "serve", str(job), "--gpu", "L4", "--prompt-tokens", "10", "--no-log", cwd=tmp_path)
+    assert other.returncode == 2 and other.stderr == (f"flopsweep-project serve: error: --prompt-tokens=10: differs "
+                                                      f"from the 128 that {job} was measured at: measure it at "
+                                                      "batch.seq_len=10\n"), other.stderr
+    same = run_main(main, "serve", str(job), "--gpu", "L4", "--new-tokens", "32", "--no-log", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
 
 
 @pytest.mark.parametrize("args,key", [

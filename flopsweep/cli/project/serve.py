@@ -77,6 +77,11 @@ def command(args: argparse.Namespace) -> int:
         counted = f"{args.model} (counted on meta in {dtype})"
     result, source = measured_or_counted(args, args.prompt_tokens, extra=extra, counted=counted)
     generation = S.Generation.from_result(result, source)
+    for key, measured, setting in (("prompt_tokens", generation.prompt, "batch.seq_len"),
+                                   ("new_tokens", generation.new_tokens, "generate.new_tokens")):
+        given = getattr(args, key)  # a run is served as it was measured: not another length said to be served
+        require(args.model is not None or given is None or given == measured, key.replace("_", "-"), given,
+                f"differs from the {measured:,} that {source} was measured at: measure it at {setting}={given}")
     require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
             f"is for a mixture of experts: {source} has no routed experts counted")
     plan = S.plan(generation, serving, int(args.batch) if args.batch else None)
