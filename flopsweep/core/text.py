@@ -105,7 +105,7 @@ def size_bytes(value: Optional[float]) -> str:
 def capacity(part: Accelerator) -> str:
     """A part's memory in the binary unit every estimate is given in, and as its datasheet gives it: ``74.5 GiB
     (80 GB)``."""
-    return f"{size_bytes(part.memory_bytes)} ({part.memory_gb:g} GB)"
+    return f"{size_bytes(part.memory_bytes)} ({_three(part.memory_gb)} GB)"  # 24 GiB given: 25.8 GB, not 25.7698
 
 
 def format_metric(key: str, value: Any) -> str:

@@ -39,6 +39,10 @@ def test_a_figure_with_its_unit_has_a_space_before_the_prefix():
 
 def test_a_parts_memory_is_given_in_gib_beside_its_datasheets_gb():
     assert capacity(accelerator("H100")) == "74.5 GiB (80 GB)"
+    import dataclasses
+
+    given = dataclasses.replace(accelerator("H100"), memory_gb=24 * 2**30 / 1e9)  # --gpu-memory 24 (GiB)
+    assert capacity(given) == "24 GiB (25.8 GB)"  # it read 25.7698 GB
 
 
 def test_the_profiles_header_names_its_units():

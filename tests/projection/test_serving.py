@@ -116,6 +116,11 @@ def test_serving_a_measured_generation_run(tmp_path):
                                                       "batch.seq_len=10\n"), other.stderr
     same = run_main(main, "serve", str(job), "--gpu", "L4", "--new-tokens", "32", "--no-log", cwd=tmp_path)
     assert same.returncode == 0, same.stderr
+    # figures given over the part's: said so, not under its datasheet's name alone
+    given = run_main(main, "serve", str(job), "--gpu", "L4", "--bandwidth", "1000", "--gpu-memory", "24", "--no-log",
+                     cwd=tmp_path)
+    assert "1,000 GB/s, 24 GiB (25.8 GB); --bandwidth, --gpu-memory as given; else NVIDIA L4" in given.stdout, \
+        given.stdout
 
 
 @pytest.mark.parametrize("args,key", [

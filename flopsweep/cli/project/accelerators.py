@@ -247,4 +247,6 @@ def serving_part(args: argparse.Namespace):
         acc = dataclasses.replace(acc, bandwidth_gbs=args.bandwidth)
     if args.gpu_memory is not None:
         acc = dataclasses.replace(acc, memory_gb=args.gpu_memory * 2**30 / 1e9)
-    return acc
+    given = [f"--{key.replace('_', '-')}" for key in ("peak_tflops", "bandwidth", "gpu_memory")
+             if getattr(args, key) is not None]
+    return dataclasses.replace(acc, source=f"{', '.join(given)} as given; else {acc.source}") if given else acc
