@@ -67,14 +67,14 @@ def scaling_fit(df: pd.DataFrame, x: str, y: str, by: Optional[str] = None) -> p
     return pd.DataFrame(rows).set_index("group") if by else pd.DataFrame(rows).drop(columns="group")
 
 
-def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri: Optional[str] = None,
+def bottlenecks(run: str | Path, depth: Optional[int] = None, top: Optional[int] = 10, uri: Optional[str] = None,
                 merge_repeats: bool = False) -> pd.DataFrame:
     """The costliest modules of one run (its job folder or MLflow run id), costliest first: forward + backward
     FLOPs and their share of the model's. ``depth`` picks one level of the module tree; by default the leaves
     of the recorded tree (modules with no recorded children) and the own work of the others, ``"<module> (own)"``
     (attention's score matmuls, which run in the attention module itself): all of the model. ``merge_repeats``
     adds up the modules that differ only in a layer index (``blocks.*.attn``: every block's attention together),
-    with their ``count``.
+    with their ``count``. The ``top`` costliest rows (None: every one, whose shares add up to 1).
     A run with a module profile (``measure.profile=true``) gives every module and, when it was timed,
     ``time_share``: the share of the forward pass's latency (backward time is not measured per module)."""
     import re
@@ -82,6 +82,8 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: int = 10, uri
     from flopsweep.sinks.reader import load_measured
     from flopsweep.sinks.target import target_at
 
+    require(top is None or (isinstance(top, int) and top >= 1), "top", top, "must be an integer >= 1, or None for "
+            "every module")  # 0 gave an empty table
     result, _ = load_measured(str(run), target_at(uri, "outputs", "").uri)  # a skipped job: the run it found
     breakdown = result.breakdown or {}
     records = breakdown.get("profile") or breakdown.get("modules") or []

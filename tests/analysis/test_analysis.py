@@ -76,5 +76,9 @@ def test_bottlenecks_and_closed_form(runs):
     assert by_name.loc["blocks.*.attn", "flops"] == top.set_index("module").loc[["blocks.0", "blocks.1"]].pipe(
         lambda t: t["flops"].sum()) - by_name.filter(like="blocks.*.", axis=0).drop("blocks.*.attn")["flops"].sum()
     assert merged["share"].sum() <= 1.0 + 1e-12
+    every = analysis.bottlenecks(longest, top=None, uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+    assert len(every) > 10 and every["share"].sum() == pytest.approx(1.0)  # leaves and own parts: the whole model
+    with pytest.raises(ConfigError, match=r"^top=0: must be an integer >= 1, or None for every module$"):
+        analysis.bottlenecks(longest, top=0)  # it was an empty table
     closed = analysis.counted_vs_closed_form(gpt)
     assert (closed["difference"] == 0).all()  # the decoder's closed form is exact
