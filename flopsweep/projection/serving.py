@@ -71,7 +71,7 @@ class Serving:
                 "group)")
         require(self.gpus is None or (isinstance(self.gpus, int) and self.gpus >= self.replica
                                       and self.gpus % self.replica == 0), "gpus",
-                self.gpus, f"must be a multiple of the {self.replica} GPUs a replica holds (--tp, --ep)")
+                self.gpus, f"must be a whole multiple (>= 1) of the {self.replica} GPUs a replica holds (--tp, --ep)")
         require(isinstance(self.expert_skew, (int, float)) and 0 <= self.expert_skew < float("inf"), "expert-skew",
                 self.expert_skew, "must be a finite number >= 0 (0: uniform routing)")
         require(self.weights_dtype is None or self.weights_dtype in SERVED_BYTES, "weights-dtype", self.weights_dtype,

@@ -139,6 +139,10 @@ def test_serving_a_measured_generation_run(tmp_path):
      "tp=5: does not divide the model's 12 attention heads"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--price", "-1"], "price=-1.0"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--watts", "-700"], "watts"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "1.5K", "--new-tokens", "2.5"],  # amounts, as train's
+     "new-tokens=2.5: must be a whole number >= 1"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--gpus", "0"],
+     "gpus=0: must be a whole multiple (>= 1) of the 1 GPUs"),
     (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--tokens-per-param", "1e9"],
      "tokens-per-param=1000000000.0: must be > 0 and at most 100,000"),
     (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--inference-tokens", "-5"],

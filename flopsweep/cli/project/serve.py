@@ -25,8 +25,8 @@ def register(subparsers) -> None:
                          "a generation's roofline: latency, throughput, cost per million tokens")
     A.add_source(p, "a measured workload=generate job")
     gen = p.add_argument_group("the generation (with --model)")
-    gen.add_argument("--prompt-tokens", type=int, help="the prompt's tokens")
-    gen.add_argument("--new-tokens", type=int, help="the tokens generated")
+    gen.add_argument("--prompt-tokens", type=A.amount, help="the prompt's tokens (K, M as train's amounts)")
+    gen.add_argument("--new-tokens", type=A.amount, help="the tokens generated")
     part = A.add_hardware(p, "the dtype of the peak, and of a preset's weights (default bfloat16)",
                           "GPUs in the fleet, a multiple of --tp: its tokens/s", "GiB per GPU (overrides the table's)")
     part.add_argument("--bandwidth", type=float, help="memory bandwidth, GB/s per GPU (overrides the table)")
@@ -67,11 +67,14 @@ def command(args: argparse.Namespace) -> int:
                         kv_dtype=args.kv_dtype, ep=1 if args.ep is None else args.ep)
     require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
             "must be a whole number >= 1")
+    for key in ("prompt_tokens", "new_tokens"):  # amounts (1K): whole numbers of tokens
+        value = getattr(args, key)
+        value = int(value) if value is not None and float(value).is_integer() else value
+        require(value is None or (isinstance(value, int) and value >= 1), key.replace("_", "-"), value,
+                "must be a whole number >= 1")
+        setattr(args, key, value)
     extra, counted = [], ""
     if args.model is not None:
-        for key in ("prompt_tokens", "new_tokens"):
-            value = getattr(args, key)
-            require(value >= 1, key.replace("_", "-"), value, "must be >= 1")
         dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
         extra = ["workload=generate", f"generate.new_tokens={args.new_tokens}", f"dtype={dtype}"]
         counted = f"{args.model} (counted on meta in {dtype})"
