@@ -246,6 +246,8 @@ def project(cost: PerToken, plan: Plan, hardware: Hardware, devices: Optional[Pe
             f"differs from the {cost.seq_len} that {cost.model} was measured at: measure it at {plan.seq_len}")
     if devices is not None:
         check_layout(devices, plan, hardware)
+        if plan.tokens_per_step is None:  # the measured batch is the global batch of one step: its tokens are known
+            plan = replace(plan, tokens_per_step=float(devices.batch * cost.seq_len))
     # a layout counted rank by rank with recomputation has it in its predicted step; its MFU is of the model's FLOPs
     totals = total_flops(cost, replace(plan, recompute=False) if hardware.mfu_of_layout else plan)
     notes = [] if cost.training else [

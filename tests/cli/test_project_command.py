@@ -361,6 +361,17 @@ def test_bottlenecks_of_a_skipped_job_are_those_of_the_run_it_found(measured_and
     assert not direct.empty and followed.equals(direct)
 
 
+def test_a_measured_run_split_over_a_layout_has_its_steps_and_their_optimizer(measured_and_skipped):
+    """A run split over --dp is the global batch of one step (2 sequences of 32 tokens): the plan's steps follow, each
+    with its optimizer step (it said 'the plan gives no tokens per step' and left the optimizer out)."""
+    folder, measured, _, _ = measured_and_skipped
+    out = run_main(main, "train", str(measured), "--tokens", "1B", "--dp", "2", "--mfu", "0.5", "--gpu", "H100",
+                   "--json", "split.json", "--no-log", cwd=folder)
+    assert out.returncode == 0, out.stderr
+    assert "gives no tokens per step" not in out.stdout
+    assert json.loads((folder / "split.json").read_text())["plan"]["steps"] == 1e9 / (2 * 32)
+
+
 def test_a_layout_the_model_does_not_take_is_refused_naming_the_flag(measured_and_skipped):
     """--tp that does not divide the heads names --tp, whether the measured run is split (projection) or a preset is
     counted in the layout (the config's parallel.tp underneath); --pp and --seq-len alike, each in one line."""
