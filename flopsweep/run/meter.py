@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flopsweep.core import metrics as M
+from flopsweep.core.errors import require, require_int
 from flopsweep.core.result import Result, TimingInfo
 from flopsweep.measure._torch import at_backward_end, node_sequence_nr, tree_leaves
 from flopsweep.measure.count import Counter, StepCount
@@ -47,6 +48,9 @@ class Meter:
                  batch_size: int = 1, seq_len: Optional[int] = None, name: Optional[str] = None,
                  peak_tflops: Optional[float] = None, causal_half: bool = False, profile: bool = True):
         self.model, self.optimizer = model, optimizer
+        require_int(batch_size, "batch_size")  # the figures a second divide by them (0 read as 0 tokens a second)
+        require(seq_len is None or (isinstance(seq_len, int) and seq_len >= 1), "seq_len", seq_len,
+                "must be an integer >= 1, or None (not a sequence model)")
         self.batch = BatchShape(batch_size, seq_len)
         self.name, self.peak_tflops, self.causal_half, self.profile = name, peak_tflops, causal_half, profile
         param = next(model.parameters(), None)

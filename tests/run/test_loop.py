@@ -2,6 +2,7 @@
 same config, phases told apart without being told, timings from the later steps, and logging to MLflow."""
 
 import contextlib
+import re
 import subprocess
 import sys
 
@@ -104,3 +105,13 @@ def test_example_script_logs_to_mlflow(tmp_path):
     df = flopsweep.load_runs(experiment="train-loop", store_dir=tmp_path / "outputs")
     assert list(df["run_id"]) == [run_id]
     assert df["flops/forward"].iloc[0] > 0 and df["time/step_s"].iloc[0] > 0
+
+
+@pytest.mark.parametrize("kwargs,said", [({"batch_size": 0}, "batch_size=0: must be an integer >= 1"),
+                                         ({"seq_len": -1}, "seq_len=-1: must be an integer >= 1, or None")])
+def test_a_meter_refuses_a_batch_or_sequence_it_cannot_divide_by(kwargs, said):
+    """batch_size=0 and seq_len=-1 were taken, and the record said 0 tokens a second and config/seq_len -1."""
+    from flopsweep.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(said)}"):
+        flopsweep.meter(torch.nn.Linear(4, 4), **kwargs)
