@@ -141,12 +141,13 @@ def from_fields(fields: Any, origin: str, links: Optional[dict[str, Any]] = None
     require(not missing, f"hardware.{missing[0] if missing else ''}", None, f"missing in {origin}")
     peaks = fields["peak_tflops"]
     require(isinstance(peaks, dict) and peaks, "hardware.peak_tflops", peaks, f"must map dtypes ({', '.join(DTYPES)}) "
-            "to TFLOP/s")
+            f"to TFLOP/s in {origin}")
     for dtype, value in peaks.items():
-        require(dtype in DTYPES, f"hardware.peak_tflops.{dtype}", value, f"is not a dtype ({', '.join(DTYPES)})")
-        require(_positive(value), f"hardware.peak_tflops.{dtype}", value, "must be a number > 0")
+        require(dtype in DTYPES, f"hardware.peak_tflops.{dtype}", value,
+                f"is not a dtype ({', '.join(DTYPES)}) in {origin}")
+        require(_positive(value), f"hardware.peak_tflops.{dtype}", value, f"must be a number > 0 in {origin}")
     for key in ("memory_gb", "bandwidth_gbs"):
-        require(_positive(fields[key]), f"hardware.{key}", fields[key], "must be a number > 0")
+        require(_positive(fields[key]), f"hardware.{key}", fields[key], f"must be a number > 0 in {origin}")
     aliases = fields.get("aliases", [])
     require(isinstance(aliases, list) and all(isinstance(a, str) and a.strip() for a in aliases), "hardware.aliases",
             aliases, f"must be a list of names in {origin}")
@@ -173,7 +174,7 @@ def _interconnect(fields: Any, origin: str, links: dict[str, Any]) -> Optional[I
     require(isinstance(domain, int) and not isinstance(domain, bool) and domain >= 1, f"{key}.domain", domain,
             f"must be the GPUs of a scale-up domain, an integer >= 1, in {origin}")
     full_mesh = fields.get("full_mesh", False)
-    require(isinstance(full_mesh, bool), f"{key}.full_mesh", full_mesh, "must be true or false")
+    require(isinstance(full_mesh, bool), f"{key}.full_mesh", full_mesh, f"must be true or false in {origin}")
     return Interconnect(_link(fields.get("scale_up"), f"{key}.scale_up", origin, links),
                         domain, _link(fields.get("scale_out"), f"{key}.scale_out", origin, links), full_mesh)
 
@@ -186,11 +187,12 @@ def _link(fields: Any, key: str, origin: str, links: dict[str, Any]) -> Link:
     values = {name: fields.get(name, tier.get(name)) for name in ("bandwidth_gbs", "latency_s", "efficiency")}
     for name, value in values.items():
         require(value is not None, f"{key}.{name}", None, f"missing in {origin}")
-    require(_positive(values["bandwidth_gbs"]), f"{key}.bandwidth_gbs", values["bandwidth_gbs"], "must be a number > 0")
+    require(_positive(values["bandwidth_gbs"]), f"{key}.bandwidth_gbs", values["bandwidth_gbs"],
+            f"must be a number > 0 in {origin}")
     require(is_number(values["latency_s"]) and 0 <= values["latency_s"] < 1, f"{key}.latency_s", values["latency_s"],
-            "must be seconds, >= 0 and below 1")
+            f"must be seconds, >= 0 and below 1, in {origin}")
     require(_positive(values["efficiency"]) and values["efficiency"] <= 1, f"{key}.efficiency", values["efficiency"],
-            "must be a share of the bandwidth, above 0 and at most 1")
+            f"must be a share of the bandwidth, above 0 and at most 1, in {origin}")
     source = str(fields.get("source", origin))
     if "latency_s" not in fields and links.get("source"):
         source += f"; {links['source']}"

@@ -170,6 +170,15 @@ def test_your_own_part_from_a_yaml_file(tmp_path):
     assert bad.returncode == 2 and "hardware.bandwidth" in bad.stderr
     # a misspelt field is named as misspelt, with the field meant (it was 'hardware.bandwidth_gbs: missing')
     assert "hardware.bandwidth: unknown field in bad.yaml (did you mean bandwidth_gbs?)" in bad.stderr, bad.stderr
+    for field, said in (("peak_tflops: {bfloat16: -5}", "peak_tflops.bfloat16=-5: must be a number > 0 in bad.yaml"),
+                        ("peak_tflops: {bf16: 5}", "peak_tflops.bf16=5: is not a dtype ("),
+                        ("bandwidth_gbs: fast", "bandwidth_gbs='fast': must be a number > 0 in bad.yaml")):
+        fields = {"name": "x", "peak_tflops": "{bfloat16: 400}", "memory_gb": "64", "bandwidth_gbs": "2000",
+                  **dict([field.split(": ", 1)])}  # each value's error names the file, as a field's did
+        (tmp_path / "bad.yaml").write_text("".join(f"{k}: {v}\n" for k, v in fields.items()))
+        bad = run_main(main, "serve", "--model", "gpt2_small", "--prompt-tokens", "64", "--new-tokens", "8",
+                       "--hardware", "bad.yaml", cwd=tmp_path)
+        assert bad.returncode == 2 and said in bad.stderr and bad.stderr.rstrip().endswith("bad.yaml"), bad.stderr
     # every mode that takes a part takes it from the file: its name, and its peak for a training run's hours
     train = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1e12", "--mfu", "0.5", "--hardware",
                      "gpu.yaml", "--json", "train.json", "--no-log", cwd=tmp_path)
