@@ -105,8 +105,8 @@ def test_serving_a_measured_generation_run(tmp_path):
     over = payload["largest_batch"] + 1
     served = run_main(main, "serve", str(job), "--gpu", "L4", "--batch", str(over), "--no-log", cwd=tmp_path)
     assert served.returncode == 0 and served.stderr == (
-        f"flopsweep-project: warning: --batch={over:,} does not fit: its weights and KV cache need more than 90% of the "
-        f"replica's memory, which holds {over - 1:,} sequences\n"), served.stderr
+        f"flopsweep-project: warning: --batch={over:,} does not fit: its weights and KV cache need more than 90% of "
+        f"the replica's memory, which holds {over - 1:,} sequences\n"), served.stderr
     fits = run_main(main, "serve", str(job), "--gpu", "L4", "--batch", str(over - 1), "--no-log", cwd=tmp_path)
     assert fits.returncode == 0 and not fits.stderr, fits.stderr
     # a run is served as it was measured: another prompt was ignored without a word
