@@ -130,8 +130,8 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
         return None
     require(isinstance(tracking.experiment, str) and tracking.experiment.strip() != "", "tracking.experiment",
             tracking.experiment, "must be a name")
-    if tracking.kind == "server":
-        uri = tracking.uri or os.environ.get(URI_ENV)
+    if tracking.kind == "server" or tracking.uri:  # a store's address given is where the runs go (it was ignored
+        uri = tracking.uri or os.environ.get(URI_ENV)  # without a word under the default tracking=local)
         require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
         scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
         require(scheme in STORE_SCHEMES, "tracking.uri", masked(str(uri)),
@@ -143,6 +143,15 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
     require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,
             "is not a folder: the store and its artifacts go in one")
     return target_at(None, folder, tracking.experiment, environment=False)
+
+
+def environment_unread(tracking: Any) -> Optional[str]:
+    """What to say where ``MLFLOW_TRACKING_URI`` is set and the local store is used all the same (tracking=local
+    does not read it: the variable another tool set is no reason to log elsewhere); None otherwise."""
+    if tracking.kind != "local" or tracking.uri or not os.environ.get(URI_ENV):
+        return None
+    return (f"{URI_ENV} is set and not read: tracking=local logs to {tracking.dir}/mlflow.db; tracking=server logs "
+            f"to {masked(os.environ[URI_ENV])}")
 
 
 def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:

@@ -24,7 +24,7 @@ from flopsweep.core.result import JobTimes, Result, Tracking
 from flopsweep.core.text import job_lines
 from flopsweep.sinks.identity import fingerprint, run_name, short_name
 from flopsweep.sinks.claims import Claim
-from flopsweep.sinks.target import Target
+from flopsweep.sinks.target import Target, environment_unread
 from flopsweep.core import progress as phases
 from flopsweep.measure.timing import TICK
 from flopsweep.sweep import state
@@ -59,7 +59,9 @@ def run_one(cfg: DictConfig) -> Result:
         changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else \
             [key for key in command_line_keys(hydra_cfg) if key.startswith("model.")]
         folder = Path(hydra_cfg.runtime.output_dir)
-        say("\n".join([progress_line(job_num, config, changed, folder), *(f"note: {n}" for n in spec.notes)]))
+        unread = environment_unread(cfg.tracking) if hydra_cfg.mode != RunMode.MULTIRUN else None  # a sweep's: once
+        notes = [*spec.notes, *([unread] if unread else [])]
+        say("\n".join([progress_line(job_num, config, changed, folder), *(f"note: {n}" for n in notes)]))
         started = time.time()
         ticker = Ticker()
         ticking, listening = TICK.set(ticker), phases.LISTENER.set(ticker.entered)

@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flopsweep.core.console import error, warning
+from flopsweep.core.console import error, say, warning
 from flopsweep.core.errors import ConfigError, command, masked, one_line
 from flopsweep.core.result import Result, any_failed, status_counts
 from flopsweep.core.text import counted, summary_table
@@ -24,7 +24,7 @@ from flopsweep.sinks.identity import GROUP_NAMES
 from flopsweep.sinks.jobdir import write_csv
 from flopsweep.sinks import health
 from flopsweep.sinks.store import failed, store
-from flopsweep.sinks.target import target_of
+from flopsweep.sinks.target import environment_unread, target_of
 from flopsweep.sinks.sweep_run import Heartbeat, SweepRun, remove_unstarted
 from flopsweep.sinks.views import varying_params
 from flopsweep.sweep import state
@@ -57,6 +57,9 @@ class SweepSummary(Callback):
                 raise
             raise state.Unwritable(None, disk) from None
         sweep.heartbeat = Heartbeat(Path(config.hydra.sweep.dir).resolve())  # a sync on another host tells its end
+        unread = environment_unread(config.tracking)
+        if unread:
+            say(f"note: {unread}")
         start_workers(plan)  # they import what jobs import while this process opens the run, checks values
         health.forget()
         started = time.monotonic()

@@ -97,6 +97,22 @@ def test_a_store_that_is_down_loses_nothing(tmp_path):
     assert result["info"]["tracking"]["logged"] is False and result["info"]["tracking"]["error"]
 
 
+def test_a_stores_address_alone_is_where_the_runs_go_and_an_unread_variable_is_said(tmp_path):
+    """tracking.uri without tracking=server, and MLFLOW_TRACKING_URI under the default tracking=local, both logged to
+    outputs/mlflow.db without a word; the address given is now the store, and the variable left unread is said."""
+    given = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking.uri=http://127.0.0.1:9",
+                    cwd=tmp_path, env=NO_RETRIES, store=False)
+    assert given.returncode == 0 and "not logged to MLflow (the store http://127.0.0.1:9 cannot be used" in \
+        given.stderr, given.stderr
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+    variable = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", cwd=tmp_path,
+                       env={**NO_RETRIES, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, store=False)
+    assert variable.returncode == 0, variable.stderr
+    assert ("note: MLFLOW_TRACKING_URI is set and not read: tracking=local logs to outputs/mlflow.db; tracking=server "
+            "logs to http://127.0.0.1:9") in variable.stdout
+    assert (tmp_path / "outputs" / "mlflow.db").exists()
+
+
 def test_tracking_none_writes_no_store(tmp_path):
     proc = run_app("model=gpt2_small", "device=meta", "model.n_layer=1", "tracking=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
