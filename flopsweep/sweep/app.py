@@ -151,9 +151,11 @@ def _record(tracking: Target | ConfigError | None, hydra_cfg: DictConfig, result
     try:
         _log(tracking, hydra_cfg, result, job_num, results_line)
     except OSError as err:  # the numbers are said here, in the sweep's table and in a store with room; the sweep stops
-        if not said:  # its folder could not be written
-            state.current().unwritten[folder.name] = result
-            if result.tracking is not None and result.tracking.logged:  # a resume finds it there
+        logged = result.tracking is not None and result.tracking.logged
+        if not said or logged:  # its folder, or its result.json saying where it was logged, could not be written:
+            state.current().unwritten[folder.name] = result  # the sweep's summary takes it as measured
+        if not said:
+            if logged:  # a resume finds it there
                 lines.append(f"logged to MLflow (run {result.tracking.run_id}) with the files it has")
             say("\n".join(lines))
         raise state.Unwritable(folder, err) from None

@@ -359,6 +359,31 @@ def test_a_job_measured_when_the_disk_filled_is_logged_to_a_store_with_room(tmp_
     assert sorted(statuses) == ["ok"] * (6 - len(runs)) + ["skipped"] * len(runs)
 
 
+def test_a_job_logged_whose_result_json_could_not_say_so_is_not_counted_unlogged(tmp_path, monkeypatch):
+    """The disk filled between a job's folder and the line of its result.json that says where it was logged: the sweep
+    stopped on it, then said '1 of 1 jobs not logged to MLflow (stopped before it was logged)' of a run in the store."""
+    import errno
+
+    from flopsweep.core.result import Result
+
+    write = Result.write
+
+    def full_once_logged(self, path):  # the rewrite after the run is logged: as a full disk refuses it
+        if self.tracking is not None and self.tracking.logged:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, path)
+
+    monkeypatch.setattr(Result, "write", full_once_logged)
+    proc = run_app("-m", "model=gpt2_small", "device=meta", "model.n_layer=1", "batch.seq_len=16,32",
+                   "tracking.experiment=sf", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = said(proc.stderr)
+    assert line.startswith(f"flopsweep: error: {tmp_path}/sweep/0_gpt2_small: cannot be written (No space left on "
+                           "device)"), line
+    _, jobs = job_runs(tmp_path)
+    assert [r["status"] for r in jobs] == ["ok"] and "1 ok" in proc.stdout  # its run: the tag status, ok
+
+
 def test_a_read_only_output_folder_is_one_line_before_anything_is_measured(tmp_path, tmpfs):
     tmpfs(tmp_path / "outputs", read_only=True)
     for args in (SWEEP, SWEEP[1:3]):  # a sweep, a single run
