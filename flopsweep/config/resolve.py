@@ -153,6 +153,8 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
     require(params_dtype != "int8" or not mode.freezes, "train.mode", train.mode,
             "int8 weights are an inference build: use dtype=float32 (or bfloat16) to train")
     mode.check(train, family)
+    if params_dtype == "int8" and workload is Workload.train:
+        notes.append("dtype=int8: weights that do not train, measured forward only (workload=inference's pass)")
     for key in (f.name for f in dataclasses.fields(TrainConf) if f.name != "mode" and f.name not in mode.reads):
         if getattr(train, key) != getattr(TrainConf(), key):  # set, where the default is unread anyway
             readers = [name for name, other in TRAIN_MODES.items() if key in other.reads]

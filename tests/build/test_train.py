@@ -210,6 +210,8 @@ def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
     (["train=lora", "train.rank=16"], None),
     (["generate.new_tokens=5"], "generate.new_tokens=5 changes nothing with workload=train (workload=generate reads "
                                 "it)"),
+    (["dtype=int8"], "dtype=int8: weights that do not train, measured forward only (workload=inference's pass)"),
+    (["dtype=int8", "workload=inference"], None),
 ])
 def test_a_train_key_the_mode_does_not_read_is_said_to_change_nothing(compose_cfg, overrides, note):
     """A key of another mode, or of a generation, was ignored without a word (train=full train.rank=16 counted a
