@@ -64,11 +64,12 @@ class PresetSize:
 
 
 def language_model_presets(each: Callable[[int, int, int], None] = lambda done, total, found: None
-                           ) -> list[PresetSize]:
+                           ) -> tuple[list[PresetSize], list[str]]:
     """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (nothing is
-    counted); ``each(done, total, found)`` before each preset file is read (``found`` language models so far), for
-    whoever says how far it is."""
+    counted), and the Hugging Face presets left out where transformers is not installed; ``each(done, total,
+    found)`` before each preset file is read (``found`` language models so far), for whoever says how far it is."""
     sizes: list[PresetSize] = []
+    unbuilt: list[str] = []
     files = sorted((CONF_DIR / "model").glob("*.yaml"))
     for done, file in enumerate(files):
         each(done, len(files), len(sizes))
@@ -77,11 +78,13 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
             continue
         try:
             spec = resolve(cfg)
-        except ConfigError:  # a template (model=hf), not a preset: it names no model until given one
+        except ConfigError as err:  # a template (model=hf), not a preset: it names no model until given one
+            if "needs transformers" in str(err):  # a Hugging Face preset that cannot be built here: said, not dropped
+                unbuilt.append(file.stem)
             continue
         if spec.family.generator is None or spec.family.generator(spec.model) is None:  # not a causal LM
             continue
         params = active_parameters(build(spec).model)
         sizes.append(PresetSize(file.stem, params, spec.batch.seq_len, dataclasses.asdict(spec.model),
                                 spec.family.shape(spec.model)))
-    return sizes
+    return sizes, unbuilt

@@ -534,3 +534,25 @@ def test_a_serving_tables_costs_keep_three_figures_and_say_n_a_where_unpriced(tm
     for cell in (row[-2] for row in rows):  # $/M out: three significant digits, trailing zeros kept
         digits = cell.replace(",", "").replace(".", "").lstrip("0")
         assert len(digits) == 3 or float(cell.replace(",", "")) >= 100, cell
+
+
+@pytest.mark.slow  # a new interpreter builds every preset: some 12 s
+def test_a_budget_without_transformers_says_which_presets_it_could_not_rank(tmp_path):
+    """Without transformers the ranking was of our own presets alone (15 of 40), said as 'each language-model preset',
+    and its answer changed once the extra was installed."""
+    import subprocess
+    import sys
+
+    from tests.helpers import child_env
+
+    (tmp_path / "hidden").mkdir()  # as where it is not installed: importing it fails
+    (tmp_path / "hidden" / "transformers.py").write_text("raise ImportError('no transformers here')\n")
+    out = subprocess.run([sys.executable, "-m", "flopsweep.cli.project", "budget", "--model", "gpt2_small",
+                          "--gpu-hours", "10", "--gpu", "H100", "--mfu", "0.4", "--no-log"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300,
+                         env={**child_env(), "PYTHONPATH": str(tmp_path / "hidden")})
+    assert out.returncode == 0, out.stderr
+    (note,) = [line for line in out.stdout.splitlines() if line.startswith("note: ")]
+    assert re.fullmatch(r"note: \d+ Hugging Face presets left out \(their language models not ranked\): "
+                        r"transformers is not installed \(.* -m pip install 'torch==.*\[hf\]'\)", note), note
+    assert "mistral_7b" not in out.stdout and "llama3_8b" not in out.stdout  # as the note says

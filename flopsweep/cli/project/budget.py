@@ -18,7 +18,7 @@ from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
 from flopsweep.cli.project.common import check_source, log_projection, write_json
 from flopsweep.core.console import say
-from flopsweep.core.errors import require
+from flopsweep.core.errors import install_extra, require
 from flopsweep.core.progress import throttled
 
 BUDGETS = {"flops": "FLOPs", "gpu_hours": "GPU-hours", "days": "wall-clock days on all GPUs",
@@ -73,8 +73,13 @@ def command(args: argparse.Namespace) -> int:
 
         say("building every language-model preset on meta to rank them (some seconds)...")
         line = throttled(say, PACE_S)
-        read = language_model_presets(lambda done, total, found: line(f"  ... {done} of {total} model presets read, "
-                                                                      f"{found} of them language models"))
+        read, unbuilt = language_model_presets(lambda done, total, found: line(
+            f"  ... {done} of {total} model presets read, {found} of them language models"))
+        if unbuilt:  # the ranking is of fewer models than it says: said
+            from flopsweep.models.hf import EXTRA
+
+            say(f"note: {len(unbuilt)} Hugging Face presets left out (their language models not ranked): "
+                f"transformers is not installed ({install_extra(EXTRA)})")
         presets = [P.of_preset(p.name, p.params, p.seq_len, p.model) for p in read]
     report = B.budget_report(flops, kind, value, cost, hardware, presets, args.recompute, devices,
                              args.tokens_per_param, args.inference_tokens)
