@@ -61,7 +61,8 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
                    train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
                    tracking=tracking, skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in (*train_notes, generate_note, chosen) if n))
+                   notes=tuple(n for n in (*train_notes, generate_note, chosen, _unread_batch_keys(cfg.batch, batch,
+                                                                                                   model)) if n))
 
 
 def _model(node: DictConfig, given: frozenset[str]) -> tuple[Family, ModelConfig]:
@@ -98,6 +99,16 @@ def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:
     model.validate_common()
     model.validate(shape)
     return shape
+
+
+def _unread_batch_keys(batch: DictConfig, shape: BatchShape, model: ModelConfig) -> Optional[str]:
+    """A note for ``batch.seq_len`` or ``batch.image_size`` given to a model that does not read it (a ViT's tokens
+    are its image's patches), which changed nothing without a word."""
+    unread = [f"batch.{key}={given}" for key, given, used in (("seq_len", batch.seq_len, shape.seq_len),
+                                                            ("image_size", batch.image_size, shape.image_size))
+              if given is not None and used is None]
+    return f"{', '.join(unread)} changes nothing with {model.name or 'this model'}, which does not read it" \
+        if unread else None
 
 
 def _device(device: DictConfig) -> Device:
