@@ -48,6 +48,8 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     generate, batch, generate_note = _generate(cfg.generate, workload, family, model, batch,
                                                prompt_given=cfg.batch.seq_len is not None, typed=typed)
     measure = _measure(cfg.measure)
+    untimed = f"measure.timing={measure.timing} changes nothing on device=meta, where nothing is timed" \
+        if device.is_meta and measure.timing != MeasureConf().timing else None
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
@@ -57,12 +59,12 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     tracking = _tracking(cfg)
     chosen = None if workload is Workload.generate else model.chosen(batch, cfg.batch.seq_len is not None)  # else
     # the generation's note says the prompt it chose
+    notes = (*train_notes, generate_note, chosen, _unread_batch_keys(cfg.batch, batch, model), untimed)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
                    train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
                    tracking=tracking, skip_existing=cfg.skip_existing, model_source=_source(model),
-                   notes=tuple(n for n in (*train_notes, generate_note, chosen, _unread_batch_keys(cfg.batch, batch,
-                                                                                                   model)) if n))
+                   notes=tuple(n for n in notes if n))
 
 
 def _model(node: DictConfig, given: frozenset[str]) -> tuple[Family, ModelConfig]:

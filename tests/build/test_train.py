@@ -213,6 +213,7 @@ def test_lora_backward_closed_form_stops_at_the_first_adapter(compose_cfg):
     (["dtype=int8"], "dtype=int8: weights that do not train, measured forward only (workload=inference's pass)"),
     (["dtype=int8", "workload=inference"], None),
     (["batch.image_size=64"], "batch.image_size=64 changes nothing with llama2_7b, which does not read it"),
+    (["measure.timing=per_block"], "measure.timing=per_block changes nothing on device=meta, where nothing is timed"),
 ])
 def test_a_train_key_the_mode_does_not_read_is_said_to_change_nothing(compose_cfg, overrides, note):
     """A key of another mode, or of a generation, was ignored without a word (train=full train.rank=16 counted a
