@@ -80,6 +80,7 @@ def test_multirun_goes_on_after_a_failed_job_and_exits_nonzero(tmp_path):
     assert [row[column] for row in rows] == ["4", "7"] and [row[6] for row in rows] == ["ok", "failed"]
 
 
+@pytest.mark.slow  # two gpt3 presets at full size on meta: some 5 s
 def test_sweep_preset_runs_as_multirun(tmp_path):
     proc = run_app("+sweep=gpt3_family", "model=gpt3_small,gpt3_medium", "batch.seq_len=64", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
+@pytest.mark.slow  # a benchmark's two runs in a new interpreter: some 8 s
 def test_a_benchmark_says_each_run_as_it_starts_and_keeps_its_results_apart(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_store_creation.py"), "--runs", "2"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -43,6 +44,7 @@ def test_the_prepared_gpu_check_finds_the_cuda_tests_wherever_they_live(tmp_path
     assert proc.returncode == 1 and "pytest -m cuda: exit 0; calibrate: exit 2; bench_gpu: exit 2" in proc.stdout
 
 
+@pytest.mark.slow  # a new interpreter each
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if "sys.path" in p.read_text()))
 def test_a_benchmark_that_reaches_into_the_tests_finds_what_it_imports(script):
     """resnet_bk_vs_reference.py looked for the reference counter in tests/ after it moved to tests/models/: the
