@@ -48,8 +48,8 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     generate, batch, generate_note = _generate(cfg.generate, workload, family, model, batch,
                                                prompt_given=cfg.batch.seq_len is not None, typed=typed)
     measure = _measure(cfg.measure)
-    untimed = f"measure.timing={measure.timing} changes nothing on device=meta, where nothing is timed" \
-        if device.is_meta and measure.timing != MeasureConf().timing else None
+    untimed = _unread([f"measure.timing={measure.timing}"] if device.is_meta and measure.timing != MeasureConf().timing
+                     else [], "on device=meta, where nothing is timed")
     require(not (measure.compile and workload is Workload.generate), "measure.compile", True,
             "times a training step or a forward pass: a generation (workload=generate) is timed eagerly")
     predict = _predict(cfg.predict, measure)
@@ -109,8 +109,13 @@ def _unread_batch_keys(batch: DictConfig, shape: BatchShape, model: ModelConfig)
     unread = [f"batch.{key}={given}" for key, given, used in (("seq_len", batch.seq_len, shape.seq_len),
                                                             ("image_size", batch.image_size, shape.image_size))
               if given is not None and used is None]
-    return f"{', '.join(unread)} changes nothing with {model.name or 'this model'}, which does not read it" \
-        if unread else None
+    return _unread(unread, f"with {model.name or 'this model'}, which does not read it")
+
+
+def _unread(keys: list[str], why: str) -> Optional[str]:
+    """The note for keys set that change nothing in this job, and why (they were taken without a word); None for
+    none."""
+    return f"{', '.join(keys)} changes nothing {why}" if keys else None
 
 
 def _device(device: DictConfig) -> Device:
@@ -172,8 +177,8 @@ def _train(cfg: DictConfig, family: Family, params_dtype: str) -> tuple[Workload
         if getattr(train, key) != getattr(TrainConf(), key):  # set, where the default is unread anyway
             readers = [name for name, other in TRAIN_MODES.items() if key in other.reads]
             chosen = f"train.mode={train.mode}" if workload is Workload.train else f"workload={workload.value}"
-            notes.append(f"train.{key}={getattr(train, key)} changes nothing with {chosen} ({' and '.join(readers)} "
-                         f"read{'s' if len(readers) == 1 else ''} it)")
+            notes.append(_unread([f"train.{key}={getattr(train, key)}"],
+                                 f"with {chosen} ({' and '.join(readers)} read{'s' if len(readers) == 1 else ''} it)"))
     return workload, train, notes
 
 
@@ -190,8 +195,7 @@ def _generate(node: DictConfig, workload: Workload, family: Family, model: Model
     if workload is not Workload.generate:  # a key set for a generation changes nothing here: said
         unread = [f"generate.{k}={v}" for k, v in dataclasses.asdict(generate).items()
                   if v != getattr(GenerateConf(), k)]
-        return generate, batch, (f"{', '.join(unread)} changes nothing with workload={workload.value} (workload="
-                                 "generate reads it)") if unread else None
+        return generate, batch, _unread(unread, f"with workload={workload.value} (workload=generate reads it)")
     require_int(generate.new_tokens, "generate.new_tokens")
     if family.generator is None or family.generator(model) is None:  # said of the key as the user typed it
         raise CannotGenerate(typed, None, "needs a decoder with a KV cache (the decoder family, or model=hf as a "
