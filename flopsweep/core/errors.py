@@ -15,6 +15,14 @@ class ConfigError(ValueError):
         super().__init__(f"{key}={value!r}: {problem}" if value is not None else f"{key}: {problem}")
 
 
+class MissingExtra(ConfigError):
+    """A family that needs a library flopsweep installs as an optional extra (``hf``: transformers) where it is not
+    installed: ``model.family=...: needs transformers: <the pip command>``."""
+
+    def __init__(self, family: str, library: str, extra: str):
+        super().__init__("model.family", family, f"needs {library}: {install_extra(extra)}")
+
+
 def require(condition: bool, key: str, value: object, problem: str) -> None:
     if not condition:
         raise ConfigError(key, value, problem)

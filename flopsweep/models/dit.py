@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from flopsweep.core.errors import ConfigError, install_extra, require
+from flopsweep.core.errors import ConfigError, MissingExtra, require
 from flopsweep.core.shape import ModelShape
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, check_positive
 
@@ -63,7 +63,7 @@ def diffusers_module(family: str = "dit") -> Any:
     try:
         import diffusers
     except ImportError:
-        raise ConfigError("model.family", family, f"needs diffusers: {install_extra(EXTRA)}") from None
+        raise MissingExtra(family, "diffusers", EXTRA) from None
     return diffusers
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn.attention import sdpa_kernel
 
-from flopsweep.core.errors import ConfigError, install_extra, pip, require
+from flopsweep.core.errors import ConfigError, MissingExtra, pip, require
 from flopsweep.core.shape import LANGUAGE_TASKS, LAYERS, ModelShape, from_fields
 from flopsweep.models._transformers import quiet_hub_kernels
 from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, file_source
@@ -49,7 +49,7 @@ def transformers_module() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConfigError("model.family", "hf", f"needs transformers: {install_extra(EXTRA)}") from None
+        raise MissingExtra("hf", "transformers", EXTRA) from None
     broken = _broken_torchvision()
     if broken is not None:  # transformers imports it where installed, and then builds nothing
         raise ConfigError("model.family", "hf", f"transformers cannot build models while the installed torchvision "

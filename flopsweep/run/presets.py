@@ -11,7 +11,7 @@ from flopsweep.build.model import build
 from flopsweep.config.compose import LISTED_BY, compose_config, public_options
 from flopsweep.config.resolve import CannotGenerate, job_config, resolve
 from flopsweep.config.schema import CONF_DIR
-from flopsweep.core.errors import ConfigError, not_one_of, one_line, require
+from flopsweep.core.errors import ConfigError, MissingExtra, not_one_of, one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape
 from flopsweep.measure.size import active_parameters
@@ -78,9 +78,10 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
             continue
         try:
             spec = resolve(cfg)
-        except ConfigError as err:  # a template (model=hf), not a preset: it names no model until given one
-            if "needs transformers" in str(err):  # a Hugging Face preset that cannot be built here: said, not dropped
-                unbuilt.append(file.stem)
+        except MissingExtra:  # a Hugging Face preset that cannot be built here: said, not dropped
+            unbuilt.append(file.stem)
+            continue
+        except ConfigError:  # a template (model=hf), not a preset: it names no model until given one
             continue
         if spec.family.generator is None or spec.family.generator(spec.model) is None:  # not a causal LM
             continue

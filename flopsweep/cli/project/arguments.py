@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Optional
 
 from flopsweep.core.errors import require
 from flopsweep.core.hardware import DTYPE_SPELLINGS
@@ -102,6 +103,16 @@ def require_finite(args: argparse.Namespace, *keys: str) -> None:
     for key in keys:
         value = getattr(args, key)
         require(value is None or math.isfinite(value), key.replace("_", "-"), value, "must be a finite number")
+
+
+def require_whole(args: argparse.Namespace, *keys: str, at_least: Optional[int] = None) -> None:
+    """Counts given as amounts (``1K``: a float): whole numbers where given (``at_least`` or more), kept as ints."""
+    for key in keys:
+        value = getattr(args, key)
+        value = int(value) if value is not None and float(value).is_integer() else value
+        require(value is None or (isinstance(value, int) and (at_least is None or value >= at_least)),
+                key.replace("_", "-"), value, "must be a whole number" + (f" >= {at_least}" if at_least else ""))
+        setattr(args, key, value)
 
 
 def require_positive(args: argparse.Namespace, *keys: str) -> None:

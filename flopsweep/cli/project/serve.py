@@ -65,14 +65,7 @@ def command(args: argparse.Namespace) -> int:
                         args.memory_efficiency, price_per_gpu_hour=args.price, watts_per_gpu=args.watts,
                         gpus=args.gpus, expert_skew=args.expert_skew or 0.0, weights_dtype=args.weights_dtype,
                         kv_dtype=args.kv_dtype, ep=1 if args.ep is None else args.ep)
-    require(args.batch is None or (args.batch >= 1 and float(args.batch).is_integer()), "batch", args.batch,
-            "must be a whole number >= 1")
-    for key in ("prompt_tokens", "new_tokens"):  # amounts (1K): whole numbers of tokens
-        value = getattr(args, key)
-        value = int(value) if value is not None and float(value).is_integer() else value
-        require(value is None or (isinstance(value, int) and value >= 1), key.replace("_", "-"), value,
-                "must be a whole number >= 1")
-        setattr(args, key, value)
+    A.require_whole(args, "batch", "prompt_tokens", "new_tokens", at_least=1)
     extra, counted = [], ""
     if args.model is not None:
         dtype = args.dtype if args.dtype in WEIGHT_DTYPES else "bfloat16"
@@ -87,10 +80,10 @@ def command(args: argparse.Namespace) -> int:
                 f"differs from the {measured:,} that {source} was measured at: measure it at {setting}={given}")
     require(args.expert_skew is None or generation.experts is not None, "expert-skew", args.expert_skew,
             f"is for a mixture of experts: {source} has no routed experts counted")
-    plan = S.plan(generation, serving, int(args.batch) if args.batch else None)
+    plan = S.plan(generation, serving, args.batch)
     print(plan.table())
     if args.batch and args.batch > plan.largest:  # its row is a roofline's, for memory the replica does not have
-        warning(f"--batch={int(args.batch):,} does not fit: its weights and KV cache need more than "
+        warning(f"--batch={args.batch:,} does not fit: its weights and KV cache need more than "
                 f"{serving.memory_share:.0%} of the replica's memory, which holds {plan.largest:,} sequences",
                 "flopsweep-project")
     write_json(args.json, plan.to_dict())

@@ -48,9 +48,7 @@ def command(args: argparse.Namespace) -> int:
 
     check_source(args)
     A.require_finite(args, "tokens", "steps", "batch", "price", "watts")
-    for key in ("steps", "batch"):
-        value = getattr(args, key)
-        require(value is None or float(value).is_integer(), key, value, "must be a whole number")
+    A.require_whole(args, "steps", "batch")
     plans = [n for n in ("tokens", "steps") if getattr(args, n) is not None] + (["compute_optimal"]
                                                                                 if args.compute_optimal else [])
     require(len(plans) == 1, "plan", "+".join(plans) or None,
