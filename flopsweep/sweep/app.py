@@ -36,8 +36,9 @@ def run_one(cfg: DictConfig) -> Result:
     state.in_a_job()
     hydra_cfg = HydraConfig.get()
     job_num = OmegaConf.select(hydra_cfg.job, "num", default=None, throw_on_missing=False)
+    typed = command_line_keys(hydra_cfg)
     try:
-        spec = resolve(cfg, command_line_keys(hydra_cfg))
+        spec = resolve(cfg, typed)
         config = job_config(cfg, spec)
     except (ConfigError, OmegaConfBaseException) as err:  # the latter: an interpolation that does not resolve
         if isinstance(err, OmegaConfBaseException):
@@ -56,8 +57,7 @@ def run_one(cfg: DictConfig) -> Result:
         result.info["fingerprint"] = fingerprint(config, None, None)
         tracking, claimed = _failed_job_target(cfg, err), None
     else:
-        changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else \
-            [key for key in command_line_keys(hydra_cfg) if key.startswith("model.")]
+        changed = [] if hydra_cfg.mode == RunMode.MULTIRUN else [key for key in typed if key.startswith("model.")]
         folder = Path(hydra_cfg.runtime.output_dir)
         unread = environment_unread(cfg.tracking) if hydra_cfg.mode != RunMode.MULTIRUN else None  # a sweep's: once
         notes = [*spec.notes, *([unread] if unread else [])]
