@@ -115,6 +115,7 @@ class PerDevice:
     optimizer_state_bytes: Share
     activations_bytes: Share
     memory_bytes: Share
+    counted_peak_bytes: Optional[float] = None  # the layout counted rank by rank: its busiest GPU's peak, if counted
 
     @property
     def bubble(self) -> float:
@@ -181,9 +182,36 @@ def table(split: PerDevice, memory_bytes: Optional[float] = None) -> str:
                        ("memory", "memory_bytes")):
         share = getattr(split, key)
         rows.append([label, size_bytes(share.whole), size_bytes(share.device)])
+    if split.counted_peak_bytes is not None:  # what the step holds at once: the layout's fit is judged by it
+        rows.append(["memory at the peak, counted rank by rank", "", size_bytes(split.counted_peak_bytes)])
     lines = [f"parallel {split.layout.describe()}: pipeline bubble {split.bubble:.1%}", "",
              text_table(["", "whole model", "per device (split evenly)"], rows)]
-    if memory_bytes is not None and split.memory_bytes.device > memory_bytes:
-        lines.append(f"warning: a device needs {size_bytes(split.memory_bytes.device)}, more than the "
-                     f"{size_bytes(memory_bytes)} of one GPU")
+    counted = split.counted_peak_bytes is not None  # then the fit is the peak's, not the even split's
+    needs = split.counted_peak_bytes if counted else split.memory_bytes.device
+    if memory_bytes is not None and needs > memory_bytes:
+        smaller = ", or more, smaller micro-batches (--micro-batches)" if split.layout.pp > 1 else ""
+        lines.append(f"warning: a device needs {size_bytes(needs)}{' at the peak' if counted else ''}, more than the "
+                     f"{size_bytes(memory_bytes)} of one GPU: more GPUs, more sharding, or a smaller batch{smaller}")
     return "\n".join(lines)
+
+
+def notes(devices: PerDevice, recompute: bool = False, mfu_of_layout: bool = False) -> list[str]:
+    """A projection's notes on its layout: the bubble (or the counted step that has it), the per-device conventions,
+    what recomputation and a counted peak mean for the figures."""
+    pp, m = devices.layout.pp, devices.layout.m
+    said = ["parallel: the MFU is the layout's predicted step's, counted rank by rank: its communication and "
+            "pipeline bubble are in it (docs/parallel.md)." if mfu_of_layout else
+            f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
+            f"{devices.bubble:.1%}; GPU-hours, cost and energy include the idle bubble; communication is not "
+            "modelled.",
+            "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "
+            "optimizer state and FLOPs evenly (replicated norms ignored); ZeRO-1/2/3 shard optimizer state / "
+            "+ gradients / + parameters over dp; activations A·min(m, pp)/(dp·m·pp·tp), the first stage's (1F1B)."]
+    if recompute and not mfu_of_layout:
+        said.append("per-device activations are those measured, without recomputation: an upper bound here.")
+    if devices.counted_peak_bytes is not None:
+        said.append("memory at the peak, counted rank by rank: the most the busiest GPU holds at once (PyTorch's "
+                     "memory tracker over the step: gathered weights, temporaries and FSDP's buffers in it, "
+                     "activations freed as backward goes); the even split above holds every saved activation at "
+                     "once. The layout fits or not by the peak.")
+    return said

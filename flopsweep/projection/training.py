@@ -28,6 +28,7 @@ from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape, from_config, shape_of
 from flopsweep.core.text import billions, table, whole
 from flopsweep.projection.parallel import PerDevice
+from flopsweep.projection.parallel import notes as parallel_notes
 from flopsweep.projection.parallel import table as per_device_table
 
 TOKENS_PER_PARAM = 20  # compute-optimal data (Hoffmann et al. 2022)
@@ -281,18 +282,3 @@ def check_layout(devices: PerDevice, plan: Plan, hardware: Hardware) -> None:
     require(batch is None or batch == devices.batch, "batch", batch and int(batch),
             f"differs from the {devices.batch} sequences measured: with a parallel layout the measured batch is "
             "the global batch of one step: measure that one")
-
-
-def parallel_notes(devices: PerDevice, recompute: bool = False, mfu_of_layout: bool = False) -> list[str]:
-    pp, m = devices.layout.pp, devices.layout.m
-    notes = ["parallel: the MFU is the layout's predicted step's, counted rank by rank: its communication and "
-             "pipeline bubble are in it (docs/parallel.md)." if mfu_of_layout else
-             f"parallel: time / (1 − bubble), bubble (pp − 1)/(m + pp − 1) = {pp - 1}/{m + pp - 1} = "
-             f"{devices.bubble:.1%}; GPU-hours, cost and energy include the idle bubble; communication is not "
-             "modelled.",
-             "per device: the measured batch is the global batch, split over dp; tp·pp split weights, gradients, "
-             "optimizer state and FLOPs evenly (replicated norms ignored); ZeRO-1/2/3 shard optimizer state / "
-             "+ gradients / + parameters over dp; activations A·min(m, pp)/(dp·m·pp·tp), the first stage's (1F1B)."]
-    if recompute and not mfu_of_layout:
-        notes.append("per-device activations are those measured, without recomputation: an upper bound here.")
-    return notes

@@ -96,6 +96,11 @@ def test_a_flag_another_subcommand_takes_is_refused_in_one_line(args, message, t
     (["train", "--model", "gpt2_smal"],
      "train: error: --model='gpt2_smal': is not a preset (did you mean gpt2_small?)"),
     (["serve"], "serve: error: RUN: give a measured run (its job folder or MLflow run id) or --model PRESET"),
+    # a negative amount after its flag was argparse's "expected one argument" (taken for a flag); with = it was read
+    (["train", "--model", "gpt2_small", "--tokens", "-5B"],
+     "train: error: argument --tokens: '-5B' is negative: an amount is 0 or more (examples: 2e12, 300B, 1.5T)"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens=-1K"], "serve: error: argument --prompt-tokens: '-1K' is "
+                                                                "negative"),
     # what --model needs, in one line (it took three tries, one flag each, the first naming an internal 'run')
     (["serve", "--model", "llama3_1_8b"], "serve: error: --prompt-tokens and --new-tokens: must be given with --model"),
     (["budget", "x", "--model", "gpt2_small", "--flops", "1e20"], "budget: error: RUN: give a measured run or "
@@ -193,11 +198,14 @@ def test_a_preset_without_an_mfu_is_refused_with_the_one_reason_that_holds(args,
 
 
 def test_a_split_over_the_gpus_memory_is_warned_of_from_the_table_without_gpu_memory(tmp_path):
-    """--gpu A10G says 24 GB: a device needing 1.25 TiB printed no warning unless --gpu-memory was given too."""
+    """--gpu A10G says 24 GB: a device needing 639 GiB printed no warning unless --gpu-memory was given too. The
+    preset is counted in --dtype (bfloat16 by default): its activations half the 1.25 TiB a float32 count gave."""
     done = run_main(main, "train", "--model", "gpt2_xl", "--tokens", "1B", "--dp", "2", "--mfu", "0.4", "--gpu",
                     "A10G", "--batch", "512", "--no-log", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "warning: a device needs 1.25 TiB, more than the 22.4 GiB of one GPU" in done.stdout.splitlines()
+    assert "counted on meta in bfloat16" in done.stdout
+    assert "warning: a device needs 639 GiB, more than the 22.4 GiB of one GPU: more GPUs, more sharding, or a " \
+           "smaller batch" in done.stdout.splitlines()
 
 
 @pytest.mark.slow
@@ -208,10 +216,12 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     from tests.helpers import compose_config
     from flopsweep.config.resolve import job_config, resolve
     from flopsweep.core import metrics as M
+    from flopsweep.core.text import size_bytes
     from flopsweep.run.job import run_job
 
     out = run_main(main, "train", "--model", "gpt2_small", "--tokens", "1B", "--batch", "8", "--dp", "2", "--tp", "2",
-                   "--pp", "2", "--zero", "3", "--gpu", "H100", "--json", "p.json", "--no-log", cwd=tmp_path)
+                   "--pp", "2", "--zero", "3", "--gpu", "H100", "--gpu-memory", "1", "--json", "p.json", "--no-log",
+                   cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cfg = compose_config("model=gpt2_small", "device=meta", "batch.size=8", "tracking=none", "parallel.dp=2",
                          "parallel.tp=2", "parallel.pp=2", "parallel.zero=3", "parallel.micro_batch_size=2",
@@ -225,6 +235,12 @@ def test_a_presets_layout_is_counted_rank_by_rank_and_its_predicted_mfu_projecte
     assert "counted as dp2 tp2 pp2 zero3, 2 micro-batches, on a fake" in out.stdout
     assert "layout counted rank by rank" in out.stdout and "memory a GPU" in out.stdout
     payload = json.loads((tmp_path / "p.json").read_text())
+    # the per-device table is of the preset counted as the layout computes (its weights float32, 4 bytes each), and
+    # fits or not by the layout's counted peak (over the 1 GiB given, where the even split is under it)
+    peak, split = job.metrics[M.PARALLEL_MEMORY_PER_GPU], payload["parallel"]
+    assert split["weights_bytes"]["whole"] == 4 * payload["model"]["params"]
+    assert split["counted_peak_bytes"] == peak and split["memory_bytes"]["device"] < 2**30 < peak, split
+    assert f"warning: a device needs {size_bytes(peak)} at the peak, more than the 1 GiB of one GPU" in out.stdout
     assert payload["hardware"]["mfu"] == pytest.approx(mfu)
     # the step predicted has its bubble (2 stages, 2 micro-batches) and communication in it: the hours are the
     # FLOPs at that MFU, not divided again by 1 - bubble
@@ -262,23 +278,6 @@ def test_a_counted_layout_with_recomputation_costs_its_predicted_steps_and_fp8_i
     assert fp8.returncode == 2 and fp8.stderr.strip().splitlines()[-1] == (
         "flopsweep-project train: error: --dtype='fp8': a layout counted rank by rank computes in float32, bfloat16 "
         "or float16, and its predicted MFU is of that dtype's peak: give --mfu to project this one"), fp8.stderr
-
-
-def test_a_counted_layout_that_does_not_fit_is_a_warning_line_below_the_plan():
-    """The README's layout projected a full cost table with 'does not fit' only inside its last line."""
-    from flopsweep.cli.project.common import layout_line
-    from flopsweep.core.result import Result
-
-    words = "does not fit: 74.7 GiB a GPU at the peak, over the H100's 74.5 GiB (80 GB); compute: 99% of the step"
-    over = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": words}}))
-    assert over.splitlines()[-1] == "warning: the layout does not fit: 74.7 GiB a GPU at the peak, over the H100's " \
-                                    "74.5 GiB (80 GB): more GPUs, more sharding, or a smaller batch"
-    fits = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": "compute: 99% of the step"}}))
-    assert "warning" not in fits
-    # a pipeline holds its micro-batches' activations: --micro-batches defaults to pp (2 of 8 sequences each for a
-    # 70B's 426 GiB a GPU, where 16 micro-batches fit in 71.5 GiB)
-    staged = layout_line(Result("ok", None, {}, {}, info={"parallel": {"bottleneck": words, "layout": {"pp": 2}}}))
-    assert staged.splitlines()[-1].endswith("or a smaller batch, or more, smaller micro-batches (--micro-batches)")
 
 
 def test_number_formats_take_their_usual_spellings(tmp_path):

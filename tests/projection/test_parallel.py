@@ -60,6 +60,28 @@ def test_the_table_says_what_a_device_holds_of_the_parameters_it_computes_with_u
     assert rows[2].split() == ["parameters", "1B", "250M"]
 
 
+def test_a_layout_counted_rank_by_rank_fits_or_not_by_its_peak_not_the_even_split():
+    """A train projection with a layout counted rank by rank warned from the even split (62.1 GiB a device) below a
+    footer saying 44.2 GiB a GPU at the counted peak: the table now shows the peak and warns from it alone."""
+    import dataclasses
+
+    from flopsweep.projection.parallel import table
+
+    # dp 4 x tp 2 x pp 2, ZeRO-3: 2.5e8 + 2.5e5 + 2.5e8 + 5e8 + 4e10 = 4.100025e10 B a device (38.2 GiB) split evenly
+    split = per_device(measured(), Parallelism(dp=4, tp=2, pp=2, zero=3))
+    assert split.memory_bytes.device == pytest.approx(4.100025e10)
+    assert table(split, 30 * 2**30).splitlines()[-1] == (
+        "warning: a device needs 38.2 GiB, more than the 30 GiB of one GPU: more GPUs, more sharding, or a smaller "
+        "batch, or more, smaller micro-batches (--micro-batches)")
+    low = table(dataclasses.replace(split, counted_peak_bytes=28 * 2**30), 30 * 2**30).splitlines()
+    assert low[-1].split() == ["memory", "at", "the", "peak,", "counted", "rank", "by", "rank", "28", "GiB"]
+    high = table(dataclasses.replace(split, counted_peak_bytes=45 * 2**30), 40 * 2**30).splitlines()
+    assert high[-1] == ("warning: a device needs 45 GiB at the peak, more than the 40 GiB of one GPU: more GPUs, more "
+                        "sharding, or a smaller batch, or more, smaller micro-batches (--micro-batches)")
+    one_stage = per_device(measured(), Parallelism(dp=8, zero=3))
+    assert table(one_stage, 2**30).splitlines()[-1].endswith("more GPUs, more sharding, or a smaller batch")
+
+
 LAYOUTS = [(1, 1, 1, None), (8, 1, 1, None), (1, 4, 1, None), (1, 1, 4, None), (2, 2, 2, None), (4, 8, 2, None),
            (2, 1, 4, 8), (2, 2, 4, 2), (1, 1, 8, 32), (16, 1, 1, 4)]
 

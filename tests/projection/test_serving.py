@@ -137,7 +137,8 @@ def test_serving_a_measured_generation_run(tmp_path):
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "0"], "tp=0: must be"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--tp", "5"],
      "tp=5: does not divide the model's 12 attention heads"),
-    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--price", "-1"], "price=-1.0"),
+    (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--price", "-1"],
+     "argument --price: '-1' is negative"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "8", "--new-tokens", "8", "--watts", "-700"], "watts"),
     (["serve", "--model", "gpt2_small", "--prompt-tokens", "1.5K", "--new-tokens", "2.5"],  # amounts, as train's
      "new-tokens=2.5: must be a whole number >= 1"),
@@ -146,7 +147,7 @@ def test_serving_a_measured_generation_run(tmp_path):
     (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--tokens-per-param", "1e9"],
      "tokens-per-param=1000000000.0: must be > 0 and at most 100,000"),
     (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--inference-tokens", "-5"],
-     "inference-tokens=-5.0: must be >= 0"),
+     "argument --inference-tokens: '-5' is negative"),
     (["budget", "--model", "gpt2_small", "--gpu-hours", "100", "--mfu", "0.4", "--peak-tflops", "-1"], "peak-tflops"),
     (["train", "--model", "gpt2_small", "--tokens", "1e9", "--mfu", "0.4", "--hardware", "nowhere.yaml",
       "--no-log"], "hardware='nowhere.yaml': cannot be read"),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # imported where used: --help stays fast
     from flopsweep.projection.parallel import Parallelism
     from flopsweep.projection.training import Hardware, PerToken
 
+COUNTED_DTYPES = ("float32", "bfloat16", "float16")  # what a preset is counted in for a layout (--dtype)
 NO_MFU = ("give --mfu (assumed), --mfu-from (a measured GPU run), or a run with a predicted MFU "
           "(speed/mfu_predicted: a timed job, or a meta job with predict.hardware=<part>)")
 
@@ -46,7 +47,10 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
             "goes with --model: a measured run is projected as it was measured (training, or inference)")
     require(args.seq_len is None or args.seq_len >= 1, "seq_len", args.seq_len, "must be >= 1")
     require(args.mfu is None or 0 < args.mfu <= 1, "mfu", args.mfu, "must be in (0, 1]: a fraction (0.4 for 40%)")
-    result, source = measured_or_counted(args, args.seq_len, batch, args.inference)
+    extra, counted_as = [], "the preset, counted on meta"
+    if split is not None and args.model is not None and args.dtype in COUNTED_DTYPES:  # a device's memory in --dtype
+        extra, counted_as = [f"dtype={_layout_dtype(args, split)}"], f"{counted_as} in {_layout_dtype(args, split)}"
+    result, source = measured_or_counted(args, args.seq_len, batch, args.inference, extra, counted_as)
     try:
         cost = PerToken.from_result(result, source)
     except ConfigError as err:  # of the preset asked for: --model, not a run the user never gave
@@ -95,17 +99,24 @@ def _layout_counted(args: argparse.Namespace, split: Parallelism, batch: int, la
     per_replica = batch // split.dp if batch % split.dp == 0 else 0
     require(per_replica and per_replica % split.m == 0, "batch", batch, f"must be a multiple of dp x micro-batches "
             f"= {split.dp * split.m} to count the layout (--micro-batches sets how many, default --pp)")
-    require(args.dtype in ("float32", "bfloat16", "float16"), "dtype", args.dtype, "a layout counted rank by rank "
+    require(args.dtype in COUNTED_DTYPES, "dtype", args.dtype, "a layout counted rank by rank "
             "computes in float32, bfloat16 or float16, and its predicted MFU is of that dtype's peak: give --mfu to "
             "project this one")
-    dtype = args.dtype
-    if dtype != "float32" and split.zero >= 1 and split.dp > 1:  # FSDP's mixed precision: float32 weights and state
-        dtype = {"bfloat16": "mixed_bf16", "float16": "mixed_fp16"}[dtype]
+    dtype = _layout_dtype(args, split)
     extra = [f"parallel.dp={split.dp}", f"parallel.tp={split.tp}", f"parallel.pp={split.pp}",
              f"parallel.zero={split.zero}", f"parallel.micro_batch_size={per_replica // split.m}",
              f"parallel.recompute={'full' if getattr(args, 'recompute', False) else 'none'}",  # its step and memory
              f"predict.hardware={args.gpu}", f"dtype={dtype}"]
     return measure_preset(args.model, args.seq_len, batch, extra=extra)
+
+
+def _layout_dtype(args: argparse.Namespace, split: Parallelism) -> str:
+    """The dtype a preset is counted in for a layout (``--dtype``, one of :data:`COUNTED_DTYPES`): FSDP's mixed
+    precision where ZeRO shards over replicas (float32 weights and optimizer state, computing in ``--dtype``), else
+    all in ``--dtype``; the layout counted rank by rank and the per-device table's whole model alike."""
+    if args.dtype != "float32" and split.zero >= 1 and split.dp > 1:
+        return {"bfloat16": "mixed_bf16", "float16": "mixed_fp16"}[args.dtype]
+    return args.dtype
 
 
 def _words(split: Parallelism) -> str:

@@ -23,9 +23,12 @@ def amount(text: str) -> float:
     raw = text.strip().lstrip("$").replace(",", "").replace("_", "")
     scale = SUFFIXES.get(raw[-1:].upper(), 1.0) if raw[-1:].isalpha() else 1.0
     try:
-        return float(raw[:-1] if scale != 1.0 else raw) * scale
+        value = float(raw[:-1] if scale != 1.0 else raw) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an amount (examples: 2e12, 300B, 1.5T)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: an amount is 0 or more (examples: 2e12, 300B, 1.5T)")
+    return value
 
 
 def add_subcommand(subparsers, name: str, doc: str, summary: str) -> argparse.ArgumentParser:

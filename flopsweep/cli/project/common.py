@@ -88,9 +88,4 @@ def layout_line(counted: Result) -> str:
     m = counted.metrics
     figures = ", ".join(f"{what} {format_metric(key, m.get(key))}" for what, key in (
         ("step", M.TIME_STEP_PREDICTED), ("MFU", M.MFU_PREDICTED), ("memory a GPU", M.PARALLEL_MEMORY_PER_GPU)))
-    line = f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"
-    if (counted.bottleneck or "").startswith("does not fit"):  # the plan above cannot run as laid out: said apart
-        why = counted.bottleneck.split(";")[0]
-        smaller = ", or more, smaller micro-batches (--micro-batches)" if counted.layout.get("pp", 1) > 1 else ""
-        line += f"\nwarning: the layout {why}: more GPUs, more sharding, or a smaller batch{smaller}"
-    return line
+    return f"\nlayout counted rank by rank (docs/parallel.md): {figures}; {counted.bottleneck or '-'}"

@@ -19,10 +19,12 @@ no --mfu, the layout is counted rank by rank on a fake process group and its ste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from flopsweep.cli.project import arguments as A
 from flopsweep.cli.project.accelerators import training_inputs
 from flopsweep.cli.project.common import check_source, layout_line, log_projection, write_json
+from flopsweep.core import metrics as M
 from flopsweep.core.errors import require
 
 
@@ -65,7 +67,10 @@ def command(args: argparse.Namespace) -> int:
         require(cost.training, "compute-optimal", True, f"is a training plan; {source} was measured forward "
                 "only (inference): give --tokens or --steps")
         plan = P.Plan.compute_optimal(cost.params, args.recompute)
-    projection = P.project(cost, plan, hardware, per_device(result, split, source) if split else None)
+    devices = per_device(result, split, source) if split else None
+    if devices is not None and counted is not None:  # beside the even split, the peak counted rank by rank
+        devices = dataclasses.replace(devices, counted_peak_bytes=counted.metrics.get(M.PARALLEL_MEMORY_PER_GPU))
+    projection = P.project(cost, plan, hardware, devices)
     print(projection.table())
     if counted is not None:
         print(layout_line(counted))
