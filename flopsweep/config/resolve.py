@@ -37,7 +37,9 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     """Validate a composed config, of which ``given`` keys (``model.embed_dim``) were set on the command line. Every
     check names the offending key; nothing is built here."""
-    family, model = _model(cfg.model, frozenset(k[len("model."):] for k in given if k.startswith("model.")))
+    typed_fields = frozenset(k[len("model."):] for k in given if k.startswith("model."))
+    family, model = _model(cfg.model, typed_fields)
+    _one_length(cfg.batch, model, typed_fields)
     batch = _batch(cfg.batch, model)
     device = _device(cfg.device)
     dtype = _dtype(cfg.dtype)
@@ -86,6 +88,16 @@ def _source(model: ModelConfig) -> Optional[dict[str, Any]]:
         raise  # named by its key already
     except (OSError, ValueError) as err:  # the build reads it too, and says so by key
         raise ConfigError("model", None, f"its defining file cannot be read: {one_line(err, 200)}") from None
+
+
+def _one_length(batch: DictConfig, model: ModelConfig, typed: frozenset[str]) -> None:
+    """A model field a batch key builds the model for (ResNet-BK's ``n_seq``), given on the command line beside that
+    key with another value, is refused: the batch's would be taken without a word."""
+    for key, name in model.set_by_batch.items():
+        given = getattr(model, name)
+        require(name not in typed or batch[key] is None or batch[key] == given, f"model.{name}", given,
+                f"differs from batch.{key}={batch[key]}, which sets it (the batch builds the model for its {key}, "
+                "so that one sweep scales every family): give one of them")
 
 
 def _batch(batch: DictConfig, model: ModelConfig) -> BatchShape:

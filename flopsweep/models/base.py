@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ class BatchShape:
 class ModelConfig:
     family: str = ""
     name: str = ""
+    # the model's fields that a batch key builds it for (ResNet-BK's n_seq by batch.seq_len, a ViT's image_size by
+    # batch.image_size, so that one sweep scales every family): given both, differing, a job is refused
+    set_by_batch: ClassVar[dict[str, str]] = {}
 
     def resolve_batch(self, size: int, seq_len: Optional[int], image_size: Optional[int]) -> BatchShape:
         """The batch shape for this model: unset dimensions come from the model's defaults. Each dimension

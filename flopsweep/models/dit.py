@@ -44,7 +44,7 @@ is a short config, a loss around diffusers' class and a closed form; apart they 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
@@ -71,6 +71,7 @@ def diffusers_module(family: str = "dit") -> Any:
 class Config(ModelConfig):
     family: str = "dit"
     sample_size: int = 32              # the latent's side (batch.image_size)
+    set_by_batch: ClassVar[dict[str, str]] = {"image_size": "sample_size"}
     patch_size: int = 2
     in_channels: int = 4
     out_channels: Optional[int] = None  # None: in_channels (no learned variance); DiT's: 2 x in_channels
@@ -197,6 +198,7 @@ FAMILIES.add("dit", Family("dit", Config, Model, example_inputs, shape, head=("n
 class MMDiTConfig(ModelConfig):
     family: str = "mmdit"
     sample_size: int = 128             # the latent's side (batch.image_size)
+    set_by_batch: ClassVar[dict[str, str]] = {"image_size": "sample_size"}
     patch_size: int = 2
     in_channels: int = 16
     out_channels: int = 16

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from flopsweep.models.base import FAMILIES, BatchShape, Family, ModelConfig, che
 @dataclass
 class Config(ModelConfig):
     family: str = "resnet_bk"
+    set_by_batch: ClassVar[dict[str, str]] = {"seq_len": "n_seq"}
     vocab_size: int = 30000
     d_model: int = 64
     n_layers: int = 4

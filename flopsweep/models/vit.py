@@ -4,7 +4,7 @@ patch convolution, class token, learned positions, pre-norm blocks, classificati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from flopsweep.models.layers import Block
 @dataclass
 class Config(ModelConfig):
     family: str = "vit"
+    set_by_batch: ClassVar[dict[str, str]] = {"image_size": "image_size"}
     image_size: int = 224
     patch_size: int = 16
     channels: int = 3

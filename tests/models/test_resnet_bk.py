@@ -227,6 +227,22 @@ def test_batch_seq_len_builds_the_model_for_that_length():
     assert spec.model.n_seq == 64 and spec.batch.seq_len == 64
 
 
+@pytest.mark.parametrize("preset,field,batch_key", [("resnet_bk_baseline", "n_seq", "seq_len"),
+                                                    ("vit_b16", "image_size", "image_size")])
+def test_a_model_length_typed_beside_another_batch_length_is_refused_naming_both(preset, field, batch_key):
+    """model.n_seq=256 batch.seq_len=512 built a model of 512 tokens without a word; the same value, or the field
+    alone (a sweep over batch.seq_len of a preset whose file sets n_seq), is taken."""
+    typed = [f"model.{field}=256", f"batch.{batch_key}=512"]
+    with pytest.raises(ConfigError) as err:
+        resolve(compose_config(f"model={preset}", *typed), given=[k.split("=")[0] for k in typed])
+    assert str(err.value).startswith(f"model.{field}=256: differs from batch.{batch_key}=512, which sets it")
+    same = [f"model.{field}=256", f"batch.{batch_key}=256"]
+    assert getattr(resolve(compose_config(f"model={preset}", *same), given=[k.split("=")[0] for k in same]).model,
+                   field) == 256
+    file_set = resolve(compose_config(f"model={preset}", f"batch.{batch_key}=512"), given=[f"batch.{batch_key}"])
+    assert getattr(file_set.model, field) == 512
+
+
 BAD = [
     (["model.top_k=5"], "model.top_k"),
     (["model.num_experts=0"], "model.num_experts"),
