@@ -83,10 +83,14 @@ def _sgd(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimiz
     return torch.optim.SGD(params, lr=conf.lr, weight_decay=conf.weight_decay, foreach=True)
 
 
-@optimizer("sgd_momentum", reads=("lr", "momentum", "weight_decay"))
+def _check_momentum(conf: OptimizerConf) -> None:
+    require(conf.momentum > 0, "optimizer.momentum", conf.momentum,
+            "must be in (0, 1) for sgd_momentum (optimizer=sgd is SGD without momentum)")
+
+
+@optimizer("sgd_momentum", reads=("lr", "momentum", "weight_decay"), check=_check_momentum)
 def _sgd_momentum(conf: OptimizerConf, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum or 0.9, weight_decay=conf.weight_decay,
-                           foreach=True)
+    return torch.optim.SGD(params, lr=conf.lr, momentum=conf.momentum, weight_decay=conf.weight_decay, foreach=True)
 
 
 @optimizer("adam", reads=ADAM_READS)

@@ -37,7 +37,7 @@ AUTOCAST_DTYPES = ("bfloat16", "float16")
 def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     """Validate a composed config, of which ``given`` keys (``model.embed_dim``) were set on the command line. Every
     check names the offending key; nothing is built here."""
-    typed_fields = frozenset(k[len("model."):] for k in given if k.startswith("model."))
+    typed_fields = _typed(given, "model")
     family, model = _model(cfg.model, typed_fields)
     _one_length(cfg.batch, model, typed_fields)
     batch = _batch(cfg.batch, model)
@@ -45,6 +45,9 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     dtype = _dtype(cfg.dtype)
     opt = optimizers.OptimizerConf(**OmegaConf.to_container(cfg.optimizer))
     optimizers.check(opt)
+    unread_opt = _unread([f"optimizer.{key}={getattr(opt, key)}" for key in sorted(_typed(given, "optimizer"))
+                          if key != "name" and key not in optimizers.OPTIMIZERS[opt.name].reads],
+                         f"with optimizer={opt.name}, which does not read it")
     workload, train, train_notes = _train(cfg, family, dtype.params)
     typed = "train=generate" if cfg.train.mode == "generate" else "workload=generate"  # as the user spelt it
     generate, batch, generate_note = _generate(cfg.generate, workload, family, model, batch,
@@ -61,7 +64,7 @@ def resolve(cfg: DictConfig, given: Sequence[str] = ()) -> JobSpec:
     tracking = _tracking(cfg)
     chosen = None if workload is Workload.generate else model.chosen(batch, cfg.batch.seq_len is not None)  # else
     # the generation's note says the prompt it chose
-    notes = (*train_notes, generate_note, chosen, _unread_batch_keys(cfg.batch, batch, model), untimed)
+    notes = (*train_notes, generate_note, chosen, _unread_batch_keys(cfg.batch, batch, model), untimed, unread_opt)
     return JobSpec(model=model, family=family, batch=batch, device=device, dtype=dtype, optimizer=opt,
                    measure=measure, peak_tflops=cfg.device.peak_tflops, threads=cfg.device.threads, workload=workload,
                    train=train, max_batch=max_batch, generate=generate, predict=predict, parallel=parallel,
@@ -124,10 +127,15 @@ def _unread_batch_keys(batch: DictConfig, shape: BatchShape, model: ModelConfig)
     return _unread(unread, f"with {model.name or 'this model'}, which does not read it")
 
 
+def _typed(given: Sequence[str], group: str) -> frozenset[str]:
+    """The fields of ``group`` (``model``) among the keys the command line set (``model.n_layer``: ``n_layer``)."""
+    return frozenset(key[len(group) + 1:] for key in given if key.startswith(f"{group}."))
+
+
 def _unread(keys: list[str], why: str) -> Optional[str]:
     """The note for keys set that change nothing in this job, and why (they were taken without a word); None for
     none."""
-    return f"{', '.join(keys)} changes nothing {why}" if keys else None
+    return f"{', '.join(keys)} change{'s' if len(keys) == 1 else ''} nothing {why}" if keys else None
 
 
 def _device(device: DictConfig) -> Device:

@@ -23,7 +23,7 @@ from torch import nn
 
 from flopsweep.measure._torch import EagerDispatchMode, storage_id, tree_leaves
 from flopsweep.measure.count import PhaseCount, StepCount, count_call
-from flopsweep.measure.size import LiveBytes, StepMemory
+from flopsweep.measure.size import LiveBytes, StepMemory, stored_bytes, stored_sizes
 from flopsweep.measure.timing import Clock, Stats, repeat
 
 
@@ -88,9 +88,9 @@ class GenerationCount:
 
 def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, *,
                      causal_half: bool = False, context: Callable[[], Any] = None,
-                     experts: Optional[int] = None) -> GenerationCount:
+                     experts: Optional[int] = None, int8: bool = False) -> GenerationCount:
     """Count a generation (see the module's docstring); ``tokens(n)`` makes a batch of n token ids; ``experts``: the
-    routed experts of a mixture of experts' layers (their weights found by :func:`routed_experts`)."""
+    routed experts of a mixture of experts' layers (their weights found by :func:`routed_experts`); int8 weights."""
     def count(run: Callable[[], Any]) -> tuple[PhaseCount, Any]:
         counted, out = count_call(model, run, causal_half=causal_half, context=context)
         return counted.forward, out
@@ -102,8 +102,7 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     if steps == 0:
         return GenerationCount(batch, prompt, new_tokens, prefill, None, None, 0, 0, "no decode step",
                                cache_bytes(cache), None)
-    weights = {storage_id(t): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())}
-    with Reads(weights) as reads:
+    with Reads(stored_sizes(model, int8)) as reads:
         first, cache = count(lambda: gen.decode(tokens(1), cache))
     first_cache = cache_bytes(cache)
     lo, hi = prompt + 1, prompt + steps  # the contexts of the first and the last decode steps
@@ -150,13 +149,13 @@ def count_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: i
     else:
         method = (f"{len(pieces)} pieces, each on the line through its first two steps and checked at its last "
                   f"(the cost bends: a sliding window stops growing); {len(known)} steps counted")
-    routed = routed_experts(model, experts) if experts else {}
+    routed = routed_experts(model, experts, int8) if experts else {}
     return GenerationCount(batch, prompt, new_tokens, prefill, first, at(hi), matmul, elementwise, method,
                            cache_bytes(last_cache[0]), reads.bytes, sum(routed.values()),
                            sum(routed[key] for key in reads.read if key in routed), first_cache)
 
 
-def routed_experts(model: nn.Module, experts: int) -> dict[int, int]:
+def routed_experts(model: nn.Module, experts: int, int8: bool = False) -> dict[int, int]:
     """The storages (id -> bytes) of the routed experts' weights of a model with ``experts`` experts a layer: the
     parameters of a module list ``experts`` (``mlp.experts.3.w1.weight``, as Mixtral had them), or stacked, a tensor
     of ``experts`` leading rows under a module ``experts`` (``mlp.experts.gate_up_proj``, as Hugging Face stacks them
@@ -167,7 +166,7 @@ def routed_experts(model: nn.Module, experts: int) -> dict[int, int]:
         listed = any(a == "experts" and b.isdigit() for a, b in zip(path, path[1:]))
         stacked = p.dim() >= 2 and p.shape[0] == experts and ("experts" in path[:-1] or p.dim() >= 3)
         if listed or stacked:
-            found[storage_id(p)] = p.untyped_storage().nbytes()
+            found[storage_id(p)] = stored_bytes(p, int8)
     return found
 
 
@@ -184,7 +183,7 @@ class Reads(EagerDispatchMode):
             table, indices = args[0], args[1]
             key = storage_id(table)
             if key in self.weights:
-                row = table.shape[-1] * table.element_size()
+                row = self.weights[key] // table.shape[0]  # as stored: an int8 row has its scale
                 self.rows[key] = self.rows.get(key, 0) + indices.numel() * row
         else:
             for t in tree_leaves((args, kwargs or {})):
@@ -228,7 +227,7 @@ def cache_tensors(cache: Any) -> list[torch.Tensor]:
 
 
 def simulate_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt: int, new_tokens: int, *,
-                        context: Callable[[], Any] = None) -> StepMemory:
+                        context: Callable[[], Any] = None, int8: bool = False) -> StepMemory:
     """The most bytes alive at once in a generation (run it on meta): the prefill's peak (the weights, the prompt's
     temporaries and its cache) or the last decode step's (the weights, the whole cache and the step's temporaries,
     a cache growing by concatenation briefly twice for a layer), whichever is more; and what was alive at it."""
@@ -236,7 +235,7 @@ def simulate_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt
 
     def watched(alive: list[torch.Tensor]) -> LiveBytes:
         live = LiveBytes()
-        live.track(*model.parameters(), category="weights")
+        live.track(*model.parameters(), category="weights", size=lambda p: stored_bytes(p, int8))
         live.track(*model.buffers(), category="buffers")
         live.track(*alive, category="kv_cache")
         return live

@@ -67,15 +67,20 @@ def embedding_params(model: nn.Module) -> int:
 
 
 def weight_bytes(model: nn.Module, int8: bool) -> int:
-    """Bytes of the weights as stored. ``int8`` stores each matrix as int8 with one float32 scale per row
-    (weight-only quantisation); vectors (biases, norms) stay float32."""
-    total = 0
-    for p in unique_parameters(model):
-        if int8 and p.dim() >= 2:
-            total += p.numel() + 4 * p.shape[0]
-        else:
-            total += p.numel() * p.element_size()
-    return total
+    """Bytes of the weights as stored (:func:`stored_bytes`)."""
+    return sum(stored_bytes(p, int8) for p in unique_parameters(model))
+
+
+def stored_sizes(model: nn.Module, int8: bool) -> dict[int, int]:
+    """Storage id -> bytes of a model's buffers and parameters, the parameters as stored (:func:`stored_bytes`)."""
+    return {**{storage_id(b): b.untyped_storage().nbytes() for b in model.buffers()},
+            **{storage_id(p): stored_bytes(p, int8) for p in model.parameters()}}
+
+
+def stored_bytes(p: torch.Tensor, int8: bool) -> int:
+    """Bytes of a weight as stored. ``int8`` stores each matrix as int8 with one float32 scale per row (weight-only
+    quantisation); vectors (biases, norms) stay float32."""
+    return p.numel() + 4 * p.shape[0] if int8 and p.dim() >= 2 else p.numel() * p.element_size()
 
 
 def optimizer_state_bytes(optimizer: Optional[torch.optim.Optimizer]) -> int:
@@ -177,7 +182,10 @@ class LiveBytes(EagerDispatchMode):
         self._clock = 0
         self._peak_clock = 0
 
-    def track(self, *tensors: Any, category: str = TEMPORARY) -> None:
+    def track(self, *tensors: Any, category: str = TEMPORARY, size: Optional[Callable[[torch.Tensor], int]] = None
+              ) -> None:
+        """Count ``tensors`` alive from now, in ``category``: each storage's bytes, or ``size(tensor)`` (the bytes a
+        weight takes as stored, where the step computes with it in another dtype)."""
         for t in tensors:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -188,11 +196,11 @@ class LiveBytes(EagerDispatchMode):
             key = id(storage)
             if key in self._refs:
                 continue
-            size = storage.nbytes()
-            entry = [size, category, self._clock, None]
+            nbytes = storage.nbytes() if size is None else size(t)
+            entry = [nbytes, category, self._clock, None]
             self._log.append(entry)
             self._refs[key] = (weakref.ref(storage, lambda _, key=key: self._free(key)), entry)
-            self.live += size
+            self.live += nbytes
             if self.live > self.peak:
                 self.peak, self._peak_clock = self.live, self._clock
             self._clock += 1
@@ -237,12 +245,13 @@ class StepMemory:
 
 
 def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: Optional[torch.optim.Optimizer],
-                  autocast: Callable[[], ContextManager], *, training: bool = True) -> StepMemory:
+                  autocast: Callable[[], ContextManager], *, training: bool = True, int8: bool = False) -> StepMemory:
     """Run one step (forward with the loss, backward, optimizer step; a forward pass without gradients for an
     inference build) and return the most bytes alive at once during it, counting what was alive before (weights,
     buffers, gradients, optimizer state, the batch), the bytes of the activations saved for backward, and what was
     alive at the peak. For the peak of a later step, call it with the optimizer's state created and the gradients
-    cleared (``zero_grad(set_to_none=True)``), as they are between steps; they are cleared again after."""
+    cleared (``zero_grad(set_to_none=True)``), as they are between steps; they are cleared again after. ``int8``: the
+    weights are stored so (:func:`stored_bytes`), the step computing with them as built."""
     live = LiveBytes()
     def state() -> list[Any]:
         return [v for s in (optimizer.state.values() if optimizer is not None else ()) for v in s.values()]
@@ -250,8 +259,9 @@ def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: 
     def grads() -> list[Optional[torch.Tensor]]:
         return [p.grad for p in model.parameters()]
 
-    for category, tensors in (("weights", model.parameters()), ("buffers", model.buffers()), ("gradients", grads()),
-                              ("batch", inputs.values()), ("optimizer_state", state())):
+    live.track(*model.parameters(), category="weights", size=lambda p: stored_bytes(p, int8))
+    for category, tensors in (("buffers", model.buffers()), ("gradients", grads()), ("batch", inputs.values()),
+                              ("optimizer_state", state())):
         live.track(*tensors, category=category)
     activations = None
     with live:

@@ -72,10 +72,10 @@ class MetaEstimate:
                 if spec.generates:
                     gen, tokens = generator(spec, built, batch_size)
                     step = simulate_generation(built.model, gen, tokens, spec.batch.seq_len,
-                                               spec.generate.new_tokens, context=built.autocast)
+                                               spec.generate.new_tokens, context=built.autocast, int8=spec.dtype.int8)
                 else:
                     step = simulate_step(built.model, inputs, built.optimizer, built.autocast,
-                                         training=spec.training)
+                                         training=spec.training, int8=spec.dtype.int8)
             size = measure_size(built.model, inputs, built.optimizer, built.autocast, training=spec.training,
                                 int8=spec.dtype.int8, activations=step.activations_bytes)
             self._estimates[batch_size] = Estimate(dataclasses.replace(size, step=step))

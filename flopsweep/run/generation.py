@@ -32,7 +32,7 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.phase = "count"
             counted = count_generation(built.model, gen, tokens, prompt, new_tokens,
                                        causal_half=spec.measure.causal_attention == "half", context=built.autocast,
-                                       experts=shape.experts)
+                                       experts=shape.experts, int8=spec.dtype.int8)
             progress.count = counted.prefill
             progress.notes["generation"] = {"decode_steps": counted.steps, "last_context": counted.last_context,
                                             "counted": counted.method}
@@ -46,7 +46,7 @@ def measure_generation(spec: JobSpec, built: Built, progress: Progress) -> None:
                                      int8=spec.dtype.int8, training=False)
         if on_meta:  # its memory at the peak, as a real job's pre-check estimates it
             progress.size = dataclasses.replace(progress.size, step=simulate_generation(
-                built.model, gen, tokens, prompt, new_tokens, context=built.autocast))
+                built.model, gen, tokens, prompt, new_tokens, context=built.autocast, int8=spec.dtype.int8))
     timing = None
     if spec.measure.time and not on_meta:
         progress.phase = "time"

@@ -243,6 +243,8 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
     # every pass on meta takes the attention kernel the CPU would, so that counts and sizes match
     with MetaLikeCPU() if on_meta else contextlib.nullcontext():
         saved = None
+        if not (spec.measure.count and progress.periodic_ops):  # the optimizer's state made: a step counted as every
+            built.create_optimizer_state()  # later one (SGD's momentum is a copy at the first, 3 FLOPs a weight after)
         if spec.measure.count:
             progress.phase = "count"
             saved = SavedActivations(built.model) if spec.training else None
@@ -257,8 +259,6 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
             progress.count = count_step(built.model, built.inputs, built.optimizer, backward=spec.training,
                                         causal_half=spec.measure.causal_attention == "half", context=counted_forward)
         progress.phase = "size"
-        if not spec.measure.count:
-            built.create_optimizer_state()
         progress.size = measure_size(built.model, built.inputs, built.optimizer, built.autocast,
                                      int8=spec.dtype.int8, training=spec.training,
                                      activations=saved.bytes if saved is not None else None)
@@ -266,7 +266,7 @@ def _measure_step(spec: JobSpec, built: Built, progress: Progress) -> None:
             built.model.zero_grad(set_to_none=True)
             try:
                 step = simulate_step(built.model, built.inputs, built.optimizer, built.autocast,
-                                     training=spec.training)
+                                     training=spec.training, int8=spec.dtype.int8)
             except Exception as err:  # noqa: BLE001 - what was counted and sized stands without it
                 progress.notes["memory_at_peak"] = f"not simulated: {one_line(err, 500)}"
             else:

@@ -11,7 +11,10 @@
 
 Phases, as in a sweep job: ``backward`` is whatever autograd's engine runs; ``optimizer`` is
 ``optimizer.step()`` and whatever runs outside the model after the first backward (gradient clipping,
-unscaling); ``forward`` is the rest (the model's forward pass and a loss computed outside it).
+unscaling); ``forward`` is the rest (the model's forward pass and a loss computed outside it). The optimizer's
+FLOPs are those of the step counted: a sweep job counts one as every later step runs it, its state made (SGD's
+momentum buffer is a copy at the first step, three FLOPs a weight after), so meter a step after the loop's first
+to count as a job does.
 Timed steps: ``forward`` is the model's forward call, ``backward`` from the first backward node of the model's
 output to the end of the backward pass, ``optimizer`` the ``optimizer.step()`` call, ``step`` the whole block;
 with ``profile`` (the default), hooks time every module's forward too, a few microseconds per module call.

@@ -1,5 +1,5 @@
 """GaLore (optimizer=galore_adamw): its step is low-rank, its vectors step as AdamW's, and what a job counts and sizes
-for it follows from the parameter shapes."""
+for it follows from the parameter shapes. SGD with momentum: a job counts its step as every later one."""
 
 import pytest
 import torch
@@ -72,3 +72,31 @@ def test_galore_counts_the_same_on_cpu_as_on_meta():
     meta, cpu = _job("meta"), _job("cpu")
     for key in ("flops/forward", "flops/backward", "flops/optimizer", "size/optimizer_state_bytes"):
         assert meta.metrics[key] == cpu.metrics[key], key
+
+
+def test_sgd_momentum_is_counted_as_every_step_after_the_first_and_takes_the_momentum_given(tmp_path):
+    """A job counted the first step, where PyTorch's momentum buffer is a copy of the gradient: 1 FLOP a weight, the
+    same as plain SGD, where every later step scales the buffer, adds the gradient and steps (3). momentum=0 ran as
+    0.9 (a buffer kept, 'momentum': 0.0 recorded)."""
+    from flopsweep.core.errors import ConfigError
+
+    cfg = compose_config(*TINY[:-2], "device=meta", "optimizer=sgd_momentum", "optimizer.momentum=0.5")
+    spec = resolve(cfg)
+    result = run_job(spec, OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    weights = result.metrics["size/params_trainable"]
+    assert result.metrics["flops/optimizer"] == 3 * weights
+    assert result.metrics["size/optimizer_state_bytes"] == 4 * weights  # the float32 buffer
+    assert spec.optimizer.momentum == 0.5
+    with pytest.raises(ConfigError, match=r"^optimizer\.momentum=0\.0: must be in \(0, 1\) for sgd_momentum"):
+        resolve(compose_config(*TINY[:-2], "optimizer=sgd_momentum", "optimizer.momentum=0"))
+
+
+def test_an_optimizer_key_the_chosen_optimizer_does_not_read_is_said():
+    """optimizer=sgd optimizer.betas=[0.5,0.5] dropped the betas without a word (a train.* key was said)."""
+    typed = ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.betas=[0.5,0.5]"]
+    spec = resolve(compose_config(*TINY[:-2], *typed), given=[k.split("=")[0] for k in typed])
+    assert "optimizer.betas=[0.5, 0.5], optimizer.momentum=0.9 change nothing with optimizer=sgd, which does not " \
+           "read it" in spec.notes
+    read = ["optimizer=adamw", "optimizer.betas=[0.5,0.5]"]
+    assert not resolve(compose_config(*TINY[:-2], *read), given=[k.split("=")[0] for k in read]).notes

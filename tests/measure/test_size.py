@@ -54,6 +54,29 @@ def test_int8_is_an_inference_build():
     assert size.activations_bytes is None and size.grads_bytes == 0 and size.optimizer_state_bytes == 0
 
 
+@pytest.mark.parametrize("workload", ["inference", "generate"])
+def test_an_int8_jobs_peak_and_decode_read_hold_its_weights_as_stored(tmp_path, workload):
+    """dtype=int8 sized its weights as stored (a byte and a row's scale) but simulated its peak, and read its decode
+    step, with them as float32: 4x the weights in the peak the memory check uses and in serve's roofline."""
+    from omegaconf import OmegaConf
+
+    from flopsweep.run.job import run_job
+
+    cfg = compose_config(*TINY, "device=meta", "tracking=none", "dtype=int8", f"workload={workload}",
+                         "generate.new_tokens=8")
+    result = run_job(resolve(cfg), OmegaConf.to_container(cfg, resolve=True))
+    assert result.status == "ok", result.error
+    d, V, P, L = 64, 97, 64, 2  # GPT-2 layout: its matrices stored as int8 with a float32 scale a row
+    matrices = [(V, d), (P, d)] + L * [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)]
+    vectors = L * (2 * d + 3 * d + d + 2 * d + 4 * d + d) + 2 * d
+    stored = sum(rows * cols + 4 * rows for rows, cols in matrices) + 4 * vectors
+    assert result.metrics["size/weights_bytes"] == stored
+    assert result.breakdown["memory_at_peak"]["weights"] == stored
+    if workload == "generate":  # the whole model but the position table, of which a decode step reads one row (the
+        # batch's sequences are at one position), an int8 row with its scale
+        assert result.metrics["size/decode_weights_read_bytes"] == stored - (P * d + 4 * P) + (d + 4)
+
+
 @pytest.mark.parametrize("optimizer,per_param", [("sgd", 0), ("sgd_momentum", 4), ("adamw", 8), ("adam", 8)])
 def test_optimizer_state_from_the_real_optimizer(optimizer, per_param):
     size, built = sized(f"optimizer={optimizer}")
