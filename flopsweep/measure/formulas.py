@@ -101,16 +101,36 @@ def _add(op: Any, entry: _Entry) -> None:
     _rules.clear()  # an op counted before has no formula cached that this one should replace
 
 
+def _tagged_pointwise(op: Any) -> bool:
+    """Whether an op's overloads are PyTorch's pointwise ops (each counted per output element, without a formula)."""
+    return not is_higher_order(op) and any(torch.Tag.pointwise in getattr(op, name).tags for name in op.overloads())
+
+
 def formula(*ops: Any) -> Callable[[Callable[..., OpCost]], Callable[..., OpCost]]:
     """Register the FLOP formula of ``ops`` (``torch.ops.aten.mm``, or an op of your own library): a function that
     takes the op's arguments by the names its schema gives them, and ``result`` (what the op returned) and
     ``options`` (:class:`CountOptions`) by keyword, and returns an :class:`OpCost`. Arguments it does not name go to
-    ``**_``. An op that has a formula already is refused.
+    ``**_``. An op that has a formula already, or is counted without one (pointwise, free), is refused.
 
         @flopsweep.formula(torch.ops.mylib.scaled_add)
         def scaled_add(x, y, *, result, **_):
             return OpCost(elementwise=2 * result.numel())  # a multiply and an add per element
     """
+    for op in ops:  # priced already without an entry in FORMULAS: a formula would replace that without a word
+        if (is_op_packet(op) and op not in FORMULAS) and (op in FREE_OPS or _tagged_pointwise(op)):
+            how = "free: it moves or makes data" if op in FREE_OPS else "pointwise: one FLOP an output element"
+            raise ValueError(f"{op} is counted already ({how}): one op, one formula")
+    return _formula(*ops)
+
+
+def _tagged_pointwise(op: Any) -> bool:
+    """Whether an op's overloads are PyTorch's pointwise ops (each counted per output element, without a formula)."""
+    return any(torch.Tag.pointwise in getattr(op, name).tags for name in op.overloads())
+
+
+def _formula(*ops: Any) -> Callable[[Callable[..., OpCost]], Callable[..., OpCost]]:
+    """:func:`formula` without its check of ops priced without a formula: this module's own, some of them pointwise
+    ops whose cost is not one FLOP an element."""
     def wrap(fn: Callable[..., OpCost]) -> Callable[..., OpCost]:
         for op in ops:
             _add(op, _Entry(fn, named=True))
@@ -134,31 +154,31 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 
 # -- matmul class ----------------------------------------------------------------------------------
 
-@formula(aten.mm)
+@_formula(aten.mm)
 def _mm(self, mat2, **_) -> OpCost:
     (m, k), n = self.shape, mat2.shape[-1]
     return OpCost(matmul=2 * m * k * n)
 
 
-@formula(aten.addmm)
+@_formula(aten.addmm)
 def _addmm(self, mat1, mat2, **_) -> OpCost:
     (m, k), n = mat1.shape, mat2.shape[-1]
     return OpCost(matmul=2 * m * k * n, elementwise=m * n)
 
 
-@formula(aten.bmm)
+@_formula(aten.bmm)
 def _bmm(self, mat2, **_) -> OpCost:
     b, m, k = self.shape
     return OpCost(matmul=2 * b * m * k * mat2.shape[-1])
 
 
-@formula(aten.baddbmm)
+@_formula(aten.baddbmm)
 def _baddbmm(self, batch1, batch2, **_) -> OpCost:
     b, m, k = batch1.shape
     return OpCost(matmul=2 * b * m * k * batch2.shape[-1], elementwise=b * m * batch2.shape[-1])
 
 
-@formula(aten._scaled_mm, aten._scaled_mm_v2)
+@_formula(aten._scaled_mm, aten._scaled_mm_v2)
 def _scaled_mm(self, mat2, bias=None, **_) -> OpCost:
     """A scaled low-precision matmul (FP8: torchao's float8 training, Transformer Engine-style recipes; MX formats):
     the product's 2 M K N, as PyTorch's counter has it; the scales are applied in the kernel's epilogue and not
@@ -167,7 +187,7 @@ def _scaled_mm(self, mat2, bias=None, **_) -> OpCost:
     return OpCost(matmul=2 * m * k * n, elementwise=m * n if bias is not None else 0)
 
 
-@formula(aten._grouped_mm, aten._scaled_grouped_mm)
+@_formula(aten._grouped_mm, aten._scaled_grouped_mm)
 def _grouped_mm(self, mat2, **_) -> OpCost:
     """Mixture-of-experts matmuls (transformers' experts; the scaled one: FP8 experts): each group of rows (``offs``)
     times its own matrix. The offsets only split the rows, so the count holds whatever the routing, and on meta."""
@@ -187,13 +207,13 @@ def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
     return 2 * _numel(w_shape[1:]) * _numel(x_shape if transposed else out_shape)
 
 
-@formula(aten.convolution, aten._convolution)
+@_formula(aten.convolution, aten._convolution)
 def _convolution(input, weight, bias, transposed, *, result, **_) -> OpCost:
     flops = _conv_flops(input.shape, weight.shape, result.shape, bool(transposed))
     return OpCost(matmul=flops, elementwise=result.numel() if bias is not None else 0)
 
 
-@formula(aten.convolution_backward)
+@_formula(aten.convolution_backward)
 def _convolution_backward(grad_output, input, weight, transposed, output_mask, **_) -> OpCost:
     one = _conv_flops(input.shape, weight.shape, grad_output.shape, bool(transposed))
     matmul = one * (int(output_mask[0]) + int(output_mask[1]))
@@ -244,37 +264,37 @@ _add(FLEX_ATTENTION, _Entry(_flex_forward, named=False))
 _add(FLEX_ATTENTION_BACKWARD, _Entry(_flex_backward, named=False))
 
 
-@formula(aten._scaled_dot_product_flash_attention_for_cpu)
+@_formula(aten._scaled_dot_product_flash_attention_for_cpu)
 def _sdpa_flash_cpu(query, key, value, is_causal=False, *, options, attn_mask=None, **_) -> OpCost:
     return _attention(query, key, value, is_causal, attn_mask is not None, False, options)
 
 
-@formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+@_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
 def _sdpa_flash_cpu_backward(query, key, value, is_causal, *, options, attn_mask=None, **_) -> OpCost:
     return _attention(query, key, value, is_causal, attn_mask is not None, True, options)
 
 
-@formula(aten._scaled_dot_product_flash_attention)
+@_formula(aten._scaled_dot_product_flash_attention)
 def _sdpa_flash(query, key, value, is_causal=False, *, options, **_) -> OpCost:
     return _attention(query, key, value, is_causal, False, False, options)
 
 
-@formula(aten._scaled_dot_product_flash_attention_backward)
+@_formula(aten._scaled_dot_product_flash_attention_backward)
 def _sdpa_flash_backward(query, key, value, is_causal, *, options, **_) -> OpCost:
     return _attention(query, key, value, is_causal, False, True, options)
 
 
-@formula(aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention)
+@_formula(aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention)
 def _sdpa_efficient(query, key, value, attn_bias, is_causal=False, *, options, **_) -> OpCost:
     return _attention(query, key, value, is_causal, attn_bias is not None, False, options)
 
 
-@formula(aten._scaled_dot_product_efficient_attention_backward, aten._scaled_dot_product_cudnn_attention_backward)
+@_formula(aten._scaled_dot_product_efficient_attention_backward, aten._scaled_dot_product_cudnn_attention_backward)
 def _sdpa_efficient_backward(query, key, value, attn_bias, is_causal=False, *, options, **_) -> OpCost:
     return _attention(query, key, value, is_causal, attn_bias is not None, True, options)
 
 
-@formula(aten._linalg_svd)
+@_formula(aten._linalg_svd)
 def _svd(A, full_matrices=False, compute_uv=True, **_) -> OpCost:
     """Golub and Van Loan's count for the R-SVD of an M x k matrix (M >= k): ``6*M*k^2 + 11*k^3`` with the thin
     singular vectors, ``4*M*k^2 - 4*k^3/3`` for the values alone (Matrix Computations, table 5.4.1; an iterative
@@ -311,12 +331,12 @@ def _gelu_cost(tanh: bool, backward: bool) -> int:
     return (12 if tanh else 8) if backward else (8 if tanh else 5)
 
 
-@formula(aten.gelu)
+@_formula(aten.gelu)
 def _gelu(self, *, result, approximate="none", **_) -> OpCost:
     return OpCost(elementwise=_gelu_cost(approximate == "tanh", False) * result.numel())
 
 
-@formula(aten.gelu_backward)
+@_formula(aten.gelu_backward)
 def _gelu_backward(grad_output, self, *, result, approximate="none", **_) -> OpCost:
     return OpCost(elementwise=_gelu_cost(approximate == "tanh", True) * result.numel())
 
@@ -337,12 +357,12 @@ for _op, _cost in ELEMENTWISE_PER_OUTPUT.items():
     _add(_op, _Entry(per_output_element(_cost), named=False))
 
 
-@formula(aten.native_layer_norm_backward, aten.native_batch_norm_backward)
+@_formula(aten.native_layer_norm_backward, aten.native_batch_norm_backward)
 def _norm_backward(grad_out, **_) -> OpCost:
     return OpCost(elementwise=10 * grad_out.numel())
 
 
-@formula(aten.max_pool2d_with_indices)
+@_formula(aten.max_pool2d_with_indices)
 def _max_pool(self, kernel_size, *, result, **_) -> OpCost:
     return OpCost(elementwise=(_window(kernel_size) - 1) * result[0].numel())  # a max of N values: N - 1 compares
 
@@ -352,22 +372,22 @@ def _window(kernel_size) -> int:
     return math.prod(kernel_size) if len(kernel_size) > 1 else kernel_size[0] ** 2
 
 
-@formula(aten.avg_pool2d)
+@_formula(aten.avg_pool2d)
 def _avg_pool(self, kernel_size, *, result, **_) -> OpCost:
     return OpCost(elementwise=_window(kernel_size) * result.numel())  # k - 1 adds and a divide per output
 
 
-@formula(aten.avg_pool2d_backward)
+@_formula(aten.avg_pool2d_backward)
 def _avg_pool_backward(grad_output, self, *, result, **_) -> OpCost:
     return OpCost(elementwise=result.numel())  # each input's share of its gradients, added
 
 
-@formula(aten.max_pool2d_with_indices_backward)
+@_formula(aten.max_pool2d_with_indices_backward)
 def _max_pool_backward(grad_output, **_) -> OpCost:
     return OpCost(elementwise=grad_output.numel())  # each gradient added to its input's
 
 
-@formula(aten.index_put)
+@_formula(aten.index_put)
 def _index_put(self, indices, values, accumulate=False, **_) -> OpCost:
     return OpCost(elementwise=values.numel() if accumulate else 0)  # placing is free; accumulating adds
 

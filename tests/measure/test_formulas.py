@@ -46,6 +46,17 @@ def test_an_op_registered_twice_is_refused(own_registry):
     assert formulas.FORMULAS[torch.ops.aten.mm] is before
 
 
+
+@pytest.mark.parametrize("op,how", [(torch.ops.aten.add, "pointwise: one FLOP an output element"),
+                                    (torch.ops.aten.view, "free: it moves or makes data")])
+def test_an_op_counted_without_a_formula_is_refused_too(own_registry, op, how):
+    """aten.add, a pointwise op counted by PyTorch's tag with no entry in the formulas, took a user's formula: its
+    count changed (1536 FLOPs to 1024) where conventions.md says a counted op is refused."""
+    with pytest.raises(ValueError, match=rf"^aten\.{op.__name__} is counted already \({how}\): one op, one formula$"):
+        flopsweep.formula(op)(lambda **_: formulas.OpCost(elementwise=1))
+    assert op not in formulas.FORMULAS
+
+
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_your_own_op_is_uncounted_until_its_formula_is_registered_then_counted(own_registry, device):
     with torch.device(device):
