@@ -164,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if disk is not None:
             error(f"{state.Unwritable(sweep.sweep_dir, disk)}; {_what_is_left(sweep)}")
             return 1
-        error(hydra_error_line(err))
+        error(hydra_error_line(err, sys.argv[1:]))
         return 2
     except state.Unwritable as err:
         error(f"{err}; {_what_is_left(sweep)}")

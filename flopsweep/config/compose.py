@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,20 +43,36 @@ def model_folder(model: DictConfig) -> str:
 OLD_SPELLING = "old spelling of"  # how the file of an option kept for old commands begins
 
 
-def known_keys(parent: str) -> list[str]:
-    """The keys a node of the config takes, by its dotted path (``""``: the top, ``batch``, ``model``: any family's
-    fields), for the nearest one to a key mistyped on the command line; none for a node not known here."""
+def known_keys(parent: str, family: Optional[str] = None) -> list[str]:
+    """The keys a node of the config takes, by its dotted path (``""``: the top, ``batch``, ``model``: the fields of
+    ``family``, any family's where None), for the nearest one to a key mistyped on the command line; none for a node
+    not known here."""
     import dataclasses
     import typing
 
     if parent == "model":  # as a preset spells them: a custom model's class is its _target_ (the field target)
-        fields = {f.name for _, family in FAMILIES.items() for f in dataclasses.fields(family.Config)}
+        fields = {f.name for name, known in FAMILIES.items() if family in (None, name)
+                  for f in dataclasses.fields(known.Config)}
         return sorted(fields - {"target"} | {"_target_"})
     node: object = Schema
     for part in filter(None, parent.split(".")):
         types = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
         node = types.get(part)
     return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def chosen_family(overrides: list[str]) -> Optional[str]:
+    """The family of the model preset a command line chooses (its last ``model=NAME``, else the default preset), as
+    its file in ``conf/model`` says; None where that is not known (a sweep over models, a preset of the user's)."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "model"]
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")).get("defaults", [])
+    default = [d["model"] for d in defaults if isinstance(d, dict) and "model" in d]
+    name = chosen[-1] if chosen else default[0] if default else None
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not name or not path.is_file():
+        return None
+    family = OmegaConf.load(path).get("family")
+    return family if family in FAMILIES else None
 
 
 LISTED_BY = "flopsweep --help lists them"  # where an error too long to list a group's options sends the user

@@ -6,7 +6,7 @@ families, and so torch)."""
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 from omegaconf.errors import OmegaConfBaseException
 
@@ -56,11 +56,12 @@ def not_a_flag(args: list[str]) -> Optional[str]:
     return None
 
 
-def hydra_error_line(err: BaseException) -> str:
+def hydra_error_line(err: BaseException, overrides: Sequence[str] = ()) -> str:
     """One line of a Hydra or OmegaConf error: its lines joined, OmegaConf's key and type lines left out (the key is
     in the message), the options of a group that has no such option listed after it (less the internal ``_``
-    ones; not the search path), and the OmegaConf error that caused it."""
-    from flopsweep.config.compose import LISTED_BY, known_keys, public_options
+    ones; not the search path), and the OmegaConf error that caused it. ``overrides``: the command line's (an
+    unknown model field is said against the fields of the family it chooses)."""
+    from flopsweep.config.compose import LISTED_BY, chosen_family, known_keys, public_options
 
     def lines_of(text: str) -> tuple[list[str], list[str]]:
         kept, options, listing = [], [], False
@@ -99,13 +100,14 @@ def hydra_error_line(err: BaseException) -> str:
     if unknown:  # Hydra's advice is to append the key with +: a typo is meant far more often
         key = unknown.group(1)
         parent, _, name = key.rpartition(".")
-        keys = [k for k in known_keys(parent) if k != name]  # not itself: refused here
+        family = chosen_family(list(overrides)) if parent == "model" else None
+        keys = [k for k in known_keys(parent, family) if k != name]  # not itself: refused here
         near = nearest(name, keys, cutoff=0.7)
         meant = f"{parent}.{near}" if parent and near else near or (_dotted(name) if not parent else None)
         said = [f"did you mean {meant}?"] if meant else [f"{parent or 'the config'}'s keys: {', '.join(keys)}"] \
             if parent != "model" and keys else []
-        if key.startswith("model."):  # a model's fields are read where added (+model.hidden_act=...); others never
-            said.append(f"+{key}=... adds one")
+        if key.startswith("model.") and family in (None, "hf", "custom"):  # a Hugging Face config's or a custom
+            said.append(f"+{key}=... adds one")  # model's fields are read where added (+model.hidden_act=...)
         return f"{key}: no such key" + (f" ({' '.join(said)})" if said else "")
     wanted = re.match(r"Could not find '([^'/]+)/([^']+)'", message)
     if wanted and options:  # a group's option that is none (model=gpt2_smal): the nearest, not 65 presets

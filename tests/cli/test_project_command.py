@@ -84,6 +84,8 @@ def test_an_old_invocation_projects_as_the_new_one_with_a_note(tmp_path):
     (["train", "--model", "m", "--token", "1T"], "--token is not a flag of train (did you mean --tokens?)"),
     (["train", "RUN", "OTHER", "--tokens", "1T"], "unexpected OTHER"),
     ([], "choose a subcommand: train, budget, serve"),
+    # a word that is no subcommand, folder or run id: it was taken for the old spelling's RUN and train's help shown
+    (["layout", "--help"], "'layout' is not a subcommand: train, budget, serve"),
 ])
 def test_a_flag_another_subcommand_takes_is_refused_in_one_line(args, message, tmp_path):
     out = run_main(main, *args, cwd=tmp_path)

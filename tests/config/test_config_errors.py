@@ -148,7 +148,11 @@ def test_a_device_is_one_of_its_kinds():
     (["workload=infer"], "workload='infer': must be one of train, inference, generate (did you mean inference?)"),
     (["model=bert_base", "train=generate"], "train=generate: needs a decoder with a KV cache"),  # as typed: it
     # named workload='generate', a key the user never typed
-    (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?"),  # any family's fields
+    (["model.n_layr=4"], "model.n_layr: no such key (did you mean model.n_layer?)"),  # the default preset's family
+    # a typed family's fields, not another's (generic's num_heads), and no +key to add (bert refuses it after)
+    (["model=bert_base", "model.num_heads=8"], "model.num_heads: no such key (did you mean model.n_head?)"),
+    (["model=generic", "model.n_head=8"], "model.n_head: no such key (did you mean model.num_heads?)"),
+    (["model=hf", "model.hidden_sz=8"], "model.hidden_sz: no such key (+model.hidden_sz=... adds one)"),  # a config's
     (["model=custom", "model.target=x"], "model.target: no such key (did you mean model._target_?"),  # not itself
     (["model=gpt2_smal"], "model=gpt2_smal: no such option (did you mean model=gpt2_small?)"),  # not 65 presets
     (["device=cdua"], "cdua"),                # an option that does not exist

@@ -27,6 +27,7 @@ from flopsweep.core.text import plain
 
 SUBCOMMANDS = (train, budget, serve)  # each module: register(subparsers) and command(args); layout joins here
 NAMES = tuple(module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS)
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run's id: a RUN of the old spelling, without its subcommand
 
 
 def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -40,9 +41,11 @@ def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    meant = nearest(argv[0], NAMES) if argv and not argv[0].startswith("-") and not Path(argv[0]).exists() else None
-    if meant is not None and argv[0] != meant:  # a subcommand mistyped, not an old spelling's RUN
-        error(f"{argv[0]!r} is not a subcommand (did you mean {meant}?): {', '.join(NAMES)}", "flopsweep-project")
+    word = argv[0] if argv and not argv[0].startswith("-") and argv[0] not in NAMES else None
+    if word is not None and not Path(word).exists() and not RUN_ID.fullmatch(word):  # no old spelling's RUN either
+        meant = nearest(word, NAMES)
+        error(f"{word!r} is not a subcommand{f' (did you mean {meant}?)' if meant else ''}: {', '.join(NAMES)}",
+              "flopsweep-project")
         return 2
     if argv and argv[0] not in (*NAMES, "-h", "--help"):
         from flopsweep.cli.project.legacy import translate
