@@ -56,7 +56,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cal = calibrate(device, quick=args.quick,
                         tick=lambda what: print(f"calibrating {device}: {what} ({time.perf_counter() - start:.0f} s)",
                                                 flush=True))
-    busy = others.cores if device == "cpu" and loaded(others.cores, os.cpu_count() or 1) else None
+    busy = others.cores if device == "cpu" and loaded(others.cores, os.cpu_count() or 1, torch.get_num_threads()) \
+        else None
     path = args.out or profile_path(cal.part)
     kept = busy is not None and args.out is None and path.is_file()
     if kept:  # the profile jobs find stays: a busy machine's figures go beside it

@@ -67,10 +67,12 @@ class Tracking:
     synced: bool = False    # logged by flopsweep-sync, after the job
 
 
-def loaded(other_cores: float, cores: int) -> bool:
-    """Whether other processes kept more than half of ``cores`` busy while something was measured: a timing's
-    (:class:`TimingInfo`), a calibration's (``flopsweep-calibrate``). Their own threads are not other work."""
-    return other_cores > cores / 2
+def loaded(other_cores: float, cores: int, threads: Optional[int] = None) -> bool:
+    """Whether other processes kept more than half of ``cores`` busy while something was measured (a timing's,
+    :class:`TimingInfo`; a calibration's, ``flopsweep-calibrate``), or a core or more where its ``threads`` needed
+    every core left (PyTorch's threads wait for the slowest: a step of 2 threads beside one busy core of 2 ran 50x
+    slow). Its own threads are not other work."""
+    return other_cores > cores / 2 or (threads is not None and other_cores >= 0.9 and other_cores + threads > cores)
 
 
 @dataclass(frozen=True)

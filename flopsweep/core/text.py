@@ -243,7 +243,7 @@ def spread_warning(result: Result) -> Optional[str]:
     timing, m, said = result.timing, result.metrics, []
     busy = None
     if timing is not None and timing.cores and timing.other_cores is not None:  # what ran beside it, itself aside
-        if loaded(timing.other_cores, timing.cores):
+        if loaded(timing.other_cores, timing.cores, timing.threads):
             busy = f"other processes kept {timing.other_cores:.1f} of its {timing.cores} cores busy"
     elif timing is not None and timing.load_average is not None and timing.cores and \
             timing.load_average > timing.cores:  # a result from before other_cores: its load average

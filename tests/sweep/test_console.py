@@ -93,6 +93,12 @@ def test_a_timing_taken_on_a_loaded_machine_is_said_so():
     assert spread_warning(beside) == ("the machine was loaded when this job timed its step (other processes kept 1.3 "
                                       "of its 2 cores busy): its times are likely slower than the model's; time it on "
                                       "a quieter machine")
+    # a core kept busy beside a timing whose threads needed both: 50x slow (1.12 s, 22 ms quiet) and not said
+    beside.timing = TimingInfo("full", 10, 2, "cpu", load_average=0.4, cores=2, other_cores=0.99999)
+    assert spread_warning(beside).startswith("the machine was loaded when this job timed its step (other processes "
+                                             "kept 1.0 of its 2 cores busy)")
+    beside.timing = TimingInfo("full", 10, 1, "cpu", load_average=0.4, cores=2, other_cores=0.99999)  # a core free
+    assert spread_warning(beside) is None
 
 
 def test_the_summary_table_says_what_matters_for_the_sweeps_jobs():
