@@ -24,7 +24,7 @@ from progress import runs  # benchmarks/progress.py, beside this script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", default="llama3_1_70b")
     parser.add_argument("--prompt", type=int, default=1024)

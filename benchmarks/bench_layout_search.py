@@ -114,7 +114,7 @@ def leftovers(runs: int = 12) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=("jobs", "search", "leftovers"))
     parser.add_argument("overrides", nargs="*", help="search: more overrides (hydra.sweeper.zero=[1,2,3])")
     args = parser.parse_args(argv)

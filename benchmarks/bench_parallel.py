@@ -97,7 +97,7 @@ def run(overrides: list[str], metric: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out")
     parser.add_argument("--only", help="cases whose name contains this")
     args = parser.parse_args(argv)

@@ -59,7 +59,7 @@ def run(name: str, overrides: list[str]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("predict_cpu.json"))
     parser.add_argument("--only", help="configurations whose name contains this")
     args = parser.parse_args()

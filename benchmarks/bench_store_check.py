@@ -19,7 +19,7 @@ from flopsweep.sinks.store import mlflow_client
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 200_000, 1_000_000, 4_000_000],
                         help="metric rows in the store at each step")
     parser.add_argument("--repeats", type=int, default=5)

@@ -23,7 +23,7 @@ def cpu_of(uri: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     cpu_of(f"sqlite:///{Path(tempfile.mkdtemp()) / 'warm.db'}")  # imports and MLflow's own set-up, once

@@ -231,7 +231,7 @@ def _nested(value) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name in ("llmcompass", "vidur", "calculon"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("flopsweep/measure/data/published.json"))

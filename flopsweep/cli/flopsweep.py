@@ -136,6 +136,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if {"--help", "-h"} & set(sys.argv[1:] if argv is None else argv):
         print(help_text())
         return 0
+    if "--version" in (sys.argv[1:] if argv is None else argv):  # ours, not only Hydra's (it said Hydra 1.3.8)
+        import hydra
+        import torch
+
+        from flopsweep.core import __version__
+
+        print(f"flopsweep {__version__} (PyTorch {torch.__version__}, Hydra {hydra.__version__})")
+        return 0
     flag = not_a_flag(list(sys.argv[1:] if argv is None else argv))
     if flag:  # argparse's usage lists Hydra's own flags, which a newcomer does not want
         error(flag)

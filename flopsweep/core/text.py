@@ -202,7 +202,7 @@ def predicted_line(result: Result) -> Optional[str]:
     if m.get(M.TIME_STEP_PREDICTED) is None:
         return None
     ratio = m.get(M.TIME_STEP_PREDICTED_RATIO)
-    against = f", x{ratio:.2f} the measured" if ratio is not None else ""
+    against = f", x{ratio:.3g} the measured" if ratio is not None else ""  # x0.0025, not x0.00
     bound = " / ".join(f"{what} {m[key]:.0%}" for what, key in (
         ("compute", M.PREDICTED_SHARE_COMPUTE), ("memory", M.PREDICTED_SHARE_MEMORY),
         ("launch", M.PREDICTED_SHARE_LAUNCH)) if key in m) or result.bottleneck or ""

@@ -143,6 +143,16 @@ def test_the_command_gives_deep_autograd_graphs_a_256_mib_stack(tmp_path):
     assert soft == unlimited or soft >= wanted, (soft, hard)
 
 
+def test_flopsweep_version_is_flopsweeps(tmp_path):
+    """--version printed Hydra's (Hydra 1.3.8), not flopsweep's."""
+    import torch
+
+    from flopsweep.core import __version__
+
+    out = run_app("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith(f"flopsweep {__version__} (PyTorch {torch.__version__}, ")
+
+
 def test_flopsweep_help_says_what_it_does_its_public_options_and_the_other_commands(tmp_path):
     from flopsweep.config.compose import public_options
     from tests.helpers import compose_config

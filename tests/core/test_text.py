@@ -86,3 +86,14 @@ def test_a_jobs_console_warns_of_ops_it_could_not_count():
     assert "warning: ops with arithmetic but no formula, not counted: aten._transformer_encoder_layer_fwd x2" in \
         job_lines(result)
     assert not [line for line in job_lines(Result("ok", None, {}, {"flops/forward": 0})) if "warning" in line]
+
+
+@pytest.mark.parametrize("ratio, shown", [(0.0025, "x0.0025"), (1.234, "x1.23"), (12.34, "x12.3")])
+def test_a_predicted_step_against_the_measured_keeps_its_digits(ratio, shown):
+    """A custom model's step predicted at a quarter of a percent of the measured read x0.00 the measured."""
+    from flopsweep.core.result import Result
+    from flopsweep.core.text import predicted_line
+
+    result = Result("ok", None, {}, {"time/step_predicted_s": 0.001, "time/step_predicted_ratio": ratio},
+                    info={"prediction": {"part": "cpu"}})
+    assert f", {shown} the measured;" in predicted_line(result)
