@@ -32,7 +32,9 @@ demo: $(VENV)/.installed
 # a test file per worker at a time (a module's shared fixture made once). make test is the fast lane (the tests
 # marked slow left out: real signals, real servers and clusters, long multiruns, the largest presets); make test-all
 # runs every test: make test, then the slow ones (`make test test-all` runs the fast lane once, as CI does).
-PYTEST := $(PY) -m pytest -q -n auto --dist loadfile
+# Python's bytecode written (where PYTHONDONTWRITEBYTECODE is set, as on some CI images): each worker's collection
+# rewrites every test file's asserts again otherwise, some 7 s a lane here.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -q -n auto --dist loadfile
 
 checks: $(VENV)/.installed-test
 	$(VENV)/bin/lint-imports
