@@ -23,7 +23,7 @@ from torch import nn
 
 from flopsweep.measure._torch import EagerDispatchMode, storage_id, tree_leaves
 from flopsweep.measure.count import PhaseCount, StepCount, count_call
-from flopsweep.measure.size import LiveBytes, StepMemory, stored_bytes, stored_sizes
+from flopsweep.measure.size import LiveBytes, StepMemory, int8_size, stored_sizes
 from flopsweep.measure.timing import Clock, Stats, repeat
 
 
@@ -166,7 +166,7 @@ def routed_experts(model: nn.Module, experts: int, int8: bool = False) -> dict[i
         listed = any(a == "experts" and b.isdigit() for a, b in zip(path, path[1:]))
         stacked = p.dim() >= 2 and p.shape[0] == experts and ("experts" in path[:-1] or p.dim() >= 3)
         if listed or stacked:
-            found[storage_id(p)] = stored_bytes(p, int8)
+            found[storage_id(p)] = int8_size(p) if int8 else p.untyped_storage().nbytes()
     return found
 
 
@@ -235,7 +235,7 @@ def simulate_generation(model: nn.Module, gen: Generator, tokens: Tokens, prompt
 
     def watched(alive: list[torch.Tensor]) -> LiveBytes:
         live = LiveBytes()
-        live.track(*model.parameters(), category="weights", size=lambda p: stored_bytes(p, int8))
+        live.track(*model.parameters(), category="weights", size=int8_size if int8 else None)
         live.track(*model.buffers(), category="buffers")
         live.track(*alive, category="kv_cache")
         return live

@@ -72,9 +72,15 @@ def weight_bytes(model: nn.Module, int8: bool) -> int:
 
 
 def stored_sizes(model: nn.Module, int8: bool) -> dict[int, int]:
-    """Storage id -> bytes of a model's buffers and parameters, the parameters as stored (:func:`stored_bytes`)."""
-    return {**{storage_id(b): b.untyped_storage().nbytes() for b in model.buffers()},
-            **{storage_id(p): stored_bytes(p, int8) for p in model.parameters()}}
+    """Storage id -> bytes of a model's buffers and parameters, the parameters as stored with ``int8``
+    (:func:`int8_size`), else their storages' bytes."""
+    return {**{storage_id(t): t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers())},
+            **({storage_id(p): int8_size(p) for p in model.parameters()} if int8 else {})}
+
+
+def int8_size(p: torch.Tensor) -> int:
+    """Bytes of a weight stored as int8 (:func:`stored_bytes`): its storage's where the step holds it so."""
+    return stored_bytes(p, True)
 
 
 def stored_bytes(p: torch.Tensor, int8: bool) -> int:
@@ -185,7 +191,7 @@ class LiveBytes(EagerDispatchMode):
     def track(self, *tensors: Any, category: str = TEMPORARY, size: Optional[Callable[[torch.Tensor], int]] = None
               ) -> None:
         """Count ``tensors`` alive from now, in ``category``: each storage's bytes, or ``size(tensor)`` (the bytes a
-        weight takes as stored, where the step computes with it in another dtype)."""
+        weight takes as stored, where the step computes with it in another dtype: :func:`int8_size`)."""
         for t in tensors:
             if not isinstance(t, torch.Tensor):
                 continue
@@ -251,7 +257,7 @@ def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: 
     buffers, gradients, optimizer state, the batch), the bytes of the activations saved for backward, and what was
     alive at the peak. For the peak of a later step, call it with the optimizer's state created and the gradients
     cleared (``zero_grad(set_to_none=True)``), as they are between steps; they are cleared again after. ``int8``: the
-    weights are stored so (:func:`stored_bytes`), the step computing with them as built."""
+    weights are stored so (:func:`int8_size`), the step computing with them as built."""
     live = LiveBytes()
     def state() -> list[Any]:
         return [v for s in (optimizer.state.values() if optimizer is not None else ()) for v in s.values()]
@@ -259,7 +265,7 @@ def simulate_step(model: nn.Module, inputs: dict[str, torch.Tensor], optimizer: 
     def grads() -> list[Optional[torch.Tensor]]:
         return [p.grad for p in model.parameters()]
 
-    live.track(*model.parameters(), category="weights", size=lambda p: stored_bytes(p, int8))
+    live.track(*model.parameters(), category="weights", size=int8_size if int8 else None)
     for category, tensors in (("buffers", model.buffers()), ("gradients", grads()), ("batch", inputs.values()),
                               ("optimizer_state", state())):
         live.track(*tensors, category=category)

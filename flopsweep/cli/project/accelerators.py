@@ -49,7 +49,8 @@ def training_inputs(args: argparse.Namespace, batch: int = 1, default_mfu: Optio
     require(args.mfu is None or 0 < args.mfu <= 1, "mfu", args.mfu, "must be in (0, 1]: a fraction (0.4 for 40%)")
     extra, counted_as = [], "the preset, counted on meta"
     if split is not None and args.model is not None and args.dtype in COUNTED_DTYPES:  # a device's memory in --dtype
-        extra, counted_as = [f"dtype={_layout_dtype(args, split)}"], f"{counted_as} in {_layout_dtype(args, split)}"
+        dtype = _layout_dtype(args, split)
+        extra, counted_as = [f"dtype={dtype}"], f"{counted_as} in {dtype}"
     result, source = measured_or_counted(args, args.seq_len, batch, args.inference, extra, counted_as)
     try:
         cost = PerToken.from_result(result, source)
