@@ -2,10 +2,15 @@
 
 import os
 import subprocess
+import tempfile
 
 import pytest
 
 from tests.helpers import compose_config
+
+# what flopsweep keeps between commands (the language-model presets' sizes) kept in a folder of this run's, not the
+# user's ~/.cache; a test of the keeping itself gives its own
+os.environ.setdefault("FLOPSWEEP_CACHE_DIR", tempfile.mkdtemp(prefix="flopsweep-cache-"))
 
 
 @pytest.fixture

@@ -4,7 +4,10 @@ decoder-only preset (built on meta, not counted: its parameters and shapes are a
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from flopsweep.build.model import build
@@ -67,7 +70,49 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
                            ) -> tuple[list[PresetSize], list[str]]:
     """Every decoder-only preset in ``conf/model``, ours and the Hugging Face causal LMs, built on meta (nothing is
     counted), and the Hugging Face presets left out where transformers is not installed; ``each(done, total,
-    found)`` before each preset file is read (``found`` language models so far), for whoever says how far it is."""
+    found)`` before each preset file is read (``found`` language models so far), for whoever says how far it is.
+    Kept in the cache (:func:`cache_path`) for the code, configs and libraries that read them: 15 s to build, once."""
+    path = cache_path()
+    try:
+        kept = json.loads(path.read_text())
+        return [PresetSize(**{**s, "shape": ModelShape.from_dict(s["shape"])}) for s in kept["sizes"]], kept["unbuilt"]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: read them again
+        pass
+    sizes, unbuilt = _read_presets(each)
+    if unbuilt:  # a partial read (transformers missing or broken here) is not kept: the next may read them all
+        return sizes, unbuilt
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = path.with_suffix(f".{os.getpid()}.tmp")
+        written.write_text(json.dumps({"sizes": [dataclasses.asdict(s) for s in sizes], "unbuilt": []}))
+        written.replace(path)  # whole, or not at all: two budgets at once each write their own first
+    except OSError:  # a cache that cannot be written costs the next budget its 15 s, nothing else
+        pass
+    return sizes, unbuilt
+
+
+def cache_path() -> Path:
+    """``$FLOPSWEEP_CACHE_DIR`` (else ``$XDG_CACHE_HOME/flopsweep``, ``~/.cache/...``)``/presets-<digest>.json``: the
+    digest of this package's code, its configs and the versions of torch and transformers (none where absent)."""
+    import hashlib
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for file in sorted([*package.rglob("*.py"), *CONF_DIR.rglob("*.yaml")]):
+        digest.update(file.read_bytes())
+    for library in ("torch", "transformers"):
+        try:
+            digest.update(metadata.version(library).encode())
+        except metadata.PackageNotFoundError:
+            digest.update(b"none")
+    explicit = os.environ.get("FLOPSWEEP_CACHE_DIR")
+    folder = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+        "flopsweep"
+    return folder / f"presets-{digest.hexdigest()[:16]}.json"
+
+
+def _read_presets(each: Callable[[int, int, int], None]) -> tuple[list[PresetSize], list[str]]:
     sizes: list[PresetSize] = []
     unbuilt: list[str] = []
     files = sorted((CONF_DIR / "model").glob("*.yaml"))

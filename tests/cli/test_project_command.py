@@ -498,6 +498,7 @@ def test_a_budget_says_how_far_its_presets_build_is(tmp_path, monkeypatch):
     from flopsweep.config.schema import CONF_DIR
 
     monkeypatch.setattr(budget, "PACE_S", 0.0)
+    monkeypatch.setenv("FLOPSWEEP_CACHE_DIR", str(tmp_path / "cache"))  # not read yet: built, and said
     out = run_main(main, "budget", "--model", "gpt2_small", "--gpu-hours", "10", "--gpu", "H100", "--mfu", "0.4",
                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -551,7 +552,8 @@ def test_a_budget_without_transformers_says_which_presets_it_could_not_rank(tmp_
     out = subprocess.run([sys.executable, "-m", "flopsweep.cli.project", "budget", "--model", "gpt2_small",
                           "--gpu-hours", "10", "--gpu", "H100", "--mfu", "0.4", "--no-log"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300,
-                         env={**child_env(), "PYTHONPATH": str(tmp_path / "hidden")})
+                         env={**child_env(), "PYTHONPATH": str(tmp_path / "hidden"),
+                              "FLOPSWEEP_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr
     (note,) = [line for line in out.stdout.splitlines() if line.startswith("note: ")]
     assert re.fullmatch(r"note: \d+ Hugging Face presets left out \(their language models not ranked\): "

@@ -71,10 +71,15 @@ def command(args: argparse.Namespace) -> int:
     if cost.training:
         from flopsweep.run.presets import language_model_presets
 
-        say("building every language-model preset on meta to rank them (some seconds)...")
         line = throttled(say, PACE_S)
-        read, unbuilt = language_model_presets(lambda done, total, found: line(
-            f"  ... {done} of {total} model presets read, {found} of them language models"))
+
+        def building(done: int, total: int, found: int) -> None:  # where they are not in the cache yet
+            if done == 0:
+                say("building every language-model preset on meta to rank them (some seconds, once: they are kept "
+                    "for the next budget)...")
+            line(f"  ... {done} of {total} model presets read, {found} of them language models")
+
+        read, unbuilt = language_model_presets(building)
         if unbuilt:  # the ranking is of fewer models than it says: said
             from flopsweep.models.hf import EXTRA
 
