@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command
-from flopsweep.core.text import plain
+from flopsweep.core.text import counted, plain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (done.logged or done.present or done.failed):  # it said 0 logged, 0 already in the store, 0 failed
         print(f"flopsweep-sync: no job folder (one with result.json) in {args.path}: nothing to log")
         return 0
-    print(f"flopsweep-sync: {done.logged} logged, {done.present} already in the store, {done.failed} failed  "
+    closed = f"; {counted(done.closed, 'run')} of a sweep whose process is gone closed, with what its folder holds" \
+        if done.closed else ""  # a SIGKILLed sweep's, left RUNNING
+    print(f"flopsweep-sync: {done.logged} logged, {done.present} already in the store, {done.failed} failed{closed}  "
           f"({', '.join(sorted(masked(u) for u in done.uris))})")
     return 1 if done.failed else 0
 

@@ -85,14 +85,16 @@ class SweepRun:
         keep = {r.tracking.run_id for r in results if r is not None and r.tracking is not None} - {None}
         return self.store.delete_children_except(self.run_id, keep)
 
-    def close_if_done(self) -> None:
+    def close_if_done(self) -> bool:
         """Close the run if this process opened it (a sync), or if the sweep's process is gone, with the counts of
-        what the folder holds; a sweep that runs closes its own."""
+        what the folder holds; a sweep that runs closes its own. Whether it closed a gone sweep's run."""
         run = self.store.client.get_run(self.run_id)
         pid = int(run.data.tags.get(PID_TAG) or 0)
         opened_here = pid in (0, os.getpid())  # by this sync (or an older one, which recorded no process)
         if run.info.status == "RUNNING" and (opened_here or not _alive(pid)):
             self.finish(status=None if opened_here else _ended_status(self.sweep_dir))
+            return not opened_here
+        return False
 
     @classmethod
     def close_dead(cls, store: Store) -> int:

@@ -31,6 +31,7 @@ class Synced:
     failed: int = 0
     uris: set[str] = field(default_factory=set)
     down: dict[str, str] = field(default_factory=dict)  # the stores that cannot be used now, and why
+    closed: int = 0     # runs of sweeps whose process is gone (SIGKILL), left RUNNING, closed with what they hold
 
 
 def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None, experiment: Optional[str] = None,
@@ -49,7 +50,7 @@ def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None,
         if target.uri.startswith("sqlite:///") and not Path(target.uri[len("sqlite:///"):]).exists():
             return done  # no store to look in: none is made
         try:
-            SweepRun.close_dead_under(target, path.resolve())
+            done.closed += SweepRun.close_dead_under(target, path.resolve())
         except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
             on_failure(path, f"could not close the runs of sweeps that ended: {one_line(err)}")
     return done
@@ -141,9 +142,9 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         done.logged += 1
     try:
         for parent in parents.values():
-            parent.close_if_done()
+            done.closed += parent.close_if_done()
         for target in targets:
-            SweepRun.close_dead(store(target))
+            done.closed += SweepRun.close_dead(store(target))
     except Exception as err:  # noqa: BLE001 - an untidy run, not a lost result
         on_failure(folders[0].parent, f"could not close the runs of sweeps that ended: {one_line(err)}")
 

@@ -299,6 +299,10 @@ def test_a_sync_closes_the_run_of_a_sweep_whose_process_is_gone(tmp_path):
     closed = client.get_run(dead.info.run_id)
     assert closed.info.status == "KILLED" and closed.data.metrics["jobs/ok"] == 2
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    # said, where it said only what it logged
+    assert "; 1 run of a sweep whose process is gone closed, with what its folder holds  (" in synced.stdout
+    again = run_main(sync, "dead", "--store-dir", "outputs", cwd=tmp_path)
+    assert "process is gone" not in again.stdout, again.stdout
 
 
 @pytest.mark.slow  # two real sweeps
