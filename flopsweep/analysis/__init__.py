@@ -84,7 +84,7 @@ def bottlenecks(run: str | Path, depth: Optional[int] = None, top: Optional[int]
 
     require(top is None or (isinstance(top, int) and top >= 1), "top", top, "must be an integer >= 1, or None for "
             "every module")  # 0 gave an empty table
-    result, _ = load_measured(str(run), target_at(uri, "outputs", "").uri)  # a skipped job: the run it found
+    result, _ = load_measured(str(run), target_at(uri, None, "").uri)  # a skipped job: the run it found
     breakdown = result.breakdown or {}
     records = breakdown.get("profile") or breakdown.get("modules") or []
     modules = pd.DataFrame(records)

@@ -33,7 +33,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "$FLOPSWEEP_CALIBRATION_DIR or ~/.cache/flopsweep/calibration, named by the part)")
     parser.add_argument("--experiment", default="calibration", help="MLflow experiment (default calibration)")
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
-    parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    parser.add_argument("--store-dir", help="the local store's folder (default: outputs, unless "
+                        "MLFLOW_TRACKING_URI is set)")
     parser.add_argument("--no-log", action="store_true", help="write the profile only, no MLflow run")
     args = parser.parse_args(argv)
     try:

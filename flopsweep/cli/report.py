@@ -32,15 +32,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--all", action="store_true", help="every run of the experiment, all its sweeps together")
     parser.add_argument("--out", type=Path, help="where to write (default: outputs/reports/EXPERIMENT[_SWEEP])")
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
-    parser.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    parser.add_argument("--store-dir", help="the local store's folder (default: outputs, unless "
+                        "MLFLOW_TRACKING_URI is set)")
     args = parser.parse_args(argv)
     if not args.experiment and not args.profile:
         parser.error("give an EXPERIMENT, or --profile RUN")
     from flopsweep.core.errors import masked
     from flopsweep.sinks.target import target_at
 
-    target = target_at(args.uri, args.store_dir, args.experiment or "")
     try:
+        target = target_at(args.uri, args.store_dir, args.experiment or "")
         require(args.top >= 1, "top", args.top, "must be >= 1")
         return _profile(args, target.uri) if args.profile else _experiment(args, target)
     except (ConfigError, StoreUnusable) as err:
@@ -93,7 +94,7 @@ def _experiment(args: argparse.Namespace, target) -> int:
     else:
         print(f"report of {len(df)} runs" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
     name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
-    out = args.out or Path(args.store_dir) / "reports" / name
+    out = args.out or Path(args.store_dir or "outputs") / "reports" / name
     label = f"experiment {args.experiment}" + (f", sweep {chosen}" if chosen else ", every sweep")
     drawn = write_report(df, out, f"flopsweep report: {name}", target.uri, label)
     print(f"report: {out}  ({sum(v == 'drawn' for v in drawn.values())} plots; runs.csv, runs.md)")

@@ -24,13 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.is_dir():
         error(f"{args.path}: not a folder", "flopsweep-sync")
         return 2
+    from flopsweep.core.errors import ConfigError, masked
     from flopsweep.sinks.sync import sync
-    from flopsweep.core.errors import masked
+    from flopsweep.sinks.target import check_uri
 
     def failed(folder: Path, why: str) -> None:
         print(f"flopsweep-sync: {folder}: not logged: {why}", file=sys.stderr)
 
-    done = sync(args.path, args.uri, args.store_dir, args.experiment, on_failure=failed)
+    try:
+        if args.uri:  # one that can never work (a path for a URI) is said once, not for each job
+            check_uri(args.uri, "uri")
+        done = sync(args.path, args.uri, args.store_dir, args.experiment, on_failure=failed)
+    except ConfigError as err:
+        error(str(err), "flopsweep-sync")
+        return 2
     if not (done.logged or done.present or done.failed):  # it said 0 logged, 0 already in the store, 0 failed
         print(f"flopsweep-sync: no job folder (one with result.json) in {args.path}: nothing to log")
         return 0

@@ -206,7 +206,7 @@ class Meter:
         result = self.result()
         result.info["fingerprint"] = fingerprint(result.config, self.device, result.device_name)
         folder = folder or Path("outputs") / "loop" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{self.name or 'model'}"
-        logged = record(result, folder, target_at(uri, "outputs", experiment), {"source": "flopsweep.meter"})
+        logged = record(result, folder, target_at(uri, None, experiment), {"source": "flopsweep.meter"})
         if not logged.logged:
             raise RuntimeError(f"flopsweep.meter: not logged to MLflow ({logged.error}); the result is in {folder}")
         return logged.run_id

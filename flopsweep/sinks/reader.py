@@ -69,12 +69,12 @@ def _read_result(path: Path, ref: str) -> Result:
 
 
 def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: Optional[str] = None,
-              store_dir: str | Path = "outputs"):
+              store_dir: Optional[str | Path] = None):
     """The job runs of an experiment as a pandas DataFrame, one row per run: ``run_id``, ``run_name``,
     ``status``, ``error``, ``sweep``, every metric (floats) and every config param (numbers as numbers).
 
     ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
-    ``uri`` defaults to ``MLFLOW_TRACKING_URI``, else the local store under ``store_dir``. A store that is not
+    ``uri``, else the local store under ``store_dir`` where given, else ``MLFLOW_TRACKING_URI``, else ``outputs/``'s. A store that is not
     there, or an experiment it does not have, is a ``LookupError`` in one line saying which store was read and
     which experiments it has (an experiment without job runs, or a sweep without, is an empty frame)::
 

@@ -45,7 +45,7 @@ def sync(path: Path, uri: Optional[str] = None, store_dir: Optional[str] = None,
         with _folder_lock(group):
             _sync_group(folders, uri, store_dir, experiment, on_failure, done)
     if not done.uris:  # no job recorded a result: a sweep cut before any did may have left its run open
-        target = target_at(uri, store_dir or "outputs", "")
+        target = target_at(uri, store_dir, "")
         done.uris.add(target.uri)
         if target.uri.startswith("sqlite:///") and not Path(target.uri[len("sqlite:///"):]).exists():
             return done  # no store to look in: none is made
@@ -154,13 +154,13 @@ def _target(uri: Optional[str], store_dir: Optional[str], result: Result, experi
     else the environment's or the local one under outputs/: a job of a server sweep goes back to that server, a local
     sweep's to its own store, wherever this runs."""
     if uri or store_dir:
-        return target_at(uri, store_dir or "outputs", experiment, environment=False)
+        return target_at(uri, store_dir, experiment, environment=False)
     recorded = result.tracking.uri if result.tracking else None
     if recorded:  # recorded with its password masked: the job's config or the environment gives it back
         real = unmasked(recorded, (result.config.get("tracking") or {}).get("uri"), os.environ.get(URI_ENV))
         require(real is not None, "uri", recorded, f"was recorded without its password: give --uri or {URI_ENV}")
         return target_of_uri(real, experiment)
-    return target_at(None, "outputs", experiment)
+    return target_at(None, None, experiment)
 
 
 def _record_logged(result: Result, folder: Path, target: Target, run_id: str) -> None:

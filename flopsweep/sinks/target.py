@@ -133,16 +133,23 @@ def target_of(tracking: Any, project_dir: Path) -> Optional[Target]:
     if tracking.kind == "server" or tracking.uri:  # a store's address given is where the runs go (it was ignored
         uri = tracking.uri or os.environ.get(URI_ENV)  # without a word under the default tracking=local)
         require(bool(uri), "tracking.uri", None, "missing: set it or MLFLOW_TRACKING_URI for tracking=server")
-        scheme = str(uri).split("://", 1)[0].split("+", 1)[0] if "://" in str(uri) else ""
-        require(scheme in STORE_SCHEMES, "tracking.uri", masked(str(uri)),
-                f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}")
-        missing = driver_missing(str(uri))
-        require(missing is None, "tracking.uri", masked(str(uri)), str(missing))
-        return Target(revealed(str(uri)), None, tracking.experiment)
+        return Target(revealed(check_uri(str(uri), "tracking.uri")), None, tracking.experiment)
     folder = project_dir / tracking.dir
     require(not folder.exists() or folder.is_dir(), "tracking.dir", tracking.dir,
             "is not a folder: the store and its artifacts go in one")
     return target_at(None, folder, tracking.experiment, environment=False)
+
+
+def check_uri(uri: str, key: str) -> str:
+    """``uri``, a store MLflow opens with its driver installed, or a one-line error naming ``key``; a path for a URI
+    (``outputs/mlflow.db``) is told the URI it means."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    meant = f" (did you mean sqlite:///{Path(uri).resolve()}?)" if not scheme and uri.endswith(".db") else ""
+    require(scheme in STORE_SCHEMES, key, masked(uri),
+            f"not a store MLflow opens: the scheme must be one of {', '.join(STORE_SCHEMES)}{meant}")
+    missing = driver_missing(uri)
+    require(missing is None, key, masked(uri), str(missing))
+    return uri
 
 
 def environment_unread(tracking: Any) -> Optional[str]:
@@ -154,13 +161,17 @@ def environment_unread(tracking: Any) -> Optional[str]:
             f"to {masked(os.environ[URI_ENV])}")
 
 
-def target_at(uri: Optional[str], store_dir: str | Path, experiment: str, environment: bool = True) -> Target:
-    """``uri`` if given, else ``MLFLOW_TRACKING_URI`` (when ``environment``), else the local SQLite store under
-    ``store_dir`` with its artifact folder beside it: where the command-line tools read and write."""
-    uri = uri or (os.environ.get(URI_ENV) if environment else None)
+def target_at(uri: Optional[str], store_dir: Optional[str | Path], experiment: str, environment: bool = True
+              ) -> Target:
+    """``uri`` if given, else the local SQLite store under ``store_dir`` where given, else ``MLFLOW_TRACKING_URI``
+    (when ``environment``), else the local store under ``outputs``, with its artifact folder beside it: where the
+    command-line tools read and write (``--uri``, ``--store-dir``). A URI that can never work is a one-line
+    :class:`~flopsweep.core.errors.ConfigError` naming it (``uri``, or the variable)."""
     if uri:
-        return Target(uri, None, experiment)
-    store = Path(store_dir).resolve()
+        return Target(check_uri(uri, "uri"), None, experiment)
+    if store_dir is None and environment and os.environ.get(URI_ENV):
+        return Target(check_uri(os.environ[URI_ENV], URI_ENV), None, experiment)
+    store = Path(store_dir or "outputs").resolve()
     return Target(f"sqlite:///{store / 'mlflow.db'}", (store / "mlartifacts").as_uri(), experiment)
 
 

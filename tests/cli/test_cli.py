@@ -281,3 +281,40 @@ def test_every_commands_usage_error_is_one_line(module, args, said, tmp_path):
 
     out = run_main(importlib.import_module(module).main, *args, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.splitlines() == [f"{said} (see {said.split(':')[0]} --help)"]
+
+
+@pytest.mark.parametrize("module, args", [
+    ("flopsweep.cli.sync", ["."]),
+    ("flopsweep.cli.report", ["flopsweep"]),
+    ("flopsweep.cli.project", ["train", "--model", "gpt2_small", "--tokens", "1B", "--gpu", "H100", "--mfu", "0.4"]),
+])
+def test_a_store_path_given_for_a_uri_is_one_line_naming_the_uri_it_means(module, args, tmp_path):
+    """flopsweep-sync --uri outputs/mlflow.db printed MLflow's traceback (its file store 'in maintenance mode'),
+    --uri ftp://x another; the report said MLflow's paragraph."""
+    import importlib
+
+    from tests.helpers import run_main
+
+    out = run_main(importlib.import_module(module).main, *args, "--uri", "outputs/mlflow.db", cwd=tmp_path)
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert line.endswith(f"'outputs/mlflow.db': not a store MLflow opens: the scheme must be one of http, https, "
+                         f"sqlite, postgresql, mysql, mssql, file, databricks (did you mean sqlite:///"
+                         f"{tmp_path.resolve() / 'outputs' / 'mlflow.db'}?)"), line
+
+
+def test_a_store_folder_given_is_read_over_mlflow_tracking_uri(tmp_path, monkeypatch):
+    """flopsweep-report EXP --store-dir outputs read the server MLFLOW_TRACKING_URI names all the same ('experiment
+    is not in the store http://...'), as load_runs(store_dir=...) did; the variable is read where no folder is given."""
+    import flopsweep
+    from flopsweep.cli.report import main as report
+    from flopsweep.sinks.target import target_at
+    from tests.helpers import run_main
+
+    done = run_app("model=gpt2_small", "model.n_layer=1", "device=meta", "tracking.experiment=here", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # no server there
+    out = run_main(report, "here", "--store-dir", str(tmp_path / "outputs"), cwd=tmp_path)
+    assert out.returncode == 0 and "127.0.0.1" not in out.stdout + out.stderr, out.stderr
+    assert len(flopsweep.load_runs("here", store_dir=tmp_path / "outputs")) == 1
+    assert target_at(None, None, "here").uri == "http://127.0.0.1:9"

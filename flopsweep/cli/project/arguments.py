@@ -97,7 +97,8 @@ def add_output(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output and tracking")
     out.add_argument("--json", type=Path, help="also write the projection as JSON here")
     out.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
-    out.add_argument("--store-dir", default="outputs", help="the local store's folder (default: outputs)")
+    out.add_argument("--store-dir", help="the local store's folder (default: outputs, unless "
+                     "MLFLOW_TRACKING_URI is set)")
     out.add_argument("--experiment", default=EXPERIMENT, help=f"MLflow experiment (default: {EXPERIMENT})")
     out.add_argument("--no-log", action="store_true", help="do not log the projection to MLflow")
 
