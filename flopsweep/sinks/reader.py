@@ -74,9 +74,10 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     ``status``, ``error``, ``sweep``, every metric (floats) and every config param (numbers as numbers).
 
     ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
-    ``uri``, else the local store under ``store_dir`` where given, else ``MLFLOW_TRACKING_URI``, else ``outputs/``'s. A store that is not
-    there, or an experiment it does not have, is a ``LookupError`` in one line saying which store was read and
-    which experiments it has (an experiment without job runs, or a sweep without, is an empty frame)::
+    Read from ``uri``, else the local store under ``store_dir`` where given, else ``MLFLOW_TRACKING_URI``, else
+    ``outputs/``'s. A store that is not there, or an experiment it does not have, is a ``LookupError`` in one line
+    saying which store was read and which experiments it has (an experiment without job runs, or a sweep without,
+    is an empty frame); a URI that can never work, a ``ConfigError`` naming it::
 
         df = flopsweep.load_runs(experiment="gpt3_family")
         df.pivot_table(index="model.name", values="flops/step")
