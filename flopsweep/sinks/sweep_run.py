@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -26,9 +27,20 @@ from flopsweep.sinks.target import Target
 
 
 def job_folders(path: Path) -> list[Path]:
-    """The job folders at or under ``path`` (those with a ``result.json``), not the copies MLflow keeps."""
+    """The job folders at or under ``path`` (those with a ``result.json``), not the copies MLflow keeps: under a
+    local store's ``mlartifacts``, or any artifact store's ``<run id>/artifacts`` (flopsweep-server's
+    ``tracking-server/artifacts``, where a sync rewrote the copies and logged them again as runs)."""
     found = [path] if (path / "result.json").exists() else [p.parent for p in path.rglob("result.json")]
-    return sorted(p for p in found if "mlartifacts" not in p.parts)
+    return sorted(p for p in found if not _artifact_copy(p))
+
+
+def _artifact_copy(folder: Path) -> bool:
+    parts = folder.resolve().parts
+    return "mlartifacts" in parts or any(name == "artifacts" and RUN_ID.fullmatch(run)
+                                         for run, name in zip(parts, parts[1:]))
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run's id: its artifacts lie in <run id>/artifacts
 
 
 def folder_results(sweep_dir: Path) -> list[tuple[str, Result]]:

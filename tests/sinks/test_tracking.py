@@ -439,3 +439,24 @@ def test_a_driver_sqlalchemy_does_not_know_is_said_before_the_database_is_asked(
 
     with pytest.raises(StoreUnusable, match=r"no driver for mysql\+nosuch:// in this Python \(NoSuchModuleError"):
         check("mysql+nosuch://me@127.0.0.1:1/mlflow")
+
+
+def test_sync_leaves_the_copies_an_artifact_store_keeps_alone(tmp_path):
+    """flopsweep-sync outputs/ went into flopsweep-server's artifact folder (outputs/tracking-server/artifacts): it
+    rewrote the result.json copies MLflow keeps there, left its lock files beside them, and logged copies of other
+    stores' runs as new runs ('155 already in the store' of 41 jobs)."""
+    import shutil
+
+    from flopsweep.sinks.sweep_run import job_folders
+
+    done = run_app("model=gpt2_small", "model.n_layer=1", "device=meta", "tracking=none", "hydra.run.dir=outputs/job",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    copy = tmp_path / "outputs" / "tracking-server" / "artifacts" / "3" / ("ab" * 16) / "artifacts"
+    shutil.copytree(tmp_path / "outputs" / "job", copy)
+    kept = (copy / "result.json").read_bytes()
+    assert job_folders(tmp_path / "outputs") == [tmp_path / "outputs" / "job"]
+    synced = run_main(sync_main, "outputs", cwd=tmp_path)
+    assert "1 logged, 0 already in the store" in synced.stdout, synced.stdout + synced.stderr
+    assert (copy / "result.json").read_bytes() == kept and sorted(p.name for p in copy.iterdir()) == \
+        sorted(p.name for p in (tmp_path / "outputs" / "job").iterdir() if p.name != ".flopsweep-sync.lock")
