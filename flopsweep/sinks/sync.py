@@ -99,6 +99,9 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             on_failure(folder, str(err))
             continue
         done.uris.add(target.uri)
+        # a job that names a store of its own keeps it where --uri or --store-dir sent it elsewhere: a copy there, and
+        # a later sync without them still logs it to its own (it named the other store for good, a server never got it)
+        own = (uri or store_dir) and result.tracking is not None and result.tracking.uri is not None
         try:
             runs = store(target)
         except StoreUnusable as err:  # said once per store; its jobs wait for the next sync
@@ -114,7 +117,7 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             existing = runs.find_run(FINGERPRINT_TAG, fp, where=LOGGED)
             if existing:
                 done.present += 1
-                if not (result.tracking and result.tracking.logged):  # logged by an earlier sync elsewhere
+                if not (result.tracking and result.tracking.logged) and not own:  # logged by an earlier sync
                     _record_logged(result, folder, target, existing)
                 continue
             runs.delete_unfinished(fp)
@@ -130,7 +133,7 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
             on_failure(folder, failed(target.uri, err, started))
             continue
         try:
-            logged = record(result, folder, target, {"synced": True}, parent, folder_written=True)
+            logged = record(result, folder, target, {"synced": True}, parent, folder_written=True, noted=not own)
         except OSError as err:  # the next sync finds its run, and says so in its result.json
             done.logged += 1
             on_failure(folder, f"logged, but its result.json cannot say so: {one_line(err)}")

@@ -460,3 +460,23 @@ def test_sync_leaves_the_copies_an_artifact_store_keeps_alone(tmp_path):
     assert "1 logged, 0 already in the store" in synced.stdout, synced.stdout + synced.stderr
     assert (copy / "result.json").read_bytes() == kept and sorted(p.name for p in copy.iterdir()) == \
         sorted(p.name for p in (tmp_path / "outputs" / "job").iterdir() if p.name != ".flopsweep-sync.lock")
+
+
+def test_a_sync_to_another_store_leaves_each_job_naming_its_own(tmp_path):
+    """flopsweep-sync --store-dir X pointed every result.json at X for good: a projection then tagged runs its store
+    lacks, and a server that came back never got the runs (a plain sync said 'already in the store X')."""
+    done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "device=meta", "batch.size=1,2", "tracking.dir=own",
+                   cwd=tmp_path, store=False)
+    assert done.returncode == 0, done.stderr
+    results = sorted((tmp_path / "outputs").rglob("result.json"))
+    own = {json.loads(p.read_text())["info"]["tracking"]["uri"] for p in results}
+    assert len(results) == 2 and own == {f"sqlite:///{tmp_path / 'own' / 'mlflow.db'}"}
+    __import__("shutil").rmtree(tmp_path / "own")  # its store lost: the copy elsewhere is all there is for now
+    copied = run_main(sync_main, str(results[0].parents[1]), "--store-dir", "other", cwd=tmp_path)
+    assert "2 logged, 0 already in the store" in copied.stdout, copied.stdout + copied.stderr
+    assert {json.loads(p.read_text())["info"]["tracking"]["uri"] for p in results} == own
+    again = run_main(sync_main, str(results[0].parents[1]), "--store-dir", "other", cwd=tmp_path)
+    assert "0 logged, 2 already in the store" in again.stdout, again.stdout
+    back = subprocess.run([sys.executable, "-m", "flopsweep.cli.sync", str(results[0].parents[1])], cwd=tmp_path,
+                          capture_output=True, text=True)  # a new process: this one's MLflow holds the lost file open
+    assert "2 logged, 0 already in the store" in back.stdout and str(tmp_path / "own") in back.stdout, back
