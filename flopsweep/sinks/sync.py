@@ -101,7 +101,8 @@ def _sync_group(folders: list[Path], uri: Optional[str], store_dir: Optional[str
         done.uris.add(target.uri)
         # a job that names a store of its own keeps it where --uri or --store-dir sent it elsewhere: a copy there, and
         # a later sync without them still logs it to its own (it named the other store for good, a server never got it)
-        own = (uri or store_dir) and result.tracking is not None and result.tracking.uri is not None
+        own = bool(uri or store_dir) and result.tracking is not None and result.tracking.uri is not None and \
+            result.tracking.uri != masked(target.uri)  # its own store, given: noted as logged there
         try:
             runs = store(target)
         except StoreUnusable as err:  # said once per store; its jobs wait for the next sync
