@@ -15,7 +15,7 @@ from typing import Optional
 
 from flopsweep.cli.parser import OneLineParser
 from flopsweep.core.console import error, run_command
-from flopsweep.core.text import plain
+from flopsweep.core.text import counted, plain
 from flopsweep.core.errors import ConfigError, one_line, require
 from flopsweep.sinks.health import StoreUnusable
 
@@ -27,9 +27,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", metavar="RUN", help="instead: the module profile of one run (its job folder "
                         "or MLflow run id), printed and written with profile.png")
     parser.add_argument("--top", type=int, default=12, help="--profile: modules in the plot (default 12)")
-    parser.add_argument("--sweep", help="this sweep: its folder or the folder's name (2026-11-22/14-03-07); "
-                        "default: the experiment's latest")
-    parser.add_argument("--all", action="store_true", help="every run of the experiment, all its sweeps together")
+    which = parser.add_mutually_exclusive_group()  # its usage said [--sweep SWEEP | --all] and took both
+    which.add_argument("--sweep", help="this sweep: its folder or the folder's name (2026-11-22/14-03-07); "
+                       "default: the experiment's latest")
+    which.add_argument("--all", action="store_true", help="every run of the experiment, all its sweeps together")
     parser.add_argument("--out", type=Path, help="where to write (default: outputs/reports/EXPERIMENT[_SWEEP])")
     parser.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the local store)")
     parser.add_argument("--store-dir", help="the local store's folder (default: outputs, unless "
@@ -89,15 +90,15 @@ def _experiment(args: argparse.Namespace, target) -> int:
         chosen = _when(sweeps[-1])
         df = df[df["sweep"] == sweeps[-1]]
         others = f"the latest of {len(sweeps)} sweeps" if len(sweeps) > 1 else "its only sweep"
-        print(f"report of sweep {chosen}: {len(df)} runs ({others} in {args.experiment!r}; --sweep NAME for "
+        print(f"report of sweep {chosen}: {counted(len(df), 'run')} ({others} in {args.experiment!r}; --sweep NAME for "
               "another, --all for every run)")
     else:
-        print(f"report of {len(df)} runs" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
+        print(f"report of {counted(len(df), 'run')}" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
     name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
     out = args.out or Path(args.store_dir or "outputs") / "reports" / name
     label = f"experiment {args.experiment}" + (f", sweep {chosen}" if chosen else ", every sweep")
     drawn = write_report(df, out, f"flopsweep report: {name}", target.uri, label)
-    print(f"report: {out}  ({sum(v == 'drawn' for v in drawn.values())} plots; runs.csv, runs.md)")
+    print(f"report: {out}  ({counted(sum(v == 'drawn' for v in drawn.values()), 'plot')}; runs.csv, runs.md)")
     for plot, why in drawn.items():
         if why != "drawn":
             print(f"  {plot} not drawn: {why}")

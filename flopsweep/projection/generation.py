@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from flopsweep.core import metrics as M
-from flopsweep.core.errors import require
+from flopsweep.core.errors import one_line, require
 from flopsweep.core.result import Result
 from flopsweep.core.shape import experts_touched, shape_of
 
@@ -46,6 +46,8 @@ class Generation:
     @classmethod
     def from_result(cls, result: Result, source: str) -> "Generation":
         m = result.metrics
+        require(result.status == "ok", "run", source, f"has status {str(result.status)!r}, not 'ok'"
+                + (f": {one_line(result.error, 200, kind=False)}" if result.error else ""))  # as train says (and why)
         require(m.get(M.FLOPS_PREFILL) is not None, "run", source, "is not a counted workload=generate run (no "
                 f"{M.FLOPS_PREFILL}): measure one with workload=generate, or give --model")
         batch, new_tokens = int(m[M.BATCH_SIZE]), int(m[M.NEW_TOKENS])

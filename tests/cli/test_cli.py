@@ -270,6 +270,8 @@ def test_a_hint_names_a_command_as_it_can_be_typed_where_the_user_is(tmp_path, m
 
 @pytest.mark.parametrize("module, args, said", [
     ("flopsweep.cli.report", ["--sweep", "nosuch"], "flopsweep-report: error: give an EXPERIMENT, or --profile RUN"),
+    ("flopsweep.cli.report", ["x", "--sweep", "s", "--all"],  # its usage said [--sweep SWEEP | --all]; --all ignored
+     "flopsweep-report: error: argument --all: not allowed with argument --sweep"),
     ("flopsweep.cli.sync", [], "flopsweep-sync: error: the following arguments are required: path"),
     ("flopsweep.cli.calibrate", ["--bogus"], "flopsweep-calibrate: error: unrecognized arguments: --bogus"),
 ])

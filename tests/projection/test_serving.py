@@ -455,3 +455,17 @@ def test_docs_hardware_table_is_the_shipped_tables_figures():
                 assert float(cell.replace(",", "")) == pytest.approx(part.peak_tflops[dtype], rel=5e-3), (name, dtype)
         memory, bandwidth = (float(c.replace(",", "")) for c in figures[3:])
         assert (memory, bandwidth) == (part.memory_gb, part.bandwidth_gbs), name
+
+
+def test_a_failed_job_is_refused_for_its_status_and_its_error():
+    """serve RUN on a failed job said it was 'not a counted workload=generate run (no flops/prefill)', where train
+    says its status."""
+    from flopsweep.core.errors import ConfigError
+    from flopsweep.core.result import Result
+    from flopsweep.projection.generation import Generation
+
+    failed = Result("failed", "model.n_head=7: must divide model.d_model=768", {}, {})
+    with pytest.raises(ConfigError) as err:
+        Generation.from_result(failed, "5_t5_small")
+    assert str(err.value) == ("run='5_t5_small': has status 'failed', not 'ok': model.n_head=7: must divide "
+                              "model.d_model=768")
