@@ -76,8 +76,9 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
     ``sweep`` keeps the runs of one sweep: its folder or the folder's name (``2026-11-22/14-03-07``).
     Read from ``uri``, else the local store under ``store_dir`` where given, else ``MLFLOW_TRACKING_URI``, else
     ``outputs/``'s. A store that is not there, or an experiment it does not have, is a ``LookupError`` in one line
-    saying which store was read and which experiments it has (an experiment without job runs, or a sweep without,
-    is an empty frame); a URI that can never work, a ``ConfigError`` naming it::
+    saying which store was read and which experiments it has, as is a sweep it does not have, naming its sweeps (an
+    experiment without job runs, or a sweep without, is an empty frame); a URI that can never work, a
+    ``ConfigError`` naming it::
 
         df = flopsweep.load_runs(experiment="gpt3_family")
         df.pivot_table(index="model.name", values="flops/step")
@@ -100,8 +101,15 @@ def load_runs(experiment: str = "flopsweep", sweep: Optional[str] = None, uri: O
                               max_results=50000)
     sweeps = {r.info.run_id: r.data.tags.get(SWEEP_TAG, "") for r in runs}
     if sweep is not None:
-        wanted = str(sweep).rstrip("/")
+        wanted, known = str(sweep).rstrip("/"), sorted(set(sweeps.values()))
         sweeps = {k: v for k, v in sweeps.items() if v == wanted or v.endswith("/" + wanted)}
+        if not sweeps:  # a name mistyped was an empty frame, and the next line's .iloc[0] an IndexError
+            names = ["/".join(Path(v).parts[-2:]) for v in known]
+            near = nearest(wanted, names)
+            raise LookupError(f"load_runs: no sweep {wanted!r} in experiment {experiment!r}"
+                              + (f" (did you mean {near!r}?)" if near else "")
+                              + f"; its sweeps: {', '.join(names[-5:]) if names else 'none'}"
+                              + (f" and {len(names) - 5} before them" if len(names) > 5 else ""))
     rows = []
     for run in client.search_runs([found.experiment_id], filter_string="tags.`flopsweep.kind` = 'job'",
                                   max_results=50000):

@@ -480,3 +480,16 @@ def test_a_sync_to_another_store_leaves_each_job_naming_its_own(tmp_path):
     back = subprocess.run([sys.executable, "-m", "flopsweep.cli.sync", str(results[0].parents[1])], cwd=tmp_path,
                           capture_output=True, text=True)  # a new process: this one's MLflow holds the lost file open
     assert "2 logged, 0 already in the store" in back.stdout and str(tmp_path / "own") in back.stdout, back
+
+
+def test_load_runs_of_a_sweep_it_does_not_have_names_the_ones_it_has(tmp_path, monkeypatch):
+    """A mistyped sweep was an empty frame without a word; projection.md's next line, df.sweep.iloc[0], then failed."""
+    done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "device=meta", "batch.size=1,2",
+                   "tracking.experiment=ls", "hydra.sweep.dir=outputs/sweeps/2026-12-07/23-31-25", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    assert len(flopsweep.load_runs("ls", sweep="2026-12-07/23-31-25")) == 2
+    with pytest.raises(LookupError) as err:
+        flopsweep.load_runs("ls", sweep="2026-12-07/23-31-2")
+    assert str(err.value) == ("load_runs: no sweep '2026-12-07/23-31-2' in experiment 'ls' (did you mean "
+                              "'2026-12-07/23-31-25'?); its sweeps: 2026-12-07/23-31-25")
