@@ -90,8 +90,8 @@ def _experiment(args: argparse.Namespace, target) -> int:
         chosen = _when(sweeps[-1])
         df = df[df["sweep"] == sweeps[-1]]
         others = f"the latest of {len(sweeps)} sweeps" if len(sweeps) > 1 else "its only sweep"
-        print(f"report of sweep {chosen}: {counted(len(df), 'run')} ({others} in {args.experiment!r}; --sweep NAME for "
-              "another, --all for every run)")
+        print(f"report of sweep {chosen}: {counted(len(df), 'run')} ({others} in {args.experiment!r}; --sweep NAME "
+              "for another, --all for every run)")
     else:
         print(f"report of {counted(len(df), 'run')}" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
     name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
