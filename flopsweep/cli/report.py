@@ -93,7 +93,8 @@ def _experiment(args: argparse.Namespace, target) -> int:
         print(f"report of sweep {chosen}: {counted(len(df), 'run')} ({others} in {args.experiment!r}; --sweep NAME "
               "for another, --all for every run)")
     else:
-        print(f"report of {counted(len(df), 'run')}" + (f" of sweep {chosen}" if chosen else f" of {args.experiment!r}"))
+        print(f"report of {counted(len(df), 'run')}" + (f" of sweep {chosen}" if chosen else
+                                                         f" of {args.experiment!r}"))
     name = args.experiment + (f"_{chosen.rstrip('/').replace('/', '_')}" if chosen else "")
     out = args.out or Path(args.store_dir or "outputs") / "reports" / name
     label = f"experiment {args.experiment}" + (f", sweep {chosen}" if chosen else ", every sweep")
