@@ -82,7 +82,8 @@ def test_load_runs_gives_typed_columns(sweep):
     assert df["flops/forward"].dtype.kind == "f"
     sweep_name = df["sweep"].iloc[0]
     assert len(flopsweep.load_runs(experiment="test_sweep", sweep=sweep_name, store_dir=cwd / "outputs")) == 3
-    assert flopsweep.load_runs(experiment="test_sweep", sweep="no-such-sweep", store_dir=cwd / "outputs").empty
+    with pytest.raises(LookupError, match="no sweep 'no-such-sweep' in experiment 'test_sweep'; its sweeps: "):
+        flopsweep.load_runs(experiment="test_sweep", sweep="no-such-sweep", store_dir=cwd / "outputs")
 
 
 def test_a_store_that_is_down_loses_nothing(tmp_path):
