@@ -212,6 +212,7 @@ def test_a_single_run_of_a_preset_with_fields_of_its_own_is_named_with_them(tmp_
     assert "[job] gpt2_small|b1|s16|float32|meta" in plain.stdout.splitlines()
 
 
+@pytest.mark.slow  # a sweep of four jobs
 def test_a_sweeps_lines_and_table_show_the_keys_it_varies(tmp_path):
     out = run_app("-m", "model=gpt2_small", "model.n_layer=1", "batch.seq_len=16", "device=meta",
                   "optimizer=adamw,sgd", "train=full,lora", "tracking=none", cwd=tmp_path)
@@ -305,6 +306,7 @@ def test_a_store_path_given_for_a_uri_is_one_line_naming_the_uri_it_means(module
                          f"{tmp_path.resolve() / 'outputs' / 'mlflow.db'}?)"), line
 
 
+@pytest.mark.slow  # a job and a report
 def test_a_store_folder_given_is_read_over_mlflow_tracking_uri(tmp_path, monkeypatch):
     """flopsweep-report EXP --store-dir outputs read the server MLFLOW_TRACKING_URI names all the same ('experiment
     is not in the store http://...'), as load_runs(store_dir=...) did; the variable is read where no folder is given."""

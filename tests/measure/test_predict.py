@@ -149,6 +149,7 @@ def test_a_profile_read_back_equals_what_was_written(tmp_path, monkeypatch):
         find_profile(cal.part)
 
 
+@pytest.mark.slow  # a quick calibration
 def test_a_calibrations_long_phase_says_how_far_it_is(monkeypatch):
     """Its float32 matmuls and attention ran some 20 s each without a word on this CPU."""
     import flopsweep.measure.calibrate as C

@@ -4,6 +4,7 @@ flopsweep runs, inputs by name (labels too), a loss returned in a dict or an obj
 import re
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from flopsweep.config.resolve import resolve
@@ -60,6 +61,7 @@ BAD_FORWARDS = (
     "class Fine(Base):\n    def forward(self, x):\n        return self.p(x).sum()\n")
 
 
+@pytest.mark.slow  # a sweep of failing jobs, one that exits
 def test_a_forward_that_returns_no_usable_loss_or_exits_fails_its_own_job_in_one_line(tmp_path: Path):
     """A string, None, a dict without a loss, a loss without a gradient: the job fails naming model._target_ and
     what the forward must return; sys.exit in a forward fails its job, and the sweep goes on to the next."""

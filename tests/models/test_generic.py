@@ -23,6 +23,7 @@ def test_json_file_equals_overrides(tmp_path):
     assert from_json.batch == from_overrides.batch
 
 
+@pytest.mark.slow  # a run and a sweep of 768-wide models
 def test_the_command_line_sets_a_field_over_the_json_file_in_a_run_and_in_a_sweep(tmp_path):
     """migrating.md: the file's values replace the preset's; a field set beside it on the command line replaces the
     file's (it was the file's 12 blocks, its job named num_decoder_blocks=12, and a sweep over embed_dim two same

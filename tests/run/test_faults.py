@@ -55,6 +55,7 @@ def test_out_of_memory_anywhere_is_an_oom_result_and_the_memory_is_released(at, 
     assert BUILT_ON[-1] == "cpu"
 
 
+@pytest.mark.slow  # jobs after a real out-of-memory
 def test_the_next_job_in_the_process_runs_after_an_oom():
     assert job(*pretend_gpu(capacity_mib=0.5), "batch.size=4096", *FAST).status == "oom"
     after = job(*pretend_gpu(capacity_mib=0.5), "batch.size=2048", *FAST)  # 0.5 MiB: fits exactly

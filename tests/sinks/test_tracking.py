@@ -442,6 +442,7 @@ def test_a_driver_sqlalchemy_does_not_know_is_said_before_the_database_is_asked(
         check("mysql+nosuch://me@127.0.0.1:1/mlflow")
 
 
+@pytest.mark.slow  # a job and a sync
 def test_sync_leaves_the_copies_an_artifact_store_keeps_alone(tmp_path):
     """flopsweep-sync outputs/ went into flopsweep-server's artifact folder (outputs/tracking-server/artifacts): it
     rewrote the result.json copies MLflow keeps there, left its lock files beside them, and logged copies of other
@@ -463,6 +464,7 @@ def test_sync_leaves_the_copies_an_artifact_store_keeps_alone(tmp_path):
         sorted(p.name for p in (tmp_path / "outputs" / "job").iterdir() if p.name != ".flopsweep-sync.lock")
 
 
+@pytest.mark.slow  # a sweep, three syncs, one a new interpreter
 def test_a_sync_to_another_store_leaves_each_job_naming_its_own(tmp_path):
     """flopsweep-sync --store-dir X pointed every result.json at X for good: a projection then tagged runs its store
     lacks, and a server that came back never got the runs (a plain sync said 'already in the store X')."""
@@ -483,6 +485,7 @@ def test_a_sync_to_another_store_leaves_each_job_naming_its_own(tmp_path):
     assert "2 logged, 0 already in the store" in back.stdout and str(tmp_path / "own") in back.stdout, back
 
 
+@pytest.mark.slow  # a sweep of two jobs
 def test_load_runs_of_a_sweep_it_does_not_have_names_the_ones_it_has(tmp_path, monkeypatch):
     """A mistyped sweep was an empty frame without a word; projection.md's next line, df.sweep.iloc[0], then failed."""
     done = run_app("-m", "model=gpt2_small", "model.n_layer=1", "device=meta", "batch.size=1,2",

@@ -4,6 +4,7 @@ signs of life while a long job times."""
 import contextlib
 import re
 
+import pytest
 import torch
 
 from flopsweep.config.resolve import resolve
@@ -180,6 +181,7 @@ def test_a_timing_of_several_loops_says_which_it_is_in(capsys):
     assert said == ["  ... timing 0.0 (one of 2 alike)"] * 2 + ["  ... timing the optimizer's step"] * 2
 
 
+@pytest.mark.slow  # a timed job
 def test_a_job_announces_each_phase_and_a_long_one_is_said_with_how_long(capsys):
     import time
 

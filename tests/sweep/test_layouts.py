@@ -210,13 +210,18 @@ def test_a_world_size_no_layout_takes_is_one_line_saying_what_must_divide(tmp_pa
     assert not [run for e in client.search_experiments() for run in client.search_runs([e.experiment_id])]
 
 
+SLOW = pytest.mark.slow  # a sweep's start each (some 2 s): the first case is the fast lane's
+
+
 @pytest.mark.parametrize("setting, line", [
     ("hydra.sweeper.top=abc", "hydra.sweeper.top='abc': must be an integer >= 1"),
-    ("hydra.sweeper.recompute=[full,selectve]", "hydra.sweeper.recompute='selectve': must be one of none, "
-                                                "selective, full"),
-    ("hydra.sweeper.zero=[3,7]", "hydra.sweeper.zero=7: must be one of 0, 1, 2, 3"),
-    ("hydra.sweeper.cp=3", "hydra.sweeper.cp=3: must be a non-empty list, as in sweeps/layouts.yaml"),
-    ("hydra.sweeper.micro_batch_sizes=[0]", "hydra.sweeper.micro_batch_sizes=0: must be an integer >= 1"),
+    pytest.param("hydra.sweeper.recompute=[full,selectve]", "hydra.sweeper.recompute='selectve': must be one of "
+                 "none, selective, full", marks=SLOW),
+    pytest.param("hydra.sweeper.zero=[3,7]", "hydra.sweeper.zero=7: must be one of 0, 1, 2, 3", marks=SLOW),
+    pytest.param("hydra.sweeper.cp=3", "hydra.sweeper.cp=3: must be a non-empty list, as in sweeps/layouts.yaml",
+                 marks=SLOW),
+    pytest.param("hydra.sweeper.micro_batch_sizes=[0]", "hydra.sweeper.micro_batch_sizes=0: must be an integer >= 1",
+                 marks=SLOW),
 ])
 def test_the_searchs_own_settings_are_checked_before_any_job(tmp_path, setting, line):
     """top=abc ran every job, then ended in a traceback; a recompute or zero value it does not know was left out
