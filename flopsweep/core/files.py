@@ -23,6 +23,11 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def user_cache() -> Path:
+    """Where flopsweep keeps what it made once for a user: ``$XDG_CACHE_HOME/flopsweep`` (``~/.cache/flopsweep``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flopsweep"
+
+
 def write_whole(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)

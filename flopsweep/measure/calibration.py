@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flopsweep.core import metrics as M
+from flopsweep.core.files import user_cache
 from flopsweep.measure.curves import Curve, Grid
 
 VERSION = 1
@@ -218,10 +219,7 @@ def _fit_attention(rows: Optional[list[list[float]]], causal: bool, backward: bo
 def profile_dir() -> Path:
     """``$FLOPSWEEP_CALIBRATION_DIR``, else ``$XDG_CACHE_HOME/flopsweep/calibration`` (``~/.cache/...``)."""
     explicit = os.environ.get("FLOPSWEEP_CALIBRATION_DIR")
-    if explicit:
-        return Path(explicit)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "flopsweep" / "calibration"
+    return Path(explicit) if explicit else user_cache() / "calibration"
 
 
 def slug(part: str) -> str:

@@ -15,6 +15,7 @@ from flopsweep.config.compose import LISTED_BY, compose_config, public_options
 from flopsweep.config.resolve import CannotGenerate, job_config, resolve
 from flopsweep.config.schema import CONF_DIR
 from flopsweep.core.errors import ConfigError, MissingExtra, not_one_of, one_line, require
+from flopsweep.core.files import user_cache, write_whole
 from flopsweep.core.result import Result
 from flopsweep.core.shape import ModelShape
 from flopsweep.measure.size import active_parameters
@@ -82,10 +83,8 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
     if unbuilt:  # a partial read (transformers missing or broken here) is not kept: the next may read them all
         return sizes, unbuilt
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        written = path.with_suffix(f".{os.getpid()}.tmp")
-        written.write_text(json.dumps({"sizes": [dataclasses.asdict(s) for s in sizes], "unbuilt": []}))
-        written.replace(path)  # whole, or not at all: two budgets at once each write their own first
+        path.parent.mkdir(parents=True, exist_ok=True)  # whole, or not at all: two budgets at once write apart first
+        write_whole(path, json.dumps({"sizes": [dataclasses.asdict(s) for s in sizes], "unbuilt": []}))
     except OSError:  # a cache that cannot be written costs the next budget its 15 s, nothing else
         pass
     return sizes, unbuilt
@@ -107,9 +106,7 @@ def cache_path() -> Path:
         except metadata.PackageNotFoundError:
             digest.update(b"none")
     explicit = os.environ.get("FLOPSWEEP_CACHE_DIR")
-    folder = Path(explicit) if explicit else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
-        "flopsweep"
-    return folder / f"presets-{digest.hexdigest()[:16]}.json"
+    return (Path(explicit) if explicit else user_cache()) / f"presets-{digest.hexdigest()[:16]}.json"
 
 
 def _read_presets(each: Callable[[int, int, int], None]) -> tuple[list[PresetSize], list[str]]:
