@@ -5,6 +5,7 @@ and breakdown, and ``info``, whose parts that several layers read are types here
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -48,6 +49,9 @@ def _dict(record: Any) -> dict[str, Any]:
     """A record as its dict in ``info``: its fields without a default, and those that differ from theirs."""
     return {f.name: getattr(record, f.name) for f in fields(record)
             if f.default is MISSING or getattr(record, f.name) != f.default}
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run's id (its artifacts lie in <run id>/artifacts)
 
 
 @dataclass(frozen=True)

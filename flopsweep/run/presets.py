@@ -75,8 +75,8 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
     Kept in the cache (:func:`cache_path`) for the code, configs and libraries that read them: 15 s to build, once."""
     path = cache_path()
     try:
-        kept = json.loads(path.read_text())
-        return [PresetSize(**{**s, "shape": ModelShape.from_dict(s["shape"])}) for s in kept["sizes"]], kept["unbuilt"]
+        kept = json.loads(path.read_text())  # a whole read only: none left unbuilt
+        return [PresetSize(**{**s, "shape": ModelShape.from_dict(s["shape"])}) for s in kept["sizes"]], []
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: read them again
         pass
     sizes, unbuilt = _read_presets(each)
@@ -84,7 +84,7 @@ def language_model_presets(each: Callable[[int, int, int], None] = lambda done, 
         return sizes, unbuilt
     try:
         path.parent.mkdir(parents=True, exist_ok=True)  # whole, or not at all: two budgets at once write apart first
-        write_whole(path, json.dumps({"sizes": [dataclasses.asdict(s) for s in sizes], "unbuilt": []}))
+        write_whole(path, json.dumps({"sizes": [dataclasses.asdict(s) for s in sizes]}))
     except OSError:  # a cache that cannot be written costs the next budget its 15 s, nothing else
         pass
     return sizes, unbuilt

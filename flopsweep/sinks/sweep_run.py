@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import threading
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from flopsweep.core.result import Result
+from flopsweep.core.result import RUN_ID, Result
 from flopsweep.sinks.store import PID_TAG, SWEEP_TAG, UNFINISHED, Store, store
 from flopsweep.sinks.target import Target
 
@@ -38,9 +37,6 @@ def _artifact_copy(folder: Path) -> bool:
     parts = folder.resolve().parts
     return "mlartifacts" in parts or any(name == "artifacts" and RUN_ID.fullmatch(run)
                                          for run, name in zip(parts, parts[1:]))
-
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run's id: its artifacts lie in <run id>/artifacts
 
 
 def folder_results(sweep_dir: Path) -> list[tuple[str, Result]]:

@@ -23,11 +23,11 @@ from flopsweep.cli.parser import OneLineParser
 from flopsweep.cli.project import budget, serve, train
 from flopsweep.core.console import error, run_command
 from flopsweep.core.errors import ConfigError, nearest
+from flopsweep.core.result import RUN_ID  # a RUN of the old spelling, without its subcommand
 from flopsweep.core.text import plain
 
 SUBCOMMANDS = (train, budget, serve)  # each module: register(subparsers) and command(args); layout joins here
 NAMES = tuple(module.__name__.rsplit(".", 1)[1] for module in SUBCOMMANDS)
-RUN_ID = re.compile(r"[0-9a-f]{32}")  # an MLflow run's id: a RUN of the old spelling, without its subcommand
 
 
 def parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
